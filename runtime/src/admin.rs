@@ -1,0 +1,339 @@
+//! The admin API, served on its own listener (loopback by default), so guest routes can never
+//! collide with control routes. Errors are `application/problem+json` (RFC 9457) whose `detail`
+//! says what to fix.
+//!
+//! * `GET    /healthz`             — liveness: `{"status":"ok"}`
+//! * `GET    /v1/routes`           — every route: prefix, active version, draining versions
+//! * `GET    /v1/routes/{name}`    — one route
+//! * `PUT    /v1/routes/{name}`    — deploy: body `application/wasm`, optional `?prefix=/path`;
+//!   answers once the new version is compiled, pre-instantiated and active (201 new route,
+//!   200 replaced or unchanged)
+//! * `DELETE /v1/routes/{name}`    — stop routing, drain, forget
+//!
+//! Handlers here only translate HTTP; the work is in [`crate::deploy`].
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderMap, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use serde::{Deserialize, Serialize};
+
+use crate::Runtime;
+use crate::deploy::{self, DeployError};
+use crate::routes::{Prefix, Route, RouteName};
+use crate::version::Version;
+
+/// The admin router.
+pub fn router(rt: Arc<Runtime>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/routes", get(list_routes))
+        .route(
+            "/v1/routes/{name}",
+            get(get_route).put(put_route).delete(delete_route),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(rt)
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug)]
+pub struct Problem {
+    status: StatusCode,
+    detail: String,
+}
+
+impl Problem {
+    /// A problem with `status` and a sentence saying what to fix.
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+impl From<DeployError> for Problem {
+    fn from(error: DeployError) -> Self {
+        if let DeployError::Internal(detail) = &error {
+            tracing::error!(error = %detail, "deploy failed in the host");
+        }
+        Self::new(error.status(), error.to_string())
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn not_found() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "no such admin endpoint; the API lives under /v1/routes",
+    )
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this method is not supported here; routes take GET, PUT and DELETE",
+    )
+}
+
+/// A version as the admin API shows it.
+#[derive(Serialize)]
+pub struct VersionStatus {
+    /// `sha256:...`
+    pub version: String,
+    /// Component size.
+    pub size_bytes: usize,
+    /// Deploy time, milliseconds since the Unix epoch.
+    pub deployed_at_ms: u64,
+    /// Compile and link time.
+    pub compile_ms: f64,
+    /// Requests holding it now.
+    pub in_flight: usize,
+    /// Requests routed to it so far.
+    pub requests: u64,
+    /// Requests on it that ended in a guest failure.
+    pub failures: u64,
+}
+
+impl VersionStatus {
+    fn of(version: &Version) -> Self {
+        Self {
+            version: version.digest.to_string(),
+            size_bytes: version.size_bytes,
+            deployed_at_ms: version
+                .deployed_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            compile_ms: version.compile_time.as_secs_f64() * 1e3,
+            in_flight: version.in_flight(),
+            requests: version.requests(),
+            failures: version.failures(),
+        }
+    }
+}
+
+/// A route as the admin API shows it.
+#[derive(Serialize)]
+pub struct RouteStatus {
+    /// Its name.
+    pub route: String,
+    /// Its path prefix.
+    pub prefix: String,
+    /// Requests routed to it so far, across versions.
+    pub requests: u64,
+    /// The version serving new requests.
+    pub active: VersionStatus,
+    /// Retired versions whose requests are still finishing.
+    pub draining: Vec<DrainingStatus>,
+}
+
+/// A draining version.
+#[derive(Serialize)]
+pub struct DrainingStatus {
+    /// The version.
+    #[serde(flatten)]
+    pub version: VersionStatus,
+    /// How long ago it was retired.
+    pub retired_ms_ago: u64,
+}
+
+fn draining_of(rt: &Runtime, name: &RouteName) -> Vec<DrainingStatus> {
+    rt.draining()
+        .into_iter()
+        .filter(|d| d.route == *name)
+        .map(|d| DrainingStatus {
+            version: VersionStatus::of(&d.version),
+            retired_ms_ago: d.since.elapsed().as_millis() as u64,
+        })
+        .collect()
+}
+
+fn status_of(rt: &Runtime, route: &Route) -> RouteStatus {
+    RouteStatus {
+        route: route.name.as_str().to_owned(),
+        prefix: route.prefix.as_str().to_owned(),
+        requests: route.counters.requests(),
+        active: VersionStatus::of(&route.active),
+        draining: draining_of(rt, &route.name),
+    }
+}
+
+async fn list_routes(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Value> {
+    let table = rt.routes.snapshot();
+    let routes: Vec<RouteStatus> = table.iter().map(|r| status_of(&rt, r)).collect();
+    Json(serde_json::json!({ "routes": routes }))
+}
+
+fn route_name(path: Result<Path<String>, PathRejection>) -> Result<RouteName, Problem> {
+    let Path(name) = path.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("the route name in the URL is unreadable: {e}"),
+        )
+    })?;
+    RouteName::parse(&name).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))
+}
+
+async fn get_route(
+    State(rt): State<Arc<Runtime>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<RouteStatus>, Problem> {
+    let name = route_name(path)?;
+    let table = rt.routes.snapshot();
+    let route = table
+        .get(&name)
+        .ok_or_else(|| DeployError::UnknownRoute(name.as_str().to_owned()))?;
+    Ok(Json(status_of(&rt, route)))
+}
+
+/// Query parameters of a deploy.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployQuery {
+    prefix: Option<String>,
+}
+
+/// What a deploy answers.
+#[derive(Serialize)]
+struct DeployResponse {
+    route: String,
+    prefix: String,
+    version: String,
+    previous_version: Option<String>,
+    changed: bool,
+    created: bool,
+    compile_ms: Option<f64>,
+}
+
+/// Content types a deploy accepts (and none at all, which `curl -T` sends).
+const WASM_CONTENT_TYPES: [&str; 2] = ["application/wasm", "application/octet-stream"];
+
+async fn put_route(
+    State(rt): State<Arc<Runtime>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<DeployQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let name = route_name(path)?;
+    let Query(query) = query.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{}; the only query parameter is `prefix`, as in `?prefix=/api`",
+                e.body_text()
+            ),
+        )
+    })?;
+    let prefix = query
+        .prefix
+        .as_deref()
+        .map(Prefix::parse)
+        .transpose()
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))?;
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        let essence = content_type
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if !WASM_CONTENT_TYPES.contains(&essence.as_str()) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "a deploy takes the component's bytes with `Content-Type: application/wasm`, not `{}`",
+                    content_type.to_str().unwrap_or("(unreadable)")
+                ),
+            ));
+        }
+    }
+    let limit = rt.config.max_upload_bytes;
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the upload is larger than the limit of {limit} bytes; raise `--max-upload` if the component is really this large"
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(error) => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("the upload could not be read to its end: {error}"),
+            ));
+        }
+    };
+    let deployed = deploy::deploy(&rt, &name, prefix, bytes).await?;
+    let status = if deployed.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = DeployResponse {
+        route: name.as_str().to_owned(),
+        prefix: deployed.route.prefix.as_str().to_owned(),
+        version: deployed.route.active.digest.to_string(),
+        previous_version: deployed.previous.map(|d| d.to_string()),
+        changed: deployed.changed,
+        created: deployed.created,
+        compile_ms: deployed.compile_time.map(|t| t.as_secs_f64() * 1e3),
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+async fn delete_route(
+    State(rt): State<Arc<Runtime>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let name = route_name(path)?;
+    let route = deploy::delete(&rt, &name).await?;
+    Ok(Json(serde_json::json!({
+        "route": name.as_str(),
+        "deleted": true,
+        "version": route.active.digest.to_string(),
+        "in_flight": route.active.in_flight(),
+    })))
+}

@@ -1,0 +1,377 @@
+//! The data plane's hot path: route → (version, in-flight token) → store → instantiate → call →
+//! response. Per-version work (compiling, linking, pre-instantiating) never happens here.
+//!
+//! The in-flight token travels inside the response body, so a version counts as busy until the
+//! body's last byte has been handed to the connection, or the client has gone away. The guest
+//! runs in its own task, bounded by its CPU deadline (epoch interruption), a wall-clock backstop
+//! and its version's cut-off (drain deadline). A guest failure is data: it becomes a 500 or 504
+//! and a log line, never a host failure.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
+use wasmtime::Store;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::Runtime;
+use crate::host::Host;
+use crate::version::{InFlight, Version};
+
+/// Serves one data-plane request. Never fails: every outcome is a response.
+pub async fn dispatch<B>(rt: &Runtime, req: Request<B>) -> Response<DataBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let id = rt.next_request_id();
+    let Some(routed) = rt.routes.resolve(req.uri().path()) else {
+        tracing::debug!(request_id = id, path = req.uri().path(), "no route");
+        return failure(
+            StatusCode::NOT_FOUND,
+            &format!("no route serves the path `{}`", req.uri().path()),
+            id,
+        );
+    };
+    let version = routed.in_flight.version().clone();
+    let deadline = Instant::now() + version.limits.request_timeout;
+    let mut store = Store::new(rt.engine.wasmtime(), Host::new(&version, deadline));
+    Host::install(&mut store);
+    let (tx, rx) = oneshot::channel();
+    let req = match store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, req)
+    {
+        Ok(req) => req,
+        Err(error) => {
+            tracing::debug!(request_id = id, route = %routed.route, error = %error, "bad request");
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "the request is malformed (a Host header is required)",
+                id,
+            );
+        }
+    };
+    let out = match store.data_mut().http().new_response_outparam(tx) {
+        Ok(out) => out,
+        Err(error) => {
+            let error = GuestError::Host(error.to_string());
+            report(&version, &error, id);
+            return failure_response(&error, id);
+        }
+    };
+    let failed = Arc::new(AtomicBool::new(false));
+    let guest = tokio::spawn(run_guest(
+        version.clone(),
+        store,
+        req,
+        out,
+        failed.clone(),
+        deadline,
+        id,
+    ));
+    match rx.await {
+        Ok(Ok(response)) => {
+            let abort = guest.abort_handle();
+            response
+                .map(|body| DataBody::Guest(GuestBody::new(body, failed, routed.in_flight, abort)))
+        }
+        Ok(Err(code)) => {
+            let error = GuestError::ErrorCode(code);
+            report(&version, &error, id);
+            failure_response(&error, id)
+        }
+        // No response head: the task's result says why (and the task has logged it).
+        Err(_) => match guest.await {
+            Ok(Ok(())) => {
+                let error = GuestError::NoResponse;
+                report(&version, &error, id);
+                failure_response(&error, id)
+            }
+            Ok(Err(error)) => failure_response(&error, id),
+            Err(join) => {
+                let error = GuestError::Host(join.to_string());
+                report(&version, &error, id);
+                failure_response(&error, id)
+            }
+        },
+    }
+}
+
+/// Runs the guest's handler to completion, or until its deadline or its version's cut-off.
+async fn run_guest(
+    version: Arc<Version>,
+    mut store: Store<Host>,
+    req: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostIncomingRequest>,
+    out: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
+    failed: Arc<AtomicBool>,
+    deadline: Instant,
+    id: u64,
+) -> Result<(), GuestError> {
+    let result = {
+        let call = async {
+            let proxy = version.pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        };
+        tokio::select! {
+            result = call => result.map_err(GuestError::classify),
+            _ = tokio::time::sleep_until(deadline.into()) => Err(GuestError::Timeout),
+            _ = version.cut_off() => Err(GuestError::CutOff),
+        }
+    };
+    if let Err(error) = &result {
+        report(&version, error, id);
+        // Dropping the store below ends the response body; the flag tells the body that the end
+        // is a failure, not a finish. Set it first.
+        failed.store(true, Ordering::Release);
+    }
+    drop(store);
+    result
+}
+
+/// Why a guest produced no (complete) response.
+#[derive(Debug, thiserror::Error)]
+enum GuestError {
+    /// It ran past its deadline.
+    #[error("the guest ran past its deadline")]
+    Timeout,
+    /// It trapped (including running out of memory).
+    #[error("the guest trapped: {0}")]
+    Trap(String),
+    /// Its version's drain deadline passed.
+    #[error("the guest's version was cut off at its drain deadline")]
+    CutOff,
+    /// No instance slot was free.
+    #[error("no instance slot was free")]
+    Overloaded,
+    /// It returned without setting a response.
+    #[error("the guest returned without calling `response-outparam::set`")]
+    NoResponse,
+    /// It set an error code instead of a response.
+    #[error("the guest answered with error code {0:?}")]
+    ErrorCode(ErrorCode),
+    /// Something failed in the host.
+    #[error("host failure: {0}")]
+    Host(String),
+}
+
+impl GuestError {
+    fn classify(error: wasmtime::Error) -> Self {
+        if let Some(trap) = error.downcast_ref::<wasmtime::Trap>()
+            && *trap == wasmtime::Trap::Interrupt
+        {
+            return Self::Timeout;
+        }
+        let text = format!("{error:#}");
+        if text.contains("concurrent") && text.contains("limit") {
+            return Self::Overloaded;
+        }
+        Self::Trap(text)
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Overloaded | Self::CutOff => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Trap(_) | Self::NoResponse | Self::ErrorCode(_) | Self::Host(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    fn public_detail(&self) -> &'static str {
+        match self {
+            Self::Timeout => "the handler did not finish within its deadline",
+            Self::Overloaded => "the server is at its instance limit; retry shortly",
+            Self::CutOff => "the handler's version was retired and its drain deadline passed",
+            Self::Trap(_) | Self::NoResponse | Self::ErrorCode(_) | Self::Host(_) => {
+                "the handler failed; the server log has the details"
+            }
+        }
+    }
+}
+
+/// Counts and logs a failed request, with its route, version and request id.
+fn report(version: &Version, error: &GuestError, id: u64) {
+    version.record_failure();
+    if let GuestError::Host(_) = error {
+        tracing::error!(
+            request_id = id, route = %version.route, version = %version.short,
+            error = %error, "request failed in the host"
+        );
+    } else {
+        tracing::warn!(
+            request_id = id, route = %version.route, version = %version.short,
+            error = %error, "guest failed"
+        );
+    }
+}
+
+fn failure_response(error: &GuestError, id: u64) -> Response<DataBody> {
+    let mut response = failure(error.status(), error.public_detail(), id);
+    if matches!(error, GuestError::Overloaded) {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// A problem document from the data plane. Only used off the success path.
+fn failure(status: StatusCode, detail: &str, id: u64) -> Response<DataBody> {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "request_id": format!("{id:016x}"),
+    });
+    let mut response = Response::new(DataBody::Fixed(Some(Bytes::from(body.to_string()))));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&format!("{id:016x}")) {
+        headers.insert("x-request-id", value);
+    }
+    response
+}
+
+/// The body of every data-plane response.
+pub enum DataBody {
+    /// A guest's streaming body.
+    Guest(GuestBody),
+    /// A small body the host wrote itself.
+    Fixed(Option<Bytes>),
+}
+
+/// An error that ends a response body early; the connection is closed so the client can tell.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The guest failed after sending the response head.
+    #[error("the handler failed while writing the response body")]
+    GuestFailed,
+    /// The body stream itself failed.
+    #[error("response body: {0}")]
+    Stream(#[from] wasmtime_wasi_http::Error),
+}
+
+impl Body for DataBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            DataBody::Guest(body) => Pin::new(body).poll_frame(cx),
+            DataBody::Fixed(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            DataBody::Guest(body) => body.in_flight.is_none(),
+            DataBody::Fixed(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            DataBody::Guest(body) => body.inner.size_hint(),
+            DataBody::Fixed(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            DataBody::Fixed(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// A guest's response body carrying the request's in-flight token until its last frame.
+pub struct GuestBody {
+    inner: HyperOutgoingBody,
+    failed: Arc<AtomicBool>,
+    in_flight: Option<InFlight>,
+    guest: AbortHandle,
+}
+
+impl GuestBody {
+    fn new(
+        inner: HyperOutgoingBody,
+        failed: Arc<AtomicBool>,
+        in_flight: InFlight,
+        guest: AbortHandle,
+    ) -> Self {
+        Self {
+            inner,
+            failed,
+            in_flight: Some(in_flight),
+            guest,
+        }
+    }
+}
+
+impl Body for GuestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        if this.in_flight.is_none() {
+            return Poll::Ready(None);
+        }
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match frame {
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            Some(Err(error)) => {
+                this.in_flight = None;
+                Poll::Ready(Some(Err(BodyError::Stream(error))))
+            }
+            None => {
+                let in_flight = this.in_flight.take();
+                if this.failed.load(Ordering::Acquire) {
+                    if let Some(token) = in_flight {
+                        let version = token.version();
+                        tracing::debug!(
+                            route = %version.route, version = %version.short,
+                            "the guest failed after the response head; ending the body with an error"
+                        );
+                    }
+                    Poll::Ready(Some(Err(BodyError::GuestFailed)))
+                } else {
+                    Poll::Ready(None)
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for GuestBody {
+    fn drop(&mut self) {
+        if self.in_flight.is_some() {
+            // The client went away mid-body: stop the guest rather than let it run on unseen.
+            self.guest.abort();
+        }
+    }
+}

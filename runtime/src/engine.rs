@@ -1,0 +1,158 @@
+//! The process-wide wasmtime `Engine`, the one `Linker` every version is linked against, and the
+//! epoch ticker that drives CPU deadlines.
+//!
+//! Built once at startup. Nothing here runs per request; compiling a guest happens through
+//! [`Engine::compile`], which callers must run off the async threads.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::config::{Config, EPOCH_TICK};
+use crate::host::Host;
+
+/// Core instances a pool slot budget allows per component instance. Rust guests use 1-4,
+/// componentize-py and componentize-js guests use more.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 10;
+/// Table elements per table in a pool slot; interpreters built into components need many.
+const POOL_TABLE_ELEMENTS: usize = 100_000;
+
+/// The engine, its linker and its epoch ticker.
+pub struct Engine {
+    engine: wasmtime::Engine,
+    linker: Linker<Host>,
+    pooling: bool,
+    _ticker: EpochTicker,
+}
+
+impl Engine {
+    /// Builds the engine. It uses the pooling allocator sized by `config.max_instances`, and
+    /// falls back to on-demand allocation (with a warning) where the pool cannot be reserved,
+    /// for example under a `ulimit -v`.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let (engine, pooling) = if config.max_instances > 0 {
+            match wasmtime::Engine::new(&wasmtime_config(config, true)) {
+                Ok(engine) => (engine, true),
+                Err(error) => {
+                    tracing::warn!(
+                        error = %error,
+                        "the instance pool could not be reserved; allocating instances on demand"
+                    );
+                    (new_engine(config, false)?, false)
+                }
+            }
+        } else {
+            (new_engine(config, false)?, false)
+        };
+        let mut linker = Linker::new(&engine);
+        // Full WASI p2, not just the proxy world: std-built guests import wasi:cli and friends.
+        // The closed `WasiCtx` in `host.rs` is what keeps them sandboxed.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking wasi:http: {e}"))?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Self {
+            engine,
+            linker,
+            pooling,
+            _ticker: ticker,
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.engine
+    }
+
+    /// Whether instances come from the pooling allocator.
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// Compiles and links `bytes`: the blocking, CPU-heavy half of a deploy. Call it from
+    /// `spawn_blocking`, never from an async task.
+    pub fn compile(&self, bytes: &[u8]) -> Result<ProxyPre<Host>, CompileError> {
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| CompileError::Unlinkable(format!("{e:#}")))?;
+        ProxyPre::new(pre).map_err(|e| CompileError::NoHandler(format!("{e:#}")))
+    }
+}
+
+/// Why a component could not become a version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompileError {
+    /// Not valid WebAssembly, or rejected by the engine's validator or compiler.
+    Invalid(String),
+    /// It imports something the host does not provide.
+    Unlinkable(String),
+    /// It does not export `wasi:http/incoming-handler`.
+    NoHandler(String),
+}
+
+fn new_engine(config: &Config, pooling: bool) -> anyhow::Result<wasmtime::Engine> {
+    wasmtime::Engine::new(&wasmtime_config(config, pooling))
+        .map_err(|e| anyhow::anyhow!("creating the wasmtime engine: {e}"))
+}
+
+fn wasmtime_config(config: &Config, pooling: bool) -> wasmtime::Config {
+    let mut cfg = wasmtime::Config::new();
+    cfg.epoch_interruption(true);
+    if pooling {
+        let slots = config.max_instances;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+            .total_memories(slots.saturating_mul(2))
+            .total_tables(slots.saturating_mul(4))
+            .total_stacks(slots)
+            .table_elements(POOL_TABLE_ELEMENTS)
+            .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX));
+        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    cfg
+}
+
+/// One thread for the whole engine that advances its epoch every [`EPOCH_TICK`]. Stores turn
+/// ticks into yields (fairness between guests) and into the CPU deadline.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: wasmtime::Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("handoff-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch ticker thread");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The per-request host state kept in each wasmtime `Store`, and the sandbox it enforces: no
+//! preopened directories, no environment, no arguments, no sockets, outbound HTTP denied,
+//! memory capped, CPU time bounded. Guest stdout and stderr become `tracing` events with target
+//! `guest`.
+//!
+//! This module never compiles or links anything; it only builds request state.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreContextMut, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::version::Version;
+
+/// The data of one request's `Store`.
+pub struct Host {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    hooks: SandboxHooks,
+    /// When the guest's CPU budget for this request runs out.
+    deadline: Instant,
+}
+
+impl Host {
+    /// Request state for one call into `version`, with `deadline` as its CPU deadline.
+    pub fn new(version: &Arc<Version>, deadline: Instant) -> Self {
+        let label = GuestLabel {
+            route: version.route.clone(),
+            version: version.short.clone(),
+        };
+        let wasi = WasiCtx::builder()
+            .stdout(GuestLog {
+                label: label.clone(),
+                stream: "stdout",
+            })
+            .stderr(GuestLog {
+                label: label.clone(),
+                stream: "stderr",
+            })
+            .build();
+        Self {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(version.limits.max_memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+            hooks: SandboxHooks { label },
+            deadline,
+        }
+    }
+
+    /// Installs the limits of this host on its store: the memory limiter and the epoch
+    /// callback that yields every tick and interrupts the guest once its deadline has passed.
+    pub fn install(store: &mut wasmtime::Store<Host>) {
+        store.limiter(|host| &mut host.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|cx: StoreContextMut<'_, Host>| {
+            if Instant::now() >= cx.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+    }
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Which route and version a guest event belongs to.
+#[derive(Clone)]
+struct GuestLabel {
+    route: Arc<str>,
+    version: Arc<str>,
+}
+
+/// wasi:http hooks that deny every outbound request (allow-lists come with the limits issue).
+struct SandboxHooks {
+    label: GuestLabel,
+}
+
+impl WasiHttpHooks for SandboxHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                )>,
+            > + Send,
+    > {
+        tracing::warn!(
+            route = %self.label.route,
+            version = %self.label.version,
+            uri = %request.uri(),
+            "outbound HTTP denied: guests may not make outbound requests"
+        );
+        Box::new(async { Err(ErrorCode::HttpRequestDenied.into()) })
+    }
+}
+
+/// Guest stdout/stderr: each line becomes an event with target `guest`.
+struct GuestLog {
+    label: GuestLabel,
+    stream: &'static str,
+}
+
+impl IsTerminal for GuestLog {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestLog {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(GuestLogWriter {
+            label: self.label.clone(),
+            stream: self.stream,
+            line: Vec::new(),
+        })
+    }
+}
+
+/// The longest line a guest can buffer before it is emitted anyway.
+const MAX_GUEST_LINE: usize = 16 << 10;
+
+struct GuestLogWriter {
+    label: GuestLabel,
+    stream: &'static str,
+    line: Vec<u8>,
+}
+
+impl GuestLogWriter {
+    fn emit(&mut self) {
+        let text = String::from_utf8_lossy(&self.line);
+        if text.trim().is_empty() {
+            self.line.clear();
+            return;
+        }
+        tracing::info!(
+            target: "guest",
+            route = %self.label.route,
+            version = %self.label.version,
+            stream = self.stream,
+            "{}",
+            text.trim_end()
+        );
+        self.line.clear();
+    }
+}
+
+impl tokio::io::AsyncWrite for GuestLogWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        for chunk in buf.split_inclusive(|b| *b == b'\n') {
+            this.line.extend_from_slice(chunk);
+            if chunk.ends_with(b"\n") || this.line.len() >= MAX_GUEST_LINE {
+                this.emit();
+            }
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut().emit();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for GuestLogWriter {
+    fn drop(&mut self) {
+        self.emit();
+    }
+}

@@ -1,0 +1,159 @@
+//! Listeners and lifecycle: bind the data and admin listeners, serve until told to stop, then
+//! shut down gracefully (stop accepting, let in-flight requests finish up to the drain
+//! deadline, cut off the rest).
+//!
+//! The data plane uses hyper directly (HTTP/1.1 with keep-alive, and HTTP/2) so the hot path
+//! has no router layers; the admin API is an axum router.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::Runtime;
+use crate::config::Config;
+use crate::dispatch::dispatch;
+
+/// A running server.
+pub struct Server {
+    runtime: Arc<Runtime>,
+    data_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    stop: CancellationToken,
+    data_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Validates `config`, builds the runtime, binds both listeners and starts serving.
+    /// Returns once both listeners are bound.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let runtime = Arc::new(Runtime::new(config)?);
+        let data = TcpListener::bind(runtime.config.listen)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot listen on {} (data): {e}", runtime.config.listen)
+            })?;
+        let admin = TcpListener::bind(runtime.config.admin_listen)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {} (admin): {e}",
+                    runtime.config.admin_listen
+                )
+            })?;
+        let data_addr = data.local_addr()?;
+        let admin_addr = admin.local_addr()?;
+        let stop = CancellationToken::new();
+        let data_task = tokio::spawn(serve_data(runtime.clone(), data, stop.clone()));
+        let admin_router = crate::admin::router(runtime.clone());
+        let admin_stop = stop.clone();
+        let admin_task = tokio::spawn(async move {
+            let served = axum::serve(admin, admin_router)
+                .with_graceful_shutdown(async move { admin_stop.cancelled().await })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(error = %error, "admin listener failed");
+            }
+        });
+        tracing::info!(
+            data = %data_addr, admin = %admin_addr, pooling = runtime.engine.pooling(),
+            "listening"
+        );
+        Ok(Self {
+            runtime,
+            data_addr,
+            admin_addr,
+            stop,
+            data_task,
+            admin_task,
+        })
+    }
+
+    /// The data-plane address actually bound.
+    pub fn data_addr(&self) -> SocketAddr {
+        self.data_addr
+    }
+
+    /// The admin address actually bound.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The runtime behind the server.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The line `serve` prints once both listeners are bound; scripts and tests parse it.
+    pub fn ready_line(&self) -> String {
+        format!(
+            "handoff ready data=http://{} admin=http://{}",
+            self.data_addr, self.admin_addr
+        )
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish for up to the drain
+    /// deadline, then cuts off whatever is left.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down: no new connections; draining in-flight requests");
+        self.stop.cancel();
+        let _ = self.admin_task.await;
+        let _ = self.data_task.await;
+        tracing::info!("shut down");
+    }
+}
+
+/// Accepts data-plane connections until `stop`, then drains them.
+async fn serve_data(rt: Arc<Runtime>, listener: TcpListener, stop: CancellationToken) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Usually EMFILE: back off briefly instead of spinning.
+                    tracing::warn!(error = %error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let rt = rt.clone();
+        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let rt = rt.clone();
+            async move { Ok::<_, Infallible>(dispatch(&rt, req).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(error = %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let grace = rt.config.drain_timeout;
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "shutdown grace period passed; cutting off the remaining requests"
+        );
+        rt.cut_off_all();
+    }
+}

@@ -1,0 +1,246 @@
+//! A version: one immutable, compiled and pre-instantiated guest, named by the sha256 digest of
+//! its bytes, with its in-flight tracker and counters.
+//!
+//! A version is shared as `Arc<Version>`. The route table holds one reference while it is
+//! active; every in-flight request holds an [`InFlight`] token. A version must never be mutated
+//! after it is built, except through its atomics.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest as _, Sha256};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::host::Host;
+
+/// The sha256 digest of a guest's bytes, written `sha256:<64 hex digits>`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Digest(Arc<str>);
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        let hash = Sha256::digest(bytes);
+        let mut text = String::with_capacity(7 + 64);
+        text.push_str("sha256:");
+        for byte in hash {
+            text.push_str(&format!("{byte:02x}"));
+        }
+        Self(text.into())
+    }
+
+    /// The full `sha256:...` text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first 12 hex digits, for logs.
+    pub fn short(&self) -> &str {
+        &self.0[7..19]
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Limits a version's requests run under, fixed at deploy time.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Linear-memory cap per instance.
+    pub max_memory_bytes: usize,
+    /// CPU and wall-clock deadline per request.
+    pub request_timeout: Duration,
+}
+
+/// One compiled, pre-instantiated guest serving (or having served) a route.
+pub struct Version {
+    /// The digest of the component's bytes: the version's name.
+    pub digest: Digest,
+    /// The digest's first 12 hex digits, shared into every request's logs without allocating.
+    pub short: Arc<str>,
+    /// The route this version was deployed to.
+    pub route: Arc<str>,
+    /// The pre-instantiated component; cloning it is cheap.
+    pub pre: ProxyPre<Host>,
+    /// Limits for its requests.
+    pub limits: Limits,
+    /// Size of the uploaded component.
+    pub size_bytes: usize,
+    /// How long compiling and linking took.
+    pub compile_time: Duration,
+    /// When it was deployed.
+    pub deployed_at: SystemTime,
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    retired: AtomicBool,
+    drained: Notify,
+    cut_off: CancellationToken,
+}
+
+impl Version {
+    /// Wraps a freshly compiled guest.
+    pub fn new(
+        digest: Digest,
+        route: Arc<str>,
+        pre: ProxyPre<Host>,
+        limits: Limits,
+        size_bytes: usize,
+        compile_time: Duration,
+    ) -> Self {
+        Self {
+            short: digest.short().into(),
+            digest,
+            route,
+            pre,
+            limits,
+            size_bytes,
+            compile_time,
+            deployed_at: SystemTime::now(),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
+            drained: Notify::new(),
+            cut_off: CancellationToken::new(),
+        }
+    }
+
+    /// Takes an in-flight token. Call it while the route table snapshot that yielded this
+    /// version is still held, so a retirement can never miss it.
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Requests currently holding this version.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Requests routed to this version so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests on this version that ended in a guest failure (trap, timeout, no response).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Counts a guest failure.
+    pub fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Resolves when the version's requests must stop at once (its drain deadline passed, or
+    /// the server is shutting down hard).
+    pub fn cut_off(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.cut_off.cancelled()
+    }
+
+    /// Ends this version's in-flight requests now.
+    pub fn cut_off_now(&self) {
+        self.cut_off.cancel();
+    }
+
+    /// Stops new requests from counting as on time, then waits up to `grace` for the in-flight
+    /// ones. Returns what happened. Must be called only after the version has left the route
+    /// table and every reader of the old table is gone.
+    pub async fn drain(&self, grace: Duration) -> DrainOutcome {
+        let started = Instant::now();
+        self.retired.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline);
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let remaining = self.in_flight();
+            if remaining == 0 {
+                return DrainOutcome::Drained {
+                    waited: started.elapsed(),
+                };
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = &mut deadline => {
+                    self.cut_off.cancel();
+                    return DrainOutcome::CutOff { remaining };
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Version {
+    fn drop(&mut self) {
+        tracing::debug!(route = %self.route, version = %self.digest, "version freed");
+    }
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainOutcome {
+    /// Every in-flight request finished.
+    Drained {
+        /// How long that took.
+        waited: Duration,
+    },
+    /// The grace period ran out; these requests were cut off.
+    CutOff {
+        /// In-flight requests at the deadline.
+        remaining: usize,
+    },
+}
+
+/// Proof that a request holds a version: from routing until its response body's last byte is
+/// written or the client goes away. Dropping it is what lets a retired version drain.
+pub struct InFlight(Arc<Version>);
+
+impl InFlight {
+    /// The version this request runs on.
+    pub fn version(&self) -> &Arc<Version> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let version = &self.0;
+        if version.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && version.retired.load(Ordering::SeqCst)
+        {
+            version.drained.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_is_sha256_hex() {
+        let d = Digest::of(b"abc");
+        assert_eq!(
+            d.as_str(),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(d.short(), "ba7816bf8f01");
+    }
+}

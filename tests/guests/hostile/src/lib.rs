@@ -1,0 +1,66 @@
+//! A guest that misbehaves on request, one way per path:
+//!
+//! * `/hostile/ok`          — 200 `ok` (proves the instance is healthy)
+//! * `/hostile/trap`        — panics before responding (a trap)
+//! * `/hostile/loop`        — spins forever in wasm (CPU deadline)
+//! * `/hostile/sleep`       — blocks in a host call for an hour (wall-clock deadline)
+//! * `/hostile/grow`        — allocates without end (memory limit)
+//! * `/hostile/no-response` — returns without setting a response
+//! * `/hostile/trap-mid-body` — sends headers and part of a body, then traps
+
+use wasip2::clocks::monotonic_clock;
+use wasip2::exports::http::incoming_handler::Guest;
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+
+struct Hostile;
+
+wasip2::http::proxy::export!(Hostile);
+
+fn respond(out: ResponseOutparam, text: &str) {
+    let response = OutgoingResponse::new(Fields::new());
+    let body = response.body().expect("body");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = body.write().expect("stream");
+    stream.blocking_write_and_flush(text.as_bytes()).expect("write");
+    drop(stream);
+    OutgoingBody::finish(body, None).expect("finish");
+}
+
+impl Guest for Hostile {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_default();
+        let action = path.rsplit('/').next().unwrap_or("");
+        match action {
+            "trap" => panic!("hostile guest: trapping on purpose"),
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "sleep" => {
+                monotonic_clock::subscribe_duration(3_600 * 1_000_000_000).block();
+                respond(out, "woke up");
+            }
+            "grow" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "no-response" => drop(out),
+            "trap-mid-body" => {
+                let response = OutgoingResponse::new(Fields::new());
+                let body = response.body().expect("body");
+                ResponseOutparam::set(out, Ok(response));
+                let stream = body.write().expect("stream");
+                stream.blocking_write_and_flush(b"partial ").expect("write");
+                panic!("hostile guest: trapping mid-body on purpose");
+            }
+            _ => respond(out, "ok"),
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Fail closed: every bad upload gets its 4xx problem document and the route keeps serving its
+//! current version, untouched.
+
+use bytes::Bytes;
+use handoff::config::Config;
+use handoff_tests::{TestServer, guests, send};
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use serde_json::Value;
+
+/// Asserts `route` still serves v1 with the digest it had.
+async fn still_serves_v1(server: &TestServer, digest: &Value) {
+    assert_eq!(server.get("/keep").await, (StatusCode::OK, "v1".into()));
+    let status = server.status("keep").await;
+    assert_eq!(&status["active"]["version"], digest);
+    assert!(
+        status["draining"].as_array().unwrap().is_empty(),
+        "{status}"
+    );
+}
+
+fn assert_problem(status: StatusCode, body: &Value, expected: StatusCode, mentions: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["status"], expected.as_u16(), "{body}");
+    let detail = body["detail"].as_str().expect("a detail sentence");
+    assert!(
+        detail.to_lowercase().contains(mentions),
+        "detail should mention `{mentions}`: {detail}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_upload_is_refused_and_the_route_keeps_serving() {
+    let server = TestServer::start_with(Config {
+        max_upload_bytes: 256 << 10,
+        ..Config::ephemeral()
+    })
+    .await;
+    let deployed = server.deploy("keep", guests::TAGGED_V1).await;
+    let digest = deployed["version"].clone();
+
+    let v2 = guests::bytes(guests::TAGGED_V2);
+    let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "random bytes",
+            b"this is not wasm at all".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "not a webassembly binary",
+        ),
+        (
+            "empty body",
+            Vec::new(),
+            StatusCode::BAD_REQUEST,
+            "not a webassembly binary",
+        ),
+        (
+            "core module",
+            wat::parse_str("(module)").unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "core webassembly module",
+        ),
+        (
+            "truncated component",
+            v2[..v2.len() / 2].to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            "component without the handler",
+            wat::parse_str("(component)").unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "incoming-handler",
+        ),
+        (
+            "unsatisfiable import",
+            wat::parse_str(
+                r#"(component (import "acme:nothing/here" (instance (export "f" (func)))))"#,
+            )
+            .unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "acme:nothing/here",
+        ),
+        (
+            "over the size limit",
+            [b"\0asm\x0d\0\x01\0".as_slice(), &vec![0u8; 300 << 10]].concat(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "limit",
+        ),
+    ];
+    for (what, bytes, expected, mentions) in cases {
+        let (status, body) = server.deploy_bytes("keep", "", bytes).await;
+        assert_problem(status, &body, expected, mentions);
+        eprintln!("{what}: {status} {}", body["detail"]);
+        still_serves_v1(&server, &digest).await;
+    }
+
+    // Bad names, prefixes and query parameters.
+    for (route, query, mentions) in [
+        ("..", "", "not a usable route name"),
+        ("%2e%2e", "", "not a usable route name"),
+        ("Keep", "", "a-z"),
+        ("a%00b", "", "a-z"),
+        ("caf%C3%A9", "", "a-z"),
+        (&"x".repeat(65), "", "1 to 64"),
+        ("keep", "?prefix=nope", "must start with `/`"),
+        ("keep", "?prefix=/a/../b", "`..`"),
+        ("keep", "?prefx=/typo", "prefix"),
+    ] {
+        let (status, body) = server.deploy_bytes(route, query, v2.clone()).await;
+        assert_problem(status, &body, StatusCode::BAD_REQUEST, mentions);
+        still_serves_v1(&server, &digest).await;
+    }
+
+    // The wrong content type.
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri("/v1/routes/keep")
+        .header("host", "admin")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(v2.clone())))
+        .unwrap();
+    let (status, body) = send(server.admin, req).await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_problem(
+        status,
+        &body,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "application/wasm",
+    );
+    still_serves_v1(&server, &digest).await;
+
+    // Problem documents say so in their content type.
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri("/v1/routes/keep")
+        .header("host", "admin")
+        .body(Full::new(Bytes::from_static(b"junk")))
+        .unwrap();
+    let mut conn = handoff_tests::Connection::open(server.admin).await;
+    let response = conn.send(req).await.unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+
+    // And after all that, a good deploy still works.
+    let good = server.deploy("keep", guests::TAGGED_V2).await;
+    assert_eq!(good["previous_version"], digest);
+    assert_eq!(server.get("/keep").await.1, "v2");
+    server.shutdown().await;
+}

@@ -1,0 +1,179 @@
+//! Deploy, replace, delete, routing by prefix, and independent routes.
+
+use handoff_tests::{TestServer, guests};
+use http::{Method, StatusCode};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_replace_and_delete_a_route() {
+    let server = TestServer::start().await;
+
+    let first = server.deploy("app", guests::TAGGED_V1).await;
+    assert_eq!(first["created"], true);
+    assert_eq!(first["prefix"], "/app");
+    assert!(first["version"].as_str().unwrap().starts_with("sha256:"));
+    assert!(first["previous_version"].is_null());
+    assert!(first["compile_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(server.get("/app").await, (StatusCode::OK, "v1".into()));
+    assert_eq!(
+        server.get("/app/any/path").await,
+        (StatusCode::OK, "v1".into())
+    );
+
+    let second = server.deploy("app", guests::TAGGED_V2).await;
+    assert_eq!(second["created"], false);
+    assert_eq!(second["changed"], true);
+    assert_eq!(second["previous_version"], first["version"]);
+    assert_eq!(server.get("/app").await, (StatusCode::OK, "v2".into()));
+
+    let status = server.status("app").await;
+    assert_eq!(status["active"]["version"], second["version"]);
+    assert!(status["requests"].as_u64().unwrap() >= 3);
+
+    let (code, body) = server.admin(Method::DELETE, "/v1/routes/app").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let (code, body) = server.get("/app").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert!(body.contains("no route"), "{body}");
+    let (code, _) = server.admin(Method::GET, "/v1/routes/app").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (code, body) = server.admin(Method::DELETE, "/v1/routes/app").await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploying_the_same_bytes_twice_is_a_no_op_that_says_so() {
+    let server = TestServer::start().await;
+    let first = server.deploy("same", guests::TAGGED_V1).await;
+    let again = server.deploy("same", guests::TAGGED_V1).await;
+    assert_eq!(again["changed"], false);
+    assert_eq!(again["version"], first["version"]);
+    assert!(
+        again["compile_ms"].is_null(),
+        "a no-op deploy compiles nothing: {again}"
+    );
+    assert!(
+        server.status("same").await["draining"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn longest_prefix_wins_on_segment_boundaries() {
+    let server = TestServer::start().await;
+    let (code, body) = server
+        .deploy_bytes("api", "?prefix=/api", guests::bytes(guests::TAGGED_V1))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let (code, body) = server
+        .deploy_bytes(
+            "api-v2",
+            "?prefix=/api/v2/",
+            guests::bytes(guests::TAGGED_V2),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    assert_eq!(body["prefix"], "/api/v2");
+
+    assert_eq!(server.get("/api").await.1, "v1");
+    assert_eq!(server.get("/api/users").await.1, "v1");
+    assert_eq!(server.get("/api/v2").await.1, "v2");
+    assert_eq!(server.get("/api/v2/users?x=1").await.1, "v2");
+    assert_eq!(server.get("/api/v2x").await.1, "v1");
+    assert_eq!(server.get("/apix").await.0, StatusCode::NOT_FOUND);
+
+    // A catch-all at `/` takes what nothing longer matches.
+    let (code, body) = server
+        .deploy_bytes("root", "?prefix=/", guests::bytes(guests::HOSTILE))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    assert_eq!(server.get("/apix").await, (StatusCode::OK, "ok".into()));
+    assert_eq!(server.get("/api/v2/x").await.1, "v2");
+
+    // A prefix belongs to one route.
+    let (code, body) = server
+        .deploy_bytes("thief", "?prefix=/api", guests::bytes(guests::TAGGED_V2))
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("`api`"), "{body}");
+    assert_eq!(server.get("/api").await.1, "v1");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeploy_keeps_the_prefix_unless_told_otherwise() {
+    let server = TestServer::start().await;
+    server
+        .deploy_bytes("svc", "?prefix=/service", guests::bytes(guests::TAGGED_V1))
+        .await;
+    let body = server.deploy("svc", guests::TAGGED_V2).await;
+    assert_eq!(body["prefix"], "/service");
+    assert_eq!(server.get("/service").await.1, "v2");
+    // Same bytes, new prefix: moves without recompiling.
+    let (code, body) = server
+        .deploy_bytes("svc", "?prefix=/moved", guests::bytes(guests::TAGGED_V2))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["changed"], true);
+    assert!(body["compile_ms"].is_null(), "{body}");
+    assert_eq!(server.get("/moved").await.1, "v2");
+    assert_eq!(server.get("/service").await.0, StatusCode::NOT_FOUND);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_routes_are_deployed_and_swapped_independently() {
+    let server = TestServer::start().await;
+    server.deploy("left", guests::TAGGED_V1).await;
+    server.deploy("right", guests::TAGGED_V1).await;
+    assert_eq!(server.get("/left").await.1, "v1");
+    assert_eq!(server.get("/right").await.1, "v1");
+
+    server.deploy("left", guests::TAGGED_V2).await;
+    assert_eq!(server.get("/left").await.1, "v2");
+    assert_eq!(server.get("/right").await.1, "v1");
+
+    server.deploy("right", guests::TAGGED_V2).await;
+    server.deploy("left", guests::TAGGED_V1).await;
+    assert_eq!(server.get("/left").await.1, "v1");
+    assert_eq!(server.get("/right").await.1, "v2");
+
+    let (code, list) = server.admin(Method::GET, "/v1/routes").await;
+    assert_eq!(code, StatusCode::OK);
+    let names: Vec<_> = list["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["route"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["left", "right"]);
+
+    server.admin(Method::DELETE, "/v1/routes/left").await;
+    assert_eq!(server.get("/left").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(server.get("/right").await.1, "v2");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_unknown_admin_paths() {
+    let server = TestServer::start().await;
+    let (code, body) = server.admin(Method::GET, "/healthz").await;
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    let (code, body) = server.admin(Method::GET, "/v2/nothing").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert_eq!(body["status"], 404);
+    let (code, body) = server.admin(Method::POST, "/v1/routes/x").await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    let (code, body) = server.admin(Method::GET, "/v1/routes").await;
+    assert_eq!(
+        (code, body["routes"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0))
+    );
+    server.shutdown().await;
+}

@@ -1,0 +1,92 @@
+//! A guest failure is data: traps, endless loops, memory bombs, host-blocked guests and guests
+//! that never respond become 500/504 within the deadline, and the server and its other routes
+//! keep serving throughout.
+
+use std::time::{Duration, Instant};
+
+use handoff::config::Config;
+use handoff_tests::{TestServer, guests};
+use http::StatusCode;
+
+const DEADLINE: Duration = Duration::from_millis(1000);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_guests_fail_cleanly_and_others_keep_serving() {
+    let server = TestServer::start_with(Config {
+        request_timeout: DEADLINE,
+        max_memory_bytes: 32 << 20,
+        ..Config::ephemeral()
+    })
+    .await;
+    server.deploy("hostile", guests::HOSTILE).await;
+    server.deploy("good", guests::TAGGED_V1).await;
+
+    for (path, expected) in [
+        ("/hostile/trap", StatusCode::INTERNAL_SERVER_ERROR),
+        ("/hostile/grow", StatusCode::INTERNAL_SERVER_ERROR),
+        ("/hostile/no-response", StatusCode::INTERNAL_SERVER_ERROR),
+        ("/hostile/loop", StatusCode::GATEWAY_TIMEOUT),
+        ("/hostile/sleep", StatusCode::GATEWAY_TIMEOUT),
+    ] {
+        // Twice each: the first failure must leave nothing broken for the second.
+        for attempt in 0..2 {
+            let started = Instant::now();
+            // The well-behaved route answers while the bad request runs.
+            let (bad, good) = tokio::join!(server.get(path), async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let started = Instant::now();
+                (server.get("/good").await, started.elapsed())
+            });
+            let took = started.elapsed();
+            assert_eq!(bad.0, expected, "{path} attempt {attempt}: {}", bad.1);
+            assert!(bad.1.contains("request_id"), "{}", bad.1);
+            assert!(
+                !bad.1.contains("wasm"),
+                "5xx bodies say nothing internal: {}",
+                bad.1
+            );
+            assert!(
+                took < DEADLINE + Duration::from_secs(5),
+                "{path} took {took:?}, far past its deadline"
+            );
+            let ((status, body), good_took) = good;
+            assert_eq!(
+                (status, body.as_str()),
+                (StatusCode::OK, "v1"),
+                "during {path}"
+            );
+            eprintln!(
+                "{path}: {} in {took:?}; neighbour answered in {good_took:?}",
+                bad.0
+            );
+        }
+        assert_eq!(
+            server.get("/hostile/ok").await,
+            (StatusCode::OK, "ok".into())
+        );
+    }
+
+    let status = server.status("hostile").await;
+    assert_eq!(status["active"]["failures"], 10, "{status}");
+    assert_eq!(status["active"]["in_flight"], 0, "{status}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_fails_mid_body_ends_the_response_with_an_error() {
+    let server = TestServer::start().await;
+    server.deploy("hostile", guests::HOSTILE).await;
+    for _ in 0..2 {
+        let mut conn = handoff_tests::Connection::open(server.data).await;
+        let outcome = conn.get("/hostile/trap-mid-body").await;
+        assert!(
+            outcome.is_err(),
+            "a truncated body must not look complete: {outcome:?}"
+        );
+    }
+    assert_eq!(
+        server.get("/hostile/ok").await,
+        (StatusCode::OK, "ok".into())
+    );
+    server.shutdown().await;
+}

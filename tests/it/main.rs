@@ -1,0 +1,9 @@
+//! Integration tests: one binary, one module per area. Each test runs a real server on
+//! loopback with real compiled guests.
+
+mod bad_uploads;
+mod deploy;
+mod drain;
+mod guests;
+mod hostile;
+mod swap;

@@ -1,0 +1,141 @@
+//! The headline promise: swaps under load fail no request, and once a deploy has returned no
+//! new request is served by the version it replaced.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use handoff_tests::{Connection, TestServer, guests};
+use http::StatusCode;
+
+const CLIENTS: usize = 32;
+const MIN_DEPLOYS: usize = 50;
+const MIN_DURATION: Duration = Duration::from_secs(5);
+/// A bound against hangs only; the run takes about `MIN_DURATION`.
+const LIMIT: Duration = Duration::from_secs(120);
+
+struct Deploy {
+    issued: Instant,
+    returned: Instant,
+    tag: &'static str,
+}
+
+struct Sample {
+    started: Instant,
+    finished: Instant,
+    tag: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_under_load_fails_no_request() {
+    let server = TestServer::start().await;
+    let v1 = guests::bytes(guests::TAGGED_V1);
+    let v2 = guests::bytes(guests::TAGGED_V2);
+    let initial_returned = {
+        server.deploy_bytes("swap", "", v1.clone()).await;
+        Instant::now()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let test_started = Instant::now();
+
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let stop = stop.clone();
+        let addr = server.data;
+        clients.push(tokio::spawn(async move {
+            let mut conn = Connection::open(addr).await;
+            let mut samples = Vec::new();
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) && test_started.elapsed() < LIMIT {
+                let started = Instant::now();
+                match conn.get("/swap").await {
+                    Ok((StatusCode::OK, body)) => samples.push(Sample {
+                        started,
+                        finished: Instant::now(),
+                        tag: String::from_utf8_lossy(&body).into_owned(),
+                    }),
+                    Ok((status, body)) => errors.push(format!("{status}: {body:?}")),
+                    Err(error) => {
+                        errors.push(format!("connection error: {error}"));
+                        conn = Connection::open(addr).await;
+                    }
+                }
+            }
+            (samples, errors)
+        }));
+    }
+
+    let mut deploys = vec![Deploy {
+        issued: test_started,
+        returned: initial_returned,
+        tag: "v1",
+    }];
+    let mut next_is_v2 = true;
+    while deploys.len() <= MIN_DEPLOYS || test_started.elapsed() < MIN_DURATION {
+        assert!(test_started.elapsed() < LIMIT, "deploys are too slow");
+        let (bytes, tag) = if next_is_v2 { (&v2, "v2") } else { (&v1, "v1") };
+        let issued = Instant::now();
+        let (status, body) = server.deploy_bytes("swap", "", bytes.clone()).await;
+        let returned = Instant::now();
+        assert_eq!(status, StatusCode::OK, "deploy failed: {body}");
+        assert_eq!(body["changed"], true);
+        deploys.push(Deploy {
+            issued,
+            returned,
+            tag,
+        });
+        next_is_v2 = !next_is_v2;
+    }
+    stop.store(true, Ordering::Relaxed);
+
+    let mut samples = Vec::new();
+    let mut errors = Vec::new();
+    for client in clients {
+        let (s, e) = client.await.expect("client task");
+        samples.extend(s);
+        errors.extend(e);
+    }
+    assert!(
+        errors.is_empty(),
+        "{} failed requests, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
+    assert!(
+        samples.len() >= CLIENTS * 10,
+        "too few requests to mean anything: {}",
+        samples.len()
+    );
+
+    // Every response comes from v1 or v2, and from the version the latest returned deploy
+    // activated, unless a later deploy began before the response ended.
+    let mut seen = [0usize; 2];
+    for sample in &samples {
+        match sample.tag.as_str() {
+            "v1" => seen[0] += 1,
+            "v2" => seen[1] += 1,
+            other => panic!("a response from neither version: {other:?}"),
+        }
+        let latest = deploys
+            .iter()
+            .rposition(|d| d.returned <= sample.started)
+            .expect("requests start after the first deploy");
+        let overlapped = deploys[latest + 1..]
+            .iter()
+            .any(|d| d.issued <= sample.finished);
+        if !overlapped {
+            assert_eq!(
+                sample.tag, deploys[latest].tag,
+                "a request that started after a deploy returned was served by the older version"
+            );
+        }
+    }
+    assert!(seen[0] > 0 && seen[1] > 0, "both versions served: {seen:?}");
+    eprintln!(
+        "swap under load: {} requests on {CLIENTS} connections, {} deploys in {:?}, 0 errors",
+        samples.len(),
+        deploys.len() - 1,
+        test_started.elapsed()
+    );
+    server.shutdown().await;
+}
