@@ -5,9 +5,11 @@
 //! * `GET    /healthz`             — liveness: `{"status":"ok"}`
 //! * `GET    /v1/routes`           — every route: prefix, active version, draining versions
 //! * `GET    /v1/routes/{name}`    — one route
-//! * `PUT    /v1/routes/{name}`    — deploy: body `application/wasm`, optional `?prefix=/path`;
-//!   answers once the new version is compiled, pre-instantiated and active (201 new route,
-//!   200 replaced or unchanged)
+//! * `PUT    /v1/routes/{name}`    — deploy: body `application/wasm`; optional query
+//!   `prefix=/path` and repeated `config=KEY=VALUE` (the guest's environment; without any
+//!   `config` the route keeps its current config, a lone empty `config=` clears it); answers
+//!   once the new version is compiled, pre-instantiated and active (201 new route, 200
+//!   replaced or unchanged)
 //! * `DELETE /v1/routes/{name}`    — stop routing, drain, forget
 //!
 //! Handlers here only translate HTTP; the work is in [`crate::deploy`].
@@ -23,12 +25,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::Runtime;
-use crate::deploy::{self, DeployError};
+use crate::deploy::{self, DeployError, DeployRequest};
 use crate::routes::{Prefix, Route, RouteName};
-use crate::version::Version;
+use crate::version::{Version, parse_config};
 
 /// The admin router.
 pub fn router(rt: Arc<Runtime>) -> Router {
@@ -151,6 +153,8 @@ pub struct RouteStatus {
     pub prefix: String,
     /// Requests routed to it so far, across versions.
     pub requests: u64,
+    /// Its deploy-time configuration (the guest's environment).
+    pub config: std::collections::BTreeMap<String, String>,
     /// The version serving new requests.
     pub active: VersionStatus,
     /// Retired versions whose requests are still finishing.
@@ -183,6 +187,7 @@ fn status_of(rt: &Runtime, route: &Route) -> RouteStatus {
         route: route.name.as_str().to_owned(),
         prefix: route.prefix.as_str().to_owned(),
         requests: route.counters.requests(),
+        config: route.active.config.iter().cloned().collect(),
         active: VersionStatus::of(&route.active),
         draining: draining_of(rt, &route.name),
     }
@@ -216,11 +221,36 @@ async fn get_route(
     Ok(Json(status_of(&rt, route)))
 }
 
-/// Query parameters of a deploy.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Query parameters of a deploy: `prefix` once, `config` any number of times.
 struct DeployQuery {
-    prefix: Option<String>,
+    prefix: Option<Prefix>,
+    config: Option<crate::version::RouteConfig>,
+}
+
+impl DeployQuery {
+    fn parse(pairs: Vec<(String, String)>) -> Result<Self, Problem> {
+        let bad = |detail: String| Problem::new(StatusCode::BAD_REQUEST, detail);
+        let mut prefix = None;
+        let mut config: Option<Vec<String>> = None;
+        for (key, value) in pairs {
+            match key.as_str() {
+                "prefix" if prefix.is_none() => prefix = Some(Prefix::parse(&value).map_err(bad)?),
+                "prefix" => return Err(bad("give `prefix` at most once".into())),
+                "config" => config.get_or_insert_with(Vec::new).push(value),
+                other => {
+                    return Err(bad(format!(
+                        "unknown query parameter `{}`; a deploy takes `prefix=/path` and `config=KEY=VALUE`",
+                        other.escape_debug()
+                    )));
+                }
+            }
+        }
+        let config = config
+            .map(|pairs| parse_config(pairs.iter().map(String::as_str)))
+            .transpose()
+            .map_err(bad)?;
+        Ok(Self { prefix, config })
+    }
 }
 
 /// What a deploy answers.
@@ -241,26 +271,18 @@ const WASM_CONTENT_TYPES: [&str; 2] = ["application/wasm", "application/octet-st
 async fn put_route(
     State(rt): State<Arc<Runtime>>,
     path: Result<Path<String>, PathRejection>,
-    query: Result<Query<DeployQuery>, QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
     let name = route_name(path)?;
-    let Query(query) = query.map_err(|e| {
+    let Query(pairs) = query.map_err(|e| {
         Problem::new(
             StatusCode::BAD_REQUEST,
-            format!(
-                "{}; the only query parameter is `prefix`, as in `?prefix=/api`",
-                e.body_text()
-            ),
+            format!("the query string is unreadable: {}", e.body_text()),
         )
     })?;
-    let prefix = query
-        .prefix
-        .as_deref()
-        .map(Prefix::parse)
-        .transpose()
-        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))?;
+    let DeployQuery { prefix, config } = DeployQuery::parse(pairs)?;
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         let essence = content_type
             .to_str()
@@ -306,7 +328,13 @@ async fn put_route(
             ));
         }
     };
-    let deployed = deploy::deploy(&rt, &name, prefix, bytes).await?;
+    let request = DeployRequest {
+        name: name.clone(),
+        prefix,
+        config,
+        bytes,
+    };
+    let deployed = deploy::deploy(&rt, request).await?;
     let status = if deployed.created {
         StatusCode::CREATED
     } else {

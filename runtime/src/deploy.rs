@@ -12,7 +12,7 @@ use http::StatusCode;
 use crate::Runtime;
 use crate::engine::CompileError;
 use crate::routes::{ActivateError, Prefix, Route, RouteName};
-use crate::version::{Digest, Limits, Version};
+use crate::version::{Digest, Limits, RouteConfig, Version};
 
 /// What a deploy did.
 #[derive(Clone)]
@@ -109,19 +109,36 @@ fn check_preamble(bytes: &[u8]) -> Result<(), DeployError> {
     Ok(())
 }
 
-/// Deploys `bytes` to route `name` (creating it, or replacing its version). Returns once the new
+/// What to deploy: the component's bytes and where and how it serves.
+pub struct DeployRequest {
+    /// The route to create or replace.
+    pub name: RouteName,
+    /// Its path prefix; `None` keeps the route's current one (`/{name}` for a new route).
+    pub prefix: Option<Prefix>,
+    /// Its configuration; `None` keeps the route's current one (none for a new route).
+    pub config: Option<RouteConfig>,
+    /// The component.
+    pub bytes: Bytes,
+}
+
+/// Deploys a component to a route (creating it, or replacing its version). Returns once the new
 /// version is compiled, pre-instantiated and active.
-pub async fn deploy(
-    rt: &Arc<Runtime>,
-    name: &RouteName,
-    prefix: Option<Prefix>,
-    bytes: Bytes,
-) -> Result<Deployed, DeployError> {
+pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deployed, DeployError> {
+    let DeployRequest {
+        name,
+        prefix,
+        config,
+        bytes,
+    } = request;
     check_preamble(&bytes)?;
     let digest = Digest::of(&bytes);
-    let current = rt.routes.snapshot().get(name).cloned();
+    let current = rt.routes.snapshot().get(&name).cloned();
+    let config = config
+        .or_else(|| current.as_ref().map(|r| r.active.config.clone()))
+        .unwrap_or_else(|| Vec::new().into());
     let same_bytes = current.as_ref().filter(|r| r.active.digest == digest);
-    if let Some(route) = same_bytes
+    let same_version = same_bytes.filter(|r| r.active.config == config);
+    if let Some(route) = same_version
         && prefix.as_ref().is_none_or(|p| *p == route.prefix)
     {
         tracing::info!(route = name.as_str(), version = %digest, "deploy unchanged: this version is already active");
@@ -133,17 +150,31 @@ pub async fn deploy(
             compile_time: None,
         });
     }
-    let (version, compile_time) = match same_bytes {
-        // Same bytes, new prefix: the compiled version is reused.
-        Some(route) => (route.active.clone(), None),
-        None => {
-            let (version, took) = compile(rt, name, digest, bytes).await?;
+    let (version, compile_time) = match (same_version, same_bytes) {
+        // Same version, new prefix: moves as it is.
+        (Some(route), _) => (route.active.clone(), None),
+        // Same bytes, new config: the compiled component is reused.
+        (None, Some(route)) => {
+            let old = &route.active;
+            let version = Version::new(
+                digest,
+                name.shared(),
+                old.pre.clone(),
+                old.limits,
+                config,
+                old.size_bytes,
+                old.compile_time,
+            );
+            (Arc::new(version), None)
+        }
+        (None, None) => {
+            let (version, took) = compile(rt, &name, digest, config, bytes).await?;
             (version, Some(took))
         }
     };
     let (route, previous) = rt
         .routes
-        .activate(name, prefix.clone(), version)
+        .activate(&name, prefix.clone(), version)
         .await
         .map_err(
             |ActivateError::PrefixTaken { owner }| DeployError::PrefixTaken {
@@ -174,6 +205,7 @@ async fn compile(
     rt: &Arc<Runtime>,
     name: &RouteName,
     digest: Digest,
+    config: RouteConfig,
     bytes: Bytes,
 ) -> Result<(Arc<Version>, Duration), DeployError> {
     let _slot = rt
@@ -192,7 +224,7 @@ async fn compile(
         max_memory_bytes: usize::try_from(rt.config.max_memory_bytes).unwrap_or(usize::MAX),
         request_timeout: rt.config.request_timeout,
     };
-    let version = Version::new(digest, name.shared(), pre, limits, size, took);
+    let version = Version::new(digest, name.shared(), pre, limits, config, size, took);
     tracing::info!(
         route = name.as_str(), version = %version.digest, size_bytes = size,
         compile_ms = took.as_secs_f64() * 1e3, "version compiled"

@@ -1,5 +1,5 @@
 //! The per-request host state kept in each wasmtime `Store`, and the sandbox it enforces: no
-//! preopened directories, no environment, no arguments, no sockets, outbound HTTP denied,
+//! preopened directories, no environment but the route's deploy-time config, no arguments, no sockets, outbound HTTP denied,
 //! memory capped, CPU time bounded. Guest stdout and stderr become `tracing` events with target
 //! `guest`.
 //!
@@ -38,6 +38,7 @@ impl Host {
             version: version.short.clone(),
         };
         let wasi = WasiCtx::builder()
+            .envs(&version.config)
             .stdout(GuestLog {
                 label: label.clone(),
                 stream: "stdout",

@@ -177,3 +177,56 @@ async fn health_and_unknown_admin_paths() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_time_config_is_the_guests_only_environment() {
+    let server = TestServer::start().await;
+    let hostile = guests::bytes(guests::HOSTILE);
+    let (code, body) = server
+        .deploy_bytes(
+            "cfg",
+            "?config=GREETING=hello%20there&config=MODE=a%3Db",
+            hostile.clone(),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    // Only the config: nothing of the host's environment leaks in, and no files are visible.
+    assert_eq!(
+        server.get("/cfg/env").await.1,
+        "GREETING=hello there\nMODE=a=b\n"
+    );
+    assert_eq!(server.get("/cfg/files").await.1, "readable: []");
+    let status = server.status("cfg").await;
+    assert_eq!(status["config"]["GREETING"], "hello there");
+
+    // Same bytes, new config: a new version without a recompile.
+    let (code, body) = server
+        .deploy_bytes("cfg", "?config=GREETING=bye", hostile.clone())
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["changed"], true);
+    assert!(body["compile_ms"].is_null(), "{body}");
+    assert_eq!(server.get("/cfg/env").await.1, "GREETING=bye\n");
+
+    // A deploy without config keeps the route's config; a lone empty `config=` clears it.
+    let (_, body) = server.deploy_bytes("cfg", "", hostile.clone()).await;
+    assert_eq!(body["changed"], false, "{body}");
+    server
+        .deploy_bytes("cfg", "?config=", hostile.clone())
+        .await;
+    assert_eq!(server.get("/cfg/env").await.1, "");
+
+    for (query, mentions) in [
+        ("?config=NOVALUE", "KEY=VALUE"),
+        ("?config=1BAD=x", "not usable"),
+        ("?config=A-B=x", "not usable"),
+    ] {
+        let (code, body) = server.deploy_bytes("cfg", query, hostile.clone()).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains(mentions),
+            "{body}"
+        );
+    }
+    server.shutdown().await;
+}

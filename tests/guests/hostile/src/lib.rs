@@ -7,6 +7,8 @@
 //! * `/hostile/grow`        — allocates without end (memory limit)
 //! * `/hostile/no-response` — returns without setting a response
 //! * `/hostile/trap-mid-body` — sends headers and part of a body, then traps
+//! * `/hostile/env`         — lists the environment it sees, `KEY=VALUE` per line, sorted
+//! * `/hostile/files`       — tries to read host files; says what it could read
 
 use wasip2::clocks::monotonic_clock;
 use wasip2::exports::http::incoming_handler::Guest;
@@ -59,6 +61,19 @@ impl Guest for Hostile {
                 let stream = body.write().expect("stream");
                 stream.blocking_write_and_flush(b"partial ").expect("write");
                 panic!("hostile guest: trapping mid-body on purpose");
+            }
+            "env" => {
+                let mut vars: Vec<String> =
+                    std::env::vars().map(|(k, v)| format!("{k}={v}\n")).collect();
+                vars.sort();
+                respond(out, &vars.concat());
+            }
+            "files" => {
+                let seen: Vec<&str> = ["/etc/passwd", "/", ".", "/proc/self/environ"]
+                    .into_iter()
+                    .filter(|p| std::fs::metadata(p).is_ok())
+                    .collect();
+                respond(out, &format!("readable: {seen:?}"));
             }
             _ => respond(out, "ok"),
         }
