@@ -1,0 +1,46 @@
+# handoff: one-line aliases; CI runs the same cargo lines without `just`.
+
+# List recipes.
+default:
+    @just --list
+
+# Build the examples, serve them, rebuild and hot-deploy on every change.
+run:
+    cargo run --release -p handoff -- dev examples
+
+# Run the server alone (flags pass through, e.g. `just serve --listen 127.0.0.1:0`).
+serve *args:
+    cargo run --release -p handoff -- serve {{args}}
+
+# Every test: unit, integration (builds the guests itself), CLI and dev loop.
+test *args:
+    cargo test --workspace {{args}}
+
+# handoff vs `wasmtime serve` on the same component, same load generator, one run.
+bench *args:
+    cargo build --release -p handoff -p handoff-tests --bin handoff --bin bench
+    target/release/bench --handoff target/release/handoff {{args}}
+
+# Format everything, host and guest workspaces.
+fmt:
+    cargo fmt --all
+    cargo fmt --all --manifest-path tests/guests/Cargo.toml
+    cargo fmt --all --manifest-path examples/Cargo.toml
+
+# Check formatting without changing files.
+fmt-check:
+    cargo fmt --all --check
+
+# Clippy, warnings as errors, host and guest workspaces.
+lint:
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo clippy --target wasm32-wasip2 --manifest-path tests/guests/Cargo.toml -- -D warnings
+    cargo clippy --target wasm32-wasip2 --manifest-path examples/Cargo.toml -- -D warnings
+
+# Build the example and test guests into target/guests.
+guests:
+    cargo build --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml
+    cargo build --release --target wasm32-wasip2 --manifest-path tests/guests/Cargo.toml
+
+# What CI runs.
+ci: fmt-check lint test

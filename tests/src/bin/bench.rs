@@ -1,0 +1,258 @@
+//! `just bench`: handoff against `wasmtime serve` on the same component, the same load
+//! generator and the same machine, in one run, side by side.
+//!
+//! For each server: start it (a child process), deploy the component (handoff: time from the
+//! `PUT` to the first 200), warm up, then drive `--connections` keep-alive connections for
+//! `--seconds` and report requests/s and p50/p99/max latency. Ratios are handoff / peer.
+//! The load generator runs on the same cores as the server, so compare the two columns with
+//! each other, not with numbers from other machines.
+//!
+//! Usage: `bench [--handoff PATH] [--wasmtime PATH] [--connections N] [--seconds S] [--guest PATH]`
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use handoff_tests::{Connection, guests};
+use http::StatusCode;
+
+struct Options {
+    handoff: String,
+    wasmtime: String,
+    connections: usize,
+    seconds: u64,
+    guest: String,
+}
+
+fn options() -> Options {
+    let mut opts = Options {
+        handoff: "target/release/handoff".into(),
+        wasmtime: "wasmtime".into(),
+        connections: 32,
+        seconds: 10,
+        guest: default_guest(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--handoff" => opts.handoff = value(),
+            "--wasmtime" => opts.wasmtime = value(),
+            "--connections" => opts.connections = value().parse().expect("a number"),
+            "--seconds" => opts.seconds = value().parse().expect("a number"),
+            "--guest" => opts.guest = value(),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    opts
+}
+
+/// The hello example when it exists, else the raw-wasip2 tagged guest.
+fn default_guest() -> String {
+    guests::ALL
+        .iter()
+        .find(|p| p.ends_with("/hello.wasm"))
+        .unwrap_or(&guests::TAGGED_V1)
+        .to_string()
+}
+
+/// A child process killed on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads the child's stdout/stderr lines until `find` returns an address.
+fn wait_for_line(child: &mut Child, find: impl Fn(&str) -> Option<String>) -> String {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    for stream in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if let Some(found) = find(&line) {
+            // Keep draining the pipes so the child never blocks on a full pipe.
+            std::thread::spawn(move || while rx.recv().is_ok() {});
+            return found;
+        }
+    }
+    panic!("the server printed no address within 60 s");
+}
+
+fn field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .map(|v| v.trim_start_matches("http://").trim_end_matches('/').to_owned())
+}
+
+struct Stats {
+    requests: usize,
+    errors: usize,
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+async fn load(addr: SocketAddr, path: &str, connections: usize, duration: Duration) -> Stats {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let path = path.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Connection::open(addr).await;
+            let mut latencies = Vec::with_capacity(64 * 1024);
+            let mut errors = 0;
+            while started.elapsed() < duration {
+                let t = Instant::now();
+                match conn.get(&path).await {
+                    Ok((StatusCode::OK, _)) => latencies.push(t.elapsed()),
+                    Ok(_) => errors += 1,
+                    Err(_) => {
+                        errors += 1;
+                        conn = Connection::open(addr).await;
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await.expect("load task");
+        all.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    all.sort_unstable();
+    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default();
+    Stats {
+        requests: all.len(),
+        errors,
+        rps: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        max: all.last().copied().unwrap_or_default(),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let opts = options();
+    let duration = Duration::from_secs(opts.seconds);
+    let warmup = Duration::from_secs(2);
+    let wasm = std::fs::read(&opts.guest).expect("reading the guest");
+    println!(
+        "component: {} ({} bytes); {} connections, {} s per run, load generator on the same cores",
+        opts.guest,
+        wasm.len(),
+        opts.connections,
+        opts.seconds
+    );
+
+    // handoff
+    let mut child = Command::new(&opts.handoff)
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e} (run `cargo build --release -p handoff`)", opts.handoff));
+    let ready = wait_for_line(&mut child, |l| l.starts_with("handoff ready").then(|| l.to_owned()));
+    let _handoff = Killed(child);
+    let data: SocketAddr = field(&ready, "data=").unwrap().parse().unwrap();
+    let admin: SocketAddr = field(&ready, "admin=").unwrap().parse().unwrap();
+    let put = http::Request::builder()
+        .method("PUT")
+        .uri("/v1/routes/bench?prefix=/")
+        .header("host", "admin")
+        .header("content-type", "application/wasm")
+        .body(http_body_util::Full::new(bytes::Bytes::from(wasm.clone())))
+        .unwrap();
+    let t = Instant::now();
+    let (status, body) = handoff_tests::send(admin, put).await;
+    let put_took = t.elapsed();
+    assert!(status.is_success(), "deploy failed: {}", String::from_utf8_lossy(&body));
+    let mut conn = Connection::open(data).await;
+    let (status, _) = conn.get("/").await.expect("first request");
+    let first_ok = t.elapsed();
+    assert_eq!(status, StatusCode::OK);
+
+
+    load(data, "/", opts.connections, warmup).await;
+    let handoff = load(data, "/", opts.connections, duration).await;
+
+    // wasmtime serve
+    let peer = match Command::new(&opts.wasmtime)
+        .args(["serve", "-Scli", "--addr", "127.0.0.1:0", &opts.guest])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            let line = wait_for_line(&mut child, |l| {
+                l.contains("Serving HTTP on").then(|| l.to_owned())
+            });
+            let _peer = Killed(child);
+            let addr: SocketAddr = line
+                .split_whitespace()
+                .last()
+                .map(|a| a.trim_start_matches("http://").trim_end_matches('/'))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no address in {line:?}"));
+            load(addr, "/", opts.connections, warmup).await;
+            Some(load(addr, "/", opts.connections, duration).await)
+        }
+        Err(e) => {
+            println!(
+                "wasmtime serve not run ({}: {e}); install it with `cargo install wasmtime-cli --version 48.0.8 --locked`",
+                opts.wasmtime
+            );
+            None
+        }
+    };
+
+    println!();
+    println!("{:<22} {:>12} {:>10} {:>10} {:>10} {:>8}", "server", "req/s", "p50 ms", "p99 ms", "max ms", "errors");
+    let row = |name: &str, s: &Stats| {
+        println!(
+            "{:<22} {:>12.0} {:>10.3} {:>10.3} {:>10.3} {:>8}",
+            name, s.rps, ms(s.p50), ms(s.p99), ms(s.max), s.errors
+        )
+    };
+    row("handoff", &handoff);
+    if let Some(peer) = &peer {
+        row("wasmtime serve -Scli", peer);
+        println!();
+        println!(
+            "ratio handoff/wasmtime: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (lower latency ratio is better)",
+            handoff.rps / peer.rps,
+            ms(handoff.p50) / ms(peer.p50),
+            ms(handoff.p99) / ms(peer.p99)
+        );
+    }
+    println!();
+    println!(
+        "deploy: PUT answered in {:.1} ms (compile + pre-instantiate + activate); first 200 after {:.1} ms",
+        ms(put_took),
+        ms(first_ok)
+    );
+    println!("requests measured: handoff {}, peer {}", handoff.requests, peer.map(|p| p.requests).unwrap_or(0));
+}
