@@ -34,13 +34,13 @@ fmt-check:
 # Clippy, warnings as errors, host and guest workspaces.
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
-    cargo clippy --target wasm32-wasip2 --manifest-path tests/guests/Cargo.toml -- -D warnings
-    cargo clippy --target wasm32-wasip2 --manifest-path examples/Cargo.toml -- -D warnings
+    cargo clippy --target wasm32-wasip2 --target-dir target/guests --manifest-path tests/guests/Cargo.toml -- -D warnings
+    cargo clippy --target wasm32-wasip2 --target-dir target/guests --manifest-path examples/Cargo.toml -- -D warnings
 
 # Build the example and test guests into target/guests.
 guests:
-    cargo build --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml
-    cargo build --release --target wasm32-wasip2 --manifest-path tests/guests/Cargo.toml
+    cargo build --release --target wasm32-wasip2 --target-dir target/guests --manifest-path examples/Cargo.toml
+    cargo build --release --target wasm32-wasip2 --target-dir target/guests --manifest-path tests/guests/Cargo.toml
 
 # What CI runs.
 ci: fmt-check lint test

@@ -175,11 +175,10 @@ impl GuestError {
         {
             return Self::Timeout;
         }
-        let text = format!("{error:#}");
-        if text.contains("concurrent") && text.contains("limit") {
+        if error.is::<wasmtime::PoolConcurrencyLimitError>() {
             return Self::Overloaded;
         }
-        Self::Trap(text)
+        Self::Trap(format!("{error:#}"))
     }
 
     fn status(&self) -> StatusCode {

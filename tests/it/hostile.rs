@@ -90,3 +90,38 @@ async fn a_guest_that_fails_mid_body_ends_the_response_with_an_error() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_pool_sheds_with_503_and_retry_after() {
+    let server = TestServer::start_with(Config {
+        max_instances: 2,
+        ..Config::ephemeral()
+    })
+    .await;
+    server.deploy("busy", guests::TAGGED_V1).await;
+    // Two slow streams hold both instance slots.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut conn = handoff_tests::Connection::open(server.data).await;
+        let response = conn
+            .send(handoff_tests::get_request("/busy?chunks=50&delay_ms=100"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        held.push((conn, response));
+    }
+    let mut conn = handoff_tests::Connection::open(server.data).await;
+    let response = conn
+        .send(handoff_tests::get_request("/busy"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    // Once the streams are gone, the slots are free again.
+    drop(held);
+    handoff_tests::eventually("a slot to free up", Duration::from_secs(20), || async {
+        (server.get("/busy").await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    server.shutdown().await;
+}
