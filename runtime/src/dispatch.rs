@@ -80,9 +80,11 @@ where
         deadline,
         id,
     ));
+    // If the client goes away before the response head, this future is dropped: stop the guest.
+    let mut guard = AbortOnDrop(Some(guest.abort_handle()));
     match rx.await {
         Ok(Ok(response)) => {
-            let abort = guest.abort_handle();
+            let abort = guard.0.take().expect("guard armed");
             response
                 .map(|body| DataBody::Guest(GuestBody::new(body, failed, routed.in_flight, abort)))
         }
@@ -105,6 +107,17 @@ where
                 failure_response(&error, id)
             }
         },
+    }
+}
+
+/// Aborts the guest task when dropped while still armed.
+struct AbortOnDrop(Option<AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
     }
 }
 

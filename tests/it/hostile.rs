@@ -125,3 +125,32 @@ async fn a_full_instance_pool_sheds_with_503_and_retry_after() {
     .await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_the_response_stops_its_guest() {
+    // One instance slot and a long deadline: only stopping the abandoned guest frees the slot
+    // in time.
+    let server = TestServer::start_with(Config {
+        max_instances: 1,
+        request_timeout: Duration::from_secs(600),
+        ..Config::ephemeral()
+    })
+    .await;
+    server.deploy("hostile", guests::HOSTILE).await;
+    let mut conn = handoff_tests::Connection::open(server.data).await;
+    let pending = tokio::spawn(async move {
+        let _ = conn.send(handoff_tests::get_request("/hostile/sleep")).await;
+    });
+    handoff_tests::eventually("the sleeping request to start", Duration::from_secs(20), || async {
+        let status = server.status("hostile").await;
+        (status["active"]["in_flight"] == 1).then_some(())
+    })
+    .await;
+    pending.abort();
+    let _ = pending.await;
+    handoff_tests::eventually("the slot to be freed", Duration::from_secs(20), || async {
+        (server.get("/hostile/ok").await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    server.shutdown().await;
+}

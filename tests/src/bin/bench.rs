@@ -35,7 +35,10 @@ fn options() -> Options {
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| panic!("{flag} needs a value"))
+        };
         match flag.as_str() {
             "--handoff" => opts.handoff = value(),
             "--wasmtime" => opts.wasmtime = value(),
@@ -72,7 +75,10 @@ fn wait_for_line(child: &mut Child, find: impl Fn(&str) -> Option<String>) -> St
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     let (tx, rx) = std::sync::mpsc::channel();
-    for stream in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
+    for stream in [
+        Box::new(stdout) as Box<dyn std::io::Read + Send>,
+        Box::new(stderr),
+    ] {
         let tx = tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -94,7 +100,11 @@ fn wait_for_line(child: &mut Child, find: impl Fn(&str) -> Option<String>) -> St
 fn field(line: &str, key: &str) -> Option<String> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key))
-        .map(|v| v.trim_start_matches("http://").trim_end_matches('/').to_owned())
+        .map(|v| {
+            v.trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_owned()
+        })
 }
 
 struct Stats {
@@ -138,7 +148,11 @@ async fn load(addr: SocketAddr, path: &str, connections: usize, duration: Durati
     }
     let elapsed = started.elapsed();
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     Stats {
         requests: all.len(),
         errors,
@@ -169,13 +183,26 @@ async fn main() {
 
     // handoff
     let mut child = Command::new(&opts.handoff)
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e} (run `cargo build --release -p handoff`)", opts.handoff));
-    let ready = wait_for_line(&mut child, |l| l.starts_with("handoff ready").then(|| l.to_owned()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "starting {}: {e} (run `cargo build --release -p handoff`)",
+                opts.handoff
+            )
+        });
+    let ready = wait_for_line(&mut child, |l| {
+        l.starts_with("handoff ready").then(|| l.to_owned())
+    });
     let _handoff = Killed(child);
     let data: SocketAddr = field(&ready, "data=").unwrap().parse().unwrap();
     let admin: SocketAddr = field(&ready, "admin=").unwrap().parse().unwrap();
@@ -189,12 +216,15 @@ async fn main() {
     let t = Instant::now();
     let (status, body) = handoff_tests::send(admin, put).await;
     let put_took = t.elapsed();
-    assert!(status.is_success(), "deploy failed: {}", String::from_utf8_lossy(&body));
+    assert!(
+        status.is_success(),
+        "deploy failed: {}",
+        String::from_utf8_lossy(&body)
+    );
     let mut conn = Connection::open(data).await;
     let (status, _) = conn.get("/").await.expect("first request");
     let first_ok = t.elapsed();
     assert_eq!(status, StatusCode::OK);
-
 
     load(data, "/", opts.connections, warmup).await;
     let handoff = load(data, "/", opts.connections, duration).await;
@@ -230,11 +260,19 @@ async fn main() {
     };
 
     println!();
-    println!("{:<22} {:>12} {:>10} {:>10} {:>10} {:>8}", "server", "req/s", "p50 ms", "p99 ms", "max ms", "errors");
+    println!(
+        "{:<22} {:>12} {:>10} {:>10} {:>10} {:>8}",
+        "server", "req/s", "p50 ms", "p99 ms", "max ms", "errors"
+    );
     let row = |name: &str, s: &Stats| {
         println!(
             "{:<22} {:>12.0} {:>10.3} {:>10.3} {:>10.3} {:>8}",
-            name, s.rps, ms(s.p50), ms(s.p99), ms(s.max), s.errors
+            name,
+            s.rps,
+            ms(s.p50),
+            ms(s.p99),
+            ms(s.max),
+            s.errors
         )
     };
     row("handoff", &handoff);
@@ -254,5 +292,9 @@ async fn main() {
         ms(put_took),
         ms(first_ok)
     );
-    println!("requests measured: handoff {}, peer {}", handoff.requests, peer.map(|p| p.requests).unwrap_or(0));
+    println!(
+        "requests measured: handoff {}, peer {}",
+        handoff.requests,
+        peer.map(|p| p.requests).unwrap_or(0)
+    );
 }
