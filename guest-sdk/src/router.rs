@@ -1,0 +1,550 @@
+//! A small router for guests that serve several paths: method + path pattern → handler.
+//! Patterns are relative to the route's prefix (see [`crate::RequestExt::route_path`]).
+//! Matching is pure; the router never touches WASI.
+
+use http::{HeaderValue, Method, StatusCode, header};
+
+use crate::config::{self, ROUTE_PREFIX_KEY};
+use crate::request::{self, Params};
+use crate::{Error, Request, Response, Result};
+
+type Handler = Box<dyn Fn(Request) -> Result<Response>>;
+
+/// Sends each request to the handler whose method and path pattern match it.
+///
+/// **Patterns are relative to the route.** The host passes the full path (`/shop/items/7` for
+/// a route at `/shop`); the router matches patterns against the path below the route's prefix
+/// (`/items/7`), as [`RequestExt::route_path`](crate::RequestExt::route_path) computes it:
+/// the prefix is the deploy-time config `HANDOFF_ROUTE_PREFIX` when set, else the first path
+/// segment (right for a route at its default prefix `/{name}`). [`Router::with_prefix`] fixes
+/// the prefix in code instead.
+///
+/// **Pattern syntax**: segments separated by `/`; `:name` matches one segment and captures
+/// it; `*name`, last only, matches the rest of the path (zero or more segments). Matching
+/// ignores empty segments, so `/items/` matches `/items`. Captured values are
+/// percent-decoded; read them with [`RequestExt::param`](crate::RequestExt::param).
+///
+/// **Priority**: when several patterns match, the most specific wins, segment by segment: a
+/// literal beats `:param`, which beats `*rest`; ties go to the first added. `HEAD` requests
+/// fall back to `GET` handlers.
+///
+/// **No match**: a path that matches no pattern is a 404 (or goes to [`Router::fallback`]); a
+/// path that matches only with other methods is a 405 with an `Allow` header. Both are
+/// returned as an [`Error`] with that status, so callers can reshape them.
+///
+/// Each request runs in a fresh instance, so build the router in the handler; it costs a few
+/// small allocations.
+///
+/// ```
+/// use handoff_sdk::{Body, Request, RequestExt, Response, Result, Router, StatusCode, response};
+///
+/// fn handle(req: Request) -> Result<Response> {
+///     Router::new()
+///         .get("/", |_| Ok(response::text("index\n")))
+///         .get("/items/:id", show)
+///         .post("/items", |req| Ok(response::text(req.into_body().text()?)))
+///         .handle(req)
+/// }
+///
+/// fn show(req: Request) -> Result<Response> {
+///     let id: u32 = req.params().get_as("id")?;
+///     Ok(response::text(format!("item {id}\n")))
+/// }
+///
+/// let get = |path: &str| http::Request::get(path).body(Body::empty()).unwrap();
+/// assert_eq!(handle(get("/shop")).unwrap().into_body().text().unwrap(), "index\n");
+/// assert_eq!(handle(get("/shop/items/7")).unwrap().into_body().text().unwrap(), "item 7\n");
+/// assert_eq!(handle(get("/shop/items/x")).unwrap_err().status(), StatusCode::BAD_REQUEST);
+/// assert_eq!(handle(get("/shop/nothing")).unwrap_err().status(), StatusCode::NOT_FOUND);
+/// let delete = http::Request::delete("/shop/items").body(Body::empty()).unwrap();
+/// assert_eq!(handle(delete).unwrap_err().status(), StatusCode::METHOD_NOT_ALLOWED);
+/// ```
+#[derive(Default)]
+pub struct Router {
+    prefix: Option<String>,
+    routes: Vec<Entry>,
+    fallback: Option<Handler>,
+}
+
+struct Entry {
+    /// `None` matches every method.
+    method: Option<Method>,
+    pattern: Pattern,
+    handler: Handler,
+}
+
+impl Router {
+    /// A router with no handlers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Matches patterns below `prefix` (e.g. `/api/v1`, or `/` for the full path) instead of
+    /// the prefix found from the config or the first segment. Paths outside `prefix` are 404s.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// Adds `handler` for `method` requests whose path matches `pattern`.
+    ///
+    /// # Panics
+    ///
+    /// If `pattern` does not start with `/`, has a `*rest` segment that is not the last one,
+    /// an empty parameter name, or the same parameter name twice.
+    pub fn route<F>(mut self, method: Method, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Result<Response> + 'static,
+    {
+        self.routes.push(Entry {
+            method: Some(method),
+            pattern: Pattern::parse(pattern),
+            handler: Box::new(handler),
+        });
+        self
+    }
+
+    /// Adds `handler` for requests of any method whose path matches `pattern`. Panics as
+    /// [`Router::route`] does.
+    pub fn any<F>(mut self, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Result<Response> + 'static,
+    {
+        self.routes.push(Entry {
+            method: None,
+            pattern: Pattern::parse(pattern),
+            handler: Box::new(handler),
+        });
+        self
+    }
+
+    /// Adds a `GET` (and `HEAD`) handler; see [`Router::route`].
+    pub fn get<F>(self, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Result<Response> + 'static,
+    {
+        self.route(Method::GET, pattern, handler)
+    }
+
+    /// Adds a `POST` handler; see [`Router::route`].
+    pub fn post<F>(self, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Result<Response> + 'static,
+    {
+        self.route(Method::POST, pattern, handler)
+    }
+
+    /// Adds a `PUT` handler; see [`Router::route`].
+    pub fn put<F>(self, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Result<Response> + 'static,
+    {
+        self.route(Method::PUT, pattern, handler)
+    }
+
+    /// Adds a `PATCH` handler; see [`Router::route`].
+    pub fn patch<F>(self, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Result<Response> + 'static,
+    {
+        self.route(Method::PATCH, pattern, handler)
+    }
+
+    /// Adds a `DELETE` handler; see [`Router::route`].
+    pub fn delete<F>(self, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Result<Response> + 'static,
+    {
+        self.route(Method::DELETE, pattern, handler)
+    }
+
+    /// Handles requests whose path matches no pattern (instead of a 404).
+    pub fn fallback<F>(mut self, handler: F) -> Self
+    where
+        F: Fn(Request) -> Result<Response> + 'static,
+    {
+        self.fallback = Some(Box::new(handler));
+        self
+    }
+
+    /// Calls the handler that matches `req`, with the captured [`Params`] in its extensions.
+    /// No match is a 404 or 405 [`Error`] (see the type's documentation).
+    pub fn handle(&self, mut req: Request) -> Result<Response> {
+        let configured = match &self.prefix {
+            Some(_) => None,
+            None => config::get(ROUTE_PREFIX_KEY),
+        };
+        let prefix = self.prefix.as_deref().or(configured.as_deref());
+        let Some(path) = request::strip_route_prefix(req.uri().path(), prefix) else {
+            return self.unmatched(req, Vec::new());
+        };
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+
+        let mut best: Option<(Rank, &Entry, Params)> = None;
+        let mut allowed: Vec<&Method> = Vec::new();
+        for entry in &self.routes {
+            let Some(params) = entry.pattern.matches(&segments) else {
+                continue;
+            };
+            let Some(method_rank) = method_rank(entry.method.as_ref(), req.method()) else {
+                allowed.extend(entry.method.as_ref());
+                continue;
+            };
+            let rank = Rank {
+                pattern: entry.pattern.rank(),
+                method: method_rank,
+            };
+            if best.as_ref().is_none_or(|(best, _, _)| rank < *best) {
+                best = Some((rank, entry, params));
+            }
+        }
+
+        match best {
+            Some((_, entry, params)) => {
+                req.extensions_mut().insert(params);
+                (entry.handler)(req)
+            }
+            None => self.unmatched(req, allowed),
+        }
+    }
+
+    /// A request no handler takes: 405 when other methods would match (`allowed`), else the
+    /// fallback or a 404.
+    fn unmatched(&self, req: Request, allowed: Vec<&Method>) -> Result<Response> {
+        if !allowed.is_empty() {
+            return Err(method_not_allowed(&req, allowed));
+        }
+        if let Some(fallback) = &self.fallback {
+            return fallback(req);
+        }
+        Err(Error::not_found(format!(
+            "no handler for {} {}",
+            req.method(),
+            req.uri().path()
+        )))
+    }
+}
+
+/// How well an entry matches; smaller is better.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    pattern: Vec<u8>,
+    method: u8,
+}
+
+/// How an entry's method accepts the request's: exactly (0), as "any method" (1), or as the
+/// `GET` handler of a `HEAD` request (2). `None` if it does not.
+fn method_rank(entry: Option<&Method>, request: &Method) -> Option<u8> {
+    match entry {
+        Some(method) if method == request => Some(0),
+        None => Some(1),
+        Some(&Method::GET) if request == Method::HEAD => Some(2),
+        Some(_) => None,
+    }
+}
+
+fn method_not_allowed(req: &Request, mut allowed: Vec<&Method>) -> Error {
+    if allowed.contains(&&Method::GET) {
+        allowed.push(&Method::HEAD);
+    }
+    allowed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    allowed.dedup();
+    let list = allowed
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let error = Error::with_status(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not allowed on {}; allowed: {list}",
+            req.method(),
+            req.uri().path()
+        ),
+    );
+    match HeaderValue::from_str(&list) {
+        Ok(value) => error.with_header(header::ALLOW, value),
+        Err(_) => error,
+    }
+}
+
+/// A parsed path pattern.
+struct Pattern {
+    segments: Vec<Segment>,
+}
+
+enum Segment {
+    Literal(String),
+    Param(String),
+    Rest(String),
+}
+
+impl Pattern {
+    fn parse(pattern: &str) -> Self {
+        assert!(
+            pattern.starts_with('/'),
+            "router pattern `{pattern}` must start with `/`"
+        );
+        let raw: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
+        let mut segments = Vec::with_capacity(raw.len());
+        let mut names: Vec<&str> = Vec::new();
+        for (i, part) in raw.iter().enumerate() {
+            let segment = if let Some(name) = part.strip_prefix(':') {
+                Segment::Param(name.to_owned())
+            } else if let Some(name) = part.strip_prefix('*') {
+                assert!(
+                    i + 1 == raw.len(),
+                    "router pattern `{pattern}`: `*{name}` must be the last segment"
+                );
+                Segment::Rest(name.to_owned())
+            } else {
+                Segment::Literal((*part).to_owned())
+            };
+            if let Segment::Param(name) | Segment::Rest(name) = &segment {
+                assert!(
+                    !name.is_empty(),
+                    "router pattern `{pattern}`: a parameter needs a name"
+                );
+                assert!(
+                    !names.contains(&name.as_str()),
+                    "router pattern `{pattern}`: parameter `{name}` appears twice"
+                );
+                names.push(&part[1..]);
+            }
+            segments.push(segment);
+        }
+        Self { segments }
+    }
+
+    /// The captured parameters if the pattern matches `path`'s segments.
+    fn matches(&self, path: &[&str]) -> Option<Params> {
+        let mut params = Vec::new();
+        for (i, segment) in self.segments.iter().enumerate() {
+            match segment {
+                Segment::Rest(name) => {
+                    let rest = path.get(i..).unwrap_or_default();
+                    let value = rest
+                        .iter()
+                        .map(|s| request::decode(s, false))
+                        .collect::<Vec<_>>()
+                        .join("/");
+                    params.push((name.clone(), value));
+                    return Some(Params::new(params));
+                }
+                Segment::Literal(literal) => {
+                    if path.get(i) != Some(&literal.as_str()) {
+                        return None;
+                    }
+                }
+                Segment::Param(name) => {
+                    let value = path.get(i)?;
+                    params.push((name.clone(), request::decode(value, false).into_owned()));
+                }
+            }
+        }
+        (path.len() == self.segments.len()).then(|| Params::new(params))
+    }
+
+    /// Specificity, segment by segment: literal 0, parameter 1, rest 2.
+    fn rank(&self) -> Vec<u8> {
+        self.segments
+            .iter()
+            .map(|segment| match segment {
+                Segment::Literal(_) => 0,
+                Segment::Param(_) => 1,
+                Segment::Rest(_) => 2,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Body, RequestExt, response};
+
+    fn request(method: Method, path: &str) -> Request {
+        http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    /// A handler that answers with its name and the params it saw.
+    fn named(name: &'static str) -> impl Fn(Request) -> Result<Response> {
+        move |req| {
+            let params: Vec<String> = req
+                .params()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            Ok(response::text(format!("{name} {}", params.join(" "))))
+        }
+    }
+
+    fn answer(
+        router: &Router,
+        method: Method,
+        path: &str,
+    ) -> std::result::Result<String, StatusCode> {
+        router
+            .handle(request(method, path))
+            .map(|r| r.into_body().text().unwrap().trim_end().to_owned())
+            .map_err(|e| e.status())
+    }
+
+    #[test]
+    fn patterns_match_below_the_first_segment_by_default() {
+        let router = Router::new()
+            .get("/", named("root"))
+            .get("/items", named("list"))
+            .get("/items/:id", named("show"));
+        assert_eq!(answer(&router, Method::GET, "/shop").unwrap(), "root");
+        assert_eq!(answer(&router, Method::GET, "/shop/").unwrap(), "root");
+        assert_eq!(
+            answer(&router, Method::GET, "/shop/items/").unwrap(),
+            "list"
+        );
+        assert_eq!(
+            answer(&router, Method::GET, "/shop/items/7").unwrap(),
+            "show id=7"
+        );
+        assert_eq!(
+            answer(&router, Method::GET, "/shop/items/7/x"),
+            Err(StatusCode::NOT_FOUND)
+        );
+        assert_eq!(
+            answer(&router, Method::GET, "/items"),
+            Ok("root".into()),
+            "the first segment is the route"
+        );
+    }
+
+    #[test]
+    fn an_explicit_prefix_replaces_the_first_segment_rule() {
+        let router = Router::new()
+            .with_prefix("/api/v1")
+            .get("/", named("root"))
+            .get("/items/:id", named("show"));
+        assert_eq!(answer(&router, Method::GET, "/api/v1").unwrap(), "root");
+        assert_eq!(
+            answer(&router, Method::GET, "/api/v1/items/a%20b").unwrap(),
+            "show id=a b"
+        );
+        assert_eq!(
+            answer(&router, Method::GET, "/api/items/1"),
+            Err(StatusCode::NOT_FOUND)
+        );
+        assert_eq!(
+            answer(&router, Method::GET, "/api/v10"),
+            Err(StatusCode::NOT_FOUND)
+        );
+
+        let whole = Router::new().with_prefix("/").get("/a/:b", named("full"));
+        assert_eq!(answer(&whole, Method::GET, "/a/1").unwrap(), "full b=1");
+    }
+
+    #[test]
+    fn the_most_specific_pattern_wins_whatever_the_order() {
+        let router = Router::new()
+            .get("/files/*path", named("rest"))
+            .get("/files/:name", named("param"))
+            .get("/files/readme", named("literal"))
+            .get("/:a/:b", named("params"));
+        assert_eq!(
+            answer(&router, Method::GET, "/r/files/readme").unwrap(),
+            "literal"
+        );
+        assert_eq!(
+            answer(&router, Method::GET, "/r/files/other").unwrap(),
+            "param name=other"
+        );
+        assert_eq!(
+            answer(&router, Method::GET, "/r/files/a/b").unwrap(),
+            "rest path=a/b"
+        );
+        assert_eq!(
+            answer(&router, Method::GET, "/r/files").unwrap(),
+            "rest path="
+        );
+        assert_eq!(
+            answer(&router, Method::GET, "/r/x/y").unwrap(),
+            "params a=x b=y"
+        );
+    }
+
+    #[test]
+    fn ties_go_to_the_first_added_and_exact_methods_beat_any() {
+        let router = Router::new()
+            .any("/x", named("any"))
+            .get("/x", named("get"))
+            .get("/x", named("second get"));
+        assert_eq!(answer(&router, Method::GET, "/r/x").unwrap(), "get");
+        assert_eq!(answer(&router, Method::POST, "/r/x").unwrap(), "any");
+    }
+
+    #[test]
+    fn head_falls_back_to_get_but_prefers_its_own_handler() {
+        let router = Router::new()
+            .get("/a", named("get a"))
+            .get("/b", named("get b"))
+            .route(Method::HEAD, "/b", named("head b"));
+        assert_eq!(answer(&router, Method::HEAD, "/r/a").unwrap(), "get a");
+        assert_eq!(answer(&router, Method::HEAD, "/r/b").unwrap(), "head b");
+    }
+
+    #[test]
+    fn a_known_path_with_another_method_is_405_with_allow() {
+        let router = Router::new()
+            .get("/items", named("list"))
+            .post("/items", named("create"))
+            .delete("/items/:id", named("delete"));
+        let error = router.handle(request(Method::PUT, "/r/items")).unwrap_err();
+        assert_eq!(error.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            error.to_string(),
+            "PUT is not allowed on /r/items; allowed: GET, HEAD, POST"
+        );
+        let response = error.into_response();
+        assert_eq!(response.headers()[header::ALLOW], "GET, HEAD, POST");
+    }
+
+    #[test]
+    fn unknown_paths_are_404_or_go_to_the_fallback() {
+        let router = Router::new().get("/", named("root"));
+        let error = router.handle(request(Method::GET, "/r/nope")).unwrap_err();
+        assert_eq!(error.status(), StatusCode::NOT_FOUND);
+        assert_eq!(error.to_string(), "no handler for GET /r/nope");
+
+        let router = router.fallback(named("fallback"));
+        assert_eq!(answer(&router, Method::GET, "/r/nope").unwrap(), "fallback");
+    }
+
+    #[test]
+    fn handler_errors_pass_through() {
+        let router = Router::new().get("/fail", |_| Err(Error::msg("broken")));
+        assert_eq!(
+            answer(&router, Method::GET, "/r/fail"),
+            Err(StatusCode::INTERNAL_SERVER_ERROR)
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "must start with `/`")]
+    fn patterns_must_be_absolute() {
+        let _ = Router::new().get("items", named("x"));
+    }
+
+    #[test]
+    #[should_panic(expected = "must be the last segment")]
+    fn rest_must_be_last() {
+        let _ = Router::new().get("/*rest/x", named("x"));
+    }
+
+    #[test]
+    #[should_panic(expected = "appears twice")]
+    fn parameter_names_are_unique() {
+        let _ = Router::new().get("/:id/:id", named("x"));
+    }
+}
