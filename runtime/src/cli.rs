@@ -1,20 +1,115 @@
-//! The `handoff` command line. Doc comments here are the `--help` text.
+//! The `handoff` command line: flags, subcommands and exit codes. Doc comments here are the
+//! `--help` text. Parsing only: the commands themselves live in [`crate::client`] (the admin-API
+//! clients), [`crate::scaffold`] (`new`), [`crate::dev`] (`dev`) and the binary (`serve`).
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, ConfigFile};
+
+/// The process exit codes. Every failure prints one line on stderr saying why.
+pub mod exit {
+    /// The command did what it was asked.
+    pub const SUCCESS: u8 = 0;
+    /// The server refused or failed the request (its reason is printed), or the server itself
+    /// failed (a listener could not be bound).
+    pub const FAILED: u8 = 1;
+    /// Bad flags or arguments (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// The admin API could not be reached, or what answered is not the admin API.
+    pub const UNREACHABLE: u8 = 3;
+    /// A local file or directory problem: a file is missing or unreadable, a directory to
+    /// create already exists, a directory holds no guest crate.
+    pub const LOCAL: u8 = 4;
+    /// The server configuration is invalid: a flag's value or the `--config` file (BSD
+    /// `EX_USAGE`).
+    pub const CONFIG: u8 = 64;
+}
+
+/// The `Exit status` section of `--help`, built from [`exit`] so the two cannot drift.
+fn exit_codes_help() -> String {
+    format!(
+        "Exit status:\n  \
+         {:<3} success\n  \
+         {:<3} the server refused or failed the request (its reason is printed), or the server failed\n  \
+         {:<3} usage: bad flags or arguments\n  \
+         {:<3} cannot reach the handoff admin API (--admin, $HANDOFF_ADMIN_URL)\n  \
+         {:<3} a local file problem: missing or unreadable file, existing directory, no guest crate\n  \
+         {:<3} invalid server configuration (a flag or the --config file)",
+        exit::SUCCESS,
+        exit::FAILED,
+        exit::USAGE,
+        exit::UNREACHABLE,
+        exit::LOCAL,
+        exit::CONFIG,
+    )
+}
+
+/// A command's failure: the exit code and the one-line reason printed on stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// One of the [`exit`] codes.
+    pub code: u8,
+    /// A sentence saying what went wrong and, where possible, what to do.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with exit code `code`.
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
 
 /// Serve WebAssembly HTTP handlers and replace them while serving, without failing a request.
 #[derive(Debug, Parser)]
-#[command(name = "handoff", version, about)]
+#[command(name = "handoff", version, about, after_help = exit_codes_help())]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process's arguments; on bad usage prints clap's message and exits with
+    /// [`exit::USAGE`]. Use this rather than `Cli::parse`: it also records which serve settings
+    /// were given as flags, so they win over the `--config` file.
+    pub fn parse_args() -> Self {
+        Self::try_parse_args(std::env::args_os()).unwrap_or_else(|error| error.exit())
+    }
+
+    /// Parses `args` (the first is the program name).
+    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        if let Some((_, sub)) = matches.subcommand() {
+            match &mut cli.command {
+                Command::Serve(serve) => serve.note_given(sub),
+                Command::Dev(dev) => dev.server.note_given(sub),
+                _ => {}
+            }
+        }
+        Ok(cli)
+    }
 }
 
 /// The subcommands.
@@ -22,11 +117,32 @@ pub struct Cli {
 pub enum Command {
     /// Run the server: guest traffic on --listen, the admin API on --admin-listen.
     Serve(ServeArgs),
+    /// Build the guest crate(s) in DIR, serve them, and rebuild and redeploy on every change.
+    Dev(DevArgs),
+    /// Create a guest crate that builds and serves as it is.
+    New(NewArgs),
+    /// Deploy a component to a route: created if new, its version replaced if not.
+    Deploy(DeployArgs),
+    /// List the routes: prefix, active version, traffic, draining versions.
+    Routes(RoutesArgs),
+    /// Show one route in detail.
+    Status(RouteArgs),
+    /// Delete a route: stop routing to it at once, let its in-flight requests finish.
+    Delete(RouteArgs),
 }
 
-/// Flags of `handoff serve`.
+/// Flags of `handoff serve` (and of the server `handoff dev` runs).
+///
+/// Precedence: a flag (or its `HANDOFF_*` environment variable) wins over the `--config` file,
+/// which wins over the defaults.
 #[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
 pub struct ServeArgs {
+    /// A TOML file with any of these settings, keys spelled like the flags
+    /// (`admin-listen = "127.0.0.1:8081"`, `request-timeout = "10s"`). Flags and their
+    /// environment variables win over it; it wins over the defaults.
+    #[arg(long, value_name = "FILE", env = "HANDOFF_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address for guest traffic. Port 0 picks a free port (the ready line shows it).
     #[arg(long, default_value = config::DEFAULT_LISTEN, env = "HANDOFF_LISTEN")]
     pub listen: SocketAddr,
@@ -52,11 +168,54 @@ pub struct ServeArgs {
     /// Guest instances that may exist at once (pooling allocator slots); 0 allocates on demand.
     #[arg(long, default_value_t = config::DEFAULT_MAX_INSTANCES)]
     pub max_instances: u32,
+    /// The settings given as flags or environment variables (clap ids); the file fills the rest.
+    #[arg(skip)]
+    pub given: BTreeSet<&'static str>,
 }
 
+/// The clap ids of the serve settings a config file may set.
+const FILE_SETTINGS: [&str; 8] = [
+    "listen",
+    "admin_listen",
+    "data_dir",
+    "request_timeout",
+    "drain_timeout",
+    "max_memory",
+    "max_upload",
+    "max_instances",
+];
+
 impl ServeArgs {
-    /// The validated configuration these flags describe.
-    pub fn into_config(self) -> Result<Config, String> {
+    /// Records which settings `matches` got from the command line or the environment.
+    fn note_given(&mut self, matches: &ArgMatches) {
+        for id in FILE_SETTINGS {
+            if matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            ) {
+                self.given.insert(id);
+            }
+        }
+    }
+
+    /// The validated configuration: flags, then the `--config` file, then the defaults.
+    /// The error is a sentence naming what to fix (and the file, if it is the file's fault).
+    pub fn into_config(mut self) -> Result<Config, String> {
+        let file = self.config.take();
+        if let Some(path) = &file {
+            let settings = ConfigFile::load(path).map_err(|e| e.to_string())?;
+            self.apply(settings);
+        }
+        self.build().map_err(|error| match &file {
+            Some(path) => format!(
+                "{error} (check the flags and the config file {})",
+                path.display()
+            ),
+            None => error,
+        })
+    }
+
+    fn build(self) -> Result<Config, String> {
         let config = Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
@@ -70,5 +229,195 @@ impl ServeArgs {
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// Takes each setting from `file` unless it was given as a flag.
+    fn apply(&mut self, file: ConfigFile) {
+        fn fill<T>(given: &BTreeSet<&str>, id: &str, slot: &mut T, value: Option<T>) {
+            if let Some(value) = value.filter(|_| !given.contains(id)) {
+                *slot = value;
+            }
+        }
+        let given = &self.given;
+        fill(given, "listen", &mut self.listen, file.listen);
+        fill(
+            given,
+            "admin_listen",
+            &mut self.admin_listen,
+            file.admin_listen,
+        );
+        fill(
+            given,
+            "data_dir",
+            &mut self.data_dir,
+            file.data_dir.map(Some),
+        );
+        let timeout = file.request_timeout;
+        fill(given, "request_timeout", &mut self.request_timeout, timeout);
+        fill(
+            given,
+            "drain_timeout",
+            &mut self.drain_timeout,
+            file.drain_timeout,
+        );
+        fill(given, "max_memory", &mut self.max_memory, file.max_memory);
+        fill(given, "max_upload", &mut self.max_upload, file.max_upload);
+        fill(
+            given,
+            "max_instances",
+            &mut self.max_instances,
+            file.max_instances,
+        );
+    }
+}
+
+/// Where the admin API is and how to print its answers; shared by the client commands.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// The admin API of the handoff server to talk to (plain http).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "HANDOFF_ADMIN_URL",
+        default_value = crate::client::DEFAULT_ADMIN_URL
+    )]
+    pub admin: String,
+    /// Print the server's JSON instead of a table (for scripts); on failure, the problem document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `handoff deploy`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
+pub struct DeployArgs {
+    /// The route to create or replace (a-z, 0-9, `-`, `_`, `.`).
+    pub route: String,
+    /// The component: the `.wasm` file a `wasm32-wasip2` build produced.
+    pub file: PathBuf,
+    /// The path prefix the route serves (default: its current one; `/ROUTE` for a new route).
+    #[arg(long, value_name = "/PATH")]
+    pub prefix: Option<String>,
+    /// A setting handed to the guest as an environment variable; repeat for more. Without any,
+    /// the route keeps its current settings; `--config ''` alone clears them.
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    pub config: Vec<String>,
+    /// The admin API and output format.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `handoff routes`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
+pub struct RoutesArgs {
+    /// The admin API and output format.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `handoff status` and `handoff delete`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
+pub struct RouteArgs {
+    /// The route.
+    pub route: String,
+    /// The admin API and output format.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `handoff new`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
+pub struct NewArgs {
+    /// The crate's name, which `handoff dev` also uses as its route name: a lowercase letter,
+    /// then lowercase letters, digits, `-` or `_`.
+    pub name: String,
+    /// The directory to create (default: ./NAME). It must not exist yet.
+    #[arg(long, value_name = "DIR")]
+    pub path: Option<PathBuf>,
+    /// The guest SDK (the `guest-sdk` directory of a handoff checkout) the crate depends on.
+    /// Default: the SDK of the checkout this binary was built from.
+    #[arg(long, value_name = "PATH")]
+    pub sdk: Option<PathBuf>,
+}
+
+/// Arguments of `handoff dev`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
+pub struct DevArgs {
+    /// A guest crate, or a workspace of them: every `cdylib` member becomes route `/NAME`.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// The server's settings, as for `serve`.
+    #[command(flatten)]
+    pub server: ServeArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        let argv = ["handoff", "serve"].iter().chain(args);
+        match Cli::try_parse_args(argv).expect("valid flags").command {
+            Command::Serve(serve) => serve,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+        let help = Cli::command().render_help().to_string();
+        for code in [
+            exit::SUCCESS,
+            exit::FAILED,
+            exit::USAGE,
+            exit::UNREACHABLE,
+            exit::LOCAL,
+            exit::CONFIG,
+        ] {
+            assert!(help.contains(&format!("\n  {code:<3} ")), "{help}");
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("handoff.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7000\"\nrequest-timeout = \"2s\"\nmax-instances = 3\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let config = serve(&["--config", path, "--request-timeout", "5s"])
+            .into_config()
+            .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(config.request_timeout, Duration::from_secs(5));
+        assert_eq!(config.max_instances, 3);
+        assert_eq!(
+            config.admin_listen,
+            config::DEFAULT_ADMIN_LISTEN.parse().unwrap()
+        );
+        // A flag equal to its default still wins.
+        let config = serve(&["--config", path, "--max-instances", "1000"])
+            .into_config()
+            .unwrap();
+        assert_eq!(config.max_instances, 1000);
+    }
+
+    #[test]
+    fn a_bad_file_is_refused_with_its_name() {
+        let error = serve(&["--config", "/nonexistent/handoff.toml"])
+            .into_config()
+            .unwrap_err();
+        assert!(
+            error.starts_with("cannot read the config file /nonexistent/handoff.toml"),
+            "{error}"
+        );
     }
 }

@@ -1,11 +1,14 @@
-//! Validated server configuration and its named defaults.
+//! Validated server configuration, its named defaults, and the optional TOML file that mirrors
+//! the `serve` flags ([`ConfigFile`]).
 //!
 //! Everything here is checked before a socket is bound or a guest compiled. It never touches the
 //! network or the engine.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde::Deserialize;
 
 /// Where guest traffic is served unless `--listen` says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -129,9 +132,222 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is too large"))
 }
 
+/// The `serve --config FILE` file: the serve flags as TOML keys, spelled exactly like the flags
+/// (`admin-listen`, `request-timeout`, ...). Every key is optional; unknown keys are refused.
+/// Durations and sizes take the flags' text (`"500ms"`, `"128MiB"`) or a bare number (seconds,
+/// bytes). A relative `data-dir` is taken relative to the file's directory.
+///
+/// ```toml
+/// listen = "0.0.0.0:8080"
+/// admin-listen = "127.0.0.1:8081"
+/// request-timeout = "10s"
+/// max-memory = "64MiB"
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigFile {
+    /// `--listen`
+    pub listen: Option<SocketAddr>,
+    /// `--admin-listen`
+    pub admin_listen: Option<SocketAddr>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--request-timeout`
+    pub request_timeout: Option<Duration>,
+    /// `--drain-timeout`
+    pub drain_timeout: Option<Duration>,
+    /// `--max-memory`
+    pub max_memory: Option<u64>,
+    /// `--max-upload`
+    pub max_upload: Option<u64>,
+    /// `--max-instances`
+    pub max_instances: Option<u32>,
+}
+
+/// The raw file, before durations and sizes are parsed; kept apart so a bad value is reported
+/// with its key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfigFile {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    request_timeout: Option<TextOrNumber>,
+    drain_timeout: Option<TextOrNumber>,
+    max_memory: Option<TextOrNumber>,
+    max_upload: Option<TextOrNumber>,
+    max_instances: Option<u32>,
+}
+
+/// A duration or size: the flag's text, or a bare non-negative number.
+enum TextOrNumber {
+    Number(u64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for TextOrNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = TextOrNumber;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("text like \"30s\" or \"128MiB\", or a whole number")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(TextOrNumber::Text(v.to_owned()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(TextOrNumber::Number(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map(TextOrNumber::Number)
+                    .map_err(|_| E::custom("a negative number is not a duration or a size"))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl TextOrNumber {
+    fn text(&self) -> String {
+        match self {
+            Self::Number(n) => n.to_string(),
+            Self::Text(text) => text.clone(),
+        }
+    }
+}
+
+/// Why a config file was refused. The message names the file and says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    #[error("cannot read the config file {path}: {error}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key, or a value of the wrong type or form.
+    #[error("the config file {path} is invalid: {problem}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the key or the line and column.
+        problem: String,
+    },
+}
+
+impl ConfigFile {
+    /// Reads and parses the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigFileError::Unreadable {
+            path: path.to_owned(),
+            error,
+        })?;
+        Self::parse(&text, path.parent().unwrap_or(Path::new(""))).map_err(|problem| {
+            ConfigFileError::Invalid {
+                path: path.to_owned(),
+                problem,
+            }
+        })
+    }
+
+    /// Parses `text`; a relative `data-dir` is joined to `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
+        let raw: RawConfigFile = toml::from_str(text).map_err(|error| {
+            let message = error.message().trim_end();
+            match error.span() {
+                Some(span) => {
+                    let (line, column) = line_and_column(text, span.start);
+                    format!("{message} (line {line}, column {column})")
+                }
+                None => message.to_owned(),
+            }
+        })?;
+        let keyed = |key: &str, problem: String| format!("`{key}`: {problem}");
+        let address = |key: &str, text: Option<String>| {
+            text.map(|t| {
+                t.parse::<SocketAddr>().map_err(|_| {
+                    keyed(
+                        key,
+                        format!("`{t}` is not an address; write it like \"127.0.0.1:8080\""),
+                    )
+                })
+            })
+            .transpose()
+        };
+        let duration = |key: &str, value: Option<TextOrNumber>| {
+            value
+                .map(|v| parse_duration(&v.text()).map_err(|e| keyed(key, e)))
+                .transpose()
+        };
+        let size = |key: &str, value: Option<TextOrNumber>| {
+            value
+                .map(|v| parse_bytes(&v.text()).map_err(|e| keyed(key, e)))
+                .transpose()
+        };
+        Ok(Self {
+            listen: address("listen", raw.listen)?,
+            admin_listen: address("admin-listen", raw.admin_listen)?,
+            data_dir: raw.data_dir.map(|dir| base.join(dir)),
+            request_timeout: duration("request-timeout", raw.request_timeout)?,
+            drain_timeout: duration("drain-timeout", raw.drain_timeout)?,
+            max_memory: size("max-memory", raw.max_memory)?,
+            max_upload: size("max-upload", raw.max_upload)?,
+            max_instances: raw.max_instances,
+        })
+    }
+}
+
+/// The 1-based line and column of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_file_mirrors_the_flags() {
+        let file = ConfigFile::parse(
+            "listen = \"127.0.0.1:0\"\nadmin-listen = \"127.0.0.1:9\"\nrequest-timeout = \"250ms\"\n\
+             drain-timeout = 5\nmax-memory = \"64MiB\"\nmax-upload = 1024\nmax-instances = 0\n\
+             data-dir = \"state\"\n",
+            Path::new("/etc/handoff"),
+        )
+        .unwrap();
+        assert_eq!(file.listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(file.admin_listen, Some("127.0.0.1:9".parse().unwrap()));
+        assert_eq!(file.request_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(file.drain_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(file.max_memory, Some(64 << 20));
+        assert_eq!(file.max_upload, Some(1024));
+        assert_eq!(file.max_instances, Some(0));
+        assert_eq!(file.data_dir, Some(PathBuf::from("/etc/handoff/state")));
+    }
+
+    #[test]
+    fn a_config_file_names_what_is_wrong() {
+        let unknown = ConfigFile::parse(
+            "listen = \"127.0.0.1:0\"\ncolour = \"blue\"\n",
+            Path::new(""),
+        )
+        .unwrap_err();
+        assert!(unknown.contains("unknown field `colour`"), "{unknown}");
+        assert!(unknown.contains("line 2, column 1"), "{unknown}");
+        let bad_value = ConfigFile::parse("request-timeout = \"soon\"", Path::new("")).unwrap_err();
+        assert!(bad_value.starts_with("`request-timeout`:"), "{bad_value}");
+        let bad_address = ConfigFile::parse("listen = \"here\"", Path::new("")).unwrap_err();
+        assert!(bad_address.starts_with("`listen`:"), "{bad_address}");
+        let bad_type = ConfigFile::parse("max-instances = \"many\"", Path::new("")).unwrap_err();
+        assert!(bad_type.contains("line 1"), "{bad_type}");
+    }
 
     #[test]
     fn durations_parse_with_units() {

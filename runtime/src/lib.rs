@@ -16,15 +16,22 @@
 //! route table atomically ([`routes::Routes::activate`]). Requests that already hold the old
 //! version finish on it, response bodies included; the old version is then drained and freed.
 //! The admin API ([`admin`]) and the data plane run on separate listeners ([`server`]).
+//!
+//! The `handoff` binary is thin: [`cli`] parses, and besides `serve` it runs the admin-API
+//! clients ([`client`]: `deploy`, `routes`, `status`, `delete`), the guest scaffold
+//! ([`scaffold`]: `new`) and the local loop ([`dev`]: build, serve, watch, redeploy).
 
 pub mod admin;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod deploy;
+pub mod dev;
 pub mod dispatch;
 pub mod engine;
 pub mod host;
 pub mod routes;
+pub mod scaffold;
 pub mod server;
 pub mod telemetry;
 pub mod version;

@@ -1,52 +1,70 @@
-//! The `handoff` binary: parse flags, set up logging, run the command.
+//! The `handoff` binary: parse flags, set up logging, run the command, turn its outcome into an
+//! exit code (see `handoff --help`).
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
-use handoff::cli::{Cli, Command};
+use handoff::cli::{Cli, Command, Failure, exit};
 use handoff::server::Server;
 
-/// Exit code for an invalid configuration (BSD `EX_USAGE`).
-const EXIT_CONFIG: u8 = 64;
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    handoff::telemetry::init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("handoff: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let cli = Cli::parse_args();
+    // `dev` prints its own progress; the server's lifecycle logs would repeat it.
+    let default_log = match cli.command {
+        Command::Dev(_) => "warn,guest=info",
+        _ => "info",
     };
-    match cli.command {
-        Command::Serve(args) => {
-            let config = match args.into_config() {
-                Ok(config) => config,
-                Err(error) => {
-                    eprintln!("handoff: {error}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            runtime.block_on(serve(config))
+    handoff::telemetry::init_with_default(default_log);
+    let outcome = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(run(cli.command)),
+        Err(error) => Err(Failure::new(
+            exit::FAILED,
+            format!("cannot start the async runtime: {error}"),
+        )),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("handoff: {failure}");
+            ExitCode::from(failure.code)
         }
     }
 }
 
-async fn serve(config: handoff::config::Config) -> ExitCode {
-    let server = match Server::start(config).await {
-        Ok(server) => server,
-        Err(error) => {
-            eprintln!("handoff: {error:#}");
-            return ExitCode::FAILURE;
+async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Serve(args) => {
+            let config = args
+                .into_config()
+                .map_err(|e| Failure::new(exit::CONFIG, e))?;
+            serve(config).await
         }
-    };
+        Command::Dev(args) => handoff::dev::run(args, shutdown_signal()).await,
+        Command::Deploy(args) => handoff::client::deploy(args).await,
+        Command::Routes(args) => handoff::client::routes(args).await,
+        Command::Status(args) => handoff::client::status(args).await,
+        Command::Delete(args) => handoff::client::delete(args).await,
+        Command::New(args) => {
+            let created = handoff::scaffold::run(args)?;
+            let dir = created.dir.display();
+            println!(
+                "created guest crate {dir} (SDK: {})\n  build:  cd {dir} && cargo build --release\n  serve:  handoff dev {dir}",
+                created.sdk.display(),
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: handoff::config::Config) -> Result<(), Failure> {
+    let server = Server::start(config)
+        .await
+        .map_err(|e| Failure::new(exit::FAILED, format!("{e:#}")))?;
     println!("{}", server.ready_line());
     let _ = std::io::stdout().flush();
     shutdown_signal().await;
     server.shutdown().await;
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 /// Resolves on ctrl-c or SIGTERM.

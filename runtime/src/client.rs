@@ -1,0 +1,625 @@
+//! Thin clients of the admin API for `handoff deploy`, `routes`, `status` and `delete`: one
+//! HTTP/1.1 request per command over plain TCP, the answer printed as a table or, with `--json`,
+//! exactly as the server sent it.
+//!
+//! They decide nothing the server decides: route names, prefixes, settings and components are
+//! validated by the server, and its problem document's `detail` sentence is printed as it is.
+//! Every failure is one line and one of the [`exit`] codes.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpStream;
+
+use crate::cli::{AdminArgs, DeployArgs, Failure, RouteArgs, RoutesArgs, exit};
+
+/// Where the client commands look for the admin API unless `--admin` or `HANDOFF_ADMIN_URL`
+/// says otherwise (the default of `serve --admin-listen`).
+pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:8081";
+/// How long to wait for the TCP connection to the admin API.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the whole answer (a deploy answers once the component is compiled).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A parsed `--admin` URL: `http://HOST:PORT[/base]`; the scheme may be left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminUrl {
+    /// The URL as given, for messages.
+    text: String,
+    /// Host name or address, without IPv6 brackets.
+    host: String,
+    /// Port (80 if not given).
+    port: u16,
+    /// `HOST:PORT` as it goes in the `Host` header.
+    authority: String,
+    /// Path the API is mounted under, without a trailing `/` (usually empty).
+    base: String,
+}
+
+impl AdminUrl {
+    /// Parses `text`, saying what is wrong in a sentence.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let rest = match text.split_once("://") {
+            Some(("http", rest)) => rest,
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "the admin URL `{text}` uses `{scheme}://`; the admin API speaks plain http \
+                     (`http://HOST:PORT`), so put a TLS proxy in front of it if it must cross a network"
+                ));
+            }
+            None => text,
+        };
+        let (authority, base) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let bad = || format!("the admin URL `{text}` is not of the form http://HOST:PORT");
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad());
+        }
+        let port = match port {
+            Some(port) => port.parse::<u16>().map_err(|_| bad())?,
+            None => 80,
+        };
+        Ok(Self {
+            text: text.to_owned(),
+            host: host.to_owned(),
+            port,
+            authority: authority.to_owned(),
+            base: base.trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+/// An answer of the admin API.
+#[derive(Debug)]
+pub struct Reply {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its body, whole.
+    pub body: Bytes,
+}
+
+/// A client of one admin API.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    url: AdminUrl,
+}
+
+impl AdminClient {
+    /// A client for the admin API at `url`; a malformed URL is a usage failure.
+    pub fn new(url: &str) -> Result<Self, Failure> {
+        AdminUrl::parse(url)
+            .map(|url| Self { url })
+            .map_err(|e| Failure::new(exit::USAGE, e))
+    }
+
+    /// Sends one request on a fresh connection and reads the whole answer. Failing to connect,
+    /// or losing the connection before the answer is complete, is [`exit::UNREACHABLE`].
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        wasm: Option<Bytes>,
+    ) -> Result<Reply, Failure> {
+        let unreachable = |reason: String| {
+            Failure::new(
+                exit::UNREACHABLE,
+                format!(
+                    "cannot reach the handoff admin API at {}: {reason}; is `handoff serve` running?",
+                    self.url.text
+                ),
+            )
+        };
+        let connect = TcpStream::connect((self.url.host.as_str(), self.url.port));
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return Err(unreachable(error.to_string())),
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no connection within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        let exchange = async {
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+                    .await?;
+            tokio::spawn(connection);
+            let mut request = Request::builder()
+                .method(method)
+                .uri(format!("{}{path_and_query}", self.url.base))
+                .header(header::HOST, &self.url.authority);
+            if wasm.is_some() {
+                request = request.header(header::CONTENT_TYPE, "application/wasm");
+            }
+            let request = request
+                .body(Full::new(wasm.unwrap_or_default()))
+                .expect("a well-formed request");
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>(Reply { status, body })
+        };
+        match tokio::time::timeout(ANSWER_TIMEOUT, exchange).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(error)) => Err(Failure::new(
+                exit::UNREACHABLE,
+                format!(
+                    "the handoff admin API at {} broke off the exchange: {error}",
+                    self.url.text
+                ),
+            )),
+            Err(_) => Err(Failure::new(
+                exit::UNREACHABLE,
+                format!(
+                    "the handoff admin API at {} did not answer within {} s",
+                    self.url.text,
+                    ANSWER_TIMEOUT.as_secs()
+                ),
+            )),
+        }
+    }
+
+    /// Sends a request and returns the JSON of a successful answer. With `json`, the body is
+    /// printed as it came, success or not. A 4xx/5xx is [`exit::FAILED`] with the server's
+    /// `detail`; `what` names the request in that message ("deploy", "delete").
+    async fn call(
+        &self,
+        what: &str,
+        method: Method,
+        path_and_query: &str,
+        wasm: Option<Bytes>,
+        json: bool,
+    ) -> Result<Value, Failure> {
+        let reply = self.send(method, path_and_query, wasm).await?;
+        if json {
+            let mut out = reply.body.to_vec();
+            if !out.ends_with(b"\n") {
+                out.push(b'\n');
+            }
+            print(&out);
+        }
+        let parsed: Option<Value> = serde_json::from_slice(&reply.body).ok();
+        if !reply.status.is_success() {
+            let detail = parsed
+                .as_ref()
+                .and_then(|v| v.get("detail"))
+                .and_then(Value::as_str)
+                .map(one_line)
+                .unwrap_or_else(|| {
+                    format!(
+                        "the answer has no problem document: {}",
+                        one_line(&String::from_utf8_lossy(
+                            &reply.body[..reply.body.len().min(200)]
+                        ))
+                    )
+                });
+            return Err(Failure::new(
+                exit::FAILED,
+                format!("{what} refused ({}): {detail}", status_text(reply.status)),
+            ));
+        }
+        parsed.ok_or_else(|| {
+            Failure::new(
+                exit::UNREACHABLE,
+                format!(
+                    "what answers at {} is not the handoff admin API (its answer is not JSON)",
+                    self.url.text
+                ),
+            )
+        })
+    }
+}
+
+/// `handoff deploy ROUTE FILE`.
+pub async fn deploy(args: DeployArgs) -> Result<(), Failure> {
+    let client = AdminClient::new(&args.admin.admin)?;
+    let bytes = read_component(&args.file).await?;
+    let mut query = Vec::new();
+    if let Some(prefix) = &args.prefix {
+        query.push(format!("prefix={}", encode(prefix)));
+    }
+    for setting in &args.config {
+        query.push(format!("config={}", encode(setting)));
+    }
+    let mut path = format!("/v1/routes/{}", encode(&args.route));
+    if !query.is_empty() {
+        path = format!("{path}?{}", query.join("&"));
+    }
+    let json = args.admin.json;
+    let body = client
+        .call("deploy", Method::PUT, &path, Some(bytes), json)
+        .await?;
+    if !json {
+        print(render_deploy(&body).as_bytes());
+    }
+    Ok(())
+}
+
+/// `handoff routes`.
+pub async fn routes(args: RoutesArgs) -> Result<(), Failure> {
+    let AdminArgs { admin, json } = args.admin;
+    let client = AdminClient::new(&admin)?;
+    let body = client
+        .call("listing the routes", Method::GET, "/v1/routes", None, json)
+        .await?;
+    if !json {
+        print(render_routes(&body).as_bytes());
+    }
+    Ok(())
+}
+
+/// `handoff status ROUTE`.
+pub async fn status(args: RouteArgs) -> Result<(), Failure> {
+    let AdminArgs { admin, json } = args.admin;
+    let client = AdminClient::new(&admin)?;
+    let path = format!("/v1/routes/{}", encode(&args.route));
+    let body = client
+        .call("status", Method::GET, &path, None, json)
+        .await?;
+    if !json {
+        print(render_status(&body, SystemTime::now()).as_bytes());
+    }
+    Ok(())
+}
+
+/// `handoff delete ROUTE`.
+pub async fn delete(args: RouteArgs) -> Result<(), Failure> {
+    let AdminArgs { admin, json } = args.admin;
+    let client = AdminClient::new(&admin)?;
+    let path = format!("/v1/routes/{}", encode(&args.route));
+    let body = client
+        .call("delete", Method::DELETE, &path, None, json)
+        .await?;
+    if !json {
+        let in_flight = match body["in_flight"].as_u64().unwrap_or(0) {
+            0 => "nothing in flight".to_owned(),
+            1 => "1 request in flight finishes on it".to_owned(),
+            n => format!("{n} requests in flight finish on it"),
+        };
+        let text = format!(
+            "deleted route {} (version {}; {in_flight})\n",
+            str_of(&body, "route"),
+            short(str_of(&body, "version")),
+        );
+        print(text.as_bytes());
+    }
+    Ok(())
+}
+
+/// Reads the component to upload; a missing or unreadable file is [`exit::LOCAL`].
+async fn read_component(path: &Path) -> Result<Bytes, Failure> {
+    tokio::fs::read(path).await.map(Bytes::from).map_err(|e| {
+        Failure::new(
+            exit::LOCAL,
+            format!("cannot read the component {}: {e}", path.display()),
+        )
+    })
+}
+
+fn render_deploy(body: &Value) -> String {
+    let route = str_of(body, "route");
+    let headline = if body["changed"] == false {
+        format!("route {route} unchanged: this version was already active")
+    } else if body["created"] == true {
+        format!("created route {route}")
+    } else {
+        format!("replaced the version of route {route}")
+    };
+    let previous = match body["previous_version"].as_str() {
+        Some(previous) => previous.to_owned(),
+        None => "none (new route)".to_owned(),
+    };
+    let compiled = match body["compile_ms"].as_f64() {
+        Some(ms) => format!("in {ms:.1} ms"),
+        None => "not needed (already compiled)".to_owned(),
+    };
+    let details = key_values(&[
+        ("prefix", str_of(body, "prefix").to_owned()),
+        ("version", str_of(body, "version").to_owned()),
+        ("previous", previous),
+        ("compiled", compiled),
+    ]);
+    let mut out = format!("{headline}\n");
+    for line in details.lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    out
+}
+
+fn render_routes(body: &Value) -> String {
+    let routes = body["routes"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if routes.is_empty() {
+        return "no routes; deploy one with `handoff deploy ROUTE FILE.wasm`\n".to_owned();
+    }
+    let header = [
+        "ROUTE",
+        "PREFIX",
+        "VERSION",
+        "REQUESTS",
+        "IN-FLIGHT",
+        "DRAINING",
+    ];
+    let rows: Vec<[String; 6]> = routes
+        .iter()
+        .map(|route| {
+            [
+                str_of(route, "route").to_owned(),
+                str_of(route, "prefix").to_owned(),
+                short(str_of(&route["active"], "version")).to_owned(),
+                route["requests"].as_u64().unwrap_or(0).to_string(),
+                route["active"]["in_flight"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .to_string(),
+                route["draining"].as_array().map_or(0, Vec::len).to_string(),
+            ]
+        })
+        .collect();
+    table(&header, &rows)
+}
+
+fn render_status(body: &Value, now: SystemTime) -> String {
+    let active = &body["active"];
+    let config = match body["config"].as_object() {
+        Some(map) if !map.is_empty() => map
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => "(none)".to_owned(),
+    };
+    let deployed_at = active["deployed_at_ms"].as_u64().unwrap_or(0);
+    let now_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut lines = vec![
+        ("route", str_of(body, "route").to_owned()),
+        ("prefix", str_of(body, "prefix").to_owned()),
+        ("version", str_of(active, "version").to_owned()),
+        (
+            "deployed",
+            format!(
+                "{} ago; {} bytes, compiled in {:.1} ms",
+                ago(now_ms.saturating_sub(deployed_at)),
+                active["size_bytes"].as_u64().unwrap_or(0),
+                active["compile_ms"].as_f64().unwrap_or(0.0)
+            ),
+        ),
+        (
+            "requests",
+            format!(
+                "{} on the route; {} on this version, {} failed, {} in flight",
+                body["requests"].as_u64().unwrap_or(0),
+                active["requests"].as_u64().unwrap_or(0),
+                active["failures"].as_u64().unwrap_or(0),
+                active["in_flight"].as_u64().unwrap_or(0)
+            ),
+        ),
+        ("config", config),
+    ];
+    let draining = body["draining"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if draining.is_empty() {
+        lines.push(("draining", "(none)".to_owned()));
+    }
+    for (i, version) in draining.iter().enumerate() {
+        lines.push((
+            if i == 0 { "draining" } else { "" },
+            format!(
+                "{}: {} in flight, retired {} ago",
+                short(str_of(version, "version")),
+                version["in_flight"].as_u64().unwrap_or(0),
+                ago(version["retired_ms_ago"].as_u64().unwrap_or(0))
+            ),
+        ));
+    }
+    key_values(&lines)
+}
+
+/// `key   value` lines, values aligned.
+fn key_values(lines: &[(&str, String)]) -> String {
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (key, value) in lines {
+        let _ = writeln!(out, "{key:<width$}  {value}");
+    }
+    out
+}
+
+/// A table with a header row, columns left-aligned to their widest cell.
+fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<width$}  ");
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// `1a2b3c4d5e6f` from `sha256:1a2b3c4d5e6f...`: the first 12 hex digits, as the logs show.
+pub fn short(version: &str) -> &str {
+    let hex = version.strip_prefix("sha256:").unwrap_or(version);
+    hex.get(..12).unwrap_or(hex)
+}
+
+fn str_of<'a>(value: &'a Value, key: &str) -> &'a str {
+    value[key].as_str().unwrap_or("?")
+}
+
+fn ago(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..120_000 => format!("{} s", ms / 1_000),
+        120_000..7_200_000 => format!("{} min", ms / 60_000),
+        _ => format!("{} h", ms / 3_600_000),
+    }
+}
+
+fn status_text(status: StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(reason) => format!("{} {reason}", status.as_u16()),
+        None => status.as_u16().to_string(),
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, for a path segment or a
+/// query value.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
+/// Writes to stdout, ignoring a closed pipe (`handoff routes | head -1`).
+fn print(bytes: &[u8]) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(bytes);
+    let _ = stdout.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_urls_parse() {
+        let url = AdminUrl::parse("http://127.0.0.1:8081").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("127.0.0.1", 8081));
+        assert_eq!(url.base, "");
+        let url = AdminUrl::parse("localhost:9000/admin/").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("localhost", 9000));
+        assert_eq!(
+            (url.authority.as_str(), url.base.as_str()),
+            ("localhost:9000", "/admin")
+        );
+        let url = AdminUrl::parse("http://[::1]:8081").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("::1", 8081));
+        assert_eq!(AdminUrl::parse("http://example.com").unwrap().port, 80);
+        assert!(
+            AdminUrl::parse("https://example.com")
+                .unwrap_err()
+                .contains("plain http")
+        );
+        assert!(AdminUrl::parse("http://:80").is_err());
+        assert!(AdminUrl::parse("http://host:port").is_err());
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(encode("/api/v1"), "%2Fapi%2Fv1");
+        assert_eq!(encode("GREETING=hi there+1"), "GREETING%3Dhi%20there%2B1");
+        assert_eq!(encode("a-b_c.d~"), "a-b_c.d~");
+    }
+
+    #[test]
+    fn tables_align() {
+        let rows = [
+            ["hello".to_owned(), "1".to_owned()],
+            ["x".to_owned(), "22".to_owned()],
+        ];
+        assert_eq!(
+            table(&["ROUTE", "N"], &rows),
+            "ROUTE  N\nhello  1\nx      22\n"
+        );
+    }
+
+    #[test]
+    fn a_deploy_says_what_it_did() {
+        let mut body = serde_json::json!({
+            "route": "hello", "prefix": "/hello", "version": "sha256:22", "changed": true,
+            "created": false, "previous_version": "sha256:11", "compile_ms": 12.34,
+        });
+        assert_eq!(
+            render_deploy(&body),
+            "replaced the version of route hello\n  prefix    /hello\n  version   sha256:22\n  \
+             previous  sha256:11\n  compiled  in 12.3 ms\n"
+        );
+        body["changed"] = false.into();
+        body["compile_ms"] = Value::Null;
+        let text = render_deploy(&body);
+        assert!(text.starts_with("route hello unchanged"), "{text}");
+        assert!(text.contains("compiled  not needed"), "{text}");
+    }
+
+    #[test]
+    fn status_shows_every_field() {
+        let body = serde_json::json!({
+            "route": "hello", "prefix": "/hello", "requests": 7,
+            "config": {"GREETING": "hi"},
+            "active": {"version": "sha256:00112233445566778899", "size_bytes": 10,
+                       "deployed_at_ms": 1_000, "compile_ms": 1.5, "in_flight": 1,
+                       "requests": 5, "failures": 0},
+            "draining": [{"version": "sha256:aabbccddeeff0011", "in_flight": 2,
+                          "retired_ms_ago": 1500, "size_bytes": 10, "deployed_at_ms": 0,
+                          "compile_ms": 1.0, "requests": 2, "failures": 0}],
+        });
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(4_000);
+        let text = render_status(&body, now);
+        assert!(
+            text.contains("version   sha256:00112233445566778899\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("3 s ago; 10 bytes, compiled in 1.5 ms"),
+            "{text}"
+        );
+        assert!(
+            text.contains("7 on the route; 5 on this version, 0 failed, 1 in flight"),
+            "{text}"
+        );
+        assert!(text.contains("config    GREETING=hi\n"), "{text}");
+        assert!(
+            text.contains("draining  aabbccddeeff: 2 in flight, retired 1 s ago"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! Black-box tests of the `handoff` binary: real processes, real sockets, real guests. One
+//! binary, one module per command family; `support` runs the binary.
+
+mod client;
+mod dev;
+mod new;
+mod serve;
+mod support;
