@@ -139,12 +139,18 @@ async fn a_client_that_leaves_before_the_response_stops_its_guest() {
     server.deploy("hostile", guests::HOSTILE).await;
     let mut conn = handoff_tests::Connection::open(server.data).await;
     let pending = tokio::spawn(async move {
-        let _ = conn.send(handoff_tests::get_request("/hostile/sleep")).await;
+        let _ = conn
+            .send(handoff_tests::get_request("/hostile/sleep"))
+            .await;
     });
-    handoff_tests::eventually("the sleeping request to start", Duration::from_secs(20), || async {
-        let status = server.status("hostile").await;
-        (status["active"]["in_flight"] == 1).then_some(())
-    })
+    handoff_tests::eventually(
+        "the sleeping request to start",
+        Duration::from_secs(20),
+        || async {
+            let status = server.status("hostile").await;
+            (status["active"]["in_flight"] == 1).then_some(())
+        },
+    )
     .await;
     pending.abort();
     let _ = pending.await;
