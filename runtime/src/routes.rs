@@ -197,6 +197,8 @@ fn prefix_candidates(path: &str) -> impl Iterator<Item = &str> {
 pub struct Routed {
     /// The route's name, for logs.
     pub route: Arc<str>,
+    /// The prefix it matched (the guest sees it as `HANDOFF_ROUTE_PREFIX`).
+    pub prefix: Arc<str>,
     /// The token; it also holds the version.
     pub in_flight: InFlight,
 }
@@ -250,6 +252,7 @@ impl Routes {
         route.counters.requests.fetch_add(1, Ordering::Relaxed);
         Some(Routed {
             route: route.name.shared(),
+            prefix: route.prefix.0.clone(),
             in_flight: route.active.enter(),
         })
     }
