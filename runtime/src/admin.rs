@@ -10,7 +10,16 @@
 //!   `config` the route keeps its current config, a lone empty `config=` clears it); answers
 //!   once the new version is compiled, pre-instantiated and active (201 new route, 200
 //!   replaced or unchanged)
+//!   Also `label=...` (name this version for rollback) and `message=...` (kept in history).
 //! * `DELETE /v1/routes/{name}`    — stop routing, drain, forget
+//! * `GET    /v1/routes/{name}/versions` — the route's history, oldest first
+//! * `POST   /v1/routes/{name}/rollback` — no body: back to the previous version; JSON
+//!   `{"version": "sha256:..."}` or `{"label": "..."}`: to that one (no recompile when its
+//!   artifact is on disk)
+//! * `POST   /v1/routes/{name}/activate` — JSON `{"version": "sha256:...", "prefix"?: "/p"}`:
+//!   serve an uploaded (or earlier) module; creates the route if needed
+//! * `POST   /v1/modules`          — upload `application/wasm` without activating; answers the
+//!   digest to activate later
 //!
 //! Handlers here only translate HTTP; the work is in [`crate::deploy`].
 
@@ -22,10 +31,10 @@ use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Runtime;
 use crate::deploy::{self, DeployError, DeployRequest};
@@ -41,6 +50,10 @@ pub fn router(rt: Arc<Runtime>) -> Router {
             "/v1/routes/{name}",
             get(get_route).put(put_route).delete(delete_route),
         )
+        .route("/v1/routes/{name}/versions", get(get_versions))
+        .route("/v1/routes/{name}/rollback", post(post_rollback))
+        .route("/v1/routes/{name}/activate", post(post_activate))
+        .route("/v1/modules", post(post_module))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(rt)
@@ -196,7 +209,12 @@ fn status_of(rt: &Runtime, route: &Route) -> RouteStatus {
 async fn list_routes(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Value> {
     let table = rt.routes.snapshot();
     let routes: Vec<RouteStatus> = table.iter().map(|r| status_of(&rt, r)).collect();
-    Json(serde_json::json!({ "routes": routes }))
+    let unavailable: Vec<_> = rt
+        .unavailable()
+        .into_iter()
+        .map(|(route, reason)| serde_json::json!({ "route": route, "reason": reason }))
+        .collect();
+    Json(serde_json::json!({ "routes": routes, "unavailable": unavailable }))
 }
 
 fn route_name(path: Result<Path<String>, PathRejection>) -> Result<RouteName, Problem> {
@@ -221,10 +239,13 @@ async fn get_route(
     Ok(Json(status_of(&rt, route)))
 }
 
-/// Query parameters of a deploy: `prefix` once, `config` any number of times.
+/// Query parameters of a deploy: `prefix`, `label` and `message` once, `config` any number of
+/// times.
 struct DeployQuery {
     prefix: Option<Prefix>,
     config: Option<crate::version::RouteConfig>,
+    label: Option<String>,
+    message: Option<String>,
 }
 
 impl DeployQuery {
@@ -232,14 +253,25 @@ impl DeployQuery {
         let bad = |detail: String| Problem::new(StatusCode::BAD_REQUEST, detail);
         let mut prefix = None;
         let mut config: Option<Vec<String>> = None;
+        let mut label = None;
+        let mut message = None;
         for (key, value) in pairs {
             match key.as_str() {
                 "prefix" if prefix.is_none() => prefix = Some(Prefix::parse(&value).map_err(bad)?),
-                "prefix" => return Err(bad("give `prefix` at most once".into())),
+                "label" if label.is_none() => label = Some(parse_label(&value)?),
+                "message" if message.is_none() => {
+                    if value.len() > 1024 {
+                        return Err(bad("a deploy message may be at most 1024 bytes".into()));
+                    }
+                    message = Some(value);
+                }
+                "prefix" | "label" | "message" => {
+                    return Err(bad(format!("give `{key}` at most once")));
+                }
                 "config" => config.get_or_insert_with(Vec::new).push(value),
                 other => {
                     return Err(bad(format!(
-                        "unknown query parameter `{}`; a deploy takes `prefix=/path` and `config=KEY=VALUE`",
+                        "unknown query parameter `{}`; a deploy takes `prefix=/path`, `config=KEY=VALUE`, `label=...` and `message=...`",
                         other.escape_debug()
                     )));
                 }
@@ -249,7 +281,32 @@ impl DeployQuery {
             .map(|pairs| parse_config(pairs.iter().map(String::as_str)))
             .transpose()
             .map_err(bad)?;
-        Ok(Self { prefix, config })
+        Ok(Self {
+            prefix,
+            config,
+            label,
+            message,
+        })
+    }
+}
+
+/// Labels: 1-64 of `A-Z a-z 0-9 - _ .`.
+fn parse_label(label: &str) -> Result<String, Problem> {
+    let ok = !label.is_empty()
+        && label.len() <= 64
+        && label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(label.to_owned())
+    } else {
+        Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "a label is 1 to 64 of letters, digits, `-`, `_` and `.`; got `{}`",
+                label.escape_debug()
+            ),
+        ))
     }
 }
 
@@ -282,7 +339,46 @@ async fn put_route(
             format!("the query string is unreadable: {}", e.body_text()),
         )
     })?;
-    let DeployQuery { prefix, config } = DeployQuery::parse(pairs)?;
+    let DeployQuery {
+        prefix,
+        config,
+        label,
+        message,
+    } = DeployQuery::parse(pairs)?;
+    let bytes = read_upload(&rt, &headers, body).await?;
+    let request = DeployRequest {
+        name: name.clone(),
+        prefix,
+        config,
+        bytes,
+        by: ANONYMOUS.to_owned(),
+        label,
+        message,
+    };
+    let deployed = deploy::deploy(&rt, request).await?;
+    Ok(deployed_response(&name, deployed))
+}
+
+async fn delete_route(
+    State(rt): State<Arc<Runtime>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let name = route_name(path)?;
+    let route = deploy::delete(&rt, &name).await?;
+    Ok(Json(serde_json::json!({
+        "route": name.as_str(),
+        "deleted": true,
+        "version": route.active.digest.to_string(),
+        "in_flight": route.active.in_flight(),
+    })))
+}
+
+/// Reads a component upload: checks its content type and size limit.
+async fn read_upload(
+    rt: &Runtime,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<bytes::Bytes, Problem> {
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         let essence = content_type
             .to_str()
@@ -318,23 +414,156 @@ async fn put_route(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(error) => {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(error) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("the upload could not be read to its end: {error}"),
+        )),
+    }
+}
+
+/// Who acts, until the admin API has tokens.
+const ANONYMOUS: &str = "anonymous";
+
+async fn get_versions(
+    State(rt): State<Arc<Runtime>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let name = route_name(path)?;
+    let record = deploy::history(&rt, &name)?;
+    Ok(Json(serde_json::json!({
+        "route": name.as_str(),
+        "active": record.active,
+        "versions": record.history,
+    })))
+}
+
+/// The body of a rollback or an activation.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TargetBody {
+    version: Option<String>,
+    label: Option<String>,
+    prefix: Option<String>,
+}
+
+async fn target_body(body: Body) -> Result<TargetBody, Problem> {
+    let bytes = Limited::new(body, 64 << 10)
+        .collect()
+        .await
+        .map_err(|e| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("the body could not be read: {e}"),
+            )
+        })?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
+        return Ok(TargetBody::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be JSON like {{\"version\": \"sha256:...\"}} or {{\"label\": \"stable\"}}: {e}"),
+        )
+    })
+}
+
+async fn post_rollback(
+    State(rt): State<Arc<Runtime>>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, Problem> {
+    let name = route_name(path)?;
+    let target = match target_body(body).await? {
+        TargetBody {
+            prefix: Some(_), ..
+        } => {
             return Err(Problem::new(
                 StatusCode::BAD_REQUEST,
-                format!("the upload could not be read to its end: {error}"),
+                "a rollback keeps the route's prefix; deploy to change it",
             ));
         }
+        TargetBody {
+            version: Some(_),
+            label: Some(_),
+            ..
+        } => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "give either `version` or `label`, not both",
+            ));
+        }
+        TargetBody {
+            version: Some(v), ..
+        } => deploy::Target::Version(deploy::parse_digest(&v)?),
+        TargetBody { label: Some(l), .. } => deploy::Target::Label(l),
+        TargetBody { .. } => deploy::Target::Previous,
     };
-    let request = DeployRequest {
-        name: name.clone(),
+    let deployed = deploy::rollback(&rt, &name, target, ANONYMOUS.to_owned()).await?;
+    Ok(deployed_response(&name, deployed))
+}
+
+async fn post_activate(
+    State(rt): State<Arc<Runtime>>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, Problem> {
+    let name = route_name(path)?;
+    let target = target_body(body).await?;
+    let Some(version) = target.version else {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "an activation needs JSON like {\"version\": \"sha256:...\"} (the digest `POST /v1/modules` answered)",
+        ));
+    };
+    let digest = deploy::parse_digest(&version)?;
+    let prefix = target
+        .prefix
+        .as_deref()
+        .map(Prefix::parse)
+        .transpose()
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))?;
+    let label = target.label.as_deref().map(parse_label).transpose()?;
+    let deployed = deploy::activate(
+        &rt,
+        &name,
         prefix,
-        config,
-        bytes,
+        digest,
+        None,
+        ANONYMOUS.to_owned(),
+        label,
+    )
+    .await?;
+    Ok(deployed_response(&name, deployed))
+}
+
+async fn post_module(
+    State(rt): State<Arc<Runtime>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let bytes = read_upload(&rt, &headers, body).await?;
+    let uploaded = deploy::upload(&rt, bytes).await?;
+    let status = if uploaded.compile_time.is_some() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
-    let deployed = deploy::deploy(&rt, request).await?;
+    Ok((
+        status,
+        Json(serde_json::json!({
+            "version": uploaded.digest.to_string(),
+            "size_bytes": uploaded.size_bytes,
+            "compile_ms": uploaded.compile_time.map(|t| t.as_secs_f64() * 1e3),
+        })),
+    )
+        .into_response())
+}
+
+fn deployed_response(name: &RouteName, deployed: deploy::Deployed) -> Response {
     let status = if deployed.created {
         StatusCode::CREATED
     } else {
@@ -349,19 +578,5 @@ async fn put_route(
         created: deployed.created,
         compile_ms: deployed.compile_time.map(|t| t.as_secs_f64() * 1e3),
     };
-    Ok((status, Json(body)).into_response())
-}
-
-async fn delete_route(
-    State(rt): State<Arc<Runtime>>,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Json<serde_json::Value>, Problem> {
-    let name = route_name(path)?;
-    let route = deploy::delete(&rt, &name).await?;
-    Ok(Json(serde_json::json!({
-        "route": name.as_str(),
-        "deleted": true,
-        "version": route.active.digest.to_string(),
-        "in_flight": route.active.in_flight(),
-    })))
+    (status, Json(body)).into_response()
 }

@@ -226,6 +226,7 @@ impl ServeArgs {
             max_upload_bytes: usize::try_from(self.max_upload)
                 .map_err(|_| "the upload limit is too large for this machine".to_string())?,
             max_instances: self.max_instances,
+            history_limit: config::DEFAULT_HISTORY_LIMIT,
         };
         config.validate()?;
         Ok(config)

@@ -24,6 +24,9 @@ pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 128 << 20;
 pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 50 << 20;
 /// How many guest instances may exist at once across all routes (the pooling allocator's size).
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+/// How many activations each route's history keeps (older versions can no longer be rolled
+/// back to, and their files are garbage-collected).
+pub const DEFAULT_HISTORY_LIMIT: usize = 20;
 /// How often the engine's epoch advances: the granularity of CPU deadlines and guest yields.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -34,8 +37,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin API address. Port 0 picks a free port.
     pub admin_listen: SocketAddr,
-    /// Where state is kept across restarts (accepted now; persistence is a later issue).
+    /// Where modules, artifacts, routes and history are kept across restarts; `None` keeps
+    /// them in a temporary directory deleted at exit (nothing survives a restart).
     pub data_dir: Option<PathBuf>,
+    /// Activations kept per route for rollback.
+    pub history_limit: usize,
     /// Deadline for one request, from routing to the response body's last byte.
     pub request_timeout: Duration,
     /// Grace period for a retired version's in-flight requests.
@@ -54,6 +60,7 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default address"),
             data_dir: None,
+            history_limit: DEFAULT_HISTORY_LIMIT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
@@ -83,6 +90,9 @@ impl Config {
         }
         if self.max_memory_bytes < 64 << 10 {
             return Err("the memory limit must be at least 64 KiB (one wasm page)".into());
+        }
+        if self.history_limit == 0 {
+            return Err("the history limit must be at least 1".into());
         }
         if self.max_upload_bytes == 0 {
             return Err("the upload limit must be more than 0 bytes".into());

@@ -1,7 +1,11 @@
-//! Deploy and delete: upload → validate → compile → pre-instantiate → activate, and the reverse.
+//! Deploy, rollback, activate, upload, delete and restore: upload → validate → compile →
+//! pre-instantiate → persist → activate, and the reverse.
 //!
 //! Everything that can fail does so before the route table is touched, so a failed deploy
-//! never disturbs what serves. Compiling runs on the blocking pool, never on the async threads.
+//! never disturbs what serves. The durable commit (module bytes and artifact fsynced, then one
+//! database transaction) happens under the route table's writer lock, before the swap, so a
+//! crash at any moment leaves each route on its old or its new version. Compiling, loading and
+//! writing run on the blocking pool, never on the async threads.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,9 +13,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::StatusCode;
 
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
 use crate::Runtime;
 use crate::engine::CompileError;
-use crate::routes::{ActivateError, Prefix, Route, RouteName};
+use crate::host::Host;
+use crate::persist::{HistoryEntry, ModuleRecord, RouteRecord};
+use crate::routes::{ActivateError, Commit, Prefix, Route, RouteName};
 use crate::version::{Digest, Limits, RouteConfig, Version};
 
 /// What a deploy did.
@@ -66,6 +74,15 @@ pub enum DeployError {
     /// No such route.
     #[error("there is no route named `{0}`")]
     UnknownRoute(String),
+    /// No such version in the route's history or among uploaded modules.
+    #[error("{0}")]
+    UnknownVersion(String),
+    /// A rollback with nothing to roll back to.
+    #[error("route `{0}` has no earlier version to roll back to")]
+    NothingToRollBackTo(String),
+    /// A stored module can no longer be loaded.
+    #[error("the stored module {0}; deploy it again")]
+    ModuleUnavailable(String),
     /// A host failure.
     #[error("the server failed while deploying; its log has the details")]
     Internal(String),
@@ -79,8 +96,10 @@ impl DeployError {
             Self::CoreModule | Self::Invalid(_) | Self::Unlinkable(_) | Self::NoHandler(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Self::PrefixTaken { .. } => StatusCode::CONFLICT,
-            Self::UnknownRoute(_) => StatusCode::NOT_FOUND,
+            Self::PrefixTaken { .. }
+            | Self::NothingToRollBackTo(_)
+            | Self::ModuleUnavailable(_) => StatusCode::CONFLICT,
+            Self::UnknownRoute(_) | Self::UnknownVersion(_) => StatusCode::NOT_FOUND,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -119,16 +138,36 @@ pub struct DeployRequest {
     pub config: Option<RouteConfig>,
     /// The component.
     pub bytes: Bytes,
+    /// Who deploys (recorded in the history).
+    pub by: String,
+    /// An optional label for this version (`stable`, `v1.2.0`...), usable for rollback.
+    pub label: Option<String>,
+    /// An optional message recorded in the history.
+    pub message: Option<String>,
+}
+
+/// Which version a rollback goes to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The most recent history entry with a different version than the active one.
+    Previous,
+    /// A version by digest: from the route's history, or an uploaded module.
+    Version(Digest),
+    /// The most recent history entry with this label.
+    Label(String),
 }
 
 /// Deploys a component to a route (creating it, or replacing its version). Returns once the new
-/// version is compiled, pre-instantiated and active.
+/// version is compiled, pre-instantiated, durably committed and active.
 pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deployed, DeployError> {
     let DeployRequest {
         name,
         prefix,
         config,
         bytes,
+        by,
+        label,
+        message,
     } = request;
     check_preamble(&bytes)?;
     let digest = Digest::of(&bytes);
@@ -150,38 +189,320 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
             compile_time: None,
         });
     }
-    let (version, compile_time) = match (same_version, same_bytes) {
-        // Same version, new prefix: moves as it is.
-        (Some(route), _) => (route.active.clone(), None),
-        // Same bytes, new config: the compiled component is reused.
-        (None, Some(route)) => {
-            let old = &route.active;
-            let version = Version::new(
-                digest,
-                name.shared(),
-                old.pre.clone(),
-                old.limits,
-                config,
-                old.size_bytes,
-                old.compile_time,
-            );
-            (Arc::new(version), None)
+    let _pending = rt.persist.pending(&digest);
+    let stored = rt.persist.module(&digest).ok().flatten().is_some();
+    let (pre, module, compile_time, size) = match same_bytes {
+        // Same bytes (new config or prefix): the compiled component is reused.
+        Some(route) => (
+            route.active.pre.clone(),
+            None,
+            None,
+            route.active.size_bytes,
+        ),
+        // Stored already (another route, or this route's history): load, don't compile.
+        // If the stored copy is broken, the bytes in hand repair it below.
+        None if stored && let Ok((pre, module, size)) = load_stored(rt, &digest).await => {
+            (pre, module, None, size)
         }
-        (None, None) => {
-            let (version, took) = compile(rt, &name, digest, config, bytes).await?;
-            (version, Some(took))
+        None => {
+            let size = bytes.len();
+            let (pre, module, took) = compile_and_store(rt, &digest, bytes, false).await?;
+            (pre, Some(module), Some(took), size)
         }
     };
+    let version = new_version(rt, &name, digest, pre, config, size, compile_time);
+    let history = History {
+        action: "deploy",
+        by,
+        label,
+        message,
+    };
+    activate_version(rt, &name, prefix, version, history, module, compile_time).await
+}
+
+/// Rolls route `name` back to `target`: the same atomic swap and drain as a deploy, loading the
+/// stored artifact instead of compiling when it is on disk.
+pub async fn rollback(
+    rt: &Arc<Runtime>,
+    name: &RouteName,
+    target: Target,
+    by: String,
+) -> Result<Deployed, DeployError> {
+    let record = stored_route(rt, name)?
+        .ok_or_else(|| DeployError::UnknownRoute(name.as_str().to_owned()))?;
+    let active = rt
+        .routes
+        .snapshot()
+        .get(name)
+        .map(|r| r.active.digest.to_string())
+        .unwrap_or_else(|| record.active.clone());
+    let entry = match &target {
+        Target::Previous => record.history.iter().rev().find(|e| e.version != active),
+        Target::Version(digest) => record
+            .history
+            .iter()
+            .rev()
+            .find(|e| e.version == digest.as_str()),
+        Target::Label(label) => record
+            .history
+            .iter()
+            .rev()
+            .find(|e| e.label.as_deref() == Some(label)),
+    };
+    let (digest, config, label) = match (entry, &target) {
+        (Some(e), _) => (parse_digest(&e.version)?, e.config.clone(), e.label.clone()),
+        (None, Target::Previous) => {
+            return Err(DeployError::NothingToRollBackTo(name.as_str().to_owned()));
+        }
+        (None, Target::Version(digest)) => {
+            // Not in the history: an uploaded module, with the route's current config.
+            (digest.clone(), record.config.clone(), None)
+        }
+        (None, Target::Label(label)) => {
+            return Err(DeployError::UnknownVersion(format!(
+                "route `{}` has no version labelled `{label}` in its history",
+                name.as_str()
+            )));
+        }
+    };
+    let history = History {
+        action: "rollback",
+        by,
+        label,
+        message: None,
+    };
+    activate_stored(rt, name, None, digest, config.into(), history).await
+}
+
+/// Activates a stored module (uploaded with [`upload`], or in the history) on route `name`,
+/// creating the route when it does not exist.
+pub async fn activate(
+    rt: &Arc<Runtime>,
+    name: &RouteName,
+    prefix: Option<Prefix>,
+    digest: Digest,
+    config: Option<RouteConfig>,
+    by: String,
+    label: Option<String>,
+) -> Result<Deployed, DeployError> {
+    let config = config
+        .or_else(|| {
+            rt.routes
+                .snapshot()
+                .get(name)
+                .map(|r| r.active.config.clone())
+        })
+        .unwrap_or_else(|| Vec::new().into());
+    let history = History {
+        action: "activate",
+        by,
+        label,
+        message: None,
+    };
+    activate_stored(rt, name, prefix, digest, config, history).await
+}
+
+/// What an upload stored.
+pub struct Uploaded {
+    /// The module's digest, to activate later.
+    pub digest: Digest,
+    /// Its size.
+    pub size_bytes: usize,
+    /// Compile time (`None` when it was already stored).
+    pub compile_time: Option<Duration>,
+}
+
+/// Validates, compiles and stores a component without activating it; it stays pinned (safe
+/// from garbage collection) until a route uses it.
+pub async fn upload(rt: &Arc<Runtime>, bytes: Bytes) -> Result<Uploaded, DeployError> {
+    check_preamble(&bytes)?;
+    let digest = Digest::of(&bytes);
+    let size_bytes = bytes.len();
+    let _pending = rt.persist.pending(&digest);
+    if let Ok(Some(_)) = rt.persist.module(&digest) {
+        return Ok(Uploaded {
+            digest,
+            size_bytes,
+            compile_time: None,
+        });
+    }
+    let (_, module, took) = compile_and_store(rt, &digest, bytes, true).await?;
+    let persist_rt = rt.clone();
+    let commit_digest = digest.clone();
+    tokio::task::spawn_blocking(move || {
+        persist_rt
+            .persist
+            .commit(None, &[(&commit_digest, &module)])
+    })
+    .await
+    .map_err(|e| DeployError::Internal(e.to_string()))?
+    .map_err(|e| DeployError::Internal(format!("{e:#}")))?;
+    tracing::info!(version = %digest, size_bytes, "module uploaded");
+    Ok(Uploaded {
+        digest,
+        size_bytes,
+        compile_time: Some(took),
+    })
+}
+
+/// Deletes route `name`: stops routing to it at once, forgets it durably, drains its version in
+/// the background.
+pub async fn delete(rt: &Arc<Runtime>, name: &RouteName) -> Result<Route, DeployError> {
+    let persist_rt = rt.clone();
+    let key = name.as_str().to_owned();
+    let commit: Commit = Box::new(move |_, _| {
+        persist_rt
+            .persist
+            .commit(Some((&key, None)), &[])
+            .map_err(|e| format!("{e:#}"))
+    });
+    let route = rt
+        .routes
+        .remove(name, Some(commit))
+        .await
+        .map_err(activate_error)?
+        .ok_or_else(|| DeployError::UnknownRoute(name.as_str().to_owned()))?;
+    tracing::info!(route = name.as_str(), version = %route.active.digest, "route deleted");
+    rt.retire(name.clone(), route.active.clone());
+    Ok(route)
+}
+
+/// The stored history of route `name`, oldest first.
+pub fn history(rt: &Runtime, name: &RouteName) -> Result<RouteRecord, DeployError> {
+    stored_route(rt, name)?.ok_or_else(|| DeployError::UnknownRoute(name.as_str().to_owned()))
+}
+
+/// What a restart restored.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Routes serving again.
+    pub routes: usize,
+    /// Of those, how many needed a recompile (artifact missing, corrupt or for another build).
+    pub recompiled: usize,
+    /// Routes that could not be restored, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Restores every stored route, from precompiled artifacts where possible. A route whose
+/// module is missing is reported and skipped; the others serve.
+pub async fn restore(rt: &Arc<Runtime>) -> Restored {
+    let mut report = Restored::default();
+    let stored = match rt.persist.routes() {
+        Ok(stored) => stored,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "the stored routes are unreadable");
+            return report;
+        }
+    };
+    for (name, record) in stored {
+        let outcome = restore_route(rt, &name, &record).await;
+        match outcome {
+            Ok(recompiled) => {
+                report.routes += 1;
+                report.recompiled += usize::from(recompiled);
+            }
+            Err(reason) => {
+                tracing::error!(route = %name, version = %record.active, error = %reason, "route not restored");
+                rt.set_unavailable(&name, Some(reason.clone()));
+                report.failed.push((name, reason));
+            }
+        }
+    }
+    report
+}
+
+async fn restore_route(
+    rt: &Arc<Runtime>,
+    name: &str,
+    record: &RouteRecord,
+) -> Result<bool, String> {
+    let name = RouteName::parse(name)?;
+    let prefix = Prefix::parse(&record.prefix)?;
+    let digest = parse_digest(&record.active).map_err(|e| e.to_string())?;
+    let (pre, updated, size) = load_stored(rt, &digest).await.map_err(|e| e.to_string())?;
+    let recompiled = updated.is_some();
+    if let Some(module) = updated {
+        let persist_rt = rt.clone();
+        let d = digest.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || persist_rt.persist.commit(None, &[(&d, &module)]))
+                .await;
+    }
+    let version = new_version(
+        rt,
+        &name,
+        digest,
+        pre,
+        record.config.clone().into(),
+        size,
+        None,
+    );
+    rt.routes
+        .activate(&name, Some(prefix), version, None)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(recompiled)
+}
+
+/// How an activation is recorded in the route's history.
+struct History {
+    action: &'static str,
+    by: String,
+    label: Option<String>,
+    message: Option<String>,
+}
+
+async fn activate_stored(
+    rt: &Arc<Runtime>,
+    name: &RouteName,
+    prefix: Option<Prefix>,
+    digest: Digest,
+    config: RouteConfig,
+    history: History,
+) -> Result<Deployed, DeployError> {
+    if let Some(route) = rt.routes.snapshot().get(name)
+        && route.active.digest == digest
+        && route.active.config == config
+        && prefix.as_ref().is_none_or(|p| *p == route.prefix)
+    {
+        return Ok(Deployed {
+            route: route.clone(),
+            previous: Some(digest),
+            changed: false,
+            created: false,
+            compile_time: None,
+        });
+    }
+    let _pending = rt.persist.pending(&digest);
+    let (pre, updated, size) = load_stored(rt, &digest).await?;
+    let version = new_version(rt, name, digest, pre, config, size, None);
+    activate_version(rt, name, prefix, version, history, updated, None).await
+}
+
+/// Swaps `version` in, committing the route record (and `module`, when given) durably first.
+async fn activate_version(
+    rt: &Arc<Runtime>,
+    name: &RouteName,
+    prefix: Option<Prefix>,
+    version: Arc<Version>,
+    history: History,
+    module: Option<ModuleRecord>,
+    compile_time: Option<Duration>,
+) -> Result<Deployed, DeployError> {
+    let created = rt.routes.snapshot().get(name).is_none();
+    let commit = commit_activation(rt, name, history, module);
     let (route, previous) = rt
         .routes
-        .activate(&name, prefix.clone(), version)
+        .activate(name, prefix.clone(), version, Some(commit))
         .await
-        .map_err(
-            |ActivateError::PrefixTaken { owner }| DeployError::PrefixTaken {
+        .map_err(|error| match error {
+            ActivateError::PrefixTaken { owner } => DeployError::PrefixTaken {
                 prefix: prefix.map(|p| p.as_str().to_owned()).unwrap_or_default(),
                 owner,
             },
-        )?;
+            other => activate_error(other),
+        })?;
+    rt.set_unavailable(name.as_str(), None);
     tracing::info!(
         route = name.as_str(), prefix = route.prefix.as_str(), version = %route.active.digest,
         previous = previous.as_ref().map(|p| p.digest.as_str()),
@@ -192,56 +513,232 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
     if let Some(old) = previous {
         rt.retire(name.clone(), old);
     }
+    rt.collect_garbage();
     Ok(Deployed {
         route,
         previous: previous_digest,
         changed: true,
-        created: current.is_none(),
+        created,
         compile_time,
     })
 }
 
-async fn compile(
+/// The durable half of an activation: the route record with a new history entry (trimmed to
+/// the retention limit) and the module record, in one transaction.
+fn commit_activation(
     rt: &Arc<Runtime>,
     name: &RouteName,
-    digest: Digest,
-    config: RouteConfig,
+    history: History,
+    module: Option<ModuleRecord>,
+) -> Commit {
+    let rt = rt.clone();
+    let key = name.as_str().to_owned();
+    Box::new(move |next, _previous| {
+        let next = next.expect("an activation has a route");
+        let version = &next.active;
+        let mut record = rt
+            .persist
+            .route(&key)
+            .map_err(|e| format!("{e:#}"))?
+            .unwrap_or_else(|| RouteRecord {
+                prefix: String::new(),
+                active: String::new(),
+                config: Vec::new(),
+                history: Vec::new(),
+            });
+        record.prefix = next.prefix.as_str().to_owned();
+        record.active = version.digest.to_string();
+        record.config = version.config.to_vec();
+        record.history.push(HistoryEntry {
+            version: version.digest.to_string(),
+            size_bytes: version.size_bytes as u64,
+            activated_at_ms: unix_ms(),
+            by: history.by,
+            action: history.action.to_owned(),
+            label: history.label,
+            message: history.message,
+            config: version.config.to_vec(),
+        });
+        let excess = record.history.len().saturating_sub(rt.config.history_limit);
+        record.history.drain(..excess);
+        let module = match module {
+            Some(m) => Some(m),
+            None => rt
+                .persist
+                .module(&version.digest)
+                .map_err(|e| format!("{e:#}"))?,
+        }
+        .map(|mut m| {
+            m.pinned = false;
+            m
+        });
+        let modules: Vec<(&Digest, &ModuleRecord)> =
+            module.iter().map(|m| (&version.digest, m)).collect();
+        rt.persist
+            .commit(Some((&key, Some(&record))), &modules)
+            .map_err(|e| format!("{e:#}"))
+    })
+}
+
+fn activate_error(error: ActivateError) -> DeployError {
+    match error {
+        ActivateError::PrefixTaken { owner } => DeployError::PrefixTaken {
+            prefix: String::new(),
+            owner,
+        },
+        ActivateError::Commit(e) => DeployError::Internal(format!("committing: {e}")),
+    }
+}
+
+/// Compiles `bytes` (counted), links it, and stores the bytes and the artifact durably.
+async fn compile_and_store(
+    rt: &Arc<Runtime>,
+    digest: &Digest,
     bytes: Bytes,
-) -> Result<(Arc<Version>, Duration), DeployError> {
+    pinned: bool,
+) -> Result<(ProxyPre<Host>, ModuleRecord, Duration), DeployError> {
     let _slot = rt
         .compile_slots
         .acquire()
         .await
         .map_err(|e| DeployError::Internal(e.to_string()))?;
     let started = Instant::now();
-    let size = bytes.len();
-    let engine_rt = rt.clone();
-    let pre = tokio::task::spawn_blocking(move || engine_rt.engine.compile(&bytes))
-        .await
-        .map_err(|e| DeployError::Internal(e.to_string()))??;
+    let worker = rt.clone();
+    let digest = digest.clone();
+    let (pre, module) = tokio::task::spawn_blocking(move || -> Result<_, DeployError> {
+        let component = worker.engine.compile(&bytes)?;
+        worker.count_compile();
+        let pre = worker.engine.link(&component)?;
+        let module = store_module(&worker, &digest, &bytes, &component, pinned)?;
+        Ok((pre, module))
+    })
+    .await
+    .map_err(|e| DeployError::Internal(e.to_string()))??;
     let took = started.elapsed();
+    tracing::info!(
+        size_bytes = module.size_bytes,
+        compile_ms = took.as_secs_f64() * 1e3,
+        "component compiled"
+    );
+    Ok((pre, module, took))
+}
+
+/// Writes the module bytes and the compiled artifact; returns the record describing them.
+fn store_module(
+    rt: &Runtime,
+    digest: &Digest,
+    bytes: &[u8],
+    component: &wasmtime::component::Component,
+    pinned: bool,
+) -> Result<ModuleRecord, DeployError> {
+    let storage = |e: anyhow::Error| DeployError::Internal(format!("storing the module: {e:#}"));
+    rt.persist.save_module(digest, bytes).map_err(storage)?;
+    let artifact = component
+        .serialize()
+        .map_err(|e| DeployError::Internal(format!("serializing the artifact: {e:#}")))?;
+    let sha = rt
+        .persist
+        .save_artifact(digest, &artifact)
+        .map_err(storage)?;
+    Ok(ModuleRecord {
+        size_bytes: bytes.len() as u64,
+        artifact_sha256: Some(sha),
+        artifact_key: Some(rt.persist.engine_key().to_owned()),
+        pinned,
+    })
+}
+
+/// Loads a stored module: from its artifact when present and intact, else recompiled from
+/// its bytes (and the artifact rewritten). Returns the updated module record when it
+/// recompiled, and the module's size.
+async fn load_stored(
+    rt: &Arc<Runtime>,
+    digest: &Digest,
+) -> Result<(ProxyPre<Host>, Option<ModuleRecord>, usize), DeployError> {
+    let worker = rt.clone();
+    let digest = digest.clone();
+    tokio::task::spawn_blocking(move || {
+        let record = worker
+            .persist
+            .module(&digest)
+            .map_err(|e| DeployError::Internal(format!("{e:#}")))?
+            .ok_or_else(|| {
+                DeployError::UnknownVersion(format!(
+                    "no module {digest} is stored; deploy or upload it first"
+                ))
+            })?;
+        let loaded = worker
+            .persist
+            .read_artifact(&digest, &record)
+            .and_then(|bytes| worker.engine.load_artifact(&bytes).map_err(|e| format!("{e:#}")));
+        match loaded {
+            Ok(component) => {
+                let pre = worker.engine.link(&component)?;
+                Ok((pre, None, record.size_bytes as usize))
+            }
+            Err(reason) => {
+                tracing::warn!(version = %digest, reason = %reason, "artifact unusable; recompiling from the stored module");
+                let bytes = worker
+                    .persist
+                    .read_module(&digest)
+                    .map_err(|e| DeployError::ModuleUnavailable(format!("{digest} cannot be read: {e:#}")))?;
+                let component = worker.engine.compile(&bytes)?;
+                worker.count_compile();
+                let pre = worker.engine.link(&component)?;
+                let module = store_module(&worker, &digest, &bytes, &component, record.pinned)?;
+                Ok((pre, Some(module), bytes.len()))
+            }
+        }
+    })
+    .await
+    .map_err(|e| DeployError::Internal(e.to_string()))?
+}
+
+fn new_version(
+    rt: &Runtime,
+    name: &RouteName,
+    digest: Digest,
+    pre: ProxyPre<Host>,
+    config: RouteConfig,
+    size: usize,
+    compile_time: Option<Duration>,
+) -> Arc<Version> {
     let limits = Limits {
         max_memory_bytes: usize::try_from(rt.config.max_memory_bytes).unwrap_or(usize::MAX),
         request_timeout: rt.config.request_timeout,
     };
-    let version = Version::new(digest, name.shared(), pre, limits, config, size, took);
-    tracing::info!(
-        route = name.as_str(), version = %version.digest, size_bytes = size,
-        compile_ms = took.as_secs_f64() * 1e3, "version compiled"
-    );
-    Ok((Arc::new(version), took))
+    Arc::new(Version::new(
+        digest,
+        name.shared(),
+        pre,
+        limits,
+        config,
+        size,
+        compile_time.unwrap_or_default(),
+    ))
 }
 
-/// Deletes route `name`: stops routing to it at once, drains its version in the background.
-pub async fn delete(rt: &Arc<Runtime>, name: &RouteName) -> Result<Route, DeployError> {
-    let route = rt
-        .routes
-        .remove(name)
-        .await
-        .ok_or_else(|| DeployError::UnknownRoute(name.as_str().to_owned()))?;
-    tracing::info!(route = name.as_str(), version = %route.active.digest, "route deleted");
-    rt.retire(name.clone(), route.active.clone());
-    Ok(route)
+fn stored_route(rt: &Runtime, name: &RouteName) -> Result<Option<RouteRecord>, DeployError> {
+    rt.persist
+        .route(name.as_str())
+        .map_err(|e| DeployError::Internal(format!("{e:#}")))
+}
+
+/// Parses `sha256:<64 hex>`.
+pub fn parse_digest(text: &str) -> Result<Digest, DeployError> {
+    Digest::parse(text).ok_or_else(|| {
+        DeployError::UnknownVersion(format!(
+            "`{}` is not a version; versions look like sha256:<64 hex digits>",
+            text.escape_debug()
+        ))
+    })
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -44,7 +44,10 @@ where
     };
     let version = routed.in_flight.version().clone();
     let deadline = Instant::now() + version.limits.request_timeout;
-    let mut store = Store::new(rt.engine.wasmtime(), Host::new(&version, deadline));
+    let mut store = Store::new(
+        rt.engine.wasmtime(),
+        Host::new(&version, &routed.prefix, deadline),
+    );
     Host::install(&mut store);
     let (tx, rx) = oneshot::channel();
     let req = match store

@@ -74,16 +74,37 @@ impl Engine {
         self.pooling
     }
 
-    /// Compiles and links `bytes`: the blocking, CPU-heavy half of a deploy. Call it from
+    /// Compiles `bytes`: the blocking, CPU-heavy half of a deploy. Call it from
     /// `spawn_blocking`, never from an async task.
-    pub fn compile(&self, bytes: &[u8]) -> Result<ProxyPre<Host>, CompileError> {
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
+    pub fn compile(&self, bytes: &[u8]) -> Result<Component, CompileError> {
+        Component::new(&self.engine, bytes).map_err(|e| CompileError::Invalid(format!("{e:#}")))
+    }
+
+    /// Links and pre-instantiates a compiled component, checking that every import is
+    /// provided and that it exports the HTTP handler.
+    pub fn link(&self, component: &Component) -> Result<ProxyPre<Host>, CompileError> {
         let pre = self
             .linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(|e| CompileError::Unlinkable(format!("{e:#}")))?;
         ProxyPre::new(pre).map_err(|e| CompileError::NoHandler(format!("{e:#}")))
+    }
+
+    /// Loads an artifact previously produced by `Component::serialize` on an engine with the
+    /// same compatibility key.
+    #[allow(unsafe_code)]
+    pub fn load_artifact(&self, bytes: &[u8]) -> anyhow::Result<Component> {
+        // SAFETY: `Component::deserialize` requires bytes produced by `serialize` of a
+        // compatible engine and not modified since. Callers pass only artifacts read back from
+        // the data directory (`Persist::read_artifact`), which (1) were written by
+        // `Component::serialize` in this or an earlier handoff process, (2) carry this engine's
+        // compatibility key (hash of the engine configuration and handoff/wasmtime version), so
+        // any other build recompiles instead, and (3) are checked against the sha256 recorded
+        // in the database when they were written, so a truncated or altered file is refused.
+        // wasmtime also verifies its own header (version, target, settings) and fails cleanly
+        // on a mismatch. The data directory must be as trusted as the binary itself.
+        unsafe { Component::deserialize(&self.engine, bytes) }
+            .map_err(|e| anyhow::anyhow!("loading a compiled artifact: {e:#}"))
     }
 }
 

@@ -1,5 +1,6 @@
 //! The per-request host state kept in each wasmtime `Store`, and the sandbox it enforces: no
-//! preopened directories, no environment but the route's deploy-time config, no arguments, no sockets, outbound HTTP denied,
+//! preopened directories, no environment but the route's deploy-time config (and
+//! `HANDOFF_ROUTE_PREFIX`), no arguments, no sockets, outbound HTTP denied,
 //! memory capped, CPU time bounded. Guest stdout and stderr become `tracing` events with target
 //! `guest`.
 //!
@@ -19,6 +20,10 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 use crate::version::Version;
 
+/// The environment variable that tells a guest the path prefix it was routed by, so routers
+/// inside guests can match paths relative to it.
+pub const ROUTE_PREFIX_ENV: &str = "HANDOFF_ROUTE_PREFIX";
+
 /// The data of one request's `Store`.
 pub struct Host {
     wasi: WasiCtx,
@@ -31,14 +36,16 @@ pub struct Host {
 }
 
 impl Host {
-    /// Request state for one call into `version`, with `deadline` as its CPU deadline.
-    pub fn new(version: &Arc<Version>, deadline: Instant) -> Self {
+    /// Request state for one call into `version` through a route at `prefix`, with `deadline`
+    /// as its CPU deadline.
+    pub fn new(version: &Arc<Version>, prefix: &str, deadline: Instant) -> Self {
         let label = GuestLabel {
             route: version.route.clone(),
             version: version.short.clone(),
         };
         let wasi = WasiCtx::builder()
             .envs(&version.config)
+            .env(ROUTE_PREFIX_ENV, prefix)
             .stdout(GuestLog {
                 label: label.clone(),
                 stream: "stdout",
@@ -169,14 +176,29 @@ impl GuestLogWriter {
             self.line.clear();
             return;
         }
-        tracing::info!(
-            target: "guest",
-            route = %self.label.route,
-            version = %self.label.version,
-            stream = self.stream,
-            "{}",
-            text.trim_end()
-        );
+        let text = text.trim_end();
+        // Lines that start with a level word (as the SDK's log macros write them) keep it.
+        let (level, message) = match text.split_once(' ') {
+            Some(("ERROR", rest)) => (tracing::Level::ERROR, rest),
+            Some(("WARN", rest)) => (tracing::Level::WARN, rest),
+            Some(("DEBUG", rest)) => (tracing::Level::DEBUG, rest),
+            Some(("TRACE", rest)) => (tracing::Level::TRACE, rest),
+            Some(("INFO", rest)) => (tracing::Level::INFO, rest),
+            _ => (tracing::Level::INFO, text),
+        };
+        let (route, version, stream) = (&self.label.route, &self.label.version, self.stream);
+        macro_rules! emit {
+            ($level:ident) => {
+                tracing::$level!(target: "guest", %route, %version, stream, "{message}")
+            };
+        }
+        match level {
+            tracing::Level::ERROR => emit!(error),
+            tracing::Level::WARN => emit!(warn),
+            tracing::Level::DEBUG => emit!(debug),
+            tracing::Level::TRACE => emit!(trace),
+            _ => emit!(info),
+        }
         self.line.clear();
     }
 }

@@ -30,6 +30,7 @@ pub mod dev;
 pub mod dispatch;
 pub mod engine;
 pub mod host;
+pub mod persist;
 pub mod routes;
 pub mod scaffold;
 pub mod server;
@@ -43,6 +44,7 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::persist::Persist;
 use crate::routes::{RouteName, Routes};
 use crate::version::{DrainOutcome, Version};
 
@@ -57,9 +59,13 @@ pub struct Runtime {
     pub engine: Engine,
     /// The route table.
     pub routes: Routes,
+    /// The data directory.
+    pub persist: Persist,
     compile_slots: tokio::sync::Semaphore,
     draining: Mutex<Vec<Draining>>,
+    unavailable: Mutex<Vec<(String, String)>>,
     request_ids: AtomicU64,
+    compiles: AtomicU64,
 }
 
 /// A retired version whose in-flight requests are still finishing.
@@ -78,14 +84,56 @@ impl Runtime {
     pub fn new(config: Config) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
         let engine = Engine::new(&config)?;
+        let persist = Persist::open(config.data_dir.as_deref(), engine.wasmtime())?;
         Ok(Self {
             config,
             engine,
             routes: Routes::default(),
+            persist,
             compile_slots: tokio::sync::Semaphore::new(CONCURRENT_COMPILES),
             draining: Mutex::new(Vec::new()),
+            unavailable: Mutex::new(Vec::new()),
             request_ids: AtomicU64::new(1),
+            compiles: AtomicU64::new(0),
         })
+    }
+
+    /// How many components this process has compiled (loading an artifact does not count).
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
+    }
+
+    /// Counts a compile.
+    fn count_compile(&self) {
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stored routes that could not be restored at startup, with the reason.
+    pub fn unavailable(&self) -> Vec<(String, String)> {
+        self.unavailable
+            .lock()
+            .expect("unavailable poisoned")
+            .clone()
+    }
+
+    fn set_unavailable(&self, route: &str, reason: Option<String>) {
+        let mut list = self.unavailable.lock().expect("unavailable poisoned");
+        list.retain(|(r, _)| r != route);
+        if let Some(reason) = reason {
+            list.push((route.to_owned(), reason));
+        }
+    }
+
+    /// Digests of every version active or draining in memory.
+    fn in_use(&self) -> std::collections::HashSet<String> {
+        let mut set: std::collections::HashSet<String> = self
+            .routes
+            .snapshot()
+            .iter()
+            .map(|r| r.active.digest.to_string())
+            .collect();
+        set.extend(self.draining().iter().map(|d| d.version.digest.to_string()));
+        set
     }
 
     /// A fresh request id (unique within this process).
@@ -117,9 +165,11 @@ impl Runtime {
             route = %route.as_str(), version = %version.digest,
             in_flight = version.in_flight(), "version retired; draining"
         );
-        let rt = self.clone();
+        // The drain holds only a weak reference, so a stopped runtime is not kept alive by it.
+        let rt = Arc::downgrade(self);
+        let grace = self.config.drain_timeout;
         tokio::spawn(async move {
-            match version.drain(rt.config.drain_timeout).await {
+            match version.drain(grace).await {
                 DrainOutcome::Drained { waited } => tracing::info!(
                     route = %route.as_str(), version = %version.digest,
                     waited_ms = waited.as_millis() as u64, "version drained"
@@ -129,10 +179,29 @@ impl Runtime {
                     "drain deadline passed; cutting off the remaining requests"
                 ),
             }
+            let Some(rt) = rt.upgrade() else {
+                return;
+            };
             rt.draining
                 .lock()
                 .expect("draining list poisoned")
                 .retain(|d| !Arc::ptr_eq(&d.version, &version));
+            drop(version);
+            rt.collect_garbage();
+        });
+    }
+
+    /// Removes stored modules that nothing references any more, in the background.
+    pub fn collect_garbage(self: &Arc<Self>) {
+        let rt = self.clone();
+        tokio::task::spawn_blocking(move || match rt.persist.collect_garbage(&rt.in_use()) {
+            Ok(0) => {}
+            Ok(removed) => {
+                tracing::info!(removed, "stored modules no route references were removed")
+            }
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "garbage collection failed")
+            }
         });
     }
 

@@ -197,6 +197,8 @@ fn prefix_candidates(path: &str) -> impl Iterator<Item = &str> {
 pub struct Routed {
     /// The route's name, for logs.
     pub route: Arc<str>,
+    /// The prefix it matched (the guest sees it as `HANDOFF_ROUTE_PREFIX`).
+    pub prefix: Arc<str>,
     /// The token; it also holds the version.
     pub in_flight: InFlight,
 }
@@ -209,13 +211,33 @@ pub enum ActivateError {
         /// The route that has it.
         owner: String,
     },
+    /// Making the change durable failed; nothing changed.
+    Commit(String),
 }
+
+/// Makes a route change durable before it is published. It runs under the writer lock, on the
+/// blocking pool, with the route as it will stand (`None` for a removal) and as it stood.
+pub type Commit = Box<dyn FnOnce(Option<&Route>, Option<&Route>) -> Result<(), String> + Send>;
 
 /// The route table and its writer lock.
 #[derive(Default)]
 pub struct Routes {
     table: ArcSwap<Table>,
     writer: tokio::sync::Mutex<()>,
+}
+
+async fn run_commit(
+    commit: Option<Commit>,
+    next: Option<Route>,
+    previous: Option<Route>,
+) -> Result<(), ActivateError> {
+    let Some(commit) = commit else {
+        return Ok(());
+    };
+    tokio::task::spawn_blocking(move || commit(next.as_ref(), previous.as_ref()))
+        .await
+        .map_err(|e| ActivateError::Commit(e.to_string()))?
+        .map_err(ActivateError::Commit)
 }
 
 /// Longest a writer waits for readers of an old snapshot; readers hold it for nanoseconds, so
@@ -230,6 +252,7 @@ impl Routes {
         route.counters.requests.fetch_add(1, Ordering::Relaxed);
         Some(Routed {
             route: route.name.shared(),
+            prefix: route.prefix.0.clone(),
             in_flight: route.active.enter(),
         })
     }
@@ -247,6 +270,7 @@ impl Routes {
         name: &RouteName,
         prefix: Option<Prefix>,
         version: Arc<Version>,
+        commit: Option<Commit>,
     ) -> Result<(Route, Option<Arc<Version>>), ActivateError> {
         let _writer = self.writer.lock().await;
         let current = self.table.load_full();
@@ -272,6 +296,7 @@ impl Routes {
         };
         let next = Arc::new(current.with(route.clone()));
         drop(current);
+        run_commit(commit, Some(route.clone()), existing.clone()).await?;
         self.publish(next).await;
         let previous = existing
             .map(|r| r.active)
@@ -279,15 +304,23 @@ impl Routes {
         Ok((route, previous))
     }
 
-    /// Removes route `name`. Returns the removed route; its version is no longer reachable.
-    pub async fn remove(&self, name: &RouteName) -> Option<Route> {
+    /// Removes route `name`. Returns the removed route (`None` if there was none); its
+    /// version is no longer reachable.
+    pub async fn remove(
+        &self,
+        name: &RouteName,
+        commit: Option<Commit>,
+    ) -> Result<Option<Route>, ActivateError> {
         let _writer = self.writer.lock().await;
         let current = self.table.load_full();
-        let existing = current.get(name).cloned()?;
+        let Some(existing) = current.get(name).cloned() else {
+            return Ok(None);
+        };
         let next = Arc::new(current.without(name));
         drop(current);
+        run_commit(commit, None, Some(existing.clone())).await?;
         self.publish(next).await;
-        Some(existing)
+        Ok(Some(existing))
     }
 
     /// Swaps `next` in and waits until no reader holds the previous snapshot, so every token on

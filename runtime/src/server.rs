@@ -21,6 +21,9 @@ use crate::Runtime;
 use crate::config::Config;
 use crate::dispatch::dispatch;
 
+/// Longest `shutdown` waits for the last tasks to release the runtime.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A running server.
 pub struct Server {
     runtime: Arc<Runtime>,
@@ -36,6 +39,23 @@ impl Server {
     /// Returns once both listeners are bound.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let runtime = Arc::new(Runtime::new(config)?);
+        let started = std::time::Instant::now();
+        let restored = crate::deploy::restore(&runtime).await;
+        if restored.routes > 0 || !restored.failed.is_empty() {
+            tracing::info!(
+                routes = restored.routes,
+                recompiled = restored.recompiled,
+                failed = restored.failed.len(),
+                took_ms = started.elapsed().as_secs_f64() * 1e3,
+                "routes restored from the data directory"
+            );
+        }
+        if runtime.persist.is_ephemeral() {
+            tracing::info!(
+                dir = %runtime.persist.dir().display(),
+                "no data directory: deployments live in a temporary directory and are lost at exit"
+            );
+        }
         let data = TcpListener::bind(runtime.config.listen)
             .await
             .map_err(|e| {
@@ -107,6 +127,12 @@ impl Server {
         self.stop.cancel();
         let _ = self.admin_task.await;
         let _ = self.data_task.await;
+        // Connection tasks end just after their connections; wait (bounded) for them to let go
+        // of the runtime, so its data directory is closed when this returns.
+        let started = std::time::Instant::now();
+        while Arc::strong_count(&self.runtime) > 1 && started.elapsed() < RELEASE_WAIT {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         tracing::info!("shut down");
     }
 }

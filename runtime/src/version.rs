@@ -33,6 +33,13 @@ impl Digest {
         Self(text.into())
     }
 
+    /// Parses `sha256:<64 lowercase hex digits>`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex = text.strip_prefix("sha256:")?;
+        (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| Self(text.into()))
+    }
+
     /// The full `sha256:...` text.
     pub fn as_str(&self) -> &str {
         &self.0

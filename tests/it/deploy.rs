@@ -193,7 +193,7 @@ async fn deploy_time_config_is_the_guests_only_environment() {
     // Only the config: nothing of the host's environment leaks in, and no files are visible.
     assert_eq!(
         server.get("/cfg/env").await.1,
-        "GREETING=hello there\nMODE=a=b\n"
+        "GREETING=hello there\nHANDOFF_ROUTE_PREFIX=/cfg\nMODE=a=b\n"
     );
     assert_eq!(server.get("/cfg/files").await.1, "readable: []");
     let status = server.status("cfg").await;
@@ -206,7 +206,10 @@ async fn deploy_time_config_is_the_guests_only_environment() {
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(body["changed"], true);
     assert!(body["compile_ms"].is_null(), "{body}");
-    assert_eq!(server.get("/cfg/env").await.1, "GREETING=bye\n");
+    assert_eq!(
+        server.get("/cfg/env").await.1,
+        "GREETING=bye\nHANDOFF_ROUTE_PREFIX=/cfg\n"
+    );
 
     // A deploy without config keeps the route's config; a lone empty `config=` clears it.
     let (_, body) = server.deploy_bytes("cfg", "", hostile.clone()).await;
@@ -214,7 +217,10 @@ async fn deploy_time_config_is_the_guests_only_environment() {
     server
         .deploy_bytes("cfg", "?config=", hostile.clone())
         .await;
-    assert_eq!(server.get("/cfg/env").await.1, "");
+    assert_eq!(
+        server.get("/cfg/env").await.1,
+        "HANDOFF_ROUTE_PREFIX=/cfg\n"
+    );
 
     for (query, mentions) in [
         ("?config=NOVALUE", "KEY=VALUE"),

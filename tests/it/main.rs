@@ -6,4 +6,5 @@ mod deploy;
 mod drain;
 mod guests;
 mod hostile;
+mod persist;
 mod swap;

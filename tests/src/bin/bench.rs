@@ -7,6 +7,9 @@
 //! The load generator runs on the same cores as the server, so compare the two columns with
 //! each other, not with numbers from other machines.
 //!
+//! Then, in process: restart with 100 stored routes (time until every route serves again) and
+//! rollback (time from the call to the old version serving).
+//!
 //! Usage: `bench [--handoff PATH] [--wasmtime PATH] [--connections N] [--seconds S] [--guest PATH]`
 
 use std::io::{BufRead, BufReader};
@@ -297,4 +300,86 @@ async fn main() {
         handoff.requests,
         peer.map(|p| p.requests).unwrap_or(0)
     );
+    drop(_handoff);
+
+    persistence(&wasm).await;
+}
+
+/// `bytes` with a custom section appended: the same code under a different digest.
+fn variant(bytes: &[u8], n: usize) -> Vec<u8> {
+    let name = b"handoff-bench";
+    let payload = n.to_le_bytes();
+    let content = 1 + name.len() + payload.len();
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section
+    out.push(u8::try_from(content).expect("small section"));
+    out.push(u8::try_from(name.len()).expect("short name"));
+    out.extend_from_slice(name);
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Restart with 100 routes, and rollback, measured in process.
+async fn persistence(wasm: &[u8]) {
+    const ROUTES: usize = 100;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = || handoff::config::Config {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..handoff::config::Config::ephemeral()
+    };
+    let server = handoff_tests::TestServer::start_with(config()).await;
+    for i in 0..ROUTES {
+        let (status, body) = server
+            .deploy_bytes(&format!("r{i}"), "", variant(wasm, i))
+            .await;
+        assert!(status.is_success(), "deploy r{i}: {body}");
+    }
+    server.shutdown().await;
+
+    let t = Instant::now();
+    let server = handoff_tests::TestServer::start_with(config()).await;
+    let started = t.elapsed();
+    let mut conn = Connection::open(server.data).await;
+    for i in 0..ROUTES {
+        let (status, _) = conn.get(&format!("/r{i}")).await.expect("request");
+        assert_eq!(status, StatusCode::OK, "route r{i} after restart");
+    }
+    let all_serve = t.elapsed();
+    let recompiled = server.server().runtime().compiles();
+
+    // Rollback: r0 gets a second version, then rolls back and forth between the two.
+    let (status, body) = server.deploy_bytes("r0", "", variant(wasm, 1_000)).await;
+    assert!(status.is_success(), "{body}");
+    let mut samples = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/v1/routes/r0/rollback")
+            .header("host", "admin")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let (status, body) = handoff_tests::send(server.admin, req).await;
+        assert!(
+            status.is_success(),
+            "rollback: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let (status, _) = conn.get("/r0").await.expect("request");
+        assert_eq!(status, StatusCode::OK);
+        samples.push(t.elapsed());
+    }
+    samples.sort_unstable();
+    println!();
+    println!(
+        "restart with {ROUTES} routes: ready after {:.1} ms, all {ROUTES} served after {:.1} ms ({recompiled} recompiled)",
+        ms(started),
+        ms(all_serve)
+    );
+    println!(
+        "rollback (admin call returns, then the old version answers), 20 rollbacks: p50 {:.2} ms, max {:.2} ms",
+        ms(samples[samples.len() / 2]),
+        ms(samples[samples.len() - 1])
+    );
+    server.shutdown().await;
 }
