@@ -129,6 +129,15 @@ pub enum Command {
     Status(RouteArgs),
     /// Delete a route: stop routing to it at once, let its in-flight requests finish.
     Delete(RouteArgs),
+    /// Show a route's version history (newest last), the active one marked.
+    Versions(RouteArgs),
+    /// Roll a route back: to the previous version, or to VERSION (a digest, or a unique
+    /// prefix of one from `handoff versions`), or to --label. No recompile.
+    Rollback(RollbackArgs),
+    /// Upload a component without activating it; prints its version for `handoff activate`.
+    Upload(UploadArgs),
+    /// Serve an uploaded (or earlier) version on a route, creating the route if needed.
+    Activate(ActivateArgs),
 }
 
 /// Flags of `handoff serve` (and of the server `handoff dev` runs).
@@ -149,9 +158,19 @@ pub struct ServeArgs {
     /// Address for the admin API. Keep it on loopback: it accepts code.
     #[arg(long, default_value = config::DEFAULT_ADMIN_LISTEN, env = "HANDOFF_ADMIN_LISTEN")]
     pub admin_listen: SocketAddr,
-    /// Directory for state kept across restarts (reserved: today nothing is persisted).
-    #[arg(long, env = "HANDOFF_DATA_DIR")]
+    /// Where deployed modules, their compiled artifacts, the routes and their version history
+    /// are kept, so a restart serves everything again at once. Default:
+    /// `$XDG_DATA_HOME/handoff`, else `~/.local/share/handoff` (`handoff dev`: --ephemeral).
+    #[arg(long, env = "HANDOFF_DATA_DIR", conflicts_with = "ephemeral")]
     pub data_dir: Option<PathBuf>,
+    /// Keep nothing across restarts: state lives in a temporary directory deleted at exit
+    /// (history and rollback still work while the server runs).
+    #[arg(long, env = "HANDOFF_EPHEMERAL")]
+    pub ephemeral: bool,
+    /// Activations each route's history keeps for rollback; older versions' files are
+    /// garbage-collected.
+    #[arg(long, default_value_t = config::DEFAULT_HISTORY_LIMIT)]
+    pub history: usize,
     /// Deadline per request, guest CPU and wall clock (e.g. 500ms, 30s, 2m). Past it: 504.
     #[arg(long, default_value = "30s", value_parser = config::parse_duration)]
     pub request_timeout: Duration,
@@ -174,10 +193,12 @@ pub struct ServeArgs {
 }
 
 /// The clap ids of the serve settings a config file may set.
-const FILE_SETTINGS: [&str; 8] = [
+const FILE_SETTINGS: [&str; 10] = [
     "listen",
     "admin_listen",
     "data_dir",
+    "ephemeral",
+    "history",
     "request_timeout",
     "drain_timeout",
     "max_memory",
@@ -200,11 +221,20 @@ impl ServeArgs {
 
     /// The validated configuration: flags, then the `--config` file, then the defaults.
     /// The error is a sentence naming what to fix (and the file, if it is the file's fault).
-    pub fn into_config(mut self) -> Result<Config, String> {
+    pub fn into_config(self) -> Result<Config, String> {
+        self.into_config_with(false)
+    }
+
+    /// As [`Self::into_config`]; with `ephemeral_by_default`, no `--data-dir` means a
+    /// temporary data directory instead of the default one (what `handoff dev` wants).
+    pub fn into_config_with(mut self, ephemeral_by_default: bool) -> Result<Config, String> {
         let file = self.config.take();
         if let Some(path) = &file {
             let settings = ConfigFile::load(path).map_err(|e| e.to_string())?;
             self.apply(settings);
+        }
+        if ephemeral_by_default && self.data_dir.is_none() {
+            self.ephemeral = true;
         }
         self.build().map_err(|error| match &file {
             Some(path) => format!(
@@ -216,17 +246,30 @@ impl ServeArgs {
     }
 
     fn build(self) -> Result<Config, String> {
+        let data_dir = match (self.ephemeral, self.data_dir) {
+            (true, Some(dir)) => {
+                return Err(format!(
+                    "--ephemeral and a data directory ({}) exclude each other; choose one",
+                    dir.display()
+                ));
+            }
+            (true, None) => None,
+            (false, Some(dir)) => Some(dir),
+            (false, None) => Some(config::default_data_dir().ok_or_else(|| {
+                "no data directory: set --data-dir (or $HOME), or run with --ephemeral".to_owned()
+            })?),
+        };
         let config = Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
-            data_dir: self.data_dir,
+            data_dir,
             request_timeout: self.request_timeout,
             drain_timeout: self.drain_timeout,
             max_memory_bytes: self.max_memory,
             max_upload_bytes: usize::try_from(self.max_upload)
                 .map_err(|_| "the upload limit is too large for this machine".to_string())?,
             max_instances: self.max_instances,
-            history_limit: config::DEFAULT_HISTORY_LIMIT,
+            history_limit: self.history,
         };
         config.validate()?;
         Ok(config)
@@ -269,6 +312,8 @@ impl ServeArgs {
             &mut self.max_instances,
             file.max_instances,
         );
+        fill(given, "ephemeral", &mut self.ephemeral, file.ephemeral);
+        fill(given, "history", &mut self.history, file.history);
     }
 }
 
@@ -303,6 +348,56 @@ pub struct DeployArgs {
     /// the route keeps its current settings; `--config ''` alone clears them.
     #[arg(long = "config", value_name = "KEY=VALUE")]
     pub config: Vec<String>,
+    /// A name for this version, to roll back to by name later (`stable`, `v1.2.0`).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// A note kept in the route's history.
+    #[arg(long)]
+    pub message: Option<String>,
+    /// The admin API and output format.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `handoff rollback`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
+pub struct RollbackArgs {
+    /// The route.
+    pub route: String,
+    /// The version to go to (default: the previous one).
+    #[arg(conflicts_with = "label")]
+    pub version: Option<String>,
+    /// Go to the most recent version deployed with this label.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// The admin API and output format.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `handoff upload`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
+pub struct UploadArgs {
+    /// The component to store.
+    pub file: PathBuf,
+    /// The admin API and output format.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `handoff activate`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
+pub struct ActivateArgs {
+    /// The route (created if it does not exist).
+    pub route: String,
+    /// The version, as `handoff upload` printed it.
+    pub version: String,
+    /// The path prefix, for a new route or to move one.
+    #[arg(long, value_name = "/PATH")]
+    pub prefix: Option<String>,
     /// The admin API and output format.
     #[command(flatten)]
     pub admin: AdminArgs,

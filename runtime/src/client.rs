@@ -1,4 +1,5 @@
-//! Thin clients of the admin API for `handoff deploy`, `routes`, `status` and `delete`: one
+//! Thin clients of the admin API for `handoff deploy`, `routes`, `status`, `delete`,
+//! `versions`, `rollback`, `upload` and `activate`: one
 //! HTTP/1.1 request per command over plain TCP, the answer printed as a table or, with `--json`,
 //! exactly as the server sent it.
 //!
@@ -18,7 +19,10 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
-use crate::cli::{AdminArgs, DeployArgs, Failure, RouteArgs, RoutesArgs, exit};
+use crate::cli::{
+    ActivateArgs, AdminArgs, DeployArgs, Failure, RollbackArgs, RouteArgs, RoutesArgs, UploadArgs,
+    exit,
+};
 
 /// Where the client commands look for the admin API unless `--admin` or `HANDOFF_ADMIN_URL`
 /// says otherwise (the default of `serve --admin-listen`).
@@ -87,6 +91,33 @@ impl AdminUrl {
     }
 }
 
+/// A request body and its content type.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    /// The bytes.
+    pub bytes: Bytes,
+    /// Their media type.
+    pub content_type: &'static str,
+}
+
+impl Payload {
+    /// A component upload.
+    pub fn wasm(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            content_type: "application/wasm",
+        }
+    }
+
+    /// A JSON body.
+    pub fn json(value: &Value) -> Self {
+        Self {
+            bytes: Bytes::from(value.to_string()),
+            content_type: "application/json",
+        }
+    }
+}
+
 /// An answer of the admin API.
 #[derive(Debug)]
 pub struct Reply {
@@ -116,7 +147,7 @@ impl AdminClient {
         &self,
         method: Method,
         path_and_query: &str,
-        wasm: Option<Bytes>,
+        body: Option<Payload>,
     ) -> Result<Reply, Failure> {
         let unreachable = |reason: String| {
             Failure::new(
@@ -147,11 +178,15 @@ impl AdminClient {
                 .method(method)
                 .uri(format!("{}{path_and_query}", self.url.base))
                 .header(header::HOST, &self.url.authority);
-            if wasm.is_some() {
-                request = request.header(header::CONTENT_TYPE, "application/wasm");
-            }
+            let bytes = match body {
+                Some(payload) => {
+                    request = request.header(header::CONTENT_TYPE, payload.content_type);
+                    payload.bytes
+                }
+                None => Bytes::new(),
+            };
             let request = request
-                .body(Full::new(wasm.unwrap_or_default()))
+                .body(Full::new(bytes))
                 .expect("a well-formed request");
             let response = sender.send_request(request).await?;
             let status = response.status();
@@ -186,10 +221,10 @@ impl AdminClient {
         what: &str,
         method: Method,
         path_and_query: &str,
-        wasm: Option<Bytes>,
+        body: Option<Payload>,
         json: bool,
     ) -> Result<Value, Failure> {
-        let reply = self.send(method, path_and_query, wasm).await?;
+        let reply = self.send(method, path_and_query, body).await?;
         if json {
             let mut out = reply.body.to_vec();
             if !out.ends_with(b"\n") {
@@ -240,13 +275,25 @@ pub async fn deploy(args: DeployArgs) -> Result<(), Failure> {
     for setting in &args.config {
         query.push(format!("config={}", encode(setting)));
     }
+    if let Some(label) = &args.label {
+        query.push(format!("label={}", encode(label)));
+    }
+    if let Some(message) = &args.message {
+        query.push(format!("message={}", encode(message)));
+    }
     let mut path = format!("/v1/routes/{}", encode(&args.route));
     if !query.is_empty() {
         path = format!("{path}?{}", query.join("&"));
     }
     let json = args.admin.json;
     let body = client
-        .call("deploy", Method::PUT, &path, Some(bytes), json)
+        .call(
+            "deploy",
+            Method::PUT,
+            &path,
+            Some(Payload::wasm(bytes)),
+            json,
+        )
         .await?;
     if !json {
         print(render_deploy(&body).as_bytes());
@@ -303,6 +350,184 @@ pub async fn delete(args: RouteArgs) -> Result<(), Failure> {
         print(text.as_bytes());
     }
     Ok(())
+}
+
+/// `handoff versions ROUTE`.
+pub async fn versions(args: RouteArgs) -> Result<(), Failure> {
+    let AdminArgs { admin, json } = args.admin;
+    let client = AdminClient::new(&admin)?;
+    let path = format!("/v1/routes/{}/versions", encode(&args.route));
+    let body = client
+        .call("versions", Method::GET, &path, None, json)
+        .await?;
+    if !json {
+        print(render_versions(&body, SystemTime::now()).as_bytes());
+    }
+    Ok(())
+}
+
+/// `handoff rollback ROUTE [VERSION] [--label L]`.
+pub async fn rollback(args: RollbackArgs) -> Result<(), Failure> {
+    let AdminArgs { admin, json } = args.admin;
+    let client = AdminClient::new(&admin)?;
+    let target = match (&args.version, &args.label) {
+        (Some(version), _) => {
+            let digest = resolve_version(&client, &args.route, version).await?;
+            serde_json::json!({ "version": digest })
+        }
+        (None, Some(label)) => serde_json::json!({ "label": label }),
+        (None, None) => serde_json::json!({}),
+    };
+    let path = format!("/v1/routes/{}/rollback", encode(&args.route));
+    let body = client
+        .call(
+            "rollback",
+            Method::POST,
+            &path,
+            Some(Payload::json(&target)),
+            json,
+        )
+        .await?;
+    if !json {
+        print(render_deploy(&body).as_bytes());
+    }
+    Ok(())
+}
+
+/// `handoff upload FILE`.
+pub async fn upload(args: UploadArgs) -> Result<(), Failure> {
+    let AdminArgs { admin, json } = args.admin;
+    let client = AdminClient::new(&admin)?;
+    let bytes = read_component(&args.file).await?;
+    let body = client
+        .call(
+            "upload",
+            Method::POST,
+            "/v1/modules",
+            Some(Payload::wasm(bytes)),
+            json,
+        )
+        .await?;
+    if !json {
+        let text = format!(
+            "uploaded {} ({} bytes); serve it with `handoff activate ROUTE {}`\n",
+            str_of(&body, "version"),
+            body["size_bytes"].as_u64().unwrap_or(0),
+            short(str_of(&body, "version")),
+        );
+        print(text.as_bytes());
+    }
+    Ok(())
+}
+
+/// `handoff activate ROUTE VERSION`.
+pub async fn activate(args: ActivateArgs) -> Result<(), Failure> {
+    let AdminArgs { admin, json } = args.admin;
+    let client = AdminClient::new(&admin)?;
+    let digest = if args.version.starts_with("sha256:") {
+        args.version.clone()
+    } else if args.version.len() == 64 {
+        format!("sha256:{}", args.version)
+    } else {
+        // A short version can only be resolved against the route's history.
+        resolve_version(&client, &args.route, &args.version).await?
+    };
+    let mut target = serde_json::json!({ "version": digest });
+    if let Some(prefix) = &args.prefix {
+        target["prefix"] = Value::String(prefix.clone());
+    }
+    let path = format!("/v1/routes/{}/activate", encode(&args.route));
+    let body = client
+        .call(
+            "activate",
+            Method::POST,
+            &path,
+            Some(Payload::json(&target)),
+            json,
+        )
+        .await?;
+    if !json {
+        print(render_deploy(&body).as_bytes());
+    }
+    Ok(())
+}
+
+/// A full digest from a full one or from a unique prefix of one in the route's history.
+async fn resolve_version(
+    client: &AdminClient,
+    route: &str,
+    given: &str,
+) -> Result<String, Failure> {
+    let wanted = given.strip_prefix("sha256:").unwrap_or(given);
+    if wanted.len() == 64 {
+        return Ok(format!("sha256:{wanted}"));
+    }
+    let path = format!("/v1/routes/{}/versions", encode(route));
+    let body = client
+        .call("versions", Method::GET, &path, None, false)
+        .await?;
+    let mut matches: Vec<&str> = body["versions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(|e| e["version"].as_str())
+        .filter(|v| !wanted.is_empty() && v.trim_start_matches("sha256:").starts_with(wanted))
+        .collect();
+    matches.sort_unstable();
+    matches.dedup();
+    match matches.as_slice() {
+        [one] => Ok((*one).to_owned()),
+        [] => Err(Failure::new(
+            exit::FAILED,
+            format!(
+                "route {route} has no version starting with `{given}` in its history; see `handoff versions {route}`"
+            ),
+        )),
+        _ => Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "`{given}` matches {} versions of route {route}; give more digits",
+                matches.len()
+            ),
+        )),
+    }
+}
+
+fn render_versions(body: &Value, now: SystemTime) -> String {
+    let entries = body["versions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let active = str_of(body, "active");
+    let now_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let header = ["", "VERSION", "ACTION", "WHEN", "BY", "LABEL", "MESSAGE"];
+    let last_active = entries.iter().rposition(|e| str_of(e, "version") == active);
+    let rows: Vec<[String; 7]> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            [
+                if Some(i) == last_active {
+                    "*".into()
+                } else {
+                    String::new()
+                },
+                short(str_of(e, "version")).to_owned(),
+                str_of(e, "action").to_owned(),
+                format!(
+                    "{} ago",
+                    ago(now_ms.saturating_sub(e["activated_at_ms"].as_u64().unwrap_or(0)))
+                ),
+                str_of(e, "by").to_owned(),
+                e["label"].as_str().unwrap_or("").to_owned(),
+                e["message"].as_str().unwrap_or("").to_owned(),
+            ]
+        })
+        .collect();
+    table(&header, &rows)
 }
 
 /// Reads the component to upload; a missing or unreadable file is [`exit::LOCAL`].

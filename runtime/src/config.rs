@@ -27,6 +27,20 @@ pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
 /// How many activations each route's history keeps (older versions can no longer be rolled
 /// back to, and their files are garbage-collected).
 pub const DEFAULT_HISTORY_LIMIT: usize = 20;
+/// The data directory used when neither `--data-dir` nor `--ephemeral` is given:
+/// `$XDG_DATA_HOME/handoff`, else `$HOME/.local/share/handoff`.
+pub fn default_data_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|home| PathBuf::from(home).join(".local/share"))
+        })?;
+    Some(base.join("handoff"))
+}
+
 /// How often the engine's epoch advances: the granularity of CPU deadlines and guest yields.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -172,6 +186,10 @@ pub struct ConfigFile {
     pub max_upload: Option<u64>,
     /// `--max-instances`
     pub max_instances: Option<u32>,
+    /// `--history`
+    pub history: Option<usize>,
+    /// `--ephemeral`
+    pub ephemeral: Option<bool>,
 }
 
 /// The raw file, before durations and sizes are parsed; kept apart so a bad value is reported
@@ -187,6 +205,8 @@ struct RawConfigFile {
     max_memory: Option<TextOrNumber>,
     max_upload: Option<TextOrNumber>,
     max_instances: Option<u32>,
+    history: Option<usize>,
+    ephemeral: Option<bool>,
 }
 
 /// A duration or size: the flag's text, or a bare non-negative number.
@@ -307,6 +327,8 @@ impl ConfigFile {
             max_memory: size("max-memory", raw.max_memory)?,
             max_upload: size("max-upload", raw.max_upload)?,
             max_instances: raw.max_instances,
+            history: raw.history,
+            ephemeral: raw.ephemeral,
         })
     }
 }

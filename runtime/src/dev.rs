@@ -46,7 +46,7 @@ const HOST_ONLY_ENV: [&str; 4] = [
 pub async fn run(args: DevArgs, shutdown: impl Future<Output = ()>) -> Result<(), Failure> {
     let config = args
         .server
-        .into_config()
+        .into_config_with(true)
         .map_err(|e| Failure::new(exit::CONFIG, e))?;
     let dir = args.dir;
     if !dir.is_dir() {
@@ -186,6 +186,9 @@ async fn build_and_deploy(rt: &Arc<Runtime>, project: &Project) {
             prefix: None,
             config: None,
             bytes,
+            by: "handoff dev".to_owned(),
+            label: None,
+            message: None,
         };
         match deploy::deploy(rt, request).await {
             Ok(done) => {

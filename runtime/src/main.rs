@@ -44,6 +44,10 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Routes(args) => handoff::client::routes(args).await,
         Command::Status(args) => handoff::client::status(args).await,
         Command::Delete(args) => handoff::client::delete(args).await,
+        Command::Versions(args) => handoff::client::versions(args).await,
+        Command::Rollback(args) => handoff::client::rollback(args).await,
+        Command::Upload(args) => handoff::client::upload(args).await,
+        Command::Activate(args) => handoff::client::activate(args).await,
         Command::New(args) => {
             let created = handoff::scaffold::run(args)?;
             let dir = created.dir.display();

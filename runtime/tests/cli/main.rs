@@ -4,5 +4,6 @@
 mod client;
 mod dev;
 mod new;
+mod persist;
 mod serve;
 mod support;

@@ -31,7 +31,7 @@ async fn serve_takes_its_settings_from_a_config_file() {
     std::fs::write(
         &file,
         "# ports from the OS\nlisten = \"127.0.0.1:0\"\nadmin-listen = \"127.0.0.1:0\"\n\
-         request-timeout = \"300ms\"\n",
+         request-timeout = \"300ms\"\nephemeral = true\n",
     )
     .unwrap();
     let mut server = crate::support::Running::spawn(crate::support::command(&[

@@ -15,12 +15,13 @@ use tokio::process::{Child, Command};
 pub const HANDOFF: &str = env!("CARGO_BIN_EXE_handoff");
 
 /// Environment that would change what the binary does; cleared for every run.
-const AMBIENT: [&str; 5] = [
+const AMBIENT: [&str; 6] = [
     "HANDOFF_ADMIN_URL",
     "HANDOFF_CONFIG",
     "HANDOFF_LISTEN",
     "HANDOFF_ADMIN_LISTEN",
     "HANDOFF_DATA_DIR",
+    "HANDOFF_EPHEMERAL",
 ];
 
 /// What a finished command did.
@@ -202,6 +203,12 @@ impl Running {
             .await
     }
 
+    /// Kills the process with SIGKILL (no chance to clean up) and waits for it.
+    pub async fn kill9(mut self) {
+        self.child.start_kill().expect("sending SIGKILL");
+        let _ = self.child.wait().await;
+    }
+
     /// Sends SIGTERM and waits (up to `limit`) for the exit.
     pub async fn terminate(mut self, limit: Duration) -> ExitStatus {
         let pid = self.child.id().expect("still running");
@@ -243,6 +250,7 @@ pub async fn serve(extra: &[&str]) -> (Running, Ready) {
         "127.0.0.1:0",
         "--admin-listen",
         "127.0.0.1:0",
+        "--ephemeral",
     ];
     args.extend_from_slice(extra);
     let mut server = Running::spawn(command(&args));
