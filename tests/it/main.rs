@@ -2,6 +2,7 @@
 //! loopback with real compiled guests.
 
 mod bad_uploads;
+mod compat;
 mod deploy;
 mod drain;
 mod guests;
