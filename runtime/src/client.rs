@@ -303,29 +303,38 @@ pub async fn deploy(args: DeployArgs) -> Result<(), Failure> {
 
 /// `handoff routes`.
 pub async fn routes(args: RoutesArgs) -> Result<(), Failure> {
-    let AdminArgs { admin, json } = args.admin;
+    show(
+        args.admin,
+        "listing the routes",
+        "/v1/routes".into(),
+        render_routes,
+    )
+    .await
+}
+
+/// GETs `path` and prints the answer: as JSON with `--json`, else through `render`.
+async fn show(
+    args: AdminArgs,
+    what: &str,
+    path: String,
+    render: fn(&Value) -> String,
+) -> Result<(), Failure> {
+    let AdminArgs { admin, json } = args;
     let client = AdminClient::new(&admin)?;
-    let body = client
-        .call("listing the routes", Method::GET, "/v1/routes", None, json)
-        .await?;
+    let body = client.call(what, Method::GET, &path, None, json).await?;
     if !json {
-        print(render_routes(&body).as_bytes());
+        print(render(&body).as_bytes());
     }
     Ok(())
 }
 
 /// `handoff status ROUTE`.
 pub async fn status(args: RouteArgs) -> Result<(), Failure> {
-    let AdminArgs { admin, json } = args.admin;
-    let client = AdminClient::new(&admin)?;
     let path = format!("/v1/routes/{}", encode(&args.route));
-    let body = client
-        .call("status", Method::GET, &path, None, json)
-        .await?;
-    if !json {
-        print(render_status(&body, SystemTime::now()).as_bytes());
-    }
-    Ok(())
+    show(args.admin, "status", path, |body| {
+        render_status(body, SystemTime::now())
+    })
+    .await
 }
 
 /// `handoff delete ROUTE`.
@@ -354,16 +363,11 @@ pub async fn delete(args: RouteArgs) -> Result<(), Failure> {
 
 /// `handoff versions ROUTE`.
 pub async fn versions(args: RouteArgs) -> Result<(), Failure> {
-    let AdminArgs { admin, json } = args.admin;
-    let client = AdminClient::new(&admin)?;
     let path = format!("/v1/routes/{}/versions", encode(&args.route));
-    let body = client
-        .call("versions", Method::GET, &path, None, json)
-        .await?;
-    if !json {
-        print(render_versions(&body, SystemTime::now()).as_bytes());
-    }
-    Ok(())
+    show(args.admin, "versions", path, |body| {
+        render_versions(body, SystemTime::now())
+    })
+    .await
 }
 
 /// `handoff rollback ROUTE [VERSION] [--label L]`.

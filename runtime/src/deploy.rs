@@ -37,6 +37,19 @@ pub struct Deployed {
     pub compile_time: Option<Duration>,
 }
 
+impl Deployed {
+    /// A deploy that found `route` already serving what was asked.
+    fn unchanged(route: Route) -> Self {
+        Self {
+            previous: Some(route.active.digest.clone()),
+            route,
+            changed: false,
+            created: false,
+            compile_time: None,
+        }
+    }
+}
+
 /// Why a deploy or delete was refused. Every message is a sentence a person can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -181,13 +194,7 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
         && prefix.as_ref().is_none_or(|p| *p == route.prefix)
     {
         tracing::info!(route = name.as_str(), version = %digest, "deploy unchanged: this version is already active");
-        return Ok(Deployed {
-            route: route.clone(),
-            previous: Some(digest),
-            changed: false,
-            created: false,
-            compile_time: None,
-        });
+        return Ok(Deployed::unchanged(route.clone()));
     }
     let _pending = rt.persist.pending(&digest);
     let stored = rt.persist.module(&digest).ok().flatten().is_some();
@@ -419,6 +426,7 @@ async fn restore_route(
     let name = RouteName::parse(name)?;
     let prefix = Prefix::parse(&record.prefix)?;
     let digest = parse_digest(&record.active).map_err(|e| e.to_string())?;
+    let _pending = rt.persist.pending(&digest);
     let (pre, updated, size) = load_stored(rt, &digest).await.map_err(|e| e.to_string())?;
     let recompiled = updated.is_some();
     if let Some(module) = updated {
@@ -465,13 +473,7 @@ async fn activate_stored(
         && route.active.config == config
         && prefix.as_ref().is_none_or(|p| *p == route.prefix)
     {
-        return Ok(Deployed {
-            route: route.clone(),
-            previous: Some(digest),
-            changed: false,
-            created: false,
-            compile_time: None,
-        });
+        return Ok(Deployed::unchanged(route.clone()));
     }
     let _pending = rt.persist.pending(&digest);
     let (pre, updated, size) = load_stored(rt, &digest).await?;

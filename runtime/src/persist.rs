@@ -170,7 +170,8 @@ impl Persist {
     }
 
     /// Marks `digest` as in the middle of a deploy: its files survive garbage collection until
-    /// the returned guard is dropped.
+    /// the returned guard is dropped. Call it before writing any file for `digest`; it waits
+    /// for a collection in progress to finish.
     pub fn pending(&self, digest: &Digest) -> Pending<'_> {
         self.pending
             .lock()
@@ -299,14 +300,12 @@ impl Persist {
     /// deploy writes its files before its commit references them). Returns how many module
     /// records were removed.
     pub fn collect_garbage(&self, in_use: &HashSet<String>) -> anyhow::Result<usize> {
+        // Held for the whole collection: a deploy marks its digest pending (and so waits for a
+        // collection in progress) before it writes any file, so no file written after `keep`
+        // was computed can be swept by this collection.
+        let pending = self.pending.lock().expect("pending poisoned");
         let mut keep: HashSet<String> = in_use.clone();
-        keep.extend(
-            self.pending
-                .lock()
-                .expect("pending poisoned")
-                .iter()
-                .cloned(),
-        );
+        keep.extend(pending.iter().cloned());
         for (_, route) in self.routes()? {
             keep.extend(route.history.into_iter().map(|e| e.version));
             keep.insert(route.active);
@@ -345,6 +344,7 @@ impl Persist {
                 }
             }
         }
+        drop(pending);
         Ok(removed.len())
     }
 }
