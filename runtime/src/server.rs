@@ -53,7 +53,12 @@ impl Server {
         if runtime.persist.is_ephemeral() {
             tracing::info!(
                 dir = %runtime.persist.dir().display(),
-                "no data directory: deployments live in a temporary directory and are lost at exit"
+                "ephemeral: deployments live in a temporary directory and are lost at exit"
+            );
+        } else {
+            tracing::info!(
+                dir = %runtime.persist.dir().display(),
+                "data directory: deployments, artifacts and history are kept here across restarts"
             );
         }
         let data = TcpListener::bind(runtime.config.listen)
