@@ -236,3 +236,67 @@ async fn deploy_time_config_is_the_guests_only_environment() {
     }
     server.shutdown().await;
 }
+
+/// A component whose core module has `functions` functions: slow to compile, and with no
+/// HTTP handler, so its deploy fails after compiling (an adversarial input, hence wat).
+fn slow_to_compile(functions: usize) -> Vec<u8> {
+    let mut wat = String::from("(component (core module");
+    for i in 0..functions {
+        wat.push_str(&format!(
+            " (func (export \"f{i}\") (param i32) (result i32) \
+             local.get 0 i32.const {i} i32.add i32.const 7 i32.mul \
+             local.get 0 i32.xor i32.const 3 i32.shr_u)"
+        ));
+    }
+    wat.push_str("))");
+    wat::parse_str(&wat).expect("valid wat")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_compile_stalls_neither_requests_nor_other_deploys() {
+    let server = TestServer::start().await;
+    server.deploy("steady", guests::TAGGED_V1).await;
+    let slow = slow_to_compile(40_000);
+
+    let started = std::time::Instant::now();
+    let slow_deploy = {
+        let admin = server.admin;
+        tokio::spawn(async move {
+            let req = http::Request::builder()
+                .method(Method::PUT)
+                .uri("/v1/routes/big")
+                .header("host", "admin")
+                .header("content-type", "application/wasm")
+                .body(http_body_util::Full::new(bytes::Bytes::from(slow)))
+                .unwrap();
+            let (status, _) = handoff_tests::send(admin, req).await;
+            (status, started.elapsed())
+        })
+    };
+    // While it compiles: another route deploys, and the steady route answers.
+    let quick = server.deploy("quick", guests::TAGGED_V2).await;
+    let quick_done = started.elapsed();
+    assert_eq!(quick["created"], true);
+    let mut slowest = std::time::Duration::ZERO;
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        assert_eq!(server.get("/steady").await, (StatusCode::OK, "v1".into()));
+        slowest = slowest.max(t.elapsed());
+    }
+    let (status, slow_done) = slow_deploy.await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "no handler export"
+    );
+    eprintln!(
+        "slow compile took {slow_done:?}; meanwhile a deploy finished after {quick_done:?} \
+         and the slowest of 20 requests took {slowest:?}"
+    );
+    assert!(
+        quick_done < slow_done,
+        "the quick deploy ({quick_done:?}) waited for the slow compile ({slow_done:?})"
+    );
+    assert_eq!(server.get("/quick").await.1, "v2");
+    server.shutdown().await;
+}

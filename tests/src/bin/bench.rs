@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 use handoff_tests::{Connection, guests};
 use http::StatusCode;
 
+/// Load runs per server, interleaved.
+const ROUNDS: u32 = 4;
+
 struct Options {
     handoff: String,
     wasmtime: String,
@@ -119,7 +122,46 @@ struct Stats {
     max: Duration,
 }
 
-async fn load(addr: SocketAddr, path: &str, connections: usize, duration: Duration) -> Stats {
+/// What one or more load runs against one server recorded.
+#[derive(Default)]
+struct Samples {
+    latencies: Vec<Duration>,
+    errors: usize,
+    elapsed: Duration,
+}
+
+impl Samples {
+    fn add(&mut self, other: Samples) {
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+    }
+
+    fn rps(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn stats(mut self) -> Stats {
+        self.latencies.sort_unstable();
+        let all = &self.latencies;
+        let pct = |p: f64| {
+            all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
+        Stats {
+            requests: all.len(),
+            errors: self.errors,
+            rps: all.len() as f64 / self.elapsed.as_secs_f64(),
+            p50: pct(0.50),
+            p99: pct(0.99),
+            max: all.last().copied().unwrap_or_default(),
+        }
+    }
+}
+
+/// Drives `connections` keep-alive connections at `addr` for `duration`.
+async fn load(addr: SocketAddr, path: &str, connections: usize, duration: Duration) -> Samples {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..connections {
@@ -142,28 +184,14 @@ async fn load(addr: SocketAddr, path: &str, connections: usize, duration: Durati
             (latencies, errors)
         }));
     }
-    let mut all = Vec::new();
-    let mut errors = 0;
+    let mut samples = Samples::default();
     for task in tasks {
         let (l, e) = task.await.expect("load task");
-        all.extend(l);
-        errors += e;
+        samples.latencies.extend(l);
+        samples.errors += e;
     }
-    let elapsed = started.elapsed();
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    Stats {
-        requests: all.len(),
-        errors,
-        rps: all.len() as f64 / elapsed.as_secs_f64(),
-        p50: pct(0.50),
-        p99: pct(0.99),
-        max: all.last().copied().unwrap_or_default(),
-    }
+    samples.elapsed = started.elapsed();
+    samples
 }
 
 fn ms(d: Duration) -> f64 {
@@ -177,7 +205,7 @@ async fn main() {
     let warmup = Duration::from_secs(2);
     let wasm = std::fs::read(&opts.guest).expect("reading the guest");
     println!(
-        "component: {} ({} bytes); {} connections, {} s per run, load generator on the same cores",
+        "component: {} ({} bytes); {} connections, {} s per server in {ROUNDS} interleaved runs, load generator on the same cores",
         opts.guest,
         wasm.len(),
         opts.connections,
@@ -192,6 +220,7 @@ async fn main() {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--ephemeral",
         ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -228,11 +257,22 @@ async fn main() {
     let (status, _) = conn.get("/").await.expect("first request");
     let first_ok = t.elapsed();
     assert_eq!(status, StatusCode::OK);
+    // The same bytes to a second route: stored already, so loaded rather than compiled.
+    let put = http::Request::builder()
+        .method("PUT")
+        .uri("/v1/routes/again")
+        .header("host", "admin")
+        .header("content-type", "application/wasm")
+        .body(http_body_util::Full::new(bytes::Bytes::from(wasm.clone())))
+        .unwrap();
+    let t = Instant::now();
+    let (status, _) = handoff_tests::send(admin, put).await;
+    assert!(status.is_success());
+    let (status, _) = conn.get("/again").await.expect("request");
+    assert_eq!(status, StatusCode::OK);
+    let stored_ok = t.elapsed();
 
-    load(data, "/", opts.connections, warmup).await;
-    let handoff = load(data, "/", opts.connections, duration).await;
-
-    // wasmtime serve
+    // wasmtime serve, running beside handoff; the two take turns under load.
     let peer = match Command::new(&opts.wasmtime)
         .args(["serve", "-Scli", "--addr", "127.0.0.1:0", &opts.guest])
         .stdout(Stdio::piped())
@@ -243,15 +283,13 @@ async fn main() {
             let line = wait_for_line(&mut child, |l| {
                 l.contains("Serving HTTP on").then(|| l.to_owned())
             });
-            let _peer = Killed(child);
             let addr: SocketAddr = line
                 .split_whitespace()
                 .last()
                 .map(|a| a.trim_start_matches("http://").trim_end_matches('/'))
                 .and_then(|a| a.parse().ok())
                 .unwrap_or_else(|| panic!("no address in {line:?}"));
-            load(addr, "/", opts.connections, warmup).await;
-            Some(load(addr, "/", opts.connections, duration).await)
+            Some((Killed(child), addr))
         }
         Err(e) => {
             println!(
@@ -261,6 +299,32 @@ async fn main() {
             None
         }
     };
+    let mut servers = vec![("handoff", data)];
+    if let Some((_, addr)) = &peer {
+        servers.push(("wasmtime serve -Scli", *addr));
+    }
+    for (_, addr) in &servers {
+        load(*addr, "/", opts.connections, warmup).await;
+    }
+    // Interleaved rounds, the order alternating, so drift over time hits both alike.
+    let per_run = duration / ROUNDS;
+    let mut samples: Vec<Samples> = servers.iter().map(|_| Samples::default()).collect();
+    for round in 0..ROUNDS {
+        let mut order: Vec<usize> = (0..servers.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut line = format!("round {}:", round + 1);
+        for i in order {
+            let run = load(servers[i].1, "/", opts.connections, per_run).await;
+            line.push_str(&format!(" {} {:.0} req/s;", servers[i].0, run.rps()));
+            samples[i].add(run);
+        }
+        println!("{}", line.trim_end_matches(';'));
+    }
+    let mut stats = samples.into_iter().map(Samples::stats);
+    let handoff = stats.next().expect("handoff ran");
+    let peer = stats.next();
 
     println!();
     println!(
@@ -291,9 +355,13 @@ async fn main() {
     }
     println!();
     println!(
-        "deploy: PUT answered in {:.1} ms (compile + pre-instantiate + activate); first 200 after {:.1} ms",
+        "deploy: PUT answered in {:.1} ms (compile + pre-instantiate + store + activate); first 200 after {:.1} ms",
         ms(put_took),
         ms(first_ok)
+    );
+    println!(
+        "deploy of stored bytes to a new route (artifact loaded, no compile): first 200 after {:.1} ms",
+        ms(stored_ok)
     );
     println!(
         "requests measured: handoff {}, peer {}",
