@@ -256,7 +256,7 @@ fn slow_to_compile(functions: usize) -> Vec<u8> {
 async fn a_slow_compile_stalls_neither_requests_nor_other_deploys() {
     let server = TestServer::start().await;
     server.deploy("steady", guests::TAGGED_V1).await;
-    let slow = slow_to_compile(40_000);
+    let slow = slow_to_compile(20_000);
 
     let started = std::time::Instant::now();
     let slow_deploy = {
