@@ -76,8 +76,25 @@ impl Engine {
 
     /// Compiles `bytes`: the blocking, CPU-heavy half of a deploy. Call it from
     /// `spawn_blocking`, never from an async task.
+    ///
+    /// wasmtime compiles functions in parallel on rayon's current pool. Each compile gets a pool
+    /// of its own, so the OS shares the cores between concurrent deploys: on the global pool, a
+    /// small component's functions would queue behind every function of a large one.
     pub fn compile(&self, bytes: &[u8]) -> Result<Component, CompileError> {
-        Component::new(&self.engine, bytes).map_err(|e| CompileError::Invalid(format!("{e:#}")))
+        let compile = || {
+            Component::new(&self.engine, bytes).map_err(|e| CompileError::Invalid(format!("{e:#}")))
+        };
+        match rayon::ThreadPoolBuilder::new()
+            .num_threads(compile_threads())
+            .thread_name(|i| format!("handoff-compile-{i}"))
+            .build()
+        {
+            Ok(pool) => pool.install(compile),
+            Err(error) => {
+                tracing::warn!(error = %error, "no compile thread pool; compiling on the shared one");
+                compile()
+            }
+        }
     }
 
     /// Links and pre-instantiates a compiled component, checking that every import is
@@ -106,6 +123,11 @@ impl Engine {
         unsafe { Component::deserialize(&self.engine, bytes) }
             .map_err(|e| anyhow::anyhow!("loading a compiled artifact: {e:#}"))
     }
+}
+
+/// Threads per compile: one per core.
+fn compile_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
 }
 
 /// Why a component could not become a version.

@@ -293,8 +293,10 @@ async fn a_slow_compile_stalls_neither_requests_nor_other_deploys() {
         "slow compile took {slow_done:?}; meanwhile a deploy finished after {quick_done:?} \
          and the slowest of 20 requests took {slowest:?}"
     );
+    // Not a speed claim: the quick deploy must not have queued behind the slow compile (on a
+    // shared compile pool it finishes just before it; with its own pool, far sooner).
     assert!(
-        quick_done < slow_done,
+        quick_done * 2 < slow_done,
         "the quick deploy ({quick_done:?}) waited for the slow compile ({slow_done:?})"
     );
     assert_eq!(server.get("/quick").await.1, "v2");
