@@ -21,6 +21,9 @@
 //! * `POST   /v1/modules`          — upload `application/wasm` without activating; answers the
 //!   digest to activate later
 //!
+//! Every endpoint but `/healthz` takes `Authorization: Bearer <token>` once tokens are
+//! configured ([`crate::auth`]): `read` for `GET`, `deploy` for the rest.
+//!
 //! Handlers here only translate HTTP; the work is in [`crate::deploy`].
 
 use std::sync::Arc;
@@ -29,7 +32,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode, header};
@@ -37,6 +40,7 @@ use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
 
 use crate::Runtime;
+use crate::auth::{AuditVersion, Caller};
 use crate::deploy::{self, DeployError, DeployRequest};
 use crate::routes::{Prefix, Route, RouteName};
 use crate::version::{Version, parse_config};
@@ -56,6 +60,10 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .route("/v1/modules", post(post_module))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(rt.config.admin_tokens.clone()),
+            crate::auth::guard,
+        ))
         .with_state(rt)
 }
 
@@ -327,6 +335,7 @@ const WASM_CONTENT_TYPES: [&str; 2] = ["application/wasm", "application/octet-st
 
 async fn put_route(
     State(rt): State<Arc<Runtime>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
@@ -351,7 +360,7 @@ async fn put_route(
         prefix,
         config,
         bytes,
-        by: ANONYMOUS.to_owned(),
+        by: caller.0,
         label,
         message,
     };
@@ -424,9 +433,6 @@ async fn read_upload(
     }
 }
 
-/// Who acts, until the admin API has tokens.
-const ANONYMOUS: &str = "anonymous";
-
 async fn get_versions(
     State(rt): State<Arc<Runtime>>,
     path: Result<Path<String>, PathRejection>,
@@ -473,6 +479,7 @@ async fn target_body(body: Body) -> Result<TargetBody, Problem> {
 
 async fn post_rollback(
     State(rt): State<Arc<Runtime>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Response, Problem> {
@@ -502,12 +509,13 @@ async fn post_rollback(
         TargetBody { label: Some(l), .. } => deploy::Target::Label(l),
         TargetBody { .. } => deploy::Target::Previous,
     };
-    let deployed = deploy::rollback(&rt, &name, target, ANONYMOUS.to_owned()).await?;
+    let deployed = deploy::rollback(&rt, &name, target, caller.0).await?;
     Ok(deployed_response(&name, deployed))
 }
 
 async fn post_activate(
     State(rt): State<Arc<Runtime>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Response, Problem> {
@@ -527,16 +535,7 @@ async fn post_activate(
         .transpose()
         .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))?;
     let label = target.label.as_deref().map(parse_label).transpose()?;
-    let deployed = deploy::activate(
-        &rt,
-        &name,
-        prefix,
-        digest,
-        None,
-        ANONYMOUS.to_owned(),
-        label,
-    )
-    .await?;
+    let deployed = deploy::activate(&rt, &name, prefix, digest, None, caller.0, label).await?;
     Ok(deployed_response(&name, deployed))
 }
 
@@ -578,5 +577,8 @@ fn deployed_response(name: &RouteName, deployed: deploy::Deployed) -> Response {
         created: deployed.created,
         compile_ms: deployed.compile_time.map(|t| t.as_secs_f64() * 1e3),
     };
-    (status, Json(body)).into_response()
+    let version = AuditVersion(body.version.clone());
+    let mut response = (status, Json(body)).into_response();
+    response.extensions_mut().insert(version);
+    response
 }

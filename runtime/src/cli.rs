@@ -167,6 +167,11 @@ pub struct ServeArgs {
     /// (history and rollback still work while the server runs).
     #[arg(long, env = "HANDOFF_EPHEMERAL")]
     pub ephemeral: bool,
+    /// A TOML file of admin tokens: `[[token]]` tables with `name`, `token` (the secret) and
+    /// `scope` (`read` or `deploy`). $HANDOFF_ADMIN_TOKEN adds a `deploy` token named `env`.
+    /// Without any token the admin API is open and must stay on loopback.
+    #[arg(long, value_name = "FILE", env = "HANDOFF_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
     /// Activations each route's history keeps for rollback; older versions' files are
     /// garbage-collected.
     #[arg(long, default_value_t = config::DEFAULT_HISTORY_LIMIT)]
@@ -193,7 +198,8 @@ pub struct ServeArgs {
 }
 
 /// The clap ids of the serve settings a config file may set.
-const FILE_SETTINGS: [&str; 10] = [
+const FILE_SETTINGS: [&str; 11] = [
+    "tokens_file",
     "listen",
     "admin_listen",
     "data_dir",
@@ -259,7 +265,25 @@ impl ServeArgs {
                 "no data directory: set --data-dir (or $HOME), or run with --ephemeral".to_owned()
             })?),
         };
+        let mut admin_tokens = match &self.tokens_file {
+            Some(path) => crate::auth::load_tokens_file(path)?,
+            None => Vec::new(),
+        };
+        if let Ok(secret) = std::env::var(crate::auth::TOKEN_ENV)
+            && !secret.is_empty()
+        {
+            if admin_tokens.iter().any(|t| t.name == "env") {
+                return Err("the tokens file already has a token named `env`, the name \
+                            $HANDOFF_ADMIN_TOKEN's token takes"
+                    .into());
+            }
+            admin_tokens.push(
+                crate::auth::Token::new("env", crate::auth::Scope::Deploy, &secret)
+                    .map_err(|e| format!("${}: {e}", crate::auth::TOKEN_ENV))?,
+            );
+        }
         let config = Config {
+            admin_tokens,
             listen: self.listen,
             admin_listen: self.admin_listen,
             data_dir,
@@ -314,6 +338,12 @@ impl ServeArgs {
         );
         fill(given, "ephemeral", &mut self.ephemeral, file.ephemeral);
         fill(given, "history", &mut self.history, file.history);
+        fill(
+            given,
+            "tokens_file",
+            &mut self.tokens_file,
+            file.tokens_file.map(Some),
+        );
     }
 }
 

@@ -178,6 +178,11 @@ impl AdminClient {
                 .method(method)
                 .uri(format!("{}{path_and_query}", self.url.base))
                 .header(header::HOST, &self.url.authority);
+            if let Ok(token) = std::env::var(crate::auth::TOKEN_ENV)
+                && !token.is_empty()
+            {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            }
             let bytes = match body {
                 Some(payload) => {
                     request = request.header(header::CONTENT_TYPE, payload.content_type);

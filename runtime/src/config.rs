@@ -66,6 +66,8 @@ pub struct Config {
     pub max_upload_bytes: usize,
     /// Instance slots in the pooling allocator; 0 allocates on demand instead.
     pub max_instances: u32,
+    /// Admin API tokens; empty leaves the admin API open (loopback only).
+    pub admin_tokens: Vec<crate::auth::Token>,
 }
 
 impl Default for Config {
@@ -80,6 +82,7 @@ impl Default for Config {
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_instances: DEFAULT_MAX_INSTANCES,
+            admin_tokens: Vec::new(),
         }
     }
 }
@@ -104,6 +107,14 @@ impl Config {
         }
         if self.max_memory_bytes < 64 << 10 {
             return Err("the memory limit must be at least 64 KiB (one wasm page)".into());
+        }
+        if self.admin_tokens.is_empty() && !self.admin_listen.ip().is_loopback() {
+            return Err(format!(
+                "the admin API would listen on {} without any token: anyone who reaches it could \
+                 deploy code. Configure a token ($HANDOFF_ADMIN_TOKEN or --tokens-file) or keep \
+                 --admin-listen on loopback",
+                self.admin_listen
+            ));
         }
         if self.history_limit == 0 {
             return Err("the history limit must be at least 1".into());
@@ -188,6 +199,8 @@ pub struct ConfigFile {
     pub max_instances: Option<u32>,
     /// `--history`
     pub history: Option<usize>,
+    /// `--tokens-file`
+    pub tokens_file: Option<PathBuf>,
     /// `--ephemeral`
     pub ephemeral: Option<bool>,
 }
@@ -207,6 +220,7 @@ struct RawConfigFile {
     max_instances: Option<u32>,
     history: Option<usize>,
     ephemeral: Option<bool>,
+    tokens_file: Option<PathBuf>,
 }
 
 /// A duration or size: the flag's text, or a bare non-negative number.
@@ -329,6 +343,7 @@ impl ConfigFile {
             max_instances: raw.max_instances,
             history: raw.history,
             ephemeral: raw.ephemeral,
+            tokens_file: raw.tokens_file.map(|file| base.join(file)),
         })
     }
 }

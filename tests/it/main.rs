@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per area. Each test runs a real server on
 //! loopback with real compiled guests.
 
+mod auth;
 mod bad_uploads;
 mod compat;
 mod deploy;

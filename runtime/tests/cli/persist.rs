@@ -291,3 +291,77 @@ async fn kill_9_during_deploys_leaves_each_route_on_its_old_or_new_version() {
     );
     eprintln!("kill -9 test: 5 kills, {total_acked} acknowledged deploys, every route consistent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_handoff_admin_token_and_the_server_records_its_name() {
+    const SECRET: &str = "cli-test-secret-0123456789";
+    let mut serve_command = command(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--ephemeral",
+    ]);
+    serve_command.env("HANDOFF_ADMIN_TOKEN", SECRET);
+    let mut server = Running::spawn(serve_command);
+    let ready = server.ready(READY).await;
+    let admin = ready.admin_url();
+
+    // Without the token: refused, one line, exit 1, and the secret is nowhere.
+    let refused = handoff(&["routes", "--admin", &admin]).await;
+    refused.fails(FAILED, "401 Unauthorized");
+    assert!(!refused.stderr.contains(SECRET));
+
+    let with_token = |args: &[&str]| {
+        let mut command = command(args);
+        command.env("HANDOFF_ADMIN_TOKEN", SECRET);
+        crate::support::run_within(Duration::from_secs(60), command)
+    };
+    with_token(&["deploy", "app", guests::TAGGED_V1, "--admin", &admin])
+        .await
+        .ok();
+    assert_eq!(get(&ready, "/app").await.1, "v1");
+    let history = json(
+        with_token(&["versions", "app", "--json", "--admin", &admin])
+            .await
+            .ok(),
+    );
+    assert_eq!(history["versions"][0]["by"], "env", "{history}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokens_file_sets_scopes_and_an_open_public_admin_api_is_refused() {
+    const READ_SECRET: &str = "read-only-secret-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.toml");
+    std::fs::write(
+        &file,
+        format!("[[token]]\nname = \"dashboard\"\ntoken = \"{READ_SECRET}\"\nscope = \"read\"\n"),
+    )
+    .unwrap();
+    let (_server, ready) = serve(&["--tokens-file", file.to_str().unwrap()]).await;
+    let admin = ready.admin_url();
+    let as_reader = |args: &[&str]| {
+        let mut command = command(args);
+        command.env("HANDOFF_ADMIN_TOKEN", READ_SECRET);
+        crate::support::run_within(Duration::from_secs(60), command)
+    };
+    as_reader(&["routes", "--admin", &admin]).await.ok();
+    as_reader(&["deploy", "app", guests::TAGGED_V1, "--admin", &admin])
+        .await
+        .fails(FAILED, "403 Forbidden");
+    assert_eq!(get(&ready, "/app").await.0, 404);
+
+    // No token at all, and the admin API on every interface: refused before binding.
+    let refused = handoff(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "0.0.0.0:0",
+        "--ephemeral",
+    ])
+    .await;
+    refused.fails(exit::CONFIG as i32, "without any token");
+}

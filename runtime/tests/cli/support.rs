@@ -15,7 +15,9 @@ use tokio::process::{Child, Command};
 pub const HANDOFF: &str = env!("CARGO_BIN_EXE_handoff");
 
 /// Environment that would change what the binary does; cleared for every run.
-const AMBIENT: [&str; 6] = [
+const AMBIENT: [&str; 8] = [
+    "HANDOFF_ADMIN_TOKEN",
+    "HANDOFF_TOKENS_FILE",
     "HANDOFF_ADMIN_URL",
     "HANDOFF_CONFIG",
     "HANDOFF_LISTEN",

@@ -1,0 +1,172 @@
+//! The admin API with tokens: 401 without a valid one, 403 for a read-only one on a mutation,
+//! the token's name recorded in the history, no secret ever echoed; and no open admin API
+//! on a non-loopback address.
+
+use bytes::Bytes;
+use handoff::auth::{Scope, Token};
+use handoff::config::Config;
+use handoff::server::Server;
+use handoff_tests::{TestServer, guests, send};
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use serde_json::Value;
+
+const DEPLOYER: &str = "deployer-secret-0123456789";
+const READER: &str = "reader-secret-0123456789";
+
+async fn admin(
+    server: &TestServer,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, Value, http::HeaderMap) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin")
+        .header("content-type", "application/wasm");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let req = req.body(Full::new(Bytes::from(body))).unwrap();
+    let mut conn = handoff_tests::Connection::open(server.admin).await;
+    let response = conn.send(req).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert!(
+        !text.contains("secret-0123"),
+        "a response echoed a token: {text}"
+    );
+    (
+        parts.status,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+        parts.headers,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_guard_the_admin_api_by_scope() {
+    let server = TestServer::start_with(Config {
+        admin_tokens: vec![
+            Token::new("ci", Scope::Deploy, DEPLOYER).unwrap(),
+            Token::new("dashboard", Scope::Read, READER).unwrap(),
+        ],
+        ..Config::ephemeral()
+    })
+    .await;
+    let wasm = guests::bytes(guests::TAGGED_V1);
+
+    for (token, detail) in [
+        (None, "authorization: bearer"),
+        (Some("wrong-token-0123456789"), "not valid"),
+        (Some(""), "bearer"),
+    ] {
+        let (status, body, headers) =
+            admin(&server, Method::PUT, "/v1/routes/app", token, wasm.clone()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(headers.contains_key("www-authenticate"));
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .contains(detail),
+            "{body}"
+        );
+        let (status, _, _) = admin(&server, Method::GET, "/v1/routes", token, vec![]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        server.get("/app").await.0,
+        StatusCode::NOT_FOUND,
+        "nothing deployed"
+    );
+
+    // A read-only token reads but may not deploy.
+    let (status, body, _) = admin(
+        &server,
+        Method::PUT,
+        "/v1/routes/app",
+        Some(READER),
+        wasm.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("`dashboard`"),
+        "{body}"
+    );
+    let (status, _, _) = admin(&server, Method::GET, "/v1/routes", Some(READER), vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The deploy token deploys, and its name is in the history.
+    let (status, body, _) = admin(
+        &server,
+        Method::PUT,
+        "/v1/routes/app",
+        Some(DEPLOYER),
+        wasm.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(server.get("/app").await.1, "v1");
+    let (status, history, _) = admin(
+        &server,
+        Method::GET,
+        "/v1/routes/app/versions",
+        Some(READER),
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(history["versions"][0]["by"], "ci", "{history}");
+    let (status, _, _) = admin(
+        &server,
+        Method::DELETE,
+        "/v1/routes/app",
+        Some(READER),
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(server.get("/app").await.1, "v1");
+
+    // Health stays open for load balancers.
+    let (status, _) = send(
+        server.admin,
+        Request::get("/healthz")
+            .header("host", "admin")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_admin_api_refuses_a_non_loopback_address() {
+    let error = Server::start(Config {
+        admin_listen: "0.0.0.0:0".parse().unwrap(),
+        ..Config::ephemeral()
+    })
+    .await
+    .err()
+    .expect("refused");
+    let text = format!("{error:#}");
+    assert!(text.contains("without any token"), "{text}");
+    // With a token it starts (still bound to 0.0.0.0:0 only for this check).
+    let server = Server::start(Config {
+        admin_listen: "0.0.0.0:0".parse().unwrap(),
+        admin_tokens: vec![Token::new("ci", Scope::Deploy, DEPLOYER).unwrap()],
+        ..Config::ephemeral()
+    })
+    .await
+    .expect("starts with a token");
+    server.shutdown().await;
+}
