@@ -284,6 +284,7 @@ impl ServeArgs {
         }
         let config = Config {
             admin_tokens,
+            header_read_timeout: config::DEFAULT_HEADER_READ_TIMEOUT,
             listen: self.listen,
             admin_listen: self.admin_listen,
             data_dir,

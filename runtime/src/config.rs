@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 128 << 20;
 pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 50 << 20;
 /// How many guest instances may exist at once across all routes (the pooling allocator's size).
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+/// How long a client may take to send a request's head before the connection is closed.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many activations each route's history keeps (older versions can no longer be rolled
 /// back to, and their files are garbage-collected).
 pub const DEFAULT_HISTORY_LIMIT: usize = 20;
@@ -68,6 +70,8 @@ pub struct Config {
     pub max_instances: u32,
     /// Admin API tokens; empty leaves the admin API open (loopback only).
     pub admin_tokens: Vec<crate::auth::Token>,
+    /// How long a data-plane client may take to send a request's head (slowloris defence).
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Config {
@@ -83,6 +87,7 @@ impl Default for Config {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_instances: DEFAULT_MAX_INSTANCES,
             admin_tokens: Vec::new(),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use crate::Runtime;
 use crate::config::Config;
 use crate::dispatch::dispatch;
+
+/// The largest request head (request line and headers) the data plane buffers.
+const MAX_HEAD_BYTES: usize = 64 << 10;
 
 /// Longest `shutdown` waits for the last tasks to release the runtime.
 const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -144,7 +147,18 @@ impl Server {
 
 /// Accepts data-plane connections until `stop`, then drains them.
 async fn serve_data(rt: Arc<Runtime>, listener: TcpListener, stop: CancellationToken) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Slowloris and header floods: a client gets `header_read_timeout` to send its request head,
+    // and a head larger than MAX_HEAD_BYTES is refused (431) instead of buffered.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(rt.config.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD_BYTES as u32);
     let graceful = GracefulShutdown::new();
     loop {
         let stream = tokio::select! {

@@ -160,3 +160,50 @@ async fn a_client_that_leaves_before_the_response_stops_its_guest() {
     .await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_heads_huge_heads_and_idle_crowds_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(Config {
+        header_read_timeout: Duration::from_millis(500),
+        ..Config::ephemeral()
+    })
+    .await;
+    server.deploy("good", guests::TAGGED_V1).await;
+
+    // Slowloris: half a request head, then silence. The server hangs up.
+    let mut slow = tokio::net::TcpStream::connect(server.data).await.unwrap();
+    slow.write_all(b"GET /good HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), slow.read_to_end(&mut buf)).await;
+    assert!(
+        closed.is_ok(),
+        "a slow head must not hold a connection forever"
+    );
+
+    // A 200 KiB header: refused, never buffered whole.
+    let mut huge = tokio::net::TcpStream::connect(server.data).await.unwrap();
+    let head = format!(
+        "GET /good HTTP/1.1\r\nHost: a\r\nX-Huge: {}\r\n\r\n",
+        "x".repeat(200 << 10)
+    );
+    let _ = huge.write_all(head.as_bytes()).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), huge.read_to_end(&mut buf)).await;
+    let answer = String::from_utf8_lossy(&buf);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "a huge head gets 431 or a closed connection: {answer:.100}"
+    );
+
+    // Hundreds of idle connections do not stop a real client.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(server.data).await.unwrap());
+    }
+    assert_eq!(server.get("/good").await, (StatusCode::OK, "v1".into()));
+    drop(idle);
+    server.shutdown().await;
+}
