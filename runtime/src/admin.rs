@@ -165,6 +165,33 @@ impl VersionStatus {
     }
 }
 
+/// A route's limits as the admin API shows them (0: no limit).
+#[derive(Serialize)]
+pub struct LimitsStatus {
+    /// Linear-memory cap per instance.
+    pub max_memory_bytes: usize,
+    /// Deadline per request.
+    pub request_timeout_ms: u64,
+    /// Concurrent requests (0: only the instance pool bounds them).
+    pub max_concurrency: u32,
+    /// Request body limit.
+    pub max_request_body: u64,
+    /// Response body limit.
+    pub max_response_body: u64,
+}
+
+impl LimitsStatus {
+    fn of(limits: &crate::version::Limits) -> Self {
+        Self {
+            max_memory_bytes: limits.max_memory_bytes,
+            request_timeout_ms: limits.request_timeout.as_millis() as u64,
+            max_concurrency: limits.max_concurrency,
+            max_request_body: limits.max_request_body,
+            max_response_body: limits.max_response_body,
+        }
+    }
+}
+
 /// A route as the admin API shows it.
 #[derive(Serialize)]
 pub struct RouteStatus {
@@ -176,6 +203,10 @@ pub struct RouteStatus {
     pub requests: u64,
     /// Its deploy-time configuration (the guest's environment).
     pub config: std::collections::BTreeMap<String, String>,
+    /// Its limits.
+    pub limits: LimitsStatus,
+    /// Requests on it now, across versions.
+    pub in_flight: usize,
     /// The version serving new requests.
     pub active: VersionStatus,
     /// Retired versions whose requests are still finishing.
@@ -209,6 +240,8 @@ fn status_of(rt: &Runtime, route: &Route) -> RouteStatus {
         prefix: route.prefix.as_str().to_owned(),
         requests: route.counters.requests(),
         config: route.active.config.iter().cloned().collect(),
+        limits: LimitsStatus::of(&route.active.limits),
+        in_flight: route.counters.in_flight(),
         active: VersionStatus::of(&route.active),
         draining: draining_of(rt, &route.name),
     }
@@ -254,6 +287,7 @@ struct DeployQuery {
     config: Option<crate::version::RouteConfig>,
     label: Option<String>,
     message: Option<String>,
+    limits: deploy::LimitOverrides,
 }
 
 impl DeployQuery {
@@ -263,6 +297,7 @@ impl DeployQuery {
         let mut config: Option<Vec<String>> = None;
         let mut label = None;
         let mut message = None;
+        let mut limits = deploy::LimitOverrides::default();
         for (key, value) in pairs {
             match key.as_str() {
                 "prefix" if prefix.is_none() => prefix = Some(Prefix::parse(&value).map_err(bad)?),
@@ -277,9 +312,33 @@ impl DeployQuery {
                     return Err(bad(format!("give `{key}` at most once")));
                 }
                 "config" => config.get_or_insert_with(Vec::new).push(value),
+                "max-memory" => {
+                    let bytes = crate::config::parse_bytes(&value).map_err(bad)?;
+                    limits.max_memory_bytes = Some(usize::try_from(bytes).unwrap_or(usize::MAX));
+                }
+                "request-timeout" => {
+                    limits.request_timeout =
+                        Some(crate::config::parse_duration(&value).map_err(bad)?);
+                }
+                "max-concurrency" => {
+                    limits.max_concurrency = Some(value.parse().map_err(|_| {
+                        bad(format!(
+                            "max-concurrency is a whole number of requests (0: no limit); got `{}`",
+                            value.escape_debug()
+                        ))
+                    })?);
+                }
+                "max-request-body" => {
+                    limits.max_request_body =
+                        Some(crate::config::parse_bytes(&value).map_err(bad)?);
+                }
+                "max-response-body" => {
+                    limits.max_response_body =
+                        Some(crate::config::parse_bytes(&value).map_err(bad)?);
+                }
                 other => {
                     return Err(bad(format!(
-                        "unknown query parameter `{}`; a deploy takes `prefix=/path`, `config=KEY=VALUE`, `label=...` and `message=...`",
+                        "unknown query parameter `{}`; a deploy takes `prefix=/path`, `config=KEY=VALUE`, `label=...`, `message=...` and the limits `max-memory`, `request-timeout`, `max-concurrency`, `max-request-body`, `max-response-body`",
                         other.escape_debug()
                     )));
                 }
@@ -294,6 +353,7 @@ impl DeployQuery {
             config,
             label,
             message,
+            limits,
         })
     }
 }
@@ -353,6 +413,7 @@ async fn put_route(
         config,
         label,
         message,
+        limits,
     } = DeployQuery::parse(pairs)?;
     let bytes = read_upload(&rt, &headers, body).await?;
     let request = DeployRequest {
@@ -363,6 +424,7 @@ async fn put_route(
         by: caller.0,
         label,
         message,
+        limits,
     };
     let deployed = deploy::deploy(&rt, request).await?;
     Ok(deployed_response(&name, deployed))

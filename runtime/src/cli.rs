@@ -192,13 +192,26 @@ pub struct ServeArgs {
     /// Guest instances that may exist at once (pooling allocator slots); 0 allocates on demand.
     #[arg(long, default_value_t = config::DEFAULT_MAX_INSTANCES)]
     pub max_instances: u32,
+    /// Requests one route may run at once; more get 503 with Retry-After (0: only the
+    /// instance pool bounds it). A deploy may set its route's own.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_CONCURRENCY)]
+    pub max_concurrency: u32,
+    /// Largest request body a route accepts (e.g. 64MiB; 0: no limit); larger gets 413.
+    #[arg(long, default_value = "64MiB", value_parser = config::parse_bytes)]
+    pub max_request_body: u64,
+    /// Largest response body a route may send (0: no limit); longer ones are cut off.
+    #[arg(long, default_value = "0", value_parser = config::parse_bytes)]
+    pub max_response_body: u64,
     /// The settings given as flags or environment variables (clap ids); the file fills the rest.
     #[arg(skip)]
     pub given: BTreeSet<&'static str>,
 }
 
 /// The clap ids of the serve settings a config file may set.
-const FILE_SETTINGS: [&str; 11] = [
+const FILE_SETTINGS: [&str; 14] = [
+    "max_concurrency",
+    "max_request_body",
+    "max_response_body",
     "tokens_file",
     "listen",
     "admin_listen",
@@ -285,6 +298,9 @@ impl ServeArgs {
         let config = Config {
             admin_tokens,
             header_read_timeout: config::DEFAULT_HEADER_READ_TIMEOUT,
+            max_concurrency: self.max_concurrency,
+            max_request_body: self.max_request_body,
+            max_response_body: self.max_response_body,
             listen: self.listen,
             admin_listen: self.admin_listen,
             data_dir,
@@ -341,6 +357,24 @@ impl ServeArgs {
         fill(given, "history", &mut self.history, file.history);
         fill(
             given,
+            "max_concurrency",
+            &mut self.max_concurrency,
+            file.max_concurrency,
+        );
+        fill(
+            given,
+            "max_request_body",
+            &mut self.max_request_body,
+            file.max_request_body,
+        );
+        fill(
+            given,
+            "max_response_body",
+            &mut self.max_response_body,
+            file.max_response_body,
+        );
+        fill(
+            given,
             "tokens_file",
             &mut self.tokens_file,
             file.tokens_file.map(Some),
@@ -385,6 +419,21 @@ pub struct DeployArgs {
     /// A note kept in the route's history.
     #[arg(long)]
     pub message: Option<String>,
+    /// This route's linear-memory cap per instance (e.g. 64MiB; at most the server's).
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory: Option<String>,
+    /// This route's deadline per request (e.g. 5s).
+    #[arg(long, value_name = "DURATION")]
+    pub request_timeout: Option<String>,
+    /// This route's concurrent-request limit (0: none); more get 503.
+    #[arg(long, value_name = "N")]
+    pub max_concurrency: Option<String>,
+    /// This route's request body limit (e.g. 1MiB; 0: none); larger gets 413.
+    #[arg(long, value_name = "SIZE")]
+    pub max_request_body: Option<String>,
+    /// This route's response body limit (0: none); longer bodies are cut off.
+    #[arg(long, value_name = "SIZE")]
+    pub max_response_body: Option<String>,
     /// The admin API and output format.
     #[command(flatten)]
     pub admin: AdminArgs,

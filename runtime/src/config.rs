@@ -24,6 +24,12 @@ pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 128 << 20;
 pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 50 << 20;
 /// How many guest instances may exist at once across all routes (the pooling allocator's size).
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+/// Requests one route may run at once; 0 leaves only the instance pool as the bound.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 0;
+/// The largest request body a route accepts.
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 64 << 20;
+/// The largest response body a route may send; 0 is no limit (the deadline still applies).
+pub const DEFAULT_MAX_RESPONSE_BODY: u64 = 0;
 /// How long a client may take to send a request's head before the connection is closed.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many activations each route's history keeps (older versions can no longer be rolled
@@ -72,6 +78,12 @@ pub struct Config {
     pub admin_tokens: Vec<crate::auth::Token>,
     /// How long a data-plane client may take to send a request's head (slowloris defence).
     pub header_read_timeout: Duration,
+    /// Default per-route concurrency limit (0: none but the instance pool).
+    pub max_concurrency: u32,
+    /// Default per-route request body limit (0: none).
+    pub max_request_body: u64,
+    /// Default per-route response body limit (0: none).
+    pub max_response_body: u64,
 }
 
 impl Default for Config {
@@ -88,6 +100,9 @@ impl Default for Config {
             max_instances: DEFAULT_MAX_INSTANCES,
             admin_tokens: Vec::new(),
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            max_response_body: DEFAULT_MAX_RESPONSE_BODY,
         }
     }
 }
@@ -100,6 +115,37 @@ impl Config {
             admin_listen: "127.0.0.1:0".parse().expect("valid address"),
             ..Self::default()
         }
+    }
+
+    /// The limits a route gets unless its deploy overrides them.
+    pub fn default_limits(&self) -> crate::version::Limits {
+        crate::version::Limits {
+            max_memory_bytes: usize::try_from(self.max_memory_bytes).unwrap_or(usize::MAX),
+            request_timeout: self.request_timeout,
+            max_concurrency: self.max_concurrency,
+            max_request_body: self.max_request_body,
+            max_response_body: self.max_response_body,
+        }
+    }
+
+    /// Checks per-route `limits` against what this server allows, in a sentence.
+    pub fn check_limits(&self, limits: &crate::version::Limits) -> Result<(), String> {
+        if limits.max_memory_bytes as u64 > self.max_memory_bytes {
+            return Err(format!(
+                "max-memory may be at most the server's --max-memory ({} bytes); got {}",
+                self.max_memory_bytes, limits.max_memory_bytes
+            ));
+        }
+        if limits.max_memory_bytes < 64 << 10 {
+            return Err("max-memory must be at least 64KiB (one wasm page)".into());
+        }
+        if limits.request_timeout < EPOCH_TICK {
+            return Err(format!(
+                "request-timeout must be at least {} ms",
+                EPOCH_TICK.as_millis()
+            ));
+        }
+        Ok(())
     }
 
     /// Checks the values that have no valid range in their types.
@@ -206,6 +252,12 @@ pub struct ConfigFile {
     pub history: Option<usize>,
     /// `--tokens-file`
     pub tokens_file: Option<PathBuf>,
+    /// `--max-concurrency`
+    pub max_concurrency: Option<u32>,
+    /// `--max-request-body`
+    pub max_request_body: Option<u64>,
+    /// `--max-response-body`
+    pub max_response_body: Option<u64>,
     /// `--ephemeral`
     pub ephemeral: Option<bool>,
 }
@@ -226,6 +278,9 @@ struct RawConfigFile {
     history: Option<usize>,
     ephemeral: Option<bool>,
     tokens_file: Option<PathBuf>,
+    max_concurrency: Option<u32>,
+    max_request_body: Option<TextOrNumber>,
+    max_response_body: Option<TextOrNumber>,
 }
 
 /// A duration or size: the flag's text, or a bare non-negative number.
@@ -349,6 +404,9 @@ impl ConfigFile {
             history: raw.history,
             ephemeral: raw.ephemeral,
             tokens_file: raw.tokens_file.map(|file| base.join(file)),
+            max_concurrency: raw.max_concurrency,
+            max_request_body: size("max-request-body", raw.max_request_body)?,
+            max_response_body: size("max-response-body", raw.max_response_body)?,
         })
     }
 }

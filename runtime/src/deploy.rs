@@ -96,6 +96,9 @@ pub enum DeployError {
     /// A stored module can no longer be loaded.
     #[error("the stored module {0}; deploy it again")]
     ModuleUnavailable(String),
+    /// A limit asked for is out of range.
+    #[error("{0}")]
+    InvalidLimits(String),
     /// A host failure.
     #[error("the server failed while deploying; its log has the details")]
     Internal(String),
@@ -105,7 +108,7 @@ impl DeployError {
     /// The HTTP status this error is reported with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NotWasm => StatusCode::BAD_REQUEST,
+            Self::NotWasm | Self::InvalidLimits(_) => StatusCode::BAD_REQUEST,
             Self::CoreModule | Self::Invalid(_) | Self::Unlinkable(_) | Self::NoHandler(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -157,6 +160,50 @@ pub struct DeployRequest {
     pub label: Option<String>,
     /// An optional message recorded in the history.
     pub message: Option<String>,
+    /// Limits to change for this route; the others keep their current (or default) values.
+    pub limits: LimitOverrides,
+}
+
+/// Per-route limits a deploy sets; `None` keeps the route's current value (the server's
+/// default for a new route).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LimitOverrides {
+    /// Linear-memory cap per instance.
+    pub max_memory_bytes: Option<usize>,
+    /// Deadline per request.
+    pub request_timeout: Option<Duration>,
+    /// Concurrent requests (0: no per-route limit).
+    pub max_concurrency: Option<u32>,
+    /// Request body limit (0: none).
+    pub max_request_body: Option<u64>,
+    /// Response body limit (0: none).
+    pub max_response_body: Option<u64>,
+}
+
+impl LimitOverrides {
+    /// `base` with these overrides applied.
+    pub fn apply(&self, base: Limits) -> Limits {
+        Limits {
+            max_memory_bytes: self.max_memory_bytes.unwrap_or(base.max_memory_bytes),
+            request_timeout: self.request_timeout.unwrap_or(base.request_timeout),
+            max_concurrency: self.max_concurrency.unwrap_or(base.max_concurrency),
+            max_request_body: self.max_request_body.unwrap_or(base.max_request_body),
+            max_response_body: self.max_response_body.unwrap_or(base.max_response_body),
+        }
+    }
+}
+
+/// The limits route `name` runs with now: its active version's, else its stored ones, else
+/// the server's defaults.
+fn route_limits(rt: &Runtime, name: &RouteName) -> Limits {
+    if let Some(route) = rt.routes.snapshot().get(name) {
+        return route.active.limits;
+    }
+    stored_route(rt, name)
+        .ok()
+        .flatten()
+        .and_then(|r| r.limits)
+        .unwrap_or_else(|| rt.config.default_limits())
 }
 
 /// Which version a rollback goes to.
@@ -181,15 +228,21 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
         by,
         label,
         message,
+        limits,
     } = request;
     check_preamble(&bytes)?;
+    let limits = limits.apply(route_limits(rt, &name));
+    rt.config
+        .check_limits(&limits)
+        .map_err(DeployError::InvalidLimits)?;
     let digest = Digest::of(&bytes);
     let current = rt.routes.snapshot().get(&name).cloned();
     let config = config
         .or_else(|| current.as_ref().map(|r| r.active.config.clone()))
         .unwrap_or_else(|| Vec::new().into());
     let same_bytes = current.as_ref().filter(|r| r.active.digest == digest);
-    let same_version = same_bytes.filter(|r| r.active.config == config);
+    let same_version =
+        same_bytes.filter(|r| r.active.config == config && r.active.limits == limits);
     if let Some(route) = same_version
         && prefix.as_ref().is_none_or(|p| *p == route.prefix)
     {
@@ -217,7 +270,7 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
             (pre, Some(module), Some(took), size)
         }
     };
-    let version = new_version(rt, &name, digest, pre, config, size, compile_time);
+    let version = new_version(&name, digest, pre, config, limits, size, compile_time);
     let history = History {
         action: "deploy",
         by,
@@ -436,12 +489,17 @@ async fn restore_route(
             tokio::task::spawn_blocking(move || persist_rt.persist.commit(None, &[(&d, &module)]))
                 .await;
     }
+    let mut limits = record.limits.unwrap_or_else(|| rt.config.default_limits());
+    // A server restarted with a smaller --max-memory caps the stored limit.
+    limits.max_memory_bytes = limits
+        .max_memory_bytes
+        .min(usize::try_from(rt.config.max_memory_bytes).unwrap_or(usize::MAX));
     let version = new_version(
-        rt,
         &name,
         digest,
         pre,
         record.config.clone().into(),
+        limits,
         size,
         None,
     );
@@ -475,9 +533,10 @@ async fn activate_stored(
     {
         return Ok(Deployed::unchanged(route.clone()));
     }
+    let limits = route_limits(rt, name);
     let _pending = rt.persist.pending(&digest);
     let (pre, updated, size) = load_stored(rt, &digest).await?;
-    let version = new_version(rt, name, digest, pre, config, size, None);
+    let version = new_version(name, digest, pre, config, limits, size, None);
     activate_version(rt, name, prefix, version, history, updated, None).await
 }
 
@@ -547,10 +606,12 @@ fn commit_activation(
                 active: String::new(),
                 config: Vec::new(),
                 history: Vec::new(),
+                limits: None,
             });
         record.prefix = next.prefix.as_str().to_owned();
         record.active = version.digest.to_string();
         record.config = version.config.to_vec();
+        record.limits = Some(version.limits);
         record.history.push(HistoryEntry {
             version: version.digest.to_string(),
             size_bytes: version.size_bytes as u64,
@@ -697,18 +758,14 @@ async fn load_stored(
 }
 
 fn new_version(
-    rt: &Runtime,
     name: &RouteName,
     digest: Digest,
     pre: ProxyPre<Host>,
     config: RouteConfig,
+    limits: Limits,
     size: usize,
     compile_time: Option<Duration>,
 ) -> Arc<Version> {
-    let limits = Limits {
-        max_memory_bytes: usize::try_from(rt.config.max_memory_bytes).unwrap_or(usize::MAX),
-        request_timeout: rt.config.request_timeout,
-    };
     Arc::new(Version::new(
         digest,
         name.shared(),

@@ -189,6 +189,7 @@ async fn build_and_deploy(rt: &Arc<Runtime>, project: &Project) {
             by: "handoff dev".to_owned(),
             label: None,
             message: None,
+            limits: Default::default(),
         };
         match deploy::deploy(rt, request).await {
             Ok(done) => {

@@ -25,24 +25,60 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::Runtime;
 use crate::host::Host;
+use crate::routes::Refused;
 use crate::version::{InFlight, Version};
 
 /// Serves one data-plane request. Never fails: every outcome is a response.
 pub async fn dispatch<B>(rt: &Runtime, req: Request<B>) -> Response<DataBody>
 where
-    B: Body<Data = Bytes> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let id = rt.next_request_id();
-    let Some(routed) = rt.routes.resolve(req.uri().path()) else {
-        tracing::debug!(request_id = id, path = req.uri().path(), "no route");
-        return failure(
-            StatusCode::NOT_FOUND,
-            &format!("no route serves the path `{}`", req.uri().path()),
-            id,
-        );
+    let routed = match rt.routes.resolve(req.uri().path()) {
+        Ok(routed) => routed,
+        Err(Refused::NoRoute) => {
+            tracing::debug!(request_id = id, path = req.uri().path(), "no route");
+            return failure(
+                StatusCode::NOT_FOUND,
+                &format!("no route serves the path `{}`", req.uri().path()),
+                id,
+            );
+        }
+        Err(Refused::Full { route, limit }) => {
+            tracing::warn!(request_id = id, route = %route, limit, "route at its concurrency limit; shedding");
+            let mut response = failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the route is at its concurrency limit; retry shortly",
+                id,
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
     };
     let version = routed.in_flight.version().clone();
+    let max_body = version.limits.max_request_body;
+    if max_body > 0 {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max_body) {
+            tracing::warn!(request_id = id, route = %routed.route, limit = max_body, "request body over the route's limit");
+            return failure(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the request body is larger than this route's limit of {max_body} bytes"),
+                id,
+            );
+        }
+    }
+    let req = req.map(|body| CappedBody {
+        inner: body,
+        left: if max_body > 0 { max_body } else { u64::MAX },
+    });
     let deadline = Instant::now() + version.limits.request_timeout;
     let mut store = Store::new(
         rt.engine.wasmtime(),
@@ -267,6 +303,52 @@ fn failure(status: StatusCode, detail: &str, id: u64) -> Response<DataBody> {
     response
 }
 
+/// A request body that fails (as the guest sees it) once it exceeds the route's limit; the
+/// declared-length check before instantiation catches most oversize bodies with a 413.
+pub struct CappedBody<B> {
+    inner: B,
+    left: u64,
+}
+
+impl<B> Body for CappedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if len > this.left {
+                    this.left = 0;
+                    return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(
+                        None,
+                    ))));
+                }
+                this.left -= len;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(error)) => Poll::Ready(Some(Err(error.into()))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The body of every data-plane response.
 pub enum DataBody {
     /// A guest's streaming body.
@@ -281,6 +363,9 @@ pub enum BodyError {
     /// The guest failed after sending the response head.
     #[error("the handler failed while writing the response body")]
     GuestFailed,
+    /// The guest sent more than the route's response body limit.
+    #[error("the response body is larger than the route's limit")]
+    TooLarge,
     /// The body stream itself failed.
     #[error("response body: {0}")]
     Stream(#[from] wasmtime_wasi_http::Error),
@@ -322,6 +407,8 @@ pub struct GuestBody {
     failed: Arc<AtomicBool>,
     in_flight: Option<InFlight>,
     guest: AbortHandle,
+    /// Bytes the guest may still send before the route's response limit cuts it off.
+    left: u64,
 }
 
 impl GuestBody {
@@ -331,11 +418,13 @@ impl GuestBody {
         in_flight: InFlight,
         guest: AbortHandle,
     ) -> Self {
+        let limit = in_flight.version().limits.max_response_body;
         Self {
             inner,
             failed,
             in_flight: Some(in_flight),
             guest,
+            left: if limit > 0 { limit } else { u64::MAX },
         }
     }
 }
@@ -354,7 +443,24 @@ impl Body for GuestBody {
         }
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match frame {
-            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            Some(Ok(frame)) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if len > this.left {
+                    if let Some(token) = this.in_flight.take() {
+                        let version = token.version();
+                        tracing::warn!(
+                            route = %version.route, version = %version.short,
+                            limit = version.limits.max_response_body,
+                            "response body over the route's limit; cut off"
+                        );
+                        version.record_failure();
+                    }
+                    this.guest.abort();
+                    return Poll::Ready(Some(Err(BodyError::TooLarge)));
+                }
+                this.left -= len;
+                Poll::Ready(Some(Ok(frame)))
+            }
             Some(Err(error)) => {
                 this.in_flight = None;
                 Poll::Ready(Some(Err(BodyError::Stream(error))))

@@ -42,6 +42,9 @@ pub struct RouteRecord {
     pub config: Vec<(String, String)>,
     /// Every activation, oldest first, at most the retention limit.
     pub history: Vec<HistoryEntry>,
+    /// The route's limits (absent in records written before limits existed: the defaults).
+    #[serde(default)]
+    pub limits: Option<crate::version::Limits>,
 }
 
 /// One activation of a version on a route.

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -116,6 +116,7 @@ impl Prefix {
 #[derive(Default, Debug)]
 pub struct RouteCounters {
     requests: AtomicU64,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl RouteCounters {
@@ -123,6 +124,25 @@ impl RouteCounters {
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
+
+    /// Requests on this route now, across versions.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// Why a request was not routed.
+#[derive(Debug)]
+pub enum Refused {
+    /// No route's prefix matches.
+    NoRoute,
+    /// The route runs as many requests as its `max_concurrency` allows.
+    Full {
+        /// The route.
+        route: Arc<str>,
+        /// Its limit.
+        limit: u32,
+    },
 }
 
 /// One route as it stands in a table snapshot. Immutable: a change makes a new `Route`.
@@ -246,14 +266,23 @@ const READER_WAIT_LIMIT: Duration = Duration::from_secs(5);
 
 impl Routes {
     /// Routes the request path to a version and takes its in-flight token, in one step.
-    pub fn resolve(&self, path: &str) -> Option<Routed> {
+    pub fn resolve(&self, path: &str) -> Result<Routed, Refused> {
         let table = self.table.load();
-        let route = table.lookup(path)?;
+        let route = table.lookup(path).ok_or(Refused::NoRoute)?;
         route.counters.requests.fetch_add(1, Ordering::Relaxed);
-        Some(Routed {
+        let limit = route.active.limits.max_concurrency;
+        let before = route.counters.in_flight.fetch_add(1, Ordering::SeqCst);
+        if limit > 0 && before >= limit as usize {
+            route.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(Refused::Full {
+                route: route.name.shared(),
+                limit,
+            });
+        }
+        Ok(Routed {
             route: route.name.shared(),
             prefix: route.prefix.0.clone(),
-            in_flight: route.active.enter(),
+            in_flight: route.active.enter(route.counters.in_flight.clone()),
         })
     }
 

@@ -118,13 +118,20 @@ pub fn parse_config<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Result<Rout
     Ok(config.into())
 }
 
-/// Limits a version's requests run under, fixed at deploy time.
-#[derive(Debug, Clone, Copy)]
+/// Limits a route's requests run under: the server's flags give the defaults, a deploy may
+/// override each one for its route. Fixed per version at deploy time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Linear-memory cap per instance.
     pub max_memory_bytes: usize,
     /// CPU and wall-clock deadline per request.
     pub request_timeout: Duration,
+    /// Requests the route may run at once (0: only the instance pool bounds it); more get 503.
+    pub max_concurrency: u32,
+    /// Largest request body (0: no limit); larger gets 413.
+    pub max_request_body: u64,
+    /// Largest response body (0: no limit); a longer one is cut off with an error.
+    pub max_response_body: u64,
 }
 
 /// One compiled, pre-instantiated guest serving (or having served) a route.
@@ -185,12 +192,13 @@ impl Version {
         }
     }
 
-    /// Takes an in-flight token. Call it while the route table snapshot that yielded this
-    /// version is still held, so a retirement can never miss it.
-    pub fn enter(self: &Arc<Self>) -> InFlight {
+    /// Takes an in-flight token for a request on this version through a route whose
+    /// `route_in_flight` count the caller has already raised. Call it while the route table
+    /// snapshot that yielded this version is still held, so a retirement can never miss it.
+    pub fn enter(self: &Arc<Self>, route_in_flight: Arc<AtomicUsize>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.requests.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight(self.clone(), route_in_flight)
     }
 
     /// Requests currently holding this version.
@@ -276,7 +284,7 @@ pub enum DrainOutcome {
 
 /// Proof that a request holds a version: from routing until its response body's last byte is
 /// written or the client goes away. Dropping it is what lets a retired version drain.
-pub struct InFlight(Arc<Version>);
+pub struct InFlight(Arc<Version>, Arc<AtomicUsize>);
 
 impl InFlight {
     /// The version this request runs on.
@@ -287,6 +295,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.1.fetch_sub(1, Ordering::SeqCst);
         let version = &self.0;
         if version.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
             && version.retired.load(Ordering::SeqCst)

@@ -8,5 +8,6 @@ mod deploy;
 mod drain;
 mod guests;
 mod hostile;
+mod limits;
 mod persist;
 mod swap;

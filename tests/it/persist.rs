@@ -61,7 +61,7 @@ async fn a_restart_restores_every_route_and_rollback_needs_no_compile() {
         server
             .deploy_bytes(
                 "other",
-                "?prefix=/elsewhere&config=K=v",
+                "?prefix=/elsewhere&config=K=v&max-concurrency=3",
                 guests::bytes(guests::TAGGED_V2),
             )
             .await;
@@ -82,6 +82,7 @@ async fn a_restart_restores_every_route_and_rollback_needs_no_compile() {
         (StatusCode::OK, "v2".into())
     );
     assert_eq!(server.status("other").await["config"]["K"], "v");
+    assert_eq!(server.status("other").await["limits"]["max_concurrency"], 3);
 
     let (code, versions) = server.admin(Method::GET, "/v1/routes/app/versions").await;
     assert_eq!(code, StatusCode::OK, "{versions}");

@@ -9,6 +9,9 @@
 //! * `/hostile/trap-mid-body` — sends headers and part of a body, then traps
 //! * `/hostile/env`         — lists the environment it sees, `KEY=VALUE` per line, sorted
 //! * `/hostile/files`       — tries to read host files; says what it could read
+//! * `/hostile/big`         — a 4 MiB response body, 64 KiB at a time
+//! * `/hostile/read-body`   — reads the request body; answers how many bytes, or the error
+//! * `/hostile/recurse`     — recurses without end (stack overflow)
 
 use wasip2::clocks::monotonic_clock;
 use wasip2::exports::http::incoming_handler::Guest;
@@ -25,7 +28,9 @@ fn respond(out: ResponseOutparam, text: &str) {
     let body = response.body().expect("body");
     ResponseOutparam::set(out, Ok(response));
     let stream = body.write().expect("stream");
-    stream.blocking_write_and_flush(text.as_bytes()).expect("write");
+    stream
+        .blocking_write_and_flush(text.as_bytes())
+        .expect("write");
     drop(stream);
     OutgoingBody::finish(body, None).expect("finish");
 }
@@ -63,8 +68,9 @@ impl Guest for Hostile {
                 panic!("hostile guest: trapping mid-body on purpose");
             }
             "env" => {
-                let mut vars: Vec<String> =
-                    std::env::vars().map(|(k, v)| format!("{k}={v}\n")).collect();
+                let mut vars: Vec<String> = std::env::vars()
+                    .map(|(k, v)| format!("{k}={v}\n"))
+                    .collect();
                 vars.sort();
                 respond(out, &vars.concat());
             }
@@ -74,6 +80,45 @@ impl Guest for Hostile {
                     .filter(|p| std::fs::metadata(p).is_ok())
                     .collect();
                 respond(out, &format!("readable: {seen:?}"));
+            }
+            "big" => {
+                let response = OutgoingResponse::new(Fields::new());
+                let body = response.body().expect("body");
+                ResponseOutparam::set(out, Ok(response));
+                let stream = body.write().expect("stream");
+                let chunk = vec![b'x'; 4096];
+                for _ in 0..(4 << 20) / 4096 {
+                    if stream.blocking_write_and_flush(&chunk).is_err() {
+                        return;
+                    }
+                }
+                drop(stream);
+                let _ = OutgoingBody::finish(body, None);
+            }
+            "read-body" => {
+                let body = request.consume().expect("body");
+                let stream = body.stream().expect("stream");
+                let mut total = 0usize;
+                let outcome = loop {
+                    match stream.blocking_read(64 << 10) {
+                        Ok(chunk) => total += chunk.len(),
+                        Err(wasip2::io::streams::StreamError::Closed) => {
+                            break format!("read {total} bytes");
+                        }
+                        Err(e) => break format!("body error after {total} bytes: {e:?}"),
+                    }
+                };
+                drop(stream);
+                respond(out, &outcome);
+            }
+            "recurse" => {
+                #[allow(unconditional_recursion)] // the point: overflow the stack
+                fn deeper(n: u64) -> u64 {
+                    let pad = std::hint::black_box([n; 64]);
+                    deeper(pad[7] + 1) + pad[3]
+                }
+                let n = deeper(0);
+                respond(out, &n.to_string());
             }
             _ => respond(out, "ok"),
         }

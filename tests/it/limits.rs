@@ -1,0 +1,167 @@
+//! Per-route limits, set at deploy time over the server's defaults: memory, deadline,
+//! concurrency (503 + Retry-After), request body (413) and response body (cut off); and
+//! hostile guests that overflow their stack or stream without end.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use handoff::config::Config;
+use handoff_tests::{Connection, TestServer, get_request, guests};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_route_runs_under_its_own_limits() {
+    let server = TestServer::start().await;
+    let hostile = guests::bytes(guests::HOSTILE);
+    // One route with tight limits, one with the server's defaults (30 s, 128 MiB).
+    let (code, body) = server
+        .deploy_bytes(
+            "tight",
+            "?max-memory=16MiB&request-timeout=300ms&max-request-body=1KiB&max-response-body=64KiB",
+            hostile.clone(),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    server.deploy("roomy", guests::HOSTILE).await;
+    let status = server.status("tight").await;
+    assert_eq!(status["limits"]["max_memory_bytes"], 16 << 20, "{status}");
+    assert_eq!(status["limits"]["request_timeout_ms"], 300);
+
+    // The deadline: 504 after the route's 300 ms, not the server's 30 s.
+    let started = Instant::now();
+    assert_eq!(
+        server.get("/tight/loop").await.0,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The response body: cut off at 64 KiB on the tight route, whole on the other.
+    let mut conn = Connection::open(server.data).await;
+    assert!(
+        conn.get("/tight/big").await.is_err(),
+        "a cut-off body ends in an error"
+    );
+    let mut conn = Connection::open(server.data).await;
+    let (status, body) = conn.get("/roomy/big").await.unwrap();
+    assert_eq!((status, body.len()), (StatusCode::OK, 4 << 20));
+
+    // The request body: 413 before the guest runs when the length is declared.
+    let post = |path: &str, size: usize| {
+        Request::builder()
+            .method(Method::POST)
+            .uri(path.to_owned())
+            .header("host", "x")
+            .body(Full::new(Bytes::from(vec![b'a'; size])))
+            .unwrap()
+    };
+    let (status, _) = handoff_tests::send(server.data, post("/tight/read-body", 2048)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, body) = handoff_tests::send(server.data, post("/tight/read-body", 512)).await;
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (StatusCode::OK, "read 512 bytes")
+    );
+    let (status, body) = handoff_tests::send(server.data, post("/roomy/read-body", 2048)).await;
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (StatusCode::OK, "read 2048 bytes")
+    );
+
+    // Memory: growing past 16 MiB traps; the guest here stops at its own limit sooner.
+    assert_eq!(
+        server.get("/tight/grow").await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+
+    // A redeploy without limits keeps them; limits out of range are refused.
+    server.deploy("tight", guests::TAGGED_V1).await;
+    assert_eq!(
+        server.status("tight").await["limits"]["request_timeout_ms"],
+        300
+    );
+    for (query, mentions) in [
+        ("?max-memory=1GiB", "at most the server's"),
+        ("?request-timeout=soon", "duration"),
+        ("?max-concurrency=-1", "whole number"),
+        ("?max-request-body=lots", "size"),
+    ] {
+        let (code, body) = server.deploy_bytes("tight", query, hostile.clone()).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains(mentions),
+            "{query}: {body}"
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_route_sheds_with_503_while_other_routes_serve() {
+    let server = TestServer::start().await;
+    let (code, body) = server
+        .deploy_bytes(
+            "narrow",
+            "?max-concurrency=2",
+            guests::bytes(guests::TAGGED_V1),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    server.deploy("wide", guests::TAGGED_V2).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut conn = Connection::open(server.data).await;
+        let response = conn
+            .send(get_request("/narrow?chunks=40&delay_ms=100"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        held.push((conn, response));
+    }
+    let mut conn = Connection::open(server.data).await;
+    let response = conn.send(get_request("/narrow")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(server.status("narrow").await["in_flight"], 2);
+    assert_eq!(server.get("/wide").await, (StatusCode::OK, "v2".into()));
+    // Each held request finishes; then there is room again.
+    for (_conn, response) in held {
+        response.into_body().collect().await.unwrap();
+    }
+    assert_eq!(server.get("/narrow").await, (StatusCode::OK, "v1".into()));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_overflow_and_an_endless_stream_fail_cleanly() {
+    let server = TestServer::start_with(Config {
+        request_timeout: Duration::from_millis(800),
+        ..Config::ephemeral()
+    })
+    .await;
+    server.deploy("hostile", guests::HOSTILE).await;
+    server.deploy("good", guests::TAGGED_V1).await;
+    for _ in 0..2 {
+        let (status, body) = server.get("/hostile/recurse").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        assert_eq!(server.get("/good").await.1, "v1");
+    }
+    // A response that never ends is cut off at the deadline, with an error, not left open.
+    let mut conn = Connection::open(server.data).await;
+    let response = conn
+        .send(get_request("/good?chunks=1000000&delay_ms=10"))
+        .await
+        .unwrap();
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(20), response.into_body().collect()).await;
+    assert!(
+        matches!(outcome, Ok(Err(_))),
+        "cut off with an error at the deadline"
+    );
+    assert_eq!(server.get("/good").await.1, "v1");
+    server.shutdown().await;
+}
