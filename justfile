@@ -21,6 +21,10 @@ bench *args:
     cargo build --release -p handoff -p handoff-tests --bin handoff --bin bench
     target/release/bench --handoff target/release/handoff {{args}}
 
+# Property-based fuzzing of the admin API's parsers and the upload path, many more cases.
+fuzz cases="20000":
+    PROPTEST_CASES={{cases}} cargo test --release -p handoff --lib fuzz_
+
 # Format everything, host and guest workspaces.
 fmt:
     cargo fmt --all

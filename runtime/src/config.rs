@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 128 << 20;
 pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 50 << 20;
 /// How many guest instances may exist at once across all routes (the pooling allocator's size).
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+/// The longest request deadline or drain grace a server accepts.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Requests one route may run at once; 0 leaves only the instance pool as the bound.
 pub const DEFAULT_MAX_CONCURRENCY: u32 = 0;
 /// The largest request body a route accepts.
@@ -139,6 +141,9 @@ impl Config {
         if limits.max_memory_bytes < 64 << 10 {
             return Err("max-memory must be at least 64KiB (one wasm page)".into());
         }
+        if limits.request_timeout > MAX_TIMEOUT {
+            return Err("request-timeout may be at most 24h".into());
+        }
         if limits.request_timeout < EPOCH_TICK {
             return Err(format!(
                 "request-timeout must be at least {} ms",
@@ -158,6 +163,9 @@ impl Config {
         }
         if self.max_memory_bytes < 64 << 10 {
             return Err("the memory limit must be at least 64 KiB (one wasm page)".into());
+        }
+        if self.request_timeout > MAX_TIMEOUT || self.drain_timeout > MAX_TIMEOUT {
+            return Err("the request timeout and the drain timeout may be at most 24h".into());
         }
         if self.admin_tokens.is_empty() && !self.admin_listen.ip().is_loopback() {
             return Err(format!(
@@ -190,7 +198,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("`{text}` is too long a duration")),
         _ => Err(format!(
             "`{text}` has an unknown unit; write it like 500ms, 30s or 2m"
         )),
@@ -467,6 +478,10 @@ mod tests {
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5h").is_err());
+        assert!(
+            parse_duration("999999999999999999m").is_err(),
+            "overflow is an error, not a panic"
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod deploy;
 pub mod dev;
 pub mod dispatch;
 pub mod engine;
+mod fuzz;
 pub mod host;
 pub mod persist;
 pub mod routes;

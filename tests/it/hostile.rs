@@ -207,3 +207,38 @@ async fn slow_heads_huge_heads_and_idle_crowds_are_bounded() {
     drop(idle);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_instance_never_sees_an_earlier_instances_memory() {
+    // Few pool slots, so instances must reuse the slots the planting instances used.
+    let server = TestServer::start_with(Config {
+        max_instances: 2,
+        ..Config::ephemeral()
+    })
+    .await;
+    server.deploy("old", guests::HOSTILE).await;
+    for _ in 0..4 {
+        assert_eq!(
+            server.get("/old/plant").await,
+            (StatusCode::OK, "planted".into())
+        );
+    }
+    // The same version, the same route: a fresh instance sees zeros.
+    assert_eq!(
+        server.get("/old/scan").await,
+        (StatusCode::OK, "nonzero 0".into())
+    );
+    // A new version on another route, in the same slots: zeros too.
+    let (code, body) = server
+        .deploy_bytes("new", "?config=V=2", guests::bytes(guests::HOSTILE))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    for _ in 0..4 {
+        assert_eq!(server.get("/old/plant").await.1, "planted");
+        assert_eq!(
+            server.get("/new/scan").await,
+            (StatusCode::OK, "nonzero 0".into())
+        );
+    }
+    server.shutdown().await;
+}

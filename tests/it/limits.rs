@@ -87,6 +87,8 @@ async fn each_route_runs_under_its_own_limits() {
     for (query, mentions) in [
         ("?max-memory=1GiB", "at most the server's"),
         ("?request-timeout=soon", "duration"),
+        ("?request-timeout=18446744073709551615s", "at most 24h"),
+        ("?request-timeout=999999999999999999m", "too long"),
         ("?max-concurrency=-1", "whole number"),
         ("?max-request-body=lots", "size"),
     ] {

@@ -12,6 +12,9 @@
 //! * `/hostile/big`         — a 4 MiB response body, 64 KiB at a time
 //! * `/hostile/read-body`   — reads the request body; answers how many bytes, or the error
 //! * `/hostile/recurse`     — recurses without end (stack overflow)
+//! * `/hostile/plant`       — grows memory by 64 pages and fills them with a marker
+//! * `/hostile/scan`        — grows memory by 64 pages and counts marker bytes in them (a fresh
+//!   instance must see zeros, whatever instance used the pool slot before)
 
 use wasip2::clocks::monotonic_clock;
 use wasip2::exports::http::incoming_handler::Guest;
@@ -119,6 +122,27 @@ impl Guest for Hostile {
                 }
                 let n = deeper(0);
                 respond(out, &n.to_string());
+            }
+            "plant" | "scan" => {
+                const PAGES: usize = 64;
+                const MARKER: u8 = 0xA5;
+                let before = core::arch::wasm32::memory_grow(0, PAGES);
+                assert_ne!(before, usize::MAX, "memory.grow failed");
+                let start = before * 65536;
+                let len = PAGES * 65536;
+                // SAFETY: `memory.grow` just added these `len` bytes at `start` to linear
+                // memory. Nothing else (not the allocator, which only uses memory it grew
+                // itself) knows about them, so this is the only reference, and any byte value
+                // is a valid u8.
+                #[allow(unsafe_code)]
+                let fresh = unsafe { core::slice::from_raw_parts_mut(start as *mut u8, len) };
+                if action == "plant" {
+                    fresh.fill(MARKER);
+                    respond(out, "planted");
+                } else {
+                    let seen = fresh.iter().filter(|b| **b != 0).count();
+                    respond(out, &format!("nonzero {seen}"));
+                }
             }
             _ => respond(out, "ok"),
         }
