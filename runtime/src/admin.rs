@@ -6,7 +6,8 @@
 //! * `GET    /v1/routes`           — every route: prefix, active version, draining versions
 //! * `GET    /v1/routes/{name}`    — one route
 //! * `PUT    /v1/routes/{name}`    — deploy: body `application/wasm`; optional query
-//!   `prefix=/path` and repeated `config=KEY=VALUE` (the guest's environment; without any
+//!   `prefix=/path`, repeated `allow-outbound=scheme://host[:port]` (outbound HTTP the guest may
+//!   make; same keep/clear rule as config) and repeated `config=KEY=VALUE` (the guest's environment; without any
 //!   `config` the route keeps its current config, a lone empty `config=` clears it); answers
 //!   once the new version is compiled, pre-instantiated and active (201 new route, 200
 //!   replaced or unchanged)
@@ -205,6 +206,8 @@ pub struct RouteStatus {
     pub config: std::collections::BTreeMap<String, String>,
     /// Its limits.
     pub limits: LimitsStatus,
+    /// Where its guests may send outbound HTTP requests.
+    pub outbound: Vec<String>,
     /// Requests on it now, across versions.
     pub in_flight: usize,
     /// The version serving new requests.
@@ -241,6 +244,12 @@ fn status_of(rt: &Runtime, route: &Route) -> RouteStatus {
         requests: route.counters.requests(),
         config: route.active.config.iter().cloned().collect(),
         limits: LimitsStatus::of(&route.active.limits),
+        outbound: route
+            .active
+            .outbound
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         in_flight: route.counters.in_flight(),
         active: VersionStatus::of(&route.active),
         draining: draining_of(rt, &route.name),
@@ -288,6 +297,7 @@ struct DeployQuery {
     label: Option<String>,
     message: Option<String>,
     limits: deploy::LimitOverrides,
+    outbound: Option<crate::outbound::Outbound>,
 }
 
 impl DeployQuery {
@@ -298,6 +308,7 @@ impl DeployQuery {
         let mut label = None;
         let mut message = None;
         let mut limits = deploy::LimitOverrides::default();
+        let mut outbound: Option<Vec<String>> = None;
         for (key, value) in pairs {
             match key.as_str() {
                 "prefix" if prefix.is_none() => prefix = Some(Prefix::parse(&value).map_err(bad)?),
@@ -312,6 +323,7 @@ impl DeployQuery {
                     return Err(bad(format!("give `{key}` at most once")));
                 }
                 "config" => config.get_or_insert_with(Vec::new).push(value),
+                "allow-outbound" => outbound.get_or_insert_with(Vec::new).push(value),
                 "max-memory" => {
                     let bytes = crate::config::parse_bytes(&value).map_err(bad)?;
                     limits.max_memory_bytes = Some(usize::try_from(bytes).unwrap_or(usize::MAX));
@@ -338,7 +350,7 @@ impl DeployQuery {
                 }
                 other => {
                     return Err(bad(format!(
-                        "unknown query parameter `{}`; a deploy takes `prefix=/path`, `config=KEY=VALUE`, `label=...`, `message=...` and the limits `max-memory`, `request-timeout`, `max-concurrency`, `max-request-body`, `max-response-body`",
+                        "unknown query parameter `{}`; a deploy takes `prefix=/path`, `config=KEY=VALUE`, `label=...`, `message=...`, `allow-outbound=scheme://host[:port]` and the limits `max-memory`, `request-timeout`, `max-concurrency`, `max-request-body`, `max-response-body`",
                         other.escape_debug()
                     )));
                 }
@@ -348,12 +360,17 @@ impl DeployQuery {
             .map(|pairs| parse_config(pairs.iter().map(String::as_str)))
             .transpose()
             .map_err(bad)?;
+        let outbound = outbound
+            .map(|rules| crate::outbound::parse_rules(rules.iter().map(String::as_str)))
+            .transpose()
+            .map_err(bad)?;
         Ok(Self {
             prefix,
             config,
             label,
             message,
             limits,
+            outbound,
         })
     }
 }
@@ -414,6 +431,7 @@ async fn put_route(
         label,
         message,
         limits,
+        outbound,
     } = DeployQuery::parse(pairs)?;
     let bytes = read_upload(&rt, &headers, body).await?;
     let request = DeployRequest {
@@ -425,6 +443,7 @@ async fn put_route(
         label,
         message,
         limits,
+        outbound,
     };
     let deployed = deploy::deploy(&rt, request).await?;
     Ok(deployed_response(&name, deployed))

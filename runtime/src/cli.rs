@@ -419,6 +419,11 @@ pub struct DeployArgs {
     /// A note kept in the route's history.
     #[arg(long)]
     pub message: Option<String>,
+    /// A destination the guest may send HTTP requests to (`https://api.example.com`,
+    /// `http://10.0.0.5:8080`, `https://*.example.com`); repeat for more. Without any, the route
+    /// keeps its list; `--allow-outbound ''` alone clears it. Default: none.
+    #[arg(long = "allow-outbound", value_name = "SCHEME://HOST[:PORT]")]
+    pub allow_outbound: Vec<String>,
     /// This route's linear-memory cap per instance (e.g. 64MiB; at most the server's).
     #[arg(long, value_name = "SIZE")]
     pub max_memory: Option<String>,

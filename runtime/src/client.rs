@@ -280,6 +280,9 @@ pub async fn deploy(args: DeployArgs) -> Result<(), Failure> {
     for setting in &args.config {
         query.push(format!("config={}", encode(setting)));
     }
+    for rule in &args.allow_outbound {
+        query.push(format!("allow-outbound={}", encode(rule)));
+    }
     if let Some(label) = &args.label {
         query.push(format!("label={}", encode(label)));
     }

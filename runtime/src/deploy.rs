@@ -18,9 +18,10 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::Runtime;
 use crate::engine::CompileError;
 use crate::host::Host;
+use crate::outbound::Outbound;
 use crate::persist::{HistoryEntry, ModuleRecord, RouteRecord};
 use crate::routes::{ActivateError, Commit, Prefix, Route, RouteName};
-use crate::version::{Digest, Limits, RouteConfig, Version};
+use crate::version::{Digest, Limits, RouteConfig, Settings, Version};
 
 /// What a deploy did.
 #[derive(Clone)]
@@ -162,6 +163,8 @@ pub struct DeployRequest {
     pub message: Option<String>,
     /// Limits to change for this route; the others keep their current (or default) values.
     pub limits: LimitOverrides,
+    /// The route's outbound allow-list; `None` keeps the current one (none for a new route).
+    pub outbound: Option<Outbound>,
 }
 
 /// Per-route limits a deploy sets; `None` keeps the route's current value (the server's
@@ -193,17 +196,35 @@ impl LimitOverrides {
     }
 }
 
-/// The limits route `name` runs with now: its active version's, else its stored ones, else
-/// the server's defaults.
-fn route_limits(rt: &Runtime, name: &RouteName) -> Limits {
+/// The settings route `name` runs with now: its active version's, else its stored ones, else
+/// the server's defaults (no config, no outbound access).
+fn route_settings(rt: &Runtime, name: &RouteName) -> Settings {
     if let Some(route) = rt.routes.snapshot().get(name) {
-        return route.active.limits;
+        return route.active.settings();
     }
-    stored_route(rt, name)
-        .ok()
-        .flatten()
-        .and_then(|r| r.limits)
-        .unwrap_or_else(|| rt.config.default_limits())
+    match stored_route(rt, name).ok().flatten() {
+        Some(record) => stored_settings(rt, &record),
+        None => Settings {
+            config: Vec::new().into(),
+            limits: rt.config.default_limits(),
+            outbound: Vec::new().into(),
+        },
+    }
+}
+
+/// The settings a stored route record describes (rules that no longer parse are dropped).
+fn stored_settings(rt: &Runtime, record: &RouteRecord) -> Settings {
+    let mut limits = record.limits.unwrap_or_else(|| rt.config.default_limits());
+    // A server restarted with a smaller --max-memory caps the stored limit.
+    limits.max_memory_bytes = limits
+        .max_memory_bytes
+        .min(usize::try_from(rt.config.max_memory_bytes).unwrap_or(usize::MAX));
+    Settings {
+        config: record.config.clone().into(),
+        limits,
+        outbound: crate::outbound::parse_rules(record.outbound.iter().map(String::as_str))
+            .unwrap_or_else(|_| Vec::new().into()),
+    }
 }
 
 /// Which version a rollback goes to.
@@ -229,20 +250,22 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
         label,
         message,
         limits,
+        outbound,
     } = request;
     check_preamble(&bytes)?;
-    let limits = limits.apply(route_limits(rt, &name));
+    let base = route_settings(rt, &name);
+    let settings = Settings {
+        limits: limits.apply(base.limits),
+        config: config.unwrap_or(base.config),
+        outbound: outbound.unwrap_or(base.outbound),
+    };
     rt.config
-        .check_limits(&limits)
+        .check_limits(&settings.limits)
         .map_err(DeployError::InvalidLimits)?;
     let digest = Digest::of(&bytes);
     let current = rt.routes.snapshot().get(&name).cloned();
-    let config = config
-        .or_else(|| current.as_ref().map(|r| r.active.config.clone()))
-        .unwrap_or_else(|| Vec::new().into());
     let same_bytes = current.as_ref().filter(|r| r.active.digest == digest);
-    let same_version =
-        same_bytes.filter(|r| r.active.config == config && r.active.limits == limits);
+    let same_version = same_bytes.filter(|r| r.active.settings() == settings);
     if let Some(route) = same_version
         && prefix.as_ref().is_none_or(|p| *p == route.prefix)
     {
@@ -270,7 +293,7 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
             (pre, Some(module), Some(took), size)
         }
     };
-    let version = new_version(&name, digest, pre, config, limits, size, compile_time);
+    let version = new_version(&name, digest, pre, settings, size, compile_time);
     let history = History {
         action: "deploy",
         by,
@@ -489,20 +512,7 @@ async fn restore_route(
             tokio::task::spawn_blocking(move || persist_rt.persist.commit(None, &[(&d, &module)]))
                 .await;
     }
-    let mut limits = record.limits.unwrap_or_else(|| rt.config.default_limits());
-    // A server restarted with a smaller --max-memory caps the stored limit.
-    limits.max_memory_bytes = limits
-        .max_memory_bytes
-        .min(usize::try_from(rt.config.max_memory_bytes).unwrap_or(usize::MAX));
-    let version = new_version(
-        &name,
-        digest,
-        pre,
-        record.config.clone().into(),
-        limits,
-        size,
-        None,
-    );
+    let version = new_version(&name, digest, pre, stored_settings(rt, record), size, None);
     rt.routes
         .activate(&name, Some(prefix), version, None)
         .await
@@ -533,10 +543,13 @@ async fn activate_stored(
     {
         return Ok(Deployed::unchanged(route.clone()));
     }
-    let limits = route_limits(rt, name);
+    let settings = Settings {
+        config,
+        ..route_settings(rt, name)
+    };
     let _pending = rt.persist.pending(&digest);
     let (pre, updated, size) = load_stored(rt, &digest).await?;
-    let version = new_version(name, digest, pre, config, limits, size, None);
+    let version = new_version(name, digest, pre, settings, size, None);
     activate_version(rt, name, prefix, version, history, updated, None).await
 }
 
@@ -607,11 +620,13 @@ fn commit_activation(
                 config: Vec::new(),
                 history: Vec::new(),
                 limits: None,
+                outbound: Vec::new(),
             });
         record.prefix = next.prefix.as_str().to_owned();
         record.active = version.digest.to_string();
         record.config = version.config.to_vec();
         record.limits = Some(version.limits);
+        record.outbound = version.outbound.iter().map(ToString::to_string).collect();
         record.history.push(HistoryEntry {
             version: version.digest.to_string(),
             size_bytes: version.size_bytes as u64,
@@ -761,8 +776,7 @@ fn new_version(
     name: &RouteName,
     digest: Digest,
     pre: ProxyPre<Host>,
-    config: RouteConfig,
-    limits: Limits,
+    settings: Settings,
     size: usize,
     compile_time: Option<Duration>,
 ) -> Arc<Version> {
@@ -770,8 +784,7 @@ fn new_version(
         digest,
         name.shared(),
         pre,
-        limits,
-        config,
+        settings,
         size,
         compile_time.unwrap_or_default(),
     ))

@@ -190,6 +190,7 @@ async fn build_and_deploy(rt: &Arc<Runtime>, project: &Project) {
             label: None,
             message: None,
             limits: Default::default(),
+            outbound: None,
         };
         match deploy::deploy(rt, request).await {
             Ok(done) => {

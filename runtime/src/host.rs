@@ -1,6 +1,7 @@
 //! The per-request host state kept in each wasmtime `Store`, and the sandbox it enforces: no
 //! preopened directories, no environment but the route's deploy-time config (and
-//! `HANDOFF_ROUTE_PREFIX`), no arguments, no sockets, outbound HTTP denied,
+//! `HANDOFF_ROUTE_PREFIX`), no arguments, no sockets, outbound HTTP only to the route's
+//! allow-list,
 //! memory capped, CPU time bounded. Guest stdout and stderr become `tracing` events with target
 //! `guest`.
 //!
@@ -63,7 +64,10 @@ impl Host {
                 .memory_size(version.limits.max_memory_bytes)
                 .trap_on_grow_failure(true)
                 .build(),
-            hooks: SandboxHooks { label },
+            hooks: SandboxHooks {
+                label,
+                outbound: version.outbound.clone(),
+            },
             deadline,
         }
     }
@@ -109,16 +113,18 @@ struct GuestLabel {
     version: Arc<str>,
 }
 
-/// wasi:http hooks that deny every outbound request (allow-lists come with the limits issue).
+/// wasi:http hooks: outbound requests go out only to destinations the route's allow-list
+/// names; everything else fails in the guest with `HTTP-request-denied` and a log line.
 struct SandboxHooks {
     label: GuestLabel,
+    outbound: crate::outbound::Outbound,
 }
 
 impl WasiHttpHooks for SandboxHooks {
     fn send_request(
         &mut self,
         request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> Box<
         dyn Future<
@@ -128,11 +134,23 @@ impl WasiHttpHooks for SandboxHooks {
                 )>,
             > + Send,
     > {
+        if crate::outbound::allows(&self.outbound, request.uri()) {
+            tracing::debug!(route = %self.label.route, uri = %request.uri(), "outbound request");
+            return Box::new(async move {
+                use http_body_util::BodyExt;
+                let (response, io) =
+                    wasmtime_wasi_http::default_send_request(request, options).await?;
+                Ok((
+                    response.map(BodyExt::boxed_unsync),
+                    Box::new(io) as Box<dyn Future<Output = _> + Send>,
+                ))
+            });
+        }
         tracing::warn!(
             route = %self.label.route,
             version = %self.label.version,
             uri = %request.uri(),
-            "outbound HTTP denied: guests may not make outbound requests"
+            "outbound HTTP denied: the route's allow-list does not name this destination"
         );
         Box::new(async { Err(ErrorCode::HttpRequestDenied.into()) })
     }

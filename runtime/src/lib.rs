@@ -32,6 +32,7 @@ pub mod dispatch;
 pub mod engine;
 mod fuzz;
 pub mod host;
+pub mod outbound;
 pub mod persist;
 pub mod routes;
 pub mod scaffold;

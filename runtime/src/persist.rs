@@ -45,6 +45,9 @@ pub struct RouteRecord {
     /// The route's limits (absent in records written before limits existed: the defaults).
     #[serde(default)]
     pub limits: Option<crate::version::Limits>,
+    /// The route's outbound allow-list, as rule texts.
+    #[serde(default)]
+    pub outbound: Vec<String>,
 }
 
 /// One activation of a version on a route.

@@ -118,6 +118,18 @@ pub fn parse_config<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Result<Rout
     Ok(config.into())
 }
 
+/// How a route runs its versions, set at deploy time: the guest's config, its limits and its
+/// outbound allow-list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The guest's environment.
+    pub config: RouteConfig,
+    /// Its limits.
+    pub limits: Limits,
+    /// Where it may send outbound HTTP requests.
+    pub outbound: crate::outbound::Outbound,
+}
+
 /// Limits a route's requests run under: the server's flags give the defaults, a deploy may
 /// override each one for its route. Fixed per version at deploy time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -148,6 +160,8 @@ pub struct Version {
     pub limits: Limits,
     /// Its deploy-time configuration (the guest's environment).
     pub config: RouteConfig,
+    /// Where its guests may send outbound HTTP requests.
+    pub outbound: crate::outbound::Outbound,
     /// Size of the uploaded component.
     pub size_bytes: usize,
     /// How long compiling and linking took.
@@ -168,11 +182,15 @@ impl Version {
         digest: Digest,
         route: Arc<str>,
         pre: ProxyPre<Host>,
-        limits: Limits,
-        config: RouteConfig,
+        settings: Settings,
         size_bytes: usize,
         compile_time: Duration,
     ) -> Self {
+        let Settings {
+            config,
+            limits,
+            outbound,
+        } = settings;
         Self {
             short: digest.short().into(),
             digest,
@@ -180,6 +198,7 @@ impl Version {
             pre,
             limits,
             config,
+            outbound,
             size_bytes,
             compile_time,
             deployed_at: SystemTime::now(),
@@ -199,6 +218,15 @@ impl Version {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.requests.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone(), route_in_flight)
+    }
+
+    /// This version's settings.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            config: self.config.clone(),
+            limits: self.limits,
+            outbound: self.outbound.clone(),
+        }
     }
 
     /// Requests currently holding this version.

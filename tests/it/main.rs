@@ -9,5 +9,6 @@ mod drain;
 mod guests;
 mod hostile;
 mod limits;
+mod outbound;
 mod persist;
 mod swap;

@@ -61,7 +61,7 @@ async fn a_restart_restores_every_route_and_rollback_needs_no_compile() {
         server
             .deploy_bytes(
                 "other",
-                "?prefix=/elsewhere&config=K=v&max-concurrency=3",
+                "?prefix=/elsewhere&config=K=v&max-concurrency=3&allow-outbound=https://*.example.com",
                 guests::bytes(guests::TAGGED_V2),
             )
             .await;
@@ -83,6 +83,10 @@ async fn a_restart_restores_every_route_and_rollback_needs_no_compile() {
     );
     assert_eq!(server.status("other").await["config"]["K"], "v");
     assert_eq!(server.status("other").await["limits"]["max_concurrency"], 3);
+    assert_eq!(
+        server.status("other").await["outbound"][0],
+        "https://*.example.com:443"
+    );
 
     let (code, versions) = server.admin(Method::GET, "/v1/routes/app/versions").await;
     assert_eq!(code, StatusCode::OK, "{versions}");

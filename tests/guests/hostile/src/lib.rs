@@ -12,6 +12,9 @@
 //! * `/hostile/big`         — a 4 MiB response body, 64 KiB at a time
 //! * `/hostile/read-body`   — reads the request body; answers how many bytes, or the error
 //! * `/hostile/recurse`     — recurses without end (stack overflow)
+//! * `/hostile/fetch?url=http://HOST:PORT/PATH` — an outbound GET; answers `upstream STATUS BODY`
+//!   or `error CODE`
+//! * `/hostile/fetch-many?url=...` — 100 outbound GETs; answers how many were denied
 //! * `/hostile/plant`       — grows memory by 64 pages and fills them with a marker
 //! * `/hostile/scan`        — grows memory by 64 pages and counts marker bytes in them (a fresh
 //!   instance must see zeros, whatever instance used the pool slot before)
@@ -25,6 +28,46 @@ use wasip2::http::types::{
 struct Hostile;
 
 wasip2::http::proxy::export!(Hostile);
+
+/// One outbound GET of `url` (`http://authority/path`): `upstream STATUS BODY` or `error CODE`.
+fn fetch(url: &str) -> String {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{OutgoingRequest, Scheme};
+    let Some(rest) = url.strip_prefix("http://") else {
+        return "error bad url".into();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    let _ = request.set_scheme(Some(&Scheme::Http));
+    let _ = request.set_authority(Some(authority));
+    let _ = request.set_path_with_query(Some(path));
+    let future = match outgoing_handler::handle(request, None) {
+        Ok(future) => future,
+        Err(code) => return format!("error {code:?}"),
+    };
+    future.subscribe().block();
+    match future.get() {
+        Some(Ok(Ok(response))) => {
+            let status = response.status();
+            let body = response.consume().expect("body");
+            let stream = body.stream().expect("stream");
+            let mut text = Vec::new();
+            while let Ok(chunk) = stream.blocking_read(64 << 10) {
+                text.extend(chunk);
+            }
+            format!("upstream {status} {}", String::from_utf8_lossy(&text))
+        }
+        Some(Ok(Err(code))) => format!("error {code:?}"),
+        other => format!("error {other:?}"),
+    }
+}
+
+fn url_param(path: &str) -> &str {
+    path.split_once("?url=").map(|(_, u)| u).unwrap_or("")
+}
 
 fn respond(out: ResponseOutparam, text: &str) {
     let response = OutgoingResponse::new(Fields::new());
@@ -41,7 +84,13 @@ fn respond(out: ResponseOutparam, text: &str) {
 impl Guest for Hostile {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
-        let action = path.rsplit('/').next().unwrap_or("");
+        let action = path
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .rsplit('/')
+            .next()
+            .unwrap_or("");
         match action {
             "trap" => panic!("hostile guest: trapping on purpose"),
             "loop" => {
@@ -143,6 +192,14 @@ impl Guest for Hostile {
                     let seen = fresh.iter().filter(|b| **b != 0).count();
                     respond(out, &format!("nonzero {seen}"));
                 }
+            }
+            "fetch" => respond(out, &fetch(url_param(&path))),
+            "fetch-many" => {
+                let url = url_param(&path).to_owned();
+                let denied = (0..100)
+                    .filter(|_| fetch(&url).contains("HttpRequestDenied"))
+                    .count();
+                respond(out, &format!("denied {denied}"));
             }
             _ => respond(out, "ok"),
         }
