@@ -504,7 +504,17 @@ async fn read_upload(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
+    let reading = Limited::new(body, limit).collect();
+    let Ok(read) = tokio::time::timeout(rt.config.upload_timeout, reading).await else {
+        return Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the upload did not arrive within {} s; send the whole component at once",
+                rt.config.upload_timeout.as_secs()
+            ),
+        ));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(error) => Err(Problem::new(

@@ -298,6 +298,7 @@ impl ServeArgs {
         let config = Config {
             admin_tokens,
             header_read_timeout: config::DEFAULT_HEADER_READ_TIMEOUT,
+            upload_timeout: config::DEFAULT_UPLOAD_TIMEOUT,
             max_concurrency: self.max_concurrency,
             max_request_body: self.max_request_body,
             max_response_body: self.max_response_body,

@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 128 << 20;
 pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 50 << 20;
 /// How many guest instances may exist at once across all routes (the pooling allocator's size).
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+/// How long a component upload may take to arrive whole.
+pub const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest request deadline or drain grace a server accepts.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Requests one route may run at once; 0 leaves only the instance pool as the bound.
@@ -80,6 +82,8 @@ pub struct Config {
     pub admin_tokens: Vec<crate::auth::Token>,
     /// How long a data-plane client may take to send a request's head (slowloris defence).
     pub header_read_timeout: Duration,
+    /// How long an upload may take to arrive whole (slow-upload defence).
+    pub upload_timeout: Duration,
     /// Default per-route concurrency limit (0: none but the instance pool).
     pub max_concurrency: u32,
     /// Default per-route request body limit (0: none).
@@ -102,6 +106,7 @@ impl Default for Config {
             max_instances: DEFAULT_MAX_INSTANCES,
             admin_tokens: Vec::new(),
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            upload_timeout: DEFAULT_UPLOAD_TIMEOUT,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             max_response_body: DEFAULT_MAX_RESPONSE_BODY,

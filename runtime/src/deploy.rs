@@ -97,6 +97,11 @@ pub enum DeployError {
     /// A stored module can no longer be loaded.
     #[error("the stored module {0}; deploy it again")]
     ModuleUnavailable(String),
+    /// It compiles but cannot be instantiated under the route's limits.
+    #[error(
+        "the component cannot be instantiated under this route's limits (max-memory, the instance pool's table size): {0}"
+    )]
+    Uninstantiable(String),
     /// A limit asked for is out of range.
     #[error("{0}")]
     InvalidLimits(String),
@@ -110,9 +115,11 @@ impl DeployError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NotWasm | Self::InvalidLimits(_) => StatusCode::BAD_REQUEST,
-            Self::CoreModule | Self::Invalid(_) | Self::Unlinkable(_) | Self::NoHandler(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Self::CoreModule
+            | Self::Invalid(_)
+            | Self::Unlinkable(_)
+            | Self::NoHandler(_)
+            | Self::Uninstantiable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PrefixTaken { .. }
             | Self::NothingToRollBackTo(_)
             | Self::ModuleUnavailable(_) => StatusCode::CONFLICT,
@@ -563,6 +570,7 @@ async fn activate_version(
     module: Option<ModuleRecord>,
     compile_time: Option<Duration>,
 ) -> Result<Deployed, DeployError> {
+    trial_instance(rt, &version).await?;
     let created = rt.routes.snapshot().get(name).is_none();
     let commit = commit_activation(rt, name, history, module);
     let (route, previous) = rt
@@ -596,6 +604,30 @@ async fn activate_version(
         compile_time,
     })
 }
+
+/// Instantiates `version` once, under its own limits, before it may serve: a component whose
+/// instances cannot exist (a memory or table larger than its limits allow, a start function
+/// that traps or never returns) is refused at deploy instead of failing every request.
+async fn trial_instance(rt: &Runtime, version: &Arc<Version>) -> Result<(), DeployError> {
+    let deadline = std::time::Instant::now() + version.limits.request_timeout.min(TRIAL_DEADLINE);
+    let mut store = wasmtime::Store::new(rt.engine.wasmtime(), Host::new(version, "/", deadline));
+    Host::install(&mut store);
+    let trial = version.pre.instantiate_async(&mut store);
+    match tokio::time::timeout(TRIAL_DEADLINE, trial).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) if error.is::<wasmtime::PoolConcurrencyLimitError>() => {
+            // The pool is busy serving: that says nothing about this component.
+            Ok(())
+        }
+        Ok(Err(error)) => Err(DeployError::Uninstantiable(format!("{error:#}"))),
+        Err(_) => Err(DeployError::Uninstantiable(
+            "instantiating it did not finish in time".into(),
+        )),
+    }
+}
+
+/// The longest a trial instantiation may take.
+const TRIAL_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The durable half of an activation: the route record with a new history entry (trimmed to
 /// the retention limit) and the module record, in one transaction.

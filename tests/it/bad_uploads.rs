@@ -149,3 +149,70 @@ async fn every_bad_upload_is_refused_and_the_route_keeps_serving() {
     assert_eq!(server.get("/keep").await.1, "v2");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_bombs_and_slow_uploads_are_refused_and_nothing_changes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(Config {
+        upload_timeout: std::time::Duration::from_millis(500),
+        ..Config::ephemeral()
+    })
+    .await;
+    let deployed = server.deploy("keep", guests::TAGGED_V1).await;
+    let digest = deployed["version"].clone();
+
+    // A real guest whose instances need more memory than the route allows: refused at deploy
+    // (a trial instantiation), not left to fail every request.
+    let (status, body) = server
+        .deploy_bytes(
+            "keep",
+            "?max-memory=64KiB",
+            guests::bytes(guests::TAGGED_V2),
+        )
+        .await;
+    assert_problem(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "cannot be instantiated",
+    );
+    still_serves_v1(&server, &digest).await;
+
+    // Declared giants and deep nesting: refused with a 4xx, promptly.
+    let deep = format!(
+        "(component (core module (func {} {})))",
+        "(block ".repeat(5_000),
+        ")".repeat(5_000)
+    );
+    for bomb in [
+        "(component (core module (memory 65536)))".to_owned(),
+        "(component (core module (table 100000000 funcref)))".to_owned(),
+        deep,
+    ] {
+        let started = std::time::Instant::now();
+        let (status, body) = server
+            .deploy_bytes("keep", "", wat::parse_str(&bomb).unwrap())
+            .await;
+        assert!(status.is_client_error(), "{status} {body}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        still_serves_v1(&server, &digest).await;
+    }
+
+    // A slow upload: headers, a few bytes, then silence. 408, and the route is untouched.
+    let mut slow = tokio::net::TcpStream::connect(server.admin).await.unwrap();
+    slow.write_all(
+        b"PUT /v1/routes/keep HTTP/1.1\r\nHost: admin\r\nContent-Type: application/wasm\r\n\
+          Content-Length: 100000\r\n\r\n\0asm",
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0u8; 512];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), slow.read(&mut answer))
+        .await
+        .expect("an answer, not a hang")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    still_serves_v1(&server, &digest).await;
+    server.shutdown().await;
+}
