@@ -167,6 +167,18 @@ pub struct ServeArgs {
     /// (history and rollback still work while the server runs).
     #[arg(long, env = "HANDOFF_EPHEMERAL")]
     pub ephemeral: bool,
+    /// Serve guest traffic over TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key for --tls-cert.
+    #[arg(long, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve the admin API over TLS with this PEM certificate chain (with --admin-tls-key).
+    #[arg(long, value_name = "PEM")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The PEM private key for --admin-tls-cert.
+    #[arg(long, value_name = "PEM")]
+    pub admin_tls_key: Option<PathBuf>,
     /// A TOML file of admin tokens: `[[token]]` tables with `name`, `token` (the secret) and
     /// `scope` (`read` or `deploy`). $HANDOFF_ADMIN_TOKEN adds a `deploy` token named `env`.
     /// Without any token the admin API is open and must stay on loopback.
@@ -207,8 +219,28 @@ pub struct ServeArgs {
     pub given: BTreeSet<&'static str>,
 }
 
+/// A certificate and key given together, or neither.
+fn tls_files(
+    cert_flag: &str,
+    cert: Option<PathBuf>,
+    key_flag: &str,
+    key: Option<PathBuf>,
+) -> Result<Option<crate::tls::TlsFiles>, String> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        _ => Err(format!(
+            "{cert_flag} and {key_flag} go together; give both or neither"
+        )),
+    }
+}
+
 /// The clap ids of the serve settings a config file may set.
-const FILE_SETTINGS: [&str; 14] = [
+const FILE_SETTINGS: [&str; 18] = [
+    "tls_cert",
+    "tls_key",
+    "admin_tls_cert",
+    "admin_tls_key",
     "max_concurrency",
     "max_request_body",
     "max_response_body",
@@ -299,6 +331,13 @@ impl ServeArgs {
             admin_tokens,
             header_read_timeout: config::DEFAULT_HEADER_READ_TIMEOUT,
             upload_timeout: config::DEFAULT_UPLOAD_TIMEOUT,
+            tls: tls_files("--tls-cert", self.tls_cert, "--tls-key", self.tls_key)?,
+            admin_tls: tls_files(
+                "--admin-tls-cert",
+                self.admin_tls_cert,
+                "--admin-tls-key",
+                self.admin_tls_key,
+            )?,
             max_concurrency: self.max_concurrency,
             max_request_body: self.max_request_body,
             max_response_body: self.max_response_body,
@@ -356,6 +395,25 @@ impl ServeArgs {
         );
         fill(given, "ephemeral", &mut self.ephemeral, file.ephemeral);
         fill(given, "history", &mut self.history, file.history);
+        fill(
+            given,
+            "tls_cert",
+            &mut self.tls_cert,
+            file.tls_cert.map(Some),
+        );
+        fill(given, "tls_key", &mut self.tls_key, file.tls_key.map(Some));
+        fill(
+            given,
+            "admin_tls_cert",
+            &mut self.admin_tls_cert,
+            file.admin_tls_cert.map(Some),
+        );
+        fill(
+            given,
+            "admin_tls_key",
+            &mut self.admin_tls_key,
+            file.admin_tls_key.map(Some),
+        );
         fill(
             given,
             "max_concurrency",

@@ -43,6 +43,8 @@ pub struct AdminUrl {
     port: u16,
     /// `HOST:PORT` as it goes in the `Host` header.
     authority: String,
+    /// Whether to speak TLS (`https://`).
+    https: bool,
     /// Path the API is mounted under, without a trailing `/` (usually empty).
     base: String,
 }
@@ -50,15 +52,16 @@ pub struct AdminUrl {
 impl AdminUrl {
     /// Parses `text`, saying what is wrong in a sentence.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let rest = match text.split_once("://") {
-            Some(("http", rest)) => rest,
+        let (https, rest) = match text.split_once("://") {
+            Some(("http", rest)) => (false, rest),
+            Some(("https", rest)) => (true, rest),
             Some((scheme, _)) => {
                 return Err(format!(
-                    "the admin URL `{text}` uses `{scheme}://`; the admin API speaks plain http \
-                     (`http://HOST:PORT`), so put a TLS proxy in front of it if it must cross a network"
+                    "the admin URL `{text}` uses `{scheme}://`; use `http://HOST:PORT`, or \
+                     `https://HOST:PORT` when the server runs with --admin-tls-cert"
                 ));
             }
-            None => text,
+            None => (false, text),
         };
         let (authority, base) = match rest.find('/') {
             Some(i) => rest.split_at(i),
@@ -79,6 +82,7 @@ impl AdminUrl {
         }
         let port = match port {
             Some(port) => port.parse::<u16>().map_err(|_| bad())?,
+            None if https => 443,
             None => 80,
         };
         Ok(Self {
@@ -86,9 +90,52 @@ impl AdminUrl {
             host: host.to_owned(),
             port,
             authority: authority.to_owned(),
+            https,
             base: base.trim_end_matches('/').to_owned(),
         })
     }
+}
+
+/// The environment variable naming a PEM file of CA certificates to trust for an
+/// `https://` admin URL (instead of the public web roots).
+pub const ADMIN_CA_ENV: &str = "HANDOFF_ADMIN_CA";
+
+/// A byte stream to the admin API, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A TLS connector trusting `$HANDOFF_ADMIN_CA` when set, else the public web roots.
+fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match std::env::var_os(ADMIN_CA_ENV) {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(&path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    format!(
+                        "cannot read ${ADMIN_CA_ENV} ({}): {e}",
+                        path.to_string_lossy()
+                    )
+                })?;
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("${ADMIN_CA_ENV} holds an unusable certificate: {e}"))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
 }
 
 /// A request body and its content type.
@@ -168,6 +215,24 @@ impl AdminClient {
                     CONNECT_TIMEOUT.as_secs()
                 )));
             }
+        };
+        let stream: Box<dyn Io> = if self.url.https {
+            let connector = tls_connector().map_err(|e| Failure::new(exit::USAGE, e))?;
+            let name = rustls::pki_types::ServerName::try_from(self.url.host.clone())
+                .map_err(|e| Failure::new(exit::USAGE, format!("{e}")))?;
+            let handshake = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream));
+            match handshake.await {
+                Ok(Ok(tls)) => Box::new(tls),
+                Ok(Err(error)) => {
+                    return Err(unreachable(format!(
+                        "the TLS handshake failed ({error}); for a private certificate authority \
+                         set {ADMIN_CA_ENV} to its PEM file"
+                    )));
+                }
+                Err(_) => return Err(unreachable("no TLS handshake in time".into())),
+            }
+        } else {
+            Box::new(stream)
         };
         let exchange = async {
             let (mut sender, connection) =
@@ -792,10 +857,13 @@ mod tests {
         let url = AdminUrl::parse("http://[::1]:8081").unwrap();
         assert_eq!((url.host.as_str(), url.port), ("::1", 8081));
         assert_eq!(AdminUrl::parse("http://example.com").unwrap().port, 80);
+        let url = AdminUrl::parse("https://example.com").unwrap();
+        assert!(url.https);
+        assert_eq!(url.port, 443);
         assert!(
-            AdminUrl::parse("https://example.com")
+            AdminUrl::parse("ftp://example.com")
                 .unwrap_err()
-                .contains("plain http")
+                .contains("https://")
         );
         assert!(AdminUrl::parse("http://:80").is_err());
         assert!(AdminUrl::parse("http://host:port").is_err());

@@ -82,6 +82,10 @@ pub struct Config {
     pub admin_tokens: Vec<crate::auth::Token>,
     /// How long a data-plane client may take to send a request's head (slowloris defence).
     pub header_read_timeout: Duration,
+    /// TLS for the data plane (`None`: plain HTTP).
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// TLS for the admin listener (`None`: plain HTTP).
+    pub admin_tls: Option<crate::tls::TlsFiles>,
     /// How long an upload may take to arrive whole (slow-upload defence).
     pub upload_timeout: Duration,
     /// Default per-route concurrency limit (0: none but the instance pool).
@@ -106,6 +110,8 @@ impl Default for Config {
             max_instances: DEFAULT_MAX_INSTANCES,
             admin_tokens: Vec::new(),
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            tls: None,
+            admin_tls: None,
             upload_timeout: DEFAULT_UPLOAD_TIMEOUT,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
@@ -270,6 +276,14 @@ pub struct ConfigFile {
     pub tokens_file: Option<PathBuf>,
     /// `--max-concurrency`
     pub max_concurrency: Option<u32>,
+    /// `--tls-cert`
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`
+    pub tls_key: Option<PathBuf>,
+    /// `--admin-tls-cert`
+    pub admin_tls_cert: Option<PathBuf>,
+    /// `--admin-tls-key`
+    pub admin_tls_key: Option<PathBuf>,
     /// `--max-request-body`
     pub max_request_body: Option<u64>,
     /// `--max-response-body`
@@ -295,6 +309,10 @@ struct RawConfigFile {
     ephemeral: Option<bool>,
     tokens_file: Option<PathBuf>,
     max_concurrency: Option<u32>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    admin_tls_cert: Option<PathBuf>,
+    admin_tls_key: Option<PathBuf>,
     max_request_body: Option<TextOrNumber>,
     max_response_body: Option<TextOrNumber>,
 }
@@ -421,6 +439,10 @@ impl ConfigFile {
             ephemeral: raw.ephemeral,
             tokens_file: raw.tokens_file.map(|file| base.join(file)),
             max_concurrency: raw.max_concurrency,
+            tls_cert: raw.tls_cert.map(|file| base.join(file)),
+            tls_key: raw.tls_key.map(|file| base.join(file)),
+            admin_tls_cert: raw.admin_tls_cert.map(|file| base.join(file)),
+            admin_tls_key: raw.admin_tls_key.map(|file| base.join(file)),
             max_request_body: size("max-request-body", raw.max_request_body)?,
             max_response_body: size("max-response-body", raw.max_response_body)?,
         })

@@ -28,8 +28,9 @@ use crate::host::Host;
 use crate::routes::Refused;
 use crate::version::{InFlight, Version};
 
-/// Serves one data-plane request. Never fails: every outcome is a response.
-pub async fn dispatch<B>(rt: &Runtime, req: Request<B>) -> Response<DataBody>
+/// Serves one data-plane request (`https` when it arrived over TLS). Never fails: every
+/// outcome is a response.
+pub async fn dispatch<B>(rt: &Runtime, req: Request<B>, https: bool) -> Response<DataBody>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
@@ -89,7 +90,7 @@ where
     let req = match store
         .data_mut()
         .http()
-        .new_incoming_request(Scheme::Http, req)
+        .new_incoming_request(if https { Scheme::Https } else { Scheme::Http }, req)
     {
         Ok(req) => req,
         Err(error) => {

@@ -38,6 +38,7 @@ pub mod routes;
 pub mod scaffold;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod version;
 
 use std::sync::Arc;

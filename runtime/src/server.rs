@@ -15,6 +15,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::Runtime;
@@ -64,6 +65,21 @@ impl Server {
                 "data directory: deployments, artifacts and history are kept here across restarts"
             );
         }
+        // TLS files are read and checked before anything binds.
+        let data_tls = runtime
+            .config
+            .tls
+            .as_ref()
+            .map(crate::tls::acceptor)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("data-plane TLS: {e}"))?;
+        let admin_tls = runtime
+            .config
+            .admin_tls
+            .as_ref()
+            .map(crate::tls::acceptor)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("admin TLS: {e}"))?;
         let data = TcpListener::bind(runtime.config.listen)
             .await
             .map_err(|e| {
@@ -80,17 +96,22 @@ impl Server {
         let data_addr = data.local_addr()?;
         let admin_addr = admin.local_addr()?;
         let stop = CancellationToken::new();
-        let data_task = tokio::spawn(serve_data(runtime.clone(), data, stop.clone()));
+        let data_task = tokio::spawn(serve_data(runtime.clone(), data, stop.clone(), data_tls));
         let admin_router = crate::admin::router(runtime.clone());
         let admin_stop = stop.clone();
-        let admin_task = tokio::spawn(async move {
-            let served = axum::serve(admin, admin_router)
-                .with_graceful_shutdown(async move { admin_stop.cancelled().await })
-                .await;
-            if let Err(error) = served {
-                tracing::error!(error = %error, "admin listener failed");
+        let admin_task = match admin_tls {
+            None => tokio::spawn(async move {
+                let served = axum::serve(admin, admin_router)
+                    .with_graceful_shutdown(async move { admin_stop.cancelled().await })
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(error = %error, "admin listener failed");
+                }
+            }),
+            Some(acceptor) => {
+                tokio::spawn(serve_admin_tls(admin, admin_router, acceptor, admin_stop))
             }
-        });
+        };
         tracing::info!(
             data = %data_addr, admin = %admin_addr, pooling = runtime.engine.pooling(),
             "listening"
@@ -122,9 +143,13 @@ impl Server {
 
     /// The line `serve` prints once both listeners are bound; scripts and tests parse it.
     pub fn ready_line(&self) -> String {
+        let scheme = |tls: bool| if tls { "https" } else { "http" };
         format!(
-            "handoff ready data=http://{} admin=http://{}",
-            self.data_addr, self.admin_addr
+            "handoff ready data={}://{} admin={}://{}",
+            scheme(self.runtime.config.tls.is_some()),
+            self.data_addr,
+            scheme(self.runtime.config.admin_tls.is_some()),
+            self.admin_addr
         )
     }
 
@@ -145,8 +170,62 @@ impl Server {
     }
 }
 
+/// Serves the admin router over TLS until `stop`.
+async fn serve_admin_tls(
+    listener: TcpListener,
+    router: axum::Router,
+    acceptor: TlsAcceptor,
+    stop: CancellationToken,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(error = %error, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let (acceptor, builder, watcher, service) = (
+            acceptor.clone(),
+            builder.clone(),
+            graceful.watcher(),
+            service.clone(),
+        );
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(ADMIN_HANDSHAKE, acceptor.accept(stream));
+            let Ok(Ok(stream)) = handshake.await else {
+                tracing::debug!("admin TLS handshake failed or timed out");
+                return;
+            };
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(error) = watcher.watch(connection).await {
+                tracing::debug!(error = %error, "admin connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(ADMIN_HANDSHAKE, graceful.shutdown()).await;
+}
+
+/// How long an admin client may take for its TLS handshake (and to finish at shutdown).
+const ADMIN_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Accepts data-plane connections until `stop`, then drains them.
-async fn serve_data(rt: Arc<Runtime>, listener: TcpListener, stop: CancellationToken) {
+async fn serve_data(
+    rt: Arc<Runtime>,
+    listener: TcpListener,
+    stop: CancellationToken,
+    tls: Option<TlsAcceptor>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Slowloris and header floods: a client gets `header_read_timeout` to send its request head,
     // and a head larger than MAX_HEAD_BYTES is refused (431) instead of buffered.
@@ -160,6 +239,7 @@ async fn serve_data(rt: Arc<Runtime>, listener: TcpListener, stop: CancellationT
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEAD_BYTES as u32);
     let graceful = GracefulShutdown::new();
+    let https = tls.is_some();
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -174,20 +254,42 @@ async fn serve_data(rt: Arc<Runtime>, listener: TcpListener, stop: CancellationT
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let rt = rt.clone();
+        let service_rt = rt.clone();
         let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-            let rt = rt.clone();
-            async move { Ok::<_, Infallible>(dispatch(&rt, req).await) }
+            let rt = service_rt.clone();
+            async move { Ok::<_, Infallible>(dispatch(&rt, req, https).await) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(error = %error, "connection ended with an error");
+        match &tls {
+            None => {
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(error = %error, "connection ended with an error");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                let (acceptor, builder, watcher) =
+                    (acceptor.clone(), builder.clone(), graceful.watcher());
+                let limit = rt.config.header_read_timeout;
+                tokio::spawn(async move {
+                    let Ok(Ok(stream)) = tokio::time::timeout(limit, acceptor.accept(stream)).await
+                    else {
+                        tracing::debug!("TLS handshake failed or timed out");
+                        return;
+                    };
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
+                    if let Err(error) = watcher.watch(connection).await {
+                        tracing::debug!(error = %error, "connection ended with an error");
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     let grace = rt.config.drain_timeout;

@@ -12,3 +12,4 @@ mod limits;
 mod outbound;
 mod persist;
 mod swap;
+mod tls;

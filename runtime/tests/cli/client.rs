@@ -266,8 +266,8 @@ async fn an_unknown_route_prints_the_servers_404_detail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_errors_exit_2() {
-    let output = handoff(&["routes", "--admin", "https://127.0.0.1:8081"]).await;
-    output.fails(USAGE, "plain http");
+    let output = handoff(&["routes", "--admin", "ftp://127.0.0.1:8081"]).await;
+    output.fails(USAGE, "https://HOST:PORT");
     let output = handoff(&["deploy", "only-a-route"]).await;
     assert_eq!(output.code, USAGE, "{output:#?}");
     let help = handoff(&["--help"]).await;

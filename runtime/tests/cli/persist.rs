@@ -365,3 +365,31 @@ async fn a_tokens_file_sets_scopes_and_an_open_public_admin_api_is_refused() {
     .await;
     refused.fails(exit::CONFIG as i32, "without any token");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_talks_to_a_tls_admin_api_trusting_handoff_admin_ca() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tls");
+    let (cert, key) = (fixtures.join("cert.pem"), fixtures.join("key.pem"));
+    let (_server, ready) = serve(&[
+        "--admin-tls-cert",
+        cert.to_str().unwrap(),
+        "--admin-tls-key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    let admin = format!("https://localhost:{}", ready.admin.port());
+    // Without trusting the test CA: the handshake fails, exit 3, and it says what to set.
+    handoff(&["routes", "--admin", &admin])
+        .await
+        .fails(exit::UNREACHABLE as i32, "HANDOFF_ADMIN_CA");
+    let trusted = |args: &[&str]| {
+        let mut command = command(args);
+        command.env("HANDOFF_ADMIN_CA", &cert);
+        crate::support::run_within(Duration::from_secs(60), command)
+    };
+    trusted(&["deploy", "app", guests::TAGGED_V1, "--admin", &admin])
+        .await
+        .ok();
+    assert_eq!(get(&ready, "/app").await.1, "v1");
+    trusted(&["routes", "--admin", &admin]).await.ok();
+}

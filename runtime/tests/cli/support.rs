@@ -15,7 +15,8 @@ use tokio::process::{Child, Command};
 pub const HANDOFF: &str = env!("CARGO_BIN_EXE_handoff");
 
 /// Environment that would change what the binary does; cleared for every run.
-const AMBIENT: [&str; 8] = [
+const AMBIENT: [&str; 9] = [
+    "HANDOFF_ADMIN_CA",
     "HANDOFF_ADMIN_TOKEN",
     "HANDOFF_TOKENS_FILE",
     "HANDOFF_ADMIN_URL",
@@ -232,9 +233,15 @@ pub fn parse_ready(line: &str) -> Option<Ready> {
     let mut data = None;
     let mut admin = None;
     for part in rest.split_whitespace() {
-        if let Some(addr) = part.strip_prefix("data=http://") {
+        let strip = |key: &str| {
+            part.strip_prefix(key).and_then(|rest| {
+                rest.strip_prefix("http://")
+                    .or_else(|| rest.strip_prefix("https://"))
+            })
+        };
+        if let Some(addr) = strip("data=") {
             data = addr.parse().ok();
-        } else if let Some(addr) = part.strip_prefix("admin=http://") {
+        } else if let Some(addr) = strip("admin=") {
             admin = addr.parse().ok();
         }
     }
