@@ -208,6 +208,8 @@ pub struct RouteStatus {
     pub limits: LimitsStatus,
     /// Where its guests may send outbound HTTP requests.
     pub outbound: Vec<String>,
+    /// The directory under `--guest-dirs` its guests see at `/data`.
+    pub dir: Option<String>,
     /// Requests on it now, across versions.
     pub in_flight: usize,
     /// The version serving new requests.
@@ -250,6 +252,7 @@ fn status_of(rt: &Runtime, route: &Route) -> RouteStatus {
             .iter()
             .map(ToString::to_string)
             .collect(),
+        dir: route.active.dir.as_ref().map(|d| d.name.to_string()),
         in_flight: route.counters.in_flight(),
         active: VersionStatus::of(&route.active),
         draining: draining_of(rt, &route.name),
@@ -298,6 +301,7 @@ struct DeployQuery {
     message: Option<String>,
     limits: deploy::LimitOverrides,
     outbound: Option<crate::outbound::Outbound>,
+    dir: Option<String>,
 }
 
 impl DeployQuery {
@@ -309,6 +313,7 @@ impl DeployQuery {
         let mut message = None;
         let mut limits = deploy::LimitOverrides::default();
         let mut outbound: Option<Vec<String>> = None;
+        let mut dir = None;
         for (key, value) in pairs {
             match key.as_str() {
                 "prefix" if prefix.is_none() => prefix = Some(Prefix::parse(&value).map_err(bad)?),
@@ -324,6 +329,8 @@ impl DeployQuery {
                 }
                 "config" => config.get_or_insert_with(Vec::new).push(value),
                 "allow-outbound" => outbound.get_or_insert_with(Vec::new).push(value),
+                "dir" if dir.is_none() => dir = Some(value),
+                "dir" => return Err(bad("give `dir` at most once".into())),
                 "max-memory" => {
                     let bytes = crate::config::parse_bytes(&value).map_err(bad)?;
                     limits.max_memory_bytes = Some(usize::try_from(bytes).unwrap_or(usize::MAX));
@@ -371,6 +378,7 @@ impl DeployQuery {
             message,
             limits,
             outbound,
+            dir,
         })
     }
 }
@@ -432,6 +440,7 @@ async fn put_route(
         message,
         limits,
         outbound,
+        dir,
     } = DeployQuery::parse(pairs)?;
     let bytes = read_upload(&rt, &headers, body).await?;
     let request = DeployRequest {
@@ -444,6 +453,7 @@ async fn put_route(
         message,
         limits,
         outbound,
+        dir,
     };
     let deployed = deploy::deploy(&rt, request).await?;
     Ok(deployed_response(&name, deployed))

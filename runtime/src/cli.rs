@@ -167,6 +167,10 @@ pub struct ServeArgs {
     /// (history and rollback still work while the server runs).
     #[arg(long, env = "HANDOFF_EPHEMERAL")]
     pub ephemeral: bool,
+    /// A directory whose subdirectories a deploy may mount, read-only, at a route's `/data`
+    /// (`dir=NAME`). Without it, guests see no files.
+    #[arg(long, value_name = "ROOT")]
+    pub guest_dirs: Option<PathBuf>,
     /// Serve guest traffic over TLS with this PEM certificate chain (with --tls-key).
     #[arg(long, value_name = "PEM")]
     pub tls_cert: Option<PathBuf>,
@@ -236,7 +240,8 @@ fn tls_files(
 }
 
 /// The clap ids of the serve settings a config file may set.
-const FILE_SETTINGS: [&str; 18] = [
+const FILE_SETTINGS: [&str; 19] = [
+    "guest_dirs",
     "tls_cert",
     "tls_key",
     "admin_tls_cert",
@@ -331,6 +336,7 @@ impl ServeArgs {
             admin_tokens,
             header_read_timeout: config::DEFAULT_HEADER_READ_TIMEOUT,
             upload_timeout: config::DEFAULT_UPLOAD_TIMEOUT,
+            guest_dirs: self.guest_dirs,
             tls: tls_files("--tls-cert", self.tls_cert, "--tls-key", self.tls_key)?,
             admin_tls: tls_files(
                 "--admin-tls-cert",
@@ -400,6 +406,12 @@ impl ServeArgs {
             "tls_cert",
             &mut self.tls_cert,
             file.tls_cert.map(Some),
+        );
+        fill(
+            given,
+            "guest_dirs",
+            &mut self.guest_dirs,
+            file.guest_dirs.map(Some),
         );
         fill(given, "tls_key", &mut self.tls_key, file.tls_key.map(Some));
         fill(
@@ -483,6 +495,9 @@ pub struct DeployArgs {
     /// keeps its list; `--allow-outbound ''` alone clears it. Default: none.
     #[arg(long = "allow-outbound", value_name = "SCHEME://HOST[:PORT]")]
     pub allow_outbound: Vec<String>,
+    /// A directory under the server's --guest-dirs to mount read-only at /data (`''` to unmount).
+    #[arg(long, value_name = "NAME")]
+    pub dir: Option<String>,
     /// This route's linear-memory cap per instance (e.g. 64MiB; at most the server's).
     #[arg(long, value_name = "SIZE")]
     pub max_memory: Option<String>,

@@ -345,6 +345,9 @@ pub async fn deploy(args: DeployArgs) -> Result<(), Failure> {
     for setting in &args.config {
         query.push(format!("config={}", encode(setting)));
     }
+    if let Some(dir) = &args.dir {
+        query.push(format!("dir={}", encode(dir)));
+    }
     for rule in &args.allow_outbound {
         query.push(format!("allow-outbound={}", encode(rule)));
     }

@@ -82,6 +82,8 @@ pub struct Config {
     pub admin_tokens: Vec<crate::auth::Token>,
     /// How long a data-plane client may take to send a request's head (slowloris defence).
     pub header_read_timeout: Duration,
+    /// The directory whose subdirectories routes may mount read-only at `/data`.
+    pub guest_dirs: Option<PathBuf>,
     /// TLS for the data plane (`None`: plain HTTP).
     pub tls: Option<crate::tls::TlsFiles>,
     /// TLS for the admin listener (`None`: plain HTTP).
@@ -110,6 +112,7 @@ impl Default for Config {
             max_instances: DEFAULT_MAX_INSTANCES,
             admin_tokens: Vec::new(),
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            guest_dirs: None,
             tls: None,
             admin_tls: None,
             upload_timeout: DEFAULT_UPLOAD_TIMEOUT,
@@ -128,6 +131,46 @@ impl Config {
             admin_listen: "127.0.0.1:0".parse().expect("valid address"),
             ..Self::default()
         }
+    }
+
+    /// Resolves the directory a deploy names (`dir=NAME`) under `--guest-dirs`, in a sentence
+    /// when it cannot be used. An empty name means no directory.
+    pub fn guest_dir(&self, name: &str) -> Result<Option<crate::version::GuestDir>, String> {
+        if name.is_empty() {
+            return Ok(None);
+        }
+        let Some(root) = &self.guest_dirs else {
+            return Err(
+                "this server mounts no directories into guests; start it with --guest-dirs ROOT"
+                    .into(),
+            );
+        };
+        let valid = name.len() <= 128
+            && name != "."
+            && name != ".."
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !valid {
+            return Err(format!(
+                "dir `{}` must be the name of a directory directly under --guest-dirs (letters, digits, `.`, `-`, `_`)",
+                name.escape_debug()
+            ));
+        }
+        let root = root
+            .canonicalize()
+            .map_err(|e| format!("--guest-dirs {} is unusable: {e}", root.display()))?;
+        let path = root
+            .join(name)
+            .canonicalize()
+            .map_err(|_| format!("there is no directory `{name}` under --guest-dirs"))?;
+        if !path.starts_with(&root) || !path.is_dir() {
+            return Err(format!("`{name}` is not a directory under --guest-dirs"));
+        }
+        Ok(Some(crate::version::GuestDir {
+            name: name.into(),
+            path: path.into(),
+        }))
     }
 
     /// The limits a route gets unless its deploy overrides them.
@@ -276,6 +319,8 @@ pub struct ConfigFile {
     pub tokens_file: Option<PathBuf>,
     /// `--max-concurrency`
     pub max_concurrency: Option<u32>,
+    /// `--guest-dirs`
+    pub guest_dirs: Option<PathBuf>,
     /// `--tls-cert`
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`
@@ -309,6 +354,7 @@ struct RawConfigFile {
     ephemeral: Option<bool>,
     tokens_file: Option<PathBuf>,
     max_concurrency: Option<u32>,
+    guest_dirs: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     admin_tls_cert: Option<PathBuf>,
@@ -439,6 +485,7 @@ impl ConfigFile {
             ephemeral: raw.ephemeral,
             tokens_file: raw.tokens_file.map(|file| base.join(file)),
             max_concurrency: raw.max_concurrency,
+            guest_dirs: raw.guest_dirs.map(|dir| base.join(dir)),
             tls_cert: raw.tls_cert.map(|file| base.join(file)),
             tls_key: raw.tls_key.map(|file| base.join(file)),
             admin_tls_cert: raw.admin_tls_cert.map(|file| base.join(file)),

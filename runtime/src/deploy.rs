@@ -102,7 +102,7 @@ pub enum DeployError {
         "the component cannot be instantiated under this route's limits (max-memory, the instance pool's table size): {0}"
     )]
     Uninstantiable(String),
-    /// A limit asked for is out of range.
+    /// A limit or setting asked for is out of range or unusable.
     #[error("{0}")]
     InvalidLimits(String),
     /// A host failure.
@@ -172,6 +172,9 @@ pub struct DeployRequest {
     pub limits: LimitOverrides,
     /// The route's outbound allow-list; `None` keeps the current one (none for a new route).
     pub outbound: Option<Outbound>,
+    /// The directory (under `--guest-dirs`) to mount at `/data`; `None` keeps the current one,
+    /// `""` unmounts.
+    pub dir: Option<String>,
 }
 
 /// Per-route limits a deploy sets; `None` keeps the route's current value (the server's
@@ -215,6 +218,7 @@ fn route_settings(rt: &Runtime, name: &RouteName) -> Settings {
             config: Vec::new().into(),
             limits: rt.config.default_limits(),
             outbound: Vec::new().into(),
+            dir: None,
         },
     }
 }
@@ -231,6 +235,13 @@ fn stored_settings(rt: &Runtime, record: &RouteRecord) -> Settings {
         limits,
         outbound: crate::outbound::parse_rules(record.outbound.iter().map(String::as_str))
             .unwrap_or_else(|_| Vec::new().into()),
+        dir: record.dir.as_deref().and_then(|name| match rt.config.guest_dir(name) {
+            Ok(dir) => dir,
+            Err(error) => {
+                tracing::warn!(error = %error, "a route's stored directory is unusable; not mounted");
+                None
+            }
+        }),
     }
 }
 
@@ -258,6 +269,7 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
         message,
         limits,
         outbound,
+        dir,
     } = request;
     check_preamble(&bytes)?;
     let base = route_settings(rt, &name);
@@ -265,6 +277,13 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
         limits: limits.apply(base.limits),
         config: config.unwrap_or(base.config),
         outbound: outbound.unwrap_or(base.outbound),
+        dir: match dir {
+            Some(name) => rt
+                .config
+                .guest_dir(&name)
+                .map_err(DeployError::InvalidLimits)?,
+            None => base.dir,
+        },
     };
     rt.config
         .check_limits(&settings.limits)
@@ -653,12 +672,14 @@ fn commit_activation(
                 history: Vec::new(),
                 limits: None,
                 outbound: Vec::new(),
+                dir: None,
             });
         record.prefix = next.prefix.as_str().to_owned();
         record.active = version.digest.to_string();
         record.config = version.config.to_vec();
         record.limits = Some(version.limits);
         record.outbound = version.outbound.iter().map(ToString::to_string).collect();
+        record.dir = version.dir.as_ref().map(|d| d.name.to_string());
         record.history.push(HistoryEntry {
             version: version.digest.to_string(),
             size_bytes: version.size_bytes as u64,

@@ -191,6 +191,7 @@ async fn build_and_deploy(rt: &Arc<Runtime>, project: &Project) {
             message: None,
             limits: Default::default(),
             outbound: None,
+            dir: None,
         };
         match deploy::deploy(rt, request).await {
             Ok(done) => {

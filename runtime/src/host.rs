@@ -44,7 +44,14 @@ impl Host {
             route: version.route.clone(),
             version: version.short.clone(),
         };
-        let wasi = WasiCtx::builder()
+        let mut wasi = WasiCtx::builder();
+        if let Some(dir) = &version.dir
+            && let Err(error) =
+                wasi.preopened_dir(&*dir.path, "/data", wasmtime_wasi::FsPerms::ReadOnly)
+        {
+            tracing::warn!(route = %version.route, dir = %dir.name, error = %error, "cannot mount the route's directory");
+        }
+        let wasi = wasi
             .envs(&version.config)
             .env(ROUTE_PREFIX_ENV, prefix)
             .stdout(GuestLog {

@@ -48,6 +48,9 @@ pub struct RouteRecord {
     /// The route's outbound allow-list, as rule texts.
     #[serde(default)]
     pub outbound: Vec<String>,
+    /// The directory (under `--guest-dirs`) mounted at `/data`.
+    #[serde(default)]
+    pub dir: Option<String>,
 }
 
 /// One activation of a version on a route.

@@ -128,6 +128,18 @@ pub struct Settings {
     pub limits: Limits,
     /// Where it may send outbound HTTP requests.
     pub outbound: crate::outbound::Outbound,
+    /// A directory mounted read-only at `/data`.
+    pub dir: Option<GuestDir>,
+}
+
+/// A subdirectory of the server's `--guest-dirs` that a route's guests see, read-only, at
+/// `/data`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestDir {
+    /// Its name under `--guest-dirs` (what the deploy gave).
+    pub name: Arc<str>,
+    /// Its resolved path on the host.
+    pub path: Arc<std::path::Path>,
 }
 
 /// Limits a route's requests run under: the server's flags give the defaults, a deploy may
@@ -162,6 +174,8 @@ pub struct Version {
     pub config: RouteConfig,
     /// Where its guests may send outbound HTTP requests.
     pub outbound: crate::outbound::Outbound,
+    /// The directory mounted read-only at `/data`, if any.
+    pub dir: Option<GuestDir>,
     /// Size of the uploaded component.
     pub size_bytes: usize,
     /// How long compiling and linking took.
@@ -190,6 +204,7 @@ impl Version {
             config,
             limits,
             outbound,
+            dir,
         } = settings;
         Self {
             short: digest.short().into(),
@@ -199,6 +214,7 @@ impl Version {
             limits,
             config,
             outbound,
+            dir,
             size_bytes,
             compile_time,
             deployed_at: SystemTime::now(),
@@ -226,6 +242,7 @@ impl Version {
             config: self.config.clone(),
             limits: self.limits,
             outbound: self.outbound.clone(),
+            dir: self.dir.clone(),
         }
     }
 

@@ -167,3 +167,62 @@ async fn a_stack_overflow_and_an_endless_stream_fail_cleanly() {
     assert_eq!(server.get("/good").await.1, "v1");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_may_mount_one_directory_read_only() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("site")).unwrap();
+    std::fs::write(root.path().join("site/hello.txt"), "hello from disk\n").unwrap();
+    std::fs::write(root.path().join("secret.txt"), "do not read").unwrap();
+    let server = TestServer::start_with(Config {
+        guest_dirs: Some(root.path().to_path_buf()),
+        ..Config::ephemeral()
+    })
+    .await;
+    let hostile = guests::bytes(guests::HOSTILE);
+    let (code, body) = server
+        .deploy_bytes("files", "?dir=site", hostile.clone())
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    assert_eq!(server.status("files").await["dir"], "site");
+    assert_eq!(
+        server.get("/files/data").await,
+        (
+            StatusCode::OK,
+            "hello from disk; write denied; escape denied".into()
+        )
+    );
+    assert!(!root.path().join("site/new.txt").exists());
+    // Other routes see no files at all.
+    server.deploy("nofiles", guests::HOSTILE).await;
+    assert!(
+        server
+            .get("/nofiles/data")
+            .await
+            .1
+            .starts_with("unreadable")
+    );
+
+    for dir in ["..", "../etc", "/etc", "missing", "site/../.."] {
+        let (code, body) = server
+            .deploy_bytes("files", &format!("?dir={dir}"), hostile.clone())
+            .await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{dir}: {body}");
+    }
+    // Unmounting.
+    server.deploy_bytes("files", "?dir=", hostile).await;
+    assert!(server.get("/files/data").await.1.starts_with("unreadable"));
+    server.shutdown().await;
+
+    // A server without --guest-dirs mounts nothing.
+    let plain = TestServer::start().await;
+    let (code, body) = plain
+        .deploy_bytes("files", "?dir=site", guests::bytes(guests::HOSTILE))
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("--guest-dirs"),
+        "{body}"
+    );
+    plain.shutdown().await;
+}

@@ -15,6 +15,8 @@
 //! * `/hostile/fetch?url=http://HOST:PORT/PATH` — an outbound GET; answers `upstream STATUS BODY`
 //!   or `error CODE`
 //! * `/hostile/fetch-many?url=...` — 100 outbound GETs; answers how many were denied
+//! * `/hostile/data`        — reads `/data/hello.txt`, tries to write `/data/new.txt` and to
+//!   read `/data/../secret.txt`; says what happened
 //! * `/hostile/plant`       — grows memory by 64 pages and fills them with a marker
 //! * `/hostile/scan`        — grows memory by 64 pages and counts marker bytes in them (a fresh
 //!   instance must see zeros, whatever instance used the pool slot before)
@@ -192,6 +194,19 @@ impl Guest for Hostile {
                     let seen = fresh.iter().filter(|b| **b != 0).count();
                     respond(out, &format!("nonzero {seen}"));
                 }
+            }
+            "data" => {
+                let read = std::fs::read_to_string("/data/hello.txt")
+                    .unwrap_or_else(|e| format!("unreadable ({e})"));
+                let write = match std::fs::write("/data/new.txt", b"x") {
+                    Ok(()) => "write allowed",
+                    Err(_) => "write denied",
+                };
+                let escape = match std::fs::read_to_string("/data/../secret.txt") {
+                    Ok(_) => "escape allowed",
+                    Err(_) => "escape denied",
+                };
+                respond(out, &format!("{}; {write}; {escape}", read.trim()));
             }
             "fetch" => respond(out, &fetch(url_param(&path))),
             "fetch-many" => {
