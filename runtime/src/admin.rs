@@ -443,6 +443,7 @@ async fn put_route(
         dir,
     } = DeployQuery::parse(pairs)?;
     let bytes = read_upload(&rt, &headers, body).await?;
+    check_signature(&rt, &headers, &bytes)?;
     let request = DeployRequest {
         name: name.clone(),
         prefix,
@@ -471,6 +472,35 @@ async fn delete_route(
         "version": route.active.digest.to_string(),
         "in_flight": route.active.in_flight(),
     })))
+}
+
+/// Checks an upload's `Handoff-Signature` against the trusted keys, as the server's
+/// `--signatures` mode says.
+fn check_signature(rt: &Runtime, headers: &HeaderMap, bytes: &[u8]) -> Result<(), Problem> {
+    use crate::signing::{self, Mode};
+    if rt.config.signature_mode == Mode::Off {
+        return Ok(());
+    }
+    let signature = headers.get(signing::HEADER).and_then(|v| v.to_str().ok());
+    let signer = signature.and_then(|s| signing::signer(&rt.config.signing_keys, bytes, s));
+    match (signer, rt.config.signature_mode) {
+        (Some(key), _) => {
+            tracing::info!(target: "audit", key = %key.name, "upload signature verified");
+            Ok(())
+        }
+        (None, Mode::Warn) => {
+            tracing::warn!(target: "audit", signed = signature.is_some(), "upload not signed by a trusted key; accepted (--signatures warn)");
+            Ok(())
+        }
+        (None, _) => Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            if signature.is_some() {
+                "the upload's Handoff-Signature does not verify against any trusted key; sign these exact bytes (handoff deploy --sign KEY)"
+            } else {
+                "this server requires signed uploads: send an Ed25519 signature of the bytes in Handoff-Signature (handoff deploy --sign KEY)"
+            },
+        )),
+    }
 }
 
 /// Reads a component upload: checks its content type and size limit.
@@ -646,6 +676,7 @@ async fn post_module(
     body: Body,
 ) -> Result<Response, Problem> {
     let bytes = read_upload(&rt, &headers, body).await?;
+    check_signature(&rt, &headers, &bytes)?;
     let uploaded = deploy::upload(&rt, bytes).await?;
     let status = if uploaded.compile_time.is_some() {
         StatusCode::CREATED

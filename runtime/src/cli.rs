@@ -138,6 +138,20 @@ pub enum Command {
     Upload(UploadArgs),
     /// Serve an uploaded (or earlier) version on a route, creating the route if needed.
     Activate(ActivateArgs),
+    /// Make an Ed25519 key pair for signed uploads: writes the private key to FILE (mode
+    /// 600) and prints the public key line for the server's --signing-keys file.
+    Keygen(KeygenArgs),
+}
+
+/// Arguments of `handoff keygen`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
+pub struct KeygenArgs {
+    /// Where to write the private key (must not exist).
+    pub file: PathBuf,
+    /// The key's name in the printed `[[key]]` entry.
+    #[arg(long, default_value = "deployer")]
+    pub name: String,
 }
 
 /// Flags of `handoff serve` (and of the server `handoff dev` runs).
@@ -167,6 +181,14 @@ pub struct ServeArgs {
     /// (history and rollback still work while the server runs).
     #[arg(long, env = "HANDOFF_EPHEMERAL")]
     pub ephemeral: bool,
+    /// Check Ed25519 signatures on uploads (the `Handoff-Signature` header): `off`, `warn`
+    /// (deploy and log unsigned ones) or `require` (refuse them with 403).
+    #[arg(long, value_enum, default_value = "off")]
+    pub signatures: crate::signing::Mode,
+    /// A TOML file of trusted public keys: `[[key]]` tables with `name` and `public` (base64),
+    /// as `handoff keygen` prints them.
+    #[arg(long, value_name = "FILE")]
+    pub signing_keys: Option<PathBuf>,
     /// A directory whose subdirectories a deploy may mount, read-only, at a route's `/data`
     /// (`dir=NAME`). Without it, guests see no files.
     #[arg(long, value_name = "ROOT")]
@@ -337,6 +359,11 @@ impl ServeArgs {
             header_read_timeout: config::DEFAULT_HEADER_READ_TIMEOUT,
             upload_timeout: config::DEFAULT_UPLOAD_TIMEOUT,
             guest_dirs: self.guest_dirs,
+            signature_mode: self.signatures,
+            signing_keys: match &self.signing_keys {
+                Some(path) => crate::signing::load_keys(path)?,
+                None => Vec::new(),
+            },
             tls: tls_files("--tls-cert", self.tls_cert, "--tls-key", self.tls_key)?,
             admin_tls: tls_files(
                 "--admin-tls-cert",
@@ -484,6 +511,9 @@ pub struct DeployArgs {
     /// the route keeps its current settings; `--config ''` alone clears them.
     #[arg(long = "config", value_name = "KEY=VALUE")]
     pub config: Vec<String>,
+    /// Sign the upload with this private key file (from `handoff keygen`).
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
     /// A name for this version, to roll back to by name later (`stable`, `v1.2.0`).
     #[arg(long)]
     pub label: Option<String>,
@@ -541,6 +571,9 @@ pub struct RollbackArgs {
 pub struct UploadArgs {
     /// The component to store.
     pub file: PathBuf,
+    /// Sign the upload with this private key file (from `handoff keygen`).
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
     /// The admin API and output format.
     #[command(flatten)]
     pub admin: AdminArgs,

@@ -145,6 +145,8 @@ pub struct Payload {
     pub bytes: Bytes,
     /// Their media type.
     pub content_type: &'static str,
+    /// An Ed25519 signature of the bytes, base64 (`Handoff-Signature`).
+    pub signature: Option<String>,
 }
 
 impl Payload {
@@ -153,6 +155,7 @@ impl Payload {
         Self {
             bytes,
             content_type: "application/wasm",
+            signature: None,
         }
     }
 
@@ -161,6 +164,7 @@ impl Payload {
         Self {
             bytes: Bytes::from(value.to_string()),
             content_type: "application/json",
+            signature: None,
         }
     }
 }
@@ -251,6 +255,9 @@ impl AdminClient {
             let bytes = match body {
                 Some(payload) => {
                     request = request.header(header::CONTENT_TYPE, payload.content_type);
+                    if let Some(signature) = &payload.signature {
+                        request = request.header(crate::signing::HEADER, signature);
+                    }
                     payload.bytes
                 }
                 None => Bytes::new(),
@@ -378,7 +385,7 @@ pub async fn deploy(args: DeployArgs) -> Result<(), Failure> {
             "deploy",
             Method::PUT,
             &path,
-            Some(Payload::wasm(bytes)),
+            Some(signed(bytes, &args.sign)?),
             json,
         )
         .await?;
@@ -495,7 +502,7 @@ pub async fn upload(args: UploadArgs) -> Result<(), Failure> {
             "upload",
             Method::POST,
             "/v1/modules",
-            Some(Payload::wasm(bytes)),
+            Some(signed(bytes, &args.sign)?),
             json,
         )
         .await?;
@@ -619,6 +626,51 @@ fn render_versions(body: &Value, now: SystemTime) -> String {
         })
         .collect();
     table(&header, &rows)
+}
+
+/// A component upload, signed with the private key in `key` when given.
+fn signed(bytes: Bytes, key: &Option<std::path::PathBuf>) -> Result<Payload, Failure> {
+    let mut payload = Payload::wasm(bytes);
+    if let Some(key) = key {
+        let private = std::fs::read_to_string(key).map_err(|e| {
+            Failure::new(
+                exit::LOCAL,
+                format!("cannot read the key {}: {e}", key.display()),
+            )
+        })?;
+        let signature = crate::signing::sign(&private, &payload.bytes)
+            .map_err(|e| Failure::new(exit::LOCAL, format!("{}: {e}", key.display())))?;
+        payload.signature = Some(signature);
+    }
+    Ok(payload)
+}
+
+/// `handoff keygen FILE`.
+pub fn keygen(args: crate::cli::KeygenArgs) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let (private, public) =
+        crate::signing::generate().map_err(|e| Failure::new(exit::FAILED, e))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&args.file).map_err(|e| {
+        Failure::new(
+            exit::LOCAL,
+            format!("cannot create the key file {}: {e}", args.file.display()),
+        )
+    })?;
+    file.write_all(format!("{private}\n").as_bytes())
+        .map_err(|e| Failure::new(exit::LOCAL, format!("writing {}: {e}", args.file.display())))?;
+    print(
+        format!(
+            "private key written to {} (keep it secret)\nadd to the server's --signing-keys file:\n\n[[key]]\nname = \"{}\"\npublic = \"{public}\"\n",
+            args.file.display(),
+            args.name
+        )
+        .as_bytes(),
+    );
+    Ok(())
 }
 
 /// Reads the component to upload; a missing or unreadable file is [`exit::LOCAL`].

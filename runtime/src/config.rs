@@ -82,6 +82,10 @@ pub struct Config {
     pub admin_tokens: Vec<crate::auth::Token>,
     /// How long a data-plane client may take to send a request's head (slowloris defence).
     pub header_read_timeout: Duration,
+    /// What to do with upload signatures.
+    pub signature_mode: crate::signing::Mode,
+    /// Public keys whose signatures uploads may carry.
+    pub signing_keys: Vec<crate::signing::TrustedKey>,
     /// The directory whose subdirectories routes may mount read-only at `/data`.
     pub guest_dirs: Option<PathBuf>,
     /// TLS for the data plane (`None`: plain HTTP).
@@ -112,6 +116,8 @@ impl Default for Config {
             max_instances: DEFAULT_MAX_INSTANCES,
             admin_tokens: Vec::new(),
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            signature_mode: crate::signing::Mode::Off,
+            signing_keys: Vec::new(),
             guest_dirs: None,
             tls: None,
             admin_tls: None,
@@ -217,6 +223,11 @@ impl Config {
         }
         if self.max_memory_bytes < 64 << 10 {
             return Err("the memory limit must be at least 64 KiB (one wasm page)".into());
+        }
+        if self.signature_mode != crate::signing::Mode::Off && self.signing_keys.is_empty() {
+            return Err(
+                "--signatures warn/require needs trusted public keys (--signing-keys FILE)".into(),
+            );
         }
         if self.request_timeout > MAX_TIMEOUT || self.drain_timeout > MAX_TIMEOUT {
             return Err("the request timeout and the drain timeout may be at most 24h".into());

@@ -37,6 +37,7 @@ pub mod persist;
 pub mod routes;
 pub mod scaffold;
 pub mod server;
+pub mod signing;
 pub mod telemetry;
 pub mod tls;
 pub mod version;

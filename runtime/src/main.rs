@@ -48,6 +48,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Rollback(args) => handoff::client::rollback(args).await,
         Command::Upload(args) => handoff::client::upload(args).await,
         Command::Activate(args) => handoff::client::activate(args).await,
+        Command::Keygen(args) => handoff::client::keygen(args),
         Command::New(args) => {
             let created = handoff::scaffold::run(args)?;
             let dir = created.dir.display();

@@ -393,3 +393,74 @@ async fn the_cli_talks_to_a_tls_admin_api_trusting_handoff_admin_ca() {
     assert_eq!(get(&ready, "/app").await.1, "v1");
     trusted(&["routes", "--admin", &admin]).await.ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_uploads_with_keygen_and_require_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("deployer.key");
+    let made = handoff(&["keygen", key.to_str().unwrap(), "--name", "ci"]).await;
+    let printed = made.ok();
+    let entry = &printed[printed.find("[[key]]").expect("a key entry")..];
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(&keys, entry).unwrap();
+    let other = dir.path().join("other.key");
+    handoff(&["keygen", other.to_str().unwrap()]).await.ok();
+    assert!(
+        handoff(&["keygen", key.to_str().unwrap()]).await.code != 0,
+        "keygen never overwrites a key"
+    );
+
+    let (_server, ready) = serve(&[
+        "--signatures",
+        "require",
+        "--signing-keys",
+        keys.to_str().unwrap(),
+    ])
+    .await;
+    let admin = ready.admin_url();
+    handoff(&["deploy", "app", guests::TAGGED_V1, "--admin", &admin])
+        .await
+        .fails(
+            FAILED,
+            "403 Forbidden): this server requires signed uploads",
+        );
+    handoff(&[
+        "deploy",
+        "app",
+        guests::TAGGED_V1,
+        "--sign",
+        other.to_str().unwrap(),
+        "--admin",
+        &admin,
+    ])
+    .await
+    .fails(FAILED, "does not verify against any trusted key");
+    assert_eq!(get(&ready, "/app").await.0, 404, "nothing deployed");
+    handoff(&[
+        "deploy",
+        "app",
+        guests::TAGGED_V1,
+        "--sign",
+        key.to_str().unwrap(),
+        "--admin",
+        &admin,
+    ])
+    .await
+    .ok();
+    assert_eq!(get(&ready, "/app").await.1, "v1");
+    handoff(&[
+        "upload",
+        guests::TAGGED_V2,
+        "--sign",
+        key.to_str().unwrap(),
+        "--admin",
+        &admin,
+    ])
+    .await
+    .ok();
+
+    // Require mode without keys is a configuration error.
+    handoff(&["serve", "--ephemeral", "--signatures", "require"])
+        .await
+        .fails(exit::CONFIG as i32, "--signing-keys");
+}
