@@ -12,7 +12,7 @@ use http::{Method, Request};
 use http_body_util::Full;
 use serde_json::Value;
 
-use crate::support::{Ready, Running, command, get, handoff, serve};
+use crate::support::{Ready, Running, command, get, handoff, handoff_with, serve};
 
 const FAILED: i32 = exit::FAILED as i32;
 const READY: Duration = Duration::from_secs(30);
@@ -313,19 +313,22 @@ async fn the_cli_sends_handoff_admin_token_and_the_server_records_its_name() {
     refused.fails(FAILED, "401 Unauthorized");
     assert!(!refused.stderr.contains(SECRET));
 
-    let with_token = |args: &[&str]| {
-        let mut command = command(args);
-        command.env("HANDOFF_ADMIN_TOKEN", SECRET);
-        crate::support::run_within(Duration::from_secs(60), command)
-    };
-    with_token(&["deploy", "app", guests::TAGGED_V1, "--admin", &admin])
-        .await
-        .ok();
+    handoff_with(
+        &["deploy", "app", guests::TAGGED_V1, "--admin", &admin],
+        "HANDOFF_ADMIN_TOKEN",
+        SECRET,
+    )
+    .await
+    .ok();
     assert_eq!(get(&ready, "/app").await.1, "v1");
     let history = json(
-        with_token(&["versions", "app", "--json", "--admin", &admin])
-            .await
-            .ok(),
+        handoff_with(
+            &["versions", "app", "--json", "--admin", &admin],
+            "HANDOFF_ADMIN_TOKEN",
+            SECRET,
+        )
+        .await
+        .ok(),
     );
     assert_eq!(history["versions"][0]["by"], "env", "{history}");
 }
@@ -342,15 +345,20 @@ async fn a_tokens_file_sets_scopes_and_an_open_public_admin_api_is_refused() {
     .unwrap();
     let (_server, ready) = serve(&["--tokens-file", file.to_str().unwrap()]).await;
     let admin = ready.admin_url();
-    let as_reader = |args: &[&str]| {
-        let mut command = command(args);
-        command.env("HANDOFF_ADMIN_TOKEN", READ_SECRET);
-        crate::support::run_within(Duration::from_secs(60), command)
-    };
-    as_reader(&["routes", "--admin", &admin]).await.ok();
-    as_reader(&["deploy", "app", guests::TAGGED_V1, "--admin", &admin])
-        .await
-        .fails(FAILED, "403 Forbidden");
+    handoff_with(
+        &["routes", "--admin", &admin],
+        "HANDOFF_ADMIN_TOKEN",
+        READ_SECRET,
+    )
+    .await
+    .ok();
+    handoff_with(
+        &["deploy", "app", guests::TAGGED_V1, "--admin", &admin],
+        "HANDOFF_ADMIN_TOKEN",
+        READ_SECRET,
+    )
+    .await
+    .fails(FAILED, "403 Forbidden");
     assert_eq!(get(&ready, "/app").await.0, 404);
 
     // No token at all, and the admin API on every interface: refused before binding.
@@ -382,16 +390,17 @@ async fn the_cli_talks_to_a_tls_admin_api_trusting_handoff_admin_ca() {
     handoff(&["routes", "--admin", &admin])
         .await
         .fails(exit::UNREACHABLE as i32, "HANDOFF_ADMIN_CA");
-    let trusted = |args: &[&str]| {
-        let mut command = command(args);
-        command.env("HANDOFF_ADMIN_CA", &cert);
-        crate::support::run_within(Duration::from_secs(60), command)
-    };
-    trusted(&["deploy", "app", guests::TAGGED_V1, "--admin", &admin])
+    handoff_with(
+        &["deploy", "app", guests::TAGGED_V1, "--admin", &admin],
+        "HANDOFF_ADMIN_CA",
+        &cert,
+    )
+    .await
+    .ok();
+    assert_eq!(get(&ready, "/app").await.1, "v1");
+    handoff_with(&["routes", "--admin", &admin], "HANDOFF_ADMIN_CA", &cert)
         .await
         .ok();
-    assert_eq!(get(&ready, "/app").await.1, "v1");
-    trusted(&["routes", "--admin", &admin]).await.ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,6 +89,13 @@ pub async fn handoff(args: &[&str]) -> Output {
     run_within(Duration::from_secs(60), command(args)).await
 }
 
+/// Runs `handoff ARGS` to completion with one environment variable set (a minute at most).
+pub async fn handoff_with(args: &[&str], var: &str, value: impl AsRef<std::ffi::OsStr>) -> Output {
+    let mut command = command(args);
+    command.env(var, value);
+    run_within(Duration::from_secs(60), command).await
+}
+
 /// A text buffer filled by a background reader.
 #[derive(Clone, Default)]
 pub struct Captured(Arc<Mutex<String>>);
