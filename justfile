@@ -18,7 +18,7 @@ test *args:
 
 # handoff vs `wasmtime serve` on the same component, same load generator, one run.
 bench *args:
-    cargo build --release -p handoff -p handoff-tests --bin handoff --bin bench
+    cargo build --release -p handoff -p handoff-tests --bin handoff --bin bench --bin handoff-compile-worker
     target/release/bench --handoff target/release/handoff {{args}}
 
 # Property-based fuzzing of the admin API's parsers and the upload path, many more cases.

@@ -179,6 +179,10 @@ pub struct LimitsStatus {
     pub max_request_body: u64,
     /// Response body limit.
     pub max_response_body: u64,
+    /// Compile deadline.
+    pub compile_timeout_ms: u64,
+    /// Compile memory limit.
+    pub compile_memory_bytes: u64,
 }
 
 impl LimitsStatus {
@@ -189,6 +193,8 @@ impl LimitsStatus {
             max_concurrency: limits.max_concurrency,
             max_request_body: limits.max_request_body,
             max_response_body: limits.max_response_body,
+            compile_timeout_ms: limits.compile_timeout.as_millis() as u64,
+            compile_memory_bytes: limits.compile_memory,
         }
     }
 }
@@ -355,9 +361,16 @@ impl DeployQuery {
                     limits.max_response_body =
                         Some(crate::config::parse_bytes(&value).map_err(bad)?);
                 }
+                "compile-timeout" => {
+                    limits.compile_timeout =
+                        Some(crate::config::parse_duration(&value).map_err(bad)?);
+                }
+                "compile-memory" => {
+                    limits.compile_memory = Some(crate::config::parse_bytes(&value).map_err(bad)?);
+                }
                 other => {
                     return Err(bad(format!(
-                        "unknown query parameter `{}`; a deploy takes `prefix=/path`, `config=KEY=VALUE`, `label=...`, `message=...`, `allow-outbound=scheme://host[:port]` and the limits `max-memory`, `request-timeout`, `max-concurrency`, `max-request-body`, `max-response-body`",
+                        "unknown query parameter `{}`; a deploy takes `prefix=/path`, `config=KEY=VALUE`, `label=...`, `message=...`, `allow-outbound=scheme://host[:port]` and the limits `max-memory`, `request-timeout`, `max-concurrency`, `max-request-body`, `max-response-body`, `compile-timeout`, `compile-memory`",
                         other.escape_debug()
                     )));
                 }

@@ -240,6 +240,23 @@ pub struct ServeArgs {
     /// Largest response body a route may send (0: no limit); longer ones are cut off.
     #[arg(long, default_value = "0", value_parser = config::parse_bytes)]
     pub max_response_body: u64,
+    /// Guest-traffic connections served at once; more wait in the listen backlog until one
+    /// closes.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// How long a guest-traffic connection may go without a request in progress before it is
+    /// closed: a client that connects and sends nothing, trickles its request head
+    /// (slowloris), or leaves a keep-alive or HTTP/2 connection idle.
+    #[arg(long, default_value = "10s", value_parser = config::parse_duration)]
+    pub idle_timeout: Duration,
+    /// How long compiling one upload may take (e.g. 30s, 2m); a slower compile is stopped and
+    /// the deploy refused with 422. A deploy may set a lower one for its route.
+    #[arg(long, default_value = "60s", value_parser = config::parse_duration)]
+    pub compile_timeout: Duration,
+    /// How much memory compiling one upload may use (e.g. 512MiB, 2GiB); a compile that needs
+    /// more is stopped and the deploy refused with 422. A deploy may set a lower one.
+    #[arg(long, default_value = "2GiB", value_parser = config::parse_bytes)]
+    pub compile_memory: u64,
     /// The settings given as flags or environment variables (clap ids); the file fills the rest.
     #[arg(skip)]
     pub given: BTreeSet<&'static str>,
@@ -262,7 +279,11 @@ fn tls_files(
 }
 
 /// The clap ids of the serve settings a config file may set.
-const FILE_SETTINGS: [&str; 19] = [
+const FILE_SETTINGS: [&str; 23] = [
+    "max_connections",
+    "idle_timeout",
+    "compile_timeout",
+    "compile_memory",
     "guest_dirs",
     "tls_cert",
     "tls_key",
@@ -356,7 +377,8 @@ impl ServeArgs {
         }
         let config = Config {
             admin_tokens,
-            header_read_timeout: config::DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
             upload_timeout: config::DEFAULT_UPLOAD_TIMEOUT,
             guest_dirs: self.guest_dirs,
             signature_mode: self.signatures,
@@ -384,6 +406,10 @@ impl ServeArgs {
                 .map_err(|_| "the upload limit is too large for this machine".to_string())?,
             max_instances: self.max_instances,
             history_limit: self.history,
+            compiler: crate::compile::Compiler::this_binary()
+                .map_err(|e| format!("cannot find this executable to compile uploads with: {e}"))?,
+            compile_timeout: self.compile_timeout,
+            compile_memory: self.compile_memory,
         };
         config.validate()?;
         Ok(config)
@@ -477,6 +503,30 @@ impl ServeArgs {
             &mut self.tokens_file,
             file.tokens_file.map(Some),
         );
+        fill(
+            given,
+            "max_connections",
+            &mut self.max_connections,
+            file.max_connections,
+        );
+        fill(
+            given,
+            "idle_timeout",
+            &mut self.idle_timeout,
+            file.idle_timeout,
+        );
+        fill(
+            given,
+            "compile_timeout",
+            &mut self.compile_timeout,
+            file.compile_timeout,
+        );
+        fill(
+            given,
+            "compile_memory",
+            &mut self.compile_memory,
+            file.compile_memory,
+        );
     }
 }
 
@@ -543,6 +593,12 @@ pub struct DeployArgs {
     /// This route's response body limit (0: none); longer bodies are cut off.
     #[arg(long, value_name = "SIZE")]
     pub max_response_body: Option<String>,
+    /// How long compiling this component may take (e.g. 10s; at most the server's).
+    #[arg(long, value_name = "DURATION")]
+    pub compile_timeout: Option<String>,
+    /// How much memory compiling this component may use (e.g. 256MiB; at most the server's).
+    #[arg(long, value_name = "SIZE")]
+    pub compile_memory: Option<String>,
     /// The admin API and output format.
     #[command(flatten)]
     pub admin: AdminArgs,

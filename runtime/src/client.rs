@@ -370,6 +370,8 @@ pub async fn deploy(args: DeployArgs) -> Result<(), Failure> {
         ("max-concurrency", &args.max_concurrency),
         ("max-request-body", &args.max_request_body),
         ("max-response-body", &args.max_response_body),
+        ("compile-timeout", &args.compile_timeout),
+        ("compile-memory", &args.compile_memory),
     ] {
         if let Some(value) = value {
             query.push(format!("{key}={}", encode(value)));

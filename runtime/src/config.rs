@@ -34,8 +34,18 @@ pub const DEFAULT_MAX_CONCURRENCY: u32 = 0;
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 64 << 20;
 /// The largest response body a route may send; 0 is no limit (the deadline still applies).
 pub const DEFAULT_MAX_RESPONSE_BODY: u64 = 0;
-/// How long a client may take to send a request's head before the connection is closed.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long compiling one upload may take before it is stopped and the deploy refused.
+pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How much writable memory compiling one upload may use (the compile worker's `RLIMIT_DATA`).
+pub const DEFAULT_COMPILE_MEMORY: u64 = 2 << 30;
+/// The shortest compile deadline.
+pub const MIN_COMPILE_TIMEOUT: Duration = Duration::from_millis(100);
+/// The smallest compile memory limit: the compiler itself needs this much for any component.
+pub const MIN_COMPILE_MEMORY: u64 = 32 << 20;
+/// Data-plane connections served at once; more wait in the listen backlog.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// How long a data-plane connection may go without a request in progress before it is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many activations each route's history keeps (older versions can no longer be rolled
 /// back to, and their files are garbage-collected).
 pub const DEFAULT_HISTORY_LIMIT: usize = 20;
@@ -80,8 +90,13 @@ pub struct Config {
     pub max_instances: u32,
     /// Admin API tokens; empty leaves the admin API open (loopback only).
     pub admin_tokens: Vec<crate::auth::Token>,
-    /// How long a data-plane client may take to send a request's head (slowloris defence).
-    pub header_read_timeout: Duration,
+    /// How long a data-plane connection may go without a request in progress before it is
+    /// closed: silence after connecting, a request head sent slowly (slowloris), or an idle
+    /// keep-alive or HTTP/2 connection. Bytes that do not complete a request head do not count.
+    pub idle_timeout: Duration,
+    /// Data-plane connections served at once; further ones wait in the listen backlog until
+    /// one closes (slow and idle clients are closed after `idle_timeout`).
+    pub max_connections: usize,
     /// What to do with upload signatures.
     pub signature_mode: crate::signing::Mode,
     /// Public keys whose signatures uploads may carry.
@@ -100,6 +115,13 @@ pub struct Config {
     pub max_request_body: u64,
     /// Default per-route response body limit (0: none).
     pub max_response_body: u64,
+    /// Where uploads are compiled. The binary uses a compile worker process; the compile
+    /// limits are enforced only there.
+    pub compiler: crate::compile::Compiler,
+    /// Default (and largest) time one compile may take.
+    pub compile_timeout: Duration,
+    /// Default (and largest) memory one compile may use.
+    pub compile_memory: u64,
 }
 
 impl Default for Config {
@@ -115,7 +137,8 @@ impl Default for Config {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_instances: DEFAULT_MAX_INSTANCES,
             admin_tokens: Vec::new(),
-            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             signature_mode: crate::signing::Mode::Off,
             signing_keys: Vec::new(),
             guest_dirs: None,
@@ -125,6 +148,9 @@ impl Default for Config {
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             max_response_body: DEFAULT_MAX_RESPONSE_BODY,
+            compiler: crate::compile::Compiler::InProcess,
+            compile_timeout: DEFAULT_COMPILE_TIMEOUT,
+            compile_memory: DEFAULT_COMPILE_MEMORY,
         }
     }
 }
@@ -187,6 +213,8 @@ impl Config {
             max_concurrency: self.max_concurrency,
             max_request_body: self.max_request_body,
             max_response_body: self.max_response_body,
+            compile_timeout: self.compile_timeout,
+            compile_memory: self.compile_memory,
         }
     }
 
@@ -203,6 +231,32 @@ impl Config {
         }
         if limits.request_timeout > MAX_TIMEOUT {
             return Err("request-timeout may be at most 24h".into());
+        }
+        if limits.compile_timeout > self.compile_timeout {
+            return Err(format!(
+                "compile-timeout may be at most the server's --compile-timeout ({}); got {}",
+                format_duration(self.compile_timeout),
+                format_duration(limits.compile_timeout)
+            ));
+        }
+        if limits.compile_timeout < MIN_COMPILE_TIMEOUT {
+            return Err(format!(
+                "compile-timeout must be at least {}",
+                format_duration(MIN_COMPILE_TIMEOUT)
+            ));
+        }
+        if limits.compile_memory > self.compile_memory {
+            return Err(format!(
+                "compile-memory may be at most the server's --compile-memory ({}); got {}",
+                format_bytes(self.compile_memory),
+                format_bytes(limits.compile_memory)
+            ));
+        }
+        if limits.compile_memory < MIN_COMPILE_MEMORY {
+            return Err(format!(
+                "compile-memory must be at least {}",
+                format_bytes(MIN_COMPILE_MEMORY)
+            ));
         }
         if limits.request_timeout < EPOCH_TICK {
             return Err(format!(
@@ -243,6 +297,24 @@ impl Config {
         if self.history_limit == 0 {
             return Err("the history limit must be at least 1".into());
         }
+        if self.max_connections == 0 {
+            return Err("the connection limit must be at least 1".into());
+        }
+        if !(EPOCH_TICK..=MAX_TIMEOUT).contains(&self.idle_timeout) {
+            return Err("the idle timeout must be between 10ms and 24h".into());
+        }
+        if !(MIN_COMPILE_TIMEOUT..=MAX_TIMEOUT).contains(&self.compile_timeout) {
+            return Err(format!(
+                "the compile timeout must be between {} and 24h",
+                format_duration(MIN_COMPILE_TIMEOUT)
+            ));
+        }
+        if self.compile_memory < MIN_COMPILE_MEMORY {
+            return Err(format!(
+                "the compile memory limit must be at least {}",
+                format_bytes(MIN_COMPILE_MEMORY)
+            ));
+        }
         if self.max_upload_bytes == 0 {
             return Err("the upload limit must be more than 0 bytes".into());
         }
@@ -271,6 +343,28 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "`{text}` has an unknown unit; write it like 500ms, 30s or 2m"
         )),
     }
+}
+
+/// Writes a duration the way [`parse_duration`] reads it (`250ms`, `30s`, `2m`).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(60_000) && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) && ms > 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Writes a byte size the way [`parse_bytes`] reads it (`64KiB`, `128MiB`, `2GiB`, `1000`).
+pub fn format_bytes(n: u64) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if n > 0 && n.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
 }
 
 /// Parses a byte size written as `128MiB`, `64KiB`, `1GiB` or a bare number of bytes.
@@ -344,6 +438,14 @@ pub struct ConfigFile {
     pub max_request_body: Option<u64>,
     /// `--max-response-body`
     pub max_response_body: Option<u64>,
+    /// `--max-connections`
+    pub max_connections: Option<usize>,
+    /// `--idle-timeout`
+    pub idle_timeout: Option<Duration>,
+    /// `--compile-timeout`
+    pub compile_timeout: Option<Duration>,
+    /// `--compile-memory`
+    pub compile_memory: Option<u64>,
     /// `--ephemeral`
     pub ephemeral: Option<bool>,
 }
@@ -372,6 +474,10 @@ struct RawConfigFile {
     admin_tls_key: Option<PathBuf>,
     max_request_body: Option<TextOrNumber>,
     max_response_body: Option<TextOrNumber>,
+    compile_timeout: Option<TextOrNumber>,
+    compile_memory: Option<TextOrNumber>,
+    max_connections: Option<usize>,
+    idle_timeout: Option<TextOrNumber>,
 }
 
 /// A duration or size: the flag's text, or a bare non-negative number.
@@ -503,6 +609,10 @@ impl ConfigFile {
             admin_tls_key: raw.admin_tls_key.map(|file| base.join(file)),
             max_request_body: size("max-request-body", raw.max_request_body)?,
             max_response_body: size("max-response-body", raw.max_response_body)?,
+            compile_timeout: duration("compile-timeout", raw.compile_timeout)?,
+            compile_memory: size("compile-memory", raw.compile_memory)?,
+            max_connections: raw.max_connections,
+            idle_timeout: duration("idle-timeout", raw.idle_timeout)?,
         })
     }
 }

@@ -16,6 +16,7 @@ use http::StatusCode;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::Runtime;
+use crate::compile::{self, CompileLimits};
 use crate::engine::CompileError;
 use crate::host::Host;
 use crate::outbound::Outbound;
@@ -75,6 +76,18 @@ pub enum DeployError {
         "the component does not export `wasi:http/incoming-handler` (the `wasi:http/proxy` world), so it cannot serve requests: {0}"
     )]
     NoHandler(String),
+    /// Compiling it took longer than the compile deadline; the compile was stopped.
+    #[error(
+        "compiling the component took longer than the compile-timeout of {}; nothing changed. Upload a smaller component, or raise the limit (`compile-timeout=` on the deploy, up to the server's --compile-timeout)",
+        crate::config::format_duration(*.0)
+    )]
+    CompileTimeout(Duration),
+    /// Compiling it needed more memory than allowed; the compile was stopped.
+    #[error(
+        "compiling the component needed more than the compile-memory limit of {}; nothing changed. Upload a smaller component, or raise the limit (`compile-memory=` on the deploy, up to the server's --compile-memory)",
+        crate::config::format_bytes(*.0)
+    )]
+    CompileMemory(u64),
     /// Another route serves the requested prefix.
     #[error(
         "the prefix `{prefix}` is already served by route `{owner}`; choose another prefix or delete that route first"
@@ -119,6 +132,8 @@ impl DeployError {
             | Self::Invalid(_)
             | Self::Unlinkable(_)
             | Self::NoHandler(_)
+            | Self::CompileTimeout(_)
+            | Self::CompileMemory(_)
             | Self::Uninstantiable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PrefixTaken { .. }
             | Self::NothingToRollBackTo(_)
@@ -135,6 +150,9 @@ impl From<CompileError> for DeployError {
             CompileError::Invalid(e) => Self::Invalid(e),
             CompileError::Unlinkable(e) => Self::Unlinkable(e),
             CompileError::NoHandler(e) => Self::NoHandler(e),
+            CompileError::TooSlow(limit) => Self::CompileTimeout(limit),
+            CompileError::TooMuchMemory(limit) => Self::CompileMemory(limit),
+            CompileError::Failed(e) => Self::Internal(format!("compiling: {e}")),
         }
     }
 }
@@ -191,6 +209,10 @@ pub struct LimitOverrides {
     pub max_request_body: Option<u64>,
     /// Response body limit (0: none).
     pub max_response_body: Option<u64>,
+    /// Compile deadline.
+    pub compile_timeout: Option<Duration>,
+    /// Compile memory limit.
+    pub compile_memory: Option<u64>,
 }
 
 impl LimitOverrides {
@@ -202,6 +224,8 @@ impl LimitOverrides {
             max_concurrency: self.max_concurrency.unwrap_or(base.max_concurrency),
             max_request_body: self.max_request_body.unwrap_or(base.max_request_body),
             max_response_body: self.max_response_body.unwrap_or(base.max_response_body),
+            compile_timeout: self.compile_timeout.unwrap_or(base.compile_timeout),
+            compile_memory: self.compile_memory.unwrap_or(base.compile_memory),
         }
     }
 }
@@ -310,12 +334,16 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
         ),
         // Stored already (another route, or this route's history): load, don't compile.
         // If the stored copy is broken, the bytes in hand repair it below.
-        None if stored && let Ok((pre, module, size)) = load_stored(rt, &digest).await => {
+        None if stored
+            && let Ok((pre, module, size)) =
+                load_stored(rt, &digest, settings.limits.compile()).await =>
+        {
             (pre, module, None, size)
         }
         None => {
             let size = bytes.len();
-            let (pre, module, took) = compile_and_store(rt, &digest, bytes, false).await?;
+            let (pre, module, took) =
+                compile_and_store(rt, &digest, bytes, false, settings.limits.compile()).await?;
             (pre, Some(module), Some(took), size)
         }
     };
@@ -435,7 +463,14 @@ pub async fn upload(rt: &Arc<Runtime>, bytes: Bytes) -> Result<Uploaded, DeployE
             compile_time: None,
         });
     }
-    let (_, module, took) = compile_and_store(rt, &digest, bytes, true).await?;
+    let (_, module, took) = compile_and_store(
+        rt,
+        &digest,
+        bytes,
+        true,
+        rt.config.default_limits().compile(),
+    )
+    .await?;
     let persist_rt = rt.clone();
     let commit_digest = digest.clone();
     tokio::task::spawn_blocking(move || {
@@ -529,7 +564,10 @@ async fn restore_route(
     let prefix = Prefix::parse(&record.prefix)?;
     let digest = parse_digest(&record.active).map_err(|e| e.to_string())?;
     let _pending = rt.persist.pending(&digest);
-    let (pre, updated, size) = load_stored(rt, &digest).await.map_err(|e| e.to_string())?;
+    let settings = stored_settings(rt, record);
+    let (pre, updated, size) = load_stored(rt, &digest, settings.limits.compile())
+        .await
+        .map_err(|e| e.to_string())?;
     let recompiled = updated.is_some();
     if let Some(module) = updated {
         let persist_rt = rt.clone();
@@ -538,7 +576,7 @@ async fn restore_route(
             tokio::task::spawn_blocking(move || persist_rt.persist.commit(None, &[(&d, &module)]))
                 .await;
     }
-    let version = new_version(&name, digest, pre, stored_settings(rt, record), size, None);
+    let version = new_version(&name, digest, pre, settings, size, None);
     rt.routes
         .activate(&name, Some(prefix), version, None)
         .await
@@ -574,7 +612,7 @@ async fn activate_stored(
         ..route_settings(rt, name)
     };
     let _pending = rt.persist.pending(&digest);
-    let (pre, updated, size) = load_stored(rt, &digest).await?;
+    let (pre, updated, size) = load_stored(rt, &digest, settings.limits.compile()).await?;
     let version = new_version(name, digest, pre, settings, size, None);
     activate_version(rt, name, prefix, version, history, updated, None).await
 }
@@ -721,12 +759,14 @@ fn activate_error(error: ActivateError) -> DeployError {
     }
 }
 
-/// Compiles `bytes` (counted), links it, and stores the bytes and the artifact durably.
+/// Compiles `bytes` (counted) under `limits`, links it, and stores the bytes and the artifact
+/// durably.
 async fn compile_and_store(
     rt: &Arc<Runtime>,
     digest: &Digest,
     bytes: Bytes,
     pinned: bool,
+    limits: CompileLimits,
 ) -> Result<(ProxyPre<Host>, ModuleRecord, Duration), DeployError> {
     let _slot = rt
         .compile_slots
@@ -734,13 +774,17 @@ async fn compile_and_store(
         .await
         .map_err(|e| DeployError::Internal(e.to_string()))?;
     let started = Instant::now();
+    let compiled = compile::compile(rt, &rt.config.compiler, bytes.clone(), limits)
+        .await
+        .inspect_err(
+            |error| tracing::warn!(version = %digest, error = ?error, "compile refused"),
+        )?;
+    rt.count_compile();
     let worker = rt.clone();
     let digest = digest.clone();
     let (pre, module) = tokio::task::spawn_blocking(move || -> Result<_, DeployError> {
-        let component = worker.engine.compile(&bytes)?;
-        worker.count_compile();
-        let pre = worker.engine.link(&component)?;
-        let module = store_module(&worker, &digest, &bytes, &component, pinned)?;
+        let pre = worker.engine.link(&compiled.component)?;
+        let module = store_module(&worker, &digest, &bytes, &compiled.artifact, pinned)?;
         Ok((pre, module))
     })
     .await
@@ -759,17 +803,14 @@ fn store_module(
     rt: &Runtime,
     digest: &Digest,
     bytes: &[u8],
-    component: &wasmtime::component::Component,
+    artifact: &[u8],
     pinned: bool,
 ) -> Result<ModuleRecord, DeployError> {
     let storage = |e: anyhow::Error| DeployError::Internal(format!("storing the module: {e:#}"));
     rt.persist.save_module(digest, bytes).map_err(storage)?;
-    let artifact = component
-        .serialize()
-        .map_err(|e| DeployError::Internal(format!("serializing the artifact: {e:#}")))?;
     let sha = rt
         .persist
-        .save_artifact(digest, &artifact)
+        .save_artifact(digest, artifact)
         .map_err(storage)?;
     Ok(ModuleRecord {
         size_bytes: bytes.len() as u64,
@@ -780,49 +821,57 @@ fn store_module(
 }
 
 /// Loads a stored module: from its artifact when present and intact, else recompiled from
-/// its bytes (and the artifact rewritten). Returns the updated module record when it
-/// recompiled, and the module's size.
+/// its bytes under `limits` (and the artifact rewritten). Returns the updated module record
+/// when it recompiled, and the module's size.
 async fn load_stored(
     rt: &Arc<Runtime>,
     digest: &Digest,
+    limits: CompileLimits,
 ) -> Result<(ProxyPre<Host>, Option<ModuleRecord>, usize), DeployError> {
     let worker = rt.clone();
-    let digest = digest.clone();
-    tokio::task::spawn_blocking(move || {
+    let key = digest.clone();
+    let loaded = tokio::task::spawn_blocking(move || -> Result<_, DeployError> {
         let record = worker
             .persist
-            .module(&digest)
+            .module(&key)
             .map_err(|e| DeployError::Internal(format!("{e:#}")))?
             .ok_or_else(|| {
                 DeployError::UnknownVersion(format!(
-                    "no module {digest} is stored; deploy or upload it first"
+                    "no module {key} is stored; deploy or upload it first"
                 ))
             })?;
         let loaded = worker
             .persist
-            .read_artifact(&digest, &record)
-            .and_then(|bytes| worker.engine.load_artifact(&bytes).map_err(|e| format!("{e:#}")));
+            .read_artifact(&key, &record)
+            .and_then(|bytes| {
+                worker
+                    .engine
+                    .load_artifact(&bytes)
+                    .map_err(|e| format!("{e:#}"))
+            });
         match loaded {
             Ok(component) => {
                 let pre = worker.engine.link(&component)?;
-                Ok((pre, None, record.size_bytes as usize))
+                Ok(Ok((pre, record.size_bytes as usize)))
             }
-            Err(reason) => {
-                tracing::warn!(version = %digest, reason = %reason, "artifact unusable; recompiling from the stored module");
-                let bytes = worker
-                    .persist
-                    .read_module(&digest)
-                    .map_err(|e| DeployError::ModuleUnavailable(format!("{digest} cannot be read: {e:#}")))?;
-                let component = worker.engine.compile(&bytes)?;
-                worker.count_compile();
-                let pre = worker.engine.link(&component)?;
-                let module = store_module(&worker, &digest, &bytes, &component, record.pinned)?;
-                Ok((pre, Some(module), bytes.len()))
-            }
+            Err(reason) => Ok(Err((record, reason))),
         }
     })
     .await
-    .map_err(|e| DeployError::Internal(e.to_string()))?
+    .map_err(|e| DeployError::Internal(e.to_string()))??;
+    let (record, reason) = match loaded {
+        Ok((pre, size)) => return Ok((pre, None, size)),
+        Err(unusable) => unusable,
+    };
+    tracing::warn!(version = %digest, reason = %reason, "artifact unusable; recompiling from the stored module");
+    let bytes = rt
+        .persist
+        .read_module(digest)
+        .map_err(|e| DeployError::ModuleUnavailable(format!("{digest} cannot be read: {e:#}")))?;
+    let size = bytes.len();
+    let (pre, module, _) =
+        compile_and_store(rt, digest, Bytes::from(bytes), record.pinned, limits).await?;
+    Ok((pre, Some(module), size))
 }
 
 fn new_version(

@@ -123,6 +123,36 @@ impl Engine {
         unsafe { Component::deserialize(&self.engine, bytes) }
             .map_err(|e| anyhow::anyhow!("loading a compiled artifact: {e:#}"))
     }
+
+    /// Loads the artifact a compile worker ([`crate::compile`]) just produced.
+    #[allow(unsafe_code)]
+    pub fn load_compiled(&self, bytes: &[u8]) -> anyhow::Result<Component> {
+        // SAFETY: `Component::deserialize` requires bytes produced by `serialize` of a
+        // compatible engine and not modified since. Callers pass only the stdout of a compile
+        // worker that exited successfully: this same binary (started through /proc/self/exe,
+        // or the embedder's worker built from this crate), whose `worker_main` writes nothing
+        // to stdout but `Component::serialize` of the component it compiled, on an engine built
+        // by `compile_engine` with the settings this engine was built with (the pooling
+        // allocator does not change compiled code). The bytes travel over a pipe only this
+        // process and the worker hold. The worker runs no guest code, so the component being
+        // compiled cannot influence what it writes beyond what Cranelift emits for it.
+        // wasmtime checks its header (version, target, settings) and fails cleanly on a
+        // mismatch.
+        unsafe { Component::deserialize(&self.engine, bytes) }.map_err(anyhow::Error::from)
+    }
+}
+
+/// An engine for compiling only, with the compile settings of [`Engine::new`]: what a compile
+/// worker uses. Its artifacts load into the server's engine.
+pub fn compile_engine() -> wasmtime::Result<wasmtime::Engine> {
+    wasmtime::Engine::new(&base_config())
+}
+
+/// The settings that shape compiled code, shared by the server's engine and compile workers.
+fn base_config() -> wasmtime::Config {
+    let mut cfg = wasmtime::Config::new();
+    cfg.epoch_interruption(true);
+    cfg
 }
 
 /// Threads per compile: one per core.
@@ -139,6 +169,12 @@ pub enum CompileError {
     Unlinkable(String),
     /// It does not export `wasi:http/incoming-handler`.
     NoHandler(String),
+    /// Compiling it took longer than the compile deadline.
+    TooSlow(std::time::Duration),
+    /// Compiling it needed more memory than the compile memory limit (bytes).
+    TooMuchMemory(u64),
+    /// The compiler could not be run, or failed for another reason.
+    Failed(String),
 }
 
 fn new_engine(config: &Config, pooling: bool) -> anyhow::Result<wasmtime::Engine> {
@@ -147,8 +183,7 @@ fn new_engine(config: &Config, pooling: bool) -> anyhow::Result<wasmtime::Engine
 }
 
 fn wasmtime_config(config: &Config, pooling: bool) -> wasmtime::Config {
-    let mut cfg = wasmtime::Config::new();
-    cfg.epoch_interruption(true);
+    let mut cfg = base_config();
     if pooling {
         let slots = config.max_instances;
         let mut pool = PoolingAllocationConfig::default();

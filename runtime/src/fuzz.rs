@@ -23,6 +23,15 @@ proptest! {
     }
 
     #[test]
+    fn fuzz_sizes_and_durations_print_as_they_parse(n in any::<u64>(), ms in 0u64..(1 << 40)) {
+        let text = crate::config::format_bytes(n);
+        prop_assert_eq!(crate::config::parse_bytes(&text), Ok(n), "{}", text);
+        let duration = std::time::Duration::from_millis(ms);
+        let text = crate::config::format_duration(duration);
+        prop_assert_eq!(crate::config::parse_duration(&text), Ok(duration), "{}", text);
+    }
+
+    #[test]
     fn fuzz_route_names_from_likely_bytes(name in "[a-z0-9._/%\\-]{0,70}") {
         let _ = RouteName::parse(&name);
     }

@@ -25,6 +25,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod compile;
 pub mod config;
 pub mod deploy;
 pub mod dev;
@@ -71,6 +72,7 @@ pub struct Runtime {
     unavailable: Mutex<Vec<(String, String)>>,
     request_ids: AtomicU64,
     compiles: AtomicU64,
+    compile_workers: AtomicU64,
 }
 
 /// A retired version whose in-flight requests are still finishing.
@@ -100,12 +102,19 @@ impl Runtime {
             unavailable: Mutex::new(Vec::new()),
             request_ids: AtomicU64::new(1),
             compiles: AtomicU64::new(0),
+            compile_workers: AtomicU64::new(0),
         })
     }
 
     /// How many components this process has compiled (loading an artifact does not count).
     pub fn compiles(&self) -> u64 {
         self.compiles.load(Ordering::Relaxed)
+    }
+
+    /// How many compile worker processes are running now. A worker counts until it has exited
+    /// and been reaped (or, on its deadline, killed and reaped).
+    pub fn compile_workers(&self) -> u64 {
+        self.compile_workers.load(Ordering::Relaxed)
     }
 
     /// Counts a compile.

@@ -8,6 +8,10 @@ use handoff::cli::{Cli, Command, Failure, exit};
 use handoff::server::Server;
 
 fn main() -> ExitCode {
+    // The server runs this binary as its compile worker; that mode talks only over stdio.
+    if std::env::args_os().nth(1).as_deref() == Some(handoff::compile::WORKER_ARG.as_ref()) {
+        return handoff::compile::worker_main();
+    }
     let cli = Cli::parse_args();
     // `dev` prints its own progress; the server's lifecycle logs would repeat it.
     let default_log = match cli.command {

@@ -8,19 +8,21 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::Runtime;
 use crate::config::Config;
-use crate::dispatch::dispatch;
+use crate::dispatch::{DataBody, dispatch};
 
 /// The largest request head (request line and headers) the data plane buffers.
 const MAX_HEAD_BYTES: usize = 64 << 10;
@@ -216,6 +218,9 @@ async fn serve_admin_tls(
     let _ = tokio::time::timeout(ADMIN_HANDSHAKE, graceful.shutdown()).await;
 }
 
+/// How often, at most, a full connection limit is logged.
+const FULL_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long an admin client may take for its TLS handshake (and to finish at shutdown).
 const ADMIN_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -227,12 +232,14 @@ async fn serve_data(
     tls: Option<TlsAcceptor>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Slowloris and header floods: a client gets `header_read_timeout` to send its request head,
-    // and a head larger than MAX_HEAD_BYTES is refused (431) instead of buffered.
+    // Slowloris and header floods: a head larger than MAX_HEAD_BYTES is refused (431) instead of
+    // buffered, and a connection without a request in progress is closed after `idle_timeout`
+    // (hyper's header timer for HTTP/1 heads, and `Idle` for everything else: silence before
+    // the first byte, a trickled HTTP/2 preface, idle HTTP/2 connections).
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(rt.config.header_read_timeout)
+        .header_read_timeout(rt.config.idle_timeout)
         .max_buf_size(MAX_HEAD_BYTES);
     builder
         .http2()
@@ -240,7 +247,26 @@ async fn serve_data(
         .max_header_list_size(MAX_HEAD_BYTES as u32);
     let graceful = GracefulShutdown::new();
     let https = tls.is_some();
+    let slots = Arc::new(Semaphore::new(rt.config.max_connections));
+    let mut warned: Option<std::time::Instant> = None;
     loop {
+        // One slot per connection: at the limit, new connections wait in the listen backlog.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if warned.is_none_or(|at| at.elapsed() > FULL_WARNING_EVERY) {
+                    tracing::warn!(
+                        max_connections = rt.config.max_connections,
+                        "the connection limit is reached; new connections wait until one closes"
+                    );
+                    warned = Some(std::time::Instant::now());
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    _ = stop.cancelled() => break,
+                }
+            }
+        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -255,10 +281,17 @@ async fn serve_data(
         };
         let _ = stream.set_nodelay(true);
         let service_rt = rt.clone();
+        let idle = Arc::new(Idle::new());
+        let watched = idle.clone();
         let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let rt = service_rt.clone();
-            async move { Ok::<_, Infallible>(dispatch(&rt, req, https).await) }
+            let busy = watched.busy();
+            async move {
+                let response = dispatch(&rt, req, https).await;
+                Ok::<_, Infallible>(response.map(|body| Tracked { body, _busy: busy }))
+            }
         });
+        let idle_limit = rt.config.idle_timeout;
         match &tls {
             None => {
                 let connection = builder
@@ -266,16 +299,21 @@ async fn serve_data(
                     .into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(error = %error, "connection ended with an error");
+                    let _slot = slot;
+                    tokio::select! {
+                        result = connection => if let Err(error) = result {
+                            tracing::debug!(error = %error, "connection ended with an error");
+                        },
+                        () = idle.expired(idle_limit) => tracing::debug!("idle connection closed"),
                     }
                 });
             }
             Some(acceptor) => {
                 let (acceptor, builder, watcher) =
                     (acceptor.clone(), builder.clone(), graceful.watcher());
-                let limit = rt.config.header_read_timeout;
+                let limit = rt.config.idle_timeout;
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let Ok(Ok(stream)) = tokio::time::timeout(limit, acceptor.accept(stream)).await
                     else {
                         tracing::debug!("TLS handshake failed or timed out");
@@ -284,8 +322,11 @@ async fn serve_data(
                     let connection = builder
                         .serve_connection(TokioIo::new(stream), service)
                         .into_owned();
-                    if let Err(error) = watcher.watch(connection).await {
-                        tracing::debug!(error = %error, "connection ended with an error");
+                    tokio::select! {
+                        result = watcher.watch(connection) => if let Err(error) = result {
+                            tracing::debug!(error = %error, "connection ended with an error");
+                        },
+                        () = idle.expired(idle_limit) => tracing::debug!("idle connection closed"),
                     }
                 });
             }
@@ -302,5 +343,91 @@ async fn serve_data(
             "shutdown grace period passed; cutting off the remaining requests"
         );
         rt.cut_off_all();
+    }
+}
+
+/// When a data-plane connection last started or finished a request, and how many it has in
+/// progress: what decides that it is idle. Bytes that do not complete a request head do not
+/// count, so trickling bytes cannot keep a connection open.
+struct Idle {
+    opened: std::time::Instant,
+    /// Milliseconds after `opened` of the last request start or end.
+    last_change_ms: AtomicU64,
+    in_progress: AtomicUsize,
+}
+
+impl Idle {
+    fn new() -> Self {
+        Self {
+            opened: std::time::Instant::now(),
+            last_change_ms: AtomicU64::new(0),
+            in_progress: AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_change_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Marks a request in progress until the returned guard (kept in its response body) drops.
+    fn busy(self: &Arc<Self>) -> Busy {
+        self.in_progress.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        Busy(self.clone())
+    }
+
+    /// Resolves once the connection has had no request in progress for `limit`.
+    async fn expired(&self, limit: std::time::Duration) {
+        loop {
+            let now = self.opened.elapsed();
+            let since = now.saturating_sub(std::time::Duration::from_millis(
+                self.last_change_ms.load(Ordering::Relaxed),
+            ));
+            let wait = if self.in_progress.load(Ordering::Relaxed) > 0 {
+                limit
+            } else if since >= limit {
+                return;
+            } else {
+                limit - since
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// A request in progress on a connection (see [`Idle`]).
+struct Busy(Arc<Idle>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_progress.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it is done or dropped.
+struct Tracked {
+    body: DataBody,
+    _busy: Busy,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = <DataBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }

@@ -156,6 +156,30 @@ pub struct Limits {
     pub max_request_body: u64,
     /// Largest response body (0: no limit); a longer one is cut off with an error.
     pub max_response_body: u64,
+    /// How long compiling the route's component may take (a recompile after a restart too).
+    #[serde(default = "default_compile_timeout")]
+    pub compile_timeout: Duration,
+    /// How much memory compiling the route's component may use.
+    #[serde(default = "default_compile_memory")]
+    pub compile_memory: u64,
+}
+
+fn default_compile_timeout() -> Duration {
+    crate::config::DEFAULT_COMPILE_TIMEOUT
+}
+
+fn default_compile_memory() -> u64 {
+    crate::config::DEFAULT_COMPILE_MEMORY
+}
+
+impl Limits {
+    /// The compile limits among these.
+    pub fn compile(&self) -> crate::compile::CompileLimits {
+        crate::compile::CompileLimits {
+            timeout: self.compile_timeout,
+            memory_bytes: self.compile_memory,
+        }
+    }
 }
 
 /// One compiled, pre-instantiated guest serving (or having served) a route.

@@ -216,3 +216,94 @@ async fn wasm_bombs_and_slow_uploads_are_refused_and_nothing_changes() {
     still_serves_v1(&server, &digest).await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compile_limits_stop_slow_and_hungry_compiles_and_nothing_changes() {
+    let server = TestServer::start_with(Config {
+        compile_timeout: std::time::Duration::from_secs(120),
+        compile_memory: 4 << 30,
+        ..Config::ephemeral()
+    })
+    .await;
+    let runtime = server.server().runtime();
+    let deployed = server.deploy("keep", guests::TAGGED_V1).await;
+    let digest = deployed["version"].clone();
+    let hungry = handoff_tests::slow_to_compile(20_000);
+
+    // Too slow: the worker is killed at the deadline, before the compile could finish, and
+    // nothing is left running.
+    let started = std::time::Instant::now();
+    let (status, body) = server
+        .deploy_bytes("keep", "?compile-timeout=200ms", hungry.clone())
+        .await;
+    let refused_after = started.elapsed();
+    assert_problem(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "longer than the compile-timeout of 200ms",
+    );
+    assert_eq!(runtime.compile_workers(), 0, "the worker was reaped");
+    assert!(
+        refused_after < std::time::Duration::from_secs(30),
+        "{refused_after:?}"
+    );
+    still_serves_v1(&server, &digest).await;
+
+    // Too hungry: the worker hits its memory limit and the deploy says so.
+    let (status, body) = server
+        .deploy_bytes("keep", "?compile-memory=48MiB", hungry.clone())
+        .await;
+    assert_problem(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "more than the compile-memory limit of 48mib",
+    );
+    assert_eq!(runtime.compile_workers(), 0);
+    still_serves_v1(&server, &digest).await;
+
+    // A route may lower the server's limits, never raise them.
+    for (query, mentions) in [
+        (
+            "?compile-timeout=10m",
+            "at most the server's --compile-timeout (2m)",
+        ),
+        (
+            "?compile-memory=8GiB",
+            "at most the server's --compile-memory (4gib)",
+        ),
+        ("?compile-timeout=1ms", "at least 100ms"),
+        ("?compile-memory=1MiB", "at least 32mib"),
+    ] {
+        let (status, body) = server
+            .deploy_bytes("keep", query, guests::bytes(guests::TAGGED_V2))
+            .await;
+        assert_problem(
+            status,
+            &body,
+            StatusCode::BAD_REQUEST,
+            &mentions.to_lowercase(),
+        );
+    }
+    still_serves_v1(&server, &digest).await;
+
+    // The same limits let a real guest through, and the route keeps them.
+    let (status, body) = server
+        .deploy_bytes(
+            "keep",
+            "?compile-timeout=30s&compile-memory=256MiB",
+            guests::bytes(guests::TAGGED_V2),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(server.get("/keep").await, (StatusCode::OK, "v2".into()));
+    let status = server.status("keep").await;
+    assert_eq!(status["limits"]["compile_timeout_ms"], 30_000, "{status}");
+    assert_eq!(
+        status["limits"]["compile_memory_bytes"],
+        256 << 20,
+        "{status}"
+    );
+    server.shutdown().await;
+}

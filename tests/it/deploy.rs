@@ -237,26 +237,11 @@ async fn deploy_time_config_is_the_guests_only_environment() {
     server.shutdown().await;
 }
 
-/// A component whose core module has `functions` functions: slow to compile, and with no
-/// HTTP handler, so its deploy fails after compiling (an adversarial input, hence wat).
-fn slow_to_compile(functions: usize) -> Vec<u8> {
-    let mut wat = String::from("(component (core module");
-    for i in 0..functions {
-        wat.push_str(&format!(
-            " (func (export \"f{i}\") (param i32) (result i32) \
-             local.get 0 i32.const {i} i32.add i32.const 7 i32.mul \
-             local.get 0 i32.xor i32.const 3 i32.shr_u)"
-        ));
-    }
-    wat.push_str("))");
-    wat::parse_str(&wat).expect("valid wat")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_compile_stalls_neither_requests_nor_other_deploys() {
     let server = TestServer::start().await;
     server.deploy("steady", guests::TAGGED_V1).await;
-    let slow = slow_to_compile(20_000);
+    let slow = handoff_tests::slow_to_compile(20_000);
 
     let started = std::time::Instant::now();
     let slow_deploy = {

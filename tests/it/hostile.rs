@@ -165,7 +165,7 @@ async fn a_client_that_leaves_before_the_response_stops_its_guest() {
 async fn slow_heads_huge_heads_and_idle_crowds_are_bounded() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = TestServer::start_with(Config {
-        header_read_timeout: Duration::from_millis(500),
+        idle_timeout: Duration::from_millis(500),
         ..Config::ephemeral()
     })
     .await;

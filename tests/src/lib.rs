@@ -7,6 +7,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use handoff::compile::Compiler;
 use handoff::config::Config;
 use handoff::server::Server;
 use http::{Method, Request, StatusCode};
@@ -25,6 +26,45 @@ pub mod guests {
     pub fn bytes(path: &str) -> Vec<u8> {
         std::fs::read(path).unwrap_or_else(|e| panic!("reading guest {path}: {e}"))
     }
+}
+
+/// The compile worker built next to the test or bench executable (`handoff-compile-worker`,
+/// this crate's binary): what a server started here compiles with.
+pub fn compile_worker() -> Compiler {
+    let exe = std::env::current_exe().expect("the current executable");
+    // Integration tests run from target/<profile>/deps, binaries from target/<profile>.
+    let program = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(format!("handoff-compile-worker{}", std::env::consts::EXE_SUFFIX)))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no handoff-compile-worker next to {}; build it with `cargo build -p handoff-tests --bins`",
+                exe.display()
+            )
+        });
+    Compiler::Worker {
+        program,
+        args: Vec::new(),
+    }
+}
+
+/// A component whose core module has `functions` functions: slow and memory-hungry to
+/// compile (seconds and hundreds of MiB at 20 000), and with no HTTP handler, so its deploy
+/// fails after compiling. An adversarial input, hence wat.
+pub fn slow_to_compile(functions: usize) -> Vec<u8> {
+    let mut wat = String::from("(component (core module");
+    for i in 0..functions {
+        wat.push_str(&format!(
+            " (func (export \"f{i}\") (param i32) (result i32) \
+             local.get 0 i32.const {i} i32.add i32.const 7 i32.mul \
+             local.get 0 i32.xor i32.const 3 i32.shr_u)"
+        ));
+    }
+    wat.push_str("))");
+    wat::parse_str(&wat).expect("valid wat")
 }
 
 /// Logs to the test output when `TEST_LOG` is set; silent otherwise.
@@ -57,9 +97,13 @@ impl TestServer {
         Self::start_with(Config::ephemeral()).await
     }
 
-    /// A server with `config` (its listeners should be on port 0).
-    pub async fn start_with(config: Config) -> Self {
+    /// A server with `config` (its listeners should be on port 0). Unless `config` says
+    /// otherwise, it compiles in [`compile_worker`] processes, as the `handoff` binary does.
+    pub async fn start_with(mut config: Config) -> Self {
         init_logging();
+        if config.compiler == Compiler::InProcess {
+            config.compiler = compile_worker();
+        }
         let server = Server::start(config).await.expect("server starts");
         Self {
             data: server.data_addr(),

@@ -2,6 +2,7 @@
 //! binary, one module per command family; `support` runs the binary.
 
 mod client;
+mod crowd;
 mod dev;
 mod new;
 mod persist;

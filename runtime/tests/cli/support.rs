@@ -213,6 +213,11 @@ impl Running {
             .await
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
+    }
+
     /// Kills the process with SIGKILL (no chance to clean up) and waits for it.
     pub async fn kill9(mut self) {
         self.child.start_kill().expect("sending SIGKILL");

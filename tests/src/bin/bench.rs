@@ -7,6 +7,9 @@
 //! The load generator runs on the same cores as the server, so compare the two columns with
 //! each other, not with numbers from other machines.
 //!
+//! Then a well-behaved route's latency under attack from a hostile guest and a crowd of slow
+//! connections, against the same route without the attack.
+//!
 //! Then, in process: restart with 100 stored routes (time until every route serves again) and
 //! rollback (time from the call to the old version serving).
 //!
@@ -370,7 +373,157 @@ async fn main() {
     );
     drop(_handoff);
 
+    under_attack(&opts, &wasm).await;
     persistence(&wasm).await;
+}
+
+/// Starts `handoff serve` with `extra` flags; returns the child and its data and admin
+/// addresses.
+fn start_handoff(path: &str, extra: &[&str]) -> (Killed, SocketAddr, SocketAddr) {
+    let mut child = Command::new(path)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--ephemeral",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {path}: {e}"));
+    let ready = wait_for_line(&mut child, |l| {
+        l.starts_with("handoff ready").then(|| l.to_owned())
+    });
+    let data = field(&ready, "data=").unwrap().parse().unwrap();
+    let admin = field(&ready, "admin=").unwrap().parse().unwrap();
+    (Killed(child), data, admin)
+}
+
+/// `PUT /v1/routes/{route}` on `admin`; panics unless it succeeds.
+async fn put_route(admin: SocketAddr, route: &str, wasm: &[u8]) {
+    let put = http::Request::builder()
+        .method("PUT")
+        .uri(format!("/v1/routes/{route}"))
+        .header("host", "admin")
+        .header("content-type", "application/wasm")
+        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+            wasm,
+        )))
+        .unwrap();
+    let (status, body) = handoff_tests::send(admin, put).await;
+    assert!(
+        status.is_success(),
+        "deploying {route}: {}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+/// A well-behaved route's latency while a hostile guest on another route loops, blows its
+/// memory and its stack, and a crowd of connections sends nothing or half a request head;
+/// against the same route's latency without the attack, in the same run.
+async fn under_attack(opts: &Options, wasm: &[u8]) {
+    const GOOD_CONNECTIONS: usize = 8;
+    const CROWD: usize = 1_000;
+    let run = Duration::from_secs(opts.seconds.clamp(2, 10));
+    let (_server, data, admin) = start_handoff(
+        &opts.handoff,
+        &[
+            "--request-timeout",
+            "1s",
+            "--max-memory",
+            "64MiB",
+            "--idle-timeout",
+            "2s",
+        ],
+    );
+    put_route(admin, "good", wasm).await;
+    put_route(
+        admin,
+        "hostile",
+        &std::fs::read(guests::HOSTILE).expect("hostile guest"),
+    )
+    .await;
+    load(data, "/good", GOOD_CONNECTIONS, Duration::from_secs(1)).await;
+    let baseline = load(data, "/good", GOOD_CONNECTIONS, run).await.stats();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    // Two per kind: on 2 cores, two endless loops already claim all the CPU the guests get.
+    for path in [
+        "/hostile/loop",
+        "/hostile/grow",
+        "/hostile/recurse",
+        "/hostile/trap",
+    ]
+    .into_iter()
+    .flat_map(|p| [p, p])
+    {
+        let stop = stop.clone();
+        attackers.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            let mut conn = Connection::open(data).await;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sent += 1;
+                if conn.get(path).await.is_err() {
+                    conn = Connection::open(data).await;
+                }
+            }
+            sent
+        }));
+    }
+    let mut crowd = Vec::with_capacity(CROWD);
+    for i in 0..CROWD {
+        use tokio::io::AsyncWriteExt;
+        let Ok(mut stream) = tokio::net::TcpStream::connect(data).await else {
+            break;
+        };
+        if i % 2 == 1 {
+            let _ = stream
+                .write_all(b"GET /good HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+                .await;
+        }
+        crowd.push(stream);
+    }
+    let attacked = load(data, "/good", GOOD_CONNECTIONS, run).await.stats();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut hostile_requests = 0;
+    for attacker in attackers {
+        hostile_requests += attacker.await.expect("attacker");
+    }
+    drop(crowd);
+
+    println!();
+    println!(
+        "a well-behaved route under attack ({GOOD_CONNECTIONS} connections, {} s each; the attack: 8 clients \
+         looping on endless-loop, memory-bomb, stack-overflow and trapping requests ({hostile_requests} sent, \
+         1 s deadline) and {CROWD} silent or half-sent connections)",
+        run.as_secs()
+    );
+    println!(
+        "{:<22} {:>12} {:>10} {:>10} {:>10} {:>8}",
+        "", "req/s", "p50 ms", "p99 ms", "max ms", "errors"
+    );
+    for (name, s) in [("no attack", &baseline), ("under attack", &attacked)] {
+        println!(
+            "{:<22} {:>12.0} {:>10.3} {:>10.3} {:>10.3} {:>8}",
+            name,
+            s.rps,
+            ms(s.p50),
+            ms(s.p99),
+            ms(s.max),
+            s.errors
+        );
+    }
+    println!(
+        "ratio under attack/no attack: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
+        attacked.rps / baseline.rps,
+        ms(attacked.p50) / ms(baseline.p50),
+        ms(attacked.p99) / ms(baseline.p99)
+    );
 }
 
 /// `bytes` with a custom section appended: the same code under a different digest.

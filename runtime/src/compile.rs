@@ -1,0 +1,357 @@
+//! Compiling uploads under a time and a memory limit.
+//!
+//! Cranelift cannot be cancelled or capped once a compile starts, and wasmtime treats
+//! compile-time denial of service as out of scope. A component crafted to take minutes or
+//! gigabytes to compile must not take the server with it, so by default the server compiles in
+//! a child process, the compile worker: the `handoff` binary itself run as
+//! `handoff __compile-worker` ([`Compiler::Worker`]). The worker reads the component on stdin,
+//! caps its own writable memory (`RLIMIT_DATA`) and CPU time (`RLIMIT_CPU`, a backstop), compiles
+//! with the same engine settings as the server, and writes the serialized artifact to stdout.
+//! The server kills it when the compile deadline passes and loads the artifact it gets back the
+//! same way it loads artifacts from the data directory. No guest code runs in the worker.
+//!
+//! [`Compiler::InProcess`] compiles on a thread of the calling process instead, without limits;
+//! it is for embedding the library where no worker binary exists.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::engine::CompileError;
+
+/// The argument that turns the `handoff` binary into a compile worker.
+pub const WORKER_ARG: &str = "__compile-worker";
+
+/// Environment variable carrying the worker's memory limit in bytes.
+const MEMORY_ENV: &str = "HANDOFF_COMPILE_MEMORY_BYTES";
+/// Environment variable carrying the worker's CPU-time backstop in seconds.
+const CPU_ENV: &str = "HANDOFF_COMPILE_CPU_SECONDS";
+/// Exit code of a worker whose input is not a valid component (the reason is on stderr).
+const EXIT_INVALID: u8 = 3;
+/// Exit code of a worker that ran out of memory in a way it could report.
+const EXIT_MEMORY: u8 = 4;
+/// The most of a worker's stderr kept for an error message.
+const MAX_REASON: usize = 4096;
+
+/// Where components are compiled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Compiler {
+    /// On a thread of this process. The compile limits are not enforced.
+    #[default]
+    InProcess,
+    /// In a child process: `program args…` must run [`worker_main`].
+    Worker {
+        /// The executable.
+        program: PathBuf,
+        /// Arguments that select the worker (for the `handoff` binary, [`WORKER_ARG`]).
+        args: Vec<OsString>,
+    },
+}
+
+impl Compiler {
+    /// The running `handoff` binary as the worker. On Linux it is started through
+    /// `/proc/self/exe`, so replacing the binary on disk while the server runs (an upgrade)
+    /// cannot put a different compiler behind the running server.
+    pub fn this_binary() -> std::io::Result<Self> {
+        let program =
+            if cfg!(target_os = "linux") && std::path::Path::new("/proc/self/exe").exists() {
+                PathBuf::from("/proc/self/exe")
+            } else {
+                std::env::current_exe()?
+            };
+        Ok(Self::Worker {
+            program,
+            args: vec![WORKER_ARG.into()],
+        })
+    }
+}
+
+/// How long, and with how much memory, one compile may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompileLimits {
+    /// Wall-clock time for the whole compile.
+    pub timeout: Duration,
+    /// Writable memory of the worker process, compiler included.
+    pub memory_bytes: u64,
+}
+
+/// A compiled component and its serialized artifact (what the data directory stores).
+pub struct Compiled {
+    /// The component, loaded into the server's engine.
+    pub component: wasmtime::component::Component,
+    /// `Component::serialize` of it.
+    pub artifact: Vec<u8>,
+}
+
+/// Compiles `bytes` with `compiler` under `limits`.
+pub async fn compile(
+    rt: &std::sync::Arc<crate::Runtime>,
+    compiler: &Compiler,
+    bytes: Bytes,
+    limits: CompileLimits,
+) -> Result<Compiled, CompileError> {
+    match compiler {
+        Compiler::InProcess => {
+            let rt = rt.clone();
+            tokio::task::spawn_blocking(move || {
+                let component = rt.engine.compile(&bytes)?;
+                let artifact = component
+                    .serialize()
+                    .map_err(|e| CompileError::Failed(format!("serializing: {e:#}")))?;
+                Ok(Compiled {
+                    component,
+                    artifact,
+                })
+            })
+            .await
+            .map_err(|e| CompileError::Failed(format!("the compile thread failed: {e}")))?
+        }
+        Compiler::Worker { program, args } => {
+            let artifact = run_worker(rt, program, args, bytes, limits).await?;
+            let rt = rt.clone();
+            tokio::task::spawn_blocking(move || {
+                // Loading checks what compiling in process would have: that the component fits
+                // the engine (its memories and tables within the instance pool's limits).
+                let component = rt
+                    .engine
+                    .load_compiled(&artifact)
+                    .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
+                Ok(Compiled {
+                    component,
+                    artifact,
+                })
+            })
+            .await
+            .map_err(|e| CompileError::Failed(format!("the load thread failed: {e}")))?
+        }
+    }
+}
+
+/// Runs one compile worker: the component on its stdin, the artifact from its stdout. When
+/// the deadline passes the worker is killed and reaped before this returns.
+async fn run_worker(
+    rt: &crate::Runtime,
+    program: &PathBuf,
+    args: &[OsString],
+    bytes: Bytes,
+    limits: CompileLimits,
+) -> Result<Vec<u8>, CompileError> {
+    let threads = std::thread::available_parallelism().map_or(2, usize::from) as u64;
+    // The CPU backstop only matters if this process dies and leaves the worker behind: every
+    // compile thread busy for the whole deadline, plus a second.
+    let cpu_seconds = limits
+        .timeout
+        .as_secs()
+        .saturating_add(1)
+        .saturating_mul(threads);
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .env(MEMORY_ENV, limits.memory_bytes.to_string())
+        .env(CPU_ENV, cpu_seconds.to_string())
+        .env_remove("RUST_LOG")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            CompileError::Failed(format!(
+                "cannot start the compile worker {}: {e}",
+                program.display()
+            ))
+        })?;
+    let _running = WorkerGauge::enter(rt);
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    // Feed stdin while the output is read, or a large component and a large artifact would
+    // each wait for the other's pipe to drain.
+    let feed = async move {
+        let _ = stdin.write_all(&bytes).await;
+        let _ = stdin.shutdown().await;
+    };
+    let collect = async move {
+        let mut artifact = Vec::new();
+        let mut reason = Vec::new();
+        let (out, err) = tokio::join!(
+            stdout.read_to_end(&mut artifact),
+            stderr.read_to_end(&mut reason)
+        );
+        out.and(err).map(|_| (artifact, reason))
+    };
+    let run = async {
+        let ((), collected, status) = tokio::join!(feed, collect, child.wait());
+        (collected, status)
+    };
+    let outcome = tokio::time::timeout(limits.timeout, run).await;
+    let (collected, status) = match outcome {
+        Ok(done) => done,
+        Err(_) => {
+            // Kill and reap it, so no compile outlives its deadline.
+            let _ = child.kill().await;
+            return Err(CompileError::TooSlow(limits.timeout));
+        }
+    };
+    let status =
+        status.map_err(|e| CompileError::Failed(format!("waiting for the compile worker: {e}")))?;
+    let (artifact, stderr) = collected
+        .map_err(|e| CompileError::Failed(format!("reading the compile worker's output: {e}")))?;
+    let reason = reason(&stderr);
+    if status.success() {
+        return Ok(artifact);
+    }
+    match status.code() {
+        Some(code) if code == i32::from(EXIT_INVALID) => Err(CompileError::Invalid(reason)),
+        Some(code) if code == i32::from(EXIT_MEMORY) => {
+            Err(CompileError::TooMuchMemory(limits.memory_bytes))
+        }
+        _ if reason.contains("memory allocation of") => {
+            Err(CompileError::TooMuchMemory(limits.memory_bytes))
+        }
+        _ if killed_by_cpu_limit(&status) => Err(CompileError::TooSlow(limits.timeout)),
+        _ => Err(CompileError::Failed(format!(
+            "the compile worker failed ({status}): {reason}"
+        ))),
+    }
+}
+
+/// Counts a running compile worker in [`crate::Runtime::compile_workers`] while alive.
+struct WorkerGauge<'a>(&'a crate::Runtime);
+
+impl<'a> WorkerGauge<'a> {
+    fn enter(rt: &'a crate::Runtime) -> Self {
+        rt.compile_workers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(rt)
+    }
+}
+
+impl Drop for WorkerGauge<'_> {
+    fn drop(&mut self) {
+        self.0
+            .compile_workers
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The last [`MAX_REASON`] bytes of a worker's stderr, trimmed.
+fn reason(stderr: &[u8]) -> String {
+    let tail = &stderr[stderr.len().saturating_sub(MAX_REASON)..];
+    String::from_utf8_lossy(tail).trim().to_owned()
+}
+
+#[cfg(unix)]
+fn killed_by_cpu_limit(status: &std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    // SIGXCPU is 24 on Linux and the BSDs.
+    status.signal() == Some(24)
+}
+
+#[cfg(not(unix))]
+fn killed_by_cpu_limit(_: &std::process::ExitStatus) -> bool {
+    false
+}
+
+/// The compile worker: call it from `main` when the first argument is [`WORKER_ARG`]. Reads a
+/// component on stdin and writes its serialized artifact to stdout. Exit codes: 0 compiled,
+/// 3 not a valid component (the reason on stderr), 4 out of memory, anything else a failure.
+pub fn worker_main() -> std::process::ExitCode {
+    use std::io::{Read, Write};
+    use std::process::ExitCode;
+
+    if let Err(error) = apply_limits() {
+        eprintln!("cannot apply the compile limits: {error}");
+        return ExitCode::FAILURE;
+    }
+    let mut bytes = Vec::new();
+    if let Err(error) = std::io::stdin().lock().read_to_end(&mut bytes) {
+        eprintln!("reading the component: {error}");
+        return ExitCode::FAILURE;
+    }
+    let engine = match crate::engine::compile_engine() {
+        Ok(engine) => engine,
+        Err(error) => {
+            eprintln!("{error:#}");
+            return exit_for(&error);
+        }
+    };
+    let component = match wasmtime::component::Component::new(&engine, &bytes) {
+        Ok(component) => component,
+        Err(error) => {
+            eprintln!("{error:#}");
+            return if out_of_memory(&error) {
+                ExitCode::from(EXIT_MEMORY)
+            } else {
+                ExitCode::from(EXIT_INVALID)
+            };
+        }
+    };
+    drop(bytes);
+    let artifact = match component.serialize() {
+        Ok(artifact) => artifact,
+        Err(error) => {
+            eprintln!("serializing: {error:#}");
+            return exit_for(&error);
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_all(&artifact).and_then(|()| stdout.flush()) {
+        eprintln!("writing the artifact: {error}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn exit_for(error: &wasmtime::Error) -> std::process::ExitCode {
+    if out_of_memory(error) {
+        std::process::ExitCode::from(EXIT_MEMORY)
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+/// Whether an error chain bottoms out in the OS refusing memory (`ENOMEM`), which under the
+/// worker's `RLIMIT_DATA` is the limit being hit.
+fn out_of_memory(error: &wasmtime::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|e| {
+            e.kind() == std::io::ErrorKind::OutOfMemory || e.raw_os_error() == Some(12)
+        }) || cause.to_string().contains("Cannot allocate memory")
+    })
+}
+
+/// Caps this process's writable memory and CPU time from the environment the server set.
+#[cfg(unix)]
+fn apply_limits() -> std::io::Result<()> {
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    let read = |name: &str| -> Option<u64> { std::env::var(name).ok()?.parse().ok() };
+    if let Some(bytes) = read(MEMORY_ENV) {
+        setrlimit(
+            Resource::Data,
+            Rlimit {
+                current: Some(bytes),
+                maximum: Some(bytes),
+            },
+        )?;
+    }
+    if let Some(seconds) = read(CPU_ENV) {
+        setrlimit(
+            Resource::Cpu,
+            Rlimit {
+                current: Some(seconds),
+                maximum: Some(seconds.saturating_add(1)),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn apply_limits() -> std::io::Result<()> {
+    Ok(())
+}
