@@ -3,6 +3,8 @@
 //! says what to fix.
 //!
 //! * `GET    /healthz`             — liveness: `{"status":"ok"}`
+//! * `GET    /metrics`             — Prometheus text: requests, in-flight and failures per route
+//!   and version, compiles
 //! * `GET    /v1/routes`           — every route: prefix, active version, draining versions
 //! * `GET    /v1/routes/{name}`    — one route
 //! * `PUT    /v1/routes/{name}`    — deploy: body `application/wasm`; optional query
@@ -50,6 +52,7 @@ use crate::version::{Version, parse_config};
 pub fn router(rt: Arc<Runtime>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/v1/routes", get(list_routes))
         .route(
             "/v1/routes/{name}",
@@ -726,4 +729,100 @@ fn deployed_response(name: &RouteName, deployed: deploy::Deployed) -> Response {
     let mut response = (status, Json(body)).into_response();
     response.extensions_mut().insert(version);
     response
+}
+
+/// `GET /metrics`: Prometheus text exposition (format 0.0.4) of the routes, their versions and
+/// the compiler. A `read` token may scrape it.
+async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
+    use std::fmt::Write;
+    let table = rt.routes.snapshot();
+    let draining = rt.draining();
+    let mut out = String::with_capacity(1024);
+    let mut family = |name: &str,
+                      kind: &str,
+                      help: &str,
+                      samples: &mut dyn Iterator<Item = (String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let route_label = |route: &RouteName| format!("{{route=\"{}\"}}", route.as_str());
+    // Route names, digests and the fixed states need no escaping: all are [a-z0-9._:-].
+    let version_label = |route: &RouteName, version: &Version, state: &str| {
+        format!(
+            "{{route=\"{}\",version=\"{}\",state=\"{state}\"}}",
+            route.as_str(),
+            version.digest
+        )
+    };
+    family(
+        "handoff_route_requests_total",
+        "counter",
+        "Requests routed to the route, across its versions.",
+        &mut table
+            .iter()
+            .map(|r| (route_label(&r.name), r.counters.requests().to_string())),
+    );
+    family(
+        "handoff_route_in_flight",
+        "gauge",
+        "Requests in progress on the route, across its versions.",
+        &mut table
+            .iter()
+            .map(|r| (route_label(&r.name), r.counters.in_flight().to_string())),
+    );
+    let versions = || {
+        table
+            .iter()
+            .map(|r| (&r.name, &r.active, "active"))
+            .chain(draining.iter().map(|d| (&d.route, &d.version, "draining")))
+    };
+    family(
+        "handoff_version_requests_total",
+        "counter",
+        "Requests routed to a version that is active or still draining.",
+        &mut versions()
+            .map(|(route, v, state)| (version_label(route, v, state), v.requests().to_string())),
+    );
+    family(
+        "handoff_version_failures_total",
+        "counter",
+        "Requests on a version that ended in a guest failure (trap, deadline, no response).",
+        &mut versions()
+            .map(|(route, v, state)| (version_label(route, v, state), v.failures().to_string())),
+    );
+    family(
+        "handoff_version_in_flight",
+        "gauge",
+        "Requests in progress on a version.",
+        &mut versions()
+            .map(|(route, v, state)| (version_label(route, v, state), v.in_flight().to_string())),
+    );
+    family(
+        "handoff_routes_unavailable",
+        "gauge",
+        "Stored routes that could not be restored at startup.",
+        &mut std::iter::once((String::new(), rt.unavailable().len().to_string())),
+    );
+    family(
+        "handoff_compiles_total",
+        "counter",
+        "Components this process compiled (loading a stored artifact does not count).",
+        &mut std::iter::once((String::new(), rt.compiles().to_string())),
+    );
+    family(
+        "handoff_compile_workers",
+        "gauge",
+        "Compile worker processes running now.",
+        &mut std::iter::once((String::new(), rt.compile_workers().to_string())),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }

@@ -64,7 +64,9 @@ pub fn default_data_dir() -> Option<PathBuf> {
 }
 
 /// How often the engine's epoch advances: the granularity of CPU deadlines and guest yields.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// The shortest request deadline (and idle timeout) a server or route accepts.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(10);
 
 /// The complete, validated configuration of a server.
 #[derive(Debug, Clone)]
@@ -258,10 +260,10 @@ impl Config {
                 format_bytes(MIN_COMPILE_MEMORY)
             ));
         }
-        if limits.request_timeout < EPOCH_TICK {
+        if limits.request_timeout < MIN_TIMEOUT {
             return Err(format!(
                 "request-timeout must be at least {} ms",
-                EPOCH_TICK.as_millis()
+                MIN_TIMEOUT.as_millis()
             ));
         }
         Ok(())
@@ -269,10 +271,10 @@ impl Config {
 
     /// Checks the values that have no valid range in their types.
     pub fn validate(&self) -> Result<(), String> {
-        if self.request_timeout < EPOCH_TICK {
+        if self.request_timeout < MIN_TIMEOUT {
             return Err(format!(
                 "the request timeout must be at least {} ms",
-                EPOCH_TICK.as_millis()
+                MIN_TIMEOUT.as_millis()
             ));
         }
         if self.max_memory_bytes < 64 << 10 {
@@ -300,7 +302,7 @@ impl Config {
         if self.max_connections == 0 {
             return Err("the connection limit must be at least 1".into());
         }
-        if !(EPOCH_TICK..=MAX_TIMEOUT).contains(&self.idle_timeout) {
+        if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&self.idle_timeout) {
             return Err("the idle timeout must be between 10ms and 24h".into());
         }
         if !(MIN_COMPILE_TIMEOUT..=MAX_TIMEOUT).contains(&self.compile_timeout) {

@@ -170,3 +170,88 @@ async fn an_open_admin_api_refuses_a_non_loopback_address() {
     .expect("starts with a token");
     server.shutdown().await;
 }
+
+/// `GET /metrics` with `token`: status and text.
+async fn scrape(server: &TestServer, token: Option<&str>) -> (StatusCode, String) {
+    let mut req = Request::builder().uri("/metrics").header("host", "admin");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let (status, body) = send(server.admin, req.body(Full::new(Bytes::new())).unwrap()).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The value of the sample line that starts with `series` (name and labels).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_per_route_and_version_for_a_read_token() {
+    let server = TestServer::start_with(Config {
+        admin_tokens: vec![
+            Token::new("ci", Scope::Deploy, DEPLOYER).unwrap(),
+            Token::new("grafana", Scope::Read, READER).unwrap(),
+        ],
+        ..Config::ephemeral()
+    })
+    .await;
+    for (route, guest) in [("app", guests::TAGGED_V1), ("hostile", guests::HOSTILE)] {
+        let (status, body, _) = admin(
+            &server,
+            Method::PUT,
+            &format!("/v1/routes/{route}"),
+            Some(DEPLOYER),
+            guests::bytes(guest),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    for _ in 0..3 {
+        assert_eq!(server.get("/app").await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        server.get("/hostile/trap").await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+
+    assert_eq!(scrape(&server, None).await.0, StatusCode::UNAUTHORIZED);
+    let (status, text) = scrape(&server, Some(READER)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(
+        text.contains("# TYPE handoff_route_requests_total counter"),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "handoff_route_requests_total{route=\"app\"}"),
+        Some(3.0),
+        "{text}"
+    );
+    let (_, status, _) = admin(
+        &server,
+        Method::GET,
+        "/v1/routes/hostile",
+        Some(READER),
+        vec![],
+    )
+    .await;
+    let hostile = status["active"]["version"].as_str().unwrap().to_owned();
+    assert_eq!(
+        sample(
+            &text,
+            &format!(
+                "handoff_version_failures_total{{route=\"hostile\",version=\"{hostile}\",state=\"active\"}}"
+            )
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "handoff_compiles_total"), Some(2.0), "{text}");
+    assert_eq!(
+        sample(&text, "handoff_compile_workers"),
+        Some(0.0),
+        "{text}"
+    );
+    server.shutdown().await;
+}

@@ -13,7 +13,8 @@
 //! Then, in process: restart with 100 stored routes (time until every route serves again) and
 //! rollback (time from the call to the old version serving).
 //!
-//! Usage: `bench [--handoff PATH] [--wasmtime PATH] [--connections N] [--seconds S] [--guest PATH]`
+//! Usage: `bench [--handoff PATH] [--wasmtime PATH] [--connections N] [--seconds S] [--guest PATH]
+//! [--attack loop,grow,recurse,trap,crowd] [--only-attack]`
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -32,6 +33,8 @@ struct Options {
     connections: usize,
     seconds: u64,
     guest: String,
+    attack: Vec<String>,
+    only_attack: bool,
 }
 
 fn options() -> Options {
@@ -41,6 +44,10 @@ fn options() -> Options {
         connections: 32,
         seconds: 10,
         guest: default_guest(),
+        attack: ["loop", "grow", "recurse", "trap", "crowd"]
+            .map(String::from)
+            .to_vec(),
+        only_attack: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -54,6 +61,8 @@ fn options() -> Options {
             "--connections" => opts.connections = value().parse().expect("a number"),
             "--seconds" => opts.seconds = value().parse().expect("a number"),
             "--guest" => opts.guest = value(),
+            "--only-attack" => opts.only_attack = true,
+            "--attack" => opts.attack = value().split(',').map(String::from).collect(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -207,6 +216,10 @@ async fn main() {
     let duration = Duration::from_secs(opts.seconds);
     let warmup = Duration::from_secs(2);
     let wasm = std::fs::read(&opts.guest).expect("reading the guest");
+    if opts.only_attack {
+        under_attack(&opts, &wasm).await;
+        return;
+    }
     println!(
         "component: {} ({} bytes); {} connections, {} s per server in {ROUNDS} interleaved runs, load generator on the same cores",
         opts.guest,
@@ -452,31 +465,34 @@ async fn under_attack(opts: &Options, wasm: &[u8]) {
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut attackers = Vec::new();
-    // Two per kind: on 2 cores, two endless loops already claim all the CPU the guests get.
-    for path in [
-        "/hostile/loop",
-        "/hostile/grow",
-        "/hostile/recurse",
-        "/hostile/trap",
-    ]
-    .into_iter()
-    .flat_map(|p| [p, p])
-    {
+    // Two clients per kind of hostile request.
+    let kinds: Vec<String> = opts
+        .attack
+        .iter()
+        .filter(|k| *k != "crowd")
+        .map(|k| format!("/hostile/{k}"))
+        .collect();
+    for path in kinds.iter().flat_map(|p| [p.clone(), p.clone()]) {
         let stop = stop.clone();
         attackers.push(tokio::spawn(async move {
             let mut sent = 0u64;
             let mut conn = Connection::open(data).await;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 sent += 1;
-                if conn.get(path).await.is_err() {
+                if conn.get(&path).await.is_err() {
                     conn = Connection::open(data).await;
                 }
             }
             sent
         }));
     }
-    let mut crowd = Vec::with_capacity(CROWD);
-    for i in 0..CROWD {
+    let crowd_size = if opts.attack.iter().any(|k| k == "crowd") {
+        CROWD
+    } else {
+        0
+    };
+    let mut crowd = Vec::with_capacity(crowd_size);
+    for i in 0..crowd_size {
         use tokio::io::AsyncWriteExt;
         let Ok(mut stream) = tokio::net::TcpStream::connect(data).await else {
             break;
@@ -498,10 +514,11 @@ async fn under_attack(opts: &Options, wasm: &[u8]) {
 
     println!();
     println!(
-        "a well-behaved route under attack ({GOOD_CONNECTIONS} connections, {} s each; the attack: 8 clients \
-         looping on endless-loop, memory-bomb, stack-overflow and trapping requests ({hostile_requests} sent, \
-         1 s deadline) and {CROWD} silent or half-sent connections)",
-        run.as_secs()
+        "a well-behaved route under attack ({GOOD_CONNECTIONS} connections, {} s each; the attack: 2 clients \
+         each sending {} ({hostile_requests} requests sent, 1 s deadline) and {crowd_size} silent or \
+         half-sent connections)",
+        run.as_secs(),
+        kinds.join(", ")
     );
     println!(
         "{:<22} {:>12} {:>10} {:>10} {:>10} {:>8}",
