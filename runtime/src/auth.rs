@@ -88,9 +88,10 @@ struct TokensFile {
     token: Vec<TokenEntry>,
 }
 
-#[derive(Deserialize)]
+/// One `[[token]]` table, in a tokens file or in the `--config` file.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TokenEntry {
+pub struct TokenEntry {
     name: String,
     token: String,
     scope: Scope,
@@ -107,18 +108,19 @@ pub fn load_tokens_file(path: &Path) -> Result<Vec<Token>, String> {
             e.message().trim_end()
         )
     })?;
+    tokens_from(file.token, &format!("the tokens file {}", path.display()))
+}
+
+/// Checks `[[token]]` entries read from `source` (named in errors): valid secrets, unique names.
+pub fn tokens_from(entries: Vec<TokenEntry>, source: &str) -> Result<Vec<Token>, String> {
     let mut tokens = Vec::new();
-    for entry in file.token {
+    for entry in entries {
         if tokens.iter().any(|t: &Token| t.name == entry.name) {
-            return Err(format!(
-                "the tokens file {} names token `{}` twice",
-                path.display(),
-                entry.name
-            ));
+            return Err(format!("{source} names token `{}` twice", entry.name));
         }
         tokens.push(
             Token::new(&entry.name, entry.scope, &entry.token)
-                .map_err(|e| format!("in the tokens file {}: {e}", path.display()))?,
+                .map_err(|e| format!("in {source}: {e}"))?,
         );
     }
     Ok(tokens)

@@ -257,6 +257,12 @@ pub struct ServeArgs {
     /// more is stopped and the deploy refused with 422. A deploy may set a lower one.
     #[arg(long, default_value = "2GiB", value_parser = config::parse_bytes)]
     pub compile_memory: u64,
+    /// Admin tokens from the `--config` file's `[[token]]` tables.
+    #[arg(skip)]
+    pub file_tokens: Vec<crate::auth::Token>,
+    /// Trusted keys from the `--config` file's `[[key]]` tables.
+    #[arg(skip)]
+    pub file_keys: Vec<crate::signing::TrustedKey>,
     /// The settings given as flags or environment variables (clap ids); the file fills the rest.
     #[arg(skip)]
     pub given: BTreeSet<&'static str>,
@@ -279,7 +285,9 @@ fn tls_files(
 }
 
 /// The clap ids of the serve settings a config file may set.
-const FILE_SETTINGS: [&str; 23] = [
+const FILE_SETTINGS: [&str; 25] = [
+    "signatures",
+    "signing_keys",
     "max_connections",
     "idle_timeout",
     "compile_timeout",
@@ -362,6 +370,15 @@ impl ServeArgs {
             Some(path) => crate::auth::load_tokens_file(path)?,
             None => Vec::new(),
         };
+        for token in self.file_tokens {
+            if admin_tokens.iter().any(|t| t.name == token.name) {
+                return Err(format!(
+                    "token `{}` is in both the config file and the tokens file; give each token one name",
+                    token.name
+                ));
+            }
+            admin_tokens.push(token);
+        }
         if let Ok(secret) = std::env::var(crate::auth::TOKEN_ENV)
             && !secret.is_empty()
         {
@@ -385,7 +402,10 @@ impl ServeArgs {
             signing_keys: match &self.signing_keys {
                 Some(path) => crate::signing::load_keys(path)?,
                 None => Vec::new(),
-            },
+            }
+            .into_iter()
+            .chain(self.file_keys)
+            .collect(),
             tls: tls_files("--tls-cert", self.tls_cert, "--tls-key", self.tls_key)?,
             admin_tls: tls_files(
                 "--admin-tls-cert",
@@ -503,6 +523,15 @@ impl ServeArgs {
             &mut self.tokens_file,
             file.tokens_file.map(Some),
         );
+        fill(given, "signatures", &mut self.signatures, file.signatures);
+        fill(
+            given,
+            "signing_keys",
+            &mut self.signing_keys,
+            file.signing_keys.map(Some),
+        );
+        self.file_tokens = file.tokens;
+        self.file_keys = file.keys;
         fill(
             given,
             "max_connections",

@@ -150,10 +150,10 @@ async fn run_worker(
         .saturating_mul(threads);
     let mut child = tokio::process::Command::new(program)
         .args(args)
+        // Nothing of the server's environment (admin tokens among it): only the limits.
+        .env_clear()
         .env(MEMORY_ENV, limits.memory_bytes.to_string())
         .env(CPU_ENV, cpu_seconds.to_string())
-        .env_remove("RUST_LOG")
-        .env_remove("RUST_BACKTRACE")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

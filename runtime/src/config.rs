@@ -393,16 +393,27 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 /// The `serve --config FILE` file: the serve flags as TOML keys, spelled exactly like the flags
 /// (`admin-listen`, `request-timeout`, ...). Every key is optional; unknown keys are refused.
 /// Durations and sizes take the flags' text (`"500ms"`, `"128MiB"`) or a bare number (seconds,
-/// bytes). A relative `data-dir` is taken relative to the file's directory.
+/// bytes). Relative paths (`data-dir`, `tokens-file`, ...) are taken relative to the file's
+/// directory. Admin tokens and trusted signing keys may also live in the file itself, as
+/// `[[token]]` and `[[key]]` tables like those of `--tokens-file` and `--signing-keys`.
 ///
 /// ```toml
 /// listen = "0.0.0.0:8080"
 /// admin-listen = "127.0.0.1:8081"
 /// request-timeout = "10s"
 /// max-memory = "64MiB"
+/// signatures = "require"
+///
+/// [[token]]
+/// name = "ci"
+/// token = "a-long-random-secret"
+/// scope = "deploy"
+///
+/// [[key]]
+/// name = "release"
+/// public = "base64 Ed25519 public key"
 /// ```
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[derive(Debug, Default)]
 pub struct ConfigFile {
     /// `--listen`
     pub listen: Option<SocketAddr>,
@@ -440,6 +451,14 @@ pub struct ConfigFile {
     pub max_request_body: Option<u64>,
     /// `--max-response-body`
     pub max_response_body: Option<u64>,
+    /// `--signatures`
+    pub signatures: Option<crate::signing::Mode>,
+    /// `--signing-keys`
+    pub signing_keys: Option<PathBuf>,
+    /// `[[token]]` tables: admin tokens kept in this file (added to `--tokens-file`'s).
+    pub tokens: Vec<crate::auth::Token>,
+    /// `[[key]]` tables: trusted signing keys kept in this file (added to `--signing-keys`').
+    pub keys: Vec<crate::signing::TrustedKey>,
     /// `--max-connections`
     pub max_connections: Option<usize>,
     /// `--idle-timeout`
@@ -480,6 +499,12 @@ struct RawConfigFile {
     compile_memory: Option<TextOrNumber>,
     max_connections: Option<usize>,
     idle_timeout: Option<TextOrNumber>,
+    signatures: Option<crate::signing::Mode>,
+    signing_keys: Option<PathBuf>,
+    #[serde(default)]
+    token: Vec<crate::auth::TokenEntry>,
+    #[serde(default)]
+    key: Vec<crate::signing::KeyEntry>,
 }
 
 /// A duration or size: the flag's text, or a bare non-negative number.
@@ -549,12 +574,26 @@ impl ConfigFile {
             path: path.to_owned(),
             error,
         })?;
-        Self::parse(&text, path.parent().unwrap_or(Path::new(""))).map_err(|problem| {
-            ConfigFileError::Invalid {
-                path: path.to_owned(),
-                problem,
+        let file =
+            Self::parse(&text, path.parent().unwrap_or(Path::new(""))).map_err(|problem| {
+                ConfigFileError::Invalid {
+                    path: path.to_owned(),
+                    problem,
+                }
+            })?;
+        #[cfg(unix)]
+        if !file.tokens.is_empty() {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                tracing::warn!(
+                    file = %path.display(),
+                    "the config file holds admin tokens and other users may read it; chmod 600 it"
+                );
             }
-        })
+        }
+        Ok(file)
     }
 
     /// Parses `text`; a relative `data-dir` is joined to `base`.
@@ -613,6 +652,10 @@ impl ConfigFile {
             max_response_body: size("max-response-body", raw.max_response_body)?,
             compile_timeout: duration("compile-timeout", raw.compile_timeout)?,
             compile_memory: size("compile-memory", raw.compile_memory)?,
+            signatures: raw.signatures,
+            signing_keys: raw.signing_keys.map(|file| base.join(file)),
+            tokens: crate::auth::tokens_from(raw.token, "the config file")?,
+            keys: crate::signing::keys_from(raw.key, "the config file")?,
             max_connections: raw.max_connections,
             idle_timeout: duration("idle-timeout", raw.idle_timeout)?,
         })
@@ -648,6 +691,39 @@ mod tests {
         assert_eq!(file.max_upload, Some(1024));
         assert_eq!(file.max_instances, Some(0));
         assert_eq!(file.data_dir, Some(PathBuf::from("/etc/handoff/state")));
+    }
+
+    #[test]
+    fn a_config_file_may_hold_tokens_keys_and_the_new_limits() {
+        let file = ConfigFile::parse(
+            "signatures = \"warn\"\ncompile-timeout = \"90s\"\ncompile-memory = \"1GiB\"\n\
+             max-connections = 64\nidle-timeout = \"3s\"\n\
+             [[token]]\nname = \"ci\"\ntoken = \"0123456789abcdef0123\"\nscope = \"deploy\"\n\
+             [[key]]\nname = \"release\"\npublic = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n",
+            Path::new(""),
+        )
+        .unwrap();
+        assert_eq!(file.signatures, Some(crate::signing::Mode::Warn));
+        assert_eq!(file.compile_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(file.compile_memory, Some(1 << 30));
+        assert_eq!(file.max_connections, Some(64));
+        assert_eq!(file.idle_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(file.tokens.len(), 1);
+        assert_eq!(file.tokens[0].name, "ci");
+        assert_eq!(file.keys.len(), 1);
+        let twice = ConfigFile::parse(
+            "[[token]]\nname = \"ci\"\ntoken = \"0123456789abcdef0123\"\nscope = \"deploy\"\n\
+             [[token]]\nname = \"ci\"\ntoken = \"fedcba9876543210fedc\"\nscope = \"read\"\n",
+            Path::new(""),
+        )
+        .unwrap_err();
+        assert!(twice.contains("names token `ci` twice"), "{twice}");
+        let short = ConfigFile::parse(
+            "[[token]]\nname = \"ci\"\ntoken = \"short\"\nscope = \"deploy\"\n",
+            Path::new(""),
+        )
+        .unwrap_err();
+        assert!(short.starts_with("in the config file"), "{short}");
     }
 
     #[test]

@@ -864,9 +864,11 @@ async fn load_stored(
         Err(unusable) => unusable,
     };
     tracing::warn!(version = %digest, reason = %reason, "artifact unusable; recompiling from the stored module");
-    let bytes = rt
-        .persist
-        .read_module(digest)
+    let reader = rt.clone();
+    let key = digest.clone();
+    let bytes = tokio::task::spawn_blocking(move || reader.persist.read_module(&key))
+        .await
+        .map_err(|e| DeployError::Internal(e.to_string()))?
         .map_err(|e| DeployError::ModuleUnavailable(format!("{digest} cannot be read: {e:#}")))?;
     let size = bytes.len();
     let (pre, module, _) =

@@ -18,6 +18,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
+use tracing::Instrument;
 use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
@@ -80,7 +81,17 @@ where
         inner: body,
         left: if max_body > 0 { max_body } else { u64::MAX },
     });
-    let deadline = Instant::now() + version.limits.request_timeout;
+    // One span per routed request (convention 12): free unless `debug` is enabled for it.
+    let span = tracing::debug_span!(
+        "request",
+        request_id = id,
+        route = %routed.route,
+        version = %version.short,
+        method = %req.method(),
+        status = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let deadline = started + version.limits.request_timeout;
     let mut store = Store::new(
         rt.engine.wasmtime(),
         Host::new(&version, &routed.prefix, deadline),
@@ -111,22 +122,32 @@ where
         }
     };
     let failed = Arc::new(AtomicBool::new(false));
-    let guest = tokio::spawn(run_guest(
-        version.clone(),
-        store,
-        req,
-        out,
-        failed.clone(),
-        deadline,
-        id,
-    ));
+    let guest = tokio::spawn(
+        run_guest(
+            version.clone(),
+            store,
+            req,
+            out,
+            failed.clone(),
+            deadline,
+            id,
+        )
+        .instrument(span.clone()),
+    );
     // If the client goes away before the response head, this future is dropped: stop the guest.
     let mut guard = AbortOnDrop(Some(guest.abort_handle()));
     match rx.await {
         Ok(Ok(response)) => {
             let abort = guard.0.take().expect("guard armed");
-            response
-                .map(|body| DataBody::Guest(GuestBody::new(body, failed, routed.in_flight, abort)))
+            span.record("status", response.status().as_u16());
+            let trace = Trace {
+                span,
+                started,
+                sent: 0,
+            };
+            response.map(|body| {
+                DataBody::Guest(GuestBody::new(body, failed, routed.in_flight, abort, trace))
+            })
         }
         Ok(Err(code)) => {
             let error = GuestError::ErrorCode(code);
@@ -410,6 +431,15 @@ pub struct GuestBody {
     guest: AbortHandle,
     /// Bytes the guest may still send before the route's response limit cuts it off.
     left: u64,
+    trace: Trace,
+}
+
+/// The request's span and start, for the `request finished` event when its body ends.
+struct Trace {
+    span: tracing::Span,
+    started: Instant,
+    /// Body bytes handed to the connection.
+    sent: u64,
 }
 
 impl GuestBody {
@@ -418,6 +448,7 @@ impl GuestBody {
         failed: Arc<AtomicBool>,
         in_flight: InFlight,
         guest: AbortHandle,
+        trace: Trace,
     ) -> Self {
         let limit = in_flight.version().limits.max_response_body;
         Self {
@@ -426,6 +457,7 @@ impl GuestBody {
             in_flight: Some(in_flight),
             guest,
             left: if limit > 0 { limit } else { u64::MAX },
+            trace,
         }
     }
 }
@@ -460,6 +492,7 @@ impl Body for GuestBody {
                     return Poll::Ready(Some(Err(BodyError::TooLarge)));
                 }
                 this.left -= len;
+                this.trace.sent += len;
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(error)) => {
@@ -492,8 +525,18 @@ impl Body for GuestBody {
 impl Drop for GuestBody {
     fn drop(&mut self) {
         if self.in_flight.is_some() {
-            // The client went away mid-body: stop the guest rather than let it run on unseen.
+            // The connection let go of the body before its end: the client went away mid-body,
+            // or hyper wrote all of a declared Content-Length and never asked for the end. Stop
+            // the guest rather than let it run on unseen.
             self.guest.abort();
+        }
+        if !self.trace.span.is_disabled() {
+            tracing::debug!(
+                parent: &self.trace.span,
+                duration_ms = self.trace.started.elapsed().as_secs_f64() * 1e3,
+                body_bytes = self.trace.sent,
+                "request finished"
+            );
         }
     }
 }

@@ -46,9 +46,10 @@ struct KeysFile {
     key: Vec<KeyEntry>,
 }
 
-#[derive(Deserialize)]
+/// One `[[key]]` table, in a signing keys file or in the `--config` file.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct KeyEntry {
+pub struct KeyEntry {
     name: String,
     public: String,
 }
@@ -65,7 +66,12 @@ pub fn load_keys(path: &Path) -> Result<Vec<TrustedKey>, String> {
             e.message().trim_end()
         )
     })?;
-    file.key
+    keys_from(file.key, &path.display().to_string())
+}
+
+/// Decodes `[[key]]` entries read from `source` (named in errors).
+pub fn keys_from(entries: Vec<KeyEntry>, source: &str) -> Result<Vec<TrustedKey>, String> {
+    entries
         .into_iter()
         .map(|entry| {
             let public = BASE64
@@ -74,9 +80,8 @@ pub fn load_keys(path: &Path) -> Result<Vec<TrustedKey>, String> {
                 .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
                 .ok_or_else(|| {
                     format!(
-                        "key `{}` in {} is not a base64 Ed25519 public key (32 bytes)",
+                        "key `{}` in {source} is not a base64 Ed25519 public key (32 bytes)",
                         entry.name,
-                        path.display()
                     )
                 })?;
             Ok(TrustedKey {

@@ -473,3 +473,50 @@ async fn signed_uploads_with_keygen_and_require_mode() {
         .await
         .fails(exit::CONFIG as i32, "--signing-keys");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_keys_and_signature_mode_can_live_in_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("deployer.key");
+    let printed = handoff(&["keygen", key.to_str().unwrap(), "--name", "ci"]).await;
+    let entry = &printed.ok()[printed.stdout.find("[[key]]").expect("a key entry")..];
+    let file = dir.path().join("handoff.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:0\"\nadmin-listen = \"127.0.0.1:0\"\nephemeral = true\n\
+             signatures = \"require\"\n\n[[token]]\nname = \"ci\"\n\
+             token = \"config-file-secret-0123456789\"\nscope = \"deploy\"\n\n{entry}"
+        ),
+    )
+    .unwrap();
+    let mut server = crate::support::Running::spawn(crate::support::command(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+    ]));
+    let ready = server.ready(Duration::from_secs(30)).await;
+    let admin = ready.admin_url();
+    let signed = [
+        "deploy",
+        "app",
+        guests::TAGGED_V1,
+        "--sign",
+        key.to_str().unwrap(),
+        "--admin",
+        &admin,
+    ];
+    // The file's token is required...
+    handoff(&signed).await.fails(FAILED, "401");
+    // ...and with it, the file's signature mode and key.
+    let token = ("HANDOFF_ADMIN_TOKEN", "config-file-secret-0123456789");
+    handoff_with(
+        &["deploy", "app", guests::TAGGED_V1, "--admin", &admin],
+        token.0,
+        token.1,
+    )
+    .await
+    .fails(FAILED, "this server requires signed uploads");
+    handoff_with(&signed, token.0, token.1).await.ok();
+    assert_eq!(get(&ready, "/app").await.1, "v1");
+}
