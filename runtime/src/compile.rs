@@ -325,28 +325,27 @@ fn out_of_memory(error: &wasmtime::Error) -> bool {
     })
 }
 
-/// Caps this process's writable memory and CPU time from the environment the server set.
+/// Caps this process's writable memory and CPU time from the environment the server set. A
+/// lower limit the process inherited (a `ulimit` on the server) stays in force.
 #[cfg(unix)]
 fn apply_limits() -> std::io::Result<()> {
-    use rustix::process::{Resource, Rlimit, setrlimit};
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let read = |name: &str| -> Option<u64> { std::env::var(name).ok()?.parse().ok() };
-    if let Some(bytes) = read(MEMORY_ENV) {
+    let lower = |resource: Resource, soft: u64, hard: u64| {
+        let inherited = getrlimit(resource).maximum.unwrap_or(u64::MAX);
         setrlimit(
-            Resource::Data,
+            resource,
             Rlimit {
-                current: Some(bytes),
-                maximum: Some(bytes),
+                current: Some(soft.min(inherited)),
+                maximum: Some(hard.min(inherited)),
             },
-        )?;
+        )
+    };
+    if let Some(bytes) = read(MEMORY_ENV) {
+        lower(Resource::Data, bytes, bytes)?;
     }
     if let Some(seconds) = read(CPU_ENV) {
-        setrlimit(
-            Resource::Cpu,
-            Rlimit {
-                current: Some(seconds),
-                maximum: Some(seconds.saturating_add(1)),
-            },
-        )?;
+        lower(Resource::Cpu, seconds, seconds.saturating_add(1))?;
     }
     Ok(())
 }
