@@ -174,12 +174,19 @@ pub async fn guard(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
+        let refused = |why: &str| {
+            if !matches!(method, Method::GET | Method::HEAD) {
+                tracing::warn!(target: "audit", who = %UNAUTHENTICATED, method = %method, path = %path, result = 401, "refused: {why}");
+            }
+        };
         let Some(presented) = presented else {
+            refused("no token");
             return unauthorized(
                 "the admin API needs `Authorization: Bearer <token>`; the CLI sends $HANDOFF_ADMIN_TOKEN",
             );
         };
         let Some(token) = find(&tokens, presented) else {
+            refused("invalid token");
             return unauthorized("the admin token is not valid");
         };
         let needs = if matches!(method, Method::GET | Method::HEAD) {
@@ -211,18 +218,20 @@ pub async fn guard(
             who = %caller,
             method = %method,
             path = %path,
-            route = route.unwrap_or(""),
-            version = response
+            route = %route.unwrap_or(""),
+            version = %response
                 .extensions()
                 .get::<AuditVersion>()
-                .map(|v| v.0.as_str())
-                .unwrap_or(""),
+                .map_or("", |v| v.0.as_str()),
             result = response.status().as_u16(),
             "admin mutation"
         );
     }
     response
 }
+
+/// Who the audit log names for a request without a valid token.
+const UNAUTHENTICATED: &str = "unauthenticated";
 
 /// The version a mutation left active, for the audit line (a response extension).
 #[derive(Debug, Clone)]

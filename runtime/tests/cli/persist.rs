@@ -472,6 +472,38 @@ async fn signed_uploads_with_keygen_and_require_mode() {
     handoff(&["serve", "--ephemeral", "--signatures", "require"])
         .await
         .fails(exit::CONFIG as i32, "--signing-keys");
+
+    // Warn mode: unsigned and foreign-signed uploads deploy, and each leaves a warning.
+    let (warned, ready) = serve(&[
+        "--signatures",
+        "warn",
+        "--signing-keys",
+        keys.to_str().unwrap(),
+    ])
+    .await;
+    let admin = ready.admin_url();
+    handoff(&["deploy", "app", guests::TAGGED_V1, "--admin", &admin])
+        .await
+        .ok();
+    let foreign = [
+        "deploy",
+        "app",
+        guests::TAGGED_V2,
+        "--sign",
+        other.to_str().unwrap(),
+        "--admin",
+        &admin,
+    ];
+    handoff(&foreign).await.ok();
+    assert_eq!(get(&ready, "/app").await.1, "v2");
+    warned
+        .stderr
+        .wait_for("two signature warnings", Duration::from_secs(10), |text| {
+            text.matches("not signed by a trusted key; accepted (--signatures warn)")
+                .count()
+                == 2
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,4 +551,86 @@ async fn tokens_keys_and_signature_mode_can_live_in_the_config_file() {
     .fails(FAILED, "this server requires signed uploads");
     handoff_with(&signed, token.0, token.1).await.ok();
     assert_eq!(get(&ready, "/app").await.1, "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_mutation_writes_an_audit_line() {
+    const DEPLOY: &str = "deploy-secret-0123456789";
+    const READ: &str = "read-secret-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[token]]\nname = \"ci\"\ntoken = \"{DEPLOY}\"\nscope = \"deploy\"\n\
+             [[token]]\nname = \"dashboard\"\ntoken = \"{READ}\"\nscope = \"read\"\n"
+        ),
+    )
+    .unwrap();
+    let (server, ready) = serve(&["--tokens-file", file.to_str().unwrap()]).await;
+    let admin = ready.admin_url();
+    let as_token = |args: Vec<String>, token: &'static str| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        handoff_with(&args, "HANDOFF_ADMIN_TOKEN", token).await
+    };
+    let cmd = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string())
+            .chain(["--admin".to_owned(), admin.clone()])
+            .collect()
+    };
+    as_token(cmd(&["deploy", "app", guests::TAGGED_V1]), DEPLOY)
+        .await
+        .ok();
+    as_token(cmd(&["deploy", "app", guests::TAGGED_V2]), DEPLOY)
+        .await
+        .ok();
+    as_token(cmd(&["deploy", "app", guests::TAGGED_V1]), READ)
+        .await
+        .fails(FAILED, "403");
+    as_token(cmd(&["delete", "app"]), "not-a-valid-token-0123")
+        .await
+        .fails(FAILED, "401");
+    as_token(cmd(&["rollback", "app"]), DEPLOY).await.ok();
+    as_token(cmd(&["routes"]), READ).await.ok();
+    as_token(cmd(&["delete", "app"]), DEPLOY).await.ok();
+
+    let expected = [
+        ("who=ci", "method=PUT", "result=201"),
+        ("who=ci", "method=PUT", "result=200"),
+        ("who=dashboard", "method=PUT", "result=403"),
+        ("who=unauthenticated", "method=DELETE", "result=401"),
+        ("who=ci", "method=POST", "result=200"),
+        ("who=ci", "method=DELETE", "result=200"),
+    ];
+    server
+        .stderr
+        .wait_for("six audit lines", Duration::from_secs(10), |text| {
+            text.lines().filter(|l| l.contains(" audit:")).count() >= expected.len()
+        })
+        .await;
+    let text = server.stderr.text();
+    let audit: Vec<&str> = text.lines().filter(|l| l.contains(" audit:")).collect();
+    assert_eq!(
+        audit.len(),
+        expected.len(),
+        "reads are not audited:\n{text}"
+    );
+    for (line, (who, method, result)) in audit.iter().zip(expected) {
+        assert!(
+            line.contains(who) && line.contains(method) && line.contains(result),
+            "expected {who} {method} {result} in: {line}"
+        );
+        assert!(line.contains("path=/v1/routes/app"), "{line}");
+        assert!(!line.contains("secret"), "no secret in the log: {line}");
+    }
+    // Accepted mutations name the route and the version they left active.
+    assert!(
+        audit[0].contains("route=app") && audit[0].contains("version=sha256:"),
+        "{}",
+        audit[0]
+    );
+    assert!(
+        audit[4].contains("path=/v1/routes/app/rollback") && audit[4].contains("version=sha256:")
+    );
 }
