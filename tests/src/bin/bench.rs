@@ -229,31 +229,7 @@ async fn main() {
     );
 
     // handoff
-    let mut child = Command::new(&opts.handoff)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--ephemeral",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "starting {}: {e} (run `cargo build --release -p handoff`)",
-                opts.handoff
-            )
-        });
-    let ready = wait_for_line(&mut child, |l| {
-        l.starts_with("handoff ready").then(|| l.to_owned())
-    });
-    let _handoff = Killed(child);
-    let data: SocketAddr = field(&ready, "data=").unwrap().parse().unwrap();
-    let admin: SocketAddr = field(&ready, "admin=").unwrap().parse().unwrap();
+    let (_handoff, data, admin) = start_handoff(&opts.handoff, &[]);
     let put = http::Request::builder()
         .method("PUT")
         .uri("/v1/routes/bench?prefix=/")
@@ -343,24 +319,10 @@ async fn main() {
     let peer = stats.next();
 
     println!();
-    println!(
-        "{:<22} {:>12} {:>10} {:>10} {:>10} {:>8}",
-        "server", "req/s", "p50 ms", "p99 ms", "max ms", "errors"
-    );
-    let row = |name: &str, s: &Stats| {
-        println!(
-            "{:<22} {:>12.0} {:>10.3} {:>10.3} {:>10.3} {:>8}",
-            name,
-            s.rps,
-            ms(s.p50),
-            ms(s.p99),
-            ms(s.max),
-            s.errors
-        )
-    };
-    row("handoff", &handoff);
+    let mut rows = vec![("handoff", &handoff)];
+    rows.extend(peer.as_ref().map(|p| ("wasmtime serve -Scli", p)));
+    print_table("server", &rows);
     if let Some(peer) = &peer {
-        row("wasmtime serve -Scli", peer);
         println!();
         println!(
             "ratio handoff/wasmtime: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (lower latency ratio is better)",
@@ -390,6 +352,25 @@ async fn main() {
     persistence(&wasm).await;
 }
 
+/// Prints one row per named result under a header whose first column is `first`.
+fn print_table(first: &str, rows: &[(&str, &Stats)]) {
+    println!(
+        "{:<22} {:>12} {:>10} {:>10} {:>10} {:>8}",
+        first, "req/s", "p50 ms", "p99 ms", "max ms", "errors"
+    );
+    for (name, s) in rows {
+        println!(
+            "{:<22} {:>12.0} {:>10.3} {:>10.3} {:>10.3} {:>8}",
+            name,
+            s.rps,
+            ms(s.p50),
+            ms(s.p99),
+            ms(s.max),
+            s.errors
+        );
+    }
+}
+
 /// Starts `handoff serve` with `extra` flags; returns the child and its data and admin
 /// addresses.
 fn start_handoff(path: &str, extra: &[&str]) -> (Killed, SocketAddr, SocketAddr) {
@@ -403,7 +384,7 @@ fn start_handoff(path: &str, extra: &[&str]) -> (Killed, SocketAddr, SocketAddr)
             "--ephemeral",
         ])
         .args(extra)
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -520,21 +501,7 @@ async fn under_attack(opts: &Options, wasm: &[u8]) {
         run.as_secs(),
         kinds.join(", ")
     );
-    println!(
-        "{:<22} {:>12} {:>10} {:>10} {:>10} {:>8}",
-        "", "req/s", "p50 ms", "p99 ms", "max ms", "errors"
-    );
-    for (name, s) in [("no attack", &baseline), ("under attack", &attacked)] {
-        println!(
-            "{:<22} {:>12.0} {:>10.3} {:>10.3} {:>10.3} {:>8}",
-            name,
-            s.rps,
-            ms(s.p50),
-            ms(s.p99),
-            ms(s.max),
-            s.errors
-        );
-    }
+    print_table("", &[("no attack", &baseline), ("under attack", &attacked)]);
     println!(
         "ratio under attack/no attack: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
         attacked.rps / baseline.rps,
