@@ -21,6 +21,24 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in {status}"))
 }
 
+/// Raises this process's soft limit on open files to `wanted` (within the hard limit): a
+/// common default of 1024 is too few for a thousand clients beside the other tests.
+#[cfg(target_os = "linux")]
+fn raise_open_files_limit(wanted: u64) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some_and(|current| current < wanted) {
+        let raised = limit.maximum.map_or(wanted, |hard| hard.min(wanted));
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(raised),
+                maximum: limit.maximum,
+            },
+        );
+    }
+}
+
 /// Connects `n` clients; `head` (if any) is what each sends before going quiet.
 async fn crowd(addr: std::net::SocketAddr, n: usize, head: &[u8]) -> Vec<TcpStream> {
     let mut streams = Vec::with_capacity(n);
@@ -51,6 +69,7 @@ async fn all_closed_by_server(streams: Vec<TcpStream>, limit: Duration) {
 async fn a_crowd_of_silent_and_slow_connections_is_bounded_and_timed_out() {
     const CAP: usize = 500;
     const CLIENTS: usize = 1_000;
+    raise_open_files_limit(CLIENTS as u64 + 512);
     let (server, ready) = serve(&[
         "--max-connections",
         &CAP.to_string(),
