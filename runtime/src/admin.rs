@@ -45,7 +45,8 @@ use serde::{Deserialize, Serialize};
 use crate::Runtime;
 use crate::auth::{AuditVersion, Caller};
 use crate::deploy::{self, DeployError, DeployRequest};
-use crate::routes::{Prefix, Route, RouteName};
+use crate::route::{Prefix, Route, RouteName, Serving};
+use crate::settings::LimitOverrides;
 use crate::version::{Version, parse_config};
 
 /// The admin router.
@@ -169,37 +170,18 @@ impl VersionStatus {
     }
 }
 
-/// A route's limits as the admin API shows them (0: no limit).
-#[derive(Serialize)]
-pub struct LimitsStatus {
-    /// Linear-memory cap per instance.
-    pub max_memory_bytes: usize,
-    /// Deadline per request.
-    pub request_timeout_ms: u64,
-    /// Concurrent requests (0: only the instance pool bounds them).
-    pub max_concurrency: u32,
-    /// Request body limit.
-    pub max_request_body: u64,
-    /// Response body limit.
-    pub max_response_body: u64,
-    /// Compile deadline.
-    pub compile_timeout_ms: u64,
-    /// Compile memory limit.
-    pub compile_memory_bytes: u64,
-}
+pub use crate::settings::LimitsStatus;
 
-impl LimitsStatus {
-    fn of(limits: &crate::version::Limits) -> Self {
-        Self {
-            max_memory_bytes: limits.max_memory_bytes,
-            request_timeout_ms: limits.request_timeout.as_millis() as u64,
-            max_concurrency: limits.max_concurrency,
-            max_request_body: limits.max_request_body,
-            max_response_body: limits.max_response_body,
-            compile_timeout_ms: limits.compile_timeout.as_millis() as u64,
-            compile_memory_bytes: limits.compile_memory,
-        }
-    }
+/// A version serving a route, with its part in the split.
+#[derive(Serialize)]
+pub struct ServedStatus {
+    /// `stable`, `candidate` or `shadow`.
+    pub role: &'static str,
+    /// Its share of the route's requests in percent (for a shadow: of the requests copied).
+    pub weight: f64,
+    /// The version.
+    #[serde(flatten)]
+    pub version: VersionStatus,
 }
 
 /// A route as the admin API shows it.
@@ -221,8 +203,10 @@ pub struct RouteStatus {
     pub dir: Option<String>,
     /// Requests on it now, across versions.
     pub in_flight: usize,
-    /// The version serving new requests.
+    /// The stable version: it serves every new request the candidate does not.
     pub active: VersionStatus,
+    /// Every version serving the route, stable first, with its role and weight.
+    pub versions: Vec<ServedStatus>,
     /// Retired versions whose requests are still finishing.
     pub draining: Vec<DrainingStatus>,
 }
@@ -248,29 +232,35 @@ fn draining_of(rt: &Runtime, name: &RouteName) -> Vec<DrainingStatus> {
         .collect()
 }
 
-fn status_of(rt: &Runtime, route: &Route) -> RouteStatus {
-    RouteStatus {
+/// The status of `route`; `None` when it is unavailable.
+fn status_of(rt: &Runtime, route: &Route) -> Option<RouteStatus> {
+    let split = route.split()?;
+    let stable = &split.stable;
+    Some(RouteStatus {
         route: route.name.as_str().to_owned(),
         prefix: route.prefix.as_str().to_owned(),
-        requests: route.counters.requests(),
-        config: route.active.config.iter().cloned().collect(),
-        limits: LimitsStatus::of(&route.active.limits),
-        outbound: route
-            .active
-            .outbound
-            .iter()
-            .map(ToString::to_string)
+        requests: route.state.requests(),
+        config: stable.config.iter().cloned().collect(),
+        limits: LimitsStatus::from(&stable.limits),
+        outbound: stable.outbound.iter().map(ToString::to_string).collect(),
+        dir: stable.dir.as_ref().map(|d| d.name.to_string()),
+        in_flight: route.state.in_flight(),
+        active: VersionStatus::of(stable),
+        versions: split
+            .versions()
+            .map(|(role, version, weight)| ServedStatus {
+                role: role.as_str(),
+                weight: weight.percent(),
+                version: VersionStatus::of(version),
+            })
             .collect(),
-        dir: route.active.dir.as_ref().map(|d| d.name.to_string()),
-        in_flight: route.counters.in_flight(),
-        active: VersionStatus::of(&route.active),
         draining: draining_of(rt, &route.name),
-    }
+    })
 }
 
 async fn list_routes(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Value> {
     let table = rt.routes.snapshot();
-    let routes: Vec<RouteStatus> = table.iter().map(|r| status_of(&rt, r)).collect();
+    let routes: Vec<RouteStatus> = table.iter().filter_map(|r| status_of(&rt, r)).collect();
     let unavailable: Vec<_> = rt
         .unavailable()
         .into_iter()
@@ -298,7 +288,21 @@ async fn get_route(
     let route = table
         .get(&name)
         .ok_or_else(|| DeployError::UnknownRoute(name.as_str().to_owned()))?;
-    Ok(Json(status_of(&rt, route)))
+    match status_of(&rt, route) {
+        Some(status) => Ok(Json(status)),
+        None => {
+            let Serving::Unavailable(reason) = &route.serving else {
+                unreachable!("a route without a split is unavailable")
+            };
+            Err(Problem::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "route `{}` is stored but unavailable: {reason}. Deploy it again, or delete it",
+                    name.as_str()
+                ),
+            ))
+        }
+    }
 }
 
 /// Query parameters of a deploy: `prefix`, `label` and `message` once, `config` any number of
@@ -308,7 +312,7 @@ struct DeployQuery {
     config: Option<crate::version::RouteConfig>,
     label: Option<String>,
     message: Option<String>,
-    limits: deploy::LimitOverrides,
+    limits: LimitOverrides,
     outbound: Option<crate::outbound::Outbound>,
     dir: Option<String>,
 }
@@ -320,7 +324,7 @@ impl DeployQuery {
         let mut config: Option<Vec<String>> = None;
         let mut label = None;
         let mut message = None;
-        let mut limits = deploy::LimitOverrides::default();
+        let mut limits = LimitOverrides::default();
         let mut outbound: Option<Vec<String>> = None;
         let mut dir = None;
         for (key, value) in pairs {
@@ -340,37 +344,7 @@ impl DeployQuery {
                 "allow-outbound" => outbound.get_or_insert_with(Vec::new).push(value),
                 "dir" if dir.is_none() => dir = Some(value),
                 "dir" => return Err(bad("give `dir` at most once".into())),
-                "max-memory" => {
-                    let bytes = crate::config::parse_bytes(&value).map_err(bad)?;
-                    limits.max_memory_bytes = Some(usize::try_from(bytes).unwrap_or(usize::MAX));
-                }
-                "request-timeout" => {
-                    limits.request_timeout =
-                        Some(crate::config::parse_duration(&value).map_err(bad)?);
-                }
-                "max-concurrency" => {
-                    limits.max_concurrency = Some(value.parse().map_err(|_| {
-                        bad(format!(
-                            "max-concurrency is a whole number of requests (0: no limit); got `{}`",
-                            value.escape_debug()
-                        ))
-                    })?);
-                }
-                "max-request-body" => {
-                    limits.max_request_body =
-                        Some(crate::config::parse_bytes(&value).map_err(bad)?);
-                }
-                "max-response-body" => {
-                    limits.max_response_body =
-                        Some(crate::config::parse_bytes(&value).map_err(bad)?);
-                }
-                "compile-timeout" => {
-                    limits.compile_timeout =
-                        Some(crate::config::parse_duration(&value).map_err(bad)?);
-                }
-                "compile-memory" => {
-                    limits.compile_memory = Some(crate::config::parse_bytes(&value).map_err(bad)?);
-                }
+                other if limits.set(other, &value).map_err(bad)? => {}
                 other => {
                     return Err(bad(format!(
                         "unknown query parameter `{}`; a deploy takes `prefix=/path`, `config=KEY=VALUE`, `label=...`, `message=...`, `allow-outbound=scheme://host[:port]` and the limits `max-memory`, `request-timeout`, `max-concurrency`, `max-request-body`, `max-response-body`, `compile-timeout`, `compile-memory`",
@@ -459,12 +433,13 @@ async fn put_route(
         dir,
     } = DeployQuery::parse(pairs)?;
     let bytes = read_upload(&rt, &headers, body).await?;
-    check_signature(&rt, &headers, &bytes)?;
+    let signature = check_signature(&rt, &headers, &bytes)?;
     let request = DeployRequest {
         name: name.clone(),
         prefix,
         config,
         bytes,
+        signature,
         by: caller.0,
         label,
         message,
@@ -482,31 +457,37 @@ async fn delete_route(
 ) -> Result<Json<serde_json::Value>, Problem> {
     let name = route_name(path)?;
     let route = deploy::delete(&rt, &name).await?;
+    let stable = route.stable();
     Ok(Json(serde_json::json!({
         "route": name.as_str(),
         "deleted": true,
-        "version": route.active.digest.to_string(),
-        "in_flight": route.active.in_flight(),
+        "version": stable.map(|v| v.digest.to_string()),
+        "in_flight": stable.map_or(0, |v| v.in_flight()),
     })))
 }
 
 /// Checks an upload's `Handoff-Signature` against the trusted keys, as the server's
 /// `--signatures` mode says.
-fn check_signature(rt: &Runtime, headers: &HeaderMap, bytes: &[u8]) -> Result<(), Problem> {
+/// Returns the signature to keep with the module (`None` if there was none).
+fn check_signature(
+    rt: &Runtime,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<Option<String>, Problem> {
     use crate::signing::{self, Mode};
-    if rt.config.signature_mode == Mode::Off {
-        return Ok(());
-    }
     let signature = headers.get(signing::HEADER).and_then(|v| v.to_str().ok());
+    if rt.config.signature_mode == Mode::Off {
+        return Ok(signature.map(str::to_owned));
+    }
     let signer = signature.and_then(|s| signing::signer(&rt.config.signing_keys, bytes, s));
     match (signer, rt.config.signature_mode) {
         (Some(key), _) => {
             tracing::info!(target: "audit", key = %key.name, "upload signature verified");
-            Ok(())
+            Ok(signature.map(str::to_owned))
         }
         (None, Mode::Warn) => {
             tracing::warn!(target: "audit", signed = signature.is_some(), "upload not signed by a trusted key; accepted (--signatures warn)");
-            Ok(())
+            Ok(signature.map(str::to_owned))
         }
         (None, _) => Err(Problem::new(
             StatusCode::FORBIDDEN,
@@ -585,7 +566,7 @@ async fn get_versions(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, Problem> {
     let name = route_name(path)?;
-    let record = deploy::history(&rt, &name)?;
+    let record = deploy::history(&rt, &name).await?;
     Ok(Json(serde_json::json!({
         "route": name.as_str(),
         "active": record.active,
@@ -682,7 +663,7 @@ async fn post_activate(
         .transpose()
         .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))?;
     let label = target.label.as_deref().map(parse_label).transpose()?;
-    let deployed = deploy::activate(&rt, &name, prefix, digest, None, caller.0, label).await?;
+    let deployed = deploy::activate(&rt, &name, prefix, digest, caller.0, label).await?;
     Ok(deployed_response(&name, deployed))
 }
 
@@ -692,8 +673,8 @@ async fn post_module(
     body: Body,
 ) -> Result<Response, Problem> {
     let bytes = read_upload(&rt, &headers, body).await?;
-    check_signature(&rt, &headers, &bytes)?;
-    let uploaded = deploy::upload(&rt, bytes).await?;
+    let signature = check_signature(&rt, &headers, &bytes)?;
+    let uploaded = deploy::upload(&rt, bytes, signature).await?;
     let status = if uploaded.compile_time.is_some() {
         StatusCode::CREATED
     } else {
@@ -719,7 +700,11 @@ fn deployed_response(name: &RouteName, deployed: deploy::Deployed) -> Response {
     let body = DeployResponse {
         route: name.as_str().to_owned(),
         prefix: deployed.route.prefix.as_str().to_owned(),
-        version: deployed.route.active.digest.to_string(),
+        version: deployed
+            .route
+            .stable()
+            .map(|v| v.digest.to_string())
+            .unwrap_or_default(),
         previous_version: deployed.previous.map(|d| d.to_string()),
         changed: deployed.changed,
         created: deployed.created,
@@ -762,7 +747,7 @@ async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
         "Requests routed to the route, across its versions.",
         &mut table
             .iter()
-            .map(|r| (route_label(&r.name), r.counters.requests().to_string())),
+            .map(|r| (route_label(&r.name), r.state.requests().to_string())),
     );
     family(
         "handoff_route_in_flight",
@@ -770,12 +755,22 @@ async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
         "Requests in progress on the route, across its versions.",
         &mut table
             .iter()
-            .map(|r| (route_label(&r.name), r.counters.in_flight().to_string())),
+            .map(|r| (route_label(&r.name), r.state.in_flight().to_string())),
     );
+    // A serving version's state is `active` for the stable one, else its role.
     let versions = || {
         table
             .iter()
-            .map(|r| (&r.name, &r.active, "active"))
+            .filter_map(|r| Some((&r.name, r.split()?)))
+            .flat_map(|(name, split)| {
+                split.versions().map(move |(role, v, _)| {
+                    let state = match role {
+                        crate::route::Role::Stable => "active",
+                        other => other.as_str(),
+                    };
+                    (name, v, state)
+                })
+            })
             .chain(draining.iter().map(|d| (&d.route, &d.version, "draining")))
     };
     family(

@@ -413,23 +413,25 @@ impl ServeArgs {
                 "--admin-tls-key",
                 self.admin_tls_key,
             )?,
-            max_concurrency: self.max_concurrency,
-            max_request_body: self.max_request_body,
-            max_response_body: self.max_response_body,
             listen: self.listen,
             admin_listen: self.admin_listen,
             data_dir,
-            request_timeout: self.request_timeout,
             drain_timeout: self.drain_timeout,
-            max_memory_bytes: self.max_memory,
             max_upload_bytes: usize::try_from(self.max_upload)
                 .map_err(|_| "the upload limit is too large for this machine".to_string())?,
             max_instances: self.max_instances,
             history_limit: self.history,
+            limits: config::Limits {
+                max_memory_bytes: usize::try_from(self.max_memory).unwrap_or(usize::MAX),
+                request_timeout: self.request_timeout,
+                max_concurrency: self.max_concurrency,
+                max_request_body: self.max_request_body,
+                max_response_body: self.max_response_body,
+                compile_timeout: self.compile_timeout,
+                compile_memory: self.compile_memory,
+            },
             compiler: crate::compile::Compiler::this_binary()
                 .map_err(|e| format!("cannot find this executable to compile uploads with: {e}"))?,
-            compile_timeout: self.compile_timeout,
-            compile_memory: self.compile_memory,
         };
         config.validate()?;
         Ok(config)
@@ -770,7 +772,7 @@ mod tests {
             .into_config()
             .unwrap();
         assert_eq!(config.listen, "127.0.0.1:7000".parse().unwrap());
-        assert_eq!(config.request_timeout, Duration::from_secs(5));
+        assert_eq!(config.limits.request_timeout, Duration::from_secs(5));
         assert_eq!(config.max_instances, 3);
         assert_eq!(
             config.admin_listen,

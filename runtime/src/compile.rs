@@ -16,12 +16,14 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::engine::CompileError;
+use crate::engine::{CompileError, Engine};
 
 /// The argument that turns the `handoff` binary into a compile worker.
 pub const WORKER_ARG: &str = "__compile-worker";
@@ -87,54 +89,97 @@ pub struct Compiled {
     pub artifact: Vec<u8>,
 }
 
-/// Compiles `bytes` with `compiler` under `limits`.
-pub async fn compile(
-    rt: &std::sync::Arc<crate::Runtime>,
-    compiler: &Compiler,
-    bytes: Bytes,
-    limits: CompileLimits,
-) -> Result<Compiled, CompileError> {
-    match compiler {
-        Compiler::InProcess => {
-            let rt = rt.clone();
-            tokio::task::spawn_blocking(move || {
-                let component = rt.engine.compile(&bytes)?;
-                let artifact = component
-                    .serialize()
-                    .map_err(|e| CompileError::Failed(format!("serializing: {e:#}")))?;
-                Ok(Compiled {
-                    component,
-                    artifact,
-                })
-            })
-            .await
-            .map_err(|e| CompileError::Failed(format!("the compile thread failed: {e}")))?
+/// How many compiles may run at once; more wait their turn (compiling is CPU-bound).
+const CONCURRENT_COMPILES: usize = 4;
+
+/// The process's compiler: where it compiles, how many compiles run at once, and counts.
+pub struct Compiles {
+    compiler: Compiler,
+    slots: tokio::sync::Semaphore,
+    compiled: AtomicU64,
+    workers: Arc<AtomicU64>,
+}
+
+impl Compiles {
+    /// Compiles with `compiler`, at most [`CONCURRENT_COMPILES`] at once.
+    pub fn new(compiler: Compiler) -> Self {
+        Self {
+            compiler,
+            slots: tokio::sync::Semaphore::new(CONCURRENT_COMPILES),
+            compiled: AtomicU64::new(0),
+            workers: Arc::new(AtomicU64::new(0)),
         }
-        Compiler::Worker { program, args } => {
-            let artifact = run_worker(rt, program, args, bytes, limits).await?;
-            let rt = rt.clone();
-            tokio::task::spawn_blocking(move || {
-                // Loading checks what compiling in process would have: that the component fits
-                // the engine (its memories and tables within the instance pool's limits).
-                let component = rt
-                    .engine
-                    .load_compiled(&artifact)
-                    .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
-                Ok(Compiled {
-                    component,
-                    artifact,
-                })
-            })
+    }
+
+    /// How many components this process has compiled (loading an artifact does not count).
+    pub fn compiled(&self) -> u64 {
+        self.compiled.load(Ordering::Relaxed)
+    }
+
+    /// How many compile worker processes are running now. A worker counts until it has exited
+    /// and been reaped (or, on its deadline, killed and reaped).
+    pub fn workers(&self) -> u64 {
+        self.workers.load(Ordering::Relaxed)
+    }
+
+    /// Compiles `bytes` for `engine` under `limits`, waiting for a compile slot first.
+    pub async fn compile(
+        &self,
+        engine: &Arc<Engine>,
+        bytes: Bytes,
+        limits: CompileLimits,
+    ) -> Result<Compiled, CompileError> {
+        let _slot = self
+            .slots
+            .acquire()
             .await
-            .map_err(|e| CompileError::Failed(format!("the load thread failed: {e}")))?
+            .map_err(|e| CompileError::Failed(e.to_string()))?;
+        let compiled = match &self.compiler {
+            Compiler::InProcess => {
+                let engine = engine.clone();
+                tokio::task::spawn_blocking(move || {
+                    let component = engine.compile(&bytes)?;
+                    let artifact = component
+                        .serialize()
+                        .map_err(|e| CompileError::Failed(format!("serializing: {e:#}")))?;
+                    Ok(Compiled {
+                        component,
+                        artifact,
+                    })
+                })
+                .await
+                .map_err(|e| CompileError::Failed(format!("the compile thread failed: {e}")))?
+            }
+            Compiler::Worker { program, args } => {
+                let _running = WorkerGauge::enter(&self.workers);
+                let artifact = run_worker(program, args, bytes, limits).await?;
+                let engine = engine.clone();
+                tokio::task::spawn_blocking(move || {
+                    // Loading checks what compiling in process would have: that the component
+                    // fits the engine (its memories and tables within the instance pool's
+                    // limits).
+                    let component = engine
+                        .load_compiled(&artifact)
+                        .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
+                    Ok(Compiled {
+                        component,
+                        artifact,
+                    })
+                })
+                .await
+                .map_err(|e| CompileError::Failed(format!("the load thread failed: {e}")))?
+            }
+        };
+        if compiled.is_ok() {
+            self.compiled.fetch_add(1, Ordering::Relaxed);
         }
+        compiled
     }
 }
 
 /// Runs one compile worker: the component on its stdin, the artifact from its stdout. When
 /// the deadline passes the worker is killed and reaped before this returns.
 async fn run_worker(
-    rt: &crate::Runtime,
     program: &PathBuf,
     args: &[OsString],
     bytes: Bytes,
@@ -165,7 +210,6 @@ async fn run_worker(
                 program.display()
             ))
         })?;
-    let _running = WorkerGauge::enter(rt);
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
@@ -220,22 +264,20 @@ async fn run_worker(
     }
 }
 
-/// Counts a running compile worker in [`crate::Runtime::compile_workers`] while alive.
-struct WorkerGauge<'a>(&'a crate::Runtime);
+/// Counts a running compile worker in [`Compiles::workers`] while alive (until the worker
+/// is reaped).
+struct WorkerGauge(Arc<AtomicU64>);
 
-impl<'a> WorkerGauge<'a> {
-    fn enter(rt: &'a crate::Runtime) -> Self {
-        rt.compile_workers
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(rt)
+impl WorkerGauge {
+    fn enter(workers: &Arc<AtomicU64>) -> Self {
+        workers.fetch_add(1, Ordering::Relaxed);
+        Self(workers.clone())
     }
 }
 
-impl Drop for WorkerGauge<'_> {
+impl Drop for WorkerGauge {
     fn drop(&mut self) {
-        self.0
-            .compile_workers
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

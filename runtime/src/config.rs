@@ -10,38 +10,26 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::settings::{
+    DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT, DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY,
+    DEFAULT_REQUEST_TIMEOUT, Limits, MAX_TIMEOUT, MIN_COMPILE_MEMORY, MIN_COMPILE_TIMEOUT,
+    MIN_TIMEOUT,
+};
+pub use crate::units::{format_bytes, format_duration, parse_bytes, parse_duration};
+
 /// Where guest traffic is served unless `--listen` says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Where the admin API is served unless `--admin-listen` says otherwise (loopback only).
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
-/// How long one request may run, guest CPU and wall clock, before it gets a 504.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a retired version may keep serving its in-flight requests before they are cut off.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// The largest linear memory one guest instance may grow to.
-pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 128 << 20;
 /// The largest `.wasm` upload the admin API accepts.
 pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 50 << 20;
 /// How many guest instances may exist at once across all routes (the pooling allocator's size).
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
 /// How long a component upload may take to arrive whole.
 pub const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
-/// The longest request deadline or drain grace a server accepts.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-/// Requests one route may run at once; 0 leaves only the instance pool as the bound.
-pub const DEFAULT_MAX_CONCURRENCY: u32 = 0;
-/// The largest request body a route accepts.
-pub const DEFAULT_MAX_REQUEST_BODY: u64 = 64 << 20;
-/// The largest response body a route may send; 0 is no limit (the deadline still applies).
-pub const DEFAULT_MAX_RESPONSE_BODY: u64 = 0;
-/// How long compiling one upload may take before it is stopped and the deploy refused.
-pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How much writable memory compiling one upload may use (the compile worker's `RLIMIT_DATA`).
-pub const DEFAULT_COMPILE_MEMORY: u64 = 2 << 30;
-/// The shortest compile deadline.
-pub const MIN_COMPILE_TIMEOUT: Duration = Duration::from_millis(100);
-/// The smallest compile memory limit: the compiler itself needs this much for any component.
-pub const MIN_COMPILE_MEMORY: u64 = 32 << 20;
 /// Data-plane connections served at once; more wait in the listen backlog.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// How long a data-plane connection may go without a request in progress before it is closed.
@@ -65,8 +53,6 @@ pub fn default_data_dir() -> Option<PathBuf> {
 
 /// How often the engine's epoch advances: the granularity of CPU deadlines and guest yields.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
-/// The shortest request deadline (and idle timeout) a server or route accepts.
-pub const MIN_TIMEOUT: Duration = Duration::from_millis(10);
 
 /// The complete, validated configuration of a server.
 #[derive(Debug, Clone)]
@@ -80,12 +66,11 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// Activations kept per route for rollback.
     pub history_limit: usize,
-    /// Deadline for one request, from routing to the response body's last byte.
-    pub request_timeout: Duration,
+    /// The limits every route starts from (a deploy may set its own), and the most a route may
+    /// set for memory and compiles.
+    pub limits: Limits,
     /// Grace period for a retired version's in-flight requests.
     pub drain_timeout: Duration,
-    /// Linear-memory cap per guest instance.
-    pub max_memory_bytes: u64,
     /// Upload size limit for `PUT /v1/routes/{name}`.
     pub max_upload_bytes: usize,
     /// Instance slots in the pooling allocator; 0 allocates on demand instead.
@@ -111,19 +96,9 @@ pub struct Config {
     pub admin_tls: Option<crate::tls::TlsFiles>,
     /// How long an upload may take to arrive whole (slow-upload defence).
     pub upload_timeout: Duration,
-    /// Default per-route concurrency limit (0: none but the instance pool).
-    pub max_concurrency: u32,
-    /// Default per-route request body limit (0: none).
-    pub max_request_body: u64,
-    /// Default per-route response body limit (0: none).
-    pub max_response_body: u64,
     /// Where uploads are compiled. The binary uses a compile worker process; the compile
     /// limits are enforced only there.
     pub compiler: crate::compile::Compiler,
-    /// Default (and largest) time one compile may take.
-    pub compile_timeout: Duration,
-    /// Default (and largest) memory one compile may use.
-    pub compile_memory: u64,
 }
 
 impl Default for Config {
@@ -133,9 +108,8 @@ impl Default for Config {
             admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default address"),
             data_dir: None,
             history_limit: DEFAULT_HISTORY_LIMIT,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            limits: Limits::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
-            max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_instances: DEFAULT_MAX_INSTANCES,
             admin_tokens: Vec::new(),
@@ -147,12 +121,7 @@ impl Default for Config {
             tls: None,
             admin_tls: None,
             upload_timeout: DEFAULT_UPLOAD_TIMEOUT,
-            max_concurrency: DEFAULT_MAX_CONCURRENCY,
-            max_request_body: DEFAULT_MAX_REQUEST_BODY,
-            max_response_body: DEFAULT_MAX_RESPONSE_BODY,
             compiler: crate::compile::Compiler::InProcess,
-            compile_timeout: DEFAULT_COMPILE_TIMEOUT,
-            compile_memory: DEFAULT_COMPILE_MEMORY,
         }
     }
 }
@@ -207,86 +176,16 @@ impl Config {
         }))
     }
 
-    /// The limits a route gets unless its deploy overrides them.
-    pub fn default_limits(&self) -> crate::version::Limits {
-        crate::version::Limits {
-            max_memory_bytes: usize::try_from(self.max_memory_bytes).unwrap_or(usize::MAX),
-            request_timeout: self.request_timeout,
-            max_concurrency: self.max_concurrency,
-            max_request_body: self.max_request_body,
-            max_response_body: self.max_response_body,
-            compile_timeout: self.compile_timeout,
-            compile_memory: self.compile_memory,
-        }
-    }
-
-    /// Checks per-route `limits` against what this server allows, in a sentence.
-    pub fn check_limits(&self, limits: &crate::version::Limits) -> Result<(), String> {
-        if limits.max_memory_bytes as u64 > self.max_memory_bytes {
-            return Err(format!(
-                "max-memory may be at most the server's --max-memory ({} bytes); got {}",
-                self.max_memory_bytes, limits.max_memory_bytes
-            ));
-        }
-        if limits.max_memory_bytes < 64 << 10 {
-            return Err("max-memory must be at least 64KiB (one wasm page)".into());
-        }
-        if limits.request_timeout > MAX_TIMEOUT {
-            return Err("request-timeout may be at most 24h".into());
-        }
-        if limits.compile_timeout > self.compile_timeout {
-            return Err(format!(
-                "compile-timeout may be at most the server's --compile-timeout ({}); got {}",
-                format_duration(self.compile_timeout),
-                format_duration(limits.compile_timeout)
-            ));
-        }
-        if limits.compile_timeout < MIN_COMPILE_TIMEOUT {
-            return Err(format!(
-                "compile-timeout must be at least {}",
-                format_duration(MIN_COMPILE_TIMEOUT)
-            ));
-        }
-        if limits.compile_memory > self.compile_memory {
-            return Err(format!(
-                "compile-memory may be at most the server's --compile-memory ({}); got {}",
-                format_bytes(self.compile_memory),
-                format_bytes(limits.compile_memory)
-            ));
-        }
-        if limits.compile_memory < MIN_COMPILE_MEMORY {
-            return Err(format!(
-                "compile-memory must be at least {}",
-                format_bytes(MIN_COMPILE_MEMORY)
-            ));
-        }
-        if limits.request_timeout < MIN_TIMEOUT {
-            return Err(format!(
-                "request-timeout must be at least {} ms",
-                MIN_TIMEOUT.as_millis()
-            ));
-        }
-        Ok(())
-    }
-
     /// Checks the values that have no valid range in their types.
     pub fn validate(&self) -> Result<(), String> {
-        if self.request_timeout < MIN_TIMEOUT {
-            return Err(format!(
-                "the request timeout must be at least {} ms",
-                MIN_TIMEOUT.as_millis()
-            ));
-        }
-        if self.max_memory_bytes < 64 << 10 {
-            return Err("the memory limit must be at least 64 KiB (one wasm page)".into());
-        }
+        self.limits.check_server()?;
         if self.signature_mode != crate::signing::Mode::Off && self.signing_keys.is_empty() {
             return Err(
                 "--signatures warn/require needs trusted public keys (--signing-keys FILE)".into(),
             );
         }
-        if self.request_timeout > MAX_TIMEOUT || self.drain_timeout > MAX_TIMEOUT {
-            return Err("the request timeout and the drain timeout may be at most 24h".into());
+        if self.drain_timeout > MAX_TIMEOUT {
+            return Err("the drain timeout may be at most 24h".into());
         }
         if self.admin_tokens.is_empty() && !self.admin_listen.ip().is_loopback() {
             return Err(format!(
@@ -305,89 +204,11 @@ impl Config {
         if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&self.idle_timeout) {
             return Err("the idle timeout must be between 10ms and 24h".into());
         }
-        if !(MIN_COMPILE_TIMEOUT..=MAX_TIMEOUT).contains(&self.compile_timeout) {
-            return Err(format!(
-                "the compile timeout must be between {} and 24h",
-                format_duration(MIN_COMPILE_TIMEOUT)
-            ));
-        }
-        if self.compile_memory < MIN_COMPILE_MEMORY {
-            return Err(format!(
-                "the compile memory limit must be at least {}",
-                format_bytes(MIN_COMPILE_MEMORY)
-            ));
-        }
         if self.max_upload_bytes == 0 {
             return Err("the upload limit must be more than 0 bytes".into());
         }
         Ok(())
     }
-}
-
-/// Parses a duration written as `250ms`, `30s`, `2m` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration; write it like 500ms, 30s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => n
-            .checked_mul(60)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("`{text}` is too long a duration")),
-        _ => Err(format!(
-            "`{text}` has an unknown unit; write it like 500ms, 30s or 2m"
-        )),
-    }
-}
-
-/// Writes a duration the way [`parse_duration`] reads it (`250ms`, `30s`, `2m`).
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms.is_multiple_of(60_000) && ms > 0 {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) && ms > 0 {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
-}
-
-/// Writes a byte size the way [`parse_bytes`] reads it (`64KiB`, `128MiB`, `2GiB`, `1000`).
-pub fn format_bytes(n: u64) -> String {
-    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if n > 0 && n.is_multiple_of(1 << shift) {
-            return format!("{}{unit}", n >> shift);
-        }
-    }
-    n.to_string()
-}
-
-/// Parses a byte size written as `128MiB`, `64KiB`, `1GiB` or a bare number of bytes.
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, ""),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size; write it like 128MiB or 65536"))?;
-    let shift = match unit.trim() {
-        "" | "B" => 0,
-        "K" | "KiB" | "k" => 10,
-        "M" | "MiB" => 20,
-        "G" | "GiB" => 30,
-        _ => return Err(format!("`{text}` has an unknown unit; use KiB, MiB or GiB")),
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// The `serve --config FILE` file: the serve flags as TOML keys, spelled exactly like the flags
@@ -744,34 +565,10 @@ mod tests {
     }
 
     #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5h").is_err());
-        assert!(
-            parse_duration("999999999999999999m").is_err(),
-            "overflow is an error, not a panic"
-        );
-    }
-
-    #[test]
-    fn sizes_parse_with_units() {
-        assert_eq!(parse_bytes("128MiB"), Ok(128 << 20));
-        assert_eq!(parse_bytes("64KiB"), Ok(64 << 10));
-        assert_eq!(parse_bytes("4096"), Ok(4096));
-        assert!(parse_bytes("lots").is_err());
-    }
-
-    #[test]
     fn defaults_are_valid() {
         assert!(Config::default().validate().is_ok());
-        let bad = Config {
-            max_memory_bytes: 10,
-            ..Config::default()
-        };
+        let mut bad = Config::default();
+        bad.limits.max_memory_bytes = 10;
         assert!(bad.validate().is_err());
     }
 }

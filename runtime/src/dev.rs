@@ -20,10 +20,10 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::Runtime;
 use crate::cli::{DevArgs, Failure, exit};
 use crate::deploy::{self, DeployRequest};
-use crate::routes::RouteName;
+use crate::route::RouteName;
+use crate::runtime::Runtime;
 use crate::server::Server;
 use crate::version::Digest;
 
@@ -186,6 +186,7 @@ async fn build_and_deploy(rt: &Arc<Runtime>, project: &Project) {
             prefix: None,
             config: None,
             bytes,
+            signature: None,
             by: "handoff dev".to_owned(),
             label: None,
             message: None,
@@ -198,7 +199,7 @@ async fn build_and_deploy(rt: &Arc<Runtime>, project: &Project) {
                 say(&format!(
                     "deployed {} {} in {} ms",
                     guest.route.as_str(),
-                    done.route.active.digest.short(),
+                    done.route.stable().map_or("", |v| v.digest.short()),
                     started.elapsed().as_millis()
                 ));
             }
@@ -249,7 +250,7 @@ fn active(rt: &Runtime, route: &RouteName) -> Option<Digest> {
     rt.routes
         .snapshot()
         .get(route)
-        .map(|r| r.active.digest.clone())
+        .and_then(|r| r.stable().map(|v| v.digest.clone()))
 }
 
 /// "still serving NAME VERSION, ..." for the project's guests.

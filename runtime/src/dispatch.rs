@@ -24,26 +24,39 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::Runtime;
 use crate::host::Host;
-use crate::routes::Refused;
-use crate::version::{InFlight, Version};
+use crate::route::{InFlight, Refused};
+use crate::runtime::Runtime;
+use crate::version::Version;
 
-/// Serves one data-plane request (`https` when it arrived over TLS). Never fails: every
-/// outcome is a response.
-pub async fn dispatch<B>(rt: &Runtime, req: Request<B>, https: bool) -> Response<DataBody>
+/// Serves one data-plane request from `peer` (`https` when it arrived over TLS). Never fails:
+/// every outcome is a response.
+pub async fn dispatch<B>(
+    rt: &Runtime,
+    req: Request<B>,
+    https: bool,
+    peer: Option<std::net::IpAddr>,
+) -> Response<DataBody>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let id = rt.next_request_id();
-    let routed = match rt.routes.resolve(req.uri().path()) {
+    let routed = match rt.routes.resolve(req.uri().path(), req.headers(), peer) {
         Ok(routed) => routed,
         Err(Refused::NoRoute) => {
             tracing::debug!(request_id = id, path = req.uri().path(), "no route");
             return failure(
                 StatusCode::NOT_FOUND,
                 &format!("no route serves the path `{}`", req.uri().path()),
+                id,
+            );
+        }
+        Err(Refused::Unavailable { route }) => {
+            tracing::warn!(request_id = id, route = %route, "route unavailable");
+            return failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the route's version could not be loaded; its operator must deploy it again",
                 id,
             );
         }
@@ -92,11 +105,7 @@ where
     );
     let started = Instant::now();
     let deadline = started + version.limits.request_timeout;
-    let mut store = Store::new(
-        rt.engine.wasmtime(),
-        Host::new(&version, &routed.prefix, deadline),
-    );
-    Host::install(&mut store);
+    let mut store = Host::store(rt.engine.wasmtime(), &version, &routed.prefix, deadline);
     let (tx, rx) = oneshot::channel();
     let req = match store
         .data_mut()

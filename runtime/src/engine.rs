@@ -193,7 +193,7 @@ fn wasmtime_config(config: &Config, pooling: bool) -> wasmtime::Config {
             .total_tables(slots.saturating_mul(4))
             .total_stacks(slots)
             .table_elements(POOL_TABLE_ELEMENTS)
-            .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX));
+            .max_memory_size(config.limits.max_memory_bytes);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     cfg

@@ -43,6 +43,19 @@ pub struct Host {
 const TICKS_BEFORE_YIELDING: u32 = 10;
 
 impl Host {
+    /// A store for one call into `version` through a route at `prefix`, with `deadline` as its
+    /// CPU deadline and its limits installed: the one place a `Store` is made.
+    pub fn store(
+        engine: &wasmtime::Engine,
+        version: &Arc<Version>,
+        prefix: &str,
+        deadline: Instant,
+    ) -> wasmtime::Store<Host> {
+        let mut store = wasmtime::Store::new(engine, Host::new(version, prefix, deadline));
+        Host::install(&mut store);
+        store
+    }
+
     /// Request state for one call into `version` through a route at `prefix`, with `deadline`
     /// as its CPU deadline.
     pub fn new(version: &Arc<Version>, prefix: &str, deadline: Instant) -> Self {

@@ -20,9 +20,9 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::Runtime;
 use crate::config::Config;
 use crate::dispatch::{DataBody, dispatch};
+use crate::runtime::Runtime;
 
 /// The largest request head (request line and headers) the data plane buffers.
 const MAX_HEAD_BYTES: usize = 64 << 10;
@@ -56,14 +56,14 @@ impl Server {
                 "routes restored from the data directory"
             );
         }
-        if runtime.persist.is_ephemeral() {
+        if runtime.files.is_ephemeral() {
             tracing::info!(
-                dir = %runtime.persist.dir().display(),
+                dir = %runtime.files.dir().display(),
                 "ephemeral: deployments live in a temporary directory and are lost at exit"
             );
         } else {
             tracing::info!(
-                dir = %runtime.persist.dir().display(),
+                dir = %runtime.files.dir().display(),
                 "data directory: deployments, artifacts and history are kept here across restarts"
             );
         }
@@ -267,9 +267,9 @@ async fn serve_data(
                 }
             }
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Usually EMFILE: back off briefly instead of spinning.
                     tracing::warn!(error = %error, "accept failed");
@@ -287,7 +287,7 @@ async fn serve_data(
             let rt = service_rt.clone();
             let busy = watched.busy();
             async move {
-                let response = dispatch(&rt, req, https).await;
+                let response = dispatch(&rt, req, https, Some(peer.ip())).await;
                 Ok::<_, Infallible>(response.map(|body| Tracked { body, _busy: busy }))
             }
         });

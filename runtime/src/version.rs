@@ -5,63 +5,17 @@
 //! active; every in-flight request holds an [`InFlight`] token. A version must never be mutated
 //! after it is built, except through its atomics.
 
-use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use sha2::{Digest as _, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+pub use crate::digest::Digest;
 use crate::host::Host;
-
-/// The sha256 digest of a guest's bytes, written `sha256:<64 hex digits>`.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Digest(Arc<str>);
-
-impl Digest {
-    /// The digest of `bytes`.
-    pub fn of(bytes: &[u8]) -> Self {
-        let hash = Sha256::digest(bytes);
-        let mut text = String::with_capacity(7 + 64);
-        text.push_str("sha256:");
-        for byte in hash {
-            text.push_str(&format!("{byte:02x}"));
-        }
-        Self(text.into())
-    }
-
-    /// Parses `sha256:<64 lowercase hex digits>`.
-    pub fn parse(text: &str) -> Option<Self> {
-        let hex = text.strip_prefix("sha256:")?;
-        (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-            .then(|| Self(text.into()))
-    }
-
-    /// The full `sha256:...` text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The first 12 hex digits, for logs.
-    pub fn short(&self) -> &str {
-        &self.0[7..19]
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::settings::Limits;
 
 /// Deploy-time key/value configuration, handed to the guest as its environment variables.
 /// Sorted by key; keys are unique.
@@ -142,46 +96,6 @@ pub struct GuestDir {
     pub path: Arc<std::path::Path>,
 }
 
-/// Limits a route's requests run under: the server's flags give the defaults, a deploy may
-/// override each one for its route. Fixed per version at deploy time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Limits {
-    /// Linear-memory cap per instance.
-    pub max_memory_bytes: usize,
-    /// CPU and wall-clock deadline per request.
-    pub request_timeout: Duration,
-    /// Requests the route may run at once (0: only the instance pool bounds it); more get 503.
-    pub max_concurrency: u32,
-    /// Largest request body (0: no limit); larger gets 413.
-    pub max_request_body: u64,
-    /// Largest response body (0: no limit); a longer one is cut off with an error.
-    pub max_response_body: u64,
-    /// How long compiling the route's component may take (a recompile after a restart too).
-    #[serde(default = "default_compile_timeout")]
-    pub compile_timeout: Duration,
-    /// How much memory compiling the route's component may use.
-    #[serde(default = "default_compile_memory")]
-    pub compile_memory: u64,
-}
-
-fn default_compile_timeout() -> Duration {
-    crate::config::DEFAULT_COMPILE_TIMEOUT
-}
-
-fn default_compile_memory() -> u64 {
-    crate::config::DEFAULT_COMPILE_MEMORY
-}
-
-impl Limits {
-    /// The compile limits among these.
-    pub fn compile(&self) -> crate::compile::CompileLimits {
-        crate::compile::CompileLimits {
-            timeout: self.compile_timeout,
-            memory_bytes: self.compile_memory,
-        }
-    }
-}
-
 /// One compiled, pre-instantiated guest serving (or having served) a route.
 pub struct Version {
     /// The digest of the component's bytes: the version's name.
@@ -251,13 +165,18 @@ impl Version {
         }
     }
 
-    /// Takes an in-flight token for a request on this version through a route whose
-    /// `route_in_flight` count the caller has already raised. Call it while the route table
-    /// snapshot that yielded this version is still held, so a retirement can never miss it.
-    pub fn enter(self: &Arc<Self>, route_in_flight: Arc<AtomicUsize>) -> InFlight {
+    /// Counts a request that now holds this version (see `crate::route::InFlight`).
+    pub(crate) fn enter(&self) {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.requests.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone(), route_in_flight)
+    }
+
+    /// Counts a request that let go of this version, waking its drain if it was the last.
+    pub(crate) fn leave(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.retired.load(Ordering::SeqCst)
+        {
+            self.drained.notify_waiters();
+        }
     }
 
     /// This version's settings.
@@ -351,29 +270,6 @@ pub enum DrainOutcome {
     },
 }
 
-/// Proof that a request holds a version: from routing until its response body's last byte is
-/// written or the client goes away. Dropping it is what lets a retired version drain.
-pub struct InFlight(Arc<Version>, Arc<AtomicUsize>);
-
-impl InFlight {
-    /// The version this request runs on.
-    pub fn version(&self) -> &Arc<Version> {
-        &self.0
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.1.fetch_sub(1, Ordering::SeqCst);
-        let version = &self.0;
-        if version.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
-            && version.retired.load(Ordering::SeqCst)
-        {
-            version.drained.notify_waiters();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,15 +286,5 @@ mod tests {
         assert!(parse_config(["A-B=a"]).unwrap_err().contains("not usable"));
         let long = format!("K={}", "x".repeat(MAX_CONFIG_VALUE + 1));
         assert!(parse_config([long.as_str()]).is_err());
-    }
-
-    #[test]
-    fn digest_is_sha256_hex() {
-        let d = Digest::of(b"abc");
-        assert_eq!(
-            d.as_str(),
-            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert_eq!(d.short(), "ba7816bf8f01");
     }
 }

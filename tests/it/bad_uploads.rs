@@ -2,7 +2,7 @@
 //! current version, untouched.
 
 use bytes::Bytes;
-use handoff::config::Config;
+use handoff::config::{Config, Limits};
 use handoff_tests::{TestServer, guests, send};
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
@@ -220,8 +220,11 @@ async fn wasm_bombs_and_slow_uploads_are_refused_and_nothing_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compile_limits_stop_slow_and_hungry_compiles_and_nothing_changes() {
     let server = TestServer::start_with(Config {
-        compile_timeout: std::time::Duration::from_secs(120),
-        compile_memory: 4 << 30,
+        limits: Limits {
+            compile_timeout: std::time::Duration::from_secs(120),
+            compile_memory: 4 << 30,
+            ..Limits::default()
+        },
         ..Config::ephemeral()
     })
     .await;

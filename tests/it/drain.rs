@@ -15,8 +15,9 @@ const GENEROUS: Duration = Duration::from_secs(20);
 
 fn active_version(server: &TestServer, route: &str) -> Weak<Version> {
     let table = server.server().runtime().routes.snapshot();
-    let route = handoff::routes::RouteName::parse(route).unwrap();
-    Arc::downgrade(&table.get(&route).expect("route exists").active)
+    let route = handoff::route::RouteName::parse(route).unwrap();
+    let route = table.get(&route).expect("route exists");
+    Arc::downgrade(route.stable().expect("route is live"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

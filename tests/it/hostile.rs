@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use handoff::config::Config;
+use handoff::config::{Config, Limits};
 use handoff_tests::{TestServer, guests};
 use http::StatusCode;
 
@@ -13,8 +13,11 @@ const DEADLINE: Duration = Duration::from_millis(1000);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_guests_fail_cleanly_and_others_keep_serving() {
     let server = TestServer::start_with(Config {
-        request_timeout: DEADLINE,
-        max_memory_bytes: 32 << 20,
+        limits: Limits {
+            request_timeout: DEADLINE,
+            max_memory_bytes: 32 << 20,
+            ..Limits::default()
+        },
         ..Config::ephemeral()
     })
     .await;
@@ -132,7 +135,10 @@ async fn a_client_that_leaves_before_the_response_stops_its_guest() {
     // in time.
     let server = TestServer::start_with(Config {
         max_instances: 1,
-        request_timeout: Duration::from_secs(600),
+        limits: Limits {
+            request_timeout: Duration::from_secs(600),
+            ..Limits::default()
+        },
         ..Config::ephemeral()
     })
     .await;

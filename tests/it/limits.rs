@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use handoff::config::Config;
+use handoff::config::{Config, Limits};
 use handoff_tests::{Connection, TestServer, get_request, guests};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -141,7 +141,10 @@ async fn a_full_route_sheds_with_503_while_other_routes_serve() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stack_overflow_and_an_endless_stream_fail_cleanly() {
     let server = TestServer::start_with(Config {
-        request_timeout: Duration::from_millis(800),
+        limits: Limits {
+            request_timeout: Duration::from_millis(800),
+            ..Limits::default()
+        },
         ..Config::ephemeral()
     })
     .await;

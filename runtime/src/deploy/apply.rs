@@ -1,0 +1,412 @@
+//! The one activation path. Every change to what a route serves (deploy, rollback, activate,
+//! delete; and at startup, restore) goes through here:
+//!
+//! 1. **lock** the route's change lock (other routes change meanwhile);
+//! 2. **plan**: read the route's stored record and what serves it now, and let the caller's
+//!    planner turn them into the next record (or decide nothing changes);
+//! 3. **build** every version the next record names that is not serving already: load its
+//!    artifact (or recompile it), link, pre-instantiate, and instantiate it once under its
+//!    limits; reuse what serves where digest and settings match;
+//! 4. **record** the change in the state log (durable), under the route table's writer, after
+//!    checking the prefix is free;
+//! 5. **publish** the new route into the table and wait out readers of the old snapshot;
+//! 6. **retire** every version that left; it drains in the background, then garbage is
+//!    collected.
+//!
+//! Steps 1-3 may fail and change nothing; from step 4 on the change is durable and is applied
+//! whole. A restart runs steps 3 and 5 for every stored record (see [`super::restore`]).
+
+use std::sync::Arc;
+
+use super::prepare::{self, Built};
+use super::{DeployError, Deployed, gc, internal, parse_digest};
+use crate::route::{Candidate, Prefix, Route, RouteName, Serving, Shadow, Split, Sticky, Weight};
+use crate::runtime::Runtime;
+use crate::state::{AppendError, Change, ModuleRecord, RouteRecord, SettingsRecord};
+use crate::version::{Digest, Version};
+
+/// What a change will do, as its planner decided it.
+pub(crate) struct Plan {
+    /// The route as it will stand; `None` deletes it.
+    pub next: Option<RouteRecord>,
+    /// Module records written with the change.
+    pub modules: Vec<(Digest, ModuleRecord)>,
+    /// Components already compiled or loaded for this change (a deploy's new bytes).
+    pub built: Vec<Built>,
+}
+
+/// A planner's decision.
+pub(crate) enum Planned {
+    /// What was asked for already serves.
+    Unchanged,
+    /// This change.
+    Change(Box<Plan>),
+}
+
+/// What a planner sees: the route as stored and as serving.
+pub(crate) struct Current<'a> {
+    name: &'a RouteName,
+    stored: Option<&'a RouteRecord>,
+    live: Option<&'a Route>,
+}
+
+impl Current<'_> {
+    /// The route's name.
+    pub fn name(&self) -> &RouteName {
+        self.name
+    }
+
+    /// The stored record, if the route exists.
+    pub fn stored(&self) -> Option<&RouteRecord> {
+        self.stored
+    }
+
+    /// The route as it serves now, if it is in the table.
+    pub fn live(&self) -> Option<&Route> {
+        self.live
+    }
+
+    /// The stable version's settings (none for a new route).
+    pub fn settings(&self) -> SettingsRecord {
+        self.stored.map(|r| r.settings.clone()).unwrap_or_default()
+    }
+
+    /// The route's prefix, if it has one.
+    pub fn prefix(&self) -> Option<Prefix> {
+        self.stored
+            .and_then(|r| Prefix::parse(&r.prefix).ok())
+            .or_else(|| self.live.map(|r| r.prefix.clone()))
+    }
+
+    /// Whether the route already serves exactly `digest` with `settings` at `prefix`, alone.
+    pub fn serves(&self, digest: &Digest, settings: &SettingsRecord, prefix: &Prefix) -> bool {
+        let stored = self.stored.is_some_and(|r| {
+            r.active == digest.as_str()
+                && r.settings == *settings
+                && r.prefix == prefix.as_str()
+                && r.candidate.is_none()
+                && r.shadow.is_none()
+        });
+        let live = self
+            .live
+            .and_then(Route::split)
+            .is_some_and(|s| s.stable.digest == *digest && s.candidate.is_none());
+        stored && live
+    }
+
+    /// The signature stored with module `digest`, if any.
+    pub async fn signature_of(
+        &self,
+        rt: &Runtime,
+        digest: &Digest,
+    ) -> Result<Option<String>, DeployError> {
+        Ok(rt
+            .state
+            .module(digest)
+            .await
+            .map_err(internal)?
+            .and_then(|m| m.signature))
+    }
+
+    /// The next record: `digest` with `settings` at `prefix` as the only serving version,
+    /// `entry` added to the history (trimmed to the retention limit).
+    pub fn next(
+        &self,
+        rt: &Runtime,
+        prefix: &Prefix,
+        digest: &Digest,
+        settings: SettingsRecord,
+        entry: crate::state::HistoryEntry,
+    ) -> RouteRecord {
+        let mut history = self.stored.map(|r| r.history.clone()).unwrap_or_default();
+        history.push(entry);
+        let excess = history.len().saturating_sub(rt.config.history_limit);
+        history.drain(..excess);
+        RouteRecord {
+            prefix: prefix.as_str().to_owned(),
+            active: digest.to_string(),
+            settings,
+            candidate: None,
+            shadow: None,
+            history,
+            revision: self.stored.map_or(0, |r| r.revision),
+        }
+    }
+}
+
+/// What a change did.
+pub(crate) struct Applied {
+    /// The route as it stands now (`None` after a delete).
+    pub route: Option<Route>,
+    /// The route as it stood before.
+    pub previous: Option<Route>,
+    /// Whether the route was new.
+    pub created: bool,
+    /// Whether anything changed.
+    pub changed: bool,
+}
+
+impl Applied {
+    /// As a deploy's answer. Call it only for changes that leave the route in place.
+    pub fn deployed(self, compile_time: Option<std::time::Duration>) -> Deployed {
+        let route = self.route.expect("the change leaves the route in place");
+        let previous = match self.changed {
+            true => self.previous.as_ref().and_then(Route::stable),
+            false => route.stable(),
+        }
+        .map(|v| v.digest.clone());
+        Deployed {
+            route,
+            previous,
+            changed: self.changed,
+            created: self.created,
+            compile_time,
+        }
+    }
+}
+
+/// Changes route `name` as `plan` decides, through the steps in this module's header.
+pub(crate) async fn change<F>(
+    rt: &Arc<Runtime>,
+    name: &RouteName,
+    plan: F,
+) -> Result<Applied, DeployError>
+where
+    F: for<'c> AsyncFnOnce(Current<'c>) -> Result<Planned, DeployError>,
+{
+    let guard = rt.registry.lock(name).await;
+    let stored = rt.state.route(name).await.map_err(internal)?;
+    let live = rt.routes.snapshot().get(name).cloned();
+    let current = Current {
+        name,
+        stored: stored.as_ref().map(|s| &s.record),
+        live: live.as_ref(),
+    };
+    let plan = match plan(current).await? {
+        Planned::Unchanged => {
+            return Ok(Applied {
+                route: live.clone(),
+                previous: live,
+                created: false,
+                changed: false,
+            });
+        }
+        Planned::Change(plan) => *plan,
+    };
+    let next = match &plan.next {
+        Some(record) => {
+            let prefix = Prefix::parse(&record.prefix).map_err(internal)?;
+            let split = build(rt, name, record, live.as_ref(), &plan.built).await?;
+            Some((prefix, split))
+        }
+        None => None,
+    };
+    let mut writer = rt.routes.writer().await;
+    if let Some((prefix, _)) = &next
+        && let Some(owner) = writer.prefix_owner(name, prefix)
+    {
+        return Err(DeployError::PrefixTaken {
+            prefix: prefix.as_str().to_owned(),
+            owner: owner.as_str().to_owned(),
+        });
+    }
+    let change = Change {
+        route: name.clone(),
+        base: stored.as_ref().map_or(0, |s| s.record.revision),
+        next: plan.next,
+        modules: plan.modules,
+    };
+    rt.state.append(change).await.map_err(|error| match error {
+        AppendError::Conflict { route, .. } => DeployError::Conflict(route),
+        AppendError::Failed(error) => DeployError::Internal(format!("committing: {error:#}")),
+    })?;
+    let route = match next {
+        Some((prefix, split)) => {
+            let route = Route {
+                name: name.clone(),
+                prefix,
+                serving: Serving::Live(split),
+                state: guard.state.clone(),
+            };
+            writer.put(route.clone()).await;
+            Some(route)
+        }
+        None => {
+            writer.remove(name).await;
+            rt.registry.forget(name);
+            None
+        }
+    };
+    drop(writer);
+    log_activation(name, route.as_ref(), live.as_ref(), &plan.built);
+    retire_leaving(rt, name, live.as_ref(), route.as_ref());
+    drop(guard);
+    gc::collect(rt);
+    Ok(Applied {
+        route,
+        previous: live,
+        created: stored.is_none(),
+        changed: true,
+    })
+}
+
+fn log_activation(name: &RouteName, now: Option<&Route>, before: Option<&Route>, built: &[Built]) {
+    let Some(stable) = now.and_then(Route::stable) else {
+        return;
+    };
+    let compile_ms = built
+        .iter()
+        .find(|b| b.digest == stable.digest)
+        .and_then(|b| b.compile_time)
+        .map(|t| t.as_secs_f64() * 1e3);
+    tracing::info!(
+        route = name.as_str(),
+        prefix = now.map(|r| r.prefix.as_str()),
+        version = %stable.digest,
+        previous = before.and_then(Route::stable).map(|v| v.digest.as_str()),
+        compile_ms,
+        "version activated"
+    );
+}
+
+/// Retires every version that served `before` and does not serve `now`.
+fn retire_leaving(
+    rt: &Arc<Runtime>,
+    name: &RouteName,
+    before: Option<&Route>,
+    now: Option<&Route>,
+) {
+    let Some(before) = before.and_then(Route::split) else {
+        return;
+    };
+    let staying: Vec<&Arc<Version>> = now
+        .and_then(Route::split)
+        .map(|s| s.versions().map(|(_, v, _)| v).collect())
+        .unwrap_or_default();
+    for (_, version, _) in before.versions() {
+        if staying.iter().any(|v| Arc::ptr_eq(v, version)) {
+            continue;
+        }
+        let weak = Arc::downgrade(rt);
+        rt.drains.retire(
+            name.clone(),
+            version.clone(),
+            rt.config.drain_timeout,
+            move || {
+                if let Some(rt) = weak.upgrade() {
+                    gc::collect(&rt);
+                }
+            },
+        );
+    }
+}
+
+/// Builds the versions `record` names into a split, reusing what serves `live` where digest
+/// and settings match (the same `Arc`), and the compiled code of any version of the same
+/// digest that serves or drains. Nothing here touches the table.
+pub(crate) async fn build(
+    rt: &Arc<Runtime>,
+    name: &RouteName,
+    record: &RouteRecord,
+    live: Option<&Route>,
+    built: &[Built],
+) -> Result<Split, DeployError> {
+    let serving: Vec<Arc<Version>> = live
+        .and_then(Route::split)
+        .map(|s| s.versions().map(|(_, v, _)| v.clone()).collect())
+        .unwrap_or_default();
+    let draining: Vec<Arc<Version>> = rt
+        .draining()
+        .into_iter()
+        .filter(|d| d.route == *name)
+        .map(|d| d.version)
+        .collect();
+    let reuse = Reuse {
+        serving: &serving,
+        draining: &draining,
+        built,
+    };
+    let stable = version(rt, name, &record.active, &record.settings, &reuse).await?;
+    let candidate = match &record.candidate {
+        Some(c) => Some(Candidate {
+            version: version(rt, name, &c.version, &c.settings, &reuse).await?,
+            weight: Weight::from_percent(c.weight).map_err(internal)?,
+            sticky: c
+                .sticky
+                .as_deref()
+                .map(Sticky::parse)
+                .transpose()
+                .map_err(internal)?,
+        }),
+        None => None,
+    };
+    let shadow = match &record.shadow {
+        Some(s) => Some(Shadow {
+            version: version(rt, name, &s.version, &s.settings, &reuse).await?,
+            percent: Weight::from_percent(s.percent).map_err(internal)?,
+        }),
+        None => None,
+    };
+    Ok(Split {
+        stable,
+        candidate,
+        shadow,
+    })
+}
+
+/// What a change may reuse instead of loading.
+struct Reuse<'a> {
+    /// Versions serving the route now: reused whole when digest and settings match.
+    serving: &'a [Arc<Version>],
+    /// Versions of the route still draining: their compiled code is reused (never the version
+    /// itself, whose drain deadline would cut off the new requests).
+    draining: &'a [Arc<Version>],
+    /// Components this change compiled or loaded.
+    built: &'a [Built],
+}
+
+/// The version of `digest` with `settings` on route `name`.
+async fn version(
+    rt: &Arc<Runtime>,
+    name: &RouteName,
+    digest: &str,
+    settings: &SettingsRecord,
+    reuse: &Reuse<'_>,
+) -> Result<Arc<Version>, DeployError> {
+    let digest = parse_digest(digest)?;
+    let settings = prepare::settings_of(rt, settings);
+    if let Some(same) = reuse
+        .serving
+        .iter()
+        .find(|v| v.digest == digest && v.settings() == settings)
+    {
+        return Ok(same.clone());
+    }
+    let code = reuse
+        .built
+        .iter()
+        .find(|b| b.digest == digest)
+        .cloned()
+        .or_else(|| {
+            reuse
+                .serving
+                .iter()
+                .chain(reuse.draining)
+                .find(|v| v.digest == digest)
+                .map(|v| Built::of(v))
+        });
+    let code = match code {
+        Some(code) => code,
+        None => prepare::load_stored(rt, &digest, settings.limits.compile()).await?,
+    };
+    let version = Arc::new(Version::new(
+        digest,
+        name.shared(),
+        code.pre,
+        settings,
+        code.size,
+        code.compile_time.unwrap_or_default(),
+    ));
+    prepare::trial_instance(rt, &version).await?;
+    Ok(version)
+}

@@ -1,0 +1,122 @@
+//! Garbage collection of stored modules: a module's record and files go once no route serves
+//! it or keeps it in its history, it is not pinned (uploaded, not yet activated), no version
+//! of it is serving or draining in memory, and no change is working on it ([`Pending`]).
+//!
+//! The record is removed atomically with respect to state-log appends
+//! ([`crate::state::StateLog::collect`]); the files after, each one re-checked just before it
+//! is removed. A change marks its digest pending before it reads or writes anything for it, so
+//! a collection never removes what a change is about to reference. No lock is held across a
+//! commit or an `.await`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use crate::runtime::Runtime;
+use crate::version::Digest;
+
+/// Digests changes are working on, counted (two deploys of one digest hold it twice).
+#[derive(Default)]
+pub struct Pending {
+    digests: Mutex<HashMap<Digest, usize>>,
+}
+
+impl Pending {
+    /// Holds `digest` until the returned guard is dropped.
+    pub fn hold(&self, digest: &Digest) -> PendingGuard<'_> {
+        *self
+            .digests
+            .lock()
+            .expect("pending poisoned")
+            .entry(digest.clone())
+            .or_default() += 1;
+        PendingGuard {
+            pending: self,
+            digest: digest.clone(),
+        }
+    }
+
+    /// Whether a change holds `digest`.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.digests
+            .lock()
+            .expect("pending poisoned")
+            .contains_key(digest)
+    }
+}
+
+/// Keeps a digest safe from garbage collection while alive.
+pub struct PendingGuard<'a> {
+    pending: &'a Pending,
+    digest: Digest,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        let mut digests = self.pending.digests.lock().expect("pending poisoned");
+        if let Some(count) = digests.get_mut(&self.digest) {
+            *count -= 1;
+            if *count == 0 {
+                digests.remove(&self.digest);
+            }
+        }
+    }
+}
+
+/// Digests of every version serving or draining in memory.
+pub fn in_use(rt: &Runtime) -> HashSet<Digest> {
+    let mut set: HashSet<Digest> = rt
+        .routes
+        .snapshot()
+        .iter()
+        .filter_map(|route| route.split())
+        .flat_map(|split| {
+            split
+                .versions()
+                .map(|(_, v, _)| v.digest.clone())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    set.extend(rt.draining().into_iter().map(|d| d.version.digest.clone()));
+    set
+}
+
+/// Collects garbage in the background.
+pub fn collect(rt: &Arc<Runtime>) {
+    let rt = rt.clone();
+    tokio::spawn(async move {
+        let serving = in_use(&rt);
+        let protector = rt.clone();
+        let protect =
+            Box::new(move |d: &Digest| serving.contains(d) || protector.pending.contains(d));
+        let removed = match rt.state.collect(protect).await {
+            Ok(removed) => removed.len(),
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "garbage collection failed");
+                return;
+            }
+        };
+        let known: HashSet<Digest> = match rt.state.modules().await {
+            Ok(modules) => modules.into_iter().map(|(d, _)| d).collect(),
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "garbage collection failed");
+                return;
+            }
+        };
+        let sweeper = rt.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            let serving = in_use(&sweeper);
+            sweeper
+                .files
+                .sweep(&|d| known.contains(d) || serving.contains(d) || sweeper.pending.contains(d))
+        })
+        .await
+        .unwrap_or(0);
+        if removed > 0 || swept > 0 {
+            tracing::info!(
+                removed,
+                files = swept,
+                "stored modules no route references were removed"
+            );
+        }
+    });
+}

@@ -1,0 +1,648 @@
+//! Deploy, rollback, activate, upload and delete: what an operator asks for, turned into a
+//! change of what serves.
+//!
+//! Each entry point here only *proposes*: it validates its input, compiles or loads the
+//! component off the async threads (for a deploy of new bytes, before anything is locked), and
+//! hands [`apply::change`] a planner that turns the route's current record into its next one.
+//! [`apply`] is the one activation path: under the route's change lock it plans, builds the
+//! versions the next record names (loaded, linked, trial-instantiated), records the change in
+//! the state log, swaps it into the route table, retires what left, and collects garbage. A
+//! restart ([`restore`]) applies the stored records through the same building and swapping.
+//!
+//! Everything that can fail does so before the route table is touched, so a failed change
+//! never disturbs what serves; a change is durable before it is visible, so a crash at any
+//! moment leaves each route on its old or its new version.
+
+pub mod apply;
+pub mod gc;
+pub mod prepare;
+pub mod restore;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+
+use crate::engine::CompileError;
+use crate::outbound::Outbound;
+use crate::route::{Prefix, Route, RouteName};
+use crate::runtime::Runtime;
+use crate::settings::LimitOverrides;
+use crate::state::{HistoryEntry, ModuleRecord, RouteRecord, SettingsRecord};
+use crate::version::{Digest, RouteConfig};
+use apply::{Current, Plan, Planned};
+
+pub use restore::{Restored, restore};
+
+/// What a deploy, rollback or activation did.
+#[derive(Clone)]
+pub struct Deployed {
+    /// The route as it now stands.
+    pub route: Route,
+    /// The stable version it replaced, if any.
+    pub previous: Option<Digest>,
+    /// Whether what serves changed (false: the same bytes and settings were already serving).
+    pub changed: bool,
+    /// Whether the route was new.
+    pub created: bool,
+    /// Compile and link time, when this deploy compiled.
+    pub compile_time: Option<Duration>,
+}
+
+/// Why a deploy or delete was refused. Every message is a sentence a person can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The upload is not WebAssembly at all.
+    #[error(
+        "the upload is not a WebAssembly binary (it does not start with `\\0asm`); upload the `.wasm` file your build produced"
+    )]
+    NotWasm,
+    /// A core module where a component is needed.
+    #[error(
+        "the upload is a core WebAssembly module, not a component; build for the `wasm32-wasip2` target, or wrap the module with `wasm-tools component new`"
+    )]
+    CoreModule,
+    /// The engine rejected it.
+    #[error("the component is invalid: {0}")]
+    Invalid(String),
+    /// It imports something handoff does not provide.
+    #[error("the component cannot be linked: {0}. handoff provides WASI 0.2 and wasi:http 0.2")]
+    Unlinkable(String),
+    /// It has no HTTP handler.
+    #[error(
+        "the component does not export `wasi:http/incoming-handler` (the `wasi:http/proxy` world), so it cannot serve requests: {0}"
+    )]
+    NoHandler(String),
+    /// Compiling it took longer than the compile deadline; the compile was stopped.
+    #[error(
+        "compiling the component took longer than the compile-timeout of {}; nothing changed. Upload a smaller component, or raise the limit (`compile-timeout=` on the deploy, up to the server's --compile-timeout)",
+        crate::units::format_duration(*.0)
+    )]
+    CompileTimeout(Duration),
+    /// Compiling it needed more memory than allowed; the compile was stopped.
+    #[error(
+        "compiling the component needed more than the compile-memory limit of {}; nothing changed. Upload a smaller component, or raise the limit (`compile-memory=` on the deploy, up to the server's --compile-memory)",
+        crate::units::format_bytes(*.0)
+    )]
+    CompileMemory(u64),
+    /// Another route serves the requested prefix.
+    #[error(
+        "the prefix `{prefix}` is already served by route `{owner}`; choose another prefix or delete that route first"
+    )]
+    PrefixTaken {
+        /// The prefix asked for.
+        prefix: String,
+        /// The route that has it.
+        owner: String,
+    },
+    /// No such route.
+    #[error("there is no route named `{0}`")]
+    UnknownRoute(String),
+    /// No such version in the route's history or among uploaded modules.
+    #[error("{0}")]
+    UnknownVersion(String),
+    /// A rollback with nothing to roll back to.
+    #[error("route `{0}` has no earlier version to roll back to")]
+    NothingToRollBackTo(String),
+    /// A stored module can no longer be loaded.
+    #[error("the stored module {0}; deploy it again")]
+    ModuleUnavailable(String),
+    /// It compiles but cannot be instantiated under the route's limits.
+    #[error(
+        "the component cannot be instantiated under this route's limits (max-memory, the instance pool's table size): {0}"
+    )]
+    Uninstantiable(String),
+    /// A limit or setting asked for is out of range or unusable.
+    #[error("{0}")]
+    InvalidLimits(String),
+    /// The server requires signed modules and this one has no valid signature.
+    #[error(
+        "this server requires signed modules and {0} was not stored with a signature by a trusted key; upload it again signed (handoff upload --sign KEY)"
+    )]
+    Unsigned(String),
+    /// A module a route or its history still uses cannot be deleted.
+    #[error(
+        "module {0} is used by route {1} (serving or in its history); roll the route away from it and let its history move on, or delete the route"
+    )]
+    ModuleInUse(String, String),
+    /// Another change to the route was recorded while this one was planned.
+    #[error(
+        "route `{0}` was changed by another request at the same moment; nothing changed, try again"
+    )]
+    Conflict(String),
+    /// A host failure.
+    #[error("the server failed while deploying; its log has the details")]
+    Internal(String),
+}
+
+impl DeployError {
+    /// The HTTP status this error is reported with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotWasm | Self::InvalidLimits(_) => StatusCode::BAD_REQUEST,
+            Self::CoreModule
+            | Self::Invalid(_)
+            | Self::Unlinkable(_)
+            | Self::NoHandler(_)
+            | Self::CompileTimeout(_)
+            | Self::CompileMemory(_)
+            | Self::Uninstantiable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::PrefixTaken { .. }
+            | Self::NothingToRollBackTo(_)
+            | Self::ModuleUnavailable(_)
+            | Self::ModuleInUse(..)
+            | Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unsigned(_) => StatusCode::FORBIDDEN,
+            Self::UnknownRoute(_) | Self::UnknownVersion(_) => StatusCode::NOT_FOUND,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<CompileError> for DeployError {
+    fn from(error: CompileError) -> Self {
+        match error {
+            CompileError::Invalid(e) => Self::Invalid(e),
+            CompileError::Unlinkable(e) => Self::Unlinkable(e),
+            CompileError::NoHandler(e) => Self::NoHandler(e),
+            CompileError::TooSlow(limit) => Self::CompileTimeout(limit),
+            CompileError::TooMuchMemory(limit) => Self::CompileMemory(limit),
+            CompileError::Failed(e) => Self::Internal(format!("compiling: {e}")),
+        }
+    }
+}
+
+/// A host failure, with its context for the log.
+pub(crate) fn internal(error: impl std::fmt::Display) -> DeployError {
+    DeployError::Internal(format!("{error:#}"))
+}
+
+/// Checks the 8-byte preamble, so the common mistakes get a precise message.
+fn check_preamble(bytes: &[u8]) -> Result<(), DeployError> {
+    const MAGIC: &[u8; 4] = b"\0asm";
+    const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err(DeployError::NotWasm);
+    }
+    if bytes[4..8] == CORE_VERSION {
+        return Err(DeployError::CoreModule);
+    }
+    Ok(())
+}
+
+/// What to deploy: the component's bytes and where and how it serves.
+pub struct DeployRequest {
+    /// The route to create or replace.
+    pub name: RouteName,
+    /// Its path prefix; `None` keeps the route's current one (`/{name}` for a new route).
+    pub prefix: Option<Prefix>,
+    /// Its configuration; `None` keeps the route's current one (none for a new route).
+    pub config: Option<RouteConfig>,
+    /// The component.
+    pub bytes: Bytes,
+    /// The upload's signature (`Handoff-Signature`), kept with the module.
+    pub signature: Option<String>,
+    /// Who deploys (recorded in the history).
+    pub by: String,
+    /// An optional label for this version (`stable`, `v1.2.0`...), usable for rollback.
+    pub label: Option<String>,
+    /// An optional message recorded in the history.
+    pub message: Option<String>,
+    /// Limits to change for this route; the others keep their current (or default) values.
+    pub limits: LimitOverrides,
+    /// The route's outbound allow-list; `None` keeps the current one (none for a new route).
+    pub outbound: Option<Outbound>,
+    /// The directory (under `--guest-dirs`) to mount at `/data`; `None` keeps the current one,
+    /// `""` unmounts.
+    pub dir: Option<String>,
+}
+
+/// Which version a rollback goes to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The most recent history entry that differs from what serves now (its version or its
+    /// settings).
+    Previous,
+    /// A version by digest: from the route's history, or an uploaded module.
+    Version(Digest),
+    /// The most recent history entry with this label.
+    Label(String),
+}
+
+/// How an activation is recorded in the route's history.
+struct Activation {
+    action: &'static str,
+    by: String,
+    label: Option<String>,
+    message: Option<String>,
+}
+
+impl Activation {
+    /// The history entry for `digest` of `size` bytes running with `settings`.
+    fn entry(self, digest: &Digest, size: u64, settings: &SettingsRecord) -> HistoryEntry {
+        HistoryEntry {
+            version: digest.to_string(),
+            size_bytes: size,
+            activated_at_ms: unix_ms(),
+            by: self.by,
+            action: self.action.to_owned(),
+            label: self.label,
+            message: self.message,
+            config: settings.config.clone(),
+            limits: settings.limits,
+            outbound: Some(settings.outbound.clone()),
+            dir: settings.dir.clone(),
+        }
+    }
+}
+
+/// Deploys a component to a route (creating it, or replacing its version). Returns once the new
+/// version is compiled, pre-instantiated, durably committed and active.
+pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deployed, DeployError> {
+    let DeployRequest {
+        name,
+        prefix,
+        config,
+        bytes,
+        signature,
+        by,
+        label,
+        message,
+        limits,
+        outbound,
+        dir,
+    } = request;
+    check_preamble(&bytes)?;
+    if let Some(dir) = &dir {
+        rt.config
+            .guest_dir(dir)
+            .map_err(DeployError::InvalidLimits)?;
+    }
+    let digest = Digest::of(&bytes);
+    let _pending = rt.pending.hold(&digest);
+    // Compile (or find) the component before taking the route's lock: a slow compile holds up
+    // nothing. The compile limits are the route's as they stand now, with this deploy's.
+    let stored = rt.state.route(&name).await.map_err(internal)?;
+    let asked = limits.apply(prepare::route_limits(
+        rt,
+        stored.as_ref().map(|s| &s.record.settings),
+    ));
+    asked
+        .check(&rt.config.limits)
+        .map_err(DeployError::InvalidLimits)?;
+    let compile_limits = asked.compile();
+    let built = prepare::ensure(rt, &name, &digest, bytes, compile_limits).await?;
+    let compile_time = built.compile_time;
+    let applied = apply::change(rt, &name, async |current: Current| {
+        let base = current.settings();
+        let settings = SettingsRecord {
+            config: config.map_or(base.config.clone(), |c| c.to_vec()),
+            limits: Some(limits.apply(prepare::route_limits(rt, Some(&base)))),
+            outbound: outbound.map_or(base.outbound.clone(), |rules| {
+                rules.iter().map(ToString::to_string).collect()
+            }),
+            dir: match &dir {
+                Some(dir) if dir.is_empty() => None,
+                Some(dir) => Some(dir.clone()),
+                None => base.dir.clone(),
+            },
+        };
+        prepare::check_settings(rt, &settings)?;
+        let prefix = prefix
+            .or_else(|| current.prefix())
+            .unwrap_or_else(|| Prefix::for_route(&name));
+        if current.serves(&digest, &settings, &prefix) {
+            tracing::info!(route = name.as_str(), version = %digest, "deploy unchanged: this version is already active");
+            return Ok(Planned::Unchanged);
+        }
+        let module = ModuleRecord {
+            size_bytes: built.size as u64,
+            pinned: false,
+            signature: signature.or(current.signature_of(rt, &digest).await?),
+        };
+        let entry = Activation {
+            action: "deploy",
+            by,
+            label,
+            message,
+        }
+        .entry(&digest, module.size_bytes, &settings);
+        Ok(Planned::Change(Box::new(Plan {
+            next: Some(current.next(rt, &prefix, &digest, settings, entry)),
+            modules: vec![(digest.clone(), module)],
+            built: vec![built],
+        })))
+    })
+    .await?;
+    Ok(applied.deployed(compile_time))
+}
+
+/// Rolls route `name` back to `target`: the same atomic swap and drain as a deploy, loading the
+/// stored artifact instead of compiling when it is on disk.
+pub async fn rollback(
+    rt: &Arc<Runtime>,
+    name: &RouteName,
+    target: Target,
+    by: String,
+) -> Result<Deployed, DeployError> {
+    let applied = apply::change(rt, name, async |current: Current| {
+        let record = current
+            .stored()
+            .ok_or_else(|| DeployError::UnknownRoute(name.as_str().to_owned()))?;
+        let entry = match &target {
+            Target::Previous => record.history.iter().rev().find(|e| {
+                e.version != record.active || e.settings(&record.settings) != record.settings
+            }),
+            Target::Version(digest) => record
+                .history
+                .iter()
+                .rev()
+                .find(|e| e.version == digest.as_str()),
+            Target::Label(label) => record
+                .history
+                .iter()
+                .rev()
+                .find(|e| e.label.as_deref() == Some(label)),
+        };
+        let (digest, settings, label) = match (entry, &target) {
+            (Some(e), _) => (
+                parse_digest(&e.version)?,
+                e.settings(&record.settings),
+                e.label.clone(),
+            ),
+            (None, Target::Previous) => {
+                return Err(DeployError::NothingToRollBackTo(name.as_str().to_owned()));
+            }
+            // Not in the history: an uploaded module, with the route's current settings.
+            (None, Target::Version(digest)) => (digest.clone(), record.settings.clone(), None),
+            (None, Target::Label(label)) => {
+                return Err(DeployError::UnknownVersion(format!(
+                    "route `{}` has no version labelled `{label}` in its history",
+                    name.as_str()
+                )));
+            }
+        };
+        let activation = Activation {
+            action: "rollback",
+            by,
+            label,
+            message: None,
+        };
+        activate_stored(rt, &current, None, digest, settings, activation).await
+    })
+    .await?;
+    Ok(applied.deployed(None))
+}
+
+/// Activates a stored module (uploaded with [`upload`], or in the history) on route `name`,
+/// creating the route when it does not exist. The route keeps its settings (a new route gets
+/// the server's defaults).
+pub async fn activate(
+    rt: &Arc<Runtime>,
+    name: &RouteName,
+    prefix: Option<Prefix>,
+    digest: Digest,
+    by: String,
+    label: Option<String>,
+) -> Result<Deployed, DeployError> {
+    let applied = apply::change(rt, name, async |current: Current| {
+        let settings = current.settings();
+        let activation = Activation {
+            action: "activate",
+            by,
+            label,
+            message: None,
+        };
+        activate_stored(rt, &current, prefix, digest, settings, activation).await
+    })
+    .await?;
+    Ok(applied.deployed(None))
+}
+
+/// Plans serving the stored module `digest` with `settings` on the route `current` describes.
+async fn activate_stored(
+    rt: &Arc<Runtime>,
+    current: &Current<'_>,
+    prefix: Option<Prefix>,
+    digest: Digest,
+    settings: SettingsRecord,
+    activation: Activation,
+) -> Result<Planned, DeployError> {
+    prepare::check_settings(rt, &settings)?;
+    let prefix = prefix
+        .or_else(|| current.prefix())
+        .unwrap_or_else(|| Prefix::for_route(current.name()));
+    if current.serves(&digest, &settings, &prefix) {
+        return Ok(Planned::Unchanged);
+    }
+    let mut module = rt
+        .state
+        .module(&digest)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| {
+            DeployError::UnknownVersion(format!(
+                "no module {digest} is stored; deploy or upload it first"
+            ))
+        })?;
+    prepare::check_stored_signature(rt, &digest, &module)?;
+    module.pinned = false;
+    let entry = activation.entry(&digest, module.size_bytes, &settings);
+    Ok(Planned::Change(Box::new(Plan {
+        next: Some(current.next(rt, &prefix, &digest, settings, entry)),
+        modules: vec![(digest, module)],
+        built: Vec::new(),
+    })))
+}
+
+/// What an upload stored.
+pub struct Uploaded {
+    /// The module's digest, to activate later.
+    pub digest: Digest,
+    /// Its size.
+    pub size_bytes: usize,
+    /// Compile time (`None` when it was already stored).
+    pub compile_time: Option<Duration>,
+}
+
+/// Validates, compiles and stores a component without activating it; it stays pinned (safe
+/// from garbage collection) until a route activates it or it is deleted. Uploading bytes that
+/// are already stored pins them too.
+pub async fn upload(
+    rt: &Arc<Runtime>,
+    bytes: Bytes,
+    signature: Option<String>,
+) -> Result<Uploaded, DeployError> {
+    check_preamble(&bytes)?;
+    let digest = Digest::of(&bytes);
+    let size_bytes = bytes.len();
+    let _pending = rt.pending.hold(&digest);
+    let stored = rt.state.module(&digest).await.map_err(internal)?;
+    let compile_time = match &stored {
+        Some(_) => {
+            // Repair the stored bytes if they were damaged; the artifact is checked on load.
+            let files_rt = rt.clone();
+            let (d, b) = (digest.clone(), bytes.clone());
+            tokio::task::spawn_blocking(move || files_rt.files.save_module(&d, &b))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?;
+            None
+        }
+        None => {
+            let limits = rt.config.limits.compile();
+            Some(
+                prepare::compile_and_store(rt, &digest, bytes, limits)
+                    .await?
+                    .compile_time,
+            )
+        }
+    };
+    let record = ModuleRecord {
+        size_bytes: size_bytes as u64,
+        pinned: true,
+        signature: signature.or(stored.and_then(|s| s.signature)),
+    };
+    rt.state
+        .put_modules(vec![(digest.clone(), record)])
+        .await
+        .map_err(internal)?;
+    tracing::info!(version = %digest, size_bytes, "module uploaded");
+    Ok(Uploaded {
+        digest,
+        size_bytes,
+        compile_time: compile_time.flatten(),
+    })
+}
+
+/// Deletes route `name`: stops routing to it at once, forgets it durably, drains its versions
+/// in the background. An unavailable route (stored, but its module could not be loaded) is
+/// deleted the same way. Returns the route as it stood.
+pub async fn delete(rt: &Arc<Runtime>, name: &RouteName) -> Result<Route, DeployError> {
+    let applied = apply::change(rt, name, async |current: Current| {
+        if current.stored().is_none() && current.live().is_none() {
+            return Err(DeployError::UnknownRoute(name.as_str().to_owned()));
+        }
+        Ok(Planned::Change(Box::new(Plan {
+            next: None,
+            modules: Vec::new(),
+            built: Vec::new(),
+        })))
+    })
+    .await?;
+    let route = applied
+        .previous
+        .ok_or_else(|| DeployError::UnknownRoute(name.as_str().to_owned()))?;
+    tracing::info!(route = name.as_str(), "route deleted");
+    Ok(route)
+}
+
+/// The stored history of route `name`, oldest first.
+pub async fn history(rt: &Runtime, name: &RouteName) -> Result<RouteRecord, DeployError> {
+    rt.state
+        .route(name)
+        .await
+        .map_err(internal)?
+        .map(|stored| stored.record)
+        .ok_or_else(|| DeployError::UnknownRoute(name.as_str().to_owned()))
+}
+
+/// A stored module and the routes that use it.
+pub struct StoredModule {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its record.
+    pub record: ModuleRecord,
+    /// Routes that serve it or keep it in their history.
+    pub used_by: Vec<String>,
+}
+
+/// Every stored module, with the routes that use it.
+pub async fn modules(rt: &Runtime) -> Result<Vec<StoredModule>, DeployError> {
+    let routes = rt.state.routes().await.map_err(internal)?;
+    let modules = rt.state.modules().await.map_err(internal)?;
+    Ok(modules
+        .into_iter()
+        .map(|(digest, record)| StoredModule {
+            used_by: routes
+                .iter()
+                .filter(|r| r.record.references().any(|d| d == digest.as_str()))
+                .map(|r| r.name.as_str().to_owned())
+                .collect(),
+            digest,
+            record,
+        })
+        .collect())
+}
+
+/// Deletes a stored module that no route uses (neither serving it nor in its history).
+pub async fn delete_module(rt: &Arc<Runtime>, digest: &Digest) -> Result<(), DeployError> {
+    let _pending = rt.pending.hold(digest);
+    if rt.state.module(digest).await.map_err(internal)?.is_none() {
+        return Err(DeployError::UnknownVersion(format!(
+            "no module {digest} is stored"
+        )));
+    }
+    if let Some(user) = modules(rt)
+        .await?
+        .into_iter()
+        .find(|m| m.digest == *digest)
+        .and_then(|m| m.used_by.into_iter().next())
+    {
+        return Err(DeployError::ModuleInUse(digest.to_string(), user));
+    }
+    if gc::in_use(rt).contains(digest) {
+        return Err(DeployError::ModuleInUse(
+            digest.to_string(),
+            "(a version still draining)".into(),
+        ));
+    }
+    if !rt.state.remove_module(digest).await.map_err(internal)? {
+        return Err(DeployError::ModuleInUse(
+            digest.to_string(),
+            "(another route, just now)".into(),
+        ));
+    }
+    drop(_pending);
+    tracing::info!(version = %digest, "module deleted");
+    gc::collect(rt);
+    Ok(())
+}
+
+/// Parses `sha256:<64 hex>`.
+pub fn parse_digest(text: &str) -> Result<Digest, DeployError> {
+    Digest::parse(text).ok_or_else(|| {
+        DeployError::UnknownVersion(format!(
+            "`{}` is not a version; versions look like sha256:<64 hex digits>",
+            text.escape_debug()
+        ))
+    })
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preamble_catches_common_mistakes() {
+        assert!(matches!(check_preamble(b""), Err(DeployError::NotWasm)));
+        assert!(matches!(
+            check_preamble(b"<html>hello</html>"),
+            Err(DeployError::NotWasm)
+        ));
+        assert!(matches!(
+            check_preamble(b"\0asm\x01\0\0\0"),
+            Err(DeployError::CoreModule)
+        ));
+        assert!(check_preamble(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+}

@@ -1,0 +1,275 @@
+//! Turning bytes and records into versions, off the async threads: compile (in the compile
+//! worker) or load a stored artifact, link and pre-instantiate, store the bytes and the
+//! artifact, resolve a record's settings, and instantiate a new version once under its limits
+//! before it may serve.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use super::{DeployError, internal};
+use crate::compile::CompileLimits;
+use crate::host::Host;
+use crate::route::RouteName;
+use crate::runtime::Runtime;
+use crate::settings::Limits;
+use crate::state::{ModuleRecord, SettingsRecord};
+use crate::version::{Digest, Settings, Version};
+
+/// A linked, pre-instantiated component, ready to become versions.
+#[derive(Clone)]
+pub(crate) struct Built {
+    /// Its digest.
+    pub digest: Digest,
+    /// The pre-instantiated component.
+    pub pre: ProxyPre<Host>,
+    /// Size of its bytes.
+    pub size: usize,
+    /// Compile and link time, when it was compiled (not loaded).
+    pub compile_time: Option<Duration>,
+}
+
+impl Built {
+    /// The compiled code of a version that already exists.
+    pub fn of(version: &Version) -> Self {
+        Self {
+            digest: version.digest.clone(),
+            pre: version.pre.clone(),
+            size: version.size_bytes,
+            compile_time: None,
+        }
+    }
+}
+
+/// The component `bytes` (of `digest`), for a deploy to route `name`: the compiled code of a
+/// version of the same bytes that serves already, else the stored artifact, else compiled now
+/// under `limits`. Either way the bytes are stored (a damaged stored copy is replaced).
+pub(crate) async fn ensure(
+    rt: &Arc<Runtime>,
+    name: &RouteName,
+    digest: &Digest,
+    bytes: Bytes,
+    limits: CompileLimits,
+) -> Result<Built, DeployError> {
+    let live = rt.routes.snapshot().get(name).and_then(|route| {
+        route
+            .split()?
+            .versions()
+            .find(|(_, v, _)| v.digest == *digest)
+            .map(|(_, v, _)| Built::of(v))
+    });
+    let stored = rt.state.module(digest).await.map_err(internal)?.is_some();
+    let found = match live {
+        Some(live) => Some(live),
+        None if stored => load_stored(rt, digest, limits).await.ok(),
+        None => None,
+    };
+    match found {
+        Some(found) => {
+            let files_rt = rt.clone();
+            let digest = digest.clone();
+            tokio::task::spawn_blocking(move || files_rt.files.save_module(&digest, &bytes))
+                .await
+                .map_err(internal)?
+                .map_err(|e| DeployError::Internal(format!("storing the module: {e:#}")))?;
+            Ok(found)
+        }
+        None => compile_and_store(rt, digest, bytes, limits).await,
+    }
+}
+
+/// Compiles `bytes` under `limits`, links it, and stores the bytes and the artifact durably.
+pub(crate) async fn compile_and_store(
+    rt: &Arc<Runtime>,
+    digest: &Digest,
+    bytes: Bytes,
+    limits: CompileLimits,
+) -> Result<Built, DeployError> {
+    let started = Instant::now();
+    let compiled = rt
+        .compiles
+        .compile(&rt.engine, bytes.clone(), limits)
+        .await
+        .inspect_err(
+            |error| tracing::warn!(version = %digest, error = ?error, "compile refused"),
+        )?;
+    let worker = rt.clone();
+    let key = digest.clone();
+    let size = bytes.len();
+    let pre = tokio::task::spawn_blocking(move || -> Result<_, DeployError> {
+        let pre = worker.engine.link(&compiled.component)?;
+        let storing =
+            |e: anyhow::Error| DeployError::Internal(format!("storing the module: {e:#}"));
+        worker.files.save_module(&key, &bytes).map_err(storing)?;
+        worker
+            .files
+            .save_artifact(&key, &compiled.artifact)
+            .map_err(storing)?;
+        Ok(pre)
+    })
+    .await
+    .map_err(internal)??;
+    let took = started.elapsed();
+    tracing::info!(
+        version = %digest,
+        size_bytes = size,
+        compile_ms = took.as_secs_f64() * 1e3,
+        "component compiled"
+    );
+    Ok(Built {
+        digest: digest.clone(),
+        pre,
+        size,
+        compile_time: Some(took),
+    })
+}
+
+/// Loads a stored module: from its artifact when present and intact, else recompiled from its
+/// bytes under `limits` (and the artifact rewritten).
+pub(crate) async fn load_stored(
+    rt: &Arc<Runtime>,
+    digest: &Digest,
+    limits: CompileLimits,
+) -> Result<Built, DeployError> {
+    let record = rt
+        .state
+        .module(digest)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| {
+            DeployError::UnknownVersion(format!(
+                "no module {digest} is stored; deploy or upload it first"
+            ))
+        })?;
+    let worker = rt.clone();
+    let key = digest.clone();
+    let loaded = tokio::task::spawn_blocking(move || -> Result<_, DeployError> {
+        let loaded = worker.files.read_artifact(&key).and_then(|bytes| {
+            worker
+                .engine
+                .load_artifact(&bytes)
+                .map_err(|e| format!("{e:#}"))
+        });
+        match loaded {
+            Ok(component) => Ok(Ok(worker.engine.link(&component)?)),
+            Err(reason) => Ok(Err(reason)),
+        }
+    })
+    .await
+    .map_err(internal)??;
+    let reason = match loaded {
+        Ok(pre) => {
+            return Ok(Built {
+                digest: digest.clone(),
+                pre,
+                size: record.size_bytes as usize,
+                compile_time: None,
+            });
+        }
+        Err(reason) => reason,
+    };
+    tracing::warn!(version = %digest, reason = %reason, "artifact unusable; recompiling from the stored module");
+    let reader = rt.clone();
+    let key = digest.clone();
+    let bytes = tokio::task::spawn_blocking(move || reader.files.read_module(&key))
+        .await
+        .map_err(internal)?
+        .map_err(|e| DeployError::ModuleUnavailable(format!("{digest} cannot be read: {e:#}")))?;
+    compile_and_store(rt, digest, Bytes::from(bytes), limits).await
+}
+
+/// The limits `settings` give, or the server's defaults; a stored limit above what the server
+/// now allows (it restarted with a smaller `--max-memory`) is capped.
+pub(crate) fn route_limits(rt: &Runtime, settings: Option<&SettingsRecord>) -> Limits {
+    let mut limits = settings.and_then(|s| s.limits).unwrap_or(rt.config.limits);
+    limits.max_memory_bytes = limits
+        .max_memory_bytes
+        .min(rt.config.limits.max_memory_bytes);
+    limits
+}
+
+/// Checks settings a change asks for, in a sentence.
+pub(crate) fn check_settings(rt: &Runtime, settings: &SettingsRecord) -> Result<(), DeployError> {
+    settings
+        .limits
+        .unwrap_or(rt.config.limits)
+        .check(&rt.config.limits)
+        .map_err(DeployError::InvalidLimits)?;
+    if let Some(dir) = &settings.dir {
+        rt.config
+            .guest_dir(dir)
+            .map_err(DeployError::InvalidLimits)?;
+    }
+    Ok(())
+}
+
+/// The runtime form of stored settings. Rules and directories that no longer resolve (the
+/// server restarted with other `--guest-dirs`) are dropped with a warning.
+pub(crate) fn settings_of(rt: &Runtime, record: &SettingsRecord) -> Settings {
+    Settings {
+        config: record.config.clone().into(),
+        limits: route_limits(rt, Some(record)),
+        outbound: crate::outbound::parse_rules(record.outbound.iter().map(String::as_str))
+            .unwrap_or_else(|error| {
+                tracing::warn!(error = %error, "a route's stored allow-list is unusable; denying all");
+                Vec::new().into()
+            }),
+        dir: record.dir.as_deref().and_then(|name| match rt.config.guest_dir(name) {
+            Ok(dir) => dir,
+            Err(error) => {
+                tracing::warn!(error = %error, "a route's stored directory is unusable; not mounted");
+                None
+            }
+        }),
+    }
+}
+
+/// Under `--signatures require`, checks that module `digest` was stored with a signature that
+/// verifies against a key the server trusts now.
+pub(crate) fn check_stored_signature(
+    rt: &Runtime,
+    digest: &Digest,
+    module: &ModuleRecord,
+) -> Result<(), DeployError> {
+    use crate::signing::{self, Mode};
+    if rt.config.signature_mode != Mode::Require {
+        return Ok(());
+    }
+    let unsigned = || DeployError::Unsigned(digest.to_string());
+    let signature = module.signature.as_deref().ok_or_else(unsigned)?;
+    let bytes = rt
+        .files
+        .read_module(digest)
+        .map_err(|e| DeployError::ModuleUnavailable(format!("{digest} cannot be read: {e:#}")))?;
+    signing::signer(&rt.config.signing_keys, &bytes, signature)
+        .map(drop)
+        .ok_or_else(unsigned)
+}
+
+/// Instantiates `version` once, under its own limits, before it may serve: a component whose
+/// instances cannot exist (a memory or table larger than its limits allow, a start function
+/// that traps or never returns) is refused instead of failing every request.
+pub(crate) async fn trial_instance(
+    rt: &Runtime,
+    version: &Arc<Version>,
+) -> Result<(), DeployError> {
+    let deadline = Instant::now() + version.limits.request_timeout.min(TRIAL_DEADLINE);
+    let mut store = Host::store(rt.engine.wasmtime(), version, "/", deadline);
+    let trial = version.pre.instantiate_async(&mut store);
+    match tokio::time::timeout(TRIAL_DEADLINE, trial).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) if error.is::<wasmtime::PoolConcurrencyLimitError>() => {
+            // The pool is busy serving: that says nothing about this component.
+            Ok(())
+        }
+        Ok(Err(error)) => Err(DeployError::Uninstantiable(format!("{error:#}"))),
+        Err(_) => Err(DeployError::Uninstantiable(
+            "instantiating it did not finish in time".into(),
+        )),
+    }
+}
+
+/// The longest a trial instantiation may take.
+const TRIAL_DEADLINE: Duration = Duration::from_secs(10);

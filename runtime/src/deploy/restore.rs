@@ -1,0 +1,64 @@
+//! Restart: every stored route is built from its record (artifacts loaded, or recompiled when
+//! missing, corrupt or compiled by another build) and published, through the same building and
+//! publishing as any change. A route whose version cannot be built is published as unavailable:
+//! it keeps its prefix, answers 503, and can be deployed again or deleted.
+
+use std::sync::Arc;
+
+use super::apply;
+use crate::route::{Prefix, Route, Serving};
+use crate::runtime::Runtime;
+
+/// What a restart restored.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Routes serving again.
+    pub routes: usize,
+    /// How many components had to be recompiled (artifact missing, corrupt or for another
+    /// build).
+    pub recompiled: usize,
+    /// Routes that could not be restored, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Restores every stored route.
+pub async fn restore(rt: &Arc<Runtime>) -> Restored {
+    let mut report = Restored::default();
+    let stored = match rt.state.routes().await {
+        Ok(stored) => stored,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "the stored routes are unreadable");
+            return report;
+        }
+    };
+    let compiles_before = rt.compiles();
+    for stored in stored {
+        let name = stored.name;
+        let record = stored.record;
+        let guard = rt.registry.lock(&name).await;
+        let prefix = Prefix::parse(&record.prefix).unwrap_or_else(|_| Prefix::for_route(&name));
+        let serving = match apply::build(rt, &name, &record, None, &[]).await {
+            Ok(split) => {
+                report.routes += 1;
+                Serving::Live(split)
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                tracing::error!(route = %name.as_str(), version = %record.active, error = %reason, "route not restored");
+                report
+                    .failed
+                    .push((name.as_str().to_owned(), reason.clone()));
+                Serving::Unavailable(reason.into())
+            }
+        };
+        let route = Route {
+            name: name.clone(),
+            prefix,
+            serving,
+            state: guard.state.clone(),
+        };
+        rt.routes.writer().await.put(route).await;
+    }
+    report.recompiled = (rt.compiles() - compiles_before) as usize;
+    report
+}

@@ -1,0 +1,87 @@
+//! Versions that left the route table and are finishing their in-flight requests: retire,
+//! drain, cut off. A retired version is freed when its last request ends, or its remaining
+//! requests are cut off when its drain deadline passes.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::RouteName;
+use crate::version::{DrainOutcome, Version};
+
+/// A retired version whose in-flight requests are still finishing.
+#[derive(Clone)]
+pub struct Draining {
+    /// The route it served.
+    pub route: RouteName,
+    /// The version.
+    pub version: Arc<Version>,
+    /// When it was retired.
+    pub since: Instant,
+}
+
+/// The versions still draining.
+#[derive(Default)]
+pub struct Drains {
+    list: Mutex<Vec<Draining>>,
+}
+
+impl Drains {
+    /// Versions still draining, oldest first.
+    pub fn list(&self) -> Vec<Draining> {
+        self.list.lock().expect("drain list poisoned").clone()
+    }
+
+    /// Retires `version` of `route` (already out of the route table, every reader of the old
+    /// table gone): waits in the background for its in-flight requests for up to `grace`, cuts
+    /// off what is left, forgets it, then runs `after` (garbage collection). Holds only a weak
+    /// reference to `self`.
+    pub fn retire(
+        self: &Arc<Self>,
+        route: RouteName,
+        version: Arc<Version>,
+        grace: Duration,
+        after: impl FnOnce() + Send + 'static,
+    ) {
+        self.list
+            .lock()
+            .expect("drain list poisoned")
+            .push(Draining {
+                route: route.clone(),
+                version: version.clone(),
+                since: Instant::now(),
+            });
+        tracing::info!(
+            route = %route.as_str(), version = %version.digest,
+            in_flight = version.in_flight(), "version retired; draining"
+        );
+        let drains = Arc::downgrade(self);
+        tokio::spawn(async move {
+            match version.drain(grace).await {
+                DrainOutcome::Drained { waited } => tracing::info!(
+                    route = %route.as_str(), version = %version.digest,
+                    waited_ms = waited.as_millis() as u64, "version drained"
+                ),
+                DrainOutcome::CutOff { remaining } => tracing::warn!(
+                    route = %route.as_str(), version = %version.digest, cut_off = remaining,
+                    "drain deadline passed; cutting off the remaining requests"
+                ),
+            }
+            if let Some(drains) = drains.upgrade() {
+                drains
+                    .list
+                    .lock()
+                    .expect("drain list poisoned")
+                    .retain(|d| !Arc::ptr_eq(&d.version, &version));
+            }
+            drop(version);
+            after();
+        });
+    }
+
+    /// Cuts off every draining version's requests at once.
+    pub fn cut_off_all(&self) {
+        for draining in self.list() {
+            draining.version.cut_off_now();
+        }
+    }
+}

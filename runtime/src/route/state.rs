@@ -1,0 +1,110 @@
+//! Route-lifetime state: what every version of a route shares and what outlives any one table
+//! snapshot. Today: the route's request counters and its change lock; the progressive-delivery,
+//! key-value and shadow features keep their per-route state here too.
+//!
+//! The [`Registry`] maps route names to their state in a concurrent map (`dashmap`): looked up
+//! by name off the hot path (a change, a status page), never held across an `.await` (clone the
+//! `Arc` out in one expression). The hot path never touches the registry: each route in a table
+//! snapshot carries its own `Arc<RouteState>`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+
+use super::RouteName;
+
+/// State shared by every version of one route.
+#[derive(Default, Debug)]
+pub struct RouteState {
+    requests: AtomicU64,
+    in_flight: AtomicUsize,
+    /// Held while a change to this route is planned and applied, so changes to one route are
+    /// read-modify-write in turn while changes to other routes proceed.
+    change: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl RouteState {
+    /// Requests routed to this route so far, across versions.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests on this route now, across versions.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Counts a routed request.
+    pub(crate) fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes a concurrency slot unless `limit` (0: none) are taken; `false` when full.
+    pub(crate) fn try_enter(&self, limit: u32) -> bool {
+        let before = self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if limit > 0 && before >= limit as usize {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Gives a concurrency slot back.
+    pub(crate) fn leave(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The route-lifetime state of every route, by name.
+#[derive(Default)]
+pub struct Registry {
+    routes: DashMap<RouteName, Arc<RouteState>>,
+}
+
+/// The right to change one route, held while the change is planned and applied.
+pub struct ChangeGuard {
+    /// The route's state.
+    pub state: Arc<RouteState>,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Registry {
+    /// The state of route `name`, if it has any.
+    pub fn get(&self, name: &RouteName) -> Option<Arc<RouteState>> {
+        self.routes.get(name).map(|entry| entry.value().clone())
+    }
+
+    /// Takes route `name`'s change lock (creating its state if it has none), waiting for any
+    /// change to it in progress.
+    pub async fn lock(&self, name: &RouteName) -> ChangeGuard {
+        loop {
+            let state = self.routes.entry(name.clone()).or_default().value().clone();
+            let guard = ChangeGuard::lock(state).await;
+            // A delete may have forgotten this state while we waited; then start again with
+            // the route's current one, so two changes never hold two different locks.
+            if self
+                .routes
+                .get(name)
+                .is_some_and(|current| Arc::ptr_eq(current.value(), &guard.state))
+            {
+                return guard;
+            }
+        }
+    }
+
+    /// Forgets route `name`'s state (it was deleted). Call it holding the route's change lock.
+    pub fn forget(&self, name: &RouteName) {
+        self.routes.remove(name);
+    }
+}
+
+impl ChangeGuard {
+    async fn lock(state: Arc<RouteState>) -> Self {
+        let guard = state.change.clone().lock_owned().await;
+        Self {
+            state,
+            _guard: guard,
+        }
+    }
+}

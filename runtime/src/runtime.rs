@@ -1,0 +1,108 @@
+//! The process lifetime: [`Runtime`] holds what exists once per server: the engine and linker,
+//! the compiler, the route table with its route-lifetime state and drains, the state log and
+//! the data directory's files. Built once at startup; everything else borrows it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::compile::Compiles;
+use crate::config::Config;
+use crate::deploy::gc::Pending;
+use crate::engine::Engine;
+use crate::route::{Draining, Drains, Registry, RouteTable, Serving};
+use crate::state::StateLog;
+use crate::state::files::Files;
+use crate::state::redb::RedbLog;
+
+/// Process-wide state.
+pub struct Runtime {
+    /// The validated configuration.
+    pub config: Config,
+    /// The engine and linker.
+    pub engine: Arc<Engine>,
+    /// The compiler.
+    pub compiles: Compiles,
+    /// The route table.
+    pub routes: RouteTable,
+    /// Route-lifetime state, by route name.
+    pub registry: Registry,
+    /// Versions that left the table and are finishing their requests.
+    pub drains: Arc<Drains>,
+    /// The durable record of routes and modules.
+    pub state: Arc<dyn StateLog>,
+    /// Module bytes and compiled artifacts.
+    pub files: Files,
+    /// Digests a change is working on (safe from garbage collection).
+    pub(crate) pending: Pending,
+    request_ids: AtomicU64,
+}
+
+impl Runtime {
+    /// Builds the engine, opens the data directory and its state log; the route table starts
+    /// empty (`crate::deploy::restore` fills it from the state log).
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        let engine = Arc::new(Engine::new(&config)?);
+        let files = Files::open(config.data_dir.as_deref(), engine.wasmtime())?;
+        let state = Arc::new(RedbLog::open(files.dir())?);
+        Ok(Self {
+            compiles: Compiles::new(config.compiler.clone()),
+            config,
+            engine,
+            routes: RouteTable::default(),
+            registry: Registry::default(),
+            drains: Arc::default(),
+            state,
+            files,
+            pending: Pending::default(),
+            request_ids: AtomicU64::new(1),
+        })
+    }
+
+    /// How many components this process has compiled (loading an artifact does not count).
+    pub fn compiles(&self) -> u64 {
+        self.compiles.compiled()
+    }
+
+    /// How many compile worker processes are running now.
+    pub fn compile_workers(&self) -> u64 {
+        self.compiles.workers()
+    }
+
+    /// A fresh request id (unique within this process).
+    pub fn next_request_id(&self) -> u64 {
+        self.request_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Versions still draining, oldest first.
+    pub fn draining(&self) -> Vec<Draining> {
+        self.drains.list()
+    }
+
+    /// Routes that are stored but cannot serve (their module could not be loaded), with the
+    /// reason.
+    pub fn unavailable(&self) -> Vec<(String, String)> {
+        self.routes
+            .snapshot()
+            .iter()
+            .filter_map(|route| match &route.serving {
+                Serving::Unavailable(reason) => {
+                    Some((route.name.as_str().to_owned(), reason.to_string()))
+                }
+                Serving::Live(_) => None,
+            })
+            .collect()
+    }
+
+    /// Cuts off every version's requests at once (the end of a shutdown's grace period).
+    pub fn cut_off_all(&self) {
+        for route in self.routes.snapshot().iter() {
+            if let Some(split) = route.split() {
+                for (_, version, _) in split.versions() {
+                    version.cut_off_now();
+                }
+            }
+        }
+        self.drains.cut_off_all();
+    }
+}

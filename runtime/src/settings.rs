@@ -1,0 +1,473 @@
+//! Per-route settings, defined once.
+//!
+//! Each limit a route runs under is declared exactly once, in the [`route_settings!`] table at
+//! the bottom of this file: its field, type, default constant, name and help text. Everything
+//! else is generated from that table:
+//!
+//! * [`Limits`] (what a version runs under, kept in the state log) and [`LimitOverrides`] (what
+//!   a deploy sets; the rest keep the route's current values);
+//! * [`SETTINGS`]: one [`Setting`] per limit, which the CLI turns into the server's default
+//!   flags (`serve --max-memory`, and so the `--config` file's keys) and the deploy flags
+//!   (`deploy --max-memory`), the admin API into deploy query keys (`max-memory=`), and a test
+//!   into the README's flag table;
+//! * [`LimitsStatus`]: the limits as `GET /v1/routes/{name}` shows them;
+//! * [`Limits::check`]: a route's limits against the server's.
+//!
+//! Adding a limit means adding one entry below; nothing else spells it out.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{format_bytes, format_duration, parse_bytes, parse_duration};
+
+/// The longest request deadline, drain grace or idle timeout a server accepts.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The shortest request deadline (and idle timeout) a server or route accepts.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+/// The shortest compile deadline.
+pub const MIN_COMPILE_TIMEOUT: Duration = Duration::from_millis(100);
+/// The smallest compile memory limit: the compiler itself needs this much for any component.
+pub const MIN_COMPILE_MEMORY: u64 = 32 << 20;
+/// The smallest memory limit: one wasm page.
+pub const MIN_MEMORY: usize = 64 << 10;
+
+/// How long one request may run, guest CPU and wall clock, before it gets a 504.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest linear memory one guest instance may use, all its memories together.
+pub const DEFAULT_MAX_MEMORY_BYTES: usize = 128 << 20;
+/// Requests one route may run at once; 0 leaves only the instance pool as the bound.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 0;
+/// The largest request body a route accepts.
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 64 << 20;
+/// The largest response body a route may send; 0 is no limit (the deadline still applies).
+pub const DEFAULT_MAX_RESPONSE_BODY: u64 = 0;
+/// How long compiling one upload may take before it is stopped and the deploy refused.
+pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How much writable memory compiling one upload may use (the compile worker's `RLIMIT_DATA`).
+pub const DEFAULT_COMPILE_MEMORY: u64 = 2 << 30;
+
+/// How a kind of setting value is read, written and shown.
+pub trait Value: Copy + PartialEq + Send + Sync + 'static {
+    /// The placeholder in help texts (`SIZE`, `DURATION`, `N`).
+    const METAVAR: &'static str;
+    /// How the value appears in the status JSON.
+    type Status: Serialize + for<'de> Deserialize<'de> + Copy + PartialEq + std::fmt::Debug;
+    /// Parses the text form, saying what is wrong in a sentence.
+    fn parse(text: &str) -> Result<Self, String>;
+    /// The text form, which [`Value::parse`] reads back.
+    fn text(&self) -> String;
+    /// The status form.
+    fn status(&self) -> Self::Status;
+    /// Back from the status form.
+    fn from_status(status: Self::Status) -> Self;
+}
+
+impl Value for usize {
+    const METAVAR: &'static str = "SIZE";
+    type Status = usize;
+    fn parse(text: &str) -> Result<Self, String> {
+        parse_bytes(text).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
+    fn text(&self) -> String {
+        format_bytes(*self as u64)
+    }
+    fn status(&self) -> usize {
+        *self
+    }
+    fn from_status(status: usize) -> Self {
+        status
+    }
+}
+
+impl Value for u64 {
+    const METAVAR: &'static str = "SIZE";
+    type Status = u64;
+    fn parse(text: &str) -> Result<Self, String> {
+        parse_bytes(text)
+    }
+    fn text(&self) -> String {
+        format_bytes(*self)
+    }
+    fn status(&self) -> u64 {
+        *self
+    }
+    fn from_status(status: u64) -> Self {
+        status
+    }
+}
+
+impl Value for u32 {
+    const METAVAR: &'static str = "N";
+    type Status = u32;
+    fn parse(text: &str) -> Result<Self, String> {
+        text.trim().parse().map_err(|_| {
+            format!(
+                "`{}` is not a whole number of requests (0: no limit)",
+                text.escape_debug()
+            )
+        })
+    }
+    fn text(&self) -> String {
+        self.to_string()
+    }
+    fn status(&self) -> u32 {
+        *self
+    }
+    fn from_status(status: u32) -> Self {
+        status
+    }
+}
+
+impl Value for Duration {
+    const METAVAR: &'static str = "DURATION";
+    /// Milliseconds.
+    type Status = u64;
+    fn parse(text: &str) -> Result<Self, String> {
+        parse_duration(text)
+    }
+    fn text(&self) -> String {
+        format_duration(*self)
+    }
+    fn status(&self) -> u64 {
+        self.as_millis() as u64
+    }
+    fn from_status(status: u64) -> Self {
+        Duration::from_millis(status)
+    }
+}
+
+/// One per-route setting, as the table below declares it.
+#[derive(Clone, Copy)]
+pub struct Setting {
+    /// Its name: the deploy query key (`max-memory=`), the deploy flag and the server flag
+    /// (`--max-memory`), and the `--config` file key.
+    pub name: &'static str,
+    /// Its key in the status JSON's `limits` object.
+    pub status_key: &'static str,
+    /// What it means (one paragraph).
+    pub help: &'static str,
+    /// The placeholder in help texts.
+    pub metavar: &'static str,
+    /// The built-in default, written as the flag takes it.
+    pub default: fn() -> String,
+    /// Checks the text form of a value.
+    pub parse: fn(&str) -> Result<(), String>,
+    /// Sets this setting in `limits` from its text form.
+    pub set: fn(&mut Limits, &str) -> Result<(), String>,
+    /// This setting's value in `limits`, written as the flag takes it.
+    pub get: fn(&Limits) -> String,
+}
+
+impl std::fmt::Debug for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// The setting named `name`.
+pub fn setting(name: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.name == name)
+}
+
+macro_rules! route_settings {
+    ($(
+        $(#[doc = $doc:literal])+
+        $field:ident: $ty:ty = $default:expr;
+            name $name:literal, status $status:ident, check $check:expr;
+    )+) => {
+        /// The limits a route's requests (and its compiles) run under. The server's flags give
+        /// the defaults; a deploy may set each one for its route. Fixed per version.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(default)]
+        pub struct Limits {
+            $( $(#[doc = $doc])+ pub $field: $ty, )+
+        }
+
+        impl Default for Limits {
+            /// The built-in defaults: the `DEFAULT_*` constants.
+            fn default() -> Self {
+                Self { $( $field: $default, )+ }
+            }
+        }
+
+        /// Limits a deploy sets for its route; `None` keeps the route's current value (the
+        /// server's default for a new route).
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct LimitOverrides {
+            $( $(#[doc = $doc])+ pub $field: Option<$ty>, )+
+        }
+
+        impl LimitOverrides {
+            /// `base` with these overrides applied.
+            pub fn apply(&self, base: Limits) -> Limits {
+                Limits { $( $field: self.$field.unwrap_or(base.$field), )+ }
+            }
+
+            /// Sets the setting `name` from its text form. `Ok(false)`: there is no such
+            /// setting.
+            pub fn set(&mut self, name: &str, text: &str) -> Result<bool, String> {
+                match name {
+                    $( $name => {
+                        let value = <$ty as Value>::parse(text)
+                            .map_err(|e| format!("{}: {e}", $name))?;
+                        self.$field = Some(value);
+                        Ok(true)
+                    } )+
+                    _ => Ok(false),
+                }
+            }
+
+            /// The overrides as `(name, text)` pairs, in table order (for a deploy query).
+            pub fn pairs(&self) -> Vec<(&'static str, String)> {
+                let mut pairs = Vec::new();
+                $( if let Some(value) = &self.$field {
+                    pairs.push(($name, <$ty as Value>::text(value)));
+                } )+
+                pairs
+            }
+        }
+
+        /// A route's limits as the admin API shows them (0: no limit).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        pub struct LimitsStatus {
+            $( $(#[doc = $doc])+ pub $status: <$ty as Value>::Status, )+
+        }
+
+        impl From<&Limits> for LimitsStatus {
+            fn from(limits: &Limits) -> Self {
+                Self { $( $status: Value::status(&limits.$field), )+ }
+            }
+        }
+
+        impl From<&LimitsStatus> for Limits {
+            fn from(status: &LimitsStatus) -> Self {
+                Self { $( $field: <$ty as Value>::from_status(status.$status), )+ }
+            }
+        }
+
+        impl Limits {
+            /// Checks these (a route's) limits against `server`'s, in a sentence naming the
+            /// setting.
+            pub fn check(&self, server: &Limits) -> Result<(), String> {
+                $( ($check)(self.$field, server.$field)?; )+
+                Ok(())
+            }
+        }
+
+        /// Every per-route setting, in table order.
+        pub const SETTINGS: &[Setting] = &[
+            $( Setting {
+                name: $name,
+                status_key: stringify!($status),
+                help: concat!($( $doc ),+),
+                metavar: <$ty as Value>::METAVAR,
+                default: || <$ty as Value>::text(&$default),
+                parse: |text| <$ty as Value>::parse(text).map(drop),
+                set: |limits, text| {
+                    limits.$field = <$ty as Value>::parse(text)?;
+                    Ok(())
+                },
+                get: |limits| <$ty as Value>::text(&limits.$field),
+            }, )+
+        ];
+    };
+}
+
+route_settings! {
+    /// Linear memory one instance may use, all its memories together (e.g. 64MiB); a guest
+    /// that grows past it traps. The server's value is also the most a route may set.
+    max_memory_bytes: usize = DEFAULT_MAX_MEMORY_BYTES;
+        name "max-memory", status max_memory_bytes, check |value: usize, server: usize| {
+            if value > server {
+                return Err(format!(
+                    "max-memory may be at most the server's --max-memory ({} bytes); got {value}",
+                    server
+                ));
+            }
+            if value < MIN_MEMORY {
+                return Err("max-memory must be at least 64KiB (one wasm page)".into());
+            }
+            Ok(())
+        };
+    /// Deadline per request, guest CPU and wall clock, response body included (e.g. 500ms,
+    /// 30s, 2m); past it: 504.
+    request_timeout: Duration = DEFAULT_REQUEST_TIMEOUT;
+        name "request-timeout", status request_timeout_ms, check |value: Duration, _| {
+            if value > MAX_TIMEOUT {
+                return Err("request-timeout may be at most 24h".into());
+            }
+            if value < MIN_TIMEOUT {
+                return Err(format!(
+                    "request-timeout must be at least {} ms",
+                    MIN_TIMEOUT.as_millis()
+                ));
+            }
+            Ok(())
+        };
+    /// Requests a route may run at once; more get 503 with Retry-After (0: only the instance
+    /// pool bounds them).
+    max_concurrency: u32 = DEFAULT_MAX_CONCURRENCY;
+        name "max-concurrency", status max_concurrency, check |_: u32, _| Ok::<(), String>(());
+    /// Largest request body a route accepts (e.g. 1MiB; 0: no limit); larger gets 413.
+    max_request_body: u64 = DEFAULT_MAX_REQUEST_BODY;
+        name "max-request-body", status max_request_body, check |_: u64, _| Ok::<(), String>(());
+    /// Largest response body a route may send (0: no limit); longer bodies are cut off with an
+    /// error.
+    max_response_body: u64 = DEFAULT_MAX_RESPONSE_BODY;
+        name "max-response-body", status max_response_body, check |_: u64, _| Ok::<(), String>(());
+    /// How long compiling a route's component may take (e.g. 30s); a slower compile is stopped
+    /// and the deploy refused with 422. The server's value is also the most a route may set.
+    compile_timeout: Duration = DEFAULT_COMPILE_TIMEOUT;
+        name "compile-timeout", status compile_timeout_ms, check |value: Duration, server: Duration| {
+            if value > server {
+                return Err(format!(
+                    "compile-timeout may be at most the server's --compile-timeout ({}); got {}",
+                    format_duration(server),
+                    format_duration(value)
+                ));
+            }
+            if value < MIN_COMPILE_TIMEOUT {
+                return Err(format!(
+                    "compile-timeout must be at least {}",
+                    format_duration(MIN_COMPILE_TIMEOUT)
+                ));
+            }
+            Ok(())
+        };
+    /// How much memory compiling a route's component may use (e.g. 512MiB); a compile that
+    /// needs more is stopped and the deploy refused with 422. The server's value is also the
+    /// most a route may set.
+    compile_memory: u64 = DEFAULT_COMPILE_MEMORY;
+        name "compile-memory", status compile_memory_bytes, check |value: u64, server: u64| {
+            if value > server {
+                return Err(format!(
+                    "compile-memory may be at most the server's --compile-memory ({}); got {}",
+                    format_bytes(server),
+                    format_bytes(value)
+                ));
+            }
+            if value < MIN_COMPILE_MEMORY {
+                return Err(format!(
+                    "compile-memory must be at least {}",
+                    format_bytes(MIN_COMPILE_MEMORY)
+                ));
+            }
+            Ok(())
+        };
+}
+
+impl Limits {
+    /// The compile limits among these.
+    pub fn compile(&self) -> crate::compile::CompileLimits {
+        crate::compile::CompileLimits {
+            timeout: self.compile_timeout,
+            memory_bytes: self.compile_memory,
+        }
+    }
+
+    /// Checks the server's own limits (the defaults every route starts from), in a sentence.
+    pub fn check_server(&self) -> Result<(), String> {
+        if self.max_memory_bytes < MIN_MEMORY {
+            return Err("the memory limit must be at least 64 KiB (one wasm page)".into());
+        }
+        if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&self.request_timeout) {
+            return Err(format!(
+                "the request timeout must be between {} ms and 24h",
+                MIN_TIMEOUT.as_millis()
+            ));
+        }
+        if !(MIN_COMPILE_TIMEOUT..=MAX_TIMEOUT).contains(&self.compile_timeout) {
+            return Err(format!(
+                "the compile timeout must be between {} and 24h",
+                format_duration(MIN_COMPILE_TIMEOUT)
+            ));
+        }
+        if self.compile_memory < MIN_COMPILE_MEMORY {
+            return Err(format!(
+                "the compile memory limit must be at least {}",
+                format_bytes(MIN_COMPILE_MEMORY)
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_reads_back_what_it_writes() {
+        let mut limits = Limits::default();
+        for setting in SETTINGS {
+            let default = (setting.default)();
+            (setting.parse)(&default).unwrap_or_else(|e| panic!("{}: {e}", setting.name));
+            (setting.set)(&mut limits, &default).unwrap();
+            assert_eq!((setting.get)(&limits), default, "{}", setting.name);
+        }
+        assert_eq!(limits, Limits::default());
+        assert!(Limits::default().check(&Limits::default()).is_ok());
+        assert!(Limits::default().check_server().is_ok());
+    }
+
+    #[test]
+    fn overrides_apply_by_name_and_round_trip() {
+        let mut overrides = LimitOverrides::default();
+        assert_eq!(overrides.set("max-memory", "64MiB"), Ok(true));
+        assert_eq!(overrides.set("request-timeout", "2s"), Ok(true));
+        assert_eq!(overrides.set("colour", "blue"), Ok(false));
+        assert!(
+            overrides
+                .set("max-concurrency", "-1")
+                .unwrap_err()
+                .contains("whole number")
+        );
+        let limits = overrides.apply(Limits::default());
+        assert_eq!(limits.max_memory_bytes, 64 << 20);
+        assert_eq!(limits.request_timeout, Duration::from_secs(2));
+        assert_eq!(
+            limits.max_request_body,
+            Limits::default().max_request_body,
+            "what a deploy leaves out keeps its value"
+        );
+        assert_eq!(
+            overrides.pairs(),
+            [
+                ("max-memory", "64MiB".to_owned()),
+                ("request-timeout", "2s".to_owned())
+            ]
+        );
+        let status = LimitsStatus::from(&limits);
+        assert_eq!(status.request_timeout_ms, 2000);
+        assert_eq!(Limits::from(&status), limits);
+    }
+
+    #[test]
+    fn a_route_may_not_exceed_the_server() {
+        let server = Limits::default();
+        let mut route = server;
+        route.max_memory_bytes = server.max_memory_bytes + 1;
+        assert!(
+            route
+                .check(&server)
+                .unwrap_err()
+                .contains("at most the server's")
+        );
+        let mut route = server;
+        route.compile_timeout = Duration::from_millis(1);
+        assert!(route.check(&server).unwrap_err().contains("at least 100ms"));
+    }
+
+    #[test]
+    fn records_without_newer_limits_get_the_defaults() {
+        let old: Limits = serde_json::from_str(
+            r#"{"max_memory_bytes":1048576,"request_timeout":{"secs":5,"nanos":0},
+                "max_concurrency":2,"max_request_body":10,"max_response_body":0}"#,
+        )
+        .unwrap();
+        assert_eq!(old.max_memory_bytes, 1 << 20);
+        assert_eq!(old.compile_timeout, DEFAULT_COMPILE_TIMEOUT);
+        assert_eq!(old.compile_memory, DEFAULT_COMPILE_MEMORY);
+    }
+}

@@ -1,0 +1,197 @@
+//! The records of the state log, as they are kept (JSON). Fields added after the first release
+//! carry `#[serde(default)]`, so a data directory written by an earlier handoff still reads.
+
+use serde::{Deserialize, Serialize};
+
+use crate::settings::Limits;
+
+/// What a version runs with besides its bytes: the guest's environment, its limits, its
+/// outbound allow-list and its mounted directory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct SettingsRecord {
+    /// The guest's environment (`config=KEY=VALUE`).
+    pub config: Vec<(String, String)>,
+    /// Its limits (absent in records written before limits existed: the server's defaults).
+    #[serde(default)]
+    pub limits: Option<Limits>,
+    /// Its outbound allow-list, as rule texts.
+    #[serde(default)]
+    pub outbound: Vec<String>,
+    /// The directory (under `--guest-dirs`) mounted at `/data`.
+    #[serde(default)]
+    pub dir: Option<String>,
+}
+
+/// A route as the state log keeps it: its prefix, the versions serving it, and its history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RouteRecord {
+    /// Its path prefix.
+    pub prefix: String,
+    /// The stable version's digest (the version that serves everything the candidate does
+    /// not).
+    pub active: String,
+    /// The stable version's settings.
+    #[serde(flatten)]
+    pub settings: SettingsRecord,
+    /// A candidate serving a share of the traffic beside the stable version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<CandidateRecord>,
+    /// A version that sees a copy of some requests; its responses are compared, never sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowRecord>,
+    /// Every activation, oldest first, at most the retention limit.
+    pub history: Vec<HistoryEntry>,
+    /// Changes recorded for this route so far (set by the state log).
+    #[serde(default)]
+    pub revision: u64,
+}
+
+impl RouteRecord {
+    /// Every digest this record references: its serving versions and its history.
+    pub fn references(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.active.as_str())
+            .chain(self.candidate.iter().map(|c| c.version.as_str()))
+            .chain(self.shadow.iter().map(|s| s.version.as_str()))
+            .chain(self.history.iter().map(|e| e.version.as_str()))
+    }
+}
+
+/// A candidate version and its share of a route's traffic.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CandidateRecord {
+    /// Its digest.
+    pub version: String,
+    /// Its settings.
+    #[serde(flatten)]
+    pub settings: SettingsRecord,
+    /// Its share of the route's requests, in percent (0-100, fractions allowed).
+    pub weight: f64,
+    /// What keeps a client on one side of the split (`header:NAME`, `cookie:NAME`, `ip`);
+    /// `None`: each request is split at random.
+    #[serde(default)]
+    pub sticky: Option<String>,
+}
+
+/// A shadow version: it sees a copy of a share of the route's requests.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShadowRecord {
+    /// Its digest.
+    pub version: String,
+    /// Its settings.
+    #[serde(flatten)]
+    pub settings: SettingsRecord,
+    /// The share of requests copied to it, in percent.
+    pub percent: f64,
+}
+
+/// One activation of a version on a route.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HistoryEntry {
+    /// The version's digest.
+    pub version: String,
+    /// Component size.
+    pub size_bytes: u64,
+    /// When it was activated, milliseconds since the Unix epoch.
+    pub activated_at_ms: u64,
+    /// Who activated it (the admin token's name; `anonymous` on an open admin API).
+    pub by: String,
+    /// `deploy`, `rollback` or `activate`.
+    pub action: String,
+    /// An optional label given at deploy (`stable`, `v1.2.0`...).
+    pub label: Option<String>,
+    /// An optional message given at deploy.
+    pub message: Option<String>,
+    /// The config it ran with.
+    pub config: Vec<(String, String)>,
+    /// The limits it ran with (`None` in entries written before they were recorded; a
+    /// rollback to such an entry keeps the route's current limits, allow-list and directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// The outbound allow-list it ran with (recorded together with `limits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<Vec<String>>,
+    /// The directory it had mounted (recorded together with `limits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+}
+
+impl HistoryEntry {
+    /// The settings this entry ran with; what it did not record comes from `current`.
+    pub fn settings(&self, current: &SettingsRecord) -> SettingsRecord {
+        match self.limits {
+            Some(limits) => SettingsRecord {
+                config: self.config.clone(),
+                limits: Some(limits),
+                outbound: self.outbound.clone().unwrap_or_default(),
+                dir: self.dir.clone(),
+            },
+            None => SettingsRecord {
+                config: self.config.clone(),
+                ..current.clone()
+            },
+        }
+    }
+}
+
+/// A stored module (component bytes, kept by digest).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModuleRecord {
+    /// Size of the component bytes.
+    pub size_bytes: u64,
+    /// Uploaded with `POST /v1/modules` and kept until a route activates it or it is deleted.
+    pub pinned: bool,
+    /// The upload's `Handoff-Signature` (base64 Ed25519 over the bytes), when it had one, so a
+    /// server that requires signatures can check it again at every activation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_of_an_earlier_release_still_read() {
+        let old = r#"{"prefix":"/a","active":"sha256:00","config":[["K","v"]],
+            "history":[{"version":"sha256:00","size_bytes":1,"activated_at_ms":2,"by":"x",
+            "action":"deploy","label":null,"message":null,"config":[]}],
+            "limits":null,"outbound":["http://a"],"dir":null}"#;
+        let record: RouteRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.settings.config, [("K".to_owned(), "v".to_owned())]);
+        assert_eq!(record.settings.outbound, ["http://a"]);
+        assert_eq!(record.revision, 0);
+        assert!(record.candidate.is_none());
+        let module: ModuleRecord = serde_json::from_str(
+            r#"{"size_bytes":3,"artifact_sha256":"ab","artifact_key":"cd","pinned":true}"#,
+        )
+        .unwrap();
+        assert!(module.pinned);
+        assert!(module.signature.is_none());
+    }
+
+    #[test]
+    fn history_without_recorded_settings_keeps_the_current_ones() {
+        let current = SettingsRecord {
+            config: vec![],
+            limits: Some(Limits::default()),
+            outbound: vec!["https://api".into()],
+            dir: Some("d".into()),
+        };
+        let entry = HistoryEntry {
+            version: "sha256:00".into(),
+            size_bytes: 1,
+            activated_at_ms: 0,
+            by: "x".into(),
+            action: "deploy".into(),
+            label: None,
+            message: None,
+            config: vec![("A".into(), "1".into())],
+            limits: None,
+            outbound: None,
+            dir: None,
+        };
+        let settings = entry.settings(&current);
+        assert_eq!(settings.outbound, current.outbound);
+        assert_eq!(settings.config, entry.config);
+    }
+}
