@@ -126,6 +126,38 @@ pub fn tokens_from(entries: Vec<TokenEntry>, source: &str) -> Result<Vec<Token>,
     Ok(tokens)
 }
 
+/// Every admin token a server trusts: those of the tokens file at `file`, those of the
+/// config file (`inline`), and a `deploy` token named `env` when `$HANDOFF_ADMIN_TOKEN` is set.
+/// Names are unique across all three; the error is a sentence naming the clash.
+pub fn admin_tokens(file: Option<&Path>, inline: Vec<Token>) -> Result<Vec<Token>, String> {
+    let mut tokens = match file {
+        Some(path) => load_tokens_file(path)?,
+        None => Vec::new(),
+    };
+    for token in inline {
+        if tokens.iter().any(|t| t.name == token.name) {
+            return Err(format!(
+                "token `{}` is in both the config file and the tokens file; give each token one name",
+                token.name
+            ));
+        }
+        tokens.push(token);
+    }
+    if let Ok(secret) = std::env::var(TOKEN_ENV)
+        && !secret.is_empty()
+    {
+        if tokens.iter().any(|t| t.name == "env") {
+            return Err("the tokens file already has a token named `env`, the name \
+                        $HANDOFF_ADMIN_TOKEN's token takes"
+                .into());
+        }
+        tokens.push(
+            Token::new("env", Scope::Deploy, &secret).map_err(|e| format!("${TOKEN_ENV}: {e}"))?,
+        );
+    }
+    Ok(tokens)
+}
+
 /// The caller of an admin request, as the handlers see it (a request extension).
 #[derive(Debug, Clone)]
 pub struct Caller(pub String);

@@ -364,18 +364,8 @@ pub async fn deploy(args: DeployArgs) -> Result<(), Failure> {
     if let Some(message) = &args.message {
         query.push(format!("message={}", encode(message)));
     }
-    for (key, value) in [
-        ("max-memory", &args.max_memory),
-        ("request-timeout", &args.request_timeout),
-        ("max-concurrency", &args.max_concurrency),
-        ("max-request-body", &args.max_request_body),
-        ("max-response-body", &args.max_response_body),
-        ("compile-timeout", &args.compile_timeout),
-        ("compile-memory", &args.compile_memory),
-    ] {
-        if let Some(value) = value {
-            query.push(format!("{key}={}", encode(value)));
-        }
+    for (key, value) in &args.limits.0 {
+        query.push(format!("{key}={}", encode(value)));
     }
     let mut path = format!("/v1/routes/{}", encode(&args.route));
     if !query.is_empty() {

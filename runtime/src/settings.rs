@@ -145,8 +145,8 @@ pub struct Setting {
     pub name: &'static str,
     /// Its key in the status JSON's `limits` object.
     pub status_key: &'static str,
-    /// What it means (one paragraph).
-    pub help: &'static str,
+    /// What it means, as written in the table (see [`Setting::help`]).
+    pub doc: &'static str,
     /// The placeholder in help texts.
     pub metavar: &'static str,
     /// The built-in default, written as the flag takes it.
@@ -157,6 +157,13 @@ pub struct Setting {
     pub set: fn(&mut Limits, &str) -> Result<(), String>,
     /// This setting's value in `limits`, written as the flag takes it.
     pub get: fn(&Limits) -> String,
+}
+
+impl Setting {
+    /// What it means, as one paragraph.
+    pub fn help(&self) -> String {
+        self.doc.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
 }
 
 impl std::fmt::Debug for Setting {
@@ -260,7 +267,7 @@ macro_rules! route_settings {
             $( Setting {
                 name: $name,
                 status_key: stringify!($status),
-                help: concat!($( $doc ),+),
+                doc: concat!($( $doc, "\n" ),+),
                 metavar: <$ty as Value>::METAVAR,
                 default: || <$ty as Value>::text(&$default),
                 parse: |text| <$ty as Value>::parse(text).map(drop),
@@ -275,8 +282,8 @@ macro_rules! route_settings {
 }
 
 route_settings! {
-    /// Linear memory one instance may use, all its memories together (e.g. 64MiB); a guest
-    /// that grows past it traps. The server's value is also the most a route may set.
+    /// Linear memory one instance may use (e.g. 64MiB); a guest that grows past it traps.
+    /// The server's value is also the most a route may set (it sizes the instance pool).
     max_memory_bytes: usize = DEFAULT_MAX_MEMORY_BYTES;
         name "max-memory", status max_memory_bytes, check |value: usize, server: usize| {
             if value > server {
@@ -355,6 +362,23 @@ route_settings! {
             }
             Ok(())
         };
+}
+
+/// The per-route settings as the README's Markdown table (a test keeps the README's copy
+/// equal to this).
+pub fn markdown_table() -> String {
+    let mut table = String::from(
+        "| setting (`serve` and `deploy` flag, deploy query key) | server default | meaning |\n|---|---|---|\n",
+    );
+    for setting in SETTINGS {
+        table.push_str(&format!(
+            "| `{}` | `{}` | {} |\n",
+            setting.name,
+            (setting.default)(),
+            setting.help()
+        ));
+    }
+    table
 }
 
 impl Limits {
@@ -457,6 +481,16 @@ mod tests {
         let mut route = server;
         route.compile_timeout = Duration::from_millis(1);
         assert!(route.check(&server).unwrap_err().contains("at least 100ms"));
+    }
+
+    #[test]
+    fn the_readme_lists_every_setting_as_the_table_says() {
+        let readme = include_str!("../../README.md");
+        let table = markdown_table();
+        assert!(
+            readme.contains(&table),
+            "README.md's per-route settings table is out of date; replace it with:\n{table}"
+        );
     }
 
     #[test]

@@ -54,6 +54,20 @@ pub struct KeyEntry {
     public: String,
 }
 
+/// Every key a server trusts: those of the keys file at `file` and those of the config file
+/// (`inline`).
+pub fn trusted_keys(
+    file: Option<&Path>,
+    inline: Vec<TrustedKey>,
+) -> Result<Vec<TrustedKey>, String> {
+    let mut keys = match file {
+        Some(path) => load_keys(path)?,
+        None => Vec::new(),
+    };
+    keys.extend(inline);
+    Ok(keys)
+}
+
 /// Reads a TOML file of `[[key]]` tables with `name` and `public` (base64), in a sentence
 /// when it is unusable.
 pub fn load_keys(path: &Path) -> Result<Vec<TrustedKey>, String> {

@@ -70,6 +70,40 @@ pub fn format_bytes(n: u64) -> String {
     n.to_string()
 }
 
+/// A duration as flags take it: parsed by [`parse_duration`], shown by [`format_duration`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl std::fmt::Display for Dur {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&format_duration(self.0))
+    }
+}
+
+impl std::str::FromStr for Dur {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_duration(text).map(Self)
+    }
+}
+
+/// A byte size as flags take it: parsed by [`parse_bytes`], shown by [`format_bytes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&format_bytes(self.0))
+    }
+}
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_bytes(text).map(Self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,386 @@
+//! The `handoff` command line: flags, subcommands and exit codes. Doc comments here are the
+//! `--help` text. Parsing only: the commands themselves live in [`crate::client`] (the admin-API
+//! clients), [`crate::scaffold`] (`new`), [`crate::dev`] (`dev`) and the binary (`serve`).
+
+pub mod file;
+pub mod serve;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Arg, ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+pub use serve::{RouteDefaults, ServeArgs};
+
+use crate::settings::SETTINGS;
+
+/// The process exit codes. Every failure prints one line on stderr saying why.
+pub mod exit {
+    /// The command did what it was asked.
+    pub const SUCCESS: u8 = 0;
+    /// The server refused or failed the request (its reason is printed), or the server itself
+    /// failed (a listener could not be bound).
+    pub const FAILED: u8 = 1;
+    /// Bad flags or arguments (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// The admin API could not be reached, or what answered is not the admin API.
+    pub const UNREACHABLE: u8 = 3;
+    /// A local file or directory problem: a file is missing or unreadable, a directory to
+    /// create already exists, a directory holds no guest crate.
+    pub const LOCAL: u8 = 4;
+    /// The server configuration is invalid: a flag's value or the `--config` file (BSD
+    /// `EX_USAGE`).
+    pub const CONFIG: u8 = 64;
+}
+
+/// The `Exit status` section of `--help`, built from [`exit`] so the two cannot drift.
+pub(crate) fn exit_codes_help() -> String {
+    format!(
+        "Exit status:\n  \
+         {:<3} success\n  \
+         {:<3} the server refused or failed the request (its reason is printed), or the server failed\n  \
+         {:<3} usage: bad flags or arguments\n  \
+         {:<3} cannot reach the handoff admin API (--admin, $HANDOFF_ADMIN_URL)\n  \
+         {:<3} a local file problem: missing or unreadable file, existing directory, no guest crate\n  \
+         {:<3} invalid server configuration (a flag or the --config file)",
+        exit::SUCCESS,
+        exit::FAILED,
+        exit::USAGE,
+        exit::UNREACHABLE,
+        exit::LOCAL,
+        exit::CONFIG,
+    )
+}
+
+/// A command's failure: the exit code and the one-line reason printed on stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// One of the [`exit`] codes.
+    pub code: u8,
+    /// A sentence saying what went wrong and, where possible, what to do.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with exit code `code`.
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Serve WebAssembly HTTP handlers and replace them while serving, without failing a request.
+#[derive(Debug, Parser)]
+#[command(name = "handoff", version, about, after_help = exit_codes_help())]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process's arguments; on bad usage prints clap's message and exits with
+    /// [`exit::USAGE`]. Use this rather than `Cli::parse`: it also keeps the command line with
+    /// the serve settings, so the `--config` file can be layered under it.
+    pub fn parse_args() -> Self {
+        Self::try_parse_args(std::env::args_os()).unwrap_or_else(|error| error.exit())
+    }
+
+    /// Parses `args` (the first is the program name).
+    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let argv: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let matches = Self::command().try_get_matches_from(&argv)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        match &mut cli.command {
+            Command::Serve(serve) => serve.argv = argv,
+            Command::Dev(dev) => dev.server.argv = argv,
+            _ => {}
+        }
+        Ok(cli)
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: guest traffic on --listen, the admin API on --admin-listen.
+    Serve(ServeArgs),
+    /// Build the guest crate(s) in DIR, serve them, and rebuild and redeploy on every change.
+    Dev(DevArgs),
+    /// Create a guest crate that builds and serves as it is.
+    New(NewArgs),
+    /// Deploy a component to a route: created if new, its version replaced if not.
+    Deploy(DeployArgs),
+    /// List the routes: prefix, active version, traffic, draining versions.
+    Routes(RoutesArgs),
+    /// Show one route in detail.
+    Status(RouteArgs),
+    /// Delete a route: stop routing to it at once, let its in-flight requests finish.
+    Delete(RouteArgs),
+    /// Show a route's version history (newest last), the active one marked.
+    Versions(RouteArgs),
+    /// Roll a route back: to the previous version, or to VERSION (a digest, or a unique
+    /// prefix of one from `handoff versions`), or to --label. No recompile.
+    Rollback(RollbackArgs),
+    /// Upload a component without activating it; prints its version for `handoff activate`.
+    Upload(UploadArgs),
+    /// Serve an uploaded (or earlier) version on a route, creating the route if needed.
+    Activate(ActivateArgs),
+    /// Make an Ed25519 key pair for signed uploads: writes the private key to FILE (mode
+    /// 600) and prints the public key line for the server's --signing-keys file.
+    Keygen(KeygenArgs),
+}
+
+/// Arguments of `handoff keygen`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
+pub struct KeygenArgs {
+    /// Where to write the private key (must not exist).
+    pub file: PathBuf,
+    /// The key's name in the printed `[[key]]` entry.
+    #[arg(long, default_value = "deployer")]
+    pub name: String,
+}
+
+/// Where the admin API is and how to print its answers; shared by the client commands.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// The admin API of the handoff server to talk to (plain http).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "HANDOFF_ADMIN_URL",
+        default_value = crate::client::DEFAULT_ADMIN_URL
+    )]
+    pub admin: String,
+    /// Print the server's JSON instead of a table (for scripts); on failure, the problem document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `handoff deploy`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
+pub struct DeployArgs {
+    /// The route to create or replace (a-z, 0-9, `-`, `_`, `.`).
+    pub route: String,
+    /// The component: the `.wasm` file a `wasm32-wasip2` build produced.
+    pub file: PathBuf,
+    /// The path prefix the route serves (default: its current one; `/ROUTE` for a new route).
+    #[arg(long, value_name = "/PATH")]
+    pub prefix: Option<String>,
+    /// A setting handed to the guest as an environment variable; repeat for more. Without any,
+    /// the route keeps its current settings; `--config ''` alone clears them.
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    pub config: Vec<String>,
+    /// Sign the upload with this private key file (from `handoff keygen`).
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
+    /// A name for this version, to roll back to by name later (`stable`, `v1.2.0`).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// A note kept in the route's history.
+    #[arg(long)]
+    pub message: Option<String>,
+    /// A destination the guest may send HTTP requests to (`https://api.example.com`,
+    /// `http://10.0.0.5:8080`, `https://*.example.com`); repeat for more. Without any, the route
+    /// keeps its list; `--allow-outbound ''` alone clears it. Default: none.
+    #[arg(long = "allow-outbound", value_name = "SCHEME://HOST[:PORT]")]
+    pub allow_outbound: Vec<String>,
+    /// A directory under the server's --guest-dirs to mount read-only at /data (`''` to unmount).
+    #[arg(long, value_name = "NAME")]
+    pub dir: Option<String>,
+    /// This route's limits (`--max-memory`, `--request-timeout`, ...), from the table in
+    /// `crate::settings`; each one left out keeps the route's current value.
+    #[command(flatten)]
+    pub limits: RouteOverrides,
+    /// The admin API and output format.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `handoff rollback`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
+pub struct RollbackArgs {
+    /// The route.
+    pub route: String,
+    /// The version to go to (default: the previous one).
+    #[arg(conflicts_with = "label")]
+    pub version: Option<String>,
+    /// Go to the most recent version deployed with this label.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// The admin API and output format.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `handoff upload`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
+pub struct UploadArgs {
+    /// The component to store.
+    pub file: PathBuf,
+    /// Sign the upload with this private key file (from `handoff keygen`).
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
+    /// The admin API and output format.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `handoff activate`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
+pub struct ActivateArgs {
+    /// The route (created if it does not exist).
+    pub route: String,
+    /// The version, as `handoff upload` printed it.
+    pub version: String,
+    /// The path prefix, for a new route or to move one.
+    #[arg(long, value_name = "/PATH")]
+    pub prefix: Option<String>,
+    /// The admin API and output format.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `handoff routes`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
+pub struct RoutesArgs {
+    /// The admin API and output format.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `handoff status` and `handoff delete`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
+pub struct RouteArgs {
+    /// The route.
+    pub route: String,
+    /// The admin API and output format.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `handoff new`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
+pub struct NewArgs {
+    /// The crate's name, which `handoff dev` also uses as its route name: a lowercase letter,
+    /// then lowercase letters, digits, `-` or `_`.
+    pub name: String,
+    /// The directory to create (default: ./NAME). It must not exist yet.
+    #[arg(long, value_name = "DIR")]
+    pub path: Option<PathBuf>,
+    /// The guest SDK (the `guest-sdk` directory of a handoff checkout) the crate depends on.
+    /// Default: the SDK of the checkout this binary was built from.
+    #[arg(long, value_name = "PATH")]
+    pub sdk: Option<PathBuf>,
+}
+
+/// Arguments of `handoff dev`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit_codes_help())]
+pub struct DevArgs {
+    /// A guest crate, or a workspace of them: every `cdylib` member becomes route `/NAME`.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// The server's settings, as for `serve`.
+    #[command(flatten)]
+    pub server: ServeArgs,
+}
+
+/// The per-route settings as deploy flags, kept as the text given: the server parses and
+/// checks them (the CLI decides nothing the server decides).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteOverrides(pub Vec<(&'static str, String)>);
+
+impl clap::Args for RouteOverrides {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        SETTINGS.iter().fold(command, |command, setting| {
+            command.arg(
+                Arg::new(setting.name)
+                    .long(setting.name)
+                    .value_name(setting.metavar)
+                    .help(format!(
+                        "This route's own value (default: its current one, else the server's). {}",
+                        setting.help()
+                    )),
+            )
+        })
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
+    }
+}
+
+impl FromArgMatches for RouteOverrides {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Self(
+            SETTINGS
+                .iter()
+                .filter_map(|s| Some((s.name, matches.get_one::<String>(s.name)?.clone())))
+                .collect(),
+        ))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+        let help = Cli::command().render_help().to_string();
+        for code in [
+            exit::SUCCESS,
+            exit::FAILED,
+            exit::USAGE,
+            exit::UNREACHABLE,
+            exit::LOCAL,
+            exit::CONFIG,
+        ] {
+            assert!(help.contains(&format!("\n  {code:<3} ")), "{help}");
+        }
+    }
+
+    #[test]
+    fn every_route_setting_is_a_serve_flag_and_a_deploy_flag() {
+        let command = Cli::command();
+        for sub in ["serve", "dev", "deploy"] {
+            let sub = command.find_subcommand(sub).unwrap();
+            for setting in SETTINGS {
+                assert!(
+                    sub.get_arguments()
+                        .any(|a| a.get_long() == Some(setting.name)),
+                    "{} lacks --{}",
+                    sub.get_name(),
+                    setting.name
+                );
+            }
+        }
+    }
+}
