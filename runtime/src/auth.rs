@@ -21,7 +21,7 @@ use http::{HeaderValue, Method, StatusCode, header};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::admin::Problem;
+use crate::problem::Problem;
 
 /// The environment variable holding a full-scope admin token (named `env`).
 pub const TOKEN_ENV: &str = "HANDOFF_ADMIN_TOKEN";

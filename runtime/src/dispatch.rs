@@ -314,24 +314,9 @@ fn failure_response(error: &GuestError, id: u64) -> Response<DataBody> {
 
 /// A problem document from the data plane. Only used off the success path.
 fn failure(status: StatusCode, detail: &str, id: u64) -> Response<DataBody> {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail,
-        "request_id": format!("{id:016x}"),
-    });
-    let mut response = Response::new(DataBody::Fixed(Some(Bytes::from(body.to_string()))));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    if let Ok(value) = HeaderValue::from_str(&format!("{id:016x}")) {
-        headers.insert("x-request-id", value);
-    }
-    response
+    crate::problem::Problem::new(status, detail)
+        .for_request(id)
+        .response()
 }
 
 /// A request body that fails (as the guest sees it) once it exceeds the route's limit; the
@@ -400,6 +385,12 @@ pub enum BodyError {
     /// The body stream itself failed.
     #[error("response body: {0}")]
     Stream(#[from] wasmtime_wasi_http::Error),
+}
+
+impl From<Bytes> for DataBody {
+    fn from(bytes: Bytes) -> Self {
+        Self::Fixed(Some(bytes))
+    }
 }
 
 impl Body for DataBody {

@@ -24,6 +24,7 @@
 //! clients ([`client`]), the guest scaffold ([`scaffold`]: `new`) and the local loop ([`dev`]).
 
 pub mod admin;
+pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod client;
@@ -36,7 +37,9 @@ pub mod dispatch;
 pub mod engine;
 mod fuzz;
 pub mod host;
+pub mod http_client;
 pub mod outbound;
+pub mod problem;
 pub mod route;
 pub mod runtime;
 pub mod scaffold;

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use handoff::config::Config;
@@ -12,9 +12,6 @@ use handoff::tls::TlsFiles;
 use handoff_tests::{TestServer, guests};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -31,27 +28,13 @@ fn files() -> TlsFiles {
 
 /// One request over HTTPS to `addr`, trusting only the fixture certificate.
 async fn https(addr: SocketAddr, req: Request<Full<Bytes>>) -> (StatusCode, String) {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(fixture("cert.pem")).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+    use handoff::http_client::{Connection, Endpoint, tls_connector};
+    let connector = tls_connector(Some(&fixture("cert.pem"))).unwrap();
+    let endpoint = Endpoint::parse(&format!("https://localhost:{}", addr.port())).unwrap();
+    let mut connection = Connection::open(&endpoint, Some(&connector), Duration::from_secs(10))
         .await
         .expect("TLS handshake");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let response = sender.send_request(req).await.unwrap();
+    let response = connection.send(req).await.unwrap();
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())

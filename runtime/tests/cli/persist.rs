@@ -212,22 +212,17 @@ async fn kill_9_during_deploys_leaves_each_route_on_its_old_or_new_version() {
                         .header("content-type", "application/wasm")
                         .body(Full::new(bytes))
                         .unwrap();
-                    let Ok(Ok(stream)) = tokio::time::timeout(
+                    let endpoint = handoff::http_client::Endpoint::of(ready.admin, false);
+                    let Ok(mut connection) = handoff::http_client::Connection::open(
+                        &endpoint,
+                        None,
                         Duration::from_secs(5),
-                        tokio::net::TcpStream::connect(ready.admin),
                     )
                     .await
                     else {
                         return;
                     };
-                    let Ok((mut sender, conn)) =
-                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                            .await
-                    else {
-                        return;
-                    };
-                    tokio::spawn(conn);
-                    match sender.send_request(request).await {
+                    match connection.send(request).await {
                         Ok(response) if response.status().is_success() => {
                             attempts.lock().unwrap()[route][at].1 = true;
                         }

@@ -1,0 +1,117 @@
+//! `GET /metrics`: Prometheus text exposition (format 0.0.4) of the routes, their versions and
+//! the compiler. A `read` token may scrape it.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::header;
+
+use crate::route::{Role, RouteName};
+use crate::runtime::Runtime;
+use crate::version::Version;
+
+/// `GET /metrics`.
+pub(super) async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
+    use std::fmt::Write;
+    let table = rt.routes.snapshot();
+    let draining = rt.draining();
+    let mut out = String::with_capacity(1024);
+    let mut family = |name: &str,
+                      kind: &str,
+                      help: &str,
+                      samples: &mut dyn Iterator<Item = (String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let route_label = |route: &RouteName| format!("{{route=\"{}\"}}", route.as_str());
+    // Route names, digests and the fixed states need no escaping: all are [a-z0-9._:-].
+    let version_label = |route: &RouteName, version: &Version, state: &str| {
+        format!(
+            "{{route=\"{}\",version=\"{}\",state=\"{state}\"}}",
+            route.as_str(),
+            version.digest
+        )
+    };
+    family(
+        "handoff_route_requests_total",
+        "counter",
+        "Requests routed to the route, across its versions.",
+        &mut table
+            .iter()
+            .map(|r| (route_label(&r.name), r.state.requests().to_string())),
+    );
+    family(
+        "handoff_route_in_flight",
+        "gauge",
+        "Requests in progress on the route, across its versions.",
+        &mut table
+            .iter()
+            .map(|r| (route_label(&r.name), r.state.in_flight().to_string())),
+    );
+    // A serving version's state is `active` for the stable one, else its role.
+    let versions = || {
+        table
+            .iter()
+            .filter_map(|r| Some((&r.name, r.split()?)))
+            .flat_map(|(name, split)| {
+                split.versions().map(move |(role, v, _)| {
+                    let state = match role {
+                        Role::Stable => "active",
+                        other => other.as_str(),
+                    };
+                    (name, v, state)
+                })
+            })
+            .chain(draining.iter().map(|d| (&d.route, &d.version, "draining")))
+    };
+    family(
+        "handoff_version_requests_total",
+        "counter",
+        "Requests routed to a version that is active or still draining.",
+        &mut versions()
+            .map(|(route, v, state)| (version_label(route, v, state), v.requests().to_string())),
+    );
+    family(
+        "handoff_version_failures_total",
+        "counter",
+        "Requests on a version that ended in a guest failure (trap, deadline, no response).",
+        &mut versions()
+            .map(|(route, v, state)| (version_label(route, v, state), v.failures().to_string())),
+    );
+    family(
+        "handoff_version_in_flight",
+        "gauge",
+        "Requests in progress on a version.",
+        &mut versions()
+            .map(|(route, v, state)| (version_label(route, v, state), v.in_flight().to_string())),
+    );
+    family(
+        "handoff_routes_unavailable",
+        "gauge",
+        "Stored routes that could not be restored at startup.",
+        &mut std::iter::once((String::new(), rt.unavailable().len().to_string())),
+    );
+    family(
+        "handoff_compiles_total",
+        "counter",
+        "Components this process compiled (loading a stored artifact does not count).",
+        &mut std::iter::once((String::new(), rt.compiles().to_string())),
+    );
+    family(
+        "handoff_compile_workers",
+        "gauge",
+        "Compile worker processes running now.",
+        &mut std::iter::once((String::new(), rt.compile_workers().to_string())),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}

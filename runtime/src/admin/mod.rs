@@ -1,0 +1,174 @@
+//! The admin API, served on its own listener (loopback by default), so guest routes can never
+//! collide with control routes. Errors are `application/problem+json` (RFC 9457) whose `detail`
+//! says what to fix. The JSON documents are the types in [`crate::api`].
+//!
+//! * `GET    /healthz`             — liveness: `{"status":"ok"}`
+//! * `GET    /metrics`             — Prometheus text: requests, in-flight and failures per route
+//!   and version, compiles ([`metrics`])
+//! * `GET    /v1/routes`           — every route: prefix, the versions serving it, draining
+//!   versions; and stored routes that cannot serve
+//! * `GET    /v1/routes/{name}`    — one route
+//! * `PUT    /v1/routes/{name}`    — deploy: body `application/wasm`; optional query
+//!   `prefix=/path`, repeated `config=KEY=VALUE` (the guest's environment; without any `config`
+//!   the route keeps its current config, a lone empty `config=` clears it), repeated
+//!   `allow-outbound=scheme://host[:port]` (same keep/clear rule), `dir=NAME`, `label=...`,
+//!   `message=...`, and the per-route settings of [`crate::settings`] (`max-memory=64MiB`);
+//!   answers once the new version is compiled, pre-instantiated and active (201 new route, 200
+//!   replaced or unchanged)
+//! * `DELETE /v1/routes/{name}`    — stop routing, drain, forget
+//! * `GET    /v1/routes/{name}/versions` — the route's history, oldest first
+//! * `POST   /v1/routes/{name}/rollback` — no body: back to the previous version; JSON
+//!   `{"version": "sha256:..."}` or `{"label": "..."}`: to that one (no recompile when its
+//!   artifact is on disk)
+//! * `POST   /v1/routes/{name}/activate` — JSON `{"version": "sha256:...", "prefix"?: "/p"}`:
+//!   serve an uploaded (or earlier) module; creates the route if needed
+//! * `POST   /v1/modules`          — upload `application/wasm` without activating; answers the
+//!   digest to activate later ([`modules`])
+//! * `GET    /v1/modules`          — every stored module, with the routes that use it
+//! * `DELETE /v1/modules/{version}` — delete a module no route uses
+//!
+//! Every endpoint but `/healthz` takes `Authorization: Bearer <token>` once tokens are
+//! configured ([`crate::auth`]): `read` for `GET`, `deploy` for the rest. A request that
+//! changes anything runs to its end on a task of its own, even if its client goes away, so
+//! what it committed is also answered for in the audit log.
+//!
+//! Handlers here only translate HTTP; the work is in [`crate::deploy`].
+
+mod metrics;
+mod modules;
+mod routes;
+mod upload;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Path;
+use axum::extract::Request;
+use axum::extract::rejection::PathRejection;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{Method, StatusCode, header};
+
+use crate::api::{self, Problem};
+use crate::deploy::DeployError;
+use crate::route::RouteName;
+use crate::runtime::Runtime;
+
+/// The admin router.
+pub fn router(rt: Arc<Runtime>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::metrics))
+        .route("/v1/routes", get(routes::list))
+        .route(
+            "/v1/routes/{name}",
+            get(routes::get_one).put(routes::put).delete(routes::delete),
+        )
+        .route("/v1/routes/{name}/versions", get(routes::versions))
+        .route("/v1/routes/{name}/rollback", post(routes::rollback))
+        .route("/v1/routes/{name}/activate", post(routes::activate))
+        .route("/v1/modules", post(modules::upload).get(modules::list))
+        .route(
+            "/v1/modules/{version}",
+            axum::routing::delete(modules::delete),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(rt.config.admin_tokens.clone()),
+            crate::auth::guard,
+        ))
+        .layer(axum::middleware::from_fn(run_to_completion))
+        .layer(axum::middleware::map_response(name_the_methods))
+        .with_state(rt)
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        self.response()
+    }
+}
+
+impl From<DeployError> for Problem {
+    fn from(error: DeployError) -> Self {
+        if let DeployError::Internal(detail) = &error {
+            tracing::error!(error = %detail, "deploy failed in the host");
+        }
+        Self::new(error.status(), error.to_string())
+    }
+}
+
+/// Runs every request that may change something on a task of its own, so a client that goes
+/// away mid-deploy cannot cancel it half way: what is committed is applied whole, and audited.
+async fn run_to_completion(request: Request, next: Next) -> Response {
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
+        return next.run(request).await;
+    }
+    match tokio::spawn(next.run(request)).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::error!(error = %error, "an admin request's task failed");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the server failed while handling this request; its log has the details",
+            )
+            .into_response()
+        }
+    }
+}
+
+async fn healthz() -> axum::Json<api::Health> {
+    axum::Json(api::Health {
+        status: "ok".into(),
+    })
+}
+
+async fn not_found() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "no such admin endpoint; the API lives under /v1/routes and /v1/modules",
+    )
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this method is not supported here",
+    )
+}
+
+/// Names the methods a path takes in a 405's detail, from the `Allow` header the router sets.
+async fn name_the_methods(response: Response) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let Some(allow) = response
+        .headers()
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.replace(',', ", "))
+    else {
+        return response;
+    };
+    let mut named = Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("this method is not supported here; this path takes {allow}"),
+    )
+    .into_response();
+    named
+        .headers_mut()
+        .insert(header::ALLOW, response.headers()[header::ALLOW].clone());
+    named
+}
+
+/// The route name in the URL, validated.
+fn route_name(path: Result<Path<String>, PathRejection>) -> Result<RouteName, Problem> {
+    let Path(name) = path.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("the route name in the URL is unreadable: {e}"),
+        )
+    })?;
+    RouteName::parse(&name).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))
+}

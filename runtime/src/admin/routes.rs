@@ -1,0 +1,341 @@
+//! The route endpoints: list, status, deploy, delete, history, rollback and activate.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Extension, Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode};
+
+use super::route_name;
+use super::upload::{check_signature, parse_label, read_upload, target_body};
+use crate::api::{self, Problem};
+use crate::auth::{AuditVersion, Caller};
+use crate::deploy::{self, DeployError, DeployRequest};
+use crate::route::{Prefix, Route, RouteName, Serving};
+use crate::runtime::Runtime;
+use crate::settings::{LimitOverrides, LimitsStatus};
+use crate::version::{Version, parse_config};
+
+/// A version as the admin API shows it.
+pub(super) fn version_status(version: &Version) -> api::VersionStatus {
+    api::VersionStatus {
+        version: version.digest.to_string(),
+        size_bytes: version.size_bytes,
+        deployed_at_ms: version
+            .deployed_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        compile_ms: version.compile_time.as_secs_f64() * 1e3,
+        in_flight: version.in_flight(),
+        requests: version.requests(),
+        failures: version.failures(),
+    }
+}
+
+fn draining_of(rt: &Runtime, name: &RouteName) -> Vec<api::DrainingStatus> {
+    rt.draining()
+        .into_iter()
+        .filter(|d| d.route == *name)
+        .map(|d| api::DrainingStatus {
+            version: version_status(&d.version),
+            retired_ms_ago: d.since.elapsed().as_millis() as u64,
+        })
+        .collect()
+}
+
+/// The status of `route`; `None` when it is unavailable.
+fn status_of(rt: &Runtime, route: &Route) -> Option<api::RouteStatus> {
+    let split = route.split()?;
+    let stable = &split.stable;
+    Some(api::RouteStatus {
+        route: route.name.as_str().to_owned(),
+        prefix: route.prefix.as_str().to_owned(),
+        requests: route.state.requests(),
+        config: stable.config.iter().cloned().collect(),
+        limits: LimitsStatus::from(&stable.limits),
+        outbound: stable.outbound.iter().map(ToString::to_string).collect(),
+        dir: stable.dir.as_ref().map(|d| d.name.to_string()),
+        in_flight: route.state.in_flight(),
+        active: version_status(stable),
+        versions: split
+            .versions()
+            .map(|(role, version, weight)| api::ServedStatus {
+                role: role.as_str().to_owned(),
+                weight: weight.percent(),
+                version: version_status(version),
+            })
+            .collect(),
+        draining: draining_of(rt, &route.name),
+    })
+}
+
+/// `GET /v1/routes`.
+pub(super) async fn list(State(rt): State<Arc<Runtime>>) -> Json<api::RouteList> {
+    let table = rt.routes.snapshot();
+    Json(api::RouteList {
+        routes: table.iter().filter_map(|r| status_of(&rt, r)).collect(),
+        unavailable: rt
+            .unavailable()
+            .into_iter()
+            .map(|(route, reason)| api::Unavailable { route, reason })
+            .collect(),
+    })
+}
+
+/// `GET /v1/routes/{name}`.
+pub(super) async fn get_one(
+    State(rt): State<Arc<Runtime>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<api::RouteStatus>, Problem> {
+    let name = route_name(path)?;
+    let table = rt.routes.snapshot();
+    let route = table
+        .get(&name)
+        .ok_or_else(|| DeployError::UnknownRoute(name.as_str().to_owned()))?;
+    match (&route.serving, status_of(&rt, route)) {
+        (_, Some(status)) => Ok(Json(status)),
+        (Serving::Unavailable(reason), None) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            format!(
+                "route `{}` is stored but unavailable: {reason}. Deploy it again, or delete it",
+                name.as_str()
+            ),
+        )),
+        (Serving::Live(_), None) => unreachable!("a live route has a status"),
+    }
+}
+
+/// Query parameters of a deploy: `prefix`, `label` and `message` once, `config` any number of
+/// times.
+struct DeployQuery {
+    prefix: Option<Prefix>,
+    config: Option<crate::version::RouteConfig>,
+    label: Option<String>,
+    message: Option<String>,
+    limits: LimitOverrides,
+    outbound: Option<crate::outbound::Outbound>,
+    dir: Option<String>,
+}
+
+impl DeployQuery {
+    fn parse(pairs: Vec<(String, String)>) -> Result<Self, Problem> {
+        let bad = |detail: String| Problem::new(StatusCode::BAD_REQUEST, detail);
+        let mut prefix = None;
+        let mut config: Option<Vec<String>> = None;
+        let mut label = None;
+        let mut message = None;
+        let mut limits = LimitOverrides::default();
+        let mut outbound: Option<Vec<String>> = None;
+        let mut dir = None;
+        for (key, value) in pairs {
+            match key.as_str() {
+                "prefix" if prefix.is_none() => prefix = Some(Prefix::parse(&value).map_err(bad)?),
+                "label" if label.is_none() => label = Some(parse_label(&value)?),
+                "message" if message.is_none() => {
+                    if value.len() > 1024 {
+                        return Err(bad("a deploy message may be at most 1024 bytes".into()));
+                    }
+                    message = Some(value);
+                }
+                "prefix" | "label" | "message" => {
+                    return Err(bad(format!("give `{key}` at most once")));
+                }
+                "config" => config.get_or_insert_with(Vec::new).push(value),
+                "allow-outbound" => outbound.get_or_insert_with(Vec::new).push(value),
+                "dir" if dir.is_none() => dir = Some(value),
+                "dir" => return Err(bad("give `dir` at most once".into())),
+                other if limits.set(other, &value).map_err(bad)? => {}
+                other => {
+                    return Err(bad(format!(
+                        "unknown query parameter `{}`; a deploy takes `prefix=/path`, `config=KEY=VALUE`, `label=...`, `message=...`, `allow-outbound=scheme://host[:port]` and the limits `max-memory`, `request-timeout`, `max-concurrency`, `max-request-body`, `max-response-body`, `compile-timeout`, `compile-memory`",
+                        other.escape_debug()
+                    )));
+                }
+            }
+        }
+        let config = config
+            .map(|pairs| parse_config(pairs.iter().map(String::as_str)))
+            .transpose()
+            .map_err(bad)?;
+        let outbound = outbound
+            .map(|rules| crate::outbound::parse_rules(rules.iter().map(String::as_str)))
+            .transpose()
+            .map_err(bad)?;
+        Ok(Self {
+            prefix,
+            config,
+            label,
+            message,
+            limits,
+            outbound,
+            dir,
+        })
+    }
+}
+
+/// `PUT /v1/routes/{name}`: deploy.
+pub(super) async fn put(
+    State(rt): State<Arc<Runtime>>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let name = route_name(path)?;
+    let Query(pairs) = query.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("the query string is unreadable: {}", e.body_text()),
+        )
+    })?;
+    let DeployQuery {
+        prefix,
+        config,
+        label,
+        message,
+        limits,
+        outbound,
+        dir,
+    } = DeployQuery::parse(pairs)?;
+    let bytes = read_upload(&rt, &headers, body).await?;
+    let signature = check_signature(&rt, &headers, &bytes)?;
+    let request = DeployRequest {
+        name: name.clone(),
+        prefix,
+        config,
+        bytes,
+        signature,
+        by: caller.0,
+        label,
+        message,
+        limits,
+        outbound,
+        dir,
+    };
+    let deployed = deploy::deploy(&rt, request).await?;
+    Ok(deployed_response(&name, deployed))
+}
+
+/// `DELETE /v1/routes/{name}`.
+pub(super) async fn delete(
+    State(rt): State<Arc<Runtime>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<api::Deleted>, Problem> {
+    let name = route_name(path)?;
+    let route = deploy::delete(&rt, &name).await?;
+    let stable = route.stable();
+    Ok(Json(api::Deleted {
+        route: name.as_str().to_owned(),
+        deleted: true,
+        version: stable.map(|v| v.digest.to_string()),
+        in_flight: stable.map_or(0, |v| v.in_flight()),
+    }))
+}
+
+/// `GET /v1/routes/{name}/versions`.
+pub(super) async fn versions(
+    State(rt): State<Arc<Runtime>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<api::History>, Problem> {
+    let name = route_name(path)?;
+    let record = deploy::history(&rt, &name).await?;
+    Ok(Json(api::History {
+        route: name.as_str().to_owned(),
+        active: record.active,
+        versions: record.history,
+    }))
+}
+
+/// `POST /v1/routes/{name}/rollback`.
+pub(super) async fn rollback(
+    State(rt): State<Arc<Runtime>>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, Problem> {
+    let name = route_name(path)?;
+    let target = match target_body(body).await? {
+        api::Target {
+            prefix: Some(_), ..
+        } => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "a rollback keeps the route's prefix; deploy to change it",
+            ));
+        }
+        api::Target {
+            version: Some(_),
+            label: Some(_),
+            ..
+        } => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "give either `version` or `label`, not both",
+            ));
+        }
+        api::Target {
+            version: Some(v), ..
+        } => deploy::Target::Version(deploy::parse_digest(&v)?),
+        api::Target { label: Some(l), .. } => deploy::Target::Label(l),
+        api::Target { .. } => deploy::Target::Previous,
+    };
+    let deployed = deploy::rollback(&rt, &name, target, caller.0).await?;
+    Ok(deployed_response(&name, deployed))
+}
+
+/// `POST /v1/routes/{name}/activate`.
+pub(super) async fn activate(
+    State(rt): State<Arc<Runtime>>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, Problem> {
+    let name = route_name(path)?;
+    let target = target_body(body).await?;
+    let Some(version) = target.version else {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "an activation needs JSON like {\"version\": \"sha256:...\"} (the digest `POST /v1/modules` answered)",
+        ));
+    };
+    let digest = deploy::parse_digest(&version)?;
+    let prefix = target
+        .prefix
+        .as_deref()
+        .map(Prefix::parse)
+        .transpose()
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))?;
+    let label = target.label.as_deref().map(parse_label).transpose()?;
+    let deployed = deploy::activate(&rt, &name, prefix, digest, caller.0, label).await?;
+    Ok(deployed_response(&name, deployed))
+}
+
+fn deployed_response(name: &RouteName, deployed: deploy::Deployed) -> Response {
+    let status = if deployed.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = api::Deployed {
+        route: name.as_str().to_owned(),
+        prefix: deployed.route.prefix.as_str().to_owned(),
+        version: deployed
+            .route
+            .stable()
+            .map(|v| v.digest.to_string())
+            .unwrap_or_default(),
+        previous_version: deployed.previous.map(|d| d.to_string()),
+        changed: deployed.changed,
+        created: deployed.created,
+        compile_ms: deployed.compile_time.map(|t| t.as_secs_f64() * 1e3),
+    };
+    let version = AuditVersion(body.version.clone());
+    let mut response = (status, Json(body)).into_response();
+    response.extensions_mut().insert(version);
+    response
+}

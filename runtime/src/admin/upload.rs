@@ -1,0 +1,150 @@
+//! Reading what an admin request sends: component uploads (content type, size, time, signature)
+//! and the JSON bodies of rollback and activate.
+
+use axum::body::Body;
+use http::{HeaderMap, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+
+use crate::api::{self, Problem};
+use crate::runtime::Runtime;
+
+/// Content types a deploy accepts (and none at all, which `curl -T` sends).
+const WASM_CONTENT_TYPES: [&str; 2] = ["application/wasm", "application/octet-stream"];
+
+/// Labels: 1-64 of `A-Z a-z 0-9 - _ .`.
+pub(super) fn parse_label(label: &str) -> Result<String, Problem> {
+    let ok = !label.is_empty()
+        && label.len() <= 64
+        && label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(label.to_owned())
+    } else {
+        Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "a label is 1 to 64 of letters, digits, `-`, `_` and `.`; got `{}`",
+                label.escape_debug()
+            ),
+        ))
+    }
+}
+
+/// Checks an upload's `Handoff-Signature` against the trusted keys, as the server's
+/// `--signatures` mode says.
+/// Returns the signature to keep with the module (`None` if there was none).
+pub(super) fn check_signature(
+    rt: &Runtime,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<Option<String>, Problem> {
+    use crate::signing::{self, Mode};
+    let signature = headers.get(signing::HEADER).and_then(|v| v.to_str().ok());
+    if rt.config.signature_mode == Mode::Off {
+        return Ok(signature.map(str::to_owned));
+    }
+    let signer = signature.and_then(|s| signing::signer(&rt.config.signing_keys, bytes, s));
+    match (signer, rt.config.signature_mode) {
+        (Some(key), _) => {
+            tracing::info!(target: "audit", key = %key.name, "upload signature verified");
+            Ok(signature.map(str::to_owned))
+        }
+        (None, Mode::Warn) => {
+            tracing::warn!(target: "audit", signed = signature.is_some(), "upload not signed by a trusted key; accepted (--signatures warn)");
+            Ok(signature.map(str::to_owned))
+        }
+        (None, _) => Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            if signature.is_some() {
+                "the upload's Handoff-Signature does not verify against any trusted key; sign these exact bytes (handoff deploy --sign KEY)"
+            } else {
+                "this server requires signed uploads: send an Ed25519 signature of the bytes in Handoff-Signature (handoff deploy --sign KEY)"
+            },
+        )),
+    }
+}
+
+/// Reads a component upload: checks its content type and size limit.
+pub(super) async fn read_upload(
+    rt: &Runtime,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<bytes::Bytes, Problem> {
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        let essence = content_type
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if !WASM_CONTENT_TYPES.contains(&essence.as_str()) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "a deploy takes the component's bytes with `Content-Type: application/wasm`, not `{}`",
+                    content_type.to_str().unwrap_or("(unreadable)")
+                ),
+            ));
+        }
+    }
+    let limit = rt.config.max_upload_bytes;
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the upload is larger than the limit of {limit} bytes; raise `--max-upload` if the component is really this large"
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let reading = Limited::new(body, limit).collect();
+    let Ok(read) = tokio::time::timeout(rt.config.upload_timeout, reading).await else {
+        return Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the upload did not arrive within {} s; send the whole component at once",
+                rt.config.upload_timeout.as_secs()
+            ),
+        ));
+    };
+    match read {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(error) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("the upload could not be read to its end: {error}"),
+        )),
+    }
+}
+
+/// The JSON body of a rollback or an activation (empty: no target).
+pub(super) async fn target_body(body: Body) -> Result<api::Target, Problem> {
+    let bytes = Limited::new(body, 64 << 10)
+        .collect()
+        .await
+        .map_err(|e| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("the body could not be read: {e}"),
+            )
+        })?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
+        return Ok(api::Target::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be JSON like {{\"version\": \"sha256:...\"}} or {{\"label\": \"stable\"}}: {e}"),
+        )
+    })
+}

@@ -1,0 +1,589 @@
+//! Thin clients of the admin API for `handoff deploy`, `routes`, `status`, `delete`,
+//! `versions`, `rollback`, `upload` and `activate`: one
+//! HTTP/1.1 request per command over plain TCP, the answer printed as a table or, with `--json`,
+//! exactly as the server sent it.
+//!
+//! They decide nothing the server decides: route names, prefixes, settings and components are
+//! validated by the server, and its problem document's `detail` sentence is printed as it is.
+//! Every failure is one line and one of the [`exit`] codes.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use serde::de::DeserializeOwned;
+
+use crate::api;
+use crate::cli::{
+    ActivateArgs, AdminArgs, DeployArgs, Failure, RollbackArgs, RouteArgs, RoutesArgs, UploadArgs,
+    exit,
+};
+use crate::http_client::{CA_ENV, ConnectError, Connection, Endpoint, tls_connector};
+
+pub mod render;
+
+pub use render::short;
+
+/// How long to wait for the TCP connection to the admin API.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the whole answer (a deploy answers once the component is compiled).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A request body and its content type.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    /// The bytes.
+    pub bytes: Bytes,
+    /// Their media type.
+    pub content_type: &'static str,
+    /// An Ed25519 signature of the bytes, base64 (`Handoff-Signature`).
+    pub signature: Option<String>,
+}
+
+impl Payload {
+    /// A component upload.
+    pub fn wasm(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            content_type: "application/wasm",
+            signature: None,
+        }
+    }
+
+    /// A JSON body.
+    pub fn json(value: &impl serde::Serialize) -> Self {
+        Self {
+            bytes: Bytes::from(serde_json::to_vec(value).expect("a request body serializes")),
+            content_type: "application/json",
+            signature: None,
+        }
+    }
+}
+
+/// An answer of the admin API.
+#[derive(Debug)]
+pub struct Reply {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its body, whole.
+    pub body: Bytes,
+}
+
+/// A client of one admin API.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    url: Endpoint,
+}
+
+impl AdminClient {
+    /// A client for the admin API at `url`; a malformed URL is a usage failure.
+    pub fn new(url: &str) -> Result<Self, Failure> {
+        Endpoint::parse(url)
+            .map(|url| Self { url })
+            .map_err(|e| Failure::new(exit::USAGE, e))
+    }
+
+    /// Sends one request on a fresh connection and reads the whole answer. Failing to connect,
+    /// or losing the connection before the answer is complete, is [`exit::UNREACHABLE`].
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Payload>,
+    ) -> Result<Reply, Failure> {
+        let unreachable = |reason: String| {
+            Failure::new(
+                exit::UNREACHABLE,
+                format!(
+                    "cannot reach the handoff admin API at {}: {reason}; is `handoff serve` running?",
+                    self.url.text
+                ),
+            )
+        };
+        let tls = match self.url.https {
+            true => Some(
+                tls_connector(std::env::var_os(CA_ENV).as_deref().map(Path::new))
+                    .map_err(|e| Failure::new(exit::USAGE, e))?,
+            ),
+            false => None,
+        };
+        let mut connection = match Connection::open(&self.url, tls.as_ref(), CONNECT_TIMEOUT).await
+        {
+            Ok(connection) => connection,
+            Err(ConnectError::Tls(error)) => {
+                return Err(unreachable(format!(
+                    "the TLS handshake failed ({error}); for a private certificate authority \
+                     set {CA_ENV} to its PEM file"
+                )));
+            }
+            Err(error) => return Err(unreachable(error.to_string())),
+        };
+        let exchange = async {
+            let mut request = Request::builder()
+                .method(method)
+                .uri(format!("{}{path_and_query}", self.url.base))
+                .header(header::HOST, &self.url.authority);
+            if let Ok(token) = std::env::var(crate::auth::TOKEN_ENV)
+                && !token.is_empty()
+            {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            let bytes = match body {
+                Some(payload) => {
+                    request = request.header(header::CONTENT_TYPE, payload.content_type);
+                    if let Some(signature) = &payload.signature {
+                        request = request.header(crate::signing::HEADER, signature);
+                    }
+                    payload.bytes
+                }
+                None => Bytes::new(),
+            };
+            let request = request
+                .body(Full::new(bytes))
+                .expect("a well-formed request");
+            let response = connection.send(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>(Reply { status, body })
+        };
+        match tokio::time::timeout(ANSWER_TIMEOUT, exchange).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(error)) => Err(Failure::new(
+                exit::UNREACHABLE,
+                format!(
+                    "the handoff admin API at {} broke off the exchange: {error}",
+                    self.url.text
+                ),
+            )),
+            Err(_) => Err(Failure::new(
+                exit::UNREACHABLE,
+                format!(
+                    "the handoff admin API at {} did not answer within {} s",
+                    self.url.text,
+                    ANSWER_TIMEOUT.as_secs()
+                ),
+            )),
+        }
+    }
+
+    /// Sends a request and returns the typed answer of a successful one. With `json`, the body
+    /// is printed as it came, success or not. A 4xx/5xx is [`exit::FAILED`] with the server's
+    /// `detail`; `what` names the request in that message ("deploy", "delete").
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Payload>,
+        json: bool,
+    ) -> Result<T, Failure> {
+        let reply = self.send(method, path_and_query, body).await?;
+        if json {
+            let mut out = reply.body.to_vec();
+            if !out.ends_with(b"\n") {
+                out.push(b'\n');
+            }
+            print(&out);
+        }
+        if !reply.status.is_success() {
+            let detail = serde_json::from_slice::<api::Problem>(&reply.body)
+                .ok()
+                .map(|problem| one_line(&problem.detail))
+                .unwrap_or_else(|| {
+                    format!(
+                        "the answer has no problem document: {}",
+                        one_line(&String::from_utf8_lossy(
+                            &reply.body[..reply.body.len().min(200)]
+                        ))
+                    )
+                });
+            return Err(Failure::new(
+                exit::FAILED,
+                format!("{what} refused ({}): {detail}", status_text(reply.status)),
+            ));
+        }
+        serde_json::from_slice(&reply.body).map_err(|error| {
+            Failure::new(
+                exit::UNREACHABLE,
+                format!(
+                    "what answers at {} is not the handoff admin API (its answer does not read: {error})",
+                    self.url.text
+                ),
+            )
+        })
+    }
+}
+
+/// `handoff deploy ROUTE FILE`.
+pub async fn deploy(args: DeployArgs) -> Result<(), Failure> {
+    let client = AdminClient::new(&args.admin.admin)?;
+    let bytes = read_component(&args.file).await?;
+    let mut query = Vec::new();
+    if let Some(prefix) = &args.prefix {
+        query.push(format!("prefix={}", encode(prefix)));
+    }
+    for setting in &args.config {
+        query.push(format!("config={}", encode(setting)));
+    }
+    if let Some(dir) = &args.dir {
+        query.push(format!("dir={}", encode(dir)));
+    }
+    for rule in &args.allow_outbound {
+        query.push(format!("allow-outbound={}", encode(rule)));
+    }
+    if let Some(label) = &args.label {
+        query.push(format!("label={}", encode(label)));
+    }
+    if let Some(message) = &args.message {
+        query.push(format!("message={}", encode(message)));
+    }
+    for (key, value) in &args.limits.0 {
+        query.push(format!("{key}={}", encode(value)));
+    }
+    let mut path = format!("/v1/routes/{}", encode(&args.route));
+    if !query.is_empty() {
+        path = format!("{path}?{}", query.join("&"));
+    }
+    let json = args.admin.json;
+    let body: api::Deployed = client
+        .call(
+            "deploy",
+            Method::PUT,
+            &path,
+            Some(signed(bytes, &args.sign)?),
+            json,
+        )
+        .await?;
+    if !json {
+        print(render::deploy(&body).as_bytes());
+    }
+    Ok(())
+}
+
+/// `handoff routes`.
+pub async fn routes(args: RoutesArgs) -> Result<(), Failure> {
+    show(
+        args.admin,
+        "listing the routes",
+        "/v1/routes".into(),
+        render::routes,
+    )
+    .await
+}
+
+/// GETs `path` and prints the answer: as JSON with `--json`, else through `render`.
+async fn show<T: DeserializeOwned>(
+    args: AdminArgs,
+    what: &str,
+    path: String,
+    render: impl Fn(&T) -> String,
+) -> Result<(), Failure> {
+    let AdminArgs { admin, json } = args;
+    let client = AdminClient::new(&admin)?;
+    let body = client.call(what, Method::GET, &path, None, json).await?;
+    if !json {
+        print(render(&body).as_bytes());
+    }
+    Ok(())
+}
+
+/// `handoff status ROUTE`.
+pub async fn status(args: RouteArgs) -> Result<(), Failure> {
+    let path = format!("/v1/routes/{}", encode(&args.route));
+    show(args.admin, "status", path, |body: &api::RouteStatus| {
+        render::status(body, SystemTime::now())
+    })
+    .await
+}
+
+/// `handoff delete ROUTE`.
+pub async fn delete(args: RouteArgs) -> Result<(), Failure> {
+    let AdminArgs { admin, json } = args.admin;
+    let client = AdminClient::new(&admin)?;
+    let path = format!("/v1/routes/{}", encode(&args.route));
+    let body: api::Deleted = client
+        .call("delete", Method::DELETE, &path, None, json)
+        .await?;
+    if !json {
+        let in_flight = match body.in_flight {
+            0 => "nothing in flight".to_owned(),
+            1 => "1 request in flight finishes on it".to_owned(),
+            n => format!("{n} requests in flight finish on it"),
+        };
+        let text = format!(
+            "deleted route {} (version {}; {in_flight})\n",
+            body.route,
+            body.version.as_deref().map_or("none", short),
+        );
+        print(text.as_bytes());
+    }
+    Ok(())
+}
+
+/// `handoff versions ROUTE`.
+pub async fn versions(args: RouteArgs) -> Result<(), Failure> {
+    let path = format!("/v1/routes/{}/versions", encode(&args.route));
+    show(args.admin, "versions", path, |body: &api::History| {
+        render::history(body, SystemTime::now())
+    })
+    .await
+}
+
+/// `handoff rollback ROUTE [VERSION] [--label L]`.
+pub async fn rollback(args: RollbackArgs) -> Result<(), Failure> {
+    let AdminArgs { admin, json } = args.admin;
+    let client = AdminClient::new(&admin)?;
+    let target = match (&args.version, &args.label) {
+        (Some(version), _) => api::Target {
+            version: Some(resolve_version(&client, &args.route, version).await?),
+            ..api::Target::default()
+        },
+        (None, Some(label)) => api::Target {
+            label: Some(label.clone()),
+            ..api::Target::default()
+        },
+        (None, None) => api::Target::default(),
+    };
+    let path = format!("/v1/routes/{}/rollback", encode(&args.route));
+    let body: api::Deployed = client
+        .call(
+            "rollback",
+            Method::POST,
+            &path,
+            Some(Payload::json(&target)),
+            json,
+        )
+        .await?;
+    if !json {
+        print(render::deploy(&body).as_bytes());
+    }
+    Ok(())
+}
+
+/// `handoff upload FILE`.
+pub async fn upload(args: UploadArgs) -> Result<(), Failure> {
+    let AdminArgs { admin, json } = args.admin;
+    let client = AdminClient::new(&admin)?;
+    let bytes = read_component(&args.file).await?;
+    let body: api::Uploaded = client
+        .call(
+            "upload",
+            Method::POST,
+            "/v1/modules",
+            Some(signed(bytes, &args.sign)?),
+            json,
+        )
+        .await?;
+    if !json {
+        let text = format!(
+            "uploaded {} ({} bytes); serve it with `handoff activate ROUTE {}`\n",
+            body.version,
+            body.size_bytes,
+            short(&body.version),
+        );
+        print(text.as_bytes());
+    }
+    Ok(())
+}
+
+/// `handoff activate ROUTE VERSION`.
+pub async fn activate(args: ActivateArgs) -> Result<(), Failure> {
+    let AdminArgs { admin, json } = args.admin;
+    let client = AdminClient::new(&admin)?;
+    let digest = if args.version.starts_with("sha256:") {
+        args.version.clone()
+    } else if args.version.len() == 64 {
+        format!("sha256:{}", args.version)
+    } else {
+        // A short version can only be resolved against the route's history.
+        resolve_version(&client, &args.route, &args.version).await?
+    };
+    let target = api::Target {
+        version: Some(digest),
+        prefix: args.prefix.clone(),
+        label: None,
+    };
+    let path = format!("/v1/routes/{}/activate", encode(&args.route));
+    let body: api::Deployed = client
+        .call(
+            "activate",
+            Method::POST,
+            &path,
+            Some(Payload::json(&target)),
+            json,
+        )
+        .await?;
+    if !json {
+        print(render::deploy(&body).as_bytes());
+    }
+    Ok(())
+}
+
+/// A full digest from a full one or from a unique prefix of one in the route's history.
+async fn resolve_version(
+    client: &AdminClient,
+    route: &str,
+    given: &str,
+) -> Result<String, Failure> {
+    let wanted = given.strip_prefix("sha256:").unwrap_or(given);
+    if wanted.len() == 64 {
+        return Ok(format!("sha256:{wanted}"));
+    }
+    let path = format!("/v1/routes/{}/versions", encode(route));
+    let body: api::History = client
+        .call("versions", Method::GET, &path, None, false)
+        .await?;
+    let mut matches: Vec<&str> = body
+        .versions
+        .iter()
+        .map(|e| e.version.as_str())
+        .filter(|v| !wanted.is_empty() && v.trim_start_matches("sha256:").starts_with(wanted))
+        .collect();
+    matches.sort_unstable();
+    matches.dedup();
+    match matches.as_slice() {
+        [one] => Ok((*one).to_owned()),
+        [] => Err(Failure::new(
+            exit::FAILED,
+            format!(
+                "route {route} has no version starting with `{given}` in its history; see `handoff versions {route}`"
+            ),
+        )),
+        _ => Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "`{given}` matches {} versions of route {route}; give more digits",
+                matches.len()
+            ),
+        )),
+    }
+}
+
+/// A component upload, signed with the private key in `key` when given.
+fn signed(bytes: Bytes, key: &Option<std::path::PathBuf>) -> Result<Payload, Failure> {
+    let mut payload = Payload::wasm(bytes);
+    if let Some(key) = key {
+        let private = std::fs::read_to_string(key).map_err(|e| {
+            Failure::new(
+                exit::LOCAL,
+                format!("cannot read the key {}: {e}", key.display()),
+            )
+        })?;
+        let signature = crate::signing::sign(&private, &payload.bytes)
+            .map_err(|e| Failure::new(exit::LOCAL, format!("{}: {e}", key.display())))?;
+        payload.signature = Some(signature);
+    }
+    Ok(payload)
+}
+
+/// `handoff keygen FILE`.
+pub fn keygen(args: crate::cli::KeygenArgs) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let (private, public) =
+        crate::signing::generate().map_err(|e| Failure::new(exit::FAILED, e))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&args.file).map_err(|e| {
+        Failure::new(
+            exit::LOCAL,
+            format!("cannot create the key file {}: {e}", args.file.display()),
+        )
+    })?;
+    file.write_all(format!("{private}\n").as_bytes())
+        .map_err(|e| Failure::new(exit::LOCAL, format!("writing {}: {e}", args.file.display())))?;
+    print(
+        format!(
+            "private key written to {} (keep it secret)\nadd to the server's --signing-keys file:\n\n[[key]]\nname = \"{}\"\npublic = \"{public}\"\n",
+            args.file.display(),
+            args.name
+        )
+        .as_bytes(),
+    );
+    Ok(())
+}
+
+/// Reads the component to upload; a missing or unreadable file is [`exit::LOCAL`].
+async fn read_component(path: &Path) -> Result<Bytes, Failure> {
+    tokio::fs::read(path).await.map(Bytes::from).map_err(|e| {
+        Failure::new(
+            exit::LOCAL,
+            format!("cannot read the component {}: {e}", path.display()),
+        )
+    })
+}
+
+fn status_text(status: StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(reason) => format!("{} {reason}", status.as_u16()),
+        None => status.as_u16().to_string(),
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, for a path segment or a
+/// query value.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
+/// Writes to stdout, ignoring a closed pipe (`handoff routes | head -1`).
+fn print(bytes: &[u8]) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(bytes);
+    let _ = stdout.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_urls_parse() {
+        let url = Endpoint::parse("http://127.0.0.1:8081").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("127.0.0.1", 8081));
+        assert_eq!(url.base, "");
+        let url = Endpoint::parse("localhost:9000/admin/").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("localhost", 9000));
+        assert_eq!(
+            (url.authority.as_str(), url.base.as_str()),
+            ("localhost:9000", "/admin")
+        );
+        let url = Endpoint::parse("http://[::1]:8081").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("::1", 8081));
+        assert_eq!(Endpoint::parse("http://example.com").unwrap().port, 80);
+        let url = Endpoint::parse("https://example.com").unwrap();
+        assert!(url.https);
+        assert_eq!(url.port, 443);
+        assert!(
+            Endpoint::parse("ftp://example.com")
+                .unwrap_err()
+                .contains("https://")
+        );
+        assert!(Endpoint::parse("http://:80").is_err());
+        assert!(Endpoint::parse("http://host:port").is_err());
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(encode("/api/v1"), "%2Fapi%2Fv1");
+        assert_eq!(encode("GREETING=hi there+1"), "GREETING%3Dhi%20there%2B1");
+        assert_eq!(encode("a-b_c.d~"), "a-b_c.d~");
+    }
+}
