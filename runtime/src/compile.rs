@@ -18,12 +18,12 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::engine::{CompileError, Engine};
+pub use crate::settings::CompileLimits;
 
 /// The argument that turns the `handoff` binary into a compile worker.
 pub const WORKER_ARG: &str = "__compile-worker";
@@ -70,15 +70,6 @@ impl Compiler {
             args: vec![WORKER_ARG.into()],
         })
     }
-}
-
-/// How long, and with how much memory, one compile may run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CompileLimits {
-    /// Wall-clock time for the whole compile.
-    pub timeout: Duration,
-    /// Writable memory of the worker process, compiler included.
-    pub memory_bytes: u64,
 }
 
 /// A compiled component and its serialized artifact (what the data directory stores).

@@ -49,9 +49,6 @@ pub fn default_data_dir() -> Option<PathBuf> {
     Some(base.join("handoff"))
 }
 
-/// How often the engine's epoch advances: the granularity of CPU deadlines and guest yields.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
-
 /// The complete, validated configuration of a server.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -136,7 +133,7 @@ impl Config {
 
     /// Resolves the directory a deploy names (`dir=NAME`) under `--guest-dirs`, in a sentence
     /// when it cannot be used. An empty name means no directory.
-    pub fn guest_dir(&self, name: &str) -> Result<Option<crate::version::GuestDir>, String> {
+    pub fn guest_dir(&self, name: &str) -> Result<Option<crate::settings::GuestDir>, String> {
         if name.is_empty() {
             return Ok(None);
         }
@@ -168,7 +165,7 @@ impl Config {
         if !path.starts_with(&root) || !path.is_dir() {
             return Err(format!("`{name}` is not a directory under --guest-dirs"));
         }
-        Ok(Some(crate::version::GuestDir {
+        Ok(Some(crate::settings::GuestDir {
             name: name.into(),
             path: path.into(),
         }))

@@ -105,7 +105,12 @@ where
     );
     let started = Instant::now();
     let deadline = started + version.limits.request_timeout;
-    let mut store = Host::store(rt.engine.wasmtime(), &version, &routed.prefix, deadline);
+    let mut store = Host::store(
+        rt.engine.wasmtime(),
+        &version.guest,
+        &routed.prefix,
+        deadline,
+    );
     let (tx, rx) = oneshot::channel();
     let req = match store
         .data_mut()

@@ -12,7 +12,17 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::config::{Config, EPOCH_TICK};
+/// How often the engine's epoch advances: the granularity of CPU deadlines and guest yields.
+pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// How the engine allocates guest instances.
+#[derive(Debug, Clone, Copy)]
+pub struct Pool {
+    /// Instance slots in the pooling allocator; 0 allocates on demand.
+    pub slots: u32,
+    /// The largest linear memory a slot holds.
+    pub max_memory: usize,
+}
 use crate::host::Host;
 
 /// Core instances a pool slot budget allows per component instance. Rust guests use 1-4,
@@ -30,11 +40,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Builds the engine. It uses the pooling allocator sized by `config.max_instances`, and
-    /// falls back to on-demand allocation (with a warning) where the pool cannot be reserved,
-    /// for example under a `ulimit -v`.
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
-        let (engine, pooling) = if config.max_instances > 0 {
+    /// Builds the engine. It uses the pooling allocator sized by `pool`, and falls back to
+    /// on-demand allocation (with a warning) where the pool cannot be reserved, for example
+    /// under a `ulimit -v`.
+    pub fn new(pool: Pool) -> anyhow::Result<Self> {
+        let config = &pool;
+        let (engine, pooling) = if pool.slots > 0 {
             match wasmtime::Engine::new(&wasmtime_config(config, true)) {
                 Ok(engine) => (engine, true),
                 Err(error) => {
@@ -177,15 +188,15 @@ pub enum CompileError {
     Failed(String),
 }
 
-fn new_engine(config: &Config, pooling: bool) -> anyhow::Result<wasmtime::Engine> {
+fn new_engine(config: &Pool, pooling: bool) -> anyhow::Result<wasmtime::Engine> {
     wasmtime::Engine::new(&wasmtime_config(config, pooling))
         .map_err(|e| anyhow::anyhow!("creating the wasmtime engine: {e}"))
 }
 
-fn wasmtime_config(config: &Config, pooling: bool) -> wasmtime::Config {
+fn wasmtime_config(config: &Pool, pooling: bool) -> wasmtime::Config {
     let mut cfg = base_config();
     if pooling {
-        let slots = config.max_instances;
+        let slots = config.slots;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(slots)
             .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
@@ -193,7 +204,7 @@ fn wasmtime_config(config: &Config, pooling: bool) -> wasmtime::Config {
             .total_tables(slots.saturating_mul(4))
             .total_stacks(slots)
             .table_elements(POOL_TABLE_ELEMENTS)
-            .max_memory_size(config.limits.max_memory_bytes);
+            .max_memory_size(config.max_memory);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     cfg

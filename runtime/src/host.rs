@@ -19,7 +19,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use crate::version::Version;
+use crate::outbound::Outbound;
+use crate::settings::{GuestDir, RouteConfig, Settings};
 
 /// The environment variable that tells a guest the path prefix it was routed by, so routers
 /// inside guests can match paths relative to it.
@@ -42,33 +43,54 @@ pub struct Host {
 /// in the run queue, long ones yield every tick after this.
 const TICKS_BEFORE_YIELDING: u32 = 10;
 
+/// What every request of one version runs with: its sandbox, set up once when the version is
+/// built.
+pub struct Guest {
+    label: GuestLabel,
+    config: RouteConfig,
+    dir: Option<GuestDir>,
+    outbound: Outbound,
+    max_memory: usize,
+}
+
+impl Guest {
+    /// The sandbox of version `version` (its short digest) of route `route`, with `settings`.
+    pub fn new(route: Arc<str>, version: Arc<str>, settings: &Settings) -> Self {
+        Self {
+            label: GuestLabel { route, version },
+            config: settings.config.clone(),
+            dir: settings.dir.clone(),
+            outbound: settings.outbound.clone(),
+            max_memory: settings.limits.max_memory_bytes,
+        }
+    }
+}
+
 impl Host {
-    /// A store for one call into `version` through a route at `prefix`, with `deadline` as its
+    /// A store for one call into `guest` through a route at `prefix`, with `deadline` as its
     /// CPU deadline and its limits installed: the one place a `Store` is made.
     pub fn store(
         engine: &wasmtime::Engine,
-        version: &Arc<Version>,
+        guest: &Guest,
         prefix: &str,
         deadline: Instant,
     ) -> wasmtime::Store<Host> {
-        let mut store = wasmtime::Store::new(engine, Host::new(version, prefix, deadline));
+        let mut store = wasmtime::Store::new(engine, Host::new(guest, prefix, deadline));
         Host::install(&mut store);
         store
     }
 
-    /// Request state for one call into `version` through a route at `prefix`, with `deadline`
+    /// Request state for one call into `guest` through a route at `prefix`, with `deadline`
     /// as its CPU deadline.
-    pub fn new(version: &Arc<Version>, prefix: &str, deadline: Instant) -> Self {
-        let label = GuestLabel {
-            route: version.route.clone(),
-            version: version.short.clone(),
-        };
+    pub fn new(guest: &Guest, prefix: &str, deadline: Instant) -> Self {
+        let version = guest;
+        let label = guest.label.clone();
         let mut wasi = WasiCtx::builder();
         if let Some(dir) = &version.dir
             && let Err(error) =
                 wasi.preopened_dir(&*dir.path, "/data", wasmtime_wasi::FsPerms::ReadOnly)
         {
-            tracing::warn!(route = %version.route, dir = %dir.name, error = %error, "cannot mount the route's directory");
+            tracing::warn!(route = %version.label.route, dir = %dir.name, error = %error, "cannot mount the route's directory");
         }
         let wasi = wasi
             .envs(&version.config)
@@ -87,7 +109,7 @@ impl Host {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
-                .memory_size(version.limits.max_memory_bytes)
+                .memory_size(version.max_memory)
                 .trap_on_grow_failure(true)
                 .build(),
             hooks: SandboxHooks {

@@ -38,6 +38,8 @@ pub mod engine;
 mod fuzz;
 pub mod host;
 pub mod http_client;
+#[cfg(test)]
+mod layering;
 pub mod outbound;
 pub mod problem;
 pub mod route;

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::compile::Compiles;
 use crate::config::Config;
-use crate::deploy::gc::Pending;
 use crate::engine::Engine;
 use crate::route::{Draining, Drains, Registry, RouteTable, Serving};
 use crate::state::StateLog;
 use crate::state::files::Files;
+use crate::state::pending::Pending;
 use crate::state::redb::RedbLog;
 
 /// Process-wide state.
@@ -42,7 +42,10 @@ impl Runtime {
     /// empty (`crate::deploy::restore` fills it from the state log).
     pub fn new(config: Config) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
-        let engine = Arc::new(Engine::new(&config)?);
+        let engine = Arc::new(Engine::new(crate::engine::Pool {
+            slots: config.max_instances,
+            max_memory: config.limits.max_memory_bytes,
+        })?);
         let files = Files::open(config.data_dir.as_deref(), engine.wasmtime())?;
         let state = Arc::new(RedbLog::open(files.dir())?);
         Ok(Self {

@@ -14,87 +14,8 @@ use tokio_util::sync::CancellationToken;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use crate::digest::Digest;
-use crate::host::Host;
-pub use crate::settings::Limits;
-
-/// Deploy-time key/value configuration, handed to the guest as its environment variables.
-/// Sorted by key; keys are unique.
-pub type RouteConfig = Arc<[(String, String)]>;
-
-/// The most configuration pairs one route may have.
-pub const MAX_CONFIG_PAIRS: usize = 64;
-/// The longest configuration value, in bytes.
-pub const MAX_CONFIG_VALUE: usize = 4096;
-
-/// Parses `KEY=VALUE` pairs into a route configuration, saying what is wrong in a sentence.
-/// Keys are environment-variable names: a letter or `_`, then letters, digits or `_`.
-pub fn parse_config<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Result<RouteConfig, String> {
-    let mut config: Vec<(String, String)> = Vec::new();
-    for pair in pairs {
-        if pair.is_empty() {
-            continue;
-        }
-        let Some((key, value)) = pair.split_once('=') else {
-            return Err(format!(
-                "config `{}` needs the form KEY=VALUE",
-                pair.escape_debug()
-            ));
-        };
-        let valid_key = key.len() <= 128
-            && key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid_key {
-            return Err(format!(
-                "config key `{}` is not usable: start with a letter or `_`, then letters, digits or `_` (at most 128)",
-                key.escape_debug()
-            ));
-        }
-        if value.len() > MAX_CONFIG_VALUE {
-            return Err(format!(
-                "config value of `{key}` is longer than {MAX_CONFIG_VALUE} bytes"
-            ));
-        }
-        if value.contains('\0') {
-            return Err(format!("config value of `{key}` contains a NUL byte"));
-        }
-        match config.iter_mut().find(|(k, _)| k == key) {
-            Some(existing) => existing.1 = value.to_owned(),
-            None => config.push((key.to_owned(), value.to_owned())),
-        }
-    }
-    if config.len() > MAX_CONFIG_PAIRS {
-        return Err(format!(
-            "a route may have at most {MAX_CONFIG_PAIRS} config values; got {}",
-            config.len()
-        ));
-    }
-    config.sort();
-    Ok(config.into())
-}
-
-/// How a route runs its versions, set at deploy time: the guest's config, its limits and its
-/// outbound allow-list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    /// The guest's environment.
-    pub config: RouteConfig,
-    /// Its limits.
-    pub limits: Limits,
-    /// Where it may send outbound HTTP requests.
-    pub outbound: crate::outbound::Outbound,
-    /// A directory mounted read-only at `/data`.
-    pub dir: Option<GuestDir>,
-}
-
-/// A subdirectory of the server's `--guest-dirs` that a route's guests see, read-only, at
-/// `/data`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestDir {
-    /// Its name under `--guest-dirs` (what the deploy gave).
-    pub name: Arc<str>,
-    /// Its resolved path on the host.
-    pub path: Arc<std::path::Path>,
-}
+use crate::host::{Guest, Host};
+pub use crate::settings::{GuestDir, Limits, RouteConfig, Settings, parse_config};
 
 /// One compiled, pre-instantiated guest serving (or having served) a route.
 pub struct Version {
@@ -106,6 +27,8 @@ pub struct Version {
     pub route: Arc<str>,
     /// The pre-instantiated component; cloning it is cheap.
     pub pre: ProxyPre<Host>,
+    /// The sandbox its requests run in, set up once.
+    pub guest: Guest,
     /// Limits for its requests.
     pub limits: Limits,
     /// Its deploy-time configuration (the guest's environment).
@@ -138,6 +61,8 @@ impl Version {
         size_bytes: usize,
         compile_time: Duration,
     ) -> Self {
+        let short: Arc<str> = digest.short().into();
+        let guest = Guest::new(route.clone(), short.clone(), &settings);
         let Settings {
             config,
             limits,
@@ -145,10 +70,11 @@ impl Version {
             dir,
         } = settings;
         Self {
-            short: digest.short().into(),
+            short,
             digest,
             route,
             pre,
+            guest,
             limits,
             config,
             outbound,
@@ -268,23 +194,4 @@ pub enum DrainOutcome {
         /// In-flight requests at the deadline.
         remaining: usize,
     },
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_pairs_are_validated_and_sorted() {
-        let config = parse_config(["B=2", "A=1=one", "B=3", ""]).unwrap();
-        assert_eq!(
-            &config[..],
-            [("A".into(), "1=one".into()), ("B".into(), "3".into())]
-        );
-        assert!(parse_config(["novalue"]).unwrap_err().contains("KEY=VALUE"));
-        assert!(parse_config(["1X=a"]).unwrap_err().contains("not usable"));
-        assert!(parse_config(["A-B=a"]).unwrap_err().contains("not usable"));
-        let long = format!("K={}", "x".repeat(MAX_CONFIG_VALUE + 1));
-        assert!(parse_config([long.as_str()]).is_err());
-    }
 }

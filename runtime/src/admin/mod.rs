@@ -34,17 +34,15 @@
 //!
 //! Handlers here only translate HTTP; the work is in [`crate::deploy`].
 
+mod input;
 mod metrics;
 mod modules;
 mod routes;
-mod upload;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::Path;
 use axum::extract::Request;
-use axum::extract::rejection::PathRejection;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -52,7 +50,6 @@ use http::{Method, StatusCode, header};
 
 use crate::api::{self, Problem};
 use crate::deploy::DeployError;
-use crate::route::RouteName;
 use crate::runtime::Runtime;
 
 /// The admin router.
@@ -160,15 +157,4 @@ async fn name_the_methods(response: Response) -> Response {
         .headers_mut()
         .insert(header::ALLOW, response.headers()[header::ALLOW].clone());
     named
-}
-
-/// The route name in the URL, validated.
-fn route_name(path: Result<Path<String>, PathRejection>) -> Result<RouteName, Problem> {
-    let Path(name) = path.map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            format!("the route name in the URL is unreadable: {e}"),
-        )
-    })?;
-    RouteName::parse(&name).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))
 }

@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 
-use super::upload::{check_signature, read_upload};
+use super::input::{check_signature, read_upload};
 use crate::api::{self, Problem};
 use crate::deploy;
 use crate::runtime::Runtime;

@@ -9,8 +9,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 
-use super::route_name;
-use super::upload::{check_signature, parse_label, read_upload, target_body};
+use super::input::{check_signature, parse_label, read_upload, route_name, target_body};
 use crate::api::{self, Problem};
 use crate::auth::{AuditVersion, Caller};
 use crate::deploy::{self, DeployError, DeployRequest};

@@ -2,6 +2,7 @@
 //! `--help` text. Parsing only: the commands themselves live in [`crate::client`] (the admin-API
 //! clients), [`crate::scaffold`] (`new`), [`crate::dev`] (`dev`) and the binary (`serve`).
 
+pub mod exit;
 pub mod file;
 pub mod serve;
 
@@ -10,47 +11,11 @@ use std::path::PathBuf;
 
 use clap::{Arg, ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-pub use serve::{RouteDefaults, ServeArgs};
+pub use serve::{FileExtras, RouteDefaults, ServeArgs};
+
+use file::ConfigFile;
 
 use crate::settings::SETTINGS;
-
-/// The process exit codes. Every failure prints one line on stderr saying why.
-pub mod exit {
-    /// The command did what it was asked.
-    pub const SUCCESS: u8 = 0;
-    /// The server refused or failed the request (its reason is printed), or the server itself
-    /// failed (a listener could not be bound).
-    pub const FAILED: u8 = 1;
-    /// Bad flags or arguments (clap's own code).
-    pub const USAGE: u8 = 2;
-    /// The admin API could not be reached, or what answered is not the admin API.
-    pub const UNREACHABLE: u8 = 3;
-    /// A local file or directory problem: a file is missing or unreadable, a directory to
-    /// create already exists, a directory holds no guest crate.
-    pub const LOCAL: u8 = 4;
-    /// The server configuration is invalid: a flag's value or the `--config` file (BSD
-    /// `EX_USAGE`).
-    pub const CONFIG: u8 = 64;
-}
-
-/// The `Exit status` section of `--help`, built from [`exit`] so the two cannot drift.
-pub(crate) fn exit_codes_help() -> String {
-    format!(
-        "Exit status:\n  \
-         {:<3} success\n  \
-         {:<3} the server refused or failed the request (its reason is printed), or the server failed\n  \
-         {:<3} usage: bad flags or arguments\n  \
-         {:<3} cannot reach the handoff admin API (--admin, $HANDOFF_ADMIN_URL)\n  \
-         {:<3} a local file problem: missing or unreadable file, existing directory, no guest crate\n  \
-         {:<3} invalid server configuration (a flag or the --config file)",
-        exit::SUCCESS,
-        exit::FAILED,
-        exit::USAGE,
-        exit::UNREACHABLE,
-        exit::LOCAL,
-        exit::CONFIG,
-    )
-}
 
 /// A command's failure: the exit code and the one-line reason printed on stderr.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +44,7 @@ impl std::fmt::Display for Failure {
 
 /// Serve WebAssembly HTTP handlers and replace them while serving, without failing a request.
 #[derive(Debug, Parser)]
-#[command(name = "handoff", version, about, after_help = exit_codes_help())]
+#[command(name = "handoff", version, about, after_help = exit::help())]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -101,11 +66,58 @@ impl Cli {
         T: Into<OsString> + Clone,
     {
         let argv: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        let matches = Self::command().try_get_matches_from(&argv)?;
+        let command = Self::command();
+        let matches = command.clone().try_get_matches_from(&argv)?;
         let mut cli = Self::from_arg_matches(&matches)?;
+        let (name, given) = matches.subcommand().expect("a subcommand is required");
+        let path = match &cli.command {
+            Command::Serve(serve) => serve.config.clone(),
+            Command::Dev(dev) => dev.server.config.clone(),
+            _ => None,
+        };
+        let Some(path) = path else {
+            return Ok(cli);
+        };
+        // The file's settings become flags inserted before the command line's, leaving out
+        // what the command line or the environment gave: flags win, the file fills the rest.
+        let sub = command
+            .find_subcommand(name)
+            .expect("the subcommand exists");
+        let extras = match ConfigFile::load(&path, sub) {
+            Ok(file) => {
+                let at = argv
+                    .iter()
+                    .position(|a| a == name)
+                    .expect("the subcommand was given");
+                let mut layered = argv.clone();
+                layered.splice(at + 1..at + 1, file.args(given, sub));
+                match command.try_get_matches_from(layered) {
+                    Ok(matches) => {
+                        cli = Self::from_arg_matches(&matches)?;
+                        FileExtras {
+                            tokens: file.tokens,
+                            keys: file.keys,
+                            error: None,
+                        }
+                    }
+                    Err(error) => FileExtras {
+                        error: Some(format!(
+                            "the config file {} does not go with the flags: {}",
+                            path.display(),
+                            error.kind()
+                        )),
+                        ..FileExtras::default()
+                    },
+                }
+            }
+            Err(error) => FileExtras {
+                error: Some(error.to_string()),
+                ..FileExtras::default()
+            },
+        };
         match &mut cli.command {
-            Command::Serve(serve) => serve.argv = argv,
-            Command::Dev(dev) => dev.server.argv = argv,
+            Command::Serve(serve) => serve.file = extras,
+            Command::Dev(dev) => dev.server.file = extras,
             _ => {}
         }
         Ok(cli)
@@ -145,7 +157,7 @@ pub enum Command {
 
 /// Arguments of `handoff keygen`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = exit_codes_help())]
+#[command(after_help = exit::help())]
 pub struct KeygenArgs {
     /// Where to write the private key (must not exist).
     pub file: PathBuf,
@@ -176,7 +188,7 @@ pub struct AdminArgs {
 
 /// Arguments of `handoff deploy`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = exit_codes_help())]
+#[command(after_help = exit::help())]
 pub struct DeployArgs {
     /// The route to create or replace (a-z, 0-9, `-`, `_`, `.`).
     pub route: String,
@@ -217,7 +229,7 @@ pub struct DeployArgs {
 
 /// Arguments of `handoff rollback`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = exit_codes_help())]
+#[command(after_help = exit::help())]
 pub struct RollbackArgs {
     /// The route.
     pub route: String,
@@ -234,7 +246,7 @@ pub struct RollbackArgs {
 
 /// Arguments of `handoff upload`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = exit_codes_help())]
+#[command(after_help = exit::help())]
 pub struct UploadArgs {
     /// The component to store.
     pub file: PathBuf,
@@ -248,7 +260,7 @@ pub struct UploadArgs {
 
 /// Arguments of `handoff activate`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = exit_codes_help())]
+#[command(after_help = exit::help())]
 pub struct ActivateArgs {
     /// The route (created if it does not exist).
     pub route: String,
@@ -264,7 +276,7 @@ pub struct ActivateArgs {
 
 /// Arguments of `handoff routes`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = exit_codes_help())]
+#[command(after_help = exit::help())]
 pub struct RoutesArgs {
     /// The admin API and output format.
     #[command(flatten)]
@@ -273,7 +285,7 @@ pub struct RoutesArgs {
 
 /// Arguments of `handoff status` and `handoff delete`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = exit_codes_help())]
+#[command(after_help = exit::help())]
 pub struct RouteArgs {
     /// The route.
     pub route: String,
@@ -284,7 +296,7 @@ pub struct RouteArgs {
 
 /// Arguments of `handoff new`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = exit_codes_help())]
+#[command(after_help = exit::help())]
 pub struct NewArgs {
     /// The crate's name, which `handoff dev` also uses as its route name: a lowercase letter,
     /// then lowercase letters, digits, `-` or `_`.
@@ -300,7 +312,7 @@ pub struct NewArgs {
 
 /// Arguments of `handoff dev`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = exit_codes_help())]
+#[command(after_help = exit::help())]
 pub struct DevArgs {
     /// A guest crate, or a workspace of them: every `cdylib` member becomes route `/NAME`.
     #[arg(default_value = ".")]

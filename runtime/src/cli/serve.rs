@@ -5,15 +5,12 @@
 //! which wins over the built-in defaults. Defaults are the `DEFAULT_*` constants, never
 //! restated as text; the per-route settings are the table in [`crate::settings`].
 
-use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::builder::ValueHint;
-use clap::{Arg, ArgMatches, CommandFactory, FromArgMatches};
+use clap::{Arg, ArgMatches, FromArgMatches};
 
-use super::file::ConfigFile;
-use super::{Cli, Command, exit_codes_help};
 use crate::config::{self, Config, Limits};
 use crate::settings::SETTINGS;
 use crate::units::{Dur, Size};
@@ -23,7 +20,7 @@ use crate::units::{Dur, Size};
 /// Precedence: a flag (or its `HANDOFF_*` environment variable) wins over the `--config` file,
 /// which wins over the defaults.
 #[derive(Debug, clap::Args)]
-#[command(after_help = exit_codes_help())]
+#[command(after_help = crate::cli::exit::help())]
 pub struct ServeArgs {
     /// A TOML file with any of these settings, keys spelled like the flags
     /// (`admin-listen = "127.0.0.1:8081"`, `request-timeout = "10s"`). Flags and their
@@ -101,10 +98,21 @@ pub struct ServeArgs {
     /// defaults, from the table in `crate::settings`.
     #[command(flatten)]
     pub limits: RouteDefaults,
-    /// The command line these flags were parsed from, so the `--config` file can be layered
-    /// under it.
+    /// What the `--config` file held besides flags, or why it could not be used (filled by
+    /// `Cli::try_parse_args`, which layers the file's flags under the command line's).
     #[arg(skip)]
-    pub argv: Vec<OsString>,
+    pub file: FileExtras,
+}
+
+/// What a `--config` file holds besides flags: tokens and keys; or why it was refused.
+#[derive(Debug, Default)]
+pub struct FileExtras {
+    /// `[[token]]` tables.
+    pub tokens: Vec<crate::auth::Token>,
+    /// `[[key]]` tables.
+    pub keys: Vec<crate::signing::TrustedKey>,
+    /// Why the file could not be used (reported by `into_config`, exit 64).
+    pub error: Option<String>,
 }
 
 /// The per-route settings as server flags: the defaults every route starts from (and, for
@@ -179,58 +187,28 @@ impl ServeArgs {
 
     /// As [`Self::into_config`]; with `ephemeral_by_default`, no `--data-dir` means a
     /// temporary data directory instead of the default one (what `handoff dev` wants).
-    pub fn into_config_with(self, ephemeral_by_default: bool) -> Result<Config, String> {
-        let Some(path) = self.config.clone() else {
-            return self.build(ephemeral_by_default, None);
-        };
-        let (layered, file) = self.layer(&path)?;
-        layered
-            .build(ephemeral_by_default, Some(file))
-            .map_err(|error| {
-                format!(
+    pub fn into_config_with(mut self, ephemeral_by_default: bool) -> Result<Config, String> {
+        if let Some(error) = self.file.error.take() {
+            return Err(error);
+        }
+        let path = self.config.clone();
+        self.build(ephemeral_by_default)
+            .map_err(|error| match path {
+                Some(path) => format!(
                     "{error} (check the flags and the config file {})",
                     path.display()
-                )
+                ),
+                None => error,
             })
     }
 
-    /// These flags with the file at `path` layered under them: the command line parsed again
-    /// with the file's settings inserted before it, leaving out what the command line or the
-    /// environment gave.
-    fn layer(&self, path: &std::path::Path) -> Result<(ServeArgs, ConfigFile), String> {
-        let command = Cli::command();
-        let original = command
-            .clone()
-            .try_get_matches_from(&self.argv)
-            .map_err(|e| e.to_string())?;
-        let (name, given) = original
-            .subcommand()
-            .ok_or("the config file applies to `serve` and `dev`")?;
-        let sub = command
-            .find_subcommand(name)
-            .ok_or("the config file applies to `serve` and `dev`")?;
-        let file = ConfigFile::load(path, sub).map_err(|e| e.to_string())?;
-        let at = self
-            .argv
-            .iter()
-            .position(|a| a == name)
-            .ok_or("the config file applies to `serve` and `dev`")?;
-        let mut argv = self.argv.clone();
-        argv.splice(at + 1..at + 1, file.args(given, sub));
-        let serve = match Cli::try_parse_args(argv)
-            .map_err(|e| e.to_string())?
-            .command
-        {
-            Command::Serve(serve) => serve,
-            Command::Dev(dev) => dev.server,
-            _ => return Err("the config file applies to `serve` and `dev`".into()),
-        };
-        Ok((serve, file))
-    }
-
-    fn build(self, ephemeral_by_default: bool, file: Option<ConfigFile>) -> Result<Config, String> {
+    fn build(self, ephemeral_by_default: bool) -> Result<Config, String> {
         let ephemeral = self.ephemeral || (ephemeral_by_default && self.data_dir.is_none());
-        let (file_tokens, file_keys) = file.map(|f| (f.tokens, f.keys)).unwrap_or_default();
+        let FileExtras {
+            tokens: file_tokens,
+            keys: file_keys,
+            ..
+        } = self.file;
         let config = Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
@@ -265,9 +243,14 @@ impl ServeArgs {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsString;
     use std::time::Duration;
 
+    use clap::CommandFactory;
+
     use super::*;
+    use crate::cli::file::{ConfigFile, settable};
+    use crate::cli::{Cli, Command};
 
     fn serve(args: &[&str]) -> ServeArgs {
         let argv = ["handoff", "serve"].iter().chain(args);
@@ -349,10 +332,7 @@ mod tests {
         let command = Cli::command();
         let serve_command = command.find_subcommand("serve").unwrap();
         let mut checked = 0;
-        for arg in serve_command
-            .get_arguments()
-            .filter(|a| super::super::file::settable(a))
-        {
+        for arg in serve_command.get_arguments().filter(|a| settable(a)) {
             let long = arg.get_long().unwrap();
             if matches!(arg.get_action(), clap::ArgAction::SetTrue) {
                 continue;

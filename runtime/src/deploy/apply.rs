@@ -18,8 +18,9 @@
 
 use std::sync::Arc;
 
+use super::error::{DeployError, Deployed, internal, parse_digest};
+use super::gc;
 use super::prepare::{self, Built};
-use super::{DeployError, Deployed, gc, internal, parse_digest};
 use crate::route::{Candidate, Prefix, Route, RouteName, Serving, Shadow, Split, Sticky, Weight};
 use crate::runtime::Runtime;
 use crate::state::{AppendError, Change, ModuleRecord, RouteRecord, SettingsRecord};

@@ -1,6 +1,7 @@
 //! Garbage collection of stored modules: a module's record and files go once no route serves
 //! it or keeps it in its history, it is not pinned (uploaded, not yet activated), no version
-//! of it is serving or draining in memory, and no change is working on it ([`Pending`]).
+//! of it is serving or draining in memory, and no change is working on it
+//! ([`crate::state::pending::Pending`]).
 //!
 //! The record is removed atomically with respect to state-log appends
 //! ([`crate::state::StateLog::collect`]); the files after, each one re-checked just before it
@@ -8,59 +9,11 @@
 //! a collection never removes what a change is about to reference. No lock is held across a
 //! commit or an `.await`.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use crate::runtime::Runtime;
 use crate::version::Digest;
-
-/// Digests changes are working on, counted (two deploys of one digest hold it twice).
-#[derive(Default)]
-pub struct Pending {
-    digests: Mutex<HashMap<Digest, usize>>,
-}
-
-impl Pending {
-    /// Holds `digest` until the returned guard is dropped.
-    pub fn hold(&self, digest: &Digest) -> PendingGuard<'_> {
-        *self
-            .digests
-            .lock()
-            .expect("pending poisoned")
-            .entry(digest.clone())
-            .or_default() += 1;
-        PendingGuard {
-            pending: self,
-            digest: digest.clone(),
-        }
-    }
-
-    /// Whether a change holds `digest`.
-    pub fn contains(&self, digest: &Digest) -> bool {
-        self.digests
-            .lock()
-            .expect("pending poisoned")
-            .contains_key(digest)
-    }
-}
-
-/// Keeps a digest safe from garbage collection while alive.
-pub struct PendingGuard<'a> {
-    pending: &'a Pending,
-    digest: Digest,
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        let mut digests = self.pending.digests.lock().expect("pending poisoned");
-        if let Some(count) = digests.get_mut(&self.digest) {
-            *count -= 1;
-            if *count == 0 {
-                digests.remove(&self.digest);
-            }
-        }
-    }
-}
 
 /// Digests of every version serving or draining in memory.
 pub fn in_use(rt: &Runtime) -> HashSet<Digest> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use super::{DeployError, internal};
+use super::error::{DeployError, internal};
 use crate::compile::CompileLimits;
 use crate::host::Host;
 use crate::route::RouteName;
@@ -256,7 +256,7 @@ pub(crate) async fn trial_instance(
     version: &Arc<Version>,
 ) -> Result<(), DeployError> {
     let deadline = Instant::now() + version.limits.request_timeout.min(TRIAL_DEADLINE);
-    let mut store = Host::store(rt.engine.wasmtime(), version, "/", deadline);
+    let mut store = Host::store(rt.engine.wasmtime(), &version.guest, "/", deadline);
     let trial = version.pre.instantiate_async(&mut store);
     match tokio::time::timeout(TRIAL_DEADLINE, trial).await {
         Ok(Ok(_)) => Ok(()),

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::RouteState;
+use super::state::RouteState;
 use crate::version::Version;
 
 /// A request's hold on its version and its route's concurrency slot.

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
-use super::RouteName;
+use super::names::RouteName;
 
 /// State shared by every version of one route.
 #[derive(Default, Debug)]

@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http::HeaderMap;
 
-use super::{InFlight, Prefix, RouteName, RouteState, Serving, Split};
+use super::inflight::InFlight;
+use super::names::{Prefix, RouteName};
+use super::serving::{Serving, Split};
+use super::state::RouteState;
 use crate::version::Version;
 
 /// One route as it stands in a table snapshot. Immutable: a change makes a new `Route`.

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{AppendError, BoxFuture, Change, ModuleRecord, RouteRecord, StateLog, Stored};
+use super::log::{AppendError, BoxFuture, Change, StateLog, Stored};
+use super::records::{ModuleRecord, RouteRecord};
 use crate::route::RouteName;
 use crate::version::Digest;
 

@@ -1,11 +1,14 @@
-//! Reading what an admin request sends: component uploads (content type, size, time, signature)
-//! and the JSON bodies of rollback and activate.
+//! Reading what an admin request sends: the route name in its URL, component uploads (content
+//! type, size, time, signature) and the JSON bodies of rollback and activate.
 
 use axum::body::Body;
+use axum::extract::Path;
+use axum::extract::rejection::PathRejection;
 use http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 
 use crate::api::{self, Problem};
+use crate::route::RouteName;
 use crate::runtime::Runtime;
 
 /// Content types a deploy accepts (and none at all, which `curl -T` sends).
@@ -147,4 +150,15 @@ pub(super) async fn target_body(body: Body) -> Result<api::Target, Problem> {
             format!("the body must be JSON like {{\"version\": \"sha256:...\"}} or {{\"label\": \"stable\"}}: {e}"),
         )
     })
+}
+
+/// The route name in the URL, validated.
+pub(super) fn route_name(path: Result<Path<String>, PathRejection>) -> Result<RouteName, Problem> {
+    let Path(name) = path.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("the route name in the URL is unreadable: {e}"),
+        )
+    })?;
+    RouteName::parse(&name).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))
 }
