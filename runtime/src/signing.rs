@@ -83,24 +83,31 @@ pub fn load_keys(path: &Path) -> Result<Vec<TrustedKey>, String> {
     keys_from(file.key, &path.display().to_string())
 }
 
+impl TrustedKey {
+    /// The key `name` whose public half is `public` (base64, as `handoff keygen` prints it).
+    pub fn new(name: &str, public: &str) -> Result<Self, String> {
+        let public = BASE64
+            .decode(public.trim())
+            .ok()
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .ok_or_else(|| format!("key `{name}` is not a base64 Ed25519 public key (32 bytes)"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            public,
+        })
+    }
+}
+
 /// Decodes `[[key]]` entries read from `source` (named in errors).
 pub fn keys_from(entries: Vec<KeyEntry>, source: &str) -> Result<Vec<TrustedKey>, String> {
     entries
         .into_iter()
         .map(|entry| {
-            let public = BASE64
-                .decode(entry.public.trim())
-                .ok()
-                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-                .ok_or_else(|| {
-                    format!(
-                        "key `{}` in {source} is not a base64 Ed25519 public key (32 bytes)",
-                        entry.name,
-                    )
-                })?;
-            Ok(TrustedKey {
-                name: entry.name,
-                public,
+            TrustedKey::new(&entry.name, &entry.public).map_err(|_| {
+                format!(
+                    "key `{}` in {source} is not a base64 Ed25519 public key (32 bytes)",
+                    entry.name,
+                )
             })
         })
         .collect()

@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_uploads;
+mod changes;
 mod compat;
 mod deploy;
 mod drain;

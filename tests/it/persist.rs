@@ -20,18 +20,6 @@ fn config(dir: &Path) -> Config {
     }
 }
 
-async fn post_json(server: &TestServer, path: &str, body: Value) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(path)
-        .header("host", "admin")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let (status, body) = send(server.admin, req).await;
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
-
 fn compiles(server: &TestServer) -> u64 {
     server.server().runtime().compiles()
 }
@@ -99,24 +87,23 @@ async fn a_restart_restores_every_route_and_rollback_needs_no_compile() {
     assert_eq!(versions["active"], third["version"]);
 
     // Back to the previous version, then by label, then by digest: no compile at all.
-    let (code, body) = post_json(&server, "/v1/routes/app/rollback", Value::Null).await;
+    let (code, body) = server
+        .post_json("/v1/routes/app/rollback", Value::Null)
+        .await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(server.get("/app").await.1, "v2");
-    let (code, body) = post_json(
-        &server,
-        "/v1/routes/app/rollback",
-        json!({"label": "first"}),
-    )
-    .await;
+    let (code, body) = server
+        .post_json("/v1/routes/app/rollback", json!({"label": "first"}))
+        .await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(body["version"], first["version"]);
     assert_eq!(server.get("/app").await.1, "v1");
-    let (code, body) = post_json(
-        &server,
-        "/v1/routes/app/rollback",
-        json!({"version": third["version"]}),
-    )
-    .await;
+    let (code, body) = server
+        .post_json(
+            "/v1/routes/app/rollback",
+            json!({"version": third["version"]}),
+        )
+        .await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(server.get("/app").await.1, "ok");
     assert_eq!(compiles(&server), 0, "rollbacks load artifacts");
@@ -150,7 +137,7 @@ async fn a_restart_restores_every_route_and_rollback_needs_no_compile() {
         ),
         (json!({"versoin": "typo"}), StatusCode::BAD_REQUEST, "json"),
     ] {
-        let (code, problem) = post_json(&server, "/v1/routes/app/rollback", body).await;
+        let (code, problem) = server.post_json("/v1/routes/app/rollback", body).await;
         assert_eq!(code, expected, "{problem}");
         assert!(
             problem["detail"]
@@ -162,7 +149,9 @@ async fn a_restart_restores_every_route_and_rollback_needs_no_compile() {
         );
         assert_eq!(server.get("/app").await.1, "ok");
     }
-    let (code, _) = post_json(&server, "/v1/routes/missing/rollback", Value::Null).await;
+    let (code, _) = server
+        .post_json("/v1/routes/missing/rollback", Value::Null)
+        .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     server.shutdown().await;
 
@@ -180,7 +169,9 @@ async fn a_restart_restores_every_route_and_rollback_needs_no_compile() {
 async fn a_rollback_with_no_earlier_version_says_so() {
     let server = TestServer::start().await;
     server.deploy("solo", guests::TAGGED_V1).await;
-    let (code, body) = post_json(&server, "/v1/routes/solo/rollback", Value::Null).await;
+    let (code, body) = server
+        .post_json("/v1/routes/solo/rollback", Value::Null)
+        .await;
     assert_eq!(code, StatusCode::CONFLICT, "{body}");
     assert!(
         body["detail"]
@@ -213,21 +204,21 @@ async fn uploaded_modules_activate_later_without_compiling() {
     );
     let after_upload = compiles(&server);
 
-    let (code, body) = post_json(
-        &server,
-        "/v1/routes/app/activate",
-        json!({"version": uploaded["version"]}),
-    )
-    .await;
+    let (code, body) = server
+        .post_json(
+            "/v1/routes/app/activate",
+            json!({"version": uploaded["version"]}),
+        )
+        .await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(server.get("/app").await.1, "v2");
     // A new route from the same upload, with its own prefix.
-    let (code, body) = post_json(
-        &server,
-        "/v1/routes/fresh/activate",
-        json!({"version": uploaded["version"], "prefix": "/new"}),
-    )
-    .await;
+    let (code, body) = server
+        .post_json(
+            "/v1/routes/fresh/activate",
+            json!({"version": uploaded["version"], "prefix": "/new"}),
+        )
+        .await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
     assert_eq!(server.get("/new").await.1, "v2");
     assert_eq!(
@@ -236,7 +227,7 @@ async fn uploaded_modules_activate_later_without_compiling() {
         "activation loads the stored artifact"
     );
 
-    let (code, body) = post_json(&server, "/v1/routes/app/activate", json!({})).await;
+    let (code, body) = server.post_json("/v1/routes/app/activate", json!({})).await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
     server.shutdown().await;
 }
@@ -345,12 +336,9 @@ async fn old_bytes_go_only_when_unreferenced_and_drained() {
     })
     .await;
     assert!(module(&v2).exists(), "the active version's bytes stay");
-    let (code, _) = post_json(
-        &server,
-        "/v1/routes/gc/rollback",
-        json!({"version": v1["version"]}),
-    )
-    .await;
+    let (code, _) = server
+        .post_json("/v1/routes/gc/rollback", json!({"version": v1["version"]}))
+        .await;
     assert_eq!(
         code,
         StatusCode::NOT_FOUND,

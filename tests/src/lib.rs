@@ -48,6 +48,17 @@ pub fn compile_worker() -> Compiler {
     }
 }
 
+/// [`compile_worker`], holding every compile until the file `gate` exists.
+pub fn gated_compile_worker(gate: &std::path::Path) -> Compiler {
+    let Compiler::Worker { program, .. } = compile_worker() else {
+        unreachable!("compile_worker is a worker")
+    };
+    Compiler::Worker {
+        program,
+        args: vec!["--wait-for".into(), gate.as_os_str().to_owned()],
+    }
+}
+
 /// A component whose core module has `functions` functions: slow and memory-hungry to
 /// compile (seconds and hundreds of MiB at 20 000), and with no HTTP handler, so its deploy
 /// fails after compiling. An adversarial input, hence wat.
@@ -150,6 +161,19 @@ impl TestServer {
             .uri(path)
             .header("host", "admin")
             .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (status, body) = send(self.admin, req).await;
+        (status, json(&body))
+    }
+
+    /// `POST {path}` with a JSON body; returns status and JSON body.
+    pub async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header("host", "admin")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
             .unwrap();
         let (status, body) = send(self.admin, req).await;
         (status, json(&body))

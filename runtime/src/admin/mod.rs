@@ -54,7 +54,7 @@ use crate::runtime::Runtime;
 
 /// The admin router.
 pub fn router(rt: Arc<Runtime>) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/routes", get(routes::list))
@@ -71,14 +71,16 @@ pub fn router(rt: Arc<Runtime>) -> Router {
             axum::routing::delete(modules::delete),
         )
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(rt.config.admin_tokens.clone()),
             crate::auth::guard,
         ))
         .layer(axum::middleware::from_fn(run_to_completion))
+        .with_state(rt);
+    // Outside the whole router, where the `Allow` header of a 405 is already set.
+    Router::new()
+        .fallback_service(api)
         .layer(axum::middleware::map_response(name_the_methods))
-        .with_state(rt)
 }
 
 impl IntoResponse for Problem {
@@ -128,33 +130,25 @@ async fn not_found() -> Problem {
     )
 }
 
-async fn method_not_allowed() -> Problem {
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "this method is not supported here",
-    )
-}
-
-/// Names the methods a path takes in a 405's detail, from the `Allow` header the router sets.
+/// Turns the router's bare 405 into a problem document that names the methods the path takes
+/// (from the `Allow` header the router sets).
 async fn name_the_methods(response: Response) -> Response {
     if response.status() != StatusCode::METHOD_NOT_ALLOWED {
         return response;
     }
-    let Some(allow) = response
-        .headers()
-        .get(header::ALLOW)
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let methods = allow
+        .as_ref()
         .and_then(|v| v.to_str().ok())
         .map(|v| v.replace(',', ", "))
-    else {
-        return response;
-    };
+        .unwrap_or_default();
     let mut named = Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("this method is not supported here; this path takes {allow}"),
+        format!("this method is not supported here; this path takes {methods}"),
     )
     .into_response();
-    named
-        .headers_mut()
-        .insert(header::ALLOW, response.headers()[header::ALLOW].clone());
+    if let Some(allow) = allow {
+        named.headers_mut().insert(header::ALLOW, allow);
+    }
     named
 }

@@ -55,3 +55,23 @@ impl Drop for PendingGuard<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_digest_held_twice_stays_held_until_both_let_go() {
+        let pending = Pending::default();
+        let digest = Digest::of(b"component");
+        let first = pending.hold(&digest);
+        let second = pending.hold(&digest);
+        drop(first);
+        assert!(
+            pending.contains(&digest),
+            "the second deploy still holds it"
+        );
+        drop(second);
+        assert!(!pending.contains(&digest));
+    }
+}
