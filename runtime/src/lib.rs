@@ -33,6 +33,7 @@ pub mod dispatch;
 pub mod engine;
 mod fuzz;
 pub mod host;
+pub mod limiter;
 pub mod outbound;
 pub mod persist;
 pub mod routes;

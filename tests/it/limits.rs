@@ -226,3 +226,56 @@ async fn a_route_may_mount_one_directory_read_only() {
     );
     plain.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_memory_caps_the_total_of_an_instances_memories() {
+    let server = TestServer::start().await;
+    server.deploy("good", guests::TAGGED_V1).await;
+    // 8 memories, each grown by 12 MiB: every one is under the route's 16 MiB, their sum
+    // (about 97 MiB) is not. It deploys (its trial instance has 8 × 64 KiB) and fails per
+    // request.
+    let (code, body) = server
+        .deploy_bytes(
+            "many",
+            "?max-memory=16MiB",
+            handoff_tests::many_memories(8, 192),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    // The same shape with one memory stays under the cap and answers.
+    let (code, body) = server
+        .deploy_bytes(
+            "one",
+            "?max-memory=16MiB",
+            handoff_tests::many_memories(1, 192),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    assert_eq!(server.get("/one").await.0, StatusCode::OK);
+    for attempt in 0..2 {
+        let ((status, body), good) = tokio::join!(server.get("/many"), server.get("/good"));
+        assert_eq!(
+            status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "attempt {attempt}: {body}"
+        );
+        for internal in ["memory", "wasm", "bytes", "limit"] {
+            assert!(!body.contains(internal), "nothing internal: {body}");
+        }
+        assert_eq!(good, (StatusCode::OK, "v1".into()), "the neighbour answers");
+    }
+    let status = server.status("many").await;
+    assert_eq!(status["active"]["failures"], 2, "{status}");
+    assert_eq!(status["active"]["in_flight"], 0, "{status}");
+
+    // More memories than an instance may have: refused at deploy, saying why.
+    let (code, body) = server
+        .deploy_bytes("more", "", handoff_tests::many_memories(9, 0))
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("9 Wasm linear memories"),
+        "{body}"
+    );
+    server.shutdown().await;
+}
