@@ -363,6 +363,28 @@ impl Connection {
     }
 }
 
+/// One HTTP/2 client connection (prior knowledge, no TLS) whose streams each accept only
+/// `stream_window` bytes before the client reads: a response body the client does not read
+/// stalls in the server after that many bytes, deterministically.
+pub async fn h2_connect(
+    addr: SocketAddr,
+    stream_window: u32,
+) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(stream_window)
+            .adaptive_window(false)
+            .handshake(TokioIo::new(stream))
+            .await
+            .expect("http/2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender
+}
+
 /// Polls `check` every few milliseconds until it returns `Some`, or panics after `limit`.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where
