@@ -135,10 +135,22 @@ mod tests {
     fn growth_past_a_maximum_or_a_table_limit_traps() {
         let mut limiter = TotalMemory::new(10 * PAGE);
         assert!(limiter.memory_growing(0, 4 * PAGE, Some(8 * PAGE)).unwrap());
-        assert!(limiter.memory_growing(4 * PAGE, 9 * PAGE, Some(8 * PAGE)).is_err());
+        assert!(
+            limiter
+                .memory_growing(4 * PAGE, 9 * PAGE, Some(8 * PAGE))
+                .is_err()
+        );
         assert_eq!(limiter.total(), 4 * PAGE);
-        assert!(limiter.memory_grow_failed(wasmtime::format_err!("no memory")).is_err());
-        assert!(limiter.table_growing(0, MAX_TABLE_ELEMENTS + 1, None).is_err());
+        assert!(
+            limiter
+                .memory_grow_failed(wasmtime::format_err!("no memory"))
+                .is_err()
+        );
+        assert!(
+            limiter
+                .table_growing(0, MAX_TABLE_ELEMENTS + 1, None)
+                .is_err()
+        );
         assert!(limiter.table_growing(0, 10, None).unwrap());
     }
 }

@@ -274,7 +274,10 @@ async fn max_memory_caps_the_total_of_an_instances_memories() {
         .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(
-        body["detail"].as_str().unwrap().contains("9 Wasm linear memories"),
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("9 Wasm linear memories"),
         "{body}"
     );
     server.shutdown().await;
