@@ -264,7 +264,7 @@ async fn run_guest(
         version.record_failure();
         tracing::warn!(
             request_id = id, route = %version.route, version = %version.short,
-            "the guest returned without finishing its response body; the body ends with an error"
+            "the guest returned without finishing an outgoing body (its response's or a request's); it ends with an error"
         );
     }
     drop(store);
