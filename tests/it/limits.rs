@@ -289,6 +289,32 @@ async fn total_memory_is_capped(max_instances: u32) {
         detail.contains("9 Wasm linear memories") || detail.contains("memory count too high"),
         "{body}"
     );
+    // Likewise more tables (9) or core instances (33) than an instance may have; exactly 8
+    // tables and 32 core instances deploy and serve.
+    for (tables, empty, refusal) in [
+        (9, 0, ["9 tables", "table count too high"]),
+        (
+            0,
+            31,
+            ["33 core module instances", "instance count too high"],
+        ),
+    ] {
+        let (code, body) = server
+            .deploy_bytes(
+                "more",
+                "",
+                handoff_tests::many_instances(1, 0, tables, empty),
+            )
+            .await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(refusal.iter().any(|r| detail.contains(r)), "{body}");
+    }
+    let (code, body) = server
+        .deploy_bytes("most", "", handoff_tests::many_instances(1, 0, 8, 22))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    assert_eq!(server.get("/most").await.0, StatusCode::OK);
     server.shutdown().await;
 }
 

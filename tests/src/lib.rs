@@ -73,6 +73,12 @@ pub fn slow_to_compile(functions: usize) -> Vec<u8> {
 /// With a cap per memory it could commit `memories` times its route's `max-memory`. An
 /// adversarial input Rust cannot produce, hence wat.
 pub fn many_memories(memories: usize, pages: u32) -> Vec<u8> {
+    many_instances(memories, pages, 0, 0)
+}
+
+/// [`many_memories`], plus `tables` instances of a module with one table and `empty` instances
+/// of an empty module: `1 + memories + tables + empty` core instances in all.
+pub fn many_instances(memories: usize, pages: u32, tables: usize, empty: usize) -> Vec<u8> {
     // The `wasi:http/types` functions the handler calls, with their exact types (the
     // `error-code` variant is part of `response-outparam.set`'s signature).
     const TYPES: &str = r#"
@@ -136,6 +142,13 @@ pub fn many_memories(memories: usize, pages: u32) -> Vec<u8> {
     );
     for i in 0..memories {
         wat.push_str(&format!("(core instance $m{i} (instantiate $memory))"));
+    }
+    wat.push_str("(core module $table (table 1 funcref)) (core module $empty)");
+    for _ in 0..tables {
+        wat.push_str("(core instance (instantiate $table))");
+    }
+    for _ in 0..empty {
+        wat.push_str("(core instance (instantiate $empty))");
     }
     wat.push_str(
         r#"(alias core export $m0 "memory" (core memory $mem0))
