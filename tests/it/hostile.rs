@@ -301,11 +301,12 @@ async fn a_finished_body_stands_when_the_guest_fails_afterwards() {
     let (code, body) = server
         .deploy_bytes(
             "spin",
-            "?request-timeout=500ms",
+            "?request-timeout=3s",
             guests::bytes(guests::HOSTILE),
         )
         .await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
+    // (The spinning guest's deadline leaves room to write its body on a loaded machine.)
     // The client's stream window takes the first 16 KiB (four 4 KiB writes); the 1,000-byte
     // tail waits in the server, unread, until after the guest has finished its body and then trapped (or run
     // out of time). The tail must then arrive and the body end cleanly.
@@ -343,12 +344,12 @@ async fn a_finished_body_stands_when_the_guest_fails_afterwards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_working_after_its_response_keeps_its_slot_until_it_ends() {
-    const DEADLINE: Duration = Duration::from_millis(300);
+    const DEADLINE: Duration = Duration::from_secs(1);
     let server = TestServer::start().await;
     let (code, body) = server
         .deploy_bytes(
             "spin",
-            "?max-concurrency=2&request-timeout=300ms",
+            "?max-concurrency=2&request-timeout=1s",
             guests::bytes(guests::HOSTILE),
         )
         .await;
@@ -417,12 +418,14 @@ async fn a_guest_working_after_its_response_keeps_its_slot_until_it_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_waits_for_work_after_the_response_or_cuts_it_off() {
-    // The drain waits for the guest, which ends at its 1.5 s deadline.
+    // The drain waits for the guest, which ends at its 3 s deadline. (The new version's bytes
+    // are stored beforehand, so its deploy takes milliseconds, not a compile.)
     let server = TestServer::start().await;
+    server.deploy("other", guests::TAGGED_V1).await;
     let (code, body) = server
         .deploy_bytes(
             "after",
-            "?request-timeout=1500ms",
+            "?request-timeout=3s",
             guests::bytes(guests::HOSTILE),
         )
         .await;
@@ -453,7 +456,7 @@ async fn a_drain_waits_for_work_after_the_response_or_cuts_it_off() {
     )
     .await;
     assert!(
-        started.elapsed() >= Duration::from_millis(1500),
+        started.elapsed() >= Duration::from_secs(3),
         "drained before the guest's deadline: {:?}",
         started.elapsed()
     );
@@ -461,11 +464,12 @@ async fn a_drain_waits_for_work_after_the_response_or_cuts_it_off() {
 
     // A drain deadline shorter than the guest's cuts the guest off.
     let server = TestServer::start_with(Config {
-        drain_timeout: Duration::from_millis(300),
+        drain_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(600),
         ..Config::ephemeral()
     })
     .await;
+    server.deploy("other", guests::TAGGED_V1).await;
     server.deploy("after", guests::HOSTILE).await;
     let started = Instant::now();
     assert_eq!(
