@@ -197,6 +197,24 @@ where
     }
 }
 
+/// Resolves once no request is in flight on any version the runtime serves or drains, work
+/// after the response included: what a shutdown waits for, after its connections have closed.
+pub async fn requests_ended(rt: &Runtime) {
+    loop {
+        let active: usize = rt
+            .routes
+            .snapshot()
+            .iter()
+            .map(|r| r.active.in_flight())
+            .sum();
+        let draining: usize = rt.draining().iter().map(|d| d.version.in_flight()).sum();
+        if active + draining == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// What the parts of one request share: its in-flight token, held until the response body has
 /// ended (or the client has gone away) and the guest's task has ended; and whether the request
 /// body went over the route's limit.

@@ -491,3 +491,51 @@ async fn a_drain_waits_for_work_after_the_response_or_cuts_it_off() {
     assert!(started.elapsed() < Duration::from_secs(20));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_work_after_the_response_up_to_the_grace() {
+    // A guest that works until its 1 s deadline after answering: shutdown waits for it.
+    // One that would work for 10 minutes is cut off at the 2 s grace.
+    for (timeout, waits) in [("1s", true), ("10m", false)] {
+        let server = TestServer::start_with(Config {
+            drain_timeout: Duration::from_secs(2),
+            ..Config::ephemeral()
+        })
+        .await;
+        let (code, body) = server
+            .deploy_bytes(
+                "after",
+                &format!("?request-timeout={timeout}"),
+                guests::bytes(guests::HOSTILE),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+        let version = {
+            let table = server.server().runtime().routes.snapshot();
+            let route = handoff::routes::RouteName::parse("after").unwrap();
+            table.get(&route).unwrap().active.clone()
+        };
+        let started = Instant::now();
+        assert_eq!(
+            server.get("/after/respond-then-sleep").await,
+            (StatusCode::OK, "ok".into())
+        );
+        assert_eq!(version.in_flight(), 1, "the guest works after its response");
+        server.shutdown().await;
+        let took = started.elapsed();
+        assert_eq!(
+            version.in_flight(),
+            0,
+            "shutdown returned with a guest still working"
+        );
+        assert_eq!(
+            version.failures(),
+            1,
+            "its deadline or the cut-off ended it"
+        );
+        if waits {
+            assert!(took >= Duration::from_secs(1), "{took:?}");
+        }
+        assert!(took < Duration::from_secs(15), "{took:?}");
+    }
+}
