@@ -539,3 +539,36 @@ async fn shutdown_waits_for_work_after_the_response_up_to_the_grace() {
         assert!(took < Duration::from_secs(15), "{took:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_request_lets_its_guest_work_after_the_response() {
+    // hyper sends no body for HEAD and drops it unread: the response is complete all the same,
+    // so the guest is not stopped, and keeps its slot until its deadline.
+    let server = TestServer::start().await;
+    let (code, body) = server
+        .deploy_bytes(
+            "head",
+            "?request-timeout=3s",
+            guests::bytes(guests::HOSTILE),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let mut conn = handoff_tests::Connection::open(server.data).await;
+    let request = http::Request::builder()
+        .method(http::Method::HEAD)
+        .uri("/head/respond-then-loop?content-length")
+        .header("host", "handoff.test")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = conn.send(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-length"], "2");
+    assert_eq!(server.status("head").await["in_flight"], 1);
+    handoff_tests::eventually("the guest's deadline", Duration::from_secs(20), || async {
+        let status = server.status("head").await;
+        (status["in_flight"] == 0).then_some(status)
+    })
+    .await;
+    assert_eq!(server.status("head").await["active"]["failures"], 1);
+    server.shutdown().await;
+}
