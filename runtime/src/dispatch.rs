@@ -1,20 +1,27 @@
 //! The data plane's hot path: route → (version, in-flight token) → store → instantiate → call →
 //! response. Per-version work (compiling, linking, pre-instantiating) never happens here.
 //!
-//! The in-flight token travels inside the response body, so a version counts as busy until the
-//! body's last byte has been handed to the connection, or the client has gone away. The guest
-//! runs in its own task, bounded by its CPU deadline (epoch interruption), a wall-clock backstop
-//! and its version's cut-off (drain deadline). A guest failure is data: it becomes a 500 or 504
-//! and a log line, never a host failure.
+//! The in-flight token is shared by the response body and the guest's task, so a version counts
+//! as busy (and its route's concurrency slot stays taken) until both the body's last byte has
+//! been handed to the connection (or the client has gone away) and the guest has returned. A
+//! guest may work on after its response is complete (post-response work, like `waitUntil`
+//! elsewhere); it runs in its own task, bounded by its CPU deadline (epoch interruption), a
+//! wall-clock backstop and its version's cut-off (drain deadline) all the same. A guest failure
+//! is data: it becomes a 500 or 504 and a log line, never a host failure.
+//!
+//! A response body ends cleanly only when the guest finished it (`outgoing-body.finish`): a
+//! body the guest left unfinished (it trapped, ran out of time, was cut off, or returned
+//! without finishing) ends with an error, and a finished one stands even if the guest fails
+//! afterwards.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
@@ -22,7 +29,7 @@ use tracing::Instrument;
 use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::body::{HostOutgoingBody, HyperOutgoingBody, StreamContext};
 
 use crate::host::Host;
 use crate::route::{InFlight, Refused};
@@ -82,17 +89,18 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max_body) {
-            tracing::warn!(request_id = id, route = %routed.route, limit = max_body, "request body over the route's limit");
-            return failure(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the request body is larger than this route's limit of {max_body} bytes"),
-                id,
-            );
+            return body_too_large(&version, id);
         }
     }
+    let head = req.method() == Method::HEAD;
+    let shared = Arc::new(Shared {
+        in_flight: routed.in_flight,
+        body_over_limit: AtomicBool::new(false),
+    });
     let req = req.map(|body| CappedBody {
         inner: body,
         left: if max_body > 0 { max_body } else { u64::MAX },
+        shared: Arc::downgrade(&shared),
     });
     // One span per routed request (convention 12): free unless `debug` is enabled for it.
     let span = tracing::debug_span!(
@@ -135,14 +143,13 @@ where
             return failure_response(&error, id);
         }
     };
-    let failed = Arc::new(AtomicBool::new(false));
     let guest = tokio::spawn(
         run_guest(
             version.clone(),
             store,
             req,
             out,
-            failed.clone(),
+            shared.clone(),
             deadline,
             id,
         )
@@ -150,7 +157,13 @@ where
     );
     // If the client goes away before the response head, this future is dropped: stop the guest.
     let mut guard = AbortOnDrop(Some(guest.abort_handle()));
-    match rx.await {
+    let outcome = rx.await;
+    // The request body went over the route's limit before the response head: whatever the
+    // guest made of that (an error, a 500, a trap), the answer is 413. The guard stops the guest.
+    if shared.body_over_limit.load(Ordering::Acquire) {
+        return body_too_large(&version, id);
+    }
+    match outcome {
         Ok(Ok(response)) => {
             let abort = guard.0.take().expect("guard armed");
             span.record("status", response.status().as_u16());
@@ -159,8 +172,21 @@ where
                 started,
                 sent: 0,
             };
+            // Where hyper may stop without polling the body's end: after a declared length,
+            // and at once for a response that has no body on the wire.
+            let status = response.status();
+            let complete_at =
+                if head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+                    Some(0)
+                } else {
+                    response
+                        .headers()
+                        .get(header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                };
             response.map(|body| {
-                DataBody::Guest(GuestBody::new(body, failed, routed.in_flight, abort, trace))
+                DataBody::Guest(GuestBody::new(body, shared, abort, complete_at, trace))
             })
         }
         Ok(Err(code)) => {
@@ -185,6 +211,25 @@ where
     }
 }
 
+/// What the parts of one request share: its in-flight token, held until the response body has
+/// ended (or the client has gone away) and the guest's task has ended; and whether the request
+/// body went over the route's limit.
+struct Shared {
+    in_flight: InFlight,
+    body_over_limit: AtomicBool,
+}
+
+/// The 413 for a request body over the route's limit.
+fn body_too_large(version: &Version, id: u64) -> Response<DataBody> {
+    let limit = version.limits.max_request_body;
+    tracing::warn!(request_id = id, route = %version.route, limit, "request body over the route's limit");
+    failure(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("the request body is larger than this route's limit of {limit} bytes"),
+        id,
+    )
+}
+
 /// Aborts the guest task when dropped while still armed.
 struct AbortOnDrop(Option<AbortHandle>);
 
@@ -196,13 +241,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Runs the guest's handler to completion, or until its deadline or its version's cut-off.
+/// Runs the guest's handler to completion, or until its deadline or its version's cut-off,
+/// holding the request's in-flight token (in `shared`) all along: work after the response
+/// counts too.
 async fn run_guest(
     version: Arc<Version>,
     mut store: Store<Host>,
     req: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostIncomingRequest>,
     out: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
-    failed: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     deadline: Instant,
     id: u64,
 ) -> Result<(), GuestError> {
@@ -222,12 +269,37 @@ async fn run_guest(
     };
     if let Err(error) = &result {
         report(&version, error, id);
-        // Dropping the store below ends the response body; the flag tells the body that the end
-        // is a failure, not a finish. Set it first.
-        failed.store(true, Ordering::Release);
+    }
+    // Dropping the store ends every body the guest was still writing. wasmtime-wasi-http ends a
+    // body cleanly when its handle is dropped with the store, so abort the unfinished ones first:
+    // their ends become errors, and a response the guest never finished never looks complete.
+    let unfinished = abort_unfinished_bodies(&mut store);
+    if unfinished > 0 && result.is_ok() {
+        version.record_failure();
+        tracing::warn!(
+            request_id = id, route = %version.route, version = %version.short,
+            "the guest returned without finishing an outgoing body (its response's or a request's); it ends with an error"
+        );
     }
     drop(store);
+    drop(shared);
     result
+}
+
+/// Aborts every outgoing body still in the guest's resource table (those it has not finished);
+/// returns how many there were.
+fn abort_unfinished_bodies(store: &mut Store<Host>) -> usize {
+    let mut unfinished = 0;
+    for entry in store.data_mut().http().table.iter_mut() {
+        if let Some(body) = entry.downcast_mut::<HostOutgoingBody>() {
+            // `abort` takes the body by value; leave an unused one in its place, dropped with
+            // the store.
+            let (placeholder, _) = HostOutgoingBody::new(StreamContext::Response, None, 1, 1);
+            std::mem::replace(body, placeholder).abort();
+            unfinished += 1;
+        }
+    }
+    unfinished
 }
 
 /// Why a guest produced no (complete) response.
@@ -324,11 +396,13 @@ fn failure(status: StatusCode, detail: &str, id: u64) -> Response<DataBody> {
         .response()
 }
 
-/// A request body that fails (as the guest sees it) once it exceeds the route's limit; the
-/// declared-length check before instantiation catches most oversize bodies with a 413.
+/// A request body that fails (as the guest sees it) once it exceeds the route's limit, and
+/// says so to the request, which answers 413 if that happens before the response head. The
+/// declared-length check before instantiation catches most oversize bodies earlier.
 pub struct CappedBody<B> {
     inner: B,
     left: u64,
+    shared: Weak<Shared>,
 }
 
 impl<B> Body for CappedBody<B>
@@ -349,6 +423,9 @@ where
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if len > this.left {
                     this.left = 0;
+                    if let Some(shared) = this.shared.upgrade() {
+                        shared.body_over_limit.store(true, Ordering::Release);
+                    }
                     return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(
                         None,
                     ))));
@@ -378,18 +455,17 @@ pub enum DataBody {
     Fixed(Option<Bytes>),
 }
 
-/// An error that ends a response body early; the connection is closed so the client can tell.
+/// An error that ends a response body early: the connection is closed (HTTP/1.1, without the
+/// terminating chunk) or the stream reset (HTTP/2), so the client can tell.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
-    /// The guest failed after sending the response head.
-    #[error("the handler failed while writing the response body")]
+    /// The guest did not finish the body: it failed after sending the response head, was
+    /// stopped, or returned without finishing it.
+    #[error("the handler did not finish the response body")]
     GuestFailed,
     /// The guest sent more than the route's response body limit.
     #[error("the response body is larger than the route's limit")]
     TooLarge,
-    /// The body stream itself failed.
-    #[error("response body: {0}")]
-    Stream(#[from] wasmtime_wasi_http::Error),
 }
 
 impl From<Bytes> for DataBody {
@@ -414,7 +490,7 @@ impl Body for DataBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            DataBody::Guest(body) => body.in_flight.is_none(),
+            DataBody::Guest(body) => body.shared.is_none(),
             DataBody::Fixed(bytes) => bytes.is_none(),
         }
     }
@@ -431,11 +507,15 @@ impl Body for DataBody {
 /// A guest's response body carrying the request's in-flight token until its last frame.
 pub struct GuestBody {
     inner: HyperOutgoingBody,
-    failed: Arc<AtomicBool>,
-    in_flight: Option<InFlight>,
+    /// The request's shared state; `None` once the body has ended.
+    shared: Option<Arc<Shared>>,
     guest: AbortHandle,
     /// Bytes the guest may still send before the route's response limit cuts it off.
     left: u64,
+    /// Body bytes after which the response is complete on the wire without an end from the
+    /// body (a declared Content-Length; 0 for HEAD, 204 and 304): hyper may drop the body
+    /// there without polling its end.
+    complete_at: Option<u64>,
     trace: Trace,
 }
 
@@ -450,18 +530,18 @@ struct Trace {
 impl GuestBody {
     fn new(
         inner: HyperOutgoingBody,
-        failed: Arc<AtomicBool>,
-        in_flight: InFlight,
+        shared: Arc<Shared>,
         guest: AbortHandle,
+        complete_at: Option<u64>,
         trace: Trace,
     ) -> Self {
-        let limit = in_flight.version().limits.max_response_body;
+        let limit = shared.in_flight.version().limits.max_response_body;
         Self {
             inner,
-            failed,
-            in_flight: Some(in_flight),
+            shared: Some(shared),
             guest,
             left: if limit > 0 { limit } else { u64::MAX },
+            complete_at,
             trace,
         }
     }
@@ -476,7 +556,7 @@ impl Body for GuestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        if this.in_flight.is_none() {
+        if this.shared.is_none() {
             return Poll::Ready(None);
         }
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
@@ -484,8 +564,8 @@ impl Body for GuestBody {
             Some(Ok(frame)) => {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if len > this.left {
-                    if let Some(token) = this.in_flight.take() {
-                        let version = token.version();
+                    if let Some(shared) = this.shared.take() {
+                        let version = shared.in_flight.version();
                         tracing::warn!(
                             route = %version.route, version = %version.short,
                             limit = version.limits.max_response_body,
@@ -500,24 +580,16 @@ impl Body for GuestBody {
                 this.trace.sent += len;
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(error)) => {
-                this.in_flight = None;
-                Poll::Ready(Some(Err(BodyError::Stream(error))))
+            // The guest did not finish the body (see `abort_unfinished_bodies`); the guest's
+            // task has logged why.
+            Some(Err(_)) => {
+                this.shared = None;
+                Poll::Ready(Some(Err(BodyError::GuestFailed)))
             }
+            // The guest finished the body: it stands, whatever the guest does afterwards.
             None => {
-                let in_flight = this.in_flight.take();
-                if this.failed.load(Ordering::Acquire) {
-                    if let Some(token) = in_flight {
-                        let version = token.version();
-                        tracing::debug!(
-                            route = %version.route, version = %version.short,
-                            "the guest failed after the response head; ending the body with an error"
-                        );
-                    }
-                    Poll::Ready(Some(Err(BodyError::GuestFailed)))
-                } else {
-                    Poll::Ready(None)
-                }
+                this.shared = None;
+                Poll::Ready(None)
             }
         }
     }
@@ -529,10 +601,10 @@ impl Body for GuestBody {
 
 impl Drop for GuestBody {
     fn drop(&mut self) {
-        if self.in_flight.is_some() {
-            // The connection let go of the body before its end: the client went away mid-body,
-            // or hyper wrote all of a declared Content-Length and never asked for the end. Stop
-            // the guest rather than let it run on unseen.
+        if self.shared.is_some() && self.complete_at != Some(self.trace.sent) {
+            // The connection let go of the body before its end: the client went away mid-body.
+            // Stop the guest rather than let it run on unseen. (A body dropped once its declared
+            // length is out is complete: its guest may finish its work, under its deadline.)
             self.guest.abort();
         }
         if !self.trace.span.is_disabled() {

@@ -24,12 +24,11 @@ pub struct Pool {
     pub max_memory: usize,
 }
 use crate::host::Host;
+use crate::limiter;
 
-/// Core instances a pool slot budget allows per component instance. Rust guests use 1-4,
-/// componentize-py and componentize-js guests use more.
-const CORE_INSTANCES_PER_COMPONENT: u32 = 10;
-/// Table elements per table in a pool slot; interpreters built into components need many.
-const POOL_TABLE_ELEMENTS: usize = 100_000;
+/// Core instances the pool holds per instance slot, on average (the total is slots times
+/// this). Rust guests use 3, componentize-js 4, componentize-py 14.
+const CORE_INSTANCES_PER_SLOT: u32 = 10;
 
 /// The engine, its linker and its epoch ticker.
 pub struct Engine {
@@ -198,12 +197,19 @@ fn wasmtime_config(config: &Pool, pooling: bool) -> wasmtime::Config {
     if pooling {
         let slots = config.slots;
         let mut pool = PoolingAllocationConfig::default();
+        // Per component: what real guests need, with room (measured with the guests the
+        // limiter's constants name). A component over these counts is refused at deploy, so
+        // one instance can never take more than its share of the pool; the limiter applies
+        // the same counts per store without the pool, and caps the memories' total.
         pool.total_component_instances(slots)
-            .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+            .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_SLOT))
             .total_memories(slots.saturating_mul(2))
             .total_tables(slots.saturating_mul(4))
             .total_stacks(slots)
-            .table_elements(POOL_TABLE_ELEMENTS)
+            .max_core_instances_per_component(limiter::MAX_CORE_INSTANCES as u32)
+            .max_memories_per_component(limiter::MAX_MEMORIES as u32)
+            .max_tables_per_component(limiter::MAX_TABLES as u32)
+            .table_elements(limiter::MAX_TABLE_ELEMENTS)
             .max_memory_size(config.max_memory);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }

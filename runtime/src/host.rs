@@ -13,12 +13,13 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreContextMut, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
+use crate::limiter::TotalMemory;
 use crate::outbound::Outbound;
 use crate::settings::{GuestDir, RouteConfig, Settings};
 
@@ -31,7 +32,7 @@ pub struct Host {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: TotalMemory,
     hooks: SandboxHooks,
     /// When the guest's CPU budget for this request runs out.
     deadline: Instant,
@@ -108,10 +109,7 @@ impl Host {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(version.max_memory)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: TotalMemory::new(version.max_memory),
             hooks: SandboxHooks {
                 label,
                 outbound: version.outbound.clone(),

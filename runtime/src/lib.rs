@@ -40,6 +40,7 @@ pub mod host;
 pub mod http_client;
 #[cfg(test)]
 mod layering;
+pub mod limiter;
 pub mod outbound;
 pub mod problem;
 pub mod route;

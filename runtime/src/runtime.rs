@@ -97,6 +97,37 @@ impl Runtime {
             .collect()
     }
 
+    /// Requests in flight on every version that serves or drains, work after the response
+    /// included.
+    pub fn in_flight(&self) -> usize {
+        let serving: usize = self
+            .routes
+            .snapshot()
+            .iter()
+            .filter_map(|route| route.split())
+            .flat_map(|split| {
+                split
+                    .versions()
+                    .map(|(_, v, _)| v.in_flight())
+                    .collect::<Vec<_>>()
+            })
+            .sum();
+        serving
+            + self
+                .draining()
+                .iter()
+                .map(|d| d.version.in_flight())
+                .sum::<usize>()
+    }
+
+    /// Resolves once no request is in flight anywhere ([`Runtime::in_flight`]): what a shutdown
+    /// waits for after its connections have closed.
+    pub async fn requests_ended(&self) {
+        while self.in_flight() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Cuts off every version's requests at once (the end of a shutdown's grace period).
     pub fn cut_off_all(&self) {
         for route in self.routes.snapshot().iter() {

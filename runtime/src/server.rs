@@ -334,15 +334,20 @@ async fn serve_data(
     }
     drop(listener);
     let grace = rt.config.drain_timeout;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    // Connections end with their responses; guests still working after theirs count too.
+    let ended = async {
+        graceful.shutdown().await;
+        rt.requests_ended().await;
+    };
+    if tokio::time::timeout(grace, ended).await.is_err() {
         tracing::warn!(
             grace_ms = grace.as_millis() as u64,
             "shutdown grace period passed; cutting off the remaining requests"
         );
         rt.cut_off_all();
+        // Cut-off guests stop at their next yield; give them a moment to let go.
+        let cut_off = rt.requests_ended();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), cut_off).await;
     }
 }
 

@@ -371,8 +371,9 @@ macro_rules! route_settings {
 }
 
 route_settings! {
-    /// Linear memory one instance may use (e.g. 64MiB); a guest that grows past it traps.
-    /// The server's value is also the most a route may set (it sizes the instance pool).
+    /// Linear memory one instance may use, all of its memories together (e.g. 64MiB); a growth
+    /// past it traps. The server's value is also the most a route may set (it sizes the
+    /// instance pool).
     max_memory_bytes: usize = DEFAULT_MAX_MEMORY_BYTES;
         name "max-memory", status max_memory_bytes, check |value: usize, server: usize| {
             if value > server {
@@ -386,8 +387,8 @@ route_settings! {
             }
             Ok(())
         };
-    /// Deadline per request, guest CPU and wall clock, response body included (e.g. 500ms,
-    /// 30s, 2m); past it: 504.
+    /// Deadline per request, guest CPU and wall clock, response body and work after the
+    /// response included (e.g. 500ms, 30s, 2m); past it: 504.
     request_timeout: Duration = DEFAULT_REQUEST_TIMEOUT;
         name "request-timeout", status request_timeout_ms, check |value: Duration, _| {
             if value > MAX_TIMEOUT {
@@ -402,10 +403,12 @@ route_settings! {
             Ok(())
         };
     /// Requests a route may run at once; more get 503 with Retry-After (0: only the instance
-    /// pool bounds them).
+    /// pool bounds them). A request holds its slot until its response body has ended and its
+    /// guest has returned.
     max_concurrency: u32 = DEFAULT_MAX_CONCURRENCY;
         name "max-concurrency", status max_concurrency, check |_: u32, _| Ok::<(), String>(());
-    /// Largest request body a route accepts (e.g. 1MiB; 0: no limit); larger gets 413.
+    /// Largest request body a route accepts (e.g. 1MiB; 0: no limit); larger gets 413, a
+    /// chunked one too if it goes over before the response head.
     max_request_body: u64 = DEFAULT_MAX_REQUEST_BODY;
         name "max-request-body", status max_request_body, check |_: u64, _| Ok::<(), String>(());
     /// Largest response body a route may send (0: no limit); longer bodies are cut off with an

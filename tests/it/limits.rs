@@ -229,3 +229,172 @@ async fn a_route_may_mount_one_directory_read_only() {
     );
     plain.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_memory_caps_the_total_of_an_instances_memories() {
+    // With the instance pool (the default) and without it (`--max-instances 0`).
+    for max_instances in [handoff::config::DEFAULT_MAX_INSTANCES, 0] {
+        total_memory_is_capped(max_instances).await;
+    }
+}
+
+async fn total_memory_is_capped(max_instances: u32) {
+    let server = TestServer::start_with(Config {
+        max_instances,
+        ..Config::ephemeral()
+    })
+    .await;
+    server.deploy("good", guests::TAGGED_V1).await;
+    // 8 memories, each grown by 12 MiB: every one is under the route's 16 MiB, their sum
+    // (about 97 MiB) is not. It deploys (its trial instance has 8 × 64 KiB) and fails per
+    // request.
+    let (code, body) = server
+        .deploy_bytes(
+            "many",
+            "?max-memory=16MiB",
+            handoff_tests::many_memories(8, 192),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    // The same shape with one memory stays under the cap and answers.
+    let (code, body) = server
+        .deploy_bytes(
+            "one",
+            "?max-memory=16MiB",
+            handoff_tests::many_memories(1, 192),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    assert_eq!(server.get("/one").await.0, StatusCode::OK);
+    for attempt in 0..2 {
+        let ((status, body), good) = tokio::join!(server.get("/many"), server.get("/good"));
+        assert_eq!(
+            status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "attempt {attempt}: {body}"
+        );
+        for internal in ["memory", "wasm", "bytes", "limit"] {
+            assert!(!body.contains(internal), "nothing internal: {body}");
+        }
+        assert_eq!(good, (StatusCode::OK, "v1".into()), "the neighbour answers");
+    }
+    let status = server.status("many").await;
+    assert_eq!(status["active"]["failures"], 2, "{status}");
+    assert_eq!(status["active"]["in_flight"], 0, "{status}");
+
+    // More memories than an instance may have: refused at deploy, saying why.
+    let (code, body) = server
+        .deploy_bytes("more", "", handoff_tests::many_memories(9, 0))
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("9 Wasm linear memories") || detail.contains("memory count too high"),
+        "{body}"
+    );
+    // Likewise more tables (9) or core instances (33) than an instance may have; exactly 8
+    // tables and 32 core instances deploy and serve.
+    for (tables, empty, refusal) in [
+        (9, 0, ["9 tables", "table count too high"]),
+        (
+            0,
+            31,
+            ["33 core module instances", "instance count too high"],
+        ),
+    ] {
+        let (code, body) = server
+            .deploy_bytes(
+                "more",
+                "",
+                handoff_tests::many_instances(1, 0, tables, empty),
+            )
+            .await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(refusal.iter().any(|r| detail.contains(r)), "{body}");
+    }
+    let (code, body) = server
+        .deploy_bytes("most", "", handoff_tests::many_instances(1, 0, 8, 22))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    assert_eq!(server.get("/most").await.0, StatusCode::OK);
+    server.shutdown().await;
+}
+
+/// Sends `POST {path}` with a chunked body (no Content-Length) made of `chunks`, over a raw
+/// connection; returns the status code and the rest of the response.
+async fn post_chunked(addr: std::net::SocketAddr, path: &str, chunks: &[&[u8]]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in chunks {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&request).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        // Up to the server's close (or a reset after it wrote everything).
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer to a chunked POST of {path}");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {answer:.200}"));
+    (status, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_request_body_over_the_limit_gets_413() {
+    let server = TestServer::start().await;
+    for (route, guest) in [("raw", guests::HOSTILE), ("sdk", guests::JSON_API)] {
+        let (code, body) = server
+            .deploy_bytes(route, "?max-request-body=1KiB", guests::bytes(guest))
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+    }
+    let half = vec![b' '; 512];
+    let big = vec![b' '; 2048];
+    for _ in 0..2 {
+        // Under the limit, without a declared length: the guests read it all.
+        let (status, answer) = post_chunked(server.data, "/raw/read-body", &[&half, &half]).await;
+        assert_eq!(status, 200, "{answer}");
+        assert!(answer.contains("\r\nread 1024 bytes\r\n"), "{answer}");
+        let item: &[u8] = br#"{"name": "lamp", "price_cents": 100}"#;
+        let (status, answer) = post_chunked(server.data, "/sdk/items", &[&half, item]).await;
+        assert_eq!(status, 201, "{answer}");
+
+        // Over it: the guest sees an error reading, the client gets 413 (problem JSON), whatever
+        // the guest answered.
+        for path in ["/raw/read-body", "/sdk/items"] {
+            let (status, answer) = post_chunked(server.data, path, &[&half, &big]).await;
+            assert_eq!(status, 413, "{path}: {answer}");
+            assert!(answer.contains("application/problem+json"), "{answer}");
+            assert!(
+                answer.contains("larger than this route's limit of 1024 bytes"),
+                "{answer}"
+            );
+        }
+    }
+    // Neither route counts a client's oversize body as a guest failure.
+    for route in ["raw", "sdk"] {
+        assert_eq!(server.status(route).await["active"]["failures"], 0);
+    }
+    server.shutdown().await;
+}

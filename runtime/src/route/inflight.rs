@@ -1,6 +1,8 @@
 //! The in-flight token: proof that a request holds a version, from routing until its response
-//! body's last byte is written or the client goes away. Dropping it is what lets a retired
-//! version drain and frees the route's concurrency slot.
+//! body has ended (its last byte written, or the client gone) and its guest's task has ended
+//! (a guest may work after its response, under its deadline). The response body and the guest
+//! task share it; dropping its last holder is what lets a retired version drain and frees the
+//! route's concurrency slot.
 
 use std::sync::Arc;
 

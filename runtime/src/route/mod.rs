@@ -8,9 +8,10 @@
 //! snapshot and then waits until no reader holds the old one.** From that moment the in-flight
 //! counts of the versions that left the table are exact and only ever fall, so once a change
 //! returns, no new request can reach a version it removed, and draining that version means
-//! waiting for its count to reach zero. The token travels with the response body and is let go
-//! at the body's last byte (or when the client leaves), so a version is never freed while it
-//! is still writing.
+//! waiting for its count to reach zero. The token travels with the response body and the guest's
+//! task, and is let go when both have ended (the body's last byte written or the client gone,
+//! and the guest returned, timed out or cut off), so a version is never freed while it is still
+//! writing or working.
 //!
 //! # Parts
 //!

@@ -20,6 +20,14 @@
 //! * `/hostile/plant`       — grows memory by 64 pages and fills them with a marker
 //! * `/hostile/scan`        — grows memory by 64 pages and counts marker bytes in them (a fresh
 //!   instance must see zeros, whatever instance used the pool slot before)
+//! * `/hostile/respond-then-loop[?size=N][&content-length]` — a complete response (`ok`, or N
+//!   bytes of `x` written 4 KiB at a time; with a `content-length` header if asked), then
+//!   spins forever (work after the response)
+//! * `/hostile/respond-then-sleep` — a complete `ok`, then blocks in a host call for an hour
+//! * `/hostile/respond-then-trap?size=N` — N bytes of `x` (4 KiB at a time), finished, then
+//!   traps
+//! * `/hostile/leak-body`   — sends headers and `partial`, then returns without finishing (or
+//!   dropping) its body
 
 use wasip2::clocks::monotonic_clock;
 use wasip2::exports::http::incoming_handler::Guest;
@@ -71,6 +79,47 @@ fn url_param(path: &str) -> &str {
     path.split_once("?url=").map(|(_, u)| u).unwrap_or("")
 }
 
+/// The value of query parameter `name` (empty for a bare `name`), if present.
+fn param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
+    let query = path.split_once('?')?.1;
+    query.split('&').find_map(|pair| match pair.split_once('=') {
+        Some((key, value)) if key == name => Some(value),
+        None if pair == name => Some(""),
+        _ => None,
+    })
+}
+
+/// Sends a complete response: `size` bytes of `x` (or `ok`), 4 KiB per write, with a
+/// `content-length` header if `declare` is set, and finishes the body.
+fn respond_fully(out: ResponseOutparam, size: Option<usize>, declare: bool) {
+    let text = match size {
+        Some(n) => vec![b'x'; n],
+        None => b"ok".to_vec(),
+    };
+    let headers = Fields::new();
+    if declare {
+        headers
+            .set("content-length", &[text.len().to_string().into_bytes()])
+            .expect("content-length");
+    }
+    let response = OutgoingResponse::new(headers);
+    let body = response.body().expect("body");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = body.write().expect("stream");
+    for chunk in text.chunks(4096) {
+        stream.blocking_write_and_flush(chunk).expect("write");
+    }
+    drop(stream);
+    OutgoingBody::finish(body, None).expect("finish");
+}
+
+fn spin() -> ! {
+    let mut n: u64 = 0;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
 fn respond(out: ResponseOutparam, text: &str) {
     let response = OutgoingResponse::new(Fields::new());
     let body = response.body().expect("body");
@@ -95,11 +144,30 @@ impl Guest for Hostile {
             .unwrap_or("");
         match action {
             "trap" => panic!("hostile guest: trapping on purpose"),
-            "loop" => {
-                let mut n: u64 = 0;
-                loop {
-                    n = std::hint::black_box(n.wrapping_add(1));
-                }
+            "loop" => spin(),
+            "respond-then-loop" => {
+                let size = param(&path, "size").and_then(|n| n.parse().ok());
+                respond_fully(out, size, param(&path, "content-length").is_some());
+                spin();
+            }
+            "respond-then-sleep" => {
+                respond_fully(out, None, false);
+                monotonic_clock::subscribe_duration(3_600 * 1_000_000_000).block();
+            }
+            "respond-then-trap" => {
+                let size = param(&path, "size").and_then(|n| n.parse().ok());
+                respond_fully(out, size, false);
+                panic!("hostile guest: trapping after a complete response on purpose");
+            }
+            "leak-body" => {
+                let response = OutgoingResponse::new(Fields::new());
+                let body = response.body().expect("body");
+                ResponseOutparam::set(out, Ok(response));
+                let stream = body.write().expect("stream");
+                stream.blocking_write_and_flush(b"partial").expect("write");
+                drop(stream);
+                // Neither `finish` nor a drop (which would abort the body): the handle leaks.
+                std::mem::forget(body);
             }
             "sleep" => {
                 monotonic_clock::subscribe_duration(3_600 * 1_000_000_000).block();
