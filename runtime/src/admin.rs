@@ -25,7 +25,9 @@
 //!   digest to activate later
 //!
 //! Every endpoint but `/healthz` takes `Authorization: Bearer <token>` once tokens are
-//! configured ([`crate::auth`]): `read` for `GET`, `deploy` for the rest.
+//! configured ([`crate::auth`]): `read` for `GET`, `deploy` for the rest. Requests a web page
+//! sent, and mutations with the wrong content type, are refused first
+//! ([`crate::admin_guard`]). A `read` caller sees config keys with their values redacted.
 //!
 //! Handlers here only translate HTTP; the work is in [`crate::deploy`].
 
@@ -48,8 +50,13 @@ use crate::deploy::{self, DeployError, DeployRequest};
 use crate::routes::{Prefix, Route, RouteName};
 use crate::version::{Version, parse_config};
 
-/// The admin router.
-pub fn router(rt: Arc<Runtime>) -> Router {
+/// The admin router for a listener bound to `listener`.
+pub fn router(rt: Arc<Runtime>, listener: std::net::SocketAddr) -> Router {
+    let guard = crate::admin_guard::AdminGuard::new(
+        listener,
+        rt.config.admin_tls.is_some(),
+        &rt.config.admin_hosts,
+    );
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -64,9 +71,14 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .route("/v1/modules", post(post_module))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(crate::admin_guard::content_type))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(rt.config.admin_tokens.clone()),
             crate::auth::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(guard),
+            crate::admin_guard::origin,
         ))
         .with_state(rt)
 }
@@ -248,12 +260,17 @@ fn draining_of(rt: &Runtime, name: &RouteName) -> Vec<DrainingStatus> {
         .collect()
 }
 
-fn status_of(rt: &Runtime, route: &Route) -> RouteStatus {
+fn status_of(rt: &Runtime, route: &Route, caller: &Caller) -> RouteStatus {
     RouteStatus {
         route: route.name.as_str().to_owned(),
         prefix: route.prefix.as_str().to_owned(),
         requests: route.counters.requests(),
-        config: route.active.config.iter().cloned().collect(),
+        config: route
+            .active
+            .config
+            .iter()
+            .map(|(key, value)| (key.clone(), caller.config_value(value)))
+            .collect(),
         limits: LimitsStatus::of(&route.active.limits),
         outbound: route
             .active
@@ -268,9 +285,12 @@ fn status_of(rt: &Runtime, route: &Route) -> RouteStatus {
     }
 }
 
-async fn list_routes(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Value> {
+async fn list_routes(
+    State(rt): State<Arc<Runtime>>,
+    Extension(caller): Extension<Caller>,
+) -> Json<serde_json::Value> {
     let table = rt.routes.snapshot();
-    let routes: Vec<RouteStatus> = table.iter().map(|r| status_of(&rt, r)).collect();
+    let routes: Vec<RouteStatus> = table.iter().map(|r| status_of(&rt, r, &caller)).collect();
     let unavailable: Vec<_> = rt
         .unavailable()
         .into_iter()
@@ -291,6 +311,7 @@ fn route_name(path: Result<Path<String>, PathRejection>) -> Result<RouteName, Pr
 
 async fn get_route(
     State(rt): State<Arc<Runtime>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RouteStatus>, Problem> {
     let name = route_name(path)?;
@@ -298,7 +319,7 @@ async fn get_route(
     let route = table
         .get(&name)
         .ok_or_else(|| DeployError::UnknownRoute(name.as_str().to_owned()))?;
-    Ok(Json(status_of(&rt, route)))
+    Ok(Json(status_of(&rt, route, &caller)))
 }
 
 /// Query parameters of a deploy: `prefix`, `label` and `message` once, `config` any number of
@@ -431,9 +452,6 @@ struct DeployResponse {
     compile_ms: Option<f64>,
 }
 
-/// Content types a deploy accepts (and none at all, which `curl -T` sends).
-const WASM_CONTENT_TYPES: [&str; 2] = ["application/wasm", "application/octet-stream"];
-
 async fn put_route(
     State(rt): State<Arc<Runtime>>,
     Extension(caller): Extension<Caller>,
@@ -519,31 +537,13 @@ fn check_signature(rt: &Runtime, headers: &HeaderMap, bytes: &[u8]) -> Result<()
     }
 }
 
-/// Reads a component upload: checks its content type and size limit.
+/// Reads a component upload within its size limit.
 async fn read_upload(
     rt: &Runtime,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<bytes::Bytes, Problem> {
-    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
-        let essence = content_type
-            .to_str()
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if !WASM_CONTENT_TYPES.contains(&essence.as_str()) {
-            return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!(
-                    "a deploy takes the component's bytes with `Content-Type: application/wasm`, not `{}`",
-                    content_type.to_str().unwrap_or("(unreadable)")
-                ),
-            ));
-        }
-    }
+    // Its content type was checked by `admin_guard::content_type`.
     let limit = rt.config.max_upload_bytes;
     let too_large = || {
         Problem::new(
@@ -582,10 +582,14 @@ async fn read_upload(
 
 async fn get_versions(
     State(rt): State<Arc<Runtime>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, Problem> {
     let name = route_name(path)?;
-    let record = deploy::history(&rt, &name)?;
+    let mut record = deploy::history(&rt, &name)?;
+    for (_, value) in record.history.iter_mut().flat_map(|e| &mut e.config) {
+        *value = caller.config_value(value);
+    }
     Ok(Json(serde_json::json!({
         "route": name.as_str(),
         "active": record.active,

@@ -172,6 +172,11 @@ pub struct ServeArgs {
     /// Address for the admin API. Keep it on loopback: it accepts code.
     #[arg(long, default_value = config::DEFAULT_ADMIN_LISTEN, env = "HANDOFF_ADMIN_LISTEN")]
     pub admin_listen: SocketAddr,
+    /// A host name the admin API answers to besides its address and the loopback names
+    /// (repeatable). Requests naming any other host are refused (a web page using DNS
+    /// rebinding). Give the name you reach the server by, e.g. behind a proxy.
+    #[arg(long = "admin-host", value_name = "NAME")]
+    pub admin_host: Vec<String>,
     /// Where deployed modules, their compiled artifacts, the routes and their version history
     /// are kept, so a restart serves everything again at once. Default:
     /// `$XDG_DATA_HOME/handoff`, else `~/.local/share/handoff` (`handoff dev`: --ephemeral).
@@ -285,7 +290,8 @@ fn tls_files(
 }
 
 /// The clap ids of the serve settings a config file may set.
-const FILE_SETTINGS: [&str; 25] = [
+const FILE_SETTINGS: [&str; 26] = [
+    "admin_host",
     "signatures",
     "signing_keys",
     "max_connections",
@@ -394,6 +400,7 @@ impl ServeArgs {
         }
         let config = Config {
             admin_tokens,
+            admin_hosts: self.admin_host,
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
             upload_timeout: config::DEFAULT_UPLOAD_TIMEOUT,
@@ -450,6 +457,7 @@ impl ServeArgs {
             &mut self.admin_listen,
             file.admin_listen,
         );
+        fill(given, "admin_host", &mut self.admin_host, file.admin_host);
         fill(
             given,
             "data_dir",
@@ -781,6 +789,31 @@ mod tests {
             .into_config()
             .unwrap();
         assert_eq!(config.max_instances, 1000);
+    }
+
+    #[test]
+    fn admin_host_names_come_from_the_flags_or_else_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("handoff.toml");
+        std::fs::write(&path, "admin-host = [\"from.file\"]\nephemeral = true\n").unwrap();
+        let path = path.to_str().unwrap();
+        let config = serve(&["--config", path]).into_config().unwrap();
+        assert_eq!(config.admin_hosts, ["from.file"]);
+        let config = serve(&[
+            "--config",
+            path,
+            "--admin-host",
+            "a",
+            "--admin-host",
+            "b.internal",
+        ])
+        .into_config()
+        .unwrap();
+        assert_eq!(config.admin_hosts, ["a", "b.internal"]);
+        let error = serve(&["--ephemeral", "--admin-host", "a:1"])
+            .into_config()
+            .unwrap_err();
+        assert!(error.contains("--admin-host `a:1`"), "{error}");
     }
 
     #[test]

@@ -92,6 +92,9 @@ pub struct Config {
     pub max_instances: u32,
     /// Admin API tokens; empty leaves the admin API open (loopback only).
     pub admin_tokens: Vec<crate::auth::Token>,
+    /// Host names the admin API answers to besides its address and the loopback names
+    /// (`--admin-host`): requests with any other `Host` are refused (DNS rebinding).
+    pub admin_hosts: Vec<String>,
     /// How long a data-plane connection may go without a request in progress before it is
     /// closed: silence after connecting, a request head sent slowly (slowloris), or an idle
     /// keep-alive or HTTP/2 connection. Bytes that do not complete a request head do not count.
@@ -139,6 +142,7 @@ impl Default for Config {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_instances: DEFAULT_MAX_INSTANCES,
             admin_tokens: Vec::new(),
+            admin_hosts: Vec::new(),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             signature_mode: crate::signing::Mode::Off,
@@ -296,6 +300,9 @@ impl Config {
                 self.admin_listen
             ));
         }
+        for name in &self.admin_hosts {
+            check_admin_host(name)?;
+        }
         if self.history_limit == 0 {
             return Err("the history limit must be at least 1".into());
         }
@@ -321,6 +328,27 @@ impl Config {
             return Err("the upload limit must be more than 0 bytes".into());
         }
         Ok(())
+    }
+}
+
+/// Checks an `--admin-host` name: a DNS name or an IP address, without a port.
+fn check_admin_host(name: &str) -> Result<(), String> {
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    let is_name = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').enumerate().all(|(i, label)| {
+            (1..=63).contains(&label.len()) || (label.is_empty() && i > 0 && name.ends_with('.'))
+        })
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if is_name || bare.parse::<std::net::IpAddr>().is_ok() {
+        Ok(())
+    } else {
+        Err(format!(
+            "--admin-host `{}` must be a host name like `handoff.internal` (or an IP address), without a port",
+            name.escape_debug()
+        ))
     }
 }
 
@@ -419,6 +447,8 @@ pub struct ConfigFile {
     pub listen: Option<SocketAddr>,
     /// `--admin-listen`
     pub admin_listen: Option<SocketAddr>,
+    /// `--admin-host` (a name, or a list of names)
+    pub admin_host: Option<Vec<String>>,
     /// `--data-dir`
     pub data_dir: Option<PathBuf>,
     /// `--request-timeout`
@@ -478,6 +508,7 @@ pub struct ConfigFile {
 struct RawConfigFile {
     listen: Option<String>,
     admin_listen: Option<String>,
+    admin_host: Option<OneOrMany>,
     data_dir: Option<PathBuf>,
     request_timeout: Option<TextOrNumber>,
     drain_timeout: Option<TextOrNumber>,
@@ -505,6 +536,23 @@ struct RawConfigFile {
     token: Vec<crate::auth::TokenEntry>,
     #[serde(default)]
     key: Vec<crate::signing::KeyEntry>,
+}
+
+/// A string, or a list of strings (a repeatable flag).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(one) => vec![one],
+            Self::Many(many) => many,
+        }
+    }
 }
 
 /// A duration or size: the flag's text, or a bare non-negative number.
@@ -633,6 +681,7 @@ impl ConfigFile {
         Ok(Self {
             listen: address("listen", raw.listen)?,
             admin_listen: address("admin-listen", raw.admin_listen)?,
+            admin_host: raw.admin_host.map(OneOrMany::into_vec),
             data_dir: raw.data_dir.map(|dir| base.join(dir)),
             request_timeout: duration("request-timeout", raw.request_timeout)?,
             drain_timeout: duration("drain-timeout", raw.drain_timeout)?,
@@ -691,6 +740,41 @@ mod tests {
         assert_eq!(file.max_upload, Some(1024));
         assert_eq!(file.max_instances, Some(0));
         assert_eq!(file.data_dir, Some(PathBuf::from("/etc/handoff/state")));
+        let one = ConfigFile::parse("admin-host = \"handoff.internal\"", Path::new("")).unwrap();
+        assert_eq!(one.admin_host, Some(vec!["handoff.internal".to_owned()]));
+        let many =
+            ConfigFile::parse("admin-host = [\"a.internal\", \"b\"]", Path::new("")).unwrap();
+        assert_eq!(many.admin_host.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn admin_host_names_are_names_without_ports() {
+        for ok in [
+            "handoff.internal",
+            "admin",
+            "fqdn.example.",
+            "10.0.0.5",
+            "[::1]",
+            "a_b",
+        ] {
+            assert_eq!(check_admin_host(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "admin:8081",
+            "http://admin",
+            "a..b",
+            ".a",
+            "a b",
+            "*.example",
+        ] {
+            assert!(check_admin_host(bad).is_err(), "{bad:?}");
+        }
+        let config = Config {
+            admin_hosts: vec!["admin:8081".into()],
+            ..Config::default()
+        };
+        assert!(config.validate().unwrap_err().contains("without a port"));
     }
 
     #[test]

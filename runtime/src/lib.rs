@@ -22,6 +22,7 @@
 //! ([`scaffold`]: `new`) and the local loop ([`dev`]: build, serve, watch, redeploy).
 
 pub mod admin;
+pub mod admin_guard;
 pub mod auth;
 pub mod cli;
 pub mod client;

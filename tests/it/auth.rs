@@ -255,3 +255,68 @@ async fn metrics_count_requests_per_route_and_version_for_a_read_token() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_token_sees_config_keys_but_not_their_values() {
+    let server = TestServer::start_with(Config {
+        admin_tokens: vec![
+            Token::new("ci", Scope::Deploy, DEPLOYER).unwrap(),
+            Token::new("dashboard", Scope::Read, READER).unwrap(),
+        ],
+        ..Config::ephemeral()
+    })
+    .await;
+    let (status, body, _) = admin(
+        &server,
+        Method::PUT,
+        "/v1/routes/app?config=API_KEY=hunter2-secret&config=MODE=fast",
+        Some(DEPLOYER),
+        guests::bytes(guests::TAGGED_V1),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    for path in ["/v1/routes", "/v1/routes/app", "/v1/routes/app/versions"] {
+        // `read`: every key, no value.
+        let (status, body, _) = admin(&server, Method::GET, path, Some(READER), vec![]).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let text = body.to_string();
+        assert!(
+            !text.contains("hunter2") && !text.contains("fast"),
+            "{path}: {text}"
+        );
+        assert!(
+            text.contains("API_KEY") && text.contains("MODE"),
+            "{path}: {text}"
+        );
+        assert_eq!(text.matches("(redacted)").count(), 2, "{path}: {text}");
+        // `deploy`: the values.
+        let (status, body, _) = admin(&server, Method::GET, path, Some(DEPLOYER), vec![]).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let text = body.to_string();
+        assert!(
+            text.contains("hunter2-secret") && text.contains("fast"),
+            "{path}: {text}"
+        );
+        assert!(!text.contains("(redacted)"), "{path}: {text}");
+    }
+    let (_, route, _) = admin(&server, Method::GET, "/v1/routes/app", Some(READER), vec![]).await;
+    assert_eq!(route["config"]["API_KEY"], "(redacted)", "{route}");
+    server.shutdown().await;
+
+    // Without tokens (loopback only) everyone may deploy, so everyone sees the values.
+    let open = TestServer::start().await;
+    let (status, body) = open
+        .deploy_bytes(
+            "app",
+            "?config=API_KEY=hunter2-secret",
+            guests::bytes(guests::TAGGED_V1),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        open.status("app").await["config"]["API_KEY"],
+        "hunter2-secret"
+    );
+    open.shutdown().await;
+}

@@ -4,6 +4,7 @@
 mod auth;
 mod bad_uploads;
 mod compat;
+mod data_dir;
 mod deploy;
 mod drain;
 mod guests;
