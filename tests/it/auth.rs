@@ -49,16 +49,20 @@ async fn admin(
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_guard_the_admin_api_by_scope() {
-    let server = TestServer::start_with(Config {
+/// A server with a `deploy` token `ci` ([`DEPLOYER`]) and a `read` token `reader` ([`READER`]).
+fn with_tokens(reader: &str) -> Config {
+    Config {
         admin_tokens: vec![
             Token::new("ci", Scope::Deploy, DEPLOYER).unwrap(),
-            Token::new("dashboard", Scope::Read, READER).unwrap(),
+            Token::new(reader, Scope::Read, READER).unwrap(),
         ],
         ..Config::ephemeral()
-    })
-    .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_guard_the_admin_api_by_scope() {
+    let server = TestServer::start_with(with_tokens("dashboard")).await;
     let wasm = guests::bytes(guests::TAGGED_V1);
 
     for (token, detail) in [
@@ -189,14 +193,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_per_route_and_version_for_a_read_token() {
-    let server = TestServer::start_with(Config {
-        admin_tokens: vec![
-            Token::new("ci", Scope::Deploy, DEPLOYER).unwrap(),
-            Token::new("grafana", Scope::Read, READER).unwrap(),
-        ],
-        ..Config::ephemeral()
-    })
-    .await;
+    let server = TestServer::start_with(with_tokens("grafana")).await;
     for (route, guest) in [("app", guests::TAGGED_V1), ("hostile", guests::HOSTILE)] {
         let (status, body, _) = admin(
             &server,
@@ -258,14 +255,7 @@ async fn metrics_count_requests_per_route_and_version_for_a_read_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_token_sees_config_keys_but_not_their_values() {
-    let server = TestServer::start_with(Config {
-        admin_tokens: vec![
-            Token::new("ci", Scope::Deploy, DEPLOYER).unwrap(),
-            Token::new("dashboard", Scope::Read, READER).unwrap(),
-        ],
-        ..Config::ephemeral()
-    })
-    .await;
+    let server = TestServer::start_with(with_tokens("dashboard")).await;
     let (status, body, _) = admin(
         &server,
         Method::PUT,
