@@ -1,7 +1,8 @@
 //! Who may use the admin API: bearer tokens, each with a name and a scope.
 //!
-//! * `read` may call the `GET` endpoints; `deploy` may also deploy, roll back, activate, upload
-//!   and delete.
+//! * `read` may call the `GET` endpoints, and sees config values as `(redacted)` (they are
+//!   often secrets); `deploy` may also deploy, roll back, activate, upload and delete, and sees
+//!   the values. The handlers learn the scope from the [`Caller`] extension.
 //! * Tokens come from a tokens file (`--tokens-file`, TOML) and from the `HANDOFF_ADMIN_TOKEN`
 //!   environment variable (one `deploy` token named `env`); never from a command-line argument,
 //!   where other users of the machine could read it.
@@ -158,9 +159,25 @@ pub fn admin_tokens(file: Option<&Path>, inline: Vec<Token>) -> Result<Vec<Token
     Ok(tokens)
 }
 
-/// The caller of an admin request, as the handlers see it (a request extension).
+/// The caller of an admin request, as the handlers see it (a request extension): its name
+/// (the token's, or [`ANONYMOUS`]) and what it may do. A server without tokens gives every
+/// caller the `deploy` scope.
 #[derive(Debug, Clone)]
-pub struct Caller(pub String);
+pub struct Caller(pub String, pub Scope);
+
+/// What a `read` caller sees instead of a config value.
+pub const REDACTED: &str = "(redacted)";
+
+impl Caller {
+    /// A config value as this caller may see it: itself for `deploy`, [`REDACTED`] for `read`
+    /// (config values are often secrets; the keys stay visible).
+    pub fn config_value(&self, value: &str) -> String {
+        match self.1 {
+            Scope::Deploy => value.to_owned(),
+            Scope::Read => REDACTED.to_owned(),
+        }
+    }
+}
 
 /// Equal in time independent of where the inputs differ.
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -197,8 +214,10 @@ pub async fn guard(
 ) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let caller = if tokens.is_empty() || path == "/healthz" {
-        ANONYMOUS.to_owned()
+    let caller = if tokens.is_empty() {
+        Caller(ANONYMOUS.to_owned(), Scope::Deploy)
+    } else if path == "/healthz" {
+        Caller(ANONYMOUS.to_owned(), Scope::Read)
     } else {
         let presented = request
             .headers()
@@ -237,9 +256,9 @@ pub async fn guard(
             )
             .into_response();
         }
-        token.name.clone()
+        Caller(token.name.clone(), token.scope)
     };
-    request.extensions_mut().insert(Caller(caller.clone()));
+    request.extensions_mut().insert(caller.clone());
     let response = next.run(request).await;
     if !matches!(method, Method::GET | Method::HEAD) {
         let route = path
@@ -247,7 +266,7 @@ pub async fn guard(
             .map(|rest| rest.split('/').next().unwrap_or(""));
         tracing::info!(
             target: "audit",
-            who = %caller,
+            who = %caller.0,
             method = %method,
             path = %path,
             route = %route.unwrap_or(""),

@@ -1,5 +1,6 @@
-//! Validated server configuration, its named defaults, and the optional TOML file that mirrors
-//! the `serve` flags ([`ConfigFile`]).
+//! Validated server configuration and its named defaults. (The `serve` flags and the
+//! `--config` file that mirrors them are in `crate::cli`; an embedder builds a [`Config`]
+//! directly.)
 //!
 //! Everything here is checked before a socket is bound or a guest compiled. It never touches the
 //! network or the engine.
@@ -72,6 +73,9 @@ pub struct Config {
     pub max_instances: u32,
     /// Admin API tokens; empty leaves the admin API open (loopback only).
     pub admin_tokens: Vec<crate::auth::Token>,
+    /// Host names the admin API answers to besides its address and the loopback names
+    /// (`--admin-host`): requests with any other `Host` are refused (DNS rebinding).
+    pub admin_hosts: Vec<String>,
     /// How long a data-plane connection may go without a request in progress before it is
     /// closed: silence after connecting, a request head sent slowly (slowloris), or an idle
     /// keep-alive or HTTP/2 connection. Bytes that do not complete a request head do not count.
@@ -108,6 +112,7 @@ impl Default for Config {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_instances: DEFAULT_MAX_INSTANCES,
             admin_tokens: Vec::new(),
+            admin_hosts: Vec::new(),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             signature_mode: crate::signing::Mode::Off,
@@ -190,6 +195,9 @@ impl Config {
                 self.admin_listen
             ));
         }
+        for name in &self.admin_hosts {
+            check_admin_host(name)?;
+        }
         if self.history_limit == 0 {
             return Err("the history limit must be at least 1".into());
         }
@@ -222,6 +230,27 @@ pub fn data_dir(ephemeral: bool, dir: Option<PathBuf>) -> Result<Option<PathBuf>
     }
 }
 
+/// Checks an `--admin-host` name: a DNS name or an IP address, without a port.
+fn check_admin_host(name: &str) -> Result<(), String> {
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    let is_name = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').enumerate().all(|(i, label)| {
+            (1..=63).contains(&label.len()) || (label.is_empty() && i > 0 && name.ends_with('.'))
+        })
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if is_name || bare.parse::<std::net::IpAddr>().is_ok() {
+        Ok(())
+    } else {
+        Err(format!(
+            "--admin-host `{}` must be a host name like `handoff.internal` (or an IP address), without a port",
+            name.escape_debug()
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +261,35 @@ mod tests {
         let mut bad = Config::default();
         bad.limits.max_memory_bytes = 10;
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn admin_host_names_are_names_without_ports() {
+        for ok in [
+            "handoff.internal",
+            "admin",
+            "fqdn.example.",
+            "10.0.0.5",
+            "[::1]",
+            "a_b",
+        ] {
+            assert_eq!(check_admin_host(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "admin:8081",
+            "http://admin",
+            "a..b",
+            ".a",
+            "a b",
+            "*.example",
+        ] {
+            assert!(check_admin_host(bad).is_err(), "{bad:?}");
+        }
+        let config = Config {
+            admin_hosts: vec!["admin:8081".into()],
+            ..Config::default()
+        };
+        assert!(config.validate().unwrap_err().contains("without a port"));
     }
 }

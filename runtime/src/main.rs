@@ -1,11 +1,14 @@
 //! The `handoff` binary: parse flags, set up logging, run the command, turn its outcome into an
-//! exit code (see `handoff --help`).
+//! exit code (see `handoff --help`). The first ctrl-c or SIGTERM stops `serve` and `dev`
+//! gracefully; a second one exits at once.
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use handoff::cli::{Cli, Command, Failure, exit};
 use handoff::server::Server;
+use handoff::state::private::UntrustedDataDir;
 
 fn main() -> ExitCode {
     // The server runs this binary as its compile worker; that mode talks only over stdio.
@@ -20,7 +23,13 @@ fn main() -> ExitCode {
     };
     handoff::telemetry::init_with_default(default_log);
     let outcome = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime.block_on(run(cli.command)),
+        Ok(runtime) => {
+            let outcome = runtime.block_on(run(cli.command));
+            // Whatever is still running (a connection, a compile being waited for) must not
+            // keep the process alive once the command is done.
+            runtime.shutdown_timeout(Duration::from_millis(500));
+            outcome
+        }
         Err(error) => Err(Failure::new(
             exit::FAILED,
             format!("cannot start the async runtime: {error}"),
@@ -41,9 +50,20 @@ async fn run(command: Command) -> Result<(), Failure> {
             let config = args
                 .into_config()
                 .map_err(|e| Failure::new(exit::CONFIG, e))?;
-            serve(config).await
+            let signals = Signals::listen()?;
+            tokio::select! {
+                served = serve(config, signals.first.clone()) => served,
+                () = signals.second.cancelled() => Err(Signals::forced()),
+            }
         }
-        Command::Dev(args) => handoff::dev::run(args, shutdown_signal()).await,
+        Command::Dev(args) => {
+            let signals = Signals::listen()?;
+            let first = signals.first.clone();
+            tokio::select! {
+                done = handoff::dev::run(args, async move { first.cancelled().await }) => done,
+                () = signals.second.cancelled() => Err(Signals::forced()),
+            }
+        }
         Command::Deploy(args) => handoff::client::deploy(args).await,
         Command::Routes(args) => handoff::client::routes(args).await,
         Command::Status(args) => handoff::client::status(args).await,
@@ -65,31 +85,77 @@ async fn run(command: Command) -> Result<(), Failure> {
     }
 }
 
-async fn serve(config: handoff::config::Config) -> Result<(), Failure> {
-    let server = Server::start(config)
-        .await
-        .map_err(|e| Failure::new(exit::FAILED, format!("{e:#}")))?;
+async fn serve(
+    config: handoff::config::Config,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(), Failure> {
+    let server = Server::start(config).await.map_err(|e| {
+        // A data directory other users could write is a configuration error (exit 64).
+        let code = if e.downcast_ref::<UntrustedDataDir>().is_some() {
+            exit::CONFIG
+        } else {
+            exit::FAILED
+        };
+        Failure::new(code, format!("{e:#}"))
+    })?;
     println!("{}", server.ready_line());
     let _ = std::io::stdout().flush();
-    shutdown_signal().await;
+    stop.cancelled().await;
     server.shutdown().await;
     Ok(())
 }
 
-/// Resolves on ctrl-c or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+/// Ctrl-c and SIGTERM, counted: the first cancels `first` (stop gracefully), the second
+/// `second` (exit now, whatever is still running).
+struct Signals {
+    first: tokio_util::sync::CancellationToken,
+    second: tokio_util::sync::CancellationToken,
+}
+
+impl Signals {
+    /// Installs the handlers (before anything is served, so no signal is missed).
+    fn listen() -> Result<Self, Failure> {
+        let failed = |e: std::io::Error| {
+            Failure::new(
+                exit::FAILED,
+                format!("cannot install the signal handlers: {e}"),
+            )
+        };
+        let first = tokio_util::sync::CancellationToken::new();
+        let second = tokio_util::sync::CancellationToken::new();
+        #[cfg(unix)]
+        let mut signals = {
+            use tokio::signal::unix::{SignalKind, signal};
+            (
+                signal(SignalKind::interrupt()).map_err(failed)?,
+                signal(SignalKind::terminate()).map_err(failed)?,
+            )
+        };
+        let (on_first, on_second) = (first.clone(), second.clone());
+        tokio::spawn(async move {
+            for token in [on_first, on_second] {
+                #[cfg(unix)]
+                tokio::select! {
+                    _ = signals.0.recv() => {}
+                    _ = signals.1.recv() => {}
+                }
+                #[cfg(not(unix))]
+                if tokio::signal::ctrl_c().await.is_err() {
+                    return;
+                }
+                token.cancel();
+            }
+        });
+        #[cfg(not(unix))]
+        let _ = failed;
+        Ok(Self { first, second })
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    /// What a second signal makes of the command.
+    fn forced() -> Failure {
+        Failure::new(
+            exit::FAILED,
+            "stopped by a second signal without waiting for the requests in flight",
+        )
     }
 }

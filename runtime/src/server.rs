@@ -3,7 +3,10 @@
 //! deadline, cut off the rest).
 //!
 //! The data plane uses hyper directly (HTTP/1.1 with keep-alive, and HTTP/2) so the hot path
-//! has no router layers; the admin API is an axum router.
+//! has no router layers; the admin API is an axum router. Both listeners accept and serve
+//! connections the same way ([`serve_listener`]): a connection cap, a header timeout and an
+//! idle timeout, a 64 KiB head limit, optional TLS, and a graceful shutdown bounded by the
+//! drain timeout, after which the connections left are closed.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,14 +24,19 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::dispatch::{DataBody, dispatch};
+use crate::dispatch::dispatch;
 use crate::runtime::Runtime;
 
 /// The largest request head (request line and headers) the data plane buffers.
 const MAX_HEAD_BYTES: usize = 64 << 10;
 
-/// Longest `shutdown` waits for the last tasks to release the runtime.
-const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest `shutdown` waits, after the drain timeout, for the last tasks to release the
+/// runtime: shutdown takes at most `--drain-timeout` plus this.
+pub const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Admin connections served at once; more wait in the listen backlog until one closes (an
+/// admin connection without a request in progress is closed after `--idle-timeout`).
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// A running server.
 pub struct Server {
@@ -99,21 +107,13 @@ impl Server {
         let admin_addr = admin.local_addr()?;
         let stop = CancellationToken::new();
         let data_task = tokio::spawn(serve_data(runtime.clone(), data, stop.clone(), data_tls));
-        let admin_router = crate::admin::router(runtime.clone());
-        let admin_stop = stop.clone();
-        let admin_task = match admin_tls {
-            None => tokio::spawn(async move {
-                let served = axum::serve(admin, admin_router)
-                    .with_graceful_shutdown(async move { admin_stop.cancelled().await })
-                    .await;
-                if let Err(error) = served {
-                    tracing::error!(error = %error, "admin listener failed");
-                }
-            }),
-            Some(acceptor) => {
-                tokio::spawn(serve_admin_tls(admin, admin_router, acceptor, admin_stop))
-            }
-        };
+        let admin_task = tokio::spawn(serve_admin(
+            runtime.clone(),
+            admin,
+            admin_addr,
+            stop.clone(),
+            admin_tls,
+        ));
         tracing::info!(
             data = %data_addr, admin = %admin_addr, pooling = runtime.engine.pooling(),
             "listening"
@@ -155,82 +155,124 @@ impl Server {
         )
     }
 
-    /// Stops accepting connections, lets in-flight requests finish for up to the drain
-    /// deadline, then cuts off whatever is left.
+    /// Stops accepting connections, lets in-flight requests (guest traffic and admin calls)
+    /// finish for up to the drain timeout, then cuts off and closes whatever is left. Takes at
+    /// most the drain timeout plus [`RELEASE_WAIT`].
     pub async fn shutdown(self) {
         tracing::info!("shutting down: no new connections; draining in-flight requests");
         self.stop.cancel();
-        let _ = self.admin_task.await;
-        let _ = self.data_task.await;
+        let started = std::time::Instant::now();
+        let limit = self.runtime.config.drain_timeout + RELEASE_WAIT;
+        // Both listeners drain at once; each closes its connections when the grace passes.
+        let listeners = async {
+            let _ = tokio::join!(self.admin_task, self.data_task);
+        };
+        if tokio::time::timeout(limit, listeners).await.is_err() {
+            tracing::warn!("the listeners did not stop in time; exiting anyway");
+        }
         // Connection tasks end just after their connections; wait (bounded) for them to let go
         // of the runtime, so its data directory is closed when this returns.
-        let started = std::time::Instant::now();
-        while Arc::strong_count(&self.runtime) > 1 && started.elapsed() < RELEASE_WAIT {
+        while Arc::strong_count(&self.runtime) > 1 && started.elapsed() < limit {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         tracing::info!("shut down");
     }
 }
 
-/// Serves the admin router over TLS until `stop`.
-async fn serve_admin_tls(
-    listener: TcpListener,
-    router: axum::Router,
-    acceptor: TlsAcceptor,
-    stop: CancellationToken,
-) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
-    let service = hyper_util::service::TowerToHyperService::new(router);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(error = %error, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => break,
-        };
-        let (acceptor, builder, watcher, service) = (
-            acceptor.clone(),
-            builder.clone(),
-            graceful.watcher(),
-            service.clone(),
-        );
-        tokio::spawn(async move {
-            let handshake = tokio::time::timeout(ADMIN_HANDSHAKE, acceptor.accept(stream));
-            let Ok(Ok(stream)) = handshake.await else {
-                tracing::debug!("admin TLS handshake failed or timed out");
-                return;
-            };
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(error = %error, "admin connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(ADMIN_HANDSHAKE, graceful.shutdown()).await;
-}
-
 /// How often, at most, a full connection limit is logged.
 const FULL_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How long an admin client may take for its TLS handshake (and to finish at shutdown).
-const ADMIN_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How a listener bounds its connections.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    /// Which listener, for the log.
+    listener: &'static str,
+    /// Connections served at once; more wait in the listen backlog.
+    max_connections: usize,
+    /// A connection without a request in progress for this long is closed, and a request head
+    /// (or TLS handshake) must arrive within it.
+    idle_timeout: std::time::Duration,
+    /// How long a graceful shutdown lets requests in progress finish.
+    grace: std::time::Duration,
+}
 
-/// Accepts data-plane connections until `stop`, then drains them.
+/// Accepts data-plane connections until `stop`, then drains them; cuts off the guests still
+/// running when the grace passes.
 async fn serve_data(
     rt: Arc<Runtime>,
     listener: TcpListener,
     stop: CancellationToken,
     tls: Option<TlsAcceptor>,
 ) {
+    let https = tls.is_some();
+    let limits = ConnectionLimits {
+        listener: "data",
+        max_connections: rt.config.max_connections,
+        idle_timeout: rt.config.idle_timeout,
+        grace: rt.config.drain_timeout,
+    };
+    let service_rt = rt.clone();
+    let service = move |peer: SocketAddr| {
+        let rt = service_rt.clone();
+        hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let rt = rt.clone();
+            async move { Ok::<_, Infallible>(dispatch(&rt, req, https, Some(peer.ip())).await) }
+        })
+    };
+    // Connections end with their responses; guests still working after theirs count too.
+    let ended = rt.requests_ended();
+    let cut_off = async {
+        rt.cut_off_all();
+        // Cut-off guests stop at their next yield; give them a moment to let go.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), rt.requests_ended()).await;
+    };
+    serve_listener(listener, tls, limits, stop, service, ended, cut_off).await;
+}
+
+/// Accepts admin connections until `stop`, then drains them.
+async fn serve_admin(
+    rt: Arc<Runtime>,
+    listener: TcpListener,
+    addr: SocketAddr,
+    stop: CancellationToken,
+    tls: Option<TlsAcceptor>,
+) {
+    let limits = ConnectionLimits {
+        listener: "admin",
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        idle_timeout: rt.config.idle_timeout,
+        grace: rt.config.drain_timeout,
+    };
+    let router = crate::admin::router(rt, addr);
+    let service =
+        move |_peer: SocketAddr| hyper_util::service::TowerToHyperService::new(router.clone());
+    serve_listener(listener, tls, limits, stop, service, async {}, async {}).await;
+}
+
+/// Accepts connections on `listener` until `stop` and serves each with the service
+/// `service(peer)` makes within `limits`. Then shuts down gracefully: stops accepting, lets
+/// requests in progress finish (and `ended` resolve) for up to `limits.grace`, and when that
+/// passes runs `cut_off` and closes the connections left.
+async fn serve_listener<S, B>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    limits: ConnectionLimits,
+    stop: CancellationToken,
+    service: impl Fn(SocketAddr) -> S,
+    ended: impl Future<Output = ()>,
+    cut_off: impl Future<Output = ()>,
+) where
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Slowloris and header floods: a head larger than MAX_HEAD_BYTES is refused (431) instead of
     // buffered, and a connection without a request in progress is closed after `idle_timeout`
@@ -239,15 +281,16 @@ async fn serve_data(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(rt.config.idle_timeout)
+        .header_read_timeout(limits.idle_timeout)
         .max_buf_size(MAX_HEAD_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEAD_BYTES as u32);
     let graceful = GracefulShutdown::new();
-    let https = tls.is_some();
-    let slots = Arc::new(Semaphore::new(rt.config.max_connections));
+    // Cancelled when the grace passes: the connections still open are closed.
+    let closed = CancellationToken::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut warned: Option<std::time::Instant> = None;
     loop {
         // One slot per connection: at the limit, new connections wait in the listen backlog.
@@ -256,7 +299,8 @@ async fn serve_data(
             Err(_) => {
                 if warned.is_none_or(|at| at.elapsed() > FULL_WARNING_EVERY) {
                     tracing::warn!(
-                        max_connections = rt.config.max_connections,
+                        listener = limits.listener,
+                        max_connections = limits.max_connections,
                         "the connection limit is reached; new connections wait until one closes"
                     );
                     warned = Some(std::time::Instant::now());
@@ -272,7 +316,7 @@ async fn serve_data(
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // Usually EMFILE: back off briefly instead of spinning.
-                    tracing::warn!(error = %error, "accept failed");
+                    tracing::warn!(listener = limits.listener, error = %error, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
@@ -280,74 +324,69 @@ async fn serve_data(
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service_rt = rt.clone();
         let idle = Arc::new(Idle::new());
         let watched = idle.clone();
+        let inner = service(peer);
         let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-            let rt = service_rt.clone();
             let busy = watched.busy();
+            let response = inner.call(req);
             async move {
-                let response = dispatch(&rt, req, https, Some(peer.ip())).await;
-                Ok::<_, Infallible>(response.map(|body| Tracked { body, _busy: busy }))
+                let response = response.await?;
+                Ok::<_, S::Error>(response.map(|body| Tracked { body, _busy: busy }))
             }
         });
-        let idle_limit = rt.config.idle_timeout;
-        match &tls {
-            None => {
-                let connection = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    tokio::select! {
-                        result = connection => if let Err(error) = result {
-                            tracing::debug!(error = %error, "connection ended with an error");
-                        },
-                        () = idle.expired(idle_limit) => tracing::debug!("idle connection closed"),
+        let (tls, builder, watcher, closed) = (
+            tls.clone(),
+            builder.clone(),
+            graceful.watcher(),
+            closed.clone(),
+        );
+        let idle_limit = limits.idle_timeout;
+        tokio::spawn(async move {
+            let _slot = slot;
+            let serve = async {
+                match tls {
+                    None => {
+                        let connection = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .into_owned();
+                        watcher.watch(connection).await
                     }
-                });
-            }
-            Some(acceptor) => {
-                let (acceptor, builder, watcher) =
-                    (acceptor.clone(), builder.clone(), graceful.watcher());
-                let limit = rt.config.idle_timeout;
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let Ok(Ok(stream)) = tokio::time::timeout(limit, acceptor.accept(stream)).await
-                    else {
-                        tracing::debug!("TLS handshake failed or timed out");
-                        return;
-                    };
-                    let connection = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
-                    tokio::select! {
-                        result = watcher.watch(connection) => if let Err(error) = result {
-                            tracing::debug!(error = %error, "connection ended with an error");
-                        },
-                        () = idle.expired(idle_limit) => tracing::debug!("idle connection closed"),
+                    Some(acceptor) => {
+                        let handshake = tokio::time::timeout(idle_limit, acceptor.accept(stream));
+                        let Ok(Ok(stream)) = handshake.await else {
+                            tracing::debug!("TLS handshake failed or timed out");
+                            return Ok(());
+                        };
+                        let connection = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .into_owned();
+                        watcher.watch(connection).await
                     }
-                });
+                }
+            };
+            tokio::select! {
+                result = serve => if let Err(error) = result {
+                    tracing::debug!(error = %error, "connection ended with an error");
+                },
+                () = idle.expired(idle_limit) => tracing::debug!("idle connection closed"),
+                () = closed.cancelled() => tracing::debug!("connection closed at shutdown"),
             }
-        }
+        });
     }
     drop(listener);
-    let grace = rt.config.drain_timeout;
-    // Connections end with their responses; guests still working after theirs count too.
-    let ended = async {
+    let finished = async {
         graceful.shutdown().await;
-        rt.requests_ended().await;
+        ended.await;
     };
-    if tokio::time::timeout(grace, ended).await.is_err() {
+    if tokio::time::timeout(limits.grace, finished).await.is_err() {
         tracing::warn!(
-            grace_ms = grace.as_millis() as u64,
+            listener = limits.listener,
+            grace_ms = limits.grace.as_millis() as u64,
             "shutdown grace period passed; cutting off the remaining requests"
         );
-        rt.cut_off_all();
-        // Cut-off guests stop at their next yield; give them a moment to let go.
-        let cut_off = rt.requests_ended();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), cut_off).await;
+        closed.cancel();
+        cut_off.await;
     }
 }
 
@@ -412,14 +451,14 @@ impl Drop for Busy {
 }
 
 /// A response body that keeps its request counted as in progress until it is done or dropped.
-struct Tracked {
-    body: DataBody,
+struct Tracked<B> {
+    body: B,
     _busy: Busy,
 }
 
-impl http_body::Body for Tracked {
-    type Data = bytes::Bytes;
-    type Error = <DataBody as http_body::Body>::Error;
+impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,

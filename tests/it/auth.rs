@@ -49,16 +49,20 @@ async fn admin(
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_guard_the_admin_api_by_scope() {
-    let server = TestServer::start_with(Config {
+/// A server with a `deploy` token `ci` ([`DEPLOYER`]) and a `read` token `reader` ([`READER`]).
+fn with_tokens(reader: &str) -> Config {
+    Config {
         admin_tokens: vec![
             Token::new("ci", Scope::Deploy, DEPLOYER).unwrap(),
-            Token::new("dashboard", Scope::Read, READER).unwrap(),
+            Token::new(reader, Scope::Read, READER).unwrap(),
         ],
         ..Config::ephemeral()
-    })
-    .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_guard_the_admin_api_by_scope() {
+    let server = TestServer::start_with(with_tokens("dashboard")).await;
     let wasm = guests::bytes(guests::TAGGED_V1);
 
     for (token, detail) in [
@@ -189,14 +193,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_per_route_and_version_for_a_read_token() {
-    let server = TestServer::start_with(Config {
-        admin_tokens: vec![
-            Token::new("ci", Scope::Deploy, DEPLOYER).unwrap(),
-            Token::new("grafana", Scope::Read, READER).unwrap(),
-        ],
-        ..Config::ephemeral()
-    })
-    .await;
+    let server = TestServer::start_with(with_tokens("grafana")).await;
     for (route, guest) in [("app", guests::TAGGED_V1), ("hostile", guests::HOSTILE)] {
         let (status, body, _) = admin(
             &server,
@@ -254,4 +251,62 @@ async fn metrics_count_requests_per_route_and_version_for_a_read_token() {
         "{text}"
     );
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_token_sees_config_keys_but_not_their_values() {
+    let server = TestServer::start_with(with_tokens("dashboard")).await;
+    let (status, body, _) = admin(
+        &server,
+        Method::PUT,
+        "/v1/routes/app?config=API_KEY=hunter2-secret&config=MODE=fast",
+        Some(DEPLOYER),
+        guests::bytes(guests::TAGGED_V1),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    for path in ["/v1/routes", "/v1/routes/app", "/v1/routes/app/versions"] {
+        // `read`: every key, no value.
+        let (status, body, _) = admin(&server, Method::GET, path, Some(READER), vec![]).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let text = body.to_string();
+        assert!(
+            !text.contains("hunter2") && !text.contains("fast"),
+            "{path}: {text}"
+        );
+        assert!(
+            text.contains("API_KEY") && text.contains("MODE"),
+            "{path}: {text}"
+        );
+        assert_eq!(text.matches("(redacted)").count(), 2, "{path}: {text}");
+        // `deploy`: the values.
+        let (status, body, _) = admin(&server, Method::GET, path, Some(DEPLOYER), vec![]).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let text = body.to_string();
+        assert!(
+            text.contains("hunter2-secret") && text.contains("fast"),
+            "{path}: {text}"
+        );
+        assert!(!text.contains("(redacted)"), "{path}: {text}");
+    }
+    let (_, route, _) = admin(&server, Method::GET, "/v1/routes/app", Some(READER), vec![]).await;
+    assert_eq!(route["config"]["API_KEY"], "(redacted)", "{route}");
+    server.shutdown().await;
+
+    // Without tokens (loopback only) everyone may deploy, so everyone sees the values.
+    let open = TestServer::start().await;
+    let (status, body) = open
+        .deploy_bytes(
+            "app",
+            "?config=API_KEY=hunter2-secret",
+            guests::bytes(guests::TAGGED_V1),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        open.status("app").await["config"]["API_KEY"],
+        "hunter2-secret"
+    );
+    open.shutdown().await;
 }

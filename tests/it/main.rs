@@ -5,6 +5,7 @@ mod auth;
 mod bad_uploads;
 mod changes;
 mod compat;
+mod data_dir;
 mod deploy;
 mod drain;
 mod guests;

@@ -216,6 +216,9 @@ pub fn init_logging() {
     });
 }
 
+/// The host name test servers' admin APIs answer to (`--admin-host`), besides their address.
+pub const ADMIN_HOST: &str = "admin";
+
 /// A running server and clients for both of its listeners.
 pub struct TestServer {
     server: Option<Server>,
@@ -233,8 +236,11 @@ impl TestServer {
 
     /// A server with `config` (its listeners should be on port 0). Unless `config` says
     /// otherwise, it compiles in [`compile_worker`] processes, as the `handoff` binary does.
+    /// Its admin API also answers to the host name [`ADMIN_HOST`], which requests built by
+    /// hand name in their `Host` header.
     pub async fn start_with(mut config: Config) -> Self {
         init_logging();
+        config.admin_hosts.push(ADMIN_HOST.to_owned());
         if config.compiler == Compiler::InProcess {
             config.compiler = compile_worker();
         }

@@ -11,9 +11,6 @@ use crate::api::{self, Problem};
 use crate::route::RouteName;
 use crate::runtime::Runtime;
 
-/// Content types a deploy accepts (and none at all, which `curl -T` sends).
-const WASM_CONTENT_TYPES: [&str; 2] = ["application/wasm", "application/octet-stream"];
-
 /// Labels: 1-64 of `A-Z a-z 0-9 - _ .`.
 pub(super) fn parse_label(label: &str) -> Result<String, Problem> {
     let ok = !label.is_empty()
@@ -68,31 +65,13 @@ pub(super) fn check_signature(
     }
 }
 
-/// Reads a component upload: checks its content type and size limit.
+/// Reads a component upload within its size limit (its content type was checked by
+/// [`super::guard::content_type`]).
 pub(super) async fn read_upload(
     rt: &Runtime,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<bytes::Bytes, Problem> {
-    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
-        let essence = content_type
-            .to_str()
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if !WASM_CONTENT_TYPES.contains(&essence.as_str()) {
-            return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!(
-                    "a deploy takes the component's bytes with `Content-Type: application/wasm`, not `{}`",
-                    content_type.to_str().unwrap_or("(unreadable)")
-                ),
-            ));
-        }
-    }
     let limit = rt.config.max_upload_bytes;
     let too_large = || {
         Problem::new(

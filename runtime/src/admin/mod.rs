@@ -28,12 +28,15 @@
 //! * `DELETE /v1/modules/{version}` — delete a module no route uses
 //!
 //! Every endpoint but `/healthz` takes `Authorization: Bearer <token>` once tokens are
-//! configured ([`crate::auth`]): `read` for `GET`, `deploy` for the rest. A request that
+//! configured ([`crate::auth`]): `read` for `GET`, `deploy` for the rest. Requests a web page
+//! sent, and mutations with the wrong content type, are refused first ([`guard`]). A `read`
+//! caller sees config keys with their values redacted. A request that
 //! changes anything runs to its end on a task of its own, even if its client goes away, so
 //! what it committed is also answered for in the audit log.
 //!
 //! Handlers here only translate HTTP; the work is in [`crate::deploy`].
 
+pub mod guard;
 mod input;
 mod metrics;
 mod modules;
@@ -52,8 +55,13 @@ use crate::api::{self, Problem};
 use crate::deploy::DeployError;
 use crate::runtime::Runtime;
 
-/// The admin router.
-pub fn router(rt: Arc<Runtime>) -> Router {
+/// The admin router for a listener bound to `listener`.
+pub fn router(rt: Arc<Runtime>, listener: std::net::SocketAddr) -> Router {
+    let guard = guard::AdminGuard::new(
+        listener,
+        rt.config.admin_tls.is_some(),
+        &rt.config.admin_hosts,
+    );
     let api = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
@@ -71,9 +79,14 @@ pub fn router(rt: Arc<Runtime>) -> Router {
             axum::routing::delete(modules::delete),
         )
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(guard::content_type))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(rt.config.admin_tokens.clone()),
             crate::auth::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(guard),
+            guard::origin,
         ))
         .layer(axum::middleware::from_fn(run_to_completion))
         .with_state(rt);

@@ -46,15 +46,19 @@ fn draining_of(rt: &Runtime, name: &RouteName) -> Vec<api::DrainingStatus> {
         .collect()
 }
 
-/// The status of `route`; `None` when it is unavailable.
-fn status_of(rt: &Runtime, route: &Route) -> Option<api::RouteStatus> {
+/// The status of `route` as `caller` may see it; `None` when it is unavailable.
+fn status_of(rt: &Runtime, route: &Route, caller: &Caller) -> Option<api::RouteStatus> {
     let split = route.split()?;
     let stable = &split.stable;
     Some(api::RouteStatus {
         route: route.name.as_str().to_owned(),
         prefix: route.prefix.as_str().to_owned(),
         requests: route.state.requests(),
-        config: stable.config.iter().cloned().collect(),
+        config: stable
+            .config
+            .iter()
+            .map(|(key, value)| (key.clone(), caller.config_value(value)))
+            .collect(),
         limits: LimitsStatus::from(&stable.limits),
         outbound: stable.outbound.iter().map(ToString::to_string).collect(),
         dir: stable.dir.as_ref().map(|d| d.name.to_string()),
@@ -73,10 +77,16 @@ fn status_of(rt: &Runtime, route: &Route) -> Option<api::RouteStatus> {
 }
 
 /// `GET /v1/routes`.
-pub(super) async fn list(State(rt): State<Arc<Runtime>>) -> Json<api::RouteList> {
+pub(super) async fn list(
+    State(rt): State<Arc<Runtime>>,
+    Extension(caller): Extension<Caller>,
+) -> Json<api::RouteList> {
     let table = rt.routes.snapshot();
     Json(api::RouteList {
-        routes: table.iter().filter_map(|r| status_of(&rt, r)).collect(),
+        routes: table
+            .iter()
+            .filter_map(|r| status_of(&rt, r, &caller))
+            .collect(),
         unavailable: rt
             .unavailable()
             .into_iter()
@@ -88,6 +98,7 @@ pub(super) async fn list(State(rt): State<Arc<Runtime>>) -> Json<api::RouteList>
 /// `GET /v1/routes/{name}`.
 pub(super) async fn get_one(
     State(rt): State<Arc<Runtime>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<api::RouteStatus>, Problem> {
     let name = route_name(path)?;
@@ -95,7 +106,7 @@ pub(super) async fn get_one(
     let route = table
         .get(&name)
         .ok_or_else(|| DeployError::UnknownRoute(name.as_str().to_owned()))?;
-    match (&route.serving, status_of(&rt, route)) {
+    match (&route.serving, status_of(&rt, route, &caller)) {
         (_, Some(status)) => Ok(Json(status)),
         (Serving::Unavailable(reason), None) => Err(Problem::new(
             StatusCode::CONFLICT,
@@ -239,10 +250,14 @@ pub(super) async fn delete(
 /// `GET /v1/routes/{name}/versions`.
 pub(super) async fn versions(
     State(rt): State<Arc<Runtime>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<api::History>, Problem> {
     let name = route_name(path)?;
-    let record = deploy::history(&rt, &name).await?;
+    let mut record = deploy::history(&rt, &name).await?;
+    for (_, value) in record.history.iter_mut().flat_map(|e| &mut e.config) {
+        *value = caller.config_value(value);
+    }
     Ok(Json(api::History {
         route: name.as_str().to_owned(),
         active: record.active,

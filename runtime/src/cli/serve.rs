@@ -33,6 +33,11 @@ pub struct ServeArgs {
     /// Address for the admin API. Keep it on loopback: it accepts code.
     #[arg(long, value_name = "ADDR", default_value = config::DEFAULT_ADMIN_LISTEN, env = "HANDOFF_ADMIN_LISTEN")]
     pub admin_listen: SocketAddr,
+    /// A host name the admin API answers to besides its address and the loopback names
+    /// (repeatable). Requests naming any other host are refused (a web page using DNS
+    /// rebinding). Give the name you reach the server by, e.g. behind a proxy.
+    #[arg(long = "admin-host", value_name = "NAME")]
+    pub admin_host: Vec<String>,
     /// Where deployed modules, their compiled artifacts, the routes and their version history
     /// are kept, so a restart serves everything again at once. Default:
     /// `$XDG_DATA_HOME/handoff`, else `~/.local/share/handoff` (`handoff dev`: --ephemeral).
@@ -212,6 +217,7 @@ impl ServeArgs {
         let config = Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
+            admin_hosts: self.admin_host,
             data_dir: config::data_dir(ephemeral, self.data_dir)?,
             history_limit: self.history,
             drain_timeout: self.drain_timeout.0,
@@ -288,6 +294,31 @@ mod tests {
     }
 
     #[test]
+    fn admin_host_names_come_from_the_flags_or_else_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("handoff.toml");
+        std::fs::write(&path, "admin-host = [\"from.file\"]\nephemeral = true\n").unwrap();
+        let path = path.to_str().unwrap();
+        let config = serve(&["--config", path]).into_config().unwrap();
+        assert_eq!(config.admin_hosts, ["from.file"]);
+        let config = serve(&[
+            "--config",
+            path,
+            "--admin-host",
+            "a",
+            "--admin-host",
+            "b.internal",
+        ])
+        .into_config()
+        .unwrap();
+        assert_eq!(config.admin_hosts, ["a", "b.internal"]);
+        let error = serve(&["--ephemeral", "--admin-host", "a:1"])
+            .into_config()
+            .unwrap_err();
+        assert!(error.contains("--admin-host `a:1`"), "{error}");
+    }
+
+    #[test]
     fn a_bad_file_is_refused_with_its_name() {
         let error = serve(&["--config", "/nonexistent/handoff.toml"])
             .into_config()
@@ -322,6 +353,7 @@ mod tests {
             "SIZE" => ("3MiB", "5MiB"),
             "N" => ("3", "5"),
             "FILE" | "DIR" | "PEM" | "ROOT" => ("/from/file", "/from/flag"),
+            "NAME" => ("from.file", "from.flag"),
             _ => return None,
         };
         Some((a.to_owned(), b.to_owned()))

@@ -6,8 +6,9 @@
 //!   bytes), so a truncated or altered artifact is recompiled instead of loaded. Any other build
 //!   recompiles too, and its artifacts are swept.
 //!
-//! Files are written to a temporary name, fsynced, renamed into place and the directory fsynced,
-//! so a file under its final name is always complete. Nothing here runs on the request path.
+//! Files are written to a temporary name (mode 0600), fsynced, renamed into place and the
+//! directory fsynced, so a file under its final name is always complete. The directories are
+//! private ([`super::private`]). Nothing here runs on the request path.
 
 use std::fs::{self, File};
 use std::hash::{Hash, Hasher};
@@ -40,9 +41,8 @@ impl Files {
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
-        for sub in ["modules", "artifacts"] {
-            fs::create_dir_all(dir.join(sub))
-                .with_context(|| format!("creating `{}`", dir.join(sub).display()))?;
+        for path in [dir.clone(), dir.join("modules"), dir.join("artifacts")] {
+            super::private::create_private_dir(&path)?;
         }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);

@@ -15,6 +15,7 @@
 pub mod files;
 pub mod log;
 pub mod pending;
+pub mod private;
 pub mod records;
 pub mod redb;
 

@@ -32,6 +32,7 @@ impl RedbLog {
     /// Opens (creating if needed) `handoff.redb` in `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join("handoff.redb");
+        super::private::prepare_private_file(&path)?;
         let db = Database::create(&path)
             .with_context(|| format!("opening the database `{}`", path.display()))?;
         let txn = db.begin_write()?;

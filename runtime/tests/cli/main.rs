@@ -1,10 +1,12 @@
 //! Black-box tests of the `handoff` binary: real processes, real sockets, real guests. One
 //! binary, one module per command family; `support` runs the binary.
 
+mod admin_listener;
 mod client;
 mod crowd;
 mod dev;
 mod new;
 mod persist;
+mod security;
 mod serve;
 mod support;

@@ -208,7 +208,7 @@ async fn kill_9_during_deploys_leaves_each_route_on_its_old_or_new_version() {
                     let request = Request::builder()
                         .method(Method::PUT)
                         .uri(format!("/v1/routes/{}", ROUTES[route]))
-                        .header("host", "admin")
+                        .header("host", ready.admin.to_string())
                         .header("content-type", "application/wasm")
                         .body(Full::new(bytes))
                         .unwrap();

@@ -226,15 +226,30 @@ impl Running {
 
     /// Sends SIGTERM and waits (up to `limit`) for the exit.
     pub async fn terminate(mut self, limit: Duration) -> ExitStatus {
+        self.signal("TERM");
+        self.exit_within(limit).await
+    }
+
+    /// Sends signal `name` (`TERM`, `INT`) without waiting.
+    pub fn signal(&self, name: &str) {
         let pid = self.child.id().expect("still running");
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{name}"), &pid.to_string()])
             .status()
             .expect("running kill");
         assert!(status.success());
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Waits (up to `limit`) for the process to exit.
+    pub async fn exit_within(&mut self, limit: Duration) -> ExitStatus {
         tokio::time::timeout(limit, self.child.wait())
             .await
-            .unwrap_or_else(|_| panic!("no exit within {limit:?} of SIGTERM"))
+            .unwrap_or_else(|_| panic!("no exit within {limit:?}\nstderr:\n{}", self.stderr.text()))
             .expect("waiting for the child")
     }
 }

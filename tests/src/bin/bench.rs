@@ -233,7 +233,7 @@ async fn main() {
     let put = http::Request::builder()
         .method("PUT")
         .uri("/v1/routes/bench?prefix=/")
-        .header("host", "admin")
+        .header("host", admin.to_string())
         .header("content-type", "application/wasm")
         .body(http_body_util::Full::new(bytes::Bytes::from(wasm.clone())))
         .unwrap();
@@ -253,7 +253,7 @@ async fn main() {
     let put = http::Request::builder()
         .method("PUT")
         .uri("/v1/routes/again")
-        .header("host", "admin")
+        .header("host", admin.to_string())
         .header("content-type", "application/wasm")
         .body(http_body_util::Full::new(bytes::Bytes::from(wasm.clone())))
         .unwrap();
@@ -402,7 +402,7 @@ async fn put_route(admin: SocketAddr, route: &str, wasm: &[u8]) {
     let put = http::Request::builder()
         .method("PUT")
         .uri(format!("/v1/routes/{route}"))
-        .header("host", "admin")
+        .header("host", admin.to_string())
         .header("content-type", "application/wasm")
         .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
             wasm,
