@@ -1,37 +1,17 @@
-//! `handoff dev`: the local loop. Builds the guest crate(s) in a directory, serves them from an
-//! in-process server, and on every change to their sources rebuilds them and deploys what
-//! changed through the same [`deploy::deploy`] the admin API uses, so requests in flight finish
-//! on the version they started on. A build that fails prints the compiler's output and leaves
-//! the last good version serving.
-//!
-//! It watches by polling modification times (no platform file-watch API, no dependency): each
-//! guest's `Cargo.toml`, `build.rs`, `src/` and `wit/`, the same of its path dependencies (the
-//! guest SDK), and the workspace's `Cargo.toml`. It never watches the target directory, never
-//! holds anything across a build but the route table's own versions, and never deploys a
-//! component whose bytes did not change.
+//! The guest crates `handoff dev` serves: found through `cargo metadata`, built with cargo for
+//! `wasm32-wasip2`, and fingerprinted (modification times and sizes of the files that make
+//! them) so a change can be seen without a platform file-watch API.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
-use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::cli::{DevArgs, Failure, exit};
-use crate::deploy::{self, DeployRequest};
 use crate::route::RouteName;
-use crate::runtime::Runtime;
-use crate::server::Server;
-use crate::version::Digest;
 
-/// How often the sources are checked for changes.
-const POLL: Duration = Duration::from_millis(250);
-/// How long the sources must stay unchanged before a build starts (an editor's save, a
-/// `git checkout`, a formatter: one build, not one per file).
-const SETTLE: Duration = Duration::from_millis(300);
 /// The target guests are built for.
 const TARGET: &str = "wasm32-wasip2";
 /// Environment that is for the host build, never for the nested wasm one (clippy, coverage).
@@ -42,181 +22,7 @@ const HOST_ONLY_ENV: [&str; 4] = [
     "RUSTC_WRAPPER",
 ];
 
-/// Runs `handoff dev` until `shutdown` resolves, then shuts the server down gracefully.
-pub async fn run(args: DevArgs, shutdown: impl Future<Output = ()>) -> Result<(), Failure> {
-    let config = args
-        .server
-        .into_config_with(true)
-        .map_err(|e| Failure::new(exit::CONFIG, e))?;
-    let dir = args.dir;
-    if !dir.is_dir() {
-        return Err(Failure::new(
-            exit::LOCAL,
-            format!("{} is not a directory", dir.display()),
-        ));
-    }
-    let project = Project::discover(&dir)
-        .await
-        .map_err(|e| Failure::new(exit::LOCAL, e))?;
-    let server = Server::start(config)
-        .await
-        .map_err(|e| Failure::new(exit::FAILED, format!("{e:#}")))?;
-    tokio::select! {
-        () = session(&server, &dir, project) => {}
-        () = shutdown => say("shutting down: finishing the requests in flight"),
-    }
-    server.shutdown().await;
-    Ok(())
-}
-
-/// The first build and deploy, the ready line, then rebuild-on-change forever.
-async fn session(server: &Server, dir: &Path, mut project: Project) {
-    let rt = server.runtime();
-    let mut seen = project.fingerprint().await;
-    build_and_deploy(rt, &project).await;
-    say(&server.ready_line());
-    for guest in &project.guests {
-        say(&route_line(server, guest));
-    }
-    loop {
-        tokio::time::sleep(POLL).await;
-        let now = project.fingerprint().await;
-        if now == seen {
-            continue;
-        }
-        let settled = settle(&project, now).await;
-        say(&describe_changes(&seen, &settled, &project.root));
-        seen = settled;
-        // The manifests may have changed: which guests there are, what they are called.
-        match Project::discover(dir).await {
-            Ok(fresh) => {
-                for guest in &fresh.guests {
-                    if !project.guests.iter().any(|g| g.route == guest.route) {
-                        say(&route_line(server, guest));
-                    }
-                }
-                if fresh.watched != project.watched {
-                    seen = fresh.fingerprint().await;
-                }
-                project = fresh;
-            }
-            Err(error) => {
-                say(&error);
-                say(&format!("build failed; {}", serving(rt, &project)));
-                continue;
-            }
-        }
-        build_and_deploy(rt, &project).await;
-    }
-}
-
-/// Waits until the sources stop changing for [`SETTLE`]; returns their final fingerprint.
-async fn settle(project: &Project, mut last: Fingerprint) -> Fingerprint {
-    let mut changed_at = Instant::now();
-    loop {
-        tokio::time::sleep(SETTLE / 3).await;
-        let now = project.fingerprint().await;
-        if now != last {
-            last = now;
-            changed_at = Instant::now();
-        } else if changed_at.elapsed() >= SETTLE {
-            return last;
-        }
-    }
-}
-
-/// "src/lib.rs changed" (paths relative to `root` where they can be, at most three named).
-fn describe_changes(before: &Fingerprint, after: &Fingerprint, root: &Path) -> String {
-    let removed = before.keys().filter(|path| !after.contains_key(*path));
-    let changed: Vec<&PathBuf> = after
-        .iter()
-        .filter(|(path, stamp)| before.get(*path) != Some(stamp))
-        .map(|(path, _)| path)
-        .chain(removed)
-        .collect();
-    let mut names: Vec<String> = changed
-        .iter()
-        .take(3)
-        .map(|path| {
-            path.strip_prefix(root)
-                .unwrap_or(path)
-                .display()
-                .to_string()
-        })
-        .collect();
-    if changed.len() > names.len() {
-        names.push(format!("{} more", changed.len() - names.len()));
-    }
-    format!("{} changed", names.join(", "))
-}
-
-/// Builds every guest; on success deploys each whose component changed.
-async fn build_and_deploy(rt: &Arc<Runtime>, project: &Project) {
-    say("building...");
-    let started = Instant::now();
-    if let Err(error) = build(project).await {
-        say(&error);
-        say(&format!("build failed; {}", serving(rt, project)));
-        return;
-    }
-    say(&format!(
-        "built in {:.1} s",
-        started.elapsed().as_secs_f64()
-    ));
-    let mut unchanged = 0;
-    for guest in &project.guests {
-        let bytes = match tokio::fs::read(&guest.artifact).await {
-            Ok(bytes) => Bytes::from(bytes),
-            Err(error) => {
-                say(&format!(
-                    "cannot read {}'s component {}: {error}",
-                    guest.route.as_str(),
-                    guest.artifact.display()
-                ));
-                continue;
-            }
-        };
-        if active(rt, &guest.route).is_some_and(|d| d == Digest::of(&bytes)) {
-            unchanged += 1;
-            continue;
-        }
-        let started = Instant::now();
-        let request = DeployRequest {
-            name: guest.route.clone(),
-            prefix: None,
-            config: None,
-            bytes,
-            signature: None,
-            by: "handoff dev".to_owned(),
-            label: None,
-            message: None,
-            limits: Default::default(),
-            outbound: None,
-            dir: None,
-        };
-        match deploy::deploy(rt, request).await {
-            Ok(done) => {
-                say(&format!(
-                    "deployed {} {} in {} ms",
-                    guest.route.as_str(),
-                    done.route.stable().map_or("", |v| v.digest.short()),
-                    started.elapsed().as_millis()
-                ));
-            }
-            Err(error) => say(&format!(
-                "deploy of {} refused: {error}; {}",
-                guest.route.as_str(),
-                serving_route(rt, &guest.route)
-            )),
-        }
-    }
-    if unchanged == project.guests.len() {
-        say("no component changed");
-    }
-}
-
-/// Runs cargo; its output goes straight to the terminal. `Err` says why it failed.
-async fn build(project: &Project) -> Result<(), String> {
+pub(super) async fn build(project: &Project) -> Result<(), String> {
     let mut command = cargo(&project.dir);
     command.args(["build", "--release", "--target", TARGET]);
     for guest in &project.guests {
@@ -246,83 +52,30 @@ fn cargo(dir: &Path) -> tokio::process::Command {
     command
 }
 
-fn active(rt: &Runtime, route: &RouteName) -> Option<Digest> {
-    rt.routes
-        .snapshot()
-        .get(route)
-        .and_then(|r| r.stable().map(|v| v.digest.clone()))
-}
-
-/// "still serving NAME VERSION, ..." for the project's guests.
-fn serving(rt: &Runtime, project: &Project) -> String {
-    let live: Vec<String> = project
-        .guests
-        .iter()
-        .filter_map(|g| active(rt, &g.route).map(|d| format!("{} {}", g.route.as_str(), d.short())))
-        .collect();
-    if live.is_empty() {
-        "nothing is serving yet; fix the error and save".to_owned()
-    } else {
-        format!("still serving {}", live.join(", "))
-    }
-}
-
-fn serving_route(rt: &Runtime, route: &RouteName) -> String {
-    match active(rt, route) {
-        Some(digest) => format!("still serving {} {}", route.as_str(), digest.short()),
-        None => format!("{} is not serving yet", route.as_str()),
-    }
-}
-
-fn route_line(server: &Server, guest: &Guest) -> String {
-    let prefix = server
-        .runtime()
-        .routes
-        .snapshot()
-        .get(&guest.route)
-        .map_or_else(
-            || format!("/{}", guest.route.as_str()),
-            |r| r.prefix.as_str().to_owned(),
-        );
-    format!(
-        "route {} -> http://{}{prefix}",
-        guest.route.as_str(),
-        server.data_addr()
-    )
-}
-
-/// One line on stdout, for a person; a closed stdout is ignored.
-fn say(line: &str) {
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{line}");
-    let _ = stdout.flush();
-}
-
 /// The guests of a directory and the files that make them.
 #[derive(Debug)]
-struct Project {
+pub(super) struct Project {
     /// Where cargo runs (the directory `dev` was given).
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     /// The same, absolute: changed paths are shown relative to it.
-    root: PathBuf,
-    guests: Vec<Guest>,
+    pub(super) root: PathBuf,
+    pub(super) guests: Vec<Guest>,
     /// Files and directories whose changes trigger a build.
-    watched: Arc<Vec<PathBuf>>,
+    pub(super) watched: Arc<Vec<PathBuf>>,
     /// Cargo's target directory, never watched.
-    target_dir: Arc<PathBuf>,
+    pub(super) target_dir: Arc<PathBuf>,
 }
 
 /// One guest crate: a `cdylib` package, served as route `/{package}`.
 #[derive(Debug)]
-struct Guest {
-    package: String,
-    route: RouteName,
-    artifact: PathBuf,
+pub(super) struct Guest {
+    pub(super) package: String,
+    pub(super) route: RouteName,
+    pub(super) artifact: PathBuf,
 }
 
 /// Path, modification time and length of every watched file.
-type Fingerprint = BTreeMap<PathBuf, (Option<SystemTime>, u64)>;
+pub(super) type Fingerprint = BTreeMap<PathBuf, (Option<SystemTime>, u64)>;
 
 /// The parts of `cargo metadata --format-version 1 --no-deps` used here.
 #[derive(Deserialize)]
@@ -354,7 +107,7 @@ struct Dependency {
 impl Project {
     /// Asks cargo what `dir` holds: the workspace's `cdylib` members if `dir` is a workspace
     /// root, the one package if it is a member. `Err` is a sentence.
-    async fn discover(dir: &Path) -> Result<Self, String> {
+    pub(super) async fn discover(dir: &Path) -> Result<Self, String> {
         let output = cargo(dir)
             .args(["metadata", "--format-version", "1", "--no-deps"])
             .stdin(Stdio::null())
@@ -435,7 +188,7 @@ impl Project {
     }
 
     /// The watched files as they are now (read on the blocking pool).
-    async fn fingerprint(&self) -> Fingerprint {
+    pub(super) async fn fingerprint(&self) -> Fingerprint {
         let watched = self.watched.clone();
         let target_dir = self.target_dir.clone();
         tokio::task::spawn_blocking(move || {
@@ -451,7 +204,7 @@ impl Project {
 }
 
 impl Target {
-    fn is_cdylib(&self) -> bool {
+    pub(super) fn is_cdylib(&self) -> bool {
         self.crate_types.iter().any(|t| t == "cdylib")
     }
 }
@@ -478,6 +231,31 @@ fn scan(path: &Path, target_dir: &Path, files: &mut Fingerprint) {
         let meta = std::fs::metadata(path).unwrap_or(meta);
         files.insert(path.to_owned(), (meta.modified().ok(), meta.len()));
     }
+}
+
+/// "src/lib.rs changed" (paths relative to `root` where they can be, at most three named).
+pub(super) fn describe_changes(before: &Fingerprint, after: &Fingerprint, root: &Path) -> String {
+    let removed = before.keys().filter(|path| !after.contains_key(*path));
+    let changed: Vec<&PathBuf> = after
+        .iter()
+        .filter(|(path, stamp)| before.get(*path) != Some(stamp))
+        .map(|(path, _)| path)
+        .chain(removed)
+        .collect();
+    let mut names: Vec<String> = changed
+        .iter()
+        .take(3)
+        .map(|path| {
+            path.strip_prefix(root)
+                .unwrap_or(path)
+                .display()
+                .to_string()
+        })
+        .collect();
+    if changed.len() > names.len() {
+        names.push(format!("{} more", changed.len() - names.len()));
+    }
+    format!("{} changed", names.join(", "))
 }
 
 #[cfg(test)]

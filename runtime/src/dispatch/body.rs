@@ -1,0 +1,261 @@
+//! The bodies of the data plane: a request body capped at the route's limit ([`CappedBody`]),
+//! and the response bodies ([`DataBody`]): a guest's streaming body that carries the request's
+//! in-flight token to its end ([`GuestBody`]), or a small body the host wrote itself.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::task::AbortHandle;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::route::InFlight;
+
+/// What the parts of one request share: its in-flight token, held until the response body has
+/// ended (or the client has gone away) and the guest's task has ended; and whether the request
+/// body went over the route's limit.
+pub(crate) struct Shared {
+    /// The request's hold on its version and its route's concurrency slot.
+    pub in_flight: InFlight,
+    /// Whether the request body went over the route's limit.
+    pub body_over_limit: AtomicBool,
+}
+
+/// A request body that fails (as the guest sees it) once it exceeds the route's limit, and
+/// says so to the request, which answers 413 if that happens before the response head. The
+/// declared-length check before instantiation catches most oversize bodies earlier.
+pub struct CappedBody<B> {
+    inner: B,
+    left: u64,
+    shared: Weak<Shared>,
+}
+
+impl<B> CappedBody<B> {
+    /// `inner`, capped at `limit` bytes (0: no limit), telling `shared` when it goes over.
+    pub(crate) fn new(inner: B, limit: u64, shared: &Arc<Shared>) -> Self {
+        Self {
+            inner,
+            left: if limit > 0 { limit } else { u64::MAX },
+            shared: Arc::downgrade(shared),
+        }
+    }
+}
+
+impl<B> Body for CappedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if len > this.left {
+                    this.left = 0;
+                    if let Some(shared) = this.shared.upgrade() {
+                        shared.body_over_limit.store(true, Ordering::Release);
+                    }
+                    return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(
+                        None,
+                    ))));
+                }
+                this.left -= len;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(error)) => Poll::Ready(Some(Err(error.into()))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The body of every data-plane response.
+pub enum DataBody {
+    /// A guest's streaming body.
+    Guest(GuestBody),
+    /// A small body the host wrote itself.
+    Fixed(Option<Bytes>),
+}
+
+/// An error that ends a response body early: the connection is closed (HTTP/1.1, without the
+/// terminating chunk) or the stream reset (HTTP/2), so the client can tell.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The guest did not finish the body: it failed after sending the response head, was
+    /// stopped, or returned without finishing it.
+    #[error("the handler did not finish the response body")]
+    GuestFailed,
+    /// The guest sent more than the route's response body limit.
+    #[error("the response body is larger than the route's limit")]
+    TooLarge,
+}
+
+impl From<Bytes> for DataBody {
+    fn from(bytes: Bytes) -> Self {
+        Self::Fixed(Some(bytes))
+    }
+}
+
+impl Body for DataBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            DataBody::Guest(body) => Pin::new(body).poll_frame(cx),
+            DataBody::Fixed(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            DataBody::Guest(body) => body.shared.is_none(),
+            DataBody::Fixed(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            DataBody::Guest(body) => body.inner.size_hint(),
+            DataBody::Fixed(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            DataBody::Fixed(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// A guest's response body carrying the request's in-flight token until its last frame.
+pub struct GuestBody {
+    inner: HyperOutgoingBody,
+    /// The request's shared state; `None` once the body has ended.
+    shared: Option<Arc<Shared>>,
+    guest: AbortHandle,
+    /// Bytes the guest may still send before the route's response limit cuts it off.
+    left: u64,
+    /// Body bytes after which the response is complete on the wire without an end from the
+    /// body (a declared Content-Length; 0 for HEAD, 204 and 304): hyper may drop the body
+    /// there without polling its end.
+    complete_at: Option<u64>,
+    trace: Trace,
+}
+
+/// The request's span and start, for the `request finished` event when its body ends.
+pub(super) struct Trace {
+    /// The request's span.
+    pub(super) span: tracing::Span,
+    /// When the request started.
+    pub(super) started: Instant,
+    /// Body bytes handed to the connection.
+    pub(super) sent: u64,
+}
+
+impl GuestBody {
+    pub(super) fn new(
+        inner: HyperOutgoingBody,
+        shared: Arc<Shared>,
+        guest: AbortHandle,
+        complete_at: Option<u64>,
+        trace: Trace,
+    ) -> Self {
+        let limit = shared.in_flight.version().limits.max_response_body;
+        Self {
+            inner,
+            shared: Some(shared),
+            guest,
+            left: if limit > 0 { limit } else { u64::MAX },
+            complete_at,
+            trace,
+        }
+    }
+}
+
+impl Body for GuestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        if this.shared.is_none() {
+            return Poll::Ready(None);
+        }
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match frame {
+            Some(Ok(frame)) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if len > this.left {
+                    if let Some(shared) = this.shared.take() {
+                        let version = shared.in_flight.version();
+                        tracing::warn!(
+                            route = %version.route, version = %version.short,
+                            limit = version.limits.max_response_body,
+                            "response body over the route's limit; cut off"
+                        );
+                        version.record_failure();
+                    }
+                    this.guest.abort();
+                    return Poll::Ready(Some(Err(BodyError::TooLarge)));
+                }
+                this.left -= len;
+                this.trace.sent += len;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            // The guest did not finish the body (see `abort_unfinished_bodies`); the guest's
+            // task has logged why.
+            Some(Err(_)) => {
+                this.shared = None;
+                Poll::Ready(Some(Err(BodyError::GuestFailed)))
+            }
+            // The guest finished the body: it stands, whatever the guest does afterwards.
+            None => {
+                this.shared = None;
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for GuestBody {
+    fn drop(&mut self) {
+        if self.shared.is_some() && self.complete_at != Some(self.trace.sent) {
+            // The connection let go of the body before its end: the client went away mid-body.
+            // Stop the guest rather than let it run on unseen. (A body dropped once its declared
+            // length is out is complete: its guest may finish its work, under its deadline.)
+            self.guest.abort();
+        }
+        if !self.trace.span.is_disabled() {
+            tracing::debug!(
+                parent: &self.trace.span,
+                duration_ms = self.trace.started.elapsed().as_secs_f64() * 1e3,
+                body_bytes = self.trace.sent,
+                "request finished"
+            );
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! How a request that produced no (complete) response is answered and logged: a guest failure
+//! is data, a 500, 503 or 504 whose body says nothing internal, with the route, version and
+//! request id in the log.
+
+use http::{HeaderValue, Response, StatusCode, header};
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+
+use super::body::DataBody;
+use crate::version::Version;
+
+/// Why a guest produced no (complete) response.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum GuestError {
+    /// It ran past its deadline.
+    #[error("the guest ran past its deadline")]
+    Timeout,
+    /// It trapped (including running out of memory).
+    #[error("the guest trapped: {0}")]
+    Trap(String),
+    /// Its version's drain deadline passed.
+    #[error("the guest's version was cut off at its drain deadline")]
+    CutOff,
+    /// No instance slot was free.
+    #[error("no instance slot was free")]
+    Overloaded,
+    /// It returned without setting a response.
+    #[error("the guest returned without calling `response-outparam::set`")]
+    NoResponse,
+    /// It set an error code instead of a response.
+    #[error("the guest answered with error code {0:?}")]
+    ErrorCode(ErrorCode),
+    /// Something failed in the host.
+    #[error("host failure: {0}")]
+    Host(String),
+}
+
+impl GuestError {
+    pub(super) fn classify(error: wasmtime::Error) -> Self {
+        if let Some(trap) = error.downcast_ref::<wasmtime::Trap>()
+            && *trap == wasmtime::Trap::Interrupt
+        {
+            return Self::Timeout;
+        }
+        if error.is::<wasmtime::PoolConcurrencyLimitError>() {
+            return Self::Overloaded;
+        }
+        Self::Trap(format!("{error:#}"))
+    }
+
+    pub(super) fn status(&self) -> StatusCode {
+        match self {
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Overloaded | Self::CutOff => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Trap(_) | Self::NoResponse | Self::ErrorCode(_) | Self::Host(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    pub(super) fn public_detail(&self) -> &'static str {
+        match self {
+            Self::Timeout => "the handler did not finish within its deadline",
+            Self::Overloaded => "the server is at its instance limit; retry shortly",
+            Self::CutOff => "the handler's version was retired and its drain deadline passed",
+            Self::Trap(_) | Self::NoResponse | Self::ErrorCode(_) | Self::Host(_) => {
+                "the handler failed; the server log has the details"
+            }
+        }
+    }
+}
+
+/// Counts and logs a failed request, with its route, version and request id.
+pub(super) fn report(version: &Version, error: &GuestError, id: u64) {
+    version.record_failure();
+    if let GuestError::Host(_) = error {
+        tracing::error!(
+            request_id = id, route = %version.route, version = %version.short,
+            error = %error, "request failed in the host"
+        );
+    } else {
+        tracing::warn!(
+            request_id = id, route = %version.route, version = %version.short,
+            error = %error, "guest failed"
+        );
+    }
+}
+
+pub(super) fn failure_response(error: &GuestError, id: u64) -> Response<DataBody> {
+    let mut response = failure(error.status(), error.public_detail(), id);
+    if matches!(error, GuestError::Overloaded) {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// A problem document from the data plane. Only used off the success path.
+pub(super) fn failure(status: StatusCode, detail: &str, id: u64) -> Response<DataBody> {
+    crate::problem::Problem::new(status, detail)
+        .for_request(id)
+        .response()
+}
+
+/// The 413 for a request body over the route's limit.
+pub(super) fn body_too_large(version: &Version, id: u64) -> Response<DataBody> {
+    let limit = version.limits.max_request_body;
+    tracing::warn!(request_id = id, route = %version.route, limit, "request body over the route's limit");
+    failure(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("the request body is larger than this route's limit of {limit} bytes"),
+        id,
+    )
+}

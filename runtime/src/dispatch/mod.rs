@@ -1,0 +1,285 @@
+//! The data plane's hot path: route → (version, in-flight token) → store → instantiate → call →
+//! response. Per-version work (compiling, linking, pre-instantiating) never happens here.
+//!
+//! The in-flight token is shared by the response body and the guest's task, so a version counts
+//! as busy (and its route's concurrency slot stays taken) until both the body's last byte has
+//! been handed to the connection (or the client has gone away) and the guest has returned. A
+//! guest may work on after its response is complete (post-response work, like `waitUntil`
+//! elsewhere); it runs in its own task, bounded by its CPU deadline (epoch interruption), a
+//! wall-clock backstop and its version's cut-off (drain deadline) all the same. A guest failure
+//! is data: it becomes a 500 or 504 and a log line, never a host failure.
+//!
+//! A response body ends cleanly only when the guest finished it (`outgoing-body.finish`): a
+//! body the guest left unfinished (it trapped, ran out of time, was cut off, or returned
+//! without finishing) ends with an error, and a finished one stands even if the guest fails
+//! afterwards.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Body;
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
+use tracing::Instrument;
+use wasmtime::Store;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::{HostOutgoingBody, StreamContext};
+
+mod body;
+mod failure;
+
+pub use body::{BodyError, CappedBody, DataBody, GuestBody};
+use body::{Shared, Trace};
+use failure::{GuestError, body_too_large, failure, failure_response, report};
+
+use crate::host::Host;
+use crate::route::Refused;
+use crate::runtime::Runtime;
+use crate::version::Version;
+
+/// Serves one data-plane request from `peer` (`https` when it arrived over TLS). Never fails:
+/// every outcome is a response.
+pub async fn dispatch<B>(
+    rt: &Runtime,
+    req: Request<B>,
+    https: bool,
+    peer: Option<std::net::IpAddr>,
+) -> Response<DataBody>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let id = rt.next_request_id();
+    let routed = match rt.routes.resolve(req.uri().path(), req.headers(), peer) {
+        Ok(routed) => routed,
+        Err(Refused::NoRoute) => {
+            tracing::debug!(request_id = id, path = req.uri().path(), "no route");
+            return failure(
+                StatusCode::NOT_FOUND,
+                &format!("no route serves the path `{}`", req.uri().path()),
+                id,
+            );
+        }
+        Err(Refused::Unavailable { route }) => {
+            tracing::warn!(request_id = id, route = %route, "route unavailable");
+            return failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the route's version could not be loaded; its operator must deploy it again",
+                id,
+            );
+        }
+        Err(Refused::Full { route, limit }) => {
+            tracing::warn!(request_id = id, route = %route, limit, "route at its concurrency limit; shedding");
+            let mut response = failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the route is at its concurrency limit; retry shortly",
+                id,
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+    };
+    let version = routed.in_flight.version().clone();
+    let max_body = version.limits.max_request_body;
+    if max_body > 0 {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max_body) {
+            return body_too_large(&version, id);
+        }
+    }
+    let head = req.method() == Method::HEAD;
+    let shared = Arc::new(Shared {
+        in_flight: routed.in_flight,
+        body_over_limit: AtomicBool::new(false),
+    });
+    let req = req.map(|body| CappedBody::new(body, max_body, &shared));
+    // One span per routed request (convention 12): free unless `debug` is enabled for it.
+    let span = tracing::debug_span!(
+        "request",
+        request_id = id,
+        route = %routed.route,
+        version = %version.short,
+        method = %req.method(),
+        status = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let deadline = started + version.limits.request_timeout;
+    let mut store = Host::store(
+        rt.engine.wasmtime(),
+        &version.guest,
+        &routed.prefix,
+        deadline,
+    );
+    let (tx, rx) = oneshot::channel();
+    let req = match store
+        .data_mut()
+        .http()
+        .new_incoming_request(if https { Scheme::Https } else { Scheme::Http }, req)
+    {
+        Ok(req) => req,
+        Err(error) => {
+            tracing::debug!(request_id = id, route = %routed.route, error = %error, "bad request");
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "the request is malformed (a Host header is required)",
+                id,
+            );
+        }
+    };
+    let out = match store.data_mut().http().new_response_outparam(tx) {
+        Ok(out) => out,
+        Err(error) => {
+            let error = GuestError::Host(error.to_string());
+            report(&version, &error, id);
+            return failure_response(&error, id);
+        }
+    };
+    let guest = tokio::spawn(
+        run_guest(
+            version.clone(),
+            store,
+            req,
+            out,
+            shared.clone(),
+            deadline,
+            id,
+        )
+        .instrument(span.clone()),
+    );
+    // If the client goes away before the response head, this future is dropped: stop the guest.
+    let mut guard = AbortOnDrop(Some(guest.abort_handle()));
+    let outcome = rx.await;
+    // The request body went over the route's limit before the response head: whatever the
+    // guest made of that (an error, a 500, a trap), the answer is 413. The guard stops the guest.
+    if shared.body_over_limit.load(Ordering::Acquire) {
+        return body_too_large(&version, id);
+    }
+    match outcome {
+        Ok(Ok(response)) => {
+            let abort = guard.0.take().expect("guard armed");
+            span.record("status", response.status().as_u16());
+            let trace = Trace {
+                span,
+                started,
+                sent: 0,
+            };
+            // Where hyper may stop without polling the body's end: after a declared length,
+            // and at once for a response that has no body on the wire.
+            let status = response.status();
+            let complete_at =
+                if head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+                    Some(0)
+                } else {
+                    response
+                        .headers()
+                        .get(header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                };
+            response.map(|body| {
+                DataBody::Guest(GuestBody::new(body, shared, abort, complete_at, trace))
+            })
+        }
+        Ok(Err(code)) => {
+            let error = GuestError::ErrorCode(code);
+            report(&version, &error, id);
+            failure_response(&error, id)
+        }
+        // No response head: the task's result says why (and the task has logged it).
+        Err(_) => match guest.await {
+            Ok(Ok(())) => {
+                let error = GuestError::NoResponse;
+                report(&version, &error, id);
+                failure_response(&error, id)
+            }
+            Ok(Err(error)) => failure_response(&error, id),
+            Err(join) => {
+                let error = GuestError::Host(join.to_string());
+                report(&version, &error, id);
+                failure_response(&error, id)
+            }
+        },
+    }
+}
+
+/// Aborts the guest task when dropped while still armed.
+struct AbortOnDrop(Option<AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// Runs the guest's handler to completion, or until its deadline or its version's cut-off,
+/// holding the request's in-flight token (in `shared`) all along: work after the response
+/// counts too.
+async fn run_guest(
+    version: Arc<Version>,
+    mut store: Store<Host>,
+    req: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostIncomingRequest>,
+    out: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
+    shared: Arc<Shared>,
+    deadline: Instant,
+    id: u64,
+) -> Result<(), GuestError> {
+    let result = {
+        let call = async {
+            let proxy = version.pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        };
+        tokio::select! {
+            result = call => result.map_err(GuestError::classify),
+            _ = tokio::time::sleep_until(deadline.into()) => Err(GuestError::Timeout),
+            _ = version.cut_off() => Err(GuestError::CutOff),
+        }
+    };
+    if let Err(error) = &result {
+        report(&version, error, id);
+    }
+    // Dropping the store ends every body the guest was still writing. wasmtime-wasi-http ends a
+    // body cleanly when its handle is dropped with the store, so abort the unfinished ones first:
+    // their ends become errors, and a response the guest never finished never looks complete.
+    let unfinished = abort_unfinished_bodies(&mut store);
+    if unfinished > 0 && result.is_ok() {
+        version.record_failure();
+        tracing::warn!(
+            request_id = id, route = %version.route, version = %version.short,
+            "the guest returned without finishing an outgoing body (its response's or a request's); it ends with an error"
+        );
+    }
+    drop(store);
+    drop(shared);
+    result
+}
+
+/// Aborts every outgoing body still in the guest's resource table (those it has not finished);
+/// returns how many there were.
+fn abort_unfinished_bodies(store: &mut Store<Host>) -> usize {
+    let mut unfinished = 0;
+    for entry in store.data_mut().http().table.iter_mut() {
+        if let Some(body) = entry.downcast_mut::<HostOutgoingBody>() {
+            // `abort` takes the body by value; leave an unused one in its place, dropped with
+            // the store.
+            let (placeholder, _) = HostOutgoingBody::new(StreamContext::Response, None, 1, 1);
+            std::mem::replace(body, placeholder).abort();
+            unfinished += 1;
+        }
+    }
+    unfinished
+}
