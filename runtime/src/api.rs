@@ -84,6 +84,12 @@ pub struct RouteStatus {
     pub versions: Vec<ServedStatus>,
     /// Retired versions whose requests are still finishing.
     pub draining: Vec<DrainingStatus>,
+    /// Its rollout (running, paused, or how the last one ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+    /// Its shadow, when one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowStatus>,
 }
 
 /// A stored route that cannot serve.
@@ -202,4 +208,171 @@ pub struct Target {
     /// The prefix (activate only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+}
+
+/// `POST /v1/routes/{name}/rollout`: a rollout of a stored module. Every field but `version`
+/// has a default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRequest {
+    /// The candidate: a stored module's version (`POST /v1/modules` answers it).
+    pub version: String,
+    /// The candidate's weight at each step, in percent (default `[5, 25, 50, 100]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<f64>>,
+    /// Minimum time per step (`"30s"` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_time: Option<String>,
+    /// Minimum candidate requests per step (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_requests: Option<u64>,
+    /// `header:NAME`, `cookie:NAME` or `ip` (default: none, a random split per request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<String>,
+    /// The candidate's highest error rate over a step (default 0.01).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    /// The highest candidate p99 over stable p99 over a step (default 2.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p99_ratio: Option<f64>,
+    /// Candidate requests in a step before a gate may fire (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+    /// Never advance by itself (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manual: Option<bool>,
+}
+
+/// `PATCH /v1/routes/{name}/rollout`: set the candidate's weight by hand (and pause).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WeightRequest {
+    /// The weight in percent.
+    pub weight: f64,
+}
+
+/// One version's figures over the rollout's current step.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepFigures {
+    /// The version.
+    pub version: String,
+    /// `stable` or `candidate`.
+    pub role: String,
+    /// Requests that ended in the step.
+    pub requests: u64,
+    /// The share that failed (5xx, traps, timeouts).
+    pub error_rate: f64,
+    /// Median latency, milliseconds.
+    pub p50_ms: Option<f64>,
+    /// 99th-percentile latency, milliseconds.
+    pub p99_ms: Option<f64>,
+}
+
+/// A route's rollout as `GET /v1/routes/{name}` shows it (also what starting one answers).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RolloutStatus {
+    /// `running`, `paused`, `promoted`, `rolled_back` or `aborted`.
+    pub state: String,
+    /// The version that was stable when it started.
+    pub stable: String,
+    /// The candidate.
+    pub candidate: String,
+    /// The candidate's weight now, in percent.
+    pub weight: f64,
+    /// The current step (an index into `steps`).
+    pub step: usize,
+    /// The weight of each step.
+    pub steps: Vec<f64>,
+    /// What keeps a client on one side of the split.
+    pub sticky: Option<String>,
+    /// Minimum time per step, milliseconds.
+    pub step_time_ms: u64,
+    /// Minimum candidate requests per step.
+    pub step_requests: u64,
+    /// The error-rate gate.
+    pub max_error_rate: f64,
+    /// The p99-ratio gate.
+    pub max_p99_ratio: f64,
+    /// Candidate requests before a gate may fire.
+    pub min_requests: u64,
+    /// Whether it never advances by itself.
+    pub manual: bool,
+    /// When the current step started, milliseconds since the Unix epoch.
+    pub step_started_ms: u64,
+    /// Who started it.
+    pub by: String,
+    /// Why it was rolled back, with the numbers that breached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Each version's figures over the current step.
+    #[serde(default)]
+    pub versions: Vec<StepFigures>,
+}
+
+/// `PUT /v1/routes/{name}/shadow`: copy a share of the route's requests to a stored module.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowRequest {
+    /// The shadow: a stored module's version.
+    pub version: String,
+    /// The share of requests copied to it, in percent (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    /// Response headers compared besides the status and the body (default `["content-type"]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare_headers: Option<Vec<String>>,
+}
+
+/// One request on which the shadow answered differently from the stable version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShadowSample {
+    /// The request's method.
+    pub method: String,
+    /// Its path (and query).
+    pub path: String,
+    /// The stable version's status.
+    pub stable_status: u16,
+    /// The shadow's status.
+    pub shadow_status: u16,
+    /// Compared headers whose values differ.
+    pub headers: Vec<String>,
+    /// The stable version's body size.
+    pub stable_size: u64,
+    /// The shadow's body size.
+    pub shadow_size: u64,
+    /// sha256 of the stable version's body.
+    pub stable_digest: String,
+    /// sha256 of the shadow's body.
+    pub shadow_digest: String,
+    /// The first bytes of the stable version's body (lossy UTF-8).
+    pub stable_start: String,
+    /// The first bytes of the shadow's body (lossy UTF-8).
+    pub shadow_start: String,
+    /// When, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// A route's shadow and what it found.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShadowStatus {
+    /// The shadow version.
+    pub version: String,
+    /// The share of requests copied to it, in percent.
+    pub percent: f64,
+    /// Headers compared besides status and body.
+    pub compare_headers: Vec<String>,
+    /// Requests copied and compared (or skipped).
+    pub requests: u64,
+    /// Copies whose response matched the stable version's.
+    pub matches: u64,
+    /// Copies whose response differed where the stable version does not differ from itself.
+    pub mismatches: u64,
+    /// Copies that differed only where the stable version differs from itself too.
+    pub noise: u64,
+    /// Copies the shadow failed to answer (trap, deadline).
+    pub errors: u64,
+    /// Requests not copied (body too large, too many copies running).
+    pub skipped: u64,
+    /// The latest mismatches, newest last (at most 50).
+    pub samples: Vec<ShadowSample>,
 }

@@ -73,6 +73,9 @@ pub struct Config {
     pub max_instances: u32,
     /// Admin API tokens; empty leaves the admin API open (loopback only).
     pub admin_tokens: Vec<crate::auth::Token>,
+    /// The request header that pins a request to a version serving its route (its digest or a
+    /// unique prefix of at least 8 hex digits); `None`: requests cannot pin.
+    pub pin_header: Option<http::header::HeaderName>,
     /// Host names the admin API answers to besides its address and the loopback names
     /// (`--admin-host`): requests with any other `Host` are refused (DNS rebinding).
     pub admin_hosts: Vec<String>,
@@ -113,6 +116,7 @@ impl Default for Config {
             max_instances: DEFAULT_MAX_INSTANCES,
             admin_tokens: Vec::new(),
             admin_hosts: Vec::new(),
+            pin_header: None,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             signature_mode: crate::signing::Mode::Off,

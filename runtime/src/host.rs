@@ -81,6 +81,12 @@ impl Host {
         store
     }
 
+    /// Denies this request every outbound HTTP call, whatever the route allows: a copy of a
+    /// request (a shadow run) must have no side effects.
+    pub fn deny_outbound(&mut self) {
+        self.hooks.outbound = Vec::new().into();
+    }
+
     /// Request state for one call into `guest` through a route at `prefix`, with `deadline`
     /// as its CPU deadline.
     pub fn new(guest: &Guest, prefix: &str, deadline: Instant) -> Self {

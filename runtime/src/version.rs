@@ -29,6 +29,8 @@ pub struct Version {
     pub pre: ProxyPre<Host>,
     /// The sandbox its requests run in, set up once.
     pub guest: Guest,
+    /// What its requests did: errors, status classes, latency.
+    pub stats: crate::stats::VersionStats,
     /// Limits for its requests.
     pub limits: Limits,
     /// Its deploy-time configuration (the guest's environment).
@@ -75,6 +77,7 @@ impl Version {
             route,
             pre,
             guest,
+            stats: Default::default(),
             limits,
             config,
             outbound,

@@ -88,6 +88,47 @@ pub(super) async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
         &mut versions()
             .map(|(route, v, state)| (version_label(route, v, state), v.in_flight().to_string())),
     );
+    // Latency and outcomes per version, from counters the hot path keeps with atomics only.
+    let snapshots: Vec<_> = versions()
+        .map(|(route, v, state)| {
+            let labels = version_label(route, v, state);
+            (labels[..labels.len() - 1].to_owned(), v.stats.snapshot())
+        })
+        .collect();
+    family(
+        "handoff_version_request_duration_seconds",
+        "histogram",
+        "Time from routing to the end of the response, per version.",
+        &mut snapshots.iter().flat_map(|(open, s)| {
+            s.cumulative()
+                .map(move |(le, count)| (format!("_bucket{open},le=\"{le}\"}}"), count.to_string()))
+                .chain([
+                    (
+                        format!("_sum{open}}}"),
+                        format!("{}", s.latency_us as f64 / 1e6),
+                    ),
+                    (format!("_count{open}}}"), s.completed.to_string()),
+                ])
+        }),
+    );
+    family(
+        "handoff_version_responses_total",
+        "counter",
+        "Responses per version by status class (1xx to 5xx).",
+        &mut snapshots.iter().flat_map(|(open, s)| {
+            s.classes.iter().enumerate().map(move |(i, count)| {
+                (format!("{open},class=\"{}xx\"}}", i + 1), count.to_string())
+            })
+        }),
+    );
+    family(
+        "handoff_version_errors_total",
+        "counter",
+        "Requests per version that failed: a 5xx, or a body that ended with an error.",
+        &mut snapshots
+            .iter()
+            .map(|(open, s)| (format!("{open}}}"), s.errors.to_string())),
+    );
     family(
         "handoff_routes_unavailable",
         "gauge",

@@ -38,6 +38,11 @@ pub struct ServeArgs {
     /// rebinding). Give the name you reach the server by, e.g. behind a proxy.
     #[arg(long = "admin-host", value_name = "NAME")]
     pub admin_host: Vec<String>,
+    /// A request header that pins a request to one version of its route (stable, candidate or
+    /// shadow): its value is the version's digest, or a unique prefix of at least 8 hex
+    /// digits; a value that names no version serving the route is ignored. Off by default.
+    #[arg(long, value_name = "NAME", value_parser = parse_header_name)]
+    pub pin_header: Option<http::header::HeaderName>,
     /// Where deployed modules, their compiled artifacts, the routes and their version history
     /// are kept, so a restart serves everything again at once. Default:
     /// `$XDG_DATA_HOME/handoff`, else `~/.local/share/handoff` (`handoff dev`: --ephemeral).
@@ -167,6 +172,12 @@ impl FromArgMatches for RouteDefaults {
     }
 }
 
+/// A header name for `--pin-header`.
+fn parse_header_name(text: &str) -> Result<http::header::HeaderName, String> {
+    http::header::HeaderName::from_bytes(text.as_bytes())
+        .map_err(|_| format!("`{}` is not a header name", text.escape_debug()))
+}
+
 /// A certificate and key given together, or neither.
 fn tls_files(
     cert_flag: &str,
@@ -218,6 +229,7 @@ impl ServeArgs {
             listen: self.listen,
             admin_listen: self.admin_listen,
             admin_hosts: self.admin_host,
+            pin_header: self.pin_header,
             data_dir: config::data_dir(ephemeral, self.data_dir)?,
             history_limit: self.history,
             drain_timeout: self.drain_timeout.0,

@@ -67,6 +67,17 @@ impl Current<'_> {
         self.live
     }
 
+    /// Refuses a change that would replace the stable version while a rollout runs.
+    pub fn refuse_during_rollout(&self) -> Result<(), DeployError> {
+        match self.stored.and_then(|r| r.rollout.as_ref()) {
+            Some(rollout) if rollout.state.is_live() => Err(DeployError::RolloutRunning {
+                route: self.name.as_str().to_owned(),
+                candidate: rollout.candidate.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The stable version's settings (none for a new route).
     pub fn settings(&self) -> SettingsRecord {
         self.stored.map(|r| r.settings.clone()).unwrap_or_default()
@@ -79,14 +90,14 @@ impl Current<'_> {
             .or_else(|| self.live.map(|r| r.prefix.clone()))
     }
 
-    /// Whether the route already serves exactly `digest` with `settings` at `prefix`, alone.
+    /// Whether the route already serves exactly `digest` with `settings` at `prefix` as its
+    /// only split (a shadow may run beside it).
     pub fn serves(&self, digest: &Digest, settings: &SettingsRecord, prefix: &Prefix) -> bool {
         let stored = self.stored.is_some_and(|r| {
             r.active == digest.as_str()
                 && r.settings == *settings
                 && r.prefix == prefix.as_str()
                 && r.candidate.is_none()
-                && r.shadow.is_none()
         });
         let live = self
             .live
@@ -109,8 +120,9 @@ impl Current<'_> {
             .and_then(|m| m.signature))
     }
 
-    /// The next record: `digest` with `settings` at `prefix` as the only serving version,
-    /// `entry` added to the history (trimmed to the retention limit).
+    /// The next record: `digest` with `settings` at `prefix` as the stable version and no
+    /// candidate (a shadow stays), `entry` added to the history (trimmed to the retention
+    /// limit).
     pub fn next(
         &self,
         rt: &Runtime,
@@ -128,7 +140,8 @@ impl Current<'_> {
             active: digest.to_string(),
             settings,
             candidate: None,
-            shadow: None,
+            shadow: self.stored.and_then(|r| r.shadow.clone()),
+            rollout: None,
             history,
             revision: self.stored.map_or(0, |r| r.revision),
         }
@@ -214,20 +227,23 @@ where
     let change = Change {
         route: name.clone(),
         base: stored.as_ref().map_or(0, |s| s.record.revision),
-        next: plan.next,
+        next: plan.next.clone(),
         modules: plan.modules,
     };
-    rt.state.append(change).await.map_err(|error| match error {
+    let revision = rt.state.append(change).await.map_err(|error| match error {
         AppendError::Conflict { route, .. } => DeployError::Conflict(route),
         AppendError::Failed(error) => DeployError::Internal(format!("committing: {error:#}")),
     })?;
     let route = match next {
         Some((prefix, split)) => {
+            let mut record = plan.next.clone().expect("a route that stays has a record");
+            record.revision = revision;
             let route = Route {
                 name: name.clone(),
                 prefix,
                 serving: Serving::Live(split),
                 state: guard.state.clone(),
+                record: Arc::new(record),
             };
             writer.put(route.clone()).await;
             Some(route)

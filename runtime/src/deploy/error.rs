@@ -73,6 +73,19 @@ pub enum DeployError {
     /// No such route.
     #[error("there is no route named `{0}`")]
     UnknownRoute(String),
+    /// The route has a rollout running; it must be promoted or aborted first.
+    #[error(
+        "route `{route}` has a rollout running (candidate {candidate}); promote or abort it first (handoff promote|abort {route})"
+    )]
+    RolloutRunning {
+        /// The route.
+        route: String,
+        /// The rollout's candidate.
+        candidate: String,
+    },
+    /// The route has no rollout running.
+    #[error("route `{0}` has no rollout running; start one with POST /v1/routes/{0}/rollout")]
+    NoRollout(String),
     /// No such version in the route's history or among uploaded modules.
     #[error("{0}")]
     UnknownVersion(String),
@@ -126,6 +139,8 @@ impl DeployError {
             | Self::NothingToRollBackTo(_)
             | Self::ModuleUnavailable(_)
             | Self::ModuleInUse(..)
+            | Self::RolloutRunning { .. }
+            | Self::NoRollout(_)
             | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unsigned(_) => StatusCode::FORBIDDEN,
             Self::UnknownRoute(_) | Self::UnknownVersion(_) => StatusCode::NOT_FOUND,

@@ -35,7 +35,7 @@ use apply::{Current, Plan, Planned};
 pub use error::{DeployError, Deployed, parse_digest};
 pub use restore::{Restored, restore};
 
-use error::internal;
+pub(crate) use error::internal;
 
 /// Checks the 8-byte preamble, so the common mistakes get a precise message.
 fn check_preamble(bytes: &[u8]) -> Result<(), DeployError> {
@@ -154,6 +154,7 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
     let built = prepare::ensure(rt, &name, &digest, bytes, compile_limits).await?;
     let compile_time = built.compile_time;
     let applied = apply::change(rt, &name, async |current: Current| {
+        current.refuse_during_rollout()?;
         let base = current.settings();
         let settings = SettingsRecord {
             config: config.map_or(base.config.clone(), |c| c.to_vec()),
@@ -209,6 +210,7 @@ pub async fn rollback(
         let record = current
             .stored()
             .ok_or_else(|| DeployError::UnknownRoute(name.as_str().to_owned()))?;
+        current.refuse_during_rollout()?;
         let entry = match &target {
             Target::Previous => record.history.iter().rev().find(|e| {
                 e.version != record.active || e.settings(&record.settings) != record.settings
@@ -266,6 +268,7 @@ pub async fn activate(
     label: Option<String>,
 ) -> Result<Deployed, DeployError> {
     let applied = apply::change(rt, name, async |current: Current| {
+        current.refuse_during_rollout()?;
         let settings = current.settings();
         let activation = Activation {
             action: "activate",

@@ -56,6 +56,7 @@ pub async fn restore(rt: &Arc<Runtime>) -> Restored {
             prefix,
             serving,
             state: guard.state.clone(),
+            record: Arc::new(record),
         };
         rt.routes.writer().await.put(route).await;
     }

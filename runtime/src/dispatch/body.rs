@@ -167,6 +167,8 @@ pub(super) struct Trace {
     pub(super) started: Instant,
     /// Body bytes handed to the connection.
     pub(super) sent: u64,
+    /// The response's status.
+    pub(super) status: u16,
 }
 
 impl GuestBody {
@@ -189,6 +191,21 @@ impl GuestBody {
     }
 }
 
+impl GuestBody {
+    /// Ends the body's hold on the request, counting the request in its version's statistics
+    /// (`failed`: the body ended with an error). Returns the shared state it held, if any.
+    fn finish(&mut self, failed: bool) -> Option<Arc<Shared>> {
+        let shared = self.shared.take()?;
+        let elapsed = self.trace.started.elapsed();
+        shared
+            .in_flight
+            .version()
+            .stats
+            .record(self.trace.status, elapsed, failed);
+        Some(shared)
+    }
+}
+
 impl Body for GuestBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -206,7 +223,7 @@ impl Body for GuestBody {
             Some(Ok(frame)) => {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if len > this.left {
-                    if let Some(shared) = this.shared.take() {
+                    if let Some(shared) = this.finish(true) {
                         let version = shared.in_flight.version();
                         tracing::warn!(
                             route = %version.route, version = %version.short,
@@ -225,12 +242,12 @@ impl Body for GuestBody {
             // The guest did not finish the body (see `abort_unfinished_bodies`); the guest's
             // task has logged why.
             Some(Err(_)) => {
-                this.shared = None;
+                this.finish(true);
                 Poll::Ready(Some(Err(BodyError::GuestFailed)))
             }
             // The guest finished the body: it stands, whatever the guest does afterwards.
             None => {
-                this.shared = None;
+                this.finish(false);
                 Poll::Ready(None)
             }
         }
@@ -249,6 +266,7 @@ impl Drop for GuestBody {
             // length is out is complete: its guest may finish its work, under its deadline.)
             self.guest.abort();
         }
+        self.finish(false);
         if !self.trace.span.is_disabled() {
             tracing::debug!(
                 parent: &self.trace.span,

@@ -2,6 +2,8 @@
 //! is data, a 500, 503 or 504 whose body says nothing internal, with the route, version and
 //! request id in the log.
 
+use std::time::Instant;
+
 use http::{HeaderValue, Response, StatusCode, header};
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 
@@ -85,8 +87,18 @@ pub(super) fn report(version: &Version, error: &GuestError, id: u64) {
     }
 }
 
-pub(super) fn failure_response(error: &GuestError, id: u64) -> Response<DataBody> {
-    let mut response = failure(error.status(), error.public_detail(), id);
+/// The answer to a request on `version` that failed with `error`, counted in its statistics.
+pub(super) fn failure_response(
+    version: &Version,
+    error: &GuestError,
+    id: u64,
+    started: Instant,
+) -> Response<DataBody> {
+    let status = error.status();
+    version
+        .stats
+        .record(status.as_u16(), started.elapsed(), true);
+    let mut response = failure(status, error.public_detail(), id);
     if matches!(error, GuestError::Overloaded) {
         response
             .headers_mut()
@@ -103,8 +115,13 @@ pub(super) fn failure(status: StatusCode, detail: &str, id: u64) -> Response<Dat
 }
 
 /// The 413 for a request body over the route's limit.
-pub(super) fn body_too_large(version: &Version, id: u64) -> Response<DataBody> {
+pub(super) fn body_too_large(version: &Version, id: u64, started: Instant) -> Response<DataBody> {
     let limit = version.limits.max_request_body;
+    version.stats.record(
+        StatusCode::PAYLOAD_TOO_LARGE.as_u16(),
+        started.elapsed(),
+        false,
+    );
     tracing::warn!(request_id = id, route = %version.route, limit, "request body over the route's limit");
     failure(
         StatusCode::PAYLOAD_TOO_LARGE,

@@ -54,7 +54,11 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let id = rt.next_request_id();
-    let routed = match rt.routes.resolve(req.uri().path(), req.headers(), peer) {
+    let pin = rt.config.pin_header.as_ref();
+    let routed = match rt
+        .routes
+        .resolve(req.uri().path(), req.headers(), peer, pin)
+    {
         Ok(routed) => routed,
         Err(Refused::NoRoute) => {
             tracing::debug!(request_id = id, path = req.uri().path(), "no route");
@@ -85,6 +89,7 @@ where
             return response;
         }
     };
+    let started = Instant::now();
     let version = routed.in_flight.version().clone();
     let max_body = version.limits.max_request_body;
     if max_body > 0 {
@@ -94,7 +99,7 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max_body) {
-            return body_too_large(&version, id);
+            return body_too_large(&version, id, started);
         }
     }
     let head = req.method() == Method::HEAD;
@@ -112,7 +117,6 @@ where
         method = %req.method(),
         status = tracing::field::Empty,
     );
-    let started = Instant::now();
     let deadline = started + version.limits.request_timeout;
     let mut store = Host::store(
         rt.engine.wasmtime(),
@@ -129,6 +133,7 @@ where
         Ok(req) => req,
         Err(error) => {
             tracing::debug!(request_id = id, route = %routed.route, error = %error, "bad request");
+            version.stats.record(400, started.elapsed(), false);
             return failure(
                 StatusCode::BAD_REQUEST,
                 "the request is malformed (a Host header is required)",
@@ -141,7 +146,7 @@ where
         Err(error) => {
             let error = GuestError::Host(error.to_string());
             report(&version, &error, id);
-            return failure_response(&error, id);
+            return failure_response(&version, &error, id, started);
         }
     };
     let guest = tokio::spawn(
@@ -162,7 +167,7 @@ where
     // The request body went over the route's limit before the response head: whatever the
     // guest made of that (an error, a 500, a trap), the answer is 413. The guard stops the guest.
     if shared.body_over_limit.load(Ordering::Acquire) {
-        return body_too_large(&version, id);
+        return body_too_large(&version, id, started);
     }
     match outcome {
         Ok(Ok(response)) => {
@@ -172,6 +177,7 @@ where
                 span,
                 started,
                 sent: 0,
+                status: response.status().as_u16(),
             };
             // Where hyper may stop without polling the body's end: after a declared length,
             // and at once for a response that has no body on the wire.
@@ -193,20 +199,20 @@ where
         Ok(Err(code)) => {
             let error = GuestError::ErrorCode(code);
             report(&version, &error, id);
-            failure_response(&error, id)
+            failure_response(&version, &error, id, started)
         }
         // No response head: the task's result says why (and the task has logged it).
         Err(_) => match guest.await {
             Ok(Ok(())) => {
                 let error = GuestError::NoResponse;
                 report(&version, &error, id);
-                failure_response(&error, id)
+                failure_response(&version, &error, id, started)
             }
-            Ok(Err(error)) => failure_response(&error, id),
+            Ok(Err(error)) => failure_response(&version, &error, id, started),
             Err(join) => {
                 let error = GuestError::Host(join.to_string());
                 report(&version, &error, id);
-                failure_response(&error, id)
+                failure_response(&version, &error, id, started)
             }
         },
     }

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::names::RouteName;
+use crate::names::RouteName;
 use crate::version::{DrainOutcome, Version};
 
 /// A retired version whose in-flight requests are still finishing.

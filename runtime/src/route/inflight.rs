@@ -12,7 +12,9 @@ use crate::version::Version;
 /// A request's hold on its version and its route's concurrency slot.
 pub struct InFlight {
     version: Arc<Version>,
-    route: Arc<RouteState>,
+    /// The route whose concurrency slot this request holds (`None` for a copy: a shadow run
+    /// takes no slot from the route's clients).
+    route: Option<Arc<RouteState>>,
 }
 
 impl InFlight {
@@ -23,7 +25,18 @@ impl InFlight {
         version.enter();
         Self {
             version: version.clone(),
-            route: route.clone(),
+            route: Some(route.clone()),
+        }
+    }
+
+    /// Takes a token on `version` for a copy of a request (a shadow run), which holds the
+    /// version (its drain waits for the copy) but no concurrency slot of the route. Call it
+    /// while the snapshot that named `version` is held.
+    pub(crate) fn copy(version: &Arc<Version>) -> Self {
+        version.enter();
+        Self {
+            version: version.clone(),
+            route: None,
         }
     }
 
@@ -35,7 +48,9 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.route.leave();
+        if let Some(route) = &self.route {
+            route.leave();
+        }
         self.version.leave();
     }
 }

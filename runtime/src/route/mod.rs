@@ -15,7 +15,6 @@
 //!
 //! # Parts
 //!
-//! * [`names`]: route names and prefixes.
 //! * [`serving`]: what a route serves ([`Serving`]): a stable version, optionally a candidate
 //!   at a weight and a shadow, or nothing (unavailable, its prefix still reserved), and how a
 //!   request picks among them.
@@ -33,14 +32,13 @@
 
 pub mod drain;
 pub mod inflight;
-pub mod names;
 pub mod serving;
 pub mod state;
 pub mod table;
 
+pub use crate::names::{Prefix, RouteName};
 pub use drain::{Draining, Drains};
 pub use inflight::InFlight;
-pub use names::{Prefix, RouteName};
 pub use serving::{Candidate, Role, Serving, Shadow, Split, Sticky, Weight};
 pub use state::{Registry, RouteState};
 pub use table::{Refused, Route, RouteTable, Routed, Table};

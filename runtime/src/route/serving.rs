@@ -241,6 +241,33 @@ impl Split {
         )
     }
 
+    /// The version a request pins with `pin` (a digest, or a prefix of at least 8 hex digits,
+    /// that names exactly one version serving the route), if any.
+    pub fn pinned(&self, pin: &[u8]) -> Option<&Arc<Version>> {
+        let pin = std::str::from_utf8(pin).ok()?.trim();
+        let hex = pin.strip_prefix("sha256:").unwrap_or(pin);
+        if hex.len() < 8 {
+            return None;
+        }
+        let mut found = None;
+        for (_, version, _) in self.versions() {
+            if version.digest.hex().starts_with(hex) {
+                if found.is_some_and(|f: &Arc<Version>| !Arc::ptr_eq(f, version)) {
+                    return None;
+                }
+                found = Some(version);
+            }
+        }
+        found
+    }
+
+    /// Whether a request is copied to the shadow (a per-request random draw).
+    pub fn shadowed(&self) -> Option<&Arc<Version>> {
+        let shadow = self.shadow.as_ref()?;
+        (shadow.percent == Weight::ALL || random_bucket() < shadow.percent.0)
+            .then_some(&shadow.version)
+    }
+
     /// The version a request on route `route` goes to.
     pub fn pick(&self, route: &str, headers: &HeaderMap, ip: Option<IpAddr>) -> &Arc<Version> {
         let Some(candidate) = &self.candidate else {

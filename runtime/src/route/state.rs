@@ -7,12 +7,16 @@
 //! `Arc` out in one expression). The hot path never touches the registry: each route in a table
 //! snapshot carries its own `Arc<RouteState>`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
 
-use super::names::RouteName;
+use crate::digest::Digest;
+use crate::names::RouteName;
+use crate::stats::Snapshot;
 
 /// State shared by every version of one route.
 #[derive(Default, Debug)]
@@ -22,6 +26,26 @@ pub struct RouteState {
     /// Held while a change to this route is planned and applied, so changes to one route are
     /// read-modify-write in turn while changes to other routes proceed.
     change: Arc<tokio::sync::Mutex<()>>,
+    /// Stops the route's rollout controller, when one runs.
+    controller: Mutex<Option<CancellationToken>>,
+    /// Where the rollout's current step started counting (off the hot path).
+    window: Mutex<Option<StepWindow>>,
+    /// What the route's shadow found.
+    pub shadow: crate::shadow::ShadowStats,
+}
+
+/// The counters of a rollout step's two versions when the step started: the step's figures
+/// are the counters now minus these.
+#[derive(Debug, Clone)]
+pub struct StepWindow {
+    /// The step (an index into the rollout's steps).
+    pub step: usize,
+    /// When it started counting.
+    pub started: Instant,
+    /// The stable version and its counters then.
+    pub stable: (Digest, Snapshot),
+    /// The candidate and its counters then.
+    pub candidate: (Digest, Snapshot),
 }
 
 impl RouteState {
@@ -53,6 +77,25 @@ impl RouteState {
     /// Gives a concurrency slot back.
     pub(crate) fn leave(&self) {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Makes `token` the one that stops this route's rollout controller; returns the previous
+    /// one (whose controller the caller stops).
+    pub fn replace_controller(
+        &self,
+        token: Option<CancellationToken>,
+    ) -> Option<CancellationToken> {
+        std::mem::replace(&mut *self.controller.lock().expect("poisoned"), token)
+    }
+
+    /// The rollout step's window, if a rollout counts one.
+    pub fn window(&self) -> Option<StepWindow> {
+        self.window.lock().expect("poisoned").clone()
+    }
+
+    /// Sets (or clears) the rollout step's window.
+    pub fn set_window(&self, window: Option<StepWindow>) {
+        *self.window.lock().expect("poisoned") = window;
     }
 }
 

@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::HeaderMap;
+use http::header::HeaderName;
 
 use super::inflight::InFlight;
-use super::names::{Prefix, RouteName};
 use super::serving::{Serving, Split};
 use super::state::RouteState;
+use crate::names::{Prefix, RouteName};
+use crate::state::RouteRecord;
 use crate::version::Version;
 
 /// One route as it stands in a table snapshot. Immutable: a change makes a new `Route`.
@@ -31,6 +33,9 @@ pub struct Route {
     pub serving: Serving,
     /// State shared by every version of the route.
     pub state: Arc<RouteState>,
+    /// The stored record this entry was built from (its rollout, its shadow's settings, its
+    /// revision), for status pages and controllers; never read on the hot path.
+    pub record: Arc<RouteRecord>,
 }
 
 impl Route {
@@ -127,6 +132,8 @@ pub struct Routed {
     pub prefix: Arc<str>,
     /// The token; it also holds the version.
     pub in_flight: InFlight,
+    /// When the request is copied to the route's shadow: the copy's token and the route.
+    pub shadow: Option<(InFlight, Arc<RouteState>, Arc<RouteRecord>)>,
 }
 
 /// The route table.
@@ -142,12 +149,14 @@ const READER_WAIT_LIMIT: Duration = Duration::from_secs(5);
 
 impl RouteTable {
     /// Routes a request for `path` to a version and takes its in-flight token, in one step.
-    /// `headers` and `ip` decide a sticky split.
+    /// `headers` and `ip` decide a sticky split; the value of the pin header (`pin`) a pinned
+    /// version.
     pub fn resolve(
         &self,
         path: &str,
         headers: &HeaderMap,
         ip: Option<IpAddr>,
+        pin: Option<&HeaderName>,
     ) -> Result<Routed, Refused> {
         let table = self.table.load();
         let route = table.lookup(path).ok_or(Refused::NoRoute)?;
@@ -164,11 +173,25 @@ impl RouteTable {
                 limit,
             });
         }
-        let version = split.pick(route.name.as_str(), headers, ip);
+        let pinned = pin
+            .and_then(|name| headers.get(name))
+            .and_then(|value| split.pinned(value.as_bytes()));
+        let version = pinned.unwrap_or_else(|| split.pick(route.name.as_str(), headers, ip));
+        let shadow = match pinned {
+            Some(_) => None,
+            None => split.shadowed().map(|shadow| {
+                (
+                    InFlight::copy(shadow),
+                    route.state.clone(),
+                    route.record.clone(),
+                )
+            }),
+        };
         Ok(Routed {
             route: route.name.shared(),
             prefix: route.prefix.shared(),
             in_flight: InFlight::enter(version, &route.state),
+            shadow,
         })
     }
 

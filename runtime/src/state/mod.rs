@@ -21,5 +21,6 @@ pub mod redb;
 
 pub use log::{AppendError, BoxFuture, Change, StateLog, Stored};
 pub use records::{
-    CandidateRecord, HistoryEntry, ModuleRecord, RouteRecord, SettingsRecord, ShadowRecord,
+    CandidateRecord, HistoryEntry, ModuleRecord, RolloutRecord, RolloutState, RouteRecord,
+    SettingsRecord, ShadowRecord,
 };

@@ -39,6 +39,9 @@ pub struct RouteRecord {
     /// A version that sees a copy of some requests; its responses are compared, never sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowRecord>,
+    /// The route's rollout: running or paused, or how the last one ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutRecord>,
     /// Every activation, oldest first, at most the retention limit.
     pub history: Vec<HistoryEntry>,
     /// Changes recorded for this route so far (set by the state log).
@@ -82,6 +85,70 @@ pub struct ShadowRecord {
     pub settings: SettingsRecord,
     /// The share of requests copied to it, in percent.
     pub percent: f64,
+    /// The response headers compared besides the status and the body.
+    #[serde(default)]
+    pub compare_headers: Vec<String>,
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    /// Stepping through its weights as its gates allow.
+    Running,
+    /// Holding its weight (gates still watch the candidate).
+    Paused,
+    /// The candidate became the stable version.
+    Promoted,
+    /// A gate found the candidate worse; it was taken out of the split.
+    RolledBack,
+    /// An operator took the candidate out of the split.
+    Aborted,
+}
+
+impl RolloutState {
+    /// Whether the rollout still has a candidate in the split.
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Running | Self::Paused)
+    }
+}
+
+/// A rollout: its plan, where it stands, and (once it ends) how.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RolloutRecord {
+    /// Where it stands.
+    pub state: RolloutState,
+    /// The version that was stable when it started.
+    pub stable: String,
+    /// The candidate.
+    pub candidate: String,
+    /// The candidate's weight at each step, in percent.
+    pub steps: Vec<f64>,
+    /// The current step (an index into `steps`).
+    pub step: usize,
+    /// The candidate's weight now, in percent (a step's, or one set by hand).
+    pub weight: f64,
+    /// Minimum time per step, milliseconds.
+    pub step_time_ms: u64,
+    /// Minimum candidate requests per step.
+    pub step_requests: u64,
+    /// What keeps a client on one side of the split (`header:NAME`, `cookie:NAME`, `ip`).
+    pub sticky: Option<String>,
+    /// The candidate's error rate over a step above which it is rolled back.
+    pub max_error_rate: f64,
+    /// Candidate p99 over stable p99 (over a step) above which it is rolled back.
+    pub max_p99_ratio: f64,
+    /// Candidate requests in a step before a gate may fire.
+    pub min_requests: u64,
+    /// Never advance by itself (an operator sets weights and promotes).
+    pub manual: bool,
+    /// When the current step started, milliseconds since the Unix epoch.
+    pub step_started_ms: u64,
+    /// Who started it.
+    pub by: String,
+    /// Why it was rolled back, with the numbers that breached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One activation of a version on a route.

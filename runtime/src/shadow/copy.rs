@@ -1,0 +1,149 @@
+//! Running a copy of a request on a version, for comparing: the request's head and its buffered
+//! body go to a fresh instance under the version's deadline, with outbound HTTP denied; the
+//! response is read to its end (hashed, never kept) into a [`Summary`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http::header::HeaderName;
+use http_body_util::{BodyExt, Full};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::oneshot;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+use super::{START_BYTES, Summary};
+use crate::host::Host;
+use crate::version::Version;
+
+/// A request, buffered so it can be sent again.
+#[derive(Debug, Clone)]
+pub struct Copy {
+    /// Its method.
+    pub method: http::Method,
+    /// Its URI.
+    pub uri: http::Uri,
+    /// Its headers.
+    pub headers: HeaderMap,
+    /// Its whole body.
+    pub body: Bytes,
+    /// Whether it arrived over TLS.
+    pub https: bool,
+}
+
+/// Summarizes a response head and body chunks as they pass: what [`Summary`] needs, without
+/// keeping the body.
+#[derive(Debug)]
+pub struct Tap {
+    status: u16,
+    headers: Vec<Option<String>>,
+    hasher: Sha256,
+    size: u64,
+    start: Vec<u8>,
+}
+
+impl Tap {
+    /// A tap for a response with `status` and `headers`, comparing the headers `compared`.
+    pub fn new(status: u16, headers: &HeaderMap, compared: &[HeaderName]) -> Self {
+        Self {
+            status,
+            headers: compared
+                .iter()
+                .map(|name| {
+                    headers
+                        .get(name)
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                })
+                .collect(),
+            hasher: Sha256::new(),
+            size: 0,
+            start: Vec::new(),
+        }
+    }
+
+    /// Counts `chunk` of the body.
+    pub fn chunk(&mut self, chunk: &[u8]) {
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+        let room = START_BYTES.saturating_sub(self.start.len());
+        self.start
+            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+
+    /// The summary of what passed.
+    pub fn finish(self) -> Summary {
+        Summary {
+            status: self.status,
+            headers: self.headers,
+            size: self.size,
+            digest: self.hasher.finalize().into(),
+            start: self.start,
+        }
+    }
+}
+
+/// Runs `request` on `version` (through a route at `prefix`) and summarizes its response;
+/// `None` if the guest failed to answer in full within its deadline.
+pub async fn run(
+    engine: &wasmtime::Engine,
+    version: &Arc<Version>,
+    prefix: &str,
+    request: &Copy,
+    compared: &[HeaderName],
+) -> Option<Summary> {
+    let deadline = Instant::now() + version.limits.request_timeout;
+    let mut store = Host::store(engine, &version.guest, prefix, deadline);
+    store.data_mut().deny_outbound();
+    let mut builder = http::Request::builder()
+        .method(request.method.clone())
+        .uri(request.uri.clone());
+    if let Some(headers) = builder.headers_mut() {
+        headers.clone_from(&request.headers);
+    }
+    let body = Full::new(request.body.clone())
+        .map_err(|never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} });
+    let head = builder.body(body).ok()?;
+    let scheme = if request.https {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    let incoming = store
+        .data_mut()
+        .http()
+        .new_incoming_request(scheme, head)
+        .ok()?;
+    let (tx, rx) = oneshot::channel();
+    let out = store.data_mut().http().new_response_outparam(tx).ok()?;
+    let guest = version.clone();
+    let call = tokio::spawn(async move {
+        let proxy = guest.pre.instantiate_async(&mut store).await?;
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, incoming, out)
+            .await?;
+        // The store (and the body the guest wrote) lives until the guest returns.
+        Ok::<_, wasmtime::Error>(store)
+    });
+    let abort = call.abort_handle();
+    let summarize = async {
+        let response = rx.await.ok()?.ok()?;
+        let mut tap = Tap::new(response.status().as_u16(), response.headers(), compared);
+        let mut body = response.into_body();
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame.ok()?.data_ref() {
+                tap.chunk(data);
+            }
+        }
+        Some(tap.finish())
+    };
+    let summary = tokio::time::timeout_at(deadline.into(), summarize)
+        .await
+        .ok()
+        .flatten();
+    abort.abort();
+    let _ = call.await;
+    summary
+}

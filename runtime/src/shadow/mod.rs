@@ -1,0 +1,379 @@
+//! Shadow traffic: a share of a route's requests is copied to a shadow version whose response is
+//! compared with the stable version's, never sent. The client always gets the stable version's
+//! response; the shadow runs beside it, on its own task and deadline, with outbound HTTP denied.
+//!
+//! Comparing: the status, the headers the shadow lists, and the body's sha256. **Noise**: some
+//! responses differ from run to run on the same version (timestamps, ids). So the first
+//! requests to each path, and a sample of later ones, also run the *stable* version a second
+//! time (the trick of Twitter's Diffy); a path where the stable version differs from itself in
+//! some part (status, a header, the body) has that part counted as noise: a shadow that differs
+//! only there is reported as `noise`, not as a mismatch.
+//!
+//! [`ShadowStats`] is route-lifetime state: counters, the path noise model and the latest
+//! mismatch samples. Its updates happen on the comparison's own task, never on the client's.
+
+pub mod copy;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::api;
+use crate::digest::Digest;
+
+/// The most mismatch samples a route keeps (the latest).
+pub const MAX_SAMPLES: usize = 50;
+/// Body bytes kept from each side of a sample.
+pub const START_BYTES: usize = 64;
+/// Requests to a path that also run the stable version a second time before its noise counts
+/// as known.
+pub const CALIBRATION: u32 = 3;
+/// After that, one request in this many runs it again.
+pub const RESAMPLE_EVERY: u64 = 10;
+/// Paths whose noise is remembered per route; past this, every request to a new path is
+/// calibrated.
+pub const MAX_PATHS: usize = 1024;
+/// The largest request body copied to a shadow; a bigger request is skipped.
+pub const MAX_COPIED_BODY: u64 = 1 << 20;
+
+/// What a response was, for comparing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Its status.
+    pub status: u16,
+    /// The compared headers' values (`None`: absent), in the shadow's order.
+    pub headers: Vec<Option<String>>,
+    /// Body size.
+    pub size: u64,
+    /// sha256 of the body.
+    pub digest: [u8; 32],
+    /// The body's first [`START_BYTES`].
+    pub start: Vec<u8>,
+}
+
+/// Where two responses differ.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Parts {
+    status: bool,
+    headers: Vec<bool>,
+    body: bool,
+}
+
+impl Parts {
+    fn between(a: &Summary, b: &Summary) -> Self {
+        Self {
+            status: a.status != b.status,
+            headers: a
+                .headers
+                .iter()
+                .zip(&b.headers)
+                .map(|(x, y)| x != y)
+                .collect(),
+            body: a.digest != b.digest,
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.status || self.body || self.headers.iter().any(|h| *h)
+    }
+
+    /// Adds `other`'s differing parts to these.
+    fn add(&mut self, other: &Parts) {
+        self.status |= other.status;
+        self.body |= other.body;
+        if self.headers.len() < other.headers.len() {
+            self.headers.resize(other.headers.len(), false);
+        }
+        for (mine, theirs) in self.headers.iter_mut().zip(&other.headers) {
+            *mine |= *theirs;
+        }
+    }
+
+    /// Whether every part that differs here also differs in `noise`.
+    fn within(&self, noise: &Parts) -> bool {
+        (!self.status || noise.status)
+            && (!self.body || noise.body)
+            && self
+                .headers
+                .iter()
+                .enumerate()
+                .all(|(i, differs)| !differs || noise.headers.get(i).copied().unwrap_or(false))
+    }
+}
+
+/// What the stable version has shown about one path.
+#[derive(Debug, Default)]
+struct PathNoise {
+    /// Second runs of the stable version so far.
+    calibrations: u32,
+    /// Requests to the path so far.
+    seen: u64,
+    /// The parts in which the stable version differed from itself.
+    noisy: Parts,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// The shadow these figures are about.
+    version: Option<Digest>,
+    paths: HashMap<String, PathNoise>,
+    samples: VecDeque<api::ShadowSample>,
+}
+
+/// A route's shadow figures.
+#[derive(Debug, Default)]
+pub struct ShadowStats {
+    requests: AtomicU64,
+    matches: AtomicU64,
+    mismatches: AtomicU64,
+    noise: AtomicU64,
+    errors: AtomicU64,
+    skipped: AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+impl ShadowStats {
+    /// Starts the figures afresh if they are about another shadow than `version`.
+    pub fn about(&self, version: &Digest) {
+        let mut inner = self.inner.lock().expect("poisoned");
+        if inner.version.as_ref() == Some(version) {
+            return;
+        }
+        *inner = Inner {
+            version: Some(version.clone()),
+            ..Inner::default()
+        };
+        for counter in [
+            &self.requests,
+            &self.matches,
+            &self.mismatches,
+            &self.noise,
+            &self.errors,
+            &self.skipped,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a request that was not copied.
+    pub fn skip(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether a request to `path` should also run the stable version a second time.
+    pub fn calibrate(&self, path: &str) -> bool {
+        let mut inner = self.inner.lock().expect("poisoned");
+        let full = inner.paths.len() >= MAX_PATHS;
+        match inner.paths.get_mut(path) {
+            Some(noise) => {
+                noise.seen += 1;
+                noise.calibrations < CALIBRATION || noise.seen.is_multiple_of(RESAMPLE_EVERY)
+            }
+            None if full => true,
+            None => {
+                inner.paths.insert(
+                    path.to_owned(),
+                    PathNoise {
+                        seen: 1,
+                        ..PathNoise::default()
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Counts a copied request: the stable version's response (`primary`), the shadow's
+    /// (`shadow`; `None` if it failed), and the stable version's second run, if there was one.
+    pub fn record(
+        &self,
+        method: &str,
+        path: &str,
+        compared: &[String],
+        primary: &Summary,
+        shadow: Option<&Summary>,
+        secondary: Option<&Summary>,
+    ) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let Some(shadow) = shadow else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let key = path.split('?').next().unwrap_or(path);
+        let mut inner = self.inner.lock().expect("poisoned");
+        let noisy = match (secondary, inner.paths.get_mut(key)) {
+            (Some(second), Some(noise)) => {
+                noise.calibrations += 1;
+                noise.noisy.add(&Parts::between(primary, second));
+                noise.noisy.clone()
+            }
+            (Some(second), None) => Parts::between(primary, second),
+            (None, Some(noise)) => noise.noisy.clone(),
+            (None, None) => Parts::default(),
+        };
+        let differs = Parts::between(primary, shadow);
+        if !differs.any() {
+            self.matches.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if differs.within(&noisy) {
+            self.noise.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.mismatches.fetch_add(1, Ordering::Relaxed);
+        if inner.samples.len() == MAX_SAMPLES {
+            inner.samples.pop_front();
+        }
+        inner.samples.push_back(api::ShadowSample {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            stable_status: primary.status,
+            shadow_status: shadow.status,
+            headers: compared
+                .iter()
+                .zip(&differs.headers)
+                .filter(|(_, differs)| **differs)
+                .map(|(name, _)| name.clone())
+                .collect(),
+            stable_size: primary.size,
+            shadow_size: shadow.size,
+            stable_digest: hex(&primary.digest),
+            shadow_digest: hex(&shadow.digest),
+            stable_start: String::from_utf8_lossy(&primary.start).into_owned(),
+            shadow_start: String::from_utf8_lossy(&shadow.start).into_owned(),
+            at_ms: crate::deploy::unix_ms(),
+        });
+    }
+
+    /// The figures as the admin API shows them.
+    pub fn status(&self, version: &str, percent: f64, compared: &[String]) -> api::ShadowStatus {
+        let inner = self.inner.lock().expect("poisoned");
+        let current = inner
+            .version
+            .as_ref()
+            .is_some_and(|v| v.as_str() == version);
+        let count = |counter: &AtomicU64| {
+            if current {
+                counter.load(Ordering::Relaxed)
+            } else {
+                0
+            }
+        };
+        api::ShadowStatus {
+            version: version.to_owned(),
+            percent,
+            compare_headers: compared.to_vec(),
+            requests: count(&self.requests),
+            matches: count(&self.matches),
+            mismatches: count(&self.mismatches),
+            noise: count(&self.noise),
+            errors: count(&self.errors),
+            skipped: count(&self.skipped),
+            samples: if current {
+                inner.samples.iter().cloned().collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// Counters for `/metrics`: requests, matches, mismatches, noise, errors, skipped.
+    pub fn counts(&self) -> [(&'static str, u64); 6] {
+        [
+            ("requests", self.requests.load(Ordering::Relaxed)),
+            ("match", self.matches.load(Ordering::Relaxed)),
+            ("mismatch", self.mismatches.load(Ordering::Relaxed)),
+            ("noise", self.noise.load(Ordering::Relaxed)),
+            ("error", self.errors.load(Ordering::Relaxed)),
+            ("skipped", self.skipped.load(Ordering::Relaxed)),
+        ]
+    }
+}
+
+fn hex(bytes: &[u8; 32]) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(7 + 64);
+    text.push_str("sha256:");
+    for byte in bytes {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(status: u16, body: &[u8]) -> Summary {
+        use sha2::Digest as _;
+        Summary {
+            status,
+            headers: vec![Some("text/plain".into())],
+            size: body.len() as u64,
+            digest: sha2::Sha256::digest(body).into(),
+            start: body[..body.len().min(START_BYTES)].to_vec(),
+        }
+    }
+
+    #[test]
+    fn differences_the_stable_version_makes_with_itself_are_noise() {
+        let stats = ShadowStats::default();
+        stats.about(&Digest::of(b"shadow"));
+        let compared = ["content-type".to_owned()];
+        // A deterministic path: same answers match, a different one is a mismatch.
+        assert!(stats.calibrate("/same"));
+        let same = summary(200, b"hello");
+        stats.record("GET", "/same", &compared, &same, Some(&same), Some(&same));
+        stats.record(
+            "GET",
+            "/same",
+            &compared,
+            &same,
+            Some(&summary(200, b"bye")),
+            None,
+        );
+        // A path whose body the stable version itself changes: a body difference is noise,
+        // a status difference is not.
+        assert!(stats.calibrate("/random"));
+        stats.record(
+            "GET",
+            "/random?x=1",
+            &compared,
+            &summary(200, b"1"),
+            Some(&summary(200, b"2")),
+            Some(&summary(200, b"3")),
+        );
+        stats.record(
+            "GET",
+            "/random",
+            &compared,
+            &summary(200, b"4"),
+            Some(&summary(500, b"5")),
+            None,
+        );
+        stats.record("GET", "/gone", &compared, &same, None, None);
+        let status = stats.status(Digest::of(b"shadow").as_str(), 100.0, &compared);
+        assert_eq!(
+            (
+                status.requests,
+                status.matches,
+                status.mismatches,
+                status.noise,
+                status.errors
+            ),
+            (5, 1, 2, 1, 1)
+        );
+        assert_eq!(status.samples.len(), 2);
+        assert_eq!(status.samples[0].stable_start, "hello");
+        assert_eq!(status.samples[1].shadow_status, 500);
+        // A new shadow starts afresh.
+        stats.about(&Digest::of(b"other"));
+        assert_eq!(
+            stats
+                .status(Digest::of(b"other").as_str(), 1.0, &[])
+                .requests,
+            0
+        );
+    }
+}
