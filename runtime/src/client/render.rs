@@ -305,6 +305,8 @@ mod tests {
                 version: version("sha256:aabbccddeeff0011", 2, 2),
                 retired_ms_ago: 1500,
             }],
+            rollout: None,
+            shadow: None,
         };
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(4_000);
         let text = status(&body, now);

@@ -225,7 +225,7 @@ mod tests {
     use crate::stats::VersionStats;
 
     fn rollout() -> RolloutRecord {
-        super::plan::plan(
+        crate::rollout::plan::plan(
             &crate::api::RolloutRequest {
                 version: "sha256:cc".into(),
                 steps: Some(vec![10.0, 100.0]),
