@@ -257,6 +257,12 @@ pub struct ServeArgs {
     /// more is stopped and the deploy refused with 422. A deploy may set a lower one.
     #[arg(long, default_value = "2GiB", value_parser = config::parse_bytes)]
     pub compile_memory: u64,
+    /// Let guests reach loopback, private (10/8, 192.168/16, fc00::/7, ...) and link-local
+    /// addresses through names in their allow-lists. Without it, outbound requests connect
+    /// only to public addresses unless a rule names the IP address itself. Cloud metadata
+    /// addresses (169.254.169.254) stay refused unless a rule names them.
+    #[arg(long)]
+    pub outbound_private: bool,
     /// Admin tokens from the `--config` file's `[[token]]` tables.
     #[arg(skip)]
     pub file_tokens: Vec<crate::auth::Token>,
@@ -285,7 +291,7 @@ fn tls_files(
 }
 
 /// The clap ids of the serve settings a config file may set.
-const FILE_SETTINGS: [&str; 25] = [
+const FILE_SETTINGS: [&str; 26] = [
     "signatures",
     "signing_keys",
     "max_connections",
@@ -311,6 +317,7 @@ const FILE_SETTINGS: [&str; 25] = [
     "max_memory",
     "max_upload",
     "max_instances",
+    "outbound_private",
 ];
 
 impl ServeArgs {
@@ -430,6 +437,7 @@ impl ServeArgs {
                 .map_err(|e| format!("cannot find this executable to compile uploads with: {e}"))?,
             compile_timeout: self.compile_timeout,
             compile_memory: self.compile_memory,
+            outbound_private: self.outbound_private,
         };
         config.validate()?;
         Ok(config)
@@ -555,6 +563,12 @@ impl ServeArgs {
             "compile_memory",
             &mut self.compile_memory,
             file.compile_memory,
+        );
+        fill(
+            given,
+            "outbound_private",
+            &mut self.outbound_private,
+            file.outbound_private,
         );
     }
 }
@@ -781,6 +795,20 @@ mod tests {
             .into_config()
             .unwrap();
         assert_eq!(config.max_instances, 1000);
+    }
+
+    #[test]
+    fn private_outbound_destinations_come_from_the_flag_or_the_file() {
+        assert!(!serve(&[]).into_config().unwrap().outbound_private);
+        let flag = serve(&["--outbound-private"]).into_config().unwrap();
+        assert!(flag.outbound_private);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("handoff.toml");
+        std::fs::write(&path, "outbound-private = true\n").unwrap();
+        let file = serve(&["--config", path.to_str().unwrap()])
+            .into_config()
+            .unwrap();
+        assert!(file.outbound_private);
     }
 
     #[test]

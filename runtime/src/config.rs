@@ -124,6 +124,10 @@ pub struct Config {
     pub compile_timeout: Duration,
     /// Default (and largest) memory one compile may use.
     pub compile_memory: u64,
+    /// Let guests' outbound requests reach loopback, private and other non-public addresses
+    /// through names in their allow-lists (cloud metadata addresses excepted). Without it only
+    /// a rule naming the IP address itself reaches such an address.
+    pub outbound_private: bool,
 }
 
 impl Default for Config {
@@ -153,6 +157,7 @@ impl Default for Config {
             compiler: crate::compile::Compiler::InProcess,
             compile_timeout: DEFAULT_COMPILE_TIMEOUT,
             compile_memory: DEFAULT_COMPILE_MEMORY,
+            outbound_private: false,
         }
     }
 }
@@ -469,6 +474,8 @@ pub struct ConfigFile {
     pub compile_memory: Option<u64>,
     /// `--ephemeral`
     pub ephemeral: Option<bool>,
+    /// `--outbound-private`
+    pub outbound_private: Option<bool>,
 }
 
 /// The raw file, before durations and sizes are parsed; kept apart so a bad value is reported
@@ -501,6 +508,7 @@ struct RawConfigFile {
     idle_timeout: Option<TextOrNumber>,
     signatures: Option<crate::signing::Mode>,
     signing_keys: Option<PathBuf>,
+    outbound_private: Option<bool>,
     #[serde(default)]
     token: Vec<crate::auth::TokenEntry>,
     #[serde(default)]
@@ -658,6 +666,7 @@ impl ConfigFile {
             keys: crate::signing::keys_from(raw.key, "the config file")?,
             max_connections: raw.max_connections,
             idle_timeout: duration("idle-timeout", raw.idle_timeout)?,
+            outbound_private: raw.outbound_private,
         })
     }
 }

@@ -667,7 +667,8 @@ async fn activate_version(
 /// that traps or never returns) is refused at deploy instead of failing every request.
 async fn trial_instance(rt: &Runtime, version: &Arc<Version>) -> Result<(), DeployError> {
     let deadline = std::time::Instant::now() + version.limits.request_timeout.min(TRIAL_DEADLINE);
-    let mut store = wasmtime::Store::new(rt.engine.wasmtime(), Host::new(version, "/", deadline));
+    let host = Host::new(version, &"/".into(), deadline, rt.config.outbound_private);
+    let mut store = wasmtime::Store::new(rt.engine.wasmtime(), host);
     Host::install(&mut store);
     let trial = version.pre.instantiate_async(&mut store);
     match tokio::time::timeout(TRIAL_DEADLINE, trial).await {

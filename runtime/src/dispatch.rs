@@ -94,7 +94,12 @@ where
     let deadline = started + version.limits.request_timeout;
     let mut store = Store::new(
         rt.engine.wasmtime(),
-        Host::new(&version, &routed.prefix, deadline),
+        Host::new(
+            &version,
+            &routed.prefix,
+            deadline,
+            rt.config.outbound_private,
+        ),
     );
     Host::install(&mut store);
     let (tx, rx) = oneshot::channel();

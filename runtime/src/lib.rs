@@ -32,6 +32,7 @@ pub mod dev;
 pub mod dispatch;
 pub mod engine;
 mod fuzz;
+pub mod guest_log;
 pub mod host;
 pub mod outbound;
 pub mod persist;

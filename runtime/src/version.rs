@@ -200,6 +200,8 @@ pub struct Version {
     pub outbound: crate::outbound::Outbound,
     /// The directory mounted read-only at `/data`, if any.
     pub dir: Option<GuestDir>,
+    /// What every request of this version shares: the opened directory, the log budget.
+    pub host: crate::host::HostTemplate,
     /// Size of the uploaded component.
     pub size_bytes: usize,
     /// How long compiling and linking took.
@@ -230,8 +232,10 @@ impl Version {
             outbound,
             dir,
         } = settings;
+        let short: Arc<str> = digest.short().into();
+        let host = crate::host::HostTemplate::new(&route, &short, dir.as_ref());
         Self {
-            short: digest.short().into(),
+            short,
             digest,
             route,
             pre,
@@ -239,6 +243,7 @@ impl Version {
             config,
             outbound,
             dir,
+            host,
             size_bytes,
             compile_time,
             deployed_at: SystemTime::now(),

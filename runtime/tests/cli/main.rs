@@ -4,6 +4,7 @@
 mod client;
 mod crowd;
 mod dev;
+mod logs;
 mod new;
 mod persist;
 mod serve;

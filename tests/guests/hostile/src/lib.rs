@@ -20,6 +20,8 @@
 //! * `/hostile/plant`       — grows memory by 64 pages and fills them with a marker
 //! * `/hostile/scan`        — grows memory by 64 pages and counts marker bytes in them (a fresh
 //!   instance must see zeros, whatever instance used the pool slot before)
+//! * `/hostile/log-flood`   — prints 1 KiB lines to stdout and stderr without end (the request
+//!   deadline stops it)
 
 use wasip2::clocks::monotonic_clock;
 use wasip2::exports::http::incoming_handler::Guest;
@@ -207,6 +209,17 @@ impl Guest for Hostile {
                     Err(_) => "escape denied",
                 };
                 respond(out, &format!("{}; {write}; {escape}", read.trim()));
+            }
+            "log-flood" => {
+                use std::io::Write;
+                let padding = "x".repeat(1000);
+                let mut n: u64 = 0;
+                loop {
+                    n = n.wrapping_add(1);
+                    // Errors are ignored: the point is to keep writing.
+                    let _ = writeln!(std::io::stdout(), "flood line {n:>10} {padding}");
+                    let _ = writeln!(std::io::stderr(), "WARN flood line {n:>10} {padding}");
+                }
             }
             "fetch" => respond(out, &fetch(url_param(&path))),
             "fetch-many" => {
