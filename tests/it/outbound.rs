@@ -226,3 +226,31 @@ async fn ipv6_rules_take_brackets_with_or_without_a_port() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_destinations_are_spoken_to_over_tls() {
+    // An upstream that only looks at the first byte it gets, then hangs up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let (first_byte, got) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut byte = [0u8; 1];
+        let _ = stream.peek(&mut byte).await;
+        let _ = first_byte.send(byte[0]);
+    });
+    let server = TestServer::start().await;
+    deploy(&server, "tls", &format!("https://{up}")).await;
+    let (status, body) = server.get(&format!("/tls/fetch?url=https://{up}/x")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "error ErrorCode::TlsProtocolError")
+    );
+    // 0x16: a TLS handshake record, sent to the address the rule names.
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), got)
+        .await
+        .expect("the upstream was reached")
+        .unwrap();
+    assert_eq!(first, 0x16);
+    server.shutdown().await;
+}

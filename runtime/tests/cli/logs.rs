@@ -13,7 +13,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use crate::support::{Ready, command, handoff, parse_ready};
 
 /// How long each phase drives the neighbour.
-const PHASE: Duration = Duration::from_secs(3);
+const PHASE: Duration = Duration::from_secs(2);
+/// Rounds of (silent spinning, log flooding) phases, their order alternating, so that drift in
+/// the machine's load hits both alike.
+const ROUNDS: usize = 3;
 /// The request deadline of the server (and so of each flooding request).
 const DEADLINE: &str = "2s";
 /// The longest one neighbour request may take before it counts as stuck.
@@ -59,8 +62,8 @@ impl SlowStderr {
     }
 }
 
-/// Latencies of sequential GETs of `path` on one keep-alive connection, for `PHASE` (at
-/// least 20 requests); a request that takes longer than `STUCK` counts as `STUCK` and ends
+/// Latencies of sequential GETs of `path` on one keep-alive connection, for [`PHASE`] (at
+/// least 20 requests); a request that takes longer than [`STUCK`] counts as `STUCK` and ends
 /// the phase.
 async fn neighbour(ready: &Ready, path: &str) -> Vec<Duration> {
     let mut connection = handoff_tests::Connection::open(ready.data).await;
@@ -191,8 +194,20 @@ async fn a_guest_flooding_its_log_slows_no_neighbour_and_is_reported() {
     let mut alone = neighbour(&ready, "/good").await;
     // The baseline: the same number of guests spinning until their deadline, silently, so
     // that the comparison below measures what logging costs, not what the CPU they take does.
-    let mut baseline = neighbour_beside(&ready, "/spin/loop", clients).await;
-    let mut flooded = neighbour_beside(&ready, "/flood/log-flood", clients).await;
+    let mut baseline = Vec::new();
+    let mut flooded = Vec::new();
+    for round in 0..ROUNDS {
+        let mut phases = [
+            ("/spin/loop", &mut baseline),
+            ("/flood/log-flood", &mut flooded),
+        ];
+        if round % 2 == 1 {
+            phases.reverse();
+        }
+        for (path, latencies) in phases {
+            latencies.extend(neighbour_beside(&ready, path, clients).await);
+        }
+    }
     let (alone_p99, baseline_p99, flooded_p99) =
         (p99(&mut alone), p99(&mut baseline), p99(&mut flooded));
     eprintln!(
