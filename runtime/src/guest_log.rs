@@ -413,6 +413,21 @@ mod tests {
     }
 
     #[test]
+    fn the_budgets_are_what_the_readme_says() {
+        assert_eq!(
+            (
+                LINE_BURST,
+                LINES_PER_SECOND,
+                OUTBOUND_BURST,
+                OUTBOUND_PER_SECOND
+            ),
+            (500, 100, 10, 1)
+        );
+        assert_eq!(REPORT_EVERY, Duration::from_secs(1));
+        assert_eq!(MAX_GUEST_LINE, 16 << 10);
+    }
+
+    #[test]
     fn suppressed_lines_are_counted_for_the_version() {
         let logs = GuestLogs::new("r".into(), "v".into());
         let admitted = (0..LINE_BURST + 50).filter(|_| logs.admit_line()).count() as u64;

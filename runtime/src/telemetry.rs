@@ -81,8 +81,19 @@ struct State {
 }
 
 impl NonBlocking {
-    /// A writer into `sink` through a buffer of `capacity` bytes, with its writer thread.
-    pub fn spawn(capacity: usize, mut sink: Box<dyn Write + Send>) -> Self {
+    /// A writer into `sink` through a buffer of `capacity` bytes, with its writer thread,
+    /// which logs a `log lines dropped` warning (through `tracing`) after writing out a buffer
+    /// that could not take every event.
+    pub fn spawn(capacity: usize, sink: Box<dyn Write + Send>) -> Self {
+        Self::spawn_reporting(capacity, sink, Box::new(report_dropped))
+    }
+
+    /// [`Self::spawn`], calling `report(dropped, total)` instead of logging the warning.
+    fn spawn_reporting(
+        capacity: usize,
+        mut sink: Box<dyn Write + Send>,
+        report: Box<dyn Fn(u64, u64) + Send>,
+    ) -> Self {
         let shared = Arc::new(Shared {
             capacity,
             state: Mutex::new(State::default()),
@@ -93,7 +104,7 @@ impl NonBlocking {
         let writer = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("handoff-log".into())
-            .spawn(move || writer.write_forever(&mut *sink));
+            .spawn(move || writer.write_forever(&mut *sink, &*report));
         if let Err(error) = spawned {
             // Nothing would ever drain the buffer: every event would be dropped. Say so once.
             eprintln!("handoff: cannot start the log writer thread ({error}); logs are lost");
@@ -152,7 +163,7 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write_forever(&self, sink: &mut dyn Write) {
+    fn write_forever(&self, sink: &mut dyn Write, report: &dyn Fn(u64, u64)) {
         let mut out = Vec::new();
         loop {
             let unreported = {
@@ -175,12 +186,7 @@ impl Shared {
                 out.shrink_to(self.capacity);
             }
             if unreported > 0 {
-                tracing::warn!(
-                    target: DROPPED_TARGET,
-                    dropped = unreported,
-                    total = self.dropped.load(Ordering::Relaxed),
-                    "log lines dropped: stderr could not keep up"
-                );
+                report(unreported, self.dropped.load(Ordering::Relaxed));
             }
         }
     }
@@ -188,6 +194,16 @@ impl Shared {
 
 /// The target of the writer's own `log lines dropped` events (which may use the reserve).
 const DROPPED_TARGET: &str = "handoff::telemetry";
+
+/// Logs that `dropped` events (`total` so far) did not fit in the buffer.
+fn report_dropped(dropped: u64, total: u64) {
+    tracing::warn!(
+        target: DROPPED_TARGET,
+        dropped,
+        total,
+        "log lines dropped: stderr could not keep up"
+    );
+}
 
 /// One event's writer: it collects the formatted event and hands it over whole on drop.
 pub struct EventWriter {
@@ -272,12 +288,16 @@ mod tests {
     fn a_stuck_sink_never_blocks_the_logger_and_drops_are_counted() {
         let (open, gate) = mpsc::channel();
         let (wrote, written) = mpsc::channel();
-        let writer = NonBlocking::spawn(
+        let (reported, reports) = mpsc::channel();
+        let writer = NonBlocking::spawn_reporting(
             100,
             Box::new(Gate {
                 open: gate,
                 opened: false,
                 wrote,
+            }),
+            Box::new(move |dropped, total| {
+                let _ = reported.send((dropped, total));
             }),
         );
         // The writer thread takes the first event and blocks on the gate with it.
@@ -314,5 +334,8 @@ mod tests {
         }
         assert!(!text.contains("event            5"), "{text}");
         assert!(text.ends_with("audit\n"), "{text}");
+        // Once the buffer that lost them is written out, the loss is reported.
+        let report = reports.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(report, (5, 5));
     }
 }

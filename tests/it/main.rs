@@ -7,6 +7,7 @@ mod compat;
 mod deploy;
 mod drain;
 mod guests;
+mod host;
 mod hostile;
 mod limits;
 mod outbound;

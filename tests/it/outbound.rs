@@ -90,9 +90,25 @@ async fn only_allow_listed_destinations_are_reachable() {
         "error ErrorCode::HttpRequestDenied"
     );
 
-    // A hundred denied calls in one request: all denied, and everything keeps serving.
+    // A hundred denied calls in one request: all denied, and everything keeps serving. Their
+    // warnings beyond the version's budget are counted, not logged.
     let (status, body) = server.get(&format!("/closed/fetch-many?url={url}")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "denied 100"));
+    let (_, metrics) =
+        handoff_tests::send(server.admin, handoff_tests::get_request("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    let suppressed: u64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("handoff_version_outbound_warnings_suppressed_total{route=\"closed\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no suppressed warnings for `closed` in:\n{metrics}"));
+    // 102 denied calls on `closed` so far; a burst of 10 is logged, then one a second.
+    assert!(
+        (80..=92).contains(&suppressed),
+        "{suppressed} suppressed:\n{metrics}"
+    );
     assert_eq!(
         server.get(&format!("/allowed/fetch?url={url}")).await.1,
         "upstream 200 hello from upstream"
