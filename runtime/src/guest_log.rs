@@ -131,7 +131,7 @@ impl GuestLogs {
 
 impl Drop for GuestLogs {
     fn drop(&mut self) {
-        // A version freed between a suppression and its report still has it reported.
+        // Only without the reporter thread (it could not start) can counts be left here.
         self.report();
     }
 }
@@ -189,48 +189,49 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-/// Versions with suppressed counts to report, and the thread that reports them.
+/// Versions with suppressed counts to report.
 struct Reports {
     due: Mutex<Vec<Arc<GuestLogs>>>,
     wake: Condvar,
 }
 
+static REPORTS: Reports = Reports {
+    due: Mutex::new(Vec::new()),
+    wake: Condvar::new(),
+};
+
+/// Has `logs` reported within [`REPORT_EVERY`], by the reporter thread (started on first use).
 fn schedule_report(logs: Arc<GuestLogs>) {
-    static REPORTS: OnceLock<Option<&'static Reports>> = OnceLock::new();
-    let reports = REPORTS.get_or_init(|| {
-        let reports: &'static Reports = Box::leak(Box::new(Reports {
-            due: Mutex::new(Vec::new()),
-            wake: Condvar::new(),
-        }));
+    static REPORTER: OnceLock<bool> = OnceLock::new();
+    let running = *REPORTER.get_or_init(|| {
         std::thread::Builder::new()
             .name("handoff-guest-log".into())
-            .spawn(move || report_forever(reports))
-            .ok()
-            .map(|_| reports)
+            .spawn(report_forever)
+            .is_ok()
     });
-    // Without the thread (it could not start), the counts still reach `/metrics` and the
-    // report made when the version is freed.
-    if let Some(reports) = reports {
-        reports
+    // Without the thread, the counts still reach `/metrics`, and the log when the version is
+    // freed.
+    if running {
+        REPORTS
             .due
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(logs);
-        reports.wake.notify_one();
+        REPORTS.wake.notify_one();
     }
 }
 
-fn report_forever(reports: &Reports) {
+fn report_forever() {
     loop {
         {
-            let mut due = reports.due.lock().unwrap_or_else(|e| e.into_inner());
+            let mut due = REPORTS.due.lock().unwrap_or_else(|e| e.into_inner());
             while due.is_empty() {
-                due = reports.wake.wait(due).unwrap_or_else(|e| e.into_inner());
+                due = REPORTS.wake.wait(due).unwrap_or_else(|e| e.into_inner());
             }
         }
         // Let the counts gather for a period, then report each version once.
         std::thread::sleep(REPORT_EVERY);
-        let due = std::mem::take(&mut *reports.due.lock().unwrap_or_else(|e| e.into_inner()));
+        let due = std::mem::take(&mut *REPORTS.due.lock().unwrap_or_else(|e| e.into_inner()));
         for logs in due {
             logs.report();
         }

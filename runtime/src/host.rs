@@ -85,6 +85,11 @@ fn open_dir(path: &std::path::Path) -> std::io::Result<Dir> {
 /// `wasi:filesystem/preopens.get-directories`, over the ones WASI's own linking installed: the
 /// route's config and prefix, and its `/data` directory, from the version's [`HostTemplate`]
 /// instead of copies made for every request. Call it after linking WASI.
+///
+/// The interface names are those of wasmtime-wasi 48's WIT (`wasi:cli@0.2.12`,
+/// `wasi:filesystem@0.2.12`); guests importing any 0.2.x reach them by semver. Were a name to
+/// drift, the instance would be created anew instead of reopened, and every std-built guest
+/// would fail to link (the env and `/data` tests catch either).
 pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
     linker.instance("wasi:cli/environment@0.2.12")?.func_wrap(
