@@ -164,26 +164,26 @@ async fn names_resolving_to_non_public_addresses_are_refused_unless_allowed() {
     let up = upstream().await;
     let port = up.port();
     let refused = "error ErrorCode::DestinationIpProhibited";
+    let reached = "upstream 200 hello from upstream";
+    // What route `route` of `server` gets from fetching `url`.
+    async fn fetch(server: &TestServer, route: &str, url: &str) -> String {
+        let (status, body) = server.get(&format!("/{route}/fetch?url={url}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+    let by_name = format!("http://localhost:{port}/x");
+    let metadata = format!("http://{METADATA_AS_A_NAME}/latest/meta-data/");
+
     // By default: a rule naming `localhost` lets the request past the allow-list, but the
     // address it resolves to is loopback, so it is refused; a rule naming the IP still works.
     let server = TestServer::start().await;
     deploy(&server, "byname", &format!("http://localhost:{port}")).await;
     deploy(&server, "byip", &format!("http://127.0.0.1:{port}")).await;
     deploy(&server, "metadata", &format!("http://{METADATA_AS_A_NAME}")).await;
-    let (status, body) = server
-        .get(&format!("/byname/fetch?url=http://localhost:{port}/x"))
-        .await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, refused));
-    let (_, body) = server
-        .get(&format!("/byip/fetch?url=http://127.0.0.1:{port}/x"))
-        .await;
-    assert_eq!(body, "upstream 200 hello from upstream");
-    let (_, body) = server
-        .get(&format!(
-            "/metadata/fetch?url=http://{METADATA_AS_A_NAME}/latest/meta-data/"
-        ))
-        .await;
-    assert_eq!(body, refused);
+    assert_eq!(fetch(&server, "byname", &by_name).await, refused);
+    let by_ip = format!("http://127.0.0.1:{port}/x");
+    assert_eq!(fetch(&server, "byip", &by_ip).await, reached);
+    assert_eq!(fetch(&server, "metadata", &metadata).await, refused);
     // The refusal hurts nothing: the route keeps serving.
     assert_eq!(server.get("/byname/ok").await.1, "ok");
     server.shutdown().await;
@@ -197,16 +197,8 @@ async fn names_resolving_to_non_public_addresses_are_refused_unless_allowed() {
     .await;
     deploy(&server, "byname", &format!("http://localhost:{port}")).await;
     deploy(&server, "metadata", &format!("http://{METADATA_AS_A_NAME}")).await;
-    let (_, body) = server
-        .get(&format!("/byname/fetch?url=http://localhost:{port}/x"))
-        .await;
-    assert_eq!(body, "upstream 200 hello from upstream");
-    let (_, body) = server
-        .get(&format!(
-            "/metadata/fetch?url=http://{METADATA_AS_A_NAME}/latest/meta-data/"
-        ))
-        .await;
-    assert_eq!(body, refused);
+    assert_eq!(fetch(&server, "byname", &by_name).await, reached);
+    assert_eq!(fetch(&server, "metadata", &metadata).await, refused);
     server.shutdown().await;
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use handoff_tests::guests;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-use crate::support::{Ready, command, handoff, parse_ready};
+use crate::support::{Ready, handoff, parse_ready, serve_command};
 
 /// How long each phase drives the neighbour.
 const PHASE: Duration = Duration::from_secs(2);
@@ -151,20 +151,11 @@ async fn neighbour_beside(ready: &Ready, path: &str, clients: usize) -> Vec<Dura
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_flooding_its_log_slows_no_neighbour_and_is_reported() {
-    let mut server = command(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--ephemeral",
-        "--request-timeout",
-        DEADLINE,
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("the binary starts");
+    let mut server = serve_command(&["--request-timeout", DEADLINE])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
     let stderr = SlowStderr::default();
     stderr.follow(server.stderr.take().expect("piped stderr"));
     let mut stdout = BufReader::new(server.stdout.take().expect("piped stdout")).lines();
