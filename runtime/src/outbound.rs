@@ -98,8 +98,11 @@ impl Rule {
                 port,
             });
         } else {
-            match rest.split_once(':') {
-                Some((host, port)) if !port.contains(':') => (host, parse_port(port)?),
+            match rest.rsplit_once(':') {
+                Some((host, port)) if !host.contains(':') => (host, parse_port(port)?),
+                // `v6:port` without brackets, as rules were once shown and stored: the last
+                // colon starts the port.
+                Some((host, port)) if host.parse::<Ipv6Addr>().is_ok() => (host, parse_port(port)?),
                 Some(_) => return Err(bad("has an IPv6 address without brackets")),
                 None => (rest, default_port),
             }
@@ -110,9 +113,10 @@ impl Rule {
         };
         let valid = !host.is_empty()
             && host.len() <= 253
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+            && (host.parse::<Ipv6Addr>().is_ok()
+                || host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-')));
         if !valid || host.contains('*') {
             return Err(bad("has no usable host"));
         }
@@ -597,7 +601,7 @@ mod tests {
         );
         for bad in [
             "http://::1",
-            "http://::1:80",
+            "http://fe80::",
             "http://[::1",
             "http://[example.com]",
             "http://[::1]x",
@@ -618,10 +622,12 @@ mod tests {
             Rule::parse("https://[::1]/").unwrap().to_string(),
             "https://[::1]:443"
         );
-        // What is shown (and stored) parses back to the same rule.
+        // What is shown (and stored) parses back to the same rule, and so does the form
+        // without brackets that was shown and stored before.
         for rule in [&with_port, &without] {
             assert_eq!(&Rule::parse(&rule.to_string()).unwrap(), rule);
         }
+        assert_eq!(Rule::parse("http://::1:8080").unwrap(), with_port);
         assert!(allowed(&["http://[::1]:8080"], "http://[::1]:8080/x"));
         assert!(allowed(&["http://[::1]"], "http://[::1]/x"));
         assert!(!allowed(&["http://[::1]"], "http://[::1]:8080/x"));
