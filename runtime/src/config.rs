@@ -73,6 +73,10 @@ pub struct Config {
     pub max_instances: u32,
     /// Admin API tokens; empty leaves the admin API open (loopback only).
     pub admin_tokens: Vec<crate::auth::Token>,
+    /// Let guests' outbound requests reach loopback, private and other non-public addresses
+    /// through names in their allow-lists (cloud metadata addresses excepted). Without it only
+    /// a rule naming the IP address itself reaches such an address.
+    pub outbound_private: bool,
     /// The request header that pins a request to a version serving its route (its digest or a
     /// unique prefix of at least 8 hex digits); `None`: requests cannot pin.
     pub pin_header: Option<http::header::HeaderName>,
@@ -117,6 +121,7 @@ impl Default for Config {
             admin_tokens: Vec::new(),
             admin_hosts: Vec::new(),
             pin_header: None,
+            outbound_private: false,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             signature_mode: crate::signing::Mode::Off,

@@ -65,6 +65,7 @@ impl Engine {
             .map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("linking wasi:http: {e}"))?;
+        crate::host::add_to_linker(&mut linker)?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(Self {
             engine,

@@ -1,31 +1,137 @@
 //! The per-request host state kept in each wasmtime `Store`, and the sandbox it enforces: no
-//! preopened directories, no environment but the route's deploy-time config (and
-//! `HANDOFF_ROUTE_PREFIX`), no arguments, no sockets, outbound HTTP only to the route's
-//! allow-list,
+//! preopened directories but the route's read-only `/data`, no environment but the route's
+//! deploy-time config (and `HANDOFF_ROUTE_PREFIX`), no arguments, no sockets, outbound HTTP only
+//! to the route's allow-list and to addresses the server lets guests reach ([`crate::outbound`]),
 //! memory capped, CPU time bounded. Guest stdout and stderr become `tracing` events with target
-//! `guest`.
+//! `guest`, within the version's log budget ([`crate::guest_log`]).
 //!
-//! This module never compiles or links anything; it only builds request state.
+//! What every request of a version shares is built once, with the version ([`Guest`]): its
+//! config, allow-list and memory cap, the opened `/data` directory and the log budget. A
+//! request clones one `Arc`; the guest's environment and directories are handed out only when
+//! it asks for them ([`add_to_linker`]).
+//!
+//! This module never compiles anything; it only builds request state.
 
-use std::pin::Pin;
+use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime::{StoreContextMut, UpdateDeadline};
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::filesystem::{Descriptor, Dir};
+use wasmtime_wasi::{FsPerms, OpenMode, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
+use crate::guest_log::GuestLogs;
 use crate::limiter::TotalMemory;
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, SendError};
 use crate::settings::{GuestDir, RouteConfig, Settings};
 
 /// The environment variable that tells a guest the path prefix it was routed by, so routers
 /// inside guests can match paths relative to it.
 pub const ROUTE_PREFIX_ENV: &str = "HANDOFF_ROUTE_PREFIX";
+
+/// Where the route's directory appears in the guest.
+const DATA_DIR: &str = "/data";
+
+/// What every request of one version runs with: its sandbox, built once when the version is
+/// built: the route's config, allow-list and memory cap, its directory opened read-only, and the
+/// version's guest log budget.
+pub struct Guest {
+    config: RouteConfig,
+    outbound: Outbound,
+    outbound_private: bool,
+    max_memory: usize,
+    dir: Option<Dir>,
+    logs: Arc<GuestLogs>,
+}
+
+impl Guest {
+    /// The sandbox of version `short` (its short digest) of `route`, with `settings`;
+    /// `outbound_private` is the server's `--outbound-private`. A directory that cannot be
+    /// opened is logged and left out.
+    pub fn new(
+        route: Arc<str>,
+        short: Arc<str>,
+        settings: &Settings,
+        outbound_private: bool,
+    ) -> Self {
+        let dir = settings
+            .dir
+            .as_ref()
+            .and_then(|dir: &GuestDir| match open_dir(&dir.path) {
+                Ok(opened) => Some(opened),
+                Err(error) => {
+                    tracing::warn!(route = %route, dir = %dir.name, error = %error, "cannot mount the route's directory");
+                    None
+                }
+            });
+        Self {
+            config: settings.config.clone(),
+            outbound: settings.outbound.clone(),
+            outbound_private,
+            max_memory: settings.limits.max_memory_bytes,
+            dir,
+            logs: GuestLogs::new(route, short),
+        }
+    }
+
+    /// The version's guest log state.
+    pub fn logs(&self) -> &Arc<GuestLogs> {
+        &self.logs
+    }
+}
+
+impl fmt::Debug for Guest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guest")
+            .field("dir", &self.dir.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens `path` as a read-only directory handle for guests.
+fn open_dir(path: &std::path::Path) -> std::io::Result<Dir> {
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_dir() {
+        return Err(std::io::Error::other("not a directory"));
+    }
+    Ok(Dir::new(file, FsPerms::ReadOnly, OpenMode::READ, false))
+}
+
+/// Installs the request-lifetime answers to `wasi:cli/environment.get-environment` and
+/// `wasi:filesystem/preopens.get-directories`, over the ones WASI's own linking installed: the
+/// route's config and prefix, and its `/data` directory, from the version's [`Guest`]
+/// instead of copies made for every request. Call it after linking WASI.
+///
+/// The interface names are those of wasmtime-wasi 48's WIT (`wasi:cli@0.2.12`,
+/// `wasi:filesystem@0.2.12`); guests importing any 0.2.x reach them by semver. Were a name to
+/// drift, the instance would be created anew instead of reopened, and every std-built guest
+/// would fail to link (the env and `/data` tests catch either).
+pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
+    linker.allow_shadowing(true);
+    linker.instance("wasi:cli/environment@0.2.12")?.func_wrap(
+        "get-environment",
+        |cx: StoreContextMut<'_, Host>, (): ()| Ok((cx.data().environment(),)),
+    )?;
+    linker
+        .instance("wasi:filesystem/preopens@0.2.12")?
+        .func_wrap(
+            "get-directories",
+            |mut cx: StoreContextMut<'_, Host>, (): ()| {
+                let host = cx.data_mut();
+                let mut dirs: Vec<(Resource<Descriptor>, String)> = Vec::new();
+                if let Some(dir) = &host.hooks.guest.dir {
+                    let descriptor = host.table.push(Descriptor::Dir(dir.clone()))?;
+                    dirs.push((descriptor, DATA_DIR.to_owned()));
+                }
+                Ok((dirs,))
+            },
+        )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
 
 /// The data of one request's `Store`.
 pub struct Host {
@@ -34,6 +140,8 @@ pub struct Host {
     table: ResourceTable,
     limits: TotalMemory,
     hooks: SandboxHooks,
+    /// The prefix the request was routed by.
+    prefix: Arc<str>,
     /// When the guest's CPU budget for this request runs out.
     deadline: Instant,
     /// Epoch ticks this request's guest has run into so far.
@@ -44,36 +152,13 @@ pub struct Host {
 /// in the run queue, long ones yield every tick after this.
 const TICKS_BEFORE_YIELDING: u32 = 10;
 
-/// What every request of one version runs with: its sandbox, set up once when the version is
-/// built.
-pub struct Guest {
-    label: GuestLabel,
-    config: RouteConfig,
-    dir: Option<GuestDir>,
-    outbound: Outbound,
-    max_memory: usize,
-}
-
-impl Guest {
-    /// The sandbox of version `version` (its short digest) of route `route`, with `settings`.
-    pub fn new(route: Arc<str>, version: Arc<str>, settings: &Settings) -> Self {
-        Self {
-            label: GuestLabel { route, version },
-            config: settings.config.clone(),
-            dir: settings.dir.clone(),
-            outbound: settings.outbound.clone(),
-            max_memory: settings.limits.max_memory_bytes,
-        }
-    }
-}
-
 impl Host {
     /// A store for one call into `guest` through a route at `prefix`, with `deadline` as its
     /// CPU deadline and its limits installed: the one place a `Store` is made.
     pub fn store(
         engine: &wasmtime::Engine,
-        guest: &Guest,
-        prefix: &str,
+        guest: &Arc<Guest>,
+        prefix: &Arc<str>,
         deadline: Instant,
     ) -> wasmtime::Store<Host> {
         let mut store = wasmtime::Store::new(engine, Host::new(guest, prefix, deadline));
@@ -81,48 +166,42 @@ impl Host {
         store
     }
 
-    /// Denies this request every outbound HTTP call, whatever the route allows: a copy of a
-    /// request (a shadow run) must have no side effects.
-    pub fn deny_outbound(&mut self) {
-        self.hooks.outbound = Vec::new().into();
-    }
-
     /// Request state for one call into `guest` through a route at `prefix`, with `deadline`
     /// as its CPU deadline.
-    pub fn new(guest: &Guest, prefix: &str, deadline: Instant) -> Self {
-        let version = guest;
-        let label = guest.label.clone();
-        let mut wasi = WasiCtx::builder();
-        if let Some(dir) = &version.dir
-            && let Err(error) =
-                wasi.preopened_dir(&*dir.path, "/data", wasmtime_wasi::FsPerms::ReadOnly)
-        {
-            tracing::warn!(route = %version.label.route, dir = %dir.name, error = %error, "cannot mount the route's directory");
-        }
-        let wasi = wasi
-            .envs(&version.config)
-            .env(ROUTE_PREFIX_ENV, prefix)
-            .stdout(GuestLog {
-                label: label.clone(),
-                stream: "stdout",
-            })
-            .stderr(GuestLog {
-                label: label.clone(),
-                stream: "stderr",
-            })
+    pub fn new(guest: &Arc<Guest>, prefix: &Arc<str>, deadline: Instant) -> Self {
+        let logs = guest.logs();
+        let wasi = WasiCtx::builder()
+            .stdout(logs.stream("stdout"))
+            .stderr(logs.stream("stderr"))
             .build();
         Self {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            limits: TotalMemory::new(version.max_memory),
+            limits: TotalMemory::new(guest.max_memory),
             hooks: SandboxHooks {
-                label,
-                outbound: version.outbound.clone(),
+                guest: guest.clone(),
+                outbound_denied: false,
             },
+            prefix: prefix.clone(),
             deadline,
             ticks: 0,
         }
+    }
+
+    /// Denies this request every outbound HTTP call, whatever the route allows: a copy of a
+    /// request (a shadow run) must have no side effects.
+    pub fn deny_outbound(&mut self) {
+        self.hooks.outbound_denied = true;
+    }
+
+    /// The guest's environment: the route's config, then [`ROUTE_PREFIX_ENV`].
+    fn environment(&self) -> Vec<(String, String)> {
+        let config: &RouteConfig = &self.hooks.guest.config;
+        let mut env = Vec::with_capacity(config.len() + 1);
+        env.extend(config.iter().cloned());
+        env.push((ROUTE_PREFIX_ENV.to_owned(), self.prefix.to_string()));
+        env
     }
 
     /// Installs the limits of this host on its store: the memory limiter and the epoch
@@ -172,18 +251,24 @@ impl WasiHttpView for Host {
     }
 }
 
-/// Which route and version a guest event belongs to.
-#[derive(Clone)]
-struct GuestLabel {
-    route: Arc<str>,
-    version: Arc<str>,
+/// wasi:http hooks: outbound requests go out only to destinations the route's allow-list
+/// names, and connect only to addresses the server lets guests reach; everything else fails in
+/// the guest (`HTTP-request-denied`, `destination-IP-prohibited`) with a log line within the
+/// version's budget of outbound warnings.
+struct SandboxHooks {
+    guest: Arc<Guest>,
+    /// Every outbound request is denied (a copy of a request).
+    outbound_denied: bool,
 }
 
-/// wasi:http hooks: outbound requests go out only to destinations the route's allow-list
-/// names; everything else fails in the guest with `HTTP-request-denied` and a log line.
-struct SandboxHooks {
-    label: GuestLabel,
-    outbound: crate::outbound::Outbound,
+impl SandboxHooks {
+    /// Logs a warning the guest caused on the outbound path, if its budget allows.
+    fn warn(&self, what: &str, detail: &dyn fmt::Display) {
+        let logs = self.guest.logs();
+        if logs.admit_outbound_warning() {
+            tracing::warn!(route = %logs.route(), version = %logs.version(), detail = %detail, "{what}");
+        }
+    }
 }
 
 impl WasiHttpHooks for SandboxHooks {
@@ -200,121 +285,60 @@ impl WasiHttpHooks for SandboxHooks {
                 )>,
             > + Send,
     > {
-        if crate::outbound::allows(&self.outbound, request.uri()) {
-            tracing::debug!(route = %self.label.route, uri = %request.uri(), "outbound request");
-            return Box::new(async move {
-                use http_body_util::BodyExt;
-                let (response, io) =
-                    wasmtime_wasi_http::default_send_request(request, options).await?;
-                Ok((
-                    response.map(BodyExt::boxed_unsync),
-                    Box::new(io) as Box<dyn Future<Output = _> + Send>,
-                ))
-            });
+        if self.outbound_denied || !crate::outbound::allows(&self.guest.outbound, request.uri()) {
+            self.warn(
+                "outbound HTTP denied: the route's allow-list does not name this destination",
+                request.uri(),
+            );
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
-        tracing::warn!(
-            route = %self.label.route,
-            version = %self.label.version,
-            uri = %request.uri(),
-            "outbound HTTP denied: the route's allow-list does not name this destination"
-        );
-        Box::new(async { Err(ErrorCode::HttpRequestDenied.into()) })
-    }
-}
-
-/// Guest stdout/stderr: each line becomes an event with target `guest`.
-struct GuestLog {
-    label: GuestLabel,
-    stream: &'static str,
-}
-
-impl IsTerminal for GuestLog {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for GuestLog {
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(GuestLogWriter {
-            label: self.label.clone(),
-            stream: self.stream,
-            line: Vec::new(),
+        tracing::debug!(route = %self.guest.logs().route(), uri = %request.uri(), "outbound request");
+        let guest = self.guest.clone();
+        Box::new(async move {
+            match crate::outbound::send(request, options, &guest.outbound, guest.outbound_private)
+                .await
+            {
+                Ok(sent) => Ok(sent),
+                Err(SendError::Refused { host, addresses }) => {
+                    let logs = guest.logs();
+                    if logs.admit_outbound_warning() {
+                        tracing::warn!(
+                            route = %logs.route(), version = %logs.version(), host = %host,
+                            addresses = ?addresses,
+                            "outbound HTTP refused: the destination resolves only to loopback, \
+                             private, link-local or other non-public addresses; name the IP \
+                             address in the rule, or start the server with --outbound-private"
+                        );
+                    }
+                    Err(wasmtime_wasi_http::Error::DestinationIpProhibited)
+                }
+                Err(SendError::Failed(error)) => Err(error),
+            }
         })
     }
-}
 
-/// The longest line a guest can buffer before it is emitted anyway.
-const MAX_GUEST_LINE: usize = 16 << 10;
-
-struct GuestLogWriter {
-    label: GuestLabel,
-    stream: &'static str,
-    line: Vec<u8>,
-}
-
-impl GuestLogWriter {
-    fn emit(&mut self) {
-        let text = String::from_utf8_lossy(&self.line);
-        if text.trim().is_empty() {
-            self.line.clear();
-            return;
-        }
-        let text = text.trim_end();
-        // Lines that start with a level word (as the SDK's log macros write them) keep it.
-        let (level, message) = match text.split_once(' ') {
-            Some(("ERROR", rest)) => (tracing::Level::ERROR, rest),
-            Some(("WARN", rest)) => (tracing::Level::WARN, rest),
-            Some(("DEBUG", rest)) => (tracing::Level::DEBUG, rest),
-            Some(("TRACE", rest)) => (tracing::Level::TRACE, rest),
-            Some(("INFO", rest)) => (tracing::Level::INFO, rest),
-            _ => (tracing::Level::INFO, text),
-        };
-        let (route, version, stream) = (&self.label.route, &self.label.version, self.stream);
-        macro_rules! emit {
-            ($level:ident) => {
-                tracing::$level!(target: "guest", %route, %version, stream, "{message}")
-            };
-        }
-        match level {
-            tracing::Level::ERROR => emit!(error),
-            tracing::Level::WARN => emit!(warn),
-            tracing::Level::DEBUG => emit!(debug),
-            tracing::Level::TRACE => emit!(trace),
-            _ => emit!(info),
-        }
-        self.line.clear();
-    }
-}
-
-impl tokio::io::AsyncWrite for GuestLogWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        for chunk in buf.split_inclusive(|b| *b == b'\n') {
-            this.line.extend_from_slice(chunk);
-            if chunk.ends_with(b"\n") || this.line.len() >= MAX_GUEST_LINE {
-                this.emit();
-            }
-        }
-        Poll::Ready(Ok(buf.len()))
+    fn p2_error_from_hyper(&mut self, err: &hyper::Error) -> ErrorCode {
+        self.warn("outbound HTTP failed", err);
+        ErrorCode::HttpProtocolError
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn p2_error_from_connect(&mut self, err: &std::io::Error) -> ErrorCode {
+        self.warn("outbound connection failed", err);
+        ErrorCode::ConnectionRefused
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.get_mut().emit();
-        Poll::Ready(Ok(()))
+    fn p2_error_from_tls(&mut self, err: &std::io::Error) -> ErrorCode {
+        self.warn("outbound TLS failed", err);
+        ErrorCode::TlsProtocolError
     }
-}
 
-impl Drop for GuestLogWriter {
-    fn drop(&mut self) {
-        self.emit();
+    fn p2_error_from_dns(&mut self, err: &rustls::pki_types::InvalidDnsNameError) -> ErrorCode {
+        self.warn("outbound request to an invalid DNS name", err);
+        ErrorCode::DnsError(
+            wasmtime_wasi_http::p2::bindings::http::types::DnsErrorPayload {
+                rcode: Some("invalid dns name".to_string()),
+                info_code: None,
+            },
+        )
     }
 }

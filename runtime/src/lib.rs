@@ -36,6 +36,7 @@ pub mod digest;
 pub mod dispatch;
 pub mod engine;
 mod fuzz;
+pub mod guest_log;
 pub mod host;
 pub mod http_client;
 #[cfg(test)]

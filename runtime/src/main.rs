@@ -35,6 +35,8 @@ fn main() -> ExitCode {
             format!("cannot start the async runtime: {error}"),
         )),
     };
+    // Logs are written by a thread of their own: let it finish (a stuck stderr gets 5 s).
+    handoff::telemetry::flush(std::time::Duration::from_secs(5));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {

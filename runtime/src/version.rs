@@ -28,7 +28,7 @@ pub struct Version {
     /// The pre-instantiated component; cloning it is cheap.
     pub pre: ProxyPre<Host>,
     /// The sandbox its requests run in, set up once.
-    pub guest: Guest,
+    pub guest: Arc<Guest>,
     /// What its requests did: errors, status classes, latency.
     pub stats: crate::stats::VersionStats,
     /// Limits for its requests.
@@ -54,7 +54,8 @@ pub struct Version {
 }
 
 impl Version {
-    /// Wraps a freshly compiled guest.
+    /// Wraps a freshly compiled guest; its sandbox is built here, once (`outbound_private` is
+    /// the server's `--outbound-private`).
     pub fn new(
         digest: Digest,
         route: Arc<str>,
@@ -62,9 +63,15 @@ impl Version {
         settings: Settings,
         size_bytes: usize,
         compile_time: Duration,
+        outbound_private: bool,
     ) -> Self {
         let short: Arc<str> = digest.short().into();
-        let guest = Guest::new(route.clone(), short.clone(), &settings);
+        let guest = Arc::new(Guest::new(
+            route.clone(),
+            short.clone(),
+            &settings,
+            outbound_private,
+        ));
         let Settings {
             config,
             limits,

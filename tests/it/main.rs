@@ -9,6 +9,7 @@ mod data_dir;
 mod deploy;
 mod drain;
 mod guests;
+mod host;
 mod hostile;
 mod limits;
 mod outbound;

@@ -130,6 +130,30 @@ pub(super) async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
             .map(|(open, s)| (format!("{open}}}"), s.errors.to_string())),
     );
     family(
+        "handoff_version_guest_log_lines_suppressed_total",
+        "counter",
+        "Guest log lines not written because the version was over its log budget.",
+        &mut versions().map(|(route, v, state)| {
+            let suppressed = v.guest.logs().suppressed_lines();
+            (version_label(route, v, state), suppressed.to_string())
+        }),
+    );
+    family(
+        "handoff_version_outbound_warnings_suppressed_total",
+        "counter",
+        "Outbound warnings (denied, refused, failed requests) not logged: over the version's budget.",
+        &mut versions().map(|(route, v, state)| {
+            let suppressed = v.guest.logs().suppressed_outbound_warnings();
+            (version_label(route, v, state), suppressed.to_string())
+        }),
+    );
+    family(
+        "handoff_log_lines_dropped_total",
+        "counter",
+        "Log events dropped because stderr could not keep up.",
+        &mut std::iter::once((String::new(), crate::telemetry::dropped_lines().to_string())),
+    );
+    family(
         "handoff_routes_unavailable",
         "gauge",
         "Stored routes that could not be restored at startup.",

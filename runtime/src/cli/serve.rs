@@ -38,6 +38,12 @@ pub struct ServeArgs {
     /// rebinding). Give the name you reach the server by, e.g. behind a proxy.
     #[arg(long = "admin-host", value_name = "NAME")]
     pub admin_host: Vec<String>,
+    /// Let guests reach loopback, private (10/8, 192.168/16, fc00::/7, ...) and link-local
+    /// addresses through names in their allow-lists. Without it, outbound requests connect
+    /// only to public addresses unless a rule names the IP address itself. Cloud metadata
+    /// addresses (169.254.169.254) stay refused unless a rule names them.
+    #[arg(long)]
+    pub outbound_private: bool,
     /// A request header that pins a request to one version of its route (stable, candidate or
     /// shadow): its value is the version's digest, or a unique prefix of at least 8 hex
     /// digits; a value that names no version serving the route is ignored. Off by default.
@@ -230,6 +236,7 @@ impl ServeArgs {
             admin_listen: self.admin_listen,
             admin_hosts: self.admin_host,
             pin_header: self.pin_header,
+            outbound_private: self.outbound_private,
             data_dir: config::data_dir(ephemeral, self.data_dir)?,
             history_limit: self.history,
             drain_timeout: self.drain_timeout.0,
@@ -328,6 +335,27 @@ mod tests {
             .into_config()
             .unwrap_err();
         assert!(error.contains("--admin-host `a:1`"), "{error}");
+    }
+
+    #[test]
+    fn private_outbound_destinations_come_from_the_flag_or_the_file() {
+        assert!(
+            !serve(&["--ephemeral"])
+                .into_config()
+                .unwrap()
+                .outbound_private
+        );
+        let flag = serve(&["--ephemeral", "--outbound-private"])
+            .into_config()
+            .unwrap();
+        assert!(flag.outbound_private);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("handoff.toml");
+        std::fs::write(&path, "outbound-private = true\nephemeral = true\n").unwrap();
+        let file = serve(&["--config", path.to_str().unwrap()])
+            .into_config()
+            .unwrap();
+        assert!(file.outbound_private);
     }
 
     #[test]

@@ -423,6 +423,7 @@ async fn version(
         settings,
         code.size,
         code.compile_time.unwrap_or_default(),
+        rt.config.outbound_private,
     ));
     prepare::trial_instance(rt, &version).await?;
     Ok(version)

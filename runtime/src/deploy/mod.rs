@@ -32,6 +32,7 @@ use crate::state::{HistoryEntry, ModuleRecord, RouteRecord, SettingsRecord};
 use crate::version::{Digest, RouteConfig};
 use apply::{Current, Plan, Planned};
 
+pub use crate::units::unix_ms;
 pub use error::{DeployError, Deployed, parse_digest};
 pub use restore::{Restored, restore};
 
@@ -470,14 +471,6 @@ pub async fn delete_module(rt: &Arc<Runtime>, digest: &Digest) -> Result<(), Dep
     tracing::info!(version = %digest, "module deleted");
     gc::collect(rt);
     Ok(())
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -256,7 +256,7 @@ pub(crate) async fn trial_instance(
     version: &Arc<Version>,
 ) -> Result<(), DeployError> {
     let deadline = Instant::now() + version.limits.request_timeout.min(TRIAL_DEADLINE);
-    let mut store = Host::store(rt.engine.wasmtime(), &version.guest, "/", deadline);
+    let mut store = Host::store(rt.engine.wasmtime(), &version.guest, &"/".into(), deadline);
     let trial = version.pre.instantiate_async(&mut store);
     match tokio::time::timeout(TRIAL_DEADLINE, trial).await {
         Ok(Ok(_)) => Ok(()),

@@ -14,9 +14,25 @@ use tokio::sync::oneshot;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
-use super::{START_BYTES, Summary};
 use crate::host::Host;
 use crate::version::Version;
+
+/// Body bytes kept from each side of a sample.
+pub const START_BYTES: usize = 64;
+/// What a response was, for comparing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Its status.
+    pub status: u16,
+    /// The compared headers' values (`None`: absent), in the shadow's order.
+    pub headers: Vec<Option<String>>,
+    /// Body size.
+    pub size: u64,
+    /// sha256 of the body.
+    pub digest: [u8; 32],
+    /// The body's first [`START_BYTES`].
+    pub start: Vec<u8>,
+}
 
 /// A request, buffered so it can be sent again.
 #[derive(Debug, Clone)]
@@ -89,7 +105,7 @@ impl Tap {
 pub async fn run(
     engine: &wasmtime::Engine,
     version: &Arc<Version>,
-    prefix: &str,
+    prefix: &Arc<str>,
     request: &Copy,
     compared: &[HeaderName],
 ) -> Option<Summary> {

@@ -14,6 +14,8 @@
 
 pub mod copy;
 
+pub use copy::{START_BYTES, Summary};
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +25,6 @@ use crate::digest::Digest;
 
 /// The most mismatch samples a route keeps (the latest).
 pub const MAX_SAMPLES: usize = 50;
-/// Body bytes kept from each side of a sample.
-pub const START_BYTES: usize = 64;
 /// Requests to a path that also run the stable version a second time before its noise counts
 /// as known.
 pub const CALIBRATION: u32 = 3;
@@ -35,21 +35,6 @@ pub const RESAMPLE_EVERY: u64 = 10;
 pub const MAX_PATHS: usize = 1024;
 /// The largest request body copied to a shadow; a bigger request is skipped.
 pub const MAX_COPIED_BODY: u64 = 1 << 20;
-
-/// What a response was, for comparing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Summary {
-    /// Its status.
-    pub status: u16,
-    /// The compared headers' values (`None`: absent), in the shadow's order.
-    pub headers: Vec<Option<String>>,
-    /// Body size.
-    pub size: u64,
-    /// sha256 of the body.
-    pub digest: [u8; 32],
-    /// The body's first [`START_BYTES`].
-    pub start: Vec<u8>,
-}
 
 /// Where two responses differ.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -242,7 +227,7 @@ impl ShadowStats {
             shadow_digest: hex(&shadow.digest),
             stable_start: String::from_utf8_lossy(&primary.start).into_owned(),
             shadow_start: String::from_utf8_lossy(&shadow.start).into_owned(),
-            at_ms: crate::deploy::unix_ms(),
+            at_ms: crate::units::unix_ms(),
         });
     }
 

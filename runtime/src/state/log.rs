@@ -5,7 +5,7 @@ use std::pin::Pin;
 
 use super::records::{ModuleRecord, RouteRecord};
 
-use crate::route::RouteName;
+use crate::names::RouteName;
 use crate::version::Digest;
 
 /// A boxed future, for the object-safe [`StateLog`].

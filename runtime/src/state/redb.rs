@@ -16,7 +16,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::log::{AppendError, BoxFuture, Change, StateLog, Stored};
 use super::records::{ModuleRecord, RouteRecord};
-use crate::route::RouteName;
+use crate::names::RouteName;
 use crate::version::Digest;
 
 const ROUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("routes");

@@ -278,8 +278,8 @@ pub fn parse_ready(line: &str) -> Option<Ready> {
     })
 }
 
-/// `handoff serve` on ephemeral ports with `extra` flags, once it is ready.
-pub async fn serve(extra: &[&str]) -> (Running, Ready) {
+/// The command `handoff serve` on ephemeral ports with `extra` flags.
+pub fn serve_command(extra: &[&str]) -> Command {
     let mut args = vec![
         "serve",
         "--listen",
@@ -289,7 +289,12 @@ pub async fn serve(extra: &[&str]) -> (Running, Ready) {
         "--ephemeral",
     ];
     args.extend_from_slice(extra);
-    let mut server = Running::spawn(command(&args));
+    command(&args)
+}
+
+/// `handoff serve` on ephemeral ports with `extra` flags, once it is ready.
+pub async fn serve(extra: &[&str]) -> (Running, Ready) {
+    let mut server = Running::spawn(serve_command(extra));
     let ready = server.ready(Duration::from_secs(30)).await;
     (server, ready)
 }

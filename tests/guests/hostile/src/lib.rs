@@ -12,8 +12,8 @@
 //! * `/hostile/big`         — a 4 MiB response body, 64 KiB at a time
 //! * `/hostile/read-body`   — reads the request body; answers how many bytes, or the error
 //! * `/hostile/recurse`     — recurses without end (stack overflow)
-//! * `/hostile/fetch?url=http://HOST:PORT/PATH` — an outbound GET; answers `upstream STATUS BODY`
-//!   or `error CODE`
+//! * `/hostile/fetch?url=http://HOST:PORT/PATH` — an outbound GET (or `https://`); answers
+//!   `upstream STATUS BODY` or `error CODE`
 //! * `/hostile/fetch-many?url=...` — 100 outbound GETs; answers how many were denied
 //! * `/hostile/data`        — reads `/data/hello.txt`, tries to write `/data/new.txt` and to
 //!   read `/data/../secret.txt`; says what happened
@@ -28,6 +28,8 @@
 //!   traps
 //! * `/hostile/leak-body`   — sends headers and `partial`, then returns without finishing (or
 //!   dropping) its body
+//! * `/hostile/log-flood`   — prints 1 KiB lines to stdout and stderr without end (the request
+//!   deadline stops it)
 
 use wasip2::clocks::monotonic_clock;
 use wasip2::exports::http::incoming_handler::Guest;
@@ -39,11 +41,16 @@ struct Hostile;
 
 wasip2::http::proxy::export!(Hostile);
 
-/// One outbound GET of `url` (`http://authority/path`): `upstream STATUS BODY` or `error CODE`.
+/// One outbound GET of `url` (`http://authority/path` or `https://...`): `upstream STATUS
+/// BODY` or `error CODE`.
 fn fetch(url: &str) -> String {
     use wasip2::http::outgoing_handler;
     use wasip2::http::types::{OutgoingRequest, Scheme};
-    let Some(rest) = url.strip_prefix("http://") else {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (Scheme::Http, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (Scheme::Https, rest)
+    } else {
         return "error bad url".into();
     };
     let (authority, path) = match rest.find('/') {
@@ -51,7 +58,7 @@ fn fetch(url: &str) -> String {
         None => (rest, "/"),
     };
     let request = OutgoingRequest::new(Fields::new());
-    let _ = request.set_scheme(Some(&Scheme::Http));
+    let _ = request.set_scheme(Some(&scheme));
     let _ = request.set_authority(Some(authority));
     let _ = request.set_path_with_query(Some(path));
     let future = match outgoing_handler::handle(request, None) {
@@ -275,6 +282,17 @@ impl Guest for Hostile {
                     Err(_) => "escape denied",
                 };
                 respond(out, &format!("{}; {write}; {escape}", read.trim()));
+            }
+            "log-flood" => {
+                use std::io::Write;
+                let padding = "x".repeat(1000);
+                let mut n: u64 = 0;
+                loop {
+                    n = n.wrapping_add(1);
+                    // Errors are ignored: the point is to keep writing.
+                    let _ = writeln!(std::io::stdout(), "flood line {n:>10} {padding}");
+                    let _ = writeln!(std::io::stderr(), "WARN flood line {n:>10} {padding}");
+                }
             }
             "fetch" => respond(out, &fetch(url_param(&path))),
             "fetch-many" => {
