@@ -14,6 +14,9 @@ use crate::state::files::Files;
 use crate::state::pending::Pending;
 use crate::state::redb::RedbLog;
 
+/// Copies of requests to shadows that may run at once across the server.
+pub const MAX_COPIES: usize = 64;
+
 /// Process-wide state.
 pub struct Runtime {
     /// The validated configuration.
@@ -32,6 +35,8 @@ pub struct Runtime {
     pub state: Arc<dyn StateLog>,
     /// Module bytes and compiled artifacts.
     pub files: Files,
+    /// Copies of requests to shadows that may run at once; more are skipped.
+    pub copy_slots: Arc<tokio::sync::Semaphore>,
     /// Digests a change is working on (safe from garbage collection).
     pub(crate) pending: Pending,
     request_ids: AtomicU64,
@@ -58,6 +63,7 @@ impl Runtime {
             state,
             files,
             pending: Pending::default(),
+            copy_slots: Arc::new(tokio::sync::Semaphore::new(MAX_COPIES)),
             request_ids: AtomicU64::new(1),
         })
     }

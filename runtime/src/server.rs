@@ -55,6 +55,8 @@ impl Server {
         let runtime = Arc::new(Runtime::new(config)?);
         let started = std::time::Instant::now();
         let restored = crate::deploy::restore(&runtime).await;
+        // Rollouts continue where they were.
+        crate::rollout::resume_all(&runtime);
         if restored.routes > 0 || !restored.failed.is_empty() {
             tracing::info!(
                 routes = restored.routes,

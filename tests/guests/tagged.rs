@@ -1,6 +1,9 @@
-// Shared by tagged-v1 and tagged-v2, which differ only in `TAG`.
+// Shared by the tagged guests, which differ only in their constants: `TAG` (what the body
+// says), `SLEEP_MS` (how long it waits before answering), `NOISY` (a random number after the
+// tag: a response that differs from run to run), `CHANGED_ON` (paths containing it get
+// `TAG changed`; empty: none).
 //
-// * any path: `200`, body `TAG`
+// * any path: `200`, body `TAG` (see the constants)
 // * `?chunks=N&delay_ms=M`: a chunked body of N lines `TAG i`, M ms apart (the drain test's
 //   slow stream)
 
@@ -35,8 +38,22 @@ impl Guest for Tagged {
         let body = response.body().expect("response body");
         ResponseOutparam::set(out, Ok(response));
         let stream = body.write().expect("body stream");
+        // A per-guest constant: 0 in most tagged guests.
+        #[allow(clippy::absurd_extreme_comparisons)]
+        if SLEEP_MS > 0 {
+            monotonic_clock::subscribe_duration(SLEEP_MS * 1_000_000).block();
+        }
         match chunks {
-            None => stream.blocking_write_and_flush(TAG.as_bytes()).expect("write"),
+            None => {
+                let mut text = TAG.to_owned();
+                if NOISY {
+                    text.push_str(&format!(" {}", wasip2::random::random::get_random_u64()));
+                }
+                if !CHANGED_ON.is_empty() && path_with_query.contains(CHANGED_ON) {
+                    text.push_str(" changed");
+                }
+                stream.blocking_write_and_flush(text.as_bytes()).expect("write")
+            }
             Some(n) => {
                 for i in 0..n {
                     let line = format!("{TAG} {i}\n");

@@ -6,6 +6,7 @@ mod bad_uploads;
 mod changes;
 mod compat;
 mod data_dir;
+mod delivery;
 mod deploy;
 mod drain;
 mod guests;

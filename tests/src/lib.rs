@@ -300,8 +300,13 @@ impl TestServer {
 
     /// `POST {path}` with a JSON body; returns status and JSON body.
     pub async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.admin_json(Method::POST, path, body).await
+    }
+
+    /// `{method} {path}` with a JSON body; returns status and JSON body.
+    pub async fn admin_json(&self, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
         let req = Request::builder()
-            .method(Method::POST)
+            .method(method)
             .uri(path)
             .header("host", "admin")
             .header("content-type", "application/json")
@@ -309,6 +314,21 @@ impl TestServer {
             .unwrap();
         let (status, body) = send(self.admin, req).await;
         (status, json(&body))
+    }
+
+    /// `POST /v1/modules` with guest file `guest`, asserting it succeeded; returns its version.
+    pub async fn upload(&self, guest: &str) -> String {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/modules")
+            .header("host", "admin")
+            .header("content-type", "application/wasm")
+            .body(Full::new(Bytes::from(guests::bytes(guest))))
+            .unwrap();
+        let (status, body) = send(self.admin, req).await;
+        let body = json(&body);
+        assert!(status.is_success(), "upload of {guest}: {status} {body}");
+        body["version"].as_str().expect("a version").to_owned()
     }
 
     /// `GET /v1/routes/{route}`, asserting it exists.

@@ -110,6 +110,16 @@ pub(super) async fn read_upload(
 
 /// The JSON body of a rollback or an activation (empty: no target).
 pub(super) async fn target_body(body: Body) -> Result<api::Target, Problem> {
+    json_body(body, r#"{"version": "sha256:..."} or {"label": "stable"}"#)
+        .await
+        .map(Option::unwrap_or_default)
+}
+
+/// A small JSON body (`None` when it is empty or `null`); the error names `example`.
+pub(super) async fn json_body<T: serde::de::DeserializeOwned>(
+    body: Body,
+    example: &str,
+) -> Result<Option<T>, Problem> {
     let bytes = Limited::new(body, 64 << 10)
         .collect()
         .await
@@ -121,12 +131,12 @@ pub(super) async fn target_body(body: Body) -> Result<api::Target, Problem> {
         })?
         .to_bytes();
     if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
-        return Ok(api::Target::default());
+        return Ok(None);
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
         Problem::new(
             StatusCode::BAD_REQUEST,
-            format!("the body must be JSON like {{\"version\": \"sha256:...\"}} or {{\"label\": \"stable\"}}: {e}"),
+            format!("the body must be JSON like {example}: {e}"),
         )
     })
 }

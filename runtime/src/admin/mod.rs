@@ -22,6 +22,11 @@
 //!   artifact is on disk)
 //! * `POST   /v1/routes/{name}/activate` — JSON `{"version": "sha256:...", "prefix"?: "/p"}`:
 //!   serve an uploaded (or earlier) module; creates the route if needed
+//! * `POST   /v1/routes/{name}/rollout` — JSON [`api::RolloutRequest`]: start a rollout of a
+//!   stored module (201 with the rollout); `GET` it; `PATCH` `{"weight": N}` sets the weight by
+//!   hand and pauses; `POST .../rollout/{promote,abort,pause,resume}` ([`delivery`])
+//! * `PUT    /v1/routes/{name}/shadow` — JSON [`api::ShadowRequest`]: copy a share of the
+//!   route's requests to a stored module and compare; `GET` the figures; `DELETE` stops it
 //! * `POST   /v1/modules`          — upload `application/wasm` without activating; answers the
 //!   digest to activate later ([`modules`])
 //! * `GET    /v1/modules`          — every stored module, with the routes that use it
@@ -36,6 +41,7 @@
 //!
 //! Handlers here only translate HTTP; the work is in [`crate::deploy`].
 
+mod delivery;
 pub mod guard;
 mod input;
 mod metrics;
@@ -73,6 +79,19 @@ pub fn router(rt: Arc<Runtime>, listener: std::net::SocketAddr) -> Router {
         .route("/v1/routes/{name}/versions", get(routes::versions))
         .route("/v1/routes/{name}/rollback", post(routes::rollback))
         .route("/v1/routes/{name}/activate", post(routes::activate))
+        .route(
+            "/v1/routes/{name}/rollout",
+            get(delivery::get)
+                .post(delivery::start)
+                .patch(delivery::weight),
+        )
+        .route("/v1/routes/{name}/rollout/{action}", post(delivery::act))
+        .route(
+            "/v1/routes/{name}/shadow",
+            get(delivery::shadow_get)
+                .put(delivery::shadow_set)
+                .delete(delivery::shadow_clear),
+        )
         .route("/v1/modules", post(modules::upload).get(modules::list))
         .route(
             "/v1/modules/{version}",

@@ -18,6 +18,7 @@ pub mod error;
 pub mod gc;
 pub mod prepare;
 pub mod restore;
+pub mod shadow;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,10 +10,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::route::InFlight;
+use crate::shadow::copy::{Summary, Tap};
 
 /// What the parts of one request share: its in-flight token, held until the response body has
 /// ended (or the client has gone away) and the guest's task has ended; and whether the request
@@ -157,6 +159,9 @@ pub struct GuestBody {
     /// there without polling its end.
     complete_at: Option<u64>,
     trace: Trace,
+    /// For a request copied to the route's shadow: what the client's response was, sent when
+    /// it is complete. Boxed: only shadowed requests carry one.
+    tap: Option<Box<(Tap, oneshot::Sender<Summary>)>>,
 }
 
 /// The request's span and start, for the `request finished` event when its body ends.
@@ -178,6 +183,7 @@ impl GuestBody {
         guest: AbortHandle,
         complete_at: Option<u64>,
         trace: Trace,
+        tap: Option<Box<(Tap, oneshot::Sender<Summary>)>>,
     ) -> Self {
         let limit = shared.in_flight.version().limits.max_response_body;
         Self {
@@ -187,6 +193,7 @@ impl GuestBody {
             left: if limit > 0 { limit } else { u64::MAX },
             complete_at,
             trace,
+            tap,
         }
     }
 }
@@ -196,6 +203,13 @@ impl GuestBody {
     /// (`failed`: the body ended with an error). Returns the shared state it held, if any.
     fn finish(&mut self, failed: bool) -> Option<Arc<Shared>> {
         let shared = self.shared.take()?;
+        let complete = !failed && self.complete_at.is_none_or(|at| at == self.trace.sent);
+        if let Some(tap) = self.tap.take()
+            && complete
+        {
+            let (tap, summary) = *tap;
+            let _ = summary.send(tap.finish());
+        }
         let elapsed = self.trace.started.elapsed();
         shared
             .in_flight
@@ -237,6 +251,9 @@ impl Body for GuestBody {
                 }
                 this.left -= len;
                 this.trace.sent += len;
+                if let (Some(tap), Some(data)) = (&mut this.tap, frame.data_ref()) {
+                    tap.0.chunk(data);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             // The guest did not finish the body (see `abort_unfinished_bodies`); the guest's

@@ -30,6 +30,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::{HostOutgoingBody, StreamContext};
 
 mod body;
+mod copies;
 mod failure;
 
 pub use body::{BodyError, CappedBody, DataBody, GuestBody};
@@ -51,11 +52,11 @@ pub async fn dispatch<B>(
 ) -> Response<DataBody>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<wasmtime_wasi_http::Error>,
+    B::Error: Into<wasmtime_wasi_http::Error> + Send + Unpin,
 {
     let id = rt.next_request_id();
     let pin = rt.config.pin_header.as_ref();
-    let routed = match rt
+    let mut routed = match rt
         .routes
         .resolve(req.uri().path(), req.headers(), peer, pin)
     {
@@ -102,6 +103,13 @@ where
             return body_too_large(&version, id, started);
         }
     }
+    let deadline = started + version.limits.request_timeout;
+    // A copy for the route's shadow reads the request body ahead first (never the client's
+    // response: the copy runs once the stable version's head is out).
+    let (req, copy) = match routed.shadow.take() {
+        Some(shadow) => copies::prepare(req, shadow, &rt.copy_slots, https, deadline).await,
+        None => (req.map(copies::Replay::new), None),
+    };
     let head = req.method() == Method::HEAD;
     let shared = Arc::new(Shared {
         in_flight: routed.in_flight,
@@ -117,7 +125,6 @@ where
         method = %req.method(),
         status = tracing::field::Empty,
     );
-    let deadline = started + version.limits.request_timeout;
     let mut store = Host::store(
         rt.engine.wasmtime(),
         &version.guest,
@@ -192,8 +199,17 @@ where
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<u64>().ok())
                 };
+            let tap = copy.map(|copy| {
+                Box::new(copy.start(
+                    rt.engine.wasmtime(),
+                    &version,
+                    &routed.prefix,
+                    status,
+                    response.headers(),
+                ))
+            });
             response.map(|body| {
-                DataBody::Guest(GuestBody::new(body, shared, abort, complete_at, trace))
+                DataBody::Guest(GuestBody::new(body, shared, abort, complete_at, trace, tap))
             })
         }
         Ok(Err(code)) => {
