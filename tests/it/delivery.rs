@@ -1,5 +1,5 @@
 //! Progressive delivery: weighted and sticky splits, the pin header, versions leaving a split,
-//! rollouts stepping, promoted, and rolled back by their gates, and shadow copies compared.
+//! rollouts stepping, promoted, and rolled back by their gates (shadows: `shadow.rs`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -134,10 +134,16 @@ async fn a_random_split_sends_the_candidate_its_share() {
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(body["detail"].as_str().unwrap().contains(&v2), "{body}");
-    let (status, _) = server
+    let (status, body) = server
         .post_json("/v1/routes/app/rollback", Value::Null)
         .await;
-    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains(&v2), "{body}");
+    let (status, body) = server
+        .post_json("/v1/routes/app/activate", json!({"version": v2}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains(&v2), "{body}");
     let (status, _) = server
         .post_json("/v1/routes/app/rollout", json!({"version": v2}))
         .await;
@@ -375,6 +381,10 @@ async fn a_failing_candidate_is_taken_out_within_a_second_and_the_reason_recorde
     );
     assert_eq!(last["message"].as_str(), Some(reason));
     serves_stable_only(&server, "/app/error").await;
+    let state = "handoff_rollout_state{route=\"app\",state=\"rolled_back\"}";
+    assert_eq!(server.metric(state).await, 1.0);
+    let weight = format!("handoff_rollout_weight_percent{{route=\"app\",candidate=\"{failing}\"}}");
+    assert_eq!(server.metric(&weight).await, 0.0);
     server.shutdown().await;
 }
 
@@ -488,79 +498,31 @@ async fn a_healthy_candidate_steps_through_and_is_promoted_with_zero_failed_requ
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shadow_is_compared_and_never_changes_what_the_client_gets() {
-    let server = TestServer::start().await;
+async fn a_rollout_continues_after_a_restart_where_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(in_dir(dir.path())).await;
     server.deploy("app", guests::TAGGED_V1).await;
-    let changed = server.upload(guests::TAGGED_V1B).await;
-    let (status, body) = server
-        .admin_json(
-            Method::PUT,
-            "/v1/routes/app/shadow",
-            json!({"version": changed, "percent": 100}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let mut conn = Connection::open(server.data).await;
-    for (path, times) in [("/app/same", 60), ("/app/changed", 40)] {
-        for _ in 0..times {
-            let (status, body) = conn.get(path).await.unwrap();
-            assert_eq!((status, &body[..]), (StatusCode::OK, &b"v1"[..]));
-        }
-    }
-    let figures = eventually("every copy to be compared", GENEROUS, || async {
-        let (_, figures) = server.admin(Method::GET, "/v1/routes/app/shadow").await;
-        (figures["requests"] == 100).then_some(figures)
-    })
+    let v2 = server.upload(guests::TAGGED_V2).await;
+    // Without traffic it cannot leave its first step (it needs candidate requests).
+    rollout(
+        &server,
+        "app",
+        &v2,
+        json!({"steps": [20, 100], "step_time": "100ms", "step_requests": 10, "min_requests": 5}),
+    )
     .await;
-    assert_eq!(
-        (
-            &figures["matches"],
-            &figures["mismatches"],
-            &figures["noise"],
-            &figures["errors"],
-            &figures["skipped"]
-        ),
-        (&json!(60), &json!(40), &json!(0), &json!(0), &json!(0)),
-        "{figures}"
-    );
-    let sample = &figures["samples"][0];
-    assert_eq!(sample["path"], "/app/changed");
-    assert_eq!(
-        (&sample["stable_start"], &sample["shadow_start"]),
-        (&json!("v1"), &json!("v1 changed"))
-    );
-    assert_eq!(sample["stable_status"], 200);
-    // It shows in the route's status, and DELETE stops it.
-    assert_eq!(server.status("app").await["shadow"]["mismatches"], 40);
-    let (status, _) = server.admin(Method::DELETE, "/v1/routes/app/shadow").await;
-    assert_eq!(status, StatusCode::OK);
-    assert!(server.status("app").await.get("shadow").is_none());
     server.shutdown().await;
-}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nondeterministic_guest_is_reported_as_noise_not_as_mismatches() {
-    let server = TestServer::start().await;
-    let noisy = server.deploy("app", guests::TAGGED_NOISY).await["version"].clone();
-    let (status, body) = server
-        .admin_json(
-            Method::PUT,
-            "/v1/routes/app/shadow",
-            json!({"version": noisy}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let mut conn = Connection::open(server.data).await;
-    for _ in 0..50 {
-        let (status, _) = conn.get("/app/x").await.unwrap();
-        assert_eq!(status, StatusCode::OK);
-    }
-    let figures = eventually("every copy to be compared", GENEROUS, || async {
-        let (_, figures) = server.admin(Method::GET, "/v1/routes/app/shadow").await;
-        (figures["requests"] == 50).then_some(figures)
-    })
-    .await;
-    assert_eq!(figures["mismatches"], 0, "{figures}");
-    assert_eq!(figures["noise"], 50, "{figures}");
+    let server = TestServer::start_with(in_dir(dir.path())).await;
+    let resumed = rollout_state(&server, "app").await;
+    assert_eq!(
+        (&resumed["state"], &resumed["step"], &resumed["weight"]),
+        (&json!("running"), &json!(0), &json!(20.0)),
+        "{resumed}"
+    );
+    // Traffic: the controller of the new process steps it on and promotes it.
+    let (finished, _) = drive_until_decided(&server, "/app", 4, 5).await;
+    assert_eq!(finished["state"], "promoted", "{finished}");
+    assert_eq!(server.get("/app").await.1, "v2");
     server.shutdown().await;
 }

@@ -88,6 +88,10 @@ pub struct ShadowRecord {
     /// The response headers compared besides the status and the body.
     #[serde(default)]
     pub compare_headers: Vec<String>,
+    /// Whether the shadow (and the stable version's second runs) may make outbound HTTP calls
+    /// to the route's allow-list; by default they are denied.
+    #[serde(default)]
+    pub allow_outbound: bool,
 }
 
 /// Where a rollout stands.
