@@ -105,6 +105,9 @@ pub struct Config {
     /// Where uploads are compiled. The binary uses a compile worker process; the compile
     /// limits are enforced only there.
     pub compiler: crate::compile::Compiler,
+    /// Join a cluster through NATS JetStream (`--cluster`); `None`: one node on its own, its
+    /// state in the data directory.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for Config {
@@ -131,6 +134,7 @@ impl Default for Config {
             admin_tls: None,
             upload_timeout: DEFAULT_UPLOAD_TIMEOUT,
             compiler: crate::compile::Compiler::InProcess,
+            cluster: None,
         }
     }
 }
@@ -218,6 +222,12 @@ impl Config {
         }
         if self.max_upload_bytes == 0 {
             return Err("the upload limit must be more than 0 bytes".into());
+        }
+        if let Some(cluster) = &self.cluster {
+            crate::cluster::check_node_name(&cluster.node_name)?;
+            if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&cluster.timeout) {
+                return Err("the cluster timeout must be between 10ms and 24h".into());
+            }
         }
         Ok(())
     }

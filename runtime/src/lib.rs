@@ -28,6 +28,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod compile;
 pub mod config;
 pub mod deploy;

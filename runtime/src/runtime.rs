@@ -39,6 +39,8 @@ pub struct Runtime {
     pub copy_slots: Arc<tokio::sync::Semaphore>,
     /// Digests a change is working on (safe from garbage collection).
     pub(crate) pending: Pending,
+    /// This node's membership of a cluster (`--cluster`); `None`: one node on its own.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     request_ids: AtomicU64,
 }
 
@@ -46,14 +48,50 @@ impl Runtime {
     /// Builds the engine, opens the data directory and its state log; the route table starts
     /// empty (`crate::deploy::restore` fills it from the state log).
     pub fn new(config: Config) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            config.cluster.is_none(),
+            "a cluster node is opened with Runtime::open"
+        );
+        let (config, engine, files) = Self::parts(config)?;
+        let state = Arc::new(RedbLog::open(files.dir())?);
+        Ok(Self::assemble(config, engine, files, state, None))
+    }
+
+    /// As [`Runtime::new`]; with `config.cluster`, joins the cluster first and keeps the state
+    /// log in it (the data directory then holds module bytes and artifacts only).
+    pub async fn open(config: Config) -> anyhow::Result<Self> {
+        let Some(cluster) = config.cluster.clone() else {
+            return Self::new(config);
+        };
+        let (config, engine, files) = Self::parts(config)?;
+        let (cluster, log) = crate::cluster::Cluster::connect(cluster, files.engine_key()).await?;
+        Ok(Self::assemble(
+            config,
+            engine,
+            files,
+            Arc::new(log),
+            Some(cluster),
+        ))
+    }
+
+    fn parts(config: Config) -> anyhow::Result<(Config, Arc<Engine>, Files)> {
         config.validate().map_err(anyhow::Error::msg)?;
         let engine = Arc::new(Engine::new(crate::engine::Pool {
             slots: config.max_instances,
             max_memory: config.limits.max_memory_bytes,
         })?);
         let files = Files::open(config.data_dir.as_deref(), engine.wasmtime())?;
-        let state = Arc::new(RedbLog::open(files.dir())?);
-        Ok(Self {
+        Ok((config, engine, files))
+    }
+
+    fn assemble(
+        config: Config,
+        engine: Arc<Engine>,
+        files: Files,
+        state: Arc<dyn StateLog>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Self {
+        Self {
             compiles: Compiles::new(config.compiler.clone()),
             config,
             engine,
@@ -65,7 +103,8 @@ impl Runtime {
             pending: Pending::default(),
             copy_slots: Arc::new(tokio::sync::Semaphore::new(MAX_COPIES)),
             request_ids: AtomicU64::new(1),
-        })
+            cluster,
+        }
     }
 
     /// How many components this process has compiled (loading an artifact does not count).

@@ -52,8 +52,11 @@ impl Server {
     /// Validates `config`, builds the runtime, binds both listeners and starts serving.
     /// Returns once both listeners are bound.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
-        let runtime = Arc::new(Runtime::new(config)?);
+        let runtime = Arc::new(Runtime::open(config).await?);
         let started = std::time::Instant::now();
+        // In a cluster: what the restore below reads includes every change up to here; the
+        // changes after it are followed once serving.
+        let position = runtime.state.position().await?;
         let restored = crate::deploy::restore(&runtime).await;
         // Rollouts continue where they were.
         crate::rollout::resume_all(&runtime);
@@ -120,6 +123,14 @@ impl Server {
             data = %data_addr, admin = %admin_addr, pooling = runtime.engine.pooling(),
             "listening"
         );
+        if let Some(cluster) = &runtime.cluster {
+            cluster.nodes.update(|me| {
+                me.admin = Some(admin_addr.to_string());
+                me.data = Some(data_addr.to_string());
+            });
+            crate::deploy::remote::report_all(&runtime, position).await;
+            crate::deploy::remote::follow(&runtime, position);
+        }
         Ok(Self {
             runtime,
             data_addr,
@@ -162,6 +173,11 @@ impl Server {
     /// most the drain timeout plus [`RELEASE_WAIT`].
     pub async fn shutdown(self) {
         tracing::info!("shutting down: no new connections; draining in-flight requests");
+        if let Some(cluster) = &self.runtime.cluster {
+            // Deploys elsewhere stop waiting for this node before it stops serving.
+            cluster.nodes.leave().await;
+            tracing::info!("left the cluster");
+        }
         self.stop.cancel();
         let started = std::time::Instant::now();
         let limit = self.runtime.config.drain_timeout + RELEASE_WAIT;

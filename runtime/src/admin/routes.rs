@@ -239,7 +239,7 @@ pub(super) async fn delete(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<api::Deleted>, Problem> {
     let name = route_name(path)?;
-    let route = deploy::delete(&rt, &name).await?;
+    let (route, _revision) = deploy::delete(&rt, &name).await?;
     let stable = route.stable();
     Ok(Json(api::Deleted {
         route: name.as_str().to_owned(),

@@ -110,6 +110,25 @@ pub struct ServeArgs {
     /// (slowloris), or leaves a keep-alive or HTTP/2 connection idle.
     #[arg(long, value_name = "DURATION", default_value_t = Dur(config::DEFAULT_IDLE_TIMEOUT))]
     pub idle_timeout: Dur,
+    /// Join a cluster: keep routes, history and module bytes in NATS JetStream (2.11 or newer)
+    /// at this URL (`nats://HOST:PORT`; several, comma-separated, for a NATS cluster) and serve
+    /// the same routes as every other node. Without it the node stands alone.
+    #[arg(long, value_name = "URL", env = "HANDOFF_CLUSTER")]
+    pub cluster: Option<String>,
+    /// A NATS credentials file (`.creds`) for --cluster.
+    #[arg(long, value_name = "FILE", env = "HANDOFF_CLUSTER_CREDS", value_hint = ValueHint::FilePath)]
+    pub cluster_creds: Option<PathBuf>,
+    /// This node's name in the cluster, unique among its nodes (default: the host name).
+    #[arg(long, value_name = "NAME", env = "HANDOFF_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// How long a change waits for every live node of the cluster to activate it before it is
+    /// answered as partial, naming the nodes that did not.
+    #[arg(long, value_name = "DURATION", default_value_t = Dur(crate::cluster::DEFAULT_CLUSTER_TIMEOUT))]
+    pub cluster_timeout: Dur,
+    /// Copies JetStream keeps of handoff's buckets (0: 3 when the NATS server is in a cluster
+    /// of three or more, else 1).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub cluster_replicas: usize,
     /// The per-route settings (`--max-memory`, `--request-timeout`, ...): every route's
     /// defaults, from the table in `crate::settings`.
     #[command(flatten)]
@@ -260,6 +279,19 @@ impl ServeArgs {
             compiler: crate::compile::Compiler::this_binary()
                 .map_err(|e| format!("cannot find this executable to compile uploads with: {e}"))?,
             limits: self.limits.0,
+            cluster: match (self.cluster, self.node_name) {
+                (Some(url), node_name) => Some(crate::cluster::ClusterConfig {
+                    url,
+                    creds: self.cluster_creds,
+                    node_name: node_name.unwrap_or_else(crate::cluster::host_name),
+                    timeout: self.cluster_timeout.0,
+                    replicas: self.cluster_replicas,
+                }),
+                (None, Some(_)) => {
+                    return Err("--node-name names this node in a cluster; give --cluster too".into());
+                }
+                (None, None) => None,
+            },
         };
         config.validate()?;
         Ok(config)
@@ -394,6 +426,7 @@ mod tests {
             "N" => ("3", "5"),
             "FILE" | "DIR" | "PEM" | "ROOT" => ("/from/file", "/from/flag"),
             "NAME" => ("from.file", "from.flag"),
+            "URL" => ("nats://127.0.0.1:1", "nats://127.0.0.1:2"),
             _ => return None,
         };
         Some((a.to_owned(), b.to_owned()))

@@ -158,6 +158,8 @@ pub(crate) struct Applied {
     pub created: bool,
     /// Whether anything changed.
     pub changed: bool,
+    /// The route's revision after the change (its revision before, when nothing changed).
+    pub revision: u64,
 }
 
 impl Applied {
@@ -203,6 +205,7 @@ where
                 previous: live,
                 created: false,
                 changed: false,
+                revision: stored.as_ref().map_or(0, |s| s.record.revision),
             });
         }
         Planned::Change(plan) => *plan,
@@ -264,10 +267,11 @@ where
         previous: live,
         created: stored.is_none(),
         changed: true,
+        revision,
     })
 }
 
-fn log_activation(name: &RouteName, now: Option<&Route>, before: Option<&Route>, built: &[Built]) {
+pub(crate) fn log_activation(name: &RouteName, now: Option<&Route>, before: Option<&Route>, built: &[Built]) {
     let Some(stable) = now.and_then(Route::stable) else {
         return;
     };
@@ -287,7 +291,7 @@ fn log_activation(name: &RouteName, now: Option<&Route>, before: Option<&Route>,
 }
 
 /// Retires every version that served `before` and does not serve `now`.
-fn retire_leaving(
+pub(crate) fn retire_leaving(
     rt: &Arc<Runtime>,
     name: &RouteName,
     before: Option<&Route>,

@@ -118,6 +118,11 @@ pub enum DeployError {
         "route `{0}` was changed by another request at the same moment; nothing changed, try again"
     )]
     Conflict(String),
+    /// The cluster (NATS JetStream) cannot be reached, so nothing can be recorded.
+    #[error(
+        "this node cannot reach the cluster (NATS): {0}. It keeps serving what it has; nothing changed. Try again once the cluster is back"
+    )]
+    ClusterUnavailable(String),
     /// A host failure.
     #[error("the server failed while deploying; its log has the details")]
     Internal(String),
@@ -144,6 +149,7 @@ impl DeployError {
             | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unsigned(_) => StatusCode::FORBIDDEN,
             Self::UnknownRoute(_) | Self::UnknownVersion(_) => StatusCode::NOT_FOUND,
+            Self::ClusterUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -17,6 +17,7 @@ pub mod apply;
 pub mod error;
 pub mod gc;
 pub mod prepare;
+pub mod remote;
 pub mod restore;
 pub mod shadow;
 
@@ -153,7 +154,9 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
         .check(&rt.config.limits)
         .map_err(DeployError::InvalidLimits)?;
     let compile_limits = asked.compile();
-    let built = prepare::ensure(rt, &name, &digest, bytes, compile_limits).await?;
+    let built = prepare::ensure(rt, &name, &digest, bytes.clone(), compile_limits).await?;
+    // Every node must be able to fetch the bytes before a record references them.
+    prepare::share_bytes(rt, &digest, bytes).await?;
     let compile_time = built.compile_time;
     let applied = apply::change(rt, &name, async |current: Current| {
         current.refuse_during_rollout()?;
@@ -310,6 +313,9 @@ async fn activate_stored(
                 "no module {digest} is stored; deploy or upload it first"
             ))
         })?;
+    if rt.config.signature_mode == crate::signing::Mode::Require {
+        prepare::module_bytes(rt, &digest).await?;
+    }
     prepare::check_stored_signature(rt, &digest, &module)?;
     module.pinned = false;
     let entry = activation.entry(&digest, module.size_bytes, &settings);
@@ -357,12 +363,13 @@ pub async fn upload(
         None => {
             let limits = rt.config.limits.compile();
             Some(
-                prepare::compile_and_store(rt, &digest, bytes, limits)
+                prepare::compile_and_store(rt, &digest, bytes.clone(), limits)
                     .await?
                     .compile_time,
             )
         }
     };
+    prepare::share_bytes(rt, &digest, bytes).await?;
     let record = ModuleRecord {
         size_bytes: size_bytes as u64,
         pinned: true,
@@ -382,8 +389,8 @@ pub async fn upload(
 
 /// Deletes route `name`: stops routing to it at once, forgets it durably, drains its versions
 /// in the background. An unavailable route (stored, but its module could not be loaded) is
-/// deleted the same way. Returns the route as it stood.
-pub async fn delete(rt: &Arc<Runtime>, name: &RouteName) -> Result<Route, DeployError> {
+/// deleted the same way. Returns the route as it stood, and the revision of the delete.
+pub async fn delete(rt: &Arc<Runtime>, name: &RouteName) -> Result<(Route, u64), DeployError> {
     let applied = apply::change(rt, name, async |current: Current| {
         if current.stored().is_none() && current.live().is_none() {
             return Err(DeployError::UnknownRoute(name.as_str().to_owned()));
@@ -395,11 +402,12 @@ pub async fn delete(rt: &Arc<Runtime>, name: &RouteName) -> Result<Route, Deploy
         })))
     })
     .await?;
+    let revision = applied.revision;
     let route = applied
         .previous
         .ok_or_else(|| DeployError::UnknownRoute(name.as_str().to_owned()))?;
     tracing::info!(route = name.as_str(), "route deleted");
-    Ok(route)
+    Ok((route, revision))
 }
 
 /// The stored history of route `name`, oldest first.

@@ -170,14 +170,51 @@ pub(crate) async fn load_stored(
         }
         Err(reason) => reason,
     };
-    tracing::warn!(version = %digest, reason = %reason, "artifact unusable; recompiling from the stored module");
+    tracing::info!(version = %digest, reason = %reason, "no usable artifact; compiling the stored module");
+    let bytes = module_bytes(rt, digest).await?;
+    compile_and_store(rt, digest, bytes, limits).await
+}
+
+/// The stored bytes of module `digest`: the data directory's copy, else (in a cluster) the
+/// cluster's, which is then kept in the data directory.
+pub(crate) async fn module_bytes(rt: &Arc<Runtime>, digest: &Digest) -> Result<Bytes, DeployError> {
     let reader = rt.clone();
     let key = digest.clone();
-    let bytes = tokio::task::spawn_blocking(move || reader.files.read_module(&key))
+    let local = tokio::task::spawn_blocking(move || reader.files.read_module(&key))
+        .await
+        .map_err(internal)?;
+    let error = match local {
+        Ok(bytes) => return Ok(Bytes::from(bytes)),
+        Err(error) => error,
+    };
+    let fetched = rt.state.fetch_bytes(digest).await.map_err(|e| {
+        DeployError::ModuleUnavailable(format!("{digest} cannot be fetched from the cluster: {e:#}"))
+    })?;
+    let Some(bytes) = fetched else {
+        return Err(DeployError::ModuleUnavailable(format!(
+            "{digest} cannot be read: {error:#}"
+        )));
+    };
+    let writer = rt.clone();
+    let (key, copy) = (digest.clone(), bytes.clone());
+    tokio::task::spawn_blocking(move || writer.files.save_module(&key, &copy))
         .await
         .map_err(internal)?
-        .map_err(|e| DeployError::ModuleUnavailable(format!("{digest} cannot be read: {e:#}")))?;
-    compile_and_store(rt, digest, Bytes::from(bytes), limits).await
+        .map_err(|e| DeployError::Internal(format!("storing the module: {e:#}")))?;
+    tracing::info!(version = %digest, size_bytes = bytes.len(), "module fetched from the cluster");
+    Ok(bytes)
+}
+
+/// Keeps `bytes` where every node of a cluster can fetch them (nothing to do on one node).
+pub(crate) async fn share_bytes(
+    rt: &Runtime,
+    digest: &Digest,
+    bytes: Bytes,
+) -> Result<(), DeployError> {
+    rt.state
+        .store_bytes(digest, bytes)
+        .await
+        .map_err(|e| DeployError::ClusterUnavailable(format!("{e:#}")))
 }
 
 /// The limits `settings` give, or the server's defaults; a stored limit above what the server
@@ -243,6 +280,8 @@ pub(crate) fn check_stored_signature(
         .files
         .read_module(digest)
         .map_err(|e| DeployError::ModuleUnavailable(format!("{digest} cannot be read: {e:#}")))?;
+    // (A module another node of a cluster uploaded is fetched before this check:
+    // `deploy::activate_stored` does.)
     signing::signer(&rt.config.signing_keys, &bytes, signature)
         .map(drop)
         .ok_or_else(unsigned)

@@ -11,8 +11,10 @@ use crate::version::Digest;
 /// A boxed future, for the object-safe [`StateLog`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A route's record with the revision it was read at. Revisions count the route's changes:
-/// every committed change adds one; a route that does not exist is at revision 0.
+/// A route's record with the revision it was read at. Revisions grow with every committed change
+/// of the route (the redb log counts the route's changes; a cluster log uses the position of the
+/// change in the bucket, which also grows across a delete and a re-creation); a route that does
+/// not exist is at revision 0.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
     /// The route's name.
@@ -33,6 +35,15 @@ pub struct Change {
     pub next: Option<RouteRecord>,
     /// Module records to write with it (modules this change brings in or un-pins).
     pub modules: Vec<(Digest, ModuleRecord)>,
+}
+
+/// A change another writer recorded, as a watch reports it.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    /// The route.
+    pub route: RouteName,
+    /// Where the change stands in the log; a watch resumes after it.
+    pub position: u64,
 }
 
 /// Why a change was not recorded.
@@ -92,4 +103,40 @@ pub trait StateLog: Send + Sync + 'static {
     /// Removes one module's record if nothing references it and it is not protected; `Ok(false)`
     /// if a route or its history still references it.
     fn remove_module<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, anyhow::Result<bool>>;
+
+    /// Keeps module bytes where every node can fetch them, before a change references them.
+    /// One node (the default) keeps them in its data directory only: nothing to do.
+    fn store_bytes<'a>(
+        &'a self,
+        _digest: &'a Digest,
+        _bytes: bytes::Bytes,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Module bytes this node lacks, fetched from where [`StateLog::store_bytes`] put them
+    /// (`None`: nowhere else to look, the default).
+    fn fetch_bytes<'a>(
+        &'a self,
+        _digest: &'a Digest,
+    ) -> BoxFuture<'a, anyhow::Result<Option<bytes::Bytes>>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// The position of the last change recorded so far (what a watch started now would
+    /// resume after). One node has no other writers: 0, the default.
+    fn position(&self) -> BoxFuture<'_, anyhow::Result<u64>> {
+        Box::pin(async { Ok(0) })
+    }
+
+    /// Watches for changes recorded after `after` by anyone (this node included), in order:
+    /// each one is sent as it is recorded. `Ok(None)` when nobody else writes (one node, the
+    /// default). The channel closes when the watch breaks (the connection was lost); watch
+    /// again from the last position seen.
+    fn watch(
+        &self,
+        _after: u64,
+    ) -> BoxFuture<'_, anyhow::Result<Option<tokio::sync::mpsc::Receiver<Watched>>>> {
+        Box::pin(async { Ok(None) })
+    }
 }

@@ -5,21 +5,24 @@
 //! restart and applied through the same code.
 //!
 //! [`StateLog`] is the interface; [`redb::RedbLog`] keeps it in the data directory (one node).
-//! A cluster keeps it elsewhere (one record per route, every write a compare-and-swap on the
-//! route's revision) behind the same trait; nothing above this module knows which one runs.
+//! [`jetstream::JetStreamLog`] keeps it in NATS JetStream for a cluster (one KV key per route,
+//! every write a compare-and-swap on the route's revision, module bytes in an Object Store,
+//! watches that resume from a revision) behind the same trait; nothing above this module knows
+//! which one runs.
 //!
 //! Module *bytes* and compiled artifacts are files, not log entries: [`files::Files`].
 //!
 //! This module never touches the route table or the engine.
 
 pub mod files;
+pub mod jetstream;
 pub mod log;
 pub mod pending;
 pub mod private;
 pub mod records;
 pub mod redb;
 
-pub use log::{AppendError, BoxFuture, Change, StateLog, Stored};
+pub use log::{AppendError, BoxFuture, Change, StateLog, Stored, Watched};
 pub use records::{
     CandidateRecord, HistoryEntry, ModuleRecord, RolloutRecord, RolloutState, RouteRecord,
     SettingsRecord, ShadowRecord,

@@ -1,0 +1,520 @@
+//! Node records: each node's own key in the KV bucket `handoff_nodes`, republished every
+//! [`HEARTBEAT`] with a per-message TTL of [`NODE_TTL`] (NATS 2.11+), and at once whenever the
+//! node applies a change. A record says what the node serves (per route: the revision it
+//! applied, its stable version, and the last failure), how far it has read the routes bucket
+//! (`position`), and whether it is ready or leaving.
+//!
+//! Every node watches every record. A node counts as live while its record keeps arriving
+//! (within [`NODE_TTL`] of local time, so clocks need not agree), is ready, and is not
+//! leaving. [`Nodes::wait`] is the promise across nodes: it returns once every live node
+//! reports a change's revision (or a failure of it), or names those that did not answer in
+//! time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::Cluster;
+
+/// The KV bucket of node records.
+pub const NODES_BUCKET: &str = "handoff_nodes";
+/// How often a node republishes its record.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a node record lives without a heartbeat.
+pub const NODE_TTL: Duration = Duration::from_secs(5);
+
+/// What a node says about itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct NodeRecord {
+    /// Its name (unique in the cluster).
+    pub name: String,
+    /// Which process: a restarted node has a new one.
+    pub id: String,
+    /// When it started, milliseconds since the Unix epoch (its clock).
+    pub started_ms: u64,
+    /// When it last published this record (its clock).
+    pub heartbeat_ms: u64,
+    /// Its admin API.
+    pub admin: Option<String>,
+    /// Its data plane.
+    pub data: Option<String>,
+    /// The key of the engine its artifacts are compiled for.
+    pub engine_key: String,
+    /// The handoff release it runs.
+    pub handoff_version: String,
+    /// Whether it has caught up and serves.
+    pub ready: bool,
+    /// Whether it is shutting down.
+    pub leaving: bool,
+    /// How far it has applied the routes bucket.
+    pub position: u64,
+    /// What it serves, by route.
+    pub routes: BTreeMap<String, NodeRoute>,
+}
+
+/// What a node serves on one route.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct NodeRoute {
+    /// The revision of the route it serves.
+    pub revision: u64,
+    /// Its stable version (`None`: the route is unavailable here).
+    pub version: Option<String>,
+    /// The last change of this route it could not apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<NodeError>,
+}
+
+/// A change a node could not apply.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeError {
+    /// The revision it failed to apply.
+    pub revision: u64,
+    /// Why, in a sentence.
+    pub reason: String,
+}
+
+/// How a node answered a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeState {
+    /// It serves the change (or a later one).
+    Activated,
+    /// It could not apply it (and keeps serving what it had).
+    Failed,
+    /// It did not report it in time.
+    Timeout,
+    /// It left the cluster (or died) before it reported it.
+    Gone,
+}
+
+impl OutcomeState {
+    /// As the admin API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Activated => "activated",
+            Self::Failed => "failed",
+            Self::Timeout => "timeout",
+            Self::Gone => "gone",
+        }
+    }
+}
+
+/// One node's answer to a change.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The node.
+    pub node: String,
+    /// Its answer.
+    pub state: OutcomeState,
+    /// The revision of the route it reported.
+    pub revision: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// A node record as this node last received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// The record.
+    pub record: NodeRecord,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+impl Seen {
+    /// Whether its heartbeat is recent.
+    pub fn alive(&self) -> bool {
+        self.at.elapsed() < NODE_TTL
+    }
+
+    /// Whether a change waits for it.
+    pub fn live(&self) -> bool {
+        self.alive() && self.record.ready && !self.record.leaving
+    }
+}
+
+/// Every node's record, and publishing this node's.
+pub struct Nodes {
+    js: jetstream::Context,
+    bucket: kv::Store,
+    me: Mutex<NodeRecord>,
+    seen: Mutex<HashMap<String, Seen>>,
+    changed: tokio::sync::watch::Sender<u64>,
+    stop: CancellationToken,
+}
+
+impl Nodes {
+    /// Opens the bucket and claims `name`: a record of that name from another process that
+    /// still heartbeats refuses the claim; one that stopped (a node killed and restarted)
+    /// is taken over once it has missed its heartbeats.
+    pub(super) async fn open(
+        js: jetstream::Context,
+        name: &str,
+        engine_key: &str,
+        replicas: usize,
+    ) -> anyhow::Result<Self> {
+        let bucket = js
+            .create_or_update_key_value(kv::Config {
+                bucket: NODES_BUCKET.into(),
+                description: "handoff node records (heartbeats with a TTL)".into(),
+                history: 1,
+                num_replicas: replicas,
+                limit_markers: Some(Duration::from_secs(1)),
+                ..Default::default()
+            })
+            .await
+            .context("creating the nodes bucket (per-key TTL needs NATS 2.11 or newer)")?;
+        if let Some(entry) = bucket.entry(name).await.context("reading node records")?
+            && entry.operation == kv::Operation::Put
+        {
+            let first = entry.revision;
+            let deadline = Instant::now() + NODE_TTL + HEARTBEAT;
+            loop {
+                tokio::time::sleep(HEARTBEAT / 4).await;
+                let now = bucket.entry(name).await.context("reading node records")?;
+                match now {
+                    Some(e) if e.operation == kv::Operation::Put && e.revision != first => {
+                        anyhow::bail!(
+                            "node name `{name}` is in use by a live node; give this one another --node-name"
+                        );
+                    }
+                    Some(e) if e.operation == kv::Operation::Put && Instant::now() < deadline => {}
+                    _ => break,
+                }
+            }
+        }
+        let me = NodeRecord {
+            name: name.to_owned(),
+            id: process_id(),
+            started_ms: crate::units::unix_ms(),
+            engine_key: engine_key.to_owned(),
+            handoff_version: env!("CARGO_PKG_VERSION").to_owned(),
+            ..Default::default()
+        };
+        Ok(Self {
+            js,
+            bucket,
+            me: Mutex::new(me),
+            seen: Mutex::default(),
+            changed: tokio::sync::watch::channel(0).0,
+            stop: CancellationToken::new(),
+        })
+    }
+
+    /// Starts the heartbeat and the watch of every node's record.
+    pub(super) fn start(&self, cluster: Weak<Cluster>) {
+        let heartbeat = cluster.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(HEARTBEAT) => {}
+                }
+                let Some(cluster) = heartbeat.upgrade() else {
+                    return;
+                };
+                if cluster.connected() {
+                    cluster.nodes.publish().await;
+                }
+            }
+        });
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let Some(watch) = ({
+                    let Some(cluster) = cluster.upgrade() else {
+                        return;
+                    };
+                    cluster.nodes.bucket.watch_all().await.ok()
+                }) else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                let mut watch = watch;
+                loop {
+                    let entry = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        entry = watch.next() => entry,
+                    };
+                    let Some(Ok(entry)) = entry else {
+                        break;
+                    };
+                    let Some(cluster) = cluster.upgrade() else {
+                        return;
+                    };
+                    cluster.nodes.received(entry);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
+
+    fn received(&self, entry: kv::Entry) {
+        let mut seen = self.seen.lock().expect("poisoned");
+        match entry.operation {
+            kv::Operation::Put => match serde_json::from_slice::<NodeRecord>(&entry.value) {
+                Ok(record) => {
+                    seen.insert(
+                        entry.key,
+                        Seen {
+                            record,
+                            at: Instant::now(),
+                        },
+                    );
+                }
+                Err(error) => tracing::warn!(node = %entry.key, error = %error, "unreadable node record"),
+            },
+            kv::Operation::Delete | kv::Operation::Purge => {
+                seen.remove(&entry.key);
+            }
+        }
+        drop(seen);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Publishes this node's record now (with its TTL). Failures are logged: the next
+    /// heartbeat tries again.
+    pub async fn publish(&self) {
+        let record = {
+            let mut me = self.me.lock().expect("poisoned");
+            me.heartbeat_ms = crate::units::unix_ms();
+            me.clone()
+        };
+        let Ok(value) = serde_json::to_vec(&record) else {
+            return;
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_TTL,
+            NODE_TTL.as_secs().to_string().as_str(),
+        );
+        let subject = format!("$KV.{NODES_BUCKET}.{}", record.name);
+        let sent = async {
+            self.js
+                .publish_with_headers(subject, headers, Bytes::from(value))
+                .await?
+                .await
+                .map(drop)
+        };
+        if let Err(error) = tokio::time::timeout(Duration::from_secs(5), sent)
+            .await
+            .unwrap_or_else(|_| {
+                Err(async_nats::jetstream::context::PublishError::new(
+                    async_nats::jetstream::context::PublishErrorKind::TimedOut,
+                ))
+            })
+        {
+            tracing::debug!(error = %error, "node record not published");
+        }
+    }
+
+    /// Changes this node's record (publish it afterwards).
+    pub fn update(&self, change: impl FnOnce(&mut NodeRecord)) {
+        change(&mut self.me.lock().expect("poisoned"));
+    }
+
+    /// This node's record.
+    pub fn me(&self) -> NodeRecord {
+        self.me.lock().expect("poisoned").clone()
+    }
+
+    /// Every node this node knows of (itself included, as it stands here), by name.
+    pub fn all(&self) -> Vec<Seen> {
+        let me = self.me();
+        let mut all: Vec<Seen> = self
+            .seen
+            .lock()
+            .expect("poisoned")
+            .values()
+            .filter(|s| s.record.name != me.name)
+            .cloned()
+            .collect();
+        all.push(Seen {
+            record: me,
+            at: Instant::now(),
+        });
+        all.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        all
+    }
+
+    /// The live node with the smallest name: the one that drives rollouts.
+    pub fn leader(&self) -> Option<String> {
+        self.all()
+            .into_iter()
+            .filter(Seen::live)
+            .map(|s| s.record.name)
+            .next()
+    }
+
+    /// Waits until every other live node reports `route` at `revision` or later (or a
+    /// failure of it), or `timeout` passes; `deleted`: the change deleted the route. This
+    /// node comes first, as activated.
+    pub async fn wait(
+        &self,
+        route: &str,
+        revision: u64,
+        deleted: bool,
+        timeout: Duration,
+    ) -> Vec<Outcome> {
+        let me = self.me().name;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changed = self.changed.subscribe();
+        let mut waited_on: BTreeMap<String, Option<Outcome>> = BTreeMap::new();
+        loop {
+            for seen in self.all() {
+                if seen.record.name == me || !seen.live() {
+                    continue;
+                }
+                let outcome = answer(&seen.record, route, revision, deleted);
+                waited_on.insert(seen.record.name.clone(), outcome);
+            }
+            let alive: Vec<String> = self
+                .all()
+                .into_iter()
+                .filter(Seen::alive)
+                .map(|s| s.record.name)
+                .collect();
+            let pending = waited_on
+                .iter()
+                .any(|(name, outcome)| outcome.is_none() && alive.contains(name));
+            let expired = tokio::time::Instant::now() >= deadline;
+            if !pending || expired {
+                let mut outcomes = vec![Outcome {
+                    node: me,
+                    state: OutcomeState::Activated,
+                    revision: Some(revision),
+                    error: None,
+                }];
+                for (name, outcome) in waited_on {
+                    outcomes.push(outcome.unwrap_or_else(|| Outcome {
+                        state: if alive.contains(&name) {
+                            OutcomeState::Timeout
+                        } else {
+                            OutcomeState::Gone
+                        },
+                        node: name,
+                        revision: None,
+                        error: None,
+                    }));
+                }
+                return outcomes;
+            }
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+
+    /// Cancelled when this node leaves: its background tasks stop.
+    pub fn stopping(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Says this node is leaving, then removes its record (SIGTERM).
+    pub async fn leave(&self) {
+        self.update(|me| me.leaving = true);
+        self.publish().await;
+        self.stop.cancel();
+        let name = self.me().name;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.bucket.purge(name)).await;
+    }
+}
+
+/// How `record` answers a change of `route` to `revision`, if it has.
+fn answer(record: &NodeRecord, route: &str, revision: u64, deleted: bool) -> Option<Outcome> {
+    let served = record.routes.get(route);
+    let outcome = |state, error| {
+        Some(Outcome {
+            node: record.name.clone(),
+            state,
+            revision: served.map(|r| r.revision),
+            error,
+        })
+    };
+    if let Some(error) = served
+        .and_then(|r| r.error.as_ref())
+        .filter(|e| e.revision >= revision)
+    {
+        return outcome(OutcomeState::Failed, Some(error.reason.clone()));
+    }
+    match served {
+        Some(r) if r.revision >= revision => outcome(OutcomeState::Activated, None),
+        None if deleted && record.position >= revision => outcome(OutcomeState::Activated, None),
+        _ => None,
+    }
+}
+
+/// A random id for this process.
+fn process_id() -> String {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(routes: &[(&str, u64, Option<u64>)], position: u64) -> NodeRecord {
+        NodeRecord {
+            name: "b".into(),
+            position,
+            routes: routes
+                .iter()
+                .map(|(name, revision, failed)| {
+                    (
+                        (*name).to_owned(),
+                        NodeRoute {
+                            revision: *revision,
+                            version: Some("sha256:00".into()),
+                            error: failed.map(|revision| NodeError {
+                                revision,
+                                reason: "no".into(),
+                            }),
+                        },
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_node_answers_a_change_once_it_reports_that_revision_or_a_failure_of_it() {
+        let state = |r: &NodeRecord, rev, deleted| answer(r, "api", rev, deleted).map(|o| o.state);
+        assert_eq!(state(&record(&[("api", 4, None)], 4), 5, false), None);
+        assert_eq!(
+            state(&record(&[("api", 5, None)], 5), 5, false),
+            Some(OutcomeState::Activated)
+        );
+        assert_eq!(
+            state(&record(&[("api", 7, None)], 7), 5, false),
+            Some(OutcomeState::Activated),
+            "a later revision includes this one"
+        );
+        assert_eq!(
+            state(&record(&[("api", 4, Some(5))], 5), 5, false),
+            Some(OutcomeState::Failed)
+        );
+        assert_eq!(
+            state(&record(&[("api", 4, Some(3))], 5), 5, false),
+            None,
+            "an older failure says nothing about this change"
+        );
+        assert_eq!(
+            state(&record(&[], 9), 9, true),
+            Some(OutcomeState::Activated)
+        );
+        assert_eq!(state(&record(&[], 8), 9, true), None);
+    }
+}

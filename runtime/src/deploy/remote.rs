@@ -1,0 +1,211 @@
+//! Changes another node recorded (cluster mode), applied through the same path as a local
+//! change: [`super::apply::build`] builds the versions the record names (the artifact loaded,
+//! or the bytes fetched from the cluster and compiled), then the table's writer publishes the
+//! route, what left is retired and drains, and garbage is collected.
+//!
+//! [`follow`] watches the state log from the last position this node applied, in order. For
+//! each route a watched change touches, [`reconcile`] takes the route's change lock, reads the
+//! route's *current* record, and makes the route serve it, unless it already does (this node
+//! recorded it, or a later change was applied already). Reading the current record rather than
+//! the watched one makes every step idempotent, so a watch that is restarted (after a lost
+//! connection) from the last position seen converges whatever it delivers twice.
+//!
+//! After each step the node's record ([`crate::cluster::nodes`]) says which revision of the
+//! route it serves, or why it could not: what a deploy on another node waits for.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::apply::{self, log_activation, retire_leaving};
+use super::gc;
+use crate::cluster::{NodeError, NodeRoute};
+use crate::names::{Prefix, RouteName};
+use crate::route::{Route, Serving};
+use crate::runtime::Runtime;
+
+/// Applies the route `name` as the state log has it now, unless it serves that already.
+/// `Err`: the state log could not be read (the watch is restarted).
+pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<()> {
+    let guard = rt.registry.lock(name).await;
+    let stored = rt.state.route(name).await?;
+    let live = rt.routes.snapshot().get(name).cloned();
+    let Some(stored) = stored else {
+        if let Some(live) = live {
+            let mut writer = rt.routes.writer().await;
+            writer.remove(name).await;
+            rt.registry.forget(name);
+            drop(writer);
+            retire_leaving(rt, name, Some(&live), None);
+            tracing::info!(route = name.as_str(), "route deleted (recorded by another node)");
+            gc::collect(rt);
+        }
+        report(rt, name, None);
+        return Ok(());
+    };
+    let record = stored.record;
+    let current = live
+        .as_ref()
+        .is_some_and(|l| l.record.revision == record.revision && l.split().is_some());
+    if current {
+        report(rt, name, None);
+        return Ok(());
+    }
+    let prefix = Prefix::parse(&record.prefix).unwrap_or_else(|_| Prefix::for_route(name));
+    let built = apply::build(rt, name, &record, live.as_ref(), &[]).await;
+    let mut writer = rt.routes.writer().await;
+    if let Some(owner) = writer.prefix_owner(name, &prefix) {
+        drop(writer);
+        let reason = format!(
+            "the prefix `{}` is served by route `{}` on this node",
+            prefix.as_str(),
+            owner.as_str()
+        );
+        tracing::error!(route = name.as_str(), reason = %reason, "change not applied");
+        report(rt, name, Some((record.revision, reason)));
+        return Ok(());
+    }
+    let serving = match built {
+        Ok(split) => Serving::Live(split),
+        Err(error) => {
+            let reason = error.to_string();
+            tracing::error!(route = name.as_str(), version = %record.active, error = %reason, "change recorded by another node not applied; serving what was here");
+            if live.as_ref().is_some_and(|l| l.split().is_some()) {
+                drop(writer);
+                report(rt, name, Some((record.revision, reason)));
+                return Ok(());
+            }
+            // A route this node did not serve yet: it keeps its prefix and answers 503, as
+            // after a restart.
+            Serving::Unavailable(reason.clone().into())
+        }
+    };
+    let failed = match &serving {
+        Serving::Unavailable(reason) => Some((record.revision, reason.to_string())),
+        Serving::Live(_) => None,
+    };
+    let route = Route {
+        name: name.clone(),
+        prefix,
+        serving,
+        state: guard.state.clone(),
+        record: Arc::new(record),
+    };
+    writer.put(route.clone()).await;
+    drop(writer);
+    log_activation(name, Some(&route), live.as_ref(), &[]);
+    retire_leaving(rt, name, live.as_ref(), Some(&route));
+    drop(guard);
+    report(rt, name, failed);
+    gc::collect(rt);
+    Ok(())
+}
+
+/// Writes what this node serves on route `name` into its node record (not yet published).
+fn report(rt: &Runtime, name: &RouteName, failed: Option<(u64, String)>) {
+    let Some(cluster) = &rt.cluster else {
+        return;
+    };
+    let live = rt.routes.snapshot().get(name).cloned();
+    cluster.nodes.update(|me| match live {
+        None => {
+            me.routes.remove(name.as_str());
+        }
+        Some(route) => {
+            let error = failed
+                .map(|(revision, reason)| NodeError { revision, reason })
+                .or_else(|| {
+                    me.routes
+                        .get(name.as_str())
+                        .and_then(|r| r.error.clone())
+                        .filter(|e| e.revision > route.record.revision)
+                });
+            me.routes.insert(
+                name.as_str().to_owned(),
+                NodeRoute {
+                    revision: route.record.revision,
+                    version: route.stable().map(|v| v.digest.to_string()),
+                    error,
+                },
+            );
+        }
+    });
+}
+
+/// Writes every route this node serves into its node record, at `position`, and says it is
+/// ready (after a restart caught up).
+pub async fn report_all(rt: &Runtime, position: u64) {
+    let Some(cluster) = &rt.cluster else {
+        return;
+    };
+    for route in rt.routes.snapshot().iter() {
+        let failed = match &route.serving {
+            Serving::Unavailable(reason) => Some((route.record.revision, reason.to_string())),
+            Serving::Live(_) => None,
+        };
+        report(rt, &route.name, failed);
+    }
+    cluster.nodes.update(|me| {
+        me.position = me.position.max(position);
+        me.ready = true;
+    });
+    cluster.nodes.publish().await;
+}
+
+/// Applies every change recorded after `after`, as it is recorded, until the node leaves.
+pub fn follow(rt: &Arc<Runtime>, after: u64) {
+    let Some(cluster) = rt.cluster.clone() else {
+        return;
+    };
+    let weak = Arc::downgrade(rt);
+    let stop = cluster.nodes.stopping();
+    tokio::spawn(async move {
+        let mut position = after;
+        let mut reconnects = cluster.reconnects();
+        loop {
+            let watch = {
+                let Some(rt) = weak.upgrade() else {
+                    return;
+                };
+                rt.state.watch(position).await
+            };
+            let mut changes = match watch {
+                Ok(Some(changes)) => changes,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::debug!(error = %format!("{error:#}"), "cannot watch the cluster yet");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                    }
+                }
+            };
+            reconnects.borrow_and_update();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = reconnects.changed() => {
+                        tracing::info!(position, "reconnected to the cluster; catching up from the last change applied");
+                        break;
+                    }
+                    change = changes.recv() => {
+                        let Some(change) = change else { break };
+                        let Some(rt) = weak.upgrade() else { return };
+                        if let Err(error) = reconcile(&rt, &change.route).await {
+                            tracing::warn!(route = change.route.as_str(), error = %format!("{error:#}"), "cannot read a change from the cluster; watching again");
+                            break;
+                        }
+                        position = position.max(change.position);
+                        if changes.is_empty() {
+                            cluster.nodes.update(|me| me.position = me.position.max(position));
+                            cluster.nodes.publish().await;
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    });
+}
