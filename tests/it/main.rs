@@ -4,6 +4,7 @@
 mod auth;
 mod bad_uploads;
 mod changes;
+mod cluster;
 mod compat;
 mod data_dir;
 mod delivery;

