@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::events::{Event, Kind as EventKind, ShadowCounts};
 pub use crate::problem::Problem;
 pub use crate::settings::LimitsStatus;
 pub use crate::state::HistoryEntry;
@@ -34,6 +35,24 @@ pub struct VersionStatus {
     pub requests: u64,
     /// Requests on it that ended in a guest failure.
     pub failures: u64,
+    /// What its requests did so far, for clients that chart it (the console): two readings
+    /// give a window's rate, error rate and percentiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub figures: Option<VersionFigures>,
+}
+
+/// A version's request figures since it was built. Subtract an earlier reading for a window.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VersionFigures {
+    /// Requests that ended.
+    pub completed: u64,
+    /// Of those, the ones that failed (5xx, traps, timeouts).
+    pub errors: u64,
+    /// Requests per latency bucket: bucket `i` holds those that took at most
+    /// `latency_bounds_ms[i]` (and more than the bound before); the last one, all the slower.
+    pub latency: Vec<u64>,
+    /// The buckets' upper bounds, milliseconds.
+    pub latency_bounds_ms: Vec<u64>,
 }
 
 /// A version serving a route, with its part in the split.
@@ -56,6 +75,9 @@ pub struct DrainingStatus {
     pub version: VersionStatus,
     /// How long ago it was retired.
     pub retired_ms_ago: u64,
+    /// How long until its drain deadline cuts off what is left.
+    #[serde(default)]
+    pub time_left_ms: u64,
 }
 
 /// `GET /v1/routes/{name}`: a route.
@@ -90,6 +112,15 @@ pub struct RouteStatus {
     /// Its shadow, when one runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowStatus>,
+}
+
+/// `GET /v1/whoami`: who the caller is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Whoami {
+    /// The admin token's name (`anonymous` on a tokenless server).
+    pub name: String,
+    /// `read` or `deploy`.
+    pub scope: String,
 }
 
 /// A stored route that cannot serve.

@@ -35,6 +35,7 @@ pub mod dev;
 pub mod digest;
 pub mod dispatch;
 pub mod engine;
+pub mod events;
 mod fuzz;
 pub mod guest_log;
 pub mod host;

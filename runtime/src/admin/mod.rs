@@ -2,6 +2,8 @@
 //! collide with control routes. Errors are `application/problem+json` (RFC 9457) whose `detail`
 //! says what to fix. The JSON documents are the types in [`crate::api`].
 //!
+//! * `GET    /`                    — the web console ([`console`]; its files under
+//!   `/console/`); served without a token, it reads the API with the one typed into it
 //! * `GET    /healthz`             — liveness: `{"status":"ok"}`
 //! * `GET    /metrics`             — Prometheus text: requests, in-flight and failures per route
 //!   and version, compiles ([`metrics`])
@@ -27,6 +29,10 @@
 //!   hand and pauses; `POST .../rollout/{promote,abort,pause,resume}` ([`delivery`])
 //! * `PUT    /v1/routes/{name}/shadow` — JSON [`api::ShadowRequest`]: copy a share of the
 //!   route's requests to a stored module and compare; `GET` the figures; `DELETE` stops it
+//! * `GET    /v1/events`           — Server-Sent Events: deploys, activations, drains,
+//!   rollout steps, rollbacks, shadow figures ([`events`]); `Last-Event-ID` resumes,
+//!   `?route=NAME` filters
+//! * `GET    /v1/whoami`           — the caller's token name and scope
 //! * `POST   /v1/modules`          — upload `application/wasm` without activating; answers the
 //!   digest to activate later ([`modules`])
 //! * `GET    /v1/modules`          — every stored module, with the routes that use it
@@ -41,7 +47,9 @@
 //!
 //! Handlers here only translate HTTP; the work is in [`crate::deploy`].
 
+mod console;
 mod delivery;
+pub mod events;
 pub mod guard;
 mod input;
 mod metrics;
@@ -68,8 +76,18 @@ pub fn router(rt: Arc<Runtime>, listener: std::net::SocketAddr) -> Router {
         rt.config.admin_tls.is_some(),
         &rt.config.admin_hosts,
     );
+    // The console's files hold no data: behind the Host and Origin checks, without a token.
+    let console = Router::new()
+        .route("/", get(console::index))
+        .route("/console/{file}", get(console::asset))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(guard.clone()),
+            guard::origin,
+        ));
     let api = Router::new()
         .route("/healthz", get(healthz))
+        .route("/v1/events", get(events::stream))
+        .route("/v1/whoami", get(events::whoami))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/routes", get(routes::list))
         .route(
@@ -111,6 +129,7 @@ pub fn router(rt: Arc<Runtime>, listener: std::net::SocketAddr) -> Router {
         .with_state(rt);
     // Outside the whole router, where the `Allow` header of a 405 is already set.
     Router::new()
+        .merge(console)
         .fallback_service(api)
         .layer(axum::middleware::map_response(name_the_methods))
 }

@@ -32,6 +32,17 @@ pub(super) fn version_status(version: &Version) -> api::VersionStatus {
         in_flight: version.in_flight(),
         requests: version.requests(),
         failures: version.failures(),
+        figures: Some(figures(&version.stats.snapshot())),
+    }
+}
+
+/// A version's figures as the admin API shows them.
+fn figures(stats: &crate::stats::Snapshot) -> api::VersionFigures {
+    api::VersionFigures {
+        completed: stats.completed,
+        errors: stats.errors,
+        latency: stats.latency.to_vec(),
+        latency_bounds_ms: crate::stats::BUCKETS_MS.to_vec(),
     }
 }
 
@@ -42,6 +53,11 @@ fn draining_of(rt: &Runtime, name: &RouteName) -> Vec<api::DrainingStatus> {
         .map(|d| api::DrainingStatus {
             version: version_status(&d.version),
             retired_ms_ago: d.since.elapsed().as_millis() as u64,
+            time_left_ms: rt
+                .config
+                .drain_timeout
+                .saturating_sub(d.since.elapsed())
+                .as_millis() as u64,
         })
         .collect()
 }

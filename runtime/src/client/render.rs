@@ -285,6 +285,7 @@ mod tests {
             in_flight,
             requests,
             failures: 0,
+            figures: None,
         }
     }
 
@@ -304,6 +305,7 @@ mod tests {
             draining: vec![DrainingStatus {
                 version: version("sha256:aabbccddeeff0011", 2, 2),
                 retired_ms_ago: 1500,
+                time_left_ms: 28_500,
             }],
             rollout: None,
             shadow: None,

@@ -16,6 +16,7 @@
 pub mod apply;
 pub mod error;
 pub mod gc;
+pub mod notify;
 pub mod prepare;
 pub mod restore;
 pub mod shadow;

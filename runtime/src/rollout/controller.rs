@@ -151,7 +151,9 @@ async fn run(rt: Weak<Runtime>, name: RouteName, token: CancellationToken) {
         if let Verdict::RollBack(reason) = &verdict {
             tracing::warn!(route = name.as_str(), candidate = %rollout.candidate, reason = %reason, "rollout gate breached; rolling back");
         }
-        match act(&rt, &name, &rollout, verdict.clone()).await {
+        let acting =
+            crate::events::ACTOR.scope(BY.to_owned(), act(&rt, &name, &rollout, verdict.clone()));
+        match acting.await {
             Ok(()) => {
                 tracing::info!(target: "audit", who = BY, route = name.as_str(), verdict = ?verdict, "rollout stepped");
                 route.state.set_window(None);
