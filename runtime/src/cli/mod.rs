@@ -137,8 +137,8 @@ pub enum Command {
     Deploy(DeployArgs),
     /// List the routes: prefix, active version, traffic, draining versions.
     Routes(RoutesArgs),
-    /// Show one route in detail.
-    Status(RouteArgs),
+    /// Show one route in detail; with --watch, follow its rollout live.
+    Status(StatusArgs),
     /// Delete a route: stop routing to it at once, let its in-flight requests finish.
     Delete(RouteArgs),
     /// Show a route's version history (newest last), the active one marked.
@@ -150,6 +150,9 @@ pub enum Command {
     Upload(UploadArgs),
     /// Serve an uploaded (or earlier) version on a route, creating the route if needed.
     Activate(ActivateArgs),
+    /// Print what happens on the server as it happens: deploys, activations, drains, rollout
+    /// steps and rollbacks, shadow figures (`GET /v1/events`). Runs until interrupted.
+    Events(EventsArgs),
     /// Make an Ed25519 key pair for signed uploads: writes the private key to FILE (mode
     /// 600) and prints the public key line for the server's --signing-keys file.
     Keygen(KeygenArgs),
@@ -290,6 +293,34 @@ pub struct RouteArgs {
     /// The route.
     pub route: String,
     /// The admin API and output format.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `handoff status`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit::help())]
+pub struct StatusArgs {
+    /// The route.
+    pub route: String,
+    /// Redraw the split, the rollout's step and gate values and the draining versions as they
+    /// change, until the rollout ends (exit 0 when promoted, 1 when rolled back or aborted) or
+    /// ctrl-c. One line per change when stdout is not a terminal.
+    #[arg(long)]
+    pub watch: bool,
+    /// The admin API and output format.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `handoff events`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit::help())]
+pub struct EventsArgs {
+    /// Only this route's events.
+    #[arg(long)]
+    pub route: Option<String>,
+    /// The admin API and output format (`--json`: one event per line as JSON).
     #[command(flatten)]
     pub admin: AdminArgs,
 }

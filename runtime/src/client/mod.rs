@@ -16,12 +16,14 @@ use serde::de::DeserializeOwned;
 
 use crate::api;
 use crate::cli::{
-    ActivateArgs, AdminArgs, DeployArgs, Failure, RollbackArgs, RouteArgs, RoutesArgs, UploadArgs,
-    exit,
+    ActivateArgs, AdminArgs, DeployArgs, Failure, RollbackArgs, RouteArgs, RoutesArgs, StatusArgs,
+    UploadArgs, exit,
 };
 
 mod admin;
+pub mod events;
 pub mod render;
+pub mod watch;
 
 pub use admin::{AdminClient, Payload, Reply};
 use admin::{encode, print};
@@ -101,8 +103,11 @@ async fn show<T: DeserializeOwned>(
     Ok(())
 }
 
-/// `handoff status ROUTE`.
-pub async fn status(args: RouteArgs) -> Result<(), Failure> {
+/// `handoff status ROUTE [--watch]`.
+pub async fn status(args: StatusArgs) -> Result<(), Failure> {
+    if args.watch {
+        return watch::watch(AdminClient::new(&args.admin.admin)?, &args.route).await;
+    }
     let path = format!("/v1/routes/{}", encode(&args.route));
     show(args.admin, "status", path, |body: &api::RouteStatus| {
         render::status(body, SystemTime::now())
