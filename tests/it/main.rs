@@ -9,6 +9,7 @@ mod data_dir;
 mod delivery;
 mod deploy;
 mod drain;
+mod events;
 mod guests;
 mod host;
 mod hostile;
