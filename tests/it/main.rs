@@ -5,6 +5,7 @@ mod auth;
 mod bad_uploads;
 mod changes;
 mod compat;
+mod console;
 mod data_dir;
 mod delivery;
 mod deploy;
