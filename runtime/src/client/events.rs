@@ -215,7 +215,8 @@ pub fn line(event: &Event) -> String {
         details.push(action.clone());
     }
     if let Some(step) = event.step {
-        details.push(format!("step {step}"));
+        // People count steps from 1; the JSON's `step` is the index.
+        details.push(format!("step {}", step + 1));
     }
     if let Some(weight) = event.weight {
         details.push(format!("{weight}%"));

@@ -31,6 +31,7 @@ pub async fn watch(client: AdminClient, route: &str) -> Result<(), Failure> {
     let mut status = read().await?;
     let mut last_id = None;
     let mut was_live = false;
+    let mut end_seen = false;
     let mut shown = String::new();
     let mut tick = tokio::time::interval(REFRESH);
     loop {
@@ -52,6 +53,17 @@ pub async fn watch(client: AdminClient, route: &str) -> Result<(), Failure> {
             shown = text;
         }
         if was_live && !live {
+            // The event that ended it may still be on its way: print it too (briefly).
+            let wait = Duration::from_secs(2);
+            while !terminal && !end_seen {
+                match tokio::time::timeout(wait, stream.next()).await {
+                    Ok(Ok(Some(event))) => {
+                        print(line(&event).as_bytes());
+                        end_seen = ends(event.kind);
+                    }
+                    _ => break,
+                }
+            }
             return ended(route, &status);
         }
         was_live |= live;
@@ -64,6 +76,8 @@ pub async fn watch(client: AdminClient, route: &str) -> Result<(), Failure> {
                     if !terminal {
                         print(line(&event).as_bytes());
                     }
+                    end_seen = ends(event.kind)
+                        || (end_seen && event.kind != EventKind::RolloutStarted);
                     if event.kind == EventKind::Deleted {
                         return Err(Failure::new(exit::FAILED, format!("route {route} was deleted")));
                     }
@@ -77,6 +91,14 @@ pub async fn watch(client: AdminClient, route: &str) -> Result<(), Failure> {
         }
         status = read().await?;
     }
+}
+
+/// Whether an event of `kind` ends a rollout.
+fn ends(kind: EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::RolloutPromoted | EventKind::RolloutRolledBack | EventKind::RolloutAborted
+    )
 }
 
 /// How the watch ends once the rollout it saw running is over.

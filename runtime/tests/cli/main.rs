@@ -11,3 +11,4 @@ mod persist;
 mod security;
 mod serve;
 mod support;
+mod watch;
