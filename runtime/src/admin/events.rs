@@ -78,11 +78,7 @@ pub(super) async fn stream(
             })?,
     };
     let subscription = rt.events.subscribe(replay, route)?;
-    let body = SseBody {
-        subscription,
-        heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT),
-        started: false,
-    };
+    let body = SseBody::new(subscription, HEARTBEAT);
     let mut response = Body::new(body).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -131,6 +127,17 @@ struct SseBody {
     started: bool,
 }
 
+impl SseBody {
+    /// The body of `subscription`, with a comment line after every `heartbeat` of silence.
+    fn new(subscription: Subscription, heartbeat: Duration) -> Self {
+        Self {
+            subscription,
+            heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat),
+            started: false,
+        }
+    }
+}
+
 impl http_body::Body for SseBody {
     type Data = Bytes;
     type Error = std::convert::Infallible;
@@ -173,6 +180,27 @@ impl http_body::Body for SseBody {
 mod tests {
     use super::*;
     use crate::events::Kind;
+
+    #[tokio::test]
+    async fn a_stream_starts_with_retry_then_sends_events_and_heartbeats() {
+        use http_body_util::BodyExt as _;
+        assert_eq!(HEARTBEAT, Duration::from_secs(15));
+        let bus = crate::events::Bus::starting_at(1);
+        let subscription = bus.subscribe(Replay::Live, None).unwrap();
+        let mut body = SseBody::new(subscription, Duration::from_millis(50));
+        let text = |frame: Frame<Bytes>| String::from_utf8(frame.into_data().unwrap().to_vec());
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(text(first).unwrap(), "retry: 2000\n\n");
+        bus.publish(Event::new(Kind::Drained, "api"));
+        let event = text(body.frame().await.unwrap().unwrap()).unwrap();
+        assert!(event.starts_with("id: 1\nevent: drained\n"), "{event}");
+        let started = std::time::Instant::now();
+        let heartbeat = text(body.frame().await.unwrap().unwrap()).unwrap();
+        assert_eq!(heartbeat, ": heartbeat\n\n");
+        assert!(started.elapsed() >= Duration::from_millis(40));
+        bus.close();
+        assert!(body.frame().await.is_none(), "a closed bus ends the stream");
+    }
 
     #[test]
     fn an_event_is_one_sse_message() {
