@@ -218,6 +218,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_readme_documents_every_kind() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("## Event stream")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("README.md has an Event stream section");
+        for kind in Kind::ALL {
+            assert!(
+                section.contains(&format!("`{}`", kind.as_str())),
+                "README.md's event stream section lacks `{}`",
+                kind.as_str()
+            );
+        }
+    }
+
+    #[test]
     fn kinds_serialize_as_their_names_and_unknown_ones_still_read() {
         for kind in Kind::ALL {
             let json = serde_json::to_value(kind).unwrap();
