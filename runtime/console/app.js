@@ -277,6 +277,7 @@ async function refresh() {
       for (const v of route.versions) record(route.route, v, now);
     }
     render();
+    kvUpdate();
   } catch (e) {
     if (!(e instanceof ApiError && e.status === 401)) show('error', 'reading the routes failed: ' + e.message);
   } finally {
@@ -387,47 +388,81 @@ document.addEventListener('click', (event) => {
 });
 
 // ---- the key-value browser (read only; hidden when the server has no key-value API) ----
+// A route's own bucket is /v1/routes/{name}/kv, a shared one /v1/kv/{bucket} (the route
+// status lists the shared buckets a route may open as `kv`).
 
-async function kvInit() {
-  let buckets;
-  try {
-    buckets = await api('GET', '/v1/kv');
-  } catch (_) {
-    return;
-  }
-  const list = Array.isArray(buckets) ? buckets : buckets.buckets || [];
-  const select = $('kv-bucket');
-  select.innerHTML = list.map((b) => {
-    const name = typeof b === 'string' ? b : b.name;
-    return `<option value="${esc(name)}">${esc(name)}</option>`;
-  }).join('');
-  $('kv').hidden = false;
-  if (list.length) kvKeys();
+const kv = { probed: false, available: false, buckets: '', cursor: null };
+
+function kvBase(choice) {
+  const [scope, name] = choice.split(':');
+  return scope === 'route' ? `/v1/routes/${encodeURIComponent(name)}/kv` : `/v1/kv/${encodeURIComponent(name)}`;
 }
 
-async function kvKeys() {
-  const bucket = $('kv-bucket').value;
-  $('kv-value').textContent = '';
+async function kvUpdate() {
+  if (!state.routes.length) return;
+  if (!kv.probed) {
+    kv.probed = true;
+    try {
+      await api('GET', kvBase('route:' + state.routes[0].route) + '/keys?limit=1');
+      kv.available = true;
+    } catch (e) {
+      kv.available = !(e instanceof ApiError && e.status === 404);
+    }
+  }
+  if (!kv.available) return;
+  const choices = state.routes.map((r) => ['route:' + r.route, r.route + ' (route)']);
+  const shared = new Set(state.routes.flatMap((r) => r.kv || []));
+  for (const name of shared) choices.push(['shared:' + name, name + ' (shared)']);
+  const key = JSON.stringify(choices);
+  if (key === kv.buckets) return;
+  kv.buckets = key;
+  const select = $('kv-bucket');
+  const current = select.value;
+  select.innerHTML = choices.map(([value, label]) => `<option value="${esc(value)}">${esc(label)}</option>`).join('');
+  if (choices.some(([value]) => value === current)) select.value = current;
+  $('kv').hidden = false;
+}
+
+async function kvKeys(more) {
+  const base = kvBase($('kv-bucket').value);
+  if (!more) {
+    kv.cursor = null;
+    $('kv-keys').innerHTML = '';
+    $('kv-value').textContent = '';
+  }
   try {
-    const page = await api('GET', `/v1/kv/${encodeURIComponent(bucket)}/keys`);
-    const keys = Array.isArray(page) ? page : page.keys || [];
-    $('kv-keys').innerHTML = keys.map((k) => `<li><button type="button" class="mono" data-key="${esc(k)}">${esc(k)}</button></li>`).join('')
-      || '<li class="empty">no keys</li>';
+    const page = await api('GET', base + '/keys' + (kv.cursor ? '?cursor=' + encodeURIComponent(kv.cursor) : ''));
+    const more = $('kv-more');
+    if (more) more.remove();
+    $('kv-keys').insertAdjacentHTML('beforeend', page.keys.map((k) =>
+      `<li><button type="button" class="mono" data-key="${esc(k)}">${esc(k)}</button></li>`).join('')
+      || (more ? '' : '<li class="empty">no keys</li>'));
+    kv.cursor = page.cursor;
+    if (page.cursor) $('kv-keys').insertAdjacentHTML('beforeend', '<li id="kv-more"><button type="button" data-more="1">more…</button></li>');
   } catch (e) {
     show('error', 'listing keys failed: ' + e.message);
   }
 }
 
 async function kvValue(key) {
-  const bucket = $('kv-bucket').value;
-  const res = await fetch(`/v1/kv/${encodeURIComponent(bucket)}/keys/${encodeURIComponent(key)}`, { headers: headers() });
-  $('kv-value').textContent = res.ok ? await res.text() : 'failed: ' + (await problem(res));
+  const base = kvBase($('kv-bucket').value);
+  try {
+    const entry = await api('GET', `${base}/keys/${encodeURIComponent(key)}`);
+    const text = entry.value != null ? entry.value : '(binary, base64) ' + entry.base64;
+    const about = [`revision ${entry.revision ?? '–'}`, entry.expires_at_ms ? 'expires ' + when(entry.expires_at_ms) : null].filter(Boolean).join(' · ');
+    $('kv-value').textContent = `${key}\n${about}\n\n${text}`;
+  } catch (e) {
+    $('kv-value').textContent = 'reading it failed: ' + e.message;
+  }
 }
 
-$('kv-refresh').addEventListener('click', kvKeys);
+$('kv-refresh').addEventListener('click', () => kvKeys(false));
+$('kv-bucket').addEventListener('change', () => kvKeys(false));
 $('kv-keys').addEventListener('click', (event) => {
-  const el = event.target.closest('button[data-key]');
-  if (el) kvValue(el.dataset.key);
+  const el = event.target.closest('button');
+  if (!el) return;
+  if (el.dataset.more) kvKeys(true);
+  else if (el.dataset.key != null) kvValue(el.dataset.key);
 });
 
 // ---- start ----
@@ -450,7 +485,6 @@ async function start() {
   state.started = true;
   follow();
   refresh();
-  kvInit();
   setInterval(refresh, POLL_MS);
 }
 

@@ -215,6 +215,29 @@ async fn the_console_follows_a_deploy_and_a_rollout_and_promotes_in_a_browser() 
     .await;
     traffic.await.unwrap();
 
+    // The key-value browser shows only where the server has the key-value admin API.
+    let (kv, _) = server.admin(Method::GET, "/v1/routes/app/kv/keys").await;
+    if kv == StatusCode::NOT_FOUND {
+        let hidden = browser
+            .eval("return document.getElementById('kv').hidden;", json!([]))
+            .await;
+        assert_eq!(hidden, true, "no key-value API, no browser");
+    } else {
+        until(
+            &browser,
+            "the key-value browser",
+            "return !document.getElementById('kv').hidden;",
+        )
+        .await;
+        browser.click("#kv-refresh", false).await;
+        until(
+            &browser,
+            "the bucket's keys",
+            "return document.querySelector('#kv-keys li');",
+        )
+        .await;
+    }
+
     let png = browser.screenshot().await;
     let path = target_dir().join("console.png");
     std::fs::write(&path, &png).unwrap();

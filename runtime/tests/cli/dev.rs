@@ -46,7 +46,10 @@ const CHUNKS: u64 = 120;
 const DELAY_MS: u64 = 250;
 
 fn write_source(dir: &Path, tag: &str, trailer: &str) {
-    let source = format!("const TAG: &str = {tag:?};\n{HANDLER}{trailer}");
+    let source = format!(
+        "const TAG: &str = {tag:?};\nconst SLEEP_MS: u64 = 0;\nconst NOISY: bool = false;\n\
+         const CHANGED_ON: &str = \"\";\n{HANDLER}{trailer}"
+    );
     std::fs::write(dir.join("src/lib.rs"), source).unwrap();
 }
 
