@@ -330,6 +330,10 @@ async fn drive_until_decided(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let took = judgeable.map_or(Duration::ZERO, |at| at.elapsed());
+    eprintln!(
+        "rollout ended {} {took:?} after the candidate could be judged",
+        rollout["state"]
+    );
     stop.store(true, Ordering::Relaxed);
     for task in load {
         task.await.unwrap();
@@ -524,5 +528,30 @@ async fn a_rollout_continues_after_a_restart_where_it_was() {
     let (finished, _) = drive_until_decided(&server, "/app", 4, 5).await;
     assert_eq!(finished["state"], "promoted", "{finished}");
     assert_eq!(server.get("/app").await.1, "v2");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_candidate_is_taken_out_by_the_error_gate() {
+    let server = TestServer::start().await;
+    server.deploy("app", guests::TAGGED_V1).await;
+    let hostile = server.upload(guests::HOSTILE).await;
+    rollout(
+        &server,
+        "app",
+        &hostile,
+        json!({"steps": [50, 100], "step_time": "1m", "min_requests": 20}),
+    )
+    .await;
+    // `/app/trap`: the stable version answers 200, the candidate traps (a 500 from the host).
+    let (rollout, took) = drive_until_decided(&server, "/app/trap", 4, 20).await;
+    assert_eq!(rollout["state"], "rolled_back", "{rollout}");
+    let reason = rollout["reason"].as_str().unwrap();
+    assert!(reason.contains("error rate"), "{reason}");
+    assert!(
+        took < Duration::from_millis(1_500),
+        "taken out {took:?} after it could be judged"
+    );
+    serves_stable_only(&server, "/app/trap").await;
     server.shutdown().await;
 }
