@@ -555,3 +555,103 @@ async fn a_trapping_candidate_is_taken_out_by_the_error_gate() {
     serves_stable_only(&server, "/app/trap").await;
     server.shutdown().await;
 }
+
+/// The sticky hash exactly as the README documents it: FNV-1a (64 bit) over the route's name,
+/// one `0xff` byte and the key, the SplitMix64 finalizer, modulo 10,000. Written here again so
+/// the test checks the documentation, not the server against itself.
+fn documented_bucket(route: &str, key: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in route.bytes().chain([0xff]).chain(key.iter().copied()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x100_0000_01b3);
+    }
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^= hash >> 31;
+    hash % 10_000
+}
+
+/// One GET of `/app` from source address `from` on a fresh connection: the body.
+async fn get_from(from: std::net::Ipv4Addr, to: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((from, 0).into()).unwrap();
+    let mut stream = socket.connect(to).await.unwrap();
+    stream
+        .write_all(b"GET /app HTTP/1.1\r\nhost: handoff.test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    if body.contains("v2") { "v2" } else { "v1" }.to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_hash_places_header_cookie_and_ip_keys() {
+    let server = TestServer::start().await;
+    server.deploy("app", guests::TAGGED_V1).await;
+    let v2 = server.upload(guests::TAGGED_V2).await;
+    let weight = 37.5;
+    let expected = |key: &[u8]| {
+        if documented_bucket("app", key) < 3_750 {
+            "v2"
+        } else {
+            "v1"
+        }
+    };
+    // Each rollout after the first retries the same candidate after an abort: it stays stored.
+    for (sticky, header) in [("header:x-user", "x-user"), ("cookie:session", "cookie")] {
+        rollout(
+            &server,
+            "app",
+            &v2,
+            json!({"steps": [weight], "sticky": sticky, "manual": true}),
+        )
+        .await;
+        let mut conn = Connection::open(server.data).await;
+        let mut on_candidate = 0;
+        for key in 0..400 {
+            let key = format!("user-{key}");
+            let value = match header {
+                "cookie" => format!("theme=dark; session={key}; lang=en"),
+                _ => key.clone(),
+            };
+            let (status, body) = get_with(&mut conn, "/app", (header, &value)).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body, expected(key.as_bytes()), "{sticky} key {key}");
+            on_candidate += usize::from(body == "v2");
+        }
+        assert!(
+            (100..=200).contains(&on_candidate),
+            "{on_candidate} of 400 on the candidate"
+        );
+        let (status, body) = server
+            .post_json("/v1/routes/app/rollout/abort", Value::Null)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // `ip`: the client's address as its 4 octets. Loopback answers from all of 127/8.
+    rollout(
+        &server,
+        "app",
+        &v2,
+        json!({"steps": [weight], "sticky": "ip", "manual": true}),
+    )
+    .await;
+    let mut sides = [0usize; 2];
+    for last in 1..=60u8 {
+        let from = std::net::Ipv4Addr::new(127, 0, 0, last);
+        let body = get_from(from, server.data).await;
+        assert_eq!(body, expected(&from.octets()), "from {from}");
+        assert_eq!(
+            get_from(from, server.data).await,
+            body,
+            "from {from}, again"
+        );
+        sides[usize::from(body == "v2")] += 1;
+    }
+    assert!(sides[0] > 0 && sides[1] > 0, "both sides: {sides:?}");
+    server.shutdown().await;
+}

@@ -50,12 +50,15 @@ pub struct RouteRecord {
 }
 
 impl RouteRecord {
-    /// Every digest this record references: its serving versions and its history.
+    /// Every digest this record references: its serving versions, its history and its last
+    /// rollout's candidate.
     pub fn references(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.active.as_str())
             .chain(self.candidate.iter().map(|c| c.version.as_str()))
             .chain(self.shadow.iter().map(|s| s.version.as_str()))
             .chain(self.history.iter().map(|e| e.version.as_str()))
+            // The last rollout's candidate, also once it ended: it can be tried again.
+            .chain(self.rollout.iter().map(|r| r.candidate.as_str()))
     }
 }
 
