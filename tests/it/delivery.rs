@@ -349,29 +349,34 @@ async fn serves_stable_only(server: &TestServer, path: &str) {
     assert_eq!(status["versions"].as_array().unwrap().len(), 1, "{status}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_candidate_is_taken_out_within_a_second_and_the_reason_recorded() {
+/// Rolls `candidate` out on a route serving the tagged v1, drives `path` with `clients` until
+/// a gate takes the candidate out, and checks what every rollback must show: weight 0 within
+/// 1.5 s of the candidate becoming judgeable, the reason in the rollout and the history (by
+/// `rollout`), `/metrics` saying so, and only the stable version serving afterwards. Returns
+/// the server and the reason.
+async fn rolled_back_by_a_gate(
+    candidate: &str,
+    path: &str,
+    clients: usize,
+    gates: Value,
+) -> (TestServer, String) {
     let server = TestServer::start().await;
     server.deploy("app", guests::TAGGED_V1).await;
-    let failing = server.upload(guests::FAILING).await;
-    rollout(
-        &server,
-        "app",
-        &failing,
-        json!({"steps": [50, 100], "step_time": "1m", "min_requests": 20}),
-    )
-    .await;
-    // `/app/error`: the stable version answers 200, the candidate 500.
-    let (rollout, took) = drive_until_decided(&server, "/app/error", 4, 20).await;
+    let version = server.upload(candidate).await;
+    let mut options = json!({"steps": [50, 100], "step_time": "1m", "min_requests": 20});
+    options
+        .as_object_mut()
+        .unwrap()
+        .extend(gates.as_object().unwrap().clone());
+    rollout(&server, "app", &version, options).await;
+    let (rollout, took) = drive_until_decided(&server, path, clients, 20).await;
     assert_eq!(rollout["state"], "rolled_back", "{rollout}");
     assert_eq!(rollout["weight"], 0.0);
-    let reason = rollout["reason"].as_str().unwrap();
-    assert!(reason.contains("error rate"), "{reason}");
-    assert!(reason.contains("max_error_rate 0.01"), "{reason}");
     assert!(
         took < Duration::from_millis(1_500),
         "the candidate was taken out {took:?} after it could be judged"
     );
+    let reason = rollout["reason"].as_str().unwrap().to_owned();
     let (_, history) = server.admin(Method::GET, "/v1/routes/app/versions").await;
     let last = history["versions"]
         .as_array()
@@ -383,36 +388,38 @@ async fn a_failing_candidate_is_taken_out_within_a_second_and_the_reason_recorde
         (last["action"].as_str(), last["by"].as_str()),
         (Some("rollback"), Some("rollout"))
     );
-    assert_eq!(last["message"].as_str(), Some(reason));
-    serves_stable_only(&server, "/app/error").await;
+    assert_eq!(last["message"].as_str(), Some(reason.as_str()));
     let state = "handoff_rollout_state{route=\"app\",state=\"rolled_back\"}";
     assert_eq!(server.metric(state).await, 1.0);
-    let weight = format!("handoff_rollout_weight_percent{{route=\"app\",candidate=\"{failing}\"}}");
+    let weight = format!("handoff_rollout_weight_percent{{route=\"app\",candidate=\"{version}\"}}");
     assert_eq!(server.metric(&weight).await, 0.0);
+    serves_stable_only(&server, path).await;
+    (server, reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_candidate_is_taken_out_within_a_second_and_the_reason_recorded() {
+    // `/app/error`: the stable version answers 200, the candidate 500.
+    let (server, reason) = rolled_back_by_a_gate(guests::FAILING, "/app/error", 4, json!({})).await;
+    assert!(reason.contains("error rate"), "{reason}");
+    assert!(reason.contains("max_error_rate 0.01"), "{reason}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_candidate_is_taken_out_by_the_error_gate() {
+    // `/app/trap`: the stable version answers 200, the candidate traps (a 500 from the host).
+    let (server, reason) = rolled_back_by_a_gate(guests::HOSTILE, "/app/trap", 4, json!({})).await;
+    assert!(reason.contains("error rate"), "{reason}");
     server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_candidate_is_taken_out_by_the_p99_gate() {
-    let server = TestServer::start().await;
-    server.deploy("app", guests::TAGGED_V1).await;
-    let slow = server.upload(guests::TAGGED_SLOW).await;
-    rollout(
-        &server,
-        "app",
-        &slow,
-        json!({"steps": [50, 100], "step_time": "1m", "min_requests": 20, "max_p99_ratio": 2.0}),
-    )
-    .await;
-    let (rollout, took) = drive_until_decided(&server, "/app", 8, 20).await;
-    assert_eq!(rollout["state"], "rolled_back", "{rollout}");
-    let reason = rollout["reason"].as_str().unwrap();
+    let gates = json!({"max_p99_ratio": 2.0});
+    let (server, reason) = rolled_back_by_a_gate(guests::TAGGED_SLOW, "/app", 8, gates).await;
     assert!(reason.contains("p99"), "{reason}");
-    assert!(
-        took < Duration::from_millis(1_500),
-        "the candidate was taken out {took:?} after it could be judged"
-    );
-    serves_stable_only(&server, "/app").await;
+    assert!(reason.contains("above max_p99_ratio 2"), "{reason}");
     server.shutdown().await;
 }
 
@@ -528,31 +535,6 @@ async fn a_rollout_continues_after_a_restart_where_it_was() {
     let (finished, _) = drive_until_decided(&server, "/app", 4, 5).await;
     assert_eq!(finished["state"], "promoted", "{finished}");
     assert_eq!(server.get("/app").await.1, "v2");
-    server.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trapping_candidate_is_taken_out_by_the_error_gate() {
-    let server = TestServer::start().await;
-    server.deploy("app", guests::TAGGED_V1).await;
-    let hostile = server.upload(guests::HOSTILE).await;
-    rollout(
-        &server,
-        "app",
-        &hostile,
-        json!({"steps": [50, 100], "step_time": "1m", "min_requests": 20}),
-    )
-    .await;
-    // `/app/trap`: the stable version answers 200, the candidate traps (a 500 from the host).
-    let (rollout, took) = drive_until_decided(&server, "/app/trap", 4, 20).await;
-    assert_eq!(rollout["state"], "rolled_back", "{rollout}");
-    let reason = rollout["reason"].as_str().unwrap();
-    assert!(reason.contains("error rate"), "{reason}");
-    assert!(
-        took < Duration::from_millis(1_500),
-        "taken out {took:?} after it could be judged"
-    );
-    serves_stable_only(&server, "/app/trap").await;
     server.shutdown().await;
 }
 
