@@ -17,5 +17,6 @@ mod hostile;
 mod limits;
 mod outbound;
 mod persist;
+mod shadow;
 mod swap;
 mod tls;

@@ -2,6 +2,8 @@
 //! `--help` text. Parsing only: the commands themselves live in [`crate::client`] (the admin-API
 //! clients), [`crate::scaffold`] (`new`), [`crate::dev`] (`dev`) and the binary (`serve`).
 
+pub mod admin;
+pub mod delivery;
 pub mod exit;
 pub mod file;
 pub mod serve;
@@ -11,6 +13,8 @@ use std::path::PathBuf;
 
 use clap::{Arg, ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+pub use admin::{AdminArgs, DEFAULT_ADMIN_URL};
+pub use delivery::{RolloutArgs, ShadowArgs, WeightArgs};
 pub use serve::{FileExtras, RouteDefaults, ServeArgs};
 
 use file::ConfigFile;
@@ -153,6 +157,22 @@ pub enum Command {
     /// Print what happens on the server as it happens: deploys, activations, drains, rollout
     /// steps and rollbacks, shadow figures (`GET /v1/events`). Runs until interrupted.
     Events(EventsArgs),
+    /// Start a rollout: the candidate serves a growing share of the route, step by step, and
+    /// is rolled back by itself when its error rate or p99 breaches a gate.
+    Rollout(RolloutArgs),
+    /// Make the rollout's candidate the stable version now; the old stable drains.
+    Promote(RouteArgs),
+    /// Stop the rollout: the candidate's weight goes to 0 and it drains.
+    Abort(RouteArgs),
+    /// Stop the rollout's automatic stepping (its gates still watch the candidate).
+    Pause(RouteArgs),
+    /// Let a paused rollout step again.
+    Resume(RouteArgs),
+    /// Set the rollout candidate's weight by hand (pauses automatic stepping).
+    Weight(WeightArgs),
+    /// Copy a share of the route's requests to a shadow version and compare its answers with
+    /// the stable version's (the client always gets the stable one); `--off` stops it.
+    Shadow(ShadowArgs),
     /// Make an Ed25519 key pair for signed uploads: writes the private key to FILE (mode
     /// 600) and prints the public key line for the server's --signing-keys file.
     Keygen(KeygenArgs),
@@ -167,26 +187,6 @@ pub struct KeygenArgs {
     /// The key's name in the printed `[[key]]` entry.
     #[arg(long, default_value = "deployer")]
     pub name: String,
-}
-
-/// Where the client commands look for the admin API unless `--admin` or `HANDOFF_ADMIN_URL`
-/// says otherwise (the default of `serve --admin-listen`).
-pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:8081";
-
-/// Where the admin API is and how to print its answers; shared by the client commands.
-#[derive(Debug, clap::Args)]
-pub struct AdminArgs {
-    /// The admin API of the handoff server to talk to (plain http).
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "HANDOFF_ADMIN_URL",
-        default_value = DEFAULT_ADMIN_URL
-    )]
-    pub admin: String,
-    /// Print the server's JSON instead of a table (for scripts); on failure, the problem document.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Arguments of `handoff deploy`.

@@ -141,10 +141,7 @@ async fn shadow_figures(rt: Weak<Runtime>) {
             let Some(shadow) = route.record.shadow.as_ref() else {
                 continue;
             };
-            let status = route
-                .state
-                .shadow
-                .status(&shadow.version, shadow.percent, &[]);
+            let status = route.state.shadow.status(shadow);
             let counts = ShadowCounts {
                 requests: status.requests,
                 matches: status.matches,
@@ -313,6 +310,7 @@ mod tests {
             settings: Default::default(),
             percent: 50.0,
             compare_headers: vec![],
+            allow_outbound: false,
         });
         let got = events("a", Some(&plain), Some(&shadowed), None);
         assert_eq!(kinds(&got), [Kind::ShadowStarted]);
