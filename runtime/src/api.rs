@@ -75,6 +75,9 @@ pub struct RouteStatus {
     pub outbound: Vec<String>,
     /// The directory under `--guest-dirs` its guests see at `/data`.
     pub dir: Option<String>,
+    /// The shared key-value buckets its guests may open besides the route's own (`kv=NAME`).
+    #[serde(default)]
+    pub kv: Vec<String>,
     /// Requests on it now, across versions.
     pub in_flight: usize,
     /// The stable version: it serves every new request the candidate does not.

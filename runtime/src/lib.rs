@@ -39,6 +39,7 @@ mod fuzz;
 pub mod guest_log;
 pub mod host;
 pub mod http_client;
+pub mod kv;
 #[cfg(test)]
 mod layering;
 pub mod limiter;

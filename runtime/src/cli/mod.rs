@@ -218,6 +218,10 @@ pub struct DeployArgs {
     /// A directory under the server's --guest-dirs to mount read-only at /data (`''` to unmount).
     #[arg(long, value_name = "NAME")]
     pub dir: Option<String>,
+    /// A shared key-value bucket the route's guests may open besides their own (`default`);
+    /// repeat for more. Without any, the route keeps its grants; `--kv ''` alone clears them.
+    #[arg(long = "kv", value_name = "BUCKET")]
+    pub kv: Vec<String>,
     /// This route's limits (`--max-memory`, `--request-timeout`, ...), from the table in
     /// `crate::settings`; each one left out keeps the route's current value.
     #[command(flatten)]

@@ -45,6 +45,9 @@ pub async fn deploy(args: DeployArgs) -> Result<(), Failure> {
     for rule in &args.allow_outbound {
         query.push(format!("allow-outbound={}", encode(rule)));
     }
+    for bucket in &args.kv {
+        query.push(format!("kv={}", encode(bucket)));
+    }
     if let Some(label) = &args.label {
         query.push(format!("label={}", encode(label)));
     }
