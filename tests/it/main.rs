@@ -12,6 +12,7 @@ mod drain;
 mod guests;
 mod host;
 mod hostile;
+mod kv;
 mod limits;
 mod outbound;
 mod persist;
