@@ -75,6 +75,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Upload(args) => handoff::client::upload(args).await,
         Command::Activate(args) => handoff::client::activate(args).await,
         Command::Keygen(args) => handoff::client::keygen(args),
+        Command::Kv(args) => handoff::client::kv::run(args).await,
         Command::New(args) => {
             let created = handoff::scaffold::run(args)?;
             let dir = created.dir.display();

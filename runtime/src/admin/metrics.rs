@@ -183,7 +183,8 @@ pub(super) async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
         "Compile worker processes running now.",
         &mut std::iter::once((String::new(), rt.compile_workers().to_string())),
     );
-    let kv_counters: [(&str, &str, fn(&crate::kv::Bucket) -> u64); 4] = [
+    type Counter = fn(&crate::kv::Bucket) -> u64;
+    let kv_counters: [(&str, &str, Counter); 4] = [
         (
             "handoff_kv_operations_total",
             "Key-value operations on a bucket, from every route and version that opens it.",

@@ -4,6 +4,7 @@
 
 pub mod exit;
 pub mod file;
+pub mod kv;
 pub mod serve;
 
 use std::ffi::OsString;
@@ -150,6 +151,9 @@ pub enum Command {
     Upload(UploadArgs),
     /// Serve an uploaded (or earlier) version on a route, creating the route if needed.
     Activate(ActivateArgs),
+    /// Read and write the key-value buckets guests use: keys, get, put, delete, export,
+    /// import (`handoff kv --help`).
+    Kv(kv::KvArgs),
     /// Make an Ed25519 key pair for signed uploads: writes the private key to FILE (mode
     /// 600) and prints the public key line for the server's --signing-keys file.
     Keygen(KeygenArgs),

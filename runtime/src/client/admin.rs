@@ -178,21 +178,7 @@ impl AdminClient {
             print(&out);
         }
         if !reply.status.is_success() {
-            let detail = serde_json::from_slice::<api::Problem>(&reply.body)
-                .ok()
-                .map(|problem| one_line(&problem.detail))
-                .unwrap_or_else(|| {
-                    format!(
-                        "the answer has no problem document: {}",
-                        one_line(&String::from_utf8_lossy(
-                            &reply.body[..reply.body.len().min(200)]
-                        ))
-                    )
-                });
-            return Err(Failure::new(
-                exit::FAILED,
-                format!("{what} refused ({}): {detail}", status_text(reply.status)),
-            ));
+            return Err(reply.refused(what));
         }
         serde_json::from_slice(&reply.body).map_err(|error| {
             Failure::new(
@@ -203,6 +189,28 @@ impl AdminClient {
                 ),
             )
         })
+    }
+}
+
+impl Reply {
+    /// The failure a refused request (a 4xx or 5xx) is: [`exit::FAILED`] with the server's
+    /// `detail`; `what` names the request.
+    pub fn refused(&self, what: &str) -> Failure {
+        let detail = serde_json::from_slice::<api::Problem>(&self.body)
+            .ok()
+            .map(|problem| one_line(&problem.detail))
+            .unwrap_or_else(|| {
+                format!(
+                    "the answer has no problem document: {}",
+                    one_line(&String::from_utf8_lossy(
+                        &self.body[..self.body.len().min(200)]
+                    ))
+                )
+            });
+        Failure::new(
+            exit::FAILED,
+            format!("{what} refused ({}): {detail}", status_text(self.status)),
+        )
     }
 }
 

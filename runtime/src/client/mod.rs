@@ -1,5 +1,5 @@
 //! Thin clients of the admin API for `handoff deploy`, `routes`, `status`, `delete`,
-//! `versions`, `rollback`, `upload` and `activate`: one
+//! `versions`, `rollback`, `upload`, `activate` and `kv` ([`kv`]): one
 //! HTTP/1.1 request per command over plain TCP, the answer printed as a table or, with `--json`,
 //! exactly as the server sent it.
 //!
@@ -21,6 +21,7 @@ use crate::cli::{
 };
 
 mod admin;
+pub mod kv;
 pub mod render;
 
 pub use admin::{AdminClient, Payload, Reply};

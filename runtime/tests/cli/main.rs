@@ -5,6 +5,7 @@ mod admin_listener;
 mod client;
 mod crowd;
 mod dev;
+mod kv;
 mod logs;
 mod new;
 mod persist;
