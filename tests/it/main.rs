@@ -13,6 +13,7 @@ mod guests;
 mod host;
 mod hostile;
 mod kv;
+mod kv_python;
 mod kv_versions;
 mod limits;
 mod outbound;
