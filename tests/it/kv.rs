@@ -261,3 +261,121 @@ async fn a_shadow_run_reads_real_data_and_its_writes_are_discarded() {
     assert_eq!(server.get("/app/get?key=n").await.1, "20");
     server.shutdown().await;
 }
+
+/// An admin request with a bearer token and an optional JSON body.
+async fn admin_as(
+    server: &TestServer,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin")
+        .header("authorization", format!("Bearer {token}"));
+    let bytes = match body {
+        Some(body) => {
+            req = req.header("content-type", "application/json");
+            bytes::Bytes::from(body.to_string())
+        }
+        None => bytes::Bytes::new(),
+    };
+    let (status, body) = handoff_tests::send(
+        server.admin,
+        req.body(http_body_util::Full::new(bytes)).unwrap(),
+    )
+    .await;
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_token_lists_keys_but_values_need_deploy_and_data_outlives_the_route() {
+    use handoff::auth::{Scope, Token};
+    const DEPLOYER: &str = "kv-deployer-secret-0123456789";
+    const READER: &str = "kv-reader-secret-0123456789";
+    let server = TestServer::start_with(handoff::config::Config {
+        admin_tokens: vec![
+            Token::new("ci", Scope::Deploy, DEPLOYER).unwrap(),
+            Token::new("dashboard", Scope::Read, READER).unwrap(),
+        ],
+        ..handoff::config::Config::ephemeral()
+    })
+    .await;
+    let (status, body) = admin_as(
+        &server,
+        Method::PUT,
+        "/v1/routes/app/kv/keys/a%2Fb",
+        DEPLOYER,
+        Some(json!({"value": "secret"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) =
+        admin_as(&server, Method::GET, "/v1/routes/app/kv/keys", READER, None).await;
+    assert_eq!(
+        (status, &body["keys"]),
+        (StatusCode::OK, &json!(["a/b"])),
+        "{body}"
+    );
+    let (status, body) = admin_as(
+        &server,
+        Method::GET,
+        "/v1/routes/app/kv/keys/a/b",
+        READER,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    for path in ["/v1/routes/app/kv/keys/a/b", "/v1/routes/app/kv/export"] {
+        let (status, _) = admin_as(&server, Method::GET, path, READER, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+    }
+    let (status, body) = admin_as(
+        &server,
+        Method::GET,
+        "/v1/routes/app/kv/keys/a/b",
+        DEPLOYER,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["value"]),
+        (StatusCode::OK, &json!("secret")),
+        "{body}"
+    );
+    let (status, _) = admin_as(
+        &server,
+        Method::PUT,
+        "/v1/routes/app/kv/keys/k",
+        READER,
+        Some(json!({"value": "x"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // The bucket belongs to the route's name: deleted and deployed again, the route finds it.
+    let deploy = |server: &TestServer| {
+        let req = http::Request::builder()
+            .method(Method::PUT)
+            .uri("/v1/routes/app")
+            .header("host", "admin")
+            .header("authorization", format!("Bearer {DEPLOYER}"))
+            .header("content-type", "application/wasm")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                guests::bytes(guests::KV_PLAIN),
+            )))
+            .unwrap();
+        handoff_tests::send(server.admin, req)
+    };
+    assert!(deploy(&server).await.0.is_success());
+    assert_eq!(server.get("/app/get?key=a/b").await.1, "secret");
+    let (status, _) = admin_as(&server, Method::DELETE, "/v1/routes/app", DEPLOYER, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(deploy(&server).await.0.is_success());
+    assert_eq!(server.get("/app/get?key=a/b").await.1, "secret");
+    server.shutdown().await;
+}

@@ -90,7 +90,13 @@ async fn a_python_guest_counts_correctly_with_wasi_keyvalue_draft2() {
         client.await.unwrap();
     }
     let (status, body) = server.get("/py/get?key=hits").await;
-    assert_eq!((status, body), (StatusCode::OK, (CLIENTS * EACH).to_string()));
-    assert_eq!(server.get("/py/get?key=none").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, (CLIENTS * EACH).to_string())
+    );
+    assert_eq!(
+        server.get("/py/get?key=none").await.0,
+        StatusCode::NOT_FOUND
+    );
     server.shutdown().await;
 }

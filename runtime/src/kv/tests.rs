@@ -337,3 +337,26 @@ async fn an_overlay_reads_real_data_and_keeps_its_writes_to_itself() {
     assert_eq!(page.items, ["a", "c", "n"]);
     assert!(page.items.len() <= PAGE_KEYS);
 }
+
+#[tokio::test]
+async fn an_idle_writer_sweeps_expired_keys_within_about_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open(&dir);
+    let brief = Write::new(
+        "brief".into(),
+        Change::Set {
+            value: b"x".to_vec(),
+            ttl_ms: Some(1),
+        },
+        Quota::default(),
+    );
+    revision(kv.write("b", brief).await);
+    let started = std::time::Instant::now();
+    while kv.usage("b").await.unwrap().keys > 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the expired key was not swept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

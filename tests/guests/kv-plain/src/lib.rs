@@ -8,6 +8,8 @@
 //! * `cas-incr?key=K`          — draft2 `cas` + `swap`, retried until it wins; answers
 //!   `VALUE ATTEMPTS`
 //! * `get?key=K`               — the value, or 404
+//! * `timed-get?key=K` / `timed-set?key=K` — one get (or a set of 100 bytes); answers how
+//!   long the call took inside the guest, in nanoseconds (for the bench)
 //! * `set?key=K&value=V`       — `ok`, or the error
 //! * `big?key=K&bytes=N`       — sets a value of N bytes; `ok`, or the error
 //! * `fill?n=N`                — sets keys `fill-0` .. until N or an error; `wrote K` and the
@@ -110,6 +112,17 @@ fn run(op: &str, query: &str) -> Result<(u16, String), (u16, String)> {
                 }
             }
             Err((500, "gave up".into()))
+        }
+        "timed-get" | "timed-set" => {
+            // For the bench: how long one call took, in nanoseconds, as the guest sees it.
+            let started = wasip2::clocks::monotonic_clock::now();
+            if op == "timed-get" {
+                bucket.get(key).map_err(error2)?;
+            } else {
+                bucket.set(key, &[b'v'; 100]).map_err(error2)?;
+            }
+            let took = wasip2::clocks::monotonic_clock::now() - started;
+            Ok((200, took.to_string()))
         }
         "get" => match bucket.get(key).map_err(error2)? {
             Some(value) => Ok((200, String::from_utf8_lossy(&value).into_owned())),
