@@ -302,7 +302,7 @@ mod tests {
         assert_eq!(bucket.get_text("k").unwrap().as_deref(), Some("two"));
         assert_eq!(bucket.set_if("k", "x", Some(first)).unwrap(), None);
         assert!(bucket.set_if("k", "three", Some(second)).unwrap().is_some());
-        assert_eq!(bucket.set_if("new", "x", None).unwrap().is_some(), true);
+        assert!(bucket.set_if("new", "x", None).unwrap().is_some());
         assert_eq!(bucket.set_if("new", "y", None).unwrap(), None);
         bucket
             .set_with_ttl("brief", "x", Duration::from_millis(1))
