@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::{AdminArgs, exit};
+use super::admin::AdminArgs;
+use super::exit;
 
 /// Arguments of `handoff kv`.
 #[derive(Debug, clap::Args)]

@@ -2,6 +2,7 @@
 //! `--help` text. Parsing only: the commands themselves live in [`crate::client`] (the admin-API
 //! clients), [`crate::scaffold`] (`new`), [`crate::dev`] (`dev`) and the binary (`serve`).
 
+mod admin;
 pub mod exit;
 pub mod file;
 pub mod kv;
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 
 use clap::{Arg, ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+pub use admin::{AdminArgs, DEFAULT_ADMIN_URL};
 pub use serve::{FileExtras, RouteDefaults, ServeArgs};
 
 use file::ConfigFile;
@@ -168,26 +170,6 @@ pub struct KeygenArgs {
     /// The key's name in the printed `[[key]]` entry.
     #[arg(long, default_value = "deployer")]
     pub name: String,
-}
-
-/// Where the client commands look for the admin API unless `--admin` or `HANDOFF_ADMIN_URL`
-/// says otherwise (the default of `serve --admin-listen`).
-pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:8081";
-
-/// Where the admin API is and how to print its answers; shared by the client commands.
-#[derive(Debug, clap::Args)]
-pub struct AdminArgs {
-    /// The admin API of the handoff server to talk to (plain http).
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "HANDOFF_ADMIN_URL",
-        default_value = DEFAULT_ADMIN_URL
-    )]
-    pub admin: String,
-    /// Print the server's JSON instead of a table (for scripts); on failure, the problem document.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Arguments of `handoff deploy`.

@@ -261,6 +261,8 @@ pub(crate) async fn trial_instance(
 ) -> Result<(), DeployError> {
     let deadline = Instant::now() + version.limits.request_timeout.min(TRIAL_DEADLINE);
     let mut store = Host::store(rt.engine.wasmtime(), &version.guest, &"/".into(), deadline);
+    // A start function runs here: whatever it writes to the key-value store is discarded.
+    store.data_mut().kv_scratch();
     let trial = version.pre.instantiate_async(&mut store);
     match tokio::time::timeout(TRIAL_DEADLINE, trial).await {
         Ok(Ok(_)) => Ok(()),
