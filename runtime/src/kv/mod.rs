@@ -18,11 +18,13 @@ pub mod access;
 pub mod backend;
 pub mod buckets;
 mod draft;
+mod format;
 pub mod host;
 pub mod limits;
 pub mod redb;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 pub use access::KvAccess;
 pub use backend::{Backend, Entry, KvError};
