@@ -324,6 +324,11 @@ pub struct ShadowRequest {
     /// Response headers compared besides the status and the body (default `["content-type"]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compare_headers: Option<Vec<String>>,
+    /// Let the shadow's copies (and the stable version's second runs that measure noise) make
+    /// outbound HTTP calls to the route's allow-list: the calls happen twice or three times.
+    /// Default false: every outbound call of a copy fails with `HTTP-request-denied`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_outbound: Option<bool>,
 }
 
 /// One request on which the shadow answered differently from the stable version.
@@ -353,6 +358,10 @@ pub struct ShadowSample {
     pub shadow_start: String,
     /// When, milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// Whether the shadow tried an outbound HTTP call, which was denied: a likely cause of the
+    /// difference (see `allow_outbound`).
+    #[serde(default)]
+    pub outbound_denied: bool,
 }
 
 /// A route's shadow and what it found.
@@ -364,6 +373,9 @@ pub struct ShadowStatus {
     pub percent: f64,
     /// Headers compared besides status and body.
     pub compare_headers: Vec<String>,
+    /// Whether copies may make outbound HTTP calls.
+    #[serde(default)]
+    pub allow_outbound: bool,
     /// Requests copied and compared (or skipped).
     pub requests: u64,
     /// Copies whose response matched the stable version's.

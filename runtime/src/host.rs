@@ -14,6 +14,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use wasmtime::component::{Linker, Resource, ResourceTable};
@@ -192,7 +193,7 @@ impl Host {
             kv: KvAccess::new(guest.kv.clone(), guest.kv_limits),
             hooks: SandboxHooks {
                 guest: guest.clone(),
-                outbound_denied: false,
+                copy_tried_outbound: None,
             },
             prefix: prefix.clone(),
             deadline,
@@ -201,9 +202,12 @@ impl Host {
     }
 
     /// Denies this request every outbound HTTP call, whatever the route allows: a copy of a
-    /// request (a shadow run) must have no side effects.
-    pub fn deny_outbound(&mut self) {
-        self.hooks.outbound_denied = true;
+    /// request (a shadow run) must have no side effects. The flag returned is set once the
+    /// guest tries one.
+    pub fn deny_outbound(&mut self) -> Arc<AtomicBool> {
+        let tried = Arc::new(AtomicBool::new(false));
+        self.hooks.copy_tried_outbound = Some(tried.clone());
+        tried
     }
 
     /// Sends this request's key-value writes to a scratch overlay that is discarded with it,
@@ -283,8 +287,9 @@ impl WasiHttpView for Host {
 /// version's budget of outbound warnings.
 struct SandboxHooks {
     guest: Arc<Guest>,
-    /// Every outbound request is denied (a copy of a request).
-    outbound_denied: bool,
+    /// For a copy of a request: every outbound request is denied, and this flag set when the
+    /// guest tries one.
+    copy_tried_outbound: Option<Arc<AtomicBool>>,
 }
 
 impl SandboxHooks {
@@ -311,7 +316,12 @@ impl WasiHttpHooks for SandboxHooks {
                 )>,
             > + Send,
     > {
-        if self.outbound_denied || !crate::outbound::allows(&self.guest.outbound, request.uri()) {
+        if let Some(tried) = &self.copy_tried_outbound {
+            tried.store(true, Ordering::Relaxed);
+            tracing::debug!(route = %self.guest.logs().route(), uri = %request.uri(), "outbound HTTP denied in a shadow copy");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        if !crate::outbound::allows(&self.guest.outbound, request.uri()) {
             self.warn(
                 "outbound HTTP denied: the route's allow-list does not name this destination",
                 request.uri(),

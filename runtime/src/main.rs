@@ -75,6 +75,13 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Upload(args) => handoff::client::upload(args).await,
         Command::Activate(args) => handoff::client::activate(args).await,
         Command::Keygen(args) => handoff::client::keygen(args),
+        Command::Rollout(args) => handoff::client::delivery::rollout(args).await,
+        Command::Promote(args) => handoff::client::delivery::act(args, "promote").await,
+        Command::Abort(args) => handoff::client::delivery::act(args, "abort").await,
+        Command::Pause(args) => handoff::client::delivery::act(args, "pause").await,
+        Command::Resume(args) => handoff::client::delivery::act(args, "resume").await,
+        Command::Weight(args) => handoff::client::delivery::weight(args).await,
+        Command::Shadow(args) => handoff::client::delivery::shadow(args).await,
         Command::Kv(args) => handoff::client::kv::run(args).await,
         Command::New(args) => {
             let created = handoff::scaffold::run(args)?;

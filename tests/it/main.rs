@@ -18,5 +18,6 @@ mod kv_versions;
 mod limits;
 mod outbound;
 mod persist;
+mod shadow;
 mod swap;
 mod tls;

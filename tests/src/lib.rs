@@ -298,6 +298,18 @@ impl TestServer {
         (status, json(&body))
     }
 
+    /// The value of the `/metrics` sample that starts with `series` (its name and labels);
+    /// panics, showing the metrics, if there is none.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, metrics) = self.admin(Method::GET, "/metrics").await;
+        let metrics = metrics.as_str().unwrap_or_default().to_owned();
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+    }
+
     /// `POST {path}` with a JSON body; returns status and JSON body.
     pub async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
         self.admin_json(Method::POST, path, body).await

@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::header;
 
+use super::delivery::shadow_of;
 use crate::route::{Role, RouteName};
 use crate::runtime::Runtime;
 use crate::version::Version;
@@ -157,6 +158,73 @@ pub(super) async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
         &mut versions().map(|(route, v, state)| {
             let suppressed = v.guest.logs().suppressed_outbound_warnings();
             (version_label(route, v, state), suppressed.to_string())
+        }),
+    );
+    // Rollouts and shadows: each route's current rollout and what its shadow found.
+    let rollouts: Vec<_> = table
+        .iter()
+        .filter_map(|r| Some((&r.name, crate::rollout::status(r)?)))
+        .collect();
+    family(
+        "handoff_rollout_state",
+        "gauge",
+        "1 for the state the route's rollout is in (running, paused, promoted, rolled_back, aborted).",
+        &mut rollouts.iter().map(|(route, r)| {
+            (
+                format!("{{route=\"{}\",state=\"{}\"}}", route.as_str(), r.state),
+                "1".to_owned(),
+            )
+        }),
+    );
+    family(
+        "handoff_rollout_weight_percent",
+        "gauge",
+        "The rollout candidate's weight, in percent.",
+        &mut rollouts.iter().map(|(route, r)| {
+            (
+                format!(
+                    "{{route=\"{}\",candidate=\"{}\"}}",
+                    route.as_str(),
+                    r.candidate
+                ),
+                r.weight.to_string(),
+            )
+        }),
+    );
+    family(
+        "handoff_rollout_step",
+        "gauge",
+        "The index of the rollout's current step.",
+        &mut rollouts
+            .iter()
+            .map(|(route, r)| (route_label(route), r.step.to_string())),
+    );
+    let shadows: Vec<_> = table
+        .iter()
+        .filter_map(|r| Some((&r.name, shadow_of(r)?)))
+        .collect();
+    family(
+        "handoff_shadow_copies_total",
+        "counter",
+        "Requests copied to the route's shadow by outcome (match, mismatch, noise, error, skipped).",
+        &mut shadows.iter().flat_map(|(route, s)| {
+            [
+                ("match", s.matches),
+                ("mismatch", s.mismatches),
+                ("noise", s.noise),
+                ("error", s.errors),
+                ("skipped", s.skipped),
+            ]
+            .map(|(outcome, count)| {
+                (
+                    format!(
+                        "{{route=\"{}\",version=\"{}\",outcome=\"{outcome}\"}}",
+                        route.as_str(),
+                        s.version
+                    ),
+                    count.to_string(),
+                )
+            })
         }),
     );
     family(

@@ -75,12 +75,7 @@ fn status_of(rt: &Runtime, route: &Route, caller: &Caller) -> Option<api::RouteS
             .collect(),
         draining: draining_of(rt, &route.name),
         rollout: crate::rollout::status(route),
-        shadow: route.record.shadow.as_ref().map(|shadow| {
-            route
-                .state
-                .shadow
-                .status(&shadow.version, shadow.percent, &shadow.compare_headers)
-        }),
+        shadow: super::delivery::shadow_of(route),
     })
 }
 

@@ -1,4 +1,4 @@
-//! Where the admin API is and how to print its answers: the flags every client command shares.
+//! The flags every admin-API command shares: where the API is and how to print its answers.
 
 /// Where the client commands look for the admin API unless `--admin` or `HANDOFF_ADMIN_URL`
 /// says otherwise (the default of `serve --admin-listen`).

@@ -2,7 +2,8 @@
 //! `--help` text. Parsing only: the commands themselves live in [`crate::client`] (the admin-API
 //! clients), [`crate::scaffold`] (`new`), [`crate::dev`] (`dev`) and the binary (`serve`).
 
-mod admin;
+pub mod admin;
+pub mod delivery;
 pub mod exit;
 pub mod file;
 pub mod kv;
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 use clap::{Arg, ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub use admin::{AdminArgs, DEFAULT_ADMIN_URL};
+pub use delivery::{RolloutArgs, ShadowArgs, WeightArgs};
 pub use serve::{FileExtras, RouteDefaults, ServeArgs};
 
 use file::ConfigFile;
@@ -153,6 +155,22 @@ pub enum Command {
     Upload(UploadArgs),
     /// Serve an uploaded (or earlier) version on a route, creating the route if needed.
     Activate(ActivateArgs),
+    /// Start a rollout: the candidate serves a growing share of the route, step by step, and
+    /// is rolled back by itself when its error rate or p99 breaches a gate.
+    Rollout(RolloutArgs),
+    /// Make the rollout's candidate the stable version now; the old stable drains.
+    Promote(RouteArgs),
+    /// Stop the rollout: the candidate's weight goes to 0 and it drains.
+    Abort(RouteArgs),
+    /// Stop the rollout's automatic stepping (its gates still watch the candidate).
+    Pause(RouteArgs),
+    /// Let a paused rollout step again.
+    Resume(RouteArgs),
+    /// Set the rollout candidate's weight by hand (pauses automatic stepping).
+    Weight(WeightArgs),
+    /// Copy a share of the route's requests to a shadow version and compare its answers with
+    /// the stable version's (the client always gets the stable one); `--off` stops it.
+    Shadow(ShadowArgs),
     /// Read and write the key-value buckets guests use: keys, get, put, delete, export,
     /// import (`handoff kv --help`).
     Kv(kv::KvArgs),

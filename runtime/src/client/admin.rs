@@ -246,6 +246,33 @@ pub(super) fn print(bytes: &[u8]) {
     let _ = stdout.flush();
 }
 
+/// A component upload, signed with the private key in `key` when given.
+pub(super) fn signed(bytes: Bytes, key: &Option<std::path::PathBuf>) -> Result<Payload, Failure> {
+    let mut payload = Payload::wasm(bytes);
+    if let Some(key) = key {
+        let private = std::fs::read_to_string(key).map_err(|e| {
+            Failure::new(
+                exit::LOCAL,
+                format!("cannot read the key {}: {e}", key.display()),
+            )
+        })?;
+        let signature = crate::signing::sign(&private, &payload.bytes)
+            .map_err(|e| Failure::new(exit::LOCAL, format!("{}: {e}", key.display())))?;
+        payload.signature = Some(signature);
+    }
+    Ok(payload)
+}
+
+/// Reads the component to upload; a missing or unreadable file is [`exit::LOCAL`].
+pub(super) async fn read_component(path: &Path) -> Result<Bytes, Failure> {
+    tokio::fs::read(path).await.map(Bytes::from).map_err(|e| {
+        Failure::new(
+            exit::LOCAL,
+            format!("cannot read the component {}: {e}", path.display()),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,12 +53,15 @@ pub struct RouteRecord {
 }
 
 impl RouteRecord {
-    /// Every digest this record references: its serving versions and its history.
+    /// Every digest this record references: its serving versions, its history and its last
+    /// rollout's candidate.
     pub fn references(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.active.as_str())
             .chain(self.candidate.iter().map(|c| c.version.as_str()))
             .chain(self.shadow.iter().map(|s| s.version.as_str()))
             .chain(self.history.iter().map(|e| e.version.as_str()))
+            // The last rollout's candidate, also once it ended: it can be tried again.
+            .chain(self.rollout.iter().map(|r| r.candidate.as_str()))
     }
 }
 
@@ -91,6 +94,10 @@ pub struct ShadowRecord {
     /// The response headers compared besides the status and the body.
     #[serde(default)]
     pub compare_headers: Vec<String>,
+    /// Whether the shadow (and the stable version's second runs) may make outbound HTTP calls
+    /// to the route's allow-list; by default they are denied.
+    #[serde(default)]
+    pub allow_outbound: bool,
 }
 
 /// Where a rollout stands.

@@ -4,6 +4,7 @@
 mod admin_listener;
 mod client;
 mod crowd;
+mod delivery;
 mod dev;
 mod kv;
 mod logs;
