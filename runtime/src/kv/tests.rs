@@ -360,3 +360,26 @@ async fn an_idle_writer_sweeps_expired_keys_within_about_a_second() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_guest_listing_pages_hold_at_most_a_thousand_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = Kv::new(open(&dir));
+    let mut access = access(&kv, false, LIMITS);
+    let bucket = access.open("default").unwrap();
+    let changes = (0..1500)
+        .map(|i| {
+            let change = Change::Set {
+                value: b"v".to_vec(),
+                ttl_ms: None,
+            };
+            (format!("k{i:04}"), change)
+        })
+        .collect();
+    access.write_many(&bucket, changes).await.unwrap();
+    let first = access.list(&bucket, Start::First).await.unwrap();
+    assert_eq!((first.items.len(), first.more), (PAGE_KEYS, true));
+    let last = first.items.last().unwrap().clone();
+    let rest = access.list(&bucket, Start::After(&last)).await.unwrap();
+    assert_eq!((rest.items.len(), rest.more), (500, false));
+}
