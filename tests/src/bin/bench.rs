@@ -230,7 +230,7 @@ async fn main() {
         return;
     }
     if opts.only_kv {
-        kv::bench(&opts.handoff, &wasm, opts.connections, opts.seconds).await;
+        kv::bench(&opts.handoff, opts.connections, opts.seconds).await;
         return;
     }
     println!(
@@ -363,7 +363,7 @@ async fn main() {
 
     under_attack(&opts, &wasm).await;
     persistence(&wasm).await;
-    kv::bench(&opts.handoff, &wasm, opts.connections, opts.seconds).await;
+    kv::bench(&opts.handoff, opts.connections, opts.seconds).await;
 }
 
 /// Prints one row per named result under a header whose first column is `first`.
