@@ -214,6 +214,20 @@ async fn quota_and_size_errors_reach_the_guest_and_other_routes_are_unaffected()
             (StatusCode::OK, "v1".into())
         );
     }
+    // The byte quota, on a route of its own.
+    server
+        .deploy_bytes("tiny", "?kv-max-bytes=2KiB", plain.clone())
+        .await;
+    for key in ["b1", "b2"] {
+        let (status, body) = server.get(&format!("/tiny/big?key={key}&bytes=1000")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = server.get("/tiny/big?key=b3&bytes=1000").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body.contains("at most 2048 bytes") && body.contains("kv-max-bytes"),
+        "{body}"
+    );
     // Replacing a key never needs a new one; the failures show in /metrics.
     assert_eq!(
         server.get("/small/set?key=fill-3&value=again").await.0,
