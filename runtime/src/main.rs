@@ -83,6 +83,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Resume(args) => handoff::client::delivery::act(args, "resume").await,
         Command::Weight(args) => handoff::client::delivery::weight(args).await,
         Command::Shadow(args) => handoff::client::delivery::shadow(args).await,
+        Command::Kv(args) => handoff::client::kv::run(args).await,
         Command::New(args) => {
             let created = handoff::scaffold::run(args)?;
             let dir = created.dir.display();

@@ -36,6 +36,8 @@ pub struct Runtime {
     pub state: Arc<dyn StateLog>,
     /// Module bytes and compiled artifacts.
     pub files: Files,
+    /// The key-value store's buckets (`kv.redb` in the data directory).
+    pub kv: crate::kv::Kv,
     /// Copies of requests to shadows that may run at once; more are skipped.
     pub copy_slots: Arc<tokio::sync::Semaphore>,
     /// What happened to routes, versions, rollouts and shadows, for `GET /v1/events`.
@@ -57,7 +59,11 @@ impl Runtime {
         let files = Files::open(config.data_dir.as_deref(), engine.wasmtime())?;
         let state = Arc::new(RedbLog::open(files.dir())?);
         let events = Bus::new();
+        let kv_path = files.dir().join("kv.redb");
+        crate::state::private::prepare_private_file(&kv_path)?;
+        let kv = crate::kv::Kv::new(Arc::new(crate::kv::redb::RedbBackend::open(&kv_path)?));
         Ok(Self {
+            kv,
             compiles: Compiles::new(config.compiler.clone()),
             config,
             engine,

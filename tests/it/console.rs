@@ -215,28 +215,35 @@ async fn the_console_follows_a_deploy_and_a_rollout_and_promotes_in_a_browser() 
     .await;
     traffic.await.unwrap();
 
-    // The key-value browser shows only where the server has the key-value admin API.
-    let (kv, _) = server.admin(Method::GET, "/v1/routes/app/kv/keys").await;
-    if kv == StatusCode::NOT_FOUND {
-        let hidden = browser
-            .eval("return document.getElementById('kv').hidden;", json!([]))
-            .await;
-        assert_eq!(hidden, true, "no key-value API, no browser");
-    } else {
-        until(
-            &browser,
-            "the key-value browser",
-            "return !document.getElementById('kv').hidden;",
+    // The key-value browser lists the route's own bucket and shows a value.
+    let (status, body) = server
+        .admin_json(
+            Method::PUT,
+            "/v1/routes/app/kv/keys/greeting",
+            json!({"value": "hello from the bucket"}),
         )
         .await;
-        browser.click("#kv-refresh", false).await;
-        until(
-            &browser,
-            "the bucket's keys",
-            "return document.querySelector('#kv-keys li');",
-        )
-        .await;
-    }
+    assert_eq!(status, StatusCode::OK, "{body}");
+    until(
+        &browser,
+        "the key-value browser",
+        "return !document.getElementById('kv').hidden;",
+    )
+    .await;
+    browser.click("#kv-refresh", false).await;
+    until(
+        &browser,
+        "the bucket's key",
+        "const li = document.querySelector('#kv-keys [data-key=\"greeting\"]'); \
+         if (li) li.click(); return !!li;",
+    )
+    .await;
+    until(
+        &browser,
+        "the key's value",
+        "return document.getElementById('kv-value').textContent.includes('hello from the bucket');",
+    )
+    .await;
 
     let png = browser.screenshot().await;
     let path = target_dir().join("console.png");

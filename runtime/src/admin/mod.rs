@@ -13,7 +13,8 @@
 //! * `PUT    /v1/routes/{name}`    — deploy: body `application/wasm`; optional query
 //!   `prefix=/path`, repeated `config=KEY=VALUE` (the guest's environment; without any `config`
 //!   the route keeps its current config, a lone empty `config=` clears it), repeated
-//!   `allow-outbound=scheme://host[:port]` (same keep/clear rule), `dir=NAME`, `label=...`,
+//!   `allow-outbound=scheme://host[:port]` (same keep/clear rule), `dir=NAME`, repeated
+//!   `kv=BUCKET` (shared key-value buckets; same keep/clear rule), `label=...`,
 //!   `message=...`, and the per-route settings of [`crate::settings`] (`max-memory=64MiB`);
 //!   answers once the new version is compiled, pre-instantiated and active (201 new route, 200
 //!   replaced or unchanged)
@@ -33,6 +34,9 @@
 //!   rollout steps, rollbacks, shadow figures ([`events`]); `Last-Event-ID` resumes,
 //!   `?route=NAME` filters
 //! * `GET    /v1/whoami`           — the caller's token name and scope
+//! * `GET    /v1/routes/{name}/kv/keys` (and `/v1/kv/{bucket}/keys` for a shared bucket) — a
+//!   page of the bucket's keys; `GET`/`PUT`/`DELETE .../kv/keys/{key}` one key (reading a
+//!   value needs `deploy`); `GET .../kv/export`, `POST .../kv/import` as JSON lines ([`kv`])
 //! * `POST   /v1/modules`          — upload `application/wasm` without activating; answers the
 //!   digest to activate later ([`modules`])
 //! * `GET    /v1/modules`          — every stored module, with the routes that use it
@@ -52,6 +56,7 @@ mod delivery;
 pub mod events;
 pub mod guard;
 mod input;
+mod kv;
 mod metrics;
 mod modules;
 mod routes;
@@ -110,6 +115,20 @@ pub fn router(rt: Arc<Runtime>, listener: std::net::SocketAddr) -> Router {
                 .put(delivery::shadow_set)
                 .delete(delivery::shadow_clear),
         )
+        .route("/v1/routes/{name}/kv/keys", get(kv::keys))
+        .route(
+            "/v1/routes/{name}/kv/keys/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/v1/routes/{name}/kv/export", get(kv::export))
+        .route("/v1/routes/{name}/kv/import", post(kv::import))
+        .route("/v1/kv/{bucket}/keys", get(kv::keys))
+        .route(
+            "/v1/kv/{bucket}/keys/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/v1/kv/{bucket}/export", get(kv::export))
+        .route("/v1/kv/{bucket}/import", post(kv::import))
         .route("/v1/modules", post(modules::upload).get(modules::list))
         .route(
             "/v1/modules/{version}",
@@ -177,7 +196,7 @@ async fn healthz() -> axum::Json<api::Health> {
 async fn not_found() -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
-        "no such admin endpoint; the API lives under /v1/routes and /v1/modules",
+        "no such admin endpoint; the API lives under /v1/routes, /v1/kv and /v1/modules",
     )
 }
 

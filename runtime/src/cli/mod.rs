@@ -6,6 +6,7 @@ pub mod admin;
 pub mod delivery;
 pub mod exit;
 pub mod file;
+pub mod kv;
 pub mod serve;
 
 use std::ffi::OsString;
@@ -173,6 +174,9 @@ pub enum Command {
     /// Copy a share of the route's requests to a shadow version and compare its answers with
     /// the stable version's (the client always gets the stable one); `--off` stops it.
     Shadow(ShadowArgs),
+    /// Read and write the key-value buckets guests use: keys, get, put, delete, export,
+    /// import (`handoff kv --help`).
+    Kv(kv::KvArgs),
     /// Make an Ed25519 key pair for signed uploads: writes the private key to FILE (mode
     /// 600) and prints the public key line for the server's --signing-keys file.
     Keygen(KeygenArgs),
@@ -221,6 +225,10 @@ pub struct DeployArgs {
     /// A directory under the server's --guest-dirs to mount read-only at /data (`''` to unmount).
     #[arg(long, value_name = "NAME")]
     pub dir: Option<String>,
+    /// A shared key-value bucket the route's guests may open besides their own (`default`);
+    /// repeat for more. Without any, the route keeps its grants; `--kv ''` alone clears them.
+    #[arg(long = "kv", value_name = "BUCKET")]
+    pub kv: Vec<String>,
     /// This route's limits (`--max-memory`, `--request-timeout`, ...), from the table in
     /// `crate::settings`; each one left out keeps the route's current value.
     #[command(flatten)]

@@ -187,7 +187,7 @@ impl AdminClient {
             print(&out);
         }
         if !reply.status.is_success() {
-            return Err(refusal(what, reply.status, &reply.body));
+            return Err(reply.refused(what));
         }
         serde_json::from_slice(&reply.body).map_err(|error| {
             Failure::new(
@@ -201,21 +201,26 @@ impl AdminClient {
     }
 }
 
-/// The failure of a request the server refused: its problem document's `detail`.
-pub(super) fn refusal(what: &str, status: StatusCode, body: &[u8]) -> Failure {
-    let detail = serde_json::from_slice::<api::Problem>(body)
-        .ok()
-        .map(|problem| one_line(&problem.detail))
-        .unwrap_or_else(|| {
-            format!(
-                "the answer has no problem document: {}",
-                one_line(&String::from_utf8_lossy(&body[..body.len().min(200)]))
-            )
-        });
-    Failure::new(
-        exit::FAILED,
-        format!("{what} refused ({}): {detail}", status_text(status)),
-    )
+impl Reply {
+    /// The failure a refused request (a 4xx or 5xx) is: [`exit::FAILED`] with the server's
+    /// `detail`; `what` names the request.
+    pub fn refused(&self, what: &str) -> Failure {
+        let detail = serde_json::from_slice::<api::Problem>(&self.body)
+            .ok()
+            .map(|problem| one_line(&problem.detail))
+            .unwrap_or_else(|| {
+                format!(
+                    "the answer has no problem document: {}",
+                    one_line(&String::from_utf8_lossy(
+                        &self.body[..self.body.len().min(200)]
+                    ))
+                )
+            });
+        Failure::new(
+            exit::FAILED,
+            format!("{what} refused ({}): {detail}", status_text(self.status)),
+        )
+    }
 }
 
 fn status_text(status: StatusCode) -> String {

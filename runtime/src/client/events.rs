@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::{Method, header};
 use http_body_util::BodyExt;
 
-use super::admin::{AdminClient, encode, print, refusal};
+use super::admin::{AdminClient, Reply, encode, print};
 use super::render::short;
 use crate::api::{Event, EventKind};
 use crate::cli::{EventsArgs, Failure, exit};
@@ -128,7 +128,7 @@ impl AdminClient {
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            return Err(refusal("following the events", status, &body));
+            return Err(Reply { status, body }.refused("following the events"));
         }
         Ok(EventStream {
             body: response.into_body(),

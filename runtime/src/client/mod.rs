@@ -1,6 +1,6 @@
 //! Thin clients of the admin API for `handoff deploy`, `routes`, `status`, `delete`,
-//! `versions`, `rollback`, `upload` and `activate` (and, in [`delivery`], the rollout and
-//! shadow commands): one
+//! `versions`, `rollback`, `upload`, `activate` and `kv` ([`kv`]) (and, in [`delivery`], the
+//! rollout and shadow commands): one
 //! HTTP/1.1 request per command over plain TCP, the answer printed as a table or, with `--json`,
 //! exactly as the server sent it.
 //!
@@ -22,6 +22,7 @@ use crate::cli::{
 mod admin;
 pub mod delivery;
 pub mod events;
+pub mod kv;
 pub mod render;
 pub mod watch;
 
@@ -46,6 +47,9 @@ pub async fn deploy(args: DeployArgs) -> Result<(), Failure> {
     }
     for rule in &args.allow_outbound {
         query.push(format!("allow-outbound={}", encode(rule)));
+    }
+    for bucket in &args.kv {
+        query.push(format!("kv={}", encode(bucket)));
     }
     if let Some(label) = &args.label {
         query.push(format!("label={}", encode(label)));

@@ -127,6 +127,9 @@ pub fn status(body: &RouteStatus, now: SystemTime) -> String {
         ),
         ("config", config),
     ];
+    if !body.kv.is_empty() {
+        lines.push(("kv", body.kv.join(" ")));
+    }
     if body.versions.len() > 1 {
         lines.push(("split", versions(body)));
     }
@@ -299,6 +302,7 @@ mod tests {
             limits: (&crate::settings::Limits::default()).into(),
             outbound: vec![],
             dir: None,
+            kv: vec!["orders".into()],
             in_flight: 1,
             active: version("sha256:00112233445566778899", 1, 5),
             versions: vec![],
@@ -325,6 +329,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("config    GREETING=hi\n"), "{text}");
+        assert!(text.contains("kv        orders\n"), "{text}");
         assert!(
             text.contains("draining  aabbccddeeff: 2 in flight, retired 1 s ago"),
             "{text}"

@@ -397,7 +397,7 @@ async fn version(
     reuse: &Reuse<'_>,
 ) -> Result<Arc<Version>, DeployError> {
     let digest = parse_digest(digest)?;
-    let settings = prepare::settings_of(rt, settings);
+    let settings = prepare::settings_of(rt, name, settings);
     if let Some(same) = reuse
         .serving
         .iter()

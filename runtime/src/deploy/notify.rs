@@ -182,6 +182,7 @@ mod tests {
             limits: None,
             outbound: None,
             dir: None,
+            kv: None,
         }
     }
 

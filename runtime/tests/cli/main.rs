@@ -6,6 +6,7 @@ mod client;
 mod crowd;
 mod delivery;
 mod dev;
+mod kv;
 mod logs;
 mod new;
 mod persist;
