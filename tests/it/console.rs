@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 const GENEROUS: Duration = Duration::from_secs(30);
 
 /// Polls `script` in the page until it returns something truthy; returns it.
-async fn until(browser: &Browser, what: &str, script: &str) -> Value {
+pub(crate) async fn until(browser: &Browser, what: &str, script: &str) -> Value {
     let started = Instant::now();
     loop {
         let value = browser.eval(script, json!([])).await;
@@ -35,14 +35,14 @@ async fn until(browser: &Browser, what: &str, script: &str) -> Value {
 }
 
 /// The version the page shows in `role` for route `route`.
-fn shown(route: &str, role: &str) -> String {
+pub(crate) fn shown(route: &str, role: &str) -> String {
     format!(
         "const row = document.querySelector('#route-{route} tr.version[data-role=\"{role}\"]'); \
          return row && row.dataset.version;"
     )
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))

@@ -6,6 +6,7 @@ mod bad_uploads;
 mod changes;
 mod compat;
 mod console;
+mod console_actions;
 mod data_dir;
 mod delivery;
 mod deploy;
