@@ -19,11 +19,28 @@ use crate::Connection;
 /// The key of an element reference in WebDriver answers.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-/// A chromedriver process and one browser session on it. Ends both when dropped.
+/// A chromedriver process and one browser session on it. Ends both when dropped, the browser
+/// too (a test that panics never gets to [`Browser::close`], and Chromium outlives a killed
+/// chromedriver): its processes are found by their profile directory, which is this session's
+/// own.
 pub struct Browser {
     driver: Child,
     addr: std::net::SocketAddr,
     session: String,
+    profile: std::path::PathBuf,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.start_kill();
+        let _ = std::process::Command::new("pkill")
+            .arg("-KILL")
+            .arg("-f")
+            .arg(format!("--user-data-dir={}", self.profile.display()))
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
 }
 
 fn program(var: &str, default: &str) -> String {
@@ -62,10 +79,17 @@ impl Browser {
         // Keep reading its output so it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        static SESSIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let profile = std::env::temp_dir().join(format!(
+            "handoff-browser-{}-{}",
+            std::process::id(),
+            SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let mut browser = Self {
             driver,
             addr,
             session: String::new(),
+            profile,
         };
         let session = browser
             .call(
@@ -77,7 +101,8 @@ impl Browser {
                         "binary": chromium,
                         "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                                  "--disable-dev-shm-usage", "--no-first-run",
-                                 format!("--window-size={width},{height}")],
+                                 format!("--window-size={width},{height}"),
+                                 format!("--user-data-dir={}", browser.profile.display())],
                     },
                 }}}),
             )
@@ -196,7 +221,7 @@ impl Browser {
             .expect("a PNG")
     }
 
-    /// Ends the session and chromedriver.
+    /// Ends the session and chromedriver (and, on drop, whatever of the browser is left).
     pub async fn close(mut self) {
         let _ = self
             .try_call(Method::DELETE, "/session/{session}", Value::Null)
