@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::events::{Event, Kind as EventKind, ShadowCounts};
 pub use crate::problem::Problem;
 pub use crate::settings::LimitsStatus;
 pub use crate::state::HistoryEntry;
@@ -135,6 +136,24 @@ pub struct VersionStatus {
     pub requests: u64,
     /// Requests on it that ended in a guest failure.
     pub failures: u64,
+    /// What its requests did so far, for clients that chart it (the console): two readings
+    /// give a window's rate, error rate and percentiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub figures: Option<VersionFigures>,
+}
+
+/// A version's request figures since it was built. Subtract an earlier reading for a window.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VersionFigures {
+    /// Requests that ended.
+    pub completed: u64,
+    /// Of those, the ones that failed (5xx, traps, timeouts).
+    pub errors: u64,
+    /// Requests per latency bucket: bucket `i` holds those that took at most
+    /// `latency_bounds_ms[i]` (and more than the bound before); the last one, all the slower.
+    pub latency: Vec<u64>,
+    /// The buckets' upper bounds, milliseconds.
+    pub latency_bounds_ms: Vec<u64>,
 }
 
 /// A version serving a route, with its part in the split.
@@ -157,6 +176,9 @@ pub struct DrainingStatus {
     pub version: VersionStatus,
     /// How long ago it was retired.
     pub retired_ms_ago: u64,
+    /// How long until its drain deadline cuts off what is left.
+    #[serde(default)]
+    pub time_left_ms: u64,
 }
 
 /// `GET /v1/routes/{name}`: a route.
@@ -176,6 +198,9 @@ pub struct RouteStatus {
     pub outbound: Vec<String>,
     /// The directory under `--guest-dirs` its guests see at `/data`.
     pub dir: Option<String>,
+    /// The shared key-value buckets its guests may open besides the route's own (`kv=NAME`).
+    #[serde(default)]
+    pub kv: Vec<String>,
     /// Requests on it now, across versions.
     pub in_flight: usize,
     /// The stable version: it serves every new request the candidate does not.
@@ -213,6 +238,17 @@ pub struct RouteOnNode {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
+
+/// `GET /v1/whoami`: who the caller is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Whoami {
+    /// The admin token's name (`anonymous` on a tokenless server).
+    pub name: String,
+    /// `read` or `deploy`.
+    pub scope: String,
+}
+
+/// A stored route that cannot serve.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Unavailable {
     /// Its name.
@@ -513,4 +549,81 @@ pub struct ShadowStatus {
     pub skipped: u64,
     /// The latest mismatches, newest last (at most 50).
     pub samples: Vec<ShadowSample>,
+}
+
+/// `GET /v1/routes/{name}/kv/keys` and `GET /v1/kv/{bucket}/keys`: one page of a bucket's keys,
+/// in order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KvKeys {
+    /// The bucket: `route/NAME` (a route's own) or `shared/NAME`.
+    pub bucket: String,
+    /// The keys.
+    pub keys: Vec<String>,
+    /// Where the next page starts (`?cursor=`); `null` on the last page.
+    pub cursor: Option<String>,
+}
+
+/// A key and its value: what `GET .../kv/keys/{key}` answers, and each line of an export or an
+/// import. A value that is UTF-8 text is `value`; any other is `base64`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KvEntry {
+    /// The key.
+    pub key: String,
+    /// The value, when it is UTF-8 text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The value, base64, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+    /// Its version (larger after every write to the bucket); ignored by an import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// When it expires, milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+}
+
+/// `PUT .../kv/keys/{key}`: the value (`value` as text, or `base64`) and an optional time to
+/// live.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KvPut {
+    /// The value as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The value, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+    /// Milliseconds until it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+}
+
+/// What `PUT .../kv/keys/{key}` answers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KvWritten {
+    /// The key.
+    pub key: String,
+    /// Its new version.
+    pub revision: u64,
+}
+
+/// What `DELETE .../kv/keys/{key}` answers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KvDeleted {
+    /// The key.
+    pub key: String,
+    /// Whether it existed.
+    pub deleted: bool,
+}
+
+/// What `POST .../kv/import` answers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KvImported {
+    /// The bucket.
+    pub bucket: String,
+    /// Keys written.
+    pub imported: u64,
+    /// Lines skipped: entries that had already expired.
+    pub expired: u64,
 }

@@ -25,6 +25,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::guest_log::GuestLogs;
+use crate::kv::{Grants, KvAccess, KvLimits, KvView};
 use crate::limiter::TotalMemory;
 use crate::outbound::{Outbound, SendError};
 use crate::settings::{GuestDir, RouteConfig, Settings};
@@ -46,6 +47,8 @@ pub struct Guest {
     max_memory: usize,
     dir: Option<Dir>,
     logs: Arc<GuestLogs>,
+    kv: Grants,
+    kv_limits: KvLimits,
 }
 
 impl Guest {
@@ -75,6 +78,12 @@ impl Guest {
             max_memory: settings.limits.max_memory_bytes,
             dir,
             logs: GuestLogs::new(route, short),
+            kv: settings.kv.clone(),
+            kv_limits: KvLimits {
+                max_value: settings.limits.kv_max_value,
+                max_keys: settings.limits.kv_max_keys,
+                max_bytes: settings.limits.kv_max_bytes,
+            },
         }
     }
 
@@ -141,6 +150,7 @@ pub struct Host {
     table: ResourceTable,
     limits: TotalMemory,
     hooks: SandboxHooks,
+    kv: KvAccess,
     /// The prefix the request was routed by.
     prefix: Arc<str>,
     /// When the guest's CPU budget for this request runs out.
@@ -180,6 +190,7 @@ impl Host {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             limits: TotalMemory::new(guest.max_memory),
+            kv: KvAccess::new(guest.kv.clone(), guest.kv_limits),
             hooks: SandboxHooks {
                 guest: guest.clone(),
                 copy_tried_outbound: None,
@@ -197,6 +208,21 @@ impl Host {
         let tried = Arc::new(AtomicBool::new(false));
         self.hooks.copy_tried_outbound = Some(tried.clone());
         tried
+    }
+
+    /// Sends this request's key-value writes to a scratch overlay that is discarded with it,
+    /// while reads still see the real data: a copy of a request (a shadow run) must not change
+    /// what serves.
+    pub fn kv_scratch(&mut self) {
+        self.kv.use_overlay();
+    }
+
+    /// The key-value bindings' view of this request.
+    pub fn kv_view(&mut self) -> KvView<'_> {
+        KvView {
+            access: &mut self.kv,
+            table: &mut self.table,
+        }
     }
 
     /// The guest's environment: the route's config, then [`ROUTE_PREFIX_ENV`].

@@ -69,6 +69,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Deploy(args) => handoff::client::deploy(args).await,
         Command::Routes(args) => handoff::client::routes(args).await,
         Command::Status(args) => handoff::client::status(args).await,
+        Command::Events(args) => handoff::client::events::events(args).await,
         Command::Delete(args) => handoff::client::delete(args).await,
         Command::Versions(args) => handoff::client::versions(args).await,
         Command::Rollback(args) => handoff::client::rollback(args).await,
@@ -82,6 +83,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Resume(args) => handoff::client::delivery::act(args, "resume").await,
         Command::Weight(args) => handoff::client::delivery::weight(args).await,
         Command::Shadow(args) => handoff::client::delivery::shadow(args).await,
+        Command::Kv(args) => handoff::client::kv::run(args).await,
         Command::New(args) => {
             let created = handoff::scaffold::run(args)?;
             let dir = created.dir.display();

@@ -26,6 +26,59 @@ struct Sample {
     tag: String,
 }
 
+/// `CLIENTS` keep-alive clients sending `GET /swap` until `stop` (or `LIMIT` after `started`):
+/// each answer's body and times, and every failure.
+fn load(
+    addr: std::net::SocketAddr,
+    stop: &Arc<AtomicBool>,
+    started: Instant,
+) -> Vec<tokio::task::JoinHandle<(Vec<Sample>, Vec<String>)>> {
+    (0..CLIENTS)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut conn = Connection::open(addr).await;
+                let mut samples = Vec::new();
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < LIMIT {
+                    let sent = Instant::now();
+                    match conn.get("/swap").await {
+                        Ok((StatusCode::OK, body)) => samples.push(Sample {
+                            started: sent,
+                            finished: Instant::now(),
+                            tag: String::from_utf8_lossy(&body).into_owned(),
+                        }),
+                        Ok((status, body)) => errors.push(format!("{status}: {body:?}")),
+                        Err(error) => {
+                            errors.push(format!("connection error: {error}"));
+                            conn = Connection::open(addr).await;
+                        }
+                    }
+                }
+                (samples, errors)
+            })
+        })
+        .collect()
+}
+
+/// Every client's answers, once all have stopped; fails on any failed request.
+async fn finish(clients: Vec<tokio::task::JoinHandle<(Vec<Sample>, Vec<String>)>>) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    let mut errors = Vec::new();
+    for client in clients {
+        let (s, e) = client.await.expect("client task");
+        samples.extend(s);
+        errors.extend(e);
+    }
+    assert!(
+        errors.is_empty(),
+        "{} failed requests, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
+    samples
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapping_under_load_fails_no_request() {
     let server = TestServer::start().await;
@@ -38,32 +91,7 @@ async fn swapping_under_load_fails_no_request() {
     let stop = Arc::new(AtomicBool::new(false));
     let test_started = Instant::now();
 
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        let stop = stop.clone();
-        let addr = server.data;
-        clients.push(tokio::spawn(async move {
-            let mut conn = Connection::open(addr).await;
-            let mut samples = Vec::new();
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) && test_started.elapsed() < LIMIT {
-                let started = Instant::now();
-                match conn.get("/swap").await {
-                    Ok((StatusCode::OK, body)) => samples.push(Sample {
-                        started,
-                        finished: Instant::now(),
-                        tag: String::from_utf8_lossy(&body).into_owned(),
-                    }),
-                    Ok((status, body)) => errors.push(format!("{status}: {body:?}")),
-                    Err(error) => {
-                        errors.push(format!("connection error: {error}"));
-                        conn = Connection::open(addr).await;
-                    }
-                }
-            }
-            (samples, errors)
-        }));
-    }
+    let clients = load(server.data, &stop, test_started);
 
     let mut deploys = vec![Deploy {
         issued: test_started,
@@ -88,19 +116,7 @@ async fn swapping_under_load_fails_no_request() {
     }
     stop.store(true, Ordering::Relaxed);
 
-    let mut samples = Vec::new();
-    let mut errors = Vec::new();
-    for client in clients {
-        let (s, e) = client.await.expect("client task");
-        samples.extend(s);
-        errors.extend(e);
-    }
-    assert!(
-        errors.is_empty(),
-        "{} failed requests, first: {:?}",
-        errors.len(),
-        errors.first()
-    );
+    let samples = finish(clients).await;
     assert!(
         samples.len() >= CLIENTS * 10,
         "too few requests to mean anything: {}",
@@ -155,32 +171,7 @@ async fn rollouts_stepping_and_promoted_under_load_fail_no_request() {
     ];
     let stop = Arc::new(AtomicBool::new(false));
     let test_started = Instant::now();
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        let stop = stop.clone();
-        let addr = server.data;
-        clients.push(tokio::spawn(async move {
-            let mut conn = Connection::open(addr).await;
-            let mut samples = Vec::new();
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) && test_started.elapsed() < LIMIT {
-                let started = Instant::now();
-                match conn.get("/swap").await {
-                    Ok((StatusCode::OK, body)) => samples.push(Sample {
-                        started,
-                        finished: Instant::now(),
-                        tag: String::from_utf8_lossy(&body).into_owned(),
-                    }),
-                    Ok((status, body)) => errors.push(format!("{status}: {body:?}")),
-                    Err(error) => {
-                        errors.push(format!("connection error: {error}"));
-                        conn = Connection::open(addr).await;
-                    }
-                }
-            }
-            (samples, errors)
-        }));
-    }
+    let clients = load(server.data, &stop, test_started);
 
     let mut probe = Connection::open(server.data).await;
     // Each promotion: when it was seen, and when the next rollout was issued.
@@ -226,19 +217,7 @@ async fn rollouts_stepping_and_promoted_under_load_fail_no_request() {
     }
     stop.store(true, Ordering::Relaxed);
 
-    let mut samples = Vec::new();
-    let mut errors = Vec::new();
-    for client in clients {
-        let (s, e) = client.await.expect("client task");
-        samples.extend(s);
-        errors.extend(e);
-    }
-    assert!(
-        errors.is_empty(),
-        "{} failed requests, first: {:?}",
-        errors.len(),
-        errors.first()
-    );
+    let samples = finish(clients).await;
     for sample in &samples {
         assert!(sample.tag == "v1" || sample.tag == "v2", "{:?}", sample.tag);
         let after = promotions.iter().rev().find(|(seen, next, _)| {

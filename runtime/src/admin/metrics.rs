@@ -15,6 +15,18 @@ use crate::version::Version;
 /// `GET /metrics`.
 pub(super) async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
     use std::fmt::Write;
+    // Every bucket used since the start, with what it holds now (read before rendering).
+    let mut buckets = Vec::new();
+    for bucket in rt.kv.buckets() {
+        let usage = rt.kv.backend().usage(&bucket.id).await.unwrap_or_default();
+        // Bucket names are route names or checked the same way: [a-z0-9._-], no escaping.
+        let labels = format!(
+            "{{scope=\"{}\",bucket=\"{}\"}}",
+            bucket.name.scope(),
+            bucket.name.name()
+        );
+        buckets.push((labels, bucket, usage));
+    }
     let table = rt.routes.snapshot();
     let draining = rt.draining();
     let mut out = String::with_capacity(1024);
@@ -238,6 +250,55 @@ pub(super) async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
         "gauge",
         "Compile worker processes running now.",
         &mut std::iter::once((String::new(), rt.compile_workers().to_string())),
+    );
+    type Counter = fn(&crate::kv::Bucket) -> u64;
+    let kv_counters: [(&str, &str, Counter); 4] = [
+        (
+            "handoff_kv_operations_total",
+            "Key-value operations on a bucket, from every route and version that opens it.",
+            |b| b.stats.operations(),
+        ),
+        (
+            "handoff_kv_errors_total",
+            "Key-value operations that failed (quota, size, unusable key, store failure).",
+            |b| b.stats.errors(),
+        ),
+        (
+            "handoff_kv_read_bytes_total",
+            "Value bytes guests read from a bucket.",
+            |b| b.stats.read_bytes(),
+        ),
+        (
+            "handoff_kv_written_bytes_total",
+            "Value bytes guests wrote to a bucket.",
+            |b| b.stats.written_bytes(),
+        ),
+    ];
+    for (name, help, value) in kv_counters {
+        family(
+            name,
+            "counter",
+            help,
+            &mut buckets
+                .iter()
+                .map(|(labels, b, _)| (labels.clone(), value(b).to_string())),
+        );
+    }
+    family(
+        "handoff_kv_keys",
+        "gauge",
+        "Keys a bucket holds.",
+        &mut buckets
+            .iter()
+            .map(|(labels, _, usage)| (labels.clone(), usage.keys.to_string())),
+    );
+    family(
+        "handoff_kv_bytes",
+        "gauge",
+        "Bytes of keys and values a bucket holds.",
+        &mut buckets
+            .iter()
+            .map(|(labels, _, usage)| (labels.clone(), usage.bytes.to_string())),
     );
     (
         [(

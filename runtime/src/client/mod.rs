@@ -1,6 +1,6 @@
 //! Thin clients of the admin API for `handoff deploy`, `routes`, `status`, `delete`,
-//! `versions`, `rollback`, `upload` and `activate` (and, in [`delivery`], the rollout and
-//! shadow commands): one
+//! `versions`, `rollback`, `upload`, `activate` and `kv` ([`kv`]) (and, in [`delivery`], the
+//! rollout and shadow commands): one
 //! HTTP/1.1 request per command over plain TCP, the answer printed as a table or, with `--json`,
 //! exactly as the server sent it.
 //!
@@ -15,13 +15,16 @@ use serde::de::DeserializeOwned;
 
 use crate::api;
 use crate::cli::{
-    ActivateArgs, AdminArgs, DeployArgs, Failure, RollbackArgs, RouteArgs, RoutesArgs, UploadArgs,
-    exit,
+    ActivateArgs, AdminArgs, DeployArgs, Failure, RollbackArgs, RouteArgs, RoutesArgs, StatusArgs,
+    UploadArgs, exit,
 };
 
 mod admin;
 pub mod delivery;
+pub mod events;
+pub mod kv;
 pub mod render;
+pub mod watch;
 
 pub use admin::{AdminClient, Payload, Reply};
 use admin::{encode, print, read_component, signed};
@@ -44,6 +47,9 @@ pub async fn deploy(args: DeployArgs) -> Result<(), Failure> {
     }
     for rule in &args.allow_outbound {
         query.push(format!("allow-outbound={}", encode(rule)));
+    }
+    for bucket in &args.kv {
+        query.push(format!("kv={}", encode(bucket)));
     }
     if let Some(label) = &args.label {
         query.push(format!("label={}", encode(label)));
@@ -101,8 +107,11 @@ async fn show<T: DeserializeOwned>(
     Ok(())
 }
 
-/// `handoff status ROUTE`.
-pub async fn status(args: RouteArgs) -> Result<(), Failure> {
+/// `handoff status ROUTE [--watch]`.
+pub async fn status(args: StatusArgs) -> Result<(), Failure> {
+    if args.watch {
+        return watch::watch(AdminClient::new(&args.admin.admin)?, &args.route).await;
+    }
     let path = format!("/v1/routes/{}", encode(&args.route));
     show(args.admin, "status", path, |body: &api::RouteStatus| {
         let now = SystemTime::now();

@@ -118,6 +118,7 @@ pub async fn run(
     let deadline = Instant::now() + version.limits.request_timeout;
     let mut store = Host::store(engine, &version.guest, prefix, deadline);
     let tried = deny_outbound.then(|| store.data_mut().deny_outbound());
+    store.data_mut().kv_scratch();
     let mut builder = http::Request::builder()
         .method(request.method.clone())
         .uri(request.uri.clone());
