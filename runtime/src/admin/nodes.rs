@@ -56,7 +56,9 @@ impl Wait {
     /// caller's.
     pub(super) fn of_query(pairs: &[(String, String)]) -> Result<Self, Problem> {
         let mut waits = pairs.iter().filter(|(k, _)| k == "wait");
-        let wait = waits.next().map_or(Ok(Self::All), |(_, v)| Self::parse(v))?;
+        let wait = waits
+            .next()
+            .map_or(Ok(Self::All), |(_, v)| Self::parse(v))?;
         if waits.next().is_some() {
             return Err(Problem::new(
                 StatusCode::BAD_REQUEST,
@@ -185,9 +187,8 @@ pub(super) fn route_nodes(rt: &Runtime, route: &Route) -> Option<Vec<api::RouteO
                     alive: seen.alive(),
                     revision: served.map(|s| s.revision),
                     version: served.and_then(|s| s.version.clone()),
-                    converged: served.is_some_and(|s| {
-                        s.revision == route.record.revision && s.error.is_none()
-                    }),
+                    converged: served
+                        .is_some_and(|s| s.revision == route.record.revision && s.error.is_none()),
                     error: served.and_then(|s| s.error.as_ref().map(|e| e.reason.clone())),
                 }
             })

@@ -288,7 +288,9 @@ impl ServeArgs {
                     replicas: self.cluster_replicas,
                 }),
                 (None, Some(_)) => {
-                    return Err("--node-name names this node in a cluster; give --cluster too".into());
+                    return Err(
+                        "--node-name names this node in a cluster; give --cluster too".into(),
+                    );
                 }
                 (None, None) => None,
             },

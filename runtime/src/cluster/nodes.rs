@@ -269,7 +269,9 @@ impl Nodes {
                         },
                     );
                 }
-                Err(error) => tracing::warn!(node = %entry.key, error = %error, "unreadable node record"),
+                Err(error) => {
+                    tracing::warn!(node = %entry.key, error = %error, "unreadable node record")
+                }
             },
             kv::Operation::Delete | kv::Operation::Purge => {
                 seen.remove(&entry.key);

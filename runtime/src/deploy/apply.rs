@@ -277,7 +277,12 @@ where
     })
 }
 
-pub(crate) fn log_activation(name: &RouteName, now: Option<&Route>, before: Option<&Route>, built: &[Built]) {
+pub(crate) fn log_activation(
+    name: &RouteName,
+    now: Option<&Route>,
+    before: Option<&Route>,
+    built: &[Built],
+) {
     let Some(stable) = now.and_then(Route::stable) else {
         return;
     };

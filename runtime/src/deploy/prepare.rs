@@ -188,7 +188,9 @@ pub(crate) async fn module_bytes(rt: &Arc<Runtime>, digest: &Digest) -> Result<B
         Err(error) => error,
     };
     let fetched = rt.state.fetch_bytes(digest).await.map_err(|e| {
-        DeployError::ModuleUnavailable(format!("{digest} cannot be fetched from the cluster: {e:#}"))
+        DeployError::ModuleUnavailable(format!(
+            "{digest} cannot be fetched from the cluster: {e:#}"
+        ))
     })?;
     let Some(bytes) = fetched else {
         return Err(DeployError::ModuleUnavailable(format!(

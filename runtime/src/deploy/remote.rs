@@ -13,6 +13,7 @@
 //! After each step the node's record ([`crate::cluster::nodes`]) says which revision of the
 //! route it serves, or why it could not: what a deploy on another node waits for.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +24,23 @@ use crate::names::{Prefix, RouteName};
 use crate::route::{Route, Serving};
 use crate::runtime::Runtime;
 
+/// How often a route whose module could not be fetched is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+
+/// How [`reconcile`] left a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconciled {
+    /// It serves what the state log has (or failed for good: a module that does not compile
+    /// fails again).
+    Done,
+    /// Its module's bytes could not be fetched (the cluster was busy or unreachable for a
+    /// moment): try again later.
+    RetryLater,
+}
+
 /// Applies the route `name` as the state log has it now, unless it serves that already.
 /// `Err`: the state log could not be read (the watch is restarted).
-pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<()> {
+pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Reconciled> {
     let guard = rt.registry.lock(name).await;
     let stored = rt.state.route(name).await?;
     let live = rt.routes.snapshot().get(name).cloned();
@@ -36,11 +51,14 @@ pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<()
             rt.registry.forget(name);
             drop(writer);
             retire_leaving(rt, name, Some(&live), None);
-            tracing::info!(route = name.as_str(), "route deleted (recorded by another node)");
+            tracing::info!(
+                route = name.as_str(),
+                "route deleted (recorded by another node)"
+            );
             gc::collect(rt);
         }
         report(rt, name, None);
-        return Ok(());
+        return Ok(Reconciled::Done);
     };
     let record = stored.record;
     let current = live
@@ -48,7 +66,7 @@ pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<()
         .is_some_and(|l| l.record.revision == record.revision && l.split().is_some());
     if current {
         report(rt, name, None);
-        return Ok(());
+        return Ok(Reconciled::Done);
     }
     let prefix = Prefix::parse(&record.prefix).unwrap_or_else(|_| Prefix::for_route(name));
     let built = apply::build(rt, name, &record, live.as_ref(), &[]).await;
@@ -62,8 +80,12 @@ pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<()
         );
         tracing::error!(route = name.as_str(), reason = %reason, "change not applied");
         report(rt, name, Some((record.revision, reason)));
-        return Ok(());
+        return Ok(Reconciled::Done);
     }
+    let retry = match &built {
+        Err(super::DeployError::ModuleUnavailable(_)) => Reconciled::RetryLater,
+        _ => Reconciled::Done,
+    };
     let serving = match built {
         Ok(split) => Serving::Live(split),
         Err(error) => {
@@ -72,7 +94,7 @@ pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<()
             if live.as_ref().is_some_and(|l| l.split().is_some()) {
                 drop(writer);
                 report(rt, name, Some((record.revision, reason)));
-                return Ok(());
+                return Ok(retry);
             }
             // A route this node did not serve yet: it keeps its prefix and answers 503, as
             // after a restart.
@@ -95,9 +117,14 @@ pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<()
     log_activation(name, Some(&route), live.as_ref(), &[]);
     retire_leaving(rt, name, live.as_ref(), Some(&route));
     drop(guard);
+    let outcome = if failed.is_some() {
+        retry
+    } else {
+        Reconciled::Done
+    };
     report(rt, name, failed);
     gc::collect(rt);
-    Ok(())
+    Ok(outcome)
 }
 
 /// Writes what this node serves on route `name` into its node record (not yet published).
@@ -161,6 +188,8 @@ pub fn follow(rt: &Arc<Runtime>, after: u64) {
     tokio::spawn(async move {
         let mut position = after;
         let mut reconnects = cluster.reconnects();
+        // Routes whose module could not be fetched: tried again every RETRY_EVERY.
+        let mut retry: BTreeSet<RouteName> = BTreeSet::new();
         loop {
             let watch = {
                 let Some(rt) = weak.upgrade() else {
@@ -187,12 +216,29 @@ pub fn follow(rt: &Arc<Runtime>, after: u64) {
                         tracing::info!(position, "reconnected to the cluster; catching up from the last change applied");
                         break;
                     }
+                    _ = tokio::time::sleep(RETRY_EVERY), if !retry.is_empty() => {
+                        let Some(rt) = weak.upgrade() else { return };
+                        for name in std::mem::take(&mut retry) {
+                            if !matches!(reconcile(&rt, &name).await, Ok(Reconciled::Done)) {
+                                retry.insert(name);
+                            }
+                        }
+                        cluster.nodes.publish().await;
+                    }
                     change = changes.recv() => {
                         let Some(change) = change else { break };
                         let Some(rt) = weak.upgrade() else { return };
-                        if let Err(error) = reconcile(&rt, &change.route).await {
-                            tracing::warn!(route = change.route.as_str(), error = %format!("{error:#}"), "cannot read a change from the cluster; watching again");
-                            break;
+                        match reconcile(&rt, &change.route).await {
+                            Ok(Reconciled::Done) => {
+                                retry.remove(&change.route);
+                            }
+                            Ok(Reconciled::RetryLater) => {
+                                retry.insert(change.route.clone());
+                            }
+                            Err(error) => {
+                                tracing::warn!(route = change.route.as_str(), error = %format!("{error:#}"), "cannot read a change from the cluster; watching again");
+                                break;
+                            }
                         }
                         position = position.max(change.position);
                         if changes.is_empty() {

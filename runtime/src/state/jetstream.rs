@@ -38,6 +38,10 @@ pub const MODULES_BUCKET: &str = "handoff_modules";
 pub const BYTES_BUCKET: &str = "handoff_bytes";
 /// Object Store chunk size.
 pub const CHUNK_BYTES: usize = 128 << 10;
+/// How long a write that JetStream did not acknowledge is retried (a stream's leader is
+/// re-elected within seconds when a server of a NATS cluster goes).
+pub const RETRY_FOR: Duration = Duration::from_secs(15);
+const RETRY_STEP: Duration = Duration::from_millis(250);
 /// How old an unreferenced module must be before it is collected (see the module header).
 pub const COLLECT_GRACE: Duration = Duration::from_secs(600);
 
@@ -91,6 +95,11 @@ impl JetStreamLog {
     /// Publishes `value` (or a delete marker when `None`) to `key` of `bucket` if the key is
     /// at revision `expected` (0: absent). Returns the new revision, or `Ok(Err(()))` when the
     /// key was elsewhere.
+    ///
+    /// A failure that is not the compare-and-swap's (no stream leader for a moment while
+    /// JetStream elects one after a server left, an ack lost) is retried for up to
+    /// [`RETRY_FOR`]; every attempt carries the same `Nats-Msg-Id`, so JetStream keeps one
+    /// copy of a write whose ack was lost and answers its retry with the first sequence.
     async fn write(
         &self,
         bucket: &str,
@@ -104,26 +113,43 @@ impl JetStreamLog {
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             expected.to_string().as_str(),
         );
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{bucket}.{key}.{expected}.{}", write_id()).as_str(),
+        );
         if value.is_none() {
             headers.insert("KV-Operation", "DEL");
         }
         let subject = format!("$KV.{bucket}.{key}");
-        let ack = self
-            .js
-            .publish_with_headers(subject, headers, value.unwrap_or_default())
-            .await
-            .context("publishing to the cluster")?;
-        match ack.await {
-            Ok(ack) => Ok(Ok(ack.sequence)),
-            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => Ok(Err(())),
-            Err(error) => Err(anyhow::Error::new(error).context("the cluster did not acknowledge")),
+        let value = value.unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        loop {
+            let attempt = async {
+                self.js
+                    .publish_with_headers(subject.clone(), headers.clone(), value.clone())
+                    .await?
+                    .await
+            };
+            let error = match attempt.await {
+                Ok(ack) => return Ok(Ok(ack.sequence)),
+                Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
+                    return Ok(Err(()));
+                }
+                Err(error) => error,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(anyhow::Error::new(error).context("the cluster did not acknowledge"));
+            }
+            tracing::debug!(%error, bucket, key, "retrying a write to the cluster");
+            tokio::time::sleep(RETRY_STEP).await;
         }
     }
 
     /// The current entry of `key`: its revision (the delete marker's, when deleted; 0 when it
     /// never existed) and its value when it exists.
     async fn entry(store: &kv::Store, key: &str) -> anyhow::Result<(u64, Option<Bytes>)> {
-        Ok(match store.entry(key).await.context("reading the cluster")? {
+        let entry = retrying("reading the cluster", || store.entry(key)).await?;
+        Ok(match entry {
             Some(entry) if entry.operation == kv::Operation::Put => {
                 (entry.revision, Some(entry.value))
             }
@@ -142,10 +168,7 @@ impl JetStreamLog {
 
     async fn all_routes(&self) -> anyhow::Result<Vec<Stored>> {
         let mut names: Vec<String> = Vec::new();
-        let mut keys = match self.routes.keys().await {
-            Ok(keys) => keys,
-            Err(error) => return Err(anyhow::Error::new(error).context("listing routes")),
-        };
+        let mut keys = retrying("listing routes", || self.routes.keys()).await?;
         while let Some(key) = keys.next().await {
             names.push(key.context("listing routes")?);
         }
@@ -163,20 +186,16 @@ impl JetStreamLog {
     }
 
     async fn module_entry(&self, digest: &Digest) -> anyhow::Result<Option<kv::Entry>> {
-        Ok(self
-            .modules
-            .entry(digest.hex())
-            .await
-            .context("reading a module record")?
-            .filter(|e| e.operation == kv::Operation::Put))
+        Ok(retrying("reading a module record", || {
+            self.modules.entry(digest.hex())
+        })
+        .await?
+        .filter(|e| e.operation == kv::Operation::Put))
     }
 
     async fn all_modules(&self) -> anyhow::Result<Vec<(Digest, ModuleRecord, u64, i64)>> {
         let mut hexes: Vec<String> = Vec::new();
-        let mut keys = match self.modules.keys().await {
-            Ok(keys) => keys,
-            Err(error) => return Err(anyhow::Error::new(error).context("listing modules")),
-        };
+        let mut keys = retrying("listing modules", || self.modules.keys()).await?;
         while let Some(key) = keys.next().await {
             hexes.push(key.context("listing modules")?);
         }
@@ -298,6 +317,39 @@ impl JetStreamLog {
     }
 }
 
+/// Runs `op` until it succeeds or [`RETRY_FOR`] has passed: reads fail for a moment while
+/// JetStream elects a stream's leader after a server of a NATS cluster left.
+async fn retrying<T, E, F, Fut>(what: &str, mut op: F) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + RETRY_FOR;
+    loop {
+        match op().await {
+            Ok(value) => return Ok(value),
+            Err(error) if tokio::time::Instant::now() >= deadline => {
+                return Err(anyhow::Error::new(error).context(what.to_owned()));
+            }
+            Err(error) => {
+                tracing::debug!(%error, what, "retrying");
+                tokio::time::sleep(RETRY_STEP).await;
+            }
+        }
+    }
+}
+
+/// 128 random bits in hex: a write's `Nats-Msg-Id`, unique across nodes and attempts.
+fn write_id() -> String {
+    use ring::rand::SecureRandom as _;
+    let mut id = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut id)
+        .expect("the system's random source");
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn route_of(name: &RouteName, revision: u64, value: &[u8]) -> anyhow::Result<Stored> {
     let mut record: RouteRecord = serde_json::from_slice(value)
         .with_context(|| format!("route `{}` is unreadable", name.as_str()))?;
@@ -387,11 +439,21 @@ impl StateLog for JetStreamLog {
                 chunk_size: Some(CHUNK_BYTES),
                 ..Default::default()
             };
-            self.bytes
-                .put(meta, &mut &bytes[..])
-                .await
-                .with_context(|| format!("storing the bytes of {digest} in the cluster"))?;
-            Ok(())
+            // Retried as `write` is (a re-put of the same name replaces a partial object).
+            let deadline = tokio::time::Instant::now() + RETRY_FOR;
+            loop {
+                match self.bytes.put(meta.clone(), &mut &bytes[..]).await {
+                    Ok(_) => return Ok(()),
+                    Err(error) if tokio::time::Instant::now() >= deadline => {
+                        return Err(anyhow::Error::new(error)
+                            .context(format!("storing the bytes of {digest} in the cluster")));
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, %digest, "retrying storing bytes in the cluster");
+                        tokio::time::sleep(RETRY_STEP).await;
+                    }
+                }
+            }
         })
     }
 
@@ -401,14 +463,21 @@ impl StateLog for JetStreamLog {
     ) -> BoxFuture<'a, anyhow::Result<Option<Bytes>>> {
         Box::pin(async move {
             use tokio::io::AsyncReadExt as _;
-            let mut object = match self.bytes.get(digest.hex()).await {
-                Ok(object) => object,
-                Err(error) if error.kind() == object_store::GetErrorKind::NotFound => {
-                    return Ok(None);
-                }
-                Err(error) => {
-                    return Err(anyhow::Error::new(error)
-                        .context(format!("fetching the bytes of {digest}")));
+            let deadline = tokio::time::Instant::now() + RETRY_FOR;
+            let mut object = loop {
+                match self.bytes.get(digest.hex()).await {
+                    Ok(object) => break object,
+                    Err(error) if error.kind() == object_store::GetErrorKind::NotFound => {
+                        return Ok(None);
+                    }
+                    Err(error) if tokio::time::Instant::now() >= deadline => {
+                        return Err(anyhow::Error::new(error)
+                            .context(format!("fetching the bytes of {digest}")));
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, %digest, "retrying fetching bytes");
+                        tokio::time::sleep(RETRY_STEP).await;
+                    }
                 }
             };
             let mut bytes = Vec::with_capacity(object.info().size);
@@ -426,17 +495,11 @@ impl StateLog for JetStreamLog {
 
     fn position(&self) -> BoxFuture<'_, anyhow::Result<u64>> {
         Box::pin(async move {
-            let mut stream = self
-                .js
-                .get_stream(format!("KV_{ROUTES_BUCKET}"))
-                .await
-                .context("reading the routes bucket")?;
-            Ok(stream
-                .info()
-                .await
-                .context("reading the routes bucket")?
-                .state
-                .last_sequence)
+            let name = format!("KV_{ROUTES_BUCKET}");
+            // Getting the stream reads its info afresh.
+            let stream =
+                retrying("reading the routes bucket", || self.js.get_stream(&name)).await?;
+            Ok(stream.cached_info().state.last_sequence)
         })
     }
 
@@ -445,11 +508,10 @@ impl StateLog for JetStreamLog {
         after: u64,
     ) -> BoxFuture<'_, anyhow::Result<Option<tokio::sync::mpsc::Receiver<Watched>>>> {
         Box::pin(async move {
-            let mut entries = self
-                .routes
-                .watch_all_from_revision(after + 1)
-                .await
-                .context("watching the routes bucket")?;
+            let mut entries = retrying("watching the routes bucket", || {
+                self.routes.watch_all_from_revision(after + 1)
+            })
+            .await?;
             let (sender, receiver) = tokio::sync::mpsc::channel(256);
             tokio::spawn(async move {
                 while let Some(Ok(entry)) = entries.next().await {
