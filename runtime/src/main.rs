@@ -69,6 +69,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Deploy(args) => handoff::client::deploy(args).await,
         Command::Routes(args) => handoff::client::routes(args).await,
         Command::Status(args) => handoff::client::status(args).await,
+        Command::Nodes(args) => handoff::client::nodes::nodes(args).await,
         Command::Events(args) => handoff::client::events::events(args).await,
         Command::Delete(args) => handoff::client::delete(args).await,
         Command::Versions(args) => handoff::client::versions(args).await,

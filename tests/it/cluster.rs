@@ -387,3 +387,61 @@ async fn an_upgraded_node_on_a_fresh_machine_compiles_from_the_object_store_befo
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_activate_a_change_is_named_and_the_change_is_partial() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let a = TestServer::start_node(&url, "a", None).await;
+    // b's guests may have 64 KiB of memory (one wasm page): no real guest instantiates there.
+    let mut config = node_config(&url, "b", None);
+    config.max_instances = 0;
+    config.limits.max_memory_bytes = 64 << 10;
+    let b = TestServer::start_with(config).await;
+    eventually("a sees b", Duration::from_secs(10), || async {
+        let (_, list) = a.admin(Method::GET, "/v1/nodes").await;
+        (list["nodes"].as_array()?.len() == 2).then_some(())
+    })
+    .await;
+
+    let (status, body) = a
+        .deploy_bytes("api", "", guests::bytes(guests::TAGGED_V1))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "partial: {body}");
+    assert_eq!(body["cluster"]["converged"], false, "{body}");
+    let b_answer = &body["cluster"]["nodes"][1];
+    assert_eq!(b_answer["node"], "b", "{body}");
+    assert_eq!(b_answer["state"], "failed", "{body}");
+    assert!(
+        b_answer["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    assert_eq!(answer(&a, "/api").await, "200 v1");
+    // The route's status names b as not converged, with its reason.
+    let status = a.status("api").await;
+    let on_b = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "b")
+        .unwrap_or_else(|| panic!("b in {status}"));
+    assert_eq!(on_b["converged"], false, "{status}");
+    assert!(on_b["error"].is_string(), "{status}");
+
+    // wait=none and wait=local answer without asking b.
+    for wait in ["none", "local"] {
+        let (status, body) = a
+            .deploy_bytes(
+                &format!("r-{wait}"),
+                &format!("?wait={wait}"),
+                guests::bytes(guests::TAGGED_V2),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["cluster"]["wait"], wait, "{body}");
+        assert_eq!(body["cluster"]["converged"], true, "{body}");
+        assert_eq!(body["cluster"]["nodes"], serde_json::json!([]), "{body}");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -144,6 +144,9 @@ pub enum Command {
     Routes(RoutesArgs),
     /// Show one route in detail; with --watch, follow its rollout live.
     Status(StatusArgs),
+    /// In a cluster (`serve --cluster`): list its nodes, whether each is alive and ready, and
+    /// whether each serves every route's current revision.
+    Nodes(NodesArgs),
     /// Delete a route: stop routing to it at once, let its in-flight requests finish.
     Delete(RouteArgs),
     /// Show a route's version history (newest last), the active one marked.
@@ -289,6 +292,15 @@ pub struct ActivateArgs {
 #[derive(Debug, clap::Args)]
 #[command(after_help = exit::help())]
 pub struct RoutesArgs {
+    /// The admin API and output format.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `handoff nodes`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit::help())]
+pub struct NodesArgs {
     /// The admin API and output format.
     #[command(flatten)]
     pub admin: AdminArgs,

@@ -1,4 +1,4 @@
-//! Thin clients of the admin API for `handoff deploy`, `routes`, `status`, `delete`,
+//! Thin clients of the admin API for `handoff deploy`, `routes`, `status`, `nodes` ([`nodes`]), `delete`,
 //! `versions`, `rollback`, `upload`, `activate` and `kv` ([`kv`]) (and, in [`delivery`], the
 //! rollout and shadow commands): one
 //! HTTP/1.1 request per command over plain TCP, the answer printed as a table or, with `--json`,
@@ -23,6 +23,7 @@ mod admin;
 pub mod delivery;
 pub mod events;
 pub mod kv;
+pub mod nodes;
 pub mod render;
 pub mod watch;
 
@@ -74,10 +75,7 @@ pub async fn deploy(args: DeployArgs) -> Result<(), Failure> {
             json,
         )
         .await?;
-    if !json {
-        print(render::deploy(&body).as_bytes());
-    }
-    Ok(())
+    told(&body, json, "the deploy")
 }
 
 /// `handoff routes`.
@@ -89,6 +87,19 @@ pub async fn routes(args: RoutesArgs) -> Result<(), Failure> {
         render::routes,
     )
     .await
+}
+
+/// Prints a change's answer (unless `--json` printed it), naming the nodes of a cluster that
+/// did not activate it: a partial change fails.
+fn told(body: &api::Deployed, json: bool, what: &str) -> Result<(), Failure> {
+    if !json {
+        let mut text = render::deploy(body);
+        if let Some(cluster) = &body.cluster {
+            text.push_str(&nodes::convergence(cluster));
+        }
+        print(text.as_bytes());
+    }
+    nodes::partial(what, body.cluster.as_ref())
 }
 
 /// GETs `path` and prints the answer: as JSON with `--json`, else through `render`.
@@ -150,7 +161,7 @@ pub async fn delete(args: RouteArgs) -> Result<(), Failure> {
         );
         print(text.as_bytes());
     }
-    Ok(())
+    nodes::partial("the delete", body.cluster.as_ref())
 }
 
 /// `handoff versions ROUTE`.
@@ -187,10 +198,7 @@ pub async fn rollback(args: RollbackArgs) -> Result<(), Failure> {
             json,
         )
         .await?;
-    if !json {
-        print(render::deploy(&body).as_bytes());
-    }
-    Ok(())
+    told(&body, json, "the rollback")
 }
 
 /// `handoff upload FILE`.
@@ -246,10 +254,7 @@ pub async fn activate(args: ActivateArgs) -> Result<(), Failure> {
             json,
         )
         .await?;
-    if !json {
-        print(render::deploy(&body).as_bytes());
-    }
-    Ok(())
+    told(&body, json, "the activation")
 }
 
 /// A full digest from a full one or from a unique prefix of one in the route's history.

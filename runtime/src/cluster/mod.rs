@@ -84,7 +84,7 @@ pub struct Cluster {
     /// Tells watchers the connection came back (its value counts reconnections).
     reconnects: tokio::sync::watch::Receiver<u64>,
     /// Node records: ours and everyone else's.
-    pub nodes: nodes::Nodes,
+    pub nodes: Arc<nodes::Nodes>,
 }
 
 impl Cluster {
@@ -144,7 +144,8 @@ impl Cluster {
         let log = crate::state::jetstream::JetStreamLog::open(js.clone(), replicas)
             .await
             .context("JetStream (NATS 2.11 or newer, with JetStream enabled) is needed")?;
-        let nodes = nodes::Nodes::open(js, &config.node_name, engine_key, replicas).await?;
+        let nodes =
+            Arc::new(nodes::Nodes::open(js, &config.node_name, engine_key, replicas).await?);
         tracing::info!(
             url = %config.url,
             node = %config.node_name,
@@ -159,7 +160,11 @@ impl Cluster {
             reconnects,
             nodes,
         });
-        cluster.nodes.start(Arc::downgrade(&cluster));
+        let (flag, client) = (cluster.connected.clone(), cluster.client.clone());
+        nodes::Nodes::start(&cluster.nodes, move || {
+            flag.load(Ordering::SeqCst)
+                && client.connection_state() == async_nats::connection::State::Connected
+        });
         Ok((cluster, log))
     }
 

@@ -11,7 +11,7 @@
 //! time.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -20,8 +20,6 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-
-use super::Cluster;
 
 /// The KV bucket of node records.
 pub const NODES_BUCKET: &str = "handoff_nodes";
@@ -207,35 +205,39 @@ impl Nodes {
         })
     }
 
-    /// Starts the heartbeat and the watch of every node's record.
-    pub(super) fn start(&self, cluster: Weak<Cluster>) {
-        let heartbeat = cluster.clone();
-        let stop = self.stop.clone();
+    /// Starts the heartbeat (while `connected` says the connection is up) and the watch of
+    /// every node's record; both end when this node leaves or `nodes` is dropped.
+    pub(super) fn start(nodes: &Arc<Self>, connected: impl Fn() -> bool + Send + 'static) {
+        let heartbeat: Weak<Self> = Arc::downgrade(nodes);
+        let stop = nodes.stop.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(HEARTBEAT) => {}
                 }
-                let Some(cluster) = heartbeat.upgrade() else {
+                let Some(nodes) = heartbeat.upgrade() else {
                     return;
                 };
-                if cluster.connected() {
-                    cluster.nodes.publish().await;
+                if connected() {
+                    nodes.publish().await;
                 }
             }
         });
-        let stop = self.stop.clone();
+        let watcher: Weak<Self> = Arc::downgrade(nodes);
+        let stop = nodes.stop.clone();
         tokio::spawn(async move {
             loop {
                 let Some(watch) = ({
-                    let Some(cluster) = cluster.upgrade() else {
+                    let Some(nodes) = watcher.upgrade() else {
                         return;
                     };
-                    cluster.nodes.bucket.watch_all().await.ok()
+                    nodes.bucket.watch_all().await.ok()
                 }) else {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                    }
                 };
                 let mut watch = watch;
                 loop {
@@ -246,12 +248,15 @@ impl Nodes {
                     let Some(Ok(entry)) = entry else {
                         break;
                     };
-                    let Some(cluster) = cluster.upgrade() else {
+                    let Some(nodes) = watcher.upgrade() else {
                         return;
                     };
-                    cluster.nodes.received(entry);
+                    nodes.received(entry);
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
             }
         });
     }

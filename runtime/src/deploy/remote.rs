@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::apply::{self, log_activation, retire_leaving};
+use super::error::DeployError;
 use super::gc;
 use crate::cluster::{NodeError, NodeRoute};
 use crate::names::{Prefix, RouteName};
@@ -83,7 +84,7 @@ pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Re
         return Ok(Reconciled::Done);
     }
     let retry = match &built {
-        Err(super::DeployError::ModuleUnavailable(_)) => Reconciled::RetryLater,
+        Err(DeployError::ModuleUnavailable(_)) => Reconciled::RetryLater,
         _ => Reconciled::Done,
     };
     let serving = match built {

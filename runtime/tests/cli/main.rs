@@ -3,6 +3,7 @@
 
 mod admin_listener;
 mod client;
+mod cluster;
 mod crowd;
 mod delivery;
 mod dev;

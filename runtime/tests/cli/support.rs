@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 pub const HANDOFF: &str = env!("CARGO_BIN_EXE_handoff");
 
 /// Environment that would change what the binary does; cleared for every run.
-const AMBIENT: [&str; 9] = [
+const AMBIENT: [&str; 11] = [
     "HANDOFF_ADMIN_CA",
     "HANDOFF_ADMIN_TOKEN",
     "HANDOFF_TOKENS_FILE",
@@ -25,6 +25,8 @@ const AMBIENT: [&str; 9] = [
     "HANDOFF_ADMIN_LISTEN",
     "HANDOFF_DATA_DIR",
     "HANDOFF_EPHEMERAL",
+    "HANDOFF_CLUSTER",
+    "HANDOFF_NODE_NAME",
 ];
 
 /// What a finished command did.
