@@ -25,7 +25,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream;
 
-pub use nodes::{NodeError, NodeRecord, NodeRoute, Outcome, OutcomeState};
+pub use nodes::{Figures, NodeError, NodeRecord, NodeRoute, Outcome, OutcomeState};
 
 /// How long a deploy waits for every live node by default (`--cluster-timeout`).
 pub const DEFAULT_CLUSTER_TIMEOUT: Duration = Duration::from_secs(30);

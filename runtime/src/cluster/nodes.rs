@@ -55,6 +55,26 @@ pub struct NodeRecord {
     pub position: u64,
     /// What it serves, by route.
     pub routes: BTreeMap<String, NodeRoute>,
+    /// During a rollout: the request figures of the route's versions here, by route, then by
+    /// version (what the node that drives the rollout sums for its gates).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub figures: BTreeMap<String, BTreeMap<String, Figures>>,
+}
+
+/// A version's request figures on one node, counted since the node built it (the fields of
+/// `crate::stats::Snapshot`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Figures {
+    /// Requests that ended.
+    pub completed: u64,
+    /// Of those, the ones that failed.
+    pub errors: u64,
+    /// Responses by status class.
+    pub classes: [u64; 5],
+    /// Requests per latency bucket.
+    pub latency: Vec<u64>,
+    /// Total latency, microseconds.
+    pub latency_us: u64,
 }
 
 /// What a node serves on one route.

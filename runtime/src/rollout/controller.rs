@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::cluster;
 use super::evidence::breached;
 use super::plan::{history_entry, promote, with_rollout};
 use crate::deploy::apply::{self, Current, Plan, Planned};
@@ -131,6 +132,11 @@ async fn run(rt: Weak<Runtime>, name: RouteName, token: CancellationToken) {
         }) else {
             continue;
         };
+        // In a cluster only the leader judges and steps; the others hold, ready to take over.
+        if !cluster::drives(&rt) {
+            route.state.set_window(None);
+            continue;
+        }
         let window = match route.state.window() {
             Some(window)
                 if window.step == rollout.step
@@ -143,15 +149,18 @@ async fn run(rt: Weak<Runtime>, name: RouteName, token: CancellationToken) {
                 let window = StepWindow {
                     step: rollout.step,
                     started: Instant::now(),
-                    stable: (stable.digest.clone(), stable.stats.snapshot()),
-                    candidate: (candidate.digest.clone(), candidate.stats.snapshot()),
+                    stable: (stable.digest.clone(), cluster::figures(&rt, &name, &stable)),
+                    candidate: (
+                        candidate.digest.clone(),
+                        cluster::figures(&rt, &name, &candidate),
+                    ),
                 };
                 route.state.set_window(Some(window.clone()));
                 window
             }
         };
-        let stable_step = stable.stats.snapshot().since(&window.stable.1);
-        let candidate_step = candidate.stats.snapshot().since(&window.candidate.1);
+        let stable_step = cluster::figures(&rt, &name, &stable).since(&window.stable.1);
+        let candidate_step = cluster::figures(&rt, &name, &candidate).since(&window.candidate.1);
         let elapsed = Duration::from_millis(unix_ms().saturating_sub(rollout.step_started_ms));
         let verdict = judge(&rollout, &stable_step, &candidate_step, elapsed);
         if verdict == Verdict::Hold {

@@ -11,6 +11,7 @@
 //! route-lifetime state: one task per route with a live rollout, stopped through the route's
 //! [`crate::route::RouteState`].
 
+pub mod cluster;
 pub mod controller;
 pub mod evidence;
 pub mod plan;
