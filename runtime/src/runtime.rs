@@ -36,7 +36,7 @@ pub struct Runtime {
     pub state: Arc<dyn StateLog>,
     /// Module bytes and compiled artifacts.
     pub files: Files,
-    /// The key-value store's buckets (`kv.redb` in the data directory).
+    /// The key-value store's buckets (`kv.redb` in the data directory; in a cluster, JetStream).
     pub kv: crate::kv::Kv,
     /// Copies of requests to shadows that may run at once; more are skipped.
     pub copy_slots: Arc<tokio::sync::Semaphore>,
@@ -91,9 +91,19 @@ impl Runtime {
         cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> anyhow::Result<Self> {
         let events = Bus::new();
-        let kv_path = files.dir().join("kv.redb");
-        crate::state::private::prepare_private_file(&kv_path)?;
-        let kv = crate::kv::Kv::new(Arc::new(crate::kv::redb::RedbBackend::open(&kv_path)?));
+        // Guests' buckets: in the cluster's JetStream, else `kv.redb` in the data directory.
+        let backend: Arc<dyn crate::kv::Backend> = match &cluster {
+            Some(cluster) => {
+                let (js, replicas) = cluster.jetstream();
+                Arc::new(crate::kv::jetstream::JetStreamKv::new(js, replicas))
+            }
+            None => {
+                let kv_path = files.dir().join("kv.redb");
+                crate::state::private::prepare_private_file(&kv_path)?;
+                Arc::new(crate::kv::redb::RedbBackend::open(&kv_path)?)
+            }
+        };
+        let kv = crate::kv::Kv::new(backend);
         Ok(Self {
             kv,
             compiles: Compiles::new(config.compiler.clone()),

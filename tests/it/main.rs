@@ -5,6 +5,7 @@ mod auth;
 mod bad_uploads;
 mod changes;
 mod cluster;
+mod cluster_kv;
 mod cluster_rollout;
 mod compat;
 mod console;

@@ -85,6 +85,8 @@ pub struct Cluster {
     reconnects: tokio::sync::watch::Receiver<u64>,
     /// Node records: ours and everyone else's.
     pub nodes: Arc<nodes::Nodes>,
+    /// Copies JetStream keeps of each bucket.
+    replicas: usize,
 }
 
 impl Cluster {
@@ -159,6 +161,7 @@ impl Cluster {
             connected,
             reconnects,
             nodes,
+            replicas,
         });
         let (flag, client) = (cluster.connected.clone(), cluster.client.clone());
         nodes::Nodes::start(&cluster.nodes, move || {
@@ -171,6 +174,12 @@ impl Cluster {
     /// This node's name.
     pub fn node_name(&self) -> &str {
         &self.config.node_name
+    }
+
+    /// JetStream on this node's connection, and how many copies its buckets keep (for the
+    /// guests' key-value buckets, `crate::kv::jetstream`).
+    pub fn jetstream(&self) -> (jetstream::Context, usize) {
+        (jetstream::new(self.client.clone()), self.replicas)
     }
 
     /// How long a change waits for every live node.

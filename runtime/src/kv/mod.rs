@@ -5,7 +5,8 @@
 //!   use), and the [`Grants`] a version resolves once: its route's own bucket (`default`) and
 //!   the shared buckets its deploy granted (`kv=NAME`).
 //! * [`backend`]: the [`Backend`] trait (per-key linearizable reads and conditional writes,
-//!   increments, TTL, bounded listing) and [`redb`], the embedded backend in `kv.redb`.
+//!   increments, TTL, bounded listing) and [`redb`], the embedded backend in `kv.redb`;
+//!   [`jetstream`] keeps buckets in the cluster's JetStream (`serve --cluster`).
 //! * [`access`]: one request's access ([`KvAccess`]), direct or, for a shadow run, through a
 //!   scratch overlay that is discarded with the request.
 //! * [`limits`]: key and value sizes, quotas, page size.
@@ -20,6 +21,7 @@ pub mod buckets;
 mod draft;
 mod format;
 pub mod host;
+pub mod jetstream;
 pub mod limits;
 pub mod redb;
 #[cfg(test)]

@@ -1,0 +1,427 @@
+//! The cluster's backend (`serve --cluster`): every bucket a JetStream key-value bucket of its
+//! own (`handoff_kv_` and the hex of the bucket's id), so every node reads and writes the same
+//! data.
+//!
+//! * **Keys** are `k` and the base64url of the guest's key (NATS keys allow few characters);
+//!   a listing decodes and sorts them. Each value is stored as `super::format` encodes an
+//!   entry (its expiry, then the bytes); its revision is the message's stream sequence, which
+//!   only grows (ABA-safe).
+//! * **Reads** ask the stream's leader for the key's last message (not a replica's direct get,
+//!   which may lag), so a read that starts after a write was acknowledged sees it.
+//! * **Writes** are compare-and-swaps on the key's last sequence
+//!   (`Nats-Expected-Last-Subject-Sequence`): read, check the condition, compute (an increment
+//!   adds to what was read), publish expecting what was read; if another writer got there
+//!   first, read again and retry. So conditions and increments are atomic across nodes.
+//!   JetStream acknowledges a write once its replicas have it (durable).
+//! * **Usage** (for quotas) is kept in the bucket's `meta` key, updated by its own
+//!   compare-and-swap after each write that changes it. The two are not one transaction: under
+//!   concurrent writes from several nodes a quota can be passed by the writes in flight, and a
+//!   write whose node dies between the two leaves usage off by that write. Expired entries read
+//!   as absent; their bytes count in usage until they are overwritten or deleted.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as KEY64;
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
+
+use super::backend::{
+    Backend, BoxFuture, Change, Condition, Entry, KvError, Outcome, Page, Start, Usage, Write, add,
+    now_ms, number_of,
+};
+use super::format::{decode, encode, live};
+
+/// Compare-and-swap attempts per write before it fails (each lost to another writer).
+const ATTEMPTS: usize = 1000;
+/// The key holding a bucket's usage.
+const META: &str = "meta";
+
+/// The JetStream backend.
+pub struct JetStreamKv {
+    js: jetstream::Context,
+    replicas: usize,
+    stores: DashMap<String, kv::Store>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+struct Meta {
+    keys: u64,
+    bytes: u64,
+}
+
+fn failed(what: &str, error: impl std::fmt::Display) -> KvError {
+    tracing::error!(error = %error, "the cluster's key-value store failed: {what}");
+    KvError::Failed(format!("{what}: {error}"))
+}
+
+fn key_of(key: &str) -> String {
+    format!("k{}", KEY64.encode(key))
+}
+
+fn key_from(stored: &str) -> Option<String> {
+    let encoded = stored.strip_prefix('k')?;
+    String::from_utf8(KEY64.decode(encoded).ok()?).ok()
+}
+
+impl JetStreamKv {
+    /// A backend on `js`, creating buckets with `replicas` copies.
+    pub fn new(js: jetstream::Context, replicas: usize) -> Self {
+        Self {
+            js,
+            replicas,
+            stores: DashMap::new(),
+        }
+    }
+
+    async fn store(&self, bucket: &str) -> Result<kv::Store, KvError> {
+        if let Some(store) = self.stores.get(bucket) {
+            return Ok(store.clone());
+        }
+        let hex: String = bucket.bytes().map(|b| format!("{b:02x}")).collect();
+        let store = self
+            .js
+            .create_or_update_key_value(kv::Config {
+                bucket: format!("handoff_kv_{hex}"),
+                description: format!("handoff key-value bucket {bucket}"),
+                history: 1,
+                num_replicas: self.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed("opening a bucket", e))?;
+        self.stores.insert(bucket.to_owned(), store.clone());
+        Ok(store)
+    }
+
+    /// The last message of `key` (stored form): its sequence (0: never written) and its entry,
+    /// unless deleted.
+    async fn read(store: &kv::Store, key: &str) -> Result<(u64, Option<Entry>), KvError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let subject = format!("{}{key}", store.prefix);
+        let message = match store.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => message,
+            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                return Ok((0, None));
+            }
+            Err(error) => return Err(failed("reading a key", error)),
+        };
+        let deleted = message
+            .headers
+            .get("KV-Operation")
+            .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+        let entry = (!deleted)
+            .then(|| decode(&message.payload))
+            .flatten()
+            .map(|mut entry| {
+                entry.revision = message.sequence;
+                entry
+            });
+        Ok((message.sequence, entry))
+    }
+
+    /// Publishes `value` (a delete marker when `None`) to `key` if its last sequence is still
+    /// `expected`: `Some(sequence)`, or `None` when another writer got there first.
+    async fn publish(
+        &self,
+        store: &kv::Store,
+        key: &str,
+        value: Option<Bytes>,
+        expected: u64,
+    ) -> Result<Option<u64>, KvError> {
+        use async_nats::jetstream::context::PublishErrorKind;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            expected.to_string().as_str(),
+        );
+        if value.is_none() {
+            headers.insert("KV-Operation", "DEL");
+        }
+        let subject = format!(
+            "{}{key}",
+            store.put_prefix.as_ref().unwrap_or(&store.prefix)
+        );
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, value.unwrap_or_default())
+            .await
+            .map_err(|e| failed("writing a key", e))?;
+        match ack.await {
+            Ok(ack) => Ok(Some(ack.sequence)),
+            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
+            Err(error) => Err(failed("writing a key", error)),
+        }
+    }
+
+    async fn meta(store: &kv::Store) -> Result<(u64, Meta), KvError> {
+        let (sequence, entry) = Self::read(store, META).await?;
+        let meta = entry
+            .and_then(|e| serde_json::from_slice(&e.value).ok())
+            .unwrap_or_default();
+        Ok((sequence, meta))
+    }
+
+    /// Adds `keys` and `bytes` to the bucket's usage.
+    async fn account(&self, store: &kv::Store, keys: i64, bytes: i64) -> Result<(), KvError> {
+        if keys == 0 && bytes == 0 {
+            return Ok(());
+        }
+        for _ in 0..ATTEMPTS {
+            let (sequence, mut meta) = Self::meta(store).await?;
+            meta.keys = meta.keys.saturating_add_signed(keys);
+            meta.bytes = meta.bytes.saturating_add_signed(bytes);
+            let value = encode(&Entry {
+                value: serde_json::to_vec(&meta).unwrap_or_default(),
+                revision: 0,
+                expires_at_ms: None,
+            });
+            if self
+                .publish(store, META, Some(Bytes::from(value)), sequence)
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+        }
+        Err(KvError::Failed("the bucket's usage keeps changing".into()))
+    }
+
+    /// One write, retried until its compare-and-swap lands or its condition fails.
+    async fn apply(&self, store: &kv::Store, write: &Write) -> Result<Outcome, KvError> {
+        let key = key_of(&write.key);
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 && attempt % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let now = now_ms();
+            let (sequence, stored) = Self::read(store, &key).await?;
+            let live_entry = stored.as_ref().filter(|e| live(e, now));
+            let holds = match write.condition {
+                Condition::Always => true,
+                Condition::Revision(0) => live_entry.is_none(),
+                Condition::Revision(revision) => live_entry.is_some_and(|e| e.revision == revision),
+            };
+            if !holds {
+                return Ok(Outcome::Conflict);
+            }
+            let old_size = stored
+                .as_ref()
+                .map_or(0, |e| (write.key.len() + e.value.len()) as u64);
+            let (next, number) = match &write.change {
+                Change::Delete => {
+                    if stored.is_none() {
+                        return Ok(Outcome::Done {
+                            revision: sequence,
+                            number: None,
+                        });
+                    }
+                    (None, None)
+                }
+                Change::Set { value, ttl_ms } => (
+                    Some(Entry {
+                        value: value.clone(),
+                        revision: 0,
+                        expires_at_ms: ttl_ms.map(|ttl| now.saturating_add(ttl)),
+                    }),
+                    None,
+                ),
+                Change::Increment { delta } => {
+                    let current = number_of(&write.key, live_entry.map(|e| e.value.as_slice()))?;
+                    let sum = add(&write.key, current, *delta)?;
+                    (
+                        Some(Entry {
+                            value: sum.to_string().into_bytes(),
+                            revision: 0,
+                            expires_at_ms: live_entry.and_then(|e| e.expires_at_ms),
+                        }),
+                        Some(sum),
+                    )
+                }
+            };
+            let new_size = next
+                .as_ref()
+                .map_or(0, |e| (write.key.len() + e.value.len()) as u64);
+            let new_key = i64::from(stored.is_none() && next.is_some());
+            let gone_key = i64::from(stored.is_some() && next.is_none());
+            if next.is_some() && (new_key > 0 || new_size > old_size) {
+                let (_, usage) = Self::meta(store).await?;
+                let quota = write.quota;
+                if quota.max_keys > 0 && new_key > 0 && usage.keys + 1 > quota.max_keys {
+                    return Err(KvError::TooManyKeys {
+                        limit: quota.max_keys,
+                    });
+                }
+                let bytes = usage.bytes.saturating_sub(old_size) + new_size;
+                if quota.max_bytes > 0 && new_size > old_size && bytes > quota.max_bytes {
+                    return Err(KvError::TooManyBytes {
+                        limit: quota.max_bytes,
+                    });
+                }
+            }
+            let value = next.as_ref().map(|e| Bytes::from(encode(e)));
+            let Some(revision) = self.publish(store, &key, value, sequence).await? else {
+                continue;
+            };
+            self.account(store, new_key - gone_key, new_size as i64 - old_size as i64)
+                .await?;
+            return Ok(Outcome::Done { revision, number });
+        }
+        Err(KvError::Failed(format!(
+            "key `{}` keeps changing under this write",
+            write.key.escape_debug()
+        )))
+    }
+
+    /// Every key of `bucket` (guest form), sorted.
+    async fn keys(store: &kv::Store) -> Result<Vec<String>, KvError> {
+        let mut keys = Vec::new();
+        let mut listed = store.keys().await.map_err(|e| failed("listing keys", e))?;
+        while let Some(key) = listed.next().await {
+            let key = key.map_err(|e| failed("listing keys", e))?;
+            if let Some(key) = key_from(&key) {
+                keys.push(key);
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn range(
+        &self,
+        bucket: &str,
+        start: Start<'_>,
+        limit: usize,
+    ) -> Result<Page<(String, Entry)>, KvError> {
+        let store = self.store(bucket).await?;
+        let keys = Self::keys(&store).await?;
+        let from = match start {
+            Start::After(after) => keys.partition_point(|k| k.as_str() <= after),
+            _ => 0,
+        };
+        let mut skip = match start {
+            Start::Offset(n) => n,
+            _ => 0,
+        };
+        let now = now_ms();
+        let mut page = Page {
+            items: Vec::new(),
+            more: false,
+        };
+        for key in &keys[from..] {
+            let (_, entry) = Self::read(&store, &key_of(key)).await?;
+            let Some(entry) = entry.filter(|e| live(e, now)) else {
+                continue;
+            };
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            if page.items.len() == limit {
+                page.more = true;
+                break;
+            }
+            page.items.push((key.clone(), entry));
+        }
+        Ok(page)
+    }
+}
+
+impl Backend for JetStreamKv {
+    fn get<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Entry>, KvError>> {
+        Box::pin(async move {
+            let store = self.store(bucket).await?;
+            let (_, entry) = Self::read(&store, &key_of(key)).await?;
+            Ok(entry.filter(|e| live(e, now_ms())))
+        })
+    }
+
+    fn write_all<'a>(
+        &'a self,
+        bucket: &'a str,
+        writes: Vec<Write>,
+    ) -> BoxFuture<'a, Result<Vec<Result<Outcome, KvError>>, KvError>> {
+        Box::pin(async move {
+            let store = self.store(bucket).await?;
+            let mut answers = Vec::with_capacity(writes.len());
+            for write in &writes {
+                let answer = self.apply(&store, write).await;
+                if let Err(KvError::Failed(_)) = &answer {
+                    return Err(answer.unwrap_err());
+                }
+                answers.push(answer);
+            }
+            Ok(answers)
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        bucket: &'a str,
+        start: Start<'a>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page<String>, KvError>> {
+        Box::pin(async move {
+            let page = self.range(bucket, start, limit).await?;
+            Ok(Page {
+                items: page.items.into_iter().map(|(key, _)| key).collect(),
+                more: page.more,
+            })
+        })
+    }
+
+    fn scan<'a>(
+        &'a self,
+        bucket: &'a str,
+        start: Start<'a>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page<(String, Entry)>, KvError>> {
+        Box::pin(self.range(bucket, start, limit))
+    }
+
+    fn usage<'a>(&'a self, bucket: &'a str) -> BoxFuture<'a, Result<Usage, KvError>> {
+        Box::pin(async move {
+            let store = self.store(bucket).await?;
+            let (_, meta) = Self::meta(&store).await?;
+            Ok(Usage {
+                keys: meta.keys,
+                bytes: meta.bytes,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_through_their_stored_form() {
+        for key in [
+            "",
+            "a",
+            "user:42/cart",
+            "ünï cödé",
+            "with.dots and spaces",
+            "meta",
+        ] {
+            let stored = key_of(key);
+            assert!(
+                stored
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "{stored}"
+            );
+            assert_ne!(stored, META);
+            assert_eq!(key_from(&stored).as_deref(), Some(key));
+        }
+        assert_eq!(key_from(META), None, "the usage key is no guest key");
+    }
+}
