@@ -403,6 +403,22 @@ pub struct RolloutRequest {
     /// Never advance by itself (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manual: Option<bool>,
+    /// In a cluster: activate the candidate node by node instead of by weight steps, one wave
+    /// per step (every node of a wave serves it fully): a wave size (the live nodes by name,
+    /// that many per wave) or node names in order (one wave each; live nodes not named form
+    /// the last wave). Not together with `steps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waves: Option<Waves>,
+}
+
+/// The waves of a rollout in a cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Waves {
+    /// This many nodes per wave.
+    Size(usize),
+    /// One wave per node, in this order.
+    Nodes(Vec<String>),
 }
 
 /// `PATCH /v1/routes/{name}/rollout`: set the candidate's weight by hand (and pause).
@@ -466,6 +482,9 @@ pub struct RolloutStatus {
     /// Why it was rolled back, with the numbers that breached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A rollout in waves: each wave's nodes (wave `i` is step `i`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waves: Option<Vec<Vec<String>>>,
     /// Each version's figures over the current step.
     #[serde(default)]
     pub versions: Vec<StepFigures>,

@@ -84,3 +84,174 @@ async fn a_failing_candidate_is_rolled_back_everywhere_on_requests_another_node_
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_candidate_in_waves_of_one_node_is_stopped_after_the_first_wave() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        nodes.push(TestServer::start_node(&url, name, None).await);
+    }
+    eventually("three live nodes", Duration::from_secs(10), || async {
+        let (_, list) = nodes[2].admin(Method::GET, "/v1/nodes").await;
+        let live = list["nodes"]
+            .as_array()?
+            .iter()
+            .filter(|n| n["alive"] == true && n["ready"] == true)
+            .count();
+        (live == 3).then_some(())
+    })
+    .await;
+    nodes[0].deploy("app", guests::TAGGED_V1).await;
+    let candidate = nodes[1].upload(guests::FAILING).await;
+
+    // What is refused: steps with waves, a node that does not exist.
+    for (options, says) in [
+        (json!({"waves": 1, "steps": [50, 100]}), "not both"),
+        (json!({"waves": ["a", "zz"]}), "no live node is named `zz`"),
+    ] {
+        let mut body = json!({"version": candidate});
+        body.as_object_mut()
+            .unwrap()
+            .extend(options.as_object().unwrap().clone());
+        let (status, answer) = nodes[1].post_json("/v1/routes/app/rollout", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(
+            answer["detail"].as_str().unwrap().contains(says),
+            "{answer}"
+        );
+    }
+
+    let (status, body) = nodes[1]
+        .post_json(
+            "/v1/routes/app/rollout",
+            json!({"version": candidate, "waves": 1, "step_time": "1m", "min_requests": 20}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["waves"], json!([["a"], ["b"], ["c"]]), "{body}");
+    assert_eq!(body["steps"], json!([100.0, 100.0, 100.0]), "{body}");
+    for node in &nodes {
+        eventually(
+            "the rollout is applied",
+            Duration::from_secs(10),
+            || async { (node.status("app").await["rollout"]["state"] == "running").then_some(()) },
+        )
+        .await;
+    }
+
+    // The first wave is a alone: a serves the candidate (500 on /app/error), b and c only the
+    // stable version, until a's gate takes the candidate out.
+    let mut conns = Vec::new();
+    for node in &nodes {
+        conns.push(Connection::open(node.data).await);
+    }
+    let started = Instant::now();
+    let mut candidate_answers = 0;
+    let state = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no decision after {candidate_answers} candidate answers"
+        );
+        for (i, conn) in conns.iter_mut().enumerate() {
+            let (status, body) = conn.get("/app/error").await.expect("a request");
+            if i == 0 {
+                candidate_answers += usize::from(status == StatusCode::INTERNAL_SERVER_ERROR);
+            } else {
+                assert_eq!(
+                    (status, &body[..]),
+                    (StatusCode::OK, &b"v1"[..]),
+                    "node {} is not in the first wave",
+                    ["a", "b", "c"][i]
+                );
+            }
+        }
+        let rollout = nodes[0].status("app").await["rollout"].clone();
+        if rollout["state"] != "running" {
+            break rollout;
+        }
+    };
+    assert!(candidate_answers >= 20, "a served the candidate");
+    assert_eq!(state["state"], "rolled_back", "{state}");
+    assert_eq!(state["step"], 0, "stopped in the first wave: {state}");
+    for node in &nodes {
+        eventually(
+            "the rollback is applied",
+            Duration::from_secs(10),
+            || async { (node.get("/app/error").await.0 == StatusCode::OK).then_some(()) },
+        )
+        .await;
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_candidate_reaches_the_nodes_wave_by_wave_in_the_order_named() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        nodes.push(TestServer::start_node(&url, name, None).await);
+    }
+    eventually("three live nodes", Duration::from_secs(10), || async {
+        let (_, list) = nodes[0].admin(Method::GET, "/v1/nodes").await;
+        let live = list["nodes"]
+            .as_array()?
+            .iter()
+            .filter(|n| n["alive"] == true && n["ready"] == true)
+            .count();
+        (live == 3).then_some(())
+    })
+    .await;
+    nodes[0].deploy("app", guests::TAGGED_V1).await;
+    let candidate = nodes[0].upload(guests::TAGGED_V2).await;
+    let (status, body) = nodes[0]
+        .post_json(
+            "/v1/routes/app/rollout",
+            json!({"version": candidate, "waves": ["c", "a"], "step_time": "300ms",
+                   "step_requests": 10, "min_requests": 10}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["waves"], json!([["c"], ["a"], ["b"]]), "{body}");
+
+    // Each node's first v2 answer, by round.
+    let mut conns = Vec::new();
+    for node in &nodes {
+        conns.push(Connection::open(node.data).await);
+    }
+    let mut first_v2: [Option<usize>; 3] = [None; 3];
+    let started = Instant::now();
+    for round in 0.. {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not promoted: first v2 answers by round {first_v2:?}"
+        );
+        for (i, conn) in conns.iter_mut().enumerate() {
+            let (status, body) = conn.get("/app").await.expect("a request");
+            assert_eq!(status, StatusCode::OK);
+            if body == "v2" && first_v2[i].is_none() {
+                first_v2[i] = Some(round);
+            }
+        }
+        if first_v2.iter().all(Option::is_some) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let [a, b, c] = first_v2.map(Option::unwrap);
+    assert!(
+        c < a && a < b,
+        "waves c, a, b; first v2 rounds a {a}, b {b}, c {c}"
+    );
+    eventually("promoted", Duration::from_secs(30), || async {
+        (nodes[1].status("app").await["rollout"]["state"] == "promoted").then_some(())
+    })
+    .await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

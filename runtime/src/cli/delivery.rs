@@ -40,6 +40,10 @@ pub struct RolloutArgs {
     /// Never advance by itself: move it with `handoff weight` and `handoff promote`.
     #[arg(long)]
     pub manual: bool,
+    /// In a cluster: activate the candidate node by node, one wave per step: a wave size, or
+    /// node names in order (one wave each; the others last). Not together with --steps.
+    #[arg(long, value_name = "N|NODE,...")]
+    pub waves: Option<String>,
     /// Sign the upload with this private key file (when CANDIDATE is a file).
     #[arg(long, value_name = "KEY")]
     pub sign: Option<PathBuf>,

@@ -34,6 +34,13 @@ pub async fn rollout(args: RolloutArgs) -> Result<(), Failure> {
         max_p99_ratio: args.max_p99_ratio,
         min_requests: args.min_requests,
         manual: args.manual.then_some(true),
+        waves: args
+            .waves
+            .as_deref()
+            .map(|waves| match waves.parse::<usize>() {
+                Ok(size) => api::Waves::Size(size),
+                Err(_) => api::Waves::Nodes(waves.split(',').map(str::to_owned).collect()),
+            }),
     };
     let path = format!("/v1/routes/{}/rollout", encode(&args.route));
     let body: RolloutStatus = client
@@ -229,17 +236,32 @@ pub fn render(body: &RolloutStatus) -> String {
         ),
         _ => body.state.replace('_', " "),
     };
-    let steps = body
-        .steps
-        .iter()
-        .map(|s| percent(*s))
-        .collect::<Vec<_>>()
-        .join(" → ");
+    let steps = match &body.waves {
+        // In waves, each step is a wave of nodes serving the candidate fully.
+        Some(waves) => waves
+            .iter()
+            .map(|wave| wave.join(", "))
+            .collect::<Vec<_>>()
+            .join(" → "),
+        None => body
+            .steps
+            .iter()
+            .map(|s| percent(*s))
+            .collect::<Vec<_>>()
+            .join(" → "),
+    };
     let mut lines = vec![
         ("rollout", state),
         ("candidate", body.candidate.clone()),
         ("stable", body.stable.clone()),
-        ("steps", steps),
+        (
+            if body.waves.is_some() {
+                "waves"
+            } else {
+                "steps"
+            },
+            steps,
+        ),
         (
             "sticky",
             body.sticky
@@ -370,6 +392,7 @@ mod tests {
             step_started_ms: 0,
             by: "admin".into(),
             reason: None,
+            waves: None,
             versions: vec![api::StepFigures {
                 version: "sha256:bbbbbbbbbbbbbbbb".into(),
                 role: "candidate".into(),

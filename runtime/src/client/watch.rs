@@ -288,6 +288,7 @@ mod tests {
             step_started_ms: 1_000,
             by: "ci".into(),
             reason: None,
+            waves: None,
             versions: vec![StepFigures {
                 version: "sha256:bbbbbbbbbbbbbbbb".into(),
                 role: "candidate".into(),

@@ -359,10 +359,18 @@ pub(crate) async fn build(
         built,
     };
     let stable = version(rt, name, &record.active, &record.settings, &reuse).await?;
+    // A rollout in waves gives the candidate its weight only on the nodes it has reached.
+    let node = rt.cluster.as_ref().map(|c| c.node_name());
     let candidate = match &record.candidate {
         Some(c) => Some(Candidate {
             version: version(rt, name, &c.version, &c.settings, &reuse).await?,
-            weight: Weight::from_percent(c.weight).map_err(internal)?,
+            weight: Weight::from_percent(
+                record
+                    .rollout
+                    .as_ref()
+                    .map_or(c.weight, |r| r.weight_on(node, c.weight)),
+            )
+            .map_err(internal)?,
             sticky: c
                 .sticky
                 .as_deref()

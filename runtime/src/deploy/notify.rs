@@ -213,6 +213,7 @@ mod tests {
             max_error_rate: 0.01,
             max_p99_ratio: 2.0,
             min_requests: 1,
+            waves: None,
             manual: false,
             step_started_ms: 1,
             by: "alice".into(),

@@ -29,6 +29,52 @@ use crate::version::Version;
 /// for.
 pub const PERIOD: Duration = Duration::from_millis(500);
 
+/// The waves `asked` names, as node names per wave: every live node in exactly one wave.
+pub fn waves(rt: &Runtime, asked: &crate::api::Waves) -> Result<Vec<Vec<String>>, String> {
+    let Some(cluster) = &rt.cluster else {
+        return Err("waves activate a rollout node by node in a cluster; this server runs on its own (no --cluster): give steps instead".into());
+    };
+    let live: Vec<String> = cluster
+        .nodes
+        .all()
+        .into_iter()
+        .filter(|s| s.live())
+        .map(|s| s.record.name)
+        .collect();
+    let waves: Vec<Vec<String>> = match asked {
+        crate::api::Waves::Size(0) => return Err("a wave needs at least 1 node".into()),
+        crate::api::Waves::Size(size) => live.chunks(*size).map(<[String]>::to_vec).collect(),
+        crate::api::Waves::Nodes(names) => {
+            let mut waves = Vec::new();
+            for name in names {
+                if !live.contains(name) {
+                    return Err(format!(
+                        "no live node is named `{}`; `handoff nodes` lists them",
+                        name.escape_debug()
+                    ));
+                }
+                if waves.iter().any(|w: &Vec<String>| w.contains(name)) {
+                    return Err(format!("node `{}` is named twice", name.escape_debug()));
+                }
+                waves.push(vec![name.clone()]);
+            }
+            let rest: Vec<String> = live
+                .iter()
+                .filter(|n| !names.contains(n))
+                .cloned()
+                .collect();
+            if !rest.is_empty() {
+                waves.push(rest);
+            }
+            waves
+        }
+    };
+    if waves.is_empty() || waves.len() > 100 {
+        return Err("a rollout needs 1 to 100 waves".into());
+    }
+    Ok(waves)
+}
+
 /// Whether this node drives rollouts now: always on its own, the leader in a cluster.
 pub fn drives(rt: &Runtime) -> bool {
     match &rt.cluster {

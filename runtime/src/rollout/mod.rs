@@ -48,8 +48,14 @@ pub async fn start(
                 name.as_str()
             )));
         }
-        let rollout =
+        let mut rollout =
             plan(&request, &record.active, &by).map_err(DeployError::InvalidLimits)?;
+        if let Some(waves) = &request.waves {
+            let waves = cluster::waves(rt, waves).map_err(DeployError::InvalidLimits)?;
+            rollout.steps = vec![100.0; waves.len()];
+            rollout.weight = 100.0;
+            rollout.waves = Some(waves);
+        }
         let mut module = rt
             .state
             .module(&digest)
@@ -185,6 +191,7 @@ pub fn status(route: &Route) -> Option<api::RolloutStatus> {
         step_started_ms: rollout.step_started_ms,
         by: rollout.by.clone(),
         reason: rollout.reason.clone(),
+        waves: rollout.waves.clone(),
         versions,
     })
 }

@@ -30,6 +30,11 @@ pub fn plan(
     stable: &str,
     by: &str,
 ) -> Result<RolloutRecord, String> {
+    if request.waves.is_some() && request.steps.is_some() {
+        return Err(
+            "give steps or waves, not both: a rollout in waves takes one wave per step".into(),
+        );
+    }
     let steps = request
         .steps
         .clone()
@@ -86,6 +91,7 @@ pub fn plan(
         manual: request.manual.unwrap_or(false),
         step_started_ms: unix_ms(),
         by: by.to_owned(),
+        waves: None,
         reason: None,
     })
 }

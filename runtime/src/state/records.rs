@@ -159,6 +159,27 @@ pub struct RolloutRecord {
     /// Why it was rolled back, with the numbers that breached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// In a cluster, a rollout in waves: the node names of each wave, in order. Wave `i` is
+    /// step `i`; only the nodes of the waves up to the current step serve the candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waves: Option<Vec<Vec<String>>>,
+}
+
+impl RolloutRecord {
+    /// The candidate's weight on node `node` (`None`: a server on its own): `weight`, unless
+    /// the rollout goes in waves and `node` is in none of the waves reached yet (then 0).
+    pub fn weight_on(&self, node: Option<&str>, weight: f64) -> f64 {
+        match (&self.waves, node) {
+            (Some(waves), Some(node)) => {
+                let reached = waves
+                    .iter()
+                    .take(self.step + 1)
+                    .any(|wave| wave.iter().any(|n| n == node));
+                if reached { weight } else { 0.0 }
+            }
+            _ => weight,
+        }
+    }
 }
 
 /// One activation of a version on a route.
