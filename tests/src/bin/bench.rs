@@ -17,7 +17,10 @@
 //! route's throughput against a plain route.
 //!
 //! Usage: `bench [--handoff PATH] [--wasmtime PATH] [--connections N] [--seconds S] [--guest PATH]
-//! [--attack loop,grow,recurse,trap,crowd] [--only-attack] [--only-kv]`
+//! [--attack loop,grow,recurse,trap,crowd] [--only-attack] [--only-kv] [--only-cluster]`
+//!
+//! Last, the cluster (`bench/cluster.rs`): deploy-to-converged across three nodes, and the
+//! data plane on a cluster node against a node on its own.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -27,6 +30,8 @@ use std::time::{Duration, Instant};
 use handoff_tests::{Connection, guests};
 use http::StatusCode;
 
+#[path = "bench/cluster.rs"]
+mod cluster;
 #[path = "bench/kv.rs"]
 mod kv;
 
@@ -42,6 +47,7 @@ struct Options {
     attack: Vec<String>,
     only_attack: bool,
     only_kv: bool,
+    only_cluster: bool,
 }
 
 fn options() -> Options {
@@ -56,6 +62,7 @@ fn options() -> Options {
             .to_vec(),
         only_attack: false,
         only_kv: false,
+        only_cluster: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -71,6 +78,7 @@ fn options() -> Options {
             "--guest" => opts.guest = value(),
             "--only-attack" => opts.only_attack = true,
             "--only-kv" => opts.only_kv = true,
+            "--only-cluster" => opts.only_cluster = true,
             "--attack" => opts.attack = value().split(',').map(String::from).collect(),
             other => panic!("unknown flag {other}"),
         }
@@ -229,6 +237,10 @@ async fn main() {
         under_attack(&opts, &wasm).await;
         return;
     }
+    if opts.only_cluster {
+        cluster::bench(&opts.handoff, &wasm, opts.connections, opts.seconds).await;
+        return;
+    }
     if opts.only_kv {
         kv::bench(&opts.handoff, opts.connections, opts.seconds).await;
         return;
@@ -364,6 +376,7 @@ async fn main() {
     under_attack(&opts, &wasm).await;
     persistence(&wasm).await;
     kv::bench(&opts.handoff, opts.connections, opts.seconds).await;
+    cluster::bench(&opts.handoff, &wasm, opts.connections, opts.seconds).await;
 }
 
 /// Prints one row per named result under a header whose first column is `first`.
