@@ -209,11 +209,11 @@ pub(super) async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
         "Requests copied to the route's shadow by outcome (match, mismatch, noise, error, skipped).",
         &mut shadows.iter().flat_map(|(route, s)| {
             [
-                ("match", s.matches),
-                ("mismatch", s.mismatches),
-                ("noise", s.noise),
-                ("error", s.errors),
-                ("skipped", s.skipped),
+                ("match", s.counts.matches),
+                ("mismatch", s.counts.mismatches),
+                ("noise", s.counts.noise),
+                ("error", s.counts.errors),
+                ("skipped", s.counts.skipped),
             ]
             .map(|(outcome, count)| {
                 (
