@@ -37,6 +37,9 @@
 //!   version), or a 4xx whose body says what the client must fix ([`Error::bad_request`]).
 //! * **Logs**: [`log::info!`] and friends write level-tagged lines to stderr.
 //! * **Configuration**: [`config::get`] reads the route's deploy-time config.
+//! * **Key-value storage**: [`kv::Bucket`], the route's own bucket (shared by all its versions)
+//!   and shared buckets it was granted; counters, compare-and-swap, TTL, and typed JSON
+//!   documents with a schema version for two live versions on one set of data.
 //! * **Time**: [`sleep`] blocks the guest without burning CPU time.
 //!
 //! Each request runs in a fresh instance of the component: globals start from scratch every
@@ -55,6 +58,7 @@
 mod body;
 pub mod config;
 mod error;
+pub mod kv;
 pub mod log;
 mod request;
 pub mod response;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::events::{Event, Kind as EventKind, ShadowCounts};
 pub use crate::problem::Problem;
 pub use crate::settings::LimitsStatus;
 pub use crate::state::HistoryEntry;
@@ -34,6 +35,24 @@ pub struct VersionStatus {
     pub requests: u64,
     /// Requests on it that ended in a guest failure.
     pub failures: u64,
+    /// What its requests did so far, for clients that chart it (the console): two readings
+    /// give a window's rate, error rate and percentiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub figures: Option<VersionFigures>,
+}
+
+/// A version's request figures since it was built. Subtract an earlier reading for a window.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VersionFigures {
+    /// Requests that ended.
+    pub completed: u64,
+    /// Of those, the ones that failed (5xx, traps, timeouts).
+    pub errors: u64,
+    /// Requests per latency bucket: bucket `i` holds those that took at most
+    /// `latency_bounds_ms[i]` (and more than the bound before); the last one, all the slower.
+    pub latency: Vec<u64>,
+    /// The buckets' upper bounds, milliseconds.
+    pub latency_bounds_ms: Vec<u64>,
 }
 
 /// A version serving a route, with its part in the split.
@@ -56,6 +75,9 @@ pub struct DrainingStatus {
     pub version: VersionStatus,
     /// How long ago it was retired.
     pub retired_ms_ago: u64,
+    /// How long until its drain deadline cuts off what is left.
+    #[serde(default)]
+    pub time_left_ms: u64,
 }
 
 /// `GET /v1/routes/{name}`: a route.
@@ -75,6 +97,9 @@ pub struct RouteStatus {
     pub outbound: Vec<String>,
     /// The directory under `--guest-dirs` its guests see at `/data`.
     pub dir: Option<String>,
+    /// The shared key-value buckets its guests may open besides the route's own (`kv=NAME`).
+    #[serde(default)]
+    pub kv: Vec<String>,
     /// Requests on it now, across versions.
     pub in_flight: usize,
     /// The stable version: it serves every new request the candidate does not.
@@ -90,6 +115,15 @@ pub struct RouteStatus {
     /// Its shadow, when one runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowStatus>,
+}
+
+/// `GET /v1/whoami`: who the caller is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Whoami {
+    /// The admin token's name (`anonymous` on a tokenless server).
+    pub name: String,
+    /// `read` or `deploy`.
+    pub scope: String,
 }
 
 /// A stored route that cannot serve.
@@ -321,6 +355,11 @@ pub struct ShadowRequest {
     /// Response headers compared besides the status and the body (default `["content-type"]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compare_headers: Option<Vec<String>>,
+    /// Let the shadow's copies (and the stable version's second runs that measure noise) make
+    /// outbound HTTP calls to the route's allow-list: the calls happen twice or three times.
+    /// Default false: every outbound call of a copy fails with `HTTP-request-denied`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_outbound: Option<bool>,
 }
 
 /// One request on which the shadow answered differently from the stable version.
@@ -350,6 +389,10 @@ pub struct ShadowSample {
     pub shadow_start: String,
     /// When, milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// Whether the shadow tried an outbound HTTP call, which was denied: a likely cause of the
+    /// difference (see `allow_outbound`).
+    #[serde(default)]
+    pub outbound_denied: bool,
 }
 
 /// A route's shadow and what it found.
@@ -361,6 +404,9 @@ pub struct ShadowStatus {
     pub percent: f64,
     /// Headers compared besides status and body.
     pub compare_headers: Vec<String>,
+    /// Whether copies may make outbound HTTP calls.
+    #[serde(default)]
+    pub allow_outbound: bool,
     /// Requests copied and compared (or skipped).
     pub requests: u64,
     /// Copies whose response matched the stable version's.
@@ -375,4 +421,81 @@ pub struct ShadowStatus {
     pub skipped: u64,
     /// The latest mismatches, newest last (at most 50).
     pub samples: Vec<ShadowSample>,
+}
+
+/// `GET /v1/routes/{name}/kv/keys` and `GET /v1/kv/{bucket}/keys`: one page of a bucket's keys,
+/// in order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KvKeys {
+    /// The bucket: `route/NAME` (a route's own) or `shared/NAME`.
+    pub bucket: String,
+    /// The keys.
+    pub keys: Vec<String>,
+    /// Where the next page starts (`?cursor=`); `null` on the last page.
+    pub cursor: Option<String>,
+}
+
+/// A key and its value: what `GET .../kv/keys/{key}` answers, and each line of an export or an
+/// import. A value that is UTF-8 text is `value`; any other is `base64`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KvEntry {
+    /// The key.
+    pub key: String,
+    /// The value, when it is UTF-8 text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The value, base64, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+    /// Its version (larger after every write to the bucket); ignored by an import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// When it expires, milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+}
+
+/// `PUT .../kv/keys/{key}`: the value (`value` as text, or `base64`) and an optional time to
+/// live.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KvPut {
+    /// The value as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The value, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+    /// Milliseconds until it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+}
+
+/// What `PUT .../kv/keys/{key}` answers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KvWritten {
+    /// The key.
+    pub key: String,
+    /// Its new version.
+    pub revision: u64,
+}
+
+/// What `DELETE .../kv/keys/{key}` answers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KvDeleted {
+    /// The key.
+    pub key: String,
+    /// Whether it existed.
+    pub deleted: bool,
+}
+
+/// What `POST .../kv/import` answers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KvImported {
+    /// The bucket.
+    pub bucket: String,
+    /// Keys written.
+    pub imported: u64,
+    /// Lines skipped: entries that had already expired.
+    pub expired: u64,
 }

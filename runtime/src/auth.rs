@@ -259,7 +259,10 @@ pub async fn guard(
         Caller(token.name.clone(), token.scope)
     };
     request.extensions_mut().insert(caller.clone());
-    let response = next.run(request).await;
+    // What the request changes is published on the event bus as made by the caller.
+    let response = crate::events::ACTOR
+        .scope(caller.0.clone(), next.run(request))
+        .await;
     if !matches!(method, Method::GET | Method::HEAD) {
         let route = path
             .strip_prefix("/v1/routes/")

@@ -66,6 +66,7 @@ impl Engine {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("linking wasi:http: {e}"))?;
         crate::host::add_to_linker(&mut linker)?;
+        crate::kv::add_to_linker(&mut linker, Host::kv_view)?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(Self {
             engine,

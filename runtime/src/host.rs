@@ -14,6 +14,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use wasmtime::component::{Linker, Resource, ResourceTable};
@@ -24,6 +25,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::guest_log::GuestLogs;
+use crate::kv::{Grants, KvAccess, KvLimits, KvView};
 use crate::limiter::TotalMemory;
 use crate::outbound::{Outbound, SendError};
 use crate::settings::{GuestDir, RouteConfig, Settings};
@@ -45,6 +47,8 @@ pub struct Guest {
     max_memory: usize,
     dir: Option<Dir>,
     logs: Arc<GuestLogs>,
+    kv: Grants,
+    kv_limits: KvLimits,
 }
 
 impl Guest {
@@ -74,6 +78,12 @@ impl Guest {
             max_memory: settings.limits.max_memory_bytes,
             dir,
             logs: GuestLogs::new(route, short),
+            kv: settings.kv.clone(),
+            kv_limits: KvLimits {
+                max_value: settings.limits.kv_max_value,
+                max_keys: settings.limits.kv_max_keys,
+                max_bytes: settings.limits.kv_max_bytes,
+            },
         }
     }
 
@@ -140,6 +150,7 @@ pub struct Host {
     table: ResourceTable,
     limits: TotalMemory,
     hooks: SandboxHooks,
+    kv: KvAccess,
     /// The prefix the request was routed by.
     prefix: Arc<str>,
     /// When the guest's CPU budget for this request runs out.
@@ -179,9 +190,10 @@ impl Host {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             limits: TotalMemory::new(guest.max_memory),
+            kv: KvAccess::new(guest.kv.clone(), guest.kv_limits),
             hooks: SandboxHooks {
                 guest: guest.clone(),
-                outbound_denied: false,
+                copy_tried_outbound: None,
             },
             prefix: prefix.clone(),
             deadline,
@@ -204,9 +216,27 @@ impl Host {
     }
 
     /// Denies this request every outbound HTTP call, whatever the route allows: a copy of a
-    /// request (a shadow run) must have no side effects.
-    pub fn deny_outbound(&mut self) {
-        self.hooks.outbound_denied = true;
+    /// request (a shadow run) must have no side effects. The flag returned is set once the
+    /// guest tries one.
+    pub fn deny_outbound(&mut self) -> Arc<AtomicBool> {
+        let tried = Arc::new(AtomicBool::new(false));
+        self.hooks.copy_tried_outbound = Some(tried.clone());
+        tried
+    }
+
+    /// Sends this request's key-value writes to a scratch overlay that is discarded with it,
+    /// while reads still see the real data: a copy of a request (a shadow run) must not change
+    /// what serves.
+    pub fn kv_scratch(&mut self) {
+        self.kv.use_overlay();
+    }
+
+    /// The key-value bindings' view of this request.
+    pub fn kv_view(&mut self) -> KvView<'_> {
+        KvView {
+            access: &mut self.kv,
+            table: &mut self.table,
+        }
     }
 
     /// The guest's environment: the route's config, then [`ROUTE_PREFIX_ENV`].
@@ -271,8 +301,9 @@ impl WasiHttpView for Host {
 /// version's budget of outbound warnings.
 struct SandboxHooks {
     guest: Arc<Guest>,
-    /// Every outbound request is denied (a copy of a request).
-    outbound_denied: bool,
+    /// For a copy of a request: every outbound request is denied, and this flag set when the
+    /// guest tries one.
+    copy_tried_outbound: Option<Arc<AtomicBool>>,
 }
 
 impl SandboxHooks {
@@ -299,7 +330,12 @@ impl WasiHttpHooks for SandboxHooks {
                 )>,
             > + Send,
     > {
-        if self.outbound_denied || !crate::outbound::allows(&self.guest.outbound, request.uri()) {
+        if let Some(tried) = &self.copy_tried_outbound {
+            tried.store(true, Ordering::Relaxed);
+            tracing::debug!(route = %self.guest.logs().route(), uri = %request.uri(), "outbound HTTP denied in a shadow copy");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        if !crate::outbound::allows(&self.guest.outbound, request.uri()) {
             self.warn(
                 "outbound HTTP denied: the route's allow-list does not name this destination",
                 request.uri(),

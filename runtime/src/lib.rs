@@ -6,8 +6,10 @@
 //! Four lifetimes, four homes (`ARCHITECTURE.md` has the whole map):
 //!
 //! * **Process** — [`Runtime`] ([`runtime`]): engine and linker ([`engine`]), compiler
-//!   ([`compile`]), route table ([`route`]), state log and data directory ([`state`]).
-//! * **Route** — [`route::RouteState`]: what every version of a route shares.
+//!   ([`compile`]), route table ([`route`]), state log and data directory ([`state`]), the
+//!   key-value store ([`kv`]).
+//! * **Route** — [`route::RouteState`]: what every version of a route shares; its key-value
+//!   bucket ([`kv::Kv`], by route name).
 //! * **Version** — [`version::Version`], shared as `Arc`: a compiled, linked and
 //!   pre-instantiated guest with its settings, in-flight count and counters. Built at deploy
 //!   time ([`deploy`]), off the async threads, and never changed afterwards.
@@ -35,10 +37,12 @@ pub mod dev;
 pub mod digest;
 pub mod dispatch;
 pub mod engine;
+pub mod events;
 mod fuzz;
 pub mod guest_log;
 pub mod host;
 pub mod http_client;
+pub mod kv;
 #[cfg(test)]
 mod layering;
 pub mod limiter;

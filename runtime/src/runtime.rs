@@ -1,6 +1,6 @@
 //! The process lifetime: [`Runtime`] holds what exists once per server: the engine and linker,
-//! the compiler, the route table with its route-lifetime state and drains, the state log and
-//! the data directory's files. Built once at startup; everything else borrows it.
+//! the compiler, the route table with its route-lifetime state and drains, the state log, the
+//! data directory's files and the event bus. Built once at startup; everything else borrows it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::compile::Compiles;
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::events::Bus;
 use crate::route::{Draining, Drains, Registry, RouteTable, Serving};
 use crate::state::StateLog;
 use crate::state::files::Files;
@@ -35,8 +36,12 @@ pub struct Runtime {
     pub state: Arc<dyn StateLog>,
     /// Module bytes and compiled artifacts.
     pub files: Files,
+    /// The key-value store's buckets (`kv.redb` in the data directory).
+    pub kv: crate::kv::Kv,
     /// Copies of requests to shadows that may run at once; more are skipped.
     pub copy_slots: Arc<tokio::sync::Semaphore>,
+    /// What happened to routes, versions, rollouts and shadows, for `GET /v1/events`.
+    pub events: Bus,
     /// Digests a change is working on (safe from garbage collection).
     pub(crate) pending: Pending,
     request_ids: AtomicU64,
@@ -53,15 +58,21 @@ impl Runtime {
         })?);
         let files = Files::open(config.data_dir.as_deref(), engine.wasmtime())?;
         let state = Arc::new(RedbLog::open(files.dir())?);
+        let events = Bus::new();
+        let kv_path = files.dir().join("kv.redb");
+        crate::state::private::prepare_private_file(&kv_path)?;
+        let kv = crate::kv::Kv::new(Arc::new(crate::kv::redb::RedbBackend::open(&kv_path)?));
         Ok(Self {
+            kv,
             compiles: Compiles::new(config.compiler.clone()),
             config,
             engine,
             routes: RouteTable::default(),
             registry: Registry::default(),
-            drains: Arc::default(),
+            drains: Arc::new(Drains::new(events.clone())),
             state,
             files,
+            events,
             pending: Pending::default(),
             copy_slots: Arc::new(tokio::sync::Semaphore::new(MAX_COPIES)),
             request_ids: AtomicU64::new(1),

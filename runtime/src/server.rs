@@ -57,6 +57,7 @@ impl Server {
         let restored = crate::deploy::restore(&runtime).await;
         // Rollouts continue where they were.
         crate::rollout::resume_all(&runtime);
+        crate::deploy::notify::spawn_shadow_figures(&runtime);
         if restored.routes > 0 || !restored.failed.is_empty() {
             tracing::info!(
                 routes = restored.routes,
@@ -163,6 +164,8 @@ impl Server {
     pub async fn shutdown(self) {
         tracing::info!("shutting down: no new connections; draining in-flight requests");
         self.stop.cancel();
+        // Event streams never end by themselves: end them, so they do not hold the drain.
+        self.runtime.events.close();
         let started = std::time::Instant::now();
         let limit = self.runtime.config.drain_timeout + RELEASE_WAIT;
         // Both listeners drain at once; each closes its connections when the grace passes.

@@ -118,6 +118,17 @@ impl Snapshot {
         Some(BUCKETS_MS[BUCKETS_MS.len() - 1] as f64)
     }
 
+    /// Requests that certainly took longer than `ms`: those in buckets whose lower bound is at
+    /// least `ms` (an undercount by the requests in the bucket `ms` falls in).
+    pub fn slower_than_ms(&self, ms: f64) -> u64 {
+        self.latency
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i > 0 && BUCKETS_MS[i - 1] as f64 >= ms)
+            .map(|(_, count)| count)
+            .sum()
+    }
+
     /// Cumulative counts per bucket bound, for a Prometheus histogram (`le` in seconds).
     pub fn cumulative(&self) -> impl Iterator<Item = (String, u64)> + '_ {
         let mut running = 0u64;
@@ -159,6 +170,17 @@ mod tests {
         let p99 = window.percentile_ms(0.995).unwrap();
         assert!(p99 > 500.0, "{p99}");
         assert_eq!(Snapshot::default().percentile_ms(0.99), None);
+        assert_eq!(window.slower_than_ms(400.0), 1, "the 900 ms one");
+        assert_eq!(
+            window.slower_than_ms(5.0),
+            99,
+            "the 8 ms ones and the 900 ms one"
+        );
+        assert_eq!(
+            window.slower_than_ms(6.0),
+            1,
+            "8 ms is in the 5-10 bucket: not certain"
+        );
         let cumulative: Vec<_> = window.cumulative().collect();
         assert_eq!(cumulative.last().unwrap(), &("+Inf".to_owned(), 100));
     }

@@ -39,6 +39,8 @@ pub struct Version {
     pub outbound: crate::outbound::Outbound,
     /// The directory mounted read-only at `/data`, if any.
     pub dir: Option<GuestDir>,
+    /// The key-value buckets its guests may open.
+    pub kv: crate::kv::Grants,
     /// Size of the uploaded component.
     pub size_bytes: usize,
     /// How long compiling and linking took.
@@ -77,6 +79,7 @@ impl Version {
             limits,
             outbound,
             dir,
+            kv,
         } = settings;
         Self {
             short,
@@ -89,6 +92,7 @@ impl Version {
             config,
             outbound,
             dir,
+            kv,
             size_bytes,
             compile_time,
             deployed_at: SystemTime::now(),
@@ -122,6 +126,7 @@ impl Version {
             limits: self.limits,
             outbound: self.outbound.clone(),
             dir: self.dir.clone(),
+            kv: self.kv.clone(),
         }
     }
 

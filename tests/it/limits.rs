@@ -394,7 +394,11 @@ async fn a_chunked_request_body_over_the_limit_gets_413() {
     }
     // Neither route counts a client's oversize body as a guest failure.
     for route in ["raw", "sdk"] {
-        assert_eq!(server.status(route).await["active"]["failures"], 0);
+        assert_eq!(
+            server.status(route).await["active"]["failures"],
+            0,
+            "route {route}"
+        );
     }
     server.shutdown().await;
 }

@@ -26,6 +26,59 @@ struct Sample {
     tag: String,
 }
 
+/// `CLIENTS` keep-alive clients sending `GET /swap` until `stop` (or `LIMIT` after `started`):
+/// each answer's body and times, and every failure.
+fn load(
+    addr: std::net::SocketAddr,
+    stop: &Arc<AtomicBool>,
+    started: Instant,
+) -> Vec<tokio::task::JoinHandle<(Vec<Sample>, Vec<String>)>> {
+    (0..CLIENTS)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut conn = Connection::open(addr).await;
+                let mut samples = Vec::new();
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < LIMIT {
+                    let sent = Instant::now();
+                    match conn.get("/swap").await {
+                        Ok((StatusCode::OK, body)) => samples.push(Sample {
+                            started: sent,
+                            finished: Instant::now(),
+                            tag: String::from_utf8_lossy(&body).into_owned(),
+                        }),
+                        Ok((status, body)) => errors.push(format!("{status}: {body:?}")),
+                        Err(error) => {
+                            errors.push(format!("connection error: {error}"));
+                            conn = Connection::open(addr).await;
+                        }
+                    }
+                }
+                (samples, errors)
+            })
+        })
+        .collect()
+}
+
+/// Every client's answers, once all have stopped; fails on any failed request.
+async fn finish(clients: Vec<tokio::task::JoinHandle<(Vec<Sample>, Vec<String>)>>) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    let mut errors = Vec::new();
+    for client in clients {
+        let (s, e) = client.await.expect("client task");
+        samples.extend(s);
+        errors.extend(e);
+    }
+    assert!(
+        errors.is_empty(),
+        "{} failed requests, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
+    samples
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapping_under_load_fails_no_request() {
     let server = TestServer::start().await;
@@ -38,32 +91,7 @@ async fn swapping_under_load_fails_no_request() {
     let stop = Arc::new(AtomicBool::new(false));
     let test_started = Instant::now();
 
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        let stop = stop.clone();
-        let addr = server.data;
-        clients.push(tokio::spawn(async move {
-            let mut conn = Connection::open(addr).await;
-            let mut samples = Vec::new();
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) && test_started.elapsed() < LIMIT {
-                let started = Instant::now();
-                match conn.get("/swap").await {
-                    Ok((StatusCode::OK, body)) => samples.push(Sample {
-                        started,
-                        finished: Instant::now(),
-                        tag: String::from_utf8_lossy(&body).into_owned(),
-                    }),
-                    Ok((status, body)) => errors.push(format!("{status}: {body:?}")),
-                    Err(error) => {
-                        errors.push(format!("connection error: {error}"));
-                        conn = Connection::open(addr).await;
-                    }
-                }
-            }
-            (samples, errors)
-        }));
-    }
+    let clients = load(server.data, &stop, test_started);
 
     let mut deploys = vec![Deploy {
         issued: test_started,
@@ -88,19 +116,7 @@ async fn swapping_under_load_fails_no_request() {
     }
     stop.store(true, Ordering::Relaxed);
 
-    let mut samples = Vec::new();
-    let mut errors = Vec::new();
-    for client in clients {
-        let (s, e) = client.await.expect("client task");
-        samples.extend(s);
-        errors.extend(e);
-    }
-    assert!(
-        errors.is_empty(),
-        "{} failed requests, first: {:?}",
-        errors.len(),
-        errors.first()
-    );
+    let samples = finish(clients).await;
     assert!(
         samples.len() >= CLIENTS * 10,
         "too few requests to mean anything: {}",
@@ -135,6 +151,88 @@ async fn swapping_under_load_fails_no_request() {
         "swap under load: {} requests on {CLIENTS} connections, {} deploys in {:?}, 0 errors",
         samples.len(),
         deploys.len() - 1,
+        test_started.elapsed()
+    );
+    server.shutdown().await;
+}
+
+/// Rollouts stepping through their weights and promoted, one after another, while clients keep
+/// every connection busy: no request fails, every answer comes from one of the two versions,
+/// and once a promotion is seen, requests that start later (before the next rollout) get the
+/// promoted version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollouts_stepping_and_promoted_under_load_fail_no_request() {
+    const ROLLOUTS: usize = 6;
+    let server = TestServer::start().await;
+    server.deploy("swap", guests::TAGGED_V1).await;
+    let versions = [
+        (server.upload(guests::TAGGED_V2).await, "v2"),
+        (server.upload(guests::TAGGED_V1).await, "v1"),
+    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    let test_started = Instant::now();
+    let clients = load(server.data, &stop, test_started);
+
+    let mut probe = Connection::open(server.data).await;
+    // Each promotion: when it was seen, and when the next rollout was issued.
+    let mut promotions: Vec<(Instant, Option<Instant>, &'static str)> = Vec::new();
+    for round in 0..ROLLOUTS {
+        let (version, tag) = &versions[round % 2];
+        let issued = Instant::now();
+        if let Some(last) = promotions.last_mut() {
+            last.1 = Some(issued);
+        }
+        let (status, body) = server
+            .post_json(
+                "/v1/routes/swap/rollout",
+                serde_json::json!({
+                    "version": version, "steps": [10, 50, 100], "step_time": "50ms",
+                    "step_requests": 20, "min_requests": 10
+                }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        loop {
+            assert!(
+                test_started.elapsed() < LIMIT,
+                "rollout {round} did not finish"
+            );
+            let (_, rollout) = server
+                .admin(http::Method::GET, "/v1/routes/swap/rollout")
+                .await;
+            match rollout["state"].as_str() {
+                Some("running") => tokio::time::sleep(Duration::from_millis(10)).await,
+                Some("promoted") => break,
+                other => panic!("rollout {round} ended {other:?}: {rollout}"),
+            }
+        }
+        promotions.push((Instant::now(), None, tag));
+        // Requests that start now get the promoted version.
+        for _ in 0..20 {
+            assert_eq!(
+                probe.get("/swap").await.unwrap(),
+                (StatusCode::OK, (*tag).into())
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+
+    let samples = finish(clients).await;
+    for sample in &samples {
+        assert!(sample.tag == "v1" || sample.tag == "v2", "{:?}", sample.tag);
+        let after = promotions.iter().rev().find(|(seen, next, _)| {
+            *seen <= sample.started && next.is_none_or(|next| sample.finished < next)
+        });
+        if let Some((_, _, tag)) = after {
+            assert_eq!(
+                sample.tag, *tag,
+                "a request after a promotion got the old version"
+            );
+        }
+    }
+    eprintln!(
+        "rollouts under load: {} requests on {CLIENTS} connections, {ROLLOUTS} rollouts promoted in {:?}, 0 errors",
+        samples.len(),
         test_started.elapsed()
     );
     server.shutdown().await;

@@ -115,14 +115,8 @@ pub(super) async fn act(
 }
 
 /// The route's shadow as the API shows it.
-fn shadow_of(route: &Route) -> Option<api::ShadowStatus> {
-    let shadow = route.record.shadow.as_ref()?;
-    Some(
-        route
-            .state
-            .shadow
-            .status(&shadow.version, shadow.percent, &shadow.compare_headers),
-    )
+pub(super) fn shadow_of(route: &Route) -> Option<api::ShadowStatus> {
+    Some(route.state.shadow.status(route.record.shadow.as_ref()?))
 }
 
 fn no_shadow(name: &RouteName) -> Problem {

@@ -14,7 +14,7 @@
 //! * a mutation whose body is not of the type its endpoint takes: uploads (`PUT
 //!   /v1/routes/{name}`, `POST /v1/modules`) need `application/wasm` or
 //!   `application/octet-stream`, always; any other mutation that has a body needs
-//!   `application/json`. A body-less mutation (`DELETE`, `POST .../rollback` without a body)
+//!   `application/json` (a key-value import also `application/x-ndjson`). A body-less mutation (`DELETE`, `POST .../rollback` without a body)
 //!   carries nothing to interpret and needs no type; the checks above keep pages from sending
 //!   it. These are types no page can send without a CORS preflight, which this API never
 //!   grants. (`415`)
@@ -296,6 +296,10 @@ fn body_type_problem(method: &Method, path: &str, request: &Request) -> Option<P
     }
     let has_body = !request.body().is_end_stream();
     if !has_body || essence.as_deref() == Some("application/json") {
+        return None;
+    }
+    // A key-value import is JSON lines, a type no page can send without a preflight either.
+    if path.ends_with("/kv/import") && essence.as_deref() == Some("application/x-ndjson") {
         return None;
     }
     Some(Problem::new(

@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::header;
 
+use super::delivery::shadow_of;
 use crate::route::{Role, RouteName};
 use crate::runtime::Runtime;
 use crate::version::Version;
@@ -14,6 +15,18 @@ use crate::version::Version;
 /// `GET /metrics`.
 pub(super) async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
     use std::fmt::Write;
+    // Every bucket used since the start, with what it holds now (read before rendering).
+    let mut buckets = Vec::new();
+    for bucket in rt.kv.buckets() {
+        let usage = rt.kv.backend().usage(&bucket.id).await.unwrap_or_default();
+        // Bucket names are route names or checked the same way: [a-z0-9._-], no escaping.
+        let labels = format!(
+            "{{scope=\"{}\",bucket=\"{}\"}}",
+            bucket.name.scope(),
+            bucket.name.name()
+        );
+        buckets.push((labels, bucket, usage));
+    }
     let table = rt.routes.snapshot();
     let draining = rt.draining();
     let mut out = String::with_capacity(1024);
@@ -147,6 +160,73 @@ pub(super) async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
             (version_label(route, v, state), suppressed.to_string())
         }),
     );
+    // Rollouts and shadows: each route's current rollout and what its shadow found.
+    let rollouts: Vec<_> = table
+        .iter()
+        .filter_map(|r| Some((&r.name, crate::rollout::status(r)?)))
+        .collect();
+    family(
+        "handoff_rollout_state",
+        "gauge",
+        "1 for the state the route's rollout is in (running, paused, promoted, rolled_back, aborted).",
+        &mut rollouts.iter().map(|(route, r)| {
+            (
+                format!("{{route=\"{}\",state=\"{}\"}}", route.as_str(), r.state),
+                "1".to_owned(),
+            )
+        }),
+    );
+    family(
+        "handoff_rollout_weight_percent",
+        "gauge",
+        "The rollout candidate's weight, in percent.",
+        &mut rollouts.iter().map(|(route, r)| {
+            (
+                format!(
+                    "{{route=\"{}\",candidate=\"{}\"}}",
+                    route.as_str(),
+                    r.candidate
+                ),
+                r.weight.to_string(),
+            )
+        }),
+    );
+    family(
+        "handoff_rollout_step",
+        "gauge",
+        "The index of the rollout's current step.",
+        &mut rollouts
+            .iter()
+            .map(|(route, r)| (route_label(route), r.step.to_string())),
+    );
+    let shadows: Vec<_> = table
+        .iter()
+        .filter_map(|r| Some((&r.name, shadow_of(r)?)))
+        .collect();
+    family(
+        "handoff_shadow_copies_total",
+        "counter",
+        "Requests copied to the route's shadow by outcome (match, mismatch, noise, error, skipped).",
+        &mut shadows.iter().flat_map(|(route, s)| {
+            [
+                ("match", s.matches),
+                ("mismatch", s.mismatches),
+                ("noise", s.noise),
+                ("error", s.errors),
+                ("skipped", s.skipped),
+            ]
+            .map(|(outcome, count)| {
+                (
+                    format!(
+                        "{{route=\"{}\",version=\"{}\",outcome=\"{outcome}\"}}",
+                        route.as_str(),
+                        s.version
+                    ),
+                    count.to_string(),
+                )
+            })
+        }),
+    );
     family(
         "handoff_log_lines_dropped_total",
         "counter",
@@ -170,6 +250,55 @@ pub(super) async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
         "gauge",
         "Compile worker processes running now.",
         &mut std::iter::once((String::new(), rt.compile_workers().to_string())),
+    );
+    type Counter = fn(&crate::kv::Bucket) -> u64;
+    let kv_counters: [(&str, &str, Counter); 4] = [
+        (
+            "handoff_kv_operations_total",
+            "Key-value operations on a bucket, from every route and version that opens it.",
+            |b| b.stats.operations(),
+        ),
+        (
+            "handoff_kv_errors_total",
+            "Key-value operations that failed (quota, size, unusable key, store failure).",
+            |b| b.stats.errors(),
+        ),
+        (
+            "handoff_kv_read_bytes_total",
+            "Value bytes guests read from a bucket.",
+            |b| b.stats.read_bytes(),
+        ),
+        (
+            "handoff_kv_written_bytes_total",
+            "Value bytes guests wrote to a bucket.",
+            |b| b.stats.written_bytes(),
+        ),
+    ];
+    for (name, help, value) in kv_counters {
+        family(
+            name,
+            "counter",
+            help,
+            &mut buckets
+                .iter()
+                .map(|(labels, b, _)| (labels.clone(), value(b).to_string())),
+        );
+    }
+    family(
+        "handoff_kv_keys",
+        "gauge",
+        "Keys a bucket holds.",
+        &mut buckets
+            .iter()
+            .map(|(labels, _, usage)| (labels.clone(), usage.keys.to_string())),
+    );
+    family(
+        "handoff_kv_bytes",
+        "gauge",
+        "Bytes of keys and values a bucket holds.",
+        &mut buckets
+            .iter()
+            .map(|(labels, _, usage)| (labels.clone(), usage.bytes.to_string())),
     );
     (
         [(

@@ -2,6 +2,8 @@
 //! collide with control routes. Errors are `application/problem+json` (RFC 9457) whose `detail`
 //! says what to fix. The JSON documents are the types in [`crate::api`].
 //!
+//! * `GET    /`                    — the web console ([`console`]; its files under
+//!   `/console/`); served without a token, it reads the API with the one typed into it
 //! * `GET    /healthz`             — liveness: `{"status":"ok"}`
 //! * `GET    /metrics`             — Prometheus text: requests, in-flight and failures per route
 //!   and version, compiles ([`metrics`])
@@ -11,7 +13,8 @@
 //! * `PUT    /v1/routes/{name}`    — deploy: body `application/wasm`; optional query
 //!   `prefix=/path`, repeated `config=KEY=VALUE` (the guest's environment; without any `config`
 //!   the route keeps its current config, a lone empty `config=` clears it), repeated
-//!   `allow-outbound=scheme://host[:port]` (same keep/clear rule), `dir=NAME`, `label=...`,
+//!   `allow-outbound=scheme://host[:port]` (same keep/clear rule), `dir=NAME`, repeated
+//!   `kv=BUCKET` (shared key-value buckets; same keep/clear rule), `label=...`,
 //!   `message=...`, and the per-route settings of [`crate::settings`] (`max-memory=64MiB`);
 //!   answers once the new version is compiled, pre-instantiated and active (201 new route, 200
 //!   replaced or unchanged)
@@ -27,6 +30,13 @@
 //!   hand and pauses; `POST .../rollout/{promote,abort,pause,resume}` ([`delivery`])
 //! * `PUT    /v1/routes/{name}/shadow` — JSON [`api::ShadowRequest`]: copy a share of the
 //!   route's requests to a stored module and compare; `GET` the figures; `DELETE` stops it
+//! * `GET    /v1/events`           — Server-Sent Events: deploys, activations, drains,
+//!   rollout steps, rollbacks, shadow figures ([`events`]); `Last-Event-ID` resumes,
+//!   `?route=NAME` filters
+//! * `GET    /v1/whoami`           — the caller's token name and scope
+//! * `GET    /v1/routes/{name}/kv/keys` (and `/v1/kv/{bucket}/keys` for a shared bucket) — a
+//!   page of the bucket's keys; `GET`/`PUT`/`DELETE .../kv/keys/{key}` one key (reading a
+//!   value needs `deploy`); `GET .../kv/export`, `POST .../kv/import` as JSON lines ([`kv`])
 //! * `POST   /v1/modules`          — upload `application/wasm` without activating; answers the
 //!   digest to activate later ([`modules`])
 //! * `GET    /v1/modules`          — every stored module, with the routes that use it
@@ -41,9 +51,12 @@
 //!
 //! Handlers here only translate HTTP; the work is in [`crate::deploy`].
 
+mod console;
 mod delivery;
+pub mod events;
 pub mod guard;
 mod input;
+mod kv;
 mod metrics;
 mod modules;
 mod routes;
@@ -68,8 +81,18 @@ pub fn router(rt: Arc<Runtime>, listener: std::net::SocketAddr) -> Router {
         rt.config.admin_tls.is_some(),
         &rt.config.admin_hosts,
     );
+    // The console's files hold no data: behind the Host and Origin checks, without a token.
+    let console = Router::new()
+        .route("/", get(console::index))
+        .route("/console/{file}", get(console::asset))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(guard.clone()),
+            guard::origin,
+        ));
     let api = Router::new()
         .route("/healthz", get(healthz))
+        .route("/v1/events", get(events::stream))
+        .route("/v1/whoami", get(events::whoami))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/routes", get(routes::list))
         .route(
@@ -92,6 +115,20 @@ pub fn router(rt: Arc<Runtime>, listener: std::net::SocketAddr) -> Router {
                 .put(delivery::shadow_set)
                 .delete(delivery::shadow_clear),
         )
+        .route("/v1/routes/{name}/kv/keys", get(kv::keys))
+        .route(
+            "/v1/routes/{name}/kv/keys/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/v1/routes/{name}/kv/export", get(kv::export))
+        .route("/v1/routes/{name}/kv/import", post(kv::import))
+        .route("/v1/kv/{bucket}/keys", get(kv::keys))
+        .route(
+            "/v1/kv/{bucket}/keys/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/v1/kv/{bucket}/export", get(kv::export))
+        .route("/v1/kv/{bucket}/import", post(kv::import))
         .route("/v1/modules", post(modules::upload).get(modules::list))
         .route(
             "/v1/modules/{version}",
@@ -111,6 +148,7 @@ pub fn router(rt: Arc<Runtime>, listener: std::net::SocketAddr) -> Router {
         .with_state(rt);
     // Outside the whole router, where the `Allow` header of a 405 is already set.
     Router::new()
+        .merge(console)
         .fallback_service(api)
         .layer(axum::middleware::map_response(name_the_methods))
 }
@@ -158,7 +196,7 @@ async fn healthz() -> axum::Json<api::Health> {
 async fn not_found() -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
-        "no such admin endpoint; the API lives under /v1/routes and /v1/modules",
+        "no such admin endpoint; the API lives under /v1/routes, /v1/kv and /v1/modules",
     )
 }
 

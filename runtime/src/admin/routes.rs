@@ -32,6 +32,17 @@ pub(super) fn version_status(version: &Version) -> api::VersionStatus {
         in_flight: version.in_flight(),
         requests: version.requests(),
         failures: version.failures(),
+        figures: Some(figures(&version.stats.snapshot())),
+    }
+}
+
+/// A version's figures as the admin API shows them.
+fn figures(stats: &crate::stats::Snapshot) -> api::VersionFigures {
+    api::VersionFigures {
+        completed: stats.completed,
+        errors: stats.errors,
+        latency: stats.latency.to_vec(),
+        latency_bounds_ms: crate::stats::BUCKETS_MS.to_vec(),
     }
 }
 
@@ -42,6 +53,11 @@ fn draining_of(rt: &Runtime, name: &RouteName) -> Vec<api::DrainingStatus> {
         .map(|d| api::DrainingStatus {
             version: version_status(&d.version),
             retired_ms_ago: d.since.elapsed().as_millis() as u64,
+            time_left_ms: rt
+                .config
+                .drain_timeout
+                .saturating_sub(d.since.elapsed())
+                .as_millis() as u64,
         })
         .collect()
 }
@@ -62,6 +78,7 @@ fn status_of(rt: &Runtime, route: &Route, caller: &Caller) -> Option<api::RouteS
         limits: LimitsStatus::from(&stable.limits),
         outbound: stable.outbound.iter().map(ToString::to_string).collect(),
         dir: stable.dir.as_ref().map(|d| d.name.to_string()),
+        kv: stable.kv.shared().map(str::to_owned).collect(),
         in_flight: route.state.in_flight(),
         active: version_status(stable),
         versions: split
@@ -74,12 +91,7 @@ fn status_of(rt: &Runtime, route: &Route, caller: &Caller) -> Option<api::RouteS
             .collect(),
         draining: draining_of(rt, &route.name),
         rollout: crate::rollout::status(route),
-        shadow: route.record.shadow.as_ref().map(|shadow| {
-            route
-                .state
-                .shadow
-                .status(&shadow.version, shadow.percent, &shadow.compare_headers)
-        }),
+        shadow: super::delivery::shadow_of(route),
     })
 }
 
@@ -136,6 +148,7 @@ struct DeployQuery {
     limits: LimitOverrides,
     outbound: Option<crate::outbound::Outbound>,
     dir: Option<String>,
+    kv: Option<Vec<String>>,
 }
 
 impl DeployQuery {
@@ -148,6 +161,7 @@ impl DeployQuery {
         let mut limits = LimitOverrides::default();
         let mut outbound: Option<Vec<String>> = None;
         let mut dir = None;
+        let mut kv: Option<Vec<String>> = None;
         for (key, value) in pairs {
             match key.as_str() {
                 "prefix" if prefix.is_none() => prefix = Some(Prefix::parse(&value).map_err(bad)?),
@@ -163,12 +177,13 @@ impl DeployQuery {
                 }
                 "config" => config.get_or_insert_with(Vec::new).push(value),
                 "allow-outbound" => outbound.get_or_insert_with(Vec::new).push(value),
+                "kv" => kv.get_or_insert_with(Vec::new).push(value),
                 "dir" if dir.is_none() => dir = Some(value),
                 "dir" => return Err(bad("give `dir` at most once".into())),
                 other if limits.set(other, &value).map_err(bad)? => {}
                 other => {
                     return Err(bad(format!(
-                        "unknown query parameter `{}`; a deploy takes `prefix=/path`, `config=KEY=VALUE`, `label=...`, `message=...`, `allow-outbound=scheme://host[:port]` and the limits `max-memory`, `request-timeout`, `max-concurrency`, `max-request-body`, `max-response-body`, `compile-timeout`, `compile-memory`",
+                        "unknown query parameter `{}`; a deploy takes `prefix=/path`, `config=KEY=VALUE`, `label=...`, `message=...`, `allow-outbound=scheme://host[:port]`, `dir=NAME`, `kv=BUCKET` and the limits `max-memory`, `request-timeout`, `max-concurrency`, `max-request-body`, `max-response-body`, `compile-timeout`, `compile-memory`, `kv-max-value`, `kv-max-keys`, `kv-max-bytes`",
                         other.escape_debug()
                     )));
                 }
@@ -182,6 +197,7 @@ impl DeployQuery {
             .map(|rules| crate::outbound::parse_rules(rules.iter().map(String::as_str)))
             .transpose()
             .map_err(bad)?;
+        let kv = kv.map(|names| grants(&names)).transpose().map_err(bad)?;
         Ok(Self {
             prefix,
             config,
@@ -190,8 +206,22 @@ impl DeployQuery {
             limits,
             outbound,
             dir,
+            kv,
         })
     }
+}
+
+/// The shared buckets `kv=` pairs grant, checked, sorted and without repeats; a lone empty
+/// one grants none.
+fn grants(names: &[String]) -> Result<Vec<String>, String> {
+    let mut granted = Vec::new();
+    for name in names.iter().filter(|n| !n.is_empty()) {
+        crate::kv::BucketName::shared(name)?;
+        granted.push(name.clone());
+    }
+    granted.sort();
+    granted.dedup();
+    Ok(granted)
 }
 
 /// `PUT /v1/routes/{name}`: deploy.
@@ -218,6 +248,7 @@ pub(super) async fn put(
         limits,
         outbound,
         dir,
+        kv,
     } = DeployQuery::parse(pairs)?;
     let bytes = read_upload(&rt, &headers, body).await?;
     let signature = check_signature(&rt, &headers, &bytes)?;
@@ -233,6 +264,7 @@ pub(super) async fn put(
         limits,
         outbound,
         dir,
+        kv,
     };
     let deployed = deploy::deploy(&rt, request).await?;
     Ok(deployed_response(&name, deployed))

@@ -2,8 +2,11 @@
 //! `--help` text. Parsing only: the commands themselves live in [`crate::client`] (the admin-API
 //! clients), [`crate::scaffold`] (`new`), [`crate::dev`] (`dev`) and the binary (`serve`).
 
+pub mod admin;
+pub mod delivery;
 pub mod exit;
 pub mod file;
+pub mod kv;
 pub mod serve;
 
 use std::ffi::OsString;
@@ -11,6 +14,8 @@ use std::path::PathBuf;
 
 use clap::{Arg, ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+pub use admin::{AdminArgs, DEFAULT_ADMIN_URL};
+pub use delivery::{RolloutArgs, ShadowArgs, WeightArgs};
 pub use serve::{FileExtras, RouteDefaults, ServeArgs};
 
 use file::ConfigFile;
@@ -137,8 +142,8 @@ pub enum Command {
     Deploy(DeployArgs),
     /// List the routes: prefix, active version, traffic, draining versions.
     Routes(RoutesArgs),
-    /// Show one route in detail.
-    Status(RouteArgs),
+    /// Show one route in detail; with --watch, follow its rollout live.
+    Status(StatusArgs),
     /// Delete a route: stop routing to it at once, let its in-flight requests finish.
     Delete(RouteArgs),
     /// Show a route's version history (newest last), the active one marked.
@@ -150,6 +155,28 @@ pub enum Command {
     Upload(UploadArgs),
     /// Serve an uploaded (or earlier) version on a route, creating the route if needed.
     Activate(ActivateArgs),
+    /// Print what happens on the server as it happens: deploys, activations, drains, rollout
+    /// steps and rollbacks, shadow figures (`GET /v1/events`). Runs until interrupted.
+    Events(EventsArgs),
+    /// Start a rollout: the candidate serves a growing share of the route, step by step, and
+    /// is rolled back by itself when its error rate or p99 breaches a gate.
+    Rollout(RolloutArgs),
+    /// Make the rollout's candidate the stable version now; the old stable drains.
+    Promote(RouteArgs),
+    /// Stop the rollout: the candidate's weight goes to 0 and it drains.
+    Abort(RouteArgs),
+    /// Stop the rollout's automatic stepping (its gates still watch the candidate).
+    Pause(RouteArgs),
+    /// Let a paused rollout step again.
+    Resume(RouteArgs),
+    /// Set the rollout candidate's weight by hand (pauses automatic stepping).
+    Weight(WeightArgs),
+    /// Copy a share of the route's requests to a shadow version and compare its answers with
+    /// the stable version's (the client always gets the stable one); `--off` stops it.
+    Shadow(ShadowArgs),
+    /// Read and write the key-value buckets guests use: keys, get, put, delete, export,
+    /// import (`handoff kv --help`).
+    Kv(kv::KvArgs),
     /// Make an Ed25519 key pair for signed uploads: writes the private key to FILE (mode
     /// 600) and prints the public key line for the server's --signing-keys file.
     Keygen(KeygenArgs),
@@ -164,26 +191,6 @@ pub struct KeygenArgs {
     /// The key's name in the printed `[[key]]` entry.
     #[arg(long, default_value = "deployer")]
     pub name: String,
-}
-
-/// Where the client commands look for the admin API unless `--admin` or `HANDOFF_ADMIN_URL`
-/// says otherwise (the default of `serve --admin-listen`).
-pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:8081";
-
-/// Where the admin API is and how to print its answers; shared by the client commands.
-#[derive(Debug, clap::Args)]
-pub struct AdminArgs {
-    /// The admin API of the handoff server to talk to (plain http).
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "HANDOFF_ADMIN_URL",
-        default_value = DEFAULT_ADMIN_URL
-    )]
-    pub admin: String,
-    /// Print the server's JSON instead of a table (for scripts); on failure, the problem document.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Arguments of `handoff deploy`.
@@ -218,6 +225,10 @@ pub struct DeployArgs {
     /// A directory under the server's --guest-dirs to mount read-only at /data (`''` to unmount).
     #[arg(long, value_name = "NAME")]
     pub dir: Option<String>,
+    /// A shared key-value bucket the route's guests may open besides their own (`default`);
+    /// repeat for more. Without any, the route keeps its grants; `--kv ''` alone clears them.
+    #[arg(long = "kv", value_name = "BUCKET")]
+    pub kv: Vec<String>,
     /// This route's limits (`--max-memory`, `--request-timeout`, ...), from the table in
     /// `crate::settings`; each one left out keeps the route's current value.
     #[command(flatten)]
@@ -290,6 +301,34 @@ pub struct RouteArgs {
     /// The route.
     pub route: String,
     /// The admin API and output format.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `handoff status`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit::help())]
+pub struct StatusArgs {
+    /// The route.
+    pub route: String,
+    /// Redraw the split, the rollout's step and gate values and the draining versions as they
+    /// change, until the rollout ends (exit 0 when promoted, 1 when rolled back or aborted) or
+    /// ctrl-c. One line per change when stdout is not a terminal.
+    #[arg(long)]
+    pub watch: bool,
+    /// The admin API and output format.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `handoff events`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = exit::help())]
+pub struct EventsArgs {
+    /// Only this route's events.
+    #[arg(long)]
+    pub route: Option<String>,
+    /// The admin API and output format (`--json`: one event per line as JSON).
     #[command(flatten)]
     pub admin: AdminArgs,
 }

@@ -75,14 +75,8 @@ impl AdminClient {
             .map_err(|e| Failure::new(exit::USAGE, e))
     }
 
-    /// Sends one request on a fresh connection and reads the whole answer. Failing to connect,
-    /// or losing the connection before the answer is complete, is [`exit::UNREACHABLE`].
-    pub async fn send(
-        &self,
-        method: Method,
-        path_and_query: &str,
-        body: Option<Payload>,
-    ) -> Result<Reply, Failure> {
+    /// A fresh connection to the admin API; failing to connect is [`exit::UNREACHABLE`].
+    pub(super) async fn connect(&self) -> Result<Connection, Failure> {
         let unreachable = |reason: String| {
             Failure::new(
                 exit::UNREACHABLE,
@@ -99,27 +93,42 @@ impl AdminClient {
             ),
             false => None,
         };
-        let mut connection = match Connection::open(&self.url, tls.as_ref(), CONNECT_TIMEOUT).await
+        match Connection::open(&self.url, tls.as_ref(), CONNECT_TIMEOUT).await {
+            Ok(connection) => Ok(connection),
+            Err(ConnectError::Tls(error)) => Err(unreachable(format!(
+                "the TLS handshake failed ({error}); for a private certificate authority \
+                 set {CA_ENV} to its PEM file"
+            ))),
+            Err(error) => Err(unreachable(error.to_string())),
+        }
+    }
+
+    /// A request to `path_and_query` with the `Host` and, when `$HANDOFF_ADMIN_TOKEN` is set,
+    /// the bearer token.
+    pub(super) fn request(&self, method: Method, path_and_query: &str) -> http::request::Builder {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path_and_query}", self.url.base))
+            .header(header::HOST, &self.url.authority);
+        if let Ok(token) = std::env::var(crate::auth::TOKEN_ENV)
+            && !token.is_empty()
         {
-            Ok(connection) => connection,
-            Err(ConnectError::Tls(error)) => {
-                return Err(unreachable(format!(
-                    "the TLS handshake failed ({error}); for a private certificate authority \
-                     set {CA_ENV} to its PEM file"
-                )));
-            }
-            Err(error) => return Err(unreachable(error.to_string())),
-        };
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        request
+    }
+
+    /// Sends one request on a fresh connection and reads the whole answer. Failing to connect,
+    /// or losing the connection before the answer is complete, is [`exit::UNREACHABLE`].
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Payload>,
+    ) -> Result<Reply, Failure> {
+        let mut connection = self.connect().await?;
         let exchange = async {
-            let mut request = Request::builder()
-                .method(method)
-                .uri(format!("{}{path_and_query}", self.url.base))
-                .header(header::HOST, &self.url.authority);
-            if let Ok(token) = std::env::var(crate::auth::TOKEN_ENV)
-                && !token.is_empty()
-            {
-                request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-            }
+            let mut request = self.request(method, path_and_query);
             let bytes = match body {
                 Some(payload) => {
                     request = request.header(header::CONTENT_TYPE, payload.content_type);
@@ -178,21 +187,7 @@ impl AdminClient {
             print(&out);
         }
         if !reply.status.is_success() {
-            let detail = serde_json::from_slice::<api::Problem>(&reply.body)
-                .ok()
-                .map(|problem| one_line(&problem.detail))
-                .unwrap_or_else(|| {
-                    format!(
-                        "the answer has no problem document: {}",
-                        one_line(&String::from_utf8_lossy(
-                            &reply.body[..reply.body.len().min(200)]
-                        ))
-                    )
-                });
-            return Err(Failure::new(
-                exit::FAILED,
-                format!("{what} refused ({}): {detail}", status_text(reply.status)),
-            ));
+            return Err(reply.refused(what));
         }
         serde_json::from_slice(&reply.body).map_err(|error| {
             Failure::new(
@@ -203,6 +198,28 @@ impl AdminClient {
                 ),
             )
         })
+    }
+}
+
+impl Reply {
+    /// The failure a refused request (a 4xx or 5xx) is: [`exit::FAILED`] with the server's
+    /// `detail`; `what` names the request.
+    pub fn refused(&self, what: &str) -> Failure {
+        let detail = serde_json::from_slice::<api::Problem>(&self.body)
+            .ok()
+            .map(|problem| one_line(&problem.detail))
+            .unwrap_or_else(|| {
+                format!(
+                    "the answer has no problem document: {}",
+                    one_line(&String::from_utf8_lossy(
+                        &self.body[..self.body.len().min(200)]
+                    ))
+                )
+            });
+        Failure::new(
+            exit::FAILED,
+            format!("{what} refused ({}): {detail}", status_text(self.status)),
+        )
     }
 }
 
@@ -236,6 +253,33 @@ pub(super) fn print(bytes: &[u8]) {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(bytes);
     let _ = stdout.flush();
+}
+
+/// A component upload, signed with the private key in `key` when given.
+pub(super) fn signed(bytes: Bytes, key: &Option<std::path::PathBuf>) -> Result<Payload, Failure> {
+    let mut payload = Payload::wasm(bytes);
+    if let Some(key) = key {
+        let private = std::fs::read_to_string(key).map_err(|e| {
+            Failure::new(
+                exit::LOCAL,
+                format!("cannot read the key {}: {e}", key.display()),
+            )
+        })?;
+        let signature = crate::signing::sign(&private, &payload.bytes)
+            .map_err(|e| Failure::new(exit::LOCAL, format!("{}: {e}", key.display())))?;
+        payload.signature = Some(signature);
+    }
+    Ok(payload)
+}
+
+/// Reads the component to upload; a missing or unreadable file is [`exit::LOCAL`].
+pub(super) async fn read_component(path: &Path) -> Result<Bytes, Failure> {
+    tokio::fs::read(path).await.map(Bytes::from).map_err(|e| {
+        Failure::new(
+            exit::LOCAL,
+            format!("cannot read the component {}: {e}", path.display()),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Thin clients of the admin API for `handoff deploy`, `routes`, `status`, `delete`,
-//! `versions`, `rollback`, `upload` and `activate`: one
+//! `versions`, `rollback`, `upload`, `activate` and `kv` ([`kv`]) (and, in [`delivery`], the
+//! rollout and shadow commands): one
 //! HTTP/1.1 request per command over plain TCP, the answer printed as a table or, with `--json`,
 //! exactly as the server sent it.
 //!
@@ -7,24 +8,26 @@
 //! validated by the server, and its problem document's `detail` sentence is printed as it is.
 //! Every failure is one line and one of the [`exit`] codes.
 
-use std::path::Path;
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use http::Method;
 use serde::de::DeserializeOwned;
 
 use crate::api;
 use crate::cli::{
-    ActivateArgs, AdminArgs, DeployArgs, Failure, RollbackArgs, RouteArgs, RoutesArgs, UploadArgs,
-    exit,
+    ActivateArgs, AdminArgs, DeployArgs, Failure, RollbackArgs, RouteArgs, RoutesArgs, StatusArgs,
+    UploadArgs, exit,
 };
 
 mod admin;
+pub mod delivery;
+pub mod events;
+pub mod kv;
 pub mod render;
+pub mod watch;
 
 pub use admin::{AdminClient, Payload, Reply};
-use admin::{encode, print};
+use admin::{encode, print, read_component, signed};
 
 pub use render::short;
 
@@ -44,6 +47,9 @@ pub async fn deploy(args: DeployArgs) -> Result<(), Failure> {
     }
     for rule in &args.allow_outbound {
         query.push(format!("allow-outbound={}", encode(rule)));
+    }
+    for bucket in &args.kv {
+        query.push(format!("kv={}", encode(bucket)));
     }
     if let Some(label) = &args.label {
         query.push(format!("label={}", encode(label)));
@@ -101,11 +107,24 @@ async fn show<T: DeserializeOwned>(
     Ok(())
 }
 
-/// `handoff status ROUTE`.
-pub async fn status(args: RouteArgs) -> Result<(), Failure> {
+/// `handoff status ROUTE [--watch]`.
+pub async fn status(args: StatusArgs) -> Result<(), Failure> {
+    if args.watch {
+        return watch::watch(AdminClient::new(&args.admin.admin)?, &args.route).await;
+    }
     let path = format!("/v1/routes/{}", encode(&args.route));
     show(args.admin, "status", path, |body: &api::RouteStatus| {
-        render::status(body, SystemTime::now())
+        let now = SystemTime::now();
+        let mut text = render::status(body, now);
+        if let Some(rollout) = &body.rollout {
+            text.push('\n');
+            text.push_str(&delivery::render(rollout));
+        }
+        if let Some(shadow) = &body.shadow {
+            text.push('\n');
+            text.push_str(&delivery::render_shadow(shadow, now));
+        }
+        text
     })
     .await
 }
@@ -273,23 +292,6 @@ async fn resolve_version(
     }
 }
 
-/// A component upload, signed with the private key in `key` when given.
-fn signed(bytes: Bytes, key: &Option<std::path::PathBuf>) -> Result<Payload, Failure> {
-    let mut payload = Payload::wasm(bytes);
-    if let Some(key) = key {
-        let private = std::fs::read_to_string(key).map_err(|e| {
-            Failure::new(
-                exit::LOCAL,
-                format!("cannot read the key {}: {e}", key.display()),
-            )
-        })?;
-        let signature = crate::signing::sign(&private, &payload.bytes)
-            .map_err(|e| Failure::new(exit::LOCAL, format!("{}: {e}", key.display())))?;
-        payload.signature = Some(signature);
-    }
-    Ok(payload)
-}
-
 /// `handoff keygen FILE`.
 pub fn keygen(args: crate::cli::KeygenArgs) -> Result<(), Failure> {
     use std::io::Write as _;
@@ -316,14 +318,4 @@ pub fn keygen(args: crate::cli::KeygenArgs) -> Result<(), Failure> {
         .as_bytes(),
     );
     Ok(())
-}
-
-/// Reads the component to upload; a missing or unreadable file is [`exit::LOCAL`].
-async fn read_component(path: &Path) -> Result<Bytes, Failure> {
-    tokio::fs::read(path).await.map(Bytes::from).map_err(|e| {
-        Failure::new(
-            exit::LOCAL,
-            format!("cannot read the component {}: {e}", path.display()),
-        )
-    })
 }

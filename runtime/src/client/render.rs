@@ -127,6 +127,9 @@ pub fn status(body: &RouteStatus, now: SystemTime) -> String {
         ),
         ("config", config),
     ];
+    if !body.kv.is_empty() {
+        lines.push(("kv", body.kv.join(" ")));
+    }
     if body.versions.len() > 1 {
         lines.push(("split", versions(body)));
     }
@@ -285,6 +288,7 @@ mod tests {
             in_flight,
             requests,
             failures: 0,
+            figures: None,
         }
     }
 
@@ -298,12 +302,14 @@ mod tests {
             limits: (&crate::settings::Limits::default()).into(),
             outbound: vec![],
             dir: None,
+            kv: vec!["orders".into()],
             in_flight: 1,
             active: version("sha256:00112233445566778899", 1, 5),
             versions: vec![],
             draining: vec![DrainingStatus {
                 version: version("sha256:aabbccddeeff0011", 2, 2),
                 retired_ms_ago: 1500,
+                time_left_ms: 28_500,
             }],
             rollout: None,
             shadow: None,
@@ -323,6 +329,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("config    GREETING=hi\n"), "{text}");
+        assert!(text.contains("kv        orders\n"), "{text}");
         assert!(
             text.contains("draining  aabbccddeeff: 2 in flight, retired 1 s ago"),
             "{text}"

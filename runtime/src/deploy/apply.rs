@@ -11,7 +11,7 @@
 //!    checking the prefix is free;
 //! 5. **publish** the new route into the table and wait out readers of the old snapshot;
 //! 6. **retire** every version that left; it drains in the background, then garbage is
-//!    collected.
+//!    collected. What changed is published on the event bus ([`super::notify`]).
 //!
 //! Steps 1-3 may fail and change nothing; from step 4 on the change is durable and is applied
 //! whole. A restart runs steps 3 and 5 for every stored record (see [`super::restore`]).
@@ -256,6 +256,12 @@ where
     };
     drop(writer);
     log_activation(name, route.as_ref(), live.as_ref(), &plan.built);
+    super::notify::publish(
+        rt,
+        name,
+        stored.as_ref().map(|s| &s.record),
+        plan.next.as_ref(),
+    );
     retire_leaving(rt, name, live.as_ref(), route.as_ref());
     drop(guard);
     gc::collect(rt);
@@ -391,7 +397,7 @@ async fn version(
     reuse: &Reuse<'_>,
 ) -> Result<Arc<Version>, DeployError> {
     let digest = parse_digest(digest)?;
-    let settings = prepare::settings_of(rt, settings);
+    let settings = prepare::settings_of(rt, name, settings);
     if let Some(same) = reuse
         .serving
         .iter()

@@ -16,6 +16,7 @@
 pub mod apply;
 pub mod error;
 pub mod gc;
+pub mod notify;
 pub mod prepare;
 pub mod restore;
 pub mod shadow;
@@ -77,6 +78,9 @@ pub struct DeployRequest {
     /// The directory (under `--guest-dirs`) to mount at `/data`; `None` keeps the current one,
     /// `""` unmounts.
     pub dir: Option<String>,
+    /// The shared key-value buckets the route may open besides its own; `None` keeps the
+    /// current ones (none for a new route).
+    pub kv: Option<Vec<String>>,
 }
 
 /// Which version a rollback goes to.
@@ -114,6 +118,7 @@ impl Activation {
             limits: settings.limits,
             outbound: Some(settings.outbound.clone()),
             dir: settings.dir.clone(),
+            kv: Some(settings.kv.clone()),
         }
     }
 }
@@ -133,6 +138,7 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
         limits,
         outbound,
         dir,
+        kv,
     } = request;
     check_preamble(&bytes)?;
     if let Some(dir) = &dir {
@@ -169,6 +175,7 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
                 Some(dir) => Some(dir.clone()),
                 None => base.dir.clone(),
             },
+            kv: kv.clone().unwrap_or_else(|| base.kv.clone()),
         };
         prepare::check_settings(rt, &settings)?;
         let prefix = prefix

@@ -202,13 +202,17 @@ pub(crate) fn check_settings(rt: &Runtime, settings: &SettingsRecord) -> Result<
             .guest_dir(dir)
             .map_err(DeployError::InvalidLimits)?;
     }
+    for name in &settings.kv {
+        crate::kv::BucketName::shared(name).map_err(DeployError::InvalidLimits)?;
+    }
     Ok(())
 }
 
-/// The runtime form of stored settings. Rules and directories that no longer resolve (the
-/// server restarted with other `--guest-dirs`) are dropped with a warning.
-pub(crate) fn settings_of(rt: &Runtime, record: &SettingsRecord) -> Settings {
+/// The runtime form of route `name`'s stored settings. Rules and directories that no longer
+/// resolve (the server restarted with other `--guest-dirs`) are dropped with a warning.
+pub(crate) fn settings_of(rt: &Runtime, name: &RouteName, record: &SettingsRecord) -> Settings {
     Settings {
+        kv: rt.kv.grants(name, &record.kv),
         config: record.config.clone().into(),
         limits: route_limits(rt, Some(record)),
         outbound: crate::outbound::parse_rules(record.outbound.iter().map(String::as_str))
@@ -257,6 +261,8 @@ pub(crate) async fn trial_instance(
 ) -> Result<(), DeployError> {
     let deadline = Instant::now() + version.limits.request_timeout.min(TRIAL_DEADLINE);
     let mut store = Host::store(rt.engine.wasmtime(), &version.guest, &"/".into(), deadline);
+    // A start function runs here: whatever it writes to the key-value store is discarded.
+    store.data_mut().kv_scratch();
     let trial = version.pre.instantiate_async(&mut store);
     match tokio::time::timeout(TRIAL_DEADLINE, trial).await {
         Ok(Ok(_)) => Ok(()),

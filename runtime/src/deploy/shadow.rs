@@ -1,6 +1,7 @@
 //! Starting and stopping a route's shadow: a stored module that sees a copy of a share of the
 //! route's requests (`crate::shadow` compares). The shadow runs with the stable version's
-//! settings, but with outbound HTTP denied: a copy of a request must have no side effects.
+//! settings, but with outbound HTTP denied unless the request allows it: by default a copy of a
+//! request has no side effects.
 
 use std::sync::Arc;
 
@@ -48,14 +49,18 @@ pub async fn set(
         })?;
         check_stored_signature(rt, &digest, &module)?;
         module.pinned = false;
+        let allow_outbound = request.allow_outbound.unwrap_or(false);
         let mut settings = record.settings.clone();
-        settings.outbound.clear();
+        if !allow_outbound {
+            settings.outbound.clear();
+        }
         let mut next = record.clone();
         next.shadow = Some(ShadowRecord {
             version: digest.to_string(),
             settings,
             percent,
             compare_headers: compare_headers.clone(),
+            allow_outbound,
         });
         Ok(Planned::Change(Box::new(Plan {
             next: Some(next),

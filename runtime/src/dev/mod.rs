@@ -159,6 +159,7 @@ async fn build_and_deploy(rt: &Arc<Runtime>, project: &Project) {
             limits: Default::default(),
             outbound: None,
             dir: None,
+            kv: None,
         };
         match deploy::deploy(rt, request).await {
             Ok(done) => {

@@ -212,10 +212,13 @@ impl Pending {
                 record,
                 permit,
             } = self;
-            let shadow = copy::run(&engine, token.version(), &prefix, &copy, &names).await;
+            let deny = !record.shadow.as_ref().is_some_and(|s| s.allow_outbound);
+            let shadow = copy::run(&engine, token.version(), &prefix, &copy, &names, deny).await;
             drop(token);
             let secondary = match second {
-                Some(token) => copy::run(&engine, token.version(), &prefix, &copy, &names).await,
+                Some(token) => {
+                    copy::run(&engine, token.version(), &prefix, &copy, &names, deny).await
+                }
                 None => None,
             };
             drop(permit);

@@ -271,14 +271,22 @@ async fn run_guest(
             _ = version.cut_off() => Err(GuestError::CutOff),
         }
     };
+    // A request body over the route's limit is the client's doing: what the guest makes of
+    // the failed read (a trap, a write to the response the host has already replaced with its
+    // 413) is not the guest's failure.
+    let client_at_fault = shared.body_over_limit.load(Ordering::Acquire);
     if let Err(error) = &result {
-        report(&version, error, id);
+        if client_at_fault {
+            tracing::debug!(request_id = id, error = %error, "guest failed after an oversize request body");
+        } else {
+            report(&version, error, id);
+        }
     }
     // Dropping the store ends every body the guest was still writing. wasmtime-wasi-http ends a
     // body cleanly when its handle is dropped with the store, so abort the unfinished ones first:
     // their ends become errors, and a response the guest never finished never looks complete.
     let unfinished = abort_unfinished_bodies(&mut store);
-    if unfinished > 0 && result.is_ok() {
+    if unfinished > 0 && result.is_ok() && !client_at_fault {
         version.record_failure();
         tracing::warn!(
             request_id = id, route = %version.route, version = %version.short,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::evidence::breached;
 use super::plan::{history_entry, promote, with_rollout};
 use crate::deploy::apply::{self, Current, Plan, Planned};
 use crate::deploy::unix_ms;
@@ -67,25 +68,33 @@ pub fn judge(
     let step = rollout.step;
     if candidate.completed >= rollout.min_requests {
         let rate = candidate.error_rate();
-        if rate > rollout.max_error_rate {
+        if breached(
+            candidate.errors,
+            candidate.completed,
+            rollout.max_error_rate,
+        ) {
             return Verdict::RollBack(format!(
                 "the candidate's error rate {rate:.3} ({} of {} requests) in step {step} is above max_error_rate {}",
                 candidate.errors, candidate.completed, rollout.max_error_rate
             ));
         }
+        // The p99 gate: more than 1 % of the candidate's requests slower than the stable
+        // version's p99 times the ratio (and the floor above it).
         if stable.completed >= rollout.min_requests
             && let (Some(theirs), Some(ours)) =
                 (stable.percentile_ms(0.99), candidate.percentile_ms(0.99))
-            && ours > theirs * rollout.max_p99_ratio
-            && ours - theirs > P99_FLOOR_MS
         {
-            return Verdict::RollBack(format!(
-                "the candidate's p99 {ours:.1} ms is {:.2}x the stable version's {theirs:.1} ms in step {step} ({} and {} requests), above max_p99_ratio {}",
-                ours / theirs.max(f64::MIN_POSITIVE),
-                candidate.completed,
-                stable.completed,
-                rollout.max_p99_ratio
-            ));
+            let limit = (theirs * rollout.max_p99_ratio).max(theirs + P99_FLOOR_MS);
+            let slower = candidate.slower_than_ms(limit);
+            if breached(slower, candidate.completed, 0.01) {
+                return Verdict::RollBack(format!(
+                    "the candidate's p99 {ours:.1} ms is {:.2}x the stable version's {theirs:.1} ms in step {step}: {slower} of its {} requests took over {limit:.1} ms, more than 1 % (the stable version: {} requests), above max_p99_ratio {}",
+                    ours / theirs.max(f64::MIN_POSITIVE),
+                    candidate.completed,
+                    stable.completed,
+                    rollout.max_p99_ratio
+                ));
+            }
         }
     }
     let due = elapsed.as_millis() as u64 >= rollout.step_time_ms
@@ -151,7 +160,9 @@ async fn run(rt: Weak<Runtime>, name: RouteName, token: CancellationToken) {
         if let Verdict::RollBack(reason) = &verdict {
             tracing::warn!(route = name.as_str(), candidate = %rollout.candidate, reason = %reason, "rollout gate breached; rolling back");
         }
-        match act(&rt, &name, &rollout, verdict.clone()).await {
+        let acting =
+            crate::events::ACTOR.scope(BY.to_owned(), act(&rt, &name, &rollout, verdict.clone()));
+        match acting.await {
             Ok(()) => {
                 tracing::info!(target: "audit", who = BY, route = name.as_str(), verdict = ?verdict, "rollout stepped");
                 route.state.set_window(None);
@@ -262,12 +273,29 @@ mod tests {
             Verdict::Hold
         );
         assert!(matches!(
-            judge(&rollout, &figures(100, 0, 2), &figures(30, 3, 2), second),
-            Verdict::RollBack(reason) if reason.contains("error rate 0.100")
+            judge(&rollout, &figures(100, 0, 2), &figures(30, 10, 2), second),
+            Verdict::RollBack(reason) if reason.contains("error rate 0.333 (10 of 30 requests)")
         ));
+        // One failed or one slow request among thirty: luck, not a breach.
+        assert_eq!(
+            judge(
+                &rollout,
+                &figures(100, 0, 2),
+                &figures(30, 1, 2),
+                Duration::ZERO
+            ),
+            Verdict::Hold
+        );
+        let mut one_slow = figures(29, 0, 2);
+        one_slow.completed += 1;
+        one_slow.latency[7] += 1; // 100-200 ms
+        assert_eq!(
+            judge(&rollout, &figures(100, 0, 2), &one_slow, Duration::ZERO),
+            Verdict::Hold
+        );
         assert!(matches!(
             judge(&rollout, &figures(100, 0, 2), &figures(30, 0, 300), Duration::ZERO),
-            Verdict::RollBack(reason) if reason.contains("p99")
+            Verdict::RollBack(reason) if reason.contains("30 of its 30 requests took over 12.0 ms")
         ));
         // Within the floor: not a breach.
         assert_eq!(

@@ -12,6 +12,7 @@
 //! [`crate::route::RouteState`].
 
 pub mod controller;
+pub mod evidence;
 pub mod plan;
 
 use std::sync::Arc;

@@ -136,6 +136,7 @@ pub(crate) fn history_entry(
         limits: settings.limits,
         outbound: Some(settings.outbound.clone()),
         dir: settings.dir.clone(),
+        kv: Some(settings.kv.clone()),
     }
 }
 

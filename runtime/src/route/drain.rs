@@ -1,10 +1,12 @@
 //! Versions that left the route table and are finishing their in-flight requests: retire,
 //! drain, cut off. A retired version is freed when its last request ends, or its remaining
-//! requests are cut off when its drain deadline passes.
+//! requests are cut off when its drain deadline passes. Each of the three is published on the
+//! event bus.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::events::{Bus, Event, Kind};
 use crate::names::RouteName;
 use crate::version::{DrainOutcome, Version};
 
@@ -23,9 +25,18 @@ pub struct Draining {
 #[derive(Default)]
 pub struct Drains {
     list: Mutex<Vec<Draining>>,
+    events: Bus,
 }
 
 impl Drains {
+    /// No version draining yet; retirements, drains and cut-offs are published on `events`.
+    pub fn new(events: Bus) -> Self {
+        Self {
+            list: Mutex::default(),
+            events,
+        }
+    }
+
     /// Versions still draining, oldest first.
     pub fn list(&self) -> Vec<Draining> {
         self.list.lock().expect("drain list poisoned").clone()
@@ -54,17 +65,36 @@ impl Drains {
             route = %route.as_str(), version = %version.digest,
             in_flight = version.in_flight(), "version retired; draining"
         );
+        let event = |kind| Event::new(kind, route.as_str()).version(version.digest.as_str());
+        self.events.publish(Event {
+            in_flight: Some(version.in_flight() as u64),
+            ..event(Kind::Retired)
+        });
         let drains = Arc::downgrade(self);
+        let events = self.events.clone();
         tokio::spawn(async move {
+            let event = |kind| Event::new(kind, route.as_str()).version(version.digest.as_str());
             match version.drain(grace).await {
-                DrainOutcome::Drained { waited } => tracing::info!(
-                    route = %route.as_str(), version = %version.digest,
-                    waited_ms = waited.as_millis() as u64, "version drained"
-                ),
-                DrainOutcome::CutOff { remaining } => tracing::warn!(
-                    route = %route.as_str(), version = %version.digest, cut_off = remaining,
-                    "drain deadline passed; cutting off the remaining requests"
-                ),
+                DrainOutcome::Drained { waited } => {
+                    tracing::info!(
+                        route = %route.as_str(), version = %version.digest,
+                        waited_ms = waited.as_millis() as u64, "version drained"
+                    );
+                    events.publish(Event {
+                        waited_ms: Some(waited.as_millis() as u64),
+                        ..event(Kind::Drained)
+                    });
+                }
+                DrainOutcome::CutOff { remaining } => {
+                    tracing::warn!(
+                        route = %route.as_str(), version = %version.digest, cut_off = remaining,
+                        "drain deadline passed; cutting off the remaining requests"
+                    );
+                    events.publish(Event {
+                        in_flight: Some(remaining as u64),
+                        ..event(Kind::CutOff)
+                    });
+                }
             }
             if let Some(drains) = drains.upgrade() {
                 drains

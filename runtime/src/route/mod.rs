@@ -23,8 +23,9 @@
 //!   the one place a request is routed.
 //! * [`inflight`]: the token ([`InFlight`]).
 //! * [`state`]: route-lifetime state ([`RouteState`]): what every version of a route shares
-//!   (its counters, its change lock; later its key-value bucket, rollout and shadow
-//!   statistics), kept in a concurrent map by name so it outlives table snapshots.
+//!   (its counters, its change lock, rollout and shadow statistics; its key-value bucket lives
+//!   in `crate::kv`, keyed by the route's name), kept in a concurrent map by name so it
+//!   outlives table snapshots.
 //! * [`drain`]: versions that left the table and are finishing their requests.
 //!
 //! Nothing here compiles, persists or talks HTTP; `crate::deploy` decides what serves and

@@ -1,6 +1,7 @@
 //! Route-lifetime state: what every version of a route shares and what outlives any one table
-//! snapshot. Today: the route's request counters and its change lock; the progressive-delivery,
-//! key-value and shadow features keep their per-route state here too.
+//! snapshot: the route's request counters, its change lock, its rollout controller and shadow
+//! statistics. Its key-value bucket is route-lifetime too, kept by the route's name in
+//! `crate::kv::Kv`.
 //!
 //! The [`Registry`] maps route names to their state in a concurrent map (`dashmap`): looked up
 //! by name off the hot path (a change, a status page), never held across an `.await` (clone the

@@ -51,6 +51,14 @@ pub const DEFAULT_MAX_RESPONSE_BODY: u64 = 0;
 pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How much writable memory compiling one upload may use (the compile worker's `RLIMIT_DATA`).
 pub const DEFAULT_COMPILE_MEMORY: u64 = 2 << 30;
+/// The largest value a route's guests may write to the key-value store.
+pub const DEFAULT_KV_MAX_VALUE: u64 = 1 << 20;
+/// The most keys a route may keep in one bucket.
+pub const DEFAULT_KV_MAX_KEYS: u32 = 100_000;
+/// The most bytes (keys and values) a route may keep in one bucket.
+pub const DEFAULT_KV_MAX_BYTES: u64 = 256 << 20;
+/// The largest `kv-max-value` a route may set.
+pub const MAX_KV_VALUE: u64 = 64 << 20;
 
 /// Deploy-time key/value configuration, handed to the guest as its environment variables.
 /// Sorted by key; keys are unique.
@@ -107,8 +115,8 @@ pub fn parse_config<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Result<Rout
     Ok(config.into())
 }
 
-/// How a route runs its versions, set at deploy time: the guest's config, its limits and its
-/// outbound allow-list.
+/// How a route runs its versions, set at deploy time: the guest's config, its limits, its
+/// outbound allow-list, its directory and the key-value buckets it may open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// The guest's environment.
@@ -119,6 +127,8 @@ pub struct Settings {
     pub outbound: crate::outbound::Outbound,
     /// A directory mounted read-only at `/data`.
     pub dir: Option<GuestDir>,
+    /// The key-value buckets it may open: its own and those granted (`kv=NAME`).
+    pub kv: crate::kv::Grants,
 }
 
 /// A subdirectory of the server's `--guest-dirs` that a route's guests see, read-only, at
@@ -368,6 +378,26 @@ route_settings! {
             }
             Ok(())
         };
+    /// Largest value a route's guests may write to the key-value store (e.g. 64KiB, at most
+    /// 64MiB); a larger write fails in the guest with the interface's error.
+    kv_max_value: u64 = DEFAULT_KV_MAX_VALUE;
+        name "kv-max-value", status kv_max_value_bytes, check |value: u64, _| {
+            if value == 0 || value > MAX_KV_VALUE {
+                return Err(format!(
+                    "kv-max-value must be between 1 byte and {}",
+                    format_bytes(MAX_KV_VALUE)
+                ));
+            }
+            Ok(())
+        };
+    /// Keys a route may keep in each key-value bucket it writes (0: no limit); a write that
+    /// would add one more fails in the guest with the interface's error.
+    kv_max_keys: u32 = DEFAULT_KV_MAX_KEYS;
+        name "kv-max-keys", status kv_max_keys, check |_: u32, _| Ok::<(), String>(());
+    /// Bytes of keys and values a route may keep in each key-value bucket it writes (e.g.
+    /// 1GiB; 0: no limit); a write that would grow the bucket past it fails in the guest.
+    kv_max_bytes: u64 = DEFAULT_KV_MAX_BYTES;
+        name "kv-max-bytes", status kv_max_bytes, check |_: u64, _| Ok::<(), String>(());
 }
 
 /// The per-route settings as the README's Markdown table (a test keeps the README's copy

@@ -63,7 +63,7 @@ impl Value for u32 {
     fn parse(text: &str) -> Result<Self, String> {
         text.trim().parse().map_err(|_| {
             format!(
-                "`{}` is not a whole number of requests (0: no limit)",
+                "`{}` is not a whole number (0: no limit)",
                 text.escape_debug()
             )
         })

@@ -1,5 +1,6 @@
 //! Running a copy of a request on a version, for comparing: the request's head and its buffered
-//! body go to a fresh instance under the version's deadline, with outbound HTTP denied; the
+//! body go to a fresh instance under the version's deadline, with outbound HTTP denied unless
+//! the shadow allows it; the
 //! response is read to its end (hashed, never kept) into a [`Summary`].
 
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub struct Summary {
     pub digest: [u8; 32],
     /// The body's first [`START_BYTES`].
     pub start: Vec<u8>,
+    /// Whether the guest tried an outbound HTTP call that was denied (a copy's).
+    pub outbound_denied: bool,
 }
 
 /// A request, buffered so it can be sent again.
@@ -96,22 +99,26 @@ impl Tap {
             size: self.size,
             digest: self.hasher.finalize().into(),
             start: self.start,
+            outbound_denied: false,
         }
     }
 }
 
 /// Runs `request` on `version` (through a route at `prefix`) and summarizes its response;
-/// `None` if the guest failed to answer in full within its deadline.
+/// `None` if the guest failed to answer in full within its deadline. With `deny_outbound`,
+/// every outbound HTTP call the guest makes fails (and the summary says it tried).
 pub async fn run(
     engine: &wasmtime::Engine,
     version: &Arc<Version>,
     prefix: &Arc<str>,
     request: &Copy,
     compared: &[HeaderName],
+    deny_outbound: bool,
 ) -> Option<Summary> {
     let deadline = Instant::now() + version.limits.request_timeout;
     let mut store = Host::store(engine, &version.guest, prefix, deadline);
-    store.data_mut().deny_outbound();
+    let tried = deny_outbound.then(|| store.data_mut().deny_outbound());
+    store.data_mut().kv_scratch();
     let mut builder = http::Request::builder()
         .method(request.method.clone())
         .uri(request.uri.clone());
@@ -161,5 +168,8 @@ pub async fn run(
         .flatten();
     abort.abort();
     let _ = call.await;
-    summary
+    summary.map(|summary| Summary {
+        outbound_denied: tried.is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed)),
+        ..summary
+    })
 }

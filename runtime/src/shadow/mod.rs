@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::api;
 use crate::digest::Digest;
+use crate::state::ShadowRecord;
 
 /// The most mismatch samples a route keeps (the latest).
 pub const MAX_SAMPLES: usize = 50;
@@ -186,6 +187,9 @@ impl ShadowStats {
             return;
         };
         let key = path.split('?').next().unwrap_or(path);
+        // A second run whose outbound call was denied says nothing about the stable version's
+        // own noise: the client's run made the call.
+        let secondary = secondary.filter(|second| !second.outbound_denied);
         let mut inner = self.inner.lock().expect("poisoned");
         let noisy = match (secondary, inner.paths.get_mut(key)) {
             (Some(second), Some(noise)) => {
@@ -228,11 +232,13 @@ impl ShadowStats {
             stable_start: String::from_utf8_lossy(&primary.start).into_owned(),
             shadow_start: String::from_utf8_lossy(&shadow.start).into_owned(),
             at_ms: crate::units::unix_ms(),
+            outbound_denied: shadow.outbound_denied,
         });
     }
 
     /// The figures as the admin API shows them.
-    pub fn status(&self, version: &str, percent: f64, compared: &[String]) -> api::ShadowStatus {
+    pub fn status(&self, shadow: &ShadowRecord) -> api::ShadowStatus {
+        let version = shadow.version.as_str();
         let inner = self.inner.lock().expect("poisoned");
         let current = inner
             .version
@@ -247,8 +253,9 @@ impl ShadowStats {
         };
         api::ShadowStatus {
             version: version.to_owned(),
-            percent,
-            compare_headers: compared.to_vec(),
+            percent: shadow.percent,
+            compare_headers: shadow.compare_headers.clone(),
+            allow_outbound: shadow.allow_outbound,
             requests: count(&self.requests),
             matches: count(&self.matches),
             mismatches: count(&self.mismatches),
@@ -298,6 +305,17 @@ mod tests {
             size: body.len() as u64,
             digest: sha2::Sha256::digest(body).into(),
             start: body[..body.len().min(START_BYTES)].to_vec(),
+            outbound_denied: false,
+        }
+    }
+
+    fn record(version: &str, compared: &[String]) -> ShadowRecord {
+        ShadowRecord {
+            version: Digest::of(version.as_bytes()).to_string(),
+            settings: Default::default(),
+            percent: 100.0,
+            compare_headers: compared.to_vec(),
+            allow_outbound: false,
         }
     }
 
@@ -338,7 +356,22 @@ mod tests {
             None,
         );
         stats.record("GET", "/gone", &compared, &same, None, None);
-        let status = stats.status(Digest::of(b"shadow").as_str(), 100.0, &compared);
+        // A second run whose outbound call was denied is no measure of noise: the shadow's
+        // difference (its own call denied too) stays a mismatch, flagged.
+        assert!(stats.calibrate("/calls-out"));
+        let denied = Summary {
+            outbound_denied: true,
+            ..summary(200, b"denied")
+        };
+        stats.record(
+            "GET",
+            "/calls-out",
+            &compared,
+            &summary(200, b"upstream said hi"),
+            Some(&denied),
+            Some(&denied),
+        );
+        let status = stats.status(&record("shadow", &compared));
         assert_eq!(
             (
                 status.requests,
@@ -347,18 +380,15 @@ mod tests {
                 status.noise,
                 status.errors
             ),
-            (5, 1, 2, 1, 1)
+            (6, 1, 3, 1, 1)
         );
-        assert_eq!(status.samples.len(), 2);
+        assert_eq!(status.samples.len(), 3);
+        assert!(status.samples[2].outbound_denied);
+        assert!(!status.samples[0].outbound_denied);
         assert_eq!(status.samples[0].stable_start, "hello");
         assert_eq!(status.samples[1].shadow_status, 500);
         // A new shadow starts afresh.
         stats.about(&Digest::of(b"other"));
-        assert_eq!(
-            stats
-                .status(Digest::of(b"other").as_str(), 1.0, &[])
-                .requests,
-            0
-        );
+        assert_eq!(stats.status(&record("other", &[])).requests, 0);
     }
 }

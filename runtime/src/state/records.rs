@@ -20,6 +20,9 @@ pub struct SettingsRecord {
     /// The directory (under `--guest-dirs`) mounted at `/data`.
     #[serde(default)]
     pub dir: Option<String>,
+    /// The shared key-value buckets it may open besides its own (`kv=NAME`), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kv: Vec<String>,
 }
 
 /// A route as the state log keeps it: its prefix, the versions serving it, and its history.
@@ -50,12 +53,15 @@ pub struct RouteRecord {
 }
 
 impl RouteRecord {
-    /// Every digest this record references: its serving versions and its history.
+    /// Every digest this record references: its serving versions, its history and its last
+    /// rollout's candidate.
     pub fn references(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.active.as_str())
             .chain(self.candidate.iter().map(|c| c.version.as_str()))
             .chain(self.shadow.iter().map(|s| s.version.as_str()))
             .chain(self.history.iter().map(|e| e.version.as_str()))
+            // The last rollout's candidate, also once it ended: it can be tried again.
+            .chain(self.rollout.iter().map(|r| r.candidate.as_str()))
     }
 }
 
@@ -88,6 +94,10 @@ pub struct ShadowRecord {
     /// The response headers compared besides the status and the body.
     #[serde(default)]
     pub compare_headers: Vec<String>,
+    /// Whether the shadow (and the stable version's second runs) may make outbound HTTP calls
+    /// to the route's allow-list; by default they are denied.
+    #[serde(default)]
+    pub allow_outbound: bool,
 }
 
 /// Where a rollout stands.
@@ -180,6 +190,10 @@ pub struct HistoryEntry {
     /// The directory it had mounted (recorded together with `limits`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<String>,
+    /// The shared key-value buckets it was granted (recorded together with `limits`; absent in
+    /// entries written before grants existed: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv: Option<Vec<String>>,
 }
 
 impl HistoryEntry {
@@ -191,6 +205,7 @@ impl HistoryEntry {
                 limits: Some(limits),
                 outbound: self.outbound.clone().unwrap_or_default(),
                 dir: self.dir.clone(),
+                kv: self.kv.clone().unwrap_or_default(),
             },
             None => SettingsRecord {
                 config: self.config.clone(),
@@ -243,6 +258,7 @@ mod tests {
             limits: Some(Limits::default()),
             outbound: vec!["https://api".into()],
             dir: Some("d".into()),
+            kv: vec!["orders".into()],
         };
         let entry = HistoryEntry {
             version: "sha256:00".into(),
@@ -256,9 +272,11 @@ mod tests {
             limits: None,
             outbound: None,
             dir: None,
+            kv: None,
         };
         let settings = entry.settings(&current);
         assert_eq!(settings.outbound, current.outbound);
+        assert_eq!(settings.kv, current.kv);
         assert_eq!(settings.config, entry.config);
     }
 }

@@ -13,7 +13,8 @@ use http_body_util::BodyExt;
 
 use crate::support::{Running, command, get, shared_target_dir};
 
-/// The tagged guest's handler; it expects a `const TAG: &str` before it.
+/// The tagged guest's handler; it expects its constants (`TAG`, `SLEEP_MS`, `NOISY`,
+/// `CHANGED_ON`) before it.
 const HANDLER: &str = include_str!("../../../tests/guests/tagged.rs");
 /// The test guests' lockfile, so the crate resolves the same `wasip2` without asking the index.
 const LOCKFILE: &str = include_str!("../../../tests/guests/Cargo.lock");
@@ -46,7 +47,9 @@ const CHUNKS: u64 = 120;
 const DELAY_MS: u64 = 250;
 
 fn write_source(dir: &Path, tag: &str, trailer: &str) {
-    let source = format!("const TAG: &str = {tag:?};\n{HANDLER}{trailer}");
+    let source = format!(
+        "const TAG: &str = {tag:?};\nconst SLEEP_MS: u64 = 0;\nconst NOISY: bool = false;\nconst CHANGED_ON: &str = \"\";\n{HANDLER}{trailer}"
+    );
     std::fs::write(dir.join("src/lib.rs"), source).unwrap();
 }
 
@@ -89,7 +92,13 @@ async fn dev_swaps_in_each_save_and_keeps_serving_through_a_broken_build() {
         (l == route_line).then_some(())
     })
     .await;
-    let alpha = last_deployed(&dev.stdout.text()).expect("a deployed line");
+    let alpha = last_deployed(&dev.stdout.text()).unwrap_or_else(|| {
+        panic!(
+            "no deployed line in:\n{}\n{}",
+            dev.stdout.text(),
+            dev.stderr.text()
+        )
+    });
     assert_eq!(get(&ready, "/streamer").await, (200, "alpha".into()));
 
     // Hold a stream open on alpha: its first line proves it is in flight.

@@ -4,10 +4,13 @@
 mod admin_listener;
 mod client;
 mod crowd;
+mod delivery;
 mod dev;
+mod kv;
 mod logs;
 mod new;
 mod persist;
 mod security;
 mod serve;
 mod support;
+mod watch;

@@ -13,8 +13,11 @@
 //! Then, in process: restart with 100 stored routes (time until every route serves again) and
 //! rollback (time from the call to the old version serving).
 //!
+//! Then the key-value store (`bench/kv.rs`): get and set latency inside a guest, and a counter
+//! route's throughput against a plain route.
+//!
 //! Usage: `bench [--handoff PATH] [--wasmtime PATH] [--connections N] [--seconds S] [--guest PATH]
-//! [--attack loop,grow,recurse,trap,crowd] [--only-attack]`
+//! [--attack loop,grow,recurse,trap,crowd] [--only-attack] [--only-kv]`
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -23,6 +26,9 @@ use std::time::{Duration, Instant};
 
 use handoff_tests::{Connection, guests};
 use http::StatusCode;
+
+#[path = "bench/kv.rs"]
+mod kv;
 
 /// Load runs per server, interleaved.
 const ROUNDS: u32 = 4;
@@ -35,6 +41,7 @@ struct Options {
     guest: String,
     attack: Vec<String>,
     only_attack: bool,
+    only_kv: bool,
 }
 
 fn options() -> Options {
@@ -48,6 +55,7 @@ fn options() -> Options {
             .map(String::from)
             .to_vec(),
         only_attack: false,
+        only_kv: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -62,6 +70,7 @@ fn options() -> Options {
             "--seconds" => opts.seconds = value().parse().expect("a number"),
             "--guest" => opts.guest = value(),
             "--only-attack" => opts.only_attack = true,
+            "--only-kv" => opts.only_kv = true,
             "--attack" => opts.attack = value().split(',').map(String::from).collect(),
             other => panic!("unknown flag {other}"),
         }
@@ -220,6 +229,10 @@ async fn main() {
         under_attack(&opts, &wasm).await;
         return;
     }
+    if opts.only_kv {
+        kv::bench(&opts.handoff, opts.connections, opts.seconds).await;
+        return;
+    }
     println!(
         "component: {} ({} bytes); {} connections, {} s per server in {ROUNDS} interleaved runs, load generator on the same cores",
         opts.guest,
@@ -350,6 +363,7 @@ async fn main() {
 
     under_attack(&opts, &wasm).await;
     persistence(&wasm).await;
+    kv::bench(&opts.handoff, opts.connections, opts.seconds).await;
 }
 
 /// Prints one row per named result under a header whose first column is `first`.

@@ -89,11 +89,13 @@ fn url_param(path: &str) -> &str {
 /// The value of query parameter `name` (empty for a bare `name`), if present.
 fn param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
     let query = path.split_once('?')?.1;
-    query.split('&').find_map(|pair| match pair.split_once('=') {
-        Some((key, value)) if key == name => Some(value),
-        None if pair == name => Some(""),
-        _ => None,
-    })
+    query
+        .split('&')
+        .find_map(|pair| match pair.split_once('=') {
+            Some((key, value)) if key == name => Some(value),
+            None if pair == name => Some(""),
+            _ => None,
+        })
 }
 
 /// Sends a complete response: `size` bytes of `x` (or `ok`), 4 KiB per write, with a

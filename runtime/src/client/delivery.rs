@@ -1,0 +1,448 @@
+//! The progressive-delivery commands: `handoff rollout`, `promote`, `abort`, `pause`,
+//! `resume`, `weight` and `shadow`, and how their answers print.
+//!
+//! A candidate or shadow given as a `.wasm` file is uploaded first (`POST /v1/modules`); one
+//! given as a version is a full digest or a unique prefix of at least 8 hex digits among the
+//! stored modules. The server decides everything else.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::SystemTime;
+
+use http::Method;
+
+use super::admin::{AdminClient, Payload, encode, print, read_component, signed};
+use super::render::{ago, key_values, short, table};
+use crate::api::{self, RolloutStatus, ShadowStatus};
+use crate::cli::{AdminArgs, Failure, RolloutArgs, RouteArgs, ShadowArgs, WeightArgs, exit};
+
+/// The fewest hex digits a version prefix may have.
+const MIN_PREFIX: usize = 8;
+
+/// `handoff rollout ROUTE FILE.wasm|VERSION [...]`.
+pub async fn rollout(args: RolloutArgs) -> Result<(), Failure> {
+    let AdminArgs { admin, json } = &args.admin;
+    let client = AdminClient::new(admin)?;
+    let version = stored_version(&client, &args.candidate, &args.sign).await?;
+    let request = api::RolloutRequest {
+        version,
+        steps: (!args.steps.is_empty()).then(|| args.steps.clone()),
+        step_time: args.step_time.clone(),
+        step_requests: args.step_requests,
+        sticky: args.sticky.clone(),
+        max_error_rate: args.max_error_rate,
+        max_p99_ratio: args.max_p99_ratio,
+        min_requests: args.min_requests,
+        manual: args.manual.then_some(true),
+    };
+    let path = format!("/v1/routes/{}/rollout", encode(&args.route));
+    let body: RolloutStatus = client
+        .call(
+            "rollout",
+            Method::POST,
+            &path,
+            Some(Payload::json(&request)),
+            *json,
+        )
+        .await?;
+    if !json {
+        print(
+            format!(
+                "started a rollout on route {}\n{}",
+                args.route,
+                render(&body)
+            )
+            .as_bytes(),
+        );
+    }
+    Ok(())
+}
+
+/// `handoff promote|abort|pause|resume ROUTE`: `action` is the path's last segment.
+pub async fn act(args: RouteArgs, action: &str) -> Result<(), Failure> {
+    let AdminArgs { admin, json } = args.admin;
+    let client = AdminClient::new(&admin)?;
+    let path = format!("/v1/routes/{}/rollout/{action}", encode(&args.route));
+    let body: RolloutStatus = client.call(action, Method::POST, &path, None, json).await?;
+    if !json {
+        print(render(&body).as_bytes());
+    }
+    Ok(())
+}
+
+/// `handoff weight ROUTE N`.
+pub async fn weight(args: WeightArgs) -> Result<(), Failure> {
+    let AdminArgs { admin, json } = args.admin;
+    let client = AdminClient::new(&admin)?;
+    let path = format!("/v1/routes/{}/rollout", encode(&args.route));
+    let request = api::WeightRequest {
+        weight: args.weight,
+    };
+    let body: RolloutStatus = client
+        .call(
+            "weight",
+            Method::PATCH,
+            &path,
+            Some(Payload::json(&request)),
+            json,
+        )
+        .await?;
+    if !json {
+        print(render(&body).as_bytes());
+    }
+    Ok(())
+}
+
+/// `handoff shadow ROUTE [FILE.wasm|VERSION] [--percent N] [--compare-header H] [--off]`.
+pub async fn shadow(args: ShadowArgs) -> Result<(), Failure> {
+    let AdminArgs { admin, json } = &args.admin;
+    let client = AdminClient::new(admin)?;
+    let path = format!("/v1/routes/{}/shadow", encode(&args.route));
+    let (what, body): (&str, ShadowStatus) = match &args.shadow {
+        _ if args.off => (
+            "stopped the shadow of",
+            client
+                .call("shadow --off", Method::DELETE, &path, None, *json)
+                .await?,
+        ),
+        None => (
+            "the shadow of",
+            client
+                .call("shadow", Method::GET, &path, None, *json)
+                .await?,
+        ),
+        Some(given) => {
+            let request = api::ShadowRequest {
+                version: stored_version(&client, given, &args.sign).await?,
+                percent: args.percent,
+                compare_headers: (!args.compare_headers.is_empty())
+                    .then(|| args.compare_headers.clone()),
+                allow_outbound: args.allow_outbound.then_some(true),
+            };
+            let body = client
+                .call(
+                    "shadow",
+                    Method::PUT,
+                    &path,
+                    Some(Payload::json(&request)),
+                    *json,
+                )
+                .await?;
+            ("started a shadow on", body)
+        }
+    };
+    if !json {
+        let text = format!(
+            "{what} route {}\n{}",
+            args.route,
+            render_shadow(&body, SystemTime::now())
+        );
+        print(text.as_bytes());
+    }
+    Ok(())
+}
+
+/// A stored module's full version from `given`: a `.wasm` file to upload, a full digest, or a
+/// unique prefix of one among the stored modules.
+async fn stored_version(
+    client: &AdminClient,
+    given: &str,
+    sign: &Option<std::path::PathBuf>,
+) -> Result<String, Failure> {
+    let path = Path::new(given);
+    if given.ends_with(".wasm") || path.is_file() {
+        let bytes = read_component(path).await?;
+        let uploaded: api::Uploaded = client
+            .call(
+                "upload",
+                Method::POST,
+                "/v1/modules",
+                Some(signed(bytes, sign)?),
+                false,
+            )
+            .await?;
+        return Ok(uploaded.version);
+    }
+    let wanted = given.strip_prefix("sha256:").unwrap_or(given);
+    if wanted.len() < MIN_PREFIX || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "`{given}` is neither a .wasm file nor a version; give a file, or at least {MIN_PREFIX} hex digits of a stored version (`handoff upload` prints it)"
+            ),
+        ));
+    }
+    if wanted.len() == 64 {
+        return Ok(format!("sha256:{wanted}"));
+    }
+    let modules: api::ModuleList = client
+        .call(
+            "listing the modules",
+            Method::GET,
+            "/v1/modules",
+            None,
+            false,
+        )
+        .await?;
+    let matches: Vec<&str> = modules
+        .modules
+        .iter()
+        .map(|m| m.version.as_str())
+        .filter(|v| v.trim_start_matches("sha256:").starts_with(wanted))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).to_owned()),
+        [] => Err(Failure::new(
+            exit::FAILED,
+            format!(
+                "no stored module's version starts with `{given}`; upload it with `handoff upload FILE.wasm`"
+            ),
+        )),
+        _ => Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "`{given}` matches {} stored modules; give more digits",
+                matches.len()
+            ),
+        )),
+    }
+}
+
+fn percent(weight: f64) -> String {
+    format!("{} %", (weight * 1_000.0).round() / 1_000.0)
+}
+
+fn millis(ms: Option<f64>) -> String {
+    ms.map_or("-".to_owned(), |ms| format!("{ms:.1} ms"))
+}
+
+/// A rollout: where it stands, its gates, each version's figures over the step.
+pub fn render(body: &RolloutStatus) -> String {
+    let state = match body.state.as_str() {
+        "running" | "paused" => format!(
+            "{}, step {} of {} at {}{}",
+            body.state,
+            body.step + 1,
+            body.steps.len(),
+            percent(body.weight),
+            if body.manual { " (manual)" } else { "" }
+        ),
+        _ => body.state.replace('_', " "),
+    };
+    let steps = body
+        .steps
+        .iter()
+        .map(|s| percent(*s))
+        .collect::<Vec<_>>()
+        .join(" → ");
+    let mut lines = vec![
+        ("rollout", state),
+        ("candidate", body.candidate.clone()),
+        ("stable", body.stable.clone()),
+        ("steps", steps),
+        (
+            "sticky",
+            body.sticky
+                .clone()
+                .unwrap_or_else(|| "none (a random split per request)".to_owned()),
+        ),
+        (
+            "gates",
+            format!(
+                "error rate ≤ {}, p99 ≤ {}× stable, once the candidate has {} requests in the step",
+                body.max_error_rate, body.max_p99_ratio, body.min_requests
+            ),
+        ),
+        (
+            "a step",
+            format!(
+                "at least {} and {} candidate requests",
+                ago(body.step_time_ms),
+                body.step_requests
+            ),
+        ),
+    ];
+    if let Some(reason) = &body.reason {
+        lines.push(("reason", reason.clone()));
+    }
+    let mut out = key_values(&lines);
+    if !body.versions.is_empty() {
+        let rows: Vec<[String; 6]> = body
+            .versions
+            .iter()
+            .map(|v| {
+                [
+                    short(&v.version).to_owned(),
+                    v.role.clone(),
+                    v.requests.to_string(),
+                    format!("{:.2} %", v.error_rate * 100.0),
+                    millis(v.p50_ms),
+                    millis(v.p99_ms),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(
+            &["VERSION", "ROLE", "REQUESTS", "ERRORS", "P50", "P99"],
+            &rows,
+        ));
+    }
+    out
+}
+
+/// A shadow: what it was compared on and what it found, the latest mismatches last.
+pub fn render_shadow(body: &ShadowStatus, now: SystemTime) -> String {
+    let now_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut out = key_values(&[
+        ("shadow", body.version.clone()),
+        ("copied", percent(body.percent)),
+        (
+            "compared",
+            format!("status, body digest, {}", body.compare_headers.join(", ")),
+        ),
+        (
+            "outbound",
+            if body.allow_outbound {
+                "allowed to the route's allow-list".to_owned()
+            } else {
+                "denied (copies have no side effects)".to_owned()
+            },
+        ),
+        (
+            "requests",
+            format!(
+                "{} compared: {} match, {} mismatch, {} noise, {} errors; {} skipped",
+                body.requests, body.matches, body.mismatches, body.noise, body.errors, body.skipped
+            ),
+        ),
+    ]);
+    for sample in &body.samples {
+        let _ = write!(
+            out,
+            "\n{} {} ({} ago)\n",
+            sample.method,
+            sample.path,
+            ago(now_ms.saturating_sub(sample.at_ms))
+        );
+        let mut headers = if sample.headers.is_empty() {
+            String::new()
+        } else {
+            format!("; headers differ: {}", sample.headers.join(", "))
+        };
+        if sample.outbound_denied {
+            headers.push_str("; the shadow's outbound call was denied");
+        }
+        let _ = writeln!(
+            out,
+            "  stable  {} {} bytes {:?}\n  shadow  {} {} bytes {:?}{headers}",
+            sample.stable_status,
+            sample.stable_size,
+            sample.stable_start,
+            sample.shadow_status,
+            sample.shadow_size,
+            sample.shadow_start,
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollout() -> RolloutStatus {
+        RolloutStatus {
+            state: "running".into(),
+            stable: "sha256:aaaaaaaaaaaaaaaa".into(),
+            candidate: "sha256:bbbbbbbbbbbbbbbb".into(),
+            weight: 25.0,
+            step: 1,
+            steps: vec![5.0, 25.0, 50.0, 100.0],
+            sticky: Some("header:x-user".into()),
+            step_time_ms: 30_000,
+            step_requests: 100,
+            max_error_rate: 0.01,
+            max_p99_ratio: 2.0,
+            min_requests: 20,
+            manual: false,
+            step_started_ms: 0,
+            by: "admin".into(),
+            reason: None,
+            versions: vec![api::StepFigures {
+                version: "sha256:bbbbbbbbbbbbbbbb".into(),
+                role: "candidate".into(),
+                requests: 42,
+                error_rate: 0.025,
+                p50_ms: Some(1.25),
+                p99_ms: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_rollout_shows_its_step_gates_and_figures() {
+        let text = render(&rollout());
+        for part in [
+            "running, step 2 of 4 at 25 %",
+            "5 % → 25 % → 50 % → 100 %",
+            "header:x-user",
+            "error rate ≤ 0.01, p99 ≤ 2× stable, once the candidate has 20 requests",
+            "at least 30 s and 100 candidate requests",
+            "bbbbbbbbbbbb  candidate  42",
+            "2.50 %",
+            "1.2 ms",
+        ] {
+            assert!(text.contains(part), "{part:?} missing from\n{text}");
+        }
+        let mut ended = rollout();
+        ended.state = "rolled_back".into();
+        ended.reason = Some("error rate 0.5 > max_error_rate 0.01".into());
+        let text = render(&ended);
+        assert!(text.starts_with("rollout    rolled back\n"), "{text}");
+        assert!(text.contains("reason     error rate 0.5"), "{text}");
+    }
+
+    #[test]
+    fn a_shadow_shows_its_counts_and_samples() {
+        let body = ShadowStatus {
+            version: "sha256:cc".into(),
+            percent: 100.0,
+            compare_headers: vec!["content-type".into()],
+            allow_outbound: false,
+            requests: 10,
+            matches: 7,
+            mismatches: 2,
+            noise: 1,
+            errors: 0,
+            skipped: 3,
+            samples: vec![api::ShadowSample {
+                method: "GET".into(),
+                path: "/app/x".into(),
+                stable_status: 200,
+                shadow_status: 500,
+                headers: vec!["content-type".into()],
+                stable_size: 2,
+                shadow_size: 5,
+                stable_digest: "sha256:1".into(),
+                shadow_digest: "sha256:2".into(),
+                stable_start: "ok".into(),
+                shadow_start: "oops!".into(),
+                at_ms: 1_000,
+                outbound_denied: true,
+            }],
+        };
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(3_000);
+        let text = render_shadow(&body, now);
+        for part in [
+            "10 compared: 7 match, 2 mismatch, 1 noise, 0 errors; 3 skipped",
+            "GET /app/x (2 s ago)",
+            "stable  200 2 bytes \"ok\"",
+            "shadow  500 5 bytes \"oops!\"; headers differ: content-type; the shadow's outbound call was denied",
+            "outbound  denied",
+        ] {
+            assert!(text.contains(part), "{part:?} missing from\n{text}");
+        }
+    }
+}

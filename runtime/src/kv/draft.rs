@@ -1,0 +1,170 @@
+//! `wasi:keyvalue@0.2.0-draft`, what wasmCloud and `wasmtime-wasi-keyvalue` implement: the
+//! same buckets as draft2 (`super::host`), with `u64` list cursors (how many keys came before
+//! the page) and unsigned increments.
+
+use wasmtime::component::{HasData, Linker, Resource};
+
+use super::backend::{Condition, Start};
+use super::host::{BucketHandle, KvView, Refusal};
+
+mod generated {
+    wasmtime::component::bindgen!({
+        path: "../wit/keyvalue-0.2.0-draft",
+        world: "wasi:keyvalue/imports@0.2.0-draft",
+        imports: { default: async | trappable },
+        with: {
+            "wasi:keyvalue/store.bucket": crate::kv::host::BucketHandle,
+        },
+        trappable_error_type: {
+            "wasi:keyvalue/store.error" => crate::kv::host::Refusal,
+        },
+    });
+}
+
+use generated::wasi::keyvalue::{atomics, batch, store};
+
+struct HasKv;
+
+impl HasData for HasKv {
+    type Data<'a> = KvView<'a>;
+}
+
+/// Links the draft's interfaces.
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> KvView<'_>,
+) -> anyhow::Result<()> {
+    store::add_to_linker::<T, HasKv>(linker, get)?;
+    atomics::add_to_linker::<T, HasKv>(linker, get)?;
+    batch::add_to_linker::<T, HasKv>(linker, get)?;
+    Ok(())
+}
+
+impl store::Host for KvView<'_> {
+    async fn open(&mut self, identifier: String) -> Result<Resource<BucketHandle>, Refusal> {
+        KvView::open(self, &identifier)
+    }
+
+    fn convert_error(&mut self, refusal: Refusal) -> wasmtime::Result<store::Error> {
+        match refusal {
+            Refusal::NoSuchStore => Ok(store::Error::NoSuchStore),
+            Refusal::Other(sentence) => Ok(store::Error::Other(sentence)),
+            Refusal::Trap(trap) => Err(trap),
+        }
+    }
+}
+
+impl store::HostBucket for KvView<'_> {
+    async fn get(
+        &mut self,
+        handle: Resource<BucketHandle>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, Refusal> {
+        let bucket = self.bucket(&handle)?;
+        Ok(self.access.get(&bucket, &key).await?.map(|e| e.value))
+    }
+
+    async fn set(
+        &mut self,
+        handle: Resource<BucketHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), Refusal> {
+        KvView::set(self, &handle, key, value, None).await.map(drop)
+    }
+
+    async fn delete(&mut self, handle: Resource<BucketHandle>, key: String) -> Result<(), Refusal> {
+        KvView::delete(self, &handle, key, Condition::Always)
+            .await
+            .map(drop)
+    }
+
+    async fn exists(
+        &mut self,
+        handle: Resource<BucketHandle>,
+        key: String,
+    ) -> Result<bool, Refusal> {
+        let bucket = self.bucket(&handle)?;
+        Ok(self.access.get(&bucket, &key).await?.is_some())
+    }
+
+    async fn list_keys(
+        &mut self,
+        handle: Resource<BucketHandle>,
+        cursor: Option<u64>,
+    ) -> Result<store::KeyResponse, Refusal> {
+        let bucket = self.bucket(&handle)?;
+        let offset = cursor.unwrap_or(0);
+        let page = self.access.list(&bucket, Start::Offset(offset)).await?;
+        let cursor = page
+            .more
+            .then(|| offset.saturating_add(page.items.len() as u64));
+        Ok(store::KeyResponse {
+            keys: page.items,
+            cursor,
+        })
+    }
+
+    async fn drop(&mut self, handle: Resource<BucketHandle>) -> wasmtime::Result<()> {
+        self.table.delete(handle)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for KvView<'_> {
+    async fn increment(
+        &mut self,
+        handle: Resource<BucketHandle>,
+        key: String,
+        delta: u64,
+    ) -> Result<u64, Refusal> {
+        let delta = i64::try_from(delta).map_err(|_| {
+            Refusal::Other(format!(
+                "an increment of {delta} overflows a 64-bit integer"
+            ))
+        })?;
+        let bucket = self.bucket(&handle)?;
+        let sum = self.access.increment(&bucket, key, delta).await?;
+        u64::try_from(sum).map_err(|_| Refusal::Other(format!("the counter is negative ({sum})")))
+    }
+}
+
+impl batch::Host for KvView<'_> {
+    async fn get_many(
+        &mut self,
+        handle: Resource<BucketHandle>,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<(String, Vec<u8>)>>, Refusal> {
+        KvView::get_many(self, &handle, keys).await
+    }
+
+    async fn set_many(
+        &mut self,
+        handle: Resource<BucketHandle>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), Refusal> {
+        let changes = key_values
+            .into_iter()
+            .map(|(key, value)| {
+                let change = super::backend::Change::Set {
+                    value,
+                    ttl_ms: None,
+                };
+                (key, change)
+            })
+            .collect();
+        self.write_many(&handle, changes).await
+    }
+
+    async fn delete_many(
+        &mut self,
+        handle: Resource<BucketHandle>,
+        keys: Vec<String>,
+    ) -> Result<(), Refusal> {
+        let changes = keys
+            .into_iter()
+            .map(|key| (key, super::backend::Change::Delete))
+            .collect();
+        self.write_many(&handle, changes).await
+    }
+}

@@ -1,0 +1,395 @@
+//! The key-value store guests share: exact totals under concurrency, compare-and-swap under
+//! contention, buckets per route and by grant, limits that reach the guest as the interface's
+//! error, shadow runs that never write, and guests not built with the SDK (plain `wit-bindgen`
+//! bindings of both drafts).
+
+use std::time::{Duration, Instant};
+
+use handoff_tests::{Connection, TestServer, eventually, guests};
+use http::{Method, StatusCode};
+use serde_json::json;
+
+/// A bound against hangs only.
+const LIMIT: Duration = Duration::from_secs(180);
+/// How long background work (shadow copies) may take to show.
+const GENEROUS: Duration = Duration::from_secs(60);
+
+/// `GET path` on a connection, as status and text.
+async fn get(conn: &mut Connection, path: &str) -> (StatusCode, String) {
+    let (status, body) = conn.get(path).await.expect("request");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_clients_times_a_thousand_increments_make_the_exact_total() {
+    const CLIENTS: usize = 32;
+    const EACH: usize = 1000;
+    let server = TestServer::start().await;
+    server.deploy("count", guests::KV_PLAIN).await;
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let addr = server.data;
+        clients.push(tokio::spawn(async move {
+            let mut conn = Connection::open(addr).await;
+            let mut seen = Vec::with_capacity(EACH);
+            for _ in 0..EACH {
+                assert!(started.elapsed() < LIMIT, "increments are too slow");
+                let (status, body) = get(&mut conn, "/count/incr?key=hits").await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                seen.push(body.parse::<u64>().expect("a number"));
+            }
+            seen
+        }));
+    }
+    let mut all = Vec::with_capacity(CLIENTS * EACH);
+    for client in clients {
+        all.extend(client.await.unwrap());
+    }
+    // Every increment answered a distinct value: 1..=32,000, each exactly once.
+    all.sort_unstable();
+    let expected: Vec<u64> = (1..=(CLIENTS * EACH) as u64).collect();
+    assert!(all == expected, "increments were lost or repeated");
+    let (status, body) = server.get("/count/get?key=hits").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "32000"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_swap_under_contention_loses_no_update() {
+    const CLIENTS: usize = 16;
+    const EACH: usize = 50;
+    let server = TestServer::start().await;
+    server.deploy("cas", guests::KV_PLAIN).await;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let addr = server.data;
+        clients.push(tokio::spawn(async move {
+            let mut conn = Connection::open(addr).await;
+            let mut attempts = 0;
+            for _ in 0..EACH {
+                let (status, body) = get(&mut conn, "/cas/cas-incr?key=n").await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                let (_, tries) = body.split_once(' ').expect("VALUE ATTEMPTS");
+                attempts += tries.parse::<usize>().unwrap();
+            }
+            attempts
+        }));
+    }
+    let mut attempts = 0;
+    for client in clients {
+        attempts += client.await.unwrap();
+    }
+    let (_, total) = server.get("/cas/get?key=n").await;
+    assert_eq!(total, (CLIENTS * EACH).to_string());
+    // Swaps that lost were retried, not applied: more attempts than updates.
+    assert!(
+        attempts > CLIENTS * EACH,
+        "no contention happened ({attempts} attempts)"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_wit_bindgen_guest_uses_both_drafts_on_one_bucket() {
+    let server = TestServer::start().await;
+    server.deploy("plain", guests::KV_PLAIN).await;
+    let mut conn = Connection::open(server.data).await;
+    // One counter, whichever draft increments it.
+    for i in 1..=5 {
+        assert_eq!(
+            get(&mut conn, "/plain/incr?key=n").await.1,
+            (2 * i - 1).to_string()
+        );
+        assert_eq!(
+            get(&mut conn, "/plain/incr-draft?key=n").await.1,
+            (2 * i).to_string()
+        );
+    }
+    assert_eq!(get(&mut conn, "/plain/incr?key=n&by=-10").await.1, "0");
+    assert_eq!(get(&mut conn, "/plain/batch?n=1500").await.1, "1500");
+    // 1,501 keys: more than one page, through string and u64 cursors alike.
+    for list in ["/plain/list", "/plain/list-draft"] {
+        let (status, keys) = get(&mut conn, list).await;
+        assert_eq!(status, StatusCode::OK);
+        let keys: Vec<&str> = keys.lines().collect();
+        assert_eq!(keys.len(), 1501, "{list}");
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{list}: in order");
+    }
+    assert_eq!(
+        get(&mut conn, "/plain/get?key=absent").await.0,
+        StatusCode::NOT_FOUND
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_opens_its_own_bucket_and_only_the_shared_ones_it_was_granted() {
+    let server = TestServer::start().await;
+    let plain = guests::bytes(guests::KV_PLAIN);
+    server.deploy_bytes("a", "", plain.clone()).await;
+    server.deploy_bytes("b", "?kv=orders", plain.clone()).await;
+    // Each route's `default` is its own.
+    server.get("/a/set?key=k&value=from-a").await;
+    assert_eq!(server.get("/b/get?key=k").await.0, StatusCode::NOT_FOUND);
+    // Not granted: no-such-store, as the interface says.
+    let (status, body) = server.get("/a/set?bucket=orders&key=k&value=x").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::NOT_FOUND, "no-such-store")
+    );
+    assert_eq!(
+        server
+            .get("/b/set?bucket=orders&key=k&value=from-b")
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // Granted to both: one bucket, shared deliberately.
+    let (status, body) = server.deploy_bytes("a", "?kv=orders", plain.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(server.get("/a/get?bucket=orders&key=k").await.1, "from-b");
+    assert_eq!(server.status("a").await["kv"], json!(["orders"]));
+    // A deploy without `kv` keeps the grants; a lone empty one clears them.
+    server.deploy_bytes("a", "?config=X=1", plain.clone()).await;
+    assert_eq!(server.status("a").await["kv"], json!(["orders"]));
+    server.deploy_bytes("a", "?kv=", plain.clone()).await;
+    assert_eq!(server.status("a").await["kv"], json!([]));
+    assert_eq!(
+        server.get("/a/get?bucket=orders&key=k").await.0,
+        StatusCode::NOT_FOUND
+    );
+    // Bad names are refused before anything changes.
+    for bad in ["default", "Orders", "a/b", ""] {
+        if bad.is_empty() {
+            continue;
+        }
+        let (status, body) = server
+            .deploy_bytes("a", &format!("?kv={bad}"), plain.clone())
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_and_size_errors_reach_the_guest_and_other_routes_are_unaffected() {
+    let server = TestServer::start().await;
+    let plain = guests::bytes(guests::KV_PLAIN);
+    let (status, body) = server
+        .deploy_bytes(
+            "small",
+            "?kv-max-value=1KiB&kv-max-keys=10&kv-max-bytes=1MiB",
+            plain.clone(),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    assert_eq!(server.status("small").await["limits"]["kv_max_keys"], 10);
+    server.deploy("neighbour", guests::TAGGED_V1).await;
+    let mut neighbour = Connection::open(server.data).await;
+    // Each refusal twice: the guest gets the interface's error, never a trap, and the server
+    // and the neighbour route carry on.
+    for _ in 0..2 {
+        let (status, body) = server.get("/small/big?key=big&bytes=2048").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body.starts_with("other: ") && body.contains("kv-max-value"),
+            "{body}"
+        );
+        let (status, body) = server.get("/small/fill?n=20").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body.starts_with("wrote 10; other: bucket `default` is full"),
+            "{body}"
+        );
+        assert!(body.contains("kv-max-keys"), "{body}");
+        let long_key = "k".repeat(2000);
+        let (status, body) = server
+            .get(&format!("/small/set?key={long_key}&value=v"))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.contains("at most 1024 bytes"), "{body}");
+        assert_eq!(
+            get(&mut neighbour, "/neighbour").await,
+            (StatusCode::OK, "v1".into())
+        );
+    }
+    // The byte quota, on a route of its own.
+    server
+        .deploy_bytes("tiny", "?kv-max-bytes=2KiB", plain.clone())
+        .await;
+    for key in ["b1", "b2"] {
+        let (status, body) = server.get(&format!("/tiny/big?key={key}&bytes=1000")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = server.get("/tiny/big?key=b3&bytes=1000").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body.contains("at most 2048 bytes") && body.contains("kv-max-bytes"),
+        "{body}"
+    );
+    // Replacing a key never needs a new one; the failures show in /metrics.
+    assert_eq!(
+        server.get("/small/set?key=fill-3&value=again").await.0,
+        StatusCode::OK
+    );
+    let (_, metrics) = server.admin(Method::GET, "/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    let errors = metrics
+        .lines()
+        .find(|l| l.starts_with("handoff_kv_errors_total{scope=\"route\",bucket=\"small\"}"))
+        .unwrap_or_else(|| panic!("no error count in {metrics}"));
+    assert!(errors.ends_with(" 6"), "{errors}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_run_reads_real_data_and_its_writes_are_discarded() {
+    let server = TestServer::start().await;
+    server.deploy("app", guests::KV_PLAIN).await;
+    let shadow = server.upload(guests::KV_PLAIN).await;
+    let (status, body) = server
+        .admin_json(
+            Method::PUT,
+            "/v1/routes/app/shadow",
+            json!({"version": shadow, "percent": 100}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut conn = Connection::open(server.data).await;
+    for i in 1..=20 {
+        assert_eq!(get(&mut conn, "/app/incr?key=n").await.1, i.to_string());
+        assert_eq!(
+            get(&mut conn, "/app/set?key=last&value=real").await.0,
+            StatusCode::OK
+        );
+    }
+    eventually("every copy to be run", GENEROUS, || async {
+        let (_, figures) = server.admin(Method::GET, "/v1/routes/app/shadow").await;
+        (figures["requests"] == 40).then_some(())
+    })
+    .await;
+    let (_, figures) = server.admin(Method::GET, "/v1/routes/app/shadow").await;
+    assert_eq!(figures["errors"], 0, "{figures}");
+    // The copies incremented too, in their scratch overlays: the count is the stable's alone.
+    assert_eq!(server.get("/app/get?key=n").await.1, "20");
+    server.shutdown().await;
+}
+
+/// An admin request with a bearer token and an optional JSON body.
+async fn admin_as(
+    server: &TestServer,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin")
+        .header("authorization", format!("Bearer {token}"));
+    let bytes = match body {
+        Some(body) => {
+            req = req.header("content-type", "application/json");
+            bytes::Bytes::from(body.to_string())
+        }
+        None => bytes::Bytes::new(),
+    };
+    let (status, body) = handoff_tests::send(
+        server.admin,
+        req.body(http_body_util::Full::new(bytes)).unwrap(),
+    )
+    .await;
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_token_lists_keys_but_values_need_deploy_and_data_outlives_the_route() {
+    use handoff::auth::{Scope, Token};
+    const DEPLOYER: &str = "kv-deployer-secret-0123456789";
+    const READER: &str = "kv-reader-secret-0123456789";
+    let server = TestServer::start_with(handoff::config::Config {
+        admin_tokens: vec![
+            Token::new("ci", Scope::Deploy, DEPLOYER).unwrap(),
+            Token::new("dashboard", Scope::Read, READER).unwrap(),
+        ],
+        ..handoff::config::Config::ephemeral()
+    })
+    .await;
+    let (status, body) = admin_as(
+        &server,
+        Method::PUT,
+        "/v1/routes/app/kv/keys/a%2Fb",
+        DEPLOYER,
+        Some(json!({"value": "secret"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) =
+        admin_as(&server, Method::GET, "/v1/routes/app/kv/keys", READER, None).await;
+    assert_eq!(
+        (status, &body["keys"]),
+        (StatusCode::OK, &json!(["a/b"])),
+        "{body}"
+    );
+    let (status, body) = admin_as(
+        &server,
+        Method::GET,
+        "/v1/routes/app/kv/keys/a/b",
+        READER,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    for path in ["/v1/routes/app/kv/keys/a/b", "/v1/routes/app/kv/export"] {
+        let (status, _) = admin_as(&server, Method::GET, path, READER, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+    }
+    let (status, body) = admin_as(
+        &server,
+        Method::GET,
+        "/v1/routes/app/kv/keys/a/b",
+        DEPLOYER,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["value"]),
+        (StatusCode::OK, &json!("secret")),
+        "{body}"
+    );
+    let (status, _) = admin_as(
+        &server,
+        Method::PUT,
+        "/v1/routes/app/kv/keys/k",
+        READER,
+        Some(json!({"value": "x"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // The bucket belongs to the route's name: deleted and deployed again, the route finds it.
+    let deploy = |server: &TestServer| {
+        let req = http::Request::builder()
+            .method(Method::PUT)
+            .uri("/v1/routes/app")
+            .header("host", "admin")
+            .header("authorization", format!("Bearer {DEPLOYER}"))
+            .header("content-type", "application/wasm")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                guests::bytes(guests::KV_PLAIN),
+            )))
+            .unwrap();
+        handoff_tests::send(server.admin, req)
+    };
+    assert!(deploy(&server).await.0.is_success());
+    assert_eq!(server.get("/app/get?key=a/b").await.1, "secret");
+    let (status, _) = admin_as(&server, Method::DELETE, "/v1/routes/app", DEPLOYER, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(deploy(&server).await.0.is_success());
+    assert_eq!(server.get("/app/get?key=a/b").await.1, "secret");
+    server.shutdown().await;
+}
