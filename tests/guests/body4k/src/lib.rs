@@ -18,13 +18,13 @@ wasip2::http::proxy::export!(Body4k);
 impl Guest for Body4k {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let mut read = 0;
-        if let Ok(body) = request.consume() {
-            if let Ok(stream) = body.stream() {
-                while read < MAX_READ {
-                    match stream.blocking_read((MAX_READ - read) as u64) {
-                        Ok(chunk) => read += chunk.len(),
-                        Err(_) => break,
-                    }
+        if let Ok(body) = request.consume()
+            && let Ok(stream) = body.stream()
+        {
+            while read < MAX_READ {
+                match stream.blocking_read((MAX_READ - read) as u64) {
+                    Ok(chunk) => read += chunk.len(),
+                    Err(_) => break,
                 }
             }
         }

@@ -8,6 +8,7 @@
 //! * a path ending in `/leak`: counts the call, sends headers and `partial`, then returns
 //!   without finishing its body
 //! * a path ending in `/no-response`: counts the call, then returns without a response
+//! * a path ending in `/hold`: waits 2 s (in a host call), then answers as any path does
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,6 +39,9 @@ impl Guest for Counter {
         let path = path.split('?').next().unwrap_or_default();
         if path.ends_with("/trap") {
             panic!("asked to trap on call {calls}");
+        }
+        if path.ends_with("/hold") {
+            wasip2::clocks::monotonic_clock::subscribe_duration(2_000_000_000).block();
         }
         if path.ends_with("/no-response") {
             return;
