@@ -25,8 +25,8 @@ pub struct Version {
     pub short: Arc<str>,
     /// The route this version was deployed to.
     pub route: Arc<str>,
-    /// The pre-instantiated component; cloning it is cheap.
-    pub pre: ProxyPre<Host>,
+    /// The pre-instantiated component, shared with every other version of the same bytes.
+    pub pre: Arc<ProxyPre<Host>>,
     /// The sandbox its requests run in, set up once.
     pub guest: Arc<Guest>,
     /// Its idle instances, kept for its next requests when its route reuses instances
@@ -64,7 +64,7 @@ impl Version {
     pub fn new(
         digest: Digest,
         route: Arc<str>,
-        pre: ProxyPre<Host>,
+        pre: Arc<ProxyPre<Host>>,
         settings: Settings,
         size_bytes: usize,
         compile_time: Duration,

@@ -326,6 +326,10 @@ fn start_handoff_with(path: &str, args: &[&str], log: &str) -> (Killed, SocketAd
         ])
         .args(args)
         .env("RUST_LOG", log)
+        // The same environment for every server: no library backtraces (wasmtime captures
+        // one per dropped store when `RUST_BACKTRACE` is set; handoff turns that off itself).
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -29,6 +29,10 @@ fn wasmtime_serve(wasmtime: &str, component: &str, extra: &[&str]) -> Option<(Ki
         ])
         .args(extra)
         .arg(component)
+        // The same environment for every server: no library backtraces (wasmtime captures
+        // one per dropped store when `RUST_BACKTRACE` is set; handoff turns that off itself).
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
