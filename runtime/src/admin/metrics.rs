@@ -101,6 +101,17 @@ pub(super) async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
         &mut versions()
             .map(|(route, v, state)| (version_label(route, v, state), v.in_flight().to_string())),
     );
+    family(
+        "handoff_version_idle_instances",
+        "gauge",
+        "Instances a version keeps idle for its next requests (routes with reuse above 1).",
+        &mut versions().map(|(route, v, state)| {
+            (
+                version_label(route, v, state),
+                v.instances.idle().to_string(),
+            )
+        }),
+    );
     // Latency and outcomes per version, from counters the hot path keeps with atomics only.
     let snapshots: Vec<_> = versions()
         .map(|(route, v, state)| {
