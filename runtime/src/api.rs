@@ -554,18 +554,10 @@ pub struct ShadowStatus {
     /// Whether copies may make outbound HTTP calls.
     #[serde(default)]
     pub allow_outbound: bool,
-    /// Requests copied and compared (or skipped).
-    pub requests: u64,
-    /// Copies whose response matched the stable version's.
-    pub matches: u64,
-    /// Copies whose response differed where the stable version does not differ from itself.
-    pub mismatches: u64,
-    /// Copies that differed only where the stable version differs from itself too.
-    pub noise: u64,
-    /// Copies the shadow failed to answer (trap, deadline).
-    pub errors: u64,
-    /// Requests not copied (body too large, too many copies running).
-    pub skipped: u64,
+    /// What became of the copies: requests, matches, mismatches, noise, errors, skipped (flat
+    /// in the JSON).
+    #[serde(flatten)]
+    pub counts: ShadowCounts,
     /// The latest mismatches, newest last (at most 50).
     pub samples: Vec<ShadowSample>,
 }

@@ -4,8 +4,9 @@
 //! Built once at startup. Nothing here runs per request; compiling a guest happens through
 //! [`Engine::compile`], which callers must run off the async threads.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 
 use wasmtime::component::{Component, Linker};
@@ -23,6 +24,7 @@ pub struct Pool {
     /// The largest linear memory a slot holds.
     pub max_memory: usize,
 }
+use crate::digest::Digest;
 use crate::host::Host;
 use crate::limiter;
 
@@ -35,6 +37,9 @@ pub struct Engine {
     engine: wasmtime::Engine,
     linker: Linker<Host>,
     pooling: bool,
+    /// Linked code by digest, shared by every version of the same component on any route
+    /// while one holds it ([`Engine::shared_code`]).
+    code: Mutex<HashMap<Digest, Weak<ProxyPre<Host>>>>,
     _ticker: EpochTicker,
 }
 
@@ -72,6 +77,7 @@ impl Engine {
             engine,
             linker,
             pooling,
+            code: Mutex::default(),
             _ticker: ticker,
         })
     }
@@ -117,6 +123,33 @@ impl Engine {
             .instantiate_pre(component)
             .map_err(|e| CompileError::Unlinkable(format!("{e:#}")))?;
         ProxyPre::new(pre).map_err(|e| CompileError::NoHandler(format!("{e:#}")))
+    }
+
+    /// The linked code of component `digest`, if a version of it is loaded (on any route):
+    /// every version of the same bytes shares one copy of the machine code, which a component
+    /// otherwise holds per load (the `hello` example: about 650 KiB).
+    pub fn shared_code(&self, digest: &Digest) -> Option<Arc<ProxyPre<Host>>> {
+        self.code_map().get(digest)?.upgrade()
+    }
+
+    /// Shares `pre`, just linked for component `digest`, with the versions loaded later; returns
+    /// the copy to use (one loaded meanwhile wins). Forgets the code no version holds any more.
+    pub fn share_code(&self, digest: &Digest, pre: ProxyPre<Host>) -> Arc<ProxyPre<Host>> {
+        let mut code = self.code_map();
+        if let Some(live) = code.get(digest).and_then(Weak::upgrade) {
+            return live;
+        }
+        code.retain(|_, held| held.strong_count() > 0);
+        let pre = Arc::new(pre);
+        code.insert(digest.clone(), Arc::downgrade(&pre));
+        pre
+    }
+
+    fn code_map(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Weak<ProxyPre<Host>>>> {
+        // Inserts and removals only: a panic while holding the lock leaves the map usable.
+        self.code
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Loads an artifact previously produced by `Component::serialize` on an engine with the

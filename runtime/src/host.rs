@@ -201,6 +201,20 @@ impl Host {
         }
     }
 
+    /// Readies a store that served a request cleanly for its next one, through a route at
+    /// `prefix`, with `deadline` as its CPU deadline (instance reuse, [`crate::reuse`]): the
+    /// deadline, the tick count and the prefix are the request's own; the guest's memory and
+    /// what its resource table still holds are the instance's.
+    pub fn reset(store: &mut wasmtime::Store<Host>, prefix: &Arc<str>, deadline: Instant) {
+        let host = store.data_mut();
+        host.deadline = deadline;
+        host.ticks = 0;
+        if !Arc::ptr_eq(&host.prefix, prefix) {
+            host.prefix = prefix.clone();
+        }
+        store.set_epoch_deadline(1);
+    }
+
     /// Denies this request every outbound HTTP call, whatever the route allows: a copy of a
     /// request (a shadow run) must have no side effects. The flag returned is set once the
     /// guest tries one.

@@ -50,6 +50,7 @@ pub mod limiter;
 pub mod names;
 pub mod outbound;
 pub mod problem;
+pub mod reuse;
 pub mod rollout;
 pub mod route;
 pub mod runtime;

@@ -10,7 +10,19 @@ use handoff::cli::{Cli, Command, Failure, exit};
 use handoff::server::Server;
 use handoff::state::private::UntrustedDataDir;
 
+#[allow(unsafe_code)]
 fn main() -> ExitCode {
+    // `RUST_BACKTRACE=1` is for panics. Without this, it also makes every error a library
+    // creates capture a backtrace, and wasmtime creates one each time a store is dropped, once
+    // per request: the capture walks the stack through every loaded component's unwind tables,
+    // so with 1,000 components loaded a request cost 4x (measured with `just bench`'s 1,000 routes). Library
+    // backtraces stay available with `RUST_LIB_BACKTRACE=1`.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: `set_var` is unsound only while another thread may read or write the
+        // environment. This is the first statement of `main`: no thread has been spawned yet
+        // (the async runtime, the log writer and the compile worker all start below).
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     // The server runs this binary as its compile worker; that mode talks only over stdio.
     if std::env::args_os().nth(1).as_deref() == Some(handoff::compile::WORKER_ARG.as_ref()) {
         return handoff::compile::worker_main();

@@ -25,10 +25,13 @@ pub struct Version {
     pub short: Arc<str>,
     /// The route this version was deployed to.
     pub route: Arc<str>,
-    /// The pre-instantiated component; cloning it is cheap.
-    pub pre: ProxyPre<Host>,
+    /// The pre-instantiated component, shared with every other version of the same bytes.
+    pub pre: Arc<ProxyPre<Host>>,
     /// The sandbox its requests run in, set up once.
     pub guest: Arc<Guest>,
+    /// Its idle instances, kept for its next requests when its route reuses instances
+    /// (`reuse` above 1); never shared with another version.
+    pub instances: Arc<crate::reuse::Instances>,
     /// What its requests did: errors, status classes, latency.
     pub stats: crate::stats::VersionStats,
     /// Limits for its requests.
@@ -61,7 +64,7 @@ impl Version {
     pub fn new(
         digest: Digest,
         route: Arc<str>,
-        pre: ProxyPre<Host>,
+        pre: Arc<ProxyPre<Host>>,
         settings: Settings,
         size_bytes: usize,
         compile_time: Duration,
@@ -87,6 +90,7 @@ impl Version {
             route,
             pre,
             guest,
+            instances: crate::reuse::Instances::new(limits.reuse),
             stats: Default::default(),
             limits,
             config,
@@ -167,6 +171,9 @@ impl Version {
     pub async fn drain(&self, grace: Duration) -> DrainOutcome {
         let started = Instant::now();
         self.retired.store(true, Ordering::SeqCst);
+        // Idle instances serve no one any more: drop them now (the running requests keep
+        // theirs, which are then dropped too).
+        self.instances.close();
         let deadline = tokio::time::sleep(grace);
         tokio::pin!(deadline);
         loop {

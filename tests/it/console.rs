@@ -42,6 +42,20 @@ pub(crate) fn shown(route: &str, role: &str) -> String {
     )
 }
 
+/// Waits until the page shows `version` as route `route`'s stable version.
+pub(crate) async fn until_stable(browser: &Browser, what: &str, route: &str, version: &str) {
+    let shown = until(
+        browser,
+        what,
+        &format!(
+            "const row = document.querySelector('#route-{route} tr.version[data-role=\"stable\"]'); \
+             return row && row.dataset.version === '{version}' && row.dataset.version;"
+        ),
+    )
+    .await;
+    assert_eq!(shown, version);
+}
+
 pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -72,16 +86,7 @@ async fn the_console_follows_a_deploy_and_a_rollout_and_promotes_in_a_browser() 
 
     // A deploy appears without a reload.
     let v2 = version_of(server.deploy("app", guests::TAGGED_V2).await).await;
-    let stable = until(
-        &browser,
-        "the new version on the page",
-        &format!(
-            "const row = document.querySelector('#route-app tr.version[data-role=\"stable\"]'); \
-         return row && row.dataset.version === '{v2}' && row.dataset.version;"
-        ),
-    )
-    .await;
-    assert_eq!(stable, v2.as_str());
+    until_stable(&browser, "the new version on the page", "app", &v2).await;
     assert_eq!(
         browser
             .eval("return window.__sameLoad === true;", json!([]))
@@ -147,16 +152,13 @@ async fn the_console_follows_a_deploy_and_a_rollout_and_promotes_in_a_browser() 
         "return document.querySelector('#route-app [data-rollout-state=\"promoted\"]');",
     )
     .await;
-    let stable = until(
+    until_stable(
         &browser,
         "the promoted version as stable",
-        &format!(
-            "const row = document.querySelector('#route-app tr.version[data-role=\"stable\"]'); \
-         return row && row.dataset.version === '{candidate}' && row.dataset.version;"
-        ),
+        "app",
+        &candidate,
     )
     .await;
-    assert_eq!(stable, candidate.as_str());
     let status = server.status("app").await;
     assert_eq!(status["active"]["version"], candidate.as_str());
     assert_eq!(status["rollout"]["state"], "promoted");

@@ -13,7 +13,7 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::json;
 
-use super::console::{shown, target_dir, until};
+use super::console::{shown, target_dir, until, until_stable};
 
 const GENEROUS: Duration = Duration::from_secs(30);
 
@@ -109,14 +109,7 @@ async fn shadow_rollback_draining_weight_and_abort_in_a_browser() {
         "time left: {draining}"
     );
     assert_eq!(server.status("app").await["active"]["version"], v1.as_str());
-    assert_eq!(
-        until(&browser, "v1 serving", &format!(
-            "const row = document.querySelector('#route-app tr.version[data-role=\"stable\"]'); \
-             return row && row.dataset.version === '{v1}' && row.dataset.version;"
-        ))
-        .await,
-        v1.as_str()
-    );
+    until_stable(&browser, "v1 serving", "app", &v1).await;
     let rest = stream.collect().await.expect("the stream ends").to_bytes();
     received.extend_from_slice(&rest);
     let expected: String = (0..20).map(|i| format!("v2 {i}\n")).collect();

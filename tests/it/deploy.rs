@@ -1,5 +1,7 @@
 //! Deploy, replace, delete, routing by prefix, and independent routes.
 
+use std::time::Duration;
+
 use handoff_tests::{TestServer, guests};
 use http::{Method, StatusCode};
 
@@ -285,5 +287,51 @@ async fn a_slow_compile_stalls_neither_requests_nor_other_deploys() {
         "the quick deploy ({quick_done:?}) waited for the slow compile ({slow_done:?})"
     );
     assert_eq!(server.get("/quick").await.1, "v2");
+    server.shutdown().await;
+}
+
+/// Versions of the same bytes share one copy of the linked code, across routes and across a
+/// restart, and each keeps its own settings; code no version holds is let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_of_the_same_bytes_share_their_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || handoff::config::Config {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..handoff::config::Config::ephemeral()
+    };
+    let code = |server: &TestServer, route: &str| {
+        let name = handoff::names::RouteName::parse(route).unwrap();
+        let table = server.server().runtime().routes.snapshot();
+        table.get(&name).unwrap().stable().unwrap().pre.clone()
+    };
+    let server = TestServer::start_with(config()).await;
+    server.deploy("a", guests::TAGGED_V1).await;
+    let (status, body) = server
+        .deploy_bytes("b", "?config=K=v", guests::bytes(guests::TAGGED_V1))
+        .await;
+    assert!(status.is_success(), "{body}");
+    assert!(std::sync::Arc::ptr_eq(
+        &code(&server, "a"),
+        &code(&server, "b")
+    ));
+    assert_eq!(server.get("/b").await, (StatusCode::OK, "v1".into()));
+    server.shutdown().await;
+
+    let server = TestServer::start_with(config()).await;
+    assert!(
+        std::sync::Arc::ptr_eq(&code(&server, "a"), &code(&server, "b")),
+        "shared after a restart too"
+    );
+    assert_eq!(server.status("b").await["config"]["K"], "v");
+    // Both routes move to other bytes: the old code is let go.
+    let old = std::sync::Arc::downgrade(&code(&server, "a"));
+    server.deploy("a", guests::TAGGED_V2).await;
+    server.deploy("b", guests::TAGGED_V2).await;
+    handoff_tests::eventually(
+        "the old code to be let go",
+        Duration::from_secs(10),
+        || async { (old.strong_count() == 0).then_some(()) },
+    )
+    .await;
     server.shutdown().await;
 }

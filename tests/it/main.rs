@@ -24,6 +24,7 @@ mod kv_versions;
 mod limits;
 mod outbound;
 mod persist;
+mod reuse;
 mod shadow;
 mod swap;
 mod tls;

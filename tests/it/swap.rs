@@ -81,11 +81,23 @@ async fn finish(clients: Vec<tokio::task::JoinHandle<(Vec<Sample>, Vec<String>)>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapping_under_load_fails_no_request() {
+    swap_soak("").await;
+}
+
+/// The same with instance reuse on: versions' idle instances never serve another version, and
+/// a retired version's are dropped while its running requests finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_under_load_with_reuse_fails_no_request() {
+    swap_soak("?reuse=64").await;
+}
+
+/// Deploys alternating versions to `swap` with `query` while `CLIENTS` clients keep it busy.
+async fn swap_soak(query: &str) {
     let server = TestServer::start().await;
     let v1 = guests::bytes(guests::TAGGED_V1);
     let v2 = guests::bytes(guests::TAGGED_V2);
     let initial_returned = {
-        server.deploy_bytes("swap", "", v1.clone()).await;
+        server.deploy_bytes("swap", query, v1.clone()).await;
         Instant::now()
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -103,7 +115,7 @@ async fn swapping_under_load_fails_no_request() {
         assert!(test_started.elapsed() < LIMIT, "deploys are too slow");
         let (bytes, tag) = if next_is_v2 { (&v2, "v2") } else { (&v1, "v1") };
         let issued = Instant::now();
-        let (status, body) = server.deploy_bytes("swap", "", bytes.clone()).await;
+        let (status, body) = server.deploy_bytes("swap", query, bytes.clone()).await;
         let returned = Instant::now();
         assert_eq!(status, StatusCode::OK, "deploy failed: {body}");
         assert_eq!(body["changed"], true);
@@ -113,6 +125,21 @@ async fn swapping_under_load_fails_no_request() {
             tag,
         });
         next_is_v2 = !next_is_v2;
+    }
+    if query.contains("reuse") {
+        // Instances do wait idle for the next requests (the load is still on).
+        handoff_tests::eventually("an idle instance under load", LIMIT, || async {
+            let (_, metrics) = server.admin(http::Method::GET, "/metrics").await;
+            let idle: f64 = metrics
+                .as_str()
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.starts_with("handoff_version_idle_instances{route=\"swap\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            (idle > 0.0).then_some(())
+        })
+        .await;
     }
     stop.store(true, Ordering::Relaxed);
 

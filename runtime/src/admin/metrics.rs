@@ -101,6 +101,17 @@ pub(super) async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
         &mut versions()
             .map(|(route, v, state)| (version_label(route, v, state), v.in_flight().to_string())),
     );
+    family(
+        "handoff_version_idle_instances",
+        "gauge",
+        "Instances a version keeps idle for its next requests (routes with reuse above 1).",
+        &mut versions().map(|(route, v, state)| {
+            (
+                version_label(route, v, state),
+                v.instances.idle().to_string(),
+            )
+        }),
+    );
     // Latency and outcomes per version, from counters the hot path keeps with atomics only.
     let snapshots: Vec<_> = versions()
         .map(|(route, v, state)| {
@@ -209,11 +220,11 @@ pub(super) async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
         "Requests copied to the route's shadow by outcome (match, mismatch, noise, error, skipped).",
         &mut shadows.iter().flat_map(|(route, s)| {
             [
-                ("match", s.matches),
-                ("mismatch", s.mismatches),
-                ("noise", s.noise),
-                ("error", s.errors),
-                ("skipped", s.skipped),
+                ("match", s.counts.matches),
+                ("mismatch", s.counts.mismatches),
+                ("noise", s.counts.noise),
+                ("error", s.counts.errors),
+                ("skipped", s.counts.skipped),
             ]
             .map(|(outcome, count)| {
                 (

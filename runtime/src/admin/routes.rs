@@ -188,7 +188,7 @@ impl DeployQuery {
                 other if limits.set(other, &value).map_err(bad)? => {}
                 other => {
                     return Err(bad(format!(
-                        "unknown query parameter `{}`; a deploy takes `prefix=/path`, `config=KEY=VALUE`, `label=...`, `message=...`, `allow-outbound=scheme://host[:port]`, `dir=NAME`, `kv=BUCKET` and the limits `max-memory`, `request-timeout`, `max-concurrency`, `max-request-body`, `max-response-body`, `compile-timeout`, `compile-memory`, `kv-max-value`, `kv-max-keys`, `kv-max-bytes`",
+                        "unknown query parameter `{}`; a deploy takes `prefix=/path`, `config=KEY=VALUE`, `label=...`, `message=...`, `allow-outbound=scheme://host[:port]`, `dir=NAME`, `kv=BUCKET` and the limits `max-memory`, `request-timeout`, `max-concurrency`, `max-request-body`, `max-response-body`, `compile-timeout`, `compile-memory`, `kv-max-value`, `kv-max-keys`, `kv-max-bytes`, `reuse`",
                         other.escape_debug()
                     )));
                 }

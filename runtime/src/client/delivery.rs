@@ -336,7 +336,12 @@ pub fn render_shadow(body: &ShadowStatus, now: SystemTime) -> String {
             "requests",
             format!(
                 "{} compared: {} match, {} mismatch, {} noise, {} errors; {} skipped",
-                body.requests, body.matches, body.mismatches, body.noise, body.errors, body.skipped
+                body.counts.requests,
+                body.counts.matches,
+                body.counts.mismatches,
+                body.counts.noise,
+                body.counts.errors,
+                body.counts.skipped
             ),
         ),
     ]);
@@ -434,12 +439,14 @@ mod tests {
             percent: 100.0,
             compare_headers: vec!["content-type".into()],
             allow_outbound: false,
-            requests: 10,
-            matches: 7,
-            mismatches: 2,
-            noise: 1,
-            errors: 0,
-            skipped: 3,
+            counts: api::ShadowCounts {
+                requests: 10,
+                matches: 7,
+                mismatches: 2,
+                noise: 1,
+                errors: 0,
+                skipped: 3,
+            },
             samples: vec![api::ShadowSample {
                 method: "GET".into(),
                 path: "/app/x".into(),

@@ -219,6 +219,8 @@ where
         None => None,
     };
     let mut writer = rt.routes.writer().await;
+    // The swap step alone: publishing the new table until no reader holds the old one.
+    let mut swap = std::time::Duration::ZERO;
     if let Some((prefix, _)) = &next
         && let Some(owner) = writer.prefix_owner(name, prefix)
     {
@@ -248,7 +250,9 @@ where
                 state: guard.state.clone(),
                 record: Arc::new(record),
             };
+            let swapping = std::time::Instant::now();
             writer.put(route.clone()).await;
+            swap = swapping.elapsed();
             Some(route)
         }
         None => {
@@ -258,7 +262,7 @@ where
         }
     };
     drop(writer);
-    log_activation(name, route.as_ref(), live.as_ref(), &plan.built);
+    log_activation(name, route.as_ref(), live.as_ref(), &plan.built, swap);
     super::notify::publish(
         rt,
         name,
@@ -277,11 +281,13 @@ where
     })
 }
 
+/// Logs what a change activated; `swap` is how long the table swap took (the bench reads it).
 pub(crate) fn log_activation(
     name: &RouteName,
     now: Option<&Route>,
     before: Option<&Route>,
     built: &[Built],
+    swap: std::time::Duration,
 ) {
     let Some(stable) = now.and_then(Route::stable) else {
         return;
@@ -297,6 +303,7 @@ pub(crate) fn log_activation(
         version = %stable.digest,
         previous = before.and_then(Route::stable).map(|v| v.digest.as_str()),
         compile_ms,
+        swap_us = swap.as_micros() as u64,
         "version activated"
     );
 }

@@ -142,14 +142,7 @@ async fn shadow_figures(rt: Weak<Runtime>) {
                 continue;
             };
             let status = route.state.shadow.status(shadow);
-            let counts = ShadowCounts {
-                requests: status.requests,
-                matches: status.matches,
-                mismatches: status.mismatches,
-                noise: status.noise,
-                errors: status.errors,
-                skipped: status.skipped,
-            };
+            let counts = status.counts;
             let key = (route.name.as_str().to_owned(), shadow.version.clone());
             if published.get(&key) != Some(&counts) && counts != ShadowCounts::default() {
                 rt.events.publish(Event {

@@ -23,8 +23,10 @@ use crate::version::{Digest, Settings, Version};
 pub(crate) struct Built {
     /// Its digest.
     pub digest: Digest,
-    /// The pre-instantiated component.
-    pub pre: ProxyPre<Host>,
+    /// The pre-instantiated component, shared by every version of it ([`Engine::shared_code`]).
+    ///
+    /// [`Engine::shared_code`]: crate::engine::Engine::shared_code
+    pub pre: Arc<ProxyPre<Host>>,
     /// Size of its bytes.
     pub size: usize,
     /// Compile and link time, when it was compiled (not loaded).
@@ -98,8 +100,11 @@ pub(crate) async fn compile_and_store(
     let worker = rt.clone();
     let key = digest.clone();
     let size = bytes.len();
+    let shared = digest.clone();
     let pre = tokio::task::spawn_blocking(move || -> Result<_, DeployError> {
-        let pre = worker.engine.link(&compiled.component)?;
+        let pre = worker
+            .engine
+            .share_code(&shared, worker.engine.link(&compiled.component)?);
         let storing =
             |e: anyhow::Error| DeployError::Internal(format!("storing the module: {e:#}"));
         worker.files.save_module(&key, &bytes).map_err(storing)?;
@@ -143,6 +148,14 @@ pub(crate) async fn load_stored(
                 "no module {digest} is stored; deploy or upload it first"
             ))
         })?;
+    if let Some(pre) = rt.engine.shared_code(digest) {
+        return Ok(Built {
+            digest: digest.clone(),
+            pre,
+            size: record.size_bytes as usize,
+            compile_time: None,
+        });
+    }
     let worker = rt.clone();
     let key = digest.clone();
     let loaded = tokio::task::spawn_blocking(move || -> Result<_, DeployError> {
@@ -153,7 +166,9 @@ pub(crate) async fn load_stored(
                 .map_err(|e| format!("{e:#}"))
         });
         match loaded {
-            Ok(component) => Ok(Ok(worker.engine.link(&component)?)),
+            Ok(component) => Ok(Ok(worker
+                .engine
+                .share_code(&key, worker.engine.link(&component)?))),
             Err(reason) => Ok(Err(reason)),
         }
     })

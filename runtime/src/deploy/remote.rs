@@ -113,9 +113,11 @@ pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Re
         state: guard.state.clone(),
         record: Arc::new(record),
     };
+    let swapping = std::time::Instant::now();
     writer.put(route.clone()).await;
+    let swap = swapping.elapsed();
     drop(writer);
-    log_activation(name, Some(&route), live.as_ref(), &[]);
+    log_activation(name, Some(&route), live.as_ref(), &[], swap);
     retire_leaving(rt, name, live.as_ref(), Some(&route));
     drop(guard);
     let outcome = if failed.is_some() {

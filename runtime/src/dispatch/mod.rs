@@ -38,6 +38,7 @@ use body::{Shared, Trace};
 use failure::{GuestError, body_too_large, failure, failure_response, report};
 
 use crate::host::Host;
+use crate::reuse::{Handback, Instance};
 use crate::route::Refused;
 use crate::runtime::Runtime;
 use crate::version::Version;
@@ -125,14 +126,26 @@ where
         method = %req.method(),
         status = tracing::field::Empty,
     );
-    let mut store = Host::store(
-        rt.engine.wasmtime(),
-        &version.guest,
-        &routed.prefix,
-        deadline,
-    );
+    // An idle instance of this version if the route reuses them, else a fresh store.
+    let mut instance = match version.instances.take() {
+        Some(mut instance) => {
+            Host::reset(&mut instance.store, &routed.prefix, deadline);
+            instance
+        }
+        None => Instance::fresh(Host::store(
+            rt.engine.wasmtime(),
+            &version.guest,
+            &routed.prefix,
+            deadline,
+        )),
+    };
+    let handback = version
+        .instances
+        .enabled()
+        .then(|| Handback::new(&version.instances));
     let (tx, rx) = oneshot::channel();
-    let req = match store
+    let req = match instance
+        .store
         .data_mut()
         .http()
         .new_incoming_request(if https { Scheme::Https } else { Scheme::Http }, req)
@@ -148,7 +161,7 @@ where
             );
         }
     };
-    let out = match store.data_mut().http().new_response_outparam(tx) {
+    let out = match instance.store.data_mut().http().new_response_outparam(tx) {
         Ok(out) => out,
         Err(error) => {
             let error = GuestError::Host(error.to_string());
@@ -159,7 +172,8 @@ where
     let guest = tokio::spawn(
         run_guest(
             version.clone(),
-            store,
+            instance,
+            handback.clone(),
             req,
             out,
             shared.clone(),
@@ -171,6 +185,11 @@ where
     // If the client goes away before the response head, this future is dropped: stop the guest.
     let mut guard = AbortOnDrop(Some(guest.abort_handle()));
     let outcome = rx.await;
+    if let Some(handback) = &handback {
+        let responded =
+            matches!(outcome, Ok(Ok(_))) && !shared.body_over_limit.load(Ordering::Acquire);
+        handback.responded(responded);
+    }
     // The request body went over the route's limit before the response head: whatever the
     // guest made of that (an error, a 500, a trap), the answer is 413. The guard stops the guest.
     if shared.body_over_limit.load(Ordering::Acquire) {
@@ -247,10 +266,13 @@ impl Drop for AbortOnDrop {
 
 /// Runs the guest's handler to completion, or until its deadline or its version's cut-off,
 /// holding the request's in-flight token (in `shared`) all along: work after the response
-/// counts too.
+/// counts too. With `handback` (the route reuses instances), an instance whose guest returned
+/// cleanly and finished every body is handed back for its version's next request.
+#[allow(clippy::too_many_arguments)]
 async fn run_guest(
     version: Arc<Version>,
-    mut store: Store<Host>,
+    mut instance: Instance,
+    handback: Option<Arc<Handback>>,
     req: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostIncomingRequest>,
     out: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
     shared: Arc<Shared>,
@@ -258,11 +280,15 @@ async fn run_guest(
     id: u64,
 ) -> Result<(), GuestError> {
     let result = {
+        let Instance { store, proxy, .. } = &mut instance;
         let call = async {
-            let proxy = version.pre.instantiate_async(&mut store).await?;
+            let proxy = match proxy {
+                Some(proxy) => proxy,
+                None => proxy.insert(version.pre.instantiate_async(&mut *store).await?),
+            };
             proxy
                 .wasi_http_incoming_handler()
-                .call_handle(&mut store, req, out)
+                .call_handle(&mut *store, req, out)
                 .await
         };
         tokio::select! {
@@ -285,7 +311,7 @@ async fn run_guest(
     // Dropping the store ends every body the guest was still writing. wasmtime-wasi-http ends a
     // body cleanly when its handle is dropped with the store, so abort the unfinished ones first:
     // their ends become errors, and a response the guest never finished never looks complete.
-    let unfinished = abort_unfinished_bodies(&mut store);
+    let unfinished = abort_unfinished_bodies(&mut instance.store);
     if unfinished > 0 && result.is_ok() && !client_at_fault {
         version.record_failure();
         tracing::warn!(
@@ -293,7 +319,12 @@ async fn run_guest(
             "the guest returned without finishing an outgoing body (its response's or a request's); it ends with an error"
         );
     }
-    drop(store);
+    match handback {
+        Some(handback) if result.is_ok() && unfinished == 0 && !client_at_fault => {
+            handback.returned(instance)
+        }
+        _ => drop(instance),
+    }
     drop(shared);
     result
 }

@@ -57,6 +57,10 @@ pub const DEFAULT_KV_MAX_VALUE: u64 = 1 << 20;
 pub const DEFAULT_KV_MAX_KEYS: u32 = 100_000;
 /// The most bytes (keys and values) a route may keep in one bucket.
 pub const DEFAULT_KV_MAX_BYTES: u64 = 256 << 20;
+/// Requests one instance serves before it is dropped: 1 is a fresh instance per request.
+pub const DEFAULT_REUSE: u32 = 1;
+/// The most requests one instance may serve (`reuse`).
+pub const MAX_REUSE: u32 = 1_000_000;
 /// The largest `kv-max-value` a route may set.
 pub const MAX_KV_VALUE: u64 = 64 << 20;
 
@@ -398,6 +402,17 @@ route_settings! {
     /// 1GiB; 0: no limit); a write that would grow the bucket past it fails in the guest.
     kv_max_bytes: u64 = DEFAULT_KV_MAX_BYTES;
         name "kv-max-bytes", status kv_max_bytes, check |_: u64, _| Ok::<(), String>(());
+    /// Requests one instance may serve, one after another (1: a fresh instance per request,
+    /// the default). Above 1, guest memory persists between the requests an instance serves
+    /// (see "Instance reuse"); a trap, a deadline, a cut-off or an unfinished response drops
+    /// the instance, and so does a second idle.
+    reuse: u32 = DEFAULT_REUSE;
+        name "reuse", status reuse, check |value: u32, _| {
+            if !(1..=MAX_REUSE).contains(&value) {
+                return Err(format!("reuse must be between 1 and {MAX_REUSE}; got {value}"));
+            }
+            Ok(())
+        };
 }
 
 /// The per-route settings as the README's Markdown table (a test keeps the README's copy
@@ -442,6 +457,9 @@ impl Limits {
                 "the compile timeout must be between {} and 24h",
                 format_duration(MIN_COMPILE_TIMEOUT)
             ));
+        }
+        if !(1..=MAX_REUSE).contains(&self.reuse) {
+            return Err(format!("reuse must be between 1 and {MAX_REUSE}"));
         }
         if self.compile_memory < MIN_COMPILE_MEMORY {
             return Err(format!(

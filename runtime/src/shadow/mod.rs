@@ -256,12 +256,14 @@ impl ShadowStats {
             percent: shadow.percent,
             compare_headers: shadow.compare_headers.clone(),
             allow_outbound: shadow.allow_outbound,
-            requests: count(&self.requests),
-            matches: count(&self.matches),
-            mismatches: count(&self.mismatches),
-            noise: count(&self.noise),
-            errors: count(&self.errors),
-            skipped: count(&self.skipped),
+            counts: api::ShadowCounts {
+                requests: count(&self.requests),
+                matches: count(&self.matches),
+                mismatches: count(&self.mismatches),
+                noise: count(&self.noise),
+                errors: count(&self.errors),
+                skipped: count(&self.skipped),
+            },
             samples: if current {
                 inner.samples.iter().cloned().collect()
             } else {
@@ -373,14 +375,15 @@ mod tests {
         );
         let status = stats.status(&record("shadow", &compared));
         assert_eq!(
-            (
-                status.requests,
-                status.matches,
-                status.mismatches,
-                status.noise,
-                status.errors
-            ),
-            (6, 1, 3, 1, 1)
+            status.counts,
+            api::ShadowCounts {
+                requests: 6,
+                matches: 1,
+                mismatches: 3,
+                noise: 1,
+                errors: 1,
+                skipped: 0
+            }
         );
         assert_eq!(status.samples.len(), 3);
         assert!(status.samples[2].outbound_denied);
@@ -389,6 +392,6 @@ mod tests {
         assert_eq!(status.samples[1].shadow_status, 500);
         // A new shadow starts afresh.
         stats.about(&Digest::of(b"other"));
-        assert_eq!(stats.status(&record("other", &[])).requests, 0);
+        assert_eq!(stats.status(&record("other", &[])).counts.requests, 0);
     }
 }

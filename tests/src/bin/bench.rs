@@ -1,26 +1,26 @@
-//! `just bench`: handoff against `wasmtime serve` on the same component, the same load
-//! generator and the same machine, in one run, side by side.
+//! `just bench`: one table, every row a ratio of two measurements taken in the same run on the
+//! same machine with the same load generator, A and B interleaved (`bench/table.rs`):
 //!
-//! For each server: start it (a child process), deploy the component (handoff: time from the
-//! `PUT` to the first 200), warm up, then drive `--connections` keep-alive connections for
-//! `--seconds` and report requests/s and p50/p99/max latency. Ratios are handoff / peer.
-//! The load generator runs on the same cores as the server, so compare the two columns with
-//! each other, not with numbers from other machines.
+//! * handoff against `wasmtime serve -O pooling-allocator` (fresh instances), on the `hello`
+//!   component and on `body4k` (reads a small request body, answers 4 KiB), over HTTP/1.1 and
+//!   h2c (`wasmtime serve` speaks HTTP/1.1 only); handoff with `reuse=128` against `wasmtime
+//!   serve --max-instance-reuse-count 128` (`bench/peers.rs`);
+//! * a 50 % sticky split against a plain route, a 100 % shadow against none, and a route with
+//!   16 config pairs and a directory against a plain one (`bench/delivery.rs`);
+//! * 1 route against 1,000 (req/s, resident memory, restart until all serve), a deploy of known
+//!   bytes against a compile, and the swap: deploy to the first request on the new version, and
+//!   the table swap alone as the server logs it (`bench/scale.rs`).
 //!
 //! Then a well-behaved route's latency under attack from a hostile guest and a crowd of slow
-//! connections, against the same route without the attack.
-//!
-//! Then, in process: restart with 100 stored routes (time until every route serves again) and
-//! rollback (time from the call to the old version serving).
-//!
-//! Then the key-value store (`bench/kv.rs`): get and set latency inside a guest, and a counter
-//! route's throughput against a plain route.
+//! connections, against the same route without the attack (`bench/attack.rs`), and the
+//! key-value store (`bench/kv.rs`), and the cluster (`bench/cluster.rs`: deploy-to-converged
+//! across three nodes, a cluster node's data plane against a node on its own). Other modules add rows to the table, or tables of their own.
+//! The load generator runs on the same cores as the servers, so compare A with B, not with
+//! numbers from other machines.
 //!
 //! Usage: `bench [--handoff PATH] [--wasmtime PATH] [--connections N] [--seconds S] [--guest PATH]
-//! [--attack loop,grow,recurse,trap,crowd] [--only-attack] [--only-kv] [--only-cluster]`
-//!
-//! Last, the cluster (`bench/cluster.rs`): deploy-to-converged across three nodes, and the
-//! data plane on a cluster node against a node on its own.
+//! [--attack loop,grow,recurse,trap,crowd] [--only-attack] [--only-kv] [--only-table]
+//! [--only-cluster]`
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -30,10 +30,20 @@ use std::time::{Duration, Instant};
 use handoff_tests::{Connection, guests};
 use http::StatusCode;
 
+#[path = "bench/attack.rs"]
+mod attack;
 #[path = "bench/cluster.rs"]
 mod cluster;
+#[path = "bench/delivery.rs"]
+mod delivery;
 #[path = "bench/kv.rs"]
 mod kv;
+#[path = "bench/peers.rs"]
+mod peers;
+#[path = "bench/scale.rs"]
+mod scale;
+#[path = "bench/table.rs"]
+mod table;
 
 /// Load runs per server, interleaved.
 const ROUNDS: u32 = 4;
@@ -47,6 +57,7 @@ struct Options {
     attack: Vec<String>,
     only_attack: bool,
     only_kv: bool,
+    only_table: bool,
     only_cluster: bool,
 }
 
@@ -55,13 +66,14 @@ fn options() -> Options {
         handoff: "target/release/handoff".into(),
         wasmtime: "wasmtime".into(),
         connections: 32,
-        seconds: 10,
+        seconds: 6,
         guest: default_guest(),
         attack: ["loop", "grow", "recurse", "trap", "crowd"]
             .map(String::from)
             .to_vec(),
         only_attack: false,
         only_kv: false,
+        only_table: false,
         only_cluster: false,
     };
     let mut args = std::env::args().skip(1);
@@ -79,6 +91,7 @@ fn options() -> Options {
             "--only-attack" => opts.only_attack = true,
             "--only-kv" => opts.only_kv = true,
             "--only-cluster" => opts.only_cluster = true,
+            "--only-table" => opts.only_table = true,
             "--attack" => opts.attack = value().split(',').map(String::from).collect(),
             other => panic!("unknown flag {other}"),
         }
@@ -124,12 +137,33 @@ fn wait_for_line(child: &mut Child, find: impl Fn(&str) -> Option<String>) -> St
     let deadline = Instant::now() + Duration::from_secs(60);
     while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         if let Some(found) = find(&line) {
-            // Keep draining the pipes so the child never blocks on a full pipe.
-            std::thread::spawn(move || while rx.recv().is_ok() {});
+            // Keep draining the pipes so the child never blocks on a full pipe; keep the table
+            // swap times the server logs (`scale.rs` reads them).
+            std::thread::spawn(move || {
+                while let Ok(line) = rx.recv() {
+                    if let Some(us) = swap_us(&line) {
+                        SWAPS.lock().unwrap().push(us);
+                    }
+                }
+            });
             return found;
         }
     }
     panic!("the server printed no address within 60 s");
+}
+
+/// Table swap times (µs) from servers' "version activated" log lines.
+static SWAPS: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+/// The `swap_us` field of a log line (text or JSON).
+fn swap_us(line: &str) -> Option<u64> {
+    let at = line.find("swap_us")? + "swap_us".len();
+    let digits: String = line[at..]
+        .trim_start_matches(['=', '"', ':', ' '])
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
 
 fn field(line: &str, key: &str) -> Option<String> {
@@ -164,10 +198,6 @@ impl Samples {
         self.latencies.extend(other.latencies);
         self.errors += other.errors;
         self.elapsed += other.elapsed;
-    }
-
-    fn rps(&self) -> f64 {
-        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
 
     fn stats(mut self) -> Stats {
@@ -230,11 +260,9 @@ fn ms(d: Duration) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let opts = options();
-    let duration = Duration::from_secs(opts.seconds);
-    let warmup = Duration::from_secs(2);
     let wasm = std::fs::read(&opts.guest).expect("reading the guest");
     if opts.only_attack {
-        under_attack(&opts, &wasm).await;
+        attack::under_attack(&opts, &wasm).await;
         return;
     }
     if opts.only_cluster {
@@ -245,136 +273,28 @@ async fn main() {
         kv::bench(&opts.handoff, opts.connections, opts.seconds).await;
         return;
     }
+    let plan = table::Plan {
+        clients: opts.connections,
+        rounds: ROUNDS,
+        per_round: Duration::from_secs_f64(opts.seconds as f64 / f64::from(ROUNDS)),
+        warmup: Duration::from_secs(1),
+    };
     println!(
-        "component: {} ({} bytes); {} connections, {} s per server in {ROUNDS} interleaved runs, load generator on the same cores",
+        "component: {} ({} bytes); {} clients, {} s per side in {ROUNDS} interleaved rounds (after a 1 s warm-up), load generator on the same cores",
         opts.guest,
         wasm.len(),
         opts.connections,
         opts.seconds
     );
-
-    // handoff
-    let (_handoff, data, admin) = start_handoff(&opts.handoff, &[]);
-    let put = http::Request::builder()
-        .method("PUT")
-        .uri("/v1/routes/bench?prefix=/")
-        .header("host", admin.to_string())
-        .header("content-type", "application/wasm")
-        .body(http_body_util::Full::new(bytes::Bytes::from(wasm.clone())))
-        .unwrap();
-    let t = Instant::now();
-    let (status, body) = handoff_tests::send(admin, put).await;
-    let put_took = t.elapsed();
-    assert!(
-        status.is_success(),
-        "deploy failed: {}",
-        String::from_utf8_lossy(&body)
-    );
-    let mut conn = Connection::open(data).await;
-    let (status, _) = conn.get("/").await.expect("first request");
-    let first_ok = t.elapsed();
-    assert_eq!(status, StatusCode::OK);
-    // The same bytes to a second route: stored already, so loaded rather than compiled.
-    let put = http::Request::builder()
-        .method("PUT")
-        .uri("/v1/routes/again")
-        .header("host", admin.to_string())
-        .header("content-type", "application/wasm")
-        .body(http_body_util::Full::new(bytes::Bytes::from(wasm.clone())))
-        .unwrap();
-    let t = Instant::now();
-    let (status, _) = handoff_tests::send(admin, put).await;
-    assert!(status.is_success());
-    let (status, _) = conn.get("/again").await.expect("request");
-    assert_eq!(status, StatusCode::OK);
-    let stored_ok = t.elapsed();
-
-    // wasmtime serve, running beside handoff; the two take turns under load.
-    let peer = match Command::new(&opts.wasmtime)
-        .args(["serve", "-Scli", "--addr", "127.0.0.1:0", &opts.guest])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(mut child) => {
-            let line = wait_for_line(&mut child, |l| {
-                l.contains("Serving HTTP on").then(|| l.to_owned())
-            });
-            let addr: SocketAddr = line
-                .split_whitespace()
-                .last()
-                .map(|a| a.trim_start_matches("http://").trim_end_matches('/'))
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("no address in {line:?}"));
-            Some((Killed(child), addr))
-        }
-        Err(e) => {
-            println!(
-                "wasmtime serve not run ({}: {e}); install it with `cargo install wasmtime-cli --version 48.0.8 --locked`",
-                opts.wasmtime
-            );
-            None
-        }
-    };
-    let mut servers = vec![("handoff", data)];
-    if let Some((_, addr)) = &peer {
-        servers.push(("wasmtime serve -Scli", *addr));
+    let mut table = table::Table::default();
+    peers::rows(&opts, &wasm, &mut table, plan).await;
+    delivery::rows(&opts, &wasm, &mut table, plan).await;
+    scale::rows(&opts, &wasm, &mut table, plan).await;
+    table.print();
+    if opts.only_table {
+        return;
     }
-    for (_, addr) in &servers {
-        load(*addr, "/", opts.connections, warmup).await;
-    }
-    // Interleaved rounds, the order alternating, so drift over time hits both alike.
-    let per_run = duration / ROUNDS;
-    let mut samples: Vec<Samples> = servers.iter().map(|_| Samples::default()).collect();
-    for round in 0..ROUNDS {
-        let mut order: Vec<usize> = (0..servers.len()).collect();
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        let mut line = format!("round {}:", round + 1);
-        for i in order {
-            let run = load(servers[i].1, "/", opts.connections, per_run).await;
-            line.push_str(&format!(" {} {:.0} req/s;", servers[i].0, run.rps()));
-            samples[i].add(run);
-        }
-        println!("{}", line.trim_end_matches(';'));
-    }
-    let mut stats = samples.into_iter().map(Samples::stats);
-    let handoff = stats.next().expect("handoff ran");
-    let peer = stats.next();
-
-    println!();
-    let mut rows = vec![("handoff", &handoff)];
-    rows.extend(peer.as_ref().map(|p| ("wasmtime serve -Scli", p)));
-    print_table("server", &rows);
-    if let Some(peer) = &peer {
-        println!();
-        println!(
-            "ratio handoff/wasmtime: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (lower latency ratio is better)",
-            handoff.rps / peer.rps,
-            ms(handoff.p50) / ms(peer.p50),
-            ms(handoff.p99) / ms(peer.p99)
-        );
-    }
-    println!();
-    println!(
-        "deploy: PUT answered in {:.1} ms (compile + pre-instantiate + store + activate); first 200 after {:.1} ms",
-        ms(put_took),
-        ms(first_ok)
-    );
-    println!(
-        "deploy of stored bytes to a new route (artifact loaded, no compile): first 200 after {:.1} ms",
-        ms(stored_ok)
-    );
-    println!(
-        "requests measured: handoff {}, peer {}",
-        handoff.requests,
-        peer.map(|p| p.requests).unwrap_or(0)
-    );
-    drop(_handoff);
-
-    under_attack(&opts, &wasm).await;
-    persistence(&wasm).await;
+    attack::under_attack(&opts, &wasm).await;
     kv::bench(&opts.handoff, opts.connections, opts.seconds).await;
     cluster::bench(&opts.handoff, &wasm, opts.connections, opts.seconds).await;
 }
@@ -401,6 +321,13 @@ fn print_table(first: &str, rows: &[(&str, &Stats)]) {
 /// Starts `handoff serve` with `extra` flags; returns the child and its data and admin
 /// addresses.
 fn start_handoff(path: &str, extra: &[&str]) -> (Killed, SocketAddr, SocketAddr) {
+    let mut args = vec!["--ephemeral"];
+    args.extend(extra);
+    start_handoff_with(path, &args, "warn")
+}
+
+/// Starts `handoff serve` with `args` (no `--ephemeral` unless given) and `RUST_LOG=log`.
+fn start_handoff_with(path: &str, args: &[&str], log: &str) -> (Killed, SocketAddr, SocketAddr) {
     let mut child = Command::new(path)
         .args([
             "serve",
@@ -408,10 +335,13 @@ fn start_handoff(path: &str, extra: &[&str]) -> (Killed, SocketAddr, SocketAddr)
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
-            "--ephemeral",
         ])
-        .args(extra)
-        .env("RUST_LOG", "warn")
+        .args(args)
+        .env("RUST_LOG", log)
+        // The same environment for every server: no library backtraces (wasmtime captures
+        // one per dropped store when `RUST_BACKTRACE` is set; handoff turns that off itself).
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -426,9 +356,14 @@ fn start_handoff(path: &str, extra: &[&str]) -> (Killed, SocketAddr, SocketAddr)
 
 /// `PUT /v1/routes/{route}` on `admin`; panics unless it succeeds.
 async fn put_route(admin: SocketAddr, route: &str, wasm: &[u8]) {
+    put_route_with(admin, route, "", wasm).await;
+}
+
+/// `PUT /v1/routes/{route}{query}` on `admin`; panics unless it succeeds.
+async fn put_route_with(admin: SocketAddr, route: &str, query: &str, wasm: &[u8]) {
     let put = http::Request::builder()
         .method("PUT")
-        .uri(format!("/v1/routes/{route}"))
+        .uri(format!("/v1/routes/{route}{query}"))
         .header("host", admin.to_string())
         .header("content-type", "application/wasm")
         .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
@@ -440,100 +375,6 @@ async fn put_route(admin: SocketAddr, route: &str, wasm: &[u8]) {
         status.is_success(),
         "deploying {route}: {}",
         String::from_utf8_lossy(&body)
-    );
-}
-
-/// A well-behaved route's latency while a hostile guest on another route loops, blows its
-/// memory and its stack, and a crowd of connections sends nothing or half a request head;
-/// against the same route's latency without the attack, in the same run.
-async fn under_attack(opts: &Options, wasm: &[u8]) {
-    const GOOD_CONNECTIONS: usize = 8;
-    const CROWD: usize = 1_000;
-    let run = Duration::from_secs(opts.seconds.clamp(2, 10));
-    let (_server, data, admin) = start_handoff(
-        &opts.handoff,
-        &[
-            "--request-timeout",
-            "1s",
-            "--max-memory",
-            "64MiB",
-            "--idle-timeout",
-            "2s",
-        ],
-    );
-    put_route(admin, "good", wasm).await;
-    put_route(
-        admin,
-        "hostile",
-        &std::fs::read(guests::HOSTILE).expect("hostile guest"),
-    )
-    .await;
-    load(data, "/good", GOOD_CONNECTIONS, Duration::from_secs(1)).await;
-    let baseline = load(data, "/good", GOOD_CONNECTIONS, run).await.stats();
-
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut attackers = Vec::new();
-    // Two clients per kind of hostile request.
-    let kinds: Vec<String> = opts
-        .attack
-        .iter()
-        .filter(|k| *k != "crowd")
-        .map(|k| format!("/hostile/{k}"))
-        .collect();
-    for path in kinds.iter().flat_map(|p| [p.clone(), p.clone()]) {
-        let stop = stop.clone();
-        attackers.push(tokio::spawn(async move {
-            let mut sent = 0u64;
-            let mut conn = Connection::open(data).await;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                sent += 1;
-                if conn.get(&path).await.is_err() {
-                    conn = Connection::open(data).await;
-                }
-            }
-            sent
-        }));
-    }
-    let crowd_size = if opts.attack.iter().any(|k| k == "crowd") {
-        CROWD
-    } else {
-        0
-    };
-    let mut crowd = Vec::with_capacity(crowd_size);
-    for i in 0..crowd_size {
-        use tokio::io::AsyncWriteExt;
-        let Ok(mut stream) = tokio::net::TcpStream::connect(data).await else {
-            break;
-        };
-        if i % 2 == 1 {
-            let _ = stream
-                .write_all(b"GET /good HTTP/1.1\r\nHost: a\r\nX-Slow: ")
-                .await;
-        }
-        crowd.push(stream);
-    }
-    let attacked = load(data, "/good", GOOD_CONNECTIONS, run).await.stats();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut hostile_requests = 0;
-    for attacker in attackers {
-        hostile_requests += attacker.await.expect("attacker");
-    }
-    drop(crowd);
-
-    println!();
-    println!(
-        "a well-behaved route under attack ({GOOD_CONNECTIONS} connections, {} s each; the attack: 2 clients \
-         each sending {} ({hostile_requests} requests sent, 1 s deadline) and {crowd_size} silent or \
-         half-sent connections)",
-        run.as_secs(),
-        kinds.join(", ")
-    );
-    print_table("", &[("no attack", &baseline), ("under attack", &attacked)]);
-    println!(
-        "ratio under attack/no attack: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
-        attacked.rps / baseline.rps,
-        ms(attacked.p50) / ms(baseline.p50),
-        ms(attacked.p99) / ms(baseline.p99)
     );
 }
 
@@ -551,67 +392,52 @@ fn variant(bytes: &[u8], n: usize) -> Vec<u8> {
     out
 }
 
-/// Restart with 100 routes, and rollback, measured in process.
-async fn persistence(wasm: &[u8]) {
-    const ROUTES: usize = 100;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = || handoff::config::Config {
-        data_dir: Some(dir.path().to_path_buf()),
-        ..handoff::config::Config::ephemeral()
-    };
-    let server = handoff_tests::TestServer::start_with(config()).await;
-    for i in 0..ROUTES {
-        let (status, body) = server
-            .deploy_bytes(&format!("r{i}"), "", variant(wasm, i))
-            .await;
-        assert!(status.is_success(), "deploy r{i}: {body}");
-    }
-    server.shutdown().await;
-
-    let t = Instant::now();
-    let server = handoff_tests::TestServer::start_with(config()).await;
-    let started = t.elapsed();
-    let mut conn = Connection::open(server.data).await;
-    for i in 0..ROUTES {
-        let (status, _) = conn.get(&format!("/r{i}")).await.expect("request");
-        assert_eq!(status, StatusCode::OK, "route r{i} after restart");
-    }
-    let all_serve = t.elapsed();
-    let recompiled = server.server().runtime().compiles();
-
-    // Rollback: r0 gets a second version, then rolls back and forth between the two.
-    let (status, body) = server.deploy_bytes("r0", "", variant(wasm, 1_000)).await;
-    assert!(status.is_success(), "{body}");
-    let mut samples = Vec::new();
-    for _ in 0..20 {
-        let t = Instant::now();
-        let req = http::Request::builder()
-            .method("POST")
-            .uri("/v1/routes/r0/rollback")
-            .header("host", "admin")
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap();
-        let (status, body) = handoff_tests::send(server.admin, req).await;
-        assert!(
-            status.is_success(),
-            "rollback: {}",
-            String::from_utf8_lossy(&body)
-        );
-        let (status, _) = conn.get("/r0").await.expect("request");
-        assert_eq!(status, StatusCode::OK);
-        samples.push(t.elapsed());
-    }
-    samples.sort_unstable();
-    println!();
-    println!(
-        "restart with {ROUTES} routes: ready after {:.1} ms, all {ROUTES} served after {:.1} ms ({recompiled} recompiled)",
-        ms(started),
-        ms(all_serve)
+/// An admin call with a JSON body on `admin`; panics unless it succeeds.
+async fn admin_json(admin: SocketAddr, method: &str, path: &str, body: serde_json::Value) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", admin.to_string())
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap();
+    let (status, body) = handoff_tests::send(admin, req).await;
+    assert!(
+        status.is_success(),
+        "{method} {path}: {}",
+        String::from_utf8_lossy(&body)
     );
-    println!(
-        "rollback (admin call returns, then the old version answers), 20 rollbacks: p50 {:.2} ms, max {:.2} ms",
-        ms(samples[samples.len() / 2]),
-        ms(samples[samples.len() - 1])
+}
+
+/// `POST /v1/modules` on `admin`; returns the version.
+async fn upload(admin: SocketAddr, wasm: &[u8]) -> String {
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/v1/modules")
+        .header("host", admin.to_string())
+        .header("content-type", "application/wasm")
+        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+            wasm,
+        )))
+        .unwrap();
+    let (status, body) = handoff_tests::send(admin, req).await;
+    assert!(
+        status.is_success(),
+        "upload: {}",
+        String::from_utf8_lossy(&body)
     );
-    server.shutdown().await;
+    let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    body["version"].as_str().expect("a version").to_owned()
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
