@@ -247,10 +247,16 @@ async fn a_healthy_candidate_reaches_the_nodes_wave_by_wave_in_the_order_named()
         c < a && a < b,
         "waves c, a, b; first v2 rounds a {a}, b {b}, c {c}"
     );
-    eventually("promoted", Duration::from_secs(30), || async {
-        (nodes[1].status("app").await["rollout"]["state"] == "promoted").then_some(())
-    })
-    .await;
+    // The last wave steps to promotion on its own requests: keep them coming until it does.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while nodes[1].status("app").await["rollout"]["state"] != "promoted" {
+        assert!(Instant::now() < deadline, "not promoted within 30 s");
+        for conn in &mut conns {
+            let (status, _) = conn.get("/app").await.expect("a request");
+            assert_eq!(status, StatusCode::OK);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for node in nodes {
         node.shutdown().await;
     }
