@@ -62,6 +62,7 @@ impl Server {
         crate::rollout::resume_all(&runtime);
         crate::rollout::cluster::spawn(&runtime);
         crate::deploy::notify::spawn_shadow_figures(&runtime);
+        crate::deploy::converged::spawn(&runtime);
         if restored.routes > 0 || !restored.failed.is_empty() {
             tracing::info!(
                 routes = restored.routes,

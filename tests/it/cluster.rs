@@ -6,37 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use handoff::server::Server;
-use handoff_tests::nats::NatsServer;
+use handoff_tests::nats::{NatsServer, start_nodes};
 use handoff_tests::{Connection, TestServer, eventually, guests, node_config};
 use http::{Method, StatusCode};
 use serde_json::Value;
 
 const NAMES: [&str; 3] = ["a", "b", "c"];
-
-async fn three(urls: [&str; 3]) -> Vec<TestServer> {
-    let mut nodes = Vec::new();
-    for (name, url) in NAMES.iter().zip(urls) {
-        nodes.push(TestServer::start_node(url, name, None).await);
-    }
-    // Each node has seen the others' records before a change waits for them.
-    for node in &nodes {
-        eventually(
-            "every node sees three live nodes",
-            Duration::from_secs(10),
-            || async {
-                let (_, list) = node.admin(Method::GET, "/v1/nodes").await;
-                let live = list["nodes"]
-                    .as_array()?
-                    .iter()
-                    .filter(|n| n["alive"] == true && n["ready"] == true)
-                    .count();
-                (live == 3).then_some(())
-            },
-        )
-        .await;
-    }
-    nodes
-}
 
 /// The body of `GET path` on `node`'s data plane.
 async fn answer(node: &TestServer, path: &str) -> String {
@@ -68,7 +43,7 @@ async fn shutdown(nodes: Vec<TestServer>) {
 async fn a_change_through_one_node_is_served_by_every_node_when_it_returns() {
     let nats = NatsServer::start();
     let url = nats.url();
-    let nodes = three([&url, &url, &url]).await;
+    let nodes = start_nodes(&[("a", &url), ("b", &url), ("c", &url)]).await;
     let v1 = guests::bytes(guests::TAGGED_V1);
     let v2 = guests::bytes(guests::TAGGED_V2);
 
@@ -162,7 +137,7 @@ async fn no_request_fails_on_any_node_while_deploys_alternate_through_different_
     const LIMIT: Duration = Duration::from_secs(180);
     let nats = NatsServer::start();
     let url = nats.url();
-    let nodes = three([&url, &url, &url]).await;
+    let nodes = start_nodes(&[("a", &url), ("b", &url), ("c", &url)]).await;
     let versions = [
         (guests::bytes(guests::TAGGED_V1), "v1"),
         (guests::bytes(guests::TAGGED_V2), "v2"),
@@ -248,7 +223,7 @@ async fn connected(node: &TestServer, up: bool) {
 async fn without_nats_every_node_serves_and_refuses_changes_then_all_converge() {
     let mut nats = NatsServer::start();
     let url = nats.url();
-    let nodes = three([&url, &url, &url]).await;
+    let nodes = start_nodes(&[("a", &url), ("b", &url), ("c", &url)]).await;
     nodes[0].deploy("api", guests::TAGGED_V1).await;
 
     nats.stop();
@@ -308,7 +283,7 @@ async fn revision(node: &TestServer, route: &str) -> u64 {
 async fn on_three_nats_servers_losing_one_loses_no_acknowledged_deploy() {
     let mut servers = NatsServer::start_cluster();
     let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
-    let nodes = three([&urls[0], &urls[1], &urls[2]]).await;
+    let nodes = start_nodes(&[("a", &urls[0]), ("b", &urls[1]), ("c", &urls[2])]).await;
     nodes[0].deploy("api", guests::TAGGED_V1).await;
 
     // c's server goes: c moves to a server left (the client learned them all), and a deploy
@@ -444,4 +419,46 @@ async fn a_node_that_cannot_activate_a_change_is_named_and_the_change_is_partial
     }
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_catching_up_with_a_change_is_an_event_on_any_node() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let nodes = start_nodes(&[("a", &url), ("b", &url), ("c", &url)]).await;
+    let mut events = handoff::client::AdminClient::new(&format!("http://{}", nodes[0].admin))
+        .unwrap()
+        .events(Some("api"), None)
+        .await
+        .expect("the event stream opens");
+    let version = nodes[1].deploy("api", guests::TAGGED_V1).await["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Read on a's stream until every node has said it serves the version.
+    let mut converged = std::collections::BTreeSet::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while converged.len() < 3 {
+            let event = events
+                .next()
+                .await
+                .expect("the stream reads")
+                .expect("open");
+            if event.kind == handoff::api::EventKind::NodeConverged {
+                assert_eq!(
+                    event.version.as_deref(),
+                    Some(version.as_str()),
+                    "{event:?}"
+                );
+                assert!(event.revision.is_some(), "{event:?}");
+                converged.insert(event.node.clone().expect("a node"));
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("node_converged from a, b and c; got {converged:?}"));
+    assert_eq!(converged, ["a", "b", "c"].map(String::from).into());
+    for node in nodes {
+        node.shutdown().await;
+    }
 }

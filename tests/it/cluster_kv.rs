@@ -3,33 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use handoff_tests::nats::NatsServer;
-use handoff_tests::{Connection, TestServer, eventually, guests};
+use handoff_tests::nats::{NatsServer, start_nodes};
+use handoff_tests::{Connection, eventually, guests};
 use http::{Method, StatusCode};
 use serde_json::json;
 
 /// A bound against hangs only.
 const LIMIT: Duration = Duration::from_secs(180);
-
-async fn three(url: &str) -> Vec<TestServer> {
-    let mut nodes = Vec::new();
-    for name in ["a", "b", "c"] {
-        nodes.push(TestServer::start_node(url, name, None).await);
-    }
-    for node in &nodes {
-        eventually("three live nodes", Duration::from_secs(10), || async {
-            let (_, list) = node.admin(Method::GET, "/v1/nodes").await;
-            let live = list["nodes"]
-                .as_array()?
-                .iter()
-                .filter(|n| n["alive"] == true && n["ready"] == true)
-                .count();
-            (live == 3).then_some(())
-        })
-        .await;
-    }
-    nodes
-}
 
 async fn get(conn: &mut Connection, path: &str) -> (StatusCode, String) {
     let (status, body) = conn.get(path).await.expect("request");
@@ -42,7 +22,7 @@ async fn a_counter_incremented_through_three_nodes_concurrently_ends_exactly_rig
     const EACH: usize = 100;
     let nats = NatsServer::start();
     let url = nats.url();
-    let nodes = three(&url).await;
+    let nodes = start_nodes(&[("a", &url), ("b", &url), ("c", &url)]).await;
     nodes[0].deploy("count", guests::KV_PLAIN).await;
     let started = Instant::now();
     let mut clients = Vec::new();
@@ -89,7 +69,7 @@ async fn swaps_listings_quotas_and_expiry_hold_across_nodes() {
     const EACH: usize = 20;
     let nats = NatsServer::start();
     let url = nats.url();
-    let nodes = three(&url).await;
+    let nodes = start_nodes(&[("a", &url), ("b", &url), ("c", &url)]).await;
     let plain = guests::bytes(guests::KV_PLAIN);
     let (status, body) = nodes[0].deploy_bytes("app", "", plain.clone()).await;
     assert!(status.is_success(), "{body}");

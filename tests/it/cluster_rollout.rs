@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use handoff_tests::nats::NatsServer;
+use handoff_tests::nats::{NatsServer, start_nodes, until_live};
 use handoff_tests::{Connection, TestServer, eventually, guests};
 use http::{Method, StatusCode};
 use serde_json::json;
@@ -14,20 +14,7 @@ async fn a_failing_candidate_is_rolled_back_everywhere_on_requests_another_node_
     let url = nats.url();
     let a = TestServer::start_node(&url, "a", None).await;
     let b = TestServer::start_node(&url, "b", None).await;
-    eventually(
-        "a and b see each other",
-        Duration::from_secs(10),
-        || async {
-            let (_, list) = b.admin(Method::GET, "/v1/nodes").await;
-            let live = list["nodes"]
-                .as_array()?
-                .iter()
-                .filter(|n| n["alive"] == true && n["ready"] == true)
-                .count();
-            (live == 2).then_some(())
-        },
-    )
-    .await;
+    until_live(&b, 2).await;
     a.deploy("app", guests::TAGGED_V1).await;
     // `/app/error`: the stable version answers 200, the candidate 500. Started through b;
     // a (the smallest name) drives it; only b serves requests.
@@ -89,20 +76,7 @@ async fn a_failing_candidate_is_rolled_back_everywhere_on_requests_another_node_
 async fn a_failing_candidate_in_waves_of_one_node_is_stopped_after_the_first_wave() {
     let nats = NatsServer::start();
     let url = nats.url();
-    let mut nodes = Vec::new();
-    for name in ["a", "b", "c"] {
-        nodes.push(TestServer::start_node(&url, name, None).await);
-    }
-    eventually("three live nodes", Duration::from_secs(10), || async {
-        let (_, list) = nodes[2].admin(Method::GET, "/v1/nodes").await;
-        let live = list["nodes"]
-            .as_array()?
-            .iter()
-            .filter(|n| n["alive"] == true && n["ready"] == true)
-            .count();
-        (live == 3).then_some(())
-    })
-    .await;
+    let nodes = start_nodes(&[("a", &url), ("b", &url), ("c", &url)]).await;
     nodes[0].deploy("app", guests::TAGGED_V1).await;
     let candidate = nodes[1].upload(guests::FAILING).await;
 
@@ -192,20 +166,7 @@ async fn a_failing_candidate_in_waves_of_one_node_is_stopped_after_the_first_wav
 async fn a_healthy_candidate_reaches_the_nodes_wave_by_wave_in_the_order_named() {
     let nats = NatsServer::start();
     let url = nats.url();
-    let mut nodes = Vec::new();
-    for name in ["a", "b", "c"] {
-        nodes.push(TestServer::start_node(&url, name, None).await);
-    }
-    eventually("three live nodes", Duration::from_secs(10), || async {
-        let (_, list) = nodes[0].admin(Method::GET, "/v1/nodes").await;
-        let live = list["nodes"]
-            .as_array()?
-            .iter()
-            .filter(|n| n["alive"] == true && n["ready"] == true)
-            .count();
-        (live == 3).then_some(())
-    })
-    .await;
+    let nodes = start_nodes(&[("a", &url), ("b", &url), ("c", &url)]).await;
     nodes[0].deploy("app", guests::TAGGED_V1).await;
     let candidate = nodes[0].upload(guests::TAGGED_V2).await;
     let (status, body) = nodes[0]

@@ -194,3 +194,34 @@ fn healthz(port: u16) -> bool {
     let _ = stream.read_to_string(&mut response);
     response.starts_with("HTTP/1.1 200")
 }
+
+/// Starts one cluster node per `(name, NATS url)` and waits until each of them sees them all
+/// live and ready (so a change waits for every one of them).
+pub async fn start_nodes(nodes: &[(&str, &str)]) -> Vec<crate::TestServer> {
+    let mut started = Vec::new();
+    for (name, url) in nodes {
+        started.push(crate::TestServer::start_node(url, name, None).await);
+    }
+    for node in &started {
+        until_live(node, started.len()).await;
+    }
+    started
+}
+
+/// Waits (10 s at most) until `node` sees `count` live and ready nodes in `GET /v1/nodes`.
+pub async fn until_live(node: &crate::TestServer, count: usize) {
+    crate::eventually(
+        &format!("{count} live nodes"),
+        Duration::from_secs(10),
+        || async {
+            let (_, list) = node.admin(http::Method::GET, "/v1/nodes").await;
+            let live = list["nodes"]
+                .as_array()?
+                .iter()
+                .filter(|n| n["alive"] == true && n["ready"] == true)
+                .count();
+            (live == count).then_some(())
+        },
+    )
+    .await;
+}

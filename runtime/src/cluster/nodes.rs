@@ -342,6 +342,11 @@ impl Nodes {
         }
     }
 
+    /// A receiver that changes each time another node's record arrives (or goes).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     /// Changes this node's record (publish it afterwards).
     pub fn update(&self, change: impl FnOnce(&mut NodeRecord)) {
         change(&mut self.me.lock().expect("poisoned"));
