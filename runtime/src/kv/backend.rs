@@ -128,6 +128,50 @@ pub struct Page<T> {
     pub more: bool,
 }
 
+/// Fills a [`Page`] from the live entries of a listing, in key order: skips what an
+/// [`Start::Offset`] skips, then takes up to `limit` (what every backend's `range` does).
+pub struct PageFiller<T> {
+    page: Page<T>,
+    skip: u64,
+    limit: usize,
+}
+
+impl<T> PageFiller<T> {
+    /// An empty page for a listing from `start`, at most `limit` items.
+    pub fn new(start: &Start<'_>, limit: usize) -> Self {
+        Self {
+            page: Page {
+                items: Vec::new(),
+                more: false,
+            },
+            skip: match start {
+                Start::Offset(n) => *n,
+                _ => 0,
+            },
+            limit,
+        }
+    }
+
+    /// Offers the next live entry (`item` makes it); false once the page is full, with `more`
+    /// set: the listing can stop there.
+    pub fn offer(&mut self, item: impl FnOnce() -> T) -> bool {
+        if self.skip > 0 {
+            self.skip -= 1;
+        } else if self.page.items.len() == self.limit {
+            self.page.more = true;
+            return false;
+        } else {
+            self.page.items.push(item());
+        }
+        true
+    }
+
+    /// The page.
+    pub fn page(self) -> Page<T> {
+        self.page
+    }
+}
+
 /// What a bucket holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {

@@ -30,8 +30,8 @@ use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use super::backend::{
-    Backend, BoxFuture, Change, Condition, Entry, KvError, Outcome, Page, Start, Usage, Write, add,
-    now_ms, number_of,
+    Backend, BoxFuture, Change, Condition, Entry, KvError, Outcome, Page, PageFiller, Start, Usage,
+    Write, add, now_ms, number_of,
 };
 use super::format::{decode, encode, live};
 
@@ -302,31 +302,18 @@ impl JetStreamKv {
             Start::After(after) => keys.partition_point(|k| k.as_str() <= after),
             _ => 0,
         };
-        let mut skip = match start {
-            Start::Offset(n) => n,
-            _ => 0,
-        };
         let now = now_ms();
-        let mut page = Page {
-            items: Vec::new(),
-            more: false,
-        };
+        let mut page = PageFiller::new(&start, limit);
         for key in &keys[from..] {
             let (_, entry) = Self::read(&store, &key_of(key)).await?;
             let Some(entry) = entry.filter(|e| live(e, now)) else {
                 continue;
             };
-            if skip > 0 {
-                skip -= 1;
-                continue;
-            }
-            if page.items.len() == limit {
-                page.more = true;
+            if !page.offer(|| (key.clone(), entry)) {
                 break;
             }
-            page.items.push((key.clone(), entry));
         }
-        Ok(page)
+        Ok(page.page())
     }
 }
 

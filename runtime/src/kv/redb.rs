@@ -23,7 +23,9 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadableDatabase};
 use tokio::sync::oneshot;
 
-use super::backend::{Backend, BoxFuture, Entry, KvError, Page, Start, Usage, Write, now_ms};
+use super::backend::{
+    Backend, BoxFuture, Entry, KvError, Page, PageFiller, Start, Usage, Write, now_ms,
+};
 use super::format::{
     BUCKETS, ENTRIES, EXPIRY, Meta, bucket_end, bucket_start, composite, decode, live,
 };
@@ -102,32 +104,18 @@ impl RedbBackend {
             Start::After(_) => Bound::Excluded(from.as_slice()),
             _ => Bound::Included(from.as_slice()),
         };
-        let mut skip = match start {
-            Start::Offset(n) => n,
-            _ => 0,
-        };
         let now = now_ms();
-        let mut page = Page {
-            items: Vec::new(),
-            more: false,
-        };
+        let mut page = PageFiller::new(&start, limit);
         for row in table.range::<&[u8]>((lower, Bound::Excluded(end.as_slice())))? {
             let (key, value) = row?;
             let Some(entry) = decode(value.value()).filter(|e| live(e, now)) else {
                 continue;
             };
-            if skip > 0 {
-                skip -= 1;
-                continue;
-            }
-            if page.items.len() == limit {
-                page.more = true;
+            if !page.offer(|| item(&key.value()[bucket.len() + 1..], entry)) {
                 break;
             }
-            page.items
-                .push(item(&key.value()[bucket.len() + 1..], entry));
         }
-        Ok(page)
+        Ok(page.page())
     }
 
     fn read_usage(&self, bucket: &str) -> Result<Usage, redb::Error> {
