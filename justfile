@@ -14,6 +14,7 @@ serve *args:
 
 # Every test: unit, integration (builds the guests itself), CLI and dev loop.
 test *args:
+    tests/install-tools
     cargo test --workspace {{args}}
 
 # handoff vs `wasmtime serve` on the same component, same load generator, one run.

