@@ -485,6 +485,10 @@ pub struct RolloutStatus {
     /// A rollout in waves: each wave's nodes (wave `i` is step `i`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waves: Option<Vec<Vec<String>>>,
+    /// In a cluster, the node whose controller made the rollout's last change (a step, the
+    /// promotion or a rollback); absent after an operator's change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
     /// Each version's figures over the current step.
     #[serde(default)]
     pub versions: Vec<StepFigures>,

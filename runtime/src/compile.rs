@@ -32,6 +32,9 @@ pub const WORKER_ARG: &str = "__compile-worker";
 const MEMORY_ENV: &str = "HANDOFF_COMPILE_MEMORY_BYTES";
 /// Environment variable carrying the worker's CPU-time backstop in seconds.
 const CPU_ENV: &str = "HANDOFF_COMPILE_CPU_SECONDS";
+/// Environment variable carrying the server's `--opt-level`, so the worker's code loads into
+/// the server's engine.
+const OPT_LEVEL_ENV: &str = "HANDOFF_COMPILE_OPT_LEVEL";
 /// Exit code of a worker whose input is not a valid component (the reason is on stderr).
 const EXIT_INVALID: u8 = 3;
 /// Exit code of a worker that ran out of memory in a way it could report.
@@ -143,7 +146,7 @@ impl Compiles {
             }
             Compiler::Worker { program, args } => {
                 let _running = WorkerGauge::enter(&self.workers);
-                let artifact = run_worker(program, args, bytes, limits).await?;
+                let artifact = run_worker(program, args, engine.opt_level(), bytes, limits).await?;
                 let engine = engine.clone();
                 tokio::task::spawn_blocking(move || {
                     // Loading checks what compiling in process would have: that the component
@@ -173,6 +176,7 @@ impl Compiles {
 async fn run_worker(
     program: &PathBuf,
     args: &[OsString],
+    opt_level: crate::engine::OptLevel,
     bytes: Bytes,
     limits: CompileLimits,
 ) -> Result<Vec<u8>, CompileError> {
@@ -190,6 +194,7 @@ async fn run_worker(
         .env_clear()
         .env(MEMORY_ENV, limits.memory_bytes.to_string())
         .env(CPU_ENV, cpu_seconds.to_string())
+        .env(OPT_LEVEL_ENV, opt_level.as_str())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -306,7 +311,17 @@ pub fn worker_main() -> std::process::ExitCode {
         eprintln!("reading the component: {error}");
         return ExitCode::FAILURE;
     }
-    let engine = match crate::engine::compile_engine() {
+    let opt_level = match std::env::var(OPT_LEVEL_ENV) {
+        Err(_) => crate::engine::OptLevel::default(),
+        Ok(name) => match crate::engine::OptLevel::parse(&name) {
+            Some(level) => level,
+            None => {
+                eprintln!("{OPT_LEVEL_ENV}: no optimisation level is named `{name}`");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let engine = match crate::engine::compile_engine(opt_level) {
         Ok(engine) => engine,
         Err(error) => {
             eprintln!("{error:#}");

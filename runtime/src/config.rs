@@ -71,6 +71,8 @@ pub struct Config {
     pub max_upload_bytes: usize,
     /// Instance slots in the pooling allocator; 0 allocates on demand instead.
     pub max_instances: u32,
+    /// How hard guest code is optimised; part of the engine key.
+    pub opt_level: crate::engine::OptLevel,
     /// Admin API tokens; empty leaves the admin API open (loopback only).
     pub admin_tokens: Vec<crate::auth::Token>,
     /// Let guests' outbound requests reach loopback, private and other non-public addresses
@@ -121,6 +123,7 @@ impl Default for Config {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_instances: DEFAULT_MAX_INSTANCES,
+            opt_level: crate::engine::OptLevel::default(),
             admin_tokens: Vec::new(),
             admin_hosts: Vec::new(),
             pin_header: None,

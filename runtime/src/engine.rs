@@ -24,6 +24,52 @@ pub struct Pool {
     /// The largest linear memory a slot holds.
     pub max_memory: usize,
 }
+
+/// How hard Cranelift optimises guest code (`serve --opt-level`). An engine setting: it shapes
+/// compiled code, so it is part of the engine key, and a server started with another level
+/// compiles again what it serves instead of loading its artifacts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OptLevel {
+    /// No optimisation: the fastest compile, the slowest guest code.
+    None,
+    /// Optimise for speed (the default, as `wasmtime`'s).
+    #[default]
+    Speed,
+    /// Optimise for speed and code size.
+    SpeedAndSize,
+}
+
+impl OptLevel {
+    /// The level's name, as `--opt-level` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Speed => "speed",
+            Self::SpeedAndSize => "speed-and-size",
+        }
+    }
+
+    /// The level named `name` (see [`OptLevel::as_str`]).
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::None, Self::Speed, Self::SpeedAndSize]
+            .into_iter()
+            .find(|level| level.as_str() == name)
+    }
+
+    fn cranelift(self) -> wasmtime::OptLevel {
+        match self {
+            Self::None => wasmtime::OptLevel::None,
+            Self::Speed => wasmtime::OptLevel::Speed,
+            Self::SpeedAndSize => wasmtime::OptLevel::SpeedAndSize,
+        }
+    }
+}
+
+impl std::fmt::Display for OptLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 use crate::digest::Digest;
 use crate::host::Host;
 use crate::limiter;
@@ -37,6 +83,7 @@ pub struct Engine {
     engine: wasmtime::Engine,
     linker: Linker<Host>,
     pooling: bool,
+    opt_level: OptLevel,
     /// Linked code by digest, shared by every version of the same component on any route
     /// while one holds it ([`Engine::shared_code`]).
     code: Mutex<HashMap<Digest, Weak<ProxyPre<Host>>>>,
@@ -44,24 +91,24 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Builds the engine. It uses the pooling allocator sized by `pool`, and falls back to
-    /// on-demand allocation (with a warning) where the pool cannot be reserved, for example
-    /// under a `ulimit -v`.
-    pub fn new(pool: Pool) -> anyhow::Result<Self> {
+    /// Builds the engine, compiling at `opt_level`. It uses the pooling allocator sized by
+    /// `pool`, and falls back to on-demand allocation (with a warning) where the pool cannot be
+    /// reserved, for example under a `ulimit -v`.
+    pub fn new(pool: Pool, opt_level: OptLevel) -> anyhow::Result<Self> {
         let config = &pool;
         let (engine, pooling) = if pool.slots > 0 {
-            match wasmtime::Engine::new(&wasmtime_config(config, true)) {
+            match wasmtime::Engine::new(&wasmtime_config(config, opt_level, true)) {
                 Ok(engine) => (engine, true),
                 Err(error) => {
                     tracing::warn!(
                         error = %error,
                         "the instance pool could not be reserved; allocating instances on demand"
                     );
-                    (new_engine(config, false)?, false)
+                    (new_engine(config, opt_level, false)?, false)
                 }
             }
         } else {
-            (new_engine(config, false)?, false)
+            (new_engine(config, opt_level, false)?, false)
         };
         let mut linker = Linker::new(&engine);
         // Full WASI p2, not just the proxy world: std-built guests import wasi:cli and friends.
@@ -77,6 +124,7 @@ impl Engine {
             engine,
             linker,
             pooling,
+            opt_level,
             code: Mutex::default(),
             _ticker: ticker,
         })
@@ -90,6 +138,11 @@ impl Engine {
     /// Whether instances come from the pooling allocator.
     pub fn pooling(&self) -> bool {
         self.pooling
+    }
+
+    /// How hard guest code is optimised.
+    pub fn opt_level(&self) -> OptLevel {
+        self.opt_level
     }
 
     /// Compiles `bytes`: the blocking, CPU-heavy half of a deploy. Call it from
@@ -187,16 +240,17 @@ impl Engine {
     }
 }
 
-/// An engine for compiling only, with the compile settings of [`Engine::new`]: what a compile
-/// worker uses. Its artifacts load into the server's engine.
-pub fn compile_engine() -> wasmtime::Result<wasmtime::Engine> {
-    wasmtime::Engine::new(&base_config())
+/// An engine for compiling only, with the compile settings of [`Engine::new`] at
+/// `opt_level`: what a compile worker uses. Its artifacts load into the server's engine.
+pub fn compile_engine(opt_level: OptLevel) -> wasmtime::Result<wasmtime::Engine> {
+    wasmtime::Engine::new(&base_config(opt_level))
 }
 
 /// The settings that shape compiled code, shared by the server's engine and compile workers.
-fn base_config() -> wasmtime::Config {
+fn base_config(opt_level: OptLevel) -> wasmtime::Config {
     let mut cfg = wasmtime::Config::new();
     cfg.epoch_interruption(true);
+    cfg.cranelift_opt_level(opt_level.cranelift());
     cfg
 }
 
@@ -222,13 +276,17 @@ pub enum CompileError {
     Failed(String),
 }
 
-fn new_engine(config: &Pool, pooling: bool) -> anyhow::Result<wasmtime::Engine> {
-    wasmtime::Engine::new(&wasmtime_config(config, pooling))
+fn new_engine(
+    config: &Pool,
+    opt_level: OptLevel,
+    pooling: bool,
+) -> anyhow::Result<wasmtime::Engine> {
+    wasmtime::Engine::new(&wasmtime_config(config, opt_level, pooling))
         .map_err(|e| anyhow::anyhow!("creating the wasmtime engine: {e}"))
 }
 
-fn wasmtime_config(config: &Pool, pooling: bool) -> wasmtime::Config {
-    let mut cfg = base_config();
+fn wasmtime_config(config: &Pool, opt_level: OptLevel, pooling: bool) -> wasmtime::Config {
+    let mut cfg = base_config(opt_level);
     if pooling {
         let slots = config.slots;
         let mut pool = PoolingAllocationConfig::default();

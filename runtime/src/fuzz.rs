@@ -100,10 +100,13 @@ fn engine() -> &'static crate::engine::Engine {
             max_instances: 0,
             ..crate::config::Config::default()
         };
-        crate::engine::Engine::new(crate::engine::Pool {
-            slots: config.max_instances,
-            max_memory: config.limits.max_memory_bytes,
-        })
+        crate::engine::Engine::new(
+            crate::engine::Pool {
+                slots: config.max_instances,
+                max_memory: config.limits.max_memory_bytes,
+            },
+            config.opt_level,
+        )
         .expect("engine")
     })
 }

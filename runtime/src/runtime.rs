@@ -75,10 +75,13 @@ impl Runtime {
 
     fn parts(config: Config) -> anyhow::Result<(Config, Arc<Engine>, Files)> {
         config.validate().map_err(anyhow::Error::msg)?;
-        let engine = Arc::new(Engine::new(crate::engine::Pool {
-            slots: config.max_instances,
-            max_memory: config.limits.max_memory_bytes,
-        })?);
+        let engine = Arc::new(Engine::new(
+            crate::engine::Pool {
+                slots: config.max_instances,
+                max_memory: config.limits.max_memory_bytes,
+            },
+            config.opt_level,
+        )?);
         let files = Files::open(config.data_dir.as_deref(), engine.wasmtime())?;
         Ok((config, engine, files))
     }

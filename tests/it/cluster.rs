@@ -368,6 +368,64 @@ async fn an_upgraded_node_on_a_fresh_machine_compiles_from_the_object_store_befo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_with_another_opt_level_recompiles_before_it_is_ready() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("b");
+    let a = TestServer::start_node(&url, "a", None).await;
+    let b = TestServer::start_with(node_config(&url, "b", Some(dir.clone()))).await;
+    a.deploy("api", guests::TAGGED_V1).await;
+    assert_eq!(answer(&b, "/api").await, "200 v1");
+    let old_key = b.server().runtime().files.engine_key().to_owned();
+
+    // The same settings again: the artifact in its data directory loads, nothing compiles.
+    b.shutdown().await;
+    let b = TestServer::start_with(node_config(&url, "b", Some(dir.clone()))).await;
+    assert_eq!(b.server().runtime().files.engine_key(), old_key);
+    assert_eq!(b.server().runtime().compiles(), 0, "the artifact loaded");
+    assert_eq!(answer(&b, "/api").await, "200 v1");
+
+    // Another engine setting: a new engine key, so before it is ready it compiled the route's
+    // module again (through the compile worker, which must compile at the same level for its
+    // artifact to load).
+    b.shutdown().await;
+    let mut config = node_config(&url, "b", Some(dir.clone()));
+    config.opt_level = handoff::engine::OptLevel::None;
+    let b = TestServer::start_with(config).await;
+    let new_key = b.server().runtime().files.engine_key().to_owned();
+    assert_ne!(new_key, old_key, "--opt-level is part of the engine key");
+    assert_eq!(
+        b.server().runtime().compiles(),
+        1,
+        "recompiled before ready"
+    );
+    assert_eq!(answer(&b, "/api").await, "200 v1");
+    let artifacts: Vec<String> = std::fs::read_dir(dir.join("artifacts"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        artifacts.iter().any(|name| name.contains(&new_key)),
+        "an artifact for the new engine: {artifacts:?}"
+    );
+    let (_, list) = a.admin(Method::GET, "/v1/nodes").await;
+    let b_listed = list["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "b")
+        .cloned()
+        .expect("b listed");
+    assert_eq!(b_listed["engine_key"], new_key.as_str(), "{list}");
+    // And it keeps up with the cluster: the next deploy converges on it too.
+    a.deploy("api", guests::TAGGED_V2).await;
+    assert_eq!(answer(&b, "/api").await, "200 v2");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_cannot_activate_a_change_is_named_and_the_change_is_partial() {
     let nats = NatsServer::start();
     let url = nats.url();

@@ -1,5 +1,6 @@
 //! Rollouts in a cluster: one node (the live node with the smallest name) drives each
-//! rollout, and its gates count the requests every node served.
+//! rollout (the next one takes over when it leaves), and its gates count the requests every
+//! node served.
 
 use std::time::{Duration, Instant};
 
@@ -218,6 +219,117 @@ async fn a_healthy_candidate_reaches_the_nodes_wave_by_wave_in_the_order_named()
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_node_drives_a_rollout_and_the_next_takes_over_when_it_leaves() {
+    use handoff::api::EventKind;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let mut nodes = start_nodes(&[("a", &url), ("b", &url), ("c", &url)]).await;
+    nodes[0].deploy("app", guests::TAGGED_V1).await;
+    // Every node publishes the same events, read off the same records: c's stream tells which
+    // node's controller made each change.
+    let mut events = handoff::client::AdminClient::new(&format!("http://{}", nodes[2].admin))
+        .unwrap()
+        .events(Some("app"), None)
+        .await
+        .expect("c's event stream opens");
+    // Started through c; a (the smallest name) drives it. A step needs 10 candidate requests
+    // and 1 s, so without traffic nothing steps.
+    let candidate = nodes[2].upload(guests::TAGGED_V2).await;
+    let (status, body) = nodes[2]
+        .post_json(
+            "/v1/routes/app/rollout",
+            json!({"version": candidate, "steps": [20, 50, 100], "step_time": "1s",
+                   "step_requests": 10, "min_requests": 10}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // Traffic through every node until the first step.
+    let mut conns = Vec::new();
+    for node in &nodes {
+        conns.push(Connection::open(node.data).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        assert!(Instant::now() < deadline, "no step within 60 s");
+        for conn in &mut conns {
+            let (status, _) = conn.get("/app").await.expect("a request");
+            assert_eq!(status, StatusCode::OK);
+        }
+        let rollout = nodes[2].status("app").await["rollout"].clone();
+        if rollout["step"] != 0 {
+            break rollout;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(first["step"], 1, "{first}");
+    assert_eq!(first["driver"], "a", "{first}");
+
+    // The driver leaves (SIGTERM: it drains and deregisters); b, now the smallest live name,
+    // takes over and finishes the rollout on b's and c's requests.
+    let a = nodes.remove(0);
+    conns.remove(0);
+    a.shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        assert!(
+            Instant::now() < deadline,
+            "not promoted within 60 s of a leaving"
+        );
+        for conn in &mut conns {
+            let (status, _) = conn.get("/app").await.expect("a request");
+            assert_eq!(status, StatusCode::OK);
+        }
+        let rollout = nodes[1].status("app").await["rollout"].clone();
+        if rollout["state"] != "running" {
+            break rollout;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(done["state"], "promoted", "{done}");
+    assert_eq!(done["driver"], "b", "{done}");
+
+    // Every change the controllers made, in order: the first step by a, the rest by b; never
+    // two nodes for one change, never c.
+    let mut made = Vec::new();
+    let read = async {
+        while let Some(event) = events.next().await.expect("the stream reads") {
+            if matches!(
+                event.kind,
+                EventKind::RolloutStep | EventKind::RolloutPromoted
+            ) {
+                assert_eq!(event.by.as_deref(), Some("rollout"), "{event:?}");
+            }
+            match event.kind {
+                EventKind::RolloutStep => made.push((event.step, event.node.clone())),
+                EventKind::RolloutPromoted => {
+                    made.push((None, event.node.clone()));
+                    return;
+                }
+                EventKind::RolloutRolledBack => panic!("rolled back: {event:?}"),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("c publishes the promotion");
+    let a_name = Some("a".to_owned());
+    let b_name = Some("b".to_owned());
+    assert_eq!(made.first(), Some(&(Some(1), a_name)), "{made:?}");
+    assert_eq!(made.last(), Some(&(None, b_name.clone())), "{made:?}");
+    assert_eq!(
+        made.len(),
+        3,
+        "steps 1 and 2 and the promotion, once each: {made:?}"
+    );
+    assert_eq!(made[1], (Some(2), b_name), "{made:?}");
     for node in nodes {
         node.shutdown().await;
     }

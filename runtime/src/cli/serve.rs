@@ -101,6 +101,11 @@ pub struct ServeArgs {
     /// Guest instances that may exist at once (pooling allocator slots); 0 allocates on demand.
     #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MAX_INSTANCES)]
     pub max_instances: u32,
+    /// How hard Cranelift optimises guest code: `speed`, `speed-and-size`, or `none` (compiles
+    /// faster, runs slower). An engine setting: changing it recompiles every version on the
+    /// next start.
+    #[arg(long, value_name = "LEVEL", value_enum, default_value_t = crate::engine::OptLevel::Speed)]
+    pub opt_level: crate::engine::OptLevel,
     /// Guest-traffic connections served at once; more wait in the listen backlog until one
     /// closes.
     #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
@@ -262,6 +267,7 @@ impl ServeArgs {
             max_upload_bytes: usize::try_from(self.max_upload.0)
                 .map_err(|_| "the upload limit is too large for this machine".to_string())?,
             max_instances: self.max_instances,
+            opt_level: self.opt_level,
             admin_tokens: crate::auth::admin_tokens(self.tokens_file.as_deref(), file_tokens)?,
             idle_timeout: self.idle_timeout.0,
             max_connections: self.max_connections,

@@ -398,6 +398,7 @@ mod tests {
             by: "admin".into(),
             reason: None,
             waves: None,
+            driver: None,
             versions: vec![api::StepFigures {
                 version: "sha256:bbbbbbbbbbbbbbbb".into(),
                 role: "candidate".into(),

@@ -289,6 +289,7 @@ mod tests {
             by: "ci".into(),
             reason: None,
             waves: None,
+            driver: None,
             versions: vec![StepFigures {
                 version: "sha256:bbbbbbbbbbbbbbbb".into(),
                 role: "candidate".into(),

@@ -1,9 +1,9 @@
 //! What a change tells the event bus. Every change to a route goes through
-//! [`super::apply::change`], which hands the record before and after to [`publish`]: the
-//! events are read off the difference (a new stable version, a rollout that started, stepped,
-//! paused, was promoted or rolled back, a shadow that started or stopped), so a change made by
-//! any path (an admin call, the rollout controller, and later a cluster peer) is published the
-//! same way. Who made it comes from the history entry the change added, or from the task's
+//! [`super::apply::change`] (or, recorded by another node, [`super::remote::reconcile`]), which
+//! hands the record before and after to [`publish`]: the events are read off the difference (a
+//! new stable version, a rollout that started, stepped, paused, was promoted or rolled back, a
+//! shadow that started or stopped), so a change made by any path (an admin call, the rollout
+//! controller, another node) is published the same way. Who made it comes from the history entry the change added, or from the task's
 //! actor ([`crate::events::actor`]).
 //!
 //! Also the shadow figures: once every [`SHADOW_EVERY`], for each route with a shadow whose
@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::events::{Event, Kind, ShadowCounts, actor};
+use crate::events::{CONTROLLER, Event, Kind, ShadowCounts, actor};
 use crate::names::RouteName;
 use crate::runtime::Runtime;
 use crate::state::{RolloutState, RouteRecord};
@@ -97,12 +97,24 @@ pub(crate) fn events(
                 by: match kind {
                     Kind::RolloutStarted => Some(now.by.clone()),
                     Kind::RolloutPromoted => added.map(|e| e.by.clone()).or(base.by.clone()),
-                    _ => base.by.clone(),
+                    // A change another node's controller made (cluster mode) is the
+                    // controller's here too.
+                    _ => base
+                        .by
+                        .clone()
+                        .or_else(|| now.driver.as_ref().map(|_| CONTROLLER.to_owned())),
                 },
                 reason: now
                     .reason
                     .clone()
                     .filter(|_| kind == Kind::RolloutRolledBack),
+                // In a cluster, the node whose controller made the change.
+                node: now.driver.clone().filter(|_| {
+                    matches!(
+                        kind,
+                        Kind::RolloutStep | Kind::RolloutPromoted | Kind::RolloutRolledBack
+                    )
+                }),
                 ..base
             });
         }
@@ -207,6 +219,7 @@ mod tests {
             max_p99_ratio: 2.0,
             min_requests: 1,
             waves: None,
+            driver: None,
             manual: false,
             step_started_ms: 1,
             by: "alice".into(),

@@ -1,7 +1,8 @@
 //! Changes another node recorded (cluster mode), applied through the same path as a local
 //! change: [`super::apply::build`] builds the versions the record names (the artifact loaded,
 //! or the bytes fetched from the cluster and compiled), then the table's writer publishes the
-//! route, what left is retired and drains, and garbage is collected.
+//! route, the change's events are published (as on the node that made it), what left is retired
+//! and drains, and garbage is collected.
 //!
 //! [`follow`] watches the state log from the last position this node applied, in order. For
 //! each route a watched change touches, [`reconcile`] takes the route's change lock, reads the
@@ -51,6 +52,7 @@ pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Re
             writer.remove(name).await;
             rt.registry.forget(name);
             drop(writer);
+            super::notify::publish(rt, name, Some(&live.record), None);
             retire_leaving(rt, name, Some(&live), None);
             tracing::info!(
                 route = name.as_str(),
@@ -118,6 +120,13 @@ pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Re
     let swap = swapping.elapsed();
     drop(writer);
     log_activation(name, Some(&route), live.as_ref(), &[], swap);
+    // The same events as on the node that made the change, read off the same records.
+    super::notify::publish(
+        rt,
+        name,
+        live.as_ref().map(|l| l.record.as_ref()),
+        Some(&route.record),
+    );
     retire_leaving(rt, name, live.as_ref(), Some(&route));
     drop(guard);
     let outcome = if failed.is_some() {

@@ -19,6 +19,9 @@ pub mod event;
 pub use bus::{BUFFER, Bus, MAX_SUBSCRIBERS, QUEUE, Replay, Subscription};
 pub use event::{Event, Kind, ShadowCounts, unix_ms};
 
+/// Who the rollout controller's changes are recorded as.
+pub const CONTROLLER: &str = "rollout";
+
 tokio::task_local! {
     /// Who the changes made on this task are made by (the admin token's name): set around each
     /// admin request by `crate::auth`, around the rollout controller's steps, and read when a

@@ -30,7 +30,7 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const P99_FLOOR_MS: f64 = 10.0;
 
 /// Who the controller's changes are recorded as.
-pub const BY: &str = "rollout";
+pub const BY: &str = crate::events::CONTROLLER;
 
 /// Starts (or restarts) route `name`'s controller, stopping the one it had.
 pub fn spawn(rt: &Arc<Runtime>, name: &RouteName) {
@@ -205,6 +205,7 @@ async fn act(
             return Ok(Planned::Unchanged);
         }
         let mut rollout = rollout;
+        rollout.driver = rt.cluster.as_ref().map(|c| c.node_name().to_owned());
         let next = match verdict {
             Verdict::Hold => return Ok(Planned::Unchanged),
             Verdict::Promote => return Ok(promote(record.clone(), rollout, BY)),

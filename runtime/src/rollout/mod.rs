@@ -117,6 +117,7 @@ pub async fn act(
     }
     let applied = apply::change(rt, name, async |current: Current| {
         let (record, mut rollout) = live(&current)?;
+        rollout.driver = None;
         match action {
             Action::Promote => return Ok(promote(record, rollout, by)),
             Action::Abort => {
@@ -192,6 +193,7 @@ pub fn status(route: &Route) -> Option<api::RolloutStatus> {
         by: rollout.by.clone(),
         reason: rollout.reason.clone(),
         waves: rollout.waves.clone(),
+        driver: rollout.driver.clone(),
         versions,
     })
 }

@@ -93,6 +93,7 @@ pub fn plan(
         by: by.to_owned(),
         waves: None,
         reason: None,
+        driver: None,
     })
 }
 

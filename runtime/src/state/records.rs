@@ -163,6 +163,10 @@ pub struct RolloutRecord {
     /// step `i`; only the nodes of the waves up to the current step serve the candidate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waves: Option<Vec<Vec<String>>>,
+    /// In a cluster, the node whose controller made this rollout's last change (a step, the
+    /// promotion or a rollback); `None` after a change an operator made, and on one server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
 }
 
 impl RolloutRecord {
