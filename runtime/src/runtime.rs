@@ -98,7 +98,15 @@ impl Runtime {
         let backend: Arc<dyn crate::kv::Backend> = match &cluster {
             Some(cluster) => {
                 let (js, replicas) = cluster.jetstream();
-                Arc::new(crate::kv::jetstream::JetStreamKv::new(js, replicas))
+                let kv = Arc::new(crate::kv::jetstream::JetStreamKv::new(js, replicas));
+                // One node at a time deletes expired entries: the one that drives rollouts.
+                let leader = cluster.clone();
+                crate::kv::jetstream::sweep_while(
+                    &kv,
+                    move || leader.nodes.leader().as_deref() == Some(leader.node_name()),
+                    cluster.nodes.stopping(),
+                );
+                kv
             }
             None => {
                 let kv_path = files.dir().join("kv.redb");

@@ -144,3 +144,109 @@ async fn swaps_listings_quotas_and_expiry_hold_across_nodes() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_holds_while_three_nodes_race_to_fill_a_bucket() {
+    const QUOTA: usize = 30;
+    const CLIENTS_PER_NODE: usize = 4;
+    const EACH: usize = 15;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let nodes = start_nodes(&[("a", &url), ("b", &url), ("c", &url)]).await;
+    let (status, body) = nodes[0]
+        .deploy_bytes(
+            "race",
+            &format!("?kv-max-keys={QUOTA}"),
+            guests::bytes(guests::KV_PLAIN),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    // 180 new keys, written at once through three nodes: the quota lets exactly 30 in, however
+    // the writes interleave.
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for client in 0..CLIENTS_PER_NODE {
+            let addr = node.data;
+            clients.push(tokio::spawn(async move {
+                let mut conn = Connection::open(addr).await;
+                let mut written = 0;
+                for i in 0..EACH {
+                    assert!(started.elapsed() < LIMIT, "writes are too slow");
+                    let path = format!("/race/set?key=k{n}-{client}-{i}&value=x");
+                    let (status, body) = get(&mut conn, &path).await;
+                    match status {
+                        StatusCode::OK => written += 1,
+                        StatusCode::BAD_REQUEST if body.contains("kv-max-keys") => {}
+                        _ => panic!("{status} {body}"),
+                    }
+                }
+                written
+            }));
+        }
+    }
+    let mut written = 0;
+    for client in clients {
+        written += client.await.unwrap();
+    }
+    assert_eq!(written, QUOTA, "writes that succeeded");
+    let (_, listed) = nodes[1].admin(Method::GET, "/v1/routes/race/kv/keys").await;
+    assert_eq!(listed["keys"].as_array().unwrap().len(), QUOTA, "{listed}");
+    // The usage the quota is judged on counts exactly what the bucket holds.
+    let usage = nodes[0]
+        .metric("handoff_kv_keys{scope=\"route\",bucket=\"race\"}")
+        .await;
+    assert_eq!(usage, QUOTA as f64);
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_keys_are_deleted_and_free_their_quota() {
+    const QUOTA: usize = 5;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let nodes = start_nodes(&[("a", &url), ("b", &url)]).await;
+    let (status, body) = nodes[0]
+        .deploy_bytes(
+            "sessions",
+            &format!("?kv-max-keys={QUOTA}"),
+            guests::bytes(guests::KV_PLAIN),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    // A full bucket of keys that live 1 s, written through b.
+    for i in 0..QUOTA {
+        let (status, body) = nodes[1]
+            .admin_json(
+                Method::PUT,
+                &format!("/v1/routes/sessions/kv/keys/s{i}"),
+                json!({"value": "session", "ttl_ms": 1000}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = nodes[1].get("/sessions/set?key=more&value=x").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "full: {body}");
+    // Once they expire, the leader deletes them: the usage the quota judges falls to 0 ...
+    let series = "handoff_kv_keys{scope=\"route\",bucket=\"sessions\"}";
+    eventually("the expired keys are deleted", LIMIT, || async {
+        (nodes[1].metric(series).await == 0.0).then_some(())
+    })
+    .await;
+    // ... and the bucket takes as many new keys as before.
+    for i in 0..QUOTA {
+        let (status, body) = nodes[1]
+            .get(&format!("/sessions/set?key=n{i}&value=x"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (_, listed) = nodes[0]
+        .admin(Method::GET, "/v1/routes/sessions/kv/keys")
+        .await;
+    assert_eq!(listed["keys"].as_array().unwrap().len(), QUOTA, "{listed}");
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

@@ -13,11 +13,16 @@
 //!   adds to what was read), publish expecting what was read; if another writer got there
 //!   first, read again and retry. So conditions and increments are atomic across nodes.
 //!   JetStream acknowledges a write once its replicas have it (durable).
-//! * **Usage** (for quotas) is kept in the bucket's `meta` key, updated by its own
-//!   compare-and-swap after each write that changes it. The two are not one transaction: under
-//!   concurrent writes from several nodes a quota can be passed by the writes in flight, and a
-//!   write whose node dies between the two leaves usage off by that write. Expired entries read
-//!   as absent; their bytes count in usage until they are overwritten or deleted.
+//! * **Usage** (for quotas) is kept in the bucket's `meta` key, changed by compare-and-swaps of
+//!   its own. A write that adds a key or bytes *reserves* them first: the reservation checks
+//!   the quota against the usage it swaps, so writes racing from several nodes cannot pass a
+//!   quota together; if the key's own swap then loses, the reservation is given back. A write
+//!   that frees a key or bytes gives them back after it lands. So usage never counts less than
+//!   the bucket holds: a node that dies between the two swaps leaves it counting that one write
+//!   too much (a quota then refuses early, never late).
+//! * **Expired entries** read as absent at once. One node (the cluster's leader) deletes them
+//!   every [`SWEEP_EVERY`] ([`sweep_while`]), each with a compare-and-swap on the sequence it
+//!   read (a key written again meanwhile is left alone), and gives their usage back.
 
 use std::time::Duration;
 
@@ -30,13 +35,21 @@ use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use super::backend::{
-    Backend, BoxFuture, Change, Condition, Entry, KvError, Outcome, Page, PageFiller, Start, Usage,
-    Write, add, now_ms, number_of,
+    Backend, BoxFuture, Change, Condition, Entry, KvError, Outcome, Page, PageFiller, Quota, Start,
+    Usage, Write, add, now_ms, number_of,
 };
 use super::format::{decode, encode, live};
 
 /// Compare-and-swap attempts per write before it fails (each lost to another writer).
 const ATTEMPTS: usize = 1000;
+/// How often the leader deletes expired entries.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// Expired entries deleted per sweep, over all buckets.
+const SWEEP: usize = 1000;
+/// The JetStream streams of handoff's buckets: `KV_` and the bucket's name.
+const STREAM_PREFIX: &str = "KV_handoff_kv_";
+/// How long a sweep waits for a bucket's next entry before it moves on.
+const SWEEP_READ: Duration = Duration::from_secs(5);
 /// The key holding a bucket's usage.
 const META: &str = "meta";
 
@@ -165,8 +178,15 @@ impl JetStreamKv {
         Ok((sequence, meta))
     }
 
-    /// Adds `keys` and `bytes` to the bucket's usage.
-    async fn account(&self, store: &kv::Store, keys: i64, bytes: i64) -> Result<(), KvError> {
+    /// Adds `keys` and `bytes` to the bucket's usage; with `quota`, only if the usage then stays
+    /// within it (what it would pass is refused, and nothing is added).
+    async fn account(
+        &self,
+        store: &kv::Store,
+        keys: i64,
+        bytes: i64,
+        quota: Option<Quota>,
+    ) -> Result<(), KvError> {
         if keys == 0 && bytes == 0 {
             return Ok(());
         }
@@ -174,6 +194,18 @@ impl JetStreamKv {
             let (sequence, mut meta) = Self::meta(store).await?;
             meta.keys = meta.keys.saturating_add_signed(keys);
             meta.bytes = meta.bytes.saturating_add_signed(bytes);
+            if let Some(quota) = quota {
+                if quota.max_keys > 0 && keys > 0 && meta.keys > quota.max_keys {
+                    return Err(KvError::TooManyKeys {
+                        limit: quota.max_keys,
+                    });
+                }
+                if quota.max_bytes > 0 && bytes > 0 && meta.bytes > quota.max_bytes {
+                    return Err(KvError::TooManyBytes {
+                        limit: quota.max_bytes,
+                    });
+                }
+            }
             let value = encode(&Entry {
                 value: serde_json::to_vec(&meta).unwrap_or_default(),
                 revision: 0,
@@ -245,35 +277,103 @@ impl JetStreamKv {
             let new_size = next
                 .as_ref()
                 .map_or(0, |e| (write.key.len() + e.value.len()) as u64);
-            let new_key = i64::from(stored.is_none() && next.is_some());
-            let gone_key = i64::from(stored.is_some() && next.is_none());
-            if next.is_some() && (new_key > 0 || new_size > old_size) {
-                let (_, usage) = Self::meta(store).await?;
-                let quota = write.quota;
-                if quota.max_keys > 0 && new_key > 0 && usage.keys + 1 > quota.max_keys {
-                    return Err(KvError::TooManyKeys {
-                        limit: quota.max_keys,
-                    });
-                }
-                let bytes = usage.bytes.saturating_sub(old_size) + new_size;
-                if quota.max_bytes > 0 && new_size > old_size && bytes > quota.max_bytes {
-                    return Err(KvError::TooManyBytes {
-                        limit: quota.max_bytes,
-                    });
-                }
+            let keys = i64::from(stored.is_none() && next.is_some())
+                - i64::from(stored.is_some() && next.is_none());
+            let bytes = new_size as i64 - old_size as i64;
+            // What grows usage is reserved before it is written, within the quota.
+            let grows = keys > 0 || bytes > 0;
+            if grows {
+                self.account(store, keys.max(0), bytes.max(0), Some(write.quota))
+                    .await?;
             }
             let value = next.as_ref().map(|e| Bytes::from(encode(e)));
-            let Some(revision) = self.publish(store, &key, value, sequence).await? else {
+            let landed = self.publish(store, &key, value, sequence).await;
+            let (give_back_keys, give_back_bytes) = match &landed {
+                // Another writer got there first, or the write failed: give the reservation
+                // back.
+                Ok(None) | Err(_) if grows => (-keys.max(0), -bytes.max(0)),
+                Ok(None) | Err(_) => (0, 0),
+                // Landed: what it freed, and what the reservation did not cover.
+                Ok(Some(_)) => (keys.min(0), bytes.min(0)),
+            };
+            self.account(store, give_back_keys, give_back_bytes, None)
+                .await?;
+            let Some(revision) = landed? else {
                 continue;
             };
-            self.account(store, new_key - gone_key, new_size as i64 - old_size as i64)
-                .await?;
             return Ok(Outcome::Done { revision, number });
         }
         Err(KvError::Failed(format!(
             "key `{}` keeps changing under this write",
             write.key.escape_debug()
         )))
+    }
+
+    /// Deletes up to `limit` expired entries over every bucket of the cluster; returns how
+    /// many it deleted.
+    pub async fn sweep(&self, limit: usize) -> Result<usize, KvError> {
+        let mut names = self.js.stream_names();
+        let mut buckets = Vec::new();
+        while let Some(name) = names.next().await {
+            let name = name.map_err(|e| failed("listing buckets", e))?;
+            if let Some(hex) = name.strip_prefix(STREAM_PREFIX) {
+                buckets.push(format!("handoff_kv_{hex}"));
+            }
+        }
+        let mut swept = 0;
+        for bucket in buckets {
+            if swept >= limit {
+                break;
+            }
+            let store = self
+                .js
+                .get_key_value(&bucket)
+                .await
+                .map_err(|e| failed("opening a bucket", e))?;
+            swept += self.sweep_bucket(&store, limit - swept).await?;
+        }
+        Ok(swept)
+    }
+
+    /// Deletes up to `limit` expired entries of `store`.
+    async fn sweep_bucket(&self, store: &kv::Store, limit: usize) -> Result<usize, KvError> {
+        let status = store
+            .status()
+            .await
+            .map_err(|e| failed("reading a bucket's status", e))?;
+        if status.values() == 0 {
+            return Ok(0);
+        }
+        // Each key's last message, in one pass.
+        let mut watch = store
+            .watch_with_history(">")
+            .await
+            .map_err(|e| failed("reading a bucket", e))?;
+        let now = now_ms();
+        let mut expired = Vec::new();
+        while let Ok(Some(entry)) = tokio::time::timeout(SWEEP_READ, watch.next()).await {
+            let entry = entry.map_err(|e| failed("reading a bucket", e))?;
+            if entry.operation == kv::Operation::Put
+                && let Some(key) = key_from(&entry.key)
+                && let Some(stored) = decode(&entry.value)
+                && !live(&stored, now)
+            {
+                let size = (key.len() + stored.value.len()) as i64;
+                expired.push((entry.key, entry.revision, size));
+            }
+            if entry.delta == 0 || expired.len() >= limit {
+                break;
+            }
+        }
+        drop(watch);
+        let mut swept = 0;
+        for (key, revision, size) in expired {
+            if self.publish(store, &key, None, revision).await?.is_some() {
+                self.account(store, -1, -size, None).await?;
+                swept += 1;
+            }
+        }
+        Ok(swept)
     }
 
     /// Every key of `bucket` (guest form), sorted.
@@ -383,6 +483,34 @@ impl Backend for JetStreamKv {
             })
         })
     }
+}
+
+/// Every [`SWEEP_EVERY`] while `leads` says this node leads, deletes expired entries of every
+/// bucket ([`JetStreamKv::sweep`]). Ends at `stop`, or once the backend is gone.
+pub fn sweep_while(
+    kv: &std::sync::Arc<JetStreamKv>,
+    leads: impl Fn() -> bool + Send + 'static,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let kv = std::sync::Arc::downgrade(kv);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            }
+            let Some(kv) = kv.upgrade() else { return };
+            if !leads() {
+                continue;
+            }
+            match kv.sweep(SWEEP).await {
+                Ok(0) => {}
+                Ok(swept) => tracing::debug!(swept, "expired key-value entries deleted"),
+                // `failed` logged it; the next round tries again.
+                Err(_) => {}
+            }
+        }
+    });
 }
 
 #[cfg(test)]
