@@ -1,11 +1,13 @@
 //! A guest not built with our SDK, in another language: the Python app in
 //! `tests/guests/kv-python` (componentize-py, from PyPI; `.ci/run` installs it), importing
 //! `wasi:keyvalue@0.2.0-draft2`, built from its committed sources at test time and counting
-//! correctly under concurrent clients.
+//! correctly under concurrent clients, on one server and across a cluster's nodes (its 19 MB
+//! travel through JetStream's Object Store).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use handoff_tests::nats::{NatsServer, start_nodes};
 use handoff_tests::{Connection, TestServer};
 use http::StatusCode;
 
@@ -33,6 +35,14 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+/// The Python guest, built once for this test binary's tests.
+async fn python_guest() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    tokio::task::spawn_blocking(|| BUILT.get_or_init(build).clone())
+        .await
+        .unwrap()
 }
 
 /// Builds the Python guest into the test's target directory and returns its path.
@@ -76,7 +86,7 @@ fn build() -> PathBuf {
 async fn a_python_guest_counts_correctly_with_wasi_keyvalue_draft2() {
     const CLIENTS: usize = 4;
     const EACH: usize = 50;
-    let wasm = tokio::task::spawn_blocking(build).await.unwrap();
+    let wasm = python_guest().await;
     let server = TestServer::start().await;
     let (status, body) = server
         .deploy_bytes("py", "", std::fs::read(&wasm).unwrap())
@@ -106,4 +116,38 @@ async fn a_python_guest_counts_correctly_with_wasi_keyvalue_draft2() {
         StatusCode::NOT_FOUND
     );
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_guest_deployed_to_a_cluster_counts_across_its_nodes() {
+    const EACH: usize = 40;
+    let wasm = python_guest().await;
+    let bytes = std::fs::read(&wasm).unwrap();
+    // componentize-py's components are large (CPython inside): the Object Store carries them.
+    assert!(bytes.len() > 10 << 20, "{} bytes", bytes.len());
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let nodes = start_nodes(&[("a", &url), ("b", &url)]).await;
+    // Through a; when it returns, b fetched the bytes from the Object Store, compiled them and
+    // serves them.
+    let (status, body) = nodes[0].deploy_bytes("py", "", bytes).await;
+    assert!(status.is_success(), "{body}");
+    assert_eq!(body["cluster"]["converged"], true, "{body}");
+    let mut conns = Vec::new();
+    for node in &nodes {
+        conns.push(Connection::open(node.data).await);
+    }
+    for _ in 0..EACH {
+        for conn in &mut conns {
+            let (status, body) = conn.get("/py/incr?key=hits").await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{body:?}");
+        }
+    }
+    for node in &nodes {
+        let (status, body) = node.get("/py/get?key=hits").await;
+        assert_eq!((status, body), (StatusCode::OK, (2 * EACH).to_string()));
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
 }
