@@ -169,7 +169,10 @@ pub fn screen(status: &RouteStatus, now: SystemTime) -> String {
                     .join(" → "),
                 ago(now_ms.saturating_sub(r.step_started_ms)),
                 r.by
-            ),
+            ) + &r
+                .driver
+                .as_ref()
+                .map_or(String::new(), |node| format!(", driven by node {node}")),
         ));
         lines.push((
             "advances",
@@ -289,7 +292,7 @@ mod tests {
             by: "ci".into(),
             reason: None,
             waves: None,
-            driver: None,
+            driver: Some("web-1".into()),
             versions: vec![StepFigures {
                 version: "sha256:bbbbbbbbbbbbbbbb".into(),
                 role: "candidate".into(),
@@ -321,7 +324,7 @@ mod tests {
     fn the_screen_shows_step_gates_figures_and_drains() {
         let text = screen(&status(), SystemTime::UNIX_EPOCH + Duration::from_secs(3));
         for part in [
-            "running, step 2 of 3 at 25% (5 → 25 → 100), 2 s in the step, started by ci",
+            "running, step 2 of 3 at 25% (5 → 25 → 100), 2 s in the step, started by ci, driven by node web-1",
             "after 30 s and 100 candidate requests per step",
             "error rate ≤ 0.01, p99 ≤ 2× stable, after 20 candidate requests",
             "bbbbbbbbbbbb  candidate  40        0.025       2.0 ms  -",
