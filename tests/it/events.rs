@@ -217,7 +217,9 @@ async fn a_stalled_client_is_dropped_with_a_notice_and_deploys_are_not_slowed() 
             let n = stalled.read(&mut buffer).await.unwrap();
             assert!(n > 0, "the connection closed before the notice");
             received.extend_from_slice(&buffer[..n]);
-            if received.windows(14).any(|w| w == b"event: dropped") {
+            // The whole notice: its `event:` line, its `data:` line and the blank line after.
+            let notice = received.windows(14).position(|w| w == b"event: dropped");
+            if notice.is_some_and(|at| received[at..].windows(2).any(|w| w == b"\n\n")) {
                 return;
             }
         }
