@@ -28,3 +28,4 @@ mod reuse;
 mod shadow;
 mod swap;
 mod tls;
+mod toolchains;

@@ -34,6 +34,12 @@ pub fn tools_venv() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools-venv")
 }
 
+/// The npm prefix `tests/install-tools` installs the tests' npm-packaged tools into
+/// (`target/tools-node` in the repository; its commands are in `node_modules/.bin`).
+pub fn tools_node() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools-node")
+}
+
 /// The compile worker built next to the test or bench executable (`handoff-compile-worker`,
 /// this crate's binary): what a server started here compiles with.
 pub fn compile_worker() -> Compiler {
