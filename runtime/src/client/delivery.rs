@@ -287,6 +287,12 @@ pub fn render(body: &RolloutStatus) -> String {
     if let Some(reason) = &body.reason {
         lines.push(("reason", reason.clone()));
     }
+    if let Some(node) = &body.driver {
+        lines.push((
+            "driven by",
+            format!("node {node} (its last step, promotion or rollback)"),
+        ));
+    }
     let mut out = key_values(&lines);
     if !body.versions.is_empty() {
         let rows: Vec<[String; 6]> = body

@@ -200,6 +200,10 @@ pub fn line(event: &Event) -> String {
     if let Some(route) = &event.route {
         let _ = write!(out, "  {route}");
     }
+    // Cluster mode: the node that converged, or whose controller made the change.
+    if let Some(node) = &event.node {
+        let _ = write!(out, "  on {node}");
+    }
     if let Some(version) = &event.version {
         let _ = write!(out, "  {}", short(version));
     }
@@ -213,6 +217,9 @@ pub fn line(event: &Event) -> String {
     }
     if let Some(action) = &event.action {
         details.push(action.clone());
+    }
+    if let Some(revision) = event.revision {
+        details.push(format!("revision {revision}"));
     }
     if let Some(step) = event.step {
         // People count steps from 1; the JSON's `step` is the index.
@@ -329,5 +336,15 @@ mod tests {
             ..Event::new(EventKind::RolloutRolledBack, "api")
         };
         assert!(line(&rolled_back).ends_with("rollout_rolled_back  api: error rate 0.5\n"));
+        let converged = Event {
+            at_ms: 0,
+            node: Some("web-2".into()),
+            revision: Some(7),
+            ..Event::new(EventKind::NodeConverged, "api").version("sha256:aabbccddeeff00112233")
+        };
+        assert_eq!(
+            line(&converged),
+            "1970-01-01T00:00:00.000Z  node_converged  api  on web-2  aabbccddeeff  (revision 7)\n"
+        );
     }
 }
