@@ -21,8 +21,9 @@
 //!   the bucket holds: a node that dies between the two swaps leaves it counting that one write
 //!   too much (a quota then refuses early, never late).
 //! * **Expired entries** read as absent at once. One node (the cluster's leader) deletes them
-//!   every [`SWEEP_EVERY`] ([`sweep_while`]), each with a compare-and-swap on the sequence it
-//!   read (a key written again meanwhile is left alone), and gives their usage back.
+//!   ([`sweep_while`]): every [`SWEEP_EVERY`] it reads the next [`SWEEP_BUCKETS`] buckets in
+//!   turn, deletes each expired entry with a compare-and-swap on the sequence it read (a key
+//!   written again meanwhile is left alone), and gives their usage back.
 
 use std::time::Duration;
 
@@ -46,6 +47,8 @@ const ATTEMPTS: usize = 1000;
 pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
 /// Expired entries deleted per sweep, over all buckets.
 const SWEEP: usize = 1000;
+/// Buckets one sweep reads: the cost of a round stays bounded with many routes.
+const SWEEP_BUCKETS: usize = 16;
 /// The JetStream streams of handoff's buckets: `KV_` and the bucket's name.
 const STREAM_PREFIX: &str = "KV_handoff_kv_";
 /// How long a sweep waits for a bucket's next entry before it moves on.
@@ -58,6 +61,8 @@ pub struct JetStreamKv {
     js: jetstream::Context,
     replicas: usize,
     stores: DashMap<String, kv::Store>,
+    /// Where the next sweep starts among the buckets (sorted by name).
+    sweep_cursor: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
@@ -87,6 +92,7 @@ impl JetStreamKv {
             js,
             replicas,
             stores: DashMap::new(),
+            sweep_cursor: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -309,8 +315,9 @@ impl JetStreamKv {
         )))
     }
 
-    /// Deletes up to `limit` expired entries over every bucket of the cluster; returns how
-    /// many it deleted.
+    /// Deletes up to `limit` expired entries in the next [`SWEEP_BUCKETS`] buckets of the
+    /// cluster (in turn: every bucket is swept once every `buckets / SWEEP_BUCKETS` rounds);
+    /// returns how many it deleted.
     pub async fn sweep(&self, limit: usize) -> Result<usize, KvError> {
         let mut names = self.js.stream_names();
         let mut buckets = Vec::new();
@@ -320,14 +327,27 @@ impl JetStreamKv {
                 buckets.push(format!("handoff_kv_{hex}"));
             }
         }
+        if buckets.is_empty() {
+            return Ok(0);
+        }
+        buckets.sort();
+        let first = self
+            .sweep_cursor
+            .fetch_add(SWEEP_BUCKETS, std::sync::atomic::Ordering::Relaxed)
+            % buckets.len();
+        let turn = buckets
+            .iter()
+            .cycle()
+            .skip(first)
+            .take(SWEEP_BUCKETS.min(buckets.len()));
         let mut swept = 0;
-        for bucket in buckets {
+        for bucket in turn {
             if swept >= limit {
                 break;
             }
             let store = self
                 .js
-                .get_key_value(&bucket)
+                .get_key_value(bucket)
                 .await
                 .map_err(|e| failed("opening a bucket", e))?;
             swept += self.sweep_bucket(&store, limit - swept).await?;
