@@ -384,3 +384,51 @@ async fn a_wrong_method_is_told_which_methods_the_path_takes() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollouts_keep_the_history_limit_and_their_old_modules_are_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(Config {
+        history_limit: 2,
+        ..in_dir(dir.path())
+    })
+    .await;
+    let first = server.deploy("app", guests::TAGGED_V1).await["version"].clone();
+    // Three versions in turn, each promoted from a rollout (never a plain deploy).
+    for guest in [guests::TAGGED_V2, guests::TAGGED_SLOW, guests::TAGGED_V1B] {
+        let candidate = server.upload(guest).await;
+        let (status, body) = server
+            .post_json(
+                "/v1/routes/app/rollout",
+                json!({"version": candidate, "manual": true}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) = server
+            .post_json("/v1/routes/app/rollout/promote", Value::Null)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, history) = server.admin(Method::GET, "/v1/routes/app/versions").await;
+        let versions = history["versions"].as_array().unwrap();
+        assert!(versions.len() <= 2, "the history keeps 2: {history}");
+        for entry in versions {
+            assert!(entry["size_bytes"].as_u64().unwrap() > 0, "{entry}");
+        }
+    }
+    // The first version left the history: no route references it, so its files are gone.
+    let module_file = dir
+        .path()
+        .join("modules")
+        .join(format!("{}.wasm", hex(&first)));
+    assert!(!module_file.exists(), "{} kept", module_file.display());
+    let (_, list) = server.admin(Method::GET, "/v1/modules").await;
+    assert!(
+        !list["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["version"] == first),
+        "{list}"
+    );
+    server.shutdown().await;
+}

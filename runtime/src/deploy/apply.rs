@@ -181,6 +181,26 @@ impl Applied {
     }
 }
 
+/// Whatever path planned `record` (a deploy, a rollout's promotion or rollback), its history
+/// keeps the retention limit (`--history`), and the entries it added carry their version's
+/// size.
+async fn complete_history(rt: &Runtime, record: &mut RouteRecord) -> Result<(), DeployError> {
+    let excess = record
+        .history
+        .len()
+        .saturating_sub(rt.config.history_limit.max(1));
+    record.history.drain(..excess);
+    for entry in record.history.iter_mut().filter(|e| e.size_bytes == 0) {
+        let Some(digest) = Digest::parse(&entry.version) else {
+            continue;
+        };
+        if let Some(module) = rt.state.module(&digest).await.map_err(internal)? {
+            entry.size_bytes = module.size_bytes;
+        }
+    }
+    Ok(())
+}
+
 /// Changes route `name` as `plan` decides, through the steps in this module's header.
 pub(crate) async fn change<F>(
     rt: &Arc<Runtime>,
@@ -210,6 +230,10 @@ where
         }
         Planned::Change(plan) => *plan,
     };
+    let mut plan = plan;
+    if let Some(record) = plan.next.as_mut() {
+        complete_history(rt, record).await?;
+    }
     let next = match &plan.next {
         Some(record) => {
             let prefix = Prefix::parse(&record.prefix).map_err(internal)?;
