@@ -236,7 +236,8 @@ pub async fn activate(args: ActivateArgs) -> Result<(), Failure> {
     } else if args.version.len() == 64 {
         format!("sha256:{}", args.version)
     } else {
-        // A short version can only be resolved against the route's history.
+        // A short version: from the route's history, else among the stored modules (one
+        // `handoff upload` stored for this activation).
         resolve_version(&client, &args.route, &args.version).await?
     };
     let target = api::Target {
@@ -257,7 +258,8 @@ pub async fn activate(args: ActivateArgs) -> Result<(), Failure> {
     told(&body, json, "the activation")
 }
 
-/// A full digest from a full one or from a unique prefix of one in the route's history.
+/// A full digest from a full one or from a unique prefix of one in the route's history or,
+/// when the history has none, among the stored modules.
 async fn resolve_version(
     client: &AdminClient,
     route: &str,
@@ -267,24 +269,46 @@ async fn resolve_version(
     if wanted.len() == 64 {
         return Ok(format!("sha256:{wanted}"));
     }
+    let starts =
+        |v: &&str| !wanted.is_empty() && v.trim_start_matches("sha256:").starts_with(wanted);
+    // A route that does not exist yet has no history: the modules decide.
     let path = format!("/v1/routes/{}/versions", encode(route));
-    let body: api::History = client
+    let history: Option<api::History> = client
         .call("versions", Method::GET, &path, None, false)
-        .await?;
-    let mut matches: Vec<&str> = body
-        .versions
+        .await
+        .ok();
+    let mut matches: Vec<String> = history
         .iter()
-        .map(|e| e.version.as_str())
-        .filter(|v| !wanted.is_empty() && v.trim_start_matches("sha256:").starts_with(wanted))
+        .flat_map(|h| h.versions.iter().map(|e| e.version.as_str()))
+        .filter(starts)
+        .map(str::to_owned)
         .collect();
+    if matches.is_empty() {
+        let modules: api::ModuleList = client
+            .call(
+                "listing the modules",
+                Method::GET,
+                "/v1/modules",
+                None,
+                false,
+            )
+            .await?;
+        matches = modules
+            .modules
+            .iter()
+            .map(|m| m.version.as_str())
+            .filter(starts)
+            .map(str::to_owned)
+            .collect();
+    }
     matches.sort_unstable();
     matches.dedup();
     match matches.as_slice() {
-        [one] => Ok((*one).to_owned()),
+        [one] => Ok(one.clone()),
         [] => Err(Failure::new(
             exit::FAILED,
             format!(
-                "route {route} has no version starting with `{given}` in its history; see `handoff versions {route}`"
+                "no version starting with `{given}` is in route {route}'s history or among the stored modules; see `handoff versions {route}`, or store it with `handoff upload FILE.wasm`"
             ),
         )),
         _ => Err(Failure::new(

@@ -141,6 +141,28 @@ async fn versions_rollback_upload_and_activate_from_the_cli() {
         .await
         .ok();
     assert_eq!(get(&ready, "/app").await.1, "ok");
+
+    // The command `handoff upload` prints works as printed: its short version is found among
+    // the stored modules, for a new route and for one whose history does not hold it.
+    let uploaded = handoff(&["upload", guests::TAGGED_V2, "--admin", admin]).await;
+    let text = uploaded.ok();
+    let short = text
+        .split("handoff activate ROUTE ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("no activate command in {text:?}"))
+        .to_owned();
+    assert_eq!(short.len(), 12, "{text:?}");
+    handoff(&[
+        "activate", "short", &short, "--prefix", "/short", "--admin", admin,
+    ])
+    .await
+    .ok();
+    assert_eq!(get(&ready, "/short").await.1, "v2");
+    handoff(&["activate", "app", &short, "--admin", admin])
+        .await
+        .ok();
+    assert_eq!(get(&ready, "/app").await.1, "v2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
