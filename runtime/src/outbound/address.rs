@@ -72,11 +72,33 @@ pub fn is_metadata(ip: IpAddr) -> bool {
     const V6: [Ipv6Addr; 1] = [Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x254)]; // AWS
     match ip {
         IpAddr::V4(v4) => V4.contains(&v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => V4.contains(&v4),
-            None => V6.contains(&v6),
-        },
+        IpAddr::V6(v6) => V6.contains(&v6) || embedded_ipv4(v6).iter().any(|v4| V4.contains(v4)),
     }
+}
+
+/// The IPv4 addresses an IPv6 address can carry to an IPv4 host: IPv4-mapped and
+/// IPv4-compatible (`::ffff:a.b.c.d`, `::a.b.c.d`), NAT64 (`64:ff9b::/96`, `64:ff9b:1::/48`),
+/// 6to4 (`2002:AABB:CCDD::/48`) and Teredo (`2001::/32`, the client address inverted).
+fn embedded_ipv4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let s = v6.segments();
+    let pair = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    let mut found = Vec::new();
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        found.push(v4);
+    }
+    if s[..6] == [0; 6] {
+        found.push(pair(s[6], s[7])); // IPv4-compatible (deprecated)
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) {
+        found.push(pair(s[6], s[7])); // NAT64: the well-known and the local-use prefix
+    }
+    if s[0] == 0x2002 {
+        found.push(pair(s[1], s[2])); // 6to4
+    }
+    if s[0] == 0x2001 && s[1] == 0 {
+        found.push(pair(!s[6], !s[7])); // Teredo: the client's address, inverted
+    }
+    found
 }
 
 /// Whether a request allowed by `rules` to `https`, `host`, `port` may connect to `ip`: a

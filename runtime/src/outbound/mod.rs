@@ -220,12 +220,23 @@ mod tests {
         let metadata = (false, "metadata.internal", 80);
         assert!(!may_connect(&rules, metadata, ip("169.254.169.254"), false));
         assert!(!may_connect(&rules, metadata, ip("169.254.169.254"), true));
-        assert!(!may_connect(
-            &rules,
-            metadata,
-            ip("::ffff:169.254.169.254"),
-            true
-        ));
+        // ... and in every IPv6 form that carries it to an IPv4 host.
+        for wrapped in [
+            "::ffff:169.254.169.254",               // IPv4-mapped
+            "::169.254.169.254",                    // IPv4-compatible
+            "64:ff9b::a9fe:a9fe",                   // NAT64
+            "64:ff9b:1::a9fe:a9fe",                 // NAT64, local-use prefix
+            "2002:a9fe:a9fe::1",                    // 6to4
+            "2001:0:4136:e378:8000:63bf:5601:5601", // Teredo: client 169.254.169.254 inverted
+            "64:ff9b::6464:64c8",                   // NAT64 of Alibaba Cloud's 100.100.100.200
+        ] {
+            assert!(
+                !may_connect(&rules, metadata, ip(wrapped), true),
+                "{wrapped} reached the metadata service"
+            );
+        }
+        // Other private addresses in those forms stay reachable under the opt-in.
+        assert!(may_connect(&rules, by_name, ip("64:ff9b::a00:1"), true));
         assert!(may_connect(
             &rules,
             (false, "169.254.169.254", 80),
