@@ -90,7 +90,8 @@ impl Parts {
 /// What the stable version has shown about one path.
 #[derive(Debug, Default)]
 struct PathNoise {
-    /// Second runs of the stable version so far.
+    /// Second runs of the stable version asked for so far (counted when asked: a second run
+    /// whose outbound call was denied still counts, so calibration ends).
     calibrations: u32,
     /// Requests to the path so far.
     seen: u64,
@@ -103,6 +104,8 @@ struct Inner {
     /// The shadow these figures are about.
     version: Option<Digest>,
     paths: HashMap<String, PathNoise>,
+    /// Requests to paths beyond the first [`MAX_PATHS`] (sampled one in [`RESAMPLE_EVERY`]).
+    overflow: u64,
     samples: VecDeque<api::ShadowSample>,
 }
 
@@ -154,14 +157,23 @@ impl ShadowStats {
         match inner.paths.get_mut(path) {
             Some(noise) => {
                 noise.seen += 1;
-                noise.calibrations < CALIBRATION || noise.seen.is_multiple_of(RESAMPLE_EVERY)
+                if noise.calibrations < CALIBRATION {
+                    noise.calibrations += 1;
+                    true
+                } else {
+                    noise.seen.is_multiple_of(RESAMPLE_EVERY)
+                }
             }
-            None if full => true,
+            None if full => {
+                inner.overflow += 1;
+                inner.overflow.is_multiple_of(RESAMPLE_EVERY)
+            }
             None => {
                 inner.paths.insert(
                     path.to_owned(),
                     PathNoise {
                         seen: 1,
+                        calibrations: 1,
                         ..PathNoise::default()
                     },
                 );
@@ -193,7 +205,6 @@ impl ShadowStats {
         let mut inner = self.inner.lock().expect("poisoned");
         let noisy = match (secondary, inner.paths.get_mut(key)) {
             (Some(second), Some(noise)) => {
-                noise.calibrations += 1;
                 noise.noisy.add(&Parts::between(primary, second));
                 noise.noisy.clone()
             }
@@ -319,6 +330,40 @@ mod tests {
             compare_headers: compared.to_vec(),
             allow_outbound: false,
         }
+    }
+
+    #[test]
+    fn second_runs_are_the_first_three_requests_of_a_path_then_one_in_ten() {
+        let stats = ShadowStats::default();
+        stats.about(&Digest::of(b"shadow"));
+        let denied = Summary {
+            outbound_denied: true,
+            ..summary(200, b"denied")
+        };
+        let mut second_runs = 0;
+        for _ in 0..30 {
+            if stats.calibrate("/calls-out") {
+                second_runs += 1;
+                // Its outbound call denied, the second run measures nothing; it still counts.
+                stats.record(
+                    "GET",
+                    "/calls-out",
+                    &[],
+                    &denied,
+                    Some(&denied),
+                    Some(&denied),
+                );
+            }
+        }
+        assert_eq!(second_runs, 3 + 3, "3 first, then requests 10, 20, 30");
+        // Beyond the paths the table keeps, one in ten.
+        for i in 1..MAX_PATHS {
+            stats.calibrate(&format!("/p{i}"));
+        }
+        let overflow = (0..100)
+            .filter(|i| stats.calibrate(&format!("/new{i}")))
+            .count();
+        assert_eq!(overflow, 10);
     }
 
     #[test]
