@@ -393,3 +393,46 @@ async fn a_read_token_lists_keys_but_values_need_deploy_and_data_outlives_the_ro
     assert_eq!(server.get("/app/get?key=a/b").await.1, "secret");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_imports_back_whatever_the_component_upload_limit() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    // Components may be at most 256 KiB here; a bucket holds a 300 KB value.
+    let server = TestServer::start_with(handoff::config::Config {
+        max_upload_bytes: 256 << 10,
+        ..handoff::config::Config::ephemeral()
+    })
+    .await;
+    server.deploy("app", guests::KV_PLAIN).await;
+    server.deploy("copy", guests::KV_PLAIN).await;
+    let big = "v".repeat(300_000);
+    let (status, body) = server
+        .admin_json(
+            Method::PUT,
+            "/v1/routes/app/kv/keys/big",
+            json!({"value": big}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let export = http::Request::builder()
+        .uri("/v1/routes/app/kv/export")
+        .header("host", "admin")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, exported) = handoff_tests::send(server.admin, export).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(exported.len() > 256 << 10, "{} bytes", exported.len());
+    let import = http::Request::builder()
+        .method(Method::POST)
+        .uri("/v1/routes/copy/kv/import")
+        .header("host", "admin")
+        .header("content-type", "application/x-ndjson")
+        .body(Full::new(Bytes::from(exported)))
+        .unwrap();
+    let (status, body) = handoff_tests::send(server.admin, import).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let (status, value) = server.get("/copy/get?key=big").await;
+    assert_eq!((status, value.len()), (StatusCode::OK, 300_000));
+    server.shutdown().await;
+}

@@ -73,14 +73,43 @@ pub(super) async fn read_upload(
     body: Body,
 ) -> Result<bytes::Bytes, Problem> {
     let limit = rt.config.max_upload_bytes;
-    let too_large = || {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the upload is larger than the limit of {limit} bytes; raise `--max-upload` if the component is really this large"
-            ),
-        )
-    };
+    let too_large = format!(
+        "the upload is larger than the limit of {limit} bytes; raise `--max-upload` if the component is really this large"
+    );
+    read_body(headers, body, limit, rt.config.upload_timeout, too_large).await
+}
+
+/// The longest a key-value import may take to arrive.
+const IMPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Reads a key-value import: as large as an export of the fullest bucket the server allows
+/// (twice `kv-max-bytes`, room for base64 and JSON, plus 1 MiB), and never less than
+/// `--max-upload`; within ten minutes, or the upload timeout if longer.
+pub(super) async fn read_import(
+    rt: &Runtime,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<bytes::Bytes, Problem> {
+    let bucket = usize::try_from(rt.config.limits.kv_max_bytes).unwrap_or(usize::MAX);
+    let limit = bucket
+        .saturating_mul(2)
+        .saturating_add(1 << 20)
+        .max(rt.config.max_upload_bytes);
+    let too_large = format!(
+        "the import is larger than the limit of {limit} bytes (twice the server's `--kv-max-bytes`, plus 1 MiB); split it, or raise `--kv-max-bytes`"
+    );
+    let timeout = IMPORT_TIMEOUT.max(rt.config.upload_timeout);
+    read_body(headers, body, limit, timeout, too_large).await
+}
+
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+    too_large: String,
+) -> Result<bytes::Bytes, Problem> {
+    let too_large = || Problem::new(StatusCode::PAYLOAD_TOO_LARGE, too_large.clone());
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -89,12 +118,12 @@ pub(super) async fn read_upload(
         return Err(too_large());
     }
     let reading = Limited::new(body, limit).collect();
-    let Ok(read) = tokio::time::timeout(rt.config.upload_timeout, reading).await else {
+    let Ok(read) = tokio::time::timeout(timeout, reading).await else {
         return Err(Problem::new(
             StatusCode::REQUEST_TIMEOUT,
             format!(
-                "the upload did not arrive within {} s; send the whole component at once",
-                rt.config.upload_timeout.as_secs()
+                "the upload did not arrive within {} s; send it whole at once",
+                timeout.as_secs()
             ),
         ));
     };

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 
-use super::input::read_upload;
+use super::input::read_import;
 use crate::api::{self, Problem};
 use crate::auth::{Caller, Scope};
 use crate::kv::backend::{Change, Condition, Outcome, Quota, Start, Write};
@@ -321,7 +321,7 @@ pub(super) async fn import(
     body: Body,
 ) -> Result<Json<api::KvImported>, Problem> {
     let (bucket, _) = target(&rt, params)?;
-    let text = read_upload(&rt, &headers, body).await?;
+    let text = read_import(&rt, &headers, body).await?;
     let now = crate::kv::backend::now_ms();
     let mut writes = Vec::new();
     let mut expired = 0;
