@@ -39,6 +39,8 @@ pub struct ConfigFile {
     pub tokens: Vec<crate::auth::Token>,
     /// `[[key]]` tables.
     pub keys: Vec<crate::signing::TrustedKey>,
+    /// What the server should warn about once its log is set up (loading runs before it).
+    pub warnings: Vec<String>,
 }
 
 /// Why a config file was refused. The message names the file and says what to fix.
@@ -79,22 +81,22 @@ impl ConfigFile {
             path: path.to_owned(),
             error,
         })?;
-        let file = Self::parse(&text, path.parent().unwrap_or(Path::new("")), command).map_err(
-            |problem| ConfigFileError::Invalid {
+        #[allow(unused_mut)]
+        let mut file = Self::parse(&text, path.parent().unwrap_or(Path::new("")), command)
+            .map_err(|problem| ConfigFileError::Invalid {
                 path: path.to_owned(),
                 problem,
-            },
-        )?;
+            })?;
         #[cfg(unix)]
         if !file.tokens.is_empty() {
             use std::os::unix::fs::PermissionsExt;
             if let Ok(meta) = std::fs::metadata(path)
                 && meta.permissions().mode() & 0o077 != 0
             {
-                tracing::warn!(
-                    file = %path.display(),
-                    "the config file holds admin tokens and other users may read it; chmod 600 it"
-                );
+                file.warnings.push(format!(
+                    "the config file {} holds admin tokens and other users may read it; chmod 600 it",
+                    path.display()
+                ));
             }
         }
         Ok(file)
@@ -169,6 +171,7 @@ impl ConfigFile {
             settings,
             tokens: crate::auth::tokens_from(tables.token, "the config file")?,
             keys: crate::signing::keys_from(tables.key, "the config file")?,
+            warnings: Vec::new(),
         })
     }
 

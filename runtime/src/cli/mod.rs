@@ -103,6 +103,7 @@ impl Cli {
                             tokens: file.tokens,
                             keys: file.keys,
                             error: None,
+                            warnings: file.warnings,
                         }
                     }
                     Err(error) => FileExtras {

@@ -153,6 +153,9 @@ pub struct FileExtras {
     pub keys: Vec<crate::signing::TrustedKey>,
     /// Why the file could not be used (reported by `into_config`, exit 64).
     pub error: Option<String>,
+    /// Warnings about the file, logged by `into_config` (the log is not set up when the file
+    /// is read).
+    pub warnings: Vec<String>,
 }
 
 /// The per-route settings as server flags: the defaults every route starts from (and, for
@@ -253,8 +256,12 @@ impl ServeArgs {
         let FileExtras {
             tokens: file_tokens,
             keys: file_keys,
+            warnings,
             ..
         } = self.file;
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
         let config = Config {
             listen: self.listen,
             admin_listen: self.admin_listen,

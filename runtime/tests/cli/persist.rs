@@ -568,6 +568,26 @@ async fn tokens_keys_and_signature_mode_can_live_in_the_config_file() {
     .fails(FAILED, "this server requires signed uploads");
     handoff_with(&signed, token.0, token.1).await.ok();
     assert_eq!(get(&ready, "/app").await.1, "v1");
+    // The file holds a token and others may read it (written with the default umask): the
+    // server says so in its log.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_ne!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o077,
+            0
+        );
+        server
+            .stderr
+            .wait_for(
+                "the warning about the file's mode",
+                Duration::from_secs(10),
+                |text| {
+                    text.contains("holds admin tokens and other users may read it; chmod 600 it")
+                },
+            )
+            .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
