@@ -68,9 +68,30 @@ async fn misbehaving_guests_fail_cleanly_and_others_keep_serving() {
             (StatusCode::OK, "ok".into())
         );
     }
+    // The error response carries its request id as a header too, the one its body names.
+    let mut conn = handoff_tests::Connection::open(server.data).await;
+    let response = conn
+        .send(handoff_tests::get_request("/hostile/trap"))
+        .await
+        .expect("a response");
+    let id = response
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id on the 500")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(
+        !id.is_empty() && String::from_utf8_lossy(&body).contains(&id),
+        "{id}"
+    );
 
     let status = server.status("hostile").await;
-    assert_eq!(status["active"]["failures"], 10, "{status}");
+    assert_eq!(status["active"]["failures"], 10 + 1, "{status}");
     assert_eq!(status["active"]["in_flight"], 0, "{status}");
     server.shutdown().await;
 }
