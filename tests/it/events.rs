@@ -306,3 +306,34 @@ async fn shutdown_ends_the_open_streams() {
         .expect("the stream ends");
     assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_the_limit_get_503_and_a_single_server_has_no_nodes() {
+    let server = TestServer::start().await;
+    let mut streams = Vec::new();
+    for _ in 0..handoff::events::MAX_SUBSCRIBERS {
+        streams.push(open(&server, None, None).await);
+    }
+    let (status, body) = server.admin(Method::GET, "/v1/events").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    // One closes: the next one opens.
+    streams.pop();
+    eventually("a stream slot to free", GENEROUS, || async {
+        client(&server).events(None, None).await.ok()
+    })
+    .await;
+    // `GET /v1/nodes` is for clusters: a server on its own answers 404, saying why.
+    let (status, body) = server.admin(Method::GET, "/v1/nodes").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("cluster")),
+        "{body}"
+    );
+    server.shutdown().await;
+}
