@@ -335,3 +335,58 @@ async fn versions_of_the_same_bytes_share_their_code() {
     .await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_responses_by_class_kv_bytes_rollout_steps_and_unavailable_routes() {
+    let server = TestServer::start().await;
+    server.deploy("app", guests::HOSTILE).await;
+    server.deploy("kv", guests::KV_PLAIN).await;
+    for _ in 0..3 {
+        assert_eq!(server.get("/app/ok").await.0, http::StatusCode::OK);
+    }
+    assert_eq!(
+        server.get("/app/trap").await.0,
+        http::StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        server.get("/kv/set?key=k&value=vvvv").await.0,
+        http::StatusCode::OK
+    );
+    let candidate = server.upload(guests::TAGGED_V1).await;
+    let (status, body) = server
+        .post_json(
+            "/v1/routes/app/rollout",
+            serde_json::json!({"version": candidate, "manual": true}),
+        )
+        .await;
+    assert_eq!(status, http::StatusCode::CREATED, "{body}");
+
+    let (_, metrics) = server.admin(http::Method::GET, "/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    let value = |name: &str, labels: &[&str]| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} with {labels:?} in:\n{metrics}"))
+    };
+    let app = "route=\"app\"";
+    assert_eq!(
+        value("handoff_version_responses_total{", &[app, "class=\"2xx\""]),
+        3.0
+    );
+    assert_eq!(
+        value("handoff_version_responses_total{", &[app, "class=\"5xx\""]),
+        1.0
+    );
+    assert_eq!(
+        value("handoff_version_responses_total{", &[app, "class=\"4xx\""]),
+        0.0
+    );
+    // Key and value: "k" and "vvvv".
+    assert_eq!(value("handoff_kv_bytes{", &["bucket=\"kv\""]), 5.0);
+    assert_eq!(value("handoff_kv_keys{", &["bucket=\"kv\""]), 1.0);
+    assert_eq!(value("handoff_rollout_step{", &[app]), 0.0);
+    assert_eq!(value("handoff_routes_unavailable ", &[]), 0.0);
+    server.shutdown().await;
+}
