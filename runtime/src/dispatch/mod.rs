@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -27,7 +28,8 @@ use tracing::Instrument;
 use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::body::{HostOutgoingBody, StreamContext};
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+use wasmtime_wasi_http::p2::body::{HostOutgoingBody, HyperOutgoingBody, StreamContext};
 
 mod body;
 mod copies;
@@ -169,22 +171,41 @@ where
             return failure_response(&version, &error, id, started);
         }
     };
-    let guest = tokio::spawn(
-        run_guest(
-            version.clone(),
-            instance,
-            handback.clone(),
-            req,
-            out,
-            shared.clone(),
-            deadline,
-            id,
-        )
-        .instrument(span.clone()),
+    // The guest runs in this request's task until its response head is out: most guests have
+    // returned by then (a request that needs no task of its own costs no spawn). One that is
+    // still working (streaming its body, or working after its response) moves to a task of its
+    // own, which the response body can stop.
+    let run = run_guest(
+        version.clone(),
+        instance,
+        handback.clone(),
+        req,
+        out,
+        shared.clone(),
+        deadline,
+        id,
     );
+    let mut guest: GuestRun = if span.is_disabled() {
+        Box::pin(run)
+    } else {
+        Box::pin(run.instrument(span.clone()))
+    };
+    let mut rx = rx;
+    let (outcome, task) = tokio::select! {
+        biased;
+        result = &mut guest => (Outcome::Returned(result), None),
+        sent = &mut rx => match sent {
+            Ok(sent) => (Outcome::Head(sent), Some(tokio::spawn(guest))),
+            // The guest dropped its response outparam without setting it: its result says why.
+            Err(_) => (Outcome::Returned(guest.await), None),
+        },
+    };
+    let (outcome, guest) = match outcome {
+        Outcome::Head(head) => (Ok(head), Err(())),
+        Outcome::Returned(result) => (rx.try_recv().map_err(|_| ()), Ok(result)),
+    };
     // If the client goes away before the response head, this future is dropped: stop the guest.
-    let mut guard = AbortOnDrop(Some(guest.abort_handle()));
-    let outcome = rx.await;
+    let mut guard = AbortOnDrop(task.as_ref().map(|task| task.abort_handle()));
     if let Some(handback) = &handback {
         let responded =
             matches!(outcome, Ok(Ok(_))) && !shared.body_over_limit.load(Ordering::Acquire);
@@ -197,7 +218,7 @@ where
     }
     match outcome {
         Ok(Ok(response)) => {
-            let abort = guard.0.take().expect("guard armed");
+            let abort = guard.0.take();
             span.record("status", response.status().as_u16());
             let trace = Trace {
                 span,
@@ -236,21 +257,30 @@ where
             report(&version, &error, id);
             failure_response(&version, &error, id, started)
         }
-        // No response head: the task's result says why (and the task has logged it).
-        Err(_) => match guest.await {
+        // No response head: the guest's result says why (and it has logged it).
+        Err(()) => match guest {
             Ok(Ok(())) => {
                 let error = GuestError::NoResponse;
                 report(&version, &error, id);
                 failure_response(&version, &error, id, started)
             }
             Ok(Err(error)) => failure_response(&version, &error, id, started),
-            Err(join) => {
-                let error = GuestError::Host(join.to_string());
-                report(&version, &error, id);
-                failure_response(&version, &error, id, started)
-            }
+            // A head came: the other arm.
+            Err(()) => unreachable!("a response head was received"),
         },
     }
+}
+
+/// A request's run of its guest ([`run_guest`]), boxed so that it can move to a task of its own
+/// halfway.
+type GuestRun = std::pin::Pin<Box<dyn Future<Output = Result<(), GuestError>> + Send>>;
+
+/// What the guest had done when the request stopped waiting for it.
+enum Outcome {
+    /// The guest returned (its response head, if it set one, is in the channel).
+    Returned(Result<(), GuestError>),
+    /// The guest set its response head (or an error code) and is still running.
+    Head(Result<Response<HyperOutgoingBody>, ErrorCode>),
 }
 
 /// Aborts the guest task when dropped while still armed.
@@ -291,10 +321,17 @@ async fn run_guest(
                 .call_handle(&mut *store, req, out)
                 .await
         };
-        tokio::select! {
-            result = call => result.map_err(GuestError::classify),
-            _ = tokio::time::sleep_until(deadline.into()) => Err(GuestError::Timeout),
-            _ = version.cut_off() => Err(GuestError::CutOff),
+        // Most calls finish in their first poll (the guest never waits): only a call that waits
+        // arms a timer for its deadline and watches its version's cut-off. A guest that runs
+        // without waiting is bounded by its deadline all the same, through epoch interruption.
+        let mut call = std::pin::pin!(call);
+        match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+            Poll::Ready(result) => result.map_err(GuestError::classify),
+            Poll::Pending => tokio::select! {
+                result = call => result.map_err(GuestError::classify),
+                _ = tokio::time::sleep_until(deadline.into()) => Err(GuestError::Timeout),
+                _ = version.cut_off() => Err(GuestError::CutOff),
+            },
         }
     };
     // A request body over the route's limit is the client's doing: what the guest makes of
