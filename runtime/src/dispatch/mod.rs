@@ -40,7 +40,7 @@ use body::{Shared, Trace};
 use failure::{GuestError, body_too_large, failure, failure_response, report};
 
 use crate::host::Host;
-use crate::reuse::{Handback, Instance};
+use crate::reuse::Instance;
 use crate::route::Refused;
 use crate::runtime::Runtime;
 use crate::version::Version;
@@ -141,10 +141,6 @@ where
             deadline,
         )),
     };
-    let handback = version
-        .instances
-        .enabled()
-        .then(|| Handback::new(&version.instances));
     let (tx, rx) = oneshot::channel();
     let req = match instance
         .store
@@ -178,7 +174,6 @@ where
     let run = run_guest(
         version.clone(),
         instance,
-        handback.clone(),
         req,
         out,
         shared.clone(),
@@ -191,26 +186,47 @@ where
         Box::pin(run.instrument(span.clone()))
     };
     let mut rx = rx;
+    // An instance that served cleanly goes back to its version (instance reuse) only if the
+    // guest's response head went out: not after an error code, nor after a request body over
+    // the route's limit (answered 413 below).
     let (outcome, task) = tokio::select! {
         biased;
-        result = &mut guest => (Outcome::Returned(result), None),
+        ran = &mut guest => (Outcome::Returned(ran), None),
         sent = &mut rx => match sent {
-            Ok(sent) => (Outcome::Head(sent), Some(tokio::spawn(guest))),
+            Ok(sent) => {
+                let responded =
+                    sent.is_ok() && !shared.body_over_limit.load(Ordering::Acquire);
+                let instances = version.instances.clone();
+                let task = tokio::spawn(async move {
+                    let (result, instance) = guest.await;
+                    if let Some(instance) = instance
+                        && responded
+                    {
+                        instances.give_back(instance);
+                    }
+                    result
+                });
+                (Outcome::Head(sent), Some(task))
+            }
             // The guest dropped its response outparam without setting it: its result says why.
             Err(_) => (Outcome::Returned(guest.await), None),
         },
     };
     let (outcome, guest) = match outcome {
         Outcome::Head(head) => (Ok(head), Err(())),
-        Outcome::Returned(result) => (rx.try_recv().map_err(|_| ()), Ok(result)),
+        Outcome::Returned((result, instance)) => {
+            let sent = rx.try_recv().map_err(|_| ());
+            if let Some(instance) = instance
+                && matches!(sent, Ok(Ok(_)))
+                && !shared.body_over_limit.load(Ordering::Acquire)
+            {
+                version.instances.give_back(instance);
+            }
+            (sent, Ok(result))
+        }
     };
     // If the client goes away before the response head, this future is dropped: stop the guest.
     let mut guard = AbortOnDrop(task.as_ref().map(|task| task.abort_handle()));
-    if let Some(handback) = &handback {
-        let responded =
-            matches!(outcome, Ok(Ok(_))) && !shared.body_over_limit.load(Ordering::Acquire);
-        handback.responded(responded);
-    }
     // The request body went over the route's limit before the response head: whatever the
     // guest made of that (an error, a 500, a trap), the answer is 413. The guard stops the guest.
     if shared.body_over_limit.load(Ordering::Acquire) {
@@ -273,12 +289,15 @@ where
 
 /// A request's run of its guest ([`run_guest`]), boxed so that it can move to a task of its own
 /// halfway.
-type GuestRun = std::pin::Pin<Box<dyn Future<Output = Result<(), GuestError>> + Send>>;
+type GuestRun = std::pin::Pin<Box<dyn Future<Output = Ran> + Send>>;
+
+/// How the guest's run ended, and its instance if it may serve again (instance reuse).
+type Ran = (Result<(), GuestError>, Option<Instance>);
 
 /// What the guest had done when the request stopped waiting for it.
 enum Outcome {
     /// The guest returned (its response head, if it set one, is in the channel).
-    Returned(Result<(), GuestError>),
+    Returned(Ran),
     /// The guest set its response head (or an error code) and is still running.
     Head(Result<Response<HyperOutgoingBody>, ErrorCode>),
 }
@@ -296,19 +315,17 @@ impl Drop for AbortOnDrop {
 
 /// Runs the guest's handler to completion, or until its deadline or its version's cut-off,
 /// holding the request's in-flight token (in `shared`) all along: work after the response
-/// counts too. With `handback` (the route reuses instances), an instance whose guest returned
-/// cleanly and finished every body is handed back for its version's next request.
-#[allow(clippy::too_many_arguments)]
+/// counts too. When the route reuses instances, an instance whose guest returned cleanly and
+/// finished every body is returned, for its version's next request if the response went out.
 async fn run_guest(
     version: Arc<Version>,
     mut instance: Instance,
-    handback: Option<Arc<Handback>>,
     req: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostIncomingRequest>,
     out: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
     shared: Arc<Shared>,
     deadline: Instant,
     id: u64,
-) -> Result<(), GuestError> {
+) -> Ran {
     let result = {
         let Instance { store, proxy, .. } = &mut instance;
         let call = async {
@@ -356,14 +373,16 @@ async fn run_guest(
             "the guest returned without finishing an outgoing body (its response's or a request's); it ends with an error"
         );
     }
-    match handback {
-        Some(handback) if result.is_ok() && unfinished == 0 && !client_at_fault => {
-            handback.returned(instance)
-        }
-        _ => drop(instance),
-    }
+    let reusable =
+        version.instances.enabled() && result.is_ok() && unfinished == 0 && !client_at_fault;
+    let instance = if reusable {
+        Some(instance)
+    } else {
+        drop(instance);
+        None
+    };
     drop(shared);
-    result
+    (result, instance)
 }
 
 /// Aborts every outgoing body still in the guest's resource table (those it has not finished);
