@@ -74,6 +74,20 @@ use crate::digest::Digest;
 use crate::host::Host;
 use crate::limiter;
 
+/// Bytes of a pool slot's linear memory (and of its tables, [`TABLE_KEEP_RESIDENT`]) kept
+/// resident when its instance ends, where the kernel offers `PAGEMAP_SCAN` (Linux 6.7 and
+/// later): the pages the instance wrote, up to this much, are put back to their initial
+/// contents with `memcpy` and stay mapped, instead of being dropped with `madvise` and faulted
+/// in again by the slot's next instance. What an instance wrote beyond it is dropped as before.
+/// Either way the next instance sees only the component's initial memory
+/// (`hostile::a_new_instance_never_sees_an_earlier_instances_memory`). Measured on the bench
+/// machine with `wasmtime serve` and the `hello` example: 2.1x the requests per second of the
+/// default pool on fresh instances, sys time per request 125 µs to 30 µs.
+const MEMORY_KEEP_RESIDENT: usize = 2 << 20;
+
+/// The same for a slot's tables.
+const TABLE_KEEP_RESIDENT: usize = 64 << 10;
+
 /// Core instances the pool holds per instance slot, on average (the total is slots times
 /// this). Rust guests use 3, componentize-js 4, componentize-py 14.
 const CORE_INSTANCES_PER_SLOT: u32 = 10;
@@ -304,6 +318,13 @@ fn wasmtime_config(config: &Pool, opt_level: OptLevel, pooling: bool) -> wasmtim
             .max_tables_per_component(limiter::MAX_TABLES as u32)
             .table_elements(limiter::MAX_TABLE_ELEMENTS)
             .max_memory_size(config.max_memory);
+        // Without PAGEMAP_SCAN, keeping memory resident means a `memset` of its first bytes
+        // whether written or not: the default (`madvise` everything) is kept there.
+        if PoolingAllocationConfig::is_pagemap_scan_available() {
+            pool.pagemap_scan(wasmtime::Enabled::Yes)
+                .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
+                .table_keep_resident(TABLE_KEEP_RESIDENT);
+        }
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     cfg

@@ -14,9 +14,11 @@
 //! * an instance idle for [`IDLE_TIMEOUT`] is dropped (it holds a slot of the instance pool
 //!   until then), and so is one that has served its N requests.
 //!
-//! An instance goes back to its version only once both sides of its request are known: the
-//! guest's (it returned cleanly, every body finished) and the client's (the guest's response
-//! head reached it). [`Handback`] meets the two, whichever comes second.
+//! An instance goes back to its version ([`Instances::give_back`]) only once both sides of its
+//! request are known: the guest's (it returned cleanly, every body finished) and the client's
+//! (the guest's response head reached it). The request's dispatch (`crate::dispatch`) knows
+//! both when the guest returns: before the head went out, it waited for the guest; after, it
+//! knew the head's fate when it let the guest run on in a task of its own.
 //!
 //! Nothing here runs unless a route sets `reuse` above 1: [`Instances::take`] returns at once.
 
@@ -176,68 +178,5 @@ async fn sweep(instances: Weak<Instances>) {
             Some(at) => tokio::time::sleep_until(at.into()).await,
             None => return,
         }
-    }
-}
-
-/// Where one request's instance waits for the request's outcome (see the module docs): it is
-/// parked only if the guest returned cleanly ([`Handback::returned`]) and the request got the
-/// guest's response head ([`Handback::responded`]), in either order.
-pub struct Handback {
-    instances: Arc<Instances>,
-    state: Mutex<Meeting>,
-}
-
-enum Meeting {
-    /// Neither side has reported.
-    Waiting,
-    /// The guest returned cleanly; its instance waits for the response's side.
-    Returned(Instance),
-    /// The response's side reported: whether the guest's response head went out.
-    Responded(bool),
-    /// Both reported.
-    Done,
-}
-
-impl Handback {
-    /// A meeting point for a request on `instances`' version.
-    pub fn new(instances: &Arc<Instances>) -> Arc<Self> {
-        Arc::new(Self {
-            instances: instances.clone(),
-            state: Mutex::new(Meeting::Waiting),
-        })
-    }
-
-    /// The guest returned cleanly with every body finished: `instance` may serve again if the
-    /// response went out.
-    pub fn returned(&self, instance: Instance) {
-        let mut state = self.lock();
-        match std::mem::replace(&mut *state, Meeting::Done) {
-            Meeting::Waiting => *state = Meeting::Returned(instance),
-            Meeting::Responded(true) => {
-                drop(state);
-                self.instances.give_back(instance);
-            }
-            _ => {}
-        }
-    }
-
-    /// The request's outcome: `true` if the guest's response head went to the client, `false`
-    /// if not (no response, an error code, a body over the limit).
-    pub fn responded(&self, ok: bool) {
-        let mut state = self.lock();
-        match std::mem::replace(&mut *state, Meeting::Done) {
-            Meeting::Waiting => *state = Meeting::Responded(ok),
-            Meeting::Returned(instance) if ok => {
-                drop(state);
-                self.instances.give_back(instance);
-            }
-            _ => {}
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Meeting> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -151,7 +151,8 @@ pub struct GuestBody {
     inner: HyperOutgoingBody,
     /// The request's shared state; `None` once the body has ended.
     shared: Option<Arc<Shared>>,
-    guest: AbortHandle,
+    /// The guest's task, if it was still running when the response head went out.
+    guest: Option<AbortHandle>,
     /// Bytes the guest may still send before the route's response limit cuts it off.
     left: u64,
     /// Body bytes after which the response is complete on the wire without an end from the
@@ -180,7 +181,7 @@ impl GuestBody {
     pub(super) fn new(
         inner: HyperOutgoingBody,
         shared: Arc<Shared>,
-        guest: AbortHandle,
+        guest: Option<AbortHandle>,
         complete_at: Option<u64>,
         trace: Trace,
         tap: Option<Box<(Tap, oneshot::Sender<Summary>)>>,
@@ -246,7 +247,9 @@ impl Body for GuestBody {
                         );
                         version.record_failure();
                     }
-                    this.guest.abort();
+                    if let Some(guest) = &this.guest {
+                        guest.abort();
+                    }
                     return Poll::Ready(Some(Err(BodyError::TooLarge)));
                 }
                 this.left -= len;
@@ -281,7 +284,9 @@ impl Drop for GuestBody {
             // The connection let go of the body before its end: the client went away mid-body.
             // Stop the guest rather than let it run on unseen. (A body dropped once its declared
             // length is out is complete: its guest may finish its work, under its deadline.)
-            self.guest.abort();
+            if let Some(guest) = &self.guest {
+                guest.abort();
+            }
         }
         self.finish(false);
         if !self.trace.span.is_disabled() {

@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -27,7 +28,8 @@ use tracing::Instrument;
 use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::body::{HostOutgoingBody, StreamContext};
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+use wasmtime_wasi_http::p2::body::{HostOutgoingBody, HyperOutgoingBody, StreamContext};
 
 mod body;
 mod copies;
@@ -38,7 +40,7 @@ use body::{Shared, Trace};
 use failure::{GuestError, body_too_large, failure, failure_response, report};
 
 use crate::host::Host;
-use crate::reuse::{Handback, Instance};
+use crate::reuse::Instance;
 use crate::route::Refused;
 use crate::runtime::Runtime;
 use crate::version::Version;
@@ -139,10 +141,6 @@ where
             deadline,
         )),
     };
-    let handback = version
-        .instances
-        .enabled()
-        .then(|| Handback::new(&version.instances));
     let (tx, rx) = oneshot::channel();
     let req = match instance
         .store
@@ -169,27 +167,66 @@ where
             return failure_response(&version, &error, id, started);
         }
     };
-    let guest = tokio::spawn(
-        run_guest(
-            version.clone(),
-            instance,
-            handback.clone(),
-            req,
-            out,
-            shared.clone(),
-            deadline,
-            id,
-        )
-        .instrument(span.clone()),
+    // The guest runs in this request's task until its response head is out: most guests have
+    // returned by then (a request that needs no task of its own costs no spawn). One that is
+    // still working (streaming its body, or working after its response) moves to a task of its
+    // own, which the response body can stop.
+    let run = run_guest(
+        version.clone(),
+        instance,
+        req,
+        out,
+        shared.clone(),
+        deadline,
+        id,
     );
+    let mut guest: GuestRun = if span.is_disabled() {
+        Box::pin(run)
+    } else {
+        Box::pin(run.instrument(span.clone()))
+    };
+    let mut rx = rx;
+    // An instance that served cleanly goes back to its version (instance reuse) only if the
+    // guest's response head went out: not after an error code, nor after a request body over
+    // the route's limit (answered 413 below).
+    let (outcome, task) = tokio::select! {
+        biased;
+        ran = &mut guest => (Outcome::Returned(ran), None),
+        sent = &mut rx => match sent {
+            Ok(sent) => {
+                let responded =
+                    sent.is_ok() && !shared.body_over_limit.load(Ordering::Acquire);
+                let instances = version.instances.clone();
+                let task = tokio::spawn(async move {
+                    let (result, instance) = guest.await;
+                    if let Some(instance) = instance
+                        && responded
+                    {
+                        instances.give_back(instance);
+                    }
+                    result
+                });
+                (Outcome::Head(sent), Some(task))
+            }
+            // The guest dropped its response outparam without setting it: its result says why.
+            Err(_) => (Outcome::Returned(guest.await), None),
+        },
+    };
+    let (outcome, guest) = match outcome {
+        Outcome::Head(head) => (Ok(head), Err(())),
+        Outcome::Returned((result, instance)) => {
+            let sent = rx.try_recv().map_err(|_| ());
+            if let Some(instance) = instance
+                && matches!(sent, Ok(Ok(_)))
+                && !shared.body_over_limit.load(Ordering::Acquire)
+            {
+                version.instances.give_back(instance);
+            }
+            (sent, Ok(result))
+        }
+    };
     // If the client goes away before the response head, this future is dropped: stop the guest.
-    let mut guard = AbortOnDrop(Some(guest.abort_handle()));
-    let outcome = rx.await;
-    if let Some(handback) = &handback {
-        let responded =
-            matches!(outcome, Ok(Ok(_))) && !shared.body_over_limit.load(Ordering::Acquire);
-        handback.responded(responded);
-    }
+    let mut guard = AbortOnDrop(task.as_ref().map(|task| task.abort_handle()));
     // The request body went over the route's limit before the response head: whatever the
     // guest made of that (an error, a 500, a trap), the answer is 413. The guard stops the guest.
     if shared.body_over_limit.load(Ordering::Acquire) {
@@ -197,7 +234,7 @@ where
     }
     match outcome {
         Ok(Ok(response)) => {
-            let abort = guard.0.take().expect("guard armed");
+            let abort = guard.0.take();
             span.record("status", response.status().as_u16());
             let trace = Trace {
                 span,
@@ -236,21 +273,33 @@ where
             report(&version, &error, id);
             failure_response(&version, &error, id, started)
         }
-        // No response head: the task's result says why (and the task has logged it).
-        Err(_) => match guest.await {
+        // No response head: the guest's result says why (and it has logged it).
+        Err(()) => match guest {
             Ok(Ok(())) => {
                 let error = GuestError::NoResponse;
                 report(&version, &error, id);
                 failure_response(&version, &error, id, started)
             }
             Ok(Err(error)) => failure_response(&version, &error, id, started),
-            Err(join) => {
-                let error = GuestError::Host(join.to_string());
-                report(&version, &error, id);
-                failure_response(&version, &error, id, started)
-            }
+            // A head came: the other arm.
+            Err(()) => unreachable!("a response head was received"),
         },
     }
+}
+
+/// A request's run of its guest ([`run_guest`]), boxed so that it can move to a task of its own
+/// halfway.
+type GuestRun = std::pin::Pin<Box<dyn Future<Output = Ran> + Send>>;
+
+/// How the guest's run ended, and its instance if it may serve again (instance reuse).
+type Ran = (Result<(), GuestError>, Option<Instance>);
+
+/// What the guest had done when the request stopped waiting for it.
+enum Outcome {
+    /// The guest returned (its response head, if it set one, is in the channel).
+    Returned(Ran),
+    /// The guest set its response head (or an error code) and is still running.
+    Head(Result<Response<HyperOutgoingBody>, ErrorCode>),
 }
 
 /// Aborts the guest task when dropped while still armed.
@@ -266,19 +315,17 @@ impl Drop for AbortOnDrop {
 
 /// Runs the guest's handler to completion, or until its deadline or its version's cut-off,
 /// holding the request's in-flight token (in `shared`) all along: work after the response
-/// counts too. With `handback` (the route reuses instances), an instance whose guest returned
-/// cleanly and finished every body is handed back for its version's next request.
-#[allow(clippy::too_many_arguments)]
+/// counts too. When the route reuses instances, an instance whose guest returned cleanly and
+/// finished every body is returned, for its version's next request if the response went out.
 async fn run_guest(
     version: Arc<Version>,
     mut instance: Instance,
-    handback: Option<Arc<Handback>>,
     req: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostIncomingRequest>,
     out: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
     shared: Arc<Shared>,
     deadline: Instant,
     id: u64,
-) -> Result<(), GuestError> {
+) -> Ran {
     let result = {
         let Instance { store, proxy, .. } = &mut instance;
         let call = async {
@@ -291,10 +338,17 @@ async fn run_guest(
                 .call_handle(&mut *store, req, out)
                 .await
         };
-        tokio::select! {
-            result = call => result.map_err(GuestError::classify),
-            _ = tokio::time::sleep_until(deadline.into()) => Err(GuestError::Timeout),
-            _ = version.cut_off() => Err(GuestError::CutOff),
+        // Most calls finish in their first poll (the guest never waits): only a call that waits
+        // arms a timer for its deadline and watches its version's cut-off. A guest that runs
+        // without waiting is bounded by its deadline all the same, through epoch interruption.
+        let mut call = std::pin::pin!(call);
+        match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+            Poll::Ready(result) => result.map_err(GuestError::classify),
+            Poll::Pending => tokio::select! {
+                result = call => result.map_err(GuestError::classify),
+                _ = tokio::time::sleep_until(deadline.into()) => Err(GuestError::Timeout),
+                _ = version.cut_off() => Err(GuestError::CutOff),
+            },
         }
     };
     // A request body over the route's limit is the client's doing: what the guest makes of
@@ -319,14 +373,16 @@ async fn run_guest(
             "the guest returned without finishing an outgoing body (its response's or a request's); it ends with an error"
         );
     }
-    match handback {
-        Some(handback) if result.is_ok() && unfinished == 0 && !client_at_fault => {
-            handback.returned(instance)
-        }
-        _ => drop(instance),
-    }
+    let reusable =
+        version.instances.enabled() && result.is_ok() && unfinished == 0 && !client_at_fault;
+    let instance = if reusable {
+        Some(instance)
+    } else {
+        drop(instance);
+        None
+    };
     drop(shared);
-    result
+    (result, instance)
 }
 
 /// Aborts every outgoing body still in the guest's resource table (those it has not finished);
