@@ -16,7 +16,8 @@ pub const REUSE: u32 = 128;
 /// `wasmtime serve` options for the pool settings handoff uses where the kernel has
 /// `PAGEMAP_SCAN` (`runtime/src/engine.rs`): the row with them shows what is left of handoff's
 /// lead once the reference host's pool is tuned the same way.
-const TUNED_POOL: &str = "pooling-memory-keep-resident=2097152,pooling-table-keep-resident=65536,pooling-pagemap-scan=y";
+const TUNED_POOL: &str =
+    "pooling-memory-keep-resident=2097152,pooling-table-keep-resident=65536,pooling-pagemap-scan=y";
 
 /// The request body `body4k` reads.
 const BODY: usize = 256;
@@ -155,5 +156,11 @@ pub async fn rows(opts: &Options, hello: &[u8], table: &mut Table, plan: Plan) {
             .compare(what, (a_name, &a), (b_name, &b), plan, goals)
             .await;
     }
-    drop((hello_peer, body_peer, hello_reuse_peer, body_reuse_peer, tuned_peer));
+    drop((
+        hello_peer,
+        body_peer,
+        hello_reuse_peer,
+        body_reuse_peer,
+        tuned_peer,
+    ));
 }
