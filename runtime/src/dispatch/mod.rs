@@ -27,8 +27,8 @@ use tokio::task::AbortHandle;
 use tracing::Instrument;
 use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::{HostOutgoingBody, HyperOutgoingBody, StreamContext};
 
 mod body;
@@ -110,7 +110,18 @@ where
     // A copy for the route's shadow reads the request body ahead first (never the client's
     // response: the copy runs once the stable version's head is out).
     let (req, copy) = match routed.shadow.take() {
-        Some(shadow) => copies::prepare(req, shadow, &rt.copy_slots, https, deadline).await,
+        // Boxed: its state would otherwise make every request's future larger (it is moved
+        // a few times on its way to the connection).
+        Some(shadow) => {
+            Box::pin(copies::prepare(
+                req,
+                shadow,
+                &rt.copy_slots,
+                https,
+                deadline,
+            ))
+            .await
+        }
         None => (req.map(copies::Replay::new), None),
     };
     let head = req.method() == Method::HEAD;
