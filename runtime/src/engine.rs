@@ -265,6 +265,10 @@ fn base_config(opt_level: OptLevel) -> wasmtime::Config {
     let mut cfg = wasmtime::Config::new();
     cfg.epoch_interruption(true);
     cfg.cranelift_opt_level(opt_level.cranelift());
+    // Guests are `wasi:http/proxy` 0.2 components, which never run concurrently within a
+    // store: without the component model's concurrency machinery, a call from the guest into
+    // the host makes no host task (an allocation and table entries per call).
+    cfg.concurrency_support(false);
     cfg
 }
 

@@ -81,6 +81,21 @@ async fn every_bad_upload_is_refused_and_the_route_keeps_serving() {
             "acme:nothing/here",
         ),
         (
+            // WASI 0.3 guests lift their handlers `async`: handoff runs `wasi:http/proxy` 0.2
+            // components only, without the component model's concurrency (a faster call path).
+            "component-model async",
+            wat::parse_str(
+                r#"(component
+                    (core module $m (func (export "f") (result i32) i32.const 0)
+                                    (func (export "cb") (param i32 i32 i32) (result i32) i32.const 0))
+                    (core instance $i (instantiate $m))
+                    (func (export "f") (canon lift (core func $i "f") async (callback (core func $i "cb")))))"#,
+            )
+            .unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "build the guest for wasi 0.2",
+        ),
+        (
             "over the size limit",
             [b"\0asm\x0d\0\x01\0".as_slice(), &vec![0u8; 300 << 10]].concat(),
             StatusCode::PAYLOAD_TOO_LARGE,

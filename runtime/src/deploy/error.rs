@@ -158,6 +158,12 @@ impl DeployError {
 impl From<CompileError> for DeployError {
     fn from(error: CompileError) -> Self {
         match error {
+            // WASI 0.3 guests (component-model async) fail validation: say what runs instead.
+            CompileError::Invalid(e) if e.contains("component model async") => {
+                Self::Invalid(format!(
+                    "{e}. handoff runs WASI 0.2 `wasi:http/proxy` components, without the component model's async (WASI 0.3); build the guest for WASI 0.2 (`wasm32-wasip2`)"
+                ))
+            }
             CompileError::Invalid(e) => Self::Invalid(e),
             CompileError::Unlinkable(e) => Self::Unlinkable(e),
             CompileError::NoHandler(e) => Self::NoHandler(e),
