@@ -210,6 +210,35 @@ async fn slow_heads_huge_heads_and_idle_crowds_are_bounded() {
         "a slow head must not hold a connection forever"
     );
 
+    // Slowloris that keeps trickling: a byte of head every 50 ms never completes a request, so
+    // it never counts as activity; the connection is closed after the idle timeout all the same.
+    let mut trickle = tokio::net::TcpStream::connect(server.data).await.unwrap();
+    trickle
+        .write_all(b"GET /good HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut cut = false;
+    for _ in 0..400 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if trickle.write_all(b"a").await.is_err() {
+            cut = true;
+            break;
+        }
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), trickle.read(&mut byte)).await
+        {
+            cut = true;
+            break;
+        }
+    }
+    assert!(
+        cut,
+        "a head trickled a byte at a time must not hold a connection open (still open after {:?})",
+        started.elapsed()
+    );
+
     // A 200 KiB header: refused, never buffered whole.
     let mut huge = tokio::net::TcpStream::connect(server.data).await.unwrap();
     let head = format!(
