@@ -182,23 +182,9 @@ async fn stored_version(
     if wanted.len() == 64 {
         return Ok(format!("sha256:{wanted}"));
     }
-    let modules: api::ModuleList = client
-        .call(
-            "listing the modules",
-            Method::GET,
-            "/v1/modules",
-            None,
-            false,
-        )
-        .await?;
-    let matches: Vec<&str> = modules
-        .modules
-        .iter()
-        .map(|m| m.version.as_str())
-        .filter(|v| v.trim_start_matches("sha256:").starts_with(wanted))
-        .collect();
+    let matches = super::modules_starting_with(client, wanted).await?;
     match matches.as_slice() {
-        [one] => Ok((*one).to_owned()),
+        [one] => Ok(one.clone()),
         [] => Err(Failure::new(
             exit::FAILED,
             format!(

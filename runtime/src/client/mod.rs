@@ -269,8 +269,6 @@ async fn resolve_version(
     if wanted.len() == 64 {
         return Ok(format!("sha256:{wanted}"));
     }
-    let starts =
-        |v: &&str| !wanted.is_empty() && v.trim_start_matches("sha256:").starts_with(wanted);
     // A route that does not exist yet has no history: the modules decide.
     let path = format!("/v1/routes/{}/versions", encode(route));
     let history: Option<api::History> = client
@@ -280,26 +278,11 @@ async fn resolve_version(
     let mut matches: Vec<String> = history
         .iter()
         .flat_map(|h| h.versions.iter().map(|e| e.version.as_str()))
-        .filter(starts)
+        .filter(|v| version_starts_with(v, wanted))
         .map(str::to_owned)
         .collect();
     if matches.is_empty() {
-        let modules: api::ModuleList = client
-            .call(
-                "listing the modules",
-                Method::GET,
-                "/v1/modules",
-                None,
-                false,
-            )
-            .await?;
-        matches = modules
-            .modules
-            .iter()
-            .map(|m| m.version.as_str())
-            .filter(starts)
-            .map(str::to_owned)
-            .collect();
+        matches = modules_starting_with(client, wanted).await?;
     }
     matches.sort_unstable();
     matches.dedup();
@@ -319,6 +302,30 @@ async fn resolve_version(
             ),
         )),
     }
+}
+
+/// Whether `version` (`sha256:…`) starts with the hex digits `wanted` (never for none).
+fn version_starts_with(version: &str, wanted: &str) -> bool {
+    !wanted.is_empty() && version.trim_start_matches("sha256:").starts_with(wanted)
+}
+
+/// The stored modules (`/v1/modules`) whose versions start with the hex digits `wanted`.
+async fn modules_starting_with(client: &AdminClient, wanted: &str) -> Result<Vec<String>, Failure> {
+    let modules: api::ModuleList = client
+        .call(
+            "listing the modules",
+            Method::GET,
+            "/v1/modules",
+            None,
+            false,
+        )
+        .await?;
+    Ok(modules
+        .modules
+        .into_iter()
+        .map(|m| m.version)
+        .filter(|v| version_starts_with(v, wanted))
+        .collect())
 }
 
 /// `handoff keygen FILE`.
