@@ -282,6 +282,33 @@ pub(super) async fn read_component(path: &Path) -> Result<Bytes, Failure> {
     })
 }
 
+/// Whether `version` (`sha256:…`) starts with the hex digits `wanted` (never for none).
+pub(super) fn version_starts_with(version: &str, wanted: &str) -> bool {
+    !wanted.is_empty() && version.trim_start_matches("sha256:").starts_with(wanted)
+}
+
+/// The stored modules (`/v1/modules`) whose versions start with the hex digits `wanted`.
+pub(super) async fn modules_starting_with(
+    client: &AdminClient,
+    wanted: &str,
+) -> Result<Vec<String>, Failure> {
+    let modules: api::ModuleList = client
+        .call(
+            "listing the modules",
+            Method::GET,
+            "/v1/modules",
+            None,
+            false,
+        )
+        .await?;
+    Ok(modules
+        .modules
+        .into_iter()
+        .map(|m| m.version)
+        .filter(|v| version_starts_with(v, wanted))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

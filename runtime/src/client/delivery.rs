@@ -11,7 +11,9 @@ use std::time::SystemTime;
 
 use http::Method;
 
-use super::admin::{AdminClient, Payload, encode, print, read_component, signed};
+use super::admin::{
+    AdminClient, Payload, encode, modules_starting_with, print, read_component, signed,
+};
 use super::render::{ago, key_values, short, table};
 use crate::api::{self, RolloutStatus, ShadowStatus};
 use crate::cli::{AdminArgs, Failure, RolloutArgs, RouteArgs, ShadowArgs, WeightArgs, exit};
@@ -182,7 +184,7 @@ async fn stored_version(
     if wanted.len() == 64 {
         return Ok(format!("sha256:{wanted}"));
     }
-    let matches = super::modules_starting_with(client, wanted).await?;
+    let matches = modules_starting_with(client, wanted).await?;
     match matches.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(Failure::new(

@@ -28,7 +28,7 @@ pub mod render;
 pub mod watch;
 
 pub use admin::{AdminClient, Payload, Reply};
-use admin::{encode, print, read_component, signed};
+use admin::{encode, modules_starting_with, print, read_component, signed, version_starts_with};
 
 pub use render::short;
 
@@ -302,30 +302,6 @@ async fn resolve_version(
             ),
         )),
     }
-}
-
-/// Whether `version` (`sha256:…`) starts with the hex digits `wanted` (never for none).
-fn version_starts_with(version: &str, wanted: &str) -> bool {
-    !wanted.is_empty() && version.trim_start_matches("sha256:").starts_with(wanted)
-}
-
-/// The stored modules (`/v1/modules`) whose versions start with the hex digits `wanted`.
-async fn modules_starting_with(client: &AdminClient, wanted: &str) -> Result<Vec<String>, Failure> {
-    let modules: api::ModuleList = client
-        .call(
-            "listing the modules",
-            Method::GET,
-            "/v1/modules",
-            None,
-            false,
-        )
-        .await?;
-    Ok(modules
-        .modules
-        .into_iter()
-        .map(|m| m.version)
-        .filter(|v| version_starts_with(v, wanted))
-        .collect())
 }
 
 /// `handoff keygen FILE`.
