@@ -152,7 +152,7 @@ where
             deadline,
         )),
     };
-    let (tx, rx) = oneshot::channel();
+    let (tx, mut rx) = oneshot::channel();
     let req = match instance
         .store
         .data_mut()
@@ -196,7 +196,6 @@ where
     } else {
         Box::pin(run.instrument(span.clone()))
     };
-    let mut rx = rx;
     // An instance that served cleanly goes back to its version (instance reuse) only if the
     // guest's response head went out: not after an error code, nor after a request body over
     // the route's limit (answered 413 below).
@@ -205,8 +204,7 @@ where
         ran = &mut guest => (Outcome::Returned(ran), None),
         sent = &mut rx => match sent {
             Ok(sent) => {
-                let responded =
-                    sent.is_ok() && !shared.body_over_limit.load(Ordering::Acquire);
+                let responded = responded(&sent, &shared);
                 let instances = version.instances.clone();
                 let task = tokio::spawn(async move {
                     let (result, instance) = guest.await;
@@ -228,8 +226,7 @@ where
         Outcome::Returned((result, instance)) => {
             let sent = rx.try_recv().map_err(|_| ());
             if let Some(instance) = instance
-                && matches!(sent, Ok(Ok(_)))
-                && !shared.body_over_limit.load(Ordering::Acquire)
+                && sent.as_ref().is_ok_and(|sent| responded(sent, &shared))
             {
                 version.instances.give_back(instance);
             }
@@ -313,6 +310,12 @@ enum Outcome {
     Head(Result<Response<HyperOutgoingBody>, ErrorCode>),
 }
 
+/// Whether the guest's response head went out to the client: it set a response (not an error
+/// code) and the request body stayed within the route's limit (else the answer is a 413).
+fn responded(sent: &Result<Response<HyperOutgoingBody>, ErrorCode>, shared: &Shared) -> bool {
+    sent.is_ok() && !shared.body_over_limit.load(Ordering::Acquire)
+}
+
 /// Aborts the guest task when dropped while still armed.
 struct AbortOnDrop(Option<AbortHandle>);
 
@@ -386,12 +389,8 @@ async fn run_guest(
     }
     let reusable =
         version.instances.enabled() && result.is_ok() && unfinished == 0 && !client_at_fault;
-    let instance = if reusable {
-        Some(instance)
-    } else {
-        drop(instance);
-        None
-    };
+    // Dropped here unless reusable: before the in-flight token (in `shared`) goes.
+    let instance = reusable.then_some(instance);
     drop(shared);
     (result, instance)
 }
