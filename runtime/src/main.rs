@@ -107,7 +107,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             let created = handoff::scaffold::run(args)?;
             let dir = created.dir.display();
             println!(
-                "created guest crate {dir} (SDK: {})\n  build:  cd {dir} && cargo build --release\n  serve:  handoff dev {dir}",
+                "created guest crate {dir} (SDK: {})\n  test:   cd {dir} && cargo test\n  build:  cd {dir} && cargo build --release --target wasm32-wasip2\n  serve:  handoff dev {dir}",
                 created.sdk.display(),
             );
             Ok(())

@@ -7,6 +7,7 @@ mod cluster;
 mod crowd;
 mod delivery;
 mod dev;
+mod docs;
 mod kv;
 mod logs;
 mod new;
