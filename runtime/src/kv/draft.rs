@@ -1,6 +1,7 @@
 //! `wasi:keyvalue@0.2.0-draft`, what wasmCloud and `wasmtime-wasi-keyvalue` implement: the
 //! same buckets as draft2 (`super::host`), with `u64` list cursors (how many keys came before
-//! the page) and unsigned increments.
+//! the page; the bucket handle remembers the key its last page ended at, so listing page after
+//! page seeks by key) and unsigned increments (a refused one changes nothing).
 
 use wasmtime::component::{HasData, Linker, Resource};
 
@@ -95,10 +96,22 @@ impl store::HostBucket for KvView<'_> {
     ) -> Result<store::KeyResponse, Refusal> {
         let bucket = self.bucket(&handle)?;
         let offset = cursor.unwrap_or(0);
-        let page = self.access.list(&bucket, Start::Offset(offset)).await?;
+        // A cursor this handle handed out continues after the key its page ended at; any other
+        // (a guest's own number) walks the keys before it.
+        let after = match (&self.table.get(&handle)?.draft_cursor, cursor) {
+            (Some((next, key)), Some(n)) if *next == n => Some(key.clone()),
+            _ => None,
+        };
+        let start = match (&after, offset) {
+            (Some(key), _) => Start::After(key),
+            (None, 0) => Start::First,
+            (None, n) => Start::Offset(n),
+        };
+        let page = self.access.list(&bucket, start).await?;
         let cursor = page
             .more
             .then(|| offset.saturating_add(page.items.len() as u64));
+        self.table.get_mut(&handle)?.draft_cursor = cursor.zip(page.items.last().cloned());
         Ok(store::KeyResponse {
             keys: page.items,
             cursor,
@@ -124,7 +137,9 @@ impl atomics::Host for KvView<'_> {
             ))
         })?;
         let bucket = self.bucket(&handle)?;
-        let sum = self.access.increment(&bucket, key, delta).await?;
+        // The draft's counters are unsigned: one that would stay negative is refused, and the
+        // refusal changes nothing.
+        let sum = self.access.increment_from(&bucket, key, delta, 0).await?;
         u64::try_from(sum).map_err(|_| Refusal::Other(format!("the counter is negative ({sum})")))
     }
 }
