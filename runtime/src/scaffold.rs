@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cli::{Failure, NewArgs, exit};
+use crate::cli::{Failure, NewArgs, Wasi, exit};
 
 /// The SDK of the checkout this binary was built from.
 pub const BUILT_IN_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-sdk");
@@ -20,6 +20,8 @@ pub struct Created {
     pub dir: PathBuf,
     /// The SDK it depends on (absolute).
     pub sdk: PathBuf,
+    /// The WASI version of its handler.
+    pub wasi: Wasi,
 }
 
 /// Runs `handoff new`.
@@ -34,11 +36,15 @@ pub fn run(args: NewArgs) -> Result<Created, Failure> {
         }
     };
     let files = match &args.from {
-        None => files(&args.name, &sdk),
+        None => files(&args.name, &sdk, args.wasi),
         Some(example) => example_files(&args.name, example, &sdk)?,
     };
     create(&dir, &files)?;
-    Ok(Created { dir, sdk })
+    Ok(Created {
+        dir,
+        sdk,
+        wasi: args.wasi,
+    })
 }
 
 /// Without `--path`, a crate is never created inside the handoff checkout its SDK belongs to:
@@ -391,7 +397,7 @@ fn create(dir: &Path, files: &[(String, String)]) -> Result<(), Failure> {
 }
 
 /// The crate's files: relative path and text.
-fn files(name: &str, sdk: &Path) -> Vec<(String, String)> {
+fn files(name: &str, sdk: &Path, wasi: Wasi) -> Vec<(String, String)> {
     // A TOML string, escaped as TOML wants (paths may hold `\` or `"`).
     let sdk_path = toml::Value::String(sdk.display().to_string()).to_string();
     let manifest = format!(
@@ -419,7 +425,42 @@ strip = "debuginfo"
 "#,
         file = name.replace('-', "_"),
     );
-    let handler = "\
+    let (handler, kind) = match wasi {
+        Wasi::P3 => (
+            "\
+use handoff_sdk::{Request, Response, Result};
+
+/// Answers every request under the route's prefix. It is `async`: awaiting (the request body
+/// with `req.into_body().read_bytes().await`, `handoff_sdk::time::sleep`) lets the instance
+/// serve other requests meanwhile.
+async fn handle(req: Request) -> Result<Response> {
+    Ok(Response::new(format!(\"hello from {}\\n\", req.uri().path()).into()))
+}
+
+handoff_sdk::export!(async handle);
+
+// Handler logic runs on the host too: `cargo test` calls it like any function
+// (`block_on` runs an async handler to its end).
+#[cfg(test)]
+mod tests {
+    use handoff_sdk::{Body, block_on, http};
+
+    use super::*;
+
+    #[test]
+    fn it_answers_with_the_path() {
+        let request = http::Request::get(\"/greeting/hi\").body(Body::empty()).unwrap();
+        let response = block_on(handle(request)).unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.into_body().text().unwrap(), \"hello from /greeting/hi\\n\");
+    }
+}
+",
+            "a WASI 0.3 `wasi:http/service` component (an `async fn` handler;\n\
+             `handoff new --wasi 0.2` writes a blocking WASI 0.2 one)",
+        ),
+        Wasi::P2 => (
+            "\
 use handoff_sdk::{Request, Response, Result};
 
 /// Answers every request under the route's prefix.
@@ -444,12 +485,15 @@ mod tests {
         assert_eq!(response.into_body().text().unwrap(), \"hello from /greeting/hi\\n\");
     }
 }
-"
-    .to_owned();
+",
+            "a WASI 0.2 `wasi:http/proxy` component",
+        ),
+    };
+    let handler = handler.to_owned();
     let readme = format!(
         "# {name}
 
-A handoff request handler: a `wasi:http/proxy` component
+A handoff request handler: {kind},
 written with `handoff-sdk`. `src/lib.rs` is the handler.
 
 Build it (it needs `rustup target add wasm32-wasip2` once):
@@ -527,14 +571,14 @@ mod tests {
     fn it_refuses_to_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         let sdk = dir.path();
-        let error = create(dir.path(), &files("hello", sdk)).unwrap_err();
+        let error = create(dir.path(), &files("hello", sdk, Wasi::P3)).unwrap_err();
         assert_eq!(error.code, exit::LOCAL);
         assert!(error.message.contains("already exists"), "{error}");
     }
 
     #[test]
     fn the_manifest_names_the_sdk_by_absolute_path() {
-        let files = files("my-api", Path::new("/opt/handoff/guest-sdk"));
+        let files = files("my-api", Path::new("/opt/handoff/guest-sdk"), Wasi::P3);
         let manifest = &files[0].1;
         let parsed: toml::Table = toml::from_str(manifest).expect("valid TOML");
         assert_eq!(
@@ -543,5 +587,22 @@ mod tests {
         );
         assert_eq!(parsed["lib"]["crate-type"][0].as_str(), Some("cdylib"));
         assert!(manifest.contains("release/my_api.wasm"));
+    }
+
+    #[test]
+    fn the_handler_is_async_for_wasi_0_3_and_blocking_for_0_2() {
+        let handler = |wasi| {
+            files("api", Path::new("/sdk"), wasi)
+                .into_iter()
+                .find(|(file, _)| file == "src/lib.rs")
+                .unwrap()
+                .1
+        };
+        let p3 = handler(Wasi::P3);
+        assert!(p3.contains("async fn handle(req: Request)"), "{p3}");
+        assert!(p3.contains("export!(async handle);"), "{p3}");
+        let p2 = handler(Wasi::P2);
+        assert!(p2.contains("\nfn handle(req: Request)"), "{p2}");
+        assert!(p2.contains("export!(handle);"), "{p2}");
     }
 }

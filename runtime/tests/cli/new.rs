@@ -341,3 +341,70 @@ async fn plain_cargo_test_passes_in_the_examples() {
         tested.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_with_wasi_0_3_writes_an_async_handler_that_builds() {
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("waiter");
+    let created = handoff(&[
+        "new",
+        "waiter",
+        "--wasi",
+        "0.3",
+        "--path",
+        crate_dir.to_str().unwrap(),
+    ])
+    .await;
+    assert!(created.ok().contains("(WASI 0.3, async;"), "{created:#?}");
+    let handler = std::fs::read_to_string(crate_dir.join("src/lib.rs")).unwrap();
+    assert!(handler.contains("export!(async handle);"), "{handler}");
+
+    let target_dir = shared_target_dir("new-guests");
+    let mut build = cargo(&crate_dir, &target_dir);
+    build.args(["build", "--release", "--target", "wasm32-wasip2"]);
+    let built = run_within(BUILD_LIMIT, build).await;
+    assert_eq!(
+        built.code, 0,
+        "the 0.3 scaffold does not build:\n{}",
+        built.stderr
+    );
+    // Its async handler's test runs on the host with plain `cargo test` too.
+    let mut test = cargo(&crate_dir, &target_dir);
+    test.arg("test");
+    let tested = run_within(BUILD_LIMIT, test).await;
+    assert_eq!(tested.code, 0, "{}\n{}", tested.stdout, tested.stderr);
+    assert!(
+        tested
+            .stdout
+            .contains("test tests::it_answers_with_the_path ... ok"),
+        "{}",
+        tested.stdout
+    );
+    assert!(
+        target_dir
+            .join("wasm32-wasip2/release/waiter.wasm")
+            .is_file()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_refuses_a_wasi_version_it_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x");
+    let output = handoff(&[
+        "new",
+        "x",
+        "--wasi",
+        "0.4",
+        "--path",
+        path.to_str().unwrap(),
+    ])
+    .await;
+    // clap's own usage error (exit 2), which lists what is accepted.
+    assert_eq!(output.code, exit::USAGE as i32, "{output:#?}");
+    assert!(
+        output.stderr.contains("[possible values: 0.2, 0.3]"),
+        "{output:#?}"
+    );
+    assert!(!path.exists());
+}
