@@ -281,14 +281,20 @@ async fn keys_once_and_a_shadow_grouped_and_stopped_in_a_browser() {
     )
     .await;
     // Asked for twice at once, and after a bucket change and back: each key once. The page's
-    // key listings are counted, so the checks wait for all of them to have answered.
+    // key listings are counted until their answers are read (and drawn), so the checks wait
+    // for all of them.
     browser
         .eval(
             "window.__listings = 0; const fetch = window.fetch; \
              window.fetch = (...args) => { \
-               const listing = String(args[0]).includes('/kv/keys'); \
-               if (listing) window.__listings++; \
-               return fetch(...args).finally(() => { if (listing) setTimeout(() => window.__listings--, 0); }); };",
+               if (!String(args[0]).includes('/kv/keys')) return fetch(...args); \
+               window.__listings++; \
+               const done = () => setTimeout(() => window.__listings--, 0); \
+               return fetch(...args).then((res) => { \
+                 const text = res.text.bind(res); \
+                 res.text = () => text().finally(done); \
+                 return res; \
+               }, (e) => { done(); throw e; }); };",
             json!([]),
         )
         .await;
