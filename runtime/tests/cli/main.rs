@@ -4,10 +4,12 @@
 mod admin_listener;
 mod client;
 mod cluster;
+mod counts;
 mod crowd;
 mod delivery;
 mod dev;
 mod docs;
+mod hints;
 mod kv;
 mod logs;
 mod new;
