@@ -1,6 +1,9 @@
-//! Checks the crate's layering: the top-level modules form no import loop, and a child module
-//! never imports from its parent (only from its siblings or other modules), so no two files
-//! import each other. Read from the sources; comments and test code do not count.
+//! Checks the crate's layering: the top-level modules form no import loop, a child module never
+//! imports from its parent (only from its siblings or other modules), and the children of any
+//! module form no import loop either (`kv::draft` and `kv::host` may not import each other, nor
+//! three siblings around a ring), so no two files import each other. Imports are read from the
+//! sources (`crate::` and `super::` paths, groups included); comments and test code do not
+//! count.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -144,5 +147,147 @@ fn child_modules_never_import_from_their_parent() {
         "child modules import from their parent module; import from the sibling module that \
          defines the item instead, so parent and child do not import each other:\n{}",
         wrong.join("\n")
+    );
+}
+
+/// The module paths a file's code names through `crate::` or `super::`, resolved to paths from
+/// the crate root (`super::host::X` in `kv/draft.rs` is `["kv", "host", "X"]`), including
+/// those in a `prefix::{a::b, c}` group. `module` is the file's own module path.
+fn paths(code: &str, module: &[String], is_mod_rs: bool) -> Vec<Vec<String>> {
+    let ident = |s: &str| -> usize {
+        s.find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(s.len())
+    };
+    let mut found = Vec::new();
+    for prefix in ["crate::", "super::"] {
+        for (i, _) in code.match_indices(prefix) {
+            let before = code[..i].chars().next_back();
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+                continue;
+            }
+            let mut base: Vec<String> = if prefix == "crate::" {
+                Vec::new()
+            } else {
+                // `super` of `kv/draft.rs` is `kv`; of `kv/mod.rs` it is the crate root.
+                let up = if is_mod_rs { 2 } else { 1 };
+                module[..module.len().saturating_sub(up)].to_vec()
+            };
+            let mut rest = &code[i + prefix.len()..];
+            // Further `super::` and plain segments up to a group or an item.
+            loop {
+                if let Some(r) = rest.strip_prefix("super::") {
+                    base.pop();
+                    rest = r;
+                    continue;
+                }
+                let end = ident(rest);
+                if end == 0 || !rest[end..].starts_with("::") {
+                    break;
+                }
+                base.push(rest[..end].to_owned());
+                rest = &rest[end + 2..];
+            }
+            let items: Vec<&str> = match rest.strip_prefix('{') {
+                Some(g) => g[..g.find('}').unwrap_or(g.len())].split(',').collect(),
+                None => vec![rest],
+            };
+            for item in items {
+                let mut path = base.clone();
+                for segment in item.trim().split("::") {
+                    let end = ident(segment);
+                    if end == 0 {
+                        break;
+                    }
+                    path.push(segment[..end].to_owned());
+                    if end < segment.len() {
+                        break;
+                    }
+                }
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn sibling_modules_form_no_import_loop() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let is_module = |path: &[String]| {
+        let joined = path.join("/");
+        src.join(format!("{joined}.rs")).exists() || src.join(&joined).join("mod.rs").exists()
+    };
+    // (parent module, from child, to child) for every import between two children of a module.
+    let mut edges: BTreeSet<(String, String, String)> = BTreeSet::new();
+    for file in sources(&src) {
+        let is_mod_rs = file.file_name().is_some_and(|n| n == "mod.rs");
+        let mut module: Vec<String> = file
+            .with_extension("")
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        if is_mod_rs {
+            module.pop();
+        }
+        if module.len() < 2 {
+            continue; // top-level modules: `top_level_modules_form_no_import_loop`
+        }
+        let code = code(&std::fs::read_to_string(src.join(&file)).unwrap());
+        for path in paths(&code, &module, is_mod_rs) {
+            let common = module.iter().zip(&path).take_while(|(a, b)| a == b).count();
+            if common == 0 || common >= module.len() || common >= path.len() {
+                continue;
+            }
+            if !is_module(&path[..=common]) {
+                continue; // an item of the parent: `child_modules_never_import_from_their_parent`
+            }
+            edges.insert((
+                module[..common].join("::"),
+                module[common].clone(),
+                path[common].clone(),
+            ));
+        }
+    }
+    // Depth-first search for a loop among the children of each module.
+    let mut by_parent: BTreeMap<&str, BTreeMap<&str, BTreeSet<&str>>> = BTreeMap::new();
+    for (parent, from, to) in &edges {
+        let children = by_parent.entry(parent).or_default();
+        children.entry(from).or_default().insert(to);
+    }
+    fn visit<'a>(
+        node: &'a str,
+        edges: &BTreeMap<&'a str, BTreeSet<&'a str>>,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+        loops: &mut Vec<String>,
+    ) {
+        if let Some(at) = path.iter().position(|n| *n == node) {
+            loops.push(format!("{} -> {node}", path[at..].join(" -> ")));
+            return;
+        }
+        if done.contains(node) {
+            return;
+        }
+        path.push(node);
+        for next in edges.get(node).into_iter().flatten() {
+            visit(next, edges, path, done, loops);
+        }
+        path.pop();
+        done.insert(node);
+    }
+    let mut loops = Vec::new();
+    for (parent, children) in &by_parent {
+        let mut found = Vec::new();
+        let mut done = BTreeSet::new();
+        for child in children.keys() {
+            visit(child, children, &mut Vec::new(), &mut done, &mut found);
+        }
+        loops.extend(found.into_iter().map(|l| format!("in {parent}: {l}")));
+    }
+    assert!(
+        loops.is_empty(),
+        "sibling modules import each other (directly or around a loop); move the shared piece \
+         to the module that owns it (their parent) or to a small shared sibling:\n{}",
+        loops.join("\n")
     );
 }

@@ -60,7 +60,7 @@ impl Server {
         let restored = crate::deploy::restore(&runtime).await;
         // Rollouts continue where they were.
         crate::rollout::resume_all(&runtime);
-        crate::rollout::cluster::spawn(&runtime);
+        crate::rollout::follow_cluster(&runtime);
         crate::deploy::notify::spawn_shadow_figures(&runtime);
         crate::deploy::converged::spawn(&runtime);
         if restored.routes > 0 || !restored.failed.is_empty() {

@@ -5,7 +5,7 @@
 //!   `handoff:kv/versioned@0.1.0` (TTL and compare-and-swap on a version number): here.
 //! * `wasi:keyvalue@0.2.0-draft` (`u64` cursors and increments): `super::draft`.
 //!
-//! Both drafts are linked side by side ([`add_to_linker`]), so guests built for either run
+//! Both drafts are linked side by side (`super::add_to_linker`), so guests built for either run
 //! unmodified. A refusal (quota, size, an unusable key, a backend failure) reaches the guest as
 //! the interface's `error::other` with a sentence; a bucket the route was not granted is
 //! `no-such-store`. Only a bad resource handle traps.
@@ -168,9 +168,9 @@ impl HasData for HasKv {
     type Data<'a> = KvView<'a>;
 }
 
-/// Links `wasi:keyvalue` at both drafts and `handoff:kv`, reaching each request's access
-/// through `get`.
-pub fn add_to_linker<T: Send + 'static>(
+/// Links `wasi:keyvalue@0.2.0-draft2` and `handoff:kv`, reaching each request's access through
+/// `get`; `super::add_to_linker` adds the older draft beside them.
+pub(crate) fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     get: fn(&mut T) -> KvView<'_>,
 ) -> anyhow::Result<()> {
@@ -178,7 +178,6 @@ pub fn add_to_linker<T: Send + 'static>(
     atomics::add_to_linker::<T, HasKv>(linker, get)?;
     batch::add_to_linker::<T, HasKv>(linker, get)?;
     versioned::add_to_linker::<T, HasKv>(linker, get)?;
-    super::draft::add_to_linker(linker, get)?;
     Ok(())
 }
 

@@ -31,5 +31,15 @@ mod writer;
 pub use access::KvAccess;
 pub use backend::{Backend, Entry, KvError};
 pub use buckets::{Bucket, BucketName, DEFAULT_BUCKET, Grants, Kv};
-pub use host::{KvView, add_to_linker};
+pub use host::KvView;
 pub use limits::KvLimits;
+
+/// Links `wasi:keyvalue` at both drafts and `handoff:kv` side by side, so guests built for
+/// either draft run unmodified, reaching each request's access through `get`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    get: fn(&mut T) -> KvView<'_>,
+) -> anyhow::Result<()> {
+    host::add_to_linker(linker, get)?;
+    draft::add_to_linker(linker, get)
+}

@@ -1,24 +1,24 @@
 //! Rollouts in a cluster: exactly one node drives each rollout, and its gates count every
 //! node's requests.
 //!
-//! * **One driver**: every node runs a controller for each live rollout it serves (started
-//!   here when another node's change brings one, and on restore), but only the *leader*, the
-//!   live node with the smallest name ([`crate::cluster::nodes::Nodes::leader`]), judges and
-//!   steps; the others hold. When the leader leaves or dies, the next one takes over within
-//!   the node records' TTL, judging a fresh step window.
+//! * **One driver**: every node runs a controller for each live rollout it serves (started by
+//!   `super::follow_cluster` when another node's change brings one, and on restore), but only
+//!   the *leader*, the live node with the smallest name
+//!   ([`crate::cluster::nodes::Nodes::leader`]), judges and steps; the others hold. When the
+//!   leader leaves or dies, the next one takes over within the node records' TTL, judging a
+//!   fresh step window.
 //! * **Cluster-wide figures**: each node puts the request figures of the versions of every
-//!   route with a live rollout in its node record ([`publish_figures`], republished with its
-//!   heartbeat), and the leader's gates read [`figures`]: its own counters plus every other
-//!   live node's last record. Figures lag by up to about a second and a half (the heartbeat
-//!   plus this task's period): a gate fires that much later than on one node.
+//!   route with a live rollout in its node record ([`publish_figures`], every [`PERIOD`] from
+//!   `super::follow_cluster`, republished with its heartbeat), and the leader's gates read
+//!   [`figures`]: its own counters plus every other live node's last record. Figures lag by up
+//!   to about a second and a half (the heartbeat plus [`PERIOD`]): a gate fires that much later
+//!   than on one node.
 //!
 //! Outside a cluster nothing here runs and [`figures`] is the version's own counters.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::controller;
 use crate::cluster::Figures;
 use crate::names::RouteName;
 use crate::runtime::Runtime;
@@ -157,44 +157,4 @@ pub fn publish_figures(rt: &Runtime) {
         all.insert(route.name.as_str().to_owned(), versions);
     }
     cluster.nodes.update(|me| me.figures = all);
-}
-
-/// In a cluster: every [`PERIOD`], refreshes this node's figures and starts a controller for
-/// each live rollout that has none here (one another node started, or one that is new since
-/// the last look). Ends when the node leaves.
-pub fn spawn(rt: &Arc<Runtime>) {
-    let Some(cluster) = rt.cluster.clone() else {
-        return;
-    };
-    let weak = Arc::downgrade(rt);
-    let stop = cluster.nodes.stopping();
-    tokio::spawn(async move {
-        // The rollout each route's controller was started for, by route.
-        let mut started: HashMap<RouteName, String> = HashMap::new();
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(PERIOD) => {}
-            }
-            let Some(rt) = weak.upgrade() else { return };
-            publish_figures(&rt);
-            let table = rt.routes.snapshot();
-            started.retain(|name, _| table.get(name).is_some());
-            for route in table.iter() {
-                match route.record.rollout.as_ref().filter(|r| r.state.is_live()) {
-                    None => {
-                        started.remove(&route.name);
-                    }
-                    Some(rollout) => {
-                        let key =
-                            format!("{} {} {}", rollout.stable, rollout.candidate, rollout.by);
-                        if started.get(&route.name) != Some(&key) {
-                            controller::spawn(&rt, &route.name);
-                            started.insert(route.name.clone(), key);
-                        }
-                    }
-                }
-            }
-        }
-    });
 }

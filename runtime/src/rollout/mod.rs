@@ -211,3 +211,44 @@ pub fn resume_all(rt: &Arc<Runtime>) {
         }
     }
 }
+
+/// In a cluster: every [`cluster::PERIOD`], refreshes this node's figures and starts a
+/// controller for each live rollout that has none here (one another node started, or one that
+/// is new since the last look). Ends when the node leaves.
+pub fn follow_cluster(rt: &Arc<Runtime>) {
+    let Some(joined) = rt.cluster.clone() else {
+        return;
+    };
+    let weak = Arc::downgrade(rt);
+    let stop = joined.nodes.stopping();
+    tokio::spawn(async move {
+        // The rollout each route's controller was started for, by route.
+        let mut started: std::collections::HashMap<RouteName, String> =
+            std::collections::HashMap::new();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(cluster::PERIOD) => {}
+            }
+            let Some(rt) = weak.upgrade() else { return };
+            cluster::publish_figures(&rt);
+            let table = rt.routes.snapshot();
+            started.retain(|name, _| table.get(name).is_some());
+            for route in table.iter() {
+                match route.record.rollout.as_ref().filter(|r| r.state.is_live()) {
+                    None => {
+                        started.remove(&route.name);
+                    }
+                    Some(rollout) => {
+                        let key =
+                            format!("{} {} {}", rollout.stable, rollout.candidate, rollout.by);
+                        if started.get(&route.name) != Some(&key) {
+                            controller::spawn(&rt, &route.name);
+                            started.insert(route.name.clone(), key);
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
