@@ -46,6 +46,8 @@ pub struct Runtime {
     /// connection is gone: a stream holds an admin connection, so they may take only part of
     /// the admin listener's.
     pub event_streams: Arc<tokio::sync::Semaphore>,
+    /// The followers of guest log lines, for `GET /v1/routes/{name}/logs`.
+    pub guest_logs: Arc<crate::guest_log::Tail>,
     /// Digests a change is working on (safe from garbage collection).
     pub(crate) pending: Pending,
     /// This node's membership of a cluster (`--cluster`); `None`: one node on its own.
@@ -130,6 +132,7 @@ impl Runtime {
             state,
             files,
             events,
+            guest_logs: crate::guest_log::Tail::new(),
             pending: Pending::default(),
             copy_slots: Arc::new(tokio::sync::Semaphore::new(MAX_COPIES)),
             event_streams: Arc::new(tokio::sync::Semaphore::new(

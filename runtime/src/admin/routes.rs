@@ -21,6 +21,8 @@ use crate::version::{Version, parse_config};
 
 /// A version as the admin API shows it.
 pub(super) fn version_status(version: &Version) -> api::VersionStatus {
+    // One reading, so `failures` and `figures.errors` agree.
+    let stats = version.stats.snapshot();
     api::VersionStatus {
         version: version.digest.to_string(),
         size_bytes: version.size_bytes,
@@ -32,8 +34,9 @@ pub(super) fn version_status(version: &Version) -> api::VersionStatus {
         compile_ms: version.compile_time.as_secs_f64() * 1e3,
         in_flight: version.in_flight(),
         requests: version.requests(),
-        failures: version.failures(),
-        figures: Some(figures(&version.stats.snapshot())),
+        failures: stats.errors,
+        guest_failures: version.guest_failures(),
+        figures: Some(figures(&stats)),
     }
 }
 
