@@ -89,6 +89,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Status(args) => handoff::client::status(args).await,
         Command::Nodes(args) => handoff::client::nodes::nodes(args).await,
         Command::Events(args) => handoff::client::events::events(args).await,
+        Command::Logs(args) => handoff::client::events::logs(args).await,
         Command::Delete(args) => handoff::client::delete(args).await,
         Command::Versions(args) => handoff::client::versions(args).await,
         Command::Rollback(args) => handoff::client::rollback(args).await,
@@ -111,7 +112,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                 handoff::cli::Wasi::P3 => "WASI 0.3, async",
             };
             println!(
-                "created guest crate {dir} ({wasi}; SDK: {})\n  build:  cd {dir} && cargo build --release\n  serve:  handoff dev {dir}",
+                "created guest crate {dir} ({wasi}; SDK: {})\n  test:   cd {dir} && cargo test\n  build:  cd {dir} && cargo build --release --target wasm32-wasip2\n  serve:  handoff dev {dir}",
                 created.sdk.display(),
             );
             Ok(())

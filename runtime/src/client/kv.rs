@@ -86,15 +86,21 @@ pub async fn run(args: KvArgs) -> Result<(), Failure> {
                 if let Some(cursor) = &cursor {
                     path = format!("{path}?cursor={}", encode(cursor));
                 }
-                let page: api::KvKeys = client
-                    .call(
-                        "listing the keys",
-                        Method::GET,
-                        &path,
-                        None,
-                        args.admin.json,
-                    )
-                    .await?;
+                let reply = client.send(Method::GET, &path, None).await?;
+                if first && reply.status == http::StatusCode::NOT_FOUND {
+                    // A server that answers 404 for a bucket nothing was written to: an
+                    // error if its route or shared bucket does not exist, else it is empty.
+                    let empty = empty_bucket(&client, &args.bucket).await?;
+                    eprintln!("{empty}");
+                    return Ok(());
+                }
+                if args.admin.json {
+                    reply.print();
+                }
+                if !reply.status.is_success() {
+                    return Err(reply.refused("listing the keys"));
+                }
+                let page: api::KvKeys = client.read(&reply)?;
                 if first && page.keys.is_empty() && page.cursor.is_none() {
                     // Nothing listed: say whether the bucket is empty or does not exist.
                     let empty = empty_bucket(&client, &args.bucket).await?;

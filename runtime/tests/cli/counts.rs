@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use handoff::cli::exit;
 use handoff_tests::guests;
 use http_body_util::BodyExt;
 
@@ -155,5 +156,44 @@ async fn status_metrics_and_gates_count_5xx_answers_and_traps_alike() {
         metric(&ready, "handoff_version_guest_failures_total", "failing").await,
         Some(1),
         "the trap is the one guest failure"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_logs_follows_a_routes_guest_lines_with_their_request_ids() {
+    let (_server, ready) = serve(&[]).await;
+    let admin = ready.admin_url();
+    handoff(&["deploy", "failing", guests::FAILING, "--admin", &admin])
+        .await
+        .ok();
+    handoff(&["logs", "nosuch", "--admin", &admin])
+        .await
+        .fails(exit::FAILED as i32, "there is no route named `nosuch`");
+    let tail = crate::support::Running::spawn(crate::support::command(&[
+        "logs", "failing", "--admin", &admin,
+    ]));
+    // The tail starts with the request after it connects: ask until its line shows.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (id, line) = loop {
+        let (status, id, _) = get_with_id(&ready, "/failing/error").await;
+        assert_eq!(status, 500);
+        let id = id.expect("x-request-id");
+        if let Some(line) = tail.stdout.text().lines().find(|l| l.contains(&id)) {
+            break (id, line.to_owned());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line in:\n{}\n{}",
+            tail.stdout.text(),
+            tail.stderr.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        line.contains("  ERROR  ")
+            && line.contains(&format!(
+                "  {id}  stderr  GET /failing/error: the database is unreachable"
+            )),
+        "{line}"
     );
 }
