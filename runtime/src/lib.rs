@@ -59,6 +59,7 @@ pub mod server;
 pub mod settings;
 pub mod shadow;
 pub mod signing;
+pub mod stalled;
 pub mod state;
 pub mod stats;
 pub mod telemetry;

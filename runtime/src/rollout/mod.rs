@@ -66,7 +66,7 @@ pub async fn start(
                     "no module {digest} is stored; upload it first (POST /v1/modules, handoff upload)"
                 ))
             })?;
-        crate::deploy::prepare::check_stored_signature(rt, &digest, &module)?;
+        crate::deploy::prepare::check_stored_signature(rt, &digest, &module).await?;
         module.pinned = false;
         let mut next = record.clone();
         next.candidate = Some(CandidateRecord {
@@ -234,6 +234,7 @@ pub fn follow_cluster(rt: &Arc<Runtime>) {
             cluster::publish_figures(&rt);
             let table = rt.routes.snapshot();
             started.retain(|name, _| table.get(name).is_some());
+            cluster::forget_tallies(&table);
             for route in table.iter() {
                 match route.record.rollout.as_ref().filter(|r| r.state.is_live()) {
                     None => {
