@@ -20,7 +20,6 @@
 //! Outside a cluster nothing here runs and [`figures`] is the version's own counters.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::Figures;
