@@ -25,6 +25,7 @@ mod limits;
 mod outbound;
 mod persist;
 mod reuse;
+mod sdk_async;
 mod shadow;
 mod swap;
 mod tls;

@@ -12,13 +12,26 @@ const BUILD_LIMIT: Duration = Duration::from_secs(600);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_guest_crate_builds_and_serves() {
+    // The default: an async WASI 0.3 handler.
+    new_guest_builds_and_serves(&[], "WASI 0.3, async;", "0.3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_wasi_0_2_guest_crate_builds_and_serves() {
+    new_guest_builds_and_serves(&["--wasi", "0.2"], "WASI 0.2;", "0.2").await;
+}
+
+/// `handoff new greeter` with `flags` says `says`, builds, deploys as a WASI `wasi` version and
+/// answers.
+async fn new_guest_builds_and_serves(flags: &[&str], says: &str, wasi: &str) {
     let dir = tempfile::tempdir().unwrap();
     let crate_dir = dir.path().join("apps").join("greeter");
-    let created = handoff(&["new", "greeter", "--path", crate_dir.to_str().unwrap()]).await;
-    assert!(
-        created.ok().starts_with("created guest crate"),
-        "{created:#?}"
-    );
+    let mut args = vec!["new", "greeter", "--path", crate_dir.to_str().unwrap()];
+    args.extend(flags);
+    let created = handoff(&args).await;
+    let out = created.ok();
+    assert!(out.starts_with("created guest crate"), "{created:#?}");
+    assert!(out.contains(says), "{created:#?}");
     for file in [
         "Cargo.toml",
         ".cargo/config.toml",
@@ -56,6 +69,9 @@ async fn a_new_guest_crate_builds_and_serves() {
     ])
     .await;
     deployed.ok();
+    let status = handoff(&["status", "greeter", "--json", "--admin", &admin]).await;
+    let status: serde_json::Value = serde_json::from_str(&status.ok()).unwrap();
+    assert_eq!(status["active"]["wasi"], wasi, "{status}");
     assert_eq!(
         get(&ready, "/greeter").await,
         (200, "hello from /greeter\n".into())
@@ -101,39 +117,6 @@ async fn new_refuses_names_cargo_or_routes_cannot_use() {
     ])
     .await;
     output.fails(exit::LOCAL as i32, "the guest SDK is not at");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_with_wasi_0_3_writes_an_async_handler_that_builds() {
-    let dir = tempfile::tempdir().unwrap();
-    let crate_dir = dir.path().join("waiter");
-    let created = handoff(&[
-        "new",
-        "waiter",
-        "--wasi",
-        "0.3",
-        "--path",
-        crate_dir.to_str().unwrap(),
-    ])
-    .await;
-    assert!(created.ok().contains("(WASI 0.3, async;"), "{created:#?}");
-    let handler = std::fs::read_to_string(crate_dir.join("src/lib.rs")).unwrap();
-    assert!(handler.contains("export!(async handle);"), "{handler}");
-
-    let target_dir = shared_target_dir("new-guests");
-    let mut build = cargo(&crate_dir, &target_dir);
-    build.args(["build", "--release"]);
-    let built = run_within(BUILD_LIMIT, build).await;
-    assert_eq!(
-        built.code, 0,
-        "the 0.3 scaffold does not build:\n{}",
-        built.stderr
-    );
-    assert!(
-        target_dir
-            .join("wasm32-wasip2/release/waiter.wasm")
-            .is_file()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
