@@ -55,6 +55,7 @@ pub mod rollout;
 pub mod route;
 pub mod runtime;
 pub mod scaffold;
+pub mod service;
 pub mod server;
 pub mod settings;
 pub mod shadow;

@@ -29,3 +29,4 @@ mod shadow;
 mod swap;
 mod tls;
 mod toolchains;
+mod wasi3;
