@@ -3,7 +3,7 @@
 //!
 //! # Architecture
 //!
-//! Four lifetimes, four homes (`ARCHITECTURE.md` has the whole map):
+//! Four lifetimes, four homes (`docs/architecture.md` has the whole map):
 //!
 //! * **Process** — [`Runtime`] ([`runtime`]): engine and linker ([`engine`]), compiler
 //!   ([`compile`]), route table ([`route`]), state log and data directory ([`state`]), the

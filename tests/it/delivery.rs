@@ -538,7 +538,7 @@ async fn a_rollout_continues_after_a_restart_where_it_was() {
     server.shutdown().await;
 }
 
-/// The sticky hash exactly as the README documents it: FNV-1a (64 bit) over the route's name,
+/// The sticky hash exactly as `docs/delivery.md` documents it: FNV-1a (64 bit) over the route's name,
 /// one `0xff` byte and the key, the SplitMix64 finalizer, modulo 10,000. Written here again so
 /// the test checks the documentation, not the server against itself.
 fn documented_bucket(route: &str, key: &[u8]) -> u64 {

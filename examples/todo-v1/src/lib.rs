@@ -1,6 +1,6 @@
 //! A to-do list kept in the route's own key-value bucket, version 1: an item is
 //! `{"title": "...", "done": false}`. Version 2 (`todo-v2`) changes that shape; both serve the
-//! same data side by side during a swap or a rollout, with no migration job (see the README).
+//! same data side by side during a swap or a rollout, with no migration job (see `docs/kv.md`).
 //!
 //! * `GET    /<route>`            — what this is
 //! * `GET    /<route>/items`      — every item, oldest first

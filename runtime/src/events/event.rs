@@ -218,17 +218,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_readme_documents_every_kind() {
-        let readme = include_str!("../../../README.md");
-        let section = readme
-            .split("## Event stream")
+    fn the_events_page_documents_every_kind() {
+        let page = include_str!("../../../docs/events.md");
+        let table = page
+            .split("| kind | when |")
             .nth(1)
-            .and_then(|rest| rest.split("\n## ").next())
-            .expect("README.md has an Event stream section");
+            .expect("docs/events.md has the table of event kinds");
         for kind in Kind::ALL {
             assert!(
-                section.contains(&format!("`{}`", kind.as_str())),
-                "README.md's event stream section lacks `{}`",
+                table.contains(&format!("`{}`", kind.as_str())),
+                "docs/events.md's table of event kinds lacks `{}`",
                 kind.as_str()
             );
         }

@@ -9,7 +9,7 @@
 //! * [`SETTINGS`]: one [`Setting`] per limit, which the CLI turns into the server's default
 //!   flags (`serve --max-memory`, and so the `--config` file's keys) and the deploy flags
 //!   (`deploy --max-memory`), the admin API into deploy query keys (`max-memory=`), and a test
-//!   into the README's flag table;
+//!   into the per-route settings table of `docs/settings.md`;
 //! * [`LimitsStatus`]: the limits as `GET /v1/routes/{name}` shows them;
 //! * [`Limits::check`]: a route's limits against the server's.
 //!
@@ -408,8 +408,8 @@ route_settings! {
         name "kv-max-bytes", status kv_max_bytes, check |_: u64, _| Ok::<(), String>(());
     /// Requests one instance may serve, one after another (1: a fresh instance per request,
     /// the default). Above 1, guest memory persists between the requests an instance serves
-    /// (see "Instance reuse"); a trap, a deadline, a cut-off or an unfinished response drops
-    /// the instance, and so does a second idle.
+    /// (see "Instance reuse" in docs/data-plane.md); a trap, a deadline, a cut-off or an
+    /// unfinished response drops the instance, and so does a second idle.
     reuse: u32 = DEFAULT_REUSE;
         name "reuse", status reuse, check |value: u32, _| {
             if !(1..=MAX_REUSE).contains(&value) {
@@ -432,7 +432,7 @@ route_settings! {
         };
 }
 
-/// The per-route settings as the README's Markdown table (a test keeps the README's copy
+/// The per-route settings as a Markdown table (a test keeps the copy in `docs/settings.md`
 /// equal to this).
 pub fn markdown_table() -> String {
     let mut table = String::from(
@@ -574,12 +574,12 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_lists_every_setting_as_the_table_says() {
-        let readme = include_str!("../../../README.md");
+    fn the_settings_page_lists_every_setting_as_the_table_says() {
+        let page = include_str!("../../../docs/settings.md");
         let table = markdown_table();
         assert!(
-            readme.contains(&table),
-            "README.md's per-route settings table is out of date; replace it with:\n{table}"
+            page.contains(&table),
+            "docs/settings.md's per-route settings table is out of date; replace it with:\n{table}"
         );
     }
 

@@ -1,7 +1,7 @@
 //! The main table of `just bench`: every row a ratio of two measurements taken in the same run,
 //! A and B interleaved, round by round, the order alternating, so drift over the run hits both
 //! alike. A module adds rows with [`Table::compare`] (two loads) or [`Table::row`] (figures it
-//! measured itself); [`Table::print`] writes the Markdown table the README carries.
+//! measured itself); [`Table::print`] writes the Markdown table `docs/benchmarks.md` carries.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
