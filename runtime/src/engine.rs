@@ -295,9 +295,8 @@ impl Engine {
     /// small component's functions would queue behind every function of a large one.
     pub fn compile(&self, bytes: &[u8], wasi: Wasi) -> Result<Component, CompileError> {
         let engine = &self.flavour(wasi).engine;
-        let compile = || {
-            Component::new(engine, bytes).map_err(|e| CompileError::Invalid(format!("{e:#}")))
-        };
+        let compile =
+            || Component::new(engine, bytes).map_err(|e| CompileError::Invalid(format!("{e:#}")));
         match rayon::ThreadPoolBuilder::new()
             .num_threads(compile_threads())
             .thread_name(|i| format!("handoff-compile-{i}"))
@@ -469,7 +468,7 @@ fn linker(engine: &wasmtime::Engine, wasi: Wasi) -> anyhow::Result<Linker<Host>>
             .and_then(|()| wasmtime_wasi::p3::cli::add_to_linker(&mut linker))
             .map_err(|e| anyhow::anyhow!("linking WASI 0.3: {e}"))?;
     }
-    crate::host::add_to_linker(&mut linker, wasi)?;
+    crate::host::add_to_linker(&mut linker, wasi == Wasi::P3)?;
     crate::kv::add_to_linker(&mut linker, Host::kv_view)?;
     Ok(linker)
 }

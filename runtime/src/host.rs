@@ -115,18 +115,19 @@ fn open_dir(path: &std::path::Path) -> std::io::Result<Dir> {
 /// route's config and prefix, and its `/data` directory, from the version's [`Guest`]
 /// instead of copies made for every request. Call it after linking WASI.
 ///
+/// `p3`: the linker is for WASI 0.3 components, which may also import the 0.3 environment.
 /// The interface names are those of wasmtime-wasi 48's WIT (`wasi:cli@0.2.12`,
 /// `wasi:filesystem@0.2.12`, and for WASI 0.3 linkers `wasi:cli@0.3.0`); guests importing any
 /// 0.2.x (0.3.x) reach them by semver. Were a name to drift, the instance would be created anew
 /// instead of reopened, and every std-built guest would fail to link (the env and `/data`
 /// tests catch either).
-pub fn add_to_linker(linker: &mut Linker<Host>, wasi: crate::engine::Wasi) -> anyhow::Result<()> {
+pub fn add_to_linker(linker: &mut Linker<Host>, p3: bool) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
     linker.instance("wasi:cli/environment@0.2.12")?.func_wrap(
         "get-environment",
         |cx: StoreContextMut<'_, Host>, (): ()| Ok((cx.data().environment(),)),
     )?;
-    if wasi == crate::engine::Wasi::P3 {
+    if p3 {
         linker.instance("wasi:cli/environment@0.3.0")?.func_wrap(
             "get-environment",
             |cx: StoreContextMut<'_, Host>, (): ()| Ok((cx.data().environment(),)),

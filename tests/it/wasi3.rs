@@ -240,7 +240,10 @@ async fn swap_02_03(query: &str) {
             stale += 1;
         }
     }
-    assert_eq!(stale, 0, "requests started after a deploy returned got the old version");
+    assert_eq!(
+        stale, 0,
+        "requests started after a deploy returned got the old version"
+    );
     assert!(seen[0] > 0 && seen[1] > 0, "both served: {seen:?}");
     eprintln!(
         "0.2 <-> 0.3 under load ({query}): {} requests, {} deploys, 0 failed",
@@ -293,7 +296,11 @@ async fn a_streaming_03_body_finishes_on_its_version_across_a_deploy() {
     assert_eq!(draining[0]["in_flight"], 1, "{status}");
     assert_eq!(draining[0]["wasi"], "0.3", "{status}");
 
-    let rest = body.collect().await.expect("the stream completes").to_bytes();
+    let rest = body
+        .collect()
+        .await
+        .expect("the stream completes")
+        .to_bytes();
     received.extend_from_slice(&rest);
     let expected: String = (0..8).map(|i| format!("chunk {i} old\n")).collect();
     assert_eq!(String::from_utf8_lossy(&received), expected);
@@ -331,12 +338,16 @@ fn spawn_get(server: &TestServer, path: &str) -> tokio::task::JoinHandle<(Status
 /// served by `instance` while the route's other requests run: that instance takes requests
 /// beside the ones it serves now. Returns the calls it has started.
 async fn joins(server: &TestServer, path: &str, instance: u64) -> u64 {
-    eventually("the instance to take requests beside its others", GENEROUS, || async {
-        let (status, body) = server.get(path).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        let (calls, id) = count(&body);
-        (id == instance).then_some(calls)
-    })
+    eventually(
+        "the instance to take requests beside its others",
+        GENEROUS,
+        || async {
+            let (status, body) = server.get(path).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let (calls, id) = count(&body);
+            (id == instance).then_some(calls)
+        },
+    )
     .await
 }
 
@@ -408,7 +419,11 @@ async fn instance_concurrency_above_one_is_refused_for_a_wasi_02_version() {
     );
     assert_eq!(server.get("/p2").await.1, "v1", "nothing changed");
     let (code, body) = server
-        .deploy_bytes("p2", "?instance-concurrency=0", guests::bytes(guests::P3_HELLO))
+        .deploy_bytes(
+            "p2",
+            "?instance-concurrency=0",
+            guests::bytes(guests::P3_HELLO),
+        )
         .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
     server.shutdown().await;
@@ -488,7 +503,11 @@ async fn a_request_past_its_deadline_gets_504_and_its_instance_takes_no_more() {
 
     // A guest that never yields, on a fresh instance: 504, and its instance is dropped.
     let (code, body) = server
-        .deploy_bytes("spinner", "?request-timeout=500ms", guests::bytes(guests::P3_HELLO))
+        .deploy_bytes(
+            "spinner",
+            "?request-timeout=500ms",
+            guests::bytes(guests::P3_HELLO),
+        )
         .await;
     assert!(code.is_success(), "{body}");
     let (status, _) = server.get("/spinner/spin").await;

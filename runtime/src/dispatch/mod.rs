@@ -35,9 +35,10 @@ mod body;
 mod copies;
 mod failure;
 mod p3;
+mod respond;
 
+use body::Shared;
 pub use body::{BodyError, CappedBody, DataBody, GuestBody};
-use body::{Shared, Trace};
 use failure::{GuestError, body_too_large, failure, failure_response, report};
 
 use crate::engine::Pre;
@@ -260,7 +261,7 @@ where
         return body_too_large(&version, id, started);
     }
     match outcome {
-        Ok(Ok(response)) => respond(
+        Ok(Ok(response)) => respond::respond(
             rt,
             &version,
             &routed.prefix,
@@ -289,47 +290,6 @@ where
             Err(()) => unreachable!("a response head was received"),
         },
     }
-}
-
-/// The response to a request whose guest answered with `response`: its body streams through a
-/// [`GuestBody`] that carries the request's hold on its version (in `shared`) to its end, stops
-/// the guest's task (`abort`) if the client leaves, and feeds the copy for the route's shadow.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn respond(
-    rt: &Runtime,
-    version: &Arc<Version>,
-    prefix: &Arc<str>,
-    response: Response<HyperOutgoingBody>,
-    shared: Arc<Shared>,
-    abort: Option<AbortHandle>,
-    span: tracing::Span,
-    started: Instant,
-    head: bool,
-    copy: Option<copies::Pending>,
-) -> Response<DataBody> {
-    span.record("status", response.status().as_u16());
-    let trace = Trace {
-        span,
-        started,
-        sent: 0,
-        status: response.status().as_u16(),
-    };
-    // Where hyper may stop without polling the body's end: after a declared length, and at
-    // once for a response that has no body on the wire.
-    let status = response.status();
-    let complete_at =
-        if head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            Some(0)
-        } else {
-            response
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-        };
-    let tap = copy.map(|copy| Box::new(copy.start(&rt.engine, version, prefix, status, response.headers())));
-    response.map(|body| DataBody::Guest(GuestBody::new(body, shared, abort, complete_at, trace, tap)))
 }
 
 /// A request's run of its guest ([`run_guest`]), boxed so that it can move to a task of its own

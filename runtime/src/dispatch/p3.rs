@@ -72,7 +72,7 @@ where
         return body_too_large(&version, id, started);
     }
     match answered {
-        Ok(response) => super::respond(
+        Ok(response) => super::respond::respond(
             rt, &version, &prefix, response, shared, None, span, started, head, copy,
         ),
         Err(error) => {

@@ -120,7 +120,16 @@ pub async fn run(
     let pre = match &version.pre {
         Pre::P2(pre) => pre.clone(),
         Pre::P3(pre) => {
-            return run_p3(engine, version, pre, prefix, request, compared, deny_outbound).await;
+            return run_p3(
+                engine,
+                version,
+                pre,
+                prefix,
+                request,
+                compared,
+                deny_outbound,
+            )
+            .await;
         }
     };
     let mut store = Host::store(engine.wasmtime(), &version.guest, prefix, deadline);

@@ -129,7 +129,12 @@ impl Files {
     }
 
     /// Stores an artifact compiled by `wasi`'s engine durably, followed by its sha256.
-    pub fn save_artifact(&self, digest: &Digest, wasi: Wasi, artifact: &[u8]) -> anyhow::Result<()> {
+    pub fn save_artifact(
+        &self,
+        digest: &Digest,
+        wasi: Wasi,
+        artifact: &[u8],
+    ) -> anyhow::Result<()> {
         let mut bytes = Vec::with_capacity(artifact.len() + 32);
         bytes.extend_from_slice(artifact);
         bytes.extend_from_slice(&Sha256::digest(artifact));
@@ -206,8 +211,9 @@ mod tests {
     use super::*;
 
     fn files() -> Files {
+        let p2 = wasmtime::Engine::new(wasmtime::Config::new().concurrency_support(false)).unwrap();
         let p3 = wasmtime::Engine::new(wasmtime::Config::new().concurrency_support(true)).unwrap();
-        Files::open(None, [&wasmtime::Engine::default(), &p3]).unwrap()
+        Files::open(None, [&p2, &p3]).unwrap()
     }
 
     #[test]
@@ -277,6 +283,10 @@ mod tests {
             (Wasi::P3, b"async".to_vec()),
             "an artifact of the 0.3 engine says so"
         );
-        assert_eq!(files.sweep(&|_| true), 0, "both engines' artifacts are kept");
+        assert_eq!(
+            files.sweep(&|_| true),
+            0,
+            "both engines' artifacts are kept"
+        );
     }
 }
