@@ -108,6 +108,15 @@ impl Error {
         }
     }
 
+    /// A 500 from a boxed error (what `http_body` bodies fail with).
+    pub(crate) fn from_boxed(inner: BoxError) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            headers: HeaderMap::new(),
+            inner,
+        }
+    }
+
     /// The status this error answers with.
     pub fn status(&self) -> StatusCode {
         self.status

@@ -42,8 +42,19 @@
 //!   documents with a schema version for two live versions on one set of data.
 //! * **Time**: [`sleep`] blocks the guest without burning CPU time.
 //!
-//! Each request runs in a fresh instance of the component: globals start from scratch every
-//! time, and nothing a handler keeps in memory outlives its request.
+//! Each request runs in a fresh instance of the component unless the route is deployed with
+//! `reuse`: then globals may outlive a request, so keep nothing in memory that one request
+//! must not see from another.
+//!
+//! # WASI 0.2 and WASI 0.3
+//!
+//! `export!(handle)` exports a blocking `fn` as a WASI 0.2 `wasi:http/proxy` component.
+//! `export!(async handle)` exports an `async fn(Request) -> Result<Response>` as a WASI 0.3
+//! `wasi:http/service` component: it awaits its request body ([`Body::read_bytes`]), timers
+//! ([`time::sleep`]) and any other futures, joins several at once, streams a body while
+//! computing it ([`Body::stream_async`]), and routes to async handlers ([`Router::serve`]).
+//! Config, logs and key-value work the same in both. Both build for `wasm32-wasip2`, and a unit
+//! test runs an async handler on the host with [`block_on`].
 //!
 //! # Testing on the host
 //!
@@ -58,20 +69,26 @@
 mod body;
 pub mod config;
 mod error;
+mod exec;
 pub mod kv;
 pub mod log;
 mod request;
 pub mod response;
 mod router;
+pub mod time;
 
 #[cfg(target_arch = "wasm32")]
 mod wasi;
+#[cfg(target_arch = "wasm32")]
+mod wasi3;
 
 use std::time::Duration;
 
-pub use body::{Body, BodyWriter};
+pub use body::{Body, BodySender, BodyWriter};
 pub use bytes::{self, Bytes};
 pub use error::{Context, Error};
+#[cfg(not(target_arch = "wasm32"))]
+pub use exec::block_on;
 pub use http::{self, HeaderMap, HeaderValue, Method, StatusCode, header};
 pub use request::{Params, Query, RequestExt};
 pub use response::ResponseExt;
@@ -108,7 +125,9 @@ pub fn sleep(duration: Duration) {
     std::thread::sleep(duration);
 }
 
-/// Exports a handler function as this component's `wasi:http/incoming-handler`.
+/// Exports a handler function: `export!(handle)` for a `fn` (a WASI 0.2
+/// `wasi:http/incoming-handler`), `export!(async handle)` for an `async fn` (a WASI 0.3
+/// `wasi:http/handler`).
 ///
 /// The handler is any `fn(Request) -> Result<Response>` (a function path or a closure that
 /// captures nothing). Invoke the macro once, at the crate root of a `cdylib` crate built for
@@ -127,8 +146,60 @@ pub fn sleep(duration: Duration) {
 /// errors to stderr), sends the status and headers, then writes the body, chunk by chunk for a
 /// streaming body. On other targets than wasm32 the macro only checks the handler's type, so
 /// the crate still builds and tests on the host.
+///
+/// # WASI 0.3: `export!(async handle)`
+///
+/// With `async`, the handler is an `async fn(Request) -> Result<Response>` and the component
+/// is a WASI 0.3 `wasi:http/service`: the handler awaits its request body
+/// ([`Body::read_bytes`]), timers ([`time::sleep`]) and other async work while the instance
+/// serves other requests (when the host lets one instance serve several at once), and
+/// [`Body::stream_async`] sends a body while computing it.
+///
+/// ```
+/// use handoff_sdk::{Request, Response, Result, response};
+///
+/// async fn handle(req: Request) -> Result<Response> {
+///     let body = req.into_body().read_text().await?;
+///     Ok(response::text(format!("read {} bytes\n", body.len())))
+/// }
+///
+/// handoff_sdk::export!(async handle);
+///
+/// let req = http::Request::post("/").body(handoff_sdk::Body::from("hello")).unwrap();
+/// let response = handoff_sdk::block_on(handle(req)).unwrap();
+/// assert_eq!(response.into_body().text().unwrap(), "read 5 bytes\n");
+/// ```
 #[macro_export]
 macro_rules! export {
+    (async $handler:expr $(,)?) => {
+        // Checks the handler's shape on every target (and keeps it from being dead code).
+        const _: () = {
+            #[allow(dead_code)]
+            fn check() {
+                $crate::__private::async_handler($handler);
+            }
+        };
+
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct HandoffExport;
+
+            impl $crate::__private::wasip3::exports::http::handler::Guest for HandoffExport {
+                async fn handle(
+                    request: $crate::__private::wasip3::http::types::Request,
+                ) -> ::std::result::Result<
+                    $crate::__private::wasip3::http::types::Response,
+                    $crate::__private::wasip3::http::types::ErrorCode,
+                > {
+                    $crate::__private::serve_async(request, $handler).await
+                }
+            }
+
+            $crate::__private::wasip3::http::service::export!(
+                HandoffExport with_types_in $crate::__private::wasip3
+            );
+        };
+    };
     ($handler:expr $(,)?) => {
         // Checks the handler's shape on every target; on the host, where nothing calls it, this
         // also keeps it from counting as dead code.
@@ -162,5 +233,17 @@ pub mod __private {
     #[cfg(target_arch = "wasm32")]
     pub use crate::wasi::serve;
     #[cfg(target_arch = "wasm32")]
+    pub use crate::wasi3::serve as serve_async;
+    #[cfg(target_arch = "wasm32")]
     pub use wasip2;
+    #[cfg(target_arch = "wasm32")]
+    pub use wasip3;
+
+    /// Accepts only an `async fn(Request) -> Result<Response>`.
+    pub fn async_handler<F, Fut>(_: F)
+    where
+        F: FnOnce(crate::Request) -> Fut,
+        Fut: std::future::Future<Output = crate::Result<crate::Response>>,
+    {
+    }
 }

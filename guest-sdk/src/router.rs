@@ -2,13 +2,59 @@
 //! Patterns are relative to the route's prefix (see [`crate::RequestExt::route_path`]).
 //! Matching is pure; the router never touches WASI.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use http::{HeaderValue, Method, StatusCode, header};
 
 use crate::config::{self, ROUTE_PREFIX_KEY};
 use crate::request::{self, Params};
 use crate::{Error, Request, Response, Result};
 
-type Handler = Box<dyn Fn(Request) -> Result<Response>>;
+type Reply = Pin<Box<dyn Future<Output = Result<Response>>>>;
+
+/// A route's handler: a `fn`, or an `async fn` (for WASI 0.3 guests).
+enum Handler {
+    Blocking(Box<dyn Fn(Request) -> Result<Response>>),
+    Async(Box<dyn Fn(Request) -> Reply>),
+}
+
+impl Handler {
+    fn blocking<F>(handler: F) -> Self
+    where
+        F: Fn(Request) -> Result<Response> + 'static,
+    {
+        Self::Blocking(Box::new(handler))
+    }
+
+    fn future<F, Fut>(handler: F) -> Self
+    where
+        F: Fn(Request) -> Fut + 'static,
+        Fut: Future<Output = Result<Response>> + 'static,
+    {
+        Self::Async(Box::new(move |req| Box::pin(handler(req))))
+    }
+
+    /// Calls a blocking handler; an async one is a 500 that says how to call it.
+    fn call(&self, req: Request) -> Result<Response> {
+        match self {
+            Self::Blocking(handler) => handler(req),
+            Self::Async(_) => Err(Error::msg(format!(
+                "the handler for {} {} is async: dispatch with `Router::serve(req).await` \
+                 from an async handler",
+                req.method(),
+                req.uri().path()
+            ))),
+        }
+    }
+
+    async fn call_async(&self, req: Request) -> Result<Response> {
+        match self {
+            Self::Blocking(handler) => handler(req),
+            Self::Async(handler) => handler(req).await,
+        }
+    }
+}
 
 /// Sends each request to the handler whose method and path pattern match it.
 ///
@@ -34,6 +80,28 @@ type Handler = Box<dyn Fn(Request) -> Result<Response>>;
 ///
 /// Each request runs in a fresh instance, so build the router in the handler; it costs a few
 /// small allocations.
+///
+/// **Async handlers** (WASI 0.3 guests, `export!(async handle)`): register them with the
+/// `_async` methods ([`Router::get_async`], …) next to blocking ones, and dispatch with
+/// [`Router::serve`]`(req).await`:
+///
+/// ```
+/// use handoff_sdk::{Body, Request, RequestExt, Response, Result, Router, response};
+///
+/// async fn handle(req: Request) -> Result<Response> {
+///     Router::new()
+///         .get("/", |_| Ok(response::text("index\n")))
+///         .post_async("/echo", |req: Request| async move {
+///             Ok(response::text(req.into_body().read_text().await?))
+///         })
+///         .serve(req)
+///         .await
+/// }
+///
+/// let post = http::Request::post("/shop/echo").body(Body::from("hi")).unwrap();
+/// let response = handoff_sdk::block_on(handle(post)).unwrap();
+/// assert_eq!(response.into_body().text().unwrap(), "hi");
+/// ```
 ///
 /// ```
 /// use handoff_sdk::{Body, Request, RequestExt, Response, Result, Router, StatusCode, response};
@@ -99,7 +167,7 @@ impl Router {
         self.routes.push(Entry {
             method: Some(method),
             pattern: Pattern::parse(pattern),
-            handler: Box::new(handler),
+            handler: Handler::blocking(handler),
         });
         self
     }
@@ -113,7 +181,7 @@ impl Router {
         self.routes.push(Entry {
             method: None,
             pattern: Pattern::parse(pattern),
-            handler: Box::new(handler),
+            handler: Handler::blocking(handler),
         });
         self
     }
@@ -163,13 +231,114 @@ impl Router {
     where
         F: Fn(Request) -> Result<Response> + 'static,
     {
-        self.fallback = Some(Box::new(handler));
+        self.fallback = Some(Handler::blocking(handler));
         self
     }
 
     /// Calls the handler that matches `req`, with the captured [`Params`] in its extensions.
     /// No match is a 404 or 405 [`Error`] (see the type's documentation).
-    pub fn handle(&self, mut req: Request) -> Result<Response> {
+    pub fn handle(&self, req: Request) -> Result<Response> {
+        match self.find(req) {
+            Found::Handler(handler, req) => handler.call(req),
+            Found::Error(error) => Err(error),
+        }
+    }
+
+    /// [`Router::handle`] for async handlers: finds the handler for `req` and awaits it
+    /// (blocking handlers are called as they are).
+    pub async fn serve(&self, req: Request) -> Result<Response> {
+        match self.find(req) {
+            Found::Handler(handler, req) => handler.call_async(req).await,
+            Found::Error(error) => Err(error),
+        }
+    }
+
+    /// Adds an async handler for `method` requests whose path matches `pattern`; see
+    /// [`Router::route`]. Dispatch with [`Router::serve`].
+    pub fn route_async<F, Fut>(mut self, method: Method, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Fut + 'static,
+        Fut: Future<Output = Result<Response>> + 'static,
+    {
+        self.routes.push(Entry {
+            method: Some(method),
+            pattern: Pattern::parse(pattern),
+            handler: Handler::future(handler),
+        });
+        self
+    }
+
+    /// Adds an async handler for every method on `pattern`; see [`Router::any`].
+    pub fn any_async<F, Fut>(mut self, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Fut + 'static,
+        Fut: Future<Output = Result<Response>> + 'static,
+    {
+        self.routes.push(Entry {
+            method: None,
+            pattern: Pattern::parse(pattern),
+            handler: Handler::future(handler),
+        });
+        self
+    }
+
+    /// `GET` (and `HEAD`) with an async handler.
+    pub fn get_async<F, Fut>(self, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Fut + 'static,
+        Fut: Future<Output = Result<Response>> + 'static,
+    {
+        self.route_async(Method::GET, pattern, handler)
+    }
+
+    /// `POST` with an async handler.
+    pub fn post_async<F, Fut>(self, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Fut + 'static,
+        Fut: Future<Output = Result<Response>> + 'static,
+    {
+        self.route_async(Method::POST, pattern, handler)
+    }
+
+    /// `PUT` with an async handler.
+    pub fn put_async<F, Fut>(self, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Fut + 'static,
+        Fut: Future<Output = Result<Response>> + 'static,
+    {
+        self.route_async(Method::PUT, pattern, handler)
+    }
+
+    /// `PATCH` with an async handler.
+    pub fn patch_async<F, Fut>(self, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Fut + 'static,
+        Fut: Future<Output = Result<Response>> + 'static,
+    {
+        self.route_async(Method::PATCH, pattern, handler)
+    }
+
+    /// `DELETE` with an async handler.
+    pub fn delete_async<F, Fut>(self, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Fut + 'static,
+        Fut: Future<Output = Result<Response>> + 'static,
+    {
+        self.route_async(Method::DELETE, pattern, handler)
+    }
+
+    /// An async handler for requests no pattern matches; see [`Router::fallback`].
+    pub fn fallback_async<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(Request) -> Fut + 'static,
+        Fut: Future<Output = Result<Response>> + 'static,
+    {
+        self.fallback = Some(Handler::future(handler));
+        self
+    }
+
+    /// The handler for `req` (with its path parameters inserted), or the 404 / 405 error.
+    fn find(&self, mut req: Request) -> Found<'_> {
         let configured = match &self.prefix {
             Some(_) => None,
             None => config::get(ROUTE_PREFIX_KEY),
@@ -202,22 +371,20 @@ impl Router {
         match best {
             Some((_, entry, params)) => {
                 req.extensions_mut().insert(params);
-                (entry.handler)(req)
+                Found::Handler(&entry.handler, req)
             }
             None => self.unmatched(req, allowed),
         }
     }
 
-    /// A request no handler takes: 405 when other methods would match (`allowed`), else the
-    /// fallback or a 404.
-    fn unmatched(&self, req: Request, allowed: Vec<&Method>) -> Result<Response> {
+    fn unmatched(&self, req: Request, allowed: Vec<&Method>) -> Found<'_> {
         if !allowed.is_empty() {
-            return Err(method_not_allowed(&req, allowed));
+            return Found::Error(method_not_allowed(&req, allowed));
         }
         if let Some(fallback) = &self.fallback {
-            return fallback(req);
+            return Found::Handler(fallback, req);
         }
-        Err(Error::not_found(format!(
+        Found::Error(Error::not_found(format!(
             "no handler for {} {}",
             req.method(),
             req.uri().path()
@@ -225,7 +392,12 @@ impl Router {
     }
 }
 
-/// How well an entry matches; smaller is better.
+/// What a request matched.
+enum Found<'a> {
+    Handler(&'a Handler, Request),
+    Error(Error),
+}
+
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Rank {
     pattern: Vec<u8>,
@@ -362,6 +534,41 @@ impl Pattern {
 mod tests {
     use super::*;
     use crate::{Body, RequestExt, response};
+
+    #[test]
+    fn serve_awaits_async_handlers_and_calls_blocking_ones() {
+        let router = || {
+            Router::new()
+                .get("/sync", |_| Ok(response::text("sync\n")))
+                .get_async("/items/:id", |req: Request| async move {
+                    crate::time::sleep(std::time::Duration::from_millis(1)).await;
+                    Ok(response::text(format!(
+                        "item {}\n",
+                        req.param("id").unwrap()
+                    )))
+                })
+                .fallback_async(|_| async { Ok(response::text("fallback\n")) })
+        };
+        let serve = |method, path| {
+            crate::block_on(router().serve(request(method, path)))
+                .map(|r| r.into_body().text().unwrap())
+                .map_err(|e| e.status())
+        };
+        assert_eq!(serve(Method::GET, "/r/sync"), Ok("sync\n".into()));
+        assert_eq!(serve(Method::GET, "/r/items/7"), Ok("item 7\n".into()));
+        assert_eq!(serve(Method::HEAD, "/r/items/7"), Ok("item 7\n".into()));
+        assert_eq!(serve(Method::GET, "/r/else"), Ok("fallback\n".into()));
+        assert_eq!(
+            serve(Method::POST, "/r/items/7"),
+            Err(StatusCode::METHOD_NOT_ALLOWED)
+        );
+        // The blocking dispatch cannot await: a 500 that says what to call instead.
+        let error = router()
+            .handle(request(Method::GET, "/r/items/7"))
+            .unwrap_err();
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(error.to_string().contains("Router::serve"), "{error}");
+    }
 
     fn request(method: Method, path: &str) -> Request {
         http::Request::builder()

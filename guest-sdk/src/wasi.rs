@@ -220,7 +220,7 @@ fn send(response: Response, out: ResponseOutparam, label: &str) {
 }
 
 /// Whether a response with `status` may carry a body (and so a `content-length`).
-fn allows_body(status: StatusCode) -> bool {
+pub(crate) fn allows_body(status: StatusCode) -> bool {
     !(status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED)

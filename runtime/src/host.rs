@@ -209,6 +209,15 @@ impl Host {
         }
     }
 
+    /// Whether an idle instance in `store` may serve a request routed by `prefix`: what its
+    /// guest may have read once per instance (its environment: the route's prefix) is still
+    /// true. A redeploy of the same bytes that only moves the route's prefix keeps the version
+    /// and its idle instances; those must not serve the new prefix.
+    pub fn serves(store: &wasmtime::Store<Host>, prefix: &Arc<str>) -> bool {
+        let host = store.data();
+        Arc::ptr_eq(&host.prefix, prefix) || *host.prefix == **prefix
+    }
+
     /// Readies a store that served a request cleanly for its next one, through a route at
     /// `prefix`, with `deadline` as its CPU deadline (instance reuse, [`crate::reuse`]): the
     /// deadline, the tick count and the prefix are the request's own; the guest's memory and

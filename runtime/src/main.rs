@@ -106,8 +106,12 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::New(args) => {
             let created = handoff::scaffold::run(args)?;
             let dir = created.dir.display();
+            let wasi = match created.wasi {
+                handoff::cli::Wasi::P2 => "WASI 0.2",
+                handoff::cli::Wasi::P3 => "WASI 0.3, async",
+            };
             println!(
-                "created guest crate {dir} (SDK: {})\n  build:  cd {dir} && cargo build --release\n  serve:  handoff dev {dir}",
+                "created guest crate {dir} ({wasi}; SDK: {})\n  build:  cd {dir} && cargo build --release\n  serve:  handoff dev {dir}",
                 created.sdk.display(),
             );
             Ok(())

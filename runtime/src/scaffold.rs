@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cli::{Failure, NewArgs, exit};
+use crate::cli::{Failure, NewArgs, Wasi, exit};
 
 /// The SDK of the checkout this binary was built from.
 pub const BUILT_IN_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-sdk");
@@ -19,6 +19,8 @@ pub struct Created {
     pub dir: PathBuf,
     /// The SDK it depends on (absolute).
     pub sdk: PathBuf,
+    /// The WASI version of its handler.
+    pub wasi: Wasi,
 }
 
 /// Runs `handoff new`.
@@ -26,8 +28,12 @@ pub fn run(args: NewArgs) -> Result<Created, Failure> {
     check_name(&args.name).map_err(|e| Failure::new(exit::USAGE, e))?;
     let sdk = find_sdk(args.sdk.as_deref())?;
     let dir = args.path.unwrap_or_else(|| PathBuf::from(&args.name));
-    create(&args.name, &dir, &sdk)?;
-    Ok(Created { dir, sdk })
+    create(&args.name, &dir, &sdk, args.wasi)?;
+    Ok(Created {
+        dir,
+        sdk,
+        wasi: args.wasi,
+    })
 }
 
 /// A crate name that cargo accepts as a package and library name and handoff as a route name.
@@ -136,7 +142,7 @@ fn find_sdk(given: Option<&Path>) -> Result<PathBuf, Failure> {
 }
 
 /// Writes the crate into `dir`, which must not exist; removes it again if a write fails.
-fn create(name: &str, dir: &Path, sdk: &Path) -> Result<(), Failure> {
+fn create(name: &str, dir: &Path, sdk: &Path, wasi: Wasi) -> Result<(), Failure> {
     let local = |what: &str, error: std::io::Error| {
         Failure::new(exit::LOCAL, format!("cannot {what}: {error}"))
     };
@@ -154,7 +160,7 @@ fn create(name: &str, dir: &Path, sdk: &Path) -> Result<(), Failure> {
             .map_err(|e| local(&format!("create {}", parent.display()), e))?;
     }
     std::fs::create_dir(dir).map_err(|e| local(&format!("create {}", dir.display()), e))?;
-    let written = files(name, sdk).iter().try_for_each(|(file, text)| {
+    let written = files(name, sdk, wasi).iter().try_for_each(|(file, text)| {
         let path = dir.join(file);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
@@ -172,7 +178,7 @@ fn create(name: &str, dir: &Path, sdk: &Path) -> Result<(), Failure> {
 }
 
 /// The crate's files: relative path and text.
-fn files(name: &str, sdk: &Path) -> Vec<(&'static str, String)> {
+fn files(name: &str, sdk: &Path, wasi: Wasi) -> Vec<(&'static str, String)> {
     // A TOML string, escaped as TOML wants (paths may hold `\` or `"`).
     let sdk_path = toml::Value::String(sdk.display().to_string()).to_string();
     let manifest = format!(
@@ -201,12 +207,30 @@ strip = "debuginfo"
         file = name.replace('-', "_"),
     );
     let cargo_config = "\
-# `cargo build` here builds the component: handoff serves `wasi:http/proxy` components.
+# `cargo build` here builds the component (WASI 0.2 and 0.3 components both use this target).
 [build]
 target = \"wasm32-wasip2\"
 "
     .to_owned();
-    let handler = "\
+    let (handler, kind) = match wasi {
+        Wasi::P3 => (
+            "\
+use handoff_sdk::{Request, Response, Result};
+
+/// Answers every request under the route's prefix. It is `async`: awaiting (the request body
+/// with `req.into_body().read_bytes().await`, `handoff_sdk::time::sleep`) lets the instance
+/// serve other requests meanwhile.
+async fn handle(req: Request) -> Result<Response> {
+    Ok(Response::new(format!(\"hello from {}\\n\", req.uri().path()).into()))
+}
+
+handoff_sdk::export!(async handle);
+",
+            "a WASI 0.3 `wasi:http/service` component (an `async fn` handler;\n\
+             `handoff new --wasi 0.2` writes a blocking WASI 0.2 one)",
+        ),
+        Wasi::P2 => (
+            "\
 use handoff_sdk::{Request, Response, Result};
 
 /// Answers every request under the route's prefix.
@@ -215,12 +239,15 @@ fn handle(req: Request) -> Result<Response> {
 }
 
 handoff_sdk::export!(handle);
-"
-    .to_owned();
+",
+            "a WASI 0.2 `wasi:http/proxy` component",
+        ),
+    };
+    let handler = handler.to_owned();
     let readme = format!(
         "# {name}
 
-A handoff request handler: a `wasi:http/proxy` component
+A handoff request handler: {kind},
 written with `handoff-sdk`. `src/lib.rs` is the handler.
 
 Build it (the target comes from `.cargo/config.toml`; it needs
@@ -287,14 +314,14 @@ mod tests {
     fn it_refuses_to_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         let sdk = dir.path();
-        let error = create("hello", dir.path(), sdk).unwrap_err();
+        let error = create("hello", dir.path(), sdk, Wasi::P3).unwrap_err();
         assert_eq!(error.code, exit::LOCAL);
         assert!(error.message.contains("already exists"), "{error}");
     }
 
     #[test]
     fn the_manifest_names_the_sdk_by_absolute_path() {
-        let files = files("my-api", Path::new("/opt/handoff/guest-sdk"));
+        let files = files("my-api", Path::new("/opt/handoff/guest-sdk"), Wasi::P3);
         let manifest = &files[0].1;
         let parsed: toml::Table = toml::from_str(manifest).expect("valid TOML");
         assert_eq!(
@@ -303,5 +330,22 @@ mod tests {
         );
         assert_eq!(parsed["lib"]["crate-type"][0].as_str(), Some("cdylib"));
         assert!(manifest.contains("release/my_api.wasm"));
+    }
+
+    #[test]
+    fn the_handler_is_async_for_wasi_0_3_and_blocking_for_0_2() {
+        let handler = |wasi| {
+            files("api", Path::new("/sdk"), wasi)
+                .into_iter()
+                .find(|(file, _)| *file == "src/lib.rs")
+                .unwrap()
+                .1
+        };
+        let p3 = handler(Wasi::P3);
+        assert!(p3.contains("async fn handle(req: Request)"), "{p3}");
+        assert!(p3.contains("export!(async handle);"), "{p3}");
+        let p2 = handler(Wasi::P2);
+        assert!(p2.contains("\nfn handle(req: Request)"), "{p2}");
+        assert!(p2.contains("export!(handle);"), "{p2}");
     }
 }

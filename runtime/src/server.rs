@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::dispatch::dispatch;
+use crate::dispatch::{StreamExecutor, dispatch};
 use crate::runtime::Runtime;
 
 /// The largest request head (request line and headers) the data plane buffers.
@@ -296,7 +296,9 @@ async fn serve_listener<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Each HTTP/2 stream runs in a task of its own, watched for response bodies whose client
+    // does not read them by their deadline (as each connection is, below).
+    let mut builder = auto::Builder::new(StreamExecutor);
     // Slowloris and header floods: a head larger than MAX_HEAD_BYTES is refused (431) instead of
     // buffered, and a connection without a request in progress is closed after `idle_timeout`
     // by `Idle`, which counts only whole request heads: silence before the first byte, a
@@ -390,8 +392,10 @@ async fn serve_listener<S, B>(
                 }
             };
             tokio::select! {
-                result = serve => if let Err(error) = result {
-                    tracing::debug!(error = %error, "connection ended with an error");
+                result = crate::dispatch::watched(serve) => match result {
+                    Some(Ok(())) => {}
+                    Some(Err(error)) => tracing::debug!(error = %error, "connection ended with an error"),
+                    None => tracing::debug!("connection closed: its client did not read a response by its deadline"),
                 },
                 () = idle.expired(idle_limit) => tracing::debug!("idle connection closed"),
                 () = closed.cancelled() => tracing::debug!("connection closed at shutdown"),
@@ -416,7 +420,9 @@ async fn serve_listener<S, B>(
 
 /// When a data-plane connection last started or finished a request, and how many it has in
 /// progress: what decides that it is idle. Bytes that do not complete a request head do not
-/// count, so trickling bytes cannot keep a connection open.
+/// count, so trickling bytes cannot keep a connection open. (A request in progress keeps it
+/// open only until its deadline: a guest response its client does not read is then reset, see
+/// `dispatch::overdue`.)
 struct Idle {
     opened: std::time::Instant,
     /// Milliseconds after `opened` of the last request start or end.

@@ -43,6 +43,15 @@ impl VersionStats {
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// Counts a request the version is not judged by (refused for overload, or ended because
+    /// its client did not send its body or read its response in time): only its status class,
+    /// not the requests, errors and latencies that its failures and rollout gates read.
+    pub fn record_excused(&self, status: u16) {
+        if (100..600).contains(&status) {
+            self.classes[usize::from(status / 100 - 1)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {

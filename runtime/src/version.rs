@@ -188,6 +188,11 @@ impl Version {
         self.cut_off.cancelled()
     }
 
+    /// The token cancelled at this version's cut-off (see [`Version::cut_off`]).
+    pub(crate) fn cut_off_token(&self) -> &CancellationToken {
+        &self.cut_off
+    }
+
     /// Ends this version's in-flight requests now.
     pub fn cut_off_now(&self) {
         self.cut_off.cancel();

@@ -637,3 +637,91 @@ async fn the_documented_hash_places_header_cookie_and_ip_keys() {
     assert!(sides[0] > 0 && sides[1] > 0, "both sides: {sides:?}");
     server.shutdown().await;
 }
+
+/// POSTs to `path` on a connection of its own, pinned to `version`, declaring a 1,000-byte body
+/// but sending only 10 bytes of it; the response's status once the server answers.
+async fn stalled_post(addr: std::net::SocketAddr, path: &str, version: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: handoff.test\r\nx-pin: {version}\r\ncontent-length: 1000\r\n\r\n0123456789"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(GENEROUS, stream.read(&mut buf))
+            .await
+            .expect("an answer within the deadline")
+            .unwrap();
+        assert!(n > 0, "the connection closed without an answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&answer);
+    line.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_bodies_pinned_to_a_healthy_candidate_do_not_roll_it_back() {
+    let server = TestServer::start_with(Config {
+        pin_header: Some("x-pin".parse().unwrap()),
+        limits: handoff::config::Limits {
+            request_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+        ..Config::ephemeral()
+    })
+    .await;
+    server.deploy("app", guests::TAGGED_V1).await;
+    let candidate = server.upload(guests::HOSTILE).await;
+    rollout(
+        &server,
+        "app",
+        &candidate,
+        json!({"steps": [50, 100], "step_time": "1m", "min_requests": 10}),
+    )
+    .await;
+    // The step's window opens at the controller's first look.
+    eventually("the step's figures", GENEROUS, || async {
+        let rollout = rollout_state(&server, "app").await;
+        rollout["versions"]
+            .as_array()
+            .is_some_and(|v| !v.is_empty())
+            .then_some(())
+    })
+    .await;
+    // Twelve POSTs pinned to the candidate, whose guest reads the body the client never sends:
+    // the client's doing, answered 408, not the candidate's failure.
+    let stalled: Vec<_> = (0..12)
+        .map(|_| {
+            let (addr, candidate) = (server.data, candidate.clone());
+            tokio::spawn(async move { stalled_post(addr, "/app/read-body", &candidate).await })
+        })
+        .collect();
+    // And twenty healthy requests pinned to it, so that its gates judge the step.
+    let mut conn = Connection::open(server.data).await;
+    for _ in 0..20 {
+        assert_eq!(
+            get_with(&mut conn, "/app/ok", ("x-pin", &candidate)).await,
+            (StatusCode::OK, "ok".into())
+        );
+    }
+    for post in stalled {
+        assert_eq!(post.await.unwrap(), 408, "a stalled request body");
+    }
+    // The controller judges every 100 ms: give it a dozen looks at the step.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1_200) {
+        let rollout = rollout_state(&server, "app").await;
+        assert_eq!(rollout["state"], "running", "{rollout}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rollout = rollout_state(&server, "app").await;
+    let figures = rollout["versions"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["role"] == "candidate").cloned())
+        .expect("the candidate's figures");
+    assert_eq!(figures["requests"], 20, "{rollout}");
+    assert_eq!(figures["error_rate"], 0.0, "{rollout}");
+    server.shutdown().await;
+}

@@ -107,13 +107,24 @@ async fn a_plain_wit_bindgen_guest_uses_both_drafts_on_one_bucket() {
         );
     }
     assert_eq!(get(&mut conn, "/plain/incr?key=n&by=-10").await.1, "0");
+    // The older draft's counters are unsigned: an increment that leaves one negative is
+    // refused, and the refusal changes nothing.
+    assert_eq!(get(&mut conn, "/plain/incr?key=neg&by=-5").await.1, "-5");
+    for _ in 0..2 {
+        let (status, refusal) = get(&mut conn, "/plain/incr-draft?key=neg").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{refusal}");
+        assert!(refusal.contains("unchanged"), "{refusal}");
+        assert_eq!(get(&mut conn, "/plain/get?key=neg").await.1, "-5");
+    }
+    assert_eq!(get(&mut conn, "/plain/incr?key=neg&by=4").await.1, "-1");
+    assert_eq!(get(&mut conn, "/plain/incr-draft?key=neg").await.1, "0");
     assert_eq!(get(&mut conn, "/plain/batch?n=1500").await.1, "1500");
-    // 1,501 keys: more than one page, through string and u64 cursors alike.
+    // 1,502 keys: more than one page, through string and u64 cursors alike.
     for list in ["/plain/list", "/plain/list-draft"] {
         let (status, keys) = get(&mut conn, list).await;
         assert_eq!(status, StatusCode::OK);
         let keys: Vec<&str> = keys.lines().collect();
-        assert_eq!(keys.len(), 1501, "{list}");
+        assert_eq!(keys.len(), 1502, "{list}");
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "{list}: in order");
     }
     assert_eq!(

@@ -29,4 +29,5 @@ mod shadow;
 mod swap;
 mod tls;
 mod toolchains;
+mod unread;
 mod wasi3;

@@ -213,3 +213,31 @@ async fn a_swap_starts_fresh_instances() {
     assert_eq!(count(&server, &mut conn, "count", "/count").await.calls, 2);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeploy_that_only_moves_the_prefix_starts_fresh_instances() {
+    // The SDK's router strips the prefix its guest read from its environment, once per
+    // instance: an instance parked before the move would answer 404 on the new prefix.
+    let server = TestServer::start().await;
+    let api = guests::bytes(guests::JSON_API);
+    let (code, body) = server
+        .deploy_bytes("shop", "?prefix=/shop&reuse=5", api.clone())
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let mut conn = Connection::open(server.data).await;
+    for _ in 0..3 {
+        let (status, body) = conn.get("/shop/items/2").await.expect("request");
+        assert_eq!(status, StatusCode::OK, "{body:?}");
+        settle(&server, "shop").await;
+    }
+    let (code, body) = server
+        .deploy_bytes("shop", "?prefix=/store&reuse=5", api)
+        .await;
+    assert!(code.is_success(), "{code} {body}");
+    for _ in 0..6 {
+        let (status, body) = conn.get("/store/items/2").await.expect("request");
+        assert_eq!(status, StatusCode::OK, "on the new prefix: {body:?}");
+        settle(&server, "shop").await;
+    }
+    server.shutdown().await;
+}

@@ -360,6 +360,22 @@ pub struct NewArgs {
     /// Default: the SDK of the checkout this binary was built from.
     #[arg(long, value_name = "PATH")]
     pub sdk: Option<PathBuf>,
+    /// The WASI version of the handler: `0.3` writes an `async fn` handler (a
+    /// `wasi:http/service` component: one instance can serve several requests at once), `0.2`
+    /// a blocking `fn` (a `wasi:http/proxy` component).
+    #[arg(long, value_name = "VERSION", default_value = "0.2")]
+    pub wasi: Wasi,
+}
+
+/// The WASI version `handoff new` writes a handler for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Wasi {
+    /// WASI 0.2: `fn handle(req: Request) -> Result<Response>`, `export!(handle)`.
+    #[value(name = "0.2")]
+    P2,
+    /// WASI 0.3: `async fn handle(req: Request) -> Result<Response>`, `export!(async handle)`.
+    #[value(name = "0.3")]
+    P3,
 }
 
 /// Arguments of `handoff dev`.

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use super::overdue::Registration;
 use crate::route::InFlight;
 use crate::shadow::copy::{Summary, Tap};
 
@@ -25,6 +26,24 @@ pub(crate) struct Shared {
     pub in_flight: InFlight,
     /// Whether the request body went over the route's limit.
     pub body_over_limit: AtomicBool,
+    /// Whether the request body is unfinished and the host is waiting for the client's next
+    /// bytes: a deadline that passes then is the client's doing, not the version's.
+    pub body_waiting: AtomicBool,
+    /// Whether the request ran out of time waiting on the client (its request body): its
+    /// outcome does not count against its version.
+    pub client_stalled: AtomicBool,
+}
+
+impl Shared {
+    /// The state of a request holding `in_flight`.
+    pub(crate) fn new(in_flight: InFlight) -> Self {
+        Self {
+            in_flight,
+            body_over_limit: AtomicBool::new(false),
+            body_waiting: AtomicBool::new(false),
+            client_stalled: AtomicBool::new(false),
+        }
+    }
 }
 
 /// A request body that fails (as the guest sees it) once it exceeds the route's limit, and
@@ -34,6 +53,8 @@ pub struct CappedBody<B> {
     inner: B,
     left: u64,
     shared: Weak<Shared>,
+    /// Whether the last poll found no frame ready (mirrored in `shared.body_waiting`).
+    waiting: bool,
 }
 
 impl<B> CappedBody<B> {
@@ -43,6 +64,7 @@ impl<B> CappedBody<B> {
             inner,
             left: if limit > 0 { limit } else { u64::MAX },
             shared: Arc::downgrade(shared),
+            waiting: false,
         }
     }
 }
@@ -60,7 +82,14 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending() != this.waiting {
+            this.waiting = polled.is_pending();
+            if let Some(shared) = this.shared.upgrade() {
+                shared.body_waiting.store(this.waiting, Ordering::Relaxed);
+            }
+        }
+        match ready!(polled) {
             Some(Ok(frame)) => {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if len > this.left {
@@ -163,6 +192,8 @@ pub struct GuestBody {
     /// For a request copied to the route's shadow: what the client's response was, sent when
     /// it is complete. Boxed: only shadowed requests carry one.
     tap: Option<Box<(Tap, oneshot::Sender<Summary>)>>,
+    /// The body's deadline, watched by the task that sends it (see [`super::overdue`]).
+    overdue: Option<Registration>,
 }
 
 /// The request's span and start, for the `request finished` event when its body ends.
@@ -185,8 +216,11 @@ impl GuestBody {
         complete_at: Option<u64>,
         trace: Trace,
         tap: Option<Box<(Tap, oneshot::Sender<Summary>)>>,
+        deadline: Instant,
     ) -> Self {
-        let limit = shared.in_flight.version().limits.max_response_body;
+        let version = shared.in_flight.version();
+        let limit = version.limits.max_response_body;
+        let overdue = super::overdue::register(deadline, version.cut_off_token());
         Self {
             inner,
             shared: Some(shared),
@@ -195,6 +229,7 @@ impl GuestBody {
             complete_at,
             trace,
             tap,
+            overdue,
         }
     }
 }
@@ -204,19 +239,33 @@ impl GuestBody {
     /// (`failed`: the body ended with an error). Returns the shared state it held, if any.
     fn finish(&mut self, failed: bool) -> Option<Arc<Shared>> {
         let shared = self.shared.take()?;
-        let complete = !failed && self.complete_at.is_none_or(|at| at == self.trace.sent);
+        let overdue = self.overdue.take().is_some_and(|r| r.expired());
+        let complete =
+            !failed && !overdue && self.complete_at.is_none_or(|at| at == self.trace.sent);
         if let Some(tap) = self.tap.take()
             && complete
         {
             let (tap, summary) = *tap;
             let _ = summary.send(tap.finish());
         }
-        let elapsed = self.trace.started.elapsed();
-        shared
-            .in_flight
-            .version()
-            .stats
-            .record(self.trace.status, elapsed, failed);
+        let version = shared.in_flight.version();
+        if overdue {
+            // The client did not take its response by the deadline: not the version's doing,
+            // and its time says nothing about the version's latency.
+            tracing::info!(
+                parent: &self.trace.span,
+                route = %version.route, version = %version.short,
+                body_bytes = self.trace.sent,
+                "the client did not read its response body by the request's deadline; reset"
+            );
+            version.stats.record_excused(self.trace.status);
+        } else if failed && shared.client_stalled.load(Ordering::Relaxed) {
+            // The guest ran out of time waiting for the client's request body.
+            version.stats.record_excused(self.trace.status);
+        } else {
+            let elapsed = self.trace.started.elapsed();
+            version.stats.record(self.trace.status, elapsed, failed);
+        }
         Some(shared)
     }
 }

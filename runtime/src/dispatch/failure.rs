@@ -1,6 +1,8 @@
 //! How a request that produced no (complete) response is answered and logged: a guest failure
 //! is data, a 500, 503 or 504 whose body says nothing internal, with the route, version and
-//! request id in the log.
+//! request id in the log. What the client or the server's load caused (a request body that
+//! never arrived: 408; a full instance pool: 503) is answered the same way but not counted
+//! against the version: a client must not be able to fail a rollout's candidate.
 
 use std::time::Instant;
 
@@ -16,6 +18,10 @@ pub(super) enum GuestError {
     /// It ran past its deadline.
     #[error("the guest ran past its deadline")]
     Timeout,
+    /// Its deadline passed while it waited for the rest of the request body, which the client
+    /// had not sent.
+    #[error("the client did not send the request body within the deadline")]
+    BodyStalled,
     /// It trapped (including running out of memory).
     #[error("the guest trapped: {0}")]
     Trap(String),
@@ -52,9 +58,16 @@ impl GuestError {
         Self::Trap(format!("{error:#}"))
     }
 
+    /// Whether the client or the server's load caused it, rather than the version: such a
+    /// request does not count against the version (its failures, its rollout gates).
+    pub(super) fn excused(&self) -> bool {
+        matches!(self, Self::BodyStalled | Self::Overloaded)
+    }
+
     pub(super) fn status(&self) -> StatusCode {
         match self {
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::BodyStalled => StatusCode::REQUEST_TIMEOUT,
             Self::Overloaded | Self::CutOff => StatusCode::SERVICE_UNAVAILABLE,
             Self::Trap(_)
             | Self::NoResponse
@@ -67,6 +80,7 @@ impl GuestError {
     pub(super) fn public_detail(&self) -> &'static str {
         match self {
             Self::Timeout => "the handler did not finish within its deadline",
+            Self::BodyStalled => "the request body did not arrive within the route's deadline",
             Self::Overloaded => "the server is at its instance limit; retry shortly",
             Self::CutOff => "the handler's version was retired and its drain deadline passed",
             Self::Trap(_)
@@ -78,8 +92,16 @@ impl GuestError {
     }
 }
 
-/// Counts and logs a failed request, with its route, version and request id.
+/// Counts and logs a failed request, with its route, version and request id. (A request the
+/// client or the server's load failed is logged, not counted.)
 pub(super) fn report(version: &Version, error: &GuestError, id: u64) {
+    if error.excused() {
+        tracing::info!(
+            request_id = id, route = %version.route, version = %version.short,
+            error = %error, "request not served"
+        );
+        return;
+    }
     version.record_failure();
     if let GuestError::Host(_) = error {
         tracing::error!(
@@ -102,9 +124,13 @@ pub(super) fn failure_response(
     started: Instant,
 ) -> Response<DataBody> {
     let status = error.status();
-    version
-        .stats
-        .record(status.as_u16(), started.elapsed(), true);
+    if error.excused() {
+        version.stats.record_excused(status.as_u16());
+    } else {
+        version
+            .stats
+            .record(status.as_u16(), started.elapsed(), true);
+    }
     let mut response = failure(status, error.public_detail(), id);
     if matches!(error, GuestError::Overloaded) {
         response

@@ -15,7 +15,7 @@
 //! afterwards.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Instant;
 
@@ -34,12 +34,15 @@ use wasmtime_wasi_http::p2::body::{HostOutgoingBody, HyperOutgoingBody, StreamCo
 mod body;
 mod copies;
 mod failure;
+mod overdue;
 mod p3;
 mod respond;
 
 use body::Shared;
 pub use body::{BodyError, CappedBody, DataBody, GuestBody};
 use failure::{GuestError, body_too_large, failure, failure_response, report};
+pub use overdue::StreamExecutor;
+pub(crate) use overdue::watched;
 
 use crate::engine::Pre;
 use crate::host::Host;
@@ -128,10 +131,7 @@ where
         None => (req.map(copies::Replay::new), None),
     };
     let head = req.method() == Method::HEAD;
-    let shared = Arc::new(Shared {
-        in_flight: routed.in_flight,
-        body_over_limit: AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new(routed.in_flight));
     let req = req.map(|body| CappedBody::new(body, max_body, &shared));
     // One span per routed request (convention 12): free unless `debug` is enabled for it.
     let span = tracing::debug_span!(
@@ -160,12 +160,13 @@ where
         .await;
     }
     // An idle instance of this version if the route reuses them, else a fresh store.
+    // (One parked from before the route's prefix moved is dropped: see `Host::serves`.)
     let mut instance = match version.instances.take() {
-        Some(mut instance) => {
+        Some(mut instance) if Host::serves(&instance.store, &routed.prefix) => {
             Host::reset(&mut instance.store, &routed.prefix, deadline);
             instance
         }
-        None => Instance::fresh(Host::store(
+        _ => Instance::fresh(Host::store(
             rt.engine.wasmtime(),
             &version.guest,
             &routed.prefix,
@@ -272,6 +273,7 @@ where
             started,
             head,
             copy,
+            deadline,
         ),
         Ok(Err(code)) => {
             let error = GuestError::ErrorCode(code);
@@ -362,7 +364,15 @@ async fn run_guest(
             Poll::Ready(result) => result.map_err(GuestError::classify),
             Poll::Pending => tokio::select! {
                 result = call => result.map_err(GuestError::classify),
-                _ = tokio::time::sleep_until(deadline.into()) => Err(GuestError::Timeout),
+                // Waiting on the client's request body at the deadline: the client's doing.
+                _ = tokio::time::sleep_until(deadline.into()) => Err(
+                    if shared.body_waiting.load(Ordering::Relaxed) {
+                        shared.client_stalled.store(true, Ordering::Relaxed);
+                        GuestError::BodyStalled
+                    } else {
+                        GuestError::Timeout
+                    }
+                ),
                 _ = version.cut_off() => Err(GuestError::CutOff),
             },
         }

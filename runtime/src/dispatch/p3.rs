@@ -73,7 +73,7 @@ where
     }
     match answered {
         Ok(response) => super::respond::respond(
-            rt, &version, &prefix, response, shared, None, span, started, head, copy,
+            rt, &version, &prefix, response, shared, None, span, started, head, copy, deadline,
         ),
         Err(error) => {
             report(&version, &error, id);

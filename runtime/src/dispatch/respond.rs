@@ -16,7 +16,8 @@ use crate::version::Version;
 
 /// The response to a request whose guest answered with `response`: its body streams through a
 /// [`GuestBody`] that carries the request's hold on its version (in `shared`) to its end, stops
-/// the guest's task (`abort`) if the client leaves, and feeds the copy for the route's shadow.
+/// the guest's task (`abort`) if the client leaves or has not read it by the request's
+/// `deadline`, and feeds the copy for the route's shadow.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(super) fn respond(
@@ -30,6 +31,7 @@ pub(super) fn respond(
     started: Instant,
     head: bool,
     copy: Option<copies::Pending>,
+    deadline: Instant,
 ) -> Response<DataBody> {
     span.record("status", response.status().as_u16());
     let trace = Trace {
@@ -53,6 +55,15 @@ pub(super) fn respond(
         };
     let tap = copy
         .map(|copy| Box::new(copy.start(&rt.engine, version, prefix, status, response.headers())));
-    response
-        .map(|body| DataBody::Guest(GuestBody::new(body, shared, abort, complete_at, trace, tap)))
+    response.map(|body| {
+        DataBody::Guest(GuestBody::new(
+            body,
+            shared,
+            abort,
+            complete_at,
+            trace,
+            tap,
+            deadline,
+        ))
+    })
 }

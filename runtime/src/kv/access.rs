@@ -19,6 +19,10 @@ use super::backend::{
 use super::buckets::{Bucket, Grants};
 use super::limits::{KvLimits, MAX_OVERLAY_BYTES, PAGE_KEYS, explain};
 
+/// How often [`KvAccess::increment_from`] reads and tries again when another write to its key
+/// comes between its read and its increment.
+const INCREMENT_ATTEMPTS: usize = 64;
+
 /// The revisions an overlay hands out start here, above any real revision.
 const OVERLAY_REVISIONS: u64 = 1 << 62;
 
@@ -124,6 +128,42 @@ impl KvAccess {
             } => Ok(number),
             _ => Err("the increment was not applied".into()),
         }
+    }
+
+    /// Adds `delta` to the number at `key` unless the sum would be below `floor`; the new
+    /// value. A refused increment changes nothing: the value is read, checked, then
+    /// incremented only if it is still the one read (retried when another write came first).
+    pub async fn increment_from(
+        &mut self,
+        bucket: &Bucket,
+        key: String,
+        delta: i64,
+        floor: i64,
+    ) -> Result<i64, String> {
+        for _ in 0..INCREMENT_ATTEMPTS {
+            let current = self.get(bucket, &key).await?;
+            let old = number_of(&key, current.as_ref().map(|e| e.value.as_slice()))
+                .map_err(|e| e.to_string())?;
+            let sum = add(&key, old, delta).map_err(|e| e.to_string())?;
+            if sum < floor {
+                return Err(format!(
+                    "the counter `{key}` would be {sum}, below {floor}; it is unchanged"
+                ));
+            }
+            let condition = Condition::Revision(current.map_or(0, |e| e.revision));
+            let change = Change::Increment { delta };
+            match self.write(bucket, key.clone(), change, condition).await? {
+                Outcome::Done {
+                    number: Some(number),
+                    ..
+                } => return Ok(number),
+                Outcome::Conflict => continue,
+                Outcome::Done { .. } => return Err("the increment was not applied".into()),
+            }
+        }
+        Err(format!(
+            "the counter `{key}` changed under {INCREMENT_ATTEMPTS} attempts to increment it; retry"
+        ))
     }
 
     /// Applies several unconditional changes, in order.

@@ -166,6 +166,16 @@ impl<T> PageFiller<T> {
         true
     }
 
+    /// Ends the page early (a listing that has done its share of work for one call), if it
+    /// holds an item to continue after: then `more` is set and true is returned.
+    pub fn end_early(&mut self) -> bool {
+        if self.page.items.is_empty() {
+            return false;
+        }
+        self.page.more = true;
+        true
+    }
+
     /// The page.
     pub fn page(self) -> Page<T> {
         self.page

@@ -82,6 +82,18 @@ pub(crate) fn encode(entry: &Entry) -> Vec<u8> {
     out
 }
 
+/// Whether the stored entry `bytes` has not expired at `now`, read from its header alone (a
+/// listing of keys never copies a value).
+pub(crate) fn live_stored(bytes: &[u8], now: u64) -> bool {
+    match bytes.get(8..16).and_then(|b| b.try_into().ok()) {
+        Some(expires) => {
+            let at = u64::from_le_bytes(expires);
+            at == 0 || at > now
+        }
+        None => false,
+    }
+}
+
 pub(crate) fn decode(bytes: &[u8]) -> Option<Entry> {
     let revision = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
     let expires = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);

@@ -39,6 +39,10 @@ use generated::wasi::keyvalue::{atomics, batch, store};
 /// An open bucket in a guest's resource table.
 pub struct BucketHandle {
     pub(crate) bucket: Arc<Bucket>,
+    /// The older draft's last listing cursor (how many keys came before its next page) and
+    /// the key that page follows: the next call seeks to that key instead of walking the keys
+    /// before it again.
+    pub(crate) draft_cursor: Option<(u64, String)>,
 }
 
 /// A `cas` handle: the key and the entry it read.
@@ -95,7 +99,10 @@ impl KvView<'_> {
     /// Opens bucket `identifier` into the table.
     pub(crate) fn open(&mut self, identifier: &str) -> Result<Resource<BucketHandle>, Refusal> {
         let bucket = self.access.open(identifier)?;
-        Ok(self.table.push(BucketHandle { bucket })?)
+        Ok(self.table.push(BucketHandle {
+            bucket,
+            draft_cursor: None,
+        })?)
     }
 
     /// Sets `key` unconditionally.

@@ -11,8 +11,11 @@
 //! after the other, so conditions, increments and quota checks see every earlier write: each
 //! key's operations are linearizable. It also deletes expired entries.
 //!
-//! **Reads** run in the caller, on a read transaction of the last commit: microseconds for a
-//! small value, without a hop to another thread.
+//! **Reads** of one key run in the caller, on a read transaction of the last commit:
+//! microseconds for a small value, without a hop to another thread. **Listings** run on the
+//! blocking pool, read keys and entry headers only (values only for an export's scan), and do a
+//! bounded share of work per call, so a guest listing a full bucket in a loop does not stall
+//! the async workers that serve other routes.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -27,9 +30,13 @@ use super::backend::{
     Backend, BoxFuture, Entry, KvError, Page, PageFiller, Start, Usage, Write, now_ms,
 };
 use super::format::{
-    BUCKETS, ENTRIES, EXPIRY, Meta, bucket_end, bucket_start, composite, decode, live,
+    BUCKETS, ENTRIES, EXPIRY, Meta, bucket_end, bucket_start, composite, decode, live, live_stored,
 };
 use super::writer::{Answers, Job, failed, write_loop};
+
+/// Rows a listing visits per item its page may hold, at most (entries expired but not swept
+/// yet count too), before it ends the page early with what it has.
+const VISITS_PER_ITEM: usize = 4;
 
 /// The redb backend.
 pub struct RedbBackend {
@@ -86,14 +93,18 @@ impl RedbBackend {
         Ok(found.and_then(|value| decode(value.value()).filter(|e| live(e, now_ms()))))
     }
 
+    /// One page of `bucket`'s live entries from `start`, each made by `item` from its key and
+    /// its stored bytes. Only the entries' headers are read to skip expired ones; the rows
+    /// visited after an offset's skip are capped at [`VISITS_PER_ITEM`] per item the page may
+    /// hold, so a bucket full of expired entries costs a bounded amount per call.
     fn range<T>(
-        &self,
+        db: &Database,
         bucket: &str,
         start: Start<'_>,
         limit: usize,
-        mut item: impl FnMut(&[u8], Entry) -> T,
+        mut item: impl FnMut(&[u8], &[u8]) -> T,
     ) -> Result<Page<T>, redb::Error> {
-        let txn = self.db.begin_read()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(ENTRIES)?;
         let end = bucket_end(bucket);
         let from = match start {
@@ -105,17 +116,73 @@ impl RedbBackend {
             _ => Bound::Included(from.as_slice()),
         };
         let now = now_ms();
-        let mut page = PageFiller::new(&start, limit);
+        let mut skip = match start {
+            Start::Offset(n) => n,
+            _ => 0,
+        };
+        let budget = limit.saturating_mul(VISITS_PER_ITEM).max(VISITS_PER_ITEM);
+        let mut visited = 0usize;
+        let mut page = PageFiller::new(&Start::First, limit);
         for row in table.range::<&[u8]>((lower, Bound::Excluded(end.as_slice())))? {
             let (key, value) = row?;
-            let Some(entry) = decode(value.value()).filter(|e| live(e, now)) else {
+            let stored = value.value();
+            if skip == 0 {
+                visited += 1;
+                if visited > budget && page.end_early() {
+                    break;
+                }
+            }
+            if !live_stored(stored, now) {
                 continue;
-            };
-            if !page.offer(|| item(&key.value()[bucket.len() + 1..], entry)) {
+            }
+            // Seeking by offset (the older draft's cursors) walks the live keys before it.
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            if !page.offer(|| item(&key.value()[bucket.len() + 1..], stored)) {
                 break;
             }
         }
         Ok(page.page())
+    }
+
+    /// Runs [`Self::range`] on the blocking pool (a listing must not stall the async worker
+    /// that serves the request, and other requests with it), or in the caller outside a
+    /// runtime.
+    fn off_the_async_threads<T: Send + 'static>(
+        &self,
+        bucket: &str,
+        start: Start<'_>,
+        limit: usize,
+        item: fn(&[u8], &[u8]) -> T,
+    ) -> BoxFuture<'static, Result<Page<T>, KvError>> {
+        let db = self.db.clone();
+        let bucket = bucket.to_owned();
+        let (after, offset) = match start {
+            Start::After(key) => (Some(key.to_owned()), None),
+            Start::Offset(n) => (None, Some(n)),
+            Start::First => (None, None),
+        };
+        let run = move || {
+            let start = match (&after, offset) {
+                (Some(key), _) => Start::After(key),
+                (None, Some(n)) => Start::Offset(n),
+                (None, None) => Start::First,
+            };
+            Self::range(&db, &bucket, start, limit, item).map_err(failed)
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let task = runtime.spawn_blocking(run);
+                Box::pin(async move {
+                    task.await.map_err(|e| {
+                        KvError::Failed(format!("a key-value listing did not finish: {e}"))
+                    })?
+                })
+            }
+            Err(_) => Box::pin(std::future::ready(run())),
+        }
     }
 
     fn read_usage(&self, bucket: &str) -> Result<Usage, redb::Error> {
@@ -171,10 +238,9 @@ impl Backend for RedbBackend {
         start: Start<'a>,
         limit: usize,
     ) -> BoxFuture<'a, Result<Page<String>, KvError>> {
-        let page = self.range(bucket, start, limit, |key, _| {
+        self.off_the_async_threads(bucket, start, limit, |key, _| {
             String::from_utf8_lossy(key).into_owned()
-        });
-        Box::pin(std::future::ready(page.map_err(failed)))
+        })
     }
 
     fn scan<'a>(
@@ -183,10 +249,14 @@ impl Backend for RedbBackend {
         start: Start<'a>,
         limit: usize,
     ) -> BoxFuture<'a, Result<Page<(String, Entry)>, KvError>> {
-        let page = self.range(bucket, start, limit, |key, entry| {
+        self.off_the_async_threads(bucket, start, limit, |key, stored| {
+            let entry = decode(stored).unwrap_or_else(|| Entry {
+                value: Vec::new(),
+                revision: 0,
+                expires_at_ms: None,
+            });
             (String::from_utf8_lossy(key).into_owned(), entry)
-        });
-        Box::pin(std::future::ready(page.map_err(failed)))
+        })
     }
 
     fn usage<'a>(&'a self, bucket: &'a str) -> BoxFuture<'a, Result<Usage, KvError>> {

@@ -102,3 +102,58 @@ async fn new_refuses_names_cargo_or_routes_cannot_use() {
     .await;
     output.fails(exit::LOCAL as i32, "the guest SDK is not at");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_with_wasi_0_3_writes_an_async_handler_that_builds() {
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("waiter");
+    let created = handoff(&[
+        "new",
+        "waiter",
+        "--wasi",
+        "0.3",
+        "--path",
+        crate_dir.to_str().unwrap(),
+    ])
+    .await;
+    assert!(created.ok().contains("(WASI 0.3, async;"), "{created:#?}");
+    let handler = std::fs::read_to_string(crate_dir.join("src/lib.rs")).unwrap();
+    assert!(handler.contains("export!(async handle);"), "{handler}");
+
+    let target_dir = shared_target_dir("new-guests");
+    let mut build = cargo(&crate_dir, &target_dir);
+    build.args(["build", "--release"]);
+    let built = run_within(BUILD_LIMIT, build).await;
+    assert_eq!(
+        built.code, 0,
+        "the 0.3 scaffold does not build:\n{}",
+        built.stderr
+    );
+    assert!(
+        target_dir
+            .join("wasm32-wasip2/release/waiter.wasm")
+            .is_file()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_refuses_a_wasi_version_it_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x");
+    let output = handoff(&[
+        "new",
+        "x",
+        "--wasi",
+        "0.4",
+        "--path",
+        path.to_str().unwrap(),
+    ])
+    .await;
+    // clap's own usage error (exit 2), which lists what is accepted.
+    assert_eq!(output.code, exit::USAGE as i32, "{output:#?}");
+    assert!(
+        output.stderr.contains("[possible values: 0.2, 0.3]"),
+        "{output:#?}"
+    );
+    assert!(!path.exists());
+}

@@ -127,4 +127,96 @@ pub async fn bench(handoff: &str, connections: usize, seconds: u64) {
         String::from_utf8_lossy(&body),
         counter.requests
     );
+    listing_neighbour(data, admin, connections, per_run).await;
+}
+
+/// Keys (of [`LISTED_VALUE_BYTES`] each) in the bucket a guest lists in a loop.
+const LISTED_KEYS: usize = 10_000;
+/// The size of each listed key's value.
+const LISTED_VALUE_BYTES: usize = 8 << 10;
+/// Connections that list the full bucket, one listing per request, while the neighbour runs.
+const LISTERS: usize = 2;
+
+/// A neighbour route's latency alone, then while guests list a full bucket in a loop (every
+/// listing walks 10,000 keys of 8 KiB values, ten pages): the listing must not stall the
+/// workers that serve the neighbour.
+async fn listing_neighbour(
+    data: SocketAddr,
+    admin: SocketAddr,
+    connections: usize,
+    per_run: Duration,
+) {
+    put_route(admin, "lists", &guests::bytes(guests::KV_PLAIN)).await;
+    put_route(admin, "neighbour", &guests::bytes(guests::KV_PLAIN)).await;
+    // Fill the bucket over 16 connections (group commit takes many writes per fsync).
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut fillers = Vec::new();
+    for _ in 0..16 {
+        let next = next.clone();
+        fillers.push(tokio::spawn(async move {
+            let mut conn = Connection::open(data).await;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= LISTED_KEYS {
+                    return;
+                }
+                let path = format!("/lists/big?key=key-{i:05}&bytes={LISTED_VALUE_BYTES}");
+                let (status, body) = conn.get(&path).await.expect("a fill request");
+                assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+            }
+        }));
+    }
+    for filler in fillers {
+        filler.await.expect("filler");
+    }
+    let mut conn = Connection::open(data).await;
+    let (status, body) = conn.get("/lists/list").await.expect("a listing");
+    assert_eq!(status, StatusCode::OK);
+    let listed = body.split(|b| *b == b'\n').count();
+    assert_eq!(listed, LISTED_KEYS, "the listing sees every key");
+    load(
+        data,
+        "/neighbour/about",
+        connections,
+        Duration::from_secs(1),
+    )
+    .await;
+    let alone = load(data, "/neighbour/about", connections, per_run)
+        .await
+        .stats();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listings = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut listers = Vec::new();
+    for _ in 0..LISTERS {
+        let (stop, listings) = (stop.clone(), listings.clone());
+        listers.push(tokio::spawn(async move {
+            let mut conn = Connection::open(data).await;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((StatusCode::OK, _)) = conn.get("/lists/list").await {
+                    listings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let beside = load(data, "/neighbour/about", connections, per_run)
+        .await
+        .stats();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for lister in listers {
+        lister.await.expect("lister");
+    }
+    println!();
+    println!(
+        "a neighbour route while {LISTERS} clients list a bucket of {LISTED_KEYS} keys x {} KiB in a loop:",
+        LISTED_VALUE_BYTES >> 10
+    );
+    print_table(
+        "neighbour",
+        &[("alone", &alone), ("beside the listings", &beside)],
+    );
+    println!(
+        "full listings meanwhile: {}; neighbour p99 ratio {:.2}x (goal: under 2x)",
+        listings.load(std::sync::atomic::Ordering::Relaxed),
+        ms(beside.p99) / ms(alone.p99)
+    );
 }

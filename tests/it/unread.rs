@@ -1,0 +1,138 @@
+//! Clients that never read their responses: an HTTP/2 client that advertises a zero
+//! flow-control window, an HTTP/1.1 client that leaves a large body in its socket. Each such
+//! response ends at its request's deadline (`request-timeout` covers the response body): the
+//! HTTP/2 stream is reset, the HTTP/1.1 connection closed, and the request lets go of its
+//! route's concurrency slot and its version, so other clients are served and a retired version
+//! is freed.
+
+use std::time::Duration;
+
+use handoff::config::Config;
+use handoff_tests::{TestServer, eventually, guests};
+use http::StatusCode;
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+
+const GENEROUS: Duration = Duration::from_secs(20);
+
+/// A server whose drain deadline is far beyond the tests' waits (only the request deadline can
+/// free what they hold), with the hostile guest at `/slow`: two requests at once, 1 s each.
+async fn server() -> TestServer {
+    let server = TestServer::start_with(Config {
+        drain_timeout: Duration::from_secs(300),
+        ..Config::ephemeral()
+    })
+    .await;
+    let (code, body) = server
+        .deploy_bytes(
+            "slow",
+            "?max-concurrency=2&request-timeout=1s",
+            guests::bytes(guests::HOSTILE),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    server
+}
+
+/// Deploys another version to `/slow`, with the same limits (the route stays full while the
+/// old version's requests hold its two slots).
+async fn redeploy(server: &TestServer) {
+    let (code, body) = server
+        .deploy_bytes(
+            "slow",
+            "?max-concurrency=2&request-timeout=1s",
+            guests::bytes(guests::TAGGED_V1),
+        )
+        .await;
+    assert!(code.is_success(), "{code} {body}");
+}
+
+/// Waits until the route is served again, nothing holds its version, and the version the
+/// deploy retired (while the unread responses held it) is freed.
+async fn freed_by_the_deadline(server: &TestServer) {
+    eventually("another client to be served", GENEROUS, || async {
+        (server.get("/slow/ok").await == (StatusCode::OK, "v1".into())).then_some(())
+    })
+    .await;
+    eventually(
+        "in-flight back to 0 and the retired version freed",
+        GENEROUS,
+        || async {
+            let status = server.status("slow").await;
+            (status["in_flight"] == 0 && status["draining"].as_array().is_some_and(Vec::is_empty))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_with_a_zero_window_loses_its_streams_at_the_deadline() {
+    let server = server().await;
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: the server may send headers but no body byte.
+    let h2 = handoff_tests::h2_connect(server.data, 0).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let request = http::Request::builder()
+            .uri("http://handoff.test/slow/ok")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = h2.clone().send_request(request).await.expect("a head");
+        assert_eq!(response.status(), StatusCode::OK);
+        held.push(response);
+    }
+    // A deploy retires the version the unread bodies hold (with both of the route's slots).
+    redeploy(&server).await;
+    freed_by_the_deadline(&server).await;
+    // Each unread stream was reset: its body ends with an error, not cleanly.
+    for response in held {
+        let body = tokio::time::timeout(GENEROUS, response.into_body().collect())
+            .await
+            .expect("the stream ends");
+        assert!(body.is_err(), "an overdue stream is reset, not finished");
+    }
+    // The connection itself still serves (heads; its bodies are never read).
+    let request = http::Request::builder()
+        .uri("http://handoff.test/slow/ok")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = h2.clone().send_request(request).await.expect("a head");
+    assert_eq!(response.status(), StatusCode::OK);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_that_never_reads_a_large_body_is_closed_at_the_deadline() {
+    let server = server().await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        // A small receive buffer, never read: the 4 MiB body stays in the server.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(server.data).await.expect("connect");
+        stream
+            .write_all(b"GET /slow/big HTTP/1.1\r\nhost: handoff.test\r\n\r\n")
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    eventually("both requests to be routed", GENEROUS, || async {
+        (server.status("slow").await["requests"] == 2).then_some(())
+    })
+    .await;
+    redeploy(&server).await;
+    freed_by_the_deadline(&server).await;
+    // The server closed each connection: reading reaches its end (or a reset) within a bound.
+    for mut stream in held {
+        let drained = tokio::time::timeout(GENEROUS, async {
+            let mut sink = tokio::io::sink();
+            tokio::io::copy(&mut stream, &mut sink).await
+        })
+        .await
+        .expect("the server closed the connection");
+        if let Ok(bytes) = drained {
+            assert!(bytes < 4 << 20, "the body was cut short: {bytes} bytes");
+        }
+    }
+    server.shutdown().await;
+}
