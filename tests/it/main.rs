@@ -31,3 +31,4 @@ mod swap;
 mod tls;
 mod toolchains;
 mod unread;
+mod wasi3;

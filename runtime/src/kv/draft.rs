@@ -183,3 +183,76 @@ impl batch::Host for KvView<'_> {
         self.write_many(&handle, changes).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use wasmtime::component::{Resource, ResourceTable};
+
+    use super::store::HostBucket as _;
+    use crate::kv::access::KvAccess;
+    use crate::kv::backend::Change;
+    use crate::kv::buckets::Kv;
+    use crate::kv::host::KvView;
+    use crate::kv::limits::KvLimits;
+    use crate::kv::redb::RedbBackend;
+    use crate::names::RouteName;
+
+    #[tokio::test]
+    async fn a_listing_cursor_continues_after_its_page_even_when_keys_arrive_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(RedbBackend::open(&dir.path().join("kv.redb")).unwrap());
+        let kv = Kv::new(backend);
+        let limits = KvLimits {
+            max_value: 1 << 20,
+            max_keys: 0,
+            max_bytes: 0,
+        };
+        let mut access = KvAccess::new(kv.grants(&RouteName::parse("api").unwrap(), &[]), limits);
+        let mut table = ResourceTable::new();
+        let mut view = KvView {
+            access: &mut access,
+            table: &mut table,
+        };
+        let Ok(handle) = KvView::open(&mut view, "default") else {
+            panic!("the route's own bucket opens");
+        };
+        let Ok(bucket) = view.bucket(&handle) else {
+            panic!("the handle names a bucket");
+        };
+        let set = |key: String| {
+            let change = Change::Set {
+                value: b"v".to_vec(),
+                ttl_ms: None,
+            };
+            (key, change)
+        };
+        view.access
+            .write_many(
+                &bucket,
+                (0..1500).map(|i| set(format!("k{i:04}"))).collect(),
+            )
+            .await
+            .unwrap();
+        let borrow = || Resource::<crate::kv::host::BucketHandle>::new_borrow(handle.rep());
+        let Ok(first) = view.list_keys(borrow(), None).await else {
+            panic!("the first page");
+        };
+        assert_eq!(first.keys.len(), 1000);
+        assert_eq!(first.cursor, Some(1000));
+        // Between the calls, a key that sorts before the cursor arrives: the next page still
+        // starts after the first page's last key (counting from the first key again would
+        // repeat it).
+        view.access
+            .write_many(&bucket, vec![set("a-first".into())])
+            .await
+            .unwrap();
+        let Ok(second) = view.list_keys(borrow(), first.cursor).await else {
+            panic!("the second page");
+        };
+        assert_eq!(second.keys.first().map(String::as_str), Some("k1000"));
+        assert_eq!(second.keys.len(), 500);
+        assert_eq!(second.cursor, None);
+    }
+}
