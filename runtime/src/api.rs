@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use crate::events::{Event, Kind as EventKind, ShadowCounts};
+pub use crate::guest_log::LogLine;
 pub use crate::problem::Problem;
 pub use crate::settings::LimitsStatus;
 pub use crate::state::HistoryEntry;
@@ -138,8 +139,14 @@ pub struct VersionStatus {
     pub in_flight: usize,
     /// Requests routed to it so far.
     pub requests: u64,
-    /// Requests on it that ended in a guest failure.
+    /// Requests on it that failed, as the rollout gates count them: a 5xx it caused (the
+    /// guest's own answer or the host's for a trap or a deadline) or a response body that
+    /// ended in an error. The same figure as `figures.errors`.
     pub failures: u64,
+    /// Requests whose guest failed (trap, deadline, no response, an unfinished body), also
+    /// those whose response had already gone out whole (work after the response).
+    #[serde(default)]
+    pub guest_failures: u64,
     /// What its requests did so far, for clients that chart it (the console): two readings
     /// give a window's rate, error rate and percentiles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -548,6 +555,19 @@ pub struct ShadowSample {
     /// difference (see `allow_outbound`).
     #[serde(default)]
     pub outbound_denied: bool,
+    /// What differed, as `kinds` counts it (`status 200 → 500`, `body (status 200)`,
+    /// `header content-type`, …).
+    #[serde(default)]
+    pub kind: String,
+}
+
+/// Mismatches of one kind: what differed, and how many times.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShadowKind {
+    /// What differed (a sample's `kind`).
+    pub kind: String,
+    /// Mismatches of this kind since the shadow started.
+    pub count: u64,
 }
 
 /// A route's shadow and what it found.
@@ -566,6 +586,10 @@ pub struct ShadowStatus {
     /// in the JSON).
     #[serde(flatten)]
     pub counts: ShadowCounts,
+    /// Every mismatch since the shadow started, grouped by what differed, the most frequent
+    /// first.
+    #[serde(default)]
+    pub kinds: Vec<ShadowKind>,
     /// The latest mismatches, newest last (at most 50).
     pub samples: Vec<ShadowSample>,
 }

@@ -12,9 +12,16 @@
 //! The budget lives with the version ([`GuestLogs`], built at deploy time) and costs a clock
 //! read and one compare-and-swap per line; a request only clones an `Arc`. Nothing here ever
 //! blocks: the writer behind `tracing` is the non-blocking one of [`crate::telemetry`].
+//!
+//! What one store's streams share ([`StoreLog`]): the request it serves, whose id every line
+//! carries (`request_id`, as `x-request-id` writes it), and a Rust panic message the guest
+//! printed on stderr (`thread '…' panicked at LOCATION:`, the message, the `RUST_BACKTRACE`
+//! note). That message is held, not logged, so the failure report that follows (the trap)
+//! says it in its one `warn` line; one never followed by a failure is logged at `warn` when
+//! the store serves its next request or is dropped.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -36,12 +43,113 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// The longest line a guest can buffer before it is emitted anyway.
 pub const MAX_GUEST_LINE: usize = 16 << 10;
 
+/// A line a guest wrote, as `GET /v1/routes/{name}/logs` streams it (one SSE `data:` each).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct LogLine {
+    /// When, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The route.
+    pub route: String,
+    /// The version's short digest.
+    pub version: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// `error`, `warn`, `info`, `debug` or `trace` (a line that starts with the word keeps it).
+    pub level: String,
+    /// The request the guest was serving (16 hex digits, as `x-request-id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The line, without its level word.
+    pub message: String,
+}
+
+/// Lines a follower of guest logs may fall behind by before it is told it missed some.
+pub const TAIL_BUFFER: usize = 1024;
+
+/// The server's followers of guest log lines (`GET /v1/routes/{name}/logs`): every line a
+/// version logs within its budget goes to them while there are any, whatever the log's own
+/// level filter. Costs one atomic load per line while nobody follows.
+pub struct Tail {
+    followers: AtomicUsize,
+    sender: tokio::sync::broadcast::Sender<Arc<LogLine>>,
+    closed: tokio_util::sync::CancellationToken,
+}
+
+impl Tail {
+    /// A tail nobody follows yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            followers: AtomicUsize::new(0),
+            sender: tokio::sync::broadcast::channel(TAIL_BUFFER).0,
+            closed: tokio_util::sync::CancellationToken::new(),
+        })
+    }
+
+    /// Whether anyone follows.
+    fn followed(&self) -> bool {
+        self.followers.load(Ordering::Relaxed) > 0
+    }
+
+    /// A new follower: every line from now on (see [`Follower::next`]).
+    pub fn follow(self: &Arc<Self>) -> Follower {
+        self.followers.fetch_add(1, Ordering::Relaxed);
+        Follower {
+            receiver: self.sender.subscribe(),
+            tail: self.clone(),
+        }
+    }
+
+    /// Ends every follower's stream (the server shuts down).
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+}
+
+/// What a follower of guest log lines gets next.
+#[derive(Debug)]
+pub enum Followed {
+    /// A line.
+    Line(Arc<LogLine>),
+    /// It fell behind and missed this many lines.
+    Missed(u64),
+}
+
+/// One follower of [`Tail`].
+pub struct Follower {
+    receiver: tokio::sync::broadcast::Receiver<Arc<LogLine>>,
+    tail: Arc<Tail>,
+}
+
+impl Follower {
+    /// The next line, or how many it missed; `None` once the server shuts down.
+    pub async fn next(&mut self) -> Option<Followed> {
+        use tokio::sync::broadcast::error::RecvError;
+        tokio::select! {
+            biased;
+            _ = self.tail.closed.cancelled() => None,
+            received = self.receiver.recv() => match received {
+                Ok(line) => Some(Followed::Line(line)),
+                Err(RecvError::Lagged(missed)) => Some(Followed::Missed(missed)),
+                Err(RecvError::Closed) => None,
+            },
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.tail.followers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One version's guest logging: its labels and its budgets. Built once per version.
 pub struct GuestLogs {
     route: Arc<str>,
     version: Arc<str>,
     lines: Budget,
     outbound: Budget,
+    /// The server's followers of guest lines, once the version is attached to them.
+    tail: OnceLock<Arc<Tail>>,
 }
 
 impl GuestLogs {
@@ -52,7 +160,13 @@ impl GuestLogs {
             version,
             lines: Budget::new(LINE_BURST, LINES_PER_SECOND),
             outbound: Budget::new(OUTBOUND_BURST, OUTBOUND_PER_SECOND),
+            tail: OnceLock::new(),
         })
+    }
+
+    /// Sends this version's lines to `tail`'s followers too.
+    pub fn tail_to(&self, tail: &Arc<Tail>) {
+        let _ = self.tail.set(tail.clone());
     }
 
     /// The route, for log fields.
@@ -65,10 +179,11 @@ impl GuestLogs {
         &self.version
     }
 
-    /// A guest output stream (`stdout` or `stderr`) whose lines become events.
-    pub fn stream(self: &Arc<Self>, stream: &'static str) -> GuestLog {
+    /// A guest output stream (`stdout` or `stderr`) of the store `store` whose lines become
+    /// events.
+    pub fn stream(store: &Arc<StoreLog>, stream: &'static str) -> GuestLog {
         GuestLog {
-            logs: self.clone(),
+            store: store.clone(),
             stream,
         }
     }
@@ -238,16 +353,188 @@ fn report_forever() {
     }
 }
 
+/// The longest panic message held for the failure report; the rest is cut.
+const MAX_PANIC: usize = 4 << 10;
+/// Lines after a panic header held at most; a guest that goes on writing was not panicking
+/// (or is past it), and what was held is logged.
+const MAX_PANIC_LINES: usize = 32;
+
+/// What the output streams of one store share: its version's log state, the request it
+/// serves, and a panic message it printed (held for the failure report).
+pub struct StoreLog {
+    logs: Arc<GuestLogs>,
+    request: AtomicU64,
+    panic: Mutex<Option<Panic>>,
+}
+
+/// A Rust panic message printed by a guest.
+#[derive(Debug, Default)]
+struct Panic {
+    location: String,
+    message: String,
+    lines: usize,
+    /// The `note: run with RUST_BACKTRACE` line came: the message is whole.
+    complete: bool,
+}
+
+impl Panic {
+    fn text(&self) -> String {
+        let message = self.message.trim_end();
+        match (message.is_empty(), self.location.is_empty()) {
+            (true, _) => format!("panicked at {}", self.location),
+            (false, true) => message.to_owned(),
+            (false, false) => format!("{message} (at {})", self.location),
+        }
+    }
+}
+
+impl StoreLog {
+    /// The shared log state of a new store of the version whose logging is `logs`.
+    pub fn new(logs: &Arc<GuestLogs>) -> Arc<Self> {
+        Arc::new(Self {
+            logs: logs.clone(),
+            request: AtomicU64::new(0),
+            panic: Mutex::new(None),
+        })
+    }
+
+    /// The store now serves request `id`: its lines carry that id. A panic message the last
+    /// request left without a failure report is logged now.
+    pub fn serve(&self, id: u64) {
+        self.flush_panic();
+        self.request.store(id, Ordering::Relaxed);
+    }
+
+    /// The panic message the guest printed (`message (at location)`), taken for its failure
+    /// report.
+    pub fn take_panic(&self) -> Option<String> {
+        let panic = self
+            .panic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        Some(panic.text())
+    }
+
+    /// Logs a held panic message as a guest line at `warn`.
+    fn flush_panic(&self) {
+        if let Some(text) = self.take_panic() {
+            self.line(Level::WARN, "stderr", &format!("panicked: {text}"));
+        }
+    }
+
+    /// Holds `text` (a stderr line) if it is part of a panic message; whether it was.
+    fn hold(&self, text: &str) -> bool {
+        let mut panic = self.panic.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(location) = panic_header(text) {
+            let previous = panic.replace(Panic {
+                location: location.to_owned(),
+                ..Panic::default()
+            });
+            drop(panic);
+            if let Some(previous) = previous {
+                self.line(
+                    Level::WARN,
+                    "stderr",
+                    &format!("panicked: {}", previous.text()),
+                );
+            }
+            return true;
+        }
+        let Some(held) = panic.as_mut().filter(|p| !p.complete) else {
+            return false;
+        };
+        if text.starts_with("note: run with `RUST_BACKTRACE") {
+            held.complete = true;
+            return true;
+        }
+        if held.lines >= MAX_PANIC_LINES {
+            held.complete = true;
+            return false;
+        }
+        held.lines += 1;
+        if held.message.len() < MAX_PANIC {
+            if !held.message.is_empty() {
+                held.message.push('\n');
+            }
+            let room = MAX_PANIC - held.message.len();
+            let cut = text.floor_char_boundary(room);
+            held.message.push_str(&text[..cut]);
+        }
+        true
+    }
+
+    /// Logs one line at `level`, within the version's budget.
+    fn line(&self, level: Level, stream: &'static str, message: &str) {
+        let tail = self.logs.tail.get().filter(|tail| tail.followed());
+        let logged = enabled(level);
+        // A line nobody would see costs nothing of the budget.
+        if !(logged || tail.is_some()) || !self.logs.admit_line() {
+            return;
+        }
+        let (route, version) = (&self.logs.route, &self.logs.version);
+        let id = self.request.load(Ordering::Relaxed);
+        if let Some(tail) = tail {
+            let _ = tail.sender.send(Arc::new(LogLine {
+                at_ms: crate::units::unix_ms(),
+                route: route.to_string(),
+                version: version.to_string(),
+                stream: stream.to_owned(),
+                level: level.as_str().to_ascii_lowercase(),
+                request_id: (id != 0).then(|| crate::problem::request_id(id)),
+                message: message.to_owned(),
+            }));
+        }
+        if !logged {
+            return;
+        }
+        macro_rules! emit {
+            ($level:ident) => {
+                if id == 0 {
+                    tracing::$level!(target: "guest", %route, %version, stream, "{message}")
+                } else {
+                    let request_id = crate::problem::RequestId(id);
+                    tracing::$level!(target: "guest", %request_id, %route, %version, stream, "{message}")
+                }
+            };
+        }
+        match level {
+            Level::ERROR => emit!(error),
+            Level::WARN => emit!(warn),
+            Level::DEBUG => emit!(debug),
+            Level::TRACE => emit!(trace),
+            _ => emit!(info),
+        }
+    }
+}
+
+impl Drop for StoreLog {
+    fn drop(&mut self) {
+        self.flush_panic();
+    }
+}
+
+/// The location in a Rust panic's first line, `thread 'NAME' panicked at LOCATION:` (newer
+/// Rust writes the thread's id too: `thread 'NAME' (1) panicked at LOCATION:`).
+fn panic_header(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix("thread '")?;
+    let (thread, rest) = rest.split_once(" panicked at ")?;
+    if !thread.contains('\'') {
+        return None;
+    }
+    Some(rest.strip_suffix(':').unwrap_or(rest))
+}
+
 /// A guest's stdout or stderr.
 pub struct GuestLog {
-    logs: Arc<GuestLogs>,
+    store: Arc<StoreLog>,
     stream: &'static str,
 }
 
 impl GuestLog {
     fn lines(&self) -> Lines {
         Lines {
-            logs: self.logs.clone(),
+            store: self.store.clone(),
             stream: self.stream,
             line: Vec::new(),
         }
@@ -276,7 +563,7 @@ impl StdoutStream for GuestLog {
 
 /// The line a guest is writing; each complete line becomes an event.
 struct Lines {
-    logs: Arc<GuestLogs>,
+    store: Arc<StoreLog>,
     stream: &'static str,
     line: Vec<u8>,
 }
@@ -301,6 +588,9 @@ impl Lines {
     fn emit_line(&self) {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end();
+        if self.stream == "stderr" && self.store.hold(text) {
+            return;
+        }
         // Lines that start with a level word (as the SDK's log macros write them) keep it.
         let (level, message) = match text.split_once(' ') {
             Some(("ERROR", rest)) => (Level::ERROR, rest),
@@ -310,23 +600,7 @@ impl Lines {
             Some(("INFO", rest)) => (Level::INFO, rest),
             _ => (Level::INFO, text),
         };
-        // A line nobody would see costs nothing of the budget.
-        if !enabled(level) || !self.logs.admit_line() {
-            return;
-        }
-        let (route, version, stream) = (&self.logs.route, &self.logs.version, self.stream);
-        macro_rules! emit {
-            ($level:ident) => {
-                tracing::$level!(target: "guest", %route, %version, stream, "{message}")
-            };
-        }
-        match level {
-            Level::ERROR => emit!(error),
-            Level::WARN => emit!(warn),
-            Level::DEBUG => emit!(debug),
-            Level::TRACE => emit!(trace),
-            _ => emit!(info),
-        }
+        self.store.line(level, self.stream, message);
     }
 }
 
@@ -426,6 +700,37 @@ mod tests {
         );
         assert_eq!(REPORT_EVERY, Duration::from_secs(1));
         assert_eq!(MAX_GUEST_LINE, 16 << 10);
+    }
+
+    #[test]
+    fn a_panic_message_is_held_for_the_failure_report() {
+        let logs = GuestLogs::new("r".into(), "v".into());
+        let store = StoreLog::new(&logs);
+        store.serve(7);
+        assert_eq!(
+            panic_header("thread '<unnamed>' (1) panicked at src/lib.rs:19:27:"),
+            Some("src/lib.rs:19:27")
+        );
+        for line in [
+            "thread '<unnamed>' panicked at src/lib.rs:19:25:",
+            "failing guest: trapping on purpose",
+            "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+        ] {
+            assert!(store.hold(line), "{line}");
+        }
+        assert!(!store.hold("a later line"), "the message was whole");
+        assert_eq!(
+            store.take_panic().as_deref(),
+            Some("failing guest: trapping on purpose (at src/lib.rs:19:25)")
+        );
+        assert_eq!(store.take_panic(), None);
+        assert!(!store.hold("an ordinary line"));
+        // A header followed by endless output stops holding after a bound.
+        assert!(store.hold("thread 'main' panicked at a.rs:1:1:"));
+        let held = (0..100)
+            .filter(|i| store.hold(&format!("line {i}")))
+            .count();
+        assert_eq!(held, MAX_PANIC_LINES);
     }
 
     #[test]

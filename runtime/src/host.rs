@@ -24,7 +24,7 @@ use wasmtime_wasi::{FsPerms, OpenMode, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use crate::guest_log::GuestLogs;
+use crate::guest_log::{GuestLogs, StoreLog};
 use crate::kv::{Grants, KvAccess, KvLimits, KvView};
 use crate::limiter::TotalMemory;
 use crate::outbound::{Outbound, SendError};
@@ -165,6 +165,8 @@ pub struct Host {
     deadline: Instant,
     /// Epoch ticks this request's guest has run into so far.
     ticks: u32,
+    /// What the guest's output streams share: the request they log for, a panic message.
+    log: Arc<StoreLog>,
 }
 
 /// Ticks a request runs before its guest starts yielding: short requests are never put back
@@ -188,10 +190,10 @@ impl Host {
     /// Request state for one call into `guest` through a route at `prefix`, with `deadline`
     /// as its CPU deadline.
     pub fn new(guest: &Arc<Guest>, prefix: &Arc<str>, deadline: Instant) -> Self {
-        let logs = guest.logs();
+        let log = StoreLog::new(guest.logs());
         let wasi = WasiCtx::builder()
-            .stdout(logs.stream("stdout"))
-            .stderr(logs.stream("stderr"))
+            .stdout(GuestLogs::stream(&log, "stdout"))
+            .stderr(GuestLogs::stream(&log, "stderr"))
             .build();
         Self {
             wasi,
@@ -206,7 +208,19 @@ impl Host {
             prefix: prefix.clone(),
             deadline,
             ticks: 0,
+            log,
         }
+    }
+
+    /// This store now serves request `id` (its guest's log lines carry it).
+    pub fn serve(&self, id: u64) {
+        self.log.serve(id);
+    }
+
+    /// The panic message the guest printed on stderr, if it did, for the report of its
+    /// failure ([`crate::guest_log::StoreLog`]).
+    pub fn take_panic(&self) -> Option<String> {
+        self.log.take_panic()
     }
 
     /// Whether an idle instance in `store` may serve a request routed by `prefix`: what its

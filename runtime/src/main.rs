@@ -89,6 +89,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Status(args) => handoff::client::status(args).await,
         Command::Nodes(args) => handoff::client::nodes::nodes(args).await,
         Command::Events(args) => handoff::client::events::events(args).await,
+        Command::Logs(args) => handoff::client::events::logs(args).await,
         Command::Delete(args) => handoff::client::delete(args).await,
         Command::Versions(args) => handoff::client::versions(args).await,
         Command::Rollback(args) => handoff::client::rollback(args).await,

@@ -67,7 +67,30 @@ impl Problem {
 
 /// A request id as responses and logs write it: 16 hex digits.
 pub fn request_id(id: u64) -> String {
-    format!("{id:016x}")
+    RequestId(id).to_string()
+}
+
+/// A request id written as responses and logs show it (16 hex digits), without allocating:
+/// log fields take it as `request_id = %RequestId(id)`, so the log and the `x-request-id`
+/// header read the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestId(pub u64);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl RequestId {
+    /// The id as an `x-request-id` header value.
+    pub fn header(self) -> HeaderValue {
+        let mut text = [0u8; 16];
+        for (i, byte) in text.iter_mut().enumerate() {
+            *byte = b"0123456789abcdef"[((self.0 >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&text).expect("hex digits are a valid header value")
+    }
 }
 
 #[cfg(test)]
@@ -81,6 +104,9 @@ mod tests {
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(response.headers()["content-type"], CONTENT_TYPE);
         assert_eq!(response.headers()["x-request-id"], "00000000000000ff");
+        assert_eq!(RequestId(255).to_string(), "00000000000000ff");
+        assert_eq!(RequestId(0x9741).header(), "0000000000009741");
+        assert_eq!(RequestId(u64::MAX).header(), "ffffffffffffffff");
         let read: Problem = serde_json::from_slice(response.body()).unwrap();
         assert_eq!(read, problem);
         assert_eq!(read.title, "Not Found");

@@ -42,6 +42,8 @@ pub struct Runtime {
     pub copy_slots: Arc<tokio::sync::Semaphore>,
     /// What happened to routes, versions, rollouts and shadows, for `GET /v1/events`.
     pub events: Bus,
+    /// The followers of guest log lines, for `GET /v1/routes/{name}/logs`.
+    pub guest_logs: Arc<crate::guest_log::Tail>,
     /// Digests a change is working on (safe from garbage collection).
     pub(crate) pending: Pending,
     /// This node's membership of a cluster (`--cluster`); `None`: one node on its own.
@@ -129,6 +131,7 @@ impl Runtime {
             state,
             files,
             events,
+            guest_logs: crate::guest_log::Tail::new(),
             pending: Pending::default(),
             copy_slots: Arc::new(tokio::sync::Semaphore::new(MAX_COPIES)),
             request_ids: AtomicU64::new(1),

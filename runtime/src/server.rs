@@ -184,6 +184,7 @@ impl Server {
         self.stop.cancel();
         // Event streams never end by themselves: end them, so they do not hold the drain.
         self.runtime.events.close();
+        self.runtime.guest_logs.close();
         let started = std::time::Instant::now();
         let limit = self.runtime.config.drain_timeout + RELEASE_WAIT;
         // Both listeners drain at once; each closes its connections when the grace passes.

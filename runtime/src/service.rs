@@ -51,6 +51,8 @@ pub struct Call {
     pub prefix: Arc<str>,
     /// When its response head must have come.
     pub deadline: Instant,
+    /// Its request id: the guest's log lines carry the latest one its instance started.
+    pub id: u64,
 }
 
 /// A WASI 0.3 version's instances.
@@ -232,6 +234,7 @@ impl WorkerState for Worker {
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
         store.data_mut().set_prefix(&call.prefix);
+        store.data().serve(call.id);
         Box::pin(tokio::time::sleep_until(call.deadline.into()))
     }
 

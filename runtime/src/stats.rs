@@ -43,6 +43,11 @@ impl VersionStats {
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// Requests that failed so far: a 5xx, or a body that ended with an error.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
     /// Counts a request the version is not judged by (refused for overload, or ended because
     /// its client did not send its body or read its response in time): only its status class,
     /// not the requests, errors and latencies that its failures and rollout gates read.

@@ -55,7 +55,7 @@ pub struct Version {
     pub deployed_at: SystemTime,
     in_flight: AtomicUsize,
     requests: AtomicU64,
-    failures: AtomicU64,
+    guest_failures: AtomicU64,
     retired: AtomicBool,
     drained: Notify,
     cut_off: CancellationToken,
@@ -125,7 +125,7 @@ impl Version {
             deployed_at: SystemTime::now(),
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
+            guest_failures: AtomicU64::new(0),
             retired: AtomicBool::new(false),
             drained: Notify::new(),
             cut_off,
@@ -172,14 +172,25 @@ impl Version {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// Requests on this version that ended in a guest failure (trap, timeout, no response).
+    /// Requests on this version that failed: what the rollout gates count (a 5xx the
+    /// version caused, whether the host or the guest answered it, or a response body that
+    /// ended in an error). The one definition of "failed" in the status, the console and
+    /// `/metrics`.
     pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
+        self.stats.errors()
+    }
+
+    /// Requests whose guest failed (trapped, ran out of time, was cut off, or returned without
+    /// a response or without finishing a body), whether or not its response had already gone
+    /// out whole: a guest that fails after a complete response is counted here, not in
+    /// [`Self::failures`].
+    pub fn guest_failures(&self) -> u64 {
+        self.guest_failures.load(Ordering::Relaxed)
     }
 
     /// Counts a guest failure.
     pub fn record_failure(&self) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.guest_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Resolves when the version's requests must stop at once (its drain deadline passed, or

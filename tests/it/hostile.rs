@@ -311,12 +311,13 @@ fn h2_get(path: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
         .unwrap()
 }
 
-/// Waits until `route`'s active version has counted `n` failures.
+/// Waits until `route`'s active version has counted `n` guest failures (also those after a
+/// complete response).
 async fn failures_reach(server: &TestServer, route: &str, n: u64) {
     handoff_tests::eventually(
         &format!("{n} failures on {route}"),
         Duration::from_secs(20),
-        || async { (server.status(route).await["active"]["failures"] == n).then_some(()) },
+        || async { (server.status(route).await["active"]["guest_failures"] == n).then_some(()) },
     )
     .await;
 }
@@ -602,7 +603,7 @@ async fn shutdown_waits_for_work_after_the_response_up_to_the_grace() {
             "shutdown returned with a guest still working"
         );
         assert_eq!(
-            version.failures(),
+            version.guest_failures(),
             1,
             "its deadline or the cut-off ended it"
         );
@@ -642,6 +643,9 @@ async fn a_head_request_lets_its_guest_work_after_the_response() {
         (status["in_flight"] == 0).then_some(status)
     })
     .await;
-    assert_eq!(server.status("head").await["active"]["failures"], 1);
+    // The client's response was complete: a guest failure, not a failed request.
+    let status = server.status("head").await;
+    assert_eq!(status["active"]["guest_failures"], 1, "{status}");
+    assert_eq!(status["active"]["failures"], 0, "{status}");
     server.shutdown().await;
 }

@@ -10,6 +10,7 @@ mod cluster_rollout;
 mod compat;
 mod console;
 mod console_actions;
+mod console_views;
 mod data_dir;
 mod delivery;
 mod deploy;

@@ -136,3 +136,40 @@ async fn an_http1_client_that_never_reads_a_large_body_is_closed_at_the_deadline
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_response_ends_at_its_versions_drain_deadline() {
+    // A long request deadline and a short drain: the retired version's cut-off comes first.
+    let server = TestServer::start_with(Config {
+        drain_timeout: Duration::from_secs(1),
+        ..Config::ephemeral()
+    })
+    .await;
+    let (code, body) = server
+        .deploy_bytes(
+            "slow",
+            "?request-timeout=10m",
+            guests::bytes(guests::HOSTILE),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let h2 = handoff_tests::h2_connect(server.data, 0).await;
+    let request = http::Request::builder()
+        .uri("http://handoff.test/slow/ok")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = h2.clone().send_request(request).await.expect("a head");
+    assert_eq!(response.status(), StatusCode::OK);
+    server.deploy("slow", guests::TAGGED_V1).await;
+    eventually("the retired version to be freed", GENEROUS, || async {
+        let status = server.status("slow").await;
+        (status["in_flight"] == 0 && status["draining"].as_array().is_some_and(Vec::is_empty))
+            .then_some(())
+    })
+    .await;
+    let body = tokio::time::timeout(GENEROUS, response.into_body().collect())
+        .await
+        .expect("the stream ends");
+    assert!(body.is_err(), "the cut-off stream is reset, not finished");
+    server.shutdown().await;
+}

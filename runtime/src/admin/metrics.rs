@@ -90,9 +90,20 @@ pub(super) async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
     family(
         "handoff_version_failures_total",
         "counter",
-        "Requests on a version that ended in a guest failure (trap, deadline, no response).",
+        "Requests on a version that failed, as the rollout gates count them: a 5xx it caused, or a body that ended in an error.",
         &mut versions()
             .map(|(route, v, state)| (version_label(route, v, state), v.failures().to_string())),
+    );
+    family(
+        "handoff_version_guest_failures_total",
+        "counter",
+        "Requests whose guest failed (trap, deadline, no response, unfinished body), also after a complete response.",
+        &mut versions().map(|(route, v, state)| {
+            (
+                version_label(route, v, state),
+                v.guest_failures().to_string(),
+            )
+        }),
     );
     family(
         "handoff_version_in_flight",
@@ -162,7 +173,7 @@ pub(super) async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
     family(
         "handoff_version_errors_total",
         "counter",
-        "Requests per version that failed: a 5xx, or a body that ended with an error.",
+        "Requests per version that failed (the same count as handoff_version_failures_total).",
         &mut snapshots
             .iter()
             .map(|(open, s)| (format!("{open}}}"), s.errors.to_string())),

@@ -33,6 +33,8 @@
 //! * `GET    /v1/events`           — Server-Sent Events: deploys, activations, drains,
 //!   rollout steps, rollbacks, shadow figures ([`events`]); `Last-Event-ID` resumes,
 //!   `?route=NAME` filters
+//! * `GET    /v1/routes/{name}/logs` — Server-Sent Events: the lines the route's guests write,
+//!   live (`deploy` token: guest output may hold data) ([`logs`])
 //! * `GET    /v1/whoami`           — the caller's token name and scope
 //! * `GET    /v1/routes/{name}/kv/keys` (and `/v1/kv/{bucket}/keys` for a shared bucket) — a
 //!   page of the bucket's keys; `GET`/`PUT`/`DELETE .../kv/keys/{key}` one key (reading a
@@ -64,6 +66,7 @@ pub mod events;
 pub mod guard;
 mod input;
 mod kv;
+mod logs;
 mod metrics;
 mod modules;
 mod nodes;
@@ -108,6 +111,7 @@ pub fn router(rt: Arc<Runtime>, listener: std::net::SocketAddr) -> Router {
             get(routes::get_one).put(routes::put).delete(routes::delete),
         )
         .route("/v1/routes/{name}/versions", get(routes::versions))
+        .route("/v1/routes/{name}/logs", get(logs::tail))
         .route("/v1/routes/{name}/rollback", post(routes::rollback))
         .route("/v1/routes/{name}/activate", post(routes::activate))
         .route(

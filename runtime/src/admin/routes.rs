@@ -21,6 +21,8 @@ use crate::version::{Version, parse_config};
 
 /// A version as the admin API shows it.
 pub(super) fn version_status(version: &Version) -> api::VersionStatus {
+    // One reading, so `failures` and `figures.errors` agree.
+    let stats = version.stats.snapshot();
     api::VersionStatus {
         version: version.digest.to_string(),
         size_bytes: version.size_bytes,
@@ -33,8 +35,9 @@ pub(super) fn version_status(version: &Version) -> api::VersionStatus {
         wasi: version.wasi().as_str().to_owned(),
         in_flight: version.in_flight(),
         requests: version.requests(),
-        failures: version.failures(),
-        figures: Some(figures(&version.stats.snapshot())),
+        failures: stats.errors,
+        guest_failures: version.guest_failures(),
+        figures: Some(figures(&stats)),
     }
 }
 

@@ -162,6 +162,10 @@ pub enum Command {
     /// Print what happens on the server as it happens: deploys, activations, drains, rollout
     /// steps and rollbacks, shadow figures (`GET /v1/events`). Runs until interrupted.
     Events(EventsArgs),
+    /// Print a route's guest log lines (its guests' stdout and stderr) as they are written,
+    /// with their level, version and request id (`GET /v1/routes/{name}/logs`; a `deploy`
+    /// token). Runs until interrupted.
+    Logs(RouteArgs),
     /// Start a rollout: the candidate serves a growing share of the route, step by step, and
     /// is rolled back by itself when its error rate or p99 breaches a gate.
     Rollout(RolloutArgs),

@@ -180,15 +180,17 @@ impl AdminClient {
     ) -> Result<T, Failure> {
         let reply = self.send(method, path_and_query, body).await?;
         if json {
-            let mut out = reply.body.to_vec();
-            if !out.ends_with(b"\n") {
-                out.push(b'\n');
-            }
-            print(&out);
+            reply.print();
         }
         if !reply.status.is_success() {
             return Err(reply.refused(what));
         }
+        self.read(&reply)
+    }
+
+    /// The typed answer in a successful `reply`; one that does not read means something else
+    /// answers at the URL ([`exit::UNREACHABLE`]).
+    pub fn read<T: DeserializeOwned>(&self, reply: &Reply) -> Result<T, Failure> {
         serde_json::from_slice(&reply.body).map_err(|error| {
             Failure::new(
                 exit::UNREACHABLE,
@@ -202,6 +204,15 @@ impl AdminClient {
 }
 
 impl Reply {
+    /// Prints the body as it came (`--json`), ending in a newline.
+    pub fn print(&self) {
+        let mut out = self.body.to_vec();
+        if !out.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        print(&out);
+    }
+
     /// The failure a refused request (a 4xx or 5xx) is: [`exit::FAILED`] with the server's
     /// `detail`; `what` names the request.
     pub fn refused(&self, what: &str) -> Failure {
@@ -223,7 +234,8 @@ impl Reply {
     }
 }
 
-fn status_text(status: StatusCode) -> String {
+/// `409 Conflict`: a status as refusals name it.
+pub(super) fn status_text(status: StatusCode) -> String {
     match status.canonical_reason() {
         Some(reason) => format!("{} {reason}", status.as_u16()),
         None => status.as_u16().to_string(),

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use http::Method;
 
 use super::admin::{
-    AdminClient, Payload, encode, modules_starting_with, print, read_component, signed,
+    AdminClient, Payload, encode, modules_starting_with, print, read_component, signed, status_text,
 };
 use super::render::{ago, key_values, short, table};
 use crate::api::{self, RolloutStatus, ShadowStatus};
@@ -67,12 +67,98 @@ pub async fn rollout(args: RolloutArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// What a delivery command needs the route to have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    /// A rollout running or paused.
+    Rollout,
+    /// A shadow.
+    Shadow,
+}
+
+/// Sends a delivery command's request for `route`. A refusal because the route, its rollout
+/// or its shadow does not exist says so with the CLI command that helps (the server's
+/// sentence names API calls); any other refusal is the server's.
+#[allow(clippy::too_many_arguments)]
+async fn call_on<T: serde::de::DeserializeOwned>(
+    client: &AdminClient,
+    what: &str,
+    method: Method,
+    path: &str,
+    body: Option<Payload>,
+    json: bool,
+    route: &str,
+    needs: Needs,
+) -> Result<T, Failure> {
+    let reply = client.send(method, path, body).await?;
+    if json {
+        reply.print();
+    }
+    if reply.status.is_success() {
+        return client.read(&reply);
+    }
+    if matches!(
+        reply.status,
+        http::StatusCode::NOT_FOUND | http::StatusCode::CONFLICT
+    ) && let Some(hint) = missing(client, route, needs).await
+    {
+        return Err(Failure::new(
+            exit::FAILED,
+            format!("{what} refused ({}): {hint}", status_text(reply.status)),
+        ));
+    }
+    Err(reply.refused(what))
+}
+
+/// What route `route` lacks of what `needs` asks for, as a sentence naming the CLI command
+/// that gives it; `None` if it has it (or its status cannot be read).
+async fn missing(client: &AdminClient, route: &str, needs: Needs) -> Option<String> {
+    let path = format!("/v1/routes/{}", encode(route));
+    let reply = client.send(Method::GET, &path, None).await.ok()?;
+    if reply.status == http::StatusCode::NOT_FOUND {
+        return Some(format!(
+            "there is no route named `{}`; `handoff routes` lists them, `handoff deploy {} FILE.wasm` creates it",
+            route.escape_debug(),
+            route.escape_debug()
+        ));
+    }
+    let status: api::RouteStatus = serde_json::from_slice(&reply.body).ok()?;
+    match needs {
+        Needs::Rollout => {
+            let live = status
+                .rollout
+                .as_ref()
+                .is_some_and(|r| matches!(r.state.as_str(), "running" | "paused"));
+            (!live).then(|| {
+                format!(
+                    "route `{route}` has no rollout running; start one with `handoff rollout {route} FILE.wasm|VERSION`"
+                )
+            })
+        }
+        Needs::Shadow => status.shadow.is_none().then(|| {
+            format!(
+                "route `{route}` has no shadow; start one with `handoff shadow {route} FILE.wasm|VERSION`"
+            )
+        }),
+    }
+}
+
 /// `handoff promote|abort|pause|resume ROUTE`: `action` is the path's last segment.
 pub async fn act(args: RouteArgs, action: &str) -> Result<(), Failure> {
     let AdminArgs { admin, json } = args.admin;
     let client = AdminClient::new(&admin)?;
     let path = format!("/v1/routes/{}/rollout/{action}", encode(&args.route));
-    let body: RolloutStatus = client.call(action, Method::POST, &path, None, json).await?;
+    let body: RolloutStatus = call_on(
+        &client,
+        action,
+        Method::POST,
+        &path,
+        None,
+        json,
+        &args.route,
+        Needs::Rollout,
+    )
+    .await?;
     if !json {
         print(render(&body).as_bytes());
     }
@@ -87,15 +173,17 @@ pub async fn weight(args: WeightArgs) -> Result<(), Failure> {
     let request = api::WeightRequest {
         weight: args.weight,
     };
-    let body: RolloutStatus = client
-        .call(
-            "weight",
-            Method::PATCH,
-            &path,
-            Some(Payload::json(&request)),
-            json,
-        )
-        .await?;
+    let body: RolloutStatus = call_on(
+        &client,
+        "weight",
+        Method::PATCH,
+        &path,
+        Some(Payload::json(&request)),
+        json,
+        &args.route,
+        Needs::Rollout,
+    )
+    .await?;
     if !json {
         print(render(&body).as_bytes());
     }
@@ -110,15 +198,31 @@ pub async fn shadow(args: ShadowArgs) -> Result<(), Failure> {
     let (what, body): (&str, ShadowStatus) = match &args.shadow {
         _ if args.off => (
             "stopped the shadow of",
-            client
-                .call("shadow --off", Method::DELETE, &path, None, *json)
-                .await?,
+            call_on(
+                &client,
+                "shadow --off",
+                Method::DELETE,
+                &path,
+                None,
+                *json,
+                &args.route,
+                Needs::Shadow,
+            )
+            .await?,
         ),
         None => (
             "the shadow of",
-            client
-                .call("shadow", Method::GET, &path, None, *json)
-                .await?,
+            call_on(
+                &client,
+                "shadow",
+                Method::GET,
+                &path,
+                None,
+                *json,
+                &args.route,
+                Needs::Shadow,
+            )
+            .await?,
         ),
         Some(given) => {
             let request = api::ShadowRequest {
@@ -339,34 +443,88 @@ pub fn render_shadow(body: &ShadowStatus, now: SystemTime) -> String {
             ),
         ),
     ]);
-    for sample in &body.samples {
-        let _ = write!(
-            out,
-            "\n{} {} ({} ago)\n",
-            sample.method,
-            sample.path,
-            ago(now_ms.saturating_sub(sample.at_ms))
-        );
-        let mut headers = if sample.headers.is_empty() {
-            String::new()
-        } else {
-            format!("; headers differ: {}", sample.headers.join(", "))
-        };
-        if sample.outbound_denied {
-            headers.push_str("; the shadow's outbound call was denied");
-        }
+    let kinds = kinds(body);
+    if !kinds.is_empty() {
         let _ = writeln!(
             out,
-            "  stable  {} {} bytes {:?}\n  shadow  {} {} bytes {:?}{headers}",
-            sample.stable_status,
-            sample.stable_size,
-            sample.stable_start,
-            sample.shadow_status,
-            sample.shadow_size,
-            sample.shadow_start,
+            "\nmismatches by kind (at most {EXAMPLES} of the latest examples each):"
         );
     }
+    let width = kinds
+        .iter()
+        .map(|(_, count)| count.to_string().len())
+        .max()
+        .unwrap_or(1);
+    for (kind, count) in &kinds {
+        let _ = writeln!(out, "  {count:>width$}  {kind}");
+        let examples = body
+            .samples
+            .iter()
+            .rev()
+            .filter(|sample| &sample_kind(sample) == kind)
+            .take(EXAMPLES);
+        for sample in examples {
+            let _ = writeln!(
+                out,
+                "  {:width$}    {} {} ({} ago): stable {} {} bytes {:?}, shadow {} {} bytes {:?}",
+                "",
+                sample.method,
+                sample.path,
+                ago(now_ms.saturating_sub(sample.at_ms)),
+                sample.stable_status,
+                sample.stable_size,
+                sample.stable_start,
+                sample.shadow_status,
+                sample.shadow_size,
+                sample.shadow_start,
+            );
+        }
+    }
     out
+}
+
+/// Examples shown per kind of mismatch.
+const EXAMPLES: usize = 3;
+
+/// A sample's kind (as a server that names none would have named it).
+fn sample_kind(sample: &api::ShadowSample) -> String {
+    if !sample.kind.is_empty() {
+        return sample.kind.clone();
+    }
+    let mut parts = Vec::new();
+    if sample.stable_status != sample.shadow_status {
+        parts.push(format!(
+            "status {} → {}",
+            sample.stable_status, sample.shadow_status
+        ));
+    }
+    if sample.stable_digest != sample.shadow_digest {
+        parts.push("body".to_owned());
+    }
+    parts.extend(sample.headers.iter().map(|h| format!("header {h}")));
+    parts.join(", ")
+}
+
+/// The kinds of mismatch and their counts, the most frequent first: the server's (every
+/// mismatch), else the samples' own.
+fn kinds(body: &ShadowStatus) -> Vec<(String, u64)> {
+    if !body.kinds.is_empty() {
+        return body
+            .kinds
+            .iter()
+            .map(|k| (k.kind.clone(), k.count))
+            .collect();
+    }
+    let mut kinds: Vec<(String, u64)> = Vec::new();
+    for sample in &body.samples {
+        let kind = sample_kind(sample);
+        match kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, count)) => *count += 1,
+            None => kinds.push((kind, 1)),
+        }
+    }
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
+    kinds
 }
 
 #[cfg(test)]
@@ -428,46 +586,73 @@ mod tests {
     }
 
     #[test]
-    fn a_shadow_shows_its_counts_and_samples() {
-        let body = ShadowStatus {
+    fn a_shadow_groups_its_mismatches_by_kind() {
+        let sample = |path: &str, shadow_status: u16, at_ms: u64, kind: &str| api::ShadowSample {
+            method: "GET".into(),
+            path: path.into(),
+            stable_status: 200,
+            shadow_status,
+            headers: vec![],
+            stable_size: 2,
+            shadow_size: 5,
+            stable_digest: "sha256:1".into(),
+            shadow_digest: "sha256:2".into(),
+            stable_start: "ok".into(),
+            shadow_start: "oops!".into(),
+            at_ms,
+            outbound_denied: false,
+            kind: kind.into(),
+        };
+        let mut samples: Vec<_> = (0..48)
+            .map(|i| sample(&format!("/app/{i}"), 500, 1_000, "status 200 → 500, body"))
+            .collect();
+        samples.push(sample("/app/h", 200, 2_000, "header content-type"));
+        samples.push(sample("/app/last", 500, 2_500, "status 200 → 500, body"));
+        let mut body = ShadowStatus {
             version: "sha256:cc".into(),
             percent: 100.0,
             compare_headers: vec!["content-type".into()],
             allow_outbound: false,
             counts: api::ShadowCounts {
-                requests: 10,
+                requests: 70,
                 matches: 7,
-                mismatches: 2,
+                mismatches: 60,
                 noise: 1,
                 errors: 0,
-                skipped: 3,
+                skipped: 2,
             },
-            samples: vec![api::ShadowSample {
-                method: "GET".into(),
-                path: "/app/x".into(),
-                stable_status: 200,
-                shadow_status: 500,
-                headers: vec!["content-type".into()],
-                stable_size: 2,
-                shadow_size: 5,
-                stable_digest: "sha256:1".into(),
-                shadow_digest: "sha256:2".into(),
-                stable_start: "ok".into(),
-                shadow_start: "oops!".into(),
-                at_ms: 1_000,
-                outbound_denied: true,
-            }],
+            kinds: vec![
+                api::ShadowKind {
+                    kind: "status 200 → 500, body".into(),
+                    count: 59,
+                },
+                api::ShadowKind {
+                    kind: "header content-type".into(),
+                    count: 1,
+                },
+            ],
+            samples,
         };
         let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(3_000);
         let text = render_shadow(&body, now);
         for part in [
-            "10 compared: 7 match, 2 mismatch, 1 noise, 0 errors; 3 skipped",
-            "GET /app/x (2 s ago)",
-            "stable  200 2 bytes \"ok\"",
-            "shadow  500 5 bytes \"oops!\"; headers differ: content-type; the shadow's outbound call was denied",
+            "70 compared: 7 match, 60 mismatch, 1 noise, 0 errors; 2 skipped",
             "outbound  denied",
+            "  59  status 200 → 500, body\n",
+            "GET /app/last (500 ms ago): stable 200 2 bytes \"ok\", shadow 500 5 bytes \"oops!\"",
+            "   1  header content-type\n",
+            "GET /app/h (1 s ago): stable 200",
         ] {
             assert!(text.contains(part), "{part:?} missing from\n{text}");
         }
+        assert!(text.lines().count() < 20, "{text}");
+        assert_eq!(text.matches("GET /app/").count(), 1 + EXAMPLES);
+        // From a server that names no kinds: grouped from the samples.
+        body.kinds.clear();
+        for sample in &mut body.samples {
+            sample.kind.clear();
+        }
+        let text = render_shadow(&body, now);
+        assert!(text.contains("  49  status 200 → 500, body\n"), "{text}");
     }
 }

@@ -12,8 +12,8 @@ use http_body_util::BodyExt;
 
 use super::admin::{AdminClient, Reply, encode, print};
 use super::render::short;
-use crate::api::{Event, EventKind};
-use crate::cli::{EventsArgs, Failure, exit};
+use crate::api::{Event, EventKind, LogLine};
+use crate::cli::{EventsArgs, Failure, RouteArgs, exit};
 use crate::http_client::Connection;
 
 /// How long to wait before reconnecting after the stream ended.
@@ -100,13 +100,32 @@ impl AdminClient {
         route: Option<&str>,
         last_id: Option<u64>,
     ) -> Result<EventStream, Failure> {
-        let mut connection = self.connect().await?;
         let mut path = "/v1/events".to_owned();
         if let Some(route) = route {
             path = format!("{path}?route={}", encode(route));
         }
+        let (body, connection) = self
+            .open_stream(&path, last_id, "following the events")
+            .await?;
+        Ok(EventStream {
+            body,
+            parser: Parser::default(),
+            ready: VecDeque::new(),
+            _connection: connection,
+        })
+    }
+
+    /// Opens the Server-Sent Events stream at `path`, resuming after `last_id`; a refusal
+    /// names `what`.
+    async fn open_stream(
+        &self,
+        path: &str,
+        last_id: Option<u64>,
+        what: &str,
+    ) -> Result<(hyper::body::Incoming, Connection), Failure> {
+        let mut connection = self.connect().await?;
         let mut request = self
-            .request(Method::GET, &path)
+            .request(Method::GET, path)
             .header(header::ACCEPT, "text/event-stream");
         if let Some(id) = last_id {
             request = request.header("last-event-id", id.to_string());
@@ -128,14 +147,9 @@ impl AdminClient {
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            return Err(Reply { status, body }.refused("following the events"));
+            return Err(Reply { status, body }.refused(what));
         }
-        Ok(EventStream {
-            body: response.into_body(),
-            parser: Parser::default(),
-            ready: VecDeque::new(),
-            _connection: connection,
-        })
+        Ok((response.into_body(), connection))
     }
 }
 
@@ -192,6 +206,70 @@ pub async fn events(args: EventsArgs) -> Result<(), Failure> {
         // The server ended the stream (it dropped a slow reader, or restarts): resume.
         tokio::time::sleep(RECONNECT_AFTER).await;
     }
+}
+
+/// `handoff logs ROUTE`: prints the route's guest log lines as they are written (`--json`:
+/// each line's JSON), following again when the server ends the stream, until interrupted.
+/// Lines written while it is not connected are not shown (the server keeps none).
+pub async fn logs(args: RouteArgs) -> Result<(), Failure> {
+    let client = AdminClient::new(&args.admin.admin)?;
+    let path = format!("/v1/routes/{}/logs", encode(&args.route));
+    loop {
+        let (mut body, _connection) = client
+            .open_stream(&path, None, "following the guest logs")
+            .await?;
+        let mut parser = Parser::default();
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            for message in parser.push(&data) {
+                let text = if message.event == "missed" {
+                    let missed: serde_json::Value =
+                        serde_json::from_str(&message.data).unwrap_or_default();
+                    format!(
+                        "({} lines missed: this client fell behind)\n",
+                        missed["missed"]
+                    )
+                } else if args.admin.json {
+                    message.data + "\n"
+                } else {
+                    match serde_json::from_str::<LogLine>(&message.data) {
+                        Ok(line) => log_line(&line),
+                        Err(_) => continue,
+                    }
+                };
+                print(text.as_bytes());
+            }
+        }
+        // The server ended the stream (it shuts down or restarts): follow again.
+        tokio::time::sleep(RECONNECT_AFTER).await;
+    }
+}
+
+/// A guest's log line as one line of text: time, level, version, request id, stream and the
+/// line, its control characters escaped (a guest's output cannot drive the terminal).
+pub fn log_line(line: &LogLine) -> String {
+    let message: String = line
+        .message
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() && c != '\t' {
+                c.escape_debug().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
+    let request = line.request_id.as_deref().unwrap_or("-");
+    format!(
+        "{}  {:<5}  {}  {request}  {}  {message}\n",
+        utc(line.at_ms),
+        line.level.to_ascii_uppercase(),
+        line.version,
+        line.stream
+    )
 }
 
 /// An event as one line of text: time, kind, route, version and what else it carries.
@@ -345,6 +423,26 @@ mod tests {
         assert_eq!(
             line(&converged),
             "1970-01-01T00:00:00.000Z  node_converged  api  on web-2  aabbccddeeff  (revision 7)\n"
+        );
+    }
+
+    #[test]
+    fn a_guest_line_prints_with_its_request_and_escaped() {
+        let line = LogLine {
+            at_ms: 1_000,
+            route: "app".into(),
+            version: "a964cd35222e".into(),
+            stream: "stderr".into(),
+            level: "error".into(),
+            request_id: Some("0000000000000002".into()),
+            message: "bad \u{1b}[2J\tthing".into(),
+        };
+        assert_eq!(
+            log_line(&line),
+            format!(
+                "{}  ERROR  a964cd35222e  0000000000000002  stderr  bad \\u{{1b}}[2J\tthing\n",
+                utc(1_000)
+            )
         );
     }
 }

@@ -29,26 +29,87 @@ fn local(what: &str, error: impl std::fmt::Display) -> Failure {
     Failure::new(exit::LOCAL, format!("{what}: {error}"))
 }
 
+/// What an empty listing of `bucket` means: an error for a route or shared bucket that does
+/// not exist, else the sentence that says the bucket is empty (for stderr: stdout stays the
+/// keys, one per line).
+async fn empty_bucket(client: &AdminClient, bucket: &BucketArgs) -> Result<String, Failure> {
+    match (&bucket.route, &bucket.bucket) {
+        (Some(route), _) => {
+            let path = format!("/v1/routes/{}", encode(route));
+            let reply = client.send(Method::GET, &path, None).await?;
+            if reply.status == http::StatusCode::NOT_FOUND {
+                return Err(Failure::new(
+                    exit::FAILED,
+                    format!(
+                        "there is no route named `{}`; `handoff routes` lists them",
+                        route.escape_debug()
+                    ),
+                ));
+            }
+            if !reply.status.is_success() {
+                return Err(reply.refused("listing the keys"));
+            }
+            Ok(format!("the bucket of route {route} holds no keys"))
+        }
+        (None, Some(shared)) => {
+            let routes: api::RouteList = client
+                .call("listing the keys", Method::GET, "/v1/routes", None, false)
+                .await?;
+            let granted = routes
+                .routes
+                .iter()
+                .any(|r| r.kv.iter().any(|name| name == shared));
+            if !granted {
+                return Err(Failure::new(
+                    exit::FAILED,
+                    format!(
+                        "there is no shared bucket named `{}`: no route is granted it (deploy --kv NAME) and it holds no keys",
+                        shared.escape_debug()
+                    ),
+                ));
+            }
+            Ok(format!("the shared bucket {shared} holds no keys"))
+        }
+        (None, None) => unreachable!("clap requires --route or --bucket"),
+    }
+}
+
 /// `handoff kv ...`.
 pub async fn run(args: KvArgs) -> Result<(), Failure> {
     match args.command {
         KvCommand::Keys(args) => {
             let client = AdminClient::new(&args.admin.admin)?;
             let mut cursor: Option<String> = None;
+            let mut first = true;
             loop {
                 let mut path = format!("{}/keys", base(&args.bucket));
                 if let Some(cursor) = &cursor {
                     path = format!("{path}?cursor={}", encode(cursor));
                 }
-                let page: api::KvKeys = client
-                    .call(
-                        "listing the keys",
-                        Method::GET,
-                        &path,
-                        None,
-                        args.admin.json,
-                    )
-                    .await?;
+                let reply = client.send(Method::GET, &path, None).await?;
+                if first && reply.status == http::StatusCode::NOT_FOUND {
+                    // A server that answers 404 for a bucket nothing was written to: an
+                    // error if its route or shared bucket does not exist, else it is empty.
+                    let empty = empty_bucket(&client, &args.bucket).await?;
+                    eprintln!("{empty}");
+                    return Ok(());
+                }
+                if args.admin.json {
+                    reply.print();
+                }
+                if !reply.status.is_success() {
+                    return Err(reply.refused("listing the keys"));
+                }
+                let page: api::KvKeys = client.read(&reply)?;
+                if first && page.keys.is_empty() && page.cursor.is_none() {
+                    // Nothing listed: say whether the bucket is empty or does not exist.
+                    let empty = empty_bucket(&client, &args.bucket).await?;
+                    if !args.admin.json {
+                        eprintln!("{empty}");
+                    }
+                    return Ok(());
+                }
+                first = false;
                 if !args.admin.json {
                     let mut text = page.keys.join("\n");
                     if !text.is_empty() {

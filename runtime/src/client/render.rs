@@ -151,7 +151,8 @@ pub fn status(body: &RouteStatus, now: SystemTime) -> String {
     key_values(&lines)
 }
 
-/// A route's history, newest last, the active version marked.
+/// A route's history, newest last, the active version marked; deploy messages quoted and
+/// escaped.
 pub fn history(body: &History, now: SystemTime) -> String {
     let now_ms = unix_ms(now);
     let header = ["", "VERSION", "ACTION", "WHEN", "BY", "LABEL", "MESSAGE"];
@@ -172,7 +173,12 @@ pub fn history(body: &History, now: SystemTime) -> String {
                 format!("{} ago", ago(now_ms.saturating_sub(e.activated_at_ms))),
                 e.by.clone(),
                 e.label.clone().unwrap_or_default(),
-                e.message.clone().unwrap_or_default(),
+                // A deploy message is anyone's text: quoted and escaped, as `handoff events`
+                // prints it, so it cannot move the cursor or recolour the terminal.
+                e.message
+                    .as_ref()
+                    .map(|m| format!("{m:?}"))
+                    .unwrap_or_default(),
             ]
         })
         .collect();
@@ -291,6 +297,7 @@ mod tests {
             in_flight,
             requests,
             failures: 0,
+            guest_failures: 0,
             figures: None,
         }
     }

@@ -487,6 +487,7 @@ async fn version(
         code.compile_time.unwrap_or_default(),
         rt.config.outbound_private,
     ));
+    version.guest.logs().tail_to(&rt.guest_logs);
     prepare::trial_instance(rt, &version).await?;
     Ok(version)
 }

@@ -213,7 +213,15 @@ impl Pending {
                 permit,
             } = self;
             let deny = !record.shadow.as_ref().is_some_and(|s| s.allow_outbound);
+            let started = Instant::now();
             let shadow = copy::run(&engine, token.version(), &prefix, &copy, &names, deny).await;
+            // The shadow version's own figures (its row in the status and the console): what
+            // its copies did. (The second run, of the stable version, is not a request of it.)
+            token.version().stats.record(
+                shadow.as_ref().map_or(0, |s| s.status),
+                started.elapsed(),
+                shadow.is_none(),
+            );
             drop(token);
             let secondary = match second {
                 Some(token) => {

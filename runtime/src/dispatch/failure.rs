@@ -10,6 +10,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 
 use super::body::DataBody;
+use crate::problem::RequestId;
 use crate::version::Version;
 
 /// Why a guest produced no (complete) response.
@@ -92,12 +93,13 @@ impl GuestError {
     }
 }
 
-/// Counts and logs a failed request, with its route, version and request id. (A request the
-/// client or the server's load failed is logged, not counted.)
-pub(super) fn report(version: &Version, error: &GuestError, id: u64) {
+/// Counts and logs a failed request, with its route, version and request id, and the panic
+/// message the guest printed before it trapped, if it did (one line). (A request the client or
+/// the server's load failed is logged, not counted.)
+pub(super) fn report(version: &Version, error: &GuestError, id: u64, panic: Option<&str>) {
     if error.excused() {
         tracing::info!(
-            request_id = id, route = %version.route, version = %version.short,
+            request_id = %RequestId(id), route = %version.route, version = %version.short,
             error = %error, "request not served"
         );
         return;
@@ -105,13 +107,13 @@ pub(super) fn report(version: &Version, error: &GuestError, id: u64) {
     version.record_failure();
     if let GuestError::Host(_) = error {
         tracing::error!(
-            request_id = id, route = %version.route, version = %version.short,
+            request_id = %RequestId(id), route = %version.route, version = %version.short,
             error = %error, "request failed in the host"
         );
     } else {
         tracing::warn!(
-            request_id = id, route = %version.route, version = %version.short,
-            error = %error, "guest failed"
+            request_id = %RequestId(id), route = %version.route, version = %version.short,
+            panic, error = %error, "guest failed"
         );
     }
 }
@@ -155,7 +157,7 @@ pub(super) fn body_too_large(version: &Version, id: u64, started: Instant) -> Re
         started.elapsed(),
         false,
     );
-    tracing::warn!(request_id = id, route = %version.route, limit, "request body over the route's limit");
+    tracing::warn!(request_id = %RequestId(id), route = %version.route, limit, "request body over the route's limit");
     failure(
         StatusCode::PAYLOAD_TOO_LARGE,
         &format!("the request body is larger than this route's limit of {limit} bytes"),

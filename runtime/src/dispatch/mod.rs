@@ -46,6 +46,7 @@ pub(crate) use overdue::watched;
 
 use crate::engine::Pre;
 use crate::host::Host;
+use crate::problem::RequestId;
 use crate::reuse::Instance;
 use crate::route::Refused;
 use crate::runtime::Runtime;
@@ -71,7 +72,7 @@ where
     {
         Ok(routed) => routed,
         Err(Refused::NoRoute) => {
-            tracing::debug!(request_id = id, path = req.uri().path(), "no route");
+            tracing::debug!(request_id = %RequestId(id), path = req.uri().path(), "no route");
             return failure(
                 StatusCode::NOT_FOUND,
                 &format!("no route serves the path `{}`", req.uri().path()),
@@ -79,7 +80,7 @@ where
             );
         }
         Err(Refused::Unavailable { route }) => {
-            tracing::warn!(request_id = id, route = %route, "route unavailable");
+            tracing::warn!(request_id = %RequestId(id), route = %route, "route unavailable");
             return failure(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the route's version could not be loaded; its operator must deploy it again",
@@ -87,7 +88,7 @@ where
             );
         }
         Err(Refused::Full { route, limit }) => {
-            tracing::warn!(request_id = id, route = %route, limit, "route at its concurrency limit; shedding");
+            tracing::warn!(request_id = %RequestId(id), route = %route, limit, "route at its concurrency limit; shedding");
             let mut response = failure(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the route is at its concurrency limit; retry shortly",
@@ -136,7 +137,7 @@ where
     // One span per routed request (convention 12): free unless `debug` is enabled for it.
     let span = tracing::debug_span!(
         "request",
-        request_id = id,
+        request_id = %RequestId(id),
         route = %routed.route,
         version = %version.short,
         method = %req.method(),
@@ -173,6 +174,7 @@ where
             deadline,
         )),
     };
+    instance.store.data().serve(id);
     let (tx, mut rx) = oneshot::channel();
     let req = match instance
         .store
@@ -182,7 +184,7 @@ where
     {
         Ok(req) => req,
         Err(error) => {
-            tracing::debug!(request_id = id, route = %routed.route, error = %error, "bad request");
+            tracing::debug!(request_id = %RequestId(id), route = %routed.route, error = %error, "bad request");
             version.stats.record(400, started.elapsed(), false);
             return failure(
                 StatusCode::BAD_REQUEST,
@@ -195,7 +197,7 @@ where
         Ok(out) => out,
         Err(error) => {
             let error = GuestError::Host(error.to_string());
-            report(&version, &error, id);
+            report(&version, &error, id, None);
             return failure_response(&version, &error, id, started);
         }
     };
@@ -274,17 +276,18 @@ where
             head,
             copy,
             deadline,
+            id,
         ),
         Ok(Err(code)) => {
             let error = GuestError::ErrorCode(code);
-            report(&version, &error, id);
+            report(&version, &error, id, None);
             failure_response(&version, &error, id, started)
         }
         // No response head: the guest's result says why (and it has logged it).
         Err(()) => match guest {
             Ok(Ok(())) => {
                 let error = GuestError::NoResponse;
-                report(&version, &error, id);
+                report(&version, &error, id, None);
                 failure_response(&version, &error, id, started)
             }
             Ok(Err(error)) => failure_response(&version, &error, id, started),
@@ -383,9 +386,11 @@ async fn run_guest(
     let client_at_fault = shared.body_over_limit.load(Ordering::Acquire);
     if let Err(error) = &result {
         if client_at_fault {
-            tracing::debug!(request_id = id, error = %error, "guest failed after an oversize request body");
+            tracing::debug!(request_id = %RequestId(id), error = %error, "guest failed after an oversize request body");
         } else {
-            report(&version, error, id);
+            // A panic message the guest printed goes into the report's one line.
+            let panic = instance.store.data().take_panic();
+            report(&version, error, id, panic.as_deref());
         }
     }
     // Dropping the store ends every body the guest was still writing. wasmtime-wasi-http ends a
@@ -395,7 +400,7 @@ async fn run_guest(
     if unfinished > 0 && result.is_ok() && !client_at_fault {
         version.record_failure();
         tracing::warn!(
-            request_id = id, route = %version.route, version = %version.short,
+            request_id = %RequestId(id), route = %version.route, version = %version.short,
             "the guest returned without finishing an outgoing body (its response's or a request's); it ends with an error"
         );
     }

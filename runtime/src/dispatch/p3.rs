@@ -60,6 +60,7 @@ where
     let call = Call {
         prefix: prefix.clone(),
         deadline,
+        id,
     };
     let answered = tokio::select! {
         biased;
@@ -73,10 +74,10 @@ where
     }
     match answered {
         Ok(response) => super::respond::respond(
-            rt, &version, &prefix, response, shared, None, span, started, head, copy, deadline,
+            rt, &version, &prefix, response, shared, None, span, started, head, copy, deadline, id,
         ),
         Err(error) => {
-            report(&version, &error, id);
+            report(&version, &error, id, None);
             failure_response(&version, &error, id, started)
         }
     }

@@ -11,13 +11,15 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::body::{DataBody, GuestBody, Shared, Trace};
 use super::copies;
+use crate::problem::RequestId;
 use crate::runtime::Runtime;
 use crate::version::Version;
 
 /// The response to a request whose guest answered with `response`: its body streams through a
 /// [`GuestBody`] that carries the request's hold on its version (in `shared`) to its end, stops
 /// the guest's task (`abort`) if the client leaves or has not read it by the request's
-/// `deadline`, and feeds the copy for the route's shadow.
+/// `deadline`, and feeds the copy for the route's shadow. A 5xx the guest answered itself gets
+/// the request's id (`id`), as in the log line it is reported with.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(super) fn respond(
@@ -32,7 +34,19 @@ pub(super) fn respond(
     head: bool,
     copy: Option<copies::Pending>,
     deadline: Instant,
+    id: u64,
 ) -> Response<DataBody> {
+    let mut response = response;
+    if response.status().is_server_error() {
+        // A failure the guest answered itself: the client and the log get the same id.
+        response
+            .headers_mut()
+            .insert("x-request-id", RequestId(id).header());
+        tracing::warn!(
+            request_id = %RequestId(id), route = %version.route, version = %version.short,
+            status = response.status().as_u16(), "the guest answered with a server error"
+        );
+    }
     span.record("status", response.status().as_u16());
     let trace = Trace {
         span,

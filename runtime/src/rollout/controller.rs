@@ -67,6 +67,8 @@ pub fn judge(
     elapsed: Duration,
 ) -> Verdict {
     let step = rollout.step;
+    // As the status, the console and the events say it: counted from 1.
+    let shown = || format!("step {} of {}", step + 1, rollout.steps.len());
     if candidate.completed >= rollout.min_requests {
         let rate = candidate.error_rate();
         if breached(
@@ -75,8 +77,11 @@ pub fn judge(
             rollout.max_error_rate,
         ) {
             return Verdict::RollBack(format!(
-                "the candidate's error rate {rate:.3} ({} of {} requests) in step {step} is above max_error_rate {}",
-                candidate.errors, candidate.completed, rollout.max_error_rate
+                "the candidate's error rate {rate:.3} ({} of {} requests) in {} is above max_error_rate {}",
+                candidate.errors,
+                candidate.completed,
+                shown(),
+                rollout.max_error_rate
             ));
         }
         // The p99 gate: more than 1 % of the candidate's requests slower than the stable
@@ -89,8 +94,9 @@ pub fn judge(
             let slower = candidate.slower_than_ms(limit);
             if breached(slower, candidate.completed, 0.01) {
                 return Verdict::RollBack(format!(
-                    "the candidate's p99 {ours:.1} ms is {:.2}x the stable version's {theirs:.1} ms in step {step}: {slower} of its {} requests took over {limit:.1} ms, more than 1 % (the stable version: {} requests), above max_p99_ratio {}",
+                    "the candidate's p99 {ours:.1} ms is {:.2}x the stable version's {theirs:.1} ms in {}: {slower} of its {} requests took over {limit:.1} ms, more than 1 % (the stable version: {} requests), above max_p99_ratio {}",
                     ours / theirs.max(f64::MIN_POSITIVE),
+                    shown(),
                     candidate.completed,
                     stable.completed,
                     rollout.max_p99_ratio
@@ -284,7 +290,7 @@ mod tests {
         );
         assert!(matches!(
             judge(&rollout, &figures(100, 0, 2), &figures(30, 10, 2), second),
-            Verdict::RollBack(reason) if reason.contains("error rate 0.333 (10 of 30 requests)")
+            Verdict::RollBack(reason) if reason.contains("error rate 0.333 (10 of 30 requests) in step 1 of 2")
         ));
         // One failed or one slow request among thirty: luck, not a breach.
         assert_eq!(
@@ -305,7 +311,7 @@ mod tests {
         );
         assert!(matches!(
             judge(&rollout, &figures(100, 0, 2), &figures(30, 0, 300), Duration::ZERO),
-            Verdict::RollBack(reason) if reason.contains("30 of its 30 requests took over 12.0 ms")
+            Verdict::RollBack(reason) if reason.contains("in step 1 of 2: 30 of its 30 requests took over 12.0 ms")
         ));
         // Within the floor: not a breach.
         assert_eq!(

@@ -50,8 +50,9 @@ pub fn plan(
             ));
         }
     }
-    for step in &steps {
-        Weight::from_percent(*step).map_err(|e| format!("step {step}: {e}"))?;
+    for (i, step) in steps.iter().enumerate() {
+        Weight::from_percent(*step)
+            .map_err(|e| format!("step {} of {} ({step} %): {e}", i + 1, steps.len()))?;
         if *step <= 0.0 {
             return Err("every step must give the candidate more than 0 %".into());
         }

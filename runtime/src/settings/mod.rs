@@ -320,7 +320,8 @@ route_settings! {
             Ok(())
         };
     /// Deadline per request, guest CPU and wall clock, response body and work after the
-    /// response included (e.g. 500ms, 30s, 2m); past it: 504.
+    /// response included (e.g. 500ms, 30s, 2m); past it: 504 (408 while the guest waits for a
+    /// request body the client has not sent), and a response its client has not read is reset.
     request_timeout: Duration = DEFAULT_REQUEST_TIMEOUT;
         name "request-timeout", status request_timeout_ms, check |value: Duration, _| {
             if value > MAX_TIMEOUT {

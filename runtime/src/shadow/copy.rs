@@ -245,6 +245,7 @@ async fn run_p3(
     let call = crate::service::Call {
         prefix: prefix.clone(),
         deadline,
+        id: 0,
     };
     let summarize = async {
         let response = service.handle(call, head).await.ok()?;

@@ -34,6 +34,10 @@ pub const RESAMPLE_EVERY: u64 = 10;
 /// Paths whose noise is remembered per route; past this, every request to a new path is
 /// calibrated.
 pub const MAX_PATHS: usize = 1024;
+/// Kinds of mismatch counted apart per route; past this, the rest count as [`OTHER_KIND`].
+pub const MAX_KINDS: usize = 32;
+/// The kind the mismatches beyond [`MAX_KINDS`] kinds count as.
+pub const OTHER_KIND: &str = "other kinds";
 /// The largest request body copied to a shadow; a bigger request is skipped.
 pub const MAX_COPIED_BODY: u64 = 1 << 20;
 
@@ -107,6 +111,51 @@ struct Inner {
     /// Requests to paths beyond the first [`MAX_PATHS`] (sampled one in [`RESAMPLE_EVERY`]).
     overflow: u64,
     samples: VecDeque<api::ShadowSample>,
+    /// Mismatches by kind (what differed), in the order first seen.
+    kinds: Vec<(String, u64)>,
+}
+
+impl Inner {
+    /// Counts a mismatch of `kind`.
+    fn count_kind(&mut self, kind: &str) {
+        if let Some((_, count)) = self.kinds.iter_mut().find(|(k, _)| k == kind) {
+            *count += 1;
+        } else if self.kinds.len() < MAX_KINDS {
+            self.kinds.push((kind.to_owned(), 1));
+        } else if let Some((_, count)) = self.kinds.iter_mut().find(|(k, _)| k == OTHER_KIND) {
+            *count += 1;
+        } else {
+            self.kinds.push((OTHER_KIND.to_owned(), 1));
+        }
+    }
+}
+
+/// What differed between the stable version's response and the shadow's, in words: the kind
+/// mismatches are grouped by.
+fn kind(differs: &Parts, compared: &[String], primary: &Summary, shadow: &Summary) -> String {
+    let mut parts = Vec::new();
+    if differs.status {
+        parts.push(format!("status {} → {}", primary.status, shadow.status));
+    }
+    if differs.body {
+        parts.push(if differs.status {
+            "body".to_owned()
+        } else {
+            format!("body (status {})", primary.status)
+        });
+    }
+    for (name, _) in compared
+        .iter()
+        .zip(&differs.headers)
+        .filter(|(_, differs)| **differs)
+    {
+        parts.push(format!("header {name}"));
+    }
+    let mut kind = parts.join(", ");
+    if shadow.outbound_denied {
+        kind.push_str("; its outbound call was denied");
+    }
+    kind
 }
 
 /// A route's shadow figures.
@@ -222,6 +271,8 @@ impl ShadowStats {
             return;
         }
         self.mismatches.fetch_add(1, Ordering::Relaxed);
+        let kind = kind(&differs, compared, primary, shadow);
+        inner.count_kind(&kind);
         if inner.samples.len() == MAX_SAMPLES {
             inner.samples.pop_front();
         }
@@ -244,6 +295,7 @@ impl ShadowStats {
             shadow_start: String::from_utf8_lossy(&shadow.start).into_owned(),
             at_ms: crate::units::unix_ms(),
             outbound_denied: shadow.outbound_denied,
+            kind,
         });
     }
 
@@ -274,6 +326,21 @@ impl ShadowStats {
                 noise: count(&self.noise),
                 errors: count(&self.errors),
                 skipped: count(&self.skipped),
+            },
+            kinds: if current {
+                let mut kinds: Vec<_> = inner
+                    .kinds
+                    .iter()
+                    .map(|(kind, count)| api::ShadowKind {
+                        kind: kind.clone(),
+                        count: *count,
+                    })
+                    .collect();
+                // The most frequent first; a stable sort keeps ties in the order first seen.
+                kinds.sort_by_key(|k| std::cmp::Reverse(k.count));
+                kinds
+            } else {
+                Vec::new()
             },
             samples: if current {
                 inner.samples.iter().cloned().collect()
@@ -435,6 +502,41 @@ mod tests {
         assert!(!status.samples[0].outbound_denied);
         assert_eq!(status.samples[0].stable_start, "hello");
         assert_eq!(status.samples[1].shadow_status, 500);
+        assert_eq!(status.samples[0].kind, "body (status 200)");
+        assert_eq!(status.samples[1].kind, "status 200 → 500, body");
+        assert_eq!(
+            status.samples[2].kind,
+            "body (status 200); its outbound call was denied"
+        );
+        // Grouped by kind, the most frequent first.
+        for _ in 0..3 {
+            stats.record(
+                "GET",
+                "/same",
+                &compared,
+                &same,
+                Some(&summary(503, b"busy")),
+                None,
+            );
+        }
+        let kinds: Vec<_> = stats
+            .status(&record("shadow", &compared))
+            .kinds
+            .into_iter()
+            .map(|k| (k.kind, k.count))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("status 200 → 503, body".to_owned(), 3),
+                ("body (status 200)".to_owned(), 1),
+                ("status 200 → 500, body".to_owned(), 1),
+                (
+                    "body (status 200); its outbound call was denied".to_owned(),
+                    1
+                ),
+            ]
+        );
         // A new shadow starts afresh.
         stats.about(&Digest::of(b"other"));
         assert_eq!(stats.status(&record("other", &[])).counts.requests, 0);

@@ -169,9 +169,12 @@ async fn a_shadow_is_started_shown_and_stopped_from_the_command_line() {
         text.contains("5 compared: 0 match, 5 mismatch, 0 noise, 0 errors; 0 skipped"),
         "{text}"
     );
-    assert!(text.contains("GET /app/changed"), "{text}");
+    // Five mismatches of one kind: counted once, with three examples.
+    assert!(text.contains("mismatches by kind"), "{text}");
+    assert!(text.contains("  5  body (status 200)\n"), "{text}");
+    assert_eq!(text.matches("GET /app/changed").count(), 3, "{text}");
     assert!(
-        text.contains("shadow  200 10 bytes \"v1 changed\""),
+        text.contains("stable 200 2 bytes \"v1\", shadow 200 10 bytes \"v1 changed\""),
         "{text}"
     );
 

@@ -4,9 +4,11 @@
 mod admin_listener;
 mod client;
 mod cluster;
+mod counts;
 mod crowd;
 mod delivery;
 mod dev;
+mod hints;
 mod kv;
 mod logs;
 mod new;
