@@ -8,6 +8,10 @@ default:
 run:
     cargo run --release -p handoff -- dev examples
 
+# Put `handoff` on PATH (~/.cargo/bin): a release build of this checkout.
+install:
+    cargo install --path runtime --locked
+
 # Run the server alone (flags pass through, e.g. `just serve --listen 127.0.0.1:0`).
 serve *args:
     cargo run --release -p handoff -- serve {{args}}

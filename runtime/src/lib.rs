@@ -60,6 +60,7 @@ pub mod service;
 pub mod settings;
 pub mod shadow;
 pub mod signing;
+pub mod stalled;
 pub mod state;
 pub mod stats;
 pub mod telemetry;

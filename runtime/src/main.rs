@@ -112,7 +112,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                 handoff::cli::Wasi::P3 => "WASI 0.3, async",
             };
             println!(
-                "created guest crate {dir} ({wasi}; SDK: {})\n  build:  cd {dir} && cargo build --release\n  serve:  handoff dev {dir}",
+                "created guest crate {dir} ({wasi}; SDK: {})\n  test:   cd {dir} && cargo test\n  build:  cd {dir} && cargo build --release --target wasm32-wasip2\n  serve:  handoff dev {dir}",
                 created.sdk.display(),
             );
             Ok(())

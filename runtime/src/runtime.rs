@@ -42,6 +42,10 @@ pub struct Runtime {
     pub copy_slots: Arc<tokio::sync::Semaphore>,
     /// What happened to routes, versions, rollouts and shadows, for `GET /v1/events`.
     pub events: Bus,
+    /// Event streams that may be open at once (the bus's `MAX_SUBSCRIBERS`), held until their
+    /// connection is gone: a stream holds an admin connection, so they may take only part of
+    /// the admin listener's.
+    pub event_streams: Arc<tokio::sync::Semaphore>,
     /// The followers of guest log lines, for `GET /v1/routes/{name}/logs`.
     pub guest_logs: Arc<crate::guest_log::Tail>,
     /// Digests a change is working on (safe from garbage collection).
@@ -134,6 +138,9 @@ impl Runtime {
             guest_logs: crate::guest_log::Tail::new(),
             pending: Pending::default(),
             copy_slots: Arc::new(tokio::sync::Semaphore::new(MAX_COPIES)),
+            event_streams: Arc::new(tokio::sync::Semaphore::new(
+                crate::events::bus::MAX_SUBSCRIBERS,
+            )),
             request_ids: AtomicU64::new(1),
             cluster,
         })

@@ -1,5 +1,6 @@
 //! `handoff new`: writes a guest crate that builds as it is with
-//! `cargo build --release --target wasm32-wasip2`, wherever it is created.
+//! `cargo build --release --target wasm32-wasip2`, and tests with plain `cargo test` on the
+//! host, wherever it is created (outside the handoff checkout unless `--path` says otherwise).
 //!
 //! The guest SDK is not on crates.io, so the crate depends on it by absolute path: by default
 //! the SDK of the checkout this binary was built from. It never overwrites anything: the crate's
@@ -27,13 +28,48 @@ pub struct Created {
 pub fn run(args: NewArgs) -> Result<Created, Failure> {
     check_name(&args.name).map_err(|e| Failure::new(exit::USAGE, e))?;
     let sdk = find_sdk(args.sdk.as_deref())?;
-    let dir = args.path.unwrap_or_else(|| PathBuf::from(&args.name));
-    create(&args.name, &dir, &sdk, args.wasi)?;
+    let dir = match args.path {
+        Some(path) => path,
+        None => {
+            refuse_inside_checkout(&args.name, &sdk)?;
+            PathBuf::from(&args.name)
+        }
+    };
+    let files = match &args.from {
+        None => files(&args.name, &sdk, args.wasi),
+        Some(example) => example_files(&args.name, example, &sdk)?,
+    };
+    create(&dir, &files)?;
     Ok(Created {
         dir,
         sdk,
         wasi: args.wasi,
     })
+}
+
+/// Without `--path`, a crate is never created inside the handoff checkout its SDK belongs to:
+/// a guest is the user's project, not a file of the repository (and run from the checkout,
+/// `handoff new` would otherwise leave it there). `--path` puts it anywhere, on purpose.
+fn refuse_inside_checkout(name: &str, sdk: &Path) -> Result<(), Failure> {
+    let Some(checkout) = sdk.parent() else {
+        return Ok(());
+    };
+    let Ok(here) = std::env::current_dir().and_then(|dir| dir.canonicalize()) else {
+        return Ok(());
+    };
+    if !here.starts_with(checkout) {
+        return Ok(());
+    }
+    Err(Failure::new(
+        exit::USAGE,
+        format!(
+            "{} is inside the handoff checkout {}; a guest crate belongs in a directory of its \
+             own: run `handoff new {name}` from another directory (e.g. `cd ..`), or pass \
+             --path DIR to create it there anyway",
+            here.display(),
+            checkout.display()
+        ),
+    ))
 }
 
 /// A crate name that cargo accepts as a package and library name and handoff as a route name.
@@ -141,8 +177,191 @@ fn find_sdk(given: Option<&Path>) -> Result<PathBuf, Failure> {
     Ok(sdk)
 }
 
-/// Writes the crate into `dir`, which must not exist; removes it again if a write fails.
-fn create(name: &str, dir: &Path, sdk: &Path, wasi: Wasi) -> Result<(), Failure> {
+/// `handoff new NAME --from EXAMPLE`: the files of the checkout's `examples/EXAMPLE`, its
+/// manifest made to stand alone: named NAME, the settings it took from the examples' workspace
+/// written out, every path dependency (the SDK's `../../guest-sdk` among them) made absolute,
+/// and a `[workspace]` table of its own.
+fn example_files(name: &str, example: &str, sdk: &Path) -> Result<Vec<(String, String)>, Failure> {
+    let examples = sdk
+        .parent()
+        .map(|checkout| checkout.join("examples"))
+        .unwrap_or_default();
+    let known = example_names(&examples);
+    let source = examples.join(example);
+    if !known.iter().any(|k| k == example) {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "there is no example `{}` in {}; choose one of: {}",
+                example.escape_debug(),
+                examples.display(),
+                known.join(", ")
+            ),
+        ));
+    }
+    let unreadable = |path: &Path, error: String| {
+        Failure::new(
+            exit::LOCAL,
+            format!("cannot read {}: {error}", path.display()),
+        )
+    };
+    let read_toml = |path: &Path| -> Result<toml::Table, Failure> {
+        let text = std::fs::read_to_string(path).map_err(|e| unreadable(path, e.to_string()))?;
+        toml::from_str(&text).map_err(|e| unreadable(path, e.to_string()))
+    };
+    let workspace = read_toml(&examples.join("Cargo.toml"))?;
+    let workspace = workspace
+        .get("workspace")
+        .and_then(toml::Value::as_table)
+        .cloned()
+        .unwrap_or_default();
+    let mut manifest = read_toml(&source.join("Cargo.toml"))?;
+    standalone_manifest(&mut manifest, &workspace, name, &source, sdk);
+    if let Some(profile) = examples_profile(&examples) {
+        manifest.insert("profile".into(), profile);
+    }
+    manifest.insert("workspace".into(), toml::Value::Table(toml::Table::new()));
+    let mut files = vec![(
+        "Cargo.toml".to_owned(),
+        format!(
+            "# Copied from handoff's examples/{example} by `handoff new --from {example}`.\n{}",
+            toml::to_string(&manifest).expect("a TOML table serializes")
+        ),
+    )];
+    copy_tree(&source, &source, &mut files).map_err(|e| unreadable(&source, e.to_string()))?;
+    if !files.iter().any(|(path, _)| path == ".gitignore") {
+        files.push((".gitignore".to_owned(), "/target\n".to_owned()));
+    }
+    Ok(files)
+}
+
+/// The examples a checkout has: the directories of `examples/` with a `Cargo.toml`, sorted.
+fn example_names(examples: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(examples)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.path().join("Cargo.toml").is_file())
+        .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The examples workspace's `[profile]` table, so a copy builds as the example does.
+fn examples_profile(examples: &Path) -> Option<toml::Value> {
+    let text = std::fs::read_to_string(examples.join("Cargo.toml")).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    table.get("profile").cloned()
+}
+
+/// Rewrites an example's manifest to build outside the examples' workspace.
+fn standalone_manifest(
+    manifest: &mut toml::Table,
+    workspace: &toml::Table,
+    name: &str,
+    source: &Path,
+    sdk: &Path,
+) {
+    let inherited =
+        |section: &str, key: &str| workspace.get(section).and_then(|s| s.get(key)).cloned();
+    if let Some(package) = manifest
+        .get_mut("package")
+        .and_then(toml::Value::as_table_mut)
+    {
+        for (key, value) in package.iter_mut() {
+            if is_inherited(value)
+                && let Some(from) = inherited("package", key)
+            {
+                *value = from;
+            }
+        }
+        package.insert("name".into(), toml::Value::String(name.to_owned()));
+    }
+    for section in ["dependencies", "dev-dependencies", "build-dependencies"] {
+        let Some(deps) = manifest
+            .get_mut(section)
+            .and_then(toml::Value::as_table_mut)
+        else {
+            continue;
+        };
+        for (dep, value) in deps.iter_mut() {
+            if is_inherited(value)
+                && let Some(from) = inherited("dependencies", dep)
+            {
+                let mut merged = match from {
+                    toml::Value::Table(table) => table,
+                    version => toml::Table::from_iter([("version".to_owned(), version)]),
+                };
+                if let Some(own) = value.as_table() {
+                    for (key, own) in own.iter().filter(|(key, _)| *key != "workspace") {
+                        merged.insert(key.clone(), own.clone());
+                    }
+                }
+                *value = toml::Value::Table(merged);
+            }
+            let Some(table) = value.as_table_mut() else {
+                continue;
+            };
+            let path = if dep == "handoff-sdk" {
+                Some(sdk.to_path_buf())
+            } else {
+                table
+                    .get("path")
+                    .and_then(toml::Value::as_str)
+                    .map(|relative| {
+                        let joined = source.join(relative);
+                        joined.canonicalize().unwrap_or(joined)
+                    })
+            };
+            if let Some(path) = path {
+                table.insert(
+                    "path".into(),
+                    toml::Value::String(path.display().to_string()),
+                );
+            }
+        }
+    }
+}
+
+/// `key.workspace = true`: a value a member takes from its workspace.
+fn is_inherited(value: &toml::Value) -> bool {
+    value
+        .get("workspace")
+        .and_then(toml::Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// Adds every file under `dir` (but the manifest, lockfile, `target/` and hidden entries other
+/// than `.gitignore`) to `files`, by path relative to `root`.
+fn copy_tree(root: &Path, dir: &Path, files: &mut Vec<(String, String)>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|entry| entry.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        let relative = path
+            .strip_prefix(root)
+            .expect("under the root")
+            .to_string_lossy()
+            .into_owned();
+        let skipped = (file_name.starts_with('.') && file_name != ".gitignore")
+            || (dir == root && ["Cargo.toml", "Cargo.lock", "target"].contains(&&*file_name));
+        if skipped {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            copy_tree(root, &path, files)?;
+        } else {
+            files.push((relative, std::fs::read_to_string(&path)?));
+        }
+    }
+    Ok(())
+}
+
+/// Writes `files` into `dir`, which must not exist; removes it again if a write fails.
+fn create(dir: &Path, files: &[(String, String)]) -> Result<(), Failure> {
     let local = |what: &str, error: std::io::Error| {
         Failure::new(exit::LOCAL, format!("cannot {what}: {error}"))
     };
@@ -160,7 +379,7 @@ fn create(name: &str, dir: &Path, sdk: &Path, wasi: Wasi) -> Result<(), Failure>
             .map_err(|e| local(&format!("create {}", parent.display()), e))?;
     }
     std::fs::create_dir(dir).map_err(|e| local(&format!("create {}", dir.display()), e))?;
-    let written = files(name, sdk, wasi).iter().try_for_each(|(file, text)| {
+    let written = files.iter().try_for_each(|(file, text)| {
         let path = dir.join(file);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
@@ -178,7 +397,7 @@ fn create(name: &str, dir: &Path, sdk: &Path, wasi: Wasi) -> Result<(), Failure>
 }
 
 /// The crate's files: relative path and text.
-fn files(name: &str, sdk: &Path, wasi: Wasi) -> Vec<(&'static str, String)> {
+fn files(name: &str, sdk: &Path, wasi: Wasi) -> Vec<(String, String)> {
     // A TOML string, escaped as TOML wants (paths may hold `\` or `"`).
     let sdk_path = toml::Value::String(sdk.display().to_string()).to_string();
     let manifest = format!(
@@ -206,12 +425,6 @@ strip = "debuginfo"
 "#,
         file = name.replace('-', "_"),
     );
-    let cargo_config = "\
-# `cargo build` here builds the component (WASI 0.2 and 0.3 components both use this target).
-[build]
-target = \"wasm32-wasip2\"
-"
-    .to_owned();
     let (handler, kind) = match wasi {
         Wasi::P3 => (
             "\
@@ -225,6 +438,23 @@ async fn handle(req: Request) -> Result<Response> {
 }
 
 handoff_sdk::export!(async handle);
+
+// Handler logic runs on the host too: `cargo test` calls it like any function
+// (`block_on` runs an async handler to its end).
+#[cfg(test)]
+mod tests {
+    use handoff_sdk::{Body, block_on, http};
+
+    use super::*;
+
+    #[test]
+    fn it_answers_with_the_path() {
+        let request = http::Request::get(\"/greeting/hi\").body(Body::empty()).unwrap();
+        let response = block_on(handle(request)).unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.into_body().text().unwrap(), \"hello from /greeting/hi\\n\");
+    }
+}
 ",
             "a WASI 0.3 `wasi:http/service` component (an `async fn` handler;\n\
              `handoff new --wasi 0.2` writes a blocking WASI 0.2 one)",
@@ -239,6 +469,22 @@ fn handle(req: Request) -> Result<Response> {
 }
 
 handoff_sdk::export!(handle);
+
+// Handler logic runs on the host too: `cargo test` calls it like any function.
+#[cfg(test)]
+mod tests {
+    use handoff_sdk::{Body, http};
+
+    use super::*;
+
+    #[test]
+    fn it_answers_with_the_path() {
+        let request = http::Request::get(\"/greeting/hi\").body(Body::empty()).unwrap();
+        let response = handle(request).unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.into_body().text().unwrap(), \"hello from /greeting/hi\\n\");
+    }
+}
 ",
             "a WASI 0.2 `wasi:http/proxy` component",
         ),
@@ -250,8 +496,7 @@ handoff_sdk::export!(handle);
 A handoff request handler: {kind},
 written with `handoff-sdk`. `src/lib.rs` is the handler.
 
-Build it (the target comes from `.cargo/config.toml`; it needs
-`rustup target add wasm32-wasip2` once):
+Build it (it needs `rustup target add wasm32-wasip2` once):
 
 ```sh
 cargo build --release --target wasm32-wasip2
@@ -259,7 +504,17 @@ cargo build --release --target wasm32-wasip2
 
 The component is `target/wasm32-wasip2/release/{file}.wasm`.
 
+## Test
+
+```sh
+cargo test
+```
+
+runs the handler's tests on this machine, like any Rust code (`src/lib.rs` has one).
+
 ## Develop
+
+With `handoff` on your PATH (from a handoff checkout: `cargo install --path runtime --locked`):
 
 ```sh
 handoff dev .
@@ -278,13 +533,15 @@ handoff status {name}
 ",
         file = name.replace('-', "_"),
     );
-    vec![
+    [
         ("Cargo.toml", manifest),
-        (".cargo/config.toml", cargo_config),
         ("src/lib.rs", handler),
         ("README.md", readme),
         (".gitignore", "/target\n".to_owned()),
     ]
+    .into_iter()
+    .map(|(path, text)| (path.to_owned(), text))
+    .collect()
 }
 
 #[cfg(test)]
@@ -314,7 +571,7 @@ mod tests {
     fn it_refuses_to_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         let sdk = dir.path();
-        let error = create("hello", dir.path(), sdk, Wasi::P3).unwrap_err();
+        let error = create(dir.path(), &files("hello", sdk, Wasi::P3)).unwrap_err();
         assert_eq!(error.code, exit::LOCAL);
         assert!(error.message.contains("already exists"), "{error}");
     }
@@ -337,7 +594,7 @@ mod tests {
         let handler = |wasi| {
             files("api", Path::new("/sdk"), wasi)
                 .into_iter()
-                .find(|(file, _)| *file == "src/lib.rs")
+                .find(|(file, _)| file == "src/lib.rs")
                 .unwrap()
                 .1
         };

@@ -218,6 +218,9 @@ struct ConnectionLimits {
     idle_timeout: std::time::Duration,
     /// How long a graceful shutdown lets requests in progress finish.
     grace: std::time::Duration,
+    /// How long a write may wait for a peer that reads nothing before the connection is
+    /// closed (`None`: as long as it takes).
+    write_stall: Option<std::time::Duration>,
 }
 
 /// Accepts data-plane connections until `stop`, then drains them; cuts off the guests still
@@ -234,6 +237,7 @@ async fn serve_data(
         max_connections: rt.config.max_connections,
         idle_timeout: rt.config.idle_timeout,
         grace: rt.config.drain_timeout,
+        write_stall: None,
     };
     let service_rt = rt.clone();
     let service = move |peer: SocketAddr| {
@@ -266,6 +270,9 @@ async fn serve_admin(
         max_connections: ADMIN_MAX_CONNECTIONS,
         idle_timeout: rt.config.idle_timeout,
         grace: rt.config.drain_timeout,
+        // An event stream or an answer nobody reads holds an admin slot no longer than an
+        // idle connection may.
+        write_stall: Some(rt.config.idle_timeout),
     };
     let router = crate::admin::router(rt, addr);
     let service =
@@ -351,6 +358,7 @@ async fn serve_listener<S, B>(
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        let stream = crate::stalled::WriteDeadline::new(stream, limits.write_stall);
         let idle = Arc::new(Idle::new());
         let watched = idle.clone();
         let inner = service(peer);

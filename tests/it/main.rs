@@ -1,11 +1,14 @@
 //! Integration tests: one binary, one module per area. Each test runs a real server on
 //! loopback with real compiled guests.
 
+mod admin_bounds;
 mod auth;
 mod bad_uploads;
 mod changes;
+mod claims;
 mod cluster;
 mod cluster_kv;
+mod cluster_limits;
 mod cluster_rollout;
 mod compat;
 mod console;

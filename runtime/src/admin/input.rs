@@ -138,27 +138,54 @@ async fn read_body(
 }
 
 /// The JSON body of a rollback or an activation (empty: no target).
-pub(super) async fn target_body(body: Body) -> Result<api::Target, Problem> {
-    json_body(body, r#"{"version": "sha256:..."} or {"label": "stable"}"#)
-        .await
-        .map(Option::unwrap_or_default)
+pub(super) async fn target_body(rt: &Runtime, body: Body) -> Result<api::Target, Problem> {
+    json_body(
+        rt,
+        body,
+        r#"{"version": "sha256:..."} or {"label": "stable"}"#,
+    )
+    .await
+    .map(Option::unwrap_or_default)
 }
 
-/// A small JSON body (`None` when it is empty or `null`); the error names `example`.
+/// The longest a small admin body (JSON, one key-value entry) may take to arrive, unless
+/// `--upload-timeout` is shorter: a client that sends its head and then holds the body back
+/// must not hold an admin connection, or a route's change lock, for long.
+pub(super) const SMALL_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads a small body, at most `limit` bytes, within [`SMALL_BODY_TIMEOUT`] (or the upload
+/// timeout if shorter).
+pub(super) async fn small_body(
+    rt: &Runtime,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, Problem> {
+    let timeout = SMALL_BODY_TIMEOUT.min(rt.config.upload_timeout);
+    let reading = Limited::new(body, limit).collect();
+    match tokio::time::timeout(timeout, reading).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body could not be read: {e}"),
+        )),
+        Err(_) => Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {} ms; send it whole at once",
+                timeout.as_millis()
+            ),
+        )),
+    }
+}
+
+/// A small JSON body (`None` when it is empty or `null`), read as [`small_body`] does; the
+/// error names `example`.
 pub(super) async fn json_body<T: serde::de::DeserializeOwned>(
+    rt: &Runtime,
     body: Body,
     example: &str,
 ) -> Result<Option<T>, Problem> {
-    let bytes = Limited::new(body, 64 << 10)
-        .collect()
-        .await
-        .map_err(|e| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                format!("the body could not be read: {e}"),
-            )
-        })?
-        .to_bytes();
+    let bytes = small_body(rt, body, 64 << 10).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
         return Ok(None);
     }

@@ -27,7 +27,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
 
 use super::input::read_import;
 use crate::api::{self, Problem};
@@ -55,8 +54,30 @@ fn bad(detail: impl Into<String>) -> Problem {
     Problem::new(StatusCode::BAD_REQUEST, detail)
 }
 
-/// The bucket the URL names, and the key when it names one.
+/// The bucket the URL names, and the key when it names one; the bucket's handle is made when
+/// it has none (for writes: a `deploy` token's write may start a bucket).
 fn target(rt: &Runtime, params: Params) -> Result<(Arc<Bucket>, Option<String>), Problem> {
+    let (name, key) = named(params)?;
+    Ok((rt.kv.bucket(&name), key))
+}
+
+/// The bucket the URL names, when it exists (404 otherwise), and the key when it names one.
+/// Reads create nothing: no handle, and in a cluster no JetStream bucket.
+async fn existing(rt: &Runtime, params: Params) -> Result<(Arc<Bucket>, Option<String>), Problem> {
+    let (name, key) = named(params)?;
+    match rt.kv.existing(&name).await.map_err(failed)? {
+        Some(bucket) => Ok((bucket, key)),
+        None => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "there is no {name}: no route uses it and nothing was written to it (a route's own bucket exists with the route; a shared one once a route is granted it with kv=NAME or a key is written to it)"
+            ),
+        )),
+    }
+}
+
+/// The bucket name and key the URL names.
+fn named(params: Params) -> Result<(BucketName, Option<String>), Problem> {
     let Path(mut params) = params.map_err(|e| bad(format!("the URL is unreadable: {e}")))?;
     let name = match (params.remove("name"), params.remove("bucket")) {
         (Some(route), _) => BucketName::Route(RouteName::parse(&route).map_err(bad)?),
@@ -67,7 +88,7 @@ fn target(rt: &Runtime, params: Params) -> Result<(Arc<Bucket>, Option<String>),
     if let Some(key) = &key {
         OPERATOR.check_key(key).map_err(|e| bad(e.to_string()))?;
     }
-    Ok((rt.kv.bucket(&name), key))
+    Ok((name, key))
 }
 
 fn need_deploy(caller: &Caller) -> Result<(), Problem> {
@@ -132,6 +153,17 @@ fn bytes_of(key: &str, value: Option<String>, base64: Option<String>) -> Result<
     Ok(bytes)
 }
 
+/// Checks that the backend can keep `value` (a cluster keeps one NATS message's worth): an
+/// import checks every line so before it writes any.
+fn fits(rt: &Runtime, value: &[u8]) -> Result<(), KvError> {
+    match rt.kv.backend().max_value() {
+        Some(budget) if value.len() > budget => {
+            Err(crate::kv::jetstream::too_large(value.len(), budget))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The query of a listing.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,7 +178,7 @@ pub(super) async fn keys(
     params: Params,
     query: Result<Query<KeysQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<api::KvKeys>, Problem> {
-    let (bucket, _) = target(&rt, params)?;
+    let (bucket, _) = existing(&rt, params).await?;
     let Query(query) = query.map_err(|e| {
         bad(format!(
             "a listing takes `cursor` and `limit` (at most {PAGE_KEYS}): {}",
@@ -183,7 +215,7 @@ pub(super) async fn get(
     params: Params,
 ) -> Result<Json<api::KvEntry>, Problem> {
     need_deploy(&caller)?;
-    let (bucket, key) = target(&rt, params)?;
+    let (bucket, key) = existing(&rt, params).await?;
     let key = key.unwrap_or_default();
     match rt
         .kv
@@ -206,14 +238,11 @@ pub(super) async fn put(
     let (bucket, key) = target(&rt, params)?;
     let key = key.unwrap_or_default();
     let example = r#"{"value": "text"} or {"base64": "..."}, with an optional "ttl_ms""#;
-    let read = Limited::new(body, (MAX_KV_VALUE as usize) * 2)
-        .collect()
-        .await
-        .map_err(|e| bad(format!("the body could not be read: {e}")))?
-        .to_bytes();
+    let read = super::input::small_body(&rt, body, (MAX_KV_VALUE as usize) * 2).await?;
     let put: api::KvPut = serde_json::from_slice(&read)
         .map_err(|e| bad(format!("the body must be JSON like {example}: {e}")))?;
     let value = bytes_of(&key, put.value, put.base64).map_err(bad)?;
+    fits(&rt, &value).map_err(|e| bad(e.to_string()))?;
     let change = Change::Set {
         value,
         ttl_ms: put.ttl_ms,
@@ -238,7 +267,7 @@ pub(super) async fn delete(
     State(rt): State<Arc<Runtime>>,
     params: Params,
 ) -> Result<Json<api::KvDeleted>, Problem> {
-    let (bucket, key) = target(&rt, params)?;
+    let (bucket, key) = existing(&rt, params).await?;
     let key = key.unwrap_or_default();
     let backend = rt.kv.backend();
     let existed = backend.get(&bucket.id, &key).await.map_err(failed)?;
@@ -280,7 +309,7 @@ pub(super) async fn export(
     params: Params,
 ) -> Result<Response, Problem> {
     need_deploy(&caller)?;
-    let (bucket, _) = target(&rt, params)?;
+    let (bucket, _) = existing(&rt, params).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::spawn(async move {
         let mut after: Option<String> = None;
@@ -339,6 +368,7 @@ pub(super) async fn import(
             .check_key(&entry.key)
             .map_err(|e| line_error(e.to_string()))?;
         let value = bytes_of(&entry.key, entry.value, entry.base64).map_err(line_error)?;
+        fits(&rt, &value).map_err(|e| line_error(e.to_string()))?;
         let ttl_ms = match entry.expires_at_ms {
             Some(at) if at <= now => {
                 expired += 1;

@@ -96,7 +96,7 @@ fn status_of(rt: &Runtime, route: &Route, caller: &Caller) -> Option<api::RouteS
             .collect(),
         draining: draining_of(rt, &route.name),
         rollout: crate::rollout::status(route),
-        shadow: super::delivery::shadow_of(route),
+        shadow: super::delivery::shadow_as(route, caller),
         nodes: super::nodes::route_nodes(rt, route),
     })
 }
@@ -348,7 +348,7 @@ pub(super) async fn rollback(
 ) -> Result<Response, Problem> {
     let name = route_name(path)?;
     let wait = wait_only(query)?;
-    let target = match target_body(body).await? {
+    let target = match target_body(&rt, body).await? {
         api::Target {
             prefix: Some(_), ..
         } => {
@@ -387,7 +387,7 @@ pub(super) async fn activate(
 ) -> Result<Response, Problem> {
     let name = route_name(path)?;
     let wait = wait_only(query)?;
-    let target = target_body(body).await?;
+    let target = target_body(&rt, body).await?;
     let Some(version) = target.version else {
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,

@@ -47,9 +47,19 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// What `handoff --version` says: this release and the wasmtime it embeds (the one that
+/// compiles and runs guests, so the one whose compiled artifacts it can load).
+pub static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (wasmtime {})",
+        env!("CARGO_PKG_VERSION"),
+        wasmtime_environ::VERSION
+    )
+});
+
 /// Serve WebAssembly HTTP handlers and replace them while serving, without failing a request.
 #[derive(Debug, Parser)]
-#[command(name = "handoff", version, about, after_help = exit::help())]
+#[command(name = "handoff", version = VERSION.as_str(), about, after_help = exit::help())]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -364,6 +374,10 @@ pub struct NewArgs {
     /// Default: the SDK of the checkout this binary was built from.
     #[arg(long, value_name = "PATH")]
     pub sdk: Option<PathBuf>,
+    /// Copy one of the checkout's examples (`hello`, `json-api`, `todo-v1`, ...) instead of
+    /// the minimal handler, its manifest made to build on its own outside the checkout.
+    #[arg(long, value_name = "EXAMPLE")]
+    pub from: Option<String>,
     /// The WASI version of the handler: `0.3` writes an `async fn` handler (a
     /// `wasi:http/service` component: one instance can serve several requests at once), `0.2`
     /// a blocking `fn` (a `wasi:http/proxy` component).

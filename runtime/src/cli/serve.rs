@@ -115,7 +115,7 @@ pub struct ServeArgs {
     /// (slowloris), or leaves a keep-alive or HTTP/2 connection idle.
     #[arg(long, value_name = "DURATION", default_value_t = Dur(config::DEFAULT_IDLE_TIMEOUT))]
     pub idle_timeout: Dur,
-    /// Join a cluster: keep routes, history and module bytes in NATS JetStream (2.11 or newer)
+    /// Join a cluster: keep routes, history and module bytes in NATS JetStream (2.12 or newer)
     /// at this URL (`nats://HOST:PORT`; several, comma-separated, for a NATS cluster) and serve
     /// the same routes as every other node. Without it the node stands alone.
     #[arg(long, value_name = "URL", env = "HANDOFF_CLUSTER")]

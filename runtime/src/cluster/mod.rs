@@ -145,7 +145,7 @@ impl Cluster {
         let js = jetstream::new(client.clone());
         let log = crate::state::jetstream::JetStreamLog::open(js.clone(), replicas)
             .await
-            .context("JetStream (NATS 2.11 or newer, with JetStream enabled) is needed")?;
+            .context("JetStream (NATS 2.12 or newer, with JetStream enabled) is needed")?;
         let nodes =
             Arc::new(nodes::Nodes::open(js, &config.node_name, engine_key, replicas).await?);
         tracing::info!(

@@ -213,6 +213,33 @@ where
     let guard = rt.registry.lock(name).await;
     let stored = rt.state.route(name).await.map_err(internal)?;
     let live = rt.routes.snapshot().get(name).cloned();
+    let unknown = stored.is_none() && live.is_none();
+    let applied = change_locked(rt, name, &guard, stored, live, plan).await;
+    if applied.is_err() && unknown {
+        // A failed change to a route that does not exist leaves nothing behind: no route
+        // state, no bucket handle.
+        rt.registry.forget(name);
+        rt.kv.forget_route(name);
+    }
+    drop(guard);
+    if applied.as_ref().is_ok_and(|a| a.changed) {
+        gc::collect(rt);
+    }
+    applied
+}
+
+/// [`change`]'s steps under the route's change lock.
+async fn change_locked<F>(
+    rt: &Arc<Runtime>,
+    name: &RouteName,
+    guard: &crate::route::state::ChangeGuard,
+    stored: Option<crate::state::Stored>,
+    live: Option<Route>,
+    plan: F,
+) -> Result<Applied, DeployError>
+where
+    F: for<'c> AsyncFnOnce(Current<'c>) -> Result<Planned, DeployError>,
+{
     let current = Current {
         name,
         stored: stored.as_ref().map(|s| &s.record),
@@ -261,6 +288,7 @@ where
     };
     let revision = rt.state.append(change).await.map_err(|error| match error {
         AppendError::Conflict { route, .. } => DeployError::Conflict(route),
+        AppendError::PrefixTaken { prefix, owner } => DeployError::PrefixTaken { prefix, owner },
         AppendError::Failed(error) => DeployError::Internal(format!("committing: {error:#}")),
     })?;
     let route = match next {
@@ -275,7 +303,14 @@ where
                 record: Arc::new(record),
             };
             let swapping = std::time::Instant::now();
-            writer.put(route.clone()).await;
+            // The prefix was checked above under this writer: nothing can hold it now.
+            if let Err(held) = writer.put(route.clone()).await {
+                tracing::error!(
+                    route = name.as_str(),
+                    holder = held.holder.as_str(),
+                    "a recorded change could not be published: its prefix is held"
+                );
+            }
             swap = swapping.elapsed();
             Some(route)
         }
@@ -294,8 +329,6 @@ where
         plan.next.as_ref(),
     );
     retire_leaving(rt, name, live.as_ref(), route.as_ref());
-    drop(guard);
-    gc::collect(rt);
     Ok(Applied {
         route,
         previous: live,
@@ -303,6 +336,32 @@ where
         changed: true,
         revision,
     })
+}
+
+/// Why route `name` may not serve at `prefix`, as its stored record asks: another route holds
+/// the prefix's claim in the state log. A restart and a change another node recorded check
+/// this before publishing a stored record; [`change`] has the state log check it as it
+/// records, and the table's writer refuses a prefix another route serves in every case.
+pub(crate) async fn claimed_elsewhere(
+    rt: &Runtime,
+    name: &RouteName,
+    prefix: &Prefix,
+) -> anyhow::Result<Option<String>> {
+    Ok(rt
+        .state
+        .prefix_owner(prefix.as_str())
+        .await?
+        .filter(|holder| holder != name)
+        .map(|holder| held(prefix, &holder)))
+}
+
+/// The sentence for a prefix another route holds.
+pub(crate) fn held(prefix: &Prefix, holder: &RouteName) -> String {
+    format!(
+        "the prefix `{}` is held by route `{}`",
+        prefix.as_str(),
+        holder.as_str()
+    )
 }
 
 /// Logs what a change activated; `swap` is how long the table swap took (the bench reads it).

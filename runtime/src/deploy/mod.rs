@@ -321,10 +321,7 @@ async fn activate_stored(
                 "no module {digest} is stored; deploy or upload it first"
             ))
         })?;
-    if rt.config.signature_mode == crate::signing::Mode::Require {
-        prepare::module_bytes(rt, &digest).await?;
-    }
-    prepare::check_stored_signature(rt, &digest, &module)?;
+    prepare::check_stored_signature(rt, &digest, &module).await?;
     module.pinned = false;
     let entry = activation.entry(&digest, module.size_bytes, &settings);
     Ok(Planned::Change(Box::new(Plan {

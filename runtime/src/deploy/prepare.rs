@@ -289,9 +289,11 @@ pub(crate) fn settings_of(rt: &Runtime, name: &RouteName, record: &SettingsRecor
 }
 
 /// Under `--signatures require`, checks that module `digest` was stored with a signature that
-/// verifies against a key the server trusts now.
-pub(crate) fn check_stored_signature(
-    rt: &Runtime,
+/// verifies against a key the server trusts now. Bytes this node lacks (another node of a
+/// cluster uploaded the module) are fetched first, so every path that activates a stored
+/// module (activate, a rollout's candidate, a shadow) checks the same way.
+pub(crate) async fn check_stored_signature(
+    rt: &Arc<Runtime>,
     digest: &Digest,
     module: &ModuleRecord,
 ) -> Result<(), DeployError> {
@@ -301,12 +303,7 @@ pub(crate) fn check_stored_signature(
     }
     let unsigned = || DeployError::Unsigned(digest.to_string());
     let signature = module.signature.as_deref().ok_or_else(unsigned)?;
-    let bytes = rt
-        .files
-        .read_module(digest)
-        .map_err(|e| DeployError::ModuleUnavailable(format!("{digest} cannot be read: {e:#}")))?;
-    // (A module another node of a cluster uploaded is fetched before this check:
-    // `deploy::activate_stored` does.)
+    let bytes = module_bytes(rt, digest).await?;
     signing::signer(&rt.config.signing_keys, &bytes, signature)
         .map(drop)
         .ok_or_else(unsigned)

@@ -22,7 +22,7 @@ use super::apply::{self, log_activation, retire_leaving};
 use super::error::DeployError;
 use super::gc;
 use crate::cluster::{NodeError, NodeRoute};
-use crate::names::{Prefix, RouteName};
+use crate::names::RouteName;
 use crate::route::{Route, Serving};
 use crate::runtime::Runtime;
 
@@ -71,7 +71,12 @@ pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Re
         report(rt, name, None);
         return Ok(Reconciled::Done);
     }
-    let prefix = Prefix::parse(&record.prefix).unwrap_or_else(|_| Prefix::for_route(name));
+    let prefix = record.claimed_prefix(name);
+    if let Some(reason) = apply::claimed_elsewhere(rt, name, &prefix).await? {
+        tracing::error!(route = name.as_str(), reason = %reason, "change not applied");
+        report(rt, name, Some((record.revision, reason)));
+        return Ok(Reconciled::Done);
+    }
     let built = apply::build(rt, name, &record, live.as_ref(), &[]).await;
     let mut writer = rt.routes.writer().await;
     if let Some(owner) = writer.prefix_owner(name, &prefix) {
@@ -116,7 +121,14 @@ pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Re
         record: Arc::new(record),
     };
     let swapping = std::time::Instant::now();
-    writer.put(route.clone()).await;
+    // The prefix was checked above under this writer.
+    if let Err(held) = writer.put(route.clone()).await {
+        tracing::error!(
+            route = name.as_str(),
+            holder = held.holder.as_str(),
+            "change not applied"
+        );
+    }
     let swap = swapping.elapsed();
     drop(writer);
     log_activation(name, Some(&route), live.as_ref(), &[], swap);

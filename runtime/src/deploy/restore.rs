@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::apply;
-use crate::route::{Prefix, Route, Serving};
+use crate::route::{Route, RouteName, Serving};
 use crate::runtime::Runtime;
 
 /// What a restart restored.
@@ -35,8 +35,18 @@ pub async fn restore(rt: &Arc<Runtime>) -> Restored {
     for stored in stored {
         let name = stored.name;
         let record = stored.record;
+        let prefix = record.claimed_prefix(&name);
+        // A route recorded at a prefix another route holds (two were recorded at one prefix
+        // before prefixes were claims) is not served: the holder keeps the prefix.
+        let claimed = match apply::claimed_elsewhere(rt, &name, &prefix).await {
+            Ok(claimed) => claimed,
+            Err(error) => Some(format!("its prefix claim is unreadable: {error:#}")),
+        };
+        if let Some(reason) = claimed {
+            refuse(&mut report, &name, reason);
+            continue;
+        }
         let guard = rt.registry.lock(&name).await;
-        let prefix = Prefix::parse(&record.prefix).unwrap_or_else(|_| Prefix::for_route(&name));
         let serving = match apply::build(rt, &name, &record, None, &[]).await {
             Ok(split) => {
                 report.routes += 1;
@@ -53,13 +63,23 @@ pub async fn restore(rt: &Arc<Runtime>) -> Restored {
         };
         let route = Route {
             name: name.clone(),
-            prefix,
+            prefix: prefix.clone(),
             serving,
             state: guard.state.clone(),
             record: Arc::new(record),
         };
-        rt.routes.writer().await.put(route).await;
+        let live = route.split().is_some();
+        if let Err(held) = rt.routes.writer().await.put(route).await {
+            report.routes -= usize::from(live);
+            refuse(&mut report, &name, apply::held(&prefix, &held.holder));
+        }
     }
     report.recompiled = (rt.compiles() - compiles_before) as usize;
     report
+}
+
+/// Reports route `name` as not restored, for `reason`.
+fn refuse(report: &mut Restored, name: &RouteName, reason: String) {
+    tracing::error!(route = %name.as_str(), error = %reason, "route not restored");
+    report.failed.push((name.as_str().to_owned(), reason));
 }

@@ -47,7 +47,7 @@ pub async fn set(
                 "no module {digest} is stored; upload it first (POST /v1/modules, handoff upload)"
             ))
         })?;
-        check_stored_signature(rt, &digest, &module)?;
+        check_stored_signature(rt, &digest, &module).await?;
         module.pinned = false;
         let allow_outbound = request.allow_outbound.unwrap_or(false);
         let mut settings = record.settings.clone();

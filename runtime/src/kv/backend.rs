@@ -255,6 +255,12 @@ pub trait Backend: Send + Sync + 'static {
     /// How much `bucket` holds.
     fn usage<'a>(&'a self, bucket: &'a str) -> BoxFuture<'a, Result<Usage, KvError>>;
 
+    /// The largest value this backend can keep, when it has a bound of its own besides the
+    /// routes' `kv-max-value` (a cluster's: one NATS message). `None`: no bound.
+    fn max_value(&self) -> Option<usize> {
+        None
+    }
+
     /// Applies one write (see [`Backend::write_all`]).
     fn write<'a>(
         &'a self,

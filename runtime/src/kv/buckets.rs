@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
-use super::backend::Backend;
+use super::backend::{Backend, KvError};
 use crate::names::RouteName;
 
 /// The identifier a guest opens its route's own bucket with.
@@ -175,6 +175,30 @@ impl Kv {
             })
             .value()
             .clone()
+    }
+
+    /// The bucket `name` if it exists: a handle is in use (a route's own bucket, or a shared
+    /// one a route is granted), or the backend holds keys in it. A bucket found only in the
+    /// backend gets a handle of its own that is not kept: looking creates nothing.
+    pub async fn existing(&self, name: &BucketName) -> Result<Option<Arc<Bucket>>, KvError> {
+        if let Some(found) = self.buckets.get(name) {
+            return Ok(Some(found.value().clone()));
+        }
+        let id: Arc<str> = name.id().into();
+        if self.backend.usage(&id).await?.keys == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(Bucket {
+            id,
+            name: name.clone(),
+            stats: BucketStats::default(),
+        })))
+    }
+
+    /// Drops the handle of route `route`'s own bucket (a change that would have made the route
+    /// failed; its data, if any, stays in the backend).
+    pub fn forget_route(&self, route: &RouteName) {
+        self.buckets.remove(&BucketName::Route(route.clone()));
     }
 
     /// Every bucket used since the server started, by name.

@@ -63,6 +63,51 @@ pub struct JetStreamKv {
     stores: DashMap<String, kv::Store>,
     /// Where the next sweep starts among the buckets (sorted by name).
     sweep_cursor: std::sync::atomic::AtomicUsize,
+    /// Acknowledgements still to drop ([`JetStreamKv::lose_acks`]).
+    lost_acks: std::sync::atomic::AtomicUsize,
+}
+
+/// How a publish ended.
+enum Landed {
+    /// It landed at this sequence.
+    Yes(u64),
+    /// Another writer got there first: nothing landed.
+    Conflict,
+    /// It failed: nothing landed.
+    No(KvError),
+    /// No answer came: it may have landed.
+    Unknown(KvError),
+}
+
+/// Room in a message for its subject, headers and the stored entry's 16 bytes (keys are at
+/// most 1 KiB: `kv::limits`).
+const MESSAGE_ROOM: usize = 4 << 10;
+
+/// A value larger than the cluster can keep, in a sentence.
+pub fn too_large(size: usize, budget: usize) -> KvError {
+    KvError::Invalid(format!(
+        "a value of {size} bytes is larger than this cluster can keep ({budget} bytes: the NATS server's max_payload, less room for headers); raise max_payload in the NATS server's configuration, or store smaller values"
+    ))
+}
+
+/// The JetStream bucket of handoff bucket `bucket`: `handoff_kv_` and the hex of its id.
+fn stream_bucket(bucket: &str) -> String {
+    let hex: String = bucket.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("handoff_kv_{hex}")
+}
+
+/// How long a write whose acknowledgement was lost is sent again.
+const ACK_RETRY_FOR: Duration = Duration::from_secs(10);
+const ACK_RETRY_STEP: Duration = Duration::from_millis(100);
+
+/// 128 random bits in hex: a write's `Nats-Msg-Id`, the same on every attempt of one write.
+fn write_id() -> String {
+    use ring::rand::SecureRandom as _;
+    let mut id = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut id)
+        .expect("the system's random source");
+    id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
@@ -93,18 +138,19 @@ impl JetStreamKv {
             replicas,
             stores: DashMap::new(),
             sweep_cursor: std::sync::atomic::AtomicUsize::new(0),
+            lost_acks: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
+    /// The bucket's store, created when it does not exist (for writes).
     async fn store(&self, bucket: &str) -> Result<kv::Store, KvError> {
         if let Some(store) = self.stores.get(bucket) {
             return Ok(store.clone());
         }
-        let hex: String = bucket.bytes().map(|b| format!("{b:02x}")).collect();
         let store = self
             .js
             .create_or_update_key_value(kv::Config {
-                bucket: format!("handoff_kv_{hex}"),
+                bucket: stream_bucket(bucket),
                 description: format!("handoff key-value bucket {bucket}"),
                 history: 1,
                 num_replicas: self.replicas,
@@ -114,6 +160,34 @@ impl JetStreamKv {
             .map_err(|e| failed("opening a bucket", e))?;
         self.stores.insert(bucket.to_owned(), store.clone());
         Ok(store)
+    }
+
+    /// The bucket's store if it exists: reads never create one (a bucket nobody wrote to reads
+    /// as empty).
+    async fn existing(&self, bucket: &str) -> Result<Option<kv::Store>, KvError> {
+        use async_nats::jetstream::ErrorCode;
+        use async_nats::jetstream::context::GetStreamErrorKind;
+        if let Some(store) = self.stores.get(bucket) {
+            return Ok(Some(store.clone()));
+        }
+        let name = stream_bucket(bucket);
+        match self.js.get_stream(format!("KV_{name}")).await {
+            Ok(_) => {}
+            Err(error)
+                if matches!(error.kind(), GetStreamErrorKind::JetStream(e)
+                    if e.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                return Ok(None);
+            }
+            Err(error) => return Err(failed("opening a bucket", error)),
+        }
+        let store = self
+            .js
+            .get_key_value(name)
+            .await
+            .map_err(|e| failed("opening a bucket", e))?;
+        self.stores.insert(bucket.to_owned(), store.clone());
+        Ok(Some(store))
     }
 
     /// The last message of `key` (stored form): its sequence (0: never written) and its entry,
@@ -143,20 +217,27 @@ impl JetStreamKv {
     }
 
     /// Publishes `value` (a delete marker when `None`) to `key` if its last sequence is still
-    /// `expected`: `Some(sequence)`, or `None` when another writer got there first.
+    /// `expected`.
+    ///
+    /// A publish whose acknowledgement is lost (timed out, the connection dropped) may have
+    /// landed: it is sent again, with the same `Nats-Msg-Id`, for up to [`ACK_RETRY_FOR`];
+    /// JetStream keeps one copy and answers the repeat with the first one's sequence. Only if no
+    /// answer comes by then is the outcome [`Landed::Unknown`].
     async fn publish(
         &self,
         store: &kv::Store,
         key: &str,
         value: Option<Bytes>,
         expected: u64,
-    ) -> Result<Option<u64>, KvError> {
+    ) -> Landed {
         use async_nats::jetstream::context::PublishErrorKind;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             expected.to_string().as_str(),
         );
+        let id = write_id();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
         if value.is_none() {
             headers.insert("KV-Operation", "DEL");
         }
@@ -164,16 +245,100 @@ impl JetStreamKv {
             "{}{key}",
             store.put_prefix.as_ref().unwrap_or(&store.prefix)
         );
-        let ack = self
-            .js
-            .publish_with_headers(subject, headers, value.unwrap_or_default())
-            .await
-            .map_err(|e| failed("writing a key", e))?;
-        match ack.await {
-            Ok(ack) => Ok(Some(ack.sequence)),
-            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
-            Err(error) => Err(failed("writing a key", error)),
+        let payload = value.unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + ACK_RETRY_FOR;
+        let mut sent = false;
+        // Whether an earlier attempt went unanswered (it may have landed).
+        let mut unanswered = false;
+        loop {
+            let ack = match self
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await
+            {
+                Ok(ack) => ack,
+                // Not sent: nothing landed (unless an earlier attempt did).
+                Err(error) if !sent => return Landed::No(failed("writing a key", error)),
+                Err(error) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Landed::Unknown(failed("writing a key", error));
+                    }
+                    tokio::time::sleep(ACK_RETRY_STEP).await;
+                    continue;
+                }
+            };
+            sent = true;
+            let answer = match self.lose_ack() {
+                true => {
+                    // (A test's lost acknowledgement: the message is out, its answer dropped.)
+                    drop(ack);
+                    Err(async_nats::jetstream::context::PublishError::new(
+                        PublishErrorKind::TimedOut,
+                    ))
+                }
+                false => ack.await,
+            };
+            match answer {
+                Ok(ack) => return Landed::Yes(ack.sequence),
+                Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
+                    // An unanswered attempt that landed makes its repeat fail the swap (the
+                    // key moved on: to this write). Its id on the key's last message says so.
+                    if unanswered && let Some(sequence) = Self::landed(store, key, &id).await {
+                        return Landed::Yes(sequence);
+                    }
+                    return Landed::Conflict;
+                }
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+                    ) =>
+                {
+                    unanswered = true;
+                    if tokio::time::Instant::now() >= deadline {
+                        return Landed::Unknown(failed("writing a key", error));
+                    }
+                    tracing::debug!(%error, key, "a write was not acknowledged; sending it again");
+                    tokio::time::sleep(ACK_RETRY_STEP).await;
+                }
+                // JetStream answered with an error: nothing landed.
+                Err(error) => return Landed::No(failed("writing a key", error)),
+            }
         }
+    }
+
+    /// The sequence of `key`'s last message if that message is the write `id`.
+    async fn landed(store: &kv::Store, key: &str, id: &str) -> Option<u64> {
+        let subject = format!("{}{key}", store.prefix);
+        let message = store
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .ok()?;
+        let ours = message
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .is_some_and(|v| v.as_str() == id);
+        ours.then_some(message.sequence)
+    }
+
+    /// Whether to drop the next acknowledgement (a test's lost ack: [`Self::lose_acks`]).
+    fn lose_ack(&self) -> bool {
+        self.lost_acks
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+    }
+
+    /// Drops the acknowledgements of the next `count` writes after they were sent, as a lost
+    /// connection would: for tests of what a write whose answer never came does.
+    #[doc(hidden)]
+    pub fn lose_acks(&self, count: usize) {
+        self.lost_acks
+            .store(count, std::sync::atomic::Ordering::SeqCst);
     }
 
     async fn meta(store: &kv::Store) -> Result<(u64, Meta), KvError> {
@@ -217,20 +382,33 @@ impl JetStreamKv {
                 revision: 0,
                 expires_at_ms: None,
             });
-            if self
+            match self
                 .publish(store, META, Some(Bytes::from(value)), sequence)
-                .await?
-                .is_some()
+                .await
             {
-                return Ok(());
+                Landed::Yes(_) => return Ok(()),
+                Landed::Conflict => {}
+                Landed::No(error) | Landed::Unknown(error) => return Err(error),
             }
         }
         Err(KvError::Failed("the bucket's usage keeps changing".into()))
     }
 
+    /// The largest value one message holds: the server's `max_payload`, less room for the
+    /// subject, the headers and the stored entry's own 16 bytes.
+    fn value_budget(&self) -> usize {
+        let max = self.js.client().server_info().max_payload;
+        max.saturating_sub(MESSAGE_ROOM)
+    }
+
     /// One write, retried until its compare-and-swap lands or its condition fails.
     async fn apply(&self, store: &kv::Store, write: &Write) -> Result<Outcome, KvError> {
         let key = key_of(&write.key);
+        if let Change::Set { value, .. } = &write.change
+            && value.len() > self.value_budget()
+        {
+            return Err(too_large(value.len(), self.value_budget()));
+        }
         for attempt in 0..ATTEMPTS {
             if attempt > 0 && attempt % 50 == 0 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -297,15 +475,20 @@ impl JetStreamKv {
             let (give_back_keys, give_back_bytes) = match &landed {
                 // Another writer got there first, or the write failed: give the reservation
                 // back.
-                Ok(None) | Err(_) if grows => (-keys.max(0), -bytes.max(0)),
-                Ok(None) | Err(_) => (0, 0),
+                Landed::Conflict | Landed::No(_) if grows => (-keys.max(0), -bytes.max(0)),
+                Landed::Conflict | Landed::No(_) => (0, 0),
+                // It may have landed: the reservation stays (usage may count one write too
+                // many, never too few).
+                Landed::Unknown(_) => (0, 0),
                 // Landed: what it freed, and what the reservation did not cover.
-                Ok(Some(_)) => (keys.min(0), bytes.min(0)),
+                Landed::Yes(_) => (keys.min(0), bytes.min(0)),
             };
             self.account(store, give_back_keys, give_back_bytes, None)
                 .await?;
-            let Some(revision) = landed? else {
-                continue;
+            let revision = match landed {
+                Landed::Yes(revision) => revision,
+                Landed::Conflict => continue,
+                Landed::No(error) | Landed::Unknown(error) => return Err(error),
             };
             return Ok(Outcome::Done { revision, number });
         }
@@ -388,9 +571,13 @@ impl JetStreamKv {
         drop(watch);
         let mut swept = 0;
         for (key, revision, size) in expired {
-            if self.publish(store, &key, None, revision).await?.is_some() {
-                self.account(store, -1, -size, None).await?;
-                swept += 1;
+            match self.publish(store, &key, None, revision).await {
+                Landed::Yes(_) => {
+                    self.account(store, -1, -size, None).await?;
+                    swept += 1;
+                }
+                Landed::Conflict => {}
+                Landed::No(error) | Landed::Unknown(error) => return Err(error),
             }
         }
         Ok(swept)
@@ -416,7 +603,12 @@ impl JetStreamKv {
         start: Start<'_>,
         limit: usize,
     ) -> Result<Page<(String, Entry)>, KvError> {
-        let store = self.store(bucket).await?;
+        let Some(store) = self.existing(bucket).await? else {
+            return Ok(Page {
+                items: Vec::new(),
+                more: false,
+            });
+        };
         let keys = Self::keys(&store).await?;
         let from = match start {
             Start::After(after) => keys.partition_point(|k| k.as_str() <= after),
@@ -444,7 +636,9 @@ impl Backend for JetStreamKv {
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<Entry>, KvError>> {
         Box::pin(async move {
-            let store = self.store(bucket).await?;
+            let Some(store) = self.existing(bucket).await? else {
+                return Ok(None);
+            };
             let (_, entry) = Self::read(&store, &key_of(key)).await?;
             Ok(entry.filter(|e| live(e, now_ms())))
         })
@@ -493,9 +687,15 @@ impl Backend for JetStreamKv {
         Box::pin(self.range(bucket, start, limit))
     }
 
+    fn max_value(&self) -> Option<usize> {
+        Some(self.value_budget())
+    }
+
     fn usage<'a>(&'a self, bucket: &'a str) -> BoxFuture<'a, Result<Usage, KvError>> {
         Box::pin(async move {
-            let store = self.store(bucket).await?;
+            let Some(store) = self.existing(bucket).await? else {
+                return Ok(Usage::default());
+            };
             let (_, meta) = Self::meta(&store).await?;
             Ok(Usage {
                 keys: meta.keys,

@@ -66,7 +66,7 @@ pub async fn start(
                     "no module {digest} is stored; upload it first (POST /v1/modules, handoff upload)"
                 ))
             })?;
-        crate::deploy::prepare::check_stored_signature(rt, &digest, &module)?;
+        crate::deploy::prepare::check_stored_signature(rt, &digest, &module).await?;
         module.pinned = false;
         let mut next = record.clone();
         next.candidate = Some(CandidateRecord {

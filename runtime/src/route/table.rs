@@ -73,12 +73,20 @@ impl Table {
         self.by_name.values().filter_map(|p| self.by_prefix.get(p))
     }
 
-    fn with(&self, route: Route) -> Self {
+    /// This table with `route` in it, replacing the route of the same name; refused, naming
+    /// the holder, when another route holds its prefix (never overwritten: the other route's
+    /// name would then resolve to this one).
+    fn with(&self, route: Route) -> Result<Self, RouteName> {
+        if let Some(holder) = self.by_prefix.get(route.prefix.as_str())
+            && holder.name != route.name
+        {
+            return Err(holder.name.clone());
+        }
         let mut next = self.without(&route.name);
         next.by_name
             .insert(route.name.clone(), route.prefix.shared());
         next.by_prefix.insert(route.prefix.shared(), route);
-        next
+        Ok(next)
     }
 
     fn without(&self, name: &RouteName) -> Self {
@@ -209,6 +217,13 @@ impl RouteTable {
     }
 }
 
+/// Why [`Writer::put`] refused a route: another route holds its prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefixHeld {
+    /// The route that holds it.
+    pub holder: RouteName,
+}
+
 /// The one writer of the route table.
 pub struct Writer<'a> {
     table: &'a RouteTable,
@@ -232,14 +247,17 @@ impl Writer<'_> {
     }
 
     /// Puts `route` in the table (replacing the route of the same name) and returns the route
-    /// it replaced. When this returns, every new request sees `route`.
-    pub async fn put(&mut self, route: Route) -> Option<Route> {
+    /// it replaced. When this returns, every new request sees `route`. Refused, naming the
+    /// holder and changing nothing, when another route holds its prefix.
+    pub async fn put(&mut self, route: Route) -> Result<Option<Route>, PrefixHeld> {
         let current = self.table.table.load_full();
         let previous = current.get(&route.name).cloned();
-        let next = Arc::new(current.with(route));
+        let next = current
+            .with(route)
+            .map_err(|holder| PrefixHeld { holder })?;
         drop(current);
-        self.publish(next).await;
-        previous
+        self.publish(Arc::new(next)).await;
+        Ok(previous)
     }
 
     /// Removes route `name`; returns it (`None` if there was none). When this returns, no new
@@ -278,6 +296,43 @@ impl Writer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn route(name: &str, prefix: &str) -> Route {
+        Route {
+            name: RouteName::parse(name).unwrap(),
+            prefix: Prefix::parse(prefix).unwrap(),
+            serving: Serving::Unavailable("test".into()),
+            state: Arc::default(),
+            record: Arc::new(RouteRecord {
+                prefix: prefix.into(),
+                active: "sha256:00".into(),
+                settings: Default::default(),
+                candidate: None,
+                shadow: None,
+                rollout: None,
+                history: Vec::new(),
+                revision: 1,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_route_never_overwrites_another_at_its_prefix() {
+        let table = RouteTable::default();
+        let mut writer = table.writer().await;
+        writer.put(route("x", "/p")).await.unwrap();
+        let Err(held) = writer.put(route("y", "/p")).await else {
+            panic!("y took x's prefix");
+        };
+        assert_eq!(held.holder.as_str(), "x");
+        let snapshot = writer.current();
+        assert!(snapshot.get(&RouteName::parse("y").unwrap()).is_none());
+        assert_eq!(snapshot.lookup("/p").unwrap().name.as_str(), "x");
+        // The same route may move, and its old prefix is free.
+        writer.put(route("x", "/q")).await.unwrap();
+        writer.put(route("y", "/p")).await.unwrap();
+        assert_eq!(writer.current().lookup("/p").unwrap().name.as_str(), "y");
+    }
 
     #[test]
     fn longest_prefix_first_on_segment_boundaries() {

@@ -57,6 +57,16 @@ pub enum AppendError {
         /// Its revision now.
         now: u64,
     },
+    /// Another route holds the prefix the change's record claims. A route's prefix is a claim
+    /// recorded in the same write as the route, so two routes never hold one prefix, whichever
+    /// nodes record them.
+    #[error("the prefix `{prefix}` is held by route `{owner}`")]
+    PrefixTaken {
+        /// The prefix.
+        prefix: String,
+        /// The route that holds it.
+        owner: String,
+    },
     /// The log could not be written.
     #[error("the state log could not be written: {0:#}")]
     Failed(#[from] anyhow::Error),
@@ -81,10 +91,19 @@ pub trait StateLog: Send + Sync + 'static {
     /// Every module's record.
     fn modules(&self) -> BoxFuture<'_, anyhow::Result<Vec<(Digest, ModuleRecord)>>>;
 
-    /// Records `change` durably, atomically, if the route is still at `change.base`. Returns
-    /// the route's new revision. Once this returns `Ok`, a crash at any moment leaves the
-    /// change recorded.
+    /// Records `change` durably, atomically, if the route is still at `change.base` and no
+    /// other route holds the prefix its record claims ([`RouteRecord::claimed_prefix`]).
+    /// The claim is written with the route in one atomic write: the route takes its new
+    /// prefix and lets go of its old one (or, deleted, of its prefix) together. Returns the
+    /// route's new revision. Once this returns `Ok`, a crash at any moment leaves the change
+    /// recorded.
     fn append(&self, change: Change) -> BoxFuture<'_, Result<u64, AppendError>>;
+
+    /// The route that holds `prefix`, if any (see [`StateLog::append`]).
+    fn prefix_owner<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<Option<RouteName>>>;
 
     /// Writes module records without touching any route (an upload).
     fn put_modules(

@@ -53,6 +53,13 @@ pub struct RouteRecord {
 }
 
 impl RouteRecord {
+    /// The prefix route `name` claims with this record: its stored prefix, or `/{name}` when
+    /// the stored one does not parse (what a restart serves it at).
+    pub fn claimed_prefix(&self, name: &crate::names::RouteName) -> crate::names::Prefix {
+        crate::names::Prefix::parse(&self.prefix)
+            .unwrap_or_else(|_| crate::names::Prefix::for_route(name))
+    }
+
     /// Every digest this record references: its serving versions, its history and its last
     /// rollout's candidate.
     pub fn references(&self) -> impl Iterator<Item = &str> {

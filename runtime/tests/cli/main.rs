@@ -8,6 +8,7 @@ mod counts;
 mod crowd;
 mod delivery;
 mod dev;
+mod docs;
 mod hints;
 mod kv;
 mod logs;

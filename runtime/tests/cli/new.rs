@@ -1,11 +1,17 @@
 //! `handoff new`: the crate it writes builds as it is, for wasm32-wasip2, outside any workspace,
-//! and serves; it never overwrites a directory.
+//! tests with plain `cargo test`, and serves; it never overwrites a directory, and never lands
+//! inside the checkout unless `--path` says so. `--from` copies an example that then builds
+//! outside the checkout. The README's "Writing a guest" commands run as written.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use handoff::cli::exit;
 
-use crate::support::{cargo, get, handoff, run_within, serve, shared_target_dir};
+use crate::docs::words;
+use crate::support::{
+    HANDOFF, Running, cargo, command, get, handoff, run_within, serve, shared_target_dir,
+};
 
 /// A cold build compiles the SDK and its dependencies; later runs reuse the shared target dir.
 const BUILD_LIMIT: Duration = Duration::from_secs(600);
@@ -19,12 +25,7 @@ async fn a_new_guest_crate_builds_and_serves() {
         created.ok().starts_with("created guest crate"),
         "{created:#?}"
     );
-    for file in [
-        "Cargo.toml",
-        ".cargo/config.toml",
-        "src/lib.rs",
-        "README.md",
-    ] {
+    for file in ["Cargo.toml", "src/lib.rs", "README.md"] {
         assert!(crate_dir.join(file).is_file(), "{file} missing");
     }
 
@@ -37,11 +38,6 @@ async fn a_new_guest_crate_builds_and_serves() {
         "the scaffold does not build:\n{}",
         built.stderr
     );
-    // `.cargo/config.toml` makes the target the default: a plain build is the same build.
-    let mut plain = cargo(&crate_dir, &target_dir);
-    plain.args(["build", "--release"]);
-    let plain = run_within(BUILD_LIMIT, plain).await;
-    assert_eq!(plain.code, 0, "{}", plain.stderr);
     let component = target_dir.join("wasm32-wasip2/release/greeter.wasm");
     assert!(component.is_file(), "{} missing", component.display());
 
@@ -103,6 +99,249 @@ async fn new_refuses_names_cargo_or_routes_cannot_use() {
     output.fails(exit::LOCAL as i32, "the guest SDK is not at");
 }
 
+/// The repository this test binary was built from.
+fn checkout() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("runtime/ has a parent")
+        .canonicalize()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_run_inside_the_checkout_creates_nothing_there_unless_asked() {
+    // The test's scratch directory is under the checkout's target/, as deep as a user may be.
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    assert!(
+        scratch
+            .path()
+            .canonicalize()
+            .unwrap()
+            .starts_with(checkout())
+    );
+    for cwd in [checkout(), scratch.path().to_owned()] {
+        let mut new = command(&["new", "stray-guest"]);
+        new.current_dir(&cwd);
+        let output = run_within(Duration::from_secs(60), new).await;
+        output.fails(exit::USAGE as i32, "inside the handoff checkout");
+        assert!(output.stderr.contains("--path"), "{output:#?}");
+        assert!(
+            !cwd.join("stray-guest").exists(),
+            "created in {}",
+            cwd.display()
+        );
+    }
+    // Asked with --path, it goes where it is told, inside the checkout too.
+    let mut asked = command(&["new", "stray-guest", "--path", "here/stray-guest"]);
+    asked.current_dir(scratch.path());
+    let output = run_within(Duration::from_secs(60), asked).await;
+    output.ok();
+    assert!(scratch.path().join("here/stray-guest/Cargo.toml").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_cargo_test_passes_in_a_new_crate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut new = command(&["new", "tested"]);
+    new.current_dir(dir.path());
+    run_within(Duration::from_secs(60), new).await.ok();
+    let crate_dir = dir.path().join("tested");
+    let mut test = cargo(&crate_dir, &shared_target_dir("new-guests"));
+    test.arg("test");
+    let tested = run_within(BUILD_LIMIT, test).await;
+    assert_eq!(
+        tested.code, 0,
+        "cargo test fails in the scaffold:\n{}",
+        tested.stderr
+    );
+    assert!(
+        tested
+            .stdout
+            .contains("test tests::it_answers_with_the_path ... ok")
+            && tested.stdout.contains("1 passed"),
+        "the scaffold's handler test did not run:\n{}",
+        tested.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_example_copied_with_from_tests_builds_and_serves_outside_the_checkout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut new = command(&["new", "my-todo", "--from", "todo-v1"]);
+    new.current_dir(dir.path());
+    let created = run_within(Duration::from_secs(60), new).await;
+    created.ok();
+    let crate_dir = dir.path().join("my-todo");
+    let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
+    assert!(
+        !manifest.contains("../"),
+        "a relative path is left:\n{manifest}"
+    );
+    assert!(!manifest.contains(".workspace"), "{manifest}");
+    assert!(
+        crate_dir.join("src/lib.rs").is_file() && crate_dir.join("README.md").is_file(),
+        "the example's files were not copied"
+    );
+
+    let target_dir = shared_target_dir("new-guests");
+    let mut test = cargo(&crate_dir, &target_dir);
+    test.arg("test");
+    let tested = run_within(BUILD_LIMIT, test).await;
+    assert_eq!(tested.code, 0, "{}\n{}", tested.stdout, tested.stderr);
+    assert!(
+        tested
+            .stdout
+            .contains("items_are_created_changed_listed_and_deleted ... ok")
+    );
+    let mut build = cargo(&crate_dir, &target_dir);
+    build.args(["build", "--release", "--target", "wasm32-wasip2"]);
+    let built = run_within(BUILD_LIMIT, build).await;
+    assert_eq!(built.code, 0, "{}", built.stderr);
+    let component = target_dir.join("wasm32-wasip2/release/my_todo.wasm");
+
+    let (_server, ready) = serve(&[]).await;
+    let admin = ready.admin_url();
+    handoff(&[
+        "deploy",
+        "todo",
+        component.to_str().unwrap(),
+        "--admin",
+        &admin,
+    ])
+    .await
+    .ok();
+    assert_eq!(get(&ready, "/todo/items").await, (200, "[]".into()));
+
+    let mut unknown = command(&["new", "other", "--from", "nosuch"]);
+    unknown.current_dir(dir.path());
+    let output = run_within(Duration::from_secs(60), unknown).await;
+    output.fails(exit::USAGE as i32, "no example `nosuch`");
+    assert!(
+        output.stderr.contains("todo-v1"),
+        "the examples are listed: {output:#?}"
+    );
+    assert!(!dir.path().join("other").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_writing_a_guest_commands_work_as_written_outside_the_checkout() {
+    let readme = std::fs::read_to_string(checkout().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## Writing a guest")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the README has a Writing a guest section");
+    // The second `sh` block: the commands typed in a directory of one's own (the first
+    // installs the binary, which this test has built already and puts on PATH instead).
+    let block = section
+        .split("```sh\n")
+        .nth(2)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the section's second sh block");
+    let bin_dir = Path::new(HANDOFF).parent().unwrap();
+    let path = std::env::join_paths(std::iter::once(bin_dir.to_owned()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut cwd = home.path().to_owned();
+    let target_dir = shared_target_dir("new-guests");
+    let mut route = None;
+    let mut served = false;
+    for line in block.lines() {
+        let words = words(line);
+        for segment in words.split(|w| w == "&&") {
+            let (program, args) = segment.split_first().expect("a command");
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            match (program.as_str(), args.as_slice()) {
+                ("cd", [dir]) => cwd = cwd.join(dir),
+                ("handoff", ["new", name, ..]) => {
+                    let mut new = command(&args);
+                    new.current_dir(&cwd).env("PATH", &path);
+                    run_within(Duration::from_secs(60), new).await.ok();
+                    route = Some(name.to_string());
+                }
+                ("handoff", ["dev", ..]) => {
+                    let mut dev = command(&args);
+                    // As written, but on ports the system picks.
+                    dev.current_dir(&cwd)
+                        .env("PATH", &path)
+                        .env("CARGO_TARGET_DIR", &target_dir)
+                        .env("HANDOFF_LISTEN", "127.0.0.1:0")
+                        .env("HANDOFF_ADMIN_LISTEN", "127.0.0.1:0");
+                    let mut dev = Running::spawn(dev);
+                    let ready = dev.ready(BUILD_LIMIT).await;
+                    let route = route.clone().expect("`handoff new` came first");
+                    let (status, body) = get(&ready, &format!("/{route}")).await;
+                    assert_eq!((status, body.contains(&route)), (200, true), "{body}");
+                    served = true;
+                }
+                ("cargo", _) => {
+                    let mut cargo = cargo(&cwd, &target_dir);
+                    cargo.args(&args);
+                    let output = run_within(BUILD_LIMIT, cargo).await;
+                    assert_eq!(
+                        output.code,
+                        0,
+                        "`{line}` fails in {}:\n{}",
+                        cwd.display(),
+                        output.stderr
+                    );
+                }
+                _ => panic!("the README's `{line}` is not a command this test knows to run"),
+            }
+        }
+    }
+    assert!(served, "the README's commands never served the guest");
+    assert!(
+        !checkout().join(route.unwrap()).exists(),
+        "the crate landed in the checkout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_names_the_release_and_the_wasmtime_it_embeds() {
+    // The wasmtime the workspace pins (`wasmtime = "=X.Y.Z"`), which the binary links.
+    let manifest = std::fs::read_to_string(checkout().join("Cargo.toml")).unwrap();
+    let pinned = manifest
+        .lines()
+        .find_map(|line| line.strip_prefix("wasmtime = \"="))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .expect("the workspace pins wasmtime");
+    for flag in ["--version", "-V"] {
+        let output = handoff(&[flag]).await;
+        assert_eq!(
+            output.ok(),
+            format!(
+                "handoff {} (wasmtime {pinned})\n",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_cargo_test_passes_in_the_examples() {
+    let mut test = cargo(
+        &checkout().join("examples"),
+        &shared_target_dir("new-guests"),
+    );
+    test.arg("test");
+    let tested = run_within(BUILD_LIMIT, test).await;
+    assert_eq!(
+        tested.code, 0,
+        "cargo test fails in examples/:\n{}\n{}",
+        tested.stdout, tested.stderr
+    );
+    assert!(
+        tested
+            .stdout
+            .contains("items_are_created_changed_listed_and_deleted ... ok"),
+        "the examples' tests did not run:\n{}",
+        tested.stdout
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_with_wasi_0_3_writes_an_async_handler_that_builds() {
     let dir = tempfile::tempdir().unwrap();
@@ -122,12 +361,24 @@ async fn new_with_wasi_0_3_writes_an_async_handler_that_builds() {
 
     let target_dir = shared_target_dir("new-guests");
     let mut build = cargo(&crate_dir, &target_dir);
-    build.args(["build", "--release"]);
+    build.args(["build", "--release", "--target", "wasm32-wasip2"]);
     let built = run_within(BUILD_LIMIT, build).await;
     assert_eq!(
         built.code, 0,
         "the 0.3 scaffold does not build:\n{}",
         built.stderr
+    );
+    // Its async handler's test runs on the host with plain `cargo test` too.
+    let mut test = cargo(&crate_dir, &target_dir);
+    test.arg("test");
+    let tested = run_within(BUILD_LIMIT, test).await;
+    assert_eq!(tested.code, 0, "{}\n{}", tested.stdout, tested.stderr);
+    assert!(
+        tested
+            .stdout
+            .contains("test tests::it_answers_with_the_path ... ok"),
+        "{}",
+        tested.stdout
     );
     assert!(
         target_dir
