@@ -4,17 +4,12 @@
 use std::time::{Duration, Instant};
 
 use handoff_tests::nats::{NatsServer, start_nodes};
-use handoff_tests::{Connection, eventually, guests};
+use handoff_tests::{Connection, assert_each_value_once, eventually, guests, increments};
 use http::{Method, StatusCode};
 use serde_json::json;
 
 /// A bound against hangs only.
 const LIMIT: Duration = Duration::from_secs(180);
-
-async fn get(conn: &mut Connection, path: &str) -> (StatusCode, String) {
-    let (status, body) = conn.get(path).await.expect("request");
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_incremented_through_three_nodes_concurrently_ends_exactly_right() {
@@ -25,21 +20,16 @@ async fn a_counter_incremented_through_three_nodes_concurrently_ends_exactly_rig
     let nodes = start_nodes(&[("a", &url), ("b", &url), ("c", &url)]).await;
     nodes[0].deploy("count", guests::KV_PLAIN).await;
     let started = Instant::now();
+    let deadline = started + LIMIT;
     let mut clients = Vec::new();
     for node in &nodes {
         for _ in 0..CLIENTS_PER_NODE {
-            let addr = node.data;
-            clients.push(tokio::spawn(async move {
-                let mut conn = Connection::open(addr).await;
-                let mut seen = Vec::with_capacity(EACH);
-                for _ in 0..EACH {
-                    assert!(started.elapsed() < LIMIT, "increments are too slow");
-                    let (status, body) = get(&mut conn, "/count/incr?key=hits").await;
-                    assert_eq!(status, StatusCode::OK, "{body}");
-                    seen.push(body.parse::<u64>().expect("a number"));
-                }
-                seen
-            }));
+            clients.push(tokio::spawn(increments(
+                node.data,
+                "/count/incr?key=hits",
+                EACH,
+                deadline,
+            )));
         }
     }
     let mut all = Vec::new();
@@ -47,9 +37,7 @@ async fn a_counter_incremented_through_three_nodes_concurrently_ends_exactly_rig
         all.extend(client.await.unwrap());
     }
     let total = (3 * CLIENTS_PER_NODE * EACH) as u64;
-    all.sort_unstable();
-    let expected: Vec<u64> = (1..=total).collect();
-    assert!(all == expected, "increments were lost or repeated");
+    assert_each_value_once(all, total);
     eprintln!(
         "cluster kv: {total} increments through 3 nodes in {:?}",
         started.elapsed()
@@ -82,7 +70,7 @@ async fn swaps_listings_quotas_and_expiry_hold_across_nodes() {
             clients.push(tokio::spawn(async move {
                 let mut conn = Connection::open(addr).await;
                 for _ in 0..EACH {
-                    let (status, body) = get(&mut conn, "/app/cas-incr?key=n").await;
+                    let (status, body) = conn.get_text("/app/cas-incr?key=n").await;
                     assert_eq!(status, StatusCode::OK, "{body}");
                 }
             }));
@@ -174,7 +162,7 @@ async fn a_quota_holds_while_three_nodes_race_to_fill_a_bucket() {
                 for i in 0..EACH {
                     assert!(started.elapsed() < LIMIT, "writes are too slow");
                     let path = format!("/race/set?key=k{n}-{client}-{i}&value=x");
-                    let (status, body) = get(&mut conn, &path).await;
+                    let (status, body) = conn.get_text(&path).await;
                     match status {
                         StatusCode::OK => written += 1,
                         StatusCode::BAD_REQUEST if body.contains("kv-max-keys") => {}

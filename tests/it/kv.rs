@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use handoff_tests::{Connection, TestServer, eventually, guests};
+use handoff_tests::{
+    Connection, TestServer, assert_each_value_once, eventually, guests, increments,
+};
 use http::{Method, StatusCode};
 use serde_json::json;
 
@@ -14,42 +16,29 @@ const LIMIT: Duration = Duration::from_secs(180);
 /// How long background work (shadow copies) may take to show.
 const GENEROUS: Duration = Duration::from_secs(60);
 
-/// `GET path` on a connection, as status and text.
-async fn get(conn: &mut Connection, path: &str) -> (StatusCode, String) {
-    let (status, body) = conn.get(path).await.expect("request");
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_clients_times_a_thousand_increments_make_the_exact_total() {
     const CLIENTS: usize = 32;
     const EACH: usize = 1000;
     let server = TestServer::start().await;
     server.deploy("count", guests::KV_PLAIN).await;
-    let started = Instant::now();
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        let addr = server.data;
-        clients.push(tokio::spawn(async move {
-            let mut conn = Connection::open(addr).await;
-            let mut seen = Vec::with_capacity(EACH);
-            for _ in 0..EACH {
-                assert!(started.elapsed() < LIMIT, "increments are too slow");
-                let (status, body) = get(&mut conn, "/count/incr?key=hits").await;
-                assert_eq!(status, StatusCode::OK, "{body}");
-                seen.push(body.parse::<u64>().expect("a number"));
-            }
-            seen
-        }));
-    }
+    let deadline = Instant::now() + LIMIT;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            tokio::spawn(increments(
+                server.data,
+                "/count/incr?key=hits",
+                EACH,
+                deadline,
+            ))
+        })
+        .collect();
     let mut all = Vec::with_capacity(CLIENTS * EACH);
     for client in clients {
         all.extend(client.await.unwrap());
     }
     // Every increment answered a distinct value: 1..=32,000, each exactly once.
-    all.sort_unstable();
-    let expected: Vec<u64> = (1..=(CLIENTS * EACH) as u64).collect();
-    assert!(all == expected, "increments were lost or repeated");
+    assert_each_value_once(all, (CLIENTS * EACH) as u64);
     let (status, body) = server.get("/count/get?key=hits").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "32000"));
     server.shutdown().await;
@@ -68,7 +57,7 @@ async fn compare_and_swap_under_contention_loses_no_update() {
             let mut conn = Connection::open(addr).await;
             let mut attempts = 0;
             for _ in 0..EACH {
-                let (status, body) = get(&mut conn, "/cas/cas-incr?key=n").await;
+                let (status, body) = conn.get_text("/cas/cas-incr?key=n").await;
                 assert_eq!(status, StatusCode::OK, "{body}");
                 let (_, tries) = body.split_once(' ').expect("VALUE ATTEMPTS");
                 attempts += tries.parse::<usize>().unwrap();
@@ -98,37 +87,37 @@ async fn a_plain_wit_bindgen_guest_uses_both_drafts_on_one_bucket() {
     // One counter, whichever draft increments it.
     for i in 1..=5 {
         assert_eq!(
-            get(&mut conn, "/plain/incr?key=n").await.1,
+            conn.get_text("/plain/incr?key=n").await.1,
             (2 * i - 1).to_string()
         );
         assert_eq!(
-            get(&mut conn, "/plain/incr-draft?key=n").await.1,
+            conn.get_text("/plain/incr-draft?key=n").await.1,
             (2 * i).to_string()
         );
     }
-    assert_eq!(get(&mut conn, "/plain/incr?key=n&by=-10").await.1, "0");
+    assert_eq!(conn.get_text("/plain/incr?key=n&by=-10").await.1, "0");
     // The older draft's counters are unsigned: an increment that leaves one negative is
     // refused, and the refusal changes nothing.
-    assert_eq!(get(&mut conn, "/plain/incr?key=neg&by=-5").await.1, "-5");
+    assert_eq!(conn.get_text("/plain/incr?key=neg&by=-5").await.1, "-5");
     for _ in 0..2 {
-        let (status, refusal) = get(&mut conn, "/plain/incr-draft?key=neg").await;
+        let (status, refusal) = conn.get_text("/plain/incr-draft?key=neg").await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{refusal}");
         assert!(refusal.contains("unchanged"), "{refusal}");
-        assert_eq!(get(&mut conn, "/plain/get?key=neg").await.1, "-5");
+        assert_eq!(conn.get_text("/plain/get?key=neg").await.1, "-5");
     }
-    assert_eq!(get(&mut conn, "/plain/incr?key=neg&by=4").await.1, "-1");
-    assert_eq!(get(&mut conn, "/plain/incr-draft?key=neg").await.1, "0");
-    assert_eq!(get(&mut conn, "/plain/batch?n=1500").await.1, "1500");
+    assert_eq!(conn.get_text("/plain/incr?key=neg&by=4").await.1, "-1");
+    assert_eq!(conn.get_text("/plain/incr-draft?key=neg").await.1, "0");
+    assert_eq!(conn.get_text("/plain/batch?n=1500").await.1, "1500");
     // 1,502 keys: more than one page, through string and u64 cursors alike.
     for list in ["/plain/list", "/plain/list-draft"] {
-        let (status, keys) = get(&mut conn, list).await;
+        let (status, keys) = conn.get_text(list).await;
         assert_eq!(status, StatusCode::OK);
         let keys: Vec<&str> = keys.lines().collect();
         assert_eq!(keys.len(), 1502, "{list}");
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "{list}: in order");
     }
     assert_eq!(
-        get(&mut conn, "/plain/get?key=absent").await.0,
+        conn.get_text("/plain/get?key=absent").await.0,
         StatusCode::NOT_FOUND
     );
     server.shutdown().await;
@@ -221,7 +210,7 @@ async fn quota_and_size_errors_reach_the_guest_and_other_routes_are_unaffected()
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert!(body.contains("at most 1024 bytes"), "{body}");
         assert_eq!(
-            get(&mut neighbour, "/neighbour").await,
+            neighbour.get_text("/neighbour").await,
             (StatusCode::OK, "v1".into())
         );
     }
@@ -269,9 +258,9 @@ async fn a_shadow_run_reads_real_data_and_its_writes_are_discarded() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let mut conn = Connection::open(server.data).await;
     for i in 1..=20 {
-        assert_eq!(get(&mut conn, "/app/incr?key=n").await.1, i.to_string());
+        assert_eq!(conn.get_text("/app/incr?key=n").await.1, i.to_string());
         assert_eq!(
-            get(&mut conn, "/app/set?key=last&value=real").await.0,
+            conn.get_text("/app/set?key=last&value=real").await.0,
             StatusCode::OK
         );
     }

@@ -463,6 +463,35 @@ impl Connection {
         let body = response.into_body().collect().await?.to_bytes();
         Ok((status, body))
     }
+
+    /// GET `path` and read the whole body as text (panics if the request fails).
+    pub async fn get_text(&mut self, path: &str) -> (StatusCode, String) {
+        let (status, body) = self.get(path).await.expect("request");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+/// `count` increments of a key-value counter, each a GET of `path` on one connection to `addr`
+/// that answers 200 with the counter's new value; the values in the order they came. Panics
+/// once `deadline` has passed (a bound against hangs only).
+pub async fn increments(addr: SocketAddr, path: &str, count: usize, deadline: Instant) -> Vec<u64> {
+    let mut conn = Connection::open(addr).await;
+    let mut seen = Vec::with_capacity(count);
+    for _ in 0..count {
+        assert!(Instant::now() < deadline, "increments are too slow");
+        let (status, body) = conn.get_text(path).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        seen.push(body.parse::<u64>().expect("a number"));
+    }
+    seen
+}
+
+/// Asserts that the values answered by `total` increments of one counter starting at zero are
+/// 1..=`total`, each exactly once: no increment lost or repeated.
+pub fn assert_each_value_once(mut all: Vec<u64>, total: u64) {
+    all.sort_unstable();
+    let expected: Vec<u64> = (1..=total).collect();
+    assert!(all == expected, "increments were lost or repeated");
 }
 
 /// One HTTP/2 client connection (prior knowledge, no TLS) whose streams each accept only

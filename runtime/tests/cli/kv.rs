@@ -2,7 +2,6 @@
 //! acknowledged one, and `handoff kv` reads, writes, exports and imports buckets.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,25 +9,10 @@ use handoff::cli::exit;
 use handoff_tests::guests;
 use serde_json::Value;
 
-use crate::support::{Ready, Running, command, get, handoff};
+use crate::support::{Ready, get, handoff, serve_in};
 
 const READY: Duration = Duration::from_secs(30);
 const WRITERS: usize = 8;
-
-/// `handoff serve` keeping its state in `dir`.
-async fn serve_in(dir: &Path) -> (Running, Ready) {
-    let mut server = Running::spawn(command(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.to_str().unwrap(),
-    ]));
-    let ready = server.ready(READY).await;
-    (server, ready)
-}
 
 /// Every entry of route `route`'s own bucket, through `handoff kv export`.
 async fn export(ready: &Ready, route: &str) -> BTreeMap<String, String> {

@@ -12,25 +12,10 @@ use http::{Method, Request};
 use http_body_util::Full;
 use serde_json::Value;
 
-use crate::support::{Ready, Running, command, get, handoff, handoff_with, serve};
+use crate::support::{Running, get, handoff, handoff_with, serve, serve_command, serve_in};
 
 const FAILED: i32 = exit::FAILED as i32;
 const READY: Duration = Duration::from_secs(30);
-
-/// `handoff serve` keeping its state in `dir`.
-async fn serve_in(dir: &Path) -> (Running, Ready) {
-    let mut server = Running::spawn(command(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.to_str().unwrap(),
-    ]));
-    let ready = server.ready(READY).await;
-    (server, ready)
-}
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
@@ -312,14 +297,7 @@ async fn kill_9_during_deploys_leaves_each_route_on_its_old_or_new_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_sends_handoff_admin_token_and_the_server_records_its_name() {
     const SECRET: &str = "cli-test-secret-0123456789";
-    let mut serve_command = command(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--ephemeral",
-    ]);
+    let mut serve_command = serve_command(&[]);
     serve_command.env("HANDOFF_ADMIN_TOKEN", SECRET);
     let mut server = Running::spawn(serve_command);
     let ready = server.ready(READY).await;

@@ -9,7 +9,7 @@ use handoff::cli::exit;
 use handoff_tests::guests;
 use serde_json::Value;
 
-use crate::support::{command, get, handoff, run_within, serve};
+use crate::support::{get, handoff, run_within, serve, serve_in_command};
 
 /// `curl -sS ARGS`: the status and the body as JSON (or a string).
 async fn curl(args: &[&str]) -> (u16, Value) {
@@ -240,18 +240,7 @@ async fn a_data_directory_other_users_can_write_stops_the_server() {
     let dir = parent.path().join("data");
     std::fs::create_dir(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let serve_on = |dir: &std::path::Path| {
-        command(&[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ])
-    };
-    let refused = run_within(Duration::from_secs(60), serve_on(&dir)).await;
+    let refused = run_within(Duration::from_secs(60), serve_in_command(&dir)).await;
     assert_eq!(refused.code, exit::CONFIG as i32, "{refused:#?}");
     let last = refused.stderr.lines().last().unwrap_or_default();
     assert!(
@@ -276,7 +265,7 @@ async fn a_data_directory_other_users_can_write_stops_the_server() {
     let modules = dir.join("modules");
     std::fs::create_dir(&modules).unwrap();
     std::fs::set_permissions(&modules, std::fs::Permissions::from_mode(0o775)).unwrap();
-    let refused = run_within(Duration::from_secs(60), serve_on(&dir)).await;
+    let refused = run_within(Duration::from_secs(60), serve_in_command(&dir)).await;
     assert_eq!(refused.code, exit::CONFIG as i32, "{refused:#?}");
     assert!(
         refused
@@ -289,7 +278,7 @@ async fn a_data_directory_other_users_can_write_stops_the_server() {
         "{refused:#?}"
     );
     std::fs::set_permissions(&modules, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let mut server = crate::support::Running::spawn(serve_on(&dir));
+    let mut server = crate::support::Running::spawn(serve_in_command(&dir));
     server.ready(Duration::from_secs(30)).await;
     assert!(server.terminate(Duration::from_secs(30)).await.success());
 }

@@ -301,6 +301,26 @@ pub async fn serve(extra: &[&str]) -> (Running, Ready) {
     (server, ready)
 }
 
+/// The command `handoff serve` on ephemeral ports keeping its state in `dir`.
+pub fn serve_in_command(dir: &Path) -> Command {
+    command(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ])
+}
+
+/// `handoff serve` on ephemeral ports keeping its state in `dir`, once it is ready.
+pub async fn serve_in(dir: &Path) -> (Running, Ready) {
+    let mut server = Running::spawn(serve_in_command(dir));
+    let ready = server.ready(Duration::from_secs(30)).await;
+    (server, ready)
+}
+
 /// A GET on the data plane: status and body (within a minute).
 pub async fn get(ready: &Ready, path: &str) -> (u16, String) {
     let request = handoff_tests::send(ready.data, handoff_tests::get_request(path));
