@@ -131,6 +131,10 @@ pub struct VersionStatus {
     pub deployed_at_ms: u64,
     /// Compile and link time.
     pub compile_ms: f64,
+    /// Which WASI it is: `0.2` (a `wasi:http/proxy` component) or `0.3` (a `wasi:http/service`
+    /// one).
+    #[serde(default)]
+    pub wasi: String,
     /// Requests holding it now.
     pub in_flight: usize,
     /// Requests routed to it so far.

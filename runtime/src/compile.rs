@@ -6,7 +6,8 @@
 //! a child process, the compile worker: the `handoff` binary itself run as
 //! `handoff __compile-worker` ([`Compiler::Worker`]). The worker reads the component on stdin,
 //! caps its own writable memory (`RLIMIT_DATA`) and CPU time (`RLIMIT_CPU`, a backstop), compiles
-//! with the same engine settings as the server, and writes the serialized artifact to stdout.
+//! with the settings of the server's engine for the component's WASI (0.2 or 0.3, passed by
+//! environment), and writes the serialized artifact to stdout.
 //! The server kills it when the compile deadline passes and loads the artifact it gets back the
 //! same way it loads artifacts from the data directory. No guest code runs in the worker.
 //!
@@ -22,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::engine::{CompileError, Engine};
+use crate::engine::{CompileError, Engine, Wasi};
 pub use crate::settings::CompileLimits;
 
 /// The argument that turns the `handoff` binary into a compile worker.
@@ -35,6 +36,9 @@ const CPU_ENV: &str = "HANDOFF_COMPILE_CPU_SECONDS";
 /// Environment variable carrying the server's `--opt-level`, so the worker's code loads into
 /// the server's engine.
 const OPT_LEVEL_ENV: &str = "HANDOFF_COMPILE_OPT_LEVEL";
+/// Environment variable carrying which WASI the component is for (`0.2`, `0.3`): which of the
+/// server's engines the artifact must load into.
+const WASI_ENV: &str = "HANDOFF_COMPILE_WASI";
 /// Exit code of a worker whose input is not a valid component (the reason is on stderr).
 const EXIT_INVALID: u8 = 3;
 /// Exit code of a worker that ran out of memory in a way it could report.
@@ -116,11 +120,13 @@ impl Compiles {
         self.workers.load(Ordering::Relaxed)
     }
 
-    /// Compiles `bytes` for `engine` under `limits`, waiting for a compile slot first.
+    /// Compiles `bytes` for `engine`'s engine of `wasi` under `limits`, waiting for a compile
+    /// slot first.
     pub async fn compile(
         &self,
         engine: &Arc<Engine>,
         bytes: Bytes,
+        wasi: Wasi,
         limits: CompileLimits,
     ) -> Result<Compiled, CompileError> {
         let _slot = self
@@ -132,7 +138,7 @@ impl Compiles {
             Compiler::InProcess => {
                 let engine = engine.clone();
                 tokio::task::spawn_blocking(move || {
-                    let component = engine.compile(&bytes)?;
+                    let component = engine.compile(&bytes, wasi)?;
                     let artifact = component
                         .serialize()
                         .map_err(|e| CompileError::Failed(format!("serializing: {e:#}")))?;
@@ -146,14 +152,15 @@ impl Compiles {
             }
             Compiler::Worker { program, args } => {
                 let _running = WorkerGauge::enter(&self.workers);
-                let artifact = run_worker(program, args, engine.opt_level(), bytes, limits).await?;
+                let artifact =
+                    run_worker(program, args, engine.opt_level(), wasi, bytes, limits).await?;
                 let engine = engine.clone();
                 tokio::task::spawn_blocking(move || {
                     // Loading checks what compiling in process would have: that the component
                     // fits the engine (its memories and tables within the instance pool's
                     // limits).
                     let component = engine
-                        .load_compiled(&artifact)
+                        .load_compiled(&artifact, wasi)
                         .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
                     Ok(Compiled {
                         component,
@@ -177,6 +184,7 @@ async fn run_worker(
     program: &PathBuf,
     args: &[OsString],
     opt_level: crate::engine::OptLevel,
+    wasi: Wasi,
     bytes: Bytes,
     limits: CompileLimits,
 ) -> Result<Vec<u8>, CompileError> {
@@ -195,6 +203,7 @@ async fn run_worker(
         .env(MEMORY_ENV, limits.memory_bytes.to_string())
         .env(CPU_ENV, cpu_seconds.to_string())
         .env(OPT_LEVEL_ENV, opt_level.as_str())
+        .env(WASI_ENV, wasi.as_str())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -321,7 +330,17 @@ pub fn worker_main() -> std::process::ExitCode {
             }
         },
     };
-    let engine = match crate::engine::compile_engine(opt_level) {
+    let wasi = match std::env::var(WASI_ENV) {
+        Err(_) => Wasi::default(),
+        Ok(name) => match Wasi::parse(&name) {
+            Some(wasi) => wasi,
+            None => {
+                eprintln!("{WASI_ENV}: no WASI is named `{name}`");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let engine = match crate::engine::compile_engine(opt_level, wasi) {
         Ok(engine) => engine,
         Err(error) => {
             eprintln!("{error:#}");

@@ -1,5 +1,11 @@
-//! The process-wide wasmtime `Engine`, the one `Linker` every version is linked against, and the
+//! The process-wide wasmtime engines, the `Linker` every version is linked against, and the
 //! epoch ticker that drives CPU deadlines.
+//!
+//! There are two engines, one per WASI, each with its linker and instance pool ([`Wasi`]): WASI
+//! 0.2 `wasi:http/proxy` components run on an engine without the component model's concurrency
+//! support (a call from the guest into the host then makes no host task: 10-20 % cheaper), WASI
+//! 0.3 `wasi:http/service` components on one with it. A deploy reads which WASI a component is
+//! for from its exports ([`Wasi::of`]) and compiles it for that engine.
 //!
 //! Built once at startup. Nothing here runs per request; compiling a guest happens through
 //! [`Engine::compile`], which callers must run off the async threads.
@@ -12,6 +18,7 @@ use std::thread::JoinHandle;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 /// How often the engine's epoch advances: the granularity of CPU deadlines and guest yields.
 pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(1);
@@ -74,6 +81,125 @@ use crate::digest::Digest;
 use crate::host::Host;
 use crate::limiter;
 
+/// Which WASI a component is written for, and so which engine compiles and runs it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Wasi {
+    /// WASI 0.2: exports `wasi:http/incoming-handler@0.2.x` (the `wasi:http/proxy` world).
+    #[default]
+    P2,
+    /// WASI 0.3: exports `wasi:http/handler@0.3.x` (the `wasi:http/service` world), lifted
+    /// with the component model's async.
+    P3,
+}
+
+/// The export that makes a component a WASI 0.3 handler.
+const P3_HANDLER: &str = "wasi:http/handler@0.3";
+
+impl Wasi {
+    /// Both, in order.
+    pub const ALL: [Wasi; 2] = [Wasi::P2, Wasi::P3];
+
+    /// Its version as the status shows it: `0.2` or `0.3`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::P2 => "0.2",
+            Self::P3 => "0.3",
+        }
+    }
+
+    /// The WASI named `name` (see [`Wasi::as_str`]).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|wasi| wasi.as_str() == name)
+    }
+
+    /// Which WASI the component `bytes` is for: 0.3 if it exports `wasi:http/handler@0.3.x`,
+    /// else 0.2 (compiling and linking then say what else is wrong with it). Reads the
+    /// component's own export section only, not those of the components nested in it.
+    pub fn of(bytes: &[u8]) -> Self {
+        use wasmparser::{Parser, Payload};
+        let mut depth = 0usize;
+        for payload in Parser::new(0).parse_all(bytes) {
+            let Ok(payload) = payload else {
+                break;
+            };
+            match payload {
+                Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+                Payload::End(_) => match depth.checked_sub(1) {
+                    Some(outer) => depth = outer,
+                    None => break,
+                },
+                Payload::ComponentExportSection(exports) if depth == 0 => {
+                    for export in exports.into_iter().flatten() {
+                        if export.name.name.starts_with(P3_HANDLER) {
+                            return Self::P3;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Self::P2
+    }
+}
+
+impl std::fmt::Display for Wasi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A linked, pre-instantiated component, for the engine of its WASI.
+#[derive(Clone)]
+pub enum Pre {
+    /// A WASI 0.2 `wasi:http/proxy` component.
+    P2(Arc<ProxyPre<Host>>),
+    /// A WASI 0.3 `wasi:http/service` component.
+    P3(Arc<ServicePre<Host>>),
+}
+
+impl Pre {
+    /// Which WASI it is for.
+    pub fn wasi(&self) -> Wasi {
+        match self {
+            Self::P2(_) => Wasi::P2,
+            Self::P3(_) => Wasi::P3,
+        }
+    }
+
+    fn downgrade(&self) -> WeakPre {
+        match self {
+            Self::P2(pre) => WeakPre::P2(Arc::downgrade(pre)),
+            Self::P3(pre) => WeakPre::P3(Arc::downgrade(pre)),
+        }
+    }
+}
+
+/// A [`Pre`] held only while a version holds it.
+enum WeakPre {
+    P2(Weak<ProxyPre<Host>>),
+    P3(Weak<ServicePre<Host>>),
+}
+
+impl WeakPre {
+    fn upgrade(&self) -> Option<Pre> {
+        match self {
+            Self::P2(pre) => pre.upgrade().map(Pre::P2),
+            Self::P3(pre) => pre.upgrade().map(Pre::P3),
+        }
+    }
+
+    fn alive(&self) -> bool {
+        match self {
+            Self::P2(pre) => pre.strong_count() > 0,
+            Self::P3(pre) => pre.strong_count() > 0,
+        }
+    }
+}
+
+/// Concurrent guest calls one WASI 0.3 instance slot may have on average: each call that waits
+/// holds a stack of the pool.
+const P3_STACKS_PER_SLOT: u32 = 17;
+
 /// Bytes of a pool slot's linear memory (and of its tables, [`TABLE_KEEP_RESIDENT`]) kept
 /// resident when its instance ends, where the kernel offers `PAGEMAP_SCAN` (Linux 6.7 and
 /// later): the pages the instance wrote, up to this much, are put back to their initial
@@ -92,15 +218,21 @@ const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 /// this). Rust guests use 3, componentize-js 4, componentize-py 14.
 const CORE_INSTANCES_PER_SLOT: u32 = 10;
 
-/// The engine, its linker and its epoch ticker.
-pub struct Engine {
+/// One WASI's wasmtime engine and the linker its components are linked against.
+struct Flavour {
     engine: wasmtime::Engine,
     linker: Linker<Host>,
+}
+
+/// The engines, their linkers and the epoch ticker.
+pub struct Engine {
+    p2: Flavour,
+    p3: Flavour,
     pooling: bool,
     opt_level: OptLevel,
     /// Linked code by digest, shared by every version of the same component on any route
     /// while one holds it ([`Engine::shared_code`]).
-    code: Mutex<HashMap<Digest, Weak<ProxyPre<Host>>>>,
+    code: Mutex<HashMap<Digest, WeakPre>>,
     _ticker: EpochTicker,
 }
 
@@ -109,34 +241,18 @@ impl Engine {
     /// `pool`, and falls back to on-demand allocation (with a warning) where the pool cannot be
     /// reserved, for example under a `ulimit -v`.
     pub fn new(pool: Pool, opt_level: OptLevel) -> anyhow::Result<Self> {
-        let config = &pool;
-        let (engine, pooling) = if pool.slots > 0 {
-            match wasmtime::Engine::new(&wasmtime_config(config, opt_level, true)) {
-                Ok(engine) => (engine, true),
-                Err(error) => {
-                    tracing::warn!(
-                        error = %error,
-                        "the instance pool could not be reserved; allocating instances on demand"
-                    );
-                    (new_engine(config, opt_level, false)?, false)
-                }
-            }
-        } else {
-            (new_engine(config, opt_level, false)?, false)
-        };
-        let mut linker = Linker::new(&engine);
-        // Full WASI p2, not just the proxy world: std-built guests import wasi:cli and friends.
-        // The closed `WasiCtx` in `host.rs` is what keeps them sandboxed.
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(|e| anyhow::anyhow!("linking wasi:http: {e}"))?;
-        crate::host::add_to_linker(&mut linker)?;
-        crate::kv::add_to_linker(&mut linker, Host::kv_view)?;
-        let ticker = EpochTicker::start(engine.clone());
+        let (p2, pooling) = wasmtime_engine(&pool, opt_level, Wasi::P2)?;
+        let (p3, _) = wasmtime_engine(&pool, opt_level, Wasi::P3)?;
+        let ticker = EpochTicker::start(vec![p2.clone(), p3.clone()]);
         Ok(Self {
-            engine,
-            linker,
+            p2: Flavour {
+                linker: linker(&p2, Wasi::P2)?,
+                engine: p2,
+            },
+            p3: Flavour {
+                linker: linker(&p3, Wasi::P3)?,
+                engine: p3,
+            },
             pooling,
             opt_level,
             code: Mutex::default(),
@@ -144,9 +260,21 @@ impl Engine {
         })
     }
 
-    /// The wasmtime engine.
+    fn flavour(&self, wasi: Wasi) -> &Flavour {
+        match wasi {
+            Wasi::P2 => &self.p2,
+            Wasi::P3 => &self.p3,
+        }
+    }
+
+    /// The wasmtime engine of WASI 0.2 components.
     pub fn wasmtime(&self) -> &wasmtime::Engine {
-        &self.engine
+        &self.p2.engine
+    }
+
+    /// The wasmtime engine of `wasi`'s components.
+    pub fn wasmtime_for(&self, wasi: Wasi) -> &wasmtime::Engine {
+        &self.flavour(wasi).engine
     }
 
     /// Whether instances come from the pooling allocator.
@@ -165,10 +293,10 @@ impl Engine {
     /// wasmtime compiles functions in parallel on rayon's current pool. Each compile gets a pool
     /// of its own, so the OS shares the cores between concurrent deploys: on the global pool, a
     /// small component's functions would queue behind every function of a large one.
-    pub fn compile(&self, bytes: &[u8]) -> Result<Component, CompileError> {
-        let compile = || {
-            Component::new(&self.engine, bytes).map_err(|e| CompileError::Invalid(format!("{e:#}")))
-        };
+    pub fn compile(&self, bytes: &[u8], wasi: Wasi) -> Result<Component, CompileError> {
+        let engine = &self.flavour(wasi).engine;
+        let compile =
+            || Component::new(engine, bytes).map_err(|e| CompileError::Invalid(format!("{e:#}")));
         match rayon::ThreadPoolBuilder::new()
             .num_threads(compile_threads())
             .thread_name(|i| format!("handoff-compile-{i}"))
@@ -182,37 +310,77 @@ impl Engine {
         }
     }
 
-    /// Links and pre-instantiates a compiled component, checking that every import is
-    /// provided and that it exports the HTTP handler.
-    pub fn link(&self, component: &Component) -> Result<ProxyPre<Host>, CompileError> {
+    /// Links and pre-instantiates a component compiled for `wasi`, checking that every
+    /// import is provided and that it exports the HTTP handler.
+    pub fn link(&self, component: &Component, wasi: Wasi) -> Result<Pre, CompileError> {
         let pre = self
+            .flavour(wasi)
             .linker
             .instantiate_pre(component)
             .map_err(|e| CompileError::Unlinkable(format!("{e:#}")))?;
-        ProxyPre::new(pre).map_err(|e| CompileError::NoHandler(format!("{e:#}")))
+        let no_handler = |e: wasmtime::Error| CompileError::NoHandler(format!("{e:#}"));
+        Ok(match wasi {
+            Wasi::P2 => Pre::P2(Arc::new(ProxyPre::new(pre).map_err(no_handler)?)),
+            Wasi::P3 => {
+                // `ServicePre::new` finds the export; its type is checked only when an
+                // instance is made. Check the handler's shape now, so a component named like a
+                // handler but not one is refused for what it is.
+                self.check_p3_handler(component)
+                    .map_err(CompileError::NoHandler)?;
+                Pre::P3(Arc::new(ServicePre::new(pre).map_err(no_handler)?))
+            }
+        })
+    }
+
+    /// Checks that `component` exports `wasi:http/handler@0.3.x` with a `handle` function of
+    /// one parameter (the request) and one result (the response or an error code), lifted
+    /// `async`.
+    fn check_p3_handler(&self, component: &Component) -> Result<(), String> {
+        use wasmtime::component::types::ComponentItem;
+        let engine = &self.p3.engine;
+        let ty = component.component_type();
+        let (name, handler) = ty
+            .exports(engine)
+            .find(|(name, _)| name.starts_with(P3_HANDLER))
+            .ok_or_else(|| format!("no export named `{P3_HANDLER}.x`"))?;
+        let ComponentItem::ComponentInstance(handler) = handler.ty else {
+            return Err(format!("`{name}` is not an instance"));
+        };
+        let handle = handler
+            .get_export(engine, "handle")
+            .ok_or_else(|| format!("`{name}` has no `handle` function"))?;
+        match handle.ty {
+            ComponentItem::ComponentFunc(func)
+                if func.params().len() == 1 && func.results().len() == 1 && func.async_() =>
+            {
+                Ok(())
+            }
+            _ => Err(format!(
+                "`{name}#handle` is not `async func(request) -> result<response, error-code>`"
+            )),
+        }
     }
 
     /// The linked code of component `digest`, if a version of it is loaded (on any route):
     /// every version of the same bytes shares one copy of the machine code, which a component
     /// otherwise holds per load (the `hello` example: about 650 KiB).
-    pub fn shared_code(&self, digest: &Digest) -> Option<Arc<ProxyPre<Host>>> {
+    pub fn shared_code(&self, digest: &Digest) -> Option<Pre> {
         self.code_map().get(digest)?.upgrade()
     }
 
     /// Shares `pre`, just linked for component `digest`, with the versions loaded later; returns
     /// the copy to use (one loaded meanwhile wins). Forgets the code no version holds any more.
-    pub fn share_code(&self, digest: &Digest, pre: ProxyPre<Host>) -> Arc<ProxyPre<Host>> {
+    pub fn share_code(&self, digest: &Digest, pre: Pre) -> Pre {
         let mut code = self.code_map();
-        if let Some(live) = code.get(digest).and_then(Weak::upgrade) {
+        if let Some(live) = code.get(digest).and_then(WeakPre::upgrade) {
             return live;
         }
-        code.retain(|_, held| held.strong_count() > 0);
-        let pre = Arc::new(pre);
-        code.insert(digest.clone(), Arc::downgrade(&pre));
+        code.retain(|_, held| held.alive());
+        code.insert(digest.clone(), pre.downgrade());
         pre
     }
 
-    fn code_map(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Weak<ProxyPre<Host>>>> {
+    fn code_map(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, WeakPre>> {
         // Inserts and removals only: a panic while holding the lock leaves the map usable.
         self.code
             .lock()
@@ -220,9 +388,9 @@ impl Engine {
     }
 
     /// Loads an artifact previously produced by `Component::serialize` on an engine with the
-    /// same compatibility key.
+    /// same compatibility key as `wasi`'s.
     #[allow(unsafe_code)]
-    pub fn load_artifact(&self, bytes: &[u8]) -> anyhow::Result<Component> {
+    pub fn load_artifact(&self, bytes: &[u8], wasi: Wasi) -> anyhow::Result<Component> {
         // SAFETY: `Component::deserialize` requires bytes produced by `serialize` of a
         // compatible engine and not modified since. Callers pass only artifacts read back from
         // the data directory (`Persist::read_artifact`), which (1) were written by
@@ -232,44 +400,97 @@ impl Engine {
         // in the database when they were written, so a truncated or altered file is refused.
         // wasmtime also verifies its own header (version, target, settings) and fails cleanly
         // on a mismatch. The data directory must be as trusted as the binary itself.
-        unsafe { Component::deserialize(&self.engine, bytes) }
+        unsafe { Component::deserialize(&self.flavour(wasi).engine, bytes) }
             .map_err(|e| anyhow::anyhow!("loading a compiled artifact: {e:#}"))
     }
 
-    /// Loads the artifact a compile worker ([`crate::compile`]) just produced.
+    /// Loads the artifact a compile worker ([`crate::compile`]) just produced for `wasi`.
     #[allow(unsafe_code)]
-    pub fn load_compiled(&self, bytes: &[u8]) -> anyhow::Result<Component> {
+    pub fn load_compiled(&self, bytes: &[u8], wasi: Wasi) -> anyhow::Result<Component> {
         // SAFETY: `Component::deserialize` requires bytes produced by `serialize` of a
         // compatible engine and not modified since. Callers pass only the stdout of a compile
         // worker that exited successfully: this same binary (started through /proc/self/exe,
         // or the embedder's worker built from this crate), whose `worker_main` writes nothing
         // to stdout but `Component::serialize` of the component it compiled, on an engine built
-        // by `compile_engine` with the settings this engine was built with (the pooling
+        // by `compile_engine` with the settings `wasi`'s engine was built with (the pooling
         // allocator does not change compiled code). The bytes travel over a pipe only this
         // process and the worker hold. The worker runs no guest code, so the component being
         // compiled cannot influence what it writes beyond what Cranelift emits for it.
         // wasmtime checks its header (version, target, settings) and fails cleanly on a
         // mismatch.
-        unsafe { Component::deserialize(&self.engine, bytes) }.map_err(anyhow::Error::from)
+        unsafe { Component::deserialize(&self.flavour(wasi).engine, bytes) }
+            .map_err(anyhow::Error::from)
     }
 }
 
-/// An engine for compiling only, with the compile settings of [`Engine::new`] at
-/// `opt_level`: what a compile worker uses. Its artifacts load into the server's engine.
-pub fn compile_engine(opt_level: OptLevel) -> wasmtime::Result<wasmtime::Engine> {
-    wasmtime::Engine::new(&base_config(opt_level))
+/// An engine for compiling only, with the compile settings of [`Engine::new`]'s engine for
+/// `wasi` at `opt_level`: what a compile worker uses. Its artifacts load into that engine.
+pub fn compile_engine(opt_level: OptLevel, wasi: Wasi) -> wasmtime::Result<wasmtime::Engine> {
+    wasmtime::Engine::new(&base_config(opt_level, wasi))
 }
 
-/// The settings that shape compiled code, shared by the server's engine and compile workers.
-fn base_config(opt_level: OptLevel) -> wasmtime::Config {
+/// The settings that shape compiled code, shared by the server's engines and compile workers.
+fn base_config(opt_level: OptLevel, wasi: Wasi) -> wasmtime::Config {
     let mut cfg = wasmtime::Config::new();
     cfg.epoch_interruption(true);
     cfg.cranelift_opt_level(opt_level.cranelift());
-    // Guests are `wasi:http/proxy` 0.2 components, which never run concurrently within a
-    // store: without the component model's concurrency machinery, a call from the guest into
-    // the host makes no host task (an allocation and table entries per call).
-    cfg.concurrency_support(false);
+    match wasi {
+        // `wasi:http/proxy` 0.2 components never run concurrently within a store: without the
+        // component model's concurrency machinery, a call from the guest into the host makes
+        // no host task (an allocation and table entries per call).
+        Wasi::P2 => {
+            cfg.concurrency_support(false);
+        }
+        // 0.3 handlers are lifted `async`, and one instance may serve several requests at once.
+        Wasi::P3 => {
+            cfg.concurrency_support(true);
+            cfg.wasm_component_model_async(true);
+        }
+    }
     cfg
+}
+
+/// The linker of `wasi`'s components: full WASI 0.2, not just the proxy world (std-built guests
+/// import `wasi:cli` and friends; the closed `WasiCtx` in `host.rs` keeps them sandboxed),
+/// `wasi:http` and the key-value interfaces; for 0.3, also `wasi:http@0.3` and the 0.3 clocks,
+/// random and cli (what `wasmtime serve` links for a service).
+fn linker(engine: &wasmtime::Engine, wasi: Wasi) -> anyhow::Result<Linker<Host>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(|e| anyhow::anyhow!("linking wasi:http: {e}"))?;
+    if wasi == Wasi::P3 {
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking wasi:http 0.3: {e}"))?;
+        wasmtime_wasi::p3::clocks::add_to_linker(&mut linker)
+            .and_then(|()| wasmtime_wasi::p3::random::add_to_linker(&mut linker))
+            .and_then(|()| wasmtime_wasi::p3::cli::add_to_linker(&mut linker))
+            .map_err(|e| anyhow::anyhow!("linking WASI 0.3: {e}"))?;
+    }
+    crate::host::add_to_linker(&mut linker, wasi == Wasi::P3)?;
+    crate::kv::add_to_linker(&mut linker, Host::kv_view)?;
+    Ok(linker)
+}
+
+/// `wasi`'s engine with the pooling allocator sized by `pool`, falling back to on-demand
+/// allocation (with a warning) where the pool cannot be reserved, for example under a
+/// `ulimit -v`. Says whether it pools.
+fn wasmtime_engine(
+    pool: &Pool,
+    opt_level: OptLevel,
+    wasi: Wasi,
+) -> anyhow::Result<(wasmtime::Engine, bool)> {
+    if pool.slots > 0 {
+        match wasmtime::Engine::new(&wasmtime_config(pool, opt_level, wasi, true)) {
+            Ok(engine) => return Ok((engine, true)),
+            Err(error) => tracing::warn!(
+                error = %error, wasi = %wasi,
+                "the instance pool could not be reserved; allocating instances on demand"
+            ),
+        }
+    }
+    Ok((new_engine(pool, opt_level, wasi, false)?, false))
 }
 
 /// Threads per compile: one per core.
@@ -297,14 +518,24 @@ pub enum CompileError {
 fn new_engine(
     config: &Pool,
     opt_level: OptLevel,
+    wasi: Wasi,
     pooling: bool,
 ) -> anyhow::Result<wasmtime::Engine> {
-    wasmtime::Engine::new(&wasmtime_config(config, opt_level, pooling))
+    wasmtime::Engine::new(&wasmtime_config(config, opt_level, wasi, pooling))
         .map_err(|e| anyhow::anyhow!("creating the wasmtime engine: {e}"))
 }
 
-fn wasmtime_config(config: &Pool, opt_level: OptLevel, pooling: bool) -> wasmtime::Config {
-    let mut cfg = base_config(opt_level);
+fn wasmtime_config(
+    config: &Pool,
+    opt_level: OptLevel,
+    wasi: Wasi,
+    pooling: bool,
+) -> wasmtime::Config {
+    let mut cfg = base_config(opt_level, wasi);
+    let stacks_per_slot = match wasi {
+        Wasi::P2 => 1,
+        Wasi::P3 => P3_STACKS_PER_SLOT,
+    };
     if pooling {
         let slots = config.slots;
         let mut pool = PoolingAllocationConfig::default();
@@ -316,7 +547,7 @@ fn wasmtime_config(config: &Pool, opt_level: OptLevel, pooling: bool) -> wasmtim
             .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_SLOT))
             .total_memories(slots.saturating_mul(2))
             .total_tables(slots.saturating_mul(4))
-            .total_stacks(slots)
+            .total_stacks(slots.saturating_mul(stacks_per_slot))
             .max_core_instances_per_component(limiter::MAX_CORE_INSTANCES as u32)
             .max_memories_per_component(limiter::MAX_MEMORIES as u32)
             .max_tables_per_component(limiter::MAX_TABLES as u32)
@@ -334,7 +565,7 @@ fn wasmtime_config(config: &Pool, opt_level: OptLevel, pooling: bool) -> wasmtim
     cfg
 }
 
-/// One thread for the whole engine that advances its epoch every [`EPOCH_TICK`]. Stores turn
+/// One thread for the engines that advances their epochs every [`EPOCH_TICK`]. Stores turn
 /// ticks into yields (fairness between guests) and into the CPU deadline.
 struct EpochTicker {
     stop: Arc<AtomicBool>,
@@ -342,7 +573,7 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: wasmtime::Engine) -> Self {
+    fn start(engines: Vec<wasmtime::Engine>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -350,7 +581,9 @@ impl EpochTicker {
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+                    for engine in &engines {
+                        engine.increment_epoch();
+                    }
                 }
             })
             .expect("spawning the epoch ticker thread");

@@ -87,8 +87,9 @@ proptest! {
             Vec::new()
         };
         bytes.extend(body);
-        if let Ok(component) = engine.compile(&bytes) {
-            let _ = engine.link(&component);
+        let wasi = crate::engine::Wasi::of(&bytes);
+        if let Ok(component) = engine.compile(&bytes, wasi) {
+            let _ = engine.link(&component, wasi);
         }
     }
 }

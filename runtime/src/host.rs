@@ -115,16 +115,24 @@ fn open_dir(path: &std::path::Path) -> std::io::Result<Dir> {
 /// route's config and prefix, and its `/data` directory, from the version's [`Guest`]
 /// instead of copies made for every request. Call it after linking WASI.
 ///
+/// `p3`: the linker is for WASI 0.3 components, which may also import the 0.3 environment.
 /// The interface names are those of wasmtime-wasi 48's WIT (`wasi:cli@0.2.12`,
-/// `wasi:filesystem@0.2.12`); guests importing any 0.2.x reach them by semver. Were a name to
-/// drift, the instance would be created anew instead of reopened, and every std-built guest
-/// would fail to link (the env and `/data` tests catch either).
-pub fn add_to_linker(linker: &mut Linker<Host>) -> anyhow::Result<()> {
+/// `wasi:filesystem@0.2.12`, and for WASI 0.3 linkers `wasi:cli@0.3.0`); guests importing any
+/// 0.2.x (0.3.x) reach them by semver. Were a name to drift, the instance would be created anew
+/// instead of reopened, and every std-built guest would fail to link (the env and `/data`
+/// tests catch either).
+pub fn add_to_linker(linker: &mut Linker<Host>, p3: bool) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
     linker.instance("wasi:cli/environment@0.2.12")?.func_wrap(
         "get-environment",
         |cx: StoreContextMut<'_, Host>, (): ()| Ok((cx.data().environment(),)),
     )?;
+    if p3 {
+        linker.instance("wasi:cli/environment@0.3.0")?.func_wrap(
+            "get-environment",
+            |cx: StoreContextMut<'_, Host>, (): ()| Ok((cx.data().environment(),)),
+        )?;
+    }
     linker
         .instance("wasi:filesystem/preopens@0.2.12")?
         .func_wrap(
@@ -238,13 +246,26 @@ impl Host {
         store.set_epoch_deadline(1);
     }
 
+    /// Sets the prefix a WASI 0.3 instance's requests were routed by (its requests share its
+    /// environment).
+    pub fn set_prefix(&mut self, prefix: &Arc<str>) {
+        if !Arc::ptr_eq(&self.prefix, prefix) {
+            self.prefix = prefix.clone();
+        }
+    }
+
     /// Denies this request every outbound HTTP call, whatever the route allows: a copy of a
     /// request (a shadow run) must have no side effects. The flag returned is set once the
     /// guest tries one.
     pub fn deny_outbound(&mut self) -> Arc<AtomicBool> {
         let tried = Arc::new(AtomicBool::new(false));
-        self.hooks.copy_tried_outbound = Some(tried.clone());
+        self.deny_outbound_with(tried.clone());
         tried
+    }
+
+    /// As [`Host::deny_outbound`], setting `tried` once the guest tries a call.
+    pub fn deny_outbound_with(&mut self, tried: Arc<AtomicBool>) {
+        self.hooks.copy_tried_outbound = Some(tried);
     }
 
     /// Sends this request's key-value writes to a scratch overlay that is discarded with it,
@@ -403,6 +424,30 @@ impl WasiHttpHooks for SandboxHooks {
     fn p2_error_from_tls(&mut self, err: &std::io::Error) -> ErrorCode {
         self.warn("outbound TLS failed", err);
         ErrorCode::TlsProtocolError
+    }
+
+    fn p3_error_from_hyper(
+        &mut self,
+        err: &hyper::Error,
+    ) -> wasmtime_wasi_http::p3::bindings::http::types::ErrorCode {
+        self.warn("outbound HTTP failed", err);
+        wasmtime_wasi_http::p3::bindings::http::types::ErrorCode::HttpProtocolError
+    }
+
+    fn p3_error_from_connect(
+        &mut self,
+        err: &std::io::Error,
+    ) -> wasmtime_wasi_http::p3::bindings::http::types::ErrorCode {
+        self.warn("outbound connection failed", err);
+        wasmtime_wasi_http::p3::bindings::http::types::ErrorCode::ConnectionRefused
+    }
+
+    fn p3_error_from_tls(
+        &mut self,
+        err: &std::io::Error,
+    ) -> wasmtime_wasi_http::p3::bindings::http::types::ErrorCode {
+        self.warn("outbound TLS failed", err);
+        wasmtime_wasi_http::p3::bindings::http::types::ErrorCode::TlsProtocolError
     }
 
     fn p2_error_from_dns(&mut self, err: &rustls::pki_types::InvalidDnsNameError) -> ErrorCode {

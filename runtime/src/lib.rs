@@ -56,6 +56,7 @@ pub mod route;
 pub mod runtime;
 pub mod scaffold;
 pub mod server;
+pub mod service;
 pub mod settings;
 pub mod shadow;
 pub mod signing;

@@ -88,7 +88,10 @@ impl Runtime {
             },
             config.opt_level,
         )?);
-        let files = Files::open(config.data_dir.as_deref(), engine.wasmtime())?;
+        let files = Files::open(
+            config.data_dir.as_deref(),
+            crate::engine::Wasi::ALL.map(|wasi| engine.wasmtime_for(wasi)),
+        )?;
         Ok((config, engine, files))
     }
 

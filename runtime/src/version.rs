@@ -11,10 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use crate::digest::Digest;
-use crate::host::{Guest, Host};
+use crate::engine::{Pre, Wasi};
+use crate::host::Guest;
 pub use crate::settings::{GuestDir, Limits, RouteConfig, Settings, parse_config};
 
 /// One compiled, pre-instantiated guest serving (or having served) a route.
@@ -25,13 +25,16 @@ pub struct Version {
     pub short: Arc<str>,
     /// The route this version was deployed to.
     pub route: Arc<str>,
-    /// The pre-instantiated component, shared with every other version of the same bytes.
-    pub pre: Arc<ProxyPre<Host>>,
+    /// The pre-instantiated component, shared with every other version of the same bytes;
+    /// which WASI it is for.
+    pub pre: Pre,
     /// The sandbox its requests run in, set up once.
     pub guest: Arc<Guest>,
     /// Its idle instances, kept for its next requests when its route reuses instances
-    /// (`reuse` above 1); never shared with another version.
+    /// (`reuse` above 1); never shared with another version. WASI 0.2 only.
     pub instances: Arc<crate::reuse::Instances>,
+    /// The instances of a WASI 0.3 version, and how its requests reach them; `None` for 0.2.
+    pub service: Option<crate::service::Service>,
     /// What its requests did: errors, status classes, latency.
     pub stats: crate::stats::VersionStats,
     /// Limits for its requests.
@@ -60,11 +63,14 @@ pub struct Version {
 
 impl Version {
     /// Wraps a freshly compiled guest; its sandbox is built here, once (`outbound_private` is
-    /// the server's `--outbound-private`).
+    /// the server's `--outbound-private`; `engine`: the server's engines, for a 0.3 version's
+    /// instances).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        engine: &crate::engine::Engine,
         digest: Digest,
         route: Arc<str>,
-        pre: Arc<ProxyPre<Host>>,
+        pre: Pre,
         settings: Settings,
         size_bytes: usize,
         compile_time: Duration,
@@ -84,13 +90,30 @@ impl Version {
             dir,
             kv,
         } = settings;
+        let cut_off = CancellationToken::new();
+        let (instances, service) = match &pre {
+            Pre::P2(_) => (crate::reuse::Instances::new(limits.reuse), None),
+            Pre::P3(pre) => (
+                crate::reuse::Instances::new(1),
+                Some(crate::service::Service::new(
+                    engine.wasmtime_for(Wasi::P3),
+                    pre.clone(),
+                    guest.clone(),
+                    limits.reuse,
+                    limits.instance_concurrency,
+                    limits.request_timeout,
+                    cut_off.clone(),
+                )),
+            ),
+        };
         Self {
             short,
             digest,
             route,
             pre,
             guest,
-            instances: crate::reuse::Instances::new(limits.reuse),
+            instances,
+            service,
             stats: Default::default(),
             limits,
             config,
@@ -105,8 +128,13 @@ impl Version {
             guest_failures: AtomicU64::new(0),
             retired: AtomicBool::new(false),
             drained: Notify::new(),
-            cut_off: CancellationToken::new(),
+            cut_off,
         }
+    }
+
+    /// Which WASI it is.
+    pub fn wasi(&self) -> Wasi {
+        self.pre.wasi()
     }
 
     /// Counts a request that now holds this version (see `crate::route::InFlight`).
@@ -190,6 +218,9 @@ impl Version {
         // Idle instances serve no one any more: drop them now (the running requests keep
         // theirs, which are then dropped too).
         self.instances.close();
+        if let Some(service) = &self.service {
+            service.close();
+        }
         let deadline = tokio::time::sleep(grace);
         tokio::pin!(deadline);
         loop {

@@ -69,7 +69,23 @@ async fn every_bad_upload_is_refused_and_the_route_keeps_serving() {
             "component without the handler",
             wat::parse_str("(component)").unwrap(),
             StatusCode::UNPROCESSABLE_ENTITY,
-            "incoming-handler",
+            "neither `wasi:http/incoming-handler@0.2.x` (a wasi 0.2 `wasi:http/proxy` component) nor `wasi:http/handler@0.3.x`",
+        ),
+        (
+            // Named like a 0.3 handler, but not one: compiled for the 0.3 engine, refused by
+            // linking with the same sentence.
+            "a 0.3 handler export of the wrong shape",
+            wat::parse_str(
+                r#"(component
+                    (core module $m (func (export "f")))
+                    (core instance $i (instantiate $m))
+                    (func $f (canon lift (core func $i "f")))
+                    (instance $h (export "handle" (func $f)))
+                    (export "wasi:http/handler@0.3.0" (instance $h)))"#,
+            )
+            .unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "nor `wasi:http/handler@0.3.x`",
         ),
         (
             "unsatisfiable import",
@@ -81,9 +97,9 @@ async fn every_bad_upload_is_refused_and_the_route_keeps_serving() {
             "acme:nothing/here",
         ),
         (
-            // WASI 0.3 guests lift their handlers `async`: handoff runs `wasi:http/proxy` 0.2
-            // components only, without the component model's concurrency (a faster call path).
-            "component-model async",
+            // Async without a 0.3 handler: neither WASI 0.2 proxy nor WASI 0.3 service; the
+            // answer names what is accepted.
+            "component-model async without a 0.3 handler",
             wat::parse_str(
                 r#"(component
                     (core module $m (func (export "f") (result i32) i32.const 0)
@@ -93,7 +109,7 @@ async fn every_bad_upload_is_refused_and_the_route_keeps_serving() {
             )
             .unwrap(),
             StatusCode::UNPROCESSABLE_ENTITY,
-            "build the guest for wasi 0.2",
+            "`wasi:http/handler@0.3.x`",
         ),
         (
             "over the size limit",

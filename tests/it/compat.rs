@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
-use handoff_tests::{Connection, guests};
+use handoff_tests::{Connection, TestServer, guests};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -158,4 +158,20 @@ async fn the_async_sdk_example_runs_its_lookups_at_once_on_wasmtime_serve() {
         (1000..2500).contains(&total),
         "one after another the lookups take 2500 ms: {body}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasi_0_3_guests_answer_on_handoff_as_on_wasmtime_serve() {
+    let server = TestServer::start().await;
+    for guest in [guests::SPIN_HELLO, guests::WASIP3_HELLO] {
+        let (_serve, addr) = wasmtime_serve(guest, &[]).await;
+        server.deploy("app", guest).await;
+        let reference = post_items(addr).await;
+        let ours = post_items(server.data).await;
+        assert_eq!(
+            ours, reference,
+            "{guest} on handoff, then on wasmtime serve"
+        );
+    }
+    server.shutdown().await;
 }

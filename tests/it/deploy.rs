@@ -302,7 +302,10 @@ async fn versions_of_the_same_bytes_share_their_code() {
     let code = |server: &TestServer, route: &str| {
         let name = handoff::names::RouteName::parse(route).unwrap();
         let table = server.server().runtime().routes.snapshot();
-        table.get(&name).unwrap().stable().unwrap().pre.clone()
+        match &table.get(&name).unwrap().stable().unwrap().pre {
+            handoff::engine::Pre::P2(pre) => pre.clone(),
+            handoff::engine::Pre::P3(_) => panic!("a WASI 0.2 guest"),
+        }
     };
     let server = TestServer::start_with(config()).await;
     server.deploy("a", guests::TAGGED_V1).await;

@@ -1,8 +1,10 @@
 //! Guests built with other standard tools than our SDK, as users build them: `wstd` (Rust,
-//! `tests/guests/wstd-hello`) and componentize-js (JavaScript, `tests/guests/js-hello`, built
-//! at test time with the `componentize-js` that `tests/install-tools` installs). Each deploys,
-//! reads a request body, answers with its own headers, and swaps with a version from another
-//! toolchain under load without a failed request.
+//! `tests/guests/wstd-hello`), componentize-js (JavaScript, `tests/guests/js-hello`, built
+//! at test time with the `componentize-js` that `tests/install-tools` installs), and two WASI
+//! 0.3 toolchains: the Spin SDK 7 (`tests/guests/spin-hello`) and the `wasip3` crate's
+//! `http_compat` layer (`tests/guests/wasip3-hello`). Each deploys, reads a request body,
+//! answers with its own headers, and swaps with a version from another toolchain (0.3 with 0.2
+//! both ways) under load without a failed request.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -92,6 +94,16 @@ async fn call(
 /// Deploys `next` over what serves route `app` while 2 clients send requests: every request
 /// answers 200, and once the deploy returned every answer is `next`'s.
 async fn swap_under_load(server: &TestServer, next: Vec<u8>, next_says: &'static str) {
+    swap_under_load_with(server, "", next, next_says).await;
+}
+
+/// [`swap_under_load`], deploying with `query` (the route's settings).
+async fn swap_under_load_with(
+    server: &TestServer,
+    query: &str,
+    next: Vec<u8>,
+    next_says: &'static str,
+) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     const CLIENTS: usize = 2;
@@ -125,7 +137,7 @@ async fn swap_under_load(server: &TestServer, next: Vec<u8>, next_says: &'static
         (answered.load(Ordering::SeqCst) >= 2 * CLIENTS).then_some(())
     })
     .await;
-    let (status, body) = server.deploy_bytes("app", "", next).await;
+    let (status, body) = server.deploy_bytes("app", query, next).await;
     assert!(status.is_success(), "{body}");
     deployed.store(true, Ordering::SeqCst);
     for client in clients {
@@ -172,4 +184,61 @@ async fn a_componentize_js_guest_reads_its_request_and_swaps_with_a_rust_guest()
     swap_under_load(&server, guests::bytes(guests::WSTD_HELLO), "wstd").await;
     swap_under_load(&server, js, "js GET /app/load 0").await;
     server.shutdown().await;
+}
+
+/// A WASI 0.3 guest of another toolchain on route `app`: it says it is 0.3, reads its request,
+/// then swaps under load with a 0.2 guest and back; the 0.3 versions are deployed with
+/// `query`, the 0.2 one with `p2_query`.
+async fn a_wasi_0_3_guest_serves_and_swaps_with_0_2(
+    guest: &str,
+    header: &str,
+    says: &'static str,
+    (query, p2_query): (&str, &str),
+) {
+    let server = TestServer::start().await;
+    let (status, body) = server
+        .deploy_bytes("app", query, guests::bytes(guest))
+        .await;
+    assert!(status.is_success(), "{body}");
+    assert_eq!(server.status("app").await["active"]["wasi"], "0.3");
+    assert_eq!(
+        call(&server, Method::POST, "/app/items", "twelve bytes").await,
+        (
+            StatusCode::OK,
+            header.into(),
+            format!("{says} POST /app/items 12\n")
+        )
+    );
+    swap_under_load_with(&server, p2_query, guests::bytes(guests::TAGGED_V1), "v1").await;
+    assert_eq!(server.status("app").await["active"]["wasi"], "0.2");
+    let back: &'static str = format!("{says} GET /app/load 0").leak();
+    swap_under_load_with(&server, query, guests::bytes(guest), back).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spin_sdk_guest_reads_its_request_and_swaps_with_a_wasi_0_2_guest() {
+    a_wasi_0_3_guest_serves_and_swaps_with_0_2(guests::SPIN_HELLO, "spin-sdk", "spin", ("", ""))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spin_sdk_guest_on_shared_instances_swaps_with_a_wasi_0_2_guest() {
+    a_wasi_0_3_guest_serves_and_swaps_with_0_2(
+        guests::SPIN_HELLO,
+        "spin-sdk",
+        "spin",
+        // A route's settings carry over to its next deploy: the 0.2 version says its own.
+        (
+            "?reuse=128&instance-concurrency=16",
+            "?reuse=128&instance-concurrency=1",
+        ),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasip3_guest_reads_its_request_and_swaps_with_a_wasi_0_2_guest() {
+    a_wasi_0_3_guest_serves_and_swaps_with_0_2(guests::WASIP3_HELLO, "wasip3", "wasip3", ("", ""))
+        .await;
 }

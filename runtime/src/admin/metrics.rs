@@ -123,6 +123,20 @@ pub(super) async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
             )
         }),
     );
+    family(
+        "handoff_version_instances",
+        "gauge",
+        "Instances alive for a WASI 0.3 version, busy or idle (0 for WASI 0.2 versions, whose instances are counted by handoff_version_idle_instances while idle).",
+        &mut versions().map(|(route, v, state)| {
+            (
+                version_label(route, v, state),
+                v.service
+                    .as_ref()
+                    .map_or(0, |service| service.instances())
+                    .to_string(),
+            )
+        }),
+    );
     // Latency and outcomes per version, from counters the hot path keeps with atomics only.
     let snapshots: Vec<_> = versions()
         .map(|(route, v, state)| {

@@ -32,6 +32,7 @@ pub(super) fn version_status(version: &Version) -> api::VersionStatus {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         compile_ms: version.compile_time.as_secs_f64() * 1e3,
+        wasi: version.wasi().as_str().to_owned(),
         in_flight: version.in_flight(),
         requests: version.requests(),
         failures: stats.errors,

@@ -381,7 +381,7 @@ pub struct NewArgs {
     /// The WASI version of the handler: `0.3` writes an `async fn` handler (a
     /// `wasi:http/service` component: one instance can serve several requests at once), `0.2`
     /// a blocking `fn` (a `wasi:http/proxy` component).
-    #[arg(long, value_name = "VERSION", default_value = "0.2")]
+    #[arg(long, value_name = "VERSION", default_value = "0.3")]
     pub wasi: Wasi,
 }
 

@@ -109,6 +109,7 @@ pub fn status(body: &RouteStatus, now: SystemTime) -> String {
         ("route", body.route.clone()),
         ("prefix", body.prefix.clone()),
         ("version", active.version.clone()),
+        ("wasi", active.wasi.clone()),
         (
             "deployed",
             format!(
@@ -292,6 +293,7 @@ mod tests {
             size_bytes: 10,
             deployed_at_ms: 1_000,
             compile_ms: 1.5,
+            wasi: "0.3".into(),
             in_flight,
             requests,
             failures: 0,
@@ -338,6 +340,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("config    GREETING=hi\n"), "{text}");
+        assert!(text.contains("wasi      0.3\n"), "{text}");
         assert!(text.contains("kv        orders\n"), "{text}");
         assert!(
             text.contains("draining  aabbccddeeff: 2 in flight, retired 1 s ago"),

@@ -529,7 +529,15 @@ async fn version(
         Some(code) => code,
         None => prepare::load_stored(rt, &digest, settings.limits.compile()).await?,
     };
+    let concurrency = settings.limits.instance_concurrency;
+    if concurrency > 1 && code.pre.wasi() == crate::engine::Wasi::P2 {
+        return Err(DeployError::InvalidLimits(format!(
+            "instance-concurrency is {concurrency}, but {} is a WASI 0.2 component, whose instances serve one request at a time; set instance-concurrency=1, or deploy a WASI 0.3 `wasi:http/service` component",
+            digest.short()
+        )));
+    }
     let version = Arc::new(Version::new(
+        &rt.engine,
         digest,
         name.shared(),
         code.pre,

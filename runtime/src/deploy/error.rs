@@ -41,11 +41,13 @@ pub enum DeployError {
     #[error("the component is invalid: {0}")]
     Invalid(String),
     /// It imports something handoff does not provide.
-    #[error("the component cannot be linked: {0}. handoff provides WASI 0.2 and wasi:http 0.2")]
+    #[error(
+        "the component cannot be linked: {0}. handoff provides WASI 0.2 and wasi:http 0.2 to every component, and also wasi:http 0.3 and the WASI 0.3 clocks, random and cli to a WASI 0.3 `wasi:http/service` component"
+    )]
     Unlinkable(String),
     /// It has no HTTP handler.
     #[error(
-        "the component does not export `wasi:http/incoming-handler` (the `wasi:http/proxy` world), so it cannot serve requests: {0}"
+        "the component exports neither `wasi:http/incoming-handler@0.2.x` (a WASI 0.2 `wasi:http/proxy` component) nor `wasi:http/handler@0.3.x` (a WASI 0.3 `wasi:http/service` component), so it cannot serve requests: {0}"
     )]
     NoHandler(String),
     /// Compiling it took longer than the compile deadline; the compile was stopped.
@@ -158,10 +160,11 @@ impl DeployError {
 impl From<CompileError> for DeployError {
     fn from(error: CompileError) -> Self {
         match error {
-            // WASI 0.3 guests (component-model async) fail validation: say what runs instead.
+            // A component that uses the component model's async without exporting a 0.3
+            // handler was compiled for the 0.2 engine, which has no async: say what runs.
             CompileError::Invalid(e) if e.contains("component model async") => {
                 Self::Invalid(format!(
-                    "{e}. handoff runs WASI 0.2 `wasi:http/proxy` components, without the component model's async (WASI 0.3); build the guest for WASI 0.2 (`wasm32-wasip2`)"
+                    "{e}. The component uses the component model's async but does not export `wasi:http/handler@0.3.x`: handoff runs WASI 0.2 `wasi:http/proxy` components (exporting `wasi:http/incoming-handler@0.2.x`) and WASI 0.3 `wasi:http/service` components (exporting `wasi:http/handler@0.3.x`)"
                 ))
             }
             CompileError::Invalid(e) => Self::Invalid(e),

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use super::error::{DeployError, internal};
 use crate::compile::CompileLimits;
+use crate::engine::{Pre, Wasi};
 use crate::host::Host;
 use crate::route::RouteName;
 use crate::runtime::Runtime;
@@ -26,7 +26,7 @@ pub(crate) struct Built {
     /// The pre-instantiated component, shared by every version of it ([`Engine::shared_code`]).
     ///
     /// [`Engine::shared_code`]: crate::engine::Engine::shared_code
-    pub pre: Arc<ProxyPre<Host>>,
+    pub pre: Pre,
     /// Size of its bytes.
     pub size: usize,
     /// Compile and link time, when it was compiled (not loaded).
@@ -82,7 +82,8 @@ pub(crate) async fn ensure(
     }
 }
 
-/// Compiles `bytes` under `limits`, links it, and stores the bytes and the artifact durably.
+/// Compiles `bytes` under `limits` for the engine of its WASI ([`Wasi::of`]), links it, and
+/// stores the bytes and the artifact durably.
 pub(crate) async fn compile_and_store(
     rt: &Arc<Runtime>,
     digest: &Digest,
@@ -90,9 +91,10 @@ pub(crate) async fn compile_and_store(
     limits: CompileLimits,
 ) -> Result<Built, DeployError> {
     let started = Instant::now();
+    let wasi = Wasi::of(&bytes);
     let compiled = rt
         .compiles
-        .compile(&rt.engine, bytes.clone(), limits)
+        .compile(&rt.engine, bytes.clone(), wasi, limits)
         .await
         .inspect_err(
             |error| tracing::warn!(version = %digest, error = ?error, "compile refused"),
@@ -104,13 +106,13 @@ pub(crate) async fn compile_and_store(
     let pre = tokio::task::spawn_blocking(move || -> Result<_, DeployError> {
         let pre = worker
             .engine
-            .share_code(&shared, worker.engine.link(&compiled.component)?);
+            .share_code(&shared, worker.engine.link(&compiled.component, wasi)?);
         let storing =
             |e: anyhow::Error| DeployError::Internal(format!("storing the module: {e:#}"));
         worker.files.save_module(&key, &bytes).map_err(storing)?;
         worker
             .files
-            .save_artifact(&key, &compiled.artifact)
+            .save_artifact(&key, wasi, &compiled.artifact)
             .map_err(storing)?;
         Ok(pre)
     })
@@ -119,6 +121,7 @@ pub(crate) async fn compile_and_store(
     let took = started.elapsed();
     tracing::info!(
         version = %digest,
+        wasi = %wasi,
         size_bytes = size,
         compile_ms = took.as_secs_f64() * 1e3,
         "component compiled"
@@ -159,16 +162,17 @@ pub(crate) async fn load_stored(
     let worker = rt.clone();
     let key = digest.clone();
     let loaded = tokio::task::spawn_blocking(move || -> Result<_, DeployError> {
-        let loaded = worker.files.read_artifact(&key).and_then(|bytes| {
+        let loaded = worker.files.read_artifact(&key).and_then(|(wasi, bytes)| {
             worker
                 .engine
-                .load_artifact(&bytes)
+                .load_artifact(&bytes, wasi)
+                .map(|component| (wasi, component))
                 .map_err(|e| format!("{e:#}"))
         });
         match loaded {
-            Ok(component) => Ok(Ok(worker
+            Ok((wasi, component)) => Ok(Ok(worker
                 .engine
-                .share_code(&key, worker.engine.link(&component)?))),
+                .share_code(&key, worker.engine.link(&component, wasi)?))),
             Err(reason) => Ok(Err(reason)),
         }
     })
@@ -313,12 +317,18 @@ pub(crate) async fn trial_instance(
     version: &Arc<Version>,
 ) -> Result<(), DeployError> {
     let deadline = Instant::now() + version.limits.request_timeout.min(TRIAL_DEADLINE);
-    let mut store = Host::store(rt.engine.wasmtime(), &version.guest, &"/".into(), deadline);
+    let engine = rt.engine.wasmtime_for(version.pre.wasi());
+    let mut store = Host::store(engine, &version.guest, &"/".into(), deadline);
     // A start function runs here: whatever it writes to the key-value store is discarded.
     store.data_mut().kv_scratch();
-    let trial = version.pre.instantiate_async(&mut store);
+    let trial = async {
+        match &version.pre {
+            Pre::P2(pre) => pre.instantiate_async(&mut store).await.map(drop),
+            Pre::P3(pre) => pre.instantiate_async(&mut store).await.map(drop),
+        }
+    };
     match tokio::time::timeout(TRIAL_DEADLINE, trial).await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(())) => Ok(()),
         Ok(Err(error)) if error.is::<wasmtime::PoolConcurrencyLimitError>() => {
             // The pool is busy serving: that says nothing about this component.
             Ok(())

@@ -191,7 +191,7 @@ impl Pending {
     /// and the channel its summary goes to when the body is complete.
     pub fn start(
         self,
-        engine: &wasmtime::Engine,
+        engine: &Arc<crate::engine::Engine>,
         stable: &Arc<Version>,
         prefix: &Arc<str>,
         status: http::StatusCode,

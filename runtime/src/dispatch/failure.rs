@@ -38,6 +38,9 @@ pub(super) enum GuestError {
     /// It set an error code instead of a response.
     #[error("the guest answered with error code {0:?}")]
     ErrorCode(ErrorCode),
+    /// A WASI 0.3 guest returned an error code instead of a response.
+    #[error("the guest answered with error code {0}")]
+    Answered(String),
     /// Something failed in the host.
     #[error("host failure: {0}")]
     Host(String),
@@ -67,9 +70,11 @@ impl GuestError {
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyStalled => StatusCode::REQUEST_TIMEOUT,
             Self::Overloaded | Self::CutOff => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Trap(_) | Self::NoResponse | Self::ErrorCode(_) | Self::Host(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Self::Trap(_)
+            | Self::NoResponse
+            | Self::ErrorCode(_)
+            | Self::Answered(_)
+            | Self::Host(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -79,9 +84,11 @@ impl GuestError {
             Self::BodyStalled => "the request body did not arrive within the route's deadline",
             Self::Overloaded => "the server is at its instance limit; retry shortly",
             Self::CutOff => "the handler's version was retired and its drain deadline passed",
-            Self::Trap(_) | Self::NoResponse | Self::ErrorCode(_) | Self::Host(_) => {
-                "the handler failed; the server log has the details"
-            }
+            Self::Trap(_)
+            | Self::NoResponse
+            | Self::ErrorCode(_)
+            | Self::Answered(_)
+            | Self::Host(_) => "the handler failed; the server log has the details",
         }
     }
 }

@@ -35,13 +35,16 @@ mod body;
 mod copies;
 mod failure;
 mod overdue;
+mod p3;
+mod respond;
 
+use body::Shared;
 pub use body::{BodyError, CappedBody, DataBody, GuestBody};
-use body::{Shared, Trace};
 use failure::{GuestError, body_too_large, failure, failure_response, report};
 pub use overdue::StreamExecutor;
 pub(crate) use overdue::watched;
 
+use crate::engine::Pre;
 use crate::host::Host;
 use crate::problem::RequestId;
 use crate::reuse::Instance;
@@ -140,6 +143,23 @@ where
         method = %req.method(),
         status = tracing::field::Empty,
     );
+    // A WASI 0.3 version: its own path (boxed, so the 0.2 path's future stays as small).
+    if version.service.is_some() {
+        return Box::pin(p3::serve(
+            rt,
+            version,
+            routed.prefix,
+            req,
+            https,
+            shared,
+            copy,
+            span,
+            id,
+            started,
+            deadline,
+        ))
+        .await;
+    }
     // An idle instance of this version if the route reuses them, else a fresh store.
     // (One parked from before the route's prefix moved is dropped: see `Host::serves`.)
     let mut instance = match version.instances.take() {
@@ -244,59 +264,20 @@ where
         return body_too_large(&version, id, started);
     }
     match outcome {
-        Ok(Ok(mut response)) => {
-            let abort = guard.0.take();
-            if response.status().is_server_error() {
-                // A failure the guest answered itself: the client and the log get the same id.
-                response
-                    .headers_mut()
-                    .insert("x-request-id", RequestId(id).header());
-                tracing::warn!(
-                    request_id = %RequestId(id), route = %version.route, version = %version.short,
-                    status = response.status().as_u16(), "the guest answered with a server error"
-                );
-            }
-            span.record("status", response.status().as_u16());
-            let trace = Trace {
-                span,
-                started,
-                sent: 0,
-                status: response.status().as_u16(),
-            };
-            // Where hyper may stop without polling the body's end: after a declared length,
-            // and at once for a response that has no body on the wire.
-            let status = response.status();
-            let complete_at =
-                if head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-                    Some(0)
-                } else {
-                    response
-                        .headers()
-                        .get(header::CONTENT_LENGTH)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok())
-                };
-            let tap = copy.map(|copy| {
-                Box::new(copy.start(
-                    rt.engine.wasmtime(),
-                    &version,
-                    &routed.prefix,
-                    status,
-                    response.headers(),
-                ))
-            });
-            response.map(|body| {
-                DataBody::Guest(GuestBody::new(
-                    body,
-                    shared,
-                    abort,
-                    complete_at,
-                    trace,
-                    tap,
-                    deadline,
-                ))
-            })
-        }
+        Ok(Ok(response)) => respond::respond(
+            rt,
+            &version,
+            &routed.prefix,
+            response,
+            shared,
+            guard.0.take(),
+            span,
+            started,
+            head,
+            copy,
+            deadline,
+            id,
+        ),
         Ok(Err(code)) => {
             let error = GuestError::ErrorCode(code);
             report(&version, &error, id, None);
@@ -366,7 +347,12 @@ async fn run_guest(
         let call = async {
             let proxy = match proxy {
                 Some(proxy) => proxy,
-                None => proxy.insert(version.pre.instantiate_async(&mut *store).await?),
+                None => {
+                    let Pre::P2(pre) = &version.pre else {
+                        unreachable!("only WASI 0.2 versions run here")
+                    };
+                    proxy.insert(pre.instantiate_async(&mut *store).await?)
+                }
             };
             proxy
                 .wasi_http_incoming_handler()

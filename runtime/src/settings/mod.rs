@@ -61,6 +61,10 @@ pub const DEFAULT_KV_MAX_BYTES: u64 = 256 << 20;
 pub const DEFAULT_REUSE: u32 = 1;
 /// The most requests one instance may serve (`reuse`).
 pub const MAX_REUSE: u32 = 1_000_000;
+/// Requests one instance of a WASI 0.3 version serves at the same time: 1, one at a time.
+pub const DEFAULT_INSTANCE_CONCURRENCY: u32 = 1;
+/// The most requests one instance may serve at the same time (`instance-concurrency`).
+pub const MAX_INSTANCE_CONCURRENCY: u32 = 1_000;
 /// The largest `kv-max-value` a route may set.
 pub const MAX_KV_VALUE: u64 = 64 << 20;
 
@@ -414,6 +418,19 @@ route_settings! {
             }
             Ok(())
         };
+    /// Requests one instance of a WASI 0.3 version may serve at the same time (1: one at a
+    /// time, the default); with `reuse` it bounds how many an instance serves in its lifetime.
+    /// A trap drops the instance and fails every request it was serving then. WASI 0.2
+    /// versions serve one at a time: above 1 is refused for them.
+    instance_concurrency: u32 = DEFAULT_INSTANCE_CONCURRENCY;
+        name "instance-concurrency", status instance_concurrency, check |value: u32, _| {
+            if !(1..=MAX_INSTANCE_CONCURRENCY).contains(&value) {
+                return Err(format!(
+                    "instance-concurrency must be between 1 and {MAX_INSTANCE_CONCURRENCY}; got {value}"
+                ));
+            }
+            Ok(())
+        };
 }
 
 /// The per-route settings as a Markdown table (a test keeps the copy in `docs/settings.md`
@@ -461,6 +478,11 @@ impl Limits {
         }
         if !(1..=MAX_REUSE).contains(&self.reuse) {
             return Err(format!("reuse must be between 1 and {MAX_REUSE}"));
+        }
+        if !(1..=MAX_INSTANCE_CONCURRENCY).contains(&self.instance_concurrency) {
+            return Err(format!(
+                "instance-concurrency must be between 1 and {MAX_INSTANCE_CONCURRENCY}"
+            ));
         }
         if self.compile_memory < MIN_COMPILE_MEMORY {
             return Err(format!(

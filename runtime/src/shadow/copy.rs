@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
+use crate::engine::{Pre, Wasi};
 use crate::host::Host;
 use crate::version::Version;
 
@@ -108,7 +109,7 @@ impl Tap {
 /// `None` if the guest failed to answer in full within its deadline. With `deny_outbound`,
 /// every outbound HTTP call the guest makes fails (and the summary says it tried).
 pub async fn run(
-    engine: &wasmtime::Engine,
+    engine: &crate::engine::Engine,
     version: &Arc<Version>,
     prefix: &Arc<str>,
     request: &Copy,
@@ -116,7 +117,22 @@ pub async fn run(
     deny_outbound: bool,
 ) -> Option<Summary> {
     let deadline = Instant::now() + version.limits.request_timeout;
-    let mut store = Host::store(engine, &version.guest, prefix, deadline);
+    let pre = match &version.pre {
+        Pre::P2(pre) => pre.clone(),
+        Pre::P3(pre) => {
+            return run_p3(
+                engine,
+                version,
+                pre,
+                prefix,
+                request,
+                compared,
+                deny_outbound,
+            )
+            .await;
+        }
+    };
+    let mut store = Host::store(engine.wasmtime(), &version.guest, prefix, deadline);
     let tried = deny_outbound.then(|| store.data_mut().deny_outbound());
     store.data_mut().kv_scratch();
     let mut builder = http::Request::builder()
@@ -140,9 +156,8 @@ pub async fn run(
         .ok()?;
     let (tx, rx) = oneshot::channel();
     let out = store.data_mut().http().new_response_outparam(tx).ok()?;
-    let guest = version.clone();
     let call = tokio::spawn(async move {
-        let proxy = guest.pre.instantiate_async(&mut store).await?;
+        let proxy = pre.instantiate_async(&mut store).await?;
         proxy
             .wasi_http_incoming_handler()
             .call_handle(&mut store, incoming, out)
@@ -170,6 +185,85 @@ pub async fn run(
     let _ = call.await;
     summary.map(|summary| Summary {
         outbound_denied: tried.is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed)),
+        ..summary
+    })
+}
+
+/// [`run`] for a WASI 0.3 version: a fresh instance of `pre` of its own, with the same rules.
+async fn run_p3(
+    engine: &crate::engine::Engine,
+    version: &Arc<Version>,
+    pre: &Arc<wasmtime_wasi_http::p3::bindings::ServicePre<Host>>,
+    prefix: &Arc<str>,
+    request: &Copy,
+    compared: &[HeaderName],
+    deny_outbound: bool,
+) -> Option<Summary> {
+    let deadline = Instant::now() + version.limits.request_timeout;
+    let tried = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let service = crate::service::Service::for_copies(
+        engine.wasmtime_for(Wasi::P3),
+        pre.clone(),
+        version.guest.clone(),
+        version.limits.request_timeout,
+        deny_outbound.then(|| tried.clone()),
+    );
+    let authority = request
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            request
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let uri = http::Uri::builder()
+        .scheme(if request.https { "https" } else { "http" })
+        .authority(authority)
+        .path_and_query(
+            request
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+        )
+        .build()
+        .ok()?;
+    let mut builder = http::Request::builder()
+        .method(request.method.clone())
+        .uri(uri);
+    if let Some(headers) = builder.headers_mut() {
+        headers.clone_from(&request.headers);
+    }
+    let body = Full::new(request.body.clone())
+        .map_err(|never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} })
+        .boxed_unsync();
+    let head = builder.body(body).ok()?;
+    let call = crate::service::Call {
+        prefix: prefix.clone(),
+        deadline,
+        id: 0,
+    };
+    let summarize = async {
+        let response = service.handle(call, head).await.ok()?;
+        let mut tap = Tap::new(response.status().as_u16(), response.headers(), compared);
+        let mut body = response.into_body();
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame.ok()?.data_ref() {
+                tap.chunk(data);
+            }
+        }
+        Some(tap.finish())
+    };
+    let summary = tokio::time::timeout_at(deadline.into(), summarize)
+        .await
+        .ok()
+        .flatten();
+    summary.map(|summary| Summary {
+        outbound_denied: deny_outbound && tried.load(std::sync::atomic::Ordering::Relaxed),
         ..summary
     })
 }

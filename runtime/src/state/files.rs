@@ -4,7 +4,9 @@
 //! * `artifacts/<hex>.<engine-key>.cwasm` — the compiled component for this exact engine
 //!   configuration and handoff/wasmtime version, followed by the sha256 of those bytes (32
 //!   bytes), so a truncated or altered artifact is recompiled instead of loaded. Any other build
-//!   recompiles too, and its artifacts are swept.
+//!   recompiles too, and its artifacts are swept. There is one engine per WASI (0.2, 0.3; see
+//!   `crate::engine`), each with its own key: the key an artifact is named by says which engine
+//!   loads it.
 //!
 //! Files are written to a temporary name (mode 0600), fsynced, renamed into place and the
 //! directory fsynced, so a file under its final name is always complete. The directories are
@@ -18,19 +20,32 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use sha2::{Digest as _, Sha256};
 
+use crate::engine::Wasi;
 use crate::version::Digest;
 
 /// The data directory's files.
 pub struct Files {
     dir: PathBuf,
+    /// The key of both engines together (what a cluster node reports).
     engine_key: String,
+    /// Each engine's key, by [`Wasi`]: the names of the artifacts it can load.
+    keys: [String; 2],
     _temp: Option<tempfile::TempDir>,
+}
+
+/// `engine`'s compatibility key with this handoff release.
+fn key_of(engine: &wasmtime::Engine) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    env!("CARGO_PKG_VERSION").hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
 }
 
 impl Files {
     /// Opens (creating if needed) the data directory `dir`, or a temporary one deleted when
-    /// this is dropped, when `dir` is `None`. `engine` names the artifacts it can load.
-    pub fn open(dir: Option<&Path>, engine: &wasmtime::Engine) -> anyhow::Result<Self> {
+    /// this is dropped, when `dir` is `None`. `engines` (the WASI 0.2 engine, then the 0.3
+    /// one) name the artifacts it can load.
+    pub fn open(dir: Option<&Path>, engines: [&wasmtime::Engine; 2]) -> anyhow::Result<Self> {
         let (dir, temp) = match dir {
             Some(dir) => (dir.to_path_buf(), None),
             None => {
@@ -44,12 +59,13 @@ impl Files {
         for path in [dir.clone(), dir.join("modules"), dir.join("artifacts")] {
             super::private::create_private_dir(&path)?;
         }
+        let keys = engines.map(key_of);
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        env!("CARGO_PKG_VERSION").hash(&mut hasher);
+        keys.hash(&mut hasher);
         Ok(Self {
             dir,
             engine_key: format!("{:016x}", hasher.finish()),
+            keys,
             _temp: temp,
         })
     }
@@ -64,9 +80,17 @@ impl Files {
         self._temp.is_some()
     }
 
-    /// The key naming artifacts this engine can load.
+    /// The key of this server's engines: servers with the same key load each other's
+    /// artifacts.
     pub fn engine_key(&self) -> &str {
         &self.engine_key
+    }
+
+    fn key(&self, wasi: Wasi) -> &str {
+        match wasi {
+            Wasi::P2 => &self.keys[0],
+            Wasi::P3 => &self.keys[1],
+        }
     }
 
     fn module_path(&self, digest: &Digest) -> PathBuf {
@@ -75,10 +99,10 @@ impl Files {
             .join(format!("{}.wasm", digest.hex()))
     }
 
-    fn artifact_path(&self, digest: &Digest) -> PathBuf {
+    fn artifact_path(&self, digest: &Digest, wasi: Wasi) -> PathBuf {
         self.dir
             .join("artifacts")
-            .join(format!("{}.{}.cwasm", digest.hex(), self.engine_key))
+            .join(format!("{}.{}.cwasm", digest.hex(), self.key(wasi)))
     }
 
     /// Stores module bytes durably. A stored copy that is missing or corrupt (its digest does
@@ -104,18 +128,28 @@ impl Files {
         Ok(bytes)
     }
 
-    /// Stores a compiled artifact durably, followed by its sha256.
-    pub fn save_artifact(&self, digest: &Digest, artifact: &[u8]) -> anyhow::Result<()> {
+    /// Stores an artifact compiled by `wasi`'s engine durably, followed by its sha256.
+    pub fn save_artifact(
+        &self,
+        digest: &Digest,
+        wasi: Wasi,
+        artifact: &[u8],
+    ) -> anyhow::Result<()> {
         let mut bytes = Vec::with_capacity(artifact.len() + 32);
         bytes.extend_from_slice(artifact);
         bytes.extend_from_slice(&Sha256::digest(artifact));
-        write_durably(&self.artifact_path(digest), &bytes)
+        write_durably(&self.artifact_path(digest, wasi), &bytes)
     }
 
-    /// The artifact for `digest` compiled by this engine, checked against its sha256. `Err`
-    /// says why it cannot be used (missing, truncated, corrupt).
-    pub fn read_artifact(&self, digest: &Digest) -> Result<Vec<u8>, String> {
-        let path = self.artifact_path(digest);
+    /// The artifact for `digest` compiled by one of this server's engines, and which one,
+    /// checked against its sha256. `Err` says why it cannot be used (missing, truncated,
+    /// corrupt).
+    pub fn read_artifact(&self, digest: &Digest) -> Result<(Wasi, Vec<u8>), String> {
+        let (wasi, path) = Wasi::ALL
+            .into_iter()
+            .map(|wasi| (wasi, self.artifact_path(digest, wasi)))
+            .find(|(_, path)| path.exists())
+            .unwrap_or_else(|| (Wasi::P2, self.artifact_path(digest, Wasi::P2)));
         let mut bytes = fs::read(&path).map_err(|e| format!("`{}`: {e}", path.display()))?;
         let Some(body) = bytes.len().checked_sub(32) else {
             return Err(format!("`{}` is truncated", path.display()));
@@ -127,7 +161,7 @@ impl Files {
             ));
         }
         bytes.truncate(body);
-        Ok(bytes)
+        Ok((wasi, bytes))
     }
 
     /// Removes module and artifact files whose digest `keep` rejects, and artifacts another
@@ -148,7 +182,7 @@ impl Files {
                 let Some(digest) = Digest::parse(&format!("sha256:{hex}")) else {
                     continue;
                 };
-                let other_engine = second != "wasm" && second != self.engine_key;
+                let other_engine = second != "wasm" && !self.keys.iter().any(|key| key == second);
                 if (other_engine || !keep(&digest)) && fs::remove_file(entry.path()).is_ok() {
                     removed += 1;
                 }
@@ -177,7 +211,9 @@ mod tests {
     use super::*;
 
     fn files() -> Files {
-        Files::open(None, &wasmtime::Engine::default()).unwrap()
+        let p2 = wasmtime::Engine::new(wasmtime::Config::new().concurrency_support(false)).unwrap();
+        let p3 = wasmtime::Engine::new(wasmtime::Config::new().concurrency_support(true)).unwrap();
+        Files::open(None, [&p2, &p3]).unwrap()
     }
 
     #[test]
@@ -196,9 +232,12 @@ mod tests {
     fn artifacts_carry_their_checksum_and_other_engines_are_swept() {
         let files = files();
         let digest = Digest::of(b"x");
-        files.save_artifact(&digest, b"compiled").unwrap();
-        assert_eq!(files.read_artifact(&digest).unwrap(), b"compiled");
-        let path = files.artifact_path(&digest);
+        files.save_artifact(&digest, Wasi::P2, b"compiled").unwrap();
+        assert_eq!(
+            files.read_artifact(&digest).unwrap(),
+            (Wasi::P2, b"compiled".to_vec())
+        );
+        let path = files.artifact_path(&digest, Wasi::P2);
         let mut bytes = fs::read(&path).unwrap();
         bytes[0] ^= 1;
         fs::write(&path, &bytes).unwrap();
@@ -221,7 +260,7 @@ mod tests {
             .join("artifacts")
             .join(format!("{}.0123456789abcdef.cwasm", digest.hex()));
         fs::write(&old, b"old").unwrap();
-        files.save_artifact(&digest, b"compiled").unwrap();
+        files.save_artifact(&digest, Wasi::P2, b"compiled").unwrap();
         assert_eq!(
             files.sweep(&|_| true),
             1,
@@ -231,5 +270,23 @@ mod tests {
         assert!(files.read_artifact(&digest).is_ok());
         assert_eq!(files.sweep(&|_| false), 1);
         assert!(files.read_artifact(&digest).is_err());
+    }
+
+    #[test]
+    fn each_engine_names_its_own_artifacts() {
+        let files = files();
+        let digest = Digest::of(b"y");
+        assert_ne!(files.key(Wasi::P2), files.key(Wasi::P3));
+        files.save_artifact(&digest, Wasi::P3, b"async").unwrap();
+        assert_eq!(
+            files.read_artifact(&digest).unwrap(),
+            (Wasi::P3, b"async".to_vec()),
+            "an artifact of the 0.3 engine says so"
+        );
+        assert_eq!(
+            files.sweep(&|_| true),
+            0,
+            "both engines' artifacts are kept"
+        );
     }
 }

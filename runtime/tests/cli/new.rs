@@ -18,13 +18,26 @@ const BUILD_LIMIT: Duration = Duration::from_secs(600);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_guest_crate_builds_and_serves() {
+    // The default: an async WASI 0.3 handler.
+    new_guest_builds_and_serves("greeter", &[], "WASI 0.3, async;", "0.3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_wasi_0_2_guest_crate_builds_and_serves() {
+    new_guest_builds_and_serves("blocking", &["--wasi", "0.2"], "WASI 0.2;", "0.2").await;
+}
+
+/// `handoff new NAME` with `flags` says `says`, builds, deploys as a WASI `wasi` version and
+/// answers. (Each test its own `name`: they share a target directory.)
+async fn new_guest_builds_and_serves(name: &str, flags: &[&str], says: &str, wasi: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let crate_dir = dir.path().join("apps").join("greeter");
-    let created = handoff(&["new", "greeter", "--path", crate_dir.to_str().unwrap()]).await;
-    assert!(
-        created.ok().starts_with("created guest crate"),
-        "{created:#?}"
-    );
+    let crate_dir = dir.path().join("apps").join(name);
+    let mut args = vec!["new", name, "--path", crate_dir.to_str().unwrap()];
+    args.extend(flags);
+    let created = handoff(&args).await;
+    let out = created.ok();
+    assert!(out.starts_with("created guest crate"), "{created:#?}");
+    assert!(out.contains(says), "{created:#?}");
     for file in ["Cargo.toml", "src/lib.rs", "README.md"] {
         assert!(crate_dir.join(file).is_file(), "{file} missing");
     }
@@ -38,27 +51,30 @@ async fn a_new_guest_crate_builds_and_serves() {
         "the scaffold does not build:\n{}",
         built.stderr
     );
-    let component = target_dir.join("wasm32-wasip2/release/greeter.wasm");
+    let component = target_dir.join(format!("wasm32-wasip2/release/{name}.wasm"));
     assert!(component.is_file(), "{} missing", component.display());
 
     let (_server, ready) = serve(&[]).await;
     let admin = ready.admin_url();
     let deployed = handoff(&[
         "deploy",
-        "greeter",
+        name,
         component.to_str().unwrap(),
         "--admin",
         &admin,
     ])
     .await;
     deployed.ok();
+    let status = handoff(&["status", name, "--json", "--admin", &admin]).await;
+    let status: serde_json::Value = serde_json::from_str(status.ok()).unwrap();
+    assert_eq!(status["active"]["wasi"], wasi, "{status}");
     assert_eq!(
-        get(&ready, "/greeter").await,
-        (200, "hello from /greeter\n".into())
+        get(&ready, &format!("/{name}")).await,
+        (200, format!("hello from /{name}\n"))
     );
     assert_eq!(
-        get(&ready, "/greeter/a/b?c=d").await,
-        (200, "hello from /greeter/a/b\n".into())
+        get(&ready, &format!("/{name}/a/b?c=d")).await,
+        (200, format!("hello from /{name}/a/b\n"))
     );
 }
 

@@ -1,0 +1,299 @@
+//! The instances of a WASI 0.3 version (a `wasi:http/service` component), and how its requests
+//! reach them.
+//!
+//! A 0.3 handler is lifted `async`: one instance may serve several requests at once, each a
+//! task of the component model inside the instance's store, driven by `Store::run_concurrent`.
+//! Each version has one [`Service`]: wasmtime-wasi-http's `ProxyHandler` (what `wasmtime serve`
+//! runs 0.3 components on), which keeps workers (a tokio task each, owning one store and its
+//! instance), queues requests, and starts a worker when none can take another. What handoff
+//! decides, per version, is in [`State`]:
+//!
+//! * **how many requests an instance takes**: at most `instance-concurrency` at once and
+//!   `reuse` in its lifetime (1 and 1 by default: a fresh instance per request, as for 0.2);
+//! * **deadlines**: each request gets its route's `request-timeout`, and a request past it is
+//!   answered 504. A request cannot be cut out of an instance it shares with others: the
+//!   instance then takes no new requests and is dropped once its others have ended or timed
+//!   out ([`Expiry`] is the backstop that drops it, its work with it, a request timeout after
+//!   its most recent request started);
+//! * **traps**: a trap in one request ends the instance's `run_concurrent`, so the instance is
+//!   dropped and every request it was serving at that moment fails (each counts against the
+//!   version);
+//! * **retirement**: once the version leaves its route, idle instances are dropped at once
+//!   ([`Service::close`]), and at its drain deadline every instance is ([`Version::cut_off`]).
+//!
+//! [`Version::cut_off`]: crate::version::Version::cut_off
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use wasmtime::component::GuestTaskId;
+use wasmtime::{Store, StoreContextMut};
+use wasmtime_wasi_http::handler::{
+    HandlerState, Instance, Proxy, ProxyHandler, ShouldAccept, WorkerExpiration, WorkerState,
+    WorkerStatus,
+};
+use wasmtime_wasi_http::p3::bindings::ServicePre;
+
+use crate::host::{Guest, Host};
+
+pub use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, TrapOrPanicError};
+
+/// How long an idle 0.3 instance is kept for its version's next request.
+pub const IDLE_TIMEOUT: Duration = crate::reuse::IDLE_TIMEOUT;
+
+/// One request handed to a [`Service`]: the prefix it was routed by and its deadline.
+pub struct Call {
+    /// The prefix the request was routed by (the guest's `HANDOFF_ROUTE_PREFIX`).
+    pub prefix: Arc<str>,
+    /// When its response head must have come.
+    pub deadline: Instant,
+    /// Its request id: the guest's log lines carry the latest one its instance started.
+    pub id: u64,
+}
+
+/// A WASI 0.3 version's instances.
+pub struct Service {
+    handler: ProxyHandler<State>,
+}
+
+/// What one 0.3 version's instances are made from, and its rules for them.
+pub struct State {
+    engine: wasmtime::Engine,
+    pre: Arc<ServicePre<Host>>,
+    guest: Arc<Guest>,
+    /// Requests one instance may serve in its lifetime (`reuse`).
+    reuse: usize,
+    /// Requests one instance may serve at once (`instance-concurrency`).
+    concurrency: usize,
+    request_timeout: Duration,
+    /// The version retired: idle instances end.
+    closed: CancellationToken,
+    /// The version's drain deadline passed: every instance ends.
+    cut_off: CancellationToken,
+    /// Instances alive now.
+    live: Arc<AtomicUsize>,
+    /// Instances for copies of requests (shadow runs): key-value writes are kept apart.
+    copy: bool,
+    /// For copies: outbound HTTP denied, and this set once the guest tried a call.
+    deny: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Service {
+    /// The instances of a version of `pre` (on `engine`) that runs in `guest`'s sandbox, each
+    /// serving up to `reuse` requests, `concurrency` at once, within `request_timeout` each,
+    /// and all ending when `cut_off` is cancelled.
+    pub fn new(
+        engine: &wasmtime::Engine,
+        pre: Arc<ServicePre<Host>>,
+        guest: Arc<Guest>,
+        reuse: u32,
+        concurrency: u32,
+        request_timeout: Duration,
+        cut_off: CancellationToken,
+    ) -> Self {
+        Self {
+            handler: ProxyHandler::new(State {
+                engine: engine.clone(),
+                pre,
+                guest,
+                reuse: reuse.max(1) as usize,
+                concurrency: concurrency.max(1) as usize,
+                request_timeout,
+                closed: CancellationToken::new(),
+                cut_off,
+                live: Arc::default(),
+                copy: false,
+                deny: None,
+            }),
+        }
+    }
+
+    /// Fresh instances for copies of requests (shadow runs): their key-value writes go to a
+    /// scratch overlay, and with `deny` their outbound calls are denied (`deny` is set when the
+    /// guest makes one).
+    pub fn for_copies(
+        engine: &wasmtime::Engine,
+        pre: Arc<ServicePre<Host>>,
+        guest: Arc<Guest>,
+        request_timeout: Duration,
+        deny: Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Self {
+        Self {
+            handler: ProxyHandler::new(State {
+                engine: engine.clone(),
+                pre,
+                guest,
+                reuse: 1,
+                concurrency: 1,
+                request_timeout,
+                closed: CancellationToken::new(),
+                cut_off: CancellationToken::new(),
+                live: Arc::default(),
+                copy: true,
+                deny,
+            }),
+        }
+    }
+
+    /// Serves `request`: by an instance that can take it, else a new one. The error is an
+    /// [`ExpirationError`] past the call's deadline, a [`TrapOrPanicError`] when the instance
+    /// was dropped (a trap in this request or another it served), an
+    /// [`InstantiationError`] when no instance could be made, or the guest's own.
+    pub async fn handle(
+        &self,
+        call: Call,
+        request: wasmtime_wasi_http::handler::Request,
+    ) -> wasmtime::Result<wasmtime_wasi_http::handler::Response> {
+        self.handler.handle(call, request).await
+    }
+
+    /// The version retired: its idle instances end now, the busy ones once idle.
+    pub fn close(&self) {
+        self.handler.state().closed.cancel();
+    }
+
+    /// Instances alive now (busy or idle).
+    pub fn instances(&self) -> usize {
+        self.handler.state().live.load(Ordering::Relaxed)
+    }
+
+    /// Requests one instance may serve at once.
+    pub fn concurrency(&self) -> usize {
+        self.handler.state().concurrency
+    }
+}
+
+impl HandlerState for State {
+    type StoreData = Host;
+    type WorkerExpiration = Expiry;
+    type WorkerState = Worker;
+
+    async fn instantiate(&self) -> wasmtime::Result<Instance<Host, Expiry, Worker>> {
+        // The deadline of 0.3 calls is kept per request (`Worker::on_request_start`) and by
+        // `Expiry`; the store's epoch callback only makes a long-running guest yield.
+        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let mut store = Host::store(&self.engine, &self.guest, &"/".into(), far);
+        if self.copy {
+            store.data_mut().kv_scratch();
+        }
+        if let Some(tried) = &self.deny {
+            store.data_mut().deny_outbound_with(tried.clone());
+        }
+        let service = self.pre.instantiate_async(&mut store).await?;
+        self.live.fetch_add(1, Ordering::Relaxed);
+        Ok(Instance {
+            store,
+            proxy: Proxy::P3(service),
+            view: wasmtime_wasi_http::WasiHttpView::http,
+            expiration: Expiry {
+                request_timeout: self.request_timeout,
+                sleep: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+                closed: Mutex::new(Box::pin(self.closed.clone().cancelled_owned())),
+                cut_off: Mutex::new(Box::pin(self.cut_off.clone().cancelled_owned())),
+            },
+            state: Worker {
+                reuse: self.reuse,
+                concurrency: self.concurrency,
+                live: self.live.clone(),
+                guest: self.guest.clone(),
+            },
+        })
+    }
+}
+
+/// One instance's rules.
+pub struct Worker {
+    reuse: usize,
+    concurrency: usize,
+    live: Arc<AtomicUsize>,
+    guest: Arc<Guest>,
+}
+
+impl WorkerState for Worker {
+    type StoreData = Host;
+    type RequestData = Call;
+
+    fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
+        if total >= self.reuse {
+            ShouldAccept::Never
+        } else if concurrent >= self.concurrency {
+            ShouldAccept::No
+        } else {
+            ShouldAccept::Yes
+        }
+    }
+
+    fn on_request_start(
+        &self,
+        mut store: StoreContextMut<'_, Host>,
+        call: Call,
+        _task: GuestTaskId,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
+        store.data_mut().set_prefix(&call.prefix);
+        store.data().serve(call.id);
+        Box::pin(tokio::time::sleep_until(call.deadline.into()))
+    }
+
+    fn drop(&self, store: Store<Host>, result: wasmtime::Result<()>) {
+        if let Err(error) = result {
+            let logs = self.guest.logs();
+            tracing::debug!(
+                route = %logs.route(), version = %logs.version(), error = %format!("{error:#}"),
+                "a WASI 0.3 instance ended with an error; dropped"
+            );
+        }
+        drop(store);
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// When an instance ends: idle for [`IDLE_TIMEOUT`] (at once when its version retired), busy
+/// for a request timeout since its most recent request started (the backstop of a request
+/// that cannot be cut out), or at its version's cut-off.
+pub struct Expiry {
+    request_timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    // Behind a lock only to be `Sync`; polled through `get_mut`, never locked.
+    closed: Mutex<Pin<Box<WaitForCancellationFutureOwned>>>,
+    cut_off: Mutex<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+impl WorkerExpiration for Expiry {
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        status: WorkerStatus,
+        start: Instant,
+    ) -> Poll<()> {
+        let this = self.get_mut();
+        let cut_off = this
+            .cut_off
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cut_off.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let timeout = match status {
+            WorkerStatus::Idle => {
+                let closed = this
+                    .closed
+                    .get_mut()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if closed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+                IDLE_TIMEOUT
+            }
+            WorkerStatus::Requests | WorkerStatus::PostReturn => this.request_timeout,
+        };
+        let deadline = tokio::time::Instant::from_std(start + timeout);
+        if this.sleep.deadline() != deadline {
+            this.sleep.as_mut().reset(deadline);
+        }
+        this.sleep.as_mut().poll(cx)
+    }
+}
