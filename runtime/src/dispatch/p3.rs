@@ -19,6 +19,7 @@ use http_body_util::BodyExt;
 use super::body::{DataBody, Shared};
 use super::copies::Pending;
 use super::failure::{GuestError, body_too_large, failure, failure_response, report};
+use crate::problem::RequestId;
 use crate::runtime::Runtime;
 use crate::service::{Call, ExpirationError, InstantiationError, Service, TrapOrPanicError};
 use crate::version::Version;
@@ -48,7 +49,7 @@ where
         .expect("a WASI 0.3 version has a service");
     let head = req.method() == http::Method::HEAD;
     let Some(req) = absolute(req, https) else {
-        tracing::debug!(request_id = id, route = %version.route, "bad request: no Host header");
+        tracing::debug!(request_id = %RequestId(id), route = %version.route, "bad request: no Host header");
         version.stats.record(400, started.elapsed(), false);
         return failure(
             StatusCode::BAD_REQUEST,
