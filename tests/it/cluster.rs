@@ -388,7 +388,10 @@ async fn a_node_restarted_with_another_opt_level_recompiles_before_it_is_ready()
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(!old_artifacts.is_empty(), "the first start wrote an artifact");
+    assert!(
+        !old_artifacts.is_empty(),
+        "the first start wrote an artifact"
+    );
     assert_eq!(answer(&b, "/api").await, "200 v1");
 
     // Another engine setting: a new engine key, so before it is ready it compiled the route's
