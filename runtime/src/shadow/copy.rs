@@ -166,17 +166,7 @@ pub async fn run(
         Ok::<_, wasmtime::Error>(store)
     });
     let abort = call.abort_handle();
-    let summarize = async {
-        let response = rx.await.ok()?.ok()?;
-        let mut tap = Tap::new(response.status().as_u16(), response.headers(), compared);
-        let mut body = response.into_body();
-        while let Some(frame) = body.frame().await {
-            if let Some(data) = frame.ok()?.data_ref() {
-                tap.chunk(data);
-            }
-        }
-        Some(tap.finish())
-    };
+    let summarize = async { tapped(rx.await.ok()?.ok()?, compared).await };
     let summary = tokio::time::timeout_at(deadline.into(), summarize)
         .await
         .ok()
@@ -247,17 +237,7 @@ async fn run_p3(
         deadline,
         id: 0,
     };
-    let summarize = async {
-        let response = service.handle(call, head).await.ok()?;
-        let mut tap = Tap::new(response.status().as_u16(), response.headers(), compared);
-        let mut body = response.into_body();
-        while let Some(frame) = body.frame().await {
-            if let Some(data) = frame.ok()?.data_ref() {
-                tap.chunk(data);
-            }
-        }
-        Some(tap.finish())
-    };
+    let summarize = async { tapped(service.handle(call, head).await.ok()?, compared).await };
     let summary = tokio::time::timeout_at(deadline.into(), summarize)
         .await
         .ok()
@@ -266,4 +246,20 @@ async fn run_p3(
         outbound_denied: deny_outbound && tried.load(std::sync::atomic::Ordering::Relaxed),
         ..summary
     })
+}
+
+/// What a copy answered: `response` read to its end through a [`Tap`] (`None` if its body
+/// failed).
+async fn tapped<B>(response: http::Response<B>, compared: &[HeaderName]) -> Option<Summary>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+{
+    let mut tap = Tap::new(response.status().as_u16(), response.headers(), compared);
+    let mut body = std::pin::pin!(response.into_body());
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame.ok()?.data_ref() {
+            tap.chunk(data);
+        }
+    }
+    Some(tap.finish())
 }
