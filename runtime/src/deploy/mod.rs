@@ -14,6 +14,7 @@
 //! moment leaves each route on its old or its new version.
 
 pub mod apply;
+pub(crate) mod commit;
 pub mod converged;
 pub mod error;
 pub mod gc;
