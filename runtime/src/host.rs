@@ -217,6 +217,11 @@ impl Host {
         self.log.serve(id);
     }
 
+    /// What this store's output streams share (the request they log for, a held panic).
+    pub fn log(&self) -> &Arc<StoreLog> {
+        &self.log
+    }
+
     /// The panic message the guest printed on stderr, if it did, for the report of its
     /// failure ([`crate::guest_log::StoreLog`]).
     pub fn take_panic(&self) -> Option<String> {
