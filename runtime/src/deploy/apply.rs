@@ -435,13 +435,9 @@ async fn version(
         Some(code) => code,
         None => prepare::load_stored(rt, &digest, settings.limits.compile()).await?,
     };
-    let concurrency = settings.limits.instance_concurrency;
-    if concurrency > 1 && code.pre.wasi() == crate::engine::Wasi::P2 {
-        return Err(DeployError::InvalidLimits(format!(
-            "instance-concurrency is {concurrency}, but {} is a WASI 0.2 component, whose instances serve one request at a time; set instance-concurrency=1, or deploy a WASI 0.3 `wasi:http/service` component",
-            digest.short()
-        )));
-    }
+    // `instance-concurrency` is the route's and applies to its WASI 0.3 versions; a 0.2
+    // version's instances serve one request at a time whatever it says (a deploy that asks
+    // for more with a 0.2 component is refused before this: `deploy::deploy`).
     let version = Arc::new(Version::new(
         &rt.engine,
         digest,
