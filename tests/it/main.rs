@@ -36,3 +36,4 @@ mod tls;
 mod toolchains;
 mod unread;
 mod wasi3;
+mod wasi3_promises;
