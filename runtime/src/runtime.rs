@@ -112,14 +112,7 @@ impl Runtime {
         };
         let (config, engine, files) = Self::parts(config)?;
         let (cluster, log) = crate::cluster::Cluster::connect(cluster, files.engine_key()).await?;
-        Self::assemble(
-            config,
-            engine,
-            files,
-            Arc::new(log),
-            None,
-            Some(cluster),
-        )
+        Self::assemble(config, engine, files, Arc::new(log), None, Some(cluster))
     }
 
     fn parts(config: Config) -> anyhow::Result<(Config, Arc<Engine>, Files)> {

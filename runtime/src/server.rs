@@ -65,7 +65,12 @@ pub struct Server {
 /// `--listen`/`--admin-listen` against the running server's address: the same, left at the
 /// default (not given), or port 0 on the same IP.
 #[cfg(unix)]
-fn same_address(flag: &str, given: SocketAddr, default: &str, theirs: SocketAddr) -> anyhow::Result<()> {
+fn same_address(
+    flag: &str,
+    given: SocketAddr,
+    default: &str,
+    theirs: SocketAddr,
+) -> anyhow::Result<()> {
     let left_out = default.parse::<SocketAddr>().ok() == Some(given);
     let any_port = given.port() == 0 && given.ip() == theirs.ip();
     anyhow::ensure!(
@@ -407,7 +412,16 @@ async fn serve_data(
         // Cut-off guests stop at their next yield; give them a moment to let go.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), rt.requests_ended()).await;
     };
-    serve_listener(listener, tls, limits, (stop, closing), service, ended, cut_off).await;
+    serve_listener(
+        listener,
+        tls,
+        limits,
+        (stop, closing),
+        service,
+        ended,
+        cut_off,
+    )
+    .await;
 }
 
 /// Accepts admin connections until `stop`, then drains them.

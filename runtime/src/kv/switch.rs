@@ -13,9 +13,7 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
 
-use super::backend::{
-    Backend, BoxFuture, Entry, KvError, Outcome, Page, Start, Usage, Write,
-};
+use super::backend::{Backend, BoxFuture, Entry, KvError, Outcome, Page, Start, Usage, Write};
 
 /// One backend call, as it crosses to the process that owns the store.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -355,7 +355,11 @@ impl Conversation {
                 }
             }
         }
-        if let Some(kv) = handover.kv.as_ref().filter(|_| away.kv.is_some() || away.kv_moved) {
+        if let Some(kv) = handover
+            .kv
+            .as_ref()
+            .filter(|_| away.kv.is_some() || away.kv_moved)
+        {
             let path = dir.join("kv.redb");
             let place = match reopen(move || crate::kv::redb::RedbBackend::open(&path)).await {
                 Ok(backend) => Place::Here(Arc::new(backend)),
@@ -372,7 +376,9 @@ impl Conversation {
         }
         if whole {
             handover.set_released(false);
-            tracing::info!("takeover: switched back; this process serves and takes changes as before");
+            tracing::info!(
+                "takeover: switched back; this process serves and takes changes as before"
+            );
         }
         drop(away.gate);
     }
@@ -581,14 +587,19 @@ impl Predecessor {
         let Some(mut held) = pending else {
             return Ok(());
         };
-        let backend: Arc<dyn Backend> =
-            rt.handover.kv.clone().expect("a pending store has a switch");
+        let backend: Arc<dyn Backend> = rt
+            .handover
+            .kv
+            .clone()
+            .expect("a pending store has a switch");
         self.out
             .send(Message::KvRelease)
             .map_err(|_| anyhow::anyhow!("the old process went away"))?;
         let answer = tokio::time::timeout(KV_RELEASE_WAIT, self.control.recv())
             .await
-            .map_err(|_| anyhow::anyhow!("the old process did not close its key-value store in time"))?;
+            .map_err(|_| {
+                anyhow::anyhow!("the old process did not close its key-value store in time")
+            })?;
         anyhow::ensure!(
             matches!(answer, Some(Message::KvReleased)),
             "the old process went away before handing over its key-value store"

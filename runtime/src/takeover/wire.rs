@@ -70,7 +70,10 @@ pub enum Message {
 }
 
 /// Writes one message.
-pub async fn send(stream: &mut (impl AsyncWrite + Unpin), message: &Message) -> std::io::Result<()> {
+pub async fn send(
+    stream: &mut (impl AsyncWrite + Unpin),
+    message: &Message,
+) -> std::io::Result<()> {
     let body = serde_json::to_vec(message).map_err(std::io::Error::other)?;
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -109,8 +112,13 @@ pub async fn send_fds(stream: &UnixStream, fds: &[BorrowedFd<'_>]) -> std::io::R
     loop {
         stream.writable().await?;
         let sent = stream.try_io(Interest::WRITABLE, || {
-            sendmsg(stream, &[IoSlice::new(b"L")], &mut control, SendFlags::empty())
-                .map_err(std::io::Error::from)
+            sendmsg(
+                stream,
+                &[IoSlice::new(b"L")],
+                &mut control,
+                SendFlags::empty(),
+            )
+            .map_err(std::io::Error::from)
         });
         match sent {
             Ok(1) => return Ok(()),

@@ -291,7 +291,10 @@ async fn three_takeovers_under_load_fail_no_request_and_count_every_increment() 
         );
         let status = old.exit_within(Duration::from_secs(60)).await;
         let log = old.stderr.text();
-        assert!(status.success(), "round {round}: the old process exits 0: {status}\n{log}");
+        assert!(
+            status.success(),
+            "round {round}: the old process exits 0: {status}\n{log}"
+        );
         assert!(
             log.contains("handed over and drained"),
             "round {round}: the old process says it handed over and drained:\n{log}"
