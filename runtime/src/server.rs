@@ -145,9 +145,10 @@ impl Server {
         // changes after it are followed once serving.
         let position = runtime.state.position().await?;
         let restored = crate::deploy::restore(&runtime).await;
-        // Rollouts continue where they were.
-        crate::rollout::resume_all(&runtime);
-        crate::rollout::follow_cluster(&runtime);
+        // Rollouts continue where they were: the supervisor starts a controller for each live
+        // rollout the restore committed, and follows every change from here on.
+        crate::rollout::supervise(&runtime);
+        crate::rollout::cluster::share_figures(&runtime);
         crate::deploy::notify::spawn_shadow_figures(&runtime);
         crate::deploy::converged::spawn(&runtime);
         if restored.routes > 0 || !restored.failed.is_empty() {
