@@ -111,7 +111,8 @@ impl Runtime {
             return Self::new(config);
         };
         let (config, engine, files) = Self::parts(config)?;
-        let (cluster, log) = crate::cluster::Cluster::connect(cluster, files.engine_key()).await?;
+        let (cluster, log) =
+            crate::cluster::Cluster::connect(cluster, files.engine_key(), config.takeover).await?;
         Self::assemble(config, engine, files, Arc::new(log), None, Some(cluster))
     }
 
