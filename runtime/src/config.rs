@@ -110,6 +110,9 @@ pub struct Config {
     /// Join a cluster through NATS JetStream (`--cluster`); `None`: one node on its own, its
     /// state in the data directory.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Take over from the server running on the same data directory (`serve --takeover`):
+    /// receive its listeners and state, load everything, then serve while it drains and exits.
+    pub takeover: bool,
 }
 
 impl Default for Config {
@@ -138,6 +141,7 @@ impl Default for Config {
             upload_timeout: DEFAULT_UPLOAD_TIMEOUT,
             compiler: crate::compile::Compiler::InProcess,
             cluster: None,
+            takeover: false,
         }
     }
 }

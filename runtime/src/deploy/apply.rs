@@ -304,7 +304,10 @@ where
         live: live.as_ref(),
         before: stored.as_ref().map(|s| &s.record),
         built: &plan.built,
-        source: Source::Local,
+        source: match crate::events::actor().as_deref() {
+            Some(crate::events::CONTROLLER) => Source::Controller,
+            _ => Source::Local,
+        },
     };
     // The prefix was checked above under this writer: nothing can hold it now.
     let route = super::commit::commit(rt, writer, commit, route)

@@ -13,7 +13,9 @@
 //!    before, and restore logs one summary line;
 //! 3. **retires** every version that left (it drains in the background);
 //! 4. writes what this node now serves on the route into its node record (cluster mode);
-//! 5. collects garbage (not at startup, as before).
+//! 5. tells the rollout supervisor (`crate::rollout::supervise`), which keeps a controller
+//!    running for each live rollout;
+//! 6. collects garbage (not at startup, as before).
 //!
 //! So a restart and another node's change are published exactly as a local change is.
 
@@ -23,22 +25,12 @@ use super::gc;
 use super::prepare::Built;
 use crate::cluster::{NodeError, NodeRoute};
 use crate::names::{Prefix, RouteName};
+pub(crate) use crate::route::state::Source;
 use crate::route::table::{PrefixHeld, Writer};
 use crate::route::{Route, Serving};
 use crate::runtime::Runtime;
 use crate::state::RouteRecord;
 use crate::version::Version;
-
-/// Where a commit comes from, which decides how it is announced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Source {
-    /// A change made on this node, recorded by [`super::apply::change`].
-    Local,
-    /// A change another node recorded, watched in the state log.
-    Remote,
-    /// A stored record applied at startup.
-    Restore,
-}
 
 /// What is being committed, besides the route itself.
 pub(crate) struct Commit<'a> {
@@ -100,6 +92,7 @@ pub(crate) async fn commit(
         Serving::Live(_) => None,
     });
     report(rt, name, failed);
+    rt.registry.committed(name, source);
     if source != Source::Restore {
         gc::collect(rt);
     }

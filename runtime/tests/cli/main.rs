@@ -17,5 +17,6 @@ mod persist;
 mod security;
 mod serve;
 mod support;
+mod takeover;
 mod wasi3;
 mod watch;
