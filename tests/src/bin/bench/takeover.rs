@@ -127,7 +127,10 @@ pub async fn bench(handoff: &str, wasm: &[u8], connections: usize, seconds: u64)
             assert!(status.success(), "the old process exits 0: {status}");
             break spawned.elapsed();
         }
-        assert!(spawned.elapsed() < Duration::from_secs(120), "the old process never exited");
+        assert!(
+            spawned.elapsed() < Duration::from_secs(120),
+            "the old process never exited"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
