@@ -364,20 +364,34 @@ async fn a_new_process_that_fails_before_it_is_ready_leaves_the_old_one_serving(
     assert_ne!(out.code, 0, "{out:#?}");
     assert!(out.stderr.contains("TLS"), "{out:#?}");
     load.goes_on(20).await;
-    // A crash while loading, once the state is with the new process (it recompiles every
-    // route at another opt level, so it is still loading when it is killed).
-    let new = Running::spawn(takeover_command(dir.path(), &["--opt-level", "none"]));
-    new.stderr
-        .wait_for("the new process to hold the state", READY, |log| {
-            log.contains("loading every route before serving")
-        })
-        .await;
-    new.kill9().await;
-    old.stderr
-        .wait_for("the old process to switch back", READY, |log| {
-            log.contains("switched back")
-        })
-        .await;
+    // Once the state is with the new process (it recompiles every route at another opt level,
+    // so it is still loading): a signal calls the takeover off, and so does a crash.
+    for (round, signal) in ["TERM", "KILL"].into_iter().enumerate() {
+        let mut new = Running::spawn(takeover_command(dir.path(), &["--opt-level", "none"]));
+        new.stderr
+            .wait_for("the new process to hold the state", READY, |log| {
+                log.contains("loading every route before serving")
+            })
+            .await;
+        new.signal(signal);
+        let status = new.exit_within(READY).await;
+        assert!(!status.success(), "{signal}: {status}");
+        if signal == "TERM" {
+            assert!(
+                new.stderr
+                    .text()
+                    .contains("the takeover was called off by a signal"),
+                "{}",
+                new.stderr.text()
+            );
+        }
+        old.stderr
+            .wait_for("the old process to switch back", READY, |log| {
+                log.matches("switched back").count() == round + 1
+            })
+            .await;
+        load.goes_on(20).await;
+    }
     load.goes_on(20).await;
     // The old process takes changes again, and keeps them.
     handoff(&["deploy", "tagged", guests::TAGGED_V2, "--admin", &admin])
@@ -555,4 +569,40 @@ async fn a_cluster_node_takes_over_from_itself_under_load() {
     handoff_tests::assert_each_value_once(values, total);
     assert!(old.terminate(Duration::from_secs(60)).await.success());
     assert!(b_process.terminate(Duration::from_secs(60)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_each_ready_process_names_itself_the_main_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
+    let data = dir.path().join("data");
+    let mut first = crate::support::serve_in_command(&data);
+    first.env("NOTIFY_SOCKET", &notify_path);
+    let mut old = Running::spawn(first);
+    old.ready(READY).await;
+    let mut buffer = [0u8; 256];
+    let received = |n: usize, buffer: &[u8]| String::from_utf8_lossy(&buffer[..n]).into_owned();
+    let n = tokio::time::timeout(READY, notify.recv(&mut buffer))
+        .await
+        .expect("a notification")
+        .unwrap();
+    assert_eq!(
+        received(n, &buffer),
+        format!("READY=1\nMAINPID={}\n", old.pid())
+    );
+    let mut second = takeover_command(&data, &[]);
+    second.env("NOTIFY_SOCKET", &notify_path);
+    let mut new = Running::spawn(second);
+    new.ready(READY).await;
+    let n = tokio::time::timeout(READY, notify.recv(&mut buffer))
+        .await
+        .expect("a notification")
+        .unwrap();
+    assert_eq!(
+        received(n, &buffer),
+        format!("READY=1\nMAINPID={}\n", new.pid())
+    );
+    assert!(old.exit_within(Duration::from_secs(60)).await.success());
+    assert!(new.terminate(Duration::from_secs(60)).await.success());
 }
