@@ -65,6 +65,7 @@ pub mod state;
 pub mod stats;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 pub mod units;
 pub mod version;
 

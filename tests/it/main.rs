@@ -34,5 +34,6 @@ mod shadow;
 mod swap;
 mod tls;
 mod toolchains;
+mod tracing;
 mod unread;
 mod wasi3;

@@ -307,6 +307,8 @@ impl ServeArgs {
                 }
                 (None, None) => None,
             },
+            // The OpenTelemetry SDK's standard variables, as every OpenTelemetry user sets them.
+            tracing: crate::trace::Settings::from_env(|name| std::env::var(name).ok())?,
         };
         config.validate()?;
         Ok(config)
