@@ -112,6 +112,9 @@ pub struct Config {
     pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Where OpenTelemetry traces go (`OTEL_EXPORTER_OTLP_*`); `None`: no tracing, at no cost.
     pub tracing: Option<crate::trace::Settings>,
+    /// Take over from the server running on the same data directory (`serve --takeover`):
+    /// receive its listeners and state, load everything, then serve while it drains and exits.
+    pub takeover: bool,
 }
 
 impl Default for Config {
@@ -141,6 +144,7 @@ impl Default for Config {
             compiler: crate::compile::Compiler::InProcess,
             cluster: None,
             tracing: None,
+            takeover: false,
         }
     }
 }

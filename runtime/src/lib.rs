@@ -63,6 +63,8 @@ pub mod signing;
 pub mod stalled;
 pub mod state;
 pub mod stats;
+#[cfg(unix)]
+pub mod takeover;
 pub mod telemetry;
 pub mod tls;
 pub mod trace;

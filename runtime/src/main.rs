@@ -135,7 +135,11 @@ async fn serve(
     })?;
     println!("{}", server.ready_line());
     let _ = std::io::stdout().flush();
-    stop.cancelled().await;
+    // A signal stops the server; so does a new process taking over (`serve --takeover`).
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = server.handed_over() => {}
+    }
     server.shutdown().await;
     Ok(())
 }

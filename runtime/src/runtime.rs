@@ -54,7 +54,41 @@ pub struct Runtime {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// OpenTelemetry traces (`config.tracing`); `None`: off, and a request checks only this.
     pub trace: Option<Arc<crate::trace::Tracing>>,
+    /// What this process hands to one that takes over from it (`serve --takeover`).
+    pub handover: Handover,
     request_ids: AtomicU64,
+}
+
+/// What a process hands to the one that takes over from it (`crate::takeover`), and the gate
+/// that keeps admin changes whole across it.
+pub struct Handover {
+    /// The state log, as it can be closed and reopened (one node: `handoff.redb` is locked by
+    /// the process that opens it). `None` in a cluster: JetStream is reached by every process.
+    pub state: Option<Arc<crate::state::switch::Switchable>>,
+    /// The key-value store, as it can be closed, reached through another process, or reopened
+    /// (one node: `kv.redb`). `None` in a cluster.
+    pub kv: Option<Arc<crate::kv::switch::Switch>>,
+    /// In a process taking over: the key-value store not opened yet (the old process still
+    /// owns it while this one loads); calls wait until the takeover fills it.
+    pub kv_pending: std::sync::Mutex<Option<crate::kv::switch::Held>>,
+    /// Held (read) by every admin request that may change something, for as long as it runs; a
+    /// takeover takes it (write) before the state moves, so no change is half done then.
+    pub admin: Arc<tokio::sync::RwLock<()>>,
+    /// Set while the state is with another process or on its way there: the admin API answers
+    /// 503 with `Retry-After`.
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl Handover {
+    /// Whether the state is with another process (or on its way there).
+    pub fn released(&self) -> bool {
+        self.released.load(Ordering::SeqCst)
+    }
+
+    /// Marks the state as leaving (`true`) or back (`false`).
+    pub fn set_released(&self, released: bool) {
+        self.released.store(released, Ordering::SeqCst);
+    }
 }
 
 impl Runtime {
@@ -66,8 +100,10 @@ impl Runtime {
             "a cluster node is opened with Runtime::open"
         );
         let (config, engine, files) = Self::parts(config)?;
-        let state = Arc::new(RedbLog::open(files.dir())?);
-        Self::assemble(config, engine, files, state, None)
+        let state = Arc::new(crate::state::switch::Switchable::new(Arc::new(
+            RedbLog::open(files.dir())?,
+        )));
+        Self::assemble(config, engine, files, state.clone(), Some(state), None)
     }
 
     /// As [`Runtime::new`]; with `config.cluster`, joins the cluster first and keeps the state
@@ -77,8 +113,9 @@ impl Runtime {
             return Self::new(config);
         };
         let (config, engine, files) = Self::parts(config)?;
-        let (cluster, log) = crate::cluster::Cluster::connect(cluster, files.engine_key()).await?;
-        Self::assemble(config, engine, files, Arc::new(log), Some(cluster))
+        let (cluster, log) =
+            crate::cluster::Cluster::connect(cluster, files.engine_key(), config.takeover).await?;
+        Self::assemble(config, engine, files, Arc::new(log), None, Some(cluster))
     }
 
     fn parts(config: Config) -> anyhow::Result<(Config, Arc<Engine>, Files)> {
@@ -102,8 +139,11 @@ impl Runtime {
         engine: Arc<Engine>,
         files: Files,
         state: Arc<dyn StateLog>,
+        switchable: Option<Arc<crate::state::switch::Switchable>>,
         cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> anyhow::Result<Self> {
+        let mut kv_switch = None;
+        let mut kv_pending = None;
         let events = Bus::new();
         // Guests' buckets: in the cluster's JetStream, else `kv.redb` in the data directory.
         let backend: Arc<dyn crate::kv::Backend> = match &cluster {
@@ -119,10 +159,22 @@ impl Runtime {
                 );
                 kv
             }
+            // Taking over: the old process hands the store over once everything is loaded.
+            None if config.takeover => {
+                let (switch, held) = crate::kv::switch::Switch::closed();
+                kv_pending = Some(held);
+                let switch = Arc::new(switch);
+                kv_switch = Some(switch.clone());
+                switch
+            }
             None => {
                 let kv_path = files.dir().join("kv.redb");
                 crate::state::private::prepare_private_file(&kv_path)?;
-                Arc::new(crate::kv::redb::RedbBackend::open(&kv_path)?)
+                let switch = Arc::new(crate::kv::switch::Switch::new(Arc::new(
+                    crate::kv::redb::RedbBackend::open(&kv_path)?,
+                )));
+                kv_switch = Some(switch.clone());
+                switch
             }
         };
         let kv = crate::kv::Kv::new(backend);
@@ -151,6 +203,13 @@ impl Runtime {
             )),
             request_ids: AtomicU64::new(1),
             cluster,
+            handover: Handover {
+                state: switchable,
+                kv: kv_switch,
+                kv_pending: std::sync::Mutex::new(kv_pending),
+                admin: Arc::new(tokio::sync::RwLock::new(())),
+                released: std::sync::atomic::AtomicBool::new(false),
+            },
         })
     }
 

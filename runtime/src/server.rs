@@ -42,29 +42,117 @@ pub const TRACE_FLUSH_FLOOR: std::time::Duration = std::time::Duration::from_sec
 /// admin connection without a request in progress is closed after `--idle-timeout`).
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
+/// After a takeover, how long the old process keeps answering requests on its open
+/// connections with `Connection: close` before it closes the idle ones and sends HTTP/2
+/// `GOAWAY`: a client that sends its next request within it gets its answer, then reconnects
+/// (to the new process), instead of racing a close.
+pub const HANDOVER_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A running server.
 pub struct Server {
     runtime: Arc<Runtime>,
     data_addr: SocketAddr,
     admin_addr: SocketAddr,
     stop: CancellationToken,
+    /// Set when a new process took over: responses say `Connection: close`.
+    closing: CancellationToken,
     data_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
+    /// The takeover socket in the data directory (none for an ephemeral server).
+    #[cfg(unix)]
+    takeover: Option<crate::takeover::Listening>,
+    /// The process this one took over from, while it drains.
+    #[cfg(unix)]
+    _predecessor: Option<crate::takeover::Predecessor>,
+}
+
+/// `--listen`/`--admin-listen` against the running server's address: the same, left at the
+/// default (not given), or port 0 on the same IP.
+#[cfg(unix)]
+fn same_address(
+    flag: &str,
+    given: SocketAddr,
+    default: &str,
+    theirs: SocketAddr,
+) -> anyhow::Result<()> {
+    let left_out = default.parse::<SocketAddr>().ok() == Some(given);
+    let any_port = given.port() == 0 && given.ip() == theirs.ip();
+    anyhow::ensure!(
+        given == theirs || left_out || any_port,
+        "{flag} {given} is not the address the running server listens on ({theirs}); a takeover keeps the addresses: leave {flag} out or give {theirs}"
+    );
+    Ok(())
+}
+
+/// Finds the server running on the data directory and takes its listeners (its state follows
+/// when this process opens it).
+#[cfg(unix)]
+async fn take_over(config: &Config) -> anyhow::Result<crate::takeover::Taken> {
+    let dir = config
+        .data_dir
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("--takeover needs the --data-dir of the running server"))?;
+    let offered = crate::takeover::connect(dir).await?;
+    same_address(
+        "--listen",
+        config.listen,
+        crate::config::DEFAULT_LISTEN,
+        offered.data,
+    )?;
+    same_address(
+        "--admin-listen",
+        config.admin_listen,
+        crate::config::DEFAULT_ADMIN_LISTEN,
+        offered.admin,
+    )?;
+    tracing::info!(old_pid = offered.pid, data = %offered.data, admin = %offered.admin, "taking over from the running server");
+    offered.begin().await
 }
 
 impl Server {
     /// Validates `config`, builds the runtime, binds both listeners and starts serving.
     /// Returns once both listeners are bound.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        #[cfg(not(unix))]
+        anyhow::ensure!(
+            !config.takeover,
+            "--takeover receives the running server's sockets over a Unix domain socket, which this platform lacks: stop the running server, then start this one"
+        );
+        // TLS files are read and checked before anything binds (or is taken over).
+        let data_tls = config
+            .tls
+            .as_ref()
+            .map(crate::tls::acceptor)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("data-plane TLS: {e}"))?;
+        let admin_tls = config
+            .admin_tls
+            .as_ref()
+            .map(crate::tls::acceptor)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("admin TLS: {e}"))?;
+        #[cfg(unix)]
+        let taken = match config.takeover {
+            true => Some(take_over(&config).await?),
+            false => None,
+        };
         let runtime = Arc::new(Runtime::open(config).await?);
+        #[cfg(unix)]
+        if let Some(taken) = &taken {
+            tracing::info!(
+                old_pid = taken.predecessor.pid,
+                "takeover: the state log is open here; loading every route before serving"
+            );
+        }
         let started = std::time::Instant::now();
         // In a cluster: what the restore below reads includes every change up to here; the
         // changes after it are followed once serving.
         let position = runtime.state.position().await?;
         let restored = crate::deploy::restore(&runtime).await;
-        // Rollouts continue where they were.
-        crate::rollout::resume_all(&runtime);
-        crate::rollout::follow_cluster(&runtime);
+        // Rollouts continue where they were: the supervisor starts a controller for each live
+        // rollout the restore committed, and follows every change from here on.
+        crate::rollout::supervise(&runtime);
+        crate::rollout::cluster::share_figures(&runtime);
         crate::deploy::notify::spawn_shadow_figures(&runtime);
         crate::deploy::converged::spawn(&runtime);
         if restored.routes > 0 || !restored.failed.is_empty() {
@@ -87,49 +175,69 @@ impl Server {
                 "data directory: deployments, artifacts and history are kept here across restarts"
             );
         }
-        // TLS files are read and checked before anything binds.
-        let data_tls = runtime
-            .config
-            .tls
-            .as_ref()
-            .map(crate::tls::acceptor)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("data-plane TLS: {e}"))?;
-        let admin_tls = runtime
-            .config
-            .admin_tls
-            .as_ref()
-            .map(crate::tls::acceptor)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("admin TLS: {e}"))?;
-        let data = TcpListener::bind(runtime.config.listen)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("cannot listen on {} (data): {e}", runtime.config.listen)
-            })?;
-        let admin = TcpListener::bind(runtime.config.admin_listen)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot listen on {} (admin): {e}",
-                    runtime.config.admin_listen
-                )
-            })?;
+        #[cfg(unix)]
+        let (inherited, mut predecessor) = match taken {
+            Some(taken) => (Some((taken.data, taken.admin)), Some(taken.predecessor)),
+            None => (None, None),
+        };
+        #[cfg(not(unix))]
+        let inherited: Option<(std::net::TcpListener, std::net::TcpListener)> = None;
+        let (data, admin) = match inherited {
+            Some((data, admin)) => (TcpListener::from_std(data)?, TcpListener::from_std(admin)?),
+            None => bind(&runtime.config).await?,
+        };
         let data_addr = data.local_addr()?;
         let admin_addr = admin.local_addr()?;
+        // Everything is loaded: the key-value store comes over last, just before serving.
+        #[cfg(unix)]
+        if let Some(predecessor) = &mut predecessor {
+            predecessor.take_kv(&runtime).await?;
+        }
+        #[cfg(unix)]
+        let takeover = match runtime.files.is_ephemeral() {
+            true => None,
+            false => match crate::takeover::Listening::start(
+                runtime.clone(),
+                runtime.files.dir(),
+                &data,
+                &admin,
+            ) {
+                Ok(listening) => Some(listening),
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "no takeover socket: `serve --takeover` cannot take over from this server");
+                    None
+                }
+            },
+        };
         let stop = CancellationToken::new();
-        let data_task = tokio::spawn(serve_data(runtime.clone(), data, stop.clone(), data_tls));
+        let closing = CancellationToken::new();
+        let data_task = tokio::spawn(serve_data(
+            runtime.clone(),
+            data,
+            stop.clone(),
+            closing.clone(),
+            data_tls,
+        ));
         let admin_task = tokio::spawn(serve_admin(
             runtime.clone(),
             admin,
             admin_addr,
             stop.clone(),
+            closing.clone(),
             admin_tls,
         ));
         tracing::info!(
             data = %data_addr, admin = %admin_addr, pooling = runtime.engine.pooling(),
             "listening"
         );
+        #[cfg(unix)]
+        if let Some(predecessor) = &predecessor {
+            predecessor.ready()?;
+            tracing::info!(
+                old_pid = predecessor.pid,
+                "took over: serving; the old process finishes its requests and exits"
+            );
+        }
         if let Some(cluster) = &runtime.cluster {
             cluster.nodes.update(|me| {
                 me.admin = Some(admin_addr.to_string());
@@ -143,9 +251,25 @@ impl Server {
             data_addr,
             admin_addr,
             stop,
+            closing,
             data_task,
             admin_task,
+            #[cfg(unix)]
+            takeover,
+            #[cfg(unix)]
+            _predecessor: predecessor,
         })
+    }
+
+    /// Resolves once a process started with `serve --takeover` has taken over from this one
+    /// and serves: then [`Server::shutdown`] lets this one drain and end. Never resolves for a
+    /// server without a takeover socket.
+    pub async fn handed_over(&self) {
+        #[cfg(unix)]
+        if let Some(takeover) = &self.takeover {
+            return takeover.handed_over().await;
+        }
+        std::future::pending().await
     }
 
     /// The data-plane address actually bound.
@@ -180,11 +304,27 @@ impl Server {
     /// the spans still queued (tracing on). Takes at most the drain timeout plus
     /// [`RELEASE_WAIT`] (with tracing, plus [`TRACE_FLUSH_FLOOR`] when the drain used it all).
     pub async fn shutdown(self) {
-        tracing::info!("shutting down: no new connections; draining in-flight requests");
-        if let Some(cluster) = &self.runtime.cluster {
-            // Deploys elsewhere stop waiting for this node before it stops serving.
-            cluster.nodes.leave().await;
-            tracing::info!("left the cluster");
+        #[cfg(unix)]
+        let successor = self.takeover.as_ref().and_then(|takeover| {
+            takeover.close();
+            takeover.successor()
+        });
+        #[cfg(not(unix))]
+        let successor: Option<u32> = None;
+        if let Some(new_pid) = successor {
+            tracing::info!(
+                new_pid,
+                "handed over: no new connections here; open connections are told to close after their current response; draining in-flight requests"
+            );
+            // The node goes on in the new process: it does not leave the cluster.
+            self.closing.cancel();
+        } else {
+            tracing::info!("shutting down: no new connections; draining in-flight requests");
+            if let Some(cluster) = &self.runtime.cluster {
+                // Deploys elsewhere stop waiting for this node before it stops serving.
+                cluster.nodes.leave().await;
+                tracing::info!("left the cluster");
+            }
         }
         self.stop.cancel();
         // Event streams never end by themselves: end them, so they do not hold the drain.
@@ -212,8 +352,26 @@ impl Server {
         while Arc::strong_count(&self.runtime) > 1 && started.elapsed() < limit {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        tracing::info!("shut down");
+        match successor {
+            Some(new_pid) => tracing::info!(
+                new_pid,
+                took_ms = started.elapsed().as_millis() as u64,
+                "handed over and drained: the last request here has ended; exiting"
+            ),
+            None => tracing::info!("shut down"),
+        }
     }
+}
+
+/// Binds both listeners of `config`.
+async fn bind(config: &Config) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let data = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (data): {e}", config.listen))?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin): {e}", config.admin_listen))?;
+    Ok((data, admin))
 }
 
 /// How often, at most, a full connection limit is logged.
@@ -242,6 +400,7 @@ async fn serve_data(
     rt: Arc<Runtime>,
     listener: TcpListener,
     stop: CancellationToken,
+    closing: CancellationToken,
     tls: Option<TlsAcceptor>,
 ) {
     let https = tls.is_some();
@@ -267,7 +426,16 @@ async fn serve_data(
         // Cut-off guests stop at their next yield; give them a moment to let go.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), rt.requests_ended()).await;
     };
-    serve_listener(listener, tls, limits, stop, service, ended, cut_off).await;
+    serve_listener(
+        listener,
+        tls,
+        limits,
+        (stop, closing),
+        service,
+        ended,
+        cut_off,
+    )
+    .await;
 }
 
 /// Accepts admin connections until `stop`, then drains them.
@@ -276,6 +444,7 @@ async fn serve_admin(
     listener: TcpListener,
     addr: SocketAddr,
     stop: CancellationToken,
+    closing: CancellationToken,
     tls: Option<TlsAcceptor>,
 ) {
     let limits = ConnectionLimits {
@@ -290,18 +459,29 @@ async fn serve_admin(
     let router = crate::admin::router(rt, addr);
     let service =
         move |_peer: SocketAddr| hyper_util::service::TowerToHyperService::new(router.clone());
-    serve_listener(listener, tls, limits, stop, service, async {}, async {}).await;
+    serve_listener(
+        listener,
+        tls,
+        limits,
+        (stop, closing),
+        service,
+        async {},
+        async {},
+    )
+    .await;
 }
 
 /// Accepts connections on `listener` until `stop` and serves each with the service
 /// `service(peer)` makes within `limits`. Then shuts down gracefully: stops accepting, lets
 /// requests in progress finish (and `ended` resolve) for up to `limits.grace`, and when that
-/// passes runs `cut_off` and closes the connections left.
+/// passes runs `cut_off` and closes the connections left. When `closing` is set too (another
+/// process took over), HTTP/1 responses say `Connection: close` and open connections get
+/// [`HANDOVER_LINGER`] to send their next request before idle ones are closed.
 async fn serve_listener<S, B>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     limits: ConnectionLimits,
-    stop: CancellationToken,
+    (stop, closing): (CancellationToken, CancellationToken),
     service: impl Fn(SocketAddr) -> S,
     ended: impl Future<Output = ()>,
     cut_off: impl Future<Output = ()>,
@@ -375,11 +555,20 @@ async fn serve_listener<S, B>(
         let idle = Arc::new(Idle::new());
         let watched = idle.clone();
         let inner = service(peer);
+        let closing = closing.clone();
         let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let busy = watched.busy();
+            let http1 = req.version() < http::Version::HTTP_2;
             let response = inner.call(req);
+            let closing = closing.clone();
             async move {
-                let response = response.await?;
+                let mut response = response.await?;
+                if http1 && closing.is_cancelled() {
+                    response.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
                 Ok::<_, S::Error>(response.map(|body| Tracked { body, _busy: busy }))
             }
         });
@@ -425,6 +614,16 @@ async fn serve_listener<S, B>(
         });
     }
     drop(listener);
+    if closing.is_cancelled() {
+        // Open connections answer their next request with `Connection: close` for a moment,
+        // so clients that keep sending move to the new process without racing a close.
+        let linger = async {
+            while slots.available_permits() < limits.max_connections {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        let _ = tokio::time::timeout(HANDOVER_LINGER.min(limits.grace), linger).await;
+    }
     let finished = async {
         graceful.shutdown().await;
         ended.await;

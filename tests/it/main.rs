@@ -37,3 +37,4 @@ mod toolchains;
 mod tracing;
 mod unread;
 mod wasi3;
+mod wasi3_promises;

@@ -152,6 +152,10 @@ pub fn router(rt: Arc<Runtime>, listener: std::net::SocketAddr) -> Router {
             rt.clone(),
             nodes::refuse_when_cut_off,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            rt.clone(),
+            refuse_when_handed_over,
+        ))
         .layer(axum::middleware::from_fn(guard::content_type))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(rt.config.admin_tokens.clone()),
@@ -183,6 +187,40 @@ impl From<DeployError> for Problem {
         }
         Self::new(error.status(), error.to_string())
     }
+}
+
+/// While the state moves to a process taking over (`serve --takeover`), and after it has, this
+/// process answers admin requests 503 with `Retry-After` (the new process answers them once
+/// it is ready; if it fails, this one takes them again). A request that may change something
+/// holds the handover gate while it runs, so a takeover waits for it: every change is applied
+/// by exactly one process, or refused.
+async fn refuse_when_handed_over(
+    axum::extract::State(rt): axum::extract::State<Arc<Runtime>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let refuse = || {
+        let mut response = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this server is handing over to a new process (`serve --takeover`); try again in a moment: the new process answers once it is ready",
+        )
+        .into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        headers.insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        response
+    };
+    if rt.handover.released() {
+        return refuse();
+    }
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
+        return next.run(request).await;
+    }
+    let _gate = rt.handover.admin.clone().read_owned().await;
+    if rt.handover.released() {
+        return refuse();
+    }
+    next.run(request).await
 }
 
 /// Runs every request that may change something on a task of its own, so a client that goes

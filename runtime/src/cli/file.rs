@@ -203,10 +203,13 @@ impl ConfigFile {
     }
 }
 
-/// Whether the file may set `arg`: a named flag other than `--config` and `--help`.
+/// Whether the file may set `arg`: a named flag other than `--config`, `--help`, `--version`
+/// and `--takeover` (how one start is made, not a setting: a unit's start and reload share the
+/// file).
 pub fn settable(arg: &Arg) -> bool {
-    arg.get_long()
-        .is_some_and(|long| !matches!(long, "config" | "help" | "version") && !arg.is_positional())
+    arg.get_long().is_some_and(|long| {
+        !matches!(long, "config" | "help" | "version" | "takeover") && !arg.is_positional()
+    })
 }
 
 fn is_switch(arg: &Arg) -> bool {

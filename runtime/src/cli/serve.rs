@@ -134,6 +134,13 @@ pub struct ServeArgs {
     /// of three or more, else 1).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub cluster_replicas: usize,
+    /// Take over from the server running on the same --data-dir, without a refused connection
+    /// or a failed request: receive its listening sockets (through `takeover.sock` in the data
+    /// directory) and its state, load every route, then serve while the old process finishes
+    /// its requests and exits. --listen and --admin-listen, if given, must name its addresses.
+    /// If this process fails before it is ready, the old one serves on. Not in a config file.
+    #[arg(long)]
+    pub takeover: bool,
     /// The per-route settings (`--max-memory`, `--request-timeout`, ...): every route's
     /// defaults, from the table in `crate::settings`.
     #[command(flatten)]
@@ -253,6 +260,12 @@ impl ServeArgs {
 
     fn build(self, ephemeral_by_default: bool) -> Result<Config, String> {
         let ephemeral = self.ephemeral || (ephemeral_by_default && self.data_dir.is_none());
+        if self.takeover && ephemeral {
+            return Err(
+                "--takeover takes over from the server running on the same --data-dir; an ephemeral server has none to share: give --data-dir"
+                    .into(),
+            );
+        }
         let FileExtras {
             tokens: file_tokens,
             keys: file_keys,
@@ -309,6 +322,7 @@ impl ServeArgs {
             },
             // The OpenTelemetry SDK's standard variables, as every OpenTelemetry user sets them.
             tracing: crate::trace::Settings::from_env(|name| std::env::var(name).ok())?,
+            takeover: self.takeover,
         };
         config.validate()?;
         Ok(config)

@@ -170,12 +170,14 @@ pub struct Nodes {
 impl Nodes {
     /// Opens the bucket and claims `name`: a record of that name from another process that
     /// still heartbeats refuses the claim; one that stopped (a node killed and restarted)
-    /// is taken over once it has missed its heartbeats.
+    /// is taken over once it has missed its heartbeats, or at once by a process that
+    /// `succeeding` it (`serve --takeover` on its data directory).
     pub(super) async fn open(
         js: jetstream::Context,
         name: &str,
         engine_key: &str,
         replicas: usize,
+        succeeding: bool,
     ) -> anyhow::Result<Self> {
         let bucket = js
             .create_or_update_key_value(kv::Config {
@@ -188,7 +190,8 @@ impl Nodes {
             })
             .await
             .context("creating the nodes bucket (per-key TTL needs NATS 2.11 or newer)")?;
-        if let Some(entry) = bucket.entry(name).await.context("reading node records")?
+        if !succeeding
+            && let Some(entry) = bucket.entry(name).await.context("reading node records")?
             && entry.operation == kv::Operation::Put
         {
             let first = entry.revision;

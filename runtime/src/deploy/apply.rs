@@ -1,5 +1,6 @@
-//! The one activation path. Every change to what a route serves (deploy, rollback, activate,
-//! delete; and at startup, restore) goes through here:
+//! The one activation path of a change made on this node. Every change to what a route serves
+//! (deploy, rollback, activate, delete, a rollout's start, steps and end, a shadow started or
+//! stopped) goes through [`change`]:
 //!
 //! 1. **lock** the route's change lock (other routes change meanwhile);
 //! 2. **plan**: read the route's stored record and what serves it now, and let the caller's
@@ -9,17 +10,18 @@
 //!    limits; reuse what serves where digest and settings match;
 //! 4. **record** the change in the state log (durable), under the route table's writer, after
 //!    checking the prefix is free;
-//! 5. **publish** the new route into the table and wait out readers of the old snapshot;
-//! 6. **retire** every version that left; it drains in the background, then garbage is
-//!    collected. What changed is published on the event bus ([`super::notify`]).
+//! 5. **commit** ([`super::commit`], the tail every change shares, a restart's and another
+//!    node's too): publish the new route into the table, announce it, retire every version
+//!    that left (it drains in the background), collect garbage.
 //!
 //! Steps 1-3 may fail and change nothing; from step 4 on the change is durable and is applied
-//! whole. A restart runs steps 3 and 5 for every stored record (see [`super::restore`]).
+//! whole. A restart runs steps 3 and 5 for every stored record (see [`super::restore`]), and
+//! another node's change steps 1, 3 and 5 ([`super::remote`]).
 
 use std::sync::Arc;
 
+use super::commit::{Commit, Source};
 use super::error::{DeployError, Deployed, internal, parse_digest};
-use super::gc;
 use super::prepare::{self, Built};
 use crate::route::{Candidate, Prefix, Route, RouteName, Serving, Shadow, Split, Sticky, Weight};
 use crate::runtime::Runtime;
@@ -222,9 +224,6 @@ where
         rt.kv.forget_route(name);
     }
     drop(guard);
-    if applied.as_ref().is_ok_and(|a| a.changed) {
-        gc::collect(rt);
-    }
     applied
 }
 
@@ -269,9 +268,7 @@ where
         }
         None => None,
     };
-    let mut writer = rt.routes.writer().await;
-    // The swap step alone: publishing the new table until no reader holds the old one.
-    let mut swap = std::time::Duration::ZERO;
+    let writer = rt.routes.writer().await;
     if let Some((prefix, _)) = &next
         && let Some(owner) = writer.prefix_owner(name, prefix)
     {
@@ -291,44 +288,38 @@ where
         AppendError::PrefixTaken { prefix, owner } => DeployError::PrefixTaken { prefix, owner },
         AppendError::Failed(error) => DeployError::Internal(format!("committing: {error:#}")),
     })?;
-    let route = match next {
-        Some((prefix, split)) => {
-            let mut record = plan.next.clone().expect("a route that stays has a record");
-            record.revision = revision;
-            let route = Route {
-                name: name.clone(),
-                prefix,
-                serving: Serving::Live(split),
-                state: guard.state.clone(),
-                record: Arc::new(record),
-            };
-            let swapping = std::time::Instant::now();
-            // The prefix was checked above under this writer: nothing can hold it now.
-            if let Err(held) = writer.put(route.clone()).await {
-                tracing::error!(
-                    route = name.as_str(),
-                    holder = held.holder.as_str(),
-                    "a recorded change could not be published: its prefix is held"
-                );
-            }
-            swap = swapping.elapsed();
-            Some(route)
+    let route = next.map(|(prefix, split)| {
+        let mut record = plan.next.clone().expect("a route that stays has a record");
+        record.revision = revision;
+        Route {
+            name: name.clone(),
+            prefix,
+            serving: Serving::Live(split),
+            state: guard.state.clone(),
+            record: Arc::new(record),
         }
-        None => {
-            writer.remove(name).await;
-            rt.registry.forget(name);
-            None
-        }
-    };
-    drop(writer);
-    log_activation(name, route.as_ref(), live.as_ref(), &plan.built, swap);
-    super::notify::publish(
-        rt,
+    });
+    let commit = Commit {
         name,
-        stored.as_ref().map(|s| &s.record),
-        plan.next.as_ref(),
-    );
-    retire_leaving(rt, name, live.as_ref(), route.as_ref());
+        live: live.as_ref(),
+        before: stored.as_ref().map(|s| &s.record),
+        built: &plan.built,
+        source: match crate::events::actor().as_deref() {
+            Some(crate::events::CONTROLLER) => Source::Controller,
+            _ => Source::Local,
+        },
+    };
+    // The prefix was checked above under this writer: nothing can hold it now.
+    let route = super::commit::commit(rt, writer, commit, route)
+        .await
+        .map_err(|held| DeployError::PrefixTaken {
+            prefix: plan
+                .next
+                .as_ref()
+                .map(|r| r.prefix.clone())
+                .unwrap_or_default(),
+            owner: held.holder.as_str().to_owned(),
+        })?;
     Ok(Applied {
         route,
         previous: live,
@@ -336,91 +327,6 @@ where
         changed: true,
         revision,
     })
-}
-
-/// Why route `name` may not serve at `prefix`, as its stored record asks: another route holds
-/// the prefix's claim in the state log. A restart and a change another node recorded check
-/// this before publishing a stored record; [`change`] has the state log check it as it
-/// records, and the table's writer refuses a prefix another route serves in every case.
-pub(crate) async fn claimed_elsewhere(
-    rt: &Runtime,
-    name: &RouteName,
-    prefix: &Prefix,
-) -> anyhow::Result<Option<String>> {
-    Ok(rt
-        .state
-        .prefix_owner(prefix.as_str())
-        .await?
-        .filter(|holder| holder != name)
-        .map(|holder| held(prefix, &holder)))
-}
-
-/// The sentence for a prefix another route holds.
-pub(crate) fn held(prefix: &Prefix, holder: &RouteName) -> String {
-    format!(
-        "the prefix `{}` is held by route `{}`",
-        prefix.as_str(),
-        holder.as_str()
-    )
-}
-
-/// Logs what a change activated; `swap` is how long the table swap took (the bench reads it).
-pub(crate) fn log_activation(
-    name: &RouteName,
-    now: Option<&Route>,
-    before: Option<&Route>,
-    built: &[Built],
-    swap: std::time::Duration,
-) {
-    let Some(stable) = now.and_then(Route::stable) else {
-        return;
-    };
-    let compile_ms = built
-        .iter()
-        .find(|b| b.digest == stable.digest)
-        .and_then(|b| b.compile_time)
-        .map(|t| t.as_secs_f64() * 1e3);
-    tracing::info!(
-        route = name.as_str(),
-        prefix = now.map(|r| r.prefix.as_str()),
-        version = %stable.digest,
-        previous = before.and_then(Route::stable).map(|v| v.digest.as_str()),
-        compile_ms,
-        swap_us = swap.as_micros() as u64,
-        "version activated"
-    );
-}
-
-/// Retires every version that served `before` and does not serve `now`.
-pub(crate) fn retire_leaving(
-    rt: &Arc<Runtime>,
-    name: &RouteName,
-    before: Option<&Route>,
-    now: Option<&Route>,
-) {
-    let Some(before) = before.and_then(Route::split) else {
-        return;
-    };
-    let staying: Vec<&Arc<Version>> = now
-        .and_then(Route::split)
-        .map(|s| s.versions().map(|(_, v, _)| v).collect())
-        .unwrap_or_default();
-    for (_, version, _) in before.versions() {
-        if staying.iter().any(|v| Arc::ptr_eq(v, version)) {
-            continue;
-        }
-        let weak = Arc::downgrade(rt);
-        rt.drains.retire(
-            name.clone(),
-            version.clone(),
-            rt.config.drain_timeout,
-            move || {
-                if let Some(rt) = weak.upgrade() {
-                    gc::collect(&rt);
-                }
-            },
-        );
-    }
 }
 
 /// Builds the versions `record` names into a split, reusing what serves `live` where digest
@@ -529,13 +435,9 @@ async fn version(
         Some(code) => code,
         None => prepare::load_stored(rt, &digest, settings.limits.compile()).await?,
     };
-    let concurrency = settings.limits.instance_concurrency;
-    if concurrency > 1 && code.pre.wasi() == crate::engine::Wasi::P2 {
-        return Err(DeployError::InvalidLimits(format!(
-            "instance-concurrency is {concurrency}, but {} is a WASI 0.2 component, whose instances serve one request at a time; set instance-concurrency=1, or deploy a WASI 0.3 `wasi:http/service` component",
-            digest.short()
-        )));
-    }
+    // `instance-concurrency` is the route's and applies to its WASI 0.3 versions; a 0.2
+    // version's instances serve one request at a time whatever it says (a deploy that asks
+    // for more with a 0.2 component is refused before this: `deploy::deploy`).
     let version = Arc::new(Version::new(
         &rt.engine,
         digest,

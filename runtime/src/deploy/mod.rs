@@ -14,6 +14,7 @@
 //! moment leaves each route on its old or its new version.
 
 pub mod apply;
+pub(crate) mod commit;
 pub mod converged;
 pub mod error;
 pub mod gc;
@@ -162,6 +163,17 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
         .map_err(DeployError::InvalidLimits)?;
     let compile_limits = asked.compile();
     let built = prepare::ensure(rt, &name, &digest, bytes.clone(), compile_limits).await?;
+    // Asking for shared instances of a component that cannot share them is a mistake to name;
+    // a value carried over from the route's earlier 0.3 versions is kept for them and ignored
+    // by this one (`Version::new`).
+    if let Some(concurrency) = limits.instance_concurrency.filter(|n| *n > 1)
+        && built.pre.wasi() == crate::engine::Wasi::P2
+    {
+        return Err(DeployError::InvalidLimits(format!(
+            "instance-concurrency is {concurrency}, but {} is a WASI 0.2 component, whose instances serve one request at a time; leave instance-concurrency out (or set it to 1), or deploy a WASI 0.3 `wasi:http/service` component",
+            digest.short()
+        )));
+    }
     // Every node must be able to fetch the bytes before a record references them.
     prepare::share_bytes(rt, &digest, bytes).await?;
     let compile_time = built.compile_time;

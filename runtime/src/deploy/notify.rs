@@ -1,6 +1,6 @@
-//! What a change tells the event bus. Every change to a route goes through
-//! [`super::apply::change`] (or, recorded by another node, [`super::remote::reconcile`]), which
-//! hands the record before and after to [`publish`]: the events are read off the difference (a
+//! What a change tells the event bus. Every change to a route ends in [`super::commit`] (made
+//! here through [`super::apply::change`], or recorded by another node and applied by
+//! [`super::remote::reconcile`]), which hands the record before and after to [`publish`]: the events are read off the difference (a
 //! new stable version, a rollout that started, stepped, paused, was promoted or rolled back, a
 //! shadow that started or stopped), so a change made by any path (an admin call, the rollout
 //! controller, another node) is published the same way. Who made it comes from the history entry the change added, or from the task's

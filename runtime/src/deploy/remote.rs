@@ -1,8 +1,8 @@
 //! Changes another node recorded (cluster mode), applied through the same path as a local
 //! change: [`super::apply::build`] builds the versions the record names (the artifact loaded,
-//! or the bytes fetched from the cluster and compiled), then the table's writer publishes the
-//! route, the change's events are published (as on the node that made it), what left is retired
-//! and drains, and garbage is collected.
+//! or the bytes fetched from the cluster and compiled), then [`super::commit`], the tail every
+//! change shares, publishes the route, publishes the change's events (as on the node that made
+//! it), retires what left, reports what this node serves and collects garbage.
 //!
 //! [`follow`] watches the state log from the last position this node applied, in order. For
 //! each route a watched change touches, [`reconcile`] takes the route's change lock, reads the
@@ -18,10 +18,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::apply::{self, log_activation, retire_leaving};
+use super::apply;
+use super::commit::{self, Commit, Source, report};
 use super::error::DeployError;
-use super::gc;
-use crate::cluster::{NodeError, NodeRoute};
 use crate::names::RouteName;
 use crate::route::{Route, Serving};
 use crate::runtime::Runtime;
@@ -48,19 +47,23 @@ pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Re
     let live = rt.routes.snapshot().get(name).cloned();
     let Some(stored) = stored else {
         if let Some(live) = live {
-            let mut writer = rt.routes.writer().await;
-            writer.remove(name).await;
-            rt.registry.forget(name);
-            drop(writer);
-            super::notify::publish(rt, name, Some(&live.record), None);
-            retire_leaving(rt, name, Some(&live), None);
+            let writer = rt.routes.writer().await;
+            let commit = Commit {
+                name,
+                live: Some(&live),
+                before: Some(&live.record),
+                built: &[],
+                source: Source::Remote,
+            };
+            // Removing a route cannot be refused.
+            let _ = commit::commit(rt, writer, commit, None).await;
             tracing::info!(
                 route = name.as_str(),
                 "route deleted (recorded by another node)"
             );
-            gc::collect(rt);
+        } else {
+            report(rt, name, None);
         }
-        report(rt, name, None);
         return Ok(Reconciled::Done);
     };
     let record = stored.record;
@@ -72,13 +75,13 @@ pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Re
         return Ok(Reconciled::Done);
     }
     let prefix = record.claimed_prefix(name);
-    if let Some(reason) = apply::claimed_elsewhere(rt, name, &prefix).await? {
+    if let Some(reason) = commit::claimed_elsewhere(rt, name, &prefix).await? {
         tracing::error!(route = name.as_str(), reason = %reason, "change not applied");
         report(rt, name, Some((record.revision, reason)));
         return Ok(Reconciled::Done);
     }
     let built = apply::build(rt, name, &record, live.as_ref(), &[]).await;
-    let mut writer = rt.routes.writer().await;
+    let writer = rt.routes.writer().await;
     if let Some(owner) = writer.prefix_owner(name, &prefix) {
         drop(writer);
         let reason = format!(
@@ -109,10 +112,7 @@ pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Re
             Serving::Unavailable(reason.clone().into())
         }
     };
-    let failed = match &serving {
-        Serving::Unavailable(reason) => Some((record.revision, reason.to_string())),
-        Serving::Live(_) => None,
-    };
+    let failed = matches!(serving, Serving::Unavailable(_));
     let route = Route {
         name: name.clone(),
         prefix,
@@ -120,66 +120,24 @@ pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Re
         state: guard.state.clone(),
         record: Arc::new(record),
     };
-    let swapping = std::time::Instant::now();
+    let commit = Commit {
+        name,
+        live: live.as_ref(),
+        // The same events as on the node that made the change, read off the same records.
+        before: live.as_ref().map(|l| l.record.as_ref()),
+        built: &[],
+        source: Source::Remote,
+    };
     // The prefix was checked above under this writer.
-    if let Err(held) = writer.put(route.clone()).await {
+    if let Err(held) = commit::commit(rt, writer, commit, Some(route)).await {
         tracing::error!(
             route = name.as_str(),
             holder = held.holder.as_str(),
             "change not applied"
         );
     }
-    let swap = swapping.elapsed();
-    drop(writer);
-    log_activation(name, Some(&route), live.as_ref(), &[], swap);
-    // The same events as on the node that made the change, read off the same records.
-    super::notify::publish(
-        rt,
-        name,
-        live.as_ref().map(|l| l.record.as_ref()),
-        Some(&route.record),
-    );
-    retire_leaving(rt, name, live.as_ref(), Some(&route));
     drop(guard);
-    let outcome = if failed.is_some() {
-        retry
-    } else {
-        Reconciled::Done
-    };
-    report(rt, name, failed);
-    gc::collect(rt);
-    Ok(outcome)
-}
-
-/// Writes what this node serves on route `name` into its node record (not yet published).
-fn report(rt: &Runtime, name: &RouteName, failed: Option<(u64, String)>) {
-    let Some(cluster) = &rt.cluster else {
-        return;
-    };
-    let live = rt.routes.snapshot().get(name).cloned();
-    cluster.nodes.update(|me| match live {
-        None => {
-            me.routes.remove(name.as_str());
-        }
-        Some(route) => {
-            let error = failed
-                .map(|(revision, reason)| NodeError { revision, reason })
-                .or_else(|| {
-                    me.routes
-                        .get(name.as_str())
-                        .and_then(|r| r.error.clone())
-                        .filter(|e| e.revision > route.record.revision)
-                });
-            me.routes.insert(
-                name.as_str().to_owned(),
-                NodeRoute {
-                    revision: route.record.revision,
-                    version: route.stable().map(|v| v.digest.to_string()),
-                    error,
-                },
-            );
-        }
-    });
+    Ok(if failed { retry } else { Reconciled::Done })
 }
 
 /// Writes every route this node serves into its node record, at `position`, and says it is

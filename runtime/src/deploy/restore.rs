@@ -1,11 +1,12 @@
 //! Restart: every stored route is built from its record (artifacts loaded, or recompiled when
-//! missing, corrupt or compiled by another build) and published, through the same building and
-//! publishing as any change. A route whose version cannot be built is published as unavailable:
+//! missing, corrupt or compiled by another build) and committed, through the same building
+//! ([`super::apply::build`]) and commit tail ([`super::commit`]) as any change. A route whose version cannot be built is published as unavailable:
 //! it keeps its prefix, answers 503, and can be deployed again or deleted.
 
 use std::sync::Arc;
 
 use super::apply;
+use super::commit::{self, Commit, Source};
 use crate::route::{Route, RouteName, Serving};
 use crate::runtime::Runtime;
 
@@ -38,7 +39,7 @@ pub async fn restore(rt: &Arc<Runtime>) -> Restored {
         let prefix = record.claimed_prefix(&name);
         // A route recorded at a prefix another route holds (two were recorded at one prefix
         // before prefixes were claims) is not served: the holder keeps the prefix.
-        let claimed = match apply::claimed_elsewhere(rt, &name, &prefix).await {
+        let claimed = match commit::claimed_elsewhere(rt, &name, &prefix).await {
             Ok(claimed) => claimed,
             Err(error) => Some(format!("its prefix claim is unreadable: {error:#}")),
         };
@@ -69,9 +70,17 @@ pub async fn restore(rt: &Arc<Runtime>) -> Restored {
             record: Arc::new(record),
         };
         let live = route.split().is_some();
-        if let Err(held) = rt.routes.writer().await.put(route).await {
+        let writer = rt.routes.writer().await;
+        let commit = Commit {
+            name: &name,
+            live: None,
+            before: None,
+            built: &[],
+            source: Source::Restore,
+        };
+        if let Err(held) = commit::commit(rt, writer, commit, Some(route)).await {
             report.routes -= usize::from(live);
-            refuse(&mut report, &name, apply::held(&prefix, &held.holder));
+            refuse(&mut report, &name, commit::held(&prefix, &held.holder));
         }
     }
     report.recompiled = (rt.compiles() - compiles_before) as usize;

@@ -20,7 +20,7 @@ use std::pin::Pin;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// One stored value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     /// The bytes.
     pub value: Vec<u8>,
@@ -31,7 +31,7 @@ pub struct Entry {
 }
 
 /// What a write does to its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Change {
     /// Sets the value; with `ttl_ms` it expires that long after the write.
     Set {
@@ -51,7 +51,7 @@ pub enum Change {
 }
 
 /// When a write may happen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Condition {
     /// Always.
     Always,
@@ -61,7 +61,7 @@ pub enum Condition {
 
 /// How much a route may keep in a bucket it writes: a write that would take the bucket past
 /// either bound is refused (one that shrinks it never is). `0`: no bound.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Quota {
     /// Keys in the bucket.
     pub max_keys: u64,
@@ -70,7 +70,7 @@ pub struct Quota {
 }
 
 /// One write to one key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Write {
     /// The key.
     pub key: String,
@@ -95,7 +95,7 @@ impl Write {
 }
 
 /// What a write did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     /// It was applied (and is durable).
     Done {
@@ -120,7 +120,7 @@ pub enum Start<'a> {
 }
 
 /// One page of a listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Page<T> {
     /// The items, in key order.
     pub items: Vec<T>,
@@ -183,7 +183,7 @@ impl<T> PageFiller<T> {
 }
 
 /// What a bucket holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     /// Keys (expired ones until they are swept, within a second or so).
     pub keys: u64,
@@ -192,7 +192,7 @@ pub struct Usage {
 }
 
 /// Why an operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum KvError {
     /// The write would take the bucket past the writer's key quota.
     #[error("the bucket would hold more than {limit} keys")]

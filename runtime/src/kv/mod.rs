@@ -24,6 +24,7 @@ pub mod host;
 pub mod jetstream;
 pub mod limits;
 pub mod redb;
+pub mod switch;
 #[cfg(test)]
 mod tests;
 mod writer;

@@ -2,14 +2,15 @@
 //! node's requests.
 //!
 //! * **One driver**: every node runs a controller for each live rollout it serves (started by
-//!   `super::follow_cluster` when another node's change brings one, and on restore), but only
+//!   the supervisor, `super::supervise`, when another node's change brings one, and on
+//!   restore), but only
 //!   the *leader*, the live node with the smallest name
 //!   ([`crate::cluster::nodes::Nodes::leader`]), judges and steps; the others hold. When the
 //!   leader leaves or dies, the next one takes over within the node records' TTL, judging a
 //!   fresh step window.
 //! * **Cluster-wide figures**: each node puts the request figures of the versions of every
 //!   route with a live rollout in its node record ([`publish_figures`], every [`PERIOD`] from
-//!   `super::follow_cluster`, republished with its heartbeat), and the leader's gates read
+//!   [`share_figures`], republished with its heartbeat), and the leader's gates read
 //!   [`figures`]: its own counters plus every other live node's figures. A node's figures are
 //!   cumulative since it built the version, so the leader counts only what they grew by between
 //!   two of its looks at a live record ([`Tallies`]): a node whose record lapses, restarts or
@@ -28,8 +29,7 @@ use crate::runtime::Runtime;
 use crate::stats::Snapshot;
 use crate::version::Version;
 
-/// How often a node refreshes its figures and looks for rollouts it should run a controller
-/// for.
+/// How often a node refreshes its figures.
 pub const PERIOD: Duration = Duration::from_millis(500);
 
 /// The waves `asked` names, as node names per wave: every live node in exactly one wave.
@@ -229,6 +229,27 @@ fn record(snapshot: &Snapshot) -> Figures {
         latency: snapshot.latency.to_vec(),
         latency_us: snapshot.latency_us,
     }
+}
+
+/// In a cluster: every [`PERIOD`], refreshes this node's figures ([`publish_figures`]) and
+/// forgets the tallies of rollouts that ended. Ends when the node leaves.
+pub fn share_figures(rt: &std::sync::Arc<Runtime>) {
+    let Some(joined) = rt.cluster.clone() else {
+        return;
+    };
+    let weak = std::sync::Arc::downgrade(rt);
+    let stop = joined.nodes.stopping();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(PERIOD) => {}
+            }
+            let Some(rt) = weak.upgrade() else { return };
+            publish_figures(&rt);
+            forget_tallies(&rt.routes.snapshot());
+        }
+    });
 }
 
 /// Puts the figures of every version of every route with a live rollout into this node's

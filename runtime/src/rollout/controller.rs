@@ -33,7 +33,7 @@ pub const P99_FLOOR_MS: f64 = 10.0;
 pub const BY: &str = crate::events::CONTROLLER;
 
 /// Starts (or restarts) route `name`'s controller, stopping the one it had.
-pub fn spawn(rt: &Arc<Runtime>, name: &RouteName) {
+pub(super) fn spawn(rt: &Arc<Runtime>, name: &RouteName) {
     let Some(state) = rt.registry.get(name) else {
         return;
     };

@@ -9,16 +9,19 @@
 //! through `crate::deploy::apply`. The rollout's plan and state live in the record
 //! ([`RolloutRecord`]), so a restart continues where it was. Its controller ([`controller`]) is
 //! route-lifetime state: one task per route with a live rollout, stopped through the route's
-//! [`crate::route::RouteState`].
+//! [`crate::route::RouteState`], started and stopped only by the [`supervise`] task, which
+//! follows every committed change.
 
 pub mod cluster;
 pub mod controller;
 pub mod evidence;
 pub mod plan;
+mod supervisor;
 
 use std::sync::Arc;
 
 use plan::{change, live, plan, promote, with_rollout};
+pub use supervisor::supervise;
 
 use crate::api;
 use crate::deploy::apply::{self, Current, Plan, Planned};
@@ -84,7 +87,6 @@ pub async fn start(
     })
     .await?;
     tracing::info!(target: "audit", who = %by, route = name.as_str(), candidate = %digest, "rollout started");
-    controller::spawn(rt, name);
     applied
         .route
         .ok_or_else(|| DeployError::UnknownRoute(name.as_str().to_owned()))
@@ -138,7 +140,6 @@ pub async fn act(
     })
     .await?;
     tracing::info!(target: "audit", who = by, route = name.as_str(), action = ?action, "rollout changed");
-    controller::spawn(rt, name);
     Ok(applied.deployed(None))
 }
 
@@ -196,60 +197,4 @@ pub fn status(route: &Route) -> Option<api::RolloutStatus> {
         driver: rollout.driver.clone(),
         versions,
     })
-}
-
-/// Starts the controller of every route whose stored rollout is live (after a restart).
-pub fn resume_all(rt: &Arc<Runtime>) {
-    for route in rt.routes.snapshot().iter() {
-        if route
-            .record
-            .rollout
-            .as_ref()
-            .is_some_and(|r| r.state.is_live())
-        {
-            controller::spawn(rt, &route.name);
-        }
-    }
-}
-
-/// In a cluster: every [`cluster::PERIOD`], refreshes this node's figures and starts a
-/// controller for each live rollout that has none here (one another node started, or one that
-/// is new since the last look). Ends when the node leaves.
-pub fn follow_cluster(rt: &Arc<Runtime>) {
-    let Some(joined) = rt.cluster.clone() else {
-        return;
-    };
-    let weak = Arc::downgrade(rt);
-    let stop = joined.nodes.stopping();
-    tokio::spawn(async move {
-        // The rollout each route's controller was started for, by route.
-        let mut started: std::collections::HashMap<RouteName, String> =
-            std::collections::HashMap::new();
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(cluster::PERIOD) => {}
-            }
-            let Some(rt) = weak.upgrade() else { return };
-            cluster::publish_figures(&rt);
-            let table = rt.routes.snapshot();
-            started.retain(|name, _| table.get(name).is_some());
-            cluster::forget_tallies(&table);
-            for route in table.iter() {
-                match route.record.rollout.as_ref().filter(|r| r.state.is_live()) {
-                    None => {
-                        started.remove(&route.name);
-                    }
-                    Some(rollout) => {
-                        let key =
-                            format!("{} {} {}", rollout.stable, rollout.candidate, rollout.by);
-                        if started.get(&route.name) != Some(&key) {
-                            controller::spawn(&rt, &route.name);
-                            started.insert(route.name.clone(), key);
-                        }
-                    }
-                }
-            }
-        }
-    });
 }

@@ -101,9 +101,47 @@ impl RouteState {
 }
 
 /// The route-lifetime state of every route, by name.
-#[derive(Default)]
 pub struct Registry {
     routes: DashMap<RouteName, Arc<RouteState>>,
+    /// Every committed change, for the rollout supervisor (`crate::rollout::supervise`), which
+    /// keeps a controller running for each live rollout.
+    committed: tokio::sync::mpsc::UnboundedSender<Committed>,
+    /// The receiving end, until the supervisor takes it.
+    feed: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Committed>>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        let (committed, feed) = tokio::sync::mpsc::unbounded_channel();
+        Self {
+            routes: DashMap::new(),
+            committed,
+            feed: Mutex::new(Some(feed)),
+        }
+    }
+}
+
+/// Where a committed change comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A change made on this node by an operator (or anything but the rollout controller).
+    Local,
+    /// A change the route's rollout controller made on this node.
+    Controller,
+    /// A change another node recorded, watched in the state log.
+    Remote,
+    /// A stored record applied at startup.
+    Restore,
+}
+
+/// A change committed to the route table (`crate::deploy::commit`), as the rollout supervisor
+/// hears of it.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The route.
+    pub route: RouteName,
+    /// Who made the change.
+    pub source: Source,
 }
 
 /// The right to change one route, held while the change is planned and applied.
@@ -140,6 +178,21 @@ impl Registry {
     /// Forgets route `name`'s state (it was deleted). Call it holding the route's change lock.
     pub fn forget(&self, name: &RouteName) {
         self.routes.remove(name);
+    }
+
+    /// Tells the rollout supervisor that a change to route `name` was committed.
+    pub(crate) fn committed(&self, name: &RouteName, source: Source) {
+        // Before the supervisor starts, changes queue (a restore's, say); after the runtime is
+        // gone nobody listens, and nothing is lost.
+        let _ = self.committed.send(Committed {
+            route: name.clone(),
+            source,
+        });
+    }
+
+    /// The feed of committed changes; the first caller (the rollout supervisor) gets it.
+    pub(crate) fn take_feed(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Committed>> {
+        self.feed.lock().expect("poisoned").take()
     }
 }
 

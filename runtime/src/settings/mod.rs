@@ -421,7 +421,8 @@ route_settings! {
     /// Requests one instance of a WASI 0.3 version may serve at the same time (1: one at a
     /// time, the default); with `reuse` it bounds how many an instance serves in its lifetime.
     /// A trap drops the instance and fails every request it was serving then. WASI 0.2
-    /// versions serve one at a time: above 1 is refused for them.
+    /// versions serve one at a time: a deploy that sets it above 1 with a 0.2 component is
+    /// refused; a value the route carries over is kept for its 0.3 versions.
     instance_concurrency: u32 = DEFAULT_INSTANCE_CONCURRENCY;
         name "instance-concurrency", status instance_concurrency, check |value: u32, _| {
             if !(1..=MAX_INSTANCE_CONCURRENCY).contains(&value) {

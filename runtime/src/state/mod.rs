@@ -21,6 +21,7 @@ pub mod pending;
 pub mod private;
 pub mod records;
 pub mod redb;
+pub mod switch;
 
 pub use log::{AppendError, BoxFuture, Change, StateLog, Stored, Watched};
 pub use records::{

@@ -17,4 +17,5 @@ mod persist;
 mod security;
 mod serve;
 mod support;
+mod takeover;
 mod watch;

@@ -15,7 +15,9 @@
 //! * `echo`: answers the request body
 //! * `env?name=NAME`: the environment variable NAME, or 404
 //! * `log?line=TEXT`: prints TEXT to stdout and to stderr, then answers `logged`
+//! * `fail?line=TEXT&ms=M`: waits M ms (default 0), prints TEXT to stderr, then answers `500`
 //! * `memory?mb=N`: allocates and touches N MiB, then answers `allocated N MiB`
+//! * `big?kb=N`: a body of N KiB of `x`, written in 16 KiB chunks
 //! * `fetch?url=URL`: GETs URL through `wasi:http/client@0.3` and answers its status and body,
 //!   or `502` and the error code
 
@@ -146,6 +148,32 @@ impl wasip3::exports::http::handler::Guest for Hello {
                 println!("{line}");
                 eprintln!("{line}");
                 text(200, "logged".into())
+            }
+            "fail" => {
+                sleep(number("ms", 0)).await;
+                eprintln!("{}", param(&query, "line").unwrap_or("failing"));
+                text(500, "failed on purpose".into())
+            }
+            "big" => {
+                let kib = number("kb", 64);
+                let (mut body_tx, body_rx) = wit_stream::new();
+                let (body_result_tx, body_result_rx) = wit_future::new(|| Ok(None));
+                let (response, _sent) =
+                    types::Response::new(Fields::new(), Some(body_rx), body_result_rx);
+                wasip3::spawn_local(async move {
+                    let mut left = kib;
+                    while left > 0 {
+                        let n = left.min(16);
+                        left -= n;
+                        let rest = body_tx.write_all(vec![b'x'; (n as usize) << 10]).await;
+                        if !rest.is_empty() {
+                            return;
+                        }
+                    }
+                    drop(body_tx);
+                    let _ = body_result_tx.write(Ok(None)).await;
+                });
+                Ok(response)
             }
             "memory" => {
                 let mb = number("mb", 1) as usize;

@@ -1,0 +1,558 @@
+//! `serve --takeover`: real processes on one data directory hand over listeners, state and the
+//! key-value store to each other under load, over HTTP/1.1 keep-alive and h2c, without a
+//! refused connection or a failed request; a new process that fails before it is ready leaves
+//! the old one serving.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use handoff_tests::guests;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+use crate::support::{Ready, Running, command, get, handoff, run_within, serve_in};
+
+const READY: Duration = Duration::from_secs(60);
+/// A bound against hangs for a whole load run.
+const LOAD_LIMIT: Duration = Duration::from_secs(240);
+
+/// What the load saw.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    /// Connections a client opened again after the server said `Connection: close` or
+    /// `GOAWAY` (not failures: the next request went out on a new connection).
+    reconnects: AtomicU64,
+    failed: Mutex<Vec<String>>,
+    /// The counter values the increments answered.
+    values: Mutex<Vec<u64>>,
+}
+
+impl Tally {
+    fn fail(&self, what: String) {
+        self.failed.lock().unwrap().push(what);
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    fn assert_no_failures(&self) {
+        let failed = self.failed.lock().unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} failed requests (of {} ok), e.g. {:?}",
+            failed.len(),
+            self.ok(),
+            &failed[..failed.len().min(5)]
+        );
+    }
+
+    /// Records a response; `counter` requests answer the counter's new value.
+    async fn response(&self, response: http::Response<hyper::body::Incoming>, counter: bool) {
+        let status = response.status();
+        match response.into_body().collect().await {
+            Err(error) => self.fail(format!("body: {error:?}")),
+            Ok(body) if status != 200 => {
+                let body = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+                self.fail(format!("{status}: {body}"))
+            }
+            Ok(body) => {
+                if counter {
+                    let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+                    match text.trim().parse::<u64>() {
+                        Ok(value) => self.values.lock().unwrap().push(value),
+                        Err(_) => return self.fail(format!("not a number: {text:?}")),
+                    }
+                }
+                self.ok.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+fn request(path: &str) -> http::Request<Full<Bytes>> {
+    http::Request::get(path)
+        .header(http::header::HOST, "localhost")
+        .body(Full::default())
+        .unwrap()
+}
+
+/// One HTTP/1.1 keep-alive client sending `path` until `stop`: a new connection only after the
+/// server says `Connection: close` (or closed it between requests).
+async fn h1_client(
+    addr: SocketAddr,
+    path: &'static str,
+    counter: bool,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) {
+    let deadline = Instant::now() + LOAD_LIMIT;
+    let mut sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
+    while !stop.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the load ran too long");
+        let mut current = match sender.take() {
+            Some(current) => current,
+            None => match tokio::net::TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    let (current, connection) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                            .await
+                            .expect("an HTTP/1.1 client over a connected socket");
+                    tokio::spawn(connection);
+                    current
+                }
+                Err(error) => {
+                    tally.fail(format!("connect: {error}"));
+                    continue;
+                }
+            },
+        };
+        if current.ready().await.is_err() {
+            tally.reconnects.fetch_add(1, Ordering::SeqCst);
+            continue;
+        }
+        match current.send_request(request(path)).await {
+            Err(error) if error.is_canceled() => {
+                tally.reconnects.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(error) => tally.fail(format!("HTTP/1.1: {error:?}")),
+            Ok(response) => {
+                let close = response
+                    .headers()
+                    .get(http::header::CONNECTION)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+                tally.response(response, counter).await;
+                if close {
+                    tally.reconnects.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    sender = Some(current);
+                }
+            }
+        }
+    }
+}
+
+/// One h2c client sending `path` on one connection until `stop`, a new connection once the
+/// server sent `GOAWAY`.
+async fn h2_client(addr: SocketAddr, path: &'static str, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    let deadline = Instant::now() + LOAD_LIMIT;
+    let mut sender: Option<hyper::client::conn::http2::SendRequest<Full<Bytes>>> = None;
+    while !stop.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the load ran too long");
+        let mut current = match sender.take() {
+            Some(current) => current,
+            None => handoff_tests::h2_connect(addr, 65_535).await,
+        };
+        if current.ready().await.is_err() {
+            tally.reconnects.fetch_add(1, Ordering::SeqCst);
+            continue;
+        }
+        match current.send_request(request(path)).await {
+            Err(error) if error.is_canceled() => {
+                tally.reconnects.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(error) => tally.fail(format!("h2c: {error:?}")),
+            Ok(response) => {
+                tally.response(response, false).await;
+                sender = Some(current);
+            }
+        }
+    }
+}
+
+/// Load on `ready`'s data plane: keep-alive and h2c clients on `/tagged`, increments of one
+/// counter on `/kv`.
+struct Load {
+    stop: Arc<AtomicBool>,
+    plain: Arc<Tally>,
+    counts: Arc<Tally>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(ready: &Ready) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (plain, counts) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            clients.push(tokio::spawn(h1_client(
+                ready.data,
+                "/tagged/x",
+                false,
+                stop.clone(),
+                plain.clone(),
+            )));
+            clients.push(tokio::spawn(h2_client(
+                ready.data,
+                "/tagged/y",
+                stop.clone(),
+                plain.clone(),
+            )));
+            clients.push(tokio::spawn(h1_client(
+                ready.data,
+                "/kv/incr?key=count",
+                true,
+                stop.clone(),
+                counts.clone(),
+            )));
+        }
+        Self {
+            stop,
+            plain,
+            counts,
+            clients,
+        }
+    }
+
+    /// Waits until `n` more requests of each kind have succeeded.
+    async fn goes_on(&self, n: u64) {
+        let (plain, counts) = (self.plain.ok(), self.counts.ok());
+        let started = Instant::now();
+        while self.plain.ok() < plain + n || self.counts.ok() < counts + n {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the load stalled: {} plain, {} increments; failures: {:?}",
+                self.plain.ok() - plain,
+                self.counts.ok() - counts,
+                self.plain.failed.lock().unwrap().first()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stop(self) -> (Arc<Tally>, Arc<Tally>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for client in self.clients {
+            tokio::time::timeout(Duration::from_secs(60), client)
+                .await
+                .expect("a load client stopped")
+                .expect("a load client ran");
+        }
+        (self.plain, self.counts)
+    }
+}
+
+/// `handoff serve --takeover` on `dir`, with `extra` flags.
+fn takeover_command(dir: &Path, extra: &[&str]) -> tokio::process::Command {
+    let mut args = vec!["serve", "--data-dir", dir.to_str().unwrap(), "--takeover"];
+    args.extend_from_slice(extra);
+    command(&args)
+}
+
+/// Deploys the plain route and the counter's route.
+async fn deploy_both(ready: &Ready) {
+    let admin = ready.admin_url();
+    handoff(&["deploy", "tagged", guests::TAGGED_V1, "--admin", &admin])
+        .await
+        .ok();
+    handoff(&["deploy", "kv", guests::KV_PLAIN, "--admin", &admin])
+        .await
+        .ok();
+}
+
+/// The routes the admin API of `ready` lists, by name.
+async fn route_names(ready: &Ready) -> Vec<String> {
+    let request = handoff_tests::send(ready.admin, request("/v1/routes"));
+    let (status, body) = tokio::time::timeout(Duration::from_secs(60), request)
+        .await
+        .expect("the admin API answers");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let listed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let mut names: Vec<String> = listed["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["route"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_takeovers_under_load_fail_no_request_and_count_every_increment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut old, ready) = serve_in(dir.path()).await;
+    deploy_both(&ready).await;
+    let load = Load::start(&ready);
+    load.goes_on(20).await;
+    for round in 0..3 {
+        let mut new = Running::spawn(takeover_command(dir.path(), &[]));
+        let took = new.ready(READY).await;
+        assert_eq!(
+            (took.data, took.admin),
+            (ready.data, ready.admin),
+            "round {round}: the new process serves the same addresses"
+        );
+        let status = old.exit_within(Duration::from_secs(60)).await;
+        let log = old.stderr.text();
+        assert!(
+            status.success(),
+            "round {round}: the old process exits 0: {status}\n{log}"
+        );
+        assert!(
+            log.contains("handed over and drained"),
+            "round {round}: the old process says it handed over and drained:\n{log}"
+        );
+        // Requests go on, on the new process alone.
+        load.goes_on(20).await;
+        assert_eq!(route_names(&ready).await, ["kv", "tagged"], "round {round}");
+        old = new;
+    }
+    let (plain, counts) = load.stop().await;
+    eprintln!(
+        "takeover load: {} plain requests, {} increments, {} reconnects",
+        plain.ok(),
+        counts.ok(),
+        plain.reconnects.load(Ordering::SeqCst) + counts.reconnects.load(Ordering::SeqCst)
+    );
+    plain.assert_no_failures();
+    counts.assert_no_failures();
+    let values = counts.values.lock().unwrap().clone();
+    let total = values.len() as u64;
+    handoff_tests::assert_each_value_once(values, total);
+    // The bucket holds the count: every acknowledged increment once, none lost.
+    let (_, body) = get(&ready, "/kv/get?key=count").await;
+    assert_eq!(body.trim(), total.to_string());
+    assert!(
+        plain.reconnects.load(Ordering::SeqCst) > 0,
+        "the clients were moved to new connections"
+    );
+    let status = old.terminate(Duration::from_secs(60)).await;
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_that_fails_before_it_is_ready_leaves_the_old_one_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut old, ready) = serve_in(dir.path()).await;
+    let admin = ready.admin_url();
+    deploy_both(&ready).await;
+    let load = Load::start(&ready);
+    load.goes_on(20).await;
+    // A flag naming another address: refused before anything is handed over.
+    let out = run_within(
+        READY,
+        takeover_command(dir.path(), &["--listen", "127.0.0.1:1"]),
+    )
+    .await;
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("is not the address the running server listens on"),
+        "{out:#?}"
+    );
+    // TLS files that cannot be read: refused before anything is handed over.
+    let out = run_within(
+        READY,
+        takeover_command(
+            dir.path(),
+            &[
+                "--tls-cert",
+                "/nonexistent/c.pem",
+                "--tls-key",
+                "/nonexistent/k.pem",
+            ],
+        ),
+    )
+    .await;
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(out.stderr.contains("TLS"), "{out:#?}");
+    load.goes_on(20).await;
+    // A crash while loading, once the state is with the new process (it recompiles every
+    // route at another opt level, so it is still loading when it is killed).
+    let new = Running::spawn(takeover_command(dir.path(), &["--opt-level", "none"]));
+    new.stderr
+        .wait_for("the new process to hold the state", READY, |log| {
+            log.contains("loading every route before serving")
+        })
+        .await;
+    new.kill9().await;
+    old.stderr
+        .wait_for("the old process to switch back", READY, |log| {
+            log.contains("switched back")
+        })
+        .await;
+    load.goes_on(20).await;
+    // The old process takes changes again, and keeps them.
+    handoff(&["deploy", "tagged", guests::TAGGED_V2, "--admin", &admin])
+        .await
+        .ok();
+    let (status, body) = get(&ready, "/tagged/z").await;
+    assert_eq!((status, body.as_str()), (200, "v2"));
+    // A takeover after all that finds everything.
+    let mut new = Running::spawn(takeover_command(dir.path(), &[]));
+    new.ready(READY).await;
+    let status = old.exit_within(Duration::from_secs(60)).await;
+    assert!(status.success(), "{}", old.stderr.text());
+    load.goes_on(20).await;
+    let (plain, counts) = load.stop().await;
+    plain.assert_no_failures();
+    counts.assert_no_failures();
+    let values = counts.values.lock().unwrap().clone();
+    let total = values.len() as u64;
+    handoff_tests::assert_each_value_once(values, total);
+    let (_, body) = get(&ready, "/kv/get?key=count").await;
+    assert_eq!(body.trim(), total.to_string());
+    let (status, body) = get(&ready, "/tagged/z").await;
+    assert_eq!((status, body.as_str()), (200, "v2"));
+    assert!(new.terminate(Duration::from_secs(60)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_at_another_opt_level_recompiles_before_it_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut old, ready) = serve_in(dir.path()).await;
+    deploy_both(&ready).await;
+    let load = Load::start(&ready);
+    load.goes_on(20).await;
+    let mut new = Running::spawn(takeover_command(dir.path(), &["--opt-level", "none"]));
+    new.ready(READY).await;
+    let log = new.stderr.text();
+    let restored = log
+        .find("routes restored from the data directory routes=2 recompiled=2 failed=0")
+        .unwrap_or_else(|| panic!("both routes recompiled:\n{log}"));
+    let serving = log
+        .find("took over: serving")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(restored < serving, "recompiled before serving:\n{log}");
+    assert!(old.exit_within(Duration::from_secs(60)).await.success());
+    load.goes_on(20).await;
+    let (plain, counts) = load.stop().await;
+    plain.assert_no_failures();
+    counts.assert_no_failures();
+    assert!(new.terminate(Duration::from_secs(60)).await.success());
+}
+
+/// `PUT /v1/routes/{route}` of `bytes` on a new connection: the status and `Retry-After`.
+async fn put_route(admin: SocketAddr, route: &str, bytes: Bytes) -> (u16, Option<String>) {
+    let stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    let request = http::Request::put(format!("/v1/routes/{route}"))
+        .header(http::header::HOST, "localhost")
+        .header(http::header::CONTENT_TYPE, "application/wasm")
+        .body(Full::new(bytes))
+        .unwrap();
+    let response = sender.send_request(request).await.expect("an answer");
+    let retry_after = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    (status, retry_after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_during_a_takeover_are_applied_once_or_refused_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut old, ready) = serve_in(dir.path()).await;
+    deploy_both(&ready).await;
+    let bytes = Bytes::from(guests::bytes(guests::TAGGED_V1));
+    // Recompiling at another opt level keeps the handover open long enough to meet changes.
+    let mut new = Running::spawn(takeover_command(dir.path(), &["--opt-level", "none"]));
+    let (mut applied, mut refused) = (vec![], 0);
+    let started = Instant::now();
+    for i in 0..400 {
+        assert!(started.elapsed() < LOAD_LIMIT, "the changes ran too long");
+        let route = format!("r{i}");
+        match put_route(ready.admin, &route, bytes.clone()).await {
+            (200 | 201, _) => applied.push(route),
+            (503, Some(retry_after)) => {
+                assert_eq!(retry_after, "1");
+                refused += 1;
+            }
+            other => panic!("{route}: {other:?}"),
+        }
+        if new.exited() || (old.exited() && refused > 0 && applied.len() > 3) {
+            break;
+        }
+    }
+    new.ready(READY).await;
+    assert!(old.exit_within(Duration::from_secs(60)).await.success());
+    assert!(refused > 0, "some changes met the handover");
+    let mut expected = applied.clone();
+    expected.extend(["kv".to_string(), "tagged".to_string()]);
+    expected.sort();
+    assert_eq!(
+        route_names(&ready).await,
+        expected,
+        "every change answered as applied is there, and no refused one"
+    );
+    assert!(new.terminate(Duration::from_secs(60)).await.success());
+}
+
+/// `handoff serve` as cluster node `name` keeping its files in `dir`.
+fn node_command(dir: &Path, url: &str, name: &str, takeover: bool) -> tokio::process::Command {
+    let dir = dir.to_str().unwrap();
+    let mut args = vec![
+        "serve",
+        "--data-dir",
+        dir,
+        "--cluster",
+        url,
+        "--node-name",
+        name,
+    ];
+    args.extend(["--cluster-timeout", "5s"]);
+    match takeover {
+        true => args.push("--takeover"),
+        false => args.extend(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]),
+    }
+    command(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_takes_over_from_itself_under_load() {
+    let nats = handoff_tests::nats::NatsServer::start();
+    let url = nats.url();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut old = Running::spawn(node_command(dir_a.path(), &url, "a", false));
+    let a = old.ready(READY).await;
+    let mut b_process = Running::spawn(node_command(dir_b.path(), &url, "b", false));
+    let b = b_process.ready(READY).await;
+    deploy_both(&a).await;
+    let load = Load::start(&a);
+    load.goes_on(20).await;
+    for round in 0..2 {
+        let mut new = Running::spawn(node_command(dir_a.path(), &url, "a", true));
+        let took = new.ready(READY).await;
+        assert_eq!((took.data, took.admin), (a.data, a.admin), "round {round}");
+        let status = old.exit_within(Duration::from_secs(60)).await;
+        assert!(status.success(), "round {round}: {}", old.stderr.text());
+        load.goes_on(20).await;
+        old = new;
+    }
+    // The node is still one of the cluster's: a change through b waits for it and reaches it.
+    let deployed = handoff(&[
+        "deploy",
+        "tagged",
+        guests::TAGGED_V2,
+        "--admin",
+        &b.admin_url(),
+    ])
+    .await;
+    assert!(
+        deployed.ok().contains("activated on b, a\n"),
+        "{deployed:#?}"
+    );
+    assert_eq!(get(&a, "/tagged/z").await, (200, "v2".to_owned()));
+    let (plain, counts) = load.stop().await;
+    plain.assert_no_failures();
+    counts.assert_no_failures();
+    let values = counts.values.lock().unwrap().clone();
+    let total = values.len() as u64;
+    handoff_tests::assert_each_value_once(values, total);
+    assert!(old.terminate(Duration::from_secs(60)).await.success());
+    assert!(b_process.terminate(Duration::from_secs(60)).await.success());
+}

@@ -1,0 +1,634 @@
+//! Every per-route promise, kept for WASI 0.3 guests (`p3-hello` and `p3-kv`, built with the
+//! `wasip3` crate) as for 0.2 ones: the memory limit, `max-concurrency`, body limits, the
+//! outbound allow-list and address checks of the 0.3 client interface, key-value storage
+//! through the 0.3 linker, rollout gates on a 0.3 candidate, shadows of 0.3 versions and a
+//! 0.3 version deployed through a cluster. Each runs on fresh instances and on shared ones
+//! (`reuse` with `instance-concurrency`), where one request's failure must not become its
+//! neighbours'.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use handoff::config::Config;
+use handoff_tests::nats::{NatsServer, start_nodes};
+use handoff_tests::{Connection, TestServer, eventually, get_request, guests};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+/// A bound against hangs only.
+const GENEROUS: Duration = Duration::from_secs(60);
+
+/// What `p3-hello` answers on any plain path.
+const HELLO: &str = "hello from wasi 0.3";
+
+/// Instances shared by requests, as `wasmtime serve` runs 0.3 guests.
+const SHARED: &str = "reuse=64&instance-concurrency=8";
+
+/// Deploys `guest` to `route` with `query` (without its `?`), asserting it worked.
+async fn deploy(server: &TestServer, route: &str, query: &str, guest: &str) {
+    let (code, body) = server
+        .deploy_bytes(route, &format!("?{query}"), guests::bytes(guest))
+        .await;
+    assert!(code.is_success(), "{route}?{query}: {body}");
+    assert_eq!(server.status(route).await["active"]["wasi"], "0.3");
+}
+
+/// The route's failed requests, as its status counts them.
+async fn failures(server: &TestServer, route: &str) -> u64 {
+    server.status(route).await["active"]["failures"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_03_guest_growing_past_max_memory_fails_that_request_and_not_the_route() {
+    let server = TestServer::start().await;
+    for (route, shared) in [("fresh", ""), ("shared", SHARED)] {
+        let query = format!("max-memory=16MiB&{shared}");
+        deploy(&server, route, &query, guests::P3_HELLO).await;
+        assert_eq!(
+            server.status(route).await["limits"]["max_memory_bytes"],
+            16 << 20
+        );
+        let (status, body) = server.get(&format!("/{route}/memory?mb=4")).await;
+        assert_eq!(status, StatusCode::OK, "{route}: {body}");
+        // A neighbour waits on the same instance while one request grows past the limit.
+        let neighbour = {
+            let (addr, path) = (server.data, format!("/{route}/sleep?ms=300"));
+            tokio::spawn(async move { Connection::open(addr).await.get_text(&path).await })
+        };
+        let (status, body) = server.get(&format!("/{route}/memory?mb=64")).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{route}: {body}");
+        for internal in ["memory", "wasm", "limit"] {
+            assert!(!body.contains(internal), "nothing internal: {body}");
+        }
+        let neighbour = neighbour.await.unwrap();
+        // On a shared instance the neighbour may have been served by the one that trapped
+        // (then it fails with it); it never hangs, and the route serves on.
+        assert!(
+            neighbour.0 == StatusCode::OK || (!shared.is_empty() && neighbour.0.is_server_error()),
+            "{route}: {neighbour:?}"
+        );
+        assert_eq!(
+            server.get(&format!("/{route}")).await,
+            (StatusCode::OK, HELLO.into())
+        );
+        let (status, body) = server.get(&format!("/{route}/memory?mb=4")).await;
+        assert_eq!(status, StatusCode::OK, "{route}: {body}");
+        assert!(failures(&server, route).await >= 1, "the trap counts");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrency_sheds_03_requests_with_503_as_overload_not_failure() {
+    let server = TestServer::start().await;
+    for (route, shared) in [("narrow", ""), ("narrowshared", SHARED)] {
+        deploy(
+            &server,
+            route,
+            &format!("max-concurrency=2&{shared}"),
+            guests::P3_HELLO,
+        )
+        .await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut conn = Connection::open(server.data).await;
+            let response = conn
+                .send(get_request(&format!("/{route}/stream?n=30&ms=100")))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            held.push((conn, response));
+        }
+        let mut conn = Connection::open(server.data).await;
+        let response = conn.send(get_request(&format!("/{route}"))).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{route}"
+        );
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert_eq!(server.status(route).await["in_flight"], 2);
+        for (_conn, response) in held {
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert!(body.ends_with(b"chunk 29\n"), "{body:?}");
+        }
+        assert_eq!(
+            server.get(&format!("/{route}")).await,
+            (StatusCode::OK, HELLO.into())
+        );
+        // The 503 was overload, not a failure of the version.
+        assert_eq!(failures(&server, route).await, 0, "{route}");
+    }
+    server.shutdown().await;
+}
+
+/// Sends `POST {path}` with a chunked body (no Content-Length) made of `chunks`, over a raw
+/// connection; returns the status code and the rest of the response.
+async fn post_chunked(addr: SocketAddr, path: &str, chunks: &[&[u8]]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in chunks {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&request).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(GENEROUS, async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer to a chunked POST of {path}");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {answer:.200}"));
+    (status, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_02_deploy_after_a_shared_03_one_keeps_instance_concurrency_for_03_versions() {
+    let server = TestServer::start().await;
+    deploy(&server, "api", SHARED, guests::P3_HELLO).await;
+    // A plain 0.2 deploy after it: accepted; its instances serve one request at a time.
+    let deployed = server.deploy("api", guests::TAGGED_V1).await;
+    assert_eq!(deployed["changed"], true, "{deployed}");
+    let status = server.status("api").await;
+    assert_eq!(status["active"]["wasi"], "0.2", "{status}");
+    assert_eq!(status["limits"]["instance_concurrency"], 8, "{status}");
+    assert_eq!(server.get("/api").await, (StatusCode::OK, "v1".into()));
+    // Asking for it with a 0.2 component in the same deploy is still refused, naming why.
+    let (code, body) = server
+        .deploy_bytes(
+            "api",
+            "?instance-concurrency=4",
+            guests::bytes(guests::TAGGED_V2),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("WASI 0.2 component"),
+        "{body}"
+    );
+    // Back to the 0.3 version: its instances are shared again.
+    let (code, body) = server
+        .post_json("/v1/routes/api/rollback", Value::Null)
+        .await;
+    assert!(code.is_success(), "{body}");
+    let (_, first) = server.get("/api/count").await;
+    let instance = first.rsplit(' ').next().unwrap().to_owned();
+    let (_, second) = server.get("/api/count").await;
+    assert!(
+        second.ends_with(&format!("instance {instance}")),
+        "{first} / {second}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_response_body_limits_hold_for_03_guests() {
+    let server = TestServer::start().await;
+    for (route, shared) in [("tight", ""), ("tightshared", SHARED)] {
+        deploy(
+            &server,
+            route,
+            &format!("max-request-body=1KiB&max-response-body=64KiB&{shared}"),
+            guests::P3_HELLO,
+        )
+        .await;
+        let post = |size: usize| {
+            Request::builder()
+                .method(Method::POST)
+                .uri(format!("/{route}/echo"))
+                .header("host", "x")
+                .body(Full::new(Bytes::from(vec![b'a'; size])))
+                .unwrap()
+        };
+        // Declared lengths: over the limit is 413 before the guest runs; under it, echoed.
+        let (status, _) = handoff_tests::send(server.data, post(2048)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{route}");
+        let (status, body) = handoff_tests::send(server.data, post(512)).await;
+        assert_eq!((status, body.len()), (StatusCode::OK, 512), "{route}");
+        // Chunked: the guest reads until the body goes over, the client gets 413.
+        let half = vec![b' '; 512];
+        let big = vec![b' '; 2048];
+        let path = format!("/{route}/echo");
+        let (status, answer) = post_chunked(server.data, &path, &[&half, &half]).await;
+        assert_eq!(status, 200, "{answer}");
+        let (status, answer) = post_chunked(server.data, &path, &[&half, &big]).await;
+        assert_eq!(status, 413, "{answer}");
+        assert!(
+            answer.contains("larger than this route's limit of 1024 bytes"),
+            "{answer}"
+        );
+        // A client's oversize body is not the version's failure.
+        assert_eq!(failures(&server, route).await, 0, "{route}");
+
+        // The response body: whole under the limit, cut off (an error, not a short body)
+        // over it.
+        let mut conn = Connection::open(server.data).await;
+        let (status, body) = conn.get(&format!("/{route}/big?kb=48")).await.unwrap();
+        assert_eq!((status, body.len()), (StatusCode::OK, 48 << 10));
+        let mut conn = Connection::open(server.data).await;
+        assert!(
+            conn.get(&format!("/{route}/big?kb=1024")).await.is_err(),
+            "{route}: a cut-off body ends in an error"
+        );
+        assert_eq!(
+            server.get(&format!("/{route}")).await,
+            (StatusCode::OK, HELLO.into())
+        );
+    }
+    server.shutdown().await;
+}
+
+/// A tiny upstream on loopback answering every request with `hello from upstream`, and how
+/// many it answered.
+async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let calls = counted.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    async {
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(
+                            b"hello from upstream",
+                        ))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_03_client_reaches_only_allowed_public_destinations() {
+    let (up, _) = upstream().await;
+    let port = up.port();
+    let server = TestServer::start().await;
+    let url = format!("http://{up}/x");
+    for shared in ["", SHARED] {
+        deploy(
+            &server,
+            "allowed",
+            &format!("allow-outbound=http://{up}&{shared}"),
+            guests::P3_HELLO,
+        )
+        .await;
+        deploy(&server, "closed", shared, guests::P3_HELLO).await;
+        deploy(
+            &server,
+            "byname",
+            &format!("allow-outbound=http://localhost:{port}&{shared}"),
+            guests::P3_HELLO,
+        )
+        .await;
+        // Allowed: the guest gets the upstream's answer.
+        assert_eq!(
+            server.get(&format!("/allowed/fetch?url={url}")).await,
+            (StatusCode::OK, "200 hello from upstream".into())
+        );
+        // Not on the list: denied in the guest.
+        let (status, body) = server.get(&format!("/closed/fetch?url={url}")).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+        assert!(body.contains("HttpRequestDenied"), "{body}");
+        // On the list by a name that resolves to loopback: refused at the address.
+        let (status, body) = server
+            .get(&format!("/byname/fetch?url=http://localhost:{port}/x"))
+            .await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+        assert!(body.contains("DestinationIpProhibited"), "{body}");
+        // The refusals hurt nothing.
+        for route in ["closed", "byname"] {
+            assert_eq!(
+                server.get(&format!("/{route}")).await,
+                (StatusCode::OK, HELLO.into())
+            );
+        }
+    }
+    server.shutdown().await;
+
+    // With private destinations allowed, the name reaches loopback.
+    let server = TestServer::start_with(Config {
+        outbound_private: true,
+        ..Config::ephemeral()
+    })
+    .await;
+    deploy(
+        &server,
+        "byname",
+        &format!("allow-outbound=http://localhost:{port}"),
+        guests::P3_HELLO,
+    )
+    .await;
+    assert_eq!(
+        server
+            .get(&format!("/byname/fetch?url=http://localhost:{port}/x"))
+            .await,
+        (StatusCode::OK, "200 hello from upstream".into())
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_03_guest_uses_handoff_kv_and_both_keyvalue_drafts_on_its_routes_bucket() {
+    let server = TestServer::start().await;
+    deploy(&server, "kv", SHARED, guests::P3_KV).await;
+    let get = |path: &'static str| server.get(path);
+    assert_eq!(get("/kv/incr?key=n").await, (StatusCode::OK, "1".into()));
+    assert_eq!(get("/kv/incr?key=n").await, (StatusCode::OK, "2".into()));
+    // The older draft works on the same bucket.
+    assert_eq!(
+        get("/kv/incr-draft?key=n").await,
+        (StatusCode::OK, "3".into())
+    );
+    assert_eq!(get("/kv/get?key=n").await, (StatusCode::OK, "3".into()));
+    // handoff:kv's versioned values.
+    let (status, version) = get("/kv/vset?key=v&value=hi").await;
+    assert_eq!(status, StatusCode::OK, "{version}");
+    let version: u64 = version.parse().unwrap();
+    assert_eq!(
+        get("/kv/vget?key=v").await,
+        (StatusCode::OK, format!("hi {version}"))
+    );
+    assert_eq!(get("/kv/get?key=v").await, (StatusCode::OK, "hi".into()));
+    assert_eq!(get("/kv/vget?key=none").await.0, StatusCode::NOT_FOUND);
+
+    // Concurrent increments on shared instances: each value handed out once.
+    let all =
+        handoff_tests::increments(server.data, "/kv/incr?key=c", 40, Instant::now() + GENEROUS)
+            .await;
+    handoff_tests::assert_each_value_once(all, 40);
+
+    // The data is the route's: a 0.2 version of the route reads what the 0.3 one wrote.
+    server.deploy("kv", guests::KV_PLAIN).await;
+    assert_eq!(get("/kv/get?key=n").await, (StatusCode::OK, "3".into()));
+    server.shutdown().await;
+}
+
+/// Starts a rollout of `version` on `route` with `options` (merged into the request).
+async fn rollout(server: &TestServer, route: &str, version: &str, options: Value) {
+    let mut body = json!({ "version": version });
+    for (key, value) in options.as_object().unwrap() {
+        body[key] = value.clone();
+    }
+    let (status, answer) = server
+        .post_json(&format!("/v1/routes/{route}/rollout"), body)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+}
+
+/// Drives `path` with 4 keep-alive clients until `route`'s rollout is decided; the rollout
+/// then and the answers the clients got (status and body), counted.
+async fn drive(server: &TestServer, route: &str, path: &str) -> (Value, HashMap<String, usize>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (addr, stop, path) = (server.data, stop.clone(), path.to_owned());
+        load.push(tokio::spawn(async move {
+            let mut conn = Connection::open(addr).await;
+            let mut seen: HashMap<String, usize> = HashMap::new();
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < GENEROUS {
+                let (status, body) = conn.get_text(&path).await;
+                *seen
+                    .entry(format!("{} {body}", status.as_u16()))
+                    .or_default() += 1;
+            }
+            seen
+        }));
+    }
+    let rollout = eventually("the rollout to be decided", GENEROUS, || async {
+        let rollout = server.status(route).await["rollout"].clone();
+        (rollout["state"] != "running").then_some(rollout)
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut answers: HashMap<String, usize> = HashMap::new();
+    for task in load {
+        for (answer, count) in task.await.unwrap() {
+            *answers.entry(answer).or_default() += count;
+        }
+    }
+    (rollout, answers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_gates_judge_a_03_candidate() {
+    let server = TestServer::start().await;
+    // A trapping 0.3 candidate beside a 0.2 stable version: `/app/trap` is a 200 from the
+    // stable version and a trap on the candidate. The error gate takes it out.
+    server.deploy("app", guests::TAGGED_V1).await;
+    let candidate = server.upload(guests::P3_HELLO).await;
+    rollout(
+        &server,
+        "app",
+        &candidate,
+        json!({"steps": [50, 100], "step_time": "1m", "min_requests": 20}),
+    )
+    .await;
+    let (decided, _) = drive(&server, "app", "/app/trap").await;
+    assert_eq!(decided["state"], "rolled_back", "{decided}");
+    assert!(
+        decided["reason"].as_str().unwrap().contains("error rate"),
+        "{decided}"
+    );
+    assert_eq!(server.get("/app/trap").await, (StatusCode::OK, "v1".into()));
+
+    // A healthy 0.3 candidate (on shared instances) is promoted, failing nothing: the route
+    // had served it before, so its settings (shared instances, config) are the route's and
+    // stay so under the 0.2 version deployed after it.
+    deploy(
+        &server,
+        "app03",
+        &format!("{SHARED}&config=TAG=new"),
+        guests::P3_HELLO,
+    )
+    .await;
+    let p3 = server.status("app03").await["active"]["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server.deploy("app03", guests::TAGGED_V2).await;
+    assert_eq!(server.get("/app03").await.1, "v2");
+    rollout(
+        &server,
+        "app03",
+        &p3,
+        json!({"steps": [10, 50, 100], "step_time": "300ms", "step_requests": 20, "min_requests": 10}),
+    )
+    .await;
+    let (decided, answers) = drive(&server, "app03", "/app03").await;
+    assert_eq!(decided["state"], "promoted", "{decided}");
+    let hello = format!("200 {HELLO} new");
+    assert!(
+        answers.keys().all(|a| *a == "200 v2" || *a == hello),
+        "only 200s from either version: {answers:?}"
+    );
+    assert!(answers.contains_key(&hello), "{answers:?}");
+    let status = server.status("app03").await;
+    assert_eq!(status["active"]["version"], p3.as_str(), "{status}");
+    assert_eq!(status["active"]["wasi"], "0.3", "{status}");
+    server.shutdown().await;
+}
+
+/// Waits until the route's shadow has counted `requests`; its figures then.
+async fn shadow_after(server: &TestServer, route: &str, requests: u64) -> Value {
+    eventually("every copy to be compared", GENEROUS, || async {
+        let (_, figures) = server
+            .admin(Method::GET, &format!("/v1/routes/{route}/shadow"))
+            .await;
+        (figures["requests"] == requests).then_some(figures)
+    })
+    .await
+}
+
+async fn start_shadow(server: &TestServer, route: &str, version: &Value) {
+    let (status, body) = server
+        .admin_json(
+            Method::PUT,
+            &format!("/v1/routes/{route}/shadow"),
+            json!({"version": version, "percent": 100}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_03_version_runs_as_a_shadow_without_side_effects() {
+    let server = TestServer::start().await;
+    // A 0.3 shadow of a 0.2 version: compared, never seen by the client.
+    server.deploy("app", guests::TAGGED_V1).await;
+    let p3 = server.upload(guests::P3_HELLO).await;
+    start_shadow(&server, "app", &json!(p3)).await;
+    let mut conn = Connection::open(server.data).await;
+    for _ in 0..20 {
+        assert_eq!(conn.get_text("/app/x").await, (StatusCode::OK, "v1".into()));
+    }
+    let figures = shadow_after(&server, "app", 20).await;
+    assert_eq!(figures["mismatches"], 20, "{figures}");
+    assert_eq!(figures["samples"][0]["shadow_start"], HELLO, "{figures}");
+
+    // A 0.3 version shadowing itself on shared instances: deterministic answers match; its
+    // copies' key-value writes go nowhere and their outbound calls are denied.
+    deploy(&server, "kv", SHARED, guests::P3_KV).await;
+    let kv = server.status("kv").await["active"]["version"].clone();
+    start_shadow(&server, "kv", &kv).await;
+    let mut conn = Connection::open(server.data).await;
+    for n in 1..=10 {
+        assert_eq!(
+            conn.get_text("/kv/incr?key=s").await,
+            (StatusCode::OK, n.to_string()),
+            "the copies' increments are not the route's"
+        );
+    }
+    shadow_after(&server, "kv", 10).await;
+    assert_eq!(server.get("/kv/get?key=s").await.1, "10");
+
+    let (up, calls) = upstream().await;
+    deploy(
+        &server,
+        "out",
+        &format!("allow-outbound=http://{up}&{SHARED}"),
+        guests::P3_HELLO,
+    )
+    .await;
+    let out = server.status("out").await["active"]["version"].clone();
+    start_shadow(&server, "out", &out).await;
+    for _ in 0..5 {
+        assert_eq!(
+            conn.get_text(&format!("/out/fetch?url=http://{up}/x"))
+                .await,
+            (StatusCode::OK, "200 hello from upstream".into())
+        );
+    }
+    for _ in 0..10 {
+        assert_eq!(
+            conn.get_text("/out/same").await,
+            (StatusCode::OK, HELLO.into())
+        );
+    }
+    let figures = shadow_after(&server, "out", 15).await;
+    assert_eq!(figures["matches"], 10, "{figures}");
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        5,
+        "only the clients' requests went out: {figures}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_03_version_deployed_through_one_node_is_served_by_every_node() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let nodes = start_nodes(&[("a", &url), ("b", &url), ("c", &url)]).await;
+    let (status, body) = nodes[0]
+        .deploy_bytes("api", "", guests::bytes(guests::TAGGED_V1))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = nodes[1]
+        .deploy_bytes(
+            "api",
+            &format!("?{SHARED}&config=TAG=everywhere"),
+            guests::bytes(guests::P3_HELLO),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["cluster"]["converged"], true, "{body}");
+    for node in &nodes {
+        assert_eq!(
+            node.get("/api").await,
+            (StatusCode::OK, format!("{HELLO} everywhere")),
+            "right after the PUT returned"
+        );
+        let status = node.status("api").await;
+        assert_eq!(status["active"]["wasi"], "0.3", "{status}");
+        assert_eq!(status["limits"]["instance_concurrency"], 8, "{status}");
+    }
+    // Back to 0.2 through a third node.
+    let (status, body) = nodes[2]
+        .admin(Method::POST, "/v1/routes/api/rollback")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for node in &nodes {
+        assert_eq!(node.get("/api").await, (StatusCode::OK, "v1".into()));
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
