@@ -555,6 +555,7 @@ async fn serve_listener<S, B>(
         let idle = Arc::new(Idle::new());
         let watched = idle.clone();
         let inner = service(peer);
+        let stall_limit = limits.idle_timeout;
         let closing = closing.clone();
         let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let busy = watched.busy();
@@ -569,7 +570,13 @@ async fn serve_listener<S, B>(
                         http::HeaderValue::from_static("close"),
                     );
                 }
-                Ok::<_, S::Error>(response.map(|body| Tracked { body, _busy: busy }))
+                // In the stream's (HTTP/2) or connection's (HTTP/1.1) watched task.
+                let stall = crate::dispatch::stall(stall_limit);
+                Ok::<_, S::Error>(response.map(|body| Tracked {
+                    body,
+                    stall,
+                    _busy: busy,
+                }))
             }
         });
         let (tls, builder, watcher, closed) = (
@@ -701,9 +708,12 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that keeps its request counted as in progress until it is done or dropped.
+/// A response body that keeps its request counted as in progress until it is done or dropped,
+/// and is ended if its client lets nothing through for the idle timeout while it has bytes to
+/// send (`dispatch::overdue`: the task sending it is dropped).
 struct Tracked<B> {
     body: B,
+    stall: Option<crate::dispatch::Stall>,
     _busy: Busy,
 }
 
@@ -715,7 +725,18 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let Some(stall) = &this.stall {
+            match &polled {
+                // The frame given is owed to the client until hyper asks for the next one, or
+                // (the last) until hyper is done with the body: hyper may hold a frame until
+                // the client's flow-control window lets it go.
+                std::task::Poll::Ready(Some(Ok(_))) => stall.owed(),
+                _ => stall.settled(),
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -42,7 +42,7 @@ use body::Shared;
 pub use body::{BodyError, CappedBody, DataBody, GuestBody};
 use failure::{GuestError, body_too_large, failure, failure_response, report};
 pub use overdue::StreamExecutor;
-pub(crate) use overdue::watched;
+pub(crate) use overdue::{Stall, stall, watched};
 
 use crate::engine::Pre;
 use crate::host::Host;
