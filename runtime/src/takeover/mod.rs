@@ -634,3 +634,29 @@ impl Drop for Predecessor {
         }
     }
 }
+
+/// Tells systemd that this process is ready and is the service's main process, when it runs
+/// under a `Type=notify` unit (`$NOTIFY_SOCKET` set): `READY=1` and `MAINPID=`. A process that
+/// took over sends it too, so with `NotifyAccess=all` systemd follows the new process as the
+/// service's main one while the old drains and exits. Failures are logged and ignored.
+pub fn notify_systemd_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let message = format!("READY=1\nMAINPID={}\n", std::process::id());
+    let sent = (|| -> std::io::Result<usize> {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        #[cfg(target_os = "linux")]
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt as _;
+            let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            return socket.send_to_addr(message.as_bytes(), &address);
+        }
+        let _ = bytes;
+        socket.send_to(message.as_bytes(), &path)
+    })();
+    if let Err(error) = sent {
+        tracing::warn!(error = %error, "cannot tell systemd this server is ready ($NOTIFY_SOCKET)");
+    }
+}

@@ -556,3 +556,39 @@ async fn a_cluster_node_takes_over_from_itself_under_load() {
     assert!(old.terminate(Duration::from_secs(60)).await.success());
     assert!(b_process.terminate(Duration::from_secs(60)).await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_each_ready_process_names_itself_the_main_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
+    let data = dir.path().join("data");
+    let mut first = crate::support::serve_in_command(&data);
+    first.env("NOTIFY_SOCKET", &notify_path);
+    let mut old = Running::spawn(first);
+    old.ready(READY).await;
+    let mut buffer = [0u8; 256];
+    let received = |n: usize, buffer: &[u8]| String::from_utf8_lossy(&buffer[..n]).into_owned();
+    let n = tokio::time::timeout(READY, notify.recv(&mut buffer))
+        .await
+        .expect("a notification")
+        .unwrap();
+    assert_eq!(
+        received(n, &buffer),
+        format!("READY=1\nMAINPID={}\n", old.pid())
+    );
+    let mut second = takeover_command(&data, &[]);
+    second.env("NOTIFY_SOCKET", &notify_path);
+    let mut new = Running::spawn(second);
+    new.ready(READY).await;
+    let n = tokio::time::timeout(READY, notify.recv(&mut buffer))
+        .await
+        .expect("a notification")
+        .unwrap();
+    assert_eq!(
+        received(n, &buffer),
+        format!("READY=1\nMAINPID={}\n", new.pid())
+    );
+    assert!(old.exit_within(Duration::from_secs(60)).await.success());
+    assert!(new.terminate(Duration::from_secs(60)).await.success());
+}
