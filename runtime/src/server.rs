@@ -311,7 +311,11 @@ impl Server {
                 new_pid,
                 "handed over: no new connections here; open connections are told to close after their current response; draining in-flight requests"
             );
-            // The node goes on in the new process: it does not leave the cluster.
+            // The node goes on in the new process: it does not leave the cluster, and its record
+            // is the new process's.
+            if let Some(cluster) = &self.runtime.cluster {
+                cluster.nodes.hand_over();
+            }
             self.closing.cancel();
         } else {
             tracing::info!("shutting down: no new connections; draining in-flight requests");

@@ -165,6 +165,9 @@ pub struct Nodes {
     seen: Mutex<HashMap<String, Seen>>,
     changed: tokio::sync::watch::Sender<u64>,
     stop: CancellationToken,
+    /// Set once a new process has taken this node over (`serve --takeover`): this process no
+    /// longer publishes the node's record, which is the new process's now.
+    handed_over: std::sync::atomic::AtomicBool,
 }
 
 impl Nodes {
@@ -225,6 +228,7 @@ impl Nodes {
             seen: Mutex::default(),
             changed: tokio::sync::watch::channel(0).0,
             stop: CancellationToken::new(),
+            handed_over: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -312,6 +316,9 @@ impl Nodes {
     /// Publishes this node's record now (with its TTL). Failures are logged: the next
     /// heartbeat tries again.
     pub async fn publish(&self) {
+        if self.handed_over.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let record = {
             let mut me = self.me.lock().expect("poisoned");
             me.heartbeat_ms = crate::units::unix_ms();
@@ -452,6 +459,14 @@ impl Nodes {
     /// Cancelled when this node leaves: its background tasks stop.
     pub fn stopping(&self) -> CancellationToken {
         self.stop.clone()
+    }
+
+    /// A new process has taken this node over (`serve --takeover`): this one stops publishing
+    /// the node's record and its heartbeat, and leaves the record to the new process.
+    pub fn hand_over(&self) {
+        self.handed_over
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stop.cancel();
     }
 
     /// Says this node is leaving, then removes its record (SIGTERM).

@@ -600,10 +600,17 @@ impl Predecessor {
             .map_err(|_| {
                 anyhow::anyhow!("the old process did not close its key-value store in time")
             })?;
-        anyhow::ensure!(
-            matches!(answer, Some(Message::KvReleased)),
-            "the old process went away before handing over its key-value store"
-        );
+        match answer {
+            Some(Message::KvReleased) => {}
+            // It stopped (a signal while this one loaded): the store is free once it has exited.
+            None => tracing::warn!(
+                old_pid = self.pid,
+                "takeover: the old process went away before handing over its key-value store; opening it"
+            ),
+            Some(other) => {
+                anyhow::bail!("the old process answered {other:?} to a key-value handover")
+            }
+        }
         let path = rt.files.dir().join("kv.redb");
         let opened = reopen(move || {
             crate::state::private::prepare_private_file(&path)?;

@@ -364,20 +364,34 @@ async fn a_new_process_that_fails_before_it_is_ready_leaves_the_old_one_serving(
     assert_ne!(out.code, 0, "{out:#?}");
     assert!(out.stderr.contains("TLS"), "{out:#?}");
     load.goes_on(20).await;
-    // A crash while loading, once the state is with the new process (it recompiles every
-    // route at another opt level, so it is still loading when it is killed).
-    let new = Running::spawn(takeover_command(dir.path(), &["--opt-level", "none"]));
-    new.stderr
-        .wait_for("the new process to hold the state", READY, |log| {
-            log.contains("loading every route before serving")
-        })
-        .await;
-    new.kill9().await;
-    old.stderr
-        .wait_for("the old process to switch back", READY, |log| {
-            log.contains("switched back")
-        })
-        .await;
+    // Once the state is with the new process (it recompiles every route at another opt level,
+    // so it is still loading): a signal calls the takeover off, and so does a crash.
+    for (round, signal) in ["TERM", "KILL"].into_iter().enumerate() {
+        let mut new = Running::spawn(takeover_command(dir.path(), &["--opt-level", "none"]));
+        new.stderr
+            .wait_for("the new process to hold the state", READY, |log| {
+                log.contains("loading every route before serving")
+            })
+            .await;
+        new.signal(signal);
+        let status = new.exit_within(READY).await;
+        assert!(!status.success(), "{signal}: {status}");
+        if signal == "TERM" {
+            assert!(
+                new.stderr
+                    .text()
+                    .contains("the takeover was called off by a signal"),
+                "{}",
+                new.stderr.text()
+            );
+        }
+        old.stderr
+            .wait_for("the old process to switch back", READY, |log| {
+                log.matches("switched back").count() == round + 1
+            })
+            .await;
+        load.goes_on(20).await;
+    }
     load.goes_on(20).await;
     // The old process takes changes again, and keeps them.
     handoff(&["deploy", "tagged", guests::TAGGED_V2, "--admin", &admin])
