@@ -34,6 +34,10 @@ const MAX_HEAD_BYTES: usize = 64 << 10;
 /// runtime: shutdown takes at most `--drain-timeout` plus this.
 pub const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The least time a shutdown gives the spans still queued to reach the collector, even when
+/// the drain used its whole bound.
+pub const TRACE_FLUSH_FLOOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Admin connections served at once; more wait in the listen backlog until one closes (an
 /// admin connection without a request in progress is closed after `--idle-timeout`).
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
@@ -296,8 +300,9 @@ impl Server {
     }
 
     /// Stops accepting connections, lets in-flight requests (guest traffic and admin calls)
-    /// finish for up to the drain timeout, then cuts off and closes whatever is left. Takes at
-    /// most the drain timeout plus [`RELEASE_WAIT`].
+    /// finish for up to the drain timeout, then cuts off and closes whatever is left, and sends
+    /// the spans still queued (tracing on). Takes at most the drain timeout plus
+    /// [`RELEASE_WAIT`] (with tracing, plus [`TRACE_FLUSH_FLOOR`] when the drain used it all).
     pub async fn shutdown(self) {
         #[cfg(unix)]
         let successor = self.takeover.as_ref().and_then(|takeover| {
@@ -337,6 +342,14 @@ impl Server {
         };
         if tokio::time::timeout(limit, listeners).await.is_err() {
             tracing::warn!("the listeners did not stop in time; exiting anyway");
+        }
+        // The spans of the requests that just ended go out within what is left of the bound
+        // (at least `TRACE_FLUSH_FLOOR`, so a collector that answers gets them).
+        if let Some(trace) = &self.runtime.trace {
+            let left = limit
+                .saturating_sub(started.elapsed())
+                .max(TRACE_FLUSH_FLOOR);
+            trace.shutdown(left).await;
         }
         // Connection tasks end just after their connections; wait (bounded) for them to let go
         // of the runtime, so its data directory is closed when this returns.
