@@ -110,6 +110,8 @@ pub struct Config {
     /// Join a cluster through NATS JetStream (`--cluster`); `None`: one node on its own, its
     /// state in the data directory.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Where OpenTelemetry traces go (`OTEL_EXPORTER_OTLP_*`); `None`: no tracing, at no cost.
+    pub tracing: Option<crate::trace::Settings>,
     /// Take over from the server running on the same data directory (`serve --takeover`):
     /// receive its listeners and state, load everything, then serve while it drains and exits.
     pub takeover: bool,
@@ -141,6 +143,7 @@ impl Default for Config {
             upload_timeout: DEFAULT_UPLOAD_TIMEOUT,
             compiler: crate::compile::Compiler::InProcess,
             cluster: None,
+            tracing: None,
             takeover: false,
         }
     }

@@ -59,6 +59,13 @@ pub struct LogLine {
     /// The request the guest was serving (16 hex digits, as `x-request-id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// With tracing on: the trace of that request (32 hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// With tracing on: that request's server span (16 hex digits), which has the line as an
+    /// event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
     /// The line, without its level word.
     pub message: String,
 }
@@ -365,6 +372,10 @@ pub struct StoreLog {
     logs: Arc<GuestLogs>,
     request: AtomicU64,
     panic: Mutex<Option<Panic>>,
+    /// With tracing on: the span of the request served (its lines become its events). Read
+    /// only once `traced` is set, so a server without tracing never takes the lock.
+    trace: Mutex<Option<crate::trace::Scope>>,
+    traced: std::sync::atomic::AtomicBool,
 }
 
 /// A Rust panic message printed by a guest.
@@ -395,7 +406,26 @@ impl StoreLog {
             logs: logs.clone(),
             request: AtomicU64::new(0),
             panic: Mutex::new(None),
+            trace: Mutex::new(None),
+            traced: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The span of the request the store now serves (tracing on; `None`: not traced).
+    pub fn trace(&self, scope: Option<crate::trace::Scope>) {
+        if scope.is_none() && !self.traced.load(Ordering::Relaxed) {
+            return;
+        }
+        self.traced.store(true, Ordering::Relaxed);
+        *self.trace.lock().unwrap_or_else(|e| e.into_inner()) = scope;
+    }
+
+    /// The span of the request served, if traced.
+    fn scope(&self) -> Option<crate::trace::Scope> {
+        if !self.traced.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.trace.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The store now serves request `id`: its lines carry that id. A panic message the last
@@ -468,20 +498,34 @@ impl StoreLog {
     fn line(&self, level: Level, stream: &'static str, message: &str) {
         let tail = self.logs.tail.get().filter(|tail| tail.followed());
         let logged = enabled(level);
+        let scope = self.scope();
         // A line nobody would see costs nothing of the budget.
-        if !(logged || tail.is_some()) || !self.logs.admit_line() {
+        if !(logged || tail.is_some() || scope.is_some()) || !self.logs.admit_line() {
             return;
         }
         let (route, version) = (&self.logs.route, &self.logs.version);
         let id = self.request.load(Ordering::Relaxed);
+        let lower = match level {
+            Level::ERROR => "error",
+            Level::WARN => "warn",
+            Level::DEBUG => "debug",
+            Level::TRACE => "trace",
+            _ => "info",
+        };
+        let ids = scope.as_ref().map(|scope| {
+            scope.log(stream, lower, message);
+            scope.ids()
+        });
         if let Some(tail) = tail {
             let _ = tail.sender.send(Arc::new(LogLine {
                 at_ms: crate::units::unix_ms(),
                 route: route.to_string(),
                 version: version.to_string(),
                 stream: stream.to_owned(),
-                level: level.as_str().to_ascii_lowercase(),
+                level: lower.to_owned(),
                 request_id: (id != 0).then(|| crate::problem::request_id(id)),
+                trace_id: ids.as_ref().map(|(trace, _)| trace.clone()),
+                span_id: ids.as_ref().map(|(_, span)| span.clone()),
                 message: message.to_owned(),
             }));
         }
@@ -490,7 +534,10 @@ impl StoreLog {
         }
         macro_rules! emit {
             ($level:ident) => {
-                if id == 0 {
+                if let Some((trace_id, span_id)) = &ids {
+                    let request_id = crate::problem::RequestId(id);
+                    tracing::$level!(target: "guest", %request_id, %route, %version, stream, trace_id, span_id, "{message}")
+                } else if id == 0 {
                     tracing::$level!(target: "guest", %route, %version, stream, "{message}")
                 } else {
                     let request_id = crate::problem::RequestId(id);

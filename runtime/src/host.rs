@@ -204,6 +204,7 @@ impl Host {
             hooks: SandboxHooks {
                 guest: guest.clone(),
                 copy_tried_outbound: None,
+                trace: None,
             },
             prefix: prefix.clone(),
             deadline,
@@ -215,6 +216,14 @@ impl Host {
     /// This store now serves request `id` (its guest's log lines carry it).
     pub fn serve(&self, id: u64) {
         self.log.serve(id);
+    }
+
+    /// The span of the request this store now serves (tracing on): its log lines become the
+    /// span's events, its outbound calls the span's children. Called for every request of a
+    /// traced server, so a reused instance never keeps its last request's span.
+    pub fn trace(&mut self, scope: Option<crate::trace::Scope>) {
+        self.log.trace(scope.clone());
+        self.hooks.trace = scope;
     }
 
     /// The panic message the guest printed on stderr, if it did, for the report of its
@@ -348,6 +357,9 @@ struct SandboxHooks {
     /// For a copy of a request: every outbound request is denied, and this flag set when the
     /// guest tries one.
     copy_tried_outbound: Option<Arc<AtomicBool>>,
+    /// With tracing on: the span of the request served; each outbound call is a client span
+    /// under it, and carries its `traceparent`.
+    trace: Option<crate::trace::Scope>,
 }
 
 impl SandboxHooks {
@@ -388,10 +400,25 @@ impl WasiHttpHooks for SandboxHooks {
         }
         tracing::debug!(route = %self.guest.logs().route(), uri = %request.uri(), "outbound request");
         let guest = self.guest.clone();
+        let mut request = request;
+        let span = self
+            .trace
+            .as_ref()
+            .map(|scope| crate::trace::Client::start(scope, &mut request));
         Box::new(async move {
-            match crate::outbound::send(request, options, &guest.outbound, guest.outbound_private)
-                .await
-            {
+            let sent =
+                crate::outbound::send(request, options, &guest.outbound, guest.outbound_private)
+                    .await;
+            if let Some(span) = span {
+                match &sent {
+                    Ok((response, _)) => span.answered(response.status().as_u16()),
+                    Err(SendError::Refused { .. }) => {
+                        span.failed("refused: the destination is not a public address")
+                    }
+                    Err(SendError::Failed(error)) => span.failed(&error.to_string()),
+                }
+            }
+            match sent {
                 Ok(sent) => Ok(sent),
                 Err(SendError::Refused { host, addresses }) => {
                     let logs = guest.logs();

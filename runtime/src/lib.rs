@@ -67,6 +67,7 @@ pub mod stats;
 pub mod takeover;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 pub mod units;
 pub mod version;
 

@@ -124,7 +124,18 @@ async fn serve(
     config: handoff::config::Config,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<(), Failure> {
-    let server = Server::start(config).await.map_err(|e| {
+    let takeover = config.takeover;
+    // A signal while taking over calls the takeover off: the running server serves on.
+    let started = tokio::select! {
+        started = Server::start(config) => started,
+        () = stop.cancelled(), if takeover => {
+            return Err(Failure::new(
+                exit::FAILED,
+                "the takeover was called off by a signal before this process was ready; the running server serves on",
+            ));
+        }
+    };
+    let server = started.map_err(|e| {
         // A data directory other users could write is a configuration error (exit 64).
         let code = if e.downcast_ref::<UntrustedDataDir>().is_some() {
             exit::CONFIG
@@ -135,6 +146,8 @@ async fn serve(
     })?;
     println!("{}", server.ready_line());
     let _ = std::io::stdout().flush();
+    #[cfg(unix)]
+    handoff::takeover::notify_systemd_ready();
     // A signal stops the server; so does a new process taking over (`serve --takeover`).
     tokio::select! {
         () = stop.cancelled() => {}

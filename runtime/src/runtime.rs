@@ -52,6 +52,8 @@ pub struct Runtime {
     pub(crate) pending: Pending,
     /// This node's membership of a cluster (`--cluster`); `None`: one node on its own.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// OpenTelemetry traces (`config.tracing`); `None`: off, and a request checks only this.
+    pub trace: Option<Arc<crate::trace::Tracing>>,
     /// What this process hands to one that takes over from it (`serve --takeover`).
     pub handover: Handover,
     request_ids: AtomicU64,
@@ -111,7 +113,8 @@ impl Runtime {
             return Self::new(config);
         };
         let (config, engine, files) = Self::parts(config)?;
-        let (cluster, log) = crate::cluster::Cluster::connect(cluster, files.engine_key()).await?;
+        let (cluster, log) =
+            crate::cluster::Cluster::connect(cluster, files.engine_key(), config.takeover).await?;
         Self::assemble(config, engine, files, Arc::new(log), None, Some(cluster))
     }
 
@@ -175,7 +178,13 @@ impl Runtime {
             }
         };
         let kv = crate::kv::Kv::new(backend);
+        let trace = config
+            .tracing
+            .as_ref()
+            .map(crate::trace::Tracing::start)
+            .transpose()?;
         Ok(Self {
+            trace,
             kv,
             compiles: Compiles::new(config.compiler.clone()),
             config,

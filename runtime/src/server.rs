@@ -34,6 +34,10 @@ const MAX_HEAD_BYTES: usize = 64 << 10;
 /// runtime: shutdown takes at most `--drain-timeout` plus this.
 pub const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The least time a shutdown gives the spans still queued to reach the collector, even when
+/// the drain used its whole bound.
+pub const TRACE_FLUSH_FLOOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Admin connections served at once; more wait in the listen backlog until one closes (an
 /// admin connection without a request in progress is closed after `--idle-timeout`).
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
@@ -296,8 +300,9 @@ impl Server {
     }
 
     /// Stops accepting connections, lets in-flight requests (guest traffic and admin calls)
-    /// finish for up to the drain timeout, then cuts off and closes whatever is left. Takes at
-    /// most the drain timeout plus [`RELEASE_WAIT`].
+    /// finish for up to the drain timeout, then cuts off and closes whatever is left, and sends
+    /// the spans still queued (tracing on). Takes at most the drain timeout plus
+    /// [`RELEASE_WAIT`] (with tracing, plus [`TRACE_FLUSH_FLOOR`] when the drain used it all).
     pub async fn shutdown(self) {
         #[cfg(unix)]
         let successor = self.takeover.as_ref().and_then(|takeover| {
@@ -311,7 +316,11 @@ impl Server {
                 new_pid,
                 "handed over: no new connections here; open connections are told to close after their current response; draining in-flight requests"
             );
-            // The node goes on in the new process: it does not leave the cluster.
+            // The node goes on in the new process: it does not leave the cluster, and its record
+            // is the new process's.
+            if let Some(cluster) = &self.runtime.cluster {
+                cluster.nodes.hand_over();
+            }
             self.closing.cancel();
         } else {
             tracing::info!("shutting down: no new connections; draining in-flight requests");
@@ -333,6 +342,14 @@ impl Server {
         };
         if tokio::time::timeout(limit, listeners).await.is_err() {
             tracing::warn!("the listeners did not stop in time; exiting anyway");
+        }
+        // The spans of the requests that just ended go out within what is left of the bound
+        // (at least `TRACE_FLUSH_FLOOR`, so a collector that answers gets them).
+        if let Some(trace) = &self.runtime.trace {
+            let left = limit
+                .saturating_sub(started.elapsed())
+                .max(TRACE_FLUSH_FLOOR);
+            trace.shutdown(left).await;
         }
         // Connection tasks end just after their connections; wait (bounded) for them to let go
         // of the runtime, so its data directory is closed when this returns.
@@ -542,6 +559,7 @@ async fn serve_listener<S, B>(
         let idle = Arc::new(Idle::new());
         let watched = idle.clone();
         let inner = service(peer);
+        let stall_limit = limits.idle_timeout;
         let closing = closing.clone();
         let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let busy = watched.busy();
@@ -556,7 +574,13 @@ async fn serve_listener<S, B>(
                         http::HeaderValue::from_static("close"),
                     );
                 }
-                Ok::<_, S::Error>(response.map(|body| Tracked { body, _busy: busy }))
+                // In the stream's (HTTP/2) or connection's (HTTP/1.1) watched task.
+                let stall = crate::dispatch::stall(stall_limit);
+                Ok::<_, S::Error>(response.map(|body| Tracked {
+                    body,
+                    stall,
+                    _busy: busy,
+                }))
             }
         });
         let (tls, builder, watcher, closed) = (
@@ -688,9 +712,12 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that keeps its request counted as in progress until it is done or dropped.
+/// A response body that keeps its request counted as in progress until it is done or dropped,
+/// and is ended if its client lets nothing through for the idle timeout while it has bytes to
+/// send (`dispatch::overdue`: the task sending it is dropped).
 struct Tracked<B> {
     body: B,
+    stall: Option<crate::dispatch::Stall>,
     _busy: Busy,
 }
 
@@ -702,7 +729,18 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let Some(stall) = &this.stall {
+            match &polled {
+                // The frame given is owed to the client until hyper asks for the next one, or
+                // (the last) until hyper is done with the body: hyper may hold a frame until
+                // the client's flow-control window lets it go.
+                std::task::Poll::Ready(Some(Ok(_))) => stall.owed(),
+                _ => stall.settled(),
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

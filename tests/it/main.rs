@@ -34,6 +34,7 @@ mod shadow;
 mod swap;
 mod tls;
 mod toolchains;
+mod tracing;
 mod unread;
 mod wasi3;
 mod wasi3_promises;

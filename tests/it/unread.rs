@@ -4,11 +4,15 @@
 //! HTTP/2 stream is reset, the HTTP/1.1 connection closed, and the request lets go of its
 //! route's concurrency slot and its version, so other clients are served and a retired version
 //! is freed.
+//!
+//! The host's own bodies (a 404, a 503, admin answers, event streams, log tails) are bounded
+//! by a stall limit instead: a client that lets nothing through for `--idle-timeout` while
+//! the server has bytes for it loses the stream (HTTP/2) or its connection (HTTP/1.1).
 
 use std::time::Duration;
 
 use handoff::config::Config;
-use handoff_tests::{TestServer, eventually, guests};
+use handoff_tests::{ADMIN_HOST, TestServer, eventually, guests};
 use http::StatusCode;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
@@ -171,5 +175,127 @@ async fn an_unread_response_ends_at_its_versions_drain_deadline() {
         .await
         .expect("the stream ends");
     assert!(body.is_err(), "the cut-off stream is reset, not finished");
+    server.shutdown().await;
+}
+
+/// A server with a short idle timeout (the stall limit of the host's own bodies) and the
+/// hostile guest at `/slow`.
+async fn short_idle_server() -> TestServer {
+    let server = TestServer::start_with(Config {
+        idle_timeout: Duration::from_millis(700),
+        ..Config::ephemeral()
+    })
+    .await;
+    server.deploy("slow", guests::HOSTILE).await;
+    server
+}
+
+/// `GET uri` on the zero-window HTTP/2 connection `h2`: the response head.
+async fn h2_get(
+    h2: &hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    uri: &str,
+) -> http::Response<hyper::body::Incoming> {
+    let request = http::Request::builder()
+        .uri(uri)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    tokio::time::timeout(GENEROUS, h2.clone().send_request(request))
+        .await
+        .expect("a head in time")
+        .expect("a head")
+}
+
+/// Each body ends with an error (its stream was reset) within a bound.
+async fn reset(responses: Vec<http::Response<hyper::body::Incoming>>) {
+    for (n, response) in responses.into_iter().enumerate() {
+        let body = tokio::time::timeout(GENEROUS, response.into_body().collect())
+            .await
+            .unwrap_or_else(|_| panic!("stalled stream {n} ends"));
+        assert!(body.is_err(), "stalled stream {n} is reset, not finished");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_to_an_h2_client_with_a_zero_window_are_reset_after_the_idle_timeout() {
+    let server = short_idle_server().await;
+    let h2 = handoff_tests::h2_connect(server.admin, 0).await;
+    let events = format!("http://{ADMIN_HOST}/v1/events");
+    // The console's two streams: the event stream and a route's live log tail.
+    let logs = format!("http://{ADMIN_HOST}/v1/routes/slow/logs");
+    let mut held = Vec::new();
+    for _ in 0..handoff::admin::events::MAX_STREAMS {
+        let response = h2_get(&h2, &events).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        held.push(response);
+    }
+    // Every place is taken by a client that reads nothing...
+    let full = h2_get(&h2, &events).await;
+    assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let tail = h2_get(&h2, &logs).await;
+    assert_eq!(tail.status(), StatusCode::OK);
+    held.push(tail);
+    // ...until the idle timeout passes: each stalled stream is reset and gives its place back.
+    reset(held).await;
+    let opened = eventually("an event stream to open again", GENEROUS, || async {
+        let response = h2_get(&h2, &events).await;
+        (response.status() == StatusCode::OK).then_some(response)
+    })
+    .await;
+    reset(vec![opened]).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_written_bodies_to_an_h2_client_with_a_zero_window_are_reset_after_the_idle_timeout() {
+    let server = short_idle_server().await;
+    // A full route: its one slot held by a guest that never answers, so the next request
+    // gets the host's 503.
+    let (code, body) = server
+        .deploy_bytes(
+            "full",
+            "?max-concurrency=1&request-timeout=1m",
+            guests::bytes(guests::HOSTILE),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let holder = tokio::spawn({
+        let data = server.data;
+        async move { handoff_tests::send(data, handoff_tests::get_request("/full/sleep")).await }
+    });
+    eventually("the route's slot to be taken", GENEROUS, || async {
+        (server.status("full").await["in_flight"] == 1).then_some(())
+    })
+    .await;
+    let data = handoff_tests::h2_connect(server.data, 0).await;
+    let admin = handoff_tests::h2_connect(server.admin, 0).await;
+    let mut held = Vec::new();
+    for (h2, uri, status) in [
+        (
+            &data,
+            "http://handoff.test/nowhere".to_owned(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            &data,
+            "http://handoff.test/full/ok".to_owned(),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            &admin,
+            format!("http://{ADMIN_HOST}/v1/routes"),
+            StatusCode::OK,
+        ),
+        (
+            &admin,
+            format!("http://{ADMIN_HOST}/v1/routes/nowhere"),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let response = h2_get(h2, &uri).await;
+        assert_eq!(response.status(), status, "{uri}");
+        held.push(response);
+    }
+    reset(held).await;
+    holder.abort();
     server.shutdown().await;
 }

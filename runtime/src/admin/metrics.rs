@@ -269,6 +269,29 @@ pub(super) async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
         "Log events dropped because stderr could not keep up.",
         &mut std::iter::once((String::new(), crate::telemetry::dropped_lines().to_string())),
     );
+    let spans = rt.trace.as_ref().map(|t| t.figures()).unwrap_or_default();
+    family(
+        "handoff_trace_spans_exported_total",
+        "counter",
+        "Spans the OpenTelemetry collector took (0 with tracing off).",
+        &mut std::iter::once((String::new(), spans.exported.to_string())),
+    );
+    family(
+        "handoff_trace_spans_dropped_total",
+        "counter",
+        "Spans that never reached the collector: the export queue was full, or the export failed or timed out.",
+        &mut [
+            (
+                "{reason=\"queue_full\"}".to_owned(),
+                spans.dropped_queue_full.to_string(),
+            ),
+            (
+                "{reason=\"export_failed\"}".to_owned(),
+                spans.dropped_export_failed.to_string(),
+            ),
+        ]
+        .into_iter(),
+    );
     family(
         "handoff_routes_unavailable",
         "gauge",

@@ -320,6 +320,8 @@ impl ServeArgs {
                 }
                 (None, None) => None,
             },
+            // The OpenTelemetry SDK's standard variables, as every OpenTelemetry user sets them.
+            tracing: crate::trace::Settings::from_env(|name| std::env::var(name).ok())?,
             takeover: self.takeover,
         };
         config.validate()?;

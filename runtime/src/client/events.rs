@@ -435,6 +435,8 @@ mod tests {
             stream: "stderr".into(),
             level: "error".into(),
             request_id: Some("0000000000000002".into()),
+            trace_id: None,
+            span_id: None,
             message: "bad \u{1b}[2J\tthing".into(),
         };
         assert_eq!(

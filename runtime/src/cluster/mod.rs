@@ -92,9 +92,12 @@ pub struct Cluster {
 impl Cluster {
     /// Connects to NATS, opens (creating when needed) the buckets, and returns this node's
     /// membership and the state log. `engine_key` names the artifacts this node's engine loads.
+    /// `succeeding`: this process takes over from the one that holds the node's name now
+    /// (`serve --takeover`), so the live record of that name is its own.
     pub async fn connect(
         config: ClusterConfig,
         engine_key: &str,
+        succeeding: bool,
     ) -> anyhow::Result<(Arc<Self>, crate::state::jetstream::JetStreamLog)> {
         let connected = Arc::new(AtomicBool::new(false));
         let (reconnected, reconnects) = tokio::sync::watch::channel(0u64);
@@ -146,8 +149,9 @@ impl Cluster {
         let log = crate::state::jetstream::JetStreamLog::open(js.clone(), replicas)
             .await
             .context("JetStream (NATS 2.12 or newer, with JetStream enabled) is needed")?;
-        let nodes =
-            Arc::new(nodes::Nodes::open(js, &config.node_name, engine_key, replicas).await?);
+        let nodes = Arc::new(
+            nodes::Nodes::open(js, &config.node_name, engine_key, replicas, succeeding).await?,
+        );
         tracing::info!(
             url = %config.url,
             node = %config.node_name,

@@ -165,17 +165,22 @@ pub struct Nodes {
     seen: Mutex<HashMap<String, Seen>>,
     changed: tokio::sync::watch::Sender<u64>,
     stop: CancellationToken,
+    /// Set once a new process has taken this node over (`serve --takeover`): this process no
+    /// longer publishes the node's record, which is the new process's now.
+    handed_over: std::sync::atomic::AtomicBool,
 }
 
 impl Nodes {
     /// Opens the bucket and claims `name`: a record of that name from another process that
     /// still heartbeats refuses the claim; one that stopped (a node killed and restarted)
-    /// is taken over once it has missed its heartbeats.
+    /// is taken over once it has missed its heartbeats, or at once by a process that
+    /// `succeeding` it (`serve --takeover` on its data directory).
     pub(super) async fn open(
         js: jetstream::Context,
         name: &str,
         engine_key: &str,
         replicas: usize,
+        succeeding: bool,
     ) -> anyhow::Result<Self> {
         let bucket = js
             .create_or_update_key_value(kv::Config {
@@ -188,7 +193,8 @@ impl Nodes {
             })
             .await
             .context("creating the nodes bucket (per-key TTL needs NATS 2.11 or newer)")?;
-        if let Some(entry) = bucket.entry(name).await.context("reading node records")?
+        if !succeeding
+            && let Some(entry) = bucket.entry(name).await.context("reading node records")?
             && entry.operation == kv::Operation::Put
         {
             let first = entry.revision;
@@ -222,6 +228,7 @@ impl Nodes {
             seen: Mutex::default(),
             changed: tokio::sync::watch::channel(0).0,
             stop: CancellationToken::new(),
+            handed_over: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -309,6 +316,9 @@ impl Nodes {
     /// Publishes this node's record now (with its TTL). Failures are logged: the next
     /// heartbeat tries again.
     pub async fn publish(&self) {
+        if self.handed_over.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let record = {
             let mut me = self.me.lock().expect("poisoned");
             me.heartbeat_ms = crate::units::unix_ms();
@@ -449,6 +459,14 @@ impl Nodes {
     /// Cancelled when this node leaves: its background tasks stop.
     pub fn stopping(&self) -> CancellationToken {
         self.stop.clone()
+    }
+
+    /// A new process has taken this node over (`serve --takeover`): this one stops publishing
+    /// the node's record and its heartbeat, and leaves the record to the new process.
+    pub fn hand_over(&self) {
+        self.handed_over
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stop.cancel();
     }
 
     /// Says this node is leaving, then removes its record (SIGTERM).

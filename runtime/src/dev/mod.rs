@@ -55,6 +55,7 @@ pub async fn run(args: DevArgs, shutdown: impl Future<Output = ()>) -> Result<()
     tokio::select! {
         () = session(&server, &dir, project) => {}
         () = shutdown => say("shutting down: finishing the requests in flight"),
+        () = server.handed_over() => say("a new process took over (`serve --takeover`): finishing the requests in flight here"),
     }
     server.shutdown().await;
     Ok(())

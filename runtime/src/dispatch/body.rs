@@ -124,6 +124,8 @@ pub enum DataBody {
     Guest(GuestBody),
     /// A small body the host wrote itself.
     Fixed(Option<Bytes>),
+    /// A guest's streaming body whose request is traced: its span ends with it.
+    Traced(Box<(GuestBody, crate::trace::Server)>),
 }
 
 /// An error that ends a response body early: the connection is closed (HTTP/1.1, without the
@@ -156,6 +158,19 @@ impl Body for DataBody {
         match self.get_mut() {
             DataBody::Guest(body) => Pin::new(body).poll_frame(cx),
             DataBody::Fixed(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            DataBody::Traced(traced) => {
+                let (body, span) = &mut **traced;
+                let polled = Pin::new(body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => span.end(),
+                    Poll::Ready(Some(Err(error))) => {
+                        span.fail(&error.to_string());
+                        span.end();
+                    }
+                    _ => {}
+                }
+                polled
+            }
         }
     }
 
@@ -163,12 +178,14 @@ impl Body for DataBody {
         match self {
             DataBody::Guest(body) => body.shared.is_none(),
             DataBody::Fixed(bytes) => bytes.is_none(),
+            DataBody::Traced(traced) => traced.0.shared.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             DataBody::Guest(body) => body.inner.size_hint(),
+            DataBody::Traced(traced) => traced.0.inner.size_hint(),
             DataBody::Fixed(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             DataBody::Fixed(None) => SizeHint::with_exact(0),
         }

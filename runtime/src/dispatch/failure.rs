@@ -134,6 +134,8 @@ pub(super) fn failure_response(
             .record(status.as_u16(), started.elapsed(), true);
     }
     let mut response = failure(status, error.public_detail(), id);
+    // What the span of a traced request says (never the client: it may be internal).
+    response.extensions_mut().insert(Reason(error.to_string()));
     if matches!(error, GuestError::Overloaded) {
         response
             .headers_mut()
@@ -144,10 +146,19 @@ pub(super) fn failure_response(
 
 /// A problem document from the data plane. Only used off the success path.
 pub(super) fn failure(status: StatusCode, detail: &str, id: u64) -> Response<DataBody> {
-    crate::problem::Problem::new(status, detail)
+    let mut response = crate::problem::Problem::new(status, detail)
         .for_request(id)
-        .response()
+        .response();
+    if status.is_server_error() {
+        response.extensions_mut().insert(Reason(detail.to_owned()));
+    }
+    response
 }
+
+/// Why the host answered a request with a 5xx, for the request's span (a response extension,
+/// taken off before the response goes out).
+#[derive(Debug, Clone)]
+pub(super) struct Reason(pub(super) String);
 
 /// The 413 for a request body over the route's limit.
 pub(super) fn body_too_large(version: &Version, id: u64, started: Instant) -> Response<DataBody> {

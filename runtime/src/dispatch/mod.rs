@@ -42,7 +42,7 @@ use body::Shared;
 pub use body::{BodyError, CappedBody, DataBody, GuestBody};
 use failure::{GuestError, body_too_large, failure, failure_response, report};
 pub use overdue::StreamExecutor;
-pub(crate) use overdue::watched;
+pub(crate) use overdue::{Stall, stall, watched};
 
 use crate::engine::Pre;
 use crate::host::Host;
@@ -53,12 +53,58 @@ use crate::runtime::Runtime;
 use crate::version::Version;
 
 /// Serves one data-plane request from `peer` (`https` when it arrived over TLS). Never fails:
-/// every outcome is a response.
+/// every outcome is a response. With tracing on, the request has a server span, ended when its
+/// response body ends (`crate::trace`); off, this checks one `Option`.
 pub async fn dispatch<B>(
     rt: &Runtime,
     req: Request<B>,
     https: bool,
     peer: Option<std::net::IpAddr>,
+) -> Response<DataBody>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error> + Send + Unpin,
+{
+    let span = rt.trace.as_deref().map(|tracing| {
+        crate::trace::Server::start(
+            tracing.tracer(),
+            req.method(),
+            req.uri(),
+            req.version(),
+            req.headers(),
+            https,
+            peer,
+        )
+    });
+    let response = serve(rt, req, https, peer, span.as_ref()).await;
+    match span {
+        None => response,
+        Some(span) => traced(response, span),
+    }
+}
+
+/// `response` with its request's `span` given its status, and ended with its body: at once
+/// for a body the host wrote, at a guest's body's end (an error if it ends in one) otherwise.
+fn traced(mut response: Response<DataBody>, span: crate::trace::Server) -> Response<DataBody> {
+    let reason = response.extensions_mut().remove::<failure::Reason>();
+    span.status(
+        response.status().as_u16(),
+        reason.as_ref().map(|r| r.0.as_str()),
+    );
+    response.map(|body| match body {
+        DataBody::Guest(body) => DataBody::Traced(Box::new((body, span))),
+        // The span ends as it drops, here.
+        fixed => fixed,
+    })
+}
+
+/// [`dispatch`], given the request's span if it is traced.
+async fn serve<B>(
+    rt: &Runtime,
+    req: Request<B>,
+    https: bool,
+    peer: Option<std::net::IpAddr>,
+    otel: Option<&crate::trace::Server>,
 ) -> Response<DataBody>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -102,6 +148,14 @@ where
     };
     let started = Instant::now();
     let version = routed.in_flight.version().clone();
+    if let Some(otel) = otel {
+        otel.routed(
+            &routed.route,
+            &routed.prefix,
+            version.digest.to_string(),
+            routed.arm.as_str(),
+        );
+    }
     let max_body = version.limits.max_request_body;
     if max_body > 0 {
         let declared = req
@@ -162,19 +216,26 @@ where
     }
     // An idle instance of this version if the route reuses them, else a fresh store.
     // (One parked from before the route's prefix moved is dropped: see `Host::serves`.)
-    let mut instance = match version.instances.take() {
+    let (mut instance, reused) = match version.instances.take() {
         Some(mut instance) if Host::serves(&instance.store, &routed.prefix) => {
             Host::reset(&mut instance.store, &routed.prefix, deadline);
-            instance
+            (instance, true)
         }
-        _ => Instance::fresh(Host::store(
-            rt.engine.wasmtime(),
-            &version.guest,
-            &routed.prefix,
-            deadline,
-        )),
+        _ => (
+            Instance::fresh(Host::store(
+                rt.engine.wasmtime(),
+                &version.guest,
+                &routed.prefix,
+                deadline,
+            )),
+            false,
+        ),
     };
     instance.store.data().serve(id);
+    if let Some(otel) = otel {
+        otel.reused(reused);
+        instance.store.data_mut().trace(Some(otel.scope()));
+    }
     let (tx, mut rx) = oneshot::channel();
     let req = match instance
         .store

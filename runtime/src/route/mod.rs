@@ -42,4 +42,4 @@ pub use drain::{Draining, Drains};
 pub use inflight::InFlight;
 pub use serving::{Candidate, Role, Serving, Shadow, Split, Sticky, Weight};
 pub use state::{Registry, RouteState};
-pub use table::{Refused, Route, RouteTable, Routed, Table};
+pub use table::{Arm, Refused, Route, RouteTable, Routed, Table};

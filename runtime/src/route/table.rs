@@ -142,6 +142,30 @@ pub struct Routed {
     pub in_flight: InFlight,
     /// When the request is copied to the route's shadow: the copy's token and the route.
     pub shadow: Option<(InFlight, Arc<RouteState>, Arc<RouteRecord>)>,
+    /// Which arm of the route's split the version is.
+    pub arm: Arm,
+}
+
+/// Which arm of its route's split a request went to (`handoff.arm` in its span).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arm {
+    /// The route's stable version.
+    Stable,
+    /// The candidate of a split or rollout.
+    Candidate,
+    /// The version the request's pin header named.
+    Pinned,
+}
+
+impl Arm {
+    /// The name spans give it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stable => "stable",
+            Self::Candidate => "candidate",
+            Self::Pinned => "pinned",
+        }
+    }
 }
 
 /// The route table.
@@ -195,7 +219,15 @@ impl RouteTable {
                 )
             }),
         };
+        let arm = if pinned.is_some() {
+            Arm::Pinned
+        } else if Arc::ptr_eq(version, &split.stable) {
+            Arm::Stable
+        } else {
+            Arm::Candidate
+        };
         Ok(Routed {
+            arm,
             route: route.name.shared(),
             prefix: route.prefix.shared(),
             in_flight: InFlight::enter(version, &route.state),

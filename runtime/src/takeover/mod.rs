@@ -600,10 +600,17 @@ impl Predecessor {
             .map_err(|_| {
                 anyhow::anyhow!("the old process did not close its key-value store in time")
             })?;
-        anyhow::ensure!(
-            matches!(answer, Some(Message::KvReleased)),
-            "the old process went away before handing over its key-value store"
-        );
+        match answer {
+            Some(Message::KvReleased) => {}
+            // It stopped (a signal while this one loaded): the store is free once it has exited.
+            None => tracing::warn!(
+                old_pid = self.pid,
+                "takeover: the old process went away before handing over its key-value store; opening it"
+            ),
+            Some(other) => {
+                anyhow::bail!("the old process answered {other:?} to a key-value handover")
+            }
+        }
         let path = rt.files.dir().join("kv.redb");
         let opened = reopen(move || {
             crate::state::private::prepare_private_file(&path)?;
@@ -632,5 +639,31 @@ impl Drop for Predecessor {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+/// Tells systemd that this process is ready and is the service's main process, when it runs
+/// under a `Type=notify` unit (`$NOTIFY_SOCKET` set): `READY=1` and `MAINPID=`. A process that
+/// took over sends it too, so with `NotifyAccess=all` systemd follows the new process as the
+/// service's main one while the old drains and exits. Failures are logged and ignored.
+pub fn notify_systemd_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let message = format!("READY=1\nMAINPID={}\n", std::process::id());
+    let sent = (|| -> std::io::Result<usize> {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        #[cfg(target_os = "linux")]
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt as _;
+            let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            return socket.send_to_addr(message.as_bytes(), &address);
+        }
+        let _ = bytes;
+        socket.send_to(message.as_bytes(), &path)
+    })();
+    if let Err(error) = sent {
+        tracing::warn!(error = %error, "cannot tell systemd this server is ready ($NOTIFY_SOCKET)");
     }
 }

@@ -14,7 +14,7 @@ use handoff_tests::guests;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use crate::support::{Ready, Running, command, handoff, serve_in};
+use crate::support::{Ready, Running, command, get, handoff, run_within, serve_in};
 
 const READY: Duration = Duration::from_secs(60);
 /// A bound against hangs for a whole load run.
@@ -317,7 +317,7 @@ async fn three_takeovers_under_load_fail_no_request_and_count_every_increment() 
     let total = values.len() as u64;
     handoff_tests::assert_each_value_once(values, total);
     // The bucket holds the count: every acknowledged increment once, none lost.
-    let (_, body) = crate::support::get(&ready, "/kv/get?key=count").await;
+    let (_, body) = get(&ready, "/kv/get?key=count").await;
     assert_eq!(body.trim(), total.to_string());
     assert!(
         plain.reconnects.load(Ordering::SeqCst) > 0,
@@ -325,4 +325,284 @@ async fn three_takeovers_under_load_fail_no_request_and_count_every_increment() 
     );
     let status = old.terminate(Duration::from_secs(60)).await;
     assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_that_fails_before_it_is_ready_leaves_the_old_one_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut old, ready) = serve_in(dir.path()).await;
+    let admin = ready.admin_url();
+    deploy_both(&ready).await;
+    let load = Load::start(&ready);
+    load.goes_on(20).await;
+    // A flag naming another address: refused before anything is handed over.
+    let out = run_within(
+        READY,
+        takeover_command(dir.path(), &["--listen", "127.0.0.1:1"]),
+    )
+    .await;
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("is not the address the running server listens on"),
+        "{out:#?}"
+    );
+    // TLS files that cannot be read: refused before anything is handed over.
+    let out = run_within(
+        READY,
+        takeover_command(
+            dir.path(),
+            &[
+                "--tls-cert",
+                "/nonexistent/c.pem",
+                "--tls-key",
+                "/nonexistent/k.pem",
+            ],
+        ),
+    )
+    .await;
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(out.stderr.contains("TLS"), "{out:#?}");
+    load.goes_on(20).await;
+    // Once the state is with the new process (it recompiles every route at another opt level,
+    // so it is still loading): a signal calls the takeover off, and so does a crash.
+    for (round, signal) in ["TERM", "KILL"].into_iter().enumerate() {
+        let mut new = Running::spawn(takeover_command(dir.path(), &["--opt-level", "none"]));
+        new.stderr
+            .wait_for("the new process to hold the state", READY, |log| {
+                log.contains("loading every route before serving")
+            })
+            .await;
+        new.signal(signal);
+        let status = new.exit_within(READY).await;
+        assert!(!status.success(), "{signal}: {status}");
+        if signal == "TERM" {
+            assert!(
+                new.stderr
+                    .text()
+                    .contains("the takeover was called off by a signal"),
+                "{}",
+                new.stderr.text()
+            );
+        }
+        old.stderr
+            .wait_for("the old process to switch back", READY, |log| {
+                log.matches("switched back").count() == round + 1
+            })
+            .await;
+        load.goes_on(20).await;
+    }
+    load.goes_on(20).await;
+    // The old process takes changes again, and keeps them.
+    handoff(&["deploy", "tagged", guests::TAGGED_V2, "--admin", &admin])
+        .await
+        .ok();
+    let (status, body) = get(&ready, "/tagged/z").await;
+    assert_eq!((status, body.as_str()), (200, "v2"));
+    // A takeover after all that finds everything.
+    let mut new = Running::spawn(takeover_command(dir.path(), &[]));
+    new.ready(READY).await;
+    let status = old.exit_within(Duration::from_secs(60)).await;
+    assert!(status.success(), "{}", old.stderr.text());
+    load.goes_on(20).await;
+    let (plain, counts) = load.stop().await;
+    plain.assert_no_failures();
+    counts.assert_no_failures();
+    let values = counts.values.lock().unwrap().clone();
+    let total = values.len() as u64;
+    handoff_tests::assert_each_value_once(values, total);
+    let (_, body) = get(&ready, "/kv/get?key=count").await;
+    assert_eq!(body.trim(), total.to_string());
+    let (status, body) = get(&ready, "/tagged/z").await;
+    assert_eq!((status, body.as_str()), (200, "v2"));
+    assert!(new.terminate(Duration::from_secs(60)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_at_another_opt_level_recompiles_before_it_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut old, ready) = serve_in(dir.path()).await;
+    deploy_both(&ready).await;
+    let load = Load::start(&ready);
+    load.goes_on(20).await;
+    let mut new = Running::spawn(takeover_command(dir.path(), &["--opt-level", "none"]));
+    new.ready(READY).await;
+    let log = new.stderr.text();
+    let restored = log
+        .find("routes restored from the data directory routes=2 recompiled=2 failed=0")
+        .unwrap_or_else(|| panic!("both routes recompiled:\n{log}"));
+    let serving = log
+        .find("took over: serving")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(restored < serving, "recompiled before serving:\n{log}");
+    assert!(old.exit_within(Duration::from_secs(60)).await.success());
+    load.goes_on(20).await;
+    let (plain, counts) = load.stop().await;
+    plain.assert_no_failures();
+    counts.assert_no_failures();
+    assert!(new.terminate(Duration::from_secs(60)).await.success());
+}
+
+/// `PUT /v1/routes/{route}` of `bytes` on a new connection: the status and `Retry-After`.
+async fn put_route(admin: SocketAddr, route: &str, bytes: Bytes) -> (u16, Option<String>) {
+    let stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    let request = http::Request::put(format!("/v1/routes/{route}"))
+        .header(http::header::HOST, "localhost")
+        .header(http::header::CONTENT_TYPE, "application/wasm")
+        .body(Full::new(bytes))
+        .unwrap();
+    let response = sender.send_request(request).await.expect("an answer");
+    let retry_after = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    (status, retry_after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_during_a_takeover_are_applied_once_or_refused_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut old, ready) = serve_in(dir.path()).await;
+    deploy_both(&ready).await;
+    let bytes = Bytes::from(guests::bytes(guests::TAGGED_V1));
+    // Recompiling at another opt level keeps the handover open long enough to meet changes.
+    let mut new = Running::spawn(takeover_command(dir.path(), &["--opt-level", "none"]));
+    let (mut applied, mut refused) = (vec![], 0);
+    let started = Instant::now();
+    for i in 0..400 {
+        assert!(started.elapsed() < LOAD_LIMIT, "the changes ran too long");
+        let route = format!("r{i}");
+        match put_route(ready.admin, &route, bytes.clone()).await {
+            (200 | 201, _) => applied.push(route),
+            (503, Some(retry_after)) => {
+                assert_eq!(retry_after, "1");
+                refused += 1;
+            }
+            other => panic!("{route}: {other:?}"),
+        }
+        if new.exited() || (old.exited() && refused > 0 && applied.len() > 3) {
+            break;
+        }
+    }
+    new.ready(READY).await;
+    assert!(old.exit_within(Duration::from_secs(60)).await.success());
+    assert!(refused > 0, "some changes met the handover");
+    let mut expected = applied.clone();
+    expected.extend(["kv".to_string(), "tagged".to_string()]);
+    expected.sort();
+    assert_eq!(
+        route_names(&ready).await,
+        expected,
+        "every change answered as applied is there, and no refused one"
+    );
+    assert!(new.terminate(Duration::from_secs(60)).await.success());
+}
+
+/// `handoff serve` as cluster node `name` keeping its files in `dir`.
+fn node_command(dir: &Path, url: &str, name: &str, takeover: bool) -> tokio::process::Command {
+    let dir = dir.to_str().unwrap();
+    let mut args = vec![
+        "serve",
+        "--data-dir",
+        dir,
+        "--cluster",
+        url,
+        "--node-name",
+        name,
+    ];
+    args.extend(["--cluster-timeout", "5s"]);
+    match takeover {
+        true => args.push("--takeover"),
+        false => args.extend(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]),
+    }
+    command(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_takes_over_from_itself_under_load() {
+    let nats = handoff_tests::nats::NatsServer::start();
+    let url = nats.url();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut old = Running::spawn(node_command(dir_a.path(), &url, "a", false));
+    let a = old.ready(READY).await;
+    let mut b_process = Running::spawn(node_command(dir_b.path(), &url, "b", false));
+    let b = b_process.ready(READY).await;
+    deploy_both(&a).await;
+    let load = Load::start(&a);
+    load.goes_on(20).await;
+    for round in 0..2 {
+        let mut new = Running::spawn(node_command(dir_a.path(), &url, "a", true));
+        let took = new.ready(READY).await;
+        assert_eq!((took.data, took.admin), (a.data, a.admin), "round {round}");
+        let status = old.exit_within(Duration::from_secs(60)).await;
+        assert!(status.success(), "round {round}: {}", old.stderr.text());
+        load.goes_on(20).await;
+        old = new;
+    }
+    // The node is still one of the cluster's: a change through b waits for it and reaches it.
+    let deployed = handoff(&[
+        "deploy",
+        "tagged",
+        guests::TAGGED_V2,
+        "--admin",
+        &b.admin_url(),
+    ])
+    .await;
+    assert!(
+        deployed.ok().contains("activated on b, a\n"),
+        "{deployed:#?}"
+    );
+    assert_eq!(get(&a, "/tagged/z").await, (200, "v2".to_owned()));
+    let (plain, counts) = load.stop().await;
+    plain.assert_no_failures();
+    counts.assert_no_failures();
+    let values = counts.values.lock().unwrap().clone();
+    let total = values.len() as u64;
+    handoff_tests::assert_each_value_once(values, total);
+    assert!(old.terminate(Duration::from_secs(60)).await.success());
+    assert!(b_process.terminate(Duration::from_secs(60)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_each_ready_process_names_itself_the_main_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
+    let data = dir.path().join("data");
+    let mut first = crate::support::serve_in_command(&data);
+    first.env("NOTIFY_SOCKET", &notify_path);
+    let mut old = Running::spawn(first);
+    old.ready(READY).await;
+    let mut buffer = [0u8; 256];
+    let received = |n: usize, buffer: &[u8]| String::from_utf8_lossy(&buffer[..n]).into_owned();
+    let n = tokio::time::timeout(READY, notify.recv(&mut buffer))
+        .await
+        .expect("a notification")
+        .unwrap();
+    assert_eq!(
+        received(n, &buffer),
+        format!("READY=1\nMAINPID={}\n", old.pid())
+    );
+    let mut second = takeover_command(&data, &[]);
+    second.env("NOTIFY_SOCKET", &notify_path);
+    let mut new = Running::spawn(second);
+    new.ready(READY).await;
+    let n = tokio::time::timeout(READY, notify.recv(&mut buffer))
+        .await
+        .expect("a notification")
+        .unwrap();
+    assert_eq!(
+        received(n, &buffer),
+        format!("READY=1\nMAINPID={}\n", new.pid())
+    );
+    assert!(old.exit_within(Duration::from_secs(60)).await.success());
+    assert!(new.terminate(Duration::from_secs(60)).await.success());
 }

@@ -14,13 +14,14 @@
 //! Then a well-behaved route's latency under attack from a hostile guest and a crowd of slow
 //! connections, against the same route without the attack (`bench/attack.rs`), and the
 //! key-value store (`bench/kv.rs`), and the cluster (`bench/cluster.rs`: deploy-to-converged
-//! across three nodes, a cluster node's data plane against a node on its own). Other modules add rows to the table, or tables of their own.
+//! across three nodes, a cluster node's data plane against a node on its own), and a takeover
+//! of a server with 1,000 routes under load (`bench/takeover.rs`: the longest pause, the time). Other modules add rows to the table, or tables of their own.
 //! The load generator runs on the same cores as the servers, so compare A with B, not with
 //! numbers from other machines.
 //!
 //! Usage: `bench [--handoff PATH] [--wasmtime PATH] [--connections N] [--seconds S] [--guest PATH]
 //! [--attack loop,grow,recurse,trap,crowd] [--only-attack] [--only-kv] [--only-table]
-//! [--only-cluster]`
+//! [--only-cluster] [--only-takeover]`
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -44,6 +45,8 @@ mod peers;
 mod scale;
 #[path = "bench/table.rs"]
 mod table;
+#[path = "bench/takeover.rs"]
+mod takeover;
 
 /// Load runs per server, interleaved.
 const ROUNDS: u32 = 4;
@@ -59,6 +62,7 @@ struct Options {
     only_kv: bool,
     only_table: bool,
     only_cluster: bool,
+    only_takeover: bool,
 }
 
 fn options() -> Options {
@@ -75,6 +79,7 @@ fn options() -> Options {
         only_kv: false,
         only_table: false,
         only_cluster: false,
+        only_takeover: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -91,6 +96,7 @@ fn options() -> Options {
             "--only-attack" => opts.only_attack = true,
             "--only-kv" => opts.only_kv = true,
             "--only-cluster" => opts.only_cluster = true,
+            "--only-takeover" => opts.only_takeover = true,
             "--only-table" => opts.only_table = true,
             "--attack" => opts.attack = value().split(',').map(String::from).collect(),
             other => panic!("unknown flag {other}"),
@@ -269,6 +275,10 @@ async fn main() {
         cluster::bench(&opts.handoff, &wasm, opts.connections, opts.seconds).await;
         return;
     }
+    if opts.only_takeover {
+        takeover::bench(&opts.handoff, &wasm, opts.connections, opts.seconds).await;
+        return;
+    }
     if opts.only_kv {
         kv::bench(&opts.handoff, opts.connections, opts.seconds).await;
         return;
@@ -297,6 +307,7 @@ async fn main() {
     attack::under_attack(&opts, &wasm).await;
     kv::bench(&opts.handoff, opts.connections, opts.seconds).await;
     cluster::bench(&opts.handoff, &wasm, opts.connections, opts.seconds).await;
+    takeover::bench(&opts.handoff, &wasm, opts.connections, opts.seconds).await;
 }
 
 /// Prints one row per named result under a header whose first column is `first`.

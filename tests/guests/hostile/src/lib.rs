@@ -297,6 +297,12 @@ impl Guest for Hostile {
                 }
             }
             "fetch" => respond(out, &fetch(url_param(&path))),
+            // One line on each stream, then an answer (log lines as trace events).
+            "log" => {
+                println!("hostile says hello on stdout");
+                eprintln!("WARN hostile warns on stderr");
+                respond(out, "logged");
+            }
             "fetch-many" => {
                 let url = url_param(&path).to_owned();
                 let denied = (0..100)

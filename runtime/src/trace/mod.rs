@@ -1,0 +1,209 @@
+//! OpenTelemetry traces: a server span per data-plane request, a client span per outbound
+//! call a guest makes, a span per change with its phases, exported over OTLP (HTTP/protobuf
+//! or gRPC) with the OpenTelemetry project's crates.
+//!
+//! Off unless `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set
+//! ([`Settings::from_env`]). Off, the server holds no [`Tracing`] and a request checks one
+//! `Option` and builds nothing. On, finished spans go into a bounded queue
+//! ([`export`]) that one task sends in batches; a full queue or a failed export drops spans and
+//! counts them (`/metrics`), so a slow or unreachable collector never slows or fails a
+//! request. A shutdown flushes the queue within the drain bound ([`Tracing::shutdown`]).
+
+mod collector;
+mod export;
+mod settings;
+mod span;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use opentelemetry::Context;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+
+pub use export::{Batching, Counts};
+pub use settings::{Protocol, Settings};
+pub use span::{Change, Client, Scope, Server, shadow_copy};
+
+/// The process's tracer: where spans start and what became of them.
+pub struct Tracing {
+    tracer: SdkTracer,
+    // Kept for the tracer's lifetime (the tracer holds it weakly).
+    _provider: SdkTracerProvider,
+    counts: Arc<Counts>,
+    flusher: export::Flusher,
+}
+
+impl std::fmt::Debug for Tracing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracing").finish_non_exhaustive()
+    }
+}
+
+/// What became of finished spans so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Figures {
+    /// Spans the collector took.
+    pub exported: u64,
+    /// Spans dropped because the queue was full.
+    pub dropped_queue_full: u64,
+    /// Spans dropped because their export failed or timed out.
+    pub dropped_export_failed: u64,
+}
+
+impl Tracing {
+    /// Starts exporting to the collector `settings` names. Must run within the server's Tokio
+    /// runtime (the sending task and the gRPC channel live there). Fails only on settings the
+    /// exporter refuses; a collector that cannot be reached is not an error (its spans are
+    /// dropped and counted).
+    pub fn start(settings: &Settings) -> anyhow::Result<Arc<Self>> {
+        let resource = Resource::builder_empty()
+            .with_attributes(
+                settings
+                    .resource
+                    .iter()
+                    .map(|(k, v)| opentelemetry::KeyValue::new(k.clone(), v.clone())),
+            )
+            .with_service_name(settings.service_name.clone())
+            .with_attribute(opentelemetry::KeyValue::new(
+                "service.version",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .build();
+        // The queue's task owns the exporter: it learns the resource here, not from the
+        // provider.
+        let mut exporter = build_exporter(settings)?;
+        opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
+        let counts = Arc::new(Counts::default());
+        let (queue, flusher) = export::Queue::start(exporter, settings.batching, counts.clone());
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(queue)
+            .with_sampler(settings.sampler.clone())
+            .with_resource(resource)
+            .build();
+        let scope = opentelemetry::InstrumentationScope::builder("handoff")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
+        let tracer = provider.tracer_with_scope(scope);
+        tracing::info!(
+            endpoint = %settings.endpoint, protocol = settings.protocol.as_str(),
+            service = %settings.service_name, "exporting traces"
+        );
+        Ok(Arc::new(Self {
+            tracer,
+            _provider: provider,
+            counts,
+            flusher,
+        }))
+    }
+
+    /// What became of finished spans so far.
+    pub fn figures(&self) -> Figures {
+        Figures {
+            exported: self.counts.exported.load(Ordering::Relaxed),
+            dropped_queue_full: self.counts.dropped_queue_full.load(Ordering::Relaxed),
+            dropped_export_failed: self.counts.dropped_export_failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sends every finished span still queued, waiting at most `within` (a shutdown's bound);
+    /// whether they all went out.
+    pub async fn shutdown(&self, within: Duration) -> bool {
+        let flushed = self.flusher.flush(within).await;
+        if !flushed {
+            tracing::warn!(
+                within_ms = within.as_millis() as u64,
+                "traces not flushed in time at shutdown; the rest are dropped"
+            );
+        }
+        flushed
+    }
+
+    /// The tracer spans start from.
+    pub fn tracer(&self) -> &SdkTracer {
+        &self.tracer
+    }
+}
+
+fn build_exporter(settings: &Settings) -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+    let timeout = settings.batching.export_timeout;
+    let exporter = match settings.protocol {
+        Protocol::HttpProtobuf => {
+            let client = collector::Collector::new(
+                &settings.endpoint,
+                settings.certificate.as_deref(),
+                timeout,
+            )
+            .map_err(|e| anyhow::anyhow!("OTLP endpoint `{}`: {e}", settings.endpoint))?;
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_http_client(client)
+                .with_endpoint(settings.endpoint.clone())
+                .with_headers(settings.headers.iter().cloned().collect())
+                .with_timeout(timeout)
+                .build()?
+        }
+        Protocol::Grpc => {
+            let mut headers = http::HeaderMap::new();
+            for (name, value) in &settings.headers {
+                let name = http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| anyhow::anyhow!("OTLP header name `{name}` is not valid"))?;
+                let value = http::HeaderValue::from_str(value)
+                    .map_err(|_| anyhow::anyhow!("OTLP header `{name}` has an invalid value"))?;
+                headers.insert(name, value);
+            }
+            let metadata =
+                opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers);
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(settings.endpoint.clone())
+                .with_metadata(metadata)
+                .with_timeout(timeout);
+            if settings.endpoint.starts_with("https://") {
+                let mut tls = opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new();
+                tls = match &settings.certificate {
+                    Some(path) => {
+                        let pem = std::fs::read(path).map_err(|e| {
+                            anyhow::anyhow!("cannot read the OTLP CA file {}: {e}", path.display())
+                        })?;
+                        tls.ca_certificate(
+                            opentelemetry_otlp::tonic_types::transport::Certificate::from_pem(pem),
+                        )
+                    }
+                    None => tls.with_webpki_roots(),
+                };
+                builder = builder.with_tls_config(tls);
+            }
+            builder.build()?
+        }
+    };
+    Ok(exporter)
+}
+
+/// Runs `phase` (named `name`) as a child span of the change whose context is current (see
+/// [`Change::context`]); runs it plainly when no change is traced.
+pub async fn change_phase<F: Future>(
+    tracing: Option<&Tracing>,
+    name: &'static str,
+    phase: F,
+) -> F::Output {
+    use opentelemetry::context::FutureExt as _;
+    use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _};
+    let parent = Context::current();
+    let Some(tracing) = tracing.filter(|_| parent.has_active_span()) else {
+        return phase.await;
+    };
+    let tracer = &tracing.tracer;
+    let span = tracer
+        .span_builder(name)
+        .with_kind(SpanKind::Internal)
+        .start_with_context(tracer, &parent);
+    let cx = parent.with_span(span);
+    let out = phase.with_context(cx.clone()).await;
+    cx.span().end();
+    out
+}

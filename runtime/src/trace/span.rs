@@ -1,0 +1,386 @@
+//! The spans handoff makes: a request's server span ([`Server`]), what a guest's store keeps of
+//! it for its log lines and outbound calls ([`Scope`]), an outbound call's client span
+//! ([`Client`]), and a change with its phases ([`Change`], [`change_phase`]).
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracer;
+
+/// What a guest's store keeps of its request's span: its log lines become the span's events
+/// and its outbound calls the span's children.
+#[derive(Clone)]
+pub struct Scope {
+    tracer: SdkTracer,
+    cx: Context,
+}
+
+impl Scope {
+    /// Adds a line the guest logged as an event of the request's span.
+    pub fn log(&self, stream: &'static str, level: &'static str, message: &str) {
+        let span = self.cx.span();
+        if span.is_recording() {
+            span.add_event(
+                "guest log",
+                vec![
+                    KeyValue::new("log.iostream", stream),
+                    KeyValue::new("log.level", level),
+                    KeyValue::new("message", message.to_owned()),
+                ],
+            );
+        }
+    }
+
+    /// The trace and span ids (hex) of the request's span, for the JSON log line.
+    pub fn ids(&self) -> (String, String) {
+        let span = self.cx.span();
+        let context = span.span_context();
+        (
+            context.trace_id().to_string(),
+            context.span_id().to_string(),
+        )
+    }
+}
+
+/// A request's server span: started when the request arrives, given the route, version and
+/// arm once it is routed, ended when its response body ends (or the answer is the host's).
+pub struct Server {
+    tracer: SdkTracer,
+    cx: Context,
+    method: Method,
+    ended: bool,
+}
+
+impl Server {
+    /// Starts the span of a request (continuing the trace its `traceparent` names), arrived
+    /// over `https` or not from `peer`.
+    pub fn start(
+        tracer: &SdkTracer,
+        method: &Method,
+        uri: &Uri,
+        version: http::Version,
+        headers: &HeaderMap,
+        https: bool,
+        peer: Option<IpAddr>,
+    ) -> Self {
+        let tracer = tracer.clone();
+        let parent = TraceContextPropagator::new().extract(&Headers(headers));
+        let mut attributes = Vec::with_capacity(10);
+        attributes.push(KeyValue::new("http.request.method", method_name(method)));
+        attributes.push(KeyValue::new("url.path", uri.path().to_owned()));
+        attributes.push(KeyValue::new(
+            "url.scheme",
+            if https { "https" } else { "http" },
+        ));
+        attributes.push(KeyValue::new(
+            "network.protocol.version",
+            protocol_version(version),
+        ));
+        let authority = uri.authority().map(|a| a.as_str()).or_else(|| {
+            headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        if let Some(authority) = authority.and_then(|a| a.parse::<http::uri::Authority>().ok()) {
+            attributes.push(KeyValue::new("server.address", authority.host().to_owned()));
+            if let Some(port) = authority.port_u16() {
+                attributes.push(KeyValue::new("server.port", i64::from(port)));
+            }
+        }
+        if let Some(peer) = peer {
+            attributes.push(KeyValue::new("client.address", peer.to_string()));
+        }
+        if let Some(agent) = headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+        {
+            attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
+        }
+        let span = tracer
+            .span_builder(method_name(method))
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes)
+            .start_with_context(&tracer, &parent);
+        Self {
+            tracer,
+            cx: parent.with_span(span),
+            method: method.clone(),
+            ended: false,
+        }
+    }
+
+    /// The request was routed: to `route` at `prefix`, its `version` (the digest, `sha256:…`)
+    /// on `arm` (`stable`, `candidate`, `pinned`).
+    pub fn routed(&self, route: &str, prefix: &str, version: String, arm: &'static str) {
+        let span = self.cx.span();
+        span.update_name(Cow::Owned(format!(
+            "{} {prefix}",
+            method_name(&self.method)
+        )));
+        span.set_attributes([
+            KeyValue::new("http.route", prefix.to_owned()),
+            KeyValue::new("handoff.route", route.to_owned()),
+            KeyValue::new("handoff.version", version),
+            KeyValue::new("handoff.arm", arm),
+        ]);
+    }
+
+    /// Whether the request ran on an instance that had served before (instance reuse).
+    pub fn reused(&self, reused: bool) {
+        self.cx
+            .span()
+            .set_attribute(KeyValue::new("handoff.instance.reused", reused));
+    }
+
+    /// What the guest's store keeps of this span.
+    pub fn scope(&self) -> Scope {
+        Scope {
+            tracer: self.tracer.clone(),
+            cx: self.cx.clone(),
+        }
+    }
+
+    /// The span's context (for a shadow copy's link).
+    pub fn span_context(&self) -> SpanContext {
+        self.cx.span().span_context().clone()
+    }
+
+    /// Records the response's status; a 5xx makes the span an error, with `reason` (else the
+    /// status) as its description.
+    pub fn status(&self, status: u16, reason: Option<&str>) {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        if status >= 500 {
+            let reason = reason.map_or_else(|| format!("HTTP {status}"), str::to_owned);
+            span.set_attribute(KeyValue::new("error.type", status.to_string()));
+            span.set_status(Status::error(reason));
+        }
+    }
+
+    /// The response ended with an error after its head (the guest failed, was stopped or cut
+    /// off mid-body): the span is an error with `reason`.
+    pub fn fail(&self, reason: &str) {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new("error.type", "response body"));
+        span.set_status(Status::error(reason.to_owned()));
+    }
+
+    /// Ends the span (the response is complete, or the client went away).
+    pub fn end(&mut self) {
+        if !std::mem::replace(&mut self.ended, true) {
+            self.cx.span().end();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// A client span for an outbound call a guest makes.
+pub struct Client {
+    cx: Context,
+}
+
+impl Client {
+    /// Starts the client span of `request`, a child of the guest's request span in `scope`,
+    /// and injects its `traceparent` (and `tracestate`) into the request's headers.
+    pub fn start<B>(scope: &Scope, request: &mut http::Request<B>) -> Self {
+        let tracer = &scope.tracer;
+        let uri = request.uri();
+        let mut attributes = Vec::with_capacity(5);
+        attributes.push(KeyValue::new(
+            "http.request.method",
+            method_name(request.method()),
+        ));
+        // Without the query and any user info: they may hold secrets.
+        let full = format!(
+            "{}://{}{}",
+            uri.scheme_str().unwrap_or("http"),
+            uri.host().unwrap_or_default(),
+            uri.port()
+                .map(|p| format!(":{}", p.as_str()))
+                .unwrap_or_default()
+        ) + uri.path();
+        attributes.push(KeyValue::new("url.full", full));
+        if let Some(host) = uri.host() {
+            attributes.push(KeyValue::new("server.address", host.to_owned()));
+        }
+        let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+            Some("https") => 443,
+            _ => 80,
+        });
+        attributes.push(KeyValue::new("server.port", i64::from(port)));
+        let span = tracer
+            .span_builder(method_name(request.method()))
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &scope.cx);
+        let cx = scope.cx.with_span(span);
+        TraceContextPropagator::new().inject_context(&cx, &mut HeadersMut(request.headers_mut()));
+        Self { cx }
+    }
+
+    /// The call got a response with `status` (a 4xx or 5xx is an error for a client).
+    pub fn answered(self, status: u16) {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        if status >= 400 {
+            span.set_attribute(KeyValue::new("error.type", status.to_string()));
+            span.set_status(Status::error(format!("HTTP {status}")));
+        }
+        span.end();
+    }
+
+    /// The call failed without a response (`what`: refused, denied, a connection error).
+    pub fn failed(self, what: &str) {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new("error.type", "request"));
+        span.set_status(Status::error(what.to_owned()));
+        span.end();
+    }
+}
+
+/// A shadow copy's span: a trace of its own, linked to the original request's span.
+pub fn shadow_copy(
+    tracer: &SdkTracer,
+    original: SpanContext,
+    route: &str,
+    prefix: &str,
+    version: String,
+) -> Change {
+    let span = tracer
+        .span_builder(format!("shadow copy {prefix}"))
+        .with_kind(SpanKind::Internal)
+        .with_links(vec![Link::with_context(original)])
+        .with_attributes([
+            KeyValue::new("http.route", prefix.to_owned()),
+            KeyValue::new("handoff.route", route.to_owned()),
+            KeyValue::new("handoff.version", version),
+            KeyValue::new("handoff.arm", "shadow"),
+        ])
+        .start_with_context(tracer, &Context::new());
+    Change {
+        cx: Context::new().with_span(span),
+    }
+}
+
+/// A change's span (deploy, rollback, activate, a rollout step, a shadow, a cluster apply, a
+/// restart's restore), or a shadow copy's: its phases are children ([`change_phase`]).
+pub struct Change {
+    cx: Context,
+}
+
+impl Change {
+    /// Starts a change named `name` (e.g. `deploy`) with `attributes`, a root of its own trace
+    /// unless the admin request carried a `traceparent` (`headers`).
+    pub fn start(
+        tracer: &SdkTracer,
+        name: &'static str,
+        headers: Option<&HeaderMap>,
+        attributes: Vec<KeyValue>,
+    ) -> Self {
+        let parent = match headers {
+            Some(headers) => TraceContextPropagator::new().extract(&Headers(headers)),
+            None => Context::new(),
+        };
+        let span = tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Internal)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &parent);
+        Self {
+            cx: parent.with_span(span),
+        }
+    }
+
+    /// The change's context: futures run `with_context` it make their phases its children.
+    pub fn context(&self) -> &Context {
+        &self.cx
+    }
+
+    /// Adds `attributes` to the span.
+    pub fn set(&self, attributes: Vec<KeyValue>) {
+        self.cx.span().set_attributes(attributes);
+    }
+
+    /// Adds an event (a gate's decision, a step) to the span.
+    pub fn event(&self, name: &'static str, attributes: Vec<KeyValue>) {
+        self.cx.span().add_event(name, attributes);
+    }
+
+    /// Ends the span: an error with `error`'s sentence if it failed.
+    pub fn end(self, error: Option<&str>) {
+        let span = self.cx.span();
+        if let Some(error) = error {
+            span.set_status(Status::error(error.to_owned()));
+        }
+        span.end();
+    }
+}
+
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        // The semantic conventions' name for a method they do not know.
+        _ => "_OTHER",
+    }
+}
+
+fn protocol_version(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// A header map as the propagator reads it.
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+/// A header map as the propagator writes it.
+struct HeadersMut<'a>(&'a mut HeaderMap);
+
+impl Injector for HeadersMut<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! A small OpenTelemetry collector for tests: it takes OTLP/HTTP (`POST /v1/traces`,
+//! protobuf) on loopback, decodes each `ExportTraceServiceRequest` with the OpenTelemetry
+//! project's own definitions (`opentelemetry-proto`), and keeps the spans for checks.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use prost::Message;
+use tokio::sync::watch;
+
+/// `SpanKind` numbers of the protocol.
+pub const SERVER: i32 = 2;
+/// A client span.
+pub const CLIENT: i32 = 3;
+/// An internal span.
+pub const INTERNAL: i32 = 1;
+/// `Status.code` of an error.
+pub const ERROR: i32 = 2;
+
+/// One span as received, ids in hex.
+#[derive(Debug, Clone)]
+pub struct Span {
+    /// The resource's `service.name`.
+    pub service: String,
+    /// 32 hex digits.
+    pub trace_id: String,
+    /// 16 hex digits.
+    pub span_id: String,
+    /// Empty for a root span.
+    pub parent_span_id: String,
+    /// The span's name.
+    pub name: String,
+    /// [`SERVER`], [`CLIENT`], [`INTERNAL`]...
+    pub kind: i32,
+    /// Attribute values as text (numbers and booleans written out).
+    pub attributes: HashMap<String, String>,
+    /// Events: name and attributes.
+    pub events: Vec<(String, HashMap<String, String>)>,
+    /// Links: trace and span ids.
+    pub links: Vec<(String, String)>,
+    /// 0 unset, 1 ok, [`ERROR`].
+    pub status_code: i32,
+    /// The status's description.
+    pub status_message: String,
+    /// Start and end, nanoseconds since the Unix epoch.
+    pub start_ns: u64,
+    /// End.
+    pub end_ns: u64,
+}
+
+impl Span {
+    /// The value of attribute `key` ("" if it has none).
+    pub fn attr(&self, key: &str) -> &str {
+        self.attributes.get(key).map_or("", String::as_str)
+    }
+}
+
+/// A running receiver.
+pub struct Receiver {
+    /// Where it listens; the traces endpoint is `http://{addr}/v1/traces`.
+    pub addr: SocketAddr,
+    spans: watch::Receiver<Vec<Span>>,
+}
+
+impl Receiver {
+    /// Starts a receiver on a free loopback port.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (sender, spans) = watch::channel(Vec::new());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let sender = sender.clone();
+                            async move {
+                                let path_ok = req.uri().path() == "/v1/traces";
+                                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                                let decoded = body
+                                    .ok()
+                                    .filter(|_| path_ok)
+                                    .and_then(|b| ExportTraceServiceRequest::decode(b).ok());
+                                let Some(request) = decoded else {
+                                    let mut bad = http::Response::new(Full::new(Bytes::new()));
+                                    *bad.status_mut() = http::StatusCode::BAD_REQUEST;
+                                    return Ok::<_, Infallible>(bad);
+                                };
+                                let received = spans_of(request);
+                                sender.send_modify(|all| all.extend(received));
+                                let answer = ExportTraceServiceResponse::default().encode_to_vec();
+                                let mut ok = http::Response::new(Full::new(Bytes::from(answer)));
+                                ok.headers_mut().insert(
+                                    http::header::CONTENT_TYPE,
+                                    http::HeaderValue::from_static("application/x-protobuf"),
+                                );
+                                Ok(ok)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, spans }
+    }
+
+    /// The traces endpoint (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`).
+    pub fn endpoint(&self) -> String {
+        format!("http://{}/v1/traces", self.addr)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<Span> {
+        self.spans.borrow().clone()
+    }
+
+    /// Waits (at most `limit`) until `found` finds what it looks for among the spans
+    /// received; panics with what came otherwise.
+    pub async fn wait_for<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut found: impl FnMut(&[Span]) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + limit;
+        let mut spans = self.spans.clone();
+        loop {
+            if let Some(found) = found(&spans.borrow_and_update()) {
+                return found;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, spans.changed()).await.is_err() {
+                let names: Vec<String> = self
+                    .spans()
+                    .iter()
+                    .map(|s| format!("{} {:?}", s.name, s.attributes))
+                    .collect();
+                panic!("no {what} within {limit:?}; spans received: {names:#?}");
+            }
+        }
+    }
+}
+
+/// A collector that accepts connections and never answers: exports to it time out.
+pub async fn black_hole() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+fn spans_of(request: ExportTraceServiceRequest) -> Vec<Span> {
+    let mut out = Vec::new();
+    for resource_spans in request.resource_spans {
+        let resource = resource_spans
+            .resource
+            .map(|r| attributes(&r.attributes))
+            .unwrap_or_default();
+        let service = resource.get("service.name").cloned().unwrap_or_default();
+        for scope in resource_spans.scope_spans {
+            for span in scope.spans {
+                let status = span.status.unwrap_or_default();
+                out.push(Span {
+                    service: service.clone(),
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: hex(&span.parent_span_id),
+                    name: span.name,
+                    kind: span.kind,
+                    attributes: attributes(&span.attributes),
+                    events: span
+                        .events
+                        .iter()
+                        .map(|e| (e.name.clone(), attributes(&e.attributes)))
+                        .collect(),
+                    links: span
+                        .links
+                        .iter()
+                        .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
+                        .collect(),
+                    status_code: status.code,
+                    status_message: status.message,
+                    start_ns: span.start_time_unix_nano,
+                    end_ns: span.end_time_unix_nano,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn attributes(list: &[KeyValue]) -> HashMap<String, String> {
+    list.iter()
+        .map(|kv| (kv.key.clone(), text(kv.value.as_ref())))
+        .collect()
+}
+
+fn text(value: Option<&AnyValue>) -> String {
+    match value.and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
