@@ -29,12 +29,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::outbound::Outbound;
 use crate::route::{Prefix, Route, RouteName};
 use crate::runtime::Runtime;
-use crate::settings::LimitOverrides;
+use crate::settings::SettingsPatch;
 use crate::state::{HistoryEntry, ModuleRecord, RouteRecord, SettingsRecord};
-use crate::version::{Digest, RouteConfig};
+use crate::version::Digest;
 use apply::{Current, Plan, Planned};
 
 pub use crate::units::unix_ms;
@@ -62,8 +61,6 @@ pub struct DeployRequest {
     pub name: RouteName,
     /// Its path prefix; `None` keeps the route's current one (`/{name}` for a new route).
     pub prefix: Option<Prefix>,
-    /// Its configuration; `None` keeps the route's current one (none for a new route).
-    pub config: Option<RouteConfig>,
     /// The component.
     pub bytes: Bytes,
     /// The upload's signature (`Handoff-Signature`), kept with the module.
@@ -74,16 +71,9 @@ pub struct DeployRequest {
     pub label: Option<String>,
     /// An optional message recorded in the history.
     pub message: Option<String>,
-    /// Limits to change for this route; the others keep their current (or default) values.
-    pub limits: LimitOverrides,
-    /// The route's outbound allow-list; `None` keeps the current one (none for a new route).
-    pub outbound: Option<Outbound>,
-    /// The directory (under `--guest-dirs`) to mount at `/data`; `None` keeps the current one,
-    /// `""` unmounts.
-    pub dir: Option<String>,
-    /// The shared key-value buckets the route may open besides its own; `None` keeps the
-    /// current ones (none for a new route).
-    pub kv: Option<Vec<String>>,
+    /// Its settings to change (config, limits, allow-list, directory, key-value grants); the
+    /// others keep their current values (the server's defaults for a new route).
+    pub settings: SettingsPatch,
 }
 
 /// Which version a rollback goes to.
@@ -132,19 +122,15 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
     let DeployRequest {
         name,
         prefix,
-        config,
         bytes,
         signature,
         by,
         label,
         message,
-        limits,
-        outbound,
-        dir,
-        kv,
+        settings: patch,
     } = request;
     check_preamble(&bytes)?;
-    if let Some(dir) = &dir {
+    if let Some(dir) = &patch.dir {
         rt.config
             .guest_dir(dir)
             .map_err(DeployError::InvalidLimits)?;
@@ -154,7 +140,7 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
     // Compile (or find) the component before taking the route's lock: a slow compile holds up
     // nothing. The compile limits are the route's as they stand now, with this deploy's.
     let stored = rt.state.route(&name).await.map_err(internal)?;
-    let asked = limits.apply(prepare::route_limits(
+    let asked = patch.limits.apply(prepare::route_limits(
         rt,
         stored.as_ref().map(|s| &s.record.settings),
     ));
@@ -166,7 +152,7 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
     // Asking for shared instances of a component that cannot share them is a mistake to name;
     // a value carried over from the route's earlier 0.3 versions is kept for them and ignored
     // by this one (`Version::new`).
-    if let Some(concurrency) = limits.instance_concurrency.filter(|n| *n > 1)
+    if let Some(concurrency) = patch.limits.instance_concurrency.filter(|n| *n > 1)
         && built.pre.wasi() == crate::engine::Wasi::P2
     {
         return Err(DeployError::InvalidLimits(format!(
@@ -179,20 +165,7 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
     let compile_time = built.compile_time;
     let applied = apply::change(rt, &name, async |current: Current| {
         current.refuse_during_rollout()?;
-        let base = current.settings();
-        let settings = SettingsRecord {
-            config: config.map_or(base.config.clone(), |c| c.to_vec()),
-            limits: Some(limits.apply(prepare::route_limits(rt, Some(&base)))),
-            outbound: outbound.map_or(base.outbound.clone(), |rules| {
-                rules.iter().map(ToString::to_string).collect()
-            }),
-            dir: match &dir {
-                Some(dir) if dir.is_empty() => None,
-                Some(dir) => Some(dir.clone()),
-                None => base.dir.clone(),
-            },
-            kv: kv.clone().unwrap_or_else(|| base.kv.clone()),
-        };
+        let settings = prepare::patched(rt, &current.settings(), &patch);
         prepare::check_settings(rt, &settings)?;
         let prefix = prefix
             .or_else(|| current.prefix())
