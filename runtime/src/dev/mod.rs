@@ -161,6 +161,7 @@ async fn build_and_deploy(rt: &Arc<Runtime>, project: &Project) {
             outbound: None,
             dir: None,
             kv: None,
+            uploaded: None,
         };
         match deploy::deploy(rt, request).await {
             Ok(done) => {
