@@ -334,3 +334,67 @@ async fn exactly_one_node_drives_a_rollout_and_the_next_takes_over_when_it_leave
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_in_one_process_count_their_rollouts_apart() {
+    // Two clusters, each on its own NATS server, of two nodes each, all in this process; the
+    // same route and the same failing candidate on both. Only cluster y's second node serves
+    // requests: y's driver rolls back, x's (which saw no request) keeps its rollout running.
+    let (nats_x, nats_y) = (NatsServer::start(), NatsServer::start());
+    let (url_x, url_y) = (nats_x.url(), nats_y.url());
+    let a = TestServer::start_node(&url_x, "a", None).await;
+    let b = TestServer::start_node(&url_x, "b", None).await;
+    let c = TestServer::start_node(&url_y, "c", None).await;
+    let d = TestServer::start_node(&url_y, "d", None).await;
+    until_live(&b, 2).await;
+    until_live(&d, 2).await;
+    for (driver, other) in [(&a, &b), (&c, &d)] {
+        driver.deploy("app", guests::TAGGED_V1).await;
+        let candidate = other.upload(guests::FAILING).await;
+        let (status, body) = other
+            .post_json(
+                "/v1/routes/app/rollout",
+                json!({"version": candidate, "steps": [50, 100], "step_time": "1m", "min_requests": 20}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        eventually(
+            "the driver applies the rollout",
+            Duration::from_secs(10),
+            || async {
+                (driver.status("app").await["rollout"]["state"] == "running").then_some(())
+            },
+        )
+        .await;
+    }
+    // Each node of x has published its figures (none) and a has looked at b's: the tallies of
+    // both drivers have started.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut conn = Connection::open(d.data).await;
+    let started = Instant::now();
+    let mut sent = 0;
+    let state = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30) && sent < 20_000,
+            "no decision after {sent} requests on d"
+        );
+        conn.get("/app/error").await.expect("a request to d");
+        sent += 1;
+        let rollout = c.status("app").await["rollout"].clone();
+        if rollout["state"] != "running" {
+            break rollout;
+        }
+    };
+    assert_eq!(state["state"], "rolled_back", "{state}");
+    // x's driver judges every half second or so: give it several looks at the figures it
+    // would have shared with y's driver.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let x = a.status("app").await["rollout"].clone();
+    assert_eq!(
+        x["state"], "running",
+        "x saw none of y's requests, so its gates have nothing to judge: {x}"
+    );
+    for node in [a, b, c, d] {
+        node.shutdown().await;
+    }
+}

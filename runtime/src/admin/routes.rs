@@ -16,8 +16,8 @@ use crate::auth::{AuditVersion, Caller};
 use crate::deploy::{self, DeployError, DeployRequest};
 use crate::route::{Prefix, Route, RouteName, Serving};
 use crate::runtime::Runtime;
-use crate::settings::{LimitOverrides, LimitsStatus};
-use crate::version::{Version, parse_config};
+use crate::settings::{self, LimitsStatus, SettingsPatch};
+use crate::version::Version;
 
 /// A version as the admin API shows it.
 pub(super) fn version_status(version: &Version) -> api::VersionStatus {
@@ -148,14 +148,10 @@ pub(super) async fn get_one(
 /// times.
 struct DeployQuery {
     prefix: Option<Prefix>,
-    config: Option<crate::version::RouteConfig>,
     label: Option<String>,
     message: Option<String>,
-    limits: LimitOverrides,
-    outbound: Option<crate::outbound::Outbound>,
-    dir: Option<String>,
+    settings: SettingsPatch,
     wait: Wait,
-    kv: Option<Vec<String>>,
 }
 
 impl DeployQuery {
@@ -163,13 +159,9 @@ impl DeployQuery {
         let bad = |detail: String| Problem::new(StatusCode::BAD_REQUEST, detail);
         let wait = Wait::of_query(&pairs)?;
         let mut prefix = None;
-        let mut config: Option<Vec<String>> = None;
         let mut label = None;
         let mut message = None;
-        let mut limits = LimitOverrides::default();
-        let mut outbound: Option<Vec<String>> = None;
-        let mut dir = None;
-        let mut kv: Option<Vec<String>> = None;
+        let mut settings = settings::patch::Reader::default();
         for (key, value) in pairs {
             match key.as_str() {
                 "prefix" if prefix.is_none() => prefix = Some(Prefix::parse(&value).map_err(bad)?),
@@ -183,55 +175,25 @@ impl DeployQuery {
                 "prefix" | "label" | "message" => {
                     return Err(bad(format!("give `{key}` at most once")));
                 }
-                "config" => config.get_or_insert_with(Vec::new).push(value),
-                "allow-outbound" => outbound.get_or_insert_with(Vec::new).push(value),
-                "kv" => kv.get_or_insert_with(Vec::new).push(value),
-                "dir" if dir.is_none() => dir = Some(value),
-                "dir" => return Err(bad("give `dir` at most once".into())),
                 "wait" => {}
-                other if limits.set(other, &value).map_err(bad)? => {}
+                other if settings.offer(other, &value).map_err(bad)? => {}
                 other => {
                     return Err(bad(format!(
-                        "unknown query parameter `{}`; a deploy takes `prefix=/path`, `config=KEY=VALUE`, `label=...`, `message=...`, `allow-outbound=scheme://host[:port]`, `dir=NAME`, `kv=BUCKET` and the limits `max-memory`, `request-timeout`, `max-concurrency`, `max-request-body`, `max-response-body`, `compile-timeout`, `compile-memory`, `kv-max-value`, `kv-max-keys`, `kv-max-bytes`, `reuse`",
-                        other.escape_debug()
+                        "unknown query parameter `{}`; a deploy takes `prefix=/path`, `label=...`, `message=...`, {}",
+                        other.escape_debug(),
+                        settings::patch::deploy_keys()
                     )));
                 }
             }
         }
-        let config = config
-            .map(|pairs| parse_config(pairs.iter().map(String::as_str)))
-            .transpose()
-            .map_err(bad)?;
-        let outbound = outbound
-            .map(|rules| crate::outbound::parse_rules(rules.iter().map(String::as_str)))
-            .transpose()
-            .map_err(bad)?;
-        let kv = kv.map(|names| grants(&names)).transpose().map_err(bad)?;
         Ok(Self {
             prefix,
-            config,
             label,
             message,
-            limits,
-            outbound,
-            dir,
+            settings: settings.finish().map_err(bad)?,
             wait,
-            kv,
         })
     }
-}
-
-/// The shared buckets `kv=` pairs grant, checked, sorted and without repeats; a lone empty
-/// one grants none.
-fn grants(names: &[String]) -> Result<Vec<String>, String> {
-    let mut granted = Vec::new();
-    for name in names.iter().filter(|n| !n.is_empty()) {
-        crate::kv::BucketName::shared(name)?;
-        granted.push(name.clone());
-    }
-    granted.sort();
-    granted.dedup();
-    Ok(granted)
 }
 
 /// `PUT /v1/routes/{name}`: deploy.
@@ -252,14 +214,10 @@ pub(super) async fn put(
     })?;
     let DeployQuery {
         prefix,
-        config,
         label,
         message,
-        limits,
-        outbound,
-        dir,
+        settings,
         wait,
-        kv,
     } = DeployQuery::parse(pairs)?;
     let began = std::time::SystemTime::now();
     let bytes = read_upload(&rt, &headers, body).await?;
@@ -269,16 +227,12 @@ pub(super) async fn put(
         uploaded,
         name: name.clone(),
         prefix,
-        config,
         bytes,
         signature,
         by: caller.0,
         label,
         message,
-        limits,
-        outbound,
-        dir,
-        kv,
+        settings,
     };
     let deployed = deploy::deploy(&rt, request).await?;
     Ok(deployed_response(&rt, &name, deployed, wait).await)

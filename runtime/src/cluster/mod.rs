@@ -16,6 +16,7 @@
 //! hand in what the node serves.
 
 pub mod nodes;
+pub mod tallies;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -87,6 +88,8 @@ pub struct Cluster {
     pub nodes: Arc<nodes::Nodes>,
     /// Copies JetStream keeps of each bucket.
     replicas: usize,
+    /// What this node, driving a rollout, has counted of other nodes' figures.
+    pub tallies: tallies::Book,
 }
 
 impl Cluster {
@@ -166,6 +169,7 @@ impl Cluster {
             reconnects,
             nodes,
             replicas,
+            tallies: tallies::Book::default(),
         });
         let (flag, client) = (cluster.connected.clone(), cluster.client.clone());
         nodes::Nodes::start(&cluster.nodes, move || {

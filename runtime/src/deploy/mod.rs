@@ -29,12 +29,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::outbound::Outbound;
 use crate::route::{Prefix, Route, RouteName};
 use crate::runtime::Runtime;
-use crate::settings::LimitOverrides;
+use crate::settings::SettingsPatch;
 use crate::state::{HistoryEntry, ModuleRecord, RouteRecord, SettingsRecord};
-use crate::version::{Digest, RouteConfig};
+use crate::version::Digest;
 use apply::{Current, Plan, Planned};
 
 pub use crate::units::unix_ms;
@@ -62,8 +61,6 @@ pub struct DeployRequest {
     pub name: RouteName,
     /// Its path prefix; `None` keeps the route's current one (`/{name}` for a new route).
     pub prefix: Option<Prefix>,
-    /// Its configuration; `None` keeps the route's current one (none for a new route).
-    pub config: Option<RouteConfig>,
     /// The component.
     pub bytes: Bytes,
     /// The upload's signature (`Handoff-Signature`), kept with the module.
@@ -74,16 +71,9 @@ pub struct DeployRequest {
     pub label: Option<String>,
     /// An optional message recorded in the history.
     pub message: Option<String>,
-    /// Limits to change for this route; the others keep their current (or default) values.
-    pub limits: LimitOverrides,
-    /// The route's outbound allow-list; `None` keeps the current one (none for a new route).
-    pub outbound: Option<Outbound>,
-    /// The directory (under `--guest-dirs`) to mount at `/data`; `None` keeps the current one,
-    /// `""` unmounts.
-    pub dir: Option<String>,
-    /// The shared key-value buckets the route may open besides its own; `None` keeps the
-    /// current ones (none for a new route).
-    pub kv: Option<Vec<String>>,
+    /// Its settings to change (config, limits, allow-list, directory, key-value grants); the
+    /// others keep their current values (the server's defaults for a new route).
+    pub settings: SettingsPatch,
     /// When the upload began and ended arriving (the deploy's `upload` phase in its trace).
     pub uploaded: Option<(std::time::SystemTime, std::time::SystemTime)>,
 }
@@ -145,23 +135,19 @@ async fn deploy_now(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
     let DeployRequest {
         name,
         prefix,
-        config,
         bytes,
         signature,
         by,
         label,
         message,
-        limits,
-        outbound,
-        dir,
-        kv,
+        settings: patch,
         uploaded,
     } = request;
     if let Some((began, ended)) = uploaded {
         crate::trace::past_phase(rt.trace.as_deref(), "upload", began, ended);
     }
     check_preamble(&bytes)?;
-    if let Some(dir) = &dir {
+    if let Some(dir) = &patch.dir {
         rt.config
             .guest_dir(dir)
             .map_err(DeployError::InvalidLimits)?;
@@ -171,7 +157,7 @@ async fn deploy_now(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
     // Compile (or find) the component before taking the route's lock: a slow compile holds up
     // nothing. The compile limits are the route's as they stand now, with this deploy's.
     let stored = rt.state.route(&name).await.map_err(internal)?;
-    let asked = limits.apply(prepare::route_limits(
+    let asked = patch.limits.apply(prepare::route_limits(
         rt,
         stored.as_ref().map(|s| &s.record.settings),
     ));
@@ -190,7 +176,7 @@ async fn deploy_now(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
     // Asking for shared instances of a component that cannot share them is a mistake to name;
     // a value carried over from the route's earlier 0.3 versions is kept for them and ignored
     // by this one (`Version::new`).
-    if let Some(concurrency) = limits.instance_concurrency.filter(|n| *n > 1)
+    if let Some(concurrency) = patch.limits.instance_concurrency.filter(|n| *n > 1)
         && built.pre.wasi() == crate::engine::Wasi::P2
     {
         return Err(DeployError::InvalidLimits(format!(
@@ -203,20 +189,7 @@ async fn deploy_now(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
     let compile_time = built.compile_time;
     let applied = apply::change(rt, &name, async |current: Current| {
         current.refuse_during_rollout()?;
-        let base = current.settings();
-        let settings = SettingsRecord {
-            config: config.map_or(base.config.clone(), |c| c.to_vec()),
-            limits: Some(limits.apply(prepare::route_limits(rt, Some(&base)))),
-            outbound: outbound.map_or(base.outbound.clone(), |rules| {
-                rules.iter().map(ToString::to_string).collect()
-            }),
-            dir: match &dir {
-                Some(dir) if dir.is_empty() => None,
-                Some(dir) => Some(dir.clone()),
-                None => base.dir.clone(),
-            },
-            kv: kv.clone().unwrap_or_else(|| base.kv.clone()),
-        };
+        let settings = prepare::patched(rt, &current.settings(), &patch);
         prepare::check_settings(rt, &settings)?;
         let prefix = prefix
             .or_else(|| current.prefix())

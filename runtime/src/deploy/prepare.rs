@@ -14,7 +14,7 @@ use crate::engine::{Pre, Wasi};
 use crate::host::Host;
 use crate::route::RouteName;
 use crate::runtime::Runtime;
-use crate::settings::Limits;
+use crate::settings::{Limits, SettingsPatch};
 use crate::state::{ModuleRecord, SettingsRecord};
 use crate::version::{Digest, Settings, Version};
 
@@ -264,6 +264,31 @@ pub(crate) fn check_settings(rt: &Runtime, settings: &SettingsRecord) -> Result<
         crate::kv::BucketName::shared(name).map_err(DeployError::InvalidLimits)?;
     }
     Ok(())
+}
+
+/// The settings `base` (a route's stored ones) with what a deploy's `patch` changes.
+pub(crate) fn patched(
+    rt: &Runtime,
+    base: &SettingsRecord,
+    patch: &SettingsPatch,
+) -> SettingsRecord {
+    SettingsRecord {
+        config: patch
+            .config
+            .as_ref()
+            .map_or_else(|| base.config.clone(), |c| c.to_vec()),
+        limits: Some(patch.limits.apply(route_limits(rt, Some(base)))),
+        outbound: patch.outbound.as_ref().map_or_else(
+            || base.outbound.clone(),
+            |rules| rules.iter().map(ToString::to_string).collect(),
+        ),
+        dir: match &patch.dir {
+            Some(dir) if dir.is_empty() => None,
+            Some(dir) => Some(dir.clone()),
+            None => base.dir.clone(),
+        },
+        kv: patch.kv.clone().unwrap_or_else(|| base.kv.clone()),
+    }
 }
 
 /// The runtime form of route `name`'s stored settings. Rules and directories that no longer

@@ -151,16 +151,12 @@ async fn build_and_deploy(rt: &Arc<Runtime>, project: &Project) {
         let request = DeployRequest {
             name: guest.route.clone(),
             prefix: None,
-            config: None,
             bytes,
             signature: None,
             by: "handoff dev".to_owned(),
             label: None,
             message: None,
-            limits: Default::default(),
-            outbound: None,
-            dir: None,
-            kv: None,
+            settings: Default::default(),
             uploaded: None,
         };
         match deploy::deploy(rt, request).await {

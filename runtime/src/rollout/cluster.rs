@@ -13,17 +13,18 @@
 //!   [`share_figures`], republished with its heartbeat), and the leader's gates read
 //!   [`figures`]: its own counters plus every other live node's figures. A node's figures are
 //!   cumulative since it built the version, so the leader counts only what they grew by between
-//!   two of its looks at a live record ([`Tallies`]): a node whose record lapses, restarts or
+//!   two of its looks at a live record (`crate::cluster::tallies`): a node whose record lapses, restarts or
 //!   joins adds from then on, never its whole history into the step being judged. Figures lag
 //!   by up to about a second and a half (the heartbeat plus [`PERIOD`]): a gate fires that much
 //!   later than on one node.
 //!
 //! Outside a cluster nothing here runs and [`figures`] is the version's own counters.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::cluster::Figures;
+use crate::cluster::tallies::Sighting;
+use crate::cluster::{Cluster, Figures};
 use crate::names::RouteName;
 use crate::runtime::Runtime;
 use crate::stats::Snapshot;
@@ -87,7 +88,8 @@ pub fn drives(rt: &Runtime) -> bool {
 }
 
 /// `version`'s figures on route `route`: its own counters, plus in a cluster what every other
-/// live node's figures for the same digest grew by while this node watched them ([`Tallies`]).
+/// live node's figures for the same digest grew by while this node watched them (`crate::cluster::tallies`,
+/// kept in this node's [`Cluster`], so two nodes in one process never share counts).
 /// Only ever grows, so a step window's difference counts what happened during the step.
 pub fn figures(rt: &Runtime, route: &RouteName, version: &Version) -> Snapshot {
     let mut total = version.stats.snapshot();
@@ -115,86 +117,11 @@ pub fn figures(rt: &Runtime, route: &RouteName, version: &Version) -> Snapshot {
             process: seen.record.id,
         })
         .collect();
-    let counted = TALLIES
-        .lock()
-        .expect("poisoned")
-        .entry((route.as_str().to_owned(), version.digest.to_string()))
-        .or_default()
-        .observe(sightings);
+    let counted = cluster
+        .tallies
+        .observe(route.as_str(), version.digest.as_str(), sightings);
     add_snapshot(&mut total, &counted);
     total
-}
-
-/// What this node has counted of other nodes' figures, by route and digest (only the driving
-/// node reads it; entries go with their rollout, see [`spawn`]).
-static TALLIES: std::sync::LazyLock<std::sync::Mutex<HashMap<(String, String), Tallies>>> =
-    std::sync::LazyLock::new(Default::default);
-
-/// One node's figures for one version, as a look at its record found them (`None`: the node
-/// is not live, or has none).
-#[derive(Debug, Clone)]
-pub struct Sighting {
-    /// The node.
-    pub node: String,
-    /// Its process (a restarted node counts from zero again).
-    pub process: String,
-    /// Its cumulative figures.
-    pub figures: Option<Figures>,
-}
-
-/// Other nodes' figures for one version, counted as they grow: each look adds what a node's
-/// cumulative figures grew by since the last look that found it live, in the same process.
-/// A node first seen, back after its record lapsed, or restarted adds nothing at that look:
-/// what it did before is not counted into the current step.
-#[derive(Debug, Default)]
-pub struct Tallies {
-    /// The figures each node had at the last look that found it live.
-    last: HashMap<String, (String, Figures)>,
-    /// Everything counted so far (only grows).
-    counted: Snapshot,
-}
-
-impl Tallies {
-    /// Takes a look; returns everything counted so far.
-    pub fn observe(&mut self, sightings: impl IntoIterator<Item = Sighting>) -> Snapshot {
-        for sighting in sightings {
-            let Some(figures) = sighting.figures else {
-                self.last.remove(&sighting.node);
-                continue;
-            };
-            if let Some((process, last)) = self.last.get(&sighting.node)
-                && *process == sighting.process
-                && let Some(grown) = grown(last, &figures)
-            {
-                add(&mut self.counted, &grown);
-            }
-            self.last.insert(sighting.node, (sighting.process, figures));
-        }
-        self.counted
-    }
-}
-
-/// What `now` grew by since `before`; `None` if any figure fell (the counters restarted).
-fn grown(before: &Figures, now: &Figures) -> Option<Figures> {
-    let sub = |a: u64, b: u64| a.checked_sub(b);
-    Some(Figures {
-        completed: sub(now.completed, before.completed)?,
-        errors: sub(now.errors, before.errors)?,
-        classes: {
-            let mut classes = [0; 5];
-            for (i, class) in classes.iter_mut().enumerate() {
-                *class = sub(now.classes[i], before.classes[i])?;
-            }
-            classes
-        },
-        latency: now
-            .latency
-            .iter()
-            .zip(before.latency.iter().chain(std::iter::repeat(&0)))
-            .map(|(n, b)| sub(*n, *b))
-            .collect::<Option<Vec<u64>>>()?,
-        latency_us: sub(now.latency_us, before.latency_us)?,
-    })
 }
 
 fn add_snapshot(total: &mut Snapshot, more: &Snapshot) {
@@ -207,18 +134,6 @@ fn add_snapshot(total: &mut Snapshot, more: &Snapshot) {
         *sum += n;
     }
     total.latency_us += more.latency_us;
-}
-
-fn add(total: &mut Snapshot, figures: &Figures) {
-    total.completed += figures.completed;
-    total.errors += figures.errors;
-    for (sum, n) in total.classes.iter_mut().zip(figures.classes) {
-        *sum += n;
-    }
-    for (sum, n) in total.latency.iter_mut().zip(&figures.latency) {
-        *sum += n;
-    }
-    total.latency_us += figures.latency_us;
 }
 
 fn record(snapshot: &Snapshot) -> Figures {
@@ -247,7 +162,7 @@ pub fn share_figures(rt: &std::sync::Arc<Runtime>) {
             }
             let Some(rt) = weak.upgrade() else { return };
             publish_figures(&rt);
-            forget_tallies(&rt.routes.snapshot());
+            forget_tallies(&joined, &rt.routes.snapshot());
         }
     });
 }
@@ -284,56 +199,11 @@ pub fn publish_figures(rt: &Runtime) {
 
 /// Forgets the tallies of routes of `table` that have no live rollout any more (and of routes
 /// gone from it).
-pub fn forget_tallies(table: &crate::route::Table) {
-    TALLIES.lock().expect("poisoned").retain(|(route, _), _| {
+pub fn forget_tallies(cluster: &Cluster, table: &crate::route::Table) {
+    cluster.tallies.retain(|route| {
         RouteName::parse(route)
             .ok()
             .and_then(|n| table.get(&n).cloned())
             .is_some_and(|r| r.record.rollout.as_ref().is_some_and(|r| r.state.is_live()))
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn seen(node: &str, process: &str, completed: Option<u64>) -> Sighting {
-        Sighting {
-            node: node.into(),
-            process: process.into(),
-            figures: completed.map(|completed| Figures {
-                completed,
-                errors: completed / 2,
-                classes: [0, completed, 0, 0, 0],
-                latency: vec![completed],
-                latency_us: completed * 10,
-            }),
-        }
-    }
-
-    #[test]
-    fn a_node_that_lapses_returns_or_restarts_adds_only_what_it_does_afterwards() {
-        let mut tallies = Tallies::default();
-        // b has served 1,000 requests before the first look: history, not counted.
-        assert_eq!(tallies.observe([seen("b", "1", Some(1000))]).completed, 0);
-        assert_eq!(tallies.observe([seen("b", "1", Some(1010))]).completed, 10);
-        let step_start = tallies.observe([seen("b", "1", Some(1020))]);
-        assert_eq!(step_start.completed, 20);
-        assert_eq!(step_start.errors, 10);
-        // b's record lapses (it serves 500 meanwhile), then returns: only what it serves after
-        // its return counts. (Summing live nodes' cumulative figures counted 1,520 at once.)
-        assert_eq!(tallies.observe([seen("b", "1", None)]).completed, 20);
-        assert_eq!(tallies.observe([seen("b", "1", Some(1520))]).completed, 20);
-        assert_eq!(tallies.observe([seen("b", "1", Some(1525))]).completed, 25);
-        // b restarts: its counters start again; a new node joins with history.
-        let now = tallies.observe([seen("b", "2", Some(3)), seen("c", "1", Some(700))]);
-        assert_eq!(now.completed, 25);
-        let now = tallies.observe([seen("b", "2", Some(5)), seen("c", "1", Some(701))]);
-        assert_eq!(now.completed, 28);
-        assert_eq!(now.classes[1], 28);
-        assert_eq!(now.latency[0], 28);
-        assert_eq!(now.latency_us, 280);
-        // Counted figures never fall, so a step window's difference is never negative.
-        assert!(tallies.observe([]).completed >= 28);
-    }
 }

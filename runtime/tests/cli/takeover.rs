@@ -295,10 +295,12 @@ async fn three_takeovers_under_load_fail_no_request_and_count_every_increment() 
             status.success(),
             "round {round}: the old process exits 0: {status}\n{log}"
         );
-        assert!(
-            log.contains("handed over and drained"),
-            "round {round}: the old process says it handed over and drained:\n{log}"
-        );
+        // Its last lines may still be on their way through the pipe.
+        old.stderr
+            .wait_for("the old process's last log line", READY, |log| {
+                log.contains("handed over and drained")
+            })
+            .await;
         // Requests go on, on the new process alone.
         load.goes_on(20).await;
         assert_eq!(route_names(&ready).await, ["kv", "tagged"], "round {round}");
@@ -427,6 +429,12 @@ async fn a_takeover_at_another_opt_level_recompiles_before_it_is_ready() {
     load.goes_on(20).await;
     let mut new = Running::spawn(takeover_command(dir.path(), &["--opt-level", "none"]));
     new.ready(READY).await;
+    // The log is written by a thread of its own: its lines may trail the ready line.
+    new.stderr
+        .wait_for("the takeover's log", READY, |log| {
+            log.contains("took over: serving")
+        })
+        .await;
     let log = new.stderr.text();
     let restored = log
         .find("routes restored from the data directory routes=2 recompiled=2 failed=0")
@@ -605,4 +613,64 @@ async fn under_systemd_each_ready_process_names_itself_the_main_one() {
     );
     assert!(old.exit_within(Duration::from_secs(60)).await.success());
     assert!(new.terminate(Duration::from_secs(60)).await.success());
+}
+
+/// Starts a streaming GET of `path` on a connection of its own; returns once the head is in,
+/// with the body still coming.
+async fn streaming(addr: SocketAddr, path: &str) -> hyper::body::Incoming {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    let response = sender.send_request(request(path)).await.expect("a head");
+    assert_eq!(response.status(), 200);
+    response.into_body()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_streaming_at_the_takeover_finishes_on_the_old_process_unless_it_outlasts_the_drain_timeout()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = crate::support::serve_in_command(dir.path());
+    first.args(["--drain-timeout", "20s"]);
+    let mut old = Running::spawn(first);
+    let ready = old.ready(READY).await;
+    handoff(&[
+        "deploy",
+        "stream",
+        guests::STREAMING,
+        "--admin",
+        &ready.admin_url(),
+    ])
+    .await
+    .ok();
+    // 20 lines, 100 ms apart: under way when the new process is ready.
+    let body = streaming(ready.data, "/stream?chunks=20&delay_ms=100").await;
+    let mut new = Running::spawn(takeover_command(dir.path(), &["--drain-timeout", "1s"]));
+    new.ready(READY).await;
+    assert!(!old.exited(), "the old process waits for its stream");
+    let text = body.collect().await.expect("the whole body").to_bytes();
+    assert_eq!(
+        String::from_utf8_lossy(&text).lines().count(),
+        20,
+        "finished on the old process"
+    );
+    assert!(old.exit_within(Duration::from_secs(60)).await.success());
+    // The new process drains for at most its --drain-timeout (1 s): a longer stream is cut off
+    // there, and it exits 0 all the same.
+    let body = streaming(ready.data, "/stream?chunks=100&delay_ms=100").await;
+    let started = Instant::now();
+    let mut newer = Running::spawn(takeover_command(dir.path(), &[]));
+    newer.ready(READY).await;
+    assert!(
+        body.collect().await.is_err(),
+        "a stream past the drain timeout ends with an error, never as if complete"
+    );
+    assert!(new.exit_within(Duration::from_secs(60)).await.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "cut off at the drain timeout, not after the stream's 10 s"
+    );
+    assert!(newer.terminate(Duration::from_secs(60)).await.success());
 }
