@@ -381,6 +381,8 @@ pub struct StoreLog {
 /// A Rust panic message printed by a guest.
 #[derive(Debug, Default)]
 struct Panic {
+    /// The request the store served when the panic began.
+    request: u64,
     location: String,
     message: String,
     lines: usize,
@@ -446,6 +448,17 @@ impl StoreLog {
         Some(panic.text())
     }
 
+    /// The panic message the guest printed while it served request `id`, taken for that
+    /// request's failure report; `None` if it printed none then (another request's panic is
+    /// left for that one's report, or logged on its own when the store is dropped).
+    pub fn take_panic_of(&self, id: u64) -> Option<String> {
+        let mut held = self.panic.lock().unwrap_or_else(|e| e.into_inner());
+        if held.as_ref()?.request != id {
+            return None;
+        }
+        Some(held.take()?.text())
+    }
+
     /// Logs a held panic message as a guest line at `warn`.
     fn flush_panic(&self) {
         if let Some(text) = self.take_panic() {
@@ -458,6 +471,7 @@ impl StoreLog {
         let mut panic = self.panic.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(location) = panic_header(text) {
             let previous = panic.replace(Panic {
+                request: self.request.load(Ordering::Relaxed),
                 location: location.to_owned(),
                 ..Panic::default()
             });

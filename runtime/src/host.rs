@@ -218,6 +218,11 @@ impl Host {
         self.log.serve(id);
     }
 
+    /// What this store's output streams share (the request they log for, a held panic).
+    pub fn log(&self) -> &Arc<StoreLog> {
+        &self.log
+    }
+
     /// The span of the request this store now serves (tracing on): its log lines become the
     /// span's events, its outbound calls the span's children. Called for every request of a
     /// traced server, so a reused instance never keeps its last request's span.

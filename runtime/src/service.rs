@@ -19,13 +19,19 @@
 //!   dropped and every request it was serving at that moment fails (each counts against the
 //!   version);
 //! * **retirement**: once the version leaves its route, idle instances are dropped at once
-//!   ([`Service::close`]), and at its drain deadline every instance is ([`Version::cut_off`]).
+//!   ([`Service::close`]), and at its drain deadline every instance is ([`Version::cut_off`]);
+//! * **a client that leaves** before its response head: its request expires as at its
+//!   deadline ([`Call::left`]); an instance that served only that request is dropped at once,
+//!   its work with it, and a shared one takes no new requests and ends as after a timeout;
+//! * **the route's prefix**: a guest reads its environment (`HANDOFF_ROUTE_PREFIX`) once per
+//!   instance, so instances serve one prefix: a request routed by another prefix (a redeploy
+//!   that only moved the route) gets instances of its own, and the old prefix's idle ones end.
 //!
 //! [`Version::cut_off`]: crate::version::Version::cut_off
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -38,6 +44,7 @@ use wasmtime_wasi_http::handler::{
 };
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
+use crate::guest_log::StoreLog;
 use crate::host::{Guest, Host};
 
 pub use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, TrapOrPanicError};
@@ -53,14 +60,46 @@ pub struct Call {
     pub deadline: Instant,
     /// Its request id: the guest's log lines carry the latest one its instance started.
     pub id: u64,
+    /// Cancelled when the request's client leaves before the response head: the request then
+    /// expires as at its deadline (the guest's work for it is dropped with its instance when
+    /// the instance served no other request).
+    pub left: Option<CancellationToken>,
+    /// The log of the instance that took the request, once one did: what the guest printed
+    /// when it panicked, for the request's failure report.
+    pub log: Arc<OnceLock<Arc<StoreLog>>>,
 }
 
-/// A WASI 0.3 version's instances.
+impl Call {
+    /// A request routed by `prefix`, due by `deadline`, with id `id`.
+    pub fn new(prefix: Arc<str>, deadline: Instant, id: u64) -> Self {
+        Self {
+            prefix,
+            deadline,
+            id,
+            left: None,
+            log: Arc::default(),
+        }
+    }
+}
+
+/// A WASI 0.3 version's instances: those of the prefix its route has now (the requests of
+/// another prefix get instances of their own, [`Service::handle`]).
 pub struct Service {
+    current: arc_swap::ArcSwap<Handler>,
+    /// Taken to start the instances of a new prefix.
+    moving: Mutex<()>,
+    /// What each prefix's instances are made from.
+    base: State,
+}
+
+/// The instances of one prefix.
+struct Handler {
+    prefix: Arc<str>,
     handler: ProxyHandler<State>,
 }
 
 /// What one 0.3 version's instances are made from, and its rules for them.
+#[derive(Clone)]
 pub struct State {
     engine: wasmtime::Engine,
     pre: Arc<ServicePre<Host>>,
@@ -70,7 +109,8 @@ pub struct State {
     /// Requests one instance may serve at once (`instance-concurrency`).
     concurrency: usize,
     request_timeout: Duration,
-    /// The version retired: idle instances end.
+    /// The version retired: idle instances end. Each prefix's instances have a child token,
+    /// cancelled when the route moves to another prefix.
     closed: CancellationToken,
     /// The version's drain deadline passed: every instance ends.
     cut_off: CancellationToken,
@@ -79,7 +119,7 @@ pub struct State {
     /// Instances for copies of requests (shadow runs): key-value writes are kept apart.
     copy: bool,
     /// For copies: outbound HTTP denied, and this set once the guest tried a call.
-    deny: Option<Arc<std::sync::atomic::AtomicBool>>,
+    deny: Option<Arc<AtomicBool>>,
 }
 
 impl Service {
@@ -95,21 +135,19 @@ impl Service {
         request_timeout: Duration,
         cut_off: CancellationToken,
     ) -> Self {
-        Self {
-            handler: ProxyHandler::new(State {
-                engine: engine.clone(),
-                pre,
-                guest,
-                reuse: reuse.max(1) as usize,
-                concurrency: concurrency.max(1) as usize,
-                request_timeout,
-                closed: CancellationToken::new(),
-                cut_off,
-                live: Arc::default(),
-                copy: false,
-                deny: None,
-            }),
-        }
+        Self::of(State {
+            engine: engine.clone(),
+            pre,
+            guest,
+            reuse: reuse.max(1) as usize,
+            concurrency: concurrency.max(1) as usize,
+            request_timeout,
+            closed: CancellationToken::new(),
+            cut_off,
+            live: Arc::default(),
+            copy: false,
+            deny: None,
+        })
     }
 
     /// Fresh instances for copies of requests (shadow runs): their key-value writes go to a
@@ -120,50 +158,93 @@ impl Service {
         pre: Arc<ServicePre<Host>>,
         guest: Arc<Guest>,
         request_timeout: Duration,
-        deny: Option<Arc<std::sync::atomic::AtomicBool>>,
+        deny: Option<Arc<AtomicBool>>,
     ) -> Self {
+        Self::of(State {
+            engine: engine.clone(),
+            pre,
+            guest,
+            reuse: 1,
+            concurrency: 1,
+            request_timeout,
+            closed: CancellationToken::new(),
+            cut_off: CancellationToken::new(),
+            live: Arc::default(),
+            copy: true,
+            deny,
+        })
+    }
+
+    fn of(base: State) -> Self {
         Self {
-            handler: ProxyHandler::new(State {
-                engine: engine.clone(),
-                pre,
-                guest,
-                reuse: 1,
-                concurrency: 1,
-                request_timeout,
-                closed: CancellationToken::new(),
-                cut_off: CancellationToken::new(),
-                live: Arc::default(),
-                copy: true,
-                deny,
-            }),
+            current: arc_swap::ArcSwap::from_pointee(Handler::new(&base, "".into())),
+            moving: Mutex::new(()),
+            base,
         }
     }
 
     /// Serves `request`: by an instance that can take it, else a new one. The error is an
-    /// [`ExpirationError`] past the call's deadline, a [`TrapOrPanicError`] when the instance
-    /// was dropped (a trap in this request or another it served), an
-    /// [`InstantiationError`] when no instance could be made, or the guest's own.
+    /// [`ExpirationError`] past the call's deadline (or once its client left), a
+    /// [`TrapOrPanicError`] when the instance was dropped (a trap in this request or another
+    /// it served), an [`InstantiationError`] when no instance could be made, or the guest's
+    /// own.
     pub async fn handle(
         &self,
         call: Call,
         request: wasmtime_wasi_http::handler::Request,
     ) -> wasmtime::Result<wasmtime_wasi_http::handler::Response> {
-        self.handler.handle(call, request).await
+        let current = self.current.load();
+        if Arc::ptr_eq(&current.prefix, &call.prefix) || *current.prefix == *call.prefix {
+            return current.handler.handle(call, request).await;
+        }
+        drop(current);
+        let handler = self.for_prefix(&call.prefix);
+        handler.handler.handle(call, request).await
+    }
+
+    /// The instances of `prefix`, started (and the previous prefix's idle ones ended) if the
+    /// version served another prefix until now.
+    #[cold]
+    fn for_prefix(&self, prefix: &Arc<str>) -> Arc<Handler> {
+        let _moving = self.moving.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.current.load_full();
+        if *current.prefix == **prefix {
+            return current;
+        }
+        // The first request of a version names its prefix; later ones only when it moved.
+        if !current.prefix.is_empty() {
+            current.handler.state().closed.cancel();
+        }
+        let next = Arc::new(Handler::new(&self.base, prefix.clone()));
+        self.current.store(next.clone());
+        next
     }
 
     /// The version retired: its idle instances end now, the busy ones once idle.
     pub fn close(&self) {
-        self.handler.state().closed.cancel();
+        self.base.closed.cancel();
     }
 
     /// Instances alive now (busy or idle).
     pub fn instances(&self) -> usize {
-        self.handler.state().live.load(Ordering::Relaxed)
+        self.base.live.load(Ordering::Relaxed)
     }
 
     /// Requests one instance may serve at once.
     pub fn concurrency(&self) -> usize {
-        self.handler.state().concurrency
+        self.base.concurrency
+    }
+}
+
+impl Handler {
+    fn new(base: &State, prefix: Arc<str>) -> Self {
+        Self {
+            prefix,
+            handler: ProxyHandler::new(State {
+                closed: base.closed.child_token(),
+                ..base.clone()
+            }),
+        }
     }
 }
 
@@ -185,6 +266,7 @@ impl HandlerState for State {
         }
         let service = self.pre.instantiate_async(&mut store).await?;
         self.live.fetch_add(1, Ordering::Relaxed);
+        let life = Arc::new(Life::default());
         Ok(Instance {
             store,
             proxy: Proxy::P3(service),
@@ -194,15 +276,26 @@ impl HandlerState for State {
                 sleep: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
                 closed: Mutex::new(Box::pin(self.closed.clone().cancelled_owned())),
                 cut_off: Mutex::new(Box::pin(self.cut_off.clone().cancelled_owned())),
+                life: life.clone(),
             },
             state: Worker {
                 reuse: self.reuse,
                 concurrency: self.concurrency,
                 live: self.live.clone(),
                 guest: self.guest.clone(),
+                life,
             },
         })
     }
+}
+
+/// What an instance's worker and its expiry share.
+#[derive(Default)]
+struct Life {
+    /// Requests the instance has taken.
+    started: AtomicUsize,
+    /// A client of one of them left before its response head.
+    abandoned: AtomicBool,
 }
 
 /// One instance's rules.
@@ -211,6 +304,7 @@ pub struct Worker {
     concurrency: usize,
     live: Arc<AtomicUsize>,
     guest: Arc<Guest>,
+    life: Arc<Life>,
 }
 
 impl WorkerState for Worker {
@@ -235,7 +329,17 @@ impl WorkerState for Worker {
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
         store.data_mut().set_prefix(&call.prefix);
         store.data().serve(call.id);
-        Box::pin(tokio::time::sleep_until(call.deadline.into()))
+        let _ = call.log.set(store.data().log().clone());
+        self.life.started.fetch_add(1, Ordering::Relaxed);
+        let deadline = Box::pin(tokio::time::sleep_until(call.deadline.into()));
+        match call.left {
+            None => deadline,
+            Some(left) => Box::pin(Expires {
+                deadline,
+                left: Mutex::new(Box::pin(left.cancelled_owned())),
+                life: self.life.clone(),
+            }),
+        }
     }
 
     fn drop(&self, store: Store<Host>, result: wasmtime::Result<()>) {
@@ -260,6 +364,36 @@ pub struct Expiry {
     // Behind a lock only to be `Sync`; polled through `get_mut`, never locked.
     closed: Mutex<Pin<Box<WaitForCancellationFutureOwned>>>,
     cut_off: Mutex<Pin<Box<WaitForCancellationFutureOwned>>>,
+    life: Arc<Life>,
+}
+
+/// When a request expires: at its deadline, or once its client left (which marks its
+/// instance abandoned).
+struct Expires {
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    // Behind a lock only to be `Sync`; polled through `get_mut`, never locked.
+    left: Mutex<Pin<Box<WaitForCancellationFutureOwned>>>,
+    life: Arc<Life>,
+}
+
+impl Future for Expires {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let left = this
+            .left
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if left.as_mut().poll(cx).is_ready() {
+            this.life.abandoned.store(true, Ordering::Relaxed);
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
 }
 
 impl WorkerExpiration for Expiry {
@@ -275,6 +409,14 @@ impl WorkerExpiration for Expiry {
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if cut_off.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        // A client left, and its request was all this instance ever served: nothing else can
+        // need the instance (no other request's body streams from it), so its work ends now.
+        if status != WorkerStatus::Requests
+            && this.life.abandoned.load(Ordering::Relaxed)
+            && this.life.started.load(Ordering::Relaxed) <= 1
+        {
             return Poll::Ready(());
         }
         let timeout = match status {

@@ -253,3 +253,49 @@ async fn reading_an_unknown_bucket_makes_no_stream() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_records_with_more_routes_than_one_message_holds_keep_their_heartbeats() {
+    // 16 KiB messages; 150 routes of long names make each node's record about 24 KB.
+    let nats = NatsServer::start_with_config("max_payload: 16384\n");
+    let url = nats.url();
+    let a = TestServer::start_node(&url, "a", None).await;
+    let b = TestServer::start_node(&url, "b", None).await;
+    until_live(&a, 2).await;
+    let bytes = guests::bytes(guests::TAGGED_V1);
+    const ROUTES: usize = 150;
+    let name = |i: usize| format!("a-rather-long-route-name-that-fills-node-records-{i:03}");
+    for i in 0..ROUTES {
+        let (status, body) = a.deploy_bytes(&name(i), "?wait=local", bytes.clone()).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    // Both nodes still heartbeat, and each reads the other's record whole: every route, at
+    // the revision the route has now.
+    until_live(&a, 2).await;
+    until_live(&b, 2).await;
+    for (reader, other) in [(&a, "b"), (&b, "a")] {
+        handoff_tests::eventually(
+            "the other node's record with every route",
+            Duration::from_secs(20),
+            || async {
+                let (_, list) = reader.admin(Method::GET, "/v1/nodes").await;
+                let node = list["nodes"]
+                    .as_array()?
+                    .iter()
+                    .find(|n| n["node"] == other)?
+                    .clone();
+                let routes = node["routes"].as_array()?;
+                (node["alive"] == true && routes.len() == ROUTES).then_some(())
+            },
+        )
+        .await;
+    }
+    // A change through b waits for a, which reports it.
+    let (status, body) = b
+        .deploy_bytes(&name(0), "?wait=all", guests::bytes(guests::TAGGED_V2))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(a.get(&format!("/{}/", name(0))).await.1, "v2");
+    a.shutdown().await;
+    b.shutdown().await;
+}

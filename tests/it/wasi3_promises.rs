@@ -632,3 +632,114 @@ async fn a_03_version_deployed_through_one_node_is_served_by_every_node() {
         node.shutdown().await;
     }
 }
+
+/// The route's live WASI 0.3 instances, as `/metrics` shows them.
+async fn instances(server: &TestServer, route: &str) -> f64 {
+    server
+        .metric(&format!(
+            "handoff_version_instances{{route=\"{route}\",version="
+        ))
+        .await
+}
+
+/// Sends `GET path` on a connection of its own and drops the connection once the request is
+/// in flight on `route` (`before` requests were in flight already).
+async fn leave(server: &TestServer, route: &str, path: &str, before: u64) {
+    let (go, gone) = tokio::sync::oneshot::channel::<()>();
+    let (addr, path) = (server.data, path.to_owned());
+    let client = tokio::spawn(async move {
+        let mut conn = Connection::open(addr).await;
+        tokio::select! {
+            answered = conn.send(get_request(&path)) => {
+                panic!("answered: {:?}", answered.map(|r| r.status()))
+            }
+            _ = gone => {}
+        }
+    });
+    eventually("the request to be in flight", GENEROUS, || async {
+        (server.status(route).await["in_flight"] == before + 1).then_some(())
+    })
+    .await;
+    go.send(()).unwrap();
+    client.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_stops_its_03_guests_work() {
+    let server = TestServer::start().await;
+    // A fresh instance: the request was all it served, so it is dropped, its work with it,
+    // long before the guest's minute of waiting ends.
+    deploy(&server, "fresh", "request-timeout=5m", guests::P3_HELLO).await;
+    leave(&server, "fresh", "/fresh/sleep?ms=120000", 0).await;
+    eventually("the instance to be dropped", GENEROUS, || async {
+        (instances(&server, "fresh").await == 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(server.status("fresh").await["in_flight"], 0);
+    assert_eq!(server.get("/fresh").await, (StatusCode::OK, HELLO.into()));
+
+    // A shared instance: it takes no new requests once a client of its left (as after a
+    // timeout); its other requests are served to their end.
+    deploy(
+        &server,
+        "shared",
+        &format!("request-timeout=5m&{SHARED}"),
+        guests::P3_HELLO,
+    )
+    .await;
+    let (_, body) = server.get("/shared/count").await;
+    let instance = body.rsplit(' ').next().unwrap().to_owned();
+    let neighbour = {
+        let addr = server.data;
+        tokio::spawn(async move {
+            Connection::open(addr)
+                .await
+                .get_text("/shared/sleep?ms=1500")
+                .await
+        })
+    };
+    eventually("the neighbour to be in flight", GENEROUS, || async {
+        (server.status("shared").await["in_flight"] == 1).then_some(())
+    })
+    .await;
+    leave(&server, "shared", "/shared/sleep?ms=120000", 1).await;
+    let (status, body) = neighbour.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = server.get("/shared/count").await;
+    assert!(
+        !body.ends_with(&format!("instance {instance}")),
+        "the abandoned instance takes no new requests: {body}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeploy_that_only_moves_the_prefix_gives_03_requests_fresh_instances() {
+    // A guest reads its environment once per instance: one started on the old prefix would
+    // tell requests on the new one the old prefix.
+    let server = TestServer::start().await;
+    let p3 = guests::bytes(guests::P3_HELLO);
+    let (code, body) = server
+        .deploy_bytes("shop", &format!("?prefix=/shop&{SHARED}"), p3.clone())
+        .await;
+    assert!(code.is_success(), "{body}");
+    let env = "env?name=HANDOFF_ROUTE_PREFIX";
+    for _ in 0..3 {
+        assert_eq!(
+            server.get(&format!("/shop/{env}")).await,
+            (StatusCode::OK, "/shop".into())
+        );
+    }
+    let (code, body) = server
+        .deploy_bytes("shop", &format!("?prefix=/store&{SHARED}"), p3)
+        .await;
+    assert!(code.is_success(), "{body}");
+    for _ in 0..3 {
+        assert_eq!(
+            server.get(&format!("/store/{env}")).await,
+            (StatusCode::OK, "/store".into()),
+            "on the new prefix"
+        );
+    }
+    server.shutdown().await;
+}

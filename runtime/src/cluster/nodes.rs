@@ -59,6 +59,52 @@ pub struct NodeRecord {
     /// version (what the node that drives the rollout sums for its gates).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub figures: BTreeMap<String, BTreeMap<String, Figures>>,
+    /// When its routes do not fit one message: the number of parts (keys `NAME/0`, `NAME/1`…,
+    /// published just before this record) that hold them. 0 in a record as read (its routes
+    /// put back together).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub parts: u32,
+    /// The generation of this record's parts (see `parts`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
+}
+
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
+}
+
+/// A slice of the routes of a node record too large for one message (see
+/// [`Nodes::publish`]).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+struct RoutesPart {
+    /// The generation of the record it belongs to.
+    generation: u64,
+    /// Its routes.
+    routes: BTreeMap<String, NodeRoute>,
+}
+
+/// Room in a message for its subject and headers.
+const MESSAGE_ROOM: usize = 1 << 10;
+
+/// `routes` in slices of at most about `budget` bytes of JSON each.
+fn split_routes(routes: BTreeMap<String, NodeRoute>, budget: usize) -> Vec<RoutesPart> {
+    let mut parts = vec![RoutesPart::default()];
+    let mut size = 0;
+    for (name, route) in routes {
+        // The entry's JSON, its quotes, colon and comma.
+        let entry = name.len() + serde_json::to_vec(&route).map_or(0, |v| v.len()) + 8;
+        if size + entry > budget && !parts.last().is_some_and(|p| p.routes.is_empty()) {
+            parts.push(RoutesPart::default());
+            size = 0;
+        }
+        size += entry;
+        parts
+            .last_mut()
+            .expect("one part at least")
+            .routes
+            .insert(name, route);
+    }
+    parts
 }
 
 /// A version's request figures on one node, counted since the node built it (the fields of
@@ -163,6 +209,10 @@ pub struct Nodes {
     bucket: kv::Store,
     me: Mutex<NodeRecord>,
     seen: Mutex<HashMap<String, Seen>>,
+    /// Parts of other nodes' records (see [`NodeRecord::parts`]), by node, then by index.
+    parts: Mutex<HashMap<String, BTreeMap<u32, RoutesPart>>>,
+    /// The generation of this node's last record published in parts.
+    generation: std::sync::atomic::AtomicU64,
     changed: tokio::sync::watch::Sender<u64>,
     stop: CancellationToken,
     /// Set once a new process has taken this node over (`serve --takeover`): this process no
@@ -226,6 +276,8 @@ impl Nodes {
             bucket,
             me: Mutex::new(me),
             seen: Mutex::default(),
+            parts: Mutex::default(),
+            generation: std::sync::atomic::AtomicU64::new(0),
             changed: tokio::sync::watch::channel(0).0,
             stop: CancellationToken::new(),
             handed_over: std::sync::atomic::AtomicBool::new(false),
@@ -289,10 +341,56 @@ impl Nodes {
     }
 
     fn received(&self, entry: kv::Entry) {
+        if let Some((node, index)) = entry.key.split_once('/') {
+            // A part of a record too large for one message: kept until its record arrives.
+            let Ok(index) = index.parse::<u32>() else {
+                return;
+            };
+            let mut parts = self.parts.lock().expect("poisoned");
+            match entry.operation {
+                kv::Operation::Put => match serde_json::from_slice::<RoutesPart>(&entry.value) {
+                    Ok(part) => {
+                        parts
+                            .entry(node.to_owned())
+                            .or_default()
+                            .insert(index, part);
+                    }
+                    Err(error) => {
+                        tracing::warn!(node = %node, error = %error, "unreadable node record part")
+                    }
+                },
+                kv::Operation::Delete | kv::Operation::Purge => {
+                    if let Some(held) = parts.get_mut(node) {
+                        held.remove(&index);
+                    }
+                }
+            }
+            return;
+        }
         let mut seen = self.seen.lock().expect("poisoned");
         match entry.operation {
             kv::Operation::Put => match serde_json::from_slice::<NodeRecord>(&entry.value) {
-                Ok(record) => {
+                Ok(mut record) => {
+                    if record.parts > 0 {
+                        // Its parts were published just before it, so they arrived first. If
+                        // one is missing (it expired), the routes last read stand.
+                        let parts = self.parts.lock().expect("poisoned");
+                        let held = parts.get(&entry.key);
+                        let whole = (0..record.parts).all(|i| {
+                            held.and_then(|h| h.get(&i))
+                                .is_some_and(|p| p.generation == record.generation)
+                        });
+                        if let Some(held) = held.filter(|_| whole) {
+                            for i in 0..record.parts {
+                                record.routes.extend(held[&i].routes.clone());
+                            }
+                        } else if let Some(last) = seen.get(&entry.key) {
+                            tracing::debug!(node = %entry.key, "a node record's parts are missing; keeping its routes as last read");
+                            record.routes = last.record.routes.clone();
+                        }
+                        record.parts = 0;
+                        record.generation = 0;
+                    }
                     seen.insert(
                         entry.key,
                         Seen {
@@ -307,6 +405,7 @@ impl Nodes {
             },
             kv::Operation::Delete | kv::Operation::Purge => {
                 seen.remove(&entry.key);
+                self.parts.lock().expect("poisoned").remove(&entry.key);
             }
         }
         drop(seen);
@@ -314,19 +413,41 @@ impl Nodes {
     }
 
     /// Publishes this node's record now (with its TTL). Failures are logged: the next
-    /// heartbeat tries again.
+    /// heartbeat tries again. A record whose routes do not fit one message (the server's
+    /// `max_payload`: thousands of routes) is published in parts: the routes in slices at keys
+    /// `NAME/0`, `NAME/1`…, then the record naming how many, each with the same TTL.
     pub async fn publish(&self) {
         if self.handed_over.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        let record = {
+        let mut record = {
             let mut me = self.me.lock().expect("poisoned");
             me.heartbeat_ms = crate::units::unix_ms();
             me.clone()
         };
-        let Ok(value) = serde_json::to_vec(&record) else {
+        let Ok(mut value) = serde_json::to_vec(&record) else {
             return;
         };
+        // A record too large for one message (thousands of routes) goes in parts.
+        let budget = (self.js.client().server_info().max_payload).saturating_sub(MESSAGE_ROOM);
+        let mut parts = Vec::new();
+        if value.len() > budget {
+            let generation = self
+                .generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            // Half the budget per part leaves the record itself room (its figures).
+            parts = split_routes(std::mem::take(&mut record.routes), budget / 2);
+            for part in &mut parts {
+                part.generation = generation;
+            }
+            record.parts = parts.len() as u32;
+            record.generation = generation;
+            let Ok(head) = serde_json::to_vec(&record) else {
+                return;
+            };
+            value = head;
+        }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_TTL,
@@ -334,6 +455,19 @@ impl Nodes {
         );
         let subject = format!("$KV.{NODES_BUCKET}.{}", record.name);
         let sent = async {
+            for (i, part) in parts.iter().enumerate() {
+                let Ok(bytes) = serde_json::to_vec(part) else {
+                    continue;
+                };
+                self.js
+                    .publish_with_headers(
+                        format!("{subject}/{i}"),
+                        headers.clone(),
+                        Bytes::from(bytes),
+                    )
+                    .await?
+                    .await?;
+            }
             self.js
                 .publish_with_headers(subject, headers, Bytes::from(value))
                 .await?

@@ -4,9 +4,11 @@
 //! request's in-flight token to its end.
 //!
 //! What differs from 0.2: the guest's work runs in its instance's worker task, not the
-//! request's, so a client that leaves does not stop it (its deadline and its version's cut-off
-//! do); and a deadline that passes answers 504 at once, while the instance, if it serves other
-//! requests, is dropped only once they have ended (`crate::service`).
+//! request's. A client that leaves before the response head expires its request as a deadline
+//! does (`Call::left`): an instance that served only that request is dropped at once, its work
+//! with it; a shared one takes no new requests and is dropped once its other requests have
+//! ended, or a request timeout after the latest started (`crate::service`). A deadline that
+//! passes answers 504 at once, with the same consequences for the instance.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -58,16 +60,18 @@ where
         );
     };
     let req = req.map(|body| body.boxed_unsync());
-    let call = Call {
-        prefix: prefix.clone(),
-        deadline,
-        id,
-    };
+    // Dropped with this future when the client leaves before the head: the request expires.
+    let left = tokio_util::sync::CancellationToken::new();
+    let leaving = left.clone().drop_guard();
+    let mut call = Call::new(prefix.clone(), deadline, id);
+    call.left = Some(left);
+    let log = call.log.clone();
     let answered = tokio::select! {
         biased;
         answered = service.handle(call, req) => answered.map_err(|error| classify(error, deadline)),
         _ = version.cut_off() => Err(GuestError::CutOff),
     };
+    leaving.disarm();
     // The request body went over the route's limit before the response head: whatever the
     // guest made of that, the answer is 413.
     if shared.body_over_limit.load(Ordering::Acquire) {
@@ -78,7 +82,9 @@ where
             rt, &version, &prefix, response, shared, None, span, started, head, copy, deadline, id,
         ),
         Err(error) => {
-            report(&version, &error, id, None);
+            // A panic the guest printed for this request goes into its failure's one line.
+            let panic = log.get().and_then(|log| log.take_panic_of(id));
+            report(&version, &error, id, panic.as_deref());
             failure_response(&version, &error, id, started)
         }
     }

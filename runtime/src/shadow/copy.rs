@@ -232,11 +232,7 @@ async fn run_p3(
         .map_err(|never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} })
         .boxed_unsync();
     let head = builder.body(body).ok()?;
-    let call = crate::service::Call {
-        prefix: prefix.clone(),
-        deadline,
-        id: 0,
-    };
+    let call = crate::service::Call::new(prefix.clone(), deadline, 0);
     let summarize = async { tapped(service.handle(call, head).await.ok()?, compared).await };
     let summary = tokio::time::timeout_at(deadline.into(), summarize)
         .await

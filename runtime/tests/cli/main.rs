@@ -18,4 +18,5 @@ mod security;
 mod serve;
 mod support;
 mod takeover;
+mod wasi3;
 mod watch;

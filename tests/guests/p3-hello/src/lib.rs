@@ -14,7 +14,8 @@
 //! * `trap`: panics (a trap)
 //! * `echo`: answers the request body
 //! * `env?name=NAME`: the environment variable NAME, or 404
-//! * `log?line=TEXT`: prints TEXT to stdout and to stderr, then answers `logged`
+//! * `log?line=TEXT&n=N`: prints TEXT to stdout and to stderr N times (default 1), then answers
+//!   `logged`
 //! * `fail?line=TEXT&ms=M`: waits M ms (default 0), prints TEXT to stderr, then answers `500`
 //! * `memory?mb=N`: allocates and touches N MiB, then answers `allocated N MiB`
 //! * `big?kb=N`: a body of N KiB of `x`, written in 16 KiB chunks
@@ -145,8 +146,10 @@ impl wasip3::exports::http::handler::Guest for Hello {
             },
             "log" => {
                 let line = param(&query, "line").unwrap_or("hello");
-                println!("{line}");
-                eprintln!("{line}");
+                for _ in 0..number("n", 1) {
+                    println!("{line}");
+                    eprintln!("{line}");
+                }
                 text(200, "logged".into())
             }
             "fail" => {
