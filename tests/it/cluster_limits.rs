@@ -90,7 +90,7 @@ async fn values_and_route_records_at_the_payload_limit() {
             json!({ "value": big }),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert!(
         body["detail"].as_str().unwrap().contains("max_payload"),
         "{body}"
@@ -120,7 +120,7 @@ async fn values_and_route_records_at_the_payload_limit() {
     let (status, body) = handoff_tests::send(a.admin, import).await;
     assert_eq!(
         status,
-        StatusCode::BAD_REQUEST,
+        StatusCode::PAYLOAD_TOO_LARGE,
         "{}",
         String::from_utf8_lossy(&body)
     );

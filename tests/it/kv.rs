@@ -436,3 +436,27 @@ async fn an_export_imports_back_whatever_the_component_upload_limit() {
     assert_eq!((status, value.len()), (StatusCode::OK, 300_000));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_value_over_the_largest_kv_max_value_is_413_naming_the_limit() {
+    // The same answer as a cluster gives a value over its NATS max_payload
+    // (`cluster_limits::values_and_route_records_at_the_payload_limit`).
+    let server = TestServer::start().await;
+    let limit = handoff::settings::MAX_KV_VALUE as usize;
+    let (status, body) = server
+        .admin_json(
+            Method::PUT,
+            "/v1/kv/shared-big/keys/k",
+            json!({ "value": "x".repeat(limit + 1) }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&limit.to_string()) && detail.contains("kv-max-value"),
+        "{detail}"
+    );
+    let (status, _) = server.admin(Method::GET, "/v1/kv/shared-big/keys/k").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was written");
+    server.shutdown().await;
+}

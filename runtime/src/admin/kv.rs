@@ -132,7 +132,12 @@ fn shown(key: String, entry: Entry) -> api::KvEntry {
     }
 }
 
-/// The bytes of `value` or `base64` (exactly one), within [`OPERATOR`]'s bounds.
+/// A value larger than this server keeps: `413`, with the sentence naming the limit.
+fn too_large(detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, detail)
+}
+
+/// The bytes of `value` or `base64` (exactly one); their size is checked by [`sized`].
 fn bytes_of(key: &str, value: Option<String>, base64: Option<String>) -> Result<Vec<u8>, String> {
     let bytes = match (value, base64) {
         (Some(text), None) => text.into_bytes(),
@@ -149,8 +154,21 @@ fn bytes_of(key: &str, value: Option<String>, base64: Option<String>) -> Result<
             ));
         }
     };
-    OPERATOR.check_value(&bytes).map_err(|e| e.to_string())?;
     Ok(bytes)
+}
+
+/// Checks that `value` is within [`OPERATOR`]'s bound (the largest `kv-max-value`) and that
+/// the backend can keep it (a cluster keeps one NATS message's worth): the sentence names the
+/// limit. Callers answer `413`.
+fn sized(rt: &Runtime, value: &[u8]) -> Result<(), String> {
+    if value.len() as u64 > OPERATOR.max_value {
+        return Err(format!(
+            "a value may be at most {} bytes (the largest kv-max-value); this one has {}",
+            OPERATOR.max_value,
+            value.len()
+        ));
+    }
+    fits(rt, value).map_err(|e| e.to_string())
 }
 
 /// Checks that the backend can keep `value` (a cluster keeps one NATS message's worth): an
@@ -242,7 +260,7 @@ pub(super) async fn put(
     let put: api::KvPut = serde_json::from_slice(&read)
         .map_err(|e| bad(format!("the body must be JSON like {example}: {e}")))?;
     let value = bytes_of(&key, put.value, put.base64).map_err(bad)?;
-    fits(&rt, &value).map_err(|e| bad(e.to_string()))?;
+    sized(&rt, &value).map_err(too_large)?;
     let change = Change::Set {
         value,
         ttl_ms: put.ttl_ms,
@@ -368,7 +386,7 @@ pub(super) async fn import(
             .check_key(&entry.key)
             .map_err(|e| line_error(e.to_string()))?;
         let value = bytes_of(&entry.key, entry.value, entry.base64).map_err(line_error)?;
-        fits(&rt, &value).map_err(|e| line_error(e.to_string()))?;
+        sized(&rt, &value).map_err(|e| too_large(format!("line {} of the import: {e}", i + 1)))?;
         let ttl_ms = match entry.expires_at_ms {
             Some(at) if at <= now => {
                 expired += 1;
