@@ -1,6 +1,8 @@
 //! `just bench`: one table, every row a ratio of two measurements taken in the same run on the
 //! same machine with the same load generator, A and B interleaved (`bench/table.rs`):
 //!
+//! * a WASI 0.3 hello (`spin-sdk` 7) on handoff against `wasmtime serve` on shared instances
+//!   (128 × 16) and fresh ones, and resident memory with both engines loaded (`bench/p3.rs`);
 //! * handoff against `wasmtime serve -O pooling-allocator` (fresh instances), on the `hello`
 //!   component and on `body4k` (reads a small request body, answers 4 KiB), over HTTP/1.1 and
 //!   h2c (`wasmtime serve` speaks HTTP/1.1 only); handoff with `reuse=128` against `wasmtime
@@ -39,6 +41,8 @@ mod cluster;
 mod delivery;
 #[path = "bench/kv.rs"]
 mod kv;
+#[path = "bench/p3.rs"]
+mod p3;
 #[path = "bench/peers.rs"]
 mod peers;
 #[path = "bench/scale.rs"]
@@ -63,6 +67,7 @@ struct Options {
     only_table: bool,
     only_cluster: bool,
     only_takeover: bool,
+    only_peers: bool,
 }
 
 fn options() -> Options {
@@ -80,6 +85,7 @@ fn options() -> Options {
         only_table: false,
         only_cluster: false,
         only_takeover: false,
+        only_peers: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -98,6 +104,7 @@ fn options() -> Options {
             "--only-cluster" => opts.only_cluster = true,
             "--only-takeover" => opts.only_takeover = true,
             "--only-table" => opts.only_table = true,
+            "--only-peers" => opts.only_peers = true,
             "--attack" => opts.attack = value().split(',').map(String::from).collect(),
             other => panic!("unknown flag {other}"),
         }
@@ -280,7 +287,7 @@ async fn main() {
         return;
     }
     if opts.only_kv {
-        kv::bench(&opts.handoff, opts.connections, opts.seconds).await;
+        kv::bench(&opts.handoff, opts.connections, opts.seconds, true).await;
         return;
     }
     let plan = table::Plan {
@@ -298,14 +305,20 @@ async fn main() {
     );
     let mut table = table::Table::default();
     peers::rows(&opts, &wasm, &mut table, plan).await;
+    p3::rows(&opts, &wasm, &mut table, plan).await;
+    if opts.only_peers {
+        table.print();
+        return;
+    }
     delivery::rows(&opts, &wasm, &mut table, plan).await;
     scale::rows(&opts, &wasm, &mut table, plan).await;
+    kv::listing_row(&opts.handoff, opts.connections, opts.seconds, &mut table).await;
     table.print();
     if opts.only_table {
         return;
     }
     attack::under_attack(&opts, &wasm).await;
-    kv::bench(&opts.handoff, opts.connections, opts.seconds).await;
+    kv::bench(&opts.handoff, opts.connections, opts.seconds, false).await;
     cluster::bench(&opts.handoff, &wasm, opts.connections, opts.seconds).await;
     takeover::bench(&opts.handoff, &wasm, opts.connections, opts.seconds).await;
 }

@@ -23,7 +23,11 @@ const TUNED_POOL: &str =
 const BODY: usize = 256;
 
 /// Starts `wasmtime serve` on `component` with `extra` options; `None` (said why) if it cannot.
-fn wasmtime_serve(wasmtime: &str, component: &str, extra: &[&str]) -> Option<(Killed, SocketAddr)> {
+pub(super) fn wasmtime_serve(
+    wasmtime: &str,
+    component: &str,
+    extra: &[&str],
+) -> Option<(Killed, SocketAddr)> {
     let mut child = match Command::new(wasmtime)
         .args([
             "serve",
