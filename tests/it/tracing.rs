@@ -614,3 +614,50 @@ async fn changes_are_spans_with_their_phases() {
         .await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_copy_has_its_own_span_linked_to_the_request() {
+    let receiver = Receiver::start().await;
+    let server = TestServer::start_with(traced(&receiver)).await;
+    server.deploy("app", guests::TAGGED_V1).await;
+    let shadow = server.upload(guests::TAGGED_V1B).await;
+    let (status, body) = server
+        .admin_json(
+            Method::PUT,
+            "/v1/routes/app/shadow",
+            json!({"version": shadow, "percent": 100}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        get(&server, "/app/copied", &[]).await,
+        (StatusCode::OK, "v1".into())
+    );
+    let (status, body) = server.admin(Method::DELETE, "/v1/routes/app/shadow").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    receiver
+        .wait_for(
+            "the copy's span and the shadow's changes",
+            GENEROUS,
+            |spans| {
+                let original = server_span(spans, "/app/copied")?;
+                let copy = spans.iter().find(|s| s.name == "shadow copy app")?;
+                assert_ne!(copy.trace_id, original.trace_id);
+                assert_eq!(
+                    copy.links,
+                    [(original.trace_id.clone(), original.span_id.clone())]
+                );
+                assert_eq!(
+                    (copy.attr("handoff.arm"), copy.attr("handoff.version")),
+                    ("shadow", shadow.as_str())
+                );
+                assert_eq!(copy.attr("http.response.status_code"), "200");
+                assert_eq!(original.attr("handoff.arm"), "stable");
+                spans.iter().find(|s| s.name == "shadow start")?;
+                spans.iter().find(|s| s.name == "shadow stop")?;
+                Some(())
+            },
+        )
+        .await;
+    server.shutdown().await;
+}

@@ -26,7 +26,7 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 pub use export::{Batching, Counts};
 pub use settings::{Protocol, Settings};
-pub use span::{Change, Client, Scope, Server, shadow_copy};
+pub use span::{Change, Client, Scope, Server};
 
 /// The process's tracer: where spans start and what became of them.
 pub struct Tracing {
