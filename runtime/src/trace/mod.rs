@@ -346,3 +346,28 @@ pub async fn phase<F: Future>(
     cx.span().end();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every protocol and scheme builds its exporter (nothing is sent: no collector runs).
+    #[tokio::test]
+    async fn exporters_build_for_both_protocols_and_tls() {
+        for (endpoint, protocol) in [
+            ("http://127.0.0.1:4318/v1/traces", Protocol::HttpProtobuf),
+            (
+                "https://collector.example:4318/v1/traces",
+                Protocol::HttpProtobuf,
+            ),
+            ("http://127.0.0.1:4317", Protocol::Grpc),
+            ("https://collector.example:4317", Protocol::Grpc),
+        ] {
+            let mut settings = Settings::new(endpoint, protocol);
+            settings.headers = vec![("api-key".into(), "secret".into())];
+            let tracing = Tracing::start(&settings)
+                .unwrap_or_else(|e| panic!("{endpoint} {protocol:?}: {e:#}"));
+            assert_eq!(tracing.figures(), Figures::default());
+        }
+    }
+}
