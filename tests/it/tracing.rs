@@ -222,8 +222,12 @@ async fn an_outbound_call_is_a_client_span_and_the_next_route_continues_the_trac
     assert_eq!((status, body.as_str()), (StatusCode::OK, "upstream 200 ok"));
     let (front, client, back) = receiver
         .wait_for("three spans of one trace", GENEROUS, |spans| {
-            let front = spans.iter().find(|s| s.attr("handoff.route") == "front")?;
-            let back = spans.iter().find(|s| s.attr("handoff.route") == "back")?;
+            let served = |route| {
+                spans
+                    .iter()
+                    .find(|s| s.kind == otlp::SERVER && s.attr("handoff.route") == route)
+            };
+            let (front, back) = (served("front")?, served("back")?);
             let client = spans.iter().find(|s| s.kind == otlp::CLIENT)?;
             Some((front.clone(), client.clone(), back.clone()))
         })
@@ -379,6 +383,27 @@ async fn a_rollouts_arms_show_in_spans() {
             ("pinned", v2.as_str())
         ]
     );
+    // The rollout's start and each weight set by hand are changes in the trace.
+    receiver
+        .wait_for("the rollout's changes", GENEROUS, |spans| {
+            let start = spans.iter().find(|s| s.name == "rollout start")?;
+            assert_eq!(
+                (start.attr("handoff.route"), start.attr("handoff.version")),
+                ("app", v2.as_str())
+            );
+            let actions: Vec<&str> = spans
+                .iter()
+                .filter(|s| s.name == "rollout action")
+                .map(|s| s.attr("handoff.rollout.action"))
+                .collect();
+            (actions.len() == 2).then_some(())?;
+            assert!(
+                actions.iter().all(|a| a.starts_with("Weight")),
+                "{actions:?}"
+            );
+            Some(())
+        })
+        .await;
     server.shutdown().await;
 }
 
@@ -460,4 +485,179 @@ async fn an_unreachable_collector_neither_slows_nor_fails_requests() {
         );
         server.shutdown().await;
     }
+}
+
+/// The spans of the trace whose root is `root`, by name, with their parent's name.
+fn children<'a>(spans: &'a [Span], root: &Span) -> Vec<(&'a str, &'a str)> {
+    let name_of = |id: &str| {
+        spans
+            .iter()
+            .find(|s| s.span_id == id)
+            .map_or("", |s| s.name.as_str())
+    };
+    let mut found: Vec<(&str, &str)> = spans
+        .iter()
+        .filter(|s| s.trace_id == root.trace_id && s.span_id != root.span_id)
+        .map(|s| (s.name.as_str(), name_of(&s.parent_span_id)))
+        .collect();
+    found.sort();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_are_spans_with_their_phases() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = traced(&receiver);
+    config.data_dir = Some(dir.path().to_owned());
+    let server = TestServer::start_with(config.clone()).await;
+    let first = server.deploy("api", guests::HOSTILE).await["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deploy = receiver
+        .wait_for("the deploy's span", GENEROUS, |spans| {
+            spans
+                .iter()
+                .find(|s| s.name == "deploy" && s.attr("handoff.version") == first)
+                .cloned()
+        })
+        .await;
+    assert_eq!(deploy.kind, otlp::INTERNAL);
+    assert!(deploy.parent_span_id.is_empty());
+    assert_eq!(deploy.attr("handoff.route"), "api");
+    assert_eq!(deploy.status_code, 0);
+    let phases = receiver
+        .wait_for("the deploy's phases", GENEROUS, |spans| {
+            let found = children(spans, &deploy);
+            (found.len() >= 6).then(|| {
+                found
+                    .iter()
+                    .map(|(a, b)| format!("{a} < {b}"))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await;
+    assert_eq!(
+        phases,
+        [
+            "build < deploy",
+            "compile < deploy",
+            "record < deploy",
+            "swap < deploy",
+            "trial instance < build",
+            "upload < deploy",
+        ]
+    );
+    // Every phase lies within the deploy.
+    let spans = receiver.spans();
+    for phase in spans.iter().filter(|s| s.trace_id == deploy.trace_id) {
+        assert!(
+            phase.start_ns >= deploy.start_ns && phase.end_ns <= deploy.end_ns,
+            "{phase:?}"
+        );
+    }
+
+    // A second deploy retires the first version: its drain is a phase too.
+    let second = server.deploy("api", guests::TAGGED_V1).await["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    receiver
+        .wait_for("the second deploy's drain", GENEROUS, |spans| {
+            let deploy = spans
+                .iter()
+                .find(|s| s.name == "deploy" && s.attr("handoff.version") == second)?;
+            spans
+                .iter()
+                .find(|s| {
+                    s.name == "drain"
+                        && s.parent_span_id == deploy.span_id
+                        && s.attr("handoff.version") == first
+                })
+                .map(drop)
+        })
+        .await;
+
+    // A rollback, and a deploy that fails: an error span with its sentence.
+    let (status, body) = server
+        .post_json("/v1/routes/api/rollback", json!(null))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = server
+        .deploy_bytes("api", "", b"\0asm\x01\0\0\0junk".to_vec())
+        .await;
+    assert!(status.is_client_error());
+    receiver
+        .wait_for("the rollback and the failed deploy", GENEROUS, |spans| {
+            let rollback = spans.iter().find(|s| s.name == "rollback")?;
+            assert_eq!(rollback.attr("handoff.route"), "api");
+            let failed = spans
+                .iter()
+                .find(|s| s.name == "deploy" && s.status_code == otlp::ERROR)?;
+            assert!(!failed.status_message.is_empty());
+            Some(())
+        })
+        .await;
+    server.shutdown().await;
+
+    // A restart restores the route in a span of its own.
+    let server = TestServer::start_with(config).await;
+    // (The first start restored nothing.)
+    receiver
+        .wait_for("the restore of one route", GENEROUS, |spans| {
+            spans
+                .iter()
+                .find(|s| s.name == "restore" && s.attr("handoff.routes") == "1")
+                .map(drop)
+        })
+        .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_copy_has_its_own_span_linked_to_the_request() {
+    let receiver = Receiver::start().await;
+    let server = TestServer::start_with(traced(&receiver)).await;
+    server.deploy("app", guests::TAGGED_V1).await;
+    let shadow = server.upload(guests::TAGGED_V1B).await;
+    let (status, body) = server
+        .admin_json(
+            Method::PUT,
+            "/v1/routes/app/shadow",
+            json!({"version": shadow, "percent": 100}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        get(&server, "/app/copied", &[]).await,
+        (StatusCode::OK, "v1".into())
+    );
+    let (status, body) = server.admin(Method::DELETE, "/v1/routes/app/shadow").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    receiver
+        .wait_for(
+            "the copy's span and the shadow's changes",
+            GENEROUS,
+            |spans| {
+                let original = server_span(spans, "/app/copied")?;
+                let copy = spans.iter().find(|s| s.name == "shadow copy app")?;
+                assert_ne!(copy.trace_id, original.trace_id);
+                assert_eq!(
+                    copy.links,
+                    [(original.trace_id.clone(), original.span_id.clone())]
+                );
+                assert_eq!(
+                    (copy.attr("handoff.arm"), copy.attr("handoff.version")),
+                    ("shadow", shadow.as_str())
+                );
+                assert_eq!(copy.attr("http.response.status_code"), "200");
+                assert_eq!(original.attr("handoff.arm"), "stable");
+                spans.iter().find(|s| s.name == "shadow start")?;
+                spans.iter().find(|s| s.name == "shadow stop")?;
+                Some(())
+            },
+        )
+        .await;
+    server.shutdown().await;
 }

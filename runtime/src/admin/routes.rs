@@ -219,9 +219,12 @@ pub(super) async fn put(
         settings,
         wait,
     } = DeployQuery::parse(pairs)?;
+    let began = std::time::SystemTime::now();
     let bytes = read_upload(&rt, &headers, body).await?;
+    let uploaded = Some((began, std::time::SystemTime::now()));
     let signature = check_signature(&rt, &headers, &bytes)?;
     let request = DeployRequest {
+        uploaded,
         name: name.clone(),
         prefix,
         bytes,

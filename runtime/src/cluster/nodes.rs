@@ -649,6 +649,32 @@ fn process_id() -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn routes_split_into_parts_within_the_budget_and_back_whole() {
+        let routes: BTreeMap<String, NodeRoute> = (0..1000)
+            .map(|i| {
+                let route = NodeRoute {
+                    revision: i,
+                    version: Some(format!("sha256:{:064x}", i)),
+                    error: None,
+                };
+                (format!("route-{i:04}"), route)
+            })
+            .collect();
+        let parts = split_routes(routes.clone(), 8 << 10);
+        assert!(parts.len() > 10, "{} parts", parts.len());
+        let mut whole = BTreeMap::new();
+        for part in &parts {
+            let size = serde_json::to_vec(part).unwrap().len();
+            assert!(size <= (8 << 10) + 64, "a part of {size} bytes");
+            whole.extend(part.routes.clone());
+        }
+        assert_eq!(whole, routes);
+        // One route larger than the budget still goes, alone in its part.
+        let parts = split_routes(routes, 10);
+        assert_eq!(parts.len(), 1000);
+    }
+
     fn record(routes: &[(&str, u64, Option<u64>)], position: u64) -> NodeRecord {
         NodeRecord {
             name: "b".into(),

@@ -263,7 +263,8 @@ where
     let next = match &plan.next {
         Some(record) => {
             let prefix = Prefix::parse(&record.prefix).map_err(internal)?;
-            let split = build(rt, name, record, live.as_ref(), &plan.built).await?;
+            let building = build(rt, name, record, live.as_ref(), &plan.built);
+            let split = crate::trace::phase(rt.trace.as_deref(), "build", building).await?;
             Some((prefix, split))
         }
         None => None,
@@ -283,7 +284,9 @@ where
         next: plan.next.clone(),
         modules: plan.modules,
     };
-    let revision = rt.state.append(change).await.map_err(|error| match error {
+    let recording = rt.state.append(change);
+    let recorded = crate::trace::phase(rt.trace.as_deref(), "record", recording).await;
+    let revision = recorded.map_err(|error| match error {
         AppendError::Conflict { route, .. } => DeployError::Conflict(route),
         AppendError::PrefixTaken { prefix, owner } => DeployError::PrefixTaken { prefix, owner },
         AppendError::Failed(error) => DeployError::Internal(format!("committing: {error:#}")),
@@ -449,6 +452,11 @@ async fn version(
         rt.config.outbound_private,
     ));
     version.guest.logs().tail_to(&rt.guest_logs);
-    prepare::trial_instance(rt, &version).await?;
+    crate::trace::phase(
+        rt.trace.as_deref(),
+        "trial instance",
+        prepare::trial_instance(rt, &version),
+    )
+    .await?;
     Ok(version)
 }

@@ -70,7 +70,7 @@ pub(crate) async fn commit(
     let swapping = std::time::Instant::now();
     let now = match next {
         Some(route) => {
-            writer.put(route.clone()).await?;
+            crate::trace::phase(rt.trace.as_deref(), "swap", writer.put(route.clone())).await?;
             Some(route)
         }
         None => {
@@ -171,11 +171,22 @@ fn retire_leaving(
             continue;
         }
         let weak = Arc::downgrade(rt);
+        // The drain is a phase of the change that retired the version; it ends when the
+        // version is freed, after the change itself.
+        let draining = crate::trace::Later::start(
+            rt.trace.as_deref(),
+            "drain",
+            vec![crate::trace::KeyValue::new(
+                "handoff.version",
+                version.digest.to_string(),
+            )],
+        );
         rt.drains.retire(
             name.clone(),
             version.clone(),
             rt.config.drain_timeout,
             move || {
+                drop(draining);
                 if let Some(rt) = weak.upgrade() {
                     gc::collect(&rt);
                 }

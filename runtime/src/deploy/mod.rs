@@ -74,6 +74,8 @@ pub struct DeployRequest {
     /// Its settings to change (config, limits, allow-list, directory, key-value grants); the
     /// others keep their current values (the server's defaults for a new route).
     pub settings: SettingsPatch,
+    /// When the upload began and ended arriving (the deploy's `upload` phase in its trace).
+    pub uploaded: Option<(std::time::SystemTime, std::time::SystemTime)>,
 }
 
 /// Which version a rollback goes to.
@@ -119,6 +121,17 @@ impl Activation {
 /// Deploys a component to a route (creating it, or replacing its version). Returns once the new
 /// version is compiled, pre-instantiated, durably committed and active.
 pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deployed, DeployError> {
+    let route = vec![crate::trace::KeyValue::new(
+        "handoff.route",
+        request.name.as_str().to_owned(),
+    )];
+    let began = request.uploaded.map(|(began, _)| began);
+    let deploying = deploy_now(rt, request);
+    crate::trace::change_since(rt.trace.as_deref(), "deploy", began, route, deploying).await
+}
+
+/// [`deploy`], within its span.
+async fn deploy_now(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deployed, DeployError> {
     let DeployRequest {
         name,
         prefix,
@@ -128,7 +141,11 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
         label,
         message,
         settings: patch,
+        uploaded,
     } = request;
+    if let Some((began, ended)) = uploaded {
+        crate::trace::past_phase(rt.trace.as_deref(), "upload", began, ended);
+    }
     check_preamble(&bytes)?;
     if let Some(dir) = &patch.dir {
         rt.config
@@ -148,7 +165,14 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
         .check(&rt.config.limits)
         .map_err(DeployError::InvalidLimits)?;
     let compile_limits = asked.compile();
-    let built = prepare::ensure(rt, &name, &digest, bytes.clone(), compile_limits).await?;
+    crate::trace::annotate(|| {
+        vec![crate::trace::KeyValue::new(
+            "handoff.version",
+            digest.to_string(),
+        )]
+    });
+    let compiling = prepare::ensure(rt, &name, &digest, bytes.clone(), compile_limits);
+    let built = crate::trace::phase(rt.trace.as_deref(), "compile", compiling).await?;
     // Asking for shared instances of a component that cannot share them is a mistake to name;
     // a value carried over from the route's earlier 0.3 versions is kept for them and ignored
     // by this one (`Version::new`).
@@ -199,6 +223,26 @@ pub async fn deploy(rt: &Arc<Runtime>, request: DeployRequest) -> Result<Deploye
 /// Rolls route `name` back to `target`: the same atomic swap and drain as a deploy, loading the
 /// stored artifact instead of compiling when it is on disk.
 pub async fn rollback(
+    rt: &Arc<Runtime>,
+    name: &RouteName,
+    target: Target,
+    by: String,
+) -> Result<Deployed, DeployError> {
+    let route = vec![crate::trace::KeyValue::new(
+        "handoff.route",
+        name.as_str().to_owned(),
+    )];
+    crate::trace::change(
+        rt.trace.as_deref(),
+        "rollback",
+        route,
+        rollback_now(rt, name, target, by),
+    )
+    .await
+}
+
+/// [`rollback`], within its span.
+async fn rollback_now(
     rt: &Arc<Runtime>,
     name: &RouteName,
     target: Target,
@@ -258,6 +302,23 @@ pub async fn rollback(
 /// creating the route when it does not exist. The route keeps its settings (a new route gets
 /// the server's defaults).
 pub async fn activate(
+    rt: &Arc<Runtime>,
+    name: &RouteName,
+    prefix: Option<Prefix>,
+    digest: Digest,
+    by: String,
+    label: Option<String>,
+) -> Result<Deployed, DeployError> {
+    let attributes = vec![
+        crate::trace::KeyValue::new("handoff.route", name.as_str().to_owned()),
+        crate::trace::KeyValue::new("handoff.version", digest.to_string()),
+    ];
+    let activating = activate_now(rt, name, prefix, digest, by, label);
+    crate::trace::change(rt.trace.as_deref(), "activate", attributes, activating).await
+}
+
+/// [`activate`], within its span.
+async fn activate_now(
     rt: &Arc<Runtime>,
     name: &RouteName,
     prefix: Option<Prefix>,
@@ -334,6 +395,21 @@ pub async fn upload(
     bytes: Bytes,
     signature: Option<String>,
 ) -> Result<Uploaded, DeployError> {
+    crate::trace::change(
+        rt.trace.as_deref(),
+        "upload",
+        Vec::new(),
+        upload_now(rt, bytes, signature),
+    )
+    .await
+}
+
+/// [`upload`], within its span.
+async fn upload_now(
+    rt: &Arc<Runtime>,
+    bytes: Bytes,
+    signature: Option<String>,
+) -> Result<Uploaded, DeployError> {
     check_preamble(&bytes)?;
     let digest = Digest::of(&bytes);
     let size_bytes = bytes.len();
@@ -381,6 +457,15 @@ pub async fn upload(
 /// in the background. An unavailable route (stored, but its module could not be loaded) is
 /// deleted the same way. Returns the route as it stood, and the revision of the delete.
 pub async fn delete(rt: &Arc<Runtime>, name: &RouteName) -> Result<(Route, u64), DeployError> {
+    let route = vec![crate::trace::KeyValue::new(
+        "handoff.route",
+        name.as_str().to_owned(),
+    )];
+    crate::trace::change(rt.trace.as_deref(), "delete", route, delete_now(rt, name)).await
+}
+
+/// [`delete`], within its span.
+async fn delete_now(rt: &Arc<Runtime>, name: &RouteName) -> Result<(Route, u64), DeployError> {
     let applied = apply::change(rt, name, async |current: Current| {
         if current.stored().is_none() && current.live().is_none() {
             return Err(DeployError::UnknownRoute(name.as_str().to_owned()));

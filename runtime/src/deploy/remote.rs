@@ -42,6 +42,22 @@ pub enum Reconciled {
 /// Applies the route `name` as the state log has it now, unless it serves that already.
 /// `Err`: the state log could not be read (the watch is restarted).
 pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Reconciled> {
+    let mut attributes = vec![crate::trace::KeyValue::new(
+        "handoff.route",
+        name.as_str().to_owned(),
+    )];
+    if let Some(cluster) = &rt.cluster {
+        attributes.push(crate::trace::KeyValue::new(
+            "handoff.node",
+            cluster.node_name().to_owned(),
+        ));
+    }
+    let applying = reconcile_now(rt, name);
+    crate::trace::change(rt.trace.as_deref(), "cluster apply", attributes, applying).await
+}
+
+/// [`reconcile`], within its span.
+async fn reconcile_now(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Reconciled> {
     let guard = rt.registry.lock(name).await;
     let stored = rt.state.route(name).await?;
     let live = rt.routes.snapshot().get(name).cloned();

@@ -22,8 +22,27 @@ pub struct Restored {
     pub failed: Vec<(String, String)>,
 }
 
-/// Restores every stored route.
+/// Restores every stored route (a `restore` span when tracing is on).
 pub async fn restore(rt: &Arc<Runtime>) -> Restored {
+    let restoring = async {
+        let restored = restore_now(rt).await;
+        crate::trace::annotate(|| {
+            vec![
+                crate::trace::KeyValue::new("handoff.routes", restored.routes as i64),
+                crate::trace::KeyValue::new("handoff.recompiled", restored.recompiled as i64),
+                crate::trace::KeyValue::new("handoff.failed", restored.failed.len() as i64),
+            ]
+        });
+        Ok::<_, std::convert::Infallible>(restored)
+    };
+    match crate::trace::change(rt.trace.as_deref(), "restore", Vec::new(), restoring).await {
+        Ok(restored) => restored,
+        Err(never) => match never {},
+    }
+}
+
+/// [`restore`], within its span.
+async fn restore_now(rt: &Arc<Runtime>) -> Restored {
     let mut report = Restored::default();
     let stored = match rt.state.routes().await {
         Ok(stored) => stored,

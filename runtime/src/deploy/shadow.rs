@@ -23,6 +23,25 @@ pub async fn set(
     name: &RouteName,
     request: api::ShadowRequest,
 ) -> Result<Route, DeployError> {
+    let attributes = vec![
+        crate::trace::KeyValue::new("handoff.route", name.as_str().to_owned()),
+        crate::trace::KeyValue::new("handoff.version", request.version.clone()),
+    ];
+    crate::trace::change(
+        rt.trace.as_deref(),
+        "shadow start",
+        attributes,
+        set_now(rt, name, request),
+    )
+    .await
+}
+
+/// [`set`], within its span.
+async fn set_now(
+    rt: &Arc<Runtime>,
+    name: &RouteName,
+    request: api::ShadowRequest,
+) -> Result<Route, DeployError> {
     let digest = parse_digest(&request.version)?;
     let percent = request.percent.unwrap_or(100.0);
     Weight::from_percent(percent).map_err(DeployError::InvalidLimits)?;
@@ -77,6 +96,21 @@ pub async fn set(
 
 /// Stops route `name`'s shadow; returns the route as it stood (with the shadow's last figures).
 pub async fn clear(rt: &Arc<Runtime>, name: &RouteName) -> Result<Route, DeployError> {
+    let route = vec![crate::trace::KeyValue::new(
+        "handoff.route",
+        name.as_str().to_owned(),
+    )];
+    crate::trace::change(
+        rt.trace.as_deref(),
+        "shadow stop",
+        route,
+        clear_now(rt, name),
+    )
+    .await
+}
+
+/// [`clear`], within its span.
+async fn clear_now(rt: &Arc<Runtime>, name: &RouteName) -> Result<Route, DeployError> {
     let applied = apply::change(rt, name, async |current: Current| {
         let record = current
             .stored()

@@ -157,6 +157,7 @@ async fn build_and_deploy(rt: &Arc<Runtime>, project: &Project) {
             label: None,
             message: None,
             settings: Default::default(),
+            uploaded: None,
         };
         match deploy::deploy(rt, request).await {
             Ok(done) => {

@@ -88,6 +88,8 @@ pub struct Pending {
     route: Arc<RouteState>,
     record: Arc<RouteRecord>,
     permit: OwnedSemaphorePermit,
+    /// With tracing on: the copy's span, linked to its request's.
+    span: Option<crate::trace::Change>,
 }
 
 /// Reads `req`'s body ahead (until `deadline`) so it can be copied; returns the request for the
@@ -171,6 +173,7 @@ where
         route,
         record,
         permit,
+        span: None,
     };
     (req, Some(pending))
 }
@@ -186,6 +189,12 @@ fn compared(record: &RouteRecord) -> Vec<HeaderName> {
 }
 
 impl Pending {
+    /// Gives the copy a span of its own, linked to `original`, its request's span.
+    pub fn trace(&mut self, original: &crate::trace::Server) {
+        let version = self.token.version();
+        self.span = Some(original.shadow_copy(&version.route, version.digest.to_string()));
+    }
+
     /// Starts the copy now that `stable` (the version that serves the client, through a route
     /// at `prefix`) has answered with `head`; returns the tap the client's response body feeds
     /// and the channel its summary goes to when the body is complete.
@@ -211,6 +220,7 @@ impl Pending {
                 route,
                 record,
                 permit,
+                span,
             } = self;
             let deny = !record.shadow.as_ref().is_some_and(|s| s.allow_outbound);
             let started = Instant::now();
@@ -223,6 +233,19 @@ impl Pending {
                 shadow.is_none(),
             );
             drop(token);
+            if let Some(span) = span {
+                match &shadow {
+                    Some(summary) => {
+                        span.set(vec![crate::trace::KeyValue::new(
+                            "http.response.status_code",
+                            i64::from(summary.status),
+                        )]);
+                        let failed = summary.status >= 500;
+                        span.end(failed.then_some("the shadow answered with a server error"));
+                    }
+                    None => span.end(Some("the shadow copy failed")),
+                }
+            }
             let secondary = match second {
                 Some(token) => {
                     copy::run(&engine, token.version(), &prefix, &copy, &names, deny).await

@@ -185,6 +185,10 @@ where
         }
         None => (req.map(copies::Replay::new), None),
     };
+    let mut copy = copy;
+    if let (Some(otel), Some(copy)) = (otel, copy.as_mut()) {
+        copy.trace(otel);
+    }
     let head = req.method() == Method::HEAD;
     let shared = Arc::new(Shared::new(routed.in_flight));
     let req = req.map(|body| CappedBody::new(body, max_body, &shared));

@@ -175,8 +175,33 @@ async fn run(rt: Weak<Runtime>, name: RouteName, token: CancellationToken) {
         if let Verdict::RollBack(reason) = &verdict {
             tracing::warn!(route = name.as_str(), candidate = %rollout.candidate, reason = %reason, "rollout gate breached; rolling back");
         }
-        let acting =
-            crate::events::ACTOR.scope(BY.to_owned(), act(&rt, &name, &rollout, verdict.clone()));
+        // The step, with the gate's decision, is a change of its own in the trace.
+        let decided = match &verdict {
+            Verdict::Hold => "hold",
+            Verdict::Advance => "advance",
+            Verdict::Promote => "promote",
+            Verdict::RollBack(_) => "roll back",
+        };
+        let mut attributes = vec![
+            crate::trace::KeyValue::new("handoff.route", name.as_str().to_owned()),
+            crate::trace::KeyValue::new("handoff.version", rollout.candidate.clone()),
+            crate::trace::KeyValue::new("handoff.rollout.step", rollout.step as i64 + 1),
+            crate::trace::KeyValue::new("handoff.rollout.weight", rollout.weight),
+            crate::trace::KeyValue::new("handoff.rollout.decision", decided),
+        ];
+        if let Verdict::RollBack(reason) = &verdict {
+            attributes.push(crate::trace::KeyValue::new(
+                "handoff.rollout.reason",
+                reason.clone(),
+            ));
+        }
+        let step = crate::trace::change(
+            rt.trace.as_deref(),
+            "rollout step",
+            attributes,
+            act(&rt, &name, &rollout, verdict.clone()),
+        );
+        let acting = crate::events::ACTOR.scope(BY.to_owned(), step);
         match acting.await {
             Ok(()) => {
                 tracing::info!(target: "audit", who = BY, route = name.as_str(), verdict = ?verdict, "rollout stepped");

@@ -39,6 +39,26 @@ pub async fn start(
     request: api::RolloutRequest,
     by: String,
 ) -> Result<Route, DeployError> {
+    let attributes = vec![
+        crate::trace::KeyValue::new("handoff.route", name.as_str().to_owned()),
+        crate::trace::KeyValue::new("handoff.version", request.version.clone()),
+    ];
+    crate::trace::change(
+        rt.trace.as_deref(),
+        "rollout start",
+        attributes,
+        start_now(rt, name, request, by),
+    )
+    .await
+}
+
+/// [`start`], within its span.
+async fn start_now(
+    rt: &Arc<Runtime>,
+    name: &RouteName,
+    request: api::RolloutRequest,
+    by: String,
+) -> Result<Route, DeployError> {
     let digest = parse_digest(&request.version)?;
     let applied = apply::change(rt, name, async |current: Current| {
         let record = current
@@ -109,6 +129,26 @@ pub enum Action {
 
 /// Applies `action` to route `name`'s rollout for `by`.
 pub async fn act(
+    rt: &Arc<Runtime>,
+    name: &RouteName,
+    action: Action,
+    by: &str,
+) -> Result<Deployed, DeployError> {
+    let attributes = vec![
+        crate::trace::KeyValue::new("handoff.route", name.as_str().to_owned()),
+        crate::trace::KeyValue::new("handoff.rollout.action", format!("{action:?}")),
+    ];
+    crate::trace::change(
+        rt.trace.as_deref(),
+        "rollout action",
+        attributes,
+        act_now(rt, name, action, by),
+    )
+    .await
+}
+
+/// [`act`], within its span.
+async fn act_now(
     rt: &Arc<Runtime>,
     name: &RouteName,
     action: Action,

@@ -19,13 +19,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use opentelemetry::Context;
+pub use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 pub use export::{Batching, Counts};
 pub use settings::{Protocol, Settings};
-pub use span::{Change, Client, Scope, Server, shadow_copy};
+pub use span::{Change, Client, Scope, Server};
 
 /// The process's tracer: where spans start and what became of them.
 pub struct Tracing {
@@ -184,9 +185,147 @@ fn build_exporter(settings: &Settings) -> anyhow::Result<opentelemetry_otlp::Spa
     Ok(exporter)
 }
 
+/// Runs `work`, a change named `name` (`deploy`, `rollback`, `rollout step`…) with
+/// `attributes`, as a span: a child of the change that runs it if any (a rollout step's
+/// change), else the root of a trace of its own. Its phases ([`phase`]) and [`annotate`]
+/// calls find it as the current context. An `Err` makes it an error span with the error's
+/// sentence. With tracing off, runs `work` as it is.
+pub async fn change<T, E, F>(
+    tracing: Option<&Tracing>,
+    name: &'static str,
+    attributes: Vec<KeyValue>,
+    work: F,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: Future<Output = Result<T, E>>,
+{
+    change_since(tracing, name, None, attributes, work).await
+}
+
+/// [`change`], its span starting at `began` if given (a deploy began when its upload did).
+pub async fn change_since<T, E, F>(
+    tracing: Option<&Tracing>,
+    name: &'static str,
+    began: Option<std::time::SystemTime>,
+    attributes: Vec<KeyValue>,
+    work: F,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: Future<Output = Result<T, E>>,
+{
+    use opentelemetry::context::FutureExt as _;
+    use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, Tracer as _};
+    let Some(tracing) = tracing else {
+        return work.await;
+    };
+    let parent = Context::current();
+    let tracer = &tracing.tracer;
+    let mut builder = tracer
+        .span_builder(name)
+        .with_kind(SpanKind::Internal)
+        .with_attributes(attributes);
+    if let Some(began) = began {
+        builder = builder.with_start_time(began);
+    }
+    let span = builder.start_with_context(tracer, &parent);
+    let cx = parent.with_span(span);
+    let out = work.with_context(cx.clone()).await;
+    let span = cx.span();
+    if let Err(error) = &out {
+        span.set_status(Status::error(error.to_string()));
+    }
+    span.end();
+    out
+}
+
+/// Adds `attributes` to the current change's span, if one is traced.
+pub fn annotate(attributes: impl FnOnce() -> Vec<KeyValue>) {
+    use opentelemetry::trace::TraceContextExt as _;
+    let cx = Context::current();
+    if cx.has_active_span() {
+        cx.span().set_attributes(attributes());
+    }
+}
+
+/// Adds an event (a rollout gate's decision) to the current change's span, if one is traced.
+pub fn event(name: &'static str, attributes: impl FnOnce() -> Vec<KeyValue>) {
+    use opentelemetry::trace::TraceContextExt as _;
+    let cx = Context::current();
+    if cx.has_active_span() {
+        cx.span().add_event(name, attributes());
+    }
+}
+
+/// Records phase `name` of the current change that already happened, from `began` to
+/// `ended` (a deploy's upload, read before the change began), if a change is traced.
+pub fn past_phase(
+    tracing: Option<&Tracing>,
+    name: &'static str,
+    began: std::time::SystemTime,
+    ended: std::time::SystemTime,
+) {
+    use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt as _, Tracer as _};
+    let Some(tracing) = tracing else {
+        return;
+    };
+    let parent = Context::current();
+    if !parent.has_active_span() {
+        return;
+    }
+    let tracer = &tracing.tracer;
+    let mut span = tracer
+        .span_builder(name)
+        .with_kind(SpanKind::Internal)
+        .with_start_time(began)
+        .start_with_context(tracer, &parent);
+    span.end_with_timestamp(ended);
+}
+
+/// A phase of the current change that ends later, elsewhere (a retired version's drain): a
+/// child span of the change, ended when this is dropped. `None` when no change is traced.
+pub struct Later(Context);
+
+impl Later {
+    /// Starts phase `name` of the current change, if one is traced.
+    pub fn start(
+        tracing: Option<&Tracing>,
+        name: &'static str,
+        attributes: Vec<KeyValue>,
+    ) -> Option<Self> {
+        use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _};
+        let tracing = tracing?;
+        let parent = Context::current();
+        if !parent.has_active_span() {
+            return None;
+        }
+        let tracer = &tracing.tracer;
+        let span = tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Internal)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &parent);
+        Some(Self(parent.with_span(span)))
+    }
+
+    /// Adds `attributes` to the phase's span.
+    pub fn set(&self, attributes: Vec<KeyValue>) {
+        use opentelemetry::trace::TraceContextExt as _;
+        self.0.span().set_attributes(attributes);
+    }
+}
+
+impl Drop for Later {
+    fn drop(&mut self) {
+        use opentelemetry::trace::TraceContextExt as _;
+        self.0.span().end();
+    }
+}
+
 /// Runs `phase` (named `name`) as a child span of the change whose context is current (see
 /// [`Change::context`]); runs it plainly when no change is traced.
-pub async fn change_phase<F: Future>(
+pub async fn phase<F: Future>(
     tracing: Option<&Tracing>,
     name: &'static str,
     phase: F,
@@ -206,4 +345,29 @@ pub async fn change_phase<F: Future>(
     let out = phase.with_context(cx.clone()).await;
     cx.span().end();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every protocol and scheme builds its exporter (nothing is sent: no collector runs).
+    #[tokio::test]
+    async fn exporters_build_for_both_protocols_and_tls() {
+        for (endpoint, protocol) in [
+            ("http://127.0.0.1:4318/v1/traces", Protocol::HttpProtobuf),
+            (
+                "https://collector.example:4318/v1/traces",
+                Protocol::HttpProtobuf,
+            ),
+            ("http://127.0.0.1:4317", Protocol::Grpc),
+            ("https://collector.example:4317", Protocol::Grpc),
+        ] {
+            let mut settings = Settings::new(endpoint, protocol);
+            settings.headers = vec![("api-key".into(), "secret".into())];
+            let tracing = Tracing::start(&settings)
+                .unwrap_or_else(|e| panic!("{endpoint} {protocol:?}: {e:#}"));
+            assert_eq!(tracing.figures(), Figures::default());
+        }
+    }
 }

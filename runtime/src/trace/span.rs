@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _};
+use opentelemetry::trace::{Link, SpanKind, Status, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracer;
@@ -145,9 +145,24 @@ impl Server {
         }
     }
 
-    /// The span's context (for a shadow copy's link).
-    pub fn span_context(&self) -> SpanContext {
-        self.cx.span().span_context().clone()
+    /// The span of a copy of this request to its route's shadow (`version`, the digest): a
+    /// trace of its own, linked to this span.
+    pub fn shadow_copy(&self, route: &str, version: String) -> Change {
+        let original = self.cx.span().span_context().clone();
+        let span = self
+            .tracer
+            .span_builder(format!("shadow copy {route}"))
+            .with_kind(SpanKind::Internal)
+            .with_links(vec![Link::with_context(original)])
+            .with_attributes([
+                KeyValue::new("handoff.route", route.to_owned()),
+                KeyValue::new("handoff.version", version),
+                KeyValue::new("handoff.arm", "shadow"),
+            ])
+            .start_with_context(&self.tracer, &Context::new());
+        Change {
+            cx: Context::new().with_span(span),
+        }
     }
 
     /// Records the response's status; a 5xx makes the span an error, with `reason` (else the
@@ -251,30 +266,6 @@ impl Client {
         span.set_attribute(KeyValue::new("error.type", "request"));
         span.set_status(Status::error(what.to_owned()));
         span.end();
-    }
-}
-
-/// A shadow copy's span: a trace of its own, linked to the original request's span.
-pub fn shadow_copy(
-    tracer: &SdkTracer,
-    original: SpanContext,
-    route: &str,
-    prefix: &str,
-    version: String,
-) -> Change {
-    let span = tracer
-        .span_builder(format!("shadow copy {prefix}"))
-        .with_kind(SpanKind::Internal)
-        .with_links(vec![Link::with_context(original)])
-        .with_attributes([
-            KeyValue::new("http.route", prefix.to_owned()),
-            KeyValue::new("handoff.route", route.to_owned()),
-            KeyValue::new("handoff.version", version),
-            KeyValue::new("handoff.arm", "shadow"),
-        ])
-        .start_with_context(tracer, &Context::new());
-    Change {
-        cx: Context::new().with_span(span),
     }
 }
 

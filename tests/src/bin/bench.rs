@@ -287,7 +287,7 @@ async fn main() {
         return;
     }
     if opts.only_kv {
-        kv::bench(&opts.handoff, opts.connections, opts.seconds).await;
+        kv::bench(&opts.handoff, opts.connections, opts.seconds, true).await;
         return;
     }
     let plan = table::Plan {
@@ -312,12 +312,13 @@ async fn main() {
     }
     delivery::rows(&opts, &wasm, &mut table, plan).await;
     scale::rows(&opts, &wasm, &mut table, plan).await;
+    kv::listing_row(&opts.handoff, opts.connections, opts.seconds, &mut table).await;
     table.print();
     if opts.only_table {
         return;
     }
     attack::under_attack(&opts, &wasm).await;
-    kv::bench(&opts.handoff, opts.connections, opts.seconds).await;
+    kv::bench(&opts.handoff, opts.connections, opts.seconds, false).await;
     cluster::bench(&opts.handoff, &wasm, opts.connections, opts.seconds).await;
     takeover::bench(&opts.handoff, &wasm, opts.connections, opts.seconds).await;
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use handoff_tests::{Connection, guests};
 use http::StatusCode;
 
-use super::{Samples, load, ms, print_table, put_route, start_handoff};
+use super::{Samples, Stats, load, ms, print_table, put_route, start_handoff, table};
 
 /// Runs of each route, interleaved.
 const ROUNDS: u32 = 4;
@@ -58,7 +58,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// The key-value benchmark against the `handoff` binary at `handoff`.
-pub async fn bench(handoff: &str, connections: usize, seconds: u64) {
+/// The key-value section; with `listing`, the listing neighbour too (a full `just bench` has
+/// it as a row of the main table, [`listing_row`]).
+pub async fn bench(handoff: &str, connections: usize, seconds: u64, listing: bool) {
     println!();
     println!("key-value store (kv.redb, group commit, fsync per batch):");
     let (_server, data, admin) = start_handoff(handoff, &[]);
@@ -127,7 +129,31 @@ pub async fn bench(handoff: &str, connections: usize, seconds: u64) {
         String::from_utf8_lossy(&body),
         counter.requests
     );
-    listing_neighbour(data, admin, connections, per_run).await;
+    if listing {
+        listing_neighbour(data, admin, connections, per_run).await;
+    }
+}
+
+/// Issue 21 item 4's goal as a row of the main table: a neighbour route's p99 while guests
+/// list a full bucket in a loop, over its p99 alone (goal: under 2×), on a server of its own.
+pub async fn listing_row(
+    handoff: &str,
+    connections: usize,
+    seconds: u64,
+    table: &mut table::Table,
+) {
+    let (_server, data, admin) = start_handoff(handoff, &[]);
+    let per_run = Duration::from_secs(seconds.max(ROUNDS as u64)) / ROUNDS;
+    let (alone, beside, listings) = listing_neighbour(data, admin, connections, per_run).await;
+    table.row(
+        &format!(
+            "kv listing: neighbour p99 beside {LISTERS} clients listing {LISTED_KEYS} keys ({listings} listings) / alone"
+        ),
+        format!("{:.2} ms", ms(beside.p99)),
+        format!("{:.2} ms", ms(alone.p99)),
+        Some(ms(beside.p99) / ms(alone.p99)),
+        "< 2×",
+    );
 }
 
 /// Keys (of [`LISTED_VALUE_BYTES`] each) in the bucket a guest lists in a loop.
@@ -145,7 +171,7 @@ async fn listing_neighbour(
     admin: SocketAddr,
     connections: usize,
     per_run: Duration,
-) {
+) -> (Stats, Stats, usize) {
     put_route(admin, "lists", &guests::bytes(guests::KV_PLAIN)).await;
     put_route(admin, "neighbour", &guests::bytes(guests::KV_PLAIN)).await;
     // Fill the bucket over 16 connections (group commit takes many writes per fsync).
@@ -214,9 +240,10 @@ async fn listing_neighbour(
         "neighbour",
         &[("alone", &alone), ("beside the listings", &beside)],
     );
+    let listings = listings.load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "full listings meanwhile: {}; neighbour p99 ratio {:.2}x (goal: under 2x)",
-        listings.load(std::sync::atomic::Ordering::Relaxed),
+        "full listings meanwhile: {listings}; neighbour p99 ratio {:.2}x (goal: under 2x)",
         ms(beside.p99) / ms(alone.p99)
     );
+    (alone, beside, listings)
 }
