@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use handoff_tests::nats::{NatsServer, start_nodes};
-use handoff_tests::{Connection, TestServer};
+use handoff_tests::nats::{NatsServer, until_live};
+use handoff_tests::{Connection, TestServer, node_config};
 use http::StatusCode;
 
 /// The `componentize-py` binary: `$HANDOFF_COMPONENTIZE_PY`, else the one
@@ -127,7 +127,19 @@ async fn a_python_guest_deployed_to_a_cluster_counts_across_its_nodes() {
     assert!(bytes.len() > 10 << 20, "{} bytes", bytes.len());
     let nats = NatsServer::start();
     let url = nats.url();
-    let nodes = start_nodes(&[("a", &url), ("b", &url)]).await;
+    // Each node compiles CPython's component (20-30 s on a busy 2-core machine, one after the
+    // other): the change waits for both, so the nodes wait longer than the usual 20 s.
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let mut config = node_config(&url, name, None);
+        if let Some(cluster) = config.cluster.as_mut() {
+            cluster.timeout = std::time::Duration::from_secs(120);
+        }
+        nodes.push(TestServer::start_with(config).await);
+    }
+    for node in &nodes {
+        until_live(node, nodes.len()).await;
+    }
     // Through a; when it returns, b fetched the bytes from the Object Store, compiled them and
     // serves them.
     let (status, body) = nodes[0].deploy_bytes("py", "", bytes).await;
