@@ -356,3 +356,27 @@ pub fn cargo(dir: &Path, target_dir: &Path) -> Command {
     }
     command
 }
+
+/// A GET on the data plane: status, `x-request-id` (if any) and body.
+pub async fn get_with_id(ready: &Ready, path: &str) -> (u16, Option<String>, String) {
+    let mut conn = handoff_tests::Connection::open(ready.data).await;
+    let exchange = async {
+        let response = conn
+            .send(handoff_tests::get_request(path))
+            .await
+            .expect("an answer");
+        let status = response.status().as_u16();
+        let id = response
+            .headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (status, id, String::from_utf8_lossy(&body).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(60), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} did not finish within a minute"))
+}

@@ -6,30 +6,8 @@
 use std::time::Duration;
 
 use handoff_tests::guests;
-use http_body_util::BodyExt;
 
-use crate::support::{Ready, handoff, serve};
-
-/// A GET on the data plane: status, `x-request-id` (if any) and body.
-async fn get_with_id(ready: &Ready, path: &str) -> (u16, Option<String>, String) {
-    let mut conn = handoff_tests::Connection::open(ready.data).await;
-    let exchange = async {
-        let response = conn
-            .send(handoff_tests::get_request(path))
-            .await
-            .expect("an answer");
-        let status = response.status().as_u16();
-        let id = response
-            .headers()
-            .get("x-request-id")
-            .map(|v| v.to_str().unwrap().to_owned());
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, id, String::from_utf8_lossy(&body).into_owned())
-    };
-    tokio::time::timeout(Duration::from_secs(60), exchange)
-        .await
-        .unwrap_or_else(|_| panic!("GET {path} did not finish within a minute"))
-}
+use crate::support::{get_with_id, handoff, serve};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_03_guests_lines_and_panics_carry_route_version_and_request_id() {
