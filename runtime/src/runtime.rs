@@ -181,7 +181,14 @@ impl Runtime {
         let trace = config
             .tracing
             .as_ref()
-            .map(crate::trace::Tracing::start)
+            .map(|settings| {
+                // A cluster node's spans say which node made them.
+                let mut settings = settings.clone();
+                if let Some(cluster) = &config.cluster {
+                    settings.default_instance(&cluster.node_name);
+                }
+                crate::trace::Tracing::start(&settings)
+            })
             .transpose()?;
         Ok(Self {
             trace,

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use handoff::config::Config;
 use handoff::trace::{Protocol, Settings};
+use handoff_tests::nats::{NatsServer, until_live};
 use handoff_tests::otlp::{self, Receiver, Span};
-use handoff_tests::{Connection, TestServer, guests, send};
+use handoff_tests::{Connection, TestServer, guests, node_config, send};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
@@ -397,10 +398,14 @@ async fn a_rollouts_arms_show_in_spans() {
                 .map(|s| s.attr("handoff.rollout.action"))
                 .collect();
             (actions.len() == 2).then_some(())?;
-            assert!(
-                actions.iter().all(|a| a.starts_with("Weight")),
-                "{actions:?}"
-            );
+            assert_eq!(actions, ["weight", "weight"]);
+            let mut weights: Vec<&str> = spans
+                .iter()
+                .filter(|s| s.name == "rollout action")
+                .map(|s| s.attr("handoff.rollout.weight"))
+                .collect();
+            weights.sort();
+            assert_eq!(weights, ["0", "100"]);
             Some(())
         })
         .await;
@@ -660,4 +665,461 @@ async fn a_shadow_copy_has_its_own_span_linked_to_the_request() {
         )
         .await;
     server.shutdown().await;
+}
+
+/// The settings `serve` reads from `vars` (the standard environment variables).
+fn from_env(vars: &[(&str, &str)]) -> Settings {
+    let vars: std::collections::HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Settings::from_env(|name| vars.get(name).cloned())
+        .expect("valid settings")
+        .expect("tracing on")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_exports_to_a_grpc_collector_with_the_headers_and_resource_configured() {
+    let receiver = Receiver::start_grpc().await;
+    let endpoint = format!("http://{}", receiver.addr);
+    let settings = from_env(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cret%21"),
+        ("OTEL_SERVICE_NAME", "edge"),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment.name=test,service.version=9.9",
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ]);
+    assert_eq!(
+        (settings.protocol, settings.endpoint.as_str()),
+        (Protocol::Grpc, endpoint.as_str())
+    );
+    let server = TestServer::start_with(Config {
+        tracing: Some(settings),
+        ..Config::ephemeral()
+    })
+    .await;
+    let version = server.deploy("api", guests::HOSTILE).await["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let traceparent = format!("00-{TRACE}-{PARENT}-01");
+    assert_eq!(
+        get(&server, "/api/ok", &[("traceparent", &traceparent)]).await,
+        (StatusCode::OK, "ok".into())
+    );
+    let (span, deploy) = receiver
+        .wait_for(
+            "the request's and the deploy's spans over gRPC",
+            GENEROUS,
+            |spans| {
+                let span = server_span(spans, "/api/ok")?;
+                let deploy = spans.iter().find(|s| s.name == "deploy")?;
+                Some((span.clone(), deploy.clone()))
+            },
+        )
+        .await;
+    assert_eq!(
+        (span.trace_id.as_str(), span.parent_span_id.as_str()),
+        (TRACE, PARENT)
+    );
+    assert_eq!(
+        (
+            span.name.as_str(),
+            span.attr("handoff.route"),
+            span.attr("handoff.version"),
+            span.attr("http.response.status_code")
+        ),
+        ("GET /api", "api", version.as_str(), "200")
+    );
+    assert_eq!(deploy.attr("handoff.version"), version);
+    // The resource: the service name and attributes configured (the operator's
+    // `service.version` wins over handoff's), and the SDK's own.
+    assert_eq!(span.service, "edge");
+    for (key, value) in [
+        ("deployment.environment.name", "test"),
+        ("service.version", "9.9"),
+        ("telemetry.sdk.language", "rust"),
+        ("telemetry.sdk.name", "opentelemetry"),
+    ] {
+        assert_eq!(
+            span.resource.get(key).map(String::as_str),
+            Some(value),
+            "{key} in {:?}",
+            span.resource
+        );
+    }
+    // The headers go out as gRPC metadata.
+    let headers = receiver.headers();
+    assert_eq!(
+        headers.get("api-key").and_then(|v| v.to_str().ok()),
+        Some("s3cret!"),
+        "{headers:?}"
+    );
+    assert!(
+        headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc")),
+        "{headers:?}"
+    );
+    server.shutdown().await;
+}
+
+/// An admin request to `server` with `headers` and a body (`content-type` given among the
+/// headers when there is one).
+async fn admin_with(
+    server: &TestServer,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, String) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", handoff_tests::ADMIN_HOST);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let (status, body) = send(
+        server.admin,
+        req.body(Full::new(Bytes::from(body))).unwrap(),
+    )
+    .await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_requests_traceparent_parents_the_change_it_causes() {
+    let receiver = Receiver::start().await;
+    let server = TestServer::start_with(traced(&receiver)).await;
+    // A deploy from a CI job whose span is `PARENT` in trace `TRACE`.
+    let traceparent = format!("00-{TRACE}-{PARENT}-01");
+    let (status, body) = admin_with(
+        &server,
+        Method::PUT,
+        "/v1/routes/api",
+        &[
+            ("content-type", "application/wasm"),
+            ("traceparent", &traceparent),
+            ("tracestate", "ci=1"),
+        ],
+        guests::bytes(guests::HOSTILE),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let deploy = receiver
+        .wait_for("the deploy's span", GENEROUS, |spans| {
+            spans.iter().find(|s| s.name == "deploy").cloned()
+        })
+        .await;
+    assert_eq!(
+        (deploy.trace_id.as_str(), deploy.parent_span_id.as_str()),
+        (TRACE, PARENT)
+    );
+    // Its phases are still its own children (not the caller's).
+    let phases = receiver
+        .wait_for("the deploy's phases", GENEROUS, |spans| {
+            let found = children(spans, &deploy);
+            (found.len() >= 6).then(|| {
+                found
+                    .iter()
+                    .map(|(a, b)| format!("{a} < {b}"))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await;
+    assert_eq!(
+        phases,
+        [
+            "build < deploy",
+            "compile < deploy",
+            "record < deploy",
+            "swap < deploy",
+            "trial instance < build",
+            "upload < deploy",
+        ]
+    );
+
+    // A deploy the caller does not sample (flags 00): not recorded, nor its phases.
+    const UNSAMPLED: &str = "0af7651916cd43dd8448eb211c80319c";
+    let (status, body) = admin_with(
+        &server,
+        Method::PUT,
+        "/v1/routes/api",
+        &[
+            ("content-type", "application/wasm"),
+            (
+                "traceparent",
+                &format!("00-{UNSAMPLED}-b7ad6b7169203331-00"),
+            ),
+        ],
+        guests::bytes(guests::TAGGED_V1),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A rollback the caller samples: a child of its span.
+    const SAMPLED: &str = "5b8efff798038103d269b633813fc60c";
+    let (status, body) = admin_with(
+        &server,
+        Method::POST,
+        "/v1/routes/api/rollback",
+        &[("traceparent", &format!("00-{SAMPLED}-eee19b7ec3c1b174-01"))],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rollback = receiver
+        .wait_for("the rollback's span", GENEROUS, |spans| {
+            spans.iter().find(|s| s.name == "rollback").cloned()
+        })
+        .await;
+    assert_eq!(
+        (rollback.trace_id.as_str(), rollback.parent_span_id.as_str()),
+        (SAMPLED, "eee19b7ec3c1b174")
+    );
+    assert_eq!(rollback.attr("handoff.route"), "api");
+    // Spans leave in the order they end: the unsampled deploy's would have come first.
+    let spans = receiver.spans();
+    assert!(
+        spans.iter().all(|s| s.trace_id != UNSAMPLED),
+        "the caller did not sample its trace: {:?}",
+        spans
+            .iter()
+            .filter(|s| s.trace_id == UNSAMPLED)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        spans.iter().filter(|s| s.name == "deploy").count(),
+        1,
+        "one deploy recorded"
+    );
+    // A rollout started with a traceparent: its span joins that trace too.
+    let v2 = server.upload(guests::TAGGED_V2).await;
+    const ROLLOUT: &str = "11111111111111111111111111111111";
+    let (status, body) = admin_with(
+        &server,
+        Method::POST,
+        "/v1/routes/api/rollout",
+        &[
+            ("content-type", "application/json"),
+            ("traceparent", &format!("00-{ROLLOUT}-2222222222222222-01")),
+        ],
+        json!({"version": v2, "steps": [50], "manual": true})
+            .to_string()
+            .into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let start = receiver
+        .wait_for("the rollout's start", GENEROUS, |spans| {
+            spans.iter().find(|s| s.name == "rollout start").cloned()
+        })
+        .await;
+    assert_eq!(
+        (start.trace_id.as_str(), start.parent_span_id.as_str()),
+        (ROLLOUT, "2222222222222222")
+    );
+    server.shutdown().await;
+}
+
+/// `GET /v1/routes/{route}/rollout`'s `state`, sending requests to `path` on one connection
+/// until it is no longer `running` (at most 5,000 requests within [`GENEROUS`]).
+async fn drive_until_decided(server: &TestServer, route: &str, path: &str) -> String {
+    let mut conn = Connection::open(server.data).await;
+    let started = Instant::now();
+    for sent in 0.. {
+        assert!(
+            started.elapsed() < GENEROUS && sent < 5_000,
+            "no decision after {sent} requests"
+        );
+        conn.get(path).await.expect("a request");
+        let rollout = server.status(route).await["rollout"].clone();
+        if rollout["state"] != "running" {
+            return rollout["state"].as_str().unwrap_or_default().to_owned();
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollouts_steps_are_spans_with_the_gates_decision() {
+    let receiver = Receiver::start().await;
+    let server = TestServer::start_with(traced(&receiver)).await;
+    // A healthy candidate: advanced to its second step, then promoted.
+    server.deploy("app", guests::TAGGED_V1).await;
+    let v2 = server.upload(guests::TAGGED_V2).await;
+    let (status, body) = server
+        .post_json(
+            "/v1/routes/app/rollout",
+            json!({"version": v2, "steps": [50, 100], "step_time": "100ms",
+                   "step_requests": 5, "min_requests": 5}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        drive_until_decided(&server, "app", "/app").await,
+        "promoted"
+    );
+    // A failing candidate (`/bad/error`: 500 from it, 200 from the stable version): rolled
+    // back by the error gate.
+    server.deploy("bad", guests::TAGGED_V1).await;
+    let failing = server.upload(guests::FAILING).await;
+    let (status, body) = server
+        .post_json(
+            "/v1/routes/bad/rollout",
+            json!({"version": failing, "steps": [50, 100], "step_time": "1m", "min_requests": 5}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        drive_until_decided(&server, "bad", "/bad/error").await,
+        "rolled_back"
+    );
+    let steps = receiver
+        .wait_for("three rollout steps and their phases", GENEROUS, |spans| {
+            let steps: Vec<Span> = spans
+                .iter()
+                .filter(|s| s.name == "rollout step")
+                .cloned()
+                .collect();
+            (steps.len() == 3).then_some(())?;
+            // Each step's change recorded and swapped in as its phases.
+            for step in &steps {
+                let phases = children(spans, step);
+                (phases.contains(&("record", "rollout step"))
+                    && phases.contains(&("swap", "rollout step")))
+                .then_some(())?;
+            }
+            Some(steps)
+        })
+        .await;
+    let decided: Vec<(&str, &str, &str, &str, &str)> = steps
+        .iter()
+        .map(|s| {
+            (
+                s.attr("handoff.route"),
+                s.attr("handoff.rollout.decision"),
+                s.attr("handoff.rollout.step"),
+                s.attr("handoff.rollout.weight"),
+                s.attr("handoff.version"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            ("app", "advance", "1", "50", v2.as_str()),
+            ("app", "promote", "2", "100", v2.as_str()),
+            ("bad", "roll back", "1", "50", failing.as_str()),
+        ]
+    );
+    for step in &steps {
+        // The controller's own decisions: each the root of a trace, and not an error (the
+        // change happened; a rollback's reason is an attribute).
+        assert!(step.parent_span_id.is_empty(), "{step:?}");
+        assert_eq!(step.kind, otlp::INTERNAL);
+        assert_eq!(step.status_code, 0, "{step:?}");
+    }
+    assert_eq!(steps[0].attr("handoff.rollout.reason"), "");
+    let reason = steps[2].attr("handoff.rollout.reason");
+    assert!(reason.contains("error rate"), "{reason}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_cluster_node_applying_a_change_is_a_span_of_its_own() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let receiver = Receiver::start().await;
+    let node = |name: &str| {
+        let mut config = node_config(&url, name, None);
+        config.tracing = traced(&receiver).tracing;
+        TestServer::start_with(config)
+    };
+    let a = node("a").await;
+    let b = node("b").await;
+    until_live(&a, 2).await;
+    until_live(&b, 2).await;
+    // A deploy through a: b applies it.
+    let (status, body) = a
+        .deploy_bytes("api", "", guests::bytes(guests::TAGGED_V1))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["cluster"]["converged"], true, "{body}");
+    let v1 = body["version"].as_str().unwrap().to_owned();
+    // A second deploy, through b: a applies it.
+    let (status, body) = b
+        .deploy_bytes("api", "", guests::bytes(guests::TAGGED_V2))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v2 = body["version"].as_str().unwrap().to_owned();
+    let applied = receiver
+        .wait_for("a's and b's cluster applies", GENEROUS, |spans| {
+            let applies: Vec<Span> = spans
+                .iter()
+                .filter(|s| s.name == "cluster apply")
+                .cloned()
+                .collect();
+            let on = |node: &str, version: &str| {
+                applies
+                    .iter()
+                    .any(|s| s.attr("handoff.node") == node && s.attr("handoff.version") == version)
+            };
+            (on("b", &v1) && on("a", &v2)).then_some(applies)
+        })
+        .await;
+    // One span per node that applied a change another node made; none where it was made.
+    let mut seen: Vec<(&str, &str)> = applied
+        .iter()
+        .map(|s| (s.attr("handoff.node"), s.attr("handoff.version")))
+        .collect();
+    seen.sort();
+    let mut expected = vec![("a", v2.as_str()), ("b", v1.as_str())];
+    expected.sort();
+    assert_eq!(seen, expected);
+    let spans = receiver.spans();
+    for apply in &applied {
+        assert_eq!(apply.attr("handoff.route"), "api");
+        assert_eq!(apply.kind, otlp::INTERNAL);
+        assert_eq!(apply.status_code, 0, "{apply:?}");
+        // The node's spans name it in their resource.
+        assert_eq!(
+            apply
+                .resource
+                .get("service.instance.id")
+                .map(String::as_str),
+            Some(apply.attr("handoff.node"))
+        );
+        // Its phases: the versions built, and the new table swapped in.
+        let phases = children(&spans, apply);
+        for phase in [
+            ("build", "cluster apply"),
+            ("compile", "build"),
+            ("trial instance", "build"),
+            ("swap", "cluster apply"),
+        ] {
+            assert!(phases.contains(&phase), "{phase:?} in {phases:?}");
+        }
+    }
+    // The change's own span is on the node that made it.
+    for (node, version) in [("a", &v1), ("b", &v2)] {
+        let deploy = spans
+            .iter()
+            .find(|s| s.name == "deploy" && s.attr("handoff.version") == version.as_str())
+            .unwrap_or_else(|| panic!("no deploy span of {version}"));
+        assert_eq!(
+            deploy
+                .resource
+                .get("service.instance.id")
+                .map(String::as_str),
+            Some(node)
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
 }

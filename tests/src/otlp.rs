@@ -1,15 +1,21 @@
 //! A small OpenTelemetry collector for tests: it takes OTLP/HTTP (`POST /v1/traces`,
-//! protobuf) on loopback, decodes each `ExportTraceServiceRequest` with the OpenTelemetry
-//! project's own definitions (`opentelemetry-proto`), and keeps the spans for checks.
+//! protobuf) or OTLP/gRPC (the `TraceService` server the OpenTelemetry project generates) on
+//! loopback, decodes each `ExportTraceServiceRequest` with the project's own definitions
+//! (`opentelemetry-proto`), and keeps the spans for checks (or, for the bench, counts them).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -31,6 +37,8 @@ pub const ERROR: i32 = 2;
 pub struct Span {
     /// The resource's `service.name`.
     pub service: String,
+    /// The resource's attributes.
+    pub resource: HashMap<String, String>,
     /// 32 hex digits.
     pub trace_id: String,
     /// 16 hex digits.
@@ -64,31 +72,69 @@ impl Span {
     }
 }
 
+/// What a receiver keeps: every span (tests), or only their number (the bench, which sends
+/// more than memory should hold), and the headers (gRPC metadata) of the last export.
+struct Kept {
+    keep: bool,
+    spans: watch::Sender<Vec<Span>>,
+    count: AtomicU64,
+    headers: Mutex<http::HeaderMap>,
+}
+
+impl Kept {
+    fn take(&self, headers: http::HeaderMap, request: ExportTraceServiceRequest) {
+        *self.headers.lock().unwrap_or_else(|e| e.into_inner()) = headers;
+        if self.keep {
+            let received = spans_of(request);
+            self.count
+                .fetch_add(received.len() as u64, Ordering::Relaxed);
+            self.spans.send_modify(|all| all.extend(received));
+        } else {
+            let n: usize = request
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum();
+            self.count.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A running receiver.
 pub struct Receiver {
-    /// Where it listens; the traces endpoint is `http://{addr}/v1/traces`.
+    /// Where it listens; the traces endpoint is `http://{addr}/v1/traces` (OTLP/HTTP), or
+    /// `http://{addr}` (gRPC).
     pub addr: SocketAddr,
+    kept: Arc<Kept>,
     spans: watch::Receiver<Vec<Span>>,
 }
 
 impl Receiver {
-    /// Starts a receiver on a free loopback port.
+    /// Starts an OTLP/HTTP receiver on a free loopback port, keeping every span.
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let (sender, spans) = watch::channel(Vec::new());
+        Self::start_http(true).await
+    }
+
+    /// Starts an OTLP/HTTP receiver that only counts the spans it takes ([`Self::count`]).
+    pub async fn counting() -> Self {
+        Self::start_http(false).await
+    }
+
+    async fn start_http(keep: bool) -> Self {
+        let (listener, receiver) = Self::bind(keep).await;
+        let kept = receiver.kept.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let sender = sender.clone();
+                let kept = kept.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(
                         move |req: http::Request<hyper::body::Incoming>| {
-                            let sender = sender.clone();
+                            let kept = kept.clone();
                             async move {
                                 let path_ok = req.uri().path() == "/v1/traces";
-                                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                                let (parts, body) = req.into_parts();
+                                let body = body.collect().await.map(|b| b.to_bytes());
                                 let decoded = body
                                     .ok()
                                     .filter(|_| path_ok)
@@ -98,8 +144,7 @@ impl Receiver {
                                     *bad.status_mut() = http::StatusCode::BAD_REQUEST;
                                     return Ok::<_, Infallible>(bad);
                                 };
-                                let received = spans_of(request);
-                                sender.send_modify(|all| all.extend(received));
+                                kept.take(parts.headers, request);
                                 let answer = ExportTraceServiceResponse::default().encode_to_vec();
                                 let mut ok = http::Response::new(Full::new(Bytes::from(answer)));
                                 ok.headers_mut().insert(
@@ -116,17 +161,65 @@ impl Receiver {
                 });
             }
         });
-        Self { addr, spans }
+        receiver
     }
 
-    /// The traces endpoint (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`).
+    /// Starts an OTLP/gRPC receiver on a free loopback port, keeping every span: the
+    /// `TraceService` server of the OpenTelemetry project's generated code (tonic) over
+    /// HTTP/2 with prior knowledge.
+    pub async fn start_grpc() -> Self {
+        let (listener, receiver) = Self::bind(true).await;
+        let service = TraceServiceServer::new(Grpc(receiver.kept.clone()));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = hyper_util::service::TowerToHyperService::new(service.clone());
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        receiver
+    }
+
+    async fn bind(keep: bool) -> (tokio::net::TcpListener, Self) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (sender, spans) = watch::channel(Vec::new());
+        let kept = Arc::new(Kept {
+            keep,
+            spans: sender,
+            count: AtomicU64::new(0),
+            headers: Mutex::new(http::HeaderMap::new()),
+        });
+        (listener, Self { addr, kept, spans })
+    }
+
+    /// The traces endpoint of an OTLP/HTTP receiver (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`).
     pub fn endpoint(&self) -> String {
         format!("http://{}/v1/traces", self.addr)
     }
 
-    /// Every span received so far.
+    /// Every span received so far (none for a [counting](Self::counting) receiver).
     pub fn spans(&self) -> Vec<Span> {
         self.spans.borrow().clone()
+    }
+
+    /// How many spans were received so far.
+    pub fn count(&self) -> u64 {
+        self.kept.count.load(Ordering::Relaxed)
+    }
+
+    /// The headers (gRPC: the metadata) the last export came with.
+    pub fn headers(&self) -> http::HeaderMap {
+        self.kept
+            .headers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits (at most `limit`) until `found` finds what it looks for among the spans
@@ -153,6 +246,21 @@ impl Receiver {
                 panic!("no {what} within {limit:?}; spans received: {names:#?}");
             }
         }
+    }
+}
+
+/// The gRPC `TraceService`.
+struct Grpc(Arc<Kept>);
+
+#[tonic::async_trait]
+impl TraceService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let headers = request.metadata().clone().into_headers();
+        self.0.take(headers, request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
@@ -184,6 +292,7 @@ fn spans_of(request: ExportTraceServiceRequest) -> Vec<Span> {
                 let status = span.status.unwrap_or_default();
                 out.push(Span {
                     service: service.clone(),
+                    resource: resource.clone(),
                     trace_id: hex(&span.trace_id),
                     span_id: hex(&span.span_id),
                     parent_span_id: hex(&span.parent_span_id),

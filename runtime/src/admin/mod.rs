@@ -165,6 +165,11 @@ pub fn router(rt: Arc<Runtime>, listener: std::net::SocketAddr) -> Router {
             Arc::new(guard),
             guard::origin,
         ))
+        // Inside `run_to_completion`'s task, so the change runs within the caller's trace.
+        .layer(axum::middleware::from_fn_with_state(
+            rt.clone(),
+            continue_trace,
+        ))
         .layer(axum::middleware::from_fn(run_to_completion))
         .with_state(rt);
     // Outside the whole router, where the `Allow` header of a 405 is already set.
@@ -239,6 +244,24 @@ async fn run_to_completion(request: Request, next: Next) -> Response {
             )
             .into_response()
         }
+    }
+}
+
+/// With tracing on, the change an admin request causes (deploy, rollback, a rollout's start…)
+/// continues the trace of the request's `traceparent` header: its span is a child of the
+/// caller's (a CI job's, say) instead of the root of a trace of its own. Off, one check.
+async fn continue_trace(
+    axum::extract::State(rt): axum::extract::State<Arc<Runtime>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let caller = rt
+        .trace
+        .as_ref()
+        .and_then(|_| crate::trace::caller(request.headers()));
+    match caller {
+        Some(caller) => crate::trace::within(caller, next.run(request)).await,
+        None => next.run(request).await,
     }
 }
 

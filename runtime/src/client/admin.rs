@@ -104,7 +104,7 @@ impl AdminClient {
     }
 
     /// A request to `path_and_query` with the `Host` and, when `$HANDOFF_ADMIN_TOKEN` is set,
-    /// the bearer token.
+    /// the bearer token; and `traceparent`/`tracestate` when `$TRACEPARENT`/`$TRACESTATE` are.
     pub(super) fn request(&self, method: Method, path_and_query: &str) -> http::request::Builder {
         let mut request = Request::builder()
             .method(method)
@@ -114,6 +114,16 @@ impl AdminClient {
             && !token.is_empty()
         {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        // A script's or CI job's trace continues in the change this request causes (the
+        // OpenTelemetry convention: `TRACEPARENT` and `TRACESTATE` in the environment).
+        for (var, name) in [("TRACEPARENT", "traceparent"), ("TRACESTATE", "tracestate")] {
+            if let Ok(value) = std::env::var(var)
+                && !value.trim().is_empty()
+                && let Ok(value) = http::HeaderValue::from_str(value.trim())
+            {
+                request = request.header(name, value);
+            }
         }
         request
     }

@@ -436,7 +436,10 @@ async fn version(
         });
     let code = match code {
         Some(code) => code,
-        None => prepare::load_stored(rt, &digest, settings.limits.compile()).await?,
+        None => {
+            let loading = prepare::load_stored(rt, &digest, settings.limits.compile());
+            crate::trace::phase(rt.trace.as_deref(), "compile", loading).await?
+        }
     };
     // `instance-concurrency` is the route's and applies to its WASI 0.3 versions; a 0.2
     // version's instances serve one request at a time whatever it says (a deploy that asks

@@ -41,7 +41,23 @@ pub enum Reconciled {
 
 /// Applies the route `name` as the state log has it now, unless it serves that already.
 /// `Err`: the state log could not be read (the watch is restarted).
+///
+/// With tracing on, applying a change is a span, `cluster apply`, with `handoff.node`; a
+/// change this node serves already (it made it, or applied it before) makes none.
 pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Reconciled> {
+    let guard = rt.registry.lock(name).await;
+    let stored = rt.state.route(name).await?;
+    let live = rt.routes.snapshot().get(name).cloned();
+    let current = match &stored {
+        None => live.is_none(),
+        Some(stored) => live
+            .as_ref()
+            .is_some_and(|l| l.record.revision == stored.record.revision && l.split().is_some()),
+    };
+    if current {
+        report(rt, name, None);
+        return Ok(Reconciled::Done);
+    }
     let mut attributes = vec![crate::trace::KeyValue::new(
         "handoff.route",
         name.as_str().to_owned(),
@@ -52,15 +68,29 @@ pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Re
             cluster.node_name().to_owned(),
         ));
     }
-    let applying = reconcile_now(rt, name);
+    if let Some(stored) = &stored {
+        attributes.push(crate::trace::KeyValue::new(
+            "handoff.version",
+            stored.record.active.to_string(),
+        ));
+        attributes.push(crate::trace::KeyValue::new(
+            "handoff.revision",
+            stored.record.revision as i64,
+        ));
+    }
+    let applying = apply_now(rt, name, guard, stored, live);
     crate::trace::change(rt.trace.as_deref(), "cluster apply", attributes, applying).await
 }
 
-/// [`reconcile`], within its span.
-async fn reconcile_now(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Reconciled> {
-    let guard = rt.registry.lock(name).await;
-    let stored = rt.state.route(name).await?;
-    let live = rt.routes.snapshot().get(name).cloned();
+/// [`reconcile`] of a route that does not serve its stored record (`None`: deleted), within
+/// its span.
+async fn apply_now(
+    rt: &Arc<Runtime>,
+    name: &RouteName,
+    guard: crate::route::state::ChangeGuard,
+    stored: Option<crate::state::Stored>,
+    live: Option<Route>,
+) -> anyhow::Result<Reconciled> {
     let Some(stored) = stored else {
         if let Some(live) = live {
             let writer = rt.routes.writer().await;
@@ -77,26 +107,19 @@ async fn reconcile_now(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Re
                 route = name.as_str(),
                 "route deleted (recorded by another node)"
             );
-        } else {
-            report(rt, name, None);
         }
         return Ok(Reconciled::Done);
     };
     let record = stored.record;
-    let current = live
-        .as_ref()
-        .is_some_and(|l| l.record.revision == record.revision && l.split().is_some());
-    if current {
-        report(rt, name, None);
-        return Ok(Reconciled::Done);
-    }
     let prefix = record.claimed_prefix(name);
     if let Some(reason) = commit::claimed_elsewhere(rt, name, &prefix).await? {
         tracing::error!(route = name.as_str(), reason = %reason, "change not applied");
+        crate::trace::fail(&reason);
         report(rt, name, Some((record.revision, reason)));
         return Ok(Reconciled::Done);
     }
-    let built = apply::build(rt, name, &record, live.as_ref(), &[]).await;
+    let building = apply::build(rt, name, &record, live.as_ref(), &[]);
+    let built = crate::trace::phase(rt.trace.as_deref(), "build", building).await;
     let writer = rt.routes.writer().await;
     if let Some(owner) = writer.prefix_owner(name, &prefix) {
         drop(writer);
@@ -106,6 +129,7 @@ async fn reconcile_now(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Re
             owner.as_str()
         );
         tracing::error!(route = name.as_str(), reason = %reason, "change not applied");
+        crate::trace::fail(&reason);
         report(rt, name, Some((record.revision, reason)));
         return Ok(Reconciled::Done);
     }
@@ -118,6 +142,7 @@ async fn reconcile_now(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Re
         Err(error) => {
             let reason = error.to_string();
             tracing::error!(route = name.as_str(), version = %record.active, error = %reason, "change recorded by another node not applied; serving what was here");
+            crate::trace::fail(&reason);
             if live.as_ref().is_some_and(|l| l.split().is_some()) {
                 drop(writer);
                 report(rt, name, Some((record.revision, reason)));
@@ -146,6 +171,7 @@ async fn reconcile_now(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Re
     };
     // The prefix was checked above under this writer.
     if let Err(held) = commit::commit(rt, writer, commit, Some(route)).await {
+        crate::trace::fail("the route's prefix is held by another route on this node");
         tracing::error!(
             route = name.as_str(),
             holder = held.holder.as_str(),

@@ -65,8 +65,10 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<wasmtime_wasi_http::Error> + Send + Unpin,
 {
+    // Boxed: off, the request's future carries one pointer for it (it is moved a few times
+    // on its way to the connection), not the span.
     let span = rt.trace.as_deref().map(|tracing| {
-        crate::trace::Server::start(
+        Box::new(crate::trace::Server::start(
             tracing.tracer(),
             req.method(),
             req.uri(),
@@ -74,12 +76,12 @@ where
             req.headers(),
             https,
             peer,
-        )
+        ))
     });
-    let response = serve(rt, req, https, peer, span.as_ref()).await;
+    let response = serve(rt, req, https, peer, span.as_deref()).await;
     match span {
         None => response,
-        Some(span) => traced(response, span),
+        Some(span) => traced(response, *span),
     }
 }
 

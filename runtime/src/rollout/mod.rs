@@ -134,10 +134,24 @@ pub async fn act(
     action: Action,
     by: &str,
 ) -> Result<Deployed, DeployError> {
-    let attributes = vec![
+    // The action as the API names it (`POST .../rollout/{action}`; `weight` for a PATCH).
+    let what = match action {
+        Action::Promote => "promote",
+        Action::Abort => "abort",
+        Action::Pause => "pause",
+        Action::Resume => "resume",
+        Action::Weight(_) => "weight",
+    };
+    let mut attributes = vec![
         crate::trace::KeyValue::new("handoff.route", name.as_str().to_owned()),
-        crate::trace::KeyValue::new("handoff.rollout.action", format!("{action:?}")),
+        crate::trace::KeyValue::new("handoff.rollout.action", what),
     ];
+    if let Action::Weight(weight) = action {
+        attributes.push(crate::trace::KeyValue::new(
+            "handoff.rollout.weight",
+            weight,
+        ));
+    }
     crate::trace::change(
         rt.trace.as_deref(),
         "rollout action",

@@ -60,7 +60,16 @@ impl Tracing {
     /// exporter refuses; a collector that cannot be reached is not an error (its spans are
     /// dropped and counted).
     pub fn start(settings: &Settings) -> anyhow::Result<Arc<Self>> {
+        // Later attributes win: `OTEL_RESOURCE_ATTRIBUTES` over handoff's version, the service
+        // name over both.
         let resource = Resource::builder_empty()
+            .with_detector(Box::new(
+                opentelemetry_sdk::resource::TelemetryResourceDetector,
+            ))
+            .with_attribute(opentelemetry::KeyValue::new(
+                "service.version",
+                env!("CARGO_PKG_VERSION"),
+            ))
             .with_attributes(
                 settings
                     .resource
@@ -68,10 +77,6 @@ impl Tracing {
                     .map(|(k, v)| opentelemetry::KeyValue::new(k.clone(), v.clone())),
             )
             .with_service_name(settings.service_name.clone())
-            .with_attribute(opentelemetry::KeyValue::new(
-                "service.version",
-                env!("CARGO_PKG_VERSION"),
-            ))
             .build();
         // The queue's task owns the exporter: it learns the resource here, not from the
         // provider.
@@ -186,8 +191,8 @@ fn build_exporter(settings: &Settings) -> anyhow::Result<opentelemetry_otlp::Spa
 }
 
 /// Runs `work`, a change named `name` (`deploy`, `rollback`, `rollout step`…) with
-/// `attributes`, as a span: a child of the change that runs it if any (a rollout step's
-/// change), else the root of a trace of its own. Its phases ([`phase`]) and [`annotate`]
+/// `attributes`, as a span: a child of the span current where it runs (the caller's span an
+/// admin request's `traceparent` named, see [`within`]), else the root of a trace of its own. Its phases ([`phase`]) and [`annotate`]
 /// calls find it as the current context. An `Err` makes it an error span with the error's
 /// sentence. With tracing off, runs `work` as it is.
 pub async fn change<T, E, F>(
@@ -240,22 +245,47 @@ where
     out
 }
 
+/// Whether `cx` is within a change traced here: its span is one of ours, not the caller's
+/// span an admin request's `traceparent` named ([`within`]), which only parents the change.
+fn in_change(cx: &Context) -> bool {
+    use opentelemetry::trace::TraceContextExt as _;
+    cx.has_active_span() && !cx.span().span_context().is_remote()
+}
+
 /// Adds `attributes` to the current change's span, if one is traced.
 pub fn annotate(attributes: impl FnOnce() -> Vec<KeyValue>) {
     use opentelemetry::trace::TraceContextExt as _;
     let cx = Context::current();
-    if cx.has_active_span() {
+    if in_change(&cx) {
         cx.span().set_attributes(attributes());
     }
 }
 
-/// Adds an event (a rollout gate's decision) to the current change's span, if one is traced.
-pub fn event(name: &'static str, attributes: impl FnOnce() -> Vec<KeyValue>) {
-    use opentelemetry::trace::TraceContextExt as _;
+/// Makes the current change's span an error with `reason` (a change that ends without an
+/// `Err` yet did not happen: a cluster node that could not apply a recorded change).
+pub fn fail(reason: &str) {
+    use opentelemetry::trace::{Status, TraceContextExt as _};
     let cx = Context::current();
-    if cx.has_active_span() {
-        cx.span().add_event(name, attributes());
+    if in_change(&cx) {
+        cx.span().set_status(Status::error(reason.to_owned()));
     }
+}
+
+/// The trace an admin request's `traceparent` (and `tracestate`) names: the change the request
+/// causes is a span of that trace, a child of the caller's span ([`within`]). `None` without
+/// a valid `traceparent`.
+pub fn caller(headers: &http::HeaderMap) -> Option<Caller> {
+    span::remote(headers).map(Caller)
+}
+
+/// The trace an admin request's `traceparent` names ([`caller`]).
+pub struct Caller(Context);
+
+/// Runs `work` (an admin request's handling) so that the changes it starts ([`change`]) are
+/// children of `caller`'s span.
+pub async fn within<F: Future>(caller: Caller, work: F) -> F::Output {
+    use opentelemetry::context::FutureExt as _;
+    work.with_context(caller.0).await
 }
 
 /// Records phase `name` of the current change that already happened, from `began` to
@@ -266,12 +296,12 @@ pub fn past_phase(
     began: std::time::SystemTime,
     ended: std::time::SystemTime,
 ) {
-    use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt as _, Tracer as _};
+    use opentelemetry::trace::{Span as _, SpanKind, Tracer as _};
     let Some(tracing) = tracing else {
         return;
     };
     let parent = Context::current();
-    if !parent.has_active_span() {
+    if !in_change(&parent) {
         return;
     }
     let tracer = &tracing.tracer;
@@ -297,7 +327,7 @@ impl Later {
         use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _};
         let tracing = tracing?;
         let parent = Context::current();
-        if !parent.has_active_span() {
+        if !in_change(&parent) {
             return None;
         }
         let tracer = &tracing.tracer;
@@ -324,7 +354,7 @@ impl Drop for Later {
 }
 
 /// Runs `phase` (named `name`) as a child span of the change whose context is current (see
-/// [`Change::context`]); runs it plainly when no change is traced.
+/// [`change`]); runs it plainly when no change is traced.
 pub async fn phase<F: Future>(
     tracing: Option<&Tracing>,
     name: &'static str,
@@ -333,7 +363,7 @@ pub async fn phase<F: Future>(
     use opentelemetry::context::FutureExt as _;
     use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _};
     let parent = Context::current();
-    let Some(tracing) = tracing.filter(|_| parent.has_active_span()) else {
+    let Some(tracing) = tracing.filter(|_| in_change(&parent)) else {
         return phase.await;
     };
     let tracer = &tracing.tracer;

@@ -73,7 +73,8 @@ impl Settings {
     /// `_HEADERS`, `_CERTIFICATE` (each also as `OTEL_EXPORTER_OTLP_TRACES_*`, which wins),
     /// `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`,
     /// `OTEL_TRACES_SAMPLER_ARG`, and `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`,
-    /// `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_EXPORT_TIMEOUT` (milliseconds).
+    /// `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_EXPORT_TIMEOUT` and `OTEL_EXPORTER_OTLP_TIMEOUT`
+    /// (milliseconds).
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, String> {
         let var = |name: &str| {
             var(name)
@@ -165,10 +166,35 @@ impl Settings {
         if let Some(ms) = number("OTEL_BSP_SCHEDULE_DELAY")? {
             batching.delay = Duration::from_millis(ms);
         }
+        // The exporter's own bound on one export (also `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`);
+        // `OTEL_BSP_EXPORT_TIMEOUT`, if set, wins.
+        for name in [
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        ] {
+            if let Some(ms) = number(name)? {
+                batching.export_timeout = Duration::from_millis(ms.max(1));
+            }
+        }
         if let Some(ms) = number("OTEL_BSP_EXPORT_TIMEOUT")? {
             batching.export_timeout = Duration::from_millis(ms.max(1));
         }
         Ok(Some(settings))
+    }
+}
+
+impl Settings {
+    /// Names this process `id` in the resource (`service.instance.id`, a cluster node's name)
+    /// unless `OTEL_RESOURCE_ATTRIBUTES` named it already.
+    pub fn default_instance(&mut self, id: &str) {
+        if !self
+            .resource
+            .iter()
+            .any(|(k, _)| k == "service.instance.id")
+        {
+            self.resource
+                .push(("service.instance.id".to_owned(), id.to_owned()));
+        }
     }
 }
 
@@ -334,6 +360,22 @@ mod tests {
         assert_eq!(s.batching.max_queue, 8);
         assert_eq!(s.batching.max_batch, 8);
         assert_eq!(s.batching.delay, Duration::from_millis(50));
+        assert_eq!(s.batching.export_timeout, Duration::from_secs(10));
+        let s = read(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.batching.export_timeout, Duration::from_millis(2500));
+        let s = read(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1500"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.batching.export_timeout, Duration::from_millis(1500));
         let s = read(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
             ("OTEL_RESOURCE_ATTRIBUTES", "service.name=shop"),

@@ -1,6 +1,7 @@
 //! The spans handoff makes: a request's server span ([`Server`]), what a guest's store keeps of
 //! it for its log lines and outbound calls ([`Scope`]), an outbound call's client span
-//! ([`Client`]), and a change with its phases ([`Change`], [`change_phase`]).
+//! ([`Client`]), and a shadow copy's span ([`Change`]). A change with its phases is
+//! [`super::change`].
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -72,6 +73,12 @@ impl Server {
         let parent = TraceContextPropagator::new().extract(&Headers(headers));
         let mut attributes = Vec::with_capacity(10);
         attributes.push(KeyValue::new("http.request.method", method_name(method)));
+        if method_name(method) == OTHER {
+            attributes.push(KeyValue::new(
+                "http.request.method_original",
+                method.as_str().to_owned(),
+            ));
+        }
         attributes.push(KeyValue::new("url.path", uri.path().to_owned()));
         attributes.push(KeyValue::new(
             "url.scheme",
@@ -102,7 +109,7 @@ impl Server {
             attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
         }
         let span = tracer
-            .span_builder(method_name(method))
+            .span_builder(span_method(method))
             .with_kind(SpanKind::Server)
             .with_attributes(attributes)
             .start_with_context(&tracer, &parent);
@@ -120,7 +127,7 @@ impl Server {
         let span = self.cx.span();
         span.update_name(Cow::Owned(format!(
             "{} {prefix}",
-            method_name(&self.method)
+            span_method(&self.method)
         )));
         span.set_attributes([
             KeyValue::new("http.route", prefix.to_owned()),
@@ -218,6 +225,12 @@ impl Client {
             "http.request.method",
             method_name(request.method()),
         ));
+        if method_name(request.method()) == OTHER {
+            attributes.push(KeyValue::new(
+                "http.request.method_original",
+                request.method().as_str().to_owned(),
+            ));
+        }
         // Without the query and any user info: they may hold secrets.
         let full = format!(
             "{}://{}{}",
@@ -237,7 +250,7 @@ impl Client {
         });
         attributes.push(KeyValue::new("server.port", i64::from(port)));
         let span = tracer
-            .span_builder(method_name(request.method()))
+            .span_builder(span_method(request.method()))
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
             .start_with_context(tracer, &scope.cx);
@@ -269,48 +282,16 @@ impl Client {
     }
 }
 
-/// A change's span (deploy, rollback, activate, a rollout step, a shadow, a cluster apply, a
-/// restart's restore), or a shadow copy's: its phases are children ([`change_phase`]).
+/// A span ended by hand, where its work ends: a shadow copy's (a change's spans are
+/// [`super::change`]'s).
 pub struct Change {
     cx: Context,
 }
 
 impl Change {
-    /// Starts a change named `name` (e.g. `deploy`) with `attributes`, a root of its own trace
-    /// unless the admin request carried a `traceparent` (`headers`).
-    pub fn start(
-        tracer: &SdkTracer,
-        name: &'static str,
-        headers: Option<&HeaderMap>,
-        attributes: Vec<KeyValue>,
-    ) -> Self {
-        let parent = match headers {
-            Some(headers) => TraceContextPropagator::new().extract(&Headers(headers)),
-            None => Context::new(),
-        };
-        let span = tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Internal)
-            .with_attributes(attributes)
-            .start_with_context(tracer, &parent);
-        Self {
-            cx: parent.with_span(span),
-        }
-    }
-
-    /// The change's context: futures run `with_context` it make their phases its children.
-    pub fn context(&self) -> &Context {
-        &self.cx
-    }
-
     /// Adds `attributes` to the span.
     pub fn set(&self, attributes: Vec<KeyValue>) {
         self.cx.span().set_attributes(attributes);
-    }
-
-    /// Adds an event (a gate's decision, a step) to the span.
-    pub fn event(&self, name: &'static str, attributes: Vec<KeyValue>) {
-        self.cx.span().add_event(name, attributes);
     }
 
     /// Ends the span: an error with `error`'s sentence if it failed.
@@ -320,6 +301,17 @@ impl Change {
             span.set_status(Status::error(error.to_owned()));
         }
         span.end();
+    }
+}
+
+/// The semantic conventions' name for a method they do not know.
+const OTHER: &str = "_OTHER";
+
+/// A span's name starts with its method, or `HTTP` for one the conventions do not know.
+fn span_method(method: &Method) -> &'static str {
+    match method_name(method) {
+        OTHER => "HTTP",
+        known => known,
     }
 }
 
@@ -334,8 +326,7 @@ fn method_name(method: &Method) -> &'static str {
         Method::PATCH => "PATCH",
         Method::CONNECT => "CONNECT",
         Method::TRACE => "TRACE",
-        // The semantic conventions' name for a method they do not know.
-        _ => "_OTHER",
+        _ => OTHER,
     }
 }
 
@@ -347,6 +338,13 @@ fn protocol_version(version: http::Version) -> &'static str {
         http::Version::HTTP_3 => "3",
         _ => "1.1",
     }
+}
+
+/// The caller's span a request's `traceparent` (and `tracestate`) names, as a context, if the
+/// header is valid.
+pub(super) fn remote(headers: &HeaderMap) -> Option<Context> {
+    let cx = TraceContextPropagator::new().extract(&Headers(headers));
+    cx.span().span_context().is_valid().then_some(cx)
 }
 
 /// A header map as the propagator reads it.

@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 pub const HANDOFF: &str = env!("CARGO_BIN_EXE_handoff");
 
 /// Environment that would change what the binary does; cleared for every run.
-const AMBIENT: [&str; 11] = [
+const AMBIENT: [&str; 17] = [
     "HANDOFF_ADMIN_CA",
     "HANDOFF_ADMIN_TOKEN",
     "HANDOFF_TOKENS_FILE",
@@ -27,6 +27,12 @@ const AMBIENT: [&str; 11] = [
     "HANDOFF_EPHEMERAL",
     "HANDOFF_CLUSTER",
     "HANDOFF_NODE_NAME",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "TRACEPARENT",
+    "TRACESTATE",
 ];
 
 /// What a finished command did.

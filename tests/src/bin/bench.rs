@@ -7,6 +7,8 @@
 //!   component and on `body4k` (reads a small request body, answers 4 KiB), over HTTP/1.1 and
 //!   h2c (`wasmtime serve` speaks HTTP/1.1 only); handoff with `reuse=128` against `wasmtime
 //!   serve --max-instance-reuse-count 128` (`bench/peers.rs`);
+//! * tracing configured but off, and on (every request sampled, exported to a receiver in the
+//!   bench), against no tracing configuration (`bench/trace.rs`);
 //! * a 50 % sticky split against a plain route, a 100 % shadow against none, and a route with
 //!   16 config pairs and a directory against a plain one (`bench/delivery.rs`);
 //! * 1 route against 1,000 (req/s, resident memory, restart until all serve), a deploy of known
@@ -23,7 +25,7 @@
 //!
 //! Usage: `bench [--handoff PATH] [--wasmtime PATH] [--connections N] [--seconds S] [--guest PATH]
 //! [--attack loop,grow,recurse,trap,crowd] [--only-attack] [--only-kv] [--only-table]
-//! [--only-cluster] [--only-takeover]`
+//! [--only-cluster] [--only-takeover] [--only-peers] [--only-trace]`
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -51,6 +53,8 @@ mod scale;
 mod table;
 #[path = "bench/takeover.rs"]
 mod takeover;
+#[path = "bench/trace.rs"]
+mod trace;
 
 /// Load runs per server, interleaved.
 const ROUNDS: u32 = 4;
@@ -68,6 +72,7 @@ struct Options {
     only_cluster: bool,
     only_takeover: bool,
     only_peers: bool,
+    only_trace: bool,
 }
 
 fn options() -> Options {
@@ -86,6 +91,7 @@ fn options() -> Options {
         only_cluster: false,
         only_takeover: false,
         only_peers: false,
+        only_trace: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -105,6 +111,7 @@ fn options() -> Options {
             "--only-takeover" => opts.only_takeover = true,
             "--only-table" => opts.only_table = true,
             "--only-peers" => opts.only_peers = true,
+            "--only-trace" => opts.only_trace = true,
             "--attack" => opts.attack = value().split(',').map(String::from).collect(),
             other => panic!("unknown flag {other}"),
         }
@@ -304,6 +311,11 @@ async fn main() {
         opts.seconds
     );
     let mut table = table::Table::default();
+    if opts.only_trace {
+        trace::rows(&opts, &wasm, &mut table, plan).await;
+        table.print();
+        return;
+    }
     peers::rows(&opts, &wasm, &mut table, plan).await;
     p3::rows(&opts, &wasm, &mut table, plan).await;
     if opts.only_peers {
@@ -311,6 +323,7 @@ async fn main() {
         return;
     }
     delivery::rows(&opts, &wasm, &mut table, plan).await;
+    trace::rows(&opts, &wasm, &mut table, plan).await;
     scale::rows(&opts, &wasm, &mut table, plan).await;
     kv::listing_row(&opts.handoff, opts.connections, opts.seconds, &mut table).await;
     table.print();
@@ -350,9 +363,31 @@ fn start_handoff(path: &str, extra: &[&str]) -> (Killed, SocketAddr, SocketAddr)
     start_handoff_with(path, &args, "warn")
 }
 
+/// Starts `handoff serve --ephemeral` with the environment variables `env` (tracing's, say).
+fn start_handoff_env(path: &str, env: &[(&str, &str)]) -> (Killed, SocketAddr, SocketAddr) {
+    spawn_handoff(path, &["--ephemeral"], "warn", env)
+}
+
 /// Starts `handoff serve` with `args` (no `--ephemeral` unless given) and `RUST_LOG=log`.
 fn start_handoff_with(path: &str, args: &[&str], log: &str) -> (Killed, SocketAddr, SocketAddr) {
-    let mut child = Command::new(path)
+    spawn_handoff(path, args, log, &[])
+}
+
+/// [`start_handoff_with`], with `env` set. No `OTEL_*` variable of the bench's own
+/// environment reaches the server: tracing is on only where a row says so.
+fn spawn_handoff(
+    path: &str,
+    args: &[&str],
+    log: &str,
+    env: &[(&str, &str)],
+) -> (Killed, SocketAddr, SocketAddr) {
+    let mut command = Command::new(path);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OTEL_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
         .args([
             "serve",
             "--listen",
@@ -361,6 +396,7 @@ fn start_handoff_with(path: &str, args: &[&str], log: &str) -> (Killed, SocketAd
             "127.0.0.1:0",
         ])
         .args(args)
+        .envs(env.iter().copied())
         .env("RUST_LOG", log)
         // The same environment for every server: no library backtraces (wasmtime captures
         // one per dropped store when `RUST_BACKTRACE` is set; handoff turns that off itself).
