@@ -108,23 +108,33 @@ impl Settings {
                 ));
             }
         };
-        let endpoint = match (
+        let (named, given, endpoint) = match (
             var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
             var("OTEL_EXPORTER_OTLP_ENDPOINT"),
         ) {
-            (Some(endpoint), _) => endpoint,
-            (None, Some(base)) => match protocol {
-                Protocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
-                Protocol::Grpc => base,
-            },
+            (Some(endpoint), _) => (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                endpoint.clone(),
+                endpoint,
+            ),
+            (None, Some(base)) => {
+                let endpoint = match protocol {
+                    Protocol::HttpProtobuf => {
+                        format!("{}/v1/traces", base.trim_end_matches('/'))
+                    }
+                    Protocol::Grpc => base.clone(),
+                };
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", base, endpoint)
+            }
             (None, None) => return Ok(None),
         };
-        let url: http::Uri = endpoint.parse().map_err(|_| {
-            format!("the OTLP endpoint `{endpoint}` is not a URL such as http://localhost:4318")
-        })?;
-        if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+        // The sentence names the variable and the value as the operator wrote them.
+        let usable = endpoint.parse::<http::Uri>().ok().is_some_and(|url| {
+            matches!(url.scheme_str(), Some("http" | "https")) && url.host().is_some()
+        });
+        if !usable {
             return Err(format!(
-                "the OTLP endpoint `{endpoint}` must be an http:// or https:// URL with a host, such as http://localhost:4318"
+                "{named}=`{given}` is not a usable OTLP endpoint: give an http:// or https:// URL with a host, such as http://localhost:4318"
             ));
         }
         let mut settings = Self::new(endpoint, protocol);

@@ -73,7 +73,7 @@ async fn a_tracing_variable_serve_cannot_use_stops_it_with_a_sentence_naming_it(
         command.env(var, value);
         let out = run_within(Duration::from_secs(30), command).await;
         let named = if var == "OTEL_EXPORTER_OTLP_ENDPOINT" {
-            "OTLP endpoint `collector:4318`"
+            "OTEL_EXPORTER_OTLP_ENDPOINT=`collector:4318`"
         } else {
             var
         };
