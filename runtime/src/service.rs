@@ -44,6 +44,7 @@ use wasmtime_wasi_http::handler::{
 };
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
+use crate::cancelled::Cancelled;
 use crate::guest_log::StoreLog;
 use crate::host::{Guest, Host};
 
@@ -58,8 +59,11 @@ pub struct Call {
     pub prefix: Arc<str>,
     /// When its response head must have come.
     pub deadline: Instant,
-    /// Its request id: the guest's log lines carry the latest one its instance started.
+    /// Its request id: the guest's log lines for it carry it.
     pub id: u64,
+    /// With tracing on: the request's span (its guest's log lines become its events, its
+    /// outbound calls its children).
+    pub trace: Option<crate::trace::Scope>,
     /// Cancelled when the request's client leaves before the response head: the request then
     /// expires as at its deadline (the guest's work for it is dropped with its instance when
     /// the instance served no other request).
@@ -76,6 +80,7 @@ impl Call {
             prefix,
             deadline,
             id,
+            trace: None,
             left: None,
             log: Arc::default(),
         }
@@ -264,6 +269,11 @@ impl HandlerState for State {
         if let Some(tried) = &self.deny {
             store.data_mut().deny_outbound_with(tried.clone());
         }
+        // An instance that may serve more than one request (at once, or the next while the
+        // last one's body still streams) tells its requests' calls apart by task.
+        if self.reuse > 1 {
+            Host::attribute_calls(&mut store);
+        }
         let service = self.pre.instantiate_async(&mut store).await?;
         self.live.fetch_add(1, Ordering::Relaxed);
         let life = Arc::new(Life::default());
@@ -274,8 +284,8 @@ impl HandlerState for State {
             expiration: Expiry {
                 request_timeout: self.request_timeout,
                 sleep: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
-                closed: Mutex::new(Box::pin(self.closed.clone().cancelled_owned())),
-                cut_off: Mutex::new(Box::pin(self.cut_off.clone().cancelled_owned())),
+                closed: Mutex::new(Cancelled::new(self.closed.clone())),
+                cut_off: Mutex::new(Cancelled::new(self.cut_off.clone())),
                 life: life.clone(),
             },
             state: Worker {
@@ -325,10 +335,10 @@ impl WorkerState for Worker {
         &self,
         mut store: StoreContextMut<'_, Host>,
         call: Call,
-        _task: GuestTaskId,
+        task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
         store.data_mut().set_prefix(&call.prefix);
-        store.data().serve(call.id);
+        store.data_mut().start_task(task, call.id, call.trace);
         let _ = call.log.set(store.data().log().clone());
         self.life.started.fetch_add(1, Ordering::Relaxed);
         let deadline = Box::pin(tokio::time::sleep_until(call.deadline.into()));
@@ -361,9 +371,11 @@ impl WorkerState for Worker {
 pub struct Expiry {
     request_timeout: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
-    // Behind a lock only to be `Sync`; polled through `get_mut`, never locked.
-    closed: Mutex<Pin<Box<WaitForCancellationFutureOwned>>>,
-    cut_off: Mutex<Pin<Box<WaitForCancellationFutureOwned>>>,
+    // Polled on every turn of the instance's event loop: `Cancelled` takes none of the
+    // version's tokens' locks for that. Behind a lock only to be `Sync`; polled through
+    // `get_mut`, never locked.
+    closed: Mutex<Cancelled>,
+    cut_off: Mutex<Cancelled>,
     life: Arc<Life>,
 }
 
@@ -408,7 +420,7 @@ impl WorkerExpiration for Expiry {
             .cut_off
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if cut_off.as_mut().poll(cx).is_ready() {
+        if Pin::new(cut_off).poll(cx).is_ready() {
             return Poll::Ready(());
         }
         // A client left, and its request was all this instance ever served: nothing else can
@@ -425,7 +437,7 @@ impl WorkerExpiration for Expiry {
                     .closed
                     .get_mut()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                if closed.as_mut().poll(cx).is_ready() {
+                if Pin::new(closed).poll(cx).is_ready() {
                     return Poll::Ready(());
                 }
                 IDLE_TIMEOUT
@@ -433,9 +445,18 @@ impl WorkerExpiration for Expiry {
             WorkerStatus::Requests | WorkerStatus::PostReturn => this.request_timeout,
         };
         let deadline = tokio::time::Instant::from_std(start + timeout);
-        if this.sleep.deadline() != deadline {
+        // A later deadline (the next request started) leaves the timer armed for the earlier
+        // one, and moves it there when it fires: moving a timer takes a lock of the timer
+        // wheel, and the deadline moves with every request.
+        if deadline < this.sleep.deadline() {
             this.sleep.as_mut().reset(deadline);
         }
-        this.sleep.as_mut().poll(cx)
+        while this.sleep.as_mut().poll(cx).is_ready() {
+            if this.sleep.deadline() >= deadline {
+                return Poll::Ready(());
+            }
+            this.sleep.as_mut().reset(deadline);
+        }
+        Poll::Pending
     }
 }

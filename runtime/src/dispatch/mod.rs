@@ -214,6 +214,7 @@ where
             shared,
             copy,
             span,
+            otel.map(crate::trace::Server::scope),
             id,
             started,
             deadline,

@@ -18,6 +18,7 @@ mod security;
 mod serve;
 mod support;
 mod takeover;
+mod takeover_tls;
 mod tracing;
 mod wasi3;
 mod watch;

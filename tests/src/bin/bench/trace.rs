@@ -39,11 +39,14 @@ pub async fn rows(opts: &Options, hello: &[u8], table: &mut Table, plan: Plan) {
     for (_, _, admin) in [&none, &again, &off, &on] {
         put_route(*admin, "hello", hello).await;
     }
-    let unconfigured = Target::get(none.1, "/hello");
+    let unconfigured = Target::get(none.1, "/hello").pid(none.0.0.id());
     table
         .compare(
             "hello, two servers without tracing configured (the noise between them)",
-            ("second", &Target::get(again.1, "/hello")),
+            (
+                "second",
+                &Target::get(again.1, "/hello").pid(again.0.0.id()),
+            ),
             ("first", &unconfigured),
             plan,
             ("", ""),
@@ -52,7 +55,7 @@ pub async fn rows(opts: &Options, hello: &[u8], table: &mut Table, plan: Plan) {
     table
         .compare(
             "hello, tracing configured but off (OTEL_SDK_DISABLED=true)",
-            ("off", &Target::get(off.1, "/hello")),
+            ("off", &Target::get(off.1, "/hello").pid(off.0.0.id())),
             ("not configured", &unconfigured),
             plan,
             ("≥ 0.99", ""),
@@ -61,7 +64,7 @@ pub async fn rows(opts: &Options, hello: &[u8], table: &mut Table, plan: Plan) {
     table
         .compare(
             "hello, tracing on (100 % sampled, OTLP/HTTP to a receiver on the same cores)",
-            ("on", &Target::get(on.1, "/hello")),
+            ("on", &Target::get(on.1, "/hello").pid(on.0.0.id())),
             ("not configured", &unconfigured),
             plan,
             ("≥ 0.90", ""),
