@@ -517,6 +517,21 @@ pub async fn h2_connect(
     sender
 }
 
+/// Whether an HTTP/2 request failed because the server's `GOAWAY` (with `NO_ERROR`, a graceful
+/// shutdown) arrived before the request went out, so the server never processed it: RFC 9113
+/// §8.7 lets a client retry such a request on a new connection, and Go's `net/http`, browsers and
+/// Envoy do so on their own. hyper's connection-level client leaves the retry to its caller.
+pub fn refused_by_goaway(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// Polls `check` every few milliseconds until it returns `Some`, or panics after `limit`.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where
