@@ -84,6 +84,22 @@ fn same_address(
     Ok(())
 }
 
+/// Whether this process's TLS flags for one listener keep what its clients speak: a takeover
+/// cannot add or remove TLS under connections the clients already make (every one would
+/// fail). `theirs` is `None` from a release that did not say.
+#[cfg(unix)]
+fn same_tls(listener: &str, flags: &str, ours: bool, theirs: Option<bool>) -> anyhow::Result<()> {
+    match (theirs, ours) {
+        (Some(true), false) => anyhow::bail!(
+            "the running server serves its {listener} listener over TLS; give {flags} (the same files, or renewed ones): without them every client of that listener would fail"
+        ),
+        (Some(false), true) => anyhow::bail!(
+            "the running server serves its {listener} listener without TLS, and a takeover keeps what its clients speak: leave out {flags} (to add TLS, stop the running server and start this one)"
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Finds the server running on the data directory and takes its listeners (its state follows
 /// when this process opens it).
 #[cfg(unix)]
@@ -105,6 +121,18 @@ async fn take_over(config: &Config) -> anyhow::Result<crate::takeover::Taken> {
         crate::config::DEFAULT_ADMIN_LISTEN,
         offered.admin,
     )?;
+    same_tls(
+        "data",
+        "--tls-cert and --tls-key",
+        config.tls.is_some(),
+        offered.data_tls,
+    )?;
+    same_tls(
+        "admin",
+        "--admin-tls-cert and --admin-tls-key",
+        config.admin_tls.is_some(),
+        offered.admin_tls,
+    )?;
     tracing::info!(old_pid = offered.pid, data = %offered.data, admin = %offered.admin, "taking over from the running server");
     offered.begin().await
 }
@@ -113,11 +141,9 @@ impl Server {
     /// Validates `config`, builds the runtime, binds both listeners and starts serving.
     /// Returns once both listeners are bound.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        // `serve` refuses the flag already (`cli::serve`); this is for a `Config` built in code.
         #[cfg(not(unix))]
-        anyhow::ensure!(
-            !config.takeover,
-            "--takeover receives the running server's sockets over a Unix domain socket, which this platform lacks: stop the running server, then start this one"
-        );
+        anyhow::ensure!(!config.takeover, crate::cli::serve::NO_TAKEOVER_HERE);
         // TLS files are read and checked before anything binds (or is taken over).
         let data_tls = config
             .tls
@@ -230,6 +256,12 @@ impl Server {
             data = %data_addr, admin = %admin_addr, pooling = runtime.engine.pooling(),
             "listening"
         );
+        // Under systemd: this process is ready and the service's main one. Said before the old
+        // process hears it may exit (`ready` below): systemd must follow this process before
+        // the one it knew as main exits, or it takes that exit for the service's end and stops
+        // this one too.
+        #[cfg(unix)]
+        crate::takeover::notify_systemd_ready();
         #[cfg(unix)]
         if let Some(predecessor) = &predecessor {
             predecessor.ready()?;
@@ -749,5 +781,40 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::same_tls;
+
+    #[test]
+    fn a_takeover_keeps_what_each_listeners_clients_speak() {
+        let flags = "--tls-cert and --tls-key";
+        assert!(same_tls("data", flags, true, Some(true)).is_ok());
+        assert!(same_tls("data", flags, false, Some(false)).is_ok());
+        // An older release that did not say: nothing to check against.
+        assert!(same_tls("data", flags, true, None).is_ok());
+        assert!(same_tls("data", flags, false, None).is_ok());
+        let dropped = same_tls("data", flags, false, Some(true)).unwrap_err();
+        assert!(
+            dropped
+                .to_string()
+                .starts_with("the running server serves its data listener over TLS; give --tls-cert and --tls-key"),
+            "{dropped}"
+        );
+        let added = same_tls(
+            "admin",
+            "--admin-tls-cert and --admin-tls-key",
+            true,
+            Some(false),
+        )
+        .unwrap_err();
+        assert!(
+            added.to_string().contains(
+                "serves its admin listener without TLS, and a takeover keeps what its clients speak: leave out --admin-tls-cert and --admin-tls-key"
+            ),
+            "{added}"
+        );
     }
 }

@@ -35,6 +35,7 @@ mod swap;
 mod tls;
 mod toolchains;
 mod tracing;
+mod tracing_wasi3;
 mod unread;
 mod wasi3;
 mod wasi3_promises;

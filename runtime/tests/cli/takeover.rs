@@ -24,7 +24,7 @@ const H2_CLIENTS: u64 = 2;
 
 /// What the load saw.
 #[derive(Default)]
-struct Tally {
+pub(crate) struct Tally {
     ok: AtomicU64,
     /// Connections a client opened again after the server said `Connection: close` or
     /// `GOAWAY` (not failures: the next request went out on a new connection).
@@ -41,13 +41,13 @@ impl Tally {
         self.failed.lock().unwrap().push(what);
     }
 
-    fn ok(&self) -> u64 {
+    pub(crate) fn ok(&self) -> u64 {
         self.ok.load(Ordering::SeqCst)
     }
 
     /// Each h2c connection is told `GOAWAY` once per takeover, so at most one of its requests can
     /// be refused unprocessed per takeover: more would mean the old process refused work.
-    fn assert_goaway_refusals_at_most(&self, takeovers: u64) {
+    pub(crate) fn assert_goaway_refusals_at_most(&self, takeovers: u64) {
         let refused = self.refused_by_goaway.load(Ordering::SeqCst);
         let bound = takeovers * H2_CLIENTS;
         assert!(
@@ -56,7 +56,12 @@ impl Tally {
         );
     }
 
-    fn assert_no_failures(&self) {
+    /// Connections opened again after the server said `Connection: close` or `GOAWAY`.
+    pub(crate) fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn assert_no_failures(&self) {
         let failed = self.failed.lock().unwrap();
         assert!(
             failed.is_empty(),
@@ -99,7 +104,7 @@ fn request(path: &str) -> http::Request<Full<Bytes>> {
 
 /// One HTTP/1.1 keep-alive client sending `path` until `stop`: a new connection only after the
 /// server says `Connection: close` (or closed it between requests).
-async fn h1_client(
+pub(crate) async fn h1_client(
     addr: SocketAddr,
     path: &'static str,
     counter: bool,
@@ -157,7 +162,12 @@ async fn h1_client(
 /// server sent `GOAWAY`. A request the `GOAWAY` refused before the server processed it (the
 /// client had it ready as the frame arrived) goes again on the new connection, as RFC 9113 §8.7
 /// allows and standard clients do; it must then succeed.
-async fn h2_client(addr: SocketAddr, path: &'static str, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+pub(crate) async fn h2_client(
+    addr: SocketAddr,
+    path: &'static str,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) {
     let deadline = Instant::now() + LOAD_LIMIT;
     let mut sender: Option<hyper::client::conn::http2::SendRequest<Full<Bytes>>> = None;
     let mut again = false;
@@ -176,7 +186,7 @@ async fn h2_client(addr: SocketAddr, path: &'static str, stop: Arc<AtomicBool>, 
             Err(error) if error.is_canceled() => {
                 tally.reconnects.fetch_add(1, Ordering::SeqCst);
             }
-            Err(error) if handoff_tests::refused_by_goaway(&error) => {
+            Err(error) if handoff_tests::refused_unprocessed(&error) => {
                 tally.reconnects.fetch_add(1, Ordering::SeqCst);
                 tally.refused_by_goaway.fetch_add(1, Ordering::SeqCst);
                 again = true;
@@ -627,10 +637,42 @@ async fn under_systemd_each_ready_process_names_itself_the_main_one() {
         received(n, &buffer),
         format!("READY=1\nMAINPID={}\n", old.pid())
     );
+    // systemd must hear of the new main process before the old one exits (else it takes that
+    // exit for the service's end). Fill the notification queue: the new process's message then
+    // waits until this test reads, and the old process must not be told to exit meanwhile.
+    let filler = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    filler.set_nonblocking(true).unwrap();
+    let mut queued = 0;
+    while filler.send_to(b"X=1", &notify_path).is_ok() {
+        queued += 1;
+        assert!(queued < 10_000, "the notification queue never fills");
+    }
     let mut second = takeover_command(&data, &[]);
     second.env("NOTIFY_SOCKET", &notify_path);
     let mut new = Running::spawn(second);
-    new.ready(READY).await;
+    new.stderr
+        .wait_for("the new process to accept", READY, |log| {
+            log.contains("listening")
+        })
+        .await;
+    // A bounded look for what must not happen: the old process hearing it may exit while the
+    // new one's notification is still unsent.
+    let looked = Instant::now();
+    while looked.elapsed() < Duration::from_secs(2) {
+        assert!(
+            !old.stderr.text().contains("the new process is ready"),
+            "the old process was told to exit before systemd heard of the new one:\n{}\n{}",
+            old.stderr.text(),
+            new.stderr.text()
+        );
+        assert!(!old.exited(), "{}", old.stderr.text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(queued > 0, "the notification queue filled");
+    for _ in 0..queued {
+        let n = notify.recv(&mut buffer).await.unwrap();
+        assert_eq!(received(n, &buffer), "X=1");
+    }
     let n = tokio::time::timeout(READY, notify.recv(&mut buffer))
         .await
         .expect("a notification")
@@ -639,6 +681,7 @@ async fn under_systemd_each_ready_process_names_itself_the_main_one() {
         received(n, &buffer),
         format!("READY=1\nMAINPID={}\n", new.pid())
     );
+    new.ready(READY).await;
     assert!(old.exit_within(Duration::from_secs(60)).await.success());
     assert!(new.terminate(Duration::from_secs(60)).await.success());
 }
