@@ -28,6 +28,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+mod cancelled;
 pub mod cli;
 pub mod client;
 pub mod cluster;
