@@ -28,7 +28,7 @@ async fn a_failing_candidate_is_rolled_back_everywhere_on_requests_another_node_
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     eventually("a applies the rollout", Duration::from_secs(10), || async {
-        (a.status("app").await["rollout"]["state"] == "running").then_some(())
+        (a.route("app").await.rollout.unwrap().state == "running").then_some(())
     })
     .await;
 
@@ -53,7 +53,7 @@ async fn a_failing_candidate_is_rolled_back_everywhere_on_requests_another_node_
     eventually(
         "b applies the rollback",
         Duration::from_secs(10),
-        || async { (b.status("app").await["rollout"]["state"] == "rolled_back").then_some(()) },
+        || async { (b.route("app").await.rollout.unwrap().state == "rolled_back").then_some(()) },
     )
     .await;
     for node in [&a, &b] {
@@ -111,7 +111,9 @@ async fn a_failing_candidate_in_waves_of_one_node_is_stopped_after_the_first_wav
         eventually(
             "the rollout is applied",
             Duration::from_secs(10),
-            || async { (node.status("app").await["rollout"]["state"] == "running").then_some(()) },
+            || async {
+                (node.route("app").await.rollout.unwrap().state == "running").then_some(())
+            },
         )
         .await;
     }
@@ -211,7 +213,7 @@ async fn a_healthy_candidate_reaches_the_nodes_wave_by_wave_in_the_order_named()
     );
     // The last wave steps to promotion on its own requests: keep them coming until it does.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while nodes[1].status("app").await["rollout"]["state"] != "promoted" {
+    while nodes[1].route("app").await.rollout.unwrap().state != "promoted" {
         assert!(Instant::now() < deadline, "not promoted within 30 s");
         for conn in &mut conns {
             let (status, _) = conn.get("/app").await.expect("a request");
@@ -362,7 +364,7 @@ async fn two_clusters_in_one_process_count_their_rollouts_apart() {
             "the driver applies the rollout",
             Duration::from_secs(10),
             || async {
-                (driver.status("app").await["rollout"]["state"] == "running").then_some(())
+                (driver.route("app").await.rollout.unwrap().state == "running").then_some(())
             },
         )
         .await;
