@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use handoff_tests::nats::{NatsServer, start_nodes, until_live};
 use handoff_tests::{Connection, TestServer, eventually, guests};
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,14 +61,13 @@ async fn a_failing_candidate_is_rolled_back_everywhere_on_requests_another_node_
         assert_eq!(status, StatusCode::OK, "only the stable version serves");
     }
     // One rollback, recorded by the rollout's driver.
-    let (_, history) = b.admin(Method::GET, "/v1/routes/app/versions").await;
-    let rollbacks = history["versions"]
-        .as_array()
-        .unwrap()
+    let history = b.history("app").await;
+    let rollbacks = history
+        .versions
         .iter()
-        .filter(|v| v["action"] == "rollback")
+        .filter(|v| v.action == "rollback")
         .count();
-    assert_eq!(rollbacks, 1, "{history}");
+    assert_eq!(rollbacks, 1, "{history:?}");
     a.shutdown().await;
     b.shutdown().await;
 }

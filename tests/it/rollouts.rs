@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use handoff::config::Config;
 use handoff_tests::{Connection, TestServer, eventually, guests};
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::delivery::{GENEROUS, get_with, in_dir, rollout, rollout_state, tally};
@@ -105,18 +105,13 @@ async fn rolled_back_by_a_gate(
         "the candidate was taken out {took:?} after it could be judged"
     );
     let reason = rollout["reason"].as_str().unwrap().to_owned();
-    let (_, history) = server.admin(Method::GET, "/v1/routes/app/versions").await;
-    let last = history["versions"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
+    let history = server.history("app").await;
+    let last = history.versions.last().unwrap();
     assert_eq!(
-        (last["action"].as_str(), last["by"].as_str()),
-        (Some("rollback"), Some("rollout"))
+        (last.action.as_str(), last.by.as_str()),
+        ("rollback", "rollout")
     );
-    assert_eq!(last["message"].as_str(), Some(reason.as_str()));
+    assert_eq!(last.message.as_deref(), Some(reason.as_str()));
     let state = "handoff_rollout_state{route=\"app\",state=\"rolled_back\"}";
     assert_eq!(server.metric(state).await, 1.0);
     let weight = format!("handoff_rollout_weight_percent{{route=\"app\",candidate=\"{version}\"}}");
@@ -220,19 +215,14 @@ async fn a_healthy_candidate_steps_through_and_is_promoted_with_zero_failed_requ
         answers.keys().all(|b| b == "v1" || b == "v2"),
         "{answers:?}"
     );
-    let status = server.status("app").await;
-    assert_eq!(status["active"]["version"], v2);
-    assert_eq!(status["versions"].as_array().unwrap().len(), 1);
+    let status = server.route("app").await;
+    assert_eq!(status.active.version, v2);
+    assert_eq!(status.versions.len(), 1);
     assert_eq!(server.get("/app").await.1, "v2");
-    let (_, history) = server.admin(Method::GET, "/v1/routes/app/versions").await;
-    let last = history["versions"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
-    assert_eq!(last["action"], "promote");
-    assert_eq!(last["version"], v2);
+    let history = server.history("app").await;
+    let last = history.versions.last().unwrap();
+    assert_eq!(last.action, "promote");
+    assert_eq!(last.version, v2);
     server.shutdown().await;
 }
 

@@ -13,6 +13,7 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::delivery::rollout;
+use crate::shadow::shadow_after;
 use crate::wasi3_promises::{GENEROUS, HELLO, SHARED, deploy, upstream};
 
 /// Drives `path` with 4 keep-alive clients until `route`'s rollout is decided; the rollout
@@ -107,17 +108,6 @@ async fn rollout_gates_judge_a_03_candidate() {
     assert_eq!(status["active"]["version"], p3.as_str(), "{status}");
     assert_eq!(status["active"]["wasi"], "0.3", "{status}");
     server.shutdown().await;
-}
-
-/// Waits until the route's shadow has counted `requests`; its figures then.
-async fn shadow_after(server: &TestServer, route: &str, requests: u64) -> Value {
-    eventually("every copy to be compared", GENEROUS, || async {
-        let (_, figures) = server
-            .admin(Method::GET, &format!("/v1/routes/{route}/shadow"))
-            .await;
-        (figures["requests"] == requests).then_some(figures)
-    })
-    .await
 }
 
 async fn start_shadow(server: &TestServer, route: &str, version: &Value) {

@@ -389,6 +389,15 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("not a route's status: {e}: {body}"))
     }
 
+    /// `GET /v1/routes/{route}/versions`, asserting it answers, as the API types it.
+    pub async fn history(&self, route: &str) -> handoff::api::History {
+        let path = format!("/v1/routes/{route}/versions");
+        let (status, body) = self.admin(Method::GET, &path).await;
+        assert_eq!(status, StatusCode::OK, "history of {route}: {body}");
+        serde_json::from_value(body.clone())
+            .unwrap_or_else(|e| panic!("not a route's history: {e}: {body}"))
+    }
+
     /// `GET {path}` on the data plane over a fresh connection.
     pub async fn get(&self, path: &str) -> (StatusCode, String) {
         let (status, body) = send(self.data, get_request(path)).await;
