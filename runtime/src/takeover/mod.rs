@@ -185,7 +185,7 @@ async fn accept(
 
 /// The old process's side of one takeover.
 struct Conversation {
-    /// Weak: a server that drains after handing over waits for the runtime's last holder.
+    /// Weak: the conversation never keeps the runtime alive (the server's background ends it).
     rt: std::sync::Weak<Runtime>,
     fds: Option<Arc<[OwnedFd; 2]>>,
     addresses: (SocketAddr, SocketAddr),
