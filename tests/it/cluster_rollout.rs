@@ -28,7 +28,11 @@ async fn a_failing_candidate_is_rolled_back_everywhere_on_requests_another_node_
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     eventually("a applies the rollout", Duration::from_secs(10), || async {
-        (a.route("app").await.rollout.unwrap().state == "running").then_some(())
+        (a.route("app")
+            .await
+            .rollout
+            .is_some_and(|r| r.state == "running"))
+        .then_some(())
     })
     .await;
 
@@ -53,7 +57,13 @@ async fn a_failing_candidate_is_rolled_back_everywhere_on_requests_another_node_
     eventually(
         "b applies the rollback",
         Duration::from_secs(10),
-        || async { (b.route("app").await.rollout.unwrap().state == "rolled_back").then_some(()) },
+        || async {
+            (b.route("app")
+                .await
+                .rollout
+                .is_some_and(|r| r.state == "rolled_back"))
+            .then_some(())
+        },
     )
     .await;
     for node in [&a, &b] {
@@ -111,7 +121,12 @@ async fn a_failing_candidate_in_waves_of_one_node_is_stopped_after_the_first_wav
             "the rollout is applied",
             Duration::from_secs(10),
             || async {
-                (node.route("app").await.rollout.unwrap().state == "running").then_some(())
+                (node
+                    .route("app")
+                    .await
+                    .rollout
+                    .is_some_and(|r| r.state == "running"))
+                .then_some(())
             },
         )
         .await;
@@ -212,7 +227,12 @@ async fn a_healthy_candidate_reaches_the_nodes_wave_by_wave_in_the_order_named()
     );
     // The last wave steps to promotion on its own requests: keep them coming until it does.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while nodes[1].route("app").await.rollout.unwrap().state != "promoted" {
+    while nodes[1]
+        .route("app")
+        .await
+        .rollout
+        .is_none_or(|r| r.state != "promoted")
+    {
         assert!(Instant::now() < deadline, "not promoted within 30 s");
         for conn in &mut conns {
             let (status, _) = conn.get("/app").await.expect("a request");
@@ -363,7 +383,12 @@ async fn two_clusters_in_one_process_count_their_rollouts_apart() {
             "the driver applies the rollout",
             Duration::from_secs(10),
             || async {
-                (driver.route("app").await.rollout.unwrap().state == "running").then_some(())
+                (driver
+                    .route("app")
+                    .await
+                    .rollout
+                    .is_some_and(|r| r.state == "running"))
+                .then_some(())
             },
         )
         .await;

@@ -41,7 +41,12 @@ async fn history_failures_events_and_route_actions_in_a_browser() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let mut conn = Connection::open(server.data).await;
     let deadline = Instant::now() + GENEROUS;
-    while server.route("app").await.rollout.unwrap().state != "rolled_back" {
+    while server
+        .route("app")
+        .await
+        .rollout
+        .is_none_or(|r| r.state != "rolled_back")
+    {
         assert!(
             Instant::now() < deadline,
             "the candidate was never rolled back"
