@@ -146,8 +146,6 @@ async fn serve(
     })?;
     println!("{}", server.ready_line());
     let _ = std::io::stdout().flush();
-    #[cfg(unix)]
-    handoff::takeover::notify_systemd_ready();
     // A signal stops the server; so does a new process taking over (`serve --takeover`).
     tokio::select! {
         () = stop.cancelled() => {}

@@ -54,11 +54,9 @@ impl Server {
     /// Validates `config`, builds the runtime, binds both listeners and starts serving.
     /// Returns once both listeners are bound.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        // `serve` refuses the flag already (`cli::serve`); this is for a `Config` built in code.
         #[cfg(not(unix))]
-        anyhow::ensure!(
-            !config.takeover,
-            "--takeover receives the running server's sockets over a Unix domain socket, which this platform lacks: stop the running server, then start this one"
-        );
+        anyhow::ensure!(!config.takeover, crate::cli::serve::NO_TAKEOVER_HERE);
         // TLS files are read and checked before anything binds (or is taken over).
         let data_tls = config
             .tls
@@ -171,6 +169,12 @@ impl Server {
             data = %data_addr, admin = %admin_addr, pooling = runtime.engine.pooling(),
             "listening"
         );
+        // Under systemd: this process is ready and the service's main one. Said before the old
+        // process hears it may exit (`ready` below): systemd must follow this process before
+        // the one it knew as main exits, or it takes that exit for the service's end and stops
+        // this one too.
+        #[cfg(unix)]
+        crate::takeover::notify_systemd_ready();
         #[cfg(unix)]
         if let Some(predecessor) = &predecessor {
             predecessor.ready()?;

@@ -218,6 +218,19 @@ fn parse_header_name(text: &str) -> Result<http::header::HeaderName, String> {
         .map_err(|_| format!("`{}` is not a header name", text.escape_debug()))
 }
 
+/// Why `--takeover` is refused on a platform without Unix domain sockets (Windows).
+pub const NO_TAKEOVER_HERE: &str = "--takeover receives the running server's sockets over a Unix domain socket, which this platform lacks: stop the running server (it drains its requests), then start this one without --takeover";
+
+/// `--takeover` where this platform (`unix`: it has Unix domain sockets) can do it, or the
+/// sentence refusing it. Decided here, with the flags, so the refusal is the same on every
+/// platform and is tested on every platform.
+fn takeover_possible(takeover: bool, unix: bool) -> Result<(), String> {
+    match takeover && !unix {
+        true => Err(NO_TAKEOVER_HERE.into()),
+        false => Ok(()),
+    }
+}
+
 /// A certificate and key given together, or neither.
 fn tls_files(
     cert_flag: &str,
@@ -260,6 +273,7 @@ impl ServeArgs {
 
     fn build(self, ephemeral_by_default: bool) -> Result<Config, String> {
         let ephemeral = self.ephemeral || (ephemeral_by_default && self.data_dir.is_none());
+        takeover_possible(self.takeover, cfg!(unix))?;
         if self.takeover && ephemeral {
             return Err(
                 "--takeover takes over from the server running on the same --data-dir; an ephemeral server has none to share: give --data-dir"
@@ -430,6 +444,24 @@ mod tests {
             error.starts_with("cannot read the config file /nonexistent/handoff.toml"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn takeover_is_refused_with_a_sentence_where_there_are_no_unix_sockets() {
+        assert_eq!(takeover_possible(false, false), Ok(()));
+        assert_eq!(takeover_possible(true, true), Ok(()));
+        let refused = takeover_possible(true, false).unwrap_err();
+        assert_eq!(refused, NO_TAKEOVER_HERE);
+        assert!(refused.contains("Unix domain socket"), "{refused}");
+        assert!(refused.contains("stop the running server"), "{refused}");
+        // On this platform the flags decide as the platform can.
+        let dir = tempfile::tempdir().unwrap();
+        let parsed =
+            serve(&["--data-dir", dir.path().to_str().unwrap(), "--takeover"]).into_config();
+        match cfg!(unix) {
+            true => assert!(parsed.unwrap().takeover),
+            false => assert_eq!(parsed.unwrap_err(), NO_TAKEOVER_HERE),
+        }
     }
 
     #[test]

@@ -49,13 +49,20 @@ pub async fn run(args: DevArgs, shutdown: impl Future<Output = ()>) -> Result<()
     let project = Project::discover(&dir)
         .await
         .map_err(|e| Failure::new(exit::LOCAL, e))?;
-    let server = Server::start(config)
-        .await
-        .map_err(|e| Failure::new(exit::FAILED, format!("{e:#}")))?;
+    let takeover = config.takeover;
+    tokio::pin!(shutdown);
+    // As `serve --takeover`: a signal while taking over calls the takeover off.
+    let server = tokio::select! {
+        started = Server::start(config) => started.map_err(|e| Failure::new(exit::FAILED, format!("{e:#}")))?,
+        () = &mut shutdown, if takeover => return Err(Failure::new(
+            exit::FAILED,
+            "the takeover was called off by a signal before this process was ready; the running server serves on",
+        )),
+    };
     tokio::select! {
         () = session(&server, &dir, project) => {}
-        () = shutdown => say("shutting down: finishing the requests in flight"),
-        () = server.handed_over() => say("a new process took over (`serve --takeover`): finishing the requests in flight here"),
+        () = &mut shutdown => say("shutting down: finishing the requests in flight"),
+        () = server.handed_over() => say("a new process took over (`--takeover`): finishing the requests in flight here"),
     }
     server.shutdown().await;
     Ok(())
@@ -146,6 +153,17 @@ async fn build_and_deploy(rt: &Arc<Runtime>, project: &Project) {
         if active(rt, &guest.route).is_some_and(|d| d == Digest::of(&bytes)) {
             unchanged += 1;
             continue;
+        }
+        // As an admin change does: hold the handover gate while deploying, and deploy nothing
+        // once a process taking over from this one has the state (it builds and deploys the
+        // same sources itself).
+        let _gate = rt.handover.admin.clone().read_owned().await;
+        if rt.handover.released() {
+            say(&format!(
+                "not deploying {}: a new process is taking over from this one",
+                guest.route.as_str()
+            ));
+            return;
         }
         let started = Instant::now();
         let request = DeployRequest {

@@ -5,8 +5,9 @@
 //! 0600 in the private data directory; only the same user may talk to it). The conversation
 //! ([`wire`]):
 //!
-//! 1. The new process says `Hello`; the old one `Offer`s its addresses. The new one checks
-//!    them against its flags and says `Begin` (or hangs up: nothing happened).
+//! 1. The new process says `Hello`; the old one `Offer`s its addresses and which of them it
+//!    serves over TLS. The new one checks them against its flags and says `Begin` (or hangs
+//!    up: nothing happened).
 //! 2. The old process refuses admin requests from now on (503, `Retry-After`), waits for the
 //!    admin changes in progress, closes its state log and key-value store (redb locks their
 //!    files) and sends its listening sockets with `SCM_RIGHTS`. Key-value calls of its running
@@ -168,6 +169,7 @@ async fn accept(
             rt: Arc::downgrade(&rt),
             fds: Some(fds.clone()),
             addresses,
+            tls: (rt.config.tls.is_some(), rt.config.admin_tls.is_some()),
             handed_over: handed_over.clone(),
             successor: successor.clone(),
         };
@@ -189,6 +191,8 @@ struct Conversation {
     rt: std::sync::Weak<Runtime>,
     fds: Option<Arc<[OwnedFd; 2]>>,
     addresses: (SocketAddr, SocketAddr),
+    /// Whether the data and the admin listener are served over TLS.
+    tls: (bool, bool),
     handed_over: CancellationToken,
     successor: Arc<AtomicU32>,
 }
@@ -219,6 +223,8 @@ impl Conversation {
             pid: std::process::id(),
             data,
             admin,
+            data_tls: Some(self.tls.0),
+            admin_tls: Some(self.tls.1),
         };
         wire::send(&mut stream, &offer).await?;
         if !matches!(wire::recv(&mut stream).await?, Some(Message::Begin)) {
@@ -432,8 +438,9 @@ impl Forward for Peer {
 
 /// Tells systemd that this process is ready and is the service's main process, when it runs
 /// under a `Type=notify` unit (`$NOTIFY_SOCKET` set): `READY=1` and `MAINPID=`. A process that
-/// took over sends it too, so with `NotifyAccess=all` systemd follows the new process as the
-/// service's main one while the old drains and exits. Failures are logged and ignored.
+/// takes over sends it too, before it tells the old process to exit, so with
+/// `NotifyAccess=all` systemd follows the new process as the service's main one before the old
+/// one ends. Failures are logged and ignored.
 pub fn notify_systemd_ready() {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;

@@ -37,6 +37,21 @@ fn same_address(
     Ok(())
 }
 
+/// Whether this process's TLS flags for one listener keep what its clients speak: a takeover
+/// cannot add or remove TLS under connections the clients already make (every one would
+/// fail). `theirs` is `None` from a release that did not say.
+fn same_tls(listener: &str, flags: &str, ours: bool, theirs: Option<bool>) -> anyhow::Result<()> {
+    match (theirs, ours) {
+        (Some(true), false) => anyhow::bail!(
+            "the running server serves its {listener} listener over TLS; give {flags} (the same files, or renewed ones): without them every client of that listener would fail"
+        ),
+        (Some(false), true) => anyhow::bail!(
+            "the running server serves its {listener} listener without TLS, and a takeover keeps what its clients speak: leave out {flags} (to add TLS, stop the running server and start this one)"
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Finds the server running on the data directory and takes its listeners (its state follows
 /// when this process opens it).
 pub async fn take_over(config: &Config) -> anyhow::Result<Taken> {
@@ -57,6 +72,18 @@ pub async fn take_over(config: &Config) -> anyhow::Result<Taken> {
         crate::config::DEFAULT_ADMIN_LISTEN,
         offered.admin,
     )?;
+    same_tls(
+        "data",
+        "--tls-cert and --tls-key",
+        config.tls.is_some(),
+        offered.data_tls,
+    )?;
+    same_tls(
+        "admin",
+        "--admin-tls-cert and --admin-tls-key",
+        config.admin_tls.is_some(),
+        offered.admin_tls,
+    )?;
     tracing::info!(old_pid = offered.pid, data = %offered.data, admin = %offered.admin, "taking over from the running server");
     offered.begin().await
 }
@@ -69,6 +96,12 @@ pub struct Offered {
     pub data: SocketAddr,
     /// Its admin address.
     pub admin: SocketAddr,
+    /// Whether it serves its data listener over TLS (`None`: an older release that did not
+    /// say).
+    pub data_tls: Option<bool>,
+    /// Whether it serves its admin listener over TLS (`None`: an older release that did not
+    /// say).
+    pub admin_tls: Option<bool>,
     stream: UnixStream,
 }
 
@@ -89,10 +122,18 @@ pub async fn connect(dir: &Path) -> anyhow::Result<Offered> {
     };
     wire::send(&mut stream, &hello).await?;
     match wire::recv(&mut stream).await? {
-        Some(Message::Offer { pid, data, admin }) => Ok(Offered {
+        Some(Message::Offer {
             pid,
             data,
             admin,
+            data_tls,
+            admin_tls,
+        }) => Ok(Offered {
+            pid,
+            data,
+            admin,
+            data_tls,
+            admin_tls,
             stream,
         }),
         Some(Message::Refused { reason }) => {
@@ -250,5 +291,40 @@ impl Drop for Predecessor {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_tls;
+
+    #[test]
+    fn a_takeover_keeps_what_each_listeners_clients_speak() {
+        let flags = "--tls-cert and --tls-key";
+        assert!(same_tls("data", flags, true, Some(true)).is_ok());
+        assert!(same_tls("data", flags, false, Some(false)).is_ok());
+        // An older release that did not say: nothing to check against.
+        assert!(same_tls("data", flags, true, None).is_ok());
+        assert!(same_tls("data", flags, false, None).is_ok());
+        let dropped = same_tls("data", flags, false, Some(true)).unwrap_err();
+        assert!(
+            dropped
+                .to_string()
+                .starts_with("the running server serves its data listener over TLS; give --tls-cert and --tls-key"),
+            "{dropped}"
+        );
+        let added = same_tls(
+            "admin",
+            "--admin-tls-cert and --admin-tls-key",
+            true,
+            Some(false),
+        )
+        .unwrap_err();
+        assert!(
+            added.to_string().contains(
+                "serves its admin listener without TLS, and a takeover keeps what its clients speak: leave out --admin-tls-cert and --admin-tls-key"
+            ),
+            "{added}"
+        );
     }
 }

@@ -37,6 +37,12 @@ pub enum Message {
         data: SocketAddr,
         /// Its admin address.
         admin: SocketAddr,
+        /// Whether it serves its data listener over TLS (`None`: a release that did not say).
+        #[serde(default)]
+        data_tls: Option<bool>,
+        /// Whether it serves its admin listener over TLS (`None`: a release that did not say).
+        #[serde(default)]
+        admin_tls: Option<bool>,
     },
     /// Old → new: no takeover now, and why.
     Refused {
@@ -165,4 +171,23 @@ pub async fn recv_fds(stream: &UnixStream) -> std::io::Result<Vec<OwnedFd>> {
         }
     }
     Ok(fds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Message;
+
+    #[test]
+    fn an_offer_from_a_release_that_does_not_say_which_listener_speaks_tls_is_read() {
+        let older = r#"{"Offer":{"pid":7,"data":"127.0.0.1:1","admin":"127.0.0.1:2"}}"#;
+        match serde_json::from_str::<Message>(older).unwrap() {
+            Message::Offer {
+                pid,
+                data_tls,
+                admin_tls,
+                ..
+            } => assert_eq!((pid, data_tls, admin_tls), (7, None, None)),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -211,3 +211,117 @@ async fn dev_swaps_in_each_save_and_keeps_serving_through_a_broken_build() {
     let status = dev.terminate(Duration::from_secs(60)).await;
     assert!(status.success(), "dev exits cleanly on SIGTERM: {status}");
 }
+
+/// `handoff dev` of the repository's examples, its state in `data`; on ephemeral ports unless
+/// it takes over.
+fn dev_examples(data: &Path, takeover: bool) -> tokio::process::Command {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let (examples, data) = (examples.to_str().unwrap(), data.to_str().unwrap());
+    let mut args = vec!["dev", examples, "--data-dir", data];
+    match takeover {
+        true => args.push("--takeover"),
+        false => args.extend(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]),
+    }
+    let mut dev = command(&args);
+    dev.env("CARGO_TARGET_DIR", shared_target_dir("dev-examples"));
+    dev
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_server_taken_over_by_a_new_dev_keeps_serving_the_examples_without_a_failed_request()
+{
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::takeover::{Tally, h1_client, h2_client};
+
+    let data = tempfile::tempdir().unwrap();
+    let mut old = Running::spawn(dev_examples(data.path(), false));
+    let ready = old.ready(FIRST_BUILD).await;
+    let hello_line = format!("route hello -> http://{}/hello", ready.data);
+    old.wait_for_line("hello's route line", Duration::from_secs(30), |l| {
+        (l == hello_line).then_some(())
+    })
+    .await;
+    let (status, body) = get(&ready, "/json-api/items/1").await;
+    assert_eq!(status, 200, "{body}");
+    // Keep-alive HTTP/1.1 and h2c clients on two of the examples.
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients = [
+        tokio::spawn(h1_client(
+            ready.data,
+            "/hello/x",
+            false,
+            stop.clone(),
+            tally.clone(),
+        )),
+        tokio::spawn(h1_client(
+            ready.data,
+            "/json-api/items",
+            false,
+            stop.clone(),
+            tally.clone(),
+        )),
+        tokio::spawn(h2_client(
+            ready.data,
+            "/hello/y",
+            stop.clone(),
+            tally.clone(),
+        )),
+        tokio::spawn(h2_client(
+            ready.data,
+            "/json-api/items/2",
+            stop.clone(),
+            tally.clone(),
+        )),
+    ];
+    let goes_on = |n: u64| {
+        let tally = tally.clone();
+        async move {
+            let from = tally.ok();
+            let started = Instant::now();
+            while tally.ok() < from + n {
+                assert!(started.elapsed() < REBUILD, "the load stalled");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    goes_on(50).await;
+    let mut new = Running::spawn(dev_examples(data.path(), true));
+    let took = new.ready(REBUILD).await;
+    assert_eq!((took.data, took.admin), (ready.data, ready.admin));
+    let status = old.exit_within(Duration::from_secs(60)).await;
+    assert!(
+        status.success(),
+        "{status}\n{}\n{}",
+        old.stdout.text(),
+        old.stderr.text()
+    );
+    assert!(
+        old.stdout.text().contains("a new process took over"),
+        "{}",
+        old.stdout.text()
+    );
+    // The routes came across with the state: the new dev built the same sources and deployed
+    // nothing.
+    new.wait_for_line("the new dev's first build", REBUILD, |l| {
+        (l == "no component changed").then_some(())
+    })
+    .await;
+    goes_on(50).await;
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        tokio::time::timeout(Duration::from_secs(60), client)
+            .await
+            .expect("a load client stopped")
+            .expect("a load client ran");
+    }
+    tally.assert_no_failures();
+    assert!(
+        tally.reconnects() > 0,
+        "the clients moved to the new process"
+    );
+    let status = new.terminate(Duration::from_secs(60)).await;
+    assert!(status.success(), "{status}");
+}

@@ -19,5 +19,6 @@ mod security;
 mod serve;
 mod support;
 mod takeover;
+mod takeover_tls;
 mod wasi3;
 mod watch;

@@ -22,7 +22,7 @@ const LOAD_LIMIT: Duration = Duration::from_secs(240);
 
 /// What the load saw.
 #[derive(Default)]
-struct Tally {
+pub(crate) struct Tally {
     ok: AtomicU64,
     /// Connections a client opened again after the server said `Connection: close` or
     /// `GOAWAY` (not failures: the next request went out on a new connection).
@@ -37,11 +37,16 @@ impl Tally {
         self.failed.lock().unwrap().push(what);
     }
 
-    fn ok(&self) -> u64 {
+    pub(crate) fn ok(&self) -> u64 {
         self.ok.load(Ordering::SeqCst)
     }
 
-    fn assert_no_failures(&self) {
+    /// Connections opened again after the server said `Connection: close` or `GOAWAY`.
+    pub(crate) fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn assert_no_failures(&self) {
         let failed = self.failed.lock().unwrap();
         assert!(
             failed.is_empty(),
@@ -84,7 +89,7 @@ fn request(path: &str) -> http::Request<Full<Bytes>> {
 
 /// One HTTP/1.1 keep-alive client sending `path` until `stop`: a new connection only after the
 /// server says `Connection: close` (or closed it between requests).
-async fn h1_client(
+pub(crate) async fn h1_client(
     addr: SocketAddr,
     path: &'static str,
     counter: bool,
@@ -140,7 +145,12 @@ async fn h1_client(
 
 /// One h2c client sending `path` on one connection until `stop`, a new connection once the
 /// server sent `GOAWAY`.
-async fn h2_client(addr: SocketAddr, path: &'static str, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+pub(crate) async fn h2_client(
+    addr: SocketAddr,
+    path: &'static str,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) {
     let deadline = Instant::now() + LOAD_LIMIT;
     let mut sender: Option<hyper::client::conn::http2::SendRequest<Full<Bytes>>> = None;
     while !stop.load(Ordering::SeqCst) {
@@ -599,10 +609,42 @@ async fn under_systemd_each_ready_process_names_itself_the_main_one() {
         received(n, &buffer),
         format!("READY=1\nMAINPID={}\n", old.pid())
     );
+    // systemd must hear of the new main process before the old one exits (else it takes that
+    // exit for the service's end). Fill the notification queue: the new process's message then
+    // waits until this test reads, and the old process must not be told to exit meanwhile.
+    let filler = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    filler.set_nonblocking(true).unwrap();
+    let mut queued = 0;
+    while filler.send_to(b"X=1", &notify_path).is_ok() {
+        queued += 1;
+        assert!(queued < 10_000, "the notification queue never fills");
+    }
     let mut second = takeover_command(&data, &[]);
     second.env("NOTIFY_SOCKET", &notify_path);
     let mut new = Running::spawn(second);
-    new.ready(READY).await;
+    new.stderr
+        .wait_for("the new process to accept", READY, |log| {
+            log.contains("listening")
+        })
+        .await;
+    // A bounded look for what must not happen: the old process hearing it may exit while the
+    // new one's notification is still unsent.
+    let looked = Instant::now();
+    while looked.elapsed() < Duration::from_secs(2) {
+        assert!(
+            !old.stderr.text().contains("the new process is ready"),
+            "the old process was told to exit before systemd heard of the new one:\n{}\n{}",
+            old.stderr.text(),
+            new.stderr.text()
+        );
+        assert!(!old.exited(), "{}", old.stderr.text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(queued > 0, "the notification queue filled");
+    for _ in 0..queued {
+        let n = notify.recv(&mut buffer).await.unwrap();
+        assert_eq!(received(n, &buffer), "X=1");
+    }
     let n = tokio::time::timeout(READY, notify.recv(&mut buffer))
         .await
         .expect("a notification")
@@ -611,6 +653,7 @@ async fn under_systemd_each_ready_process_names_itself_the_main_one() {
         received(n, &buffer),
         format!("READY=1\nMAINPID={}\n", new.pid())
     );
+    new.ready(READY).await;
     assert!(old.exit_within(Duration::from_secs(60)).await.success());
     assert!(new.terminate(Duration::from_secs(60)).await.success());
 }
