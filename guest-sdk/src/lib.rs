@@ -41,6 +41,8 @@
 //!   and shared buckets it was granted; counters, compare-and-swap, TTL, and typed JSON
 //!   documents with a schema version for two live versions on one set of data.
 //! * **Time**: [`sleep`] blocks the guest without burning CPU time.
+//! * **Outbound HTTP** (`async` handlers): [`client::send`] and [`client::get`] call other
+//!   services, bodies streamed both ways, within the route's allow-list.
 //!
 //! Each request runs in a fresh instance of the component unless the route is deployed with
 //! `reuse`: then globals may outlive a request, so keep nothing in memory that one request
@@ -53,7 +55,8 @@
 //! `wasi:http/service` component: it awaits its request body ([`Body::read_bytes`]), timers
 //! ([`time::sleep`]) and any other futures, joins several at once, streams a body while
 //! computing it ([`Body::stream_async`]), and routes to async handlers ([`Router::serve`]).
-//! Config, logs and key-value work the same in both. Both build for `wasm32-wasip2`, and a unit
+//! Config, logs and key-value work the same in both; outbound HTTP ([`client`]) is for async
+//! handlers. Both build for `wasm32-wasip2`, and a unit
 //! test runs an async handler on the host with [`block_on`].
 //!
 //! # Testing on the host
@@ -67,6 +70,7 @@
 #![deny(missing_docs)]
 
 mod body;
+pub mod client;
 pub mod config;
 mod error;
 mod exec;

@@ -123,6 +123,12 @@ impl StoreLog {
         self.request.store(id, Ordering::Relaxed);
     }
 
+    /// The store's guest now writes for request `id` (a shared WASI 0.3 instance switching
+    /// between the requests it serves): its lines carry that id.
+    pub fn attribute(&self, id: u64) {
+        self.request.store(id, Ordering::Relaxed);
+    }
+
     /// The panic message the guest printed (`message (at location)`), taken for its failure
     /// report.
     pub fn take_panic(&self) -> Option<String> {

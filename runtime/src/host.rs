@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use wasmtime::component::{Linker, Resource, ResourceTable};
-use wasmtime::{StoreContextMut, UpdateDeadline};
+use wasmtime::component::{GuestTaskId, Linker, Resource, ResourceTable};
+use wasmtime::{CallHook, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::filesystem::{Descriptor, Dir};
 use wasmtime_wasi::{FsPerms, OpenMode, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
@@ -167,6 +167,21 @@ pub struct Host {
     ticks: u32,
     /// What the guest's output streams share: the request they log for, a panic message.
     log: Arc<StoreLog>,
+    /// On a WASI 0.3 instance that serves more than one request: the requests by their task,
+    /// so each call into the host is its own request's ([`Host::attribute_calls`]).
+    tasks: Option<Box<Tasks>>,
+}
+
+/// The requests a WASI 0.3 instance has taken, by the component-model task that serves each.
+#[derive(Default)]
+struct Tasks {
+    /// Each request's root task, with its id and (tracing on) its span. One entry per task:
+    /// a task id the store reuses replaces the entry of the request that had it, so this holds
+    /// at most as many entries as the instance ever had tasks alive at once.
+    requests: Vec<(GuestTaskId, u64, Option<crate::trace::Scope>)>,
+    /// The task whose request the store's log, outbound calls and key-value calls are
+    /// attributed to now.
+    current: Option<GuestTaskId>,
 }
 
 /// Ticks a request runs before its guest starts yielding: short requests are never put back
@@ -210,7 +225,66 @@ impl Host {
             deadline,
             ticks: 0,
             log,
+            tasks: None,
         }
+    }
+
+    /// Makes every call `store`'s guest makes into the host count for the request whose task
+    /// made it (a WASI 0.3 instance that may serve more than one request, at once or while an
+    /// earlier one's body still streams): its log lines carry that request's id and are events
+    /// of its span, its outbound calls are children of that span.
+    ///
+    /// wasmtime 48 tells which task calls: `StoreContextMut::async_call_stack` from the store's
+    /// call hook names the calling thread's tasks, the last being the export call
+    /// `ProxyHandler` started for the request (the task `WorkerState::on_request_start` is
+    /// given, [`Host::start_task`]). A task the store does not know (instantiation) leaves
+    /// the attribution as it was.
+    pub fn attribute_calls(store: &mut wasmtime::Store<Host>) {
+        store.data_mut().tasks = Some(Box::default());
+        store.call_hook(|cx, hook| {
+            if matches!(hook, CallHook::CallingHost) {
+                Host::attribute(cx);
+            }
+            Ok(())
+        });
+    }
+
+    /// Attributes what the guest now asks of the host to the request whose task calls.
+    fn attribute(mut cx: StoreContextMut<'_, Host>) {
+        let root = match cx.async_call_stack() {
+            Ok(stack) => stack.last(),
+            Err(_) => None,
+        };
+        let Some(root) = root else { return };
+        let host = cx.data_mut();
+        let Some(tasks) = host.tasks.as_deref_mut() else {
+            return;
+        };
+        if tasks.current == Some(root) {
+            return;
+        }
+        let Some((_, id, scope)) = tasks.requests.iter().find(|(task, ..)| *task == root) else {
+            return;
+        };
+        let (id, scope) = (*id, scope.clone());
+        tasks.current = Some(root);
+        host.log.attribute(id);
+        host.trace(scope);
+    }
+
+    /// This store starts serving request `id` (traced in `scope`, if tracing is on) in task
+    /// `task`: the guest's calls are that request's until another request's task calls (with
+    /// [`Host::attribute_calls`]) or the store serves its next request.
+    pub fn start_task(&mut self, task: GuestTaskId, id: u64, scope: Option<crate::trace::Scope>) {
+        if let Some(tasks) = self.tasks.as_deref_mut() {
+            match tasks.requests.iter_mut().find(|(known, ..)| *known == task) {
+                Some(entry) => *entry = (task, id, scope.clone()),
+                None => tasks.requests.push((task, id, scope.clone())),
+            }
+            tasks.current = Some(task);
+        }
+        self.serve(id);
+        self.trace(scope);
     }
 
     /// This store now serves request `id` (its guest's log lines carry it).

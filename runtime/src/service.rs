@@ -58,8 +58,11 @@ pub struct Call {
     pub prefix: Arc<str>,
     /// When its response head must have come.
     pub deadline: Instant,
-    /// Its request id: the guest's log lines carry the latest one its instance started.
+    /// Its request id: the guest's log lines for it carry it.
     pub id: u64,
+    /// With tracing on: the request's span (its guest's log lines become its events, its
+    /// outbound calls its children).
+    pub trace: Option<crate::trace::Scope>,
     /// Cancelled when the request's client leaves before the response head: the request then
     /// expires as at its deadline (the guest's work for it is dropped with its instance when
     /// the instance served no other request).
@@ -76,6 +79,7 @@ impl Call {
             prefix,
             deadline,
             id,
+            trace: None,
             left: None,
             log: Arc::default(),
         }
@@ -264,6 +268,11 @@ impl HandlerState for State {
         if let Some(tried) = &self.deny {
             store.data_mut().deny_outbound_with(tried.clone());
         }
+        // An instance that may serve more than one request (at once, or the next while the
+        // last one's body still streams) tells its requests' calls apart by task.
+        if self.reuse > 1 {
+            Host::attribute_calls(&mut store);
+        }
         let service = self.pre.instantiate_async(&mut store).await?;
         self.live.fetch_add(1, Ordering::Relaxed);
         let life = Arc::new(Life::default());
@@ -325,10 +334,10 @@ impl WorkerState for Worker {
         &self,
         mut store: StoreContextMut<'_, Host>,
         call: Call,
-        _task: GuestTaskId,
+        task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
         store.data_mut().set_prefix(&call.prefix);
-        store.data().serve(call.id);
+        store.data_mut().start_task(task, call.id, call.trace);
         let _ = call.log.set(store.data().log().clone());
         self.life.started.fetch_add(1, Ordering::Relaxed);
         let deadline = Box::pin(tokio::time::sleep_until(call.deadline.into()));

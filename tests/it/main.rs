@@ -39,6 +39,7 @@ mod toolchains;
 mod tracing;
 mod tracing_changes;
 mod tracing_export;
+mod tracing_wasi3;
 mod unread;
 mod wasi3;
 mod wasi3_delivery;

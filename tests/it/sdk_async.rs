@@ -171,3 +171,79 @@ async fn async_sdk_requests_share_instances_and_count_exactly() {
     assert_eq!(counts, expected);
     server.shutdown().await;
 }
+
+/// `url` as one query value: its `?`, `&`, `=` and `%` percent-encoded.
+fn query_value(url: &str) -> String {
+    url.replace('%', "%25")
+        .replace('?', "%3F")
+        .replace('&', "%26")
+        .replace('=', "%3D")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_client_calls_another_route_streams_its_body_and_says_why_a_call_is_refused() {
+    let server = TestServer::start().await;
+    let data = server.data;
+    server.deploy("up", guests::SDK_ASYNC).await;
+    let (code, body) = server
+        .deploy_bytes(
+            "sa",
+            &format!("?allow-outbound=http://{data}"),
+            guests::bytes(guests::SDK_ASYNC),
+        )
+        .await;
+    assert!(code.is_success(), "{body}");
+    server.deploy("closed", guests::SDK_ASYNC).await;
+
+    // A call to the other route: its status and body.
+    let url = query_value(&format!("http://{data}/up/hello"));
+    assert_eq!(
+        get(&server, &format!("/sa/fetch?url={url}")).await,
+        (StatusCode::OK, "sdk-async hello\n".into())
+    );
+    let url = query_value(&format!("http://{data}/up/nothing"));
+    assert_eq!(
+        get(&server, &format!("/sa/fetch?url={url}")).await.0,
+        StatusCode::NOT_FOUND,
+        "the other service's 404 is a response, passed on"
+    );
+
+    // The other route's streamed body passes through as it arrives: its first line reaches
+    // the client while the upstream has not computed its second.
+    let url = query_value(&format!("http://{data}/up/stream?chunks=2&delay_ms=1500"));
+    let mut conn = Connection::open(data).await;
+    let response = conn
+        .send(handoff_tests::get_request(&format!("/sa/fetch?url={url}")))
+        .await
+        .expect("a response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(30), body.frame())
+        .await
+        .expect("the first line within the bound")
+        .expect("a frame")
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(first, "chunk 1/2\n");
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "chunk 2/2\n");
+
+    // A route whose allow-list does not name the destination: the guest's error says so, and
+    // what to deploy instead.
+    let url = query_value(&format!("http://{data}/up/hello"));
+    let (status, body) = get(&server, &format!("/closed/fetch?url={url}")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(
+        body,
+        format!(
+            "outbound HTTP to http://{data} denied: the route's allow-list does not name it \
+             (deploy with allow-outbound=http://{data})\n"
+        )
+    );
+    // Not a URL at all: a 400 that says what is wrong.
+    let (status, body) = get(&server, "/sa/fetch?url=nowhere").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("needs an absolute URL"), "{body}");
+    server.shutdown().await;
+}

@@ -9,6 +9,8 @@
 //! by a stall limit instead: a client that lets nothing through for `--idle-timeout` while
 //! the server has bytes for it loses the stream (HTTP/2) or its connection (HTTP/1.1).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use handoff::config::Config;
@@ -297,5 +299,119 @@ async fn host_written_bodies_to_an_h2_client_with_a_zero_window_are_reset_after_
     }
     reset(held).await;
     holder.abort();
+    server.shutdown().await;
+}
+
+/// Reads from `stream` until `marker` has arrived (a few bytes: the response head and the
+/// stream's first message), then returns; the rest stays unread.
+async fn read_until(stream: &mut tokio::net::TcpStream, marker: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 256];
+    while !seen.windows(marker.len()).any(|w| w == marker) {
+        let n = tokio::time::timeout(GENEROUS, stream.read(&mut buffer))
+            .await
+            .expect("the head in time")
+            .expect("a read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_that_never_reads_a_log_tail_is_closed_after_the_idle_timeout() {
+    let server = short_idle_server().await;
+    let (code, body) = server
+        .deploy_bytes(
+            "flood",
+            "?request-timeout=5s",
+            guests::bytes(guests::HOSTILE),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let request = format!("GET /v1/routes/flood/logs HTTP/1.1\r\nhost: {ADMIN_HOST}\r\n\r\n");
+    // The client that never reads: a small receive buffer (the kernel's loopback buffers would
+    // take megabytes otherwise), the head and the first message read, nothing after.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut held = socket.connect(server.admin).await.expect("connect");
+    held.write_all(request.as_bytes()).await.unwrap();
+    let head = read_until(&mut held, b"retry:").await;
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // A client that reads the same tail all along: it counts the lines, and its stream never
+    // ends while the test runs.
+    let mut reader = tokio::net::TcpStream::connect(server.admin).await.unwrap();
+    reader.write_all(request.as_bytes()).await.unwrap();
+    read_until(&mut reader, b"retry:").await;
+    let lines = Arc::new(AtomicU64::new(0));
+    let reading = tokio::spawn({
+        let lines = lines.clone();
+        async move {
+            use tokio::io::AsyncReadExt;
+            let mut tail = Vec::new();
+            let mut buffer = vec![0u8; 64 << 10];
+            loop {
+                let n = reader.read(&mut buffer).await.expect("a read");
+                assert!(n > 0, "the reading client's tail ended");
+                tail.extend_from_slice(&buffer[..n]);
+                let found = tail.windows(9).filter(|w| w == b"\ndata: {\"").count();
+                lines.fetch_add(found as u64, Ordering::SeqCst);
+                tail.drain(..tail.len().saturating_sub(8));
+            }
+        }
+    });
+    // Lines of about 15 KB, as many as the version's budget lets through until the request's
+    // deadline (5 s): megabytes, more than the server's socket and hyper's buffers hold.
+    let flood = tokio::spawn({
+        let data = server.data;
+        async move {
+            handoff_tests::send(
+                data,
+                handoff_tests::get_request("/flood/log-flood?size=15000"),
+            )
+            .await
+        }
+    });
+    eventually(
+        "the reading client to get the flood's lines",
+        GENEROUS,
+        || async { (lines.load(Ordering::SeqCst) >= 100).then_some(()) },
+    )
+    .await;
+    // Other admin clients are served meanwhile, at once.
+    for _ in 0..3 {
+        let (status, _) = tokio::time::timeout(
+            Duration::from_secs(5),
+            server.admin(http::Method::GET, "/v1/routes"),
+        )
+        .await
+        .expect("an admin answer while the tail is held");
+        assert_eq!(status, StatusCode::OK);
+    }
+    let _ = flood.await;
+    // The server closed the held connection (once its writes had waited for the idle
+    // timeout): reading what it holds reaches the end, instead of a tail that goes on.
+    let drained = tokio::time::timeout(GENEROUS, async {
+        let mut sink = tokio::io::sink();
+        tokio::io::copy(&mut held, &mut sink).await
+    })
+    .await
+    .expect("the server closed the connection of the client that never read");
+    if let Ok(bytes) = drained {
+        assert!(
+            bytes > 1 << 20,
+            "the tail had megabytes for it: {bytes} bytes"
+        );
+    }
+    // The reader was served throughout, and still is.
+    assert!(!reading.is_finished(), "{:?}", reading.await);
+    reading.abort();
+    let (status, _) = server.admin(http::Method::GET, "/v1/routes").await;
+    assert_eq!(status, StatusCode::OK);
     server.shutdown().await;
 }

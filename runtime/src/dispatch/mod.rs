@@ -212,6 +212,7 @@ where
             shared,
             copy,
             span,
+            otel.map(crate::trace::Server::scope),
             id,
             started,
             deadline,

@@ -38,6 +38,7 @@ pub(super) async fn serve<B>(
     shared: Arc<Shared>,
     copy: Option<Pending>,
     span: tracing::Span,
+    trace: Option<crate::trace::Scope>,
     id: u64,
     started: Instant,
     deadline: Instant,
@@ -65,6 +66,7 @@ where
     let leaving = left.clone().drop_guard();
     let mut call = Call::new(prefix.clone(), deadline, id);
     call.left = Some(left);
+    call.trace = trace;
     let log = call.log.clone();
     let answered = tokio::select! {
         biased;

@@ -424,3 +424,82 @@ async fn new_refuses_a_wasi_version_it_cannot_write() {
     );
     assert!(!path.exists());
 }
+
+/// The version in the last `deployed NAME VERSION in N ms` line `dev` printed.
+fn last_deployed(stdout: &str, name: &str) -> Option<String> {
+    let prefix = format!("deployed {name} ");
+    stdout
+        .lines()
+        .rev()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .find_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_serves_a_new_03_crate_and_redeploys_an_edit() {
+    // The default scaffold (an async WASI 0.3 handler) under `handoff dev`: it builds, serves
+    // as a 0.3 version, and a saved edit is live without a restart.
+    let name = "devloop";
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join(name);
+    handoff(&["new", name, "--path", crate_dir.to_str().unwrap()])
+        .await
+        .ok();
+    let mut dev = command(&[
+        "dev",
+        crate_dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    dev.env("CARGO_TARGET_DIR", shared_target_dir("new-guests"));
+    let mut dev = Running::spawn(dev);
+    let ready = dev.ready(BUILD_LIMIT).await;
+    let route_line = format!("route {name} -> http://{}/{name}", ready.data);
+    dev.wait_for_line("the route line", Duration::from_secs(10), |l| {
+        (l == route_line).then_some(())
+    })
+    .await;
+    let first = last_deployed(&dev.stdout.text(), name).expect("a deployed line");
+    assert_eq!(
+        get(&ready, &format!("/{name}/a")).await,
+        (200, format!("hello from /{name}/a\n"))
+    );
+    let status = handoff(&["status", name, "--json", "--admin", &ready.admin_url()]).await;
+    let status: serde_json::Value = serde_json::from_str(status.ok()).unwrap();
+    assert_eq!(status["active"]["wasi"], "0.3", "{status}");
+
+    // An edit to the handler: the next requests get the new answer.
+    let source = crate_dir.join("src/lib.rs");
+    let text = std::fs::read_to_string(&source).unwrap();
+    assert!(text.contains("\"hello from {}\\n\""), "{text}");
+    std::fs::write(
+        &source,
+        text.replacen("\"hello from {}\\n\"", "\"howdy from {}\\n\"", 1),
+    )
+    .unwrap();
+    let saved = std::time::Instant::now();
+    while get(&ready, &format!("/{name}/a")).await != (200, format!("howdy from /{name}/a\n")) {
+        assert!(
+            saved.elapsed() < BUILD_LIMIT,
+            "the edit was not served\nstdout:\n{}\nstderr:\n{}",
+            dev.stdout.text(),
+            dev.stderr.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let second = dev
+        .wait_for_line("the edit's deployed line", Duration::from_secs(10), |l| {
+            let version = l
+                .strip_prefix(&format!("deployed {name} "))?
+                .split_whitespace()
+                .next()?;
+            (version != first).then(|| version.to_owned())
+        })
+        .await;
+    assert_ne!(second, first);
+    let status = dev.terminate(Duration::from_secs(60)).await;
+    assert!(status.success(), "dev exits cleanly on SIGTERM: {status}");
+}

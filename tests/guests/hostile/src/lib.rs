@@ -28,8 +28,8 @@
 //!   traps
 //! * `/hostile/leak-body`   — sends headers and `partial`, then returns without finishing (or
 //!   dropping) its body
-//! * `/hostile/log-flood`   — prints 1 KiB lines to stdout and stderr without end (the request
-//!   deadline stops it)
+//! * `/hostile/log-flood[?size=N]` — prints 1 KiB lines (about N bytes each, if given) to
+//!   stdout and stderr without end (the request deadline stops it)
 
 use wasip2::clocks::monotonic_clock;
 use wasip2::exports::http::incoming_handler::Guest;
@@ -287,7 +287,8 @@ impl Guest for Hostile {
             }
             "log-flood" => {
                 use std::io::Write;
-                let padding = "x".repeat(1000);
+                let size = param(&path, "size").and_then(|n| n.parse().ok());
+                let padding = "x".repeat(size.unwrap_or(1000));
                 let mut n: u64 = 0;
                 loop {
                     n = n.wrapping_add(1);

@@ -6,13 +6,17 @@
 //! * `POST /<route>/count/:key` — increments `key` in the route's bucket and answers the count
 //! * `GET /<route>/stream?chunks=N&delay_ms=M` — N lines, M ms apart, each sent as computed
 //! * `GET /<route>/log` — writes an info line to the route's log
+//! * `GET /<route>/fetch?url=U` — `GET U` with the SDK's client: the upstream's status and
+//!   body, streamed through as it arrives; a failed call answers its error's status with the
+//!   error's message (e.g. the allow-list's refusal)
+//! * `GET /<route>/slowlog?tag=T&delay_ms=M` — logs `T before`, waits M ms, logs `T after`
 //!
 //! Every answer carries the header `x-guest: sdk-async`.
 
 use std::time::Duration;
 
 use handoff_sdk::{
-    Body, Request, RequestExt, Response, Result, Router, config, kv, log, response, time,
+    Body, Request, RequestExt, Response, Result, Router, client, config, kv, log, response, time,
 };
 
 async fn handle(req: Request) -> Result<Response> {
@@ -35,6 +39,8 @@ async fn handle(req: Request) -> Result<Response> {
             log::info!("sdk-async logs {}", req.uri().path());
             Ok(response::text("logged\n"))
         })
+        .get_async("/fetch", fetch)
+        .get_async("/slowlog", slowlog)
         .serve(req)
         .await?;
     response.headers_mut().insert(
@@ -47,6 +53,30 @@ async fn handle(req: Request) -> Result<Response> {
 async fn echo(req: Request) -> Result<Response> {
     let read = req.into_body().read_bytes().await?.len();
     Ok(response::text(format!("read {read}\n")))
+}
+
+async fn fetch(req: Request) -> Result<Response> {
+    let url = req.query().get("url").unwrap_or_default().to_owned();
+    log::info!("sdk-async fetches {url}");
+    match client::get(&url).await {
+        // The upstream's body goes on to the client unread, chunk by chunk as it arrives.
+        Ok(upstream) => Ok(upstream),
+        Err(error) => {
+            let mut answer = response::text(format!("{error:#}\n"));
+            *answer.status_mut() = error.status();
+            Ok(answer)
+        }
+    }
+}
+
+async fn slowlog(req: Request) -> Result<Response> {
+    let query = req.query();
+    let tag = query.get("tag").unwrap_or("untagged").to_owned();
+    let delay = Duration::from_millis(query.get_or("delay_ms", 100)?);
+    log::info!("{tag} before");
+    time::sleep(delay).await;
+    log::info!("{tag} after");
+    Ok(response::text(format!("{tag} logged\n")))
 }
 
 fn stream(req: Request) -> Result<Response> {
