@@ -29,6 +29,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub(crate) mod background;
+mod cancelled;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -44,6 +44,7 @@ use wasmtime_wasi_http::handler::{
 };
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
+use crate::cancelled::Cancelled;
 use crate::guest_log::StoreLog;
 use crate::host::{Guest, Host};
 
@@ -283,8 +284,8 @@ impl HandlerState for State {
             expiration: Expiry {
                 request_timeout: self.request_timeout,
                 sleep: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
-                closed: Mutex::new(Box::pin(self.closed.clone().cancelled_owned())),
-                cut_off: Mutex::new(Box::pin(self.cut_off.clone().cancelled_owned())),
+                closed: Mutex::new(Cancelled::new(self.closed.clone())),
+                cut_off: Mutex::new(Cancelled::new(self.cut_off.clone())),
                 life: life.clone(),
             },
             state: Worker {
@@ -370,9 +371,11 @@ impl WorkerState for Worker {
 pub struct Expiry {
     request_timeout: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
-    // Behind a lock only to be `Sync`; polled through `get_mut`, never locked.
-    closed: Mutex<Pin<Box<WaitForCancellationFutureOwned>>>,
-    cut_off: Mutex<Pin<Box<WaitForCancellationFutureOwned>>>,
+    // Polled on every turn of the instance's event loop: `Cancelled` takes none of the
+    // version's tokens' locks for that. Behind a lock only to be `Sync`; polled through
+    // `get_mut`, never locked.
+    closed: Mutex<Cancelled>,
+    cut_off: Mutex<Cancelled>,
     life: Arc<Life>,
 }
 
@@ -417,7 +420,7 @@ impl WorkerExpiration for Expiry {
             .cut_off
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if cut_off.as_mut().poll(cx).is_ready() {
+        if Pin::new(cut_off).poll(cx).is_ready() {
             return Poll::Ready(());
         }
         // A client left, and its request was all this instance ever served: nothing else can
@@ -434,7 +437,7 @@ impl WorkerExpiration for Expiry {
                     .closed
                     .get_mut()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                if closed.as_mut().poll(cx).is_ready() {
+                if Pin::new(closed).poll(cx).is_ready() {
                     return Poll::Ready(());
                 }
                 IDLE_TIMEOUT
@@ -442,9 +445,18 @@ impl WorkerExpiration for Expiry {
             WorkerStatus::Requests | WorkerStatus::PostReturn => this.request_timeout,
         };
         let deadline = tokio::time::Instant::from_std(start + timeout);
-        if this.sleep.deadline() != deadline {
+        // A later deadline (the next request started) leaves the timer armed for the earlier
+        // one, and moves it there when it fires: moving a timer takes a lock of the timer
+        // wheel, and the deadline moves with every request.
+        if deadline < this.sleep.deadline() {
             this.sleep.as_mut().reset(deadline);
         }
-        this.sleep.as_mut().poll(cx)
+        while this.sleep.as_mut().poll(cx).is_ready() {
+            if this.sleep.deadline() >= deadline {
+                return Poll::Ready(());
+            }
+            this.sleep.as_mut().reset(deadline);
+        }
+        Poll::Pending
     }
 }

@@ -237,7 +237,7 @@ impl GuestBody {
     ) -> Self {
         let version = shared.in_flight.version();
         let limit = version.limits.max_response_body;
-        let overdue = super::overdue::register(deadline, version.cut_off_token());
+        let overdue = super::overdue::register(deadline, version);
         Self {
             inner,
             shared: Some(shared),

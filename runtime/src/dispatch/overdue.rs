@@ -24,16 +24,25 @@
 //! task is dropped: the HTTP/2 stream is reset (`RST_STREAM`), the HTTP/1.1 connection closed,
 //! and the body lets go of its token. The timer is armed only when the task waits with a body
 //! in progress: a response that completes in the poll that produced it arms nothing.
+//!
+//! What this costs a request is kept small, since every response pays it: the timers are kept
+//! for the task's next bodies and moved only when they fire early or a deadline comes before
+//! theirs (moving a timer takes a lock of tokio's timer wheel; deadlines mostly move later); a
+//! frame costs the stall watch two atomic stores (the task reads the clock only when it waits
+//! with bytes owed); the version's cut-off is watched through [`Cancelled`], which takes none
+//! of the shared token's locks when polled again.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::time::Sleep;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::cancelled::Cancelled;
+use crate::version::Version;
 
 use crate::background::Background;
 
@@ -45,15 +54,32 @@ tokio::task_local! {
 /// What a watched task is waiting on: the guest response body in progress, if any.
 #[derive(Default)]
 struct Watch {
-    /// The body in progress: its number, its request's deadline and its version's cut-off.
-    due: Mutex<Option<(u64, Instant, CancellationToken)>>,
+    /// The body in progress.
+    due: Mutex<Option<Due>>,
+    /// The number of the body in progress (0: none), read without the lock whenever the
+    /// task waits.
+    registered: AtomicU64,
     /// Numbers the bodies registered here.
     next: AtomicU64,
     /// Set when the watch dropped its task for an overdue body.
     expired: AtomicBool,
-    /// The response in progress has bytes its client has not let through: its number and the
-    /// instant by which they must be (see [`Stall`]).
-    stall: Mutex<Option<(u64, Instant)>>,
+    /// The number of the response body that has bytes its client has not let through (0:
+    /// none), see [`Stall`].
+    owing: AtomicU64,
+    /// How many times a body has had bytes for its client (each frame it gave): the watched
+    /// task times a stall from the poll in which it first sees a count, so a frame costs two
+    /// stores and no clock read.
+    owed: AtomicU64,
+    /// The stall limit, in nanoseconds.
+    limit: AtomicU64,
+}
+
+/// A guest response body in progress: its number, its request's deadline and its version
+/// (whose cut-off ends it).
+struct Due {
+    id: u64,
+    deadline: Instant,
+    version: Arc<Version>,
 }
 
 /// A guest response body's registration with the task that sends it (see the module docs).
@@ -63,12 +89,17 @@ pub(crate) struct Registration {
     id: u64,
 }
 
-/// Registers a response body that must be done by `deadline`, or when `cut_off` is cancelled,
-/// with the watched task running it; `None` outside a watched task.
-pub(crate) fn register(deadline: Instant, cut_off: &CancellationToken) -> Option<Registration> {
+/// Registers a response body that must be done by `deadline`, or at `version`'s cut-off, with
+/// the watched task running it; `None` outside a watched task.
+pub(crate) fn register(deadline: Instant, version: &Arc<Version>) -> Option<Registration> {
     let watch = CURRENT.try_with(Arc::clone).ok()?;
     let id = watch.next.fetch_add(1, Ordering::Relaxed) + 1;
-    *watch.due.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, deadline, cut_off.clone()));
+    *watch.due.lock().unwrap_or_else(|e| e.into_inner()) = Some(Due {
+        id,
+        deadline,
+        version: version.clone(),
+    });
+    watch.registered.store(id, Ordering::Relaxed);
     Some(Registration { watch, id })
 }
 
@@ -81,10 +112,18 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut due = self.watch.due.lock().unwrap_or_else(|e| e.into_inner());
-        if due.as_ref().is_some_and(|(id, ..)| *id == self.id) {
-            *due = None;
+        // Only the watched task registers its bodies and drops them: no other writer races.
+        if self.watch.registered.load(Ordering::Relaxed) != self.id {
+            return;
         }
+        self.watch.registered.store(0, Ordering::Relaxed);
+        let due = self
+            .watch
+            .due
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_if(|due| due.id == self.id);
+        drop(due);
     }
 }
 
@@ -94,7 +133,6 @@ impl Drop for Registration {
 pub(crate) struct Stall {
     watch: Arc<Watch>,
     id: u64,
-    limit: Duration,
 }
 
 /// Watches a response body for stalls of `limit` in the watched task running it (the body is
@@ -102,7 +140,11 @@ pub(crate) struct Stall {
 pub(crate) fn stall(limit: Duration) -> Option<Stall> {
     let watch = CURRENT.try_with(Arc::clone).ok()?;
     let id = watch.next.fetch_add(1, Ordering::Relaxed) + 1;
-    let stall = Stall { watch, id, limit };
+    let nanos = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
+    if watch.limit.load(Ordering::Relaxed) != nanos {
+        watch.limit.store(nanos, Ordering::Relaxed);
+    }
+    let stall = Stall { watch, id };
     stall.owed();
     Some(stall)
 }
@@ -110,15 +152,18 @@ pub(crate) fn stall(limit: Duration) -> Option<Stall> {
 impl Stall {
     /// The body has bytes for its client: they must be let through within the limit.
     pub(crate) fn owed(&self) {
-        let by = Instant::now() + self.limit;
-        *self.watch.stall.lock().unwrap_or_else(|e| e.into_inner()) = Some((self.id, by));
+        // Only the watched task polls its bodies: no other writer races these stores.
+        self.watch.owing.store(self.id, Ordering::Relaxed);
+        let owed = self.watch.owed.load(Ordering::Relaxed);
+        self.watch
+            .owed
+            .store(owed.wrapping_add(1), Ordering::Relaxed);
     }
 
     /// The body has nothing for its client now (it waits on its own source, or it is done).
     pub(crate) fn settled(&self) {
-        let mut stall = self.watch.stall.lock().unwrap_or_else(|e| e.into_inner());
-        if stall.as_ref().is_some_and(|(id, _)| *id == self.id) {
-            *stall = None;
+        if self.watch.owing.load(Ordering::Relaxed) == self.id {
+            self.watch.owing.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -129,11 +174,17 @@ impl Drop for Stall {
     }
 }
 
-/// The timer a watched task armed for the body in progress.
+/// The timer a watched task armed for the body in progress, kept for the next ones.
 struct Armed {
+    /// The body it was last armed for.
     id: u64,
+    /// Fires at that body's deadline, or earlier (at an earlier body's): it is moved only when
+    /// it fires, and when a body's deadline comes before it.
     sleep: Pin<Box<Sleep>>,
-    cut_off: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The version whose cut-off `cut_off` waits for (a weak reference keeps its address from
+    /// being another version's).
+    version: Weak<Version>,
+    cut_off: Cancelled,
 }
 
 impl Watch {
@@ -142,31 +193,54 @@ impl Watch {
     fn overdue(
         &self,
         armed: &mut Option<Armed>,
-        stalled: &mut Option<(Instant, Pin<Box<Sleep>>)>,
+        stalled: &mut Option<Stalled>,
         cx: &mut Context<'_>,
     ) -> bool {
+        if self.registered.load(Ordering::Relaxed) == 0 {
+            return self.stalled(stalled, cx);
+        }
         let due = self.due.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((id, deadline, cut_off)) = due.as_ref() else {
+        let Some(Due {
+            id,
+            deadline,
+            version,
+        }) = due.as_ref()
+        else {
             drop(due);
             return self.stalled(stalled, cx);
         };
+        let deadline = tokio::time::Instant::from_std(*deadline);
         let timer = match armed {
             Some(timer) if timer.id == *id => timer,
             Some(timer) => {
                 timer.id = *id;
-                timer.sleep.as_mut().reset((*deadline).into());
-                timer.cut_off.set(cut_off.clone().cancelled_owned());
+                if deadline < timer.sleep.deadline() {
+                    timer.sleep.as_mut().reset(deadline);
+                }
+                if !std::ptr::eq(timer.version.as_ptr(), Arc::as_ptr(version)) {
+                    timer.version = Arc::downgrade(version);
+                    timer.cut_off = Cancelled::new(version.cut_off_token().clone());
+                }
                 timer
             }
             None => armed.insert(Armed {
                 id: *id,
-                sleep: Box::pin(tokio::time::sleep_until((*deadline).into())),
-                cut_off: Box::pin(cut_off.clone().cancelled_owned()),
+                sleep: Box::pin(tokio::time::sleep_until(deadline)),
+                version: Arc::downgrade(version),
+                cut_off: Cancelled::new(version.cut_off_token().clone()),
             }),
         };
         drop(due);
-        let overdue =
-            timer.sleep.as_mut().poll(cx).is_ready() || timer.cut_off.as_mut().poll(cx).is_ready();
+        let mut overdue = false;
+        while timer.sleep.as_mut().poll(cx).is_ready() {
+            if timer.sleep.deadline() >= deadline {
+                overdue = true;
+                break;
+            }
+            // Fired at an earlier body's deadline: on to this one's.
+            timer.sleep.as_mut().reset(deadline);
+        }
+        let overdue = overdue || Pin::new(&mut timer.cut_off).poll(cx).is_ready();
         if overdue {
             self.expired.store(true, Ordering::Release);
         }
@@ -174,30 +248,55 @@ impl Watch {
     }
 
     /// Whether the response in progress has owed its client bytes past its stall limit
-    /// (arming or re-arming the timer that wakes the task when it has).
-    fn stalled(
-        &self,
-        stalled: &mut Option<(Instant, Pin<Box<Sleep>>)>,
-        cx: &mut Context<'_>,
-    ) -> bool {
-        let Some((_, by)) = *self.stall.lock().unwrap_or_else(|e| e.into_inner()) else {
+    /// (arming the timer that wakes the task when it has).
+    fn stalled(&self, stalled: &mut Option<Stalled>, cx: &mut Context<'_>) -> bool {
+        if self.owing.load(Ordering::Relaxed) == 0 {
             return false;
-        };
+        }
+        let owed = self.owed.load(Ordering::Relaxed);
         let timer = match stalled {
-            Some((at, timer)) if *at == by => timer,
-            Some((at, timer)) => {
-                *at = by;
-                timer.as_mut().reset(by.into());
-                timer
-            }
-            None => {
-                &mut stalled
-                    .insert((by, Box::pin(tokio::time::sleep_until(by.into()))))
-                    .1
+            Some(timer) if timer.owed == owed => timer,
+            _ => {
+                // Owed since this poll of the task (the body gave the frame in it).
+                let limit = Duration::from_nanos(self.limit.load(Ordering::Relaxed));
+                let by = tokio::time::Instant::now() + limit;
+                match stalled {
+                    Some(timer) => {
+                        timer.owed = owed;
+                        timer.by = by;
+                        if by < timer.sleep.deadline() {
+                            timer.sleep.as_mut().reset(by);
+                        }
+                        timer
+                    }
+                    None => stalled.insert(Stalled {
+                        owed,
+                        by,
+                        sleep: Box::pin(tokio::time::sleep_until(by)),
+                    }),
+                }
             }
         };
-        timer.as_mut().poll(cx).is_ready()
+        while timer.sleep.as_mut().poll(cx).is_ready() {
+            if timer.sleep.deadline() >= timer.by {
+                return true;
+            }
+            // Fired for bytes owed earlier, which the client has taken: on to these.
+            timer.sleep.as_mut().reset(timer.by);
+        }
+        false
     }
+}
+
+/// The timer a watched task armed for bytes owed to its client.
+struct Stalled {
+    /// The count of owed bytes it was armed for ([`Watch::owed`]).
+    owed: u64,
+    /// When those bytes are overdue.
+    by: tokio::time::Instant,
+    /// Fires at `by` or earlier (for bytes owed before): it is moved only when it fires, and
+    /// when `by` comes before it.
+    sleep: Pin<Box<Sleep>>,
 }
 
 /// Runs `task` (a connection, or an HTTP/2 stream) until it ends, or until the guest response

@@ -23,7 +23,10 @@
 //!
 //! Usage: `bench [--handoff PATH] [--wasmtime PATH] [--connections N] [--seconds S] [--guest PATH]
 //! [--attack loop,grow,recurse,trap,crowd] [--only-attack] [--only-kv] [--only-table]
-//! [--only-cluster] [--only-takeover]`
+//! [--only-cluster] [--only-takeover] [--only-peers] [--cpu] [--rows TEXT]`: `--cpu` adds each
+//! server's CPU time per request (from `/proc`, its user and system time over the rounds) to
+//! each comparison, a figure that a busy machine disturbs much less than requests per second;
+//! `--rows TEXT` runs only the comparisons whose name contains TEXT.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -68,6 +71,8 @@ struct Options {
     only_cluster: bool,
     only_takeover: bool,
     only_peers: bool,
+    cpu: bool,
+    rows: Option<String>,
 }
 
 fn options() -> Options {
@@ -86,6 +91,8 @@ fn options() -> Options {
         only_cluster: false,
         only_takeover: false,
         only_peers: false,
+        cpu: false,
+        rows: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -105,6 +112,8 @@ fn options() -> Options {
             "--only-takeover" => opts.only_takeover = true,
             "--only-table" => opts.only_table = true,
             "--only-peers" => opts.only_peers = true,
+            "--cpu" => opts.cpu = true,
+            "--rows" => opts.rows = Some(value()),
             "--attack" => opts.attack = value().split(',').map(String::from).collect(),
             other => panic!("unknown flag {other}"),
         }
@@ -196,6 +205,8 @@ struct Stats {
     p50: Duration,
     p99: Duration,
     max: Duration,
+    /// The server's CPU time per request (`bench --cpu`), if its process was known.
+    cpu_per_request: Option<Duration>,
 }
 
 /// What one or more load runs against one server recorded.
@@ -204,6 +215,8 @@ struct Samples {
     latencies: Vec<Duration>,
     errors: usize,
     elapsed: Duration,
+    /// The server's CPU time over these runs, if its process was known.
+    cpu: Option<Duration>,
 }
 
 impl Samples {
@@ -211,6 +224,9 @@ impl Samples {
         self.latencies.extend(other.latencies);
         self.errors += other.errors;
         self.elapsed += other.elapsed;
+        if let Some(cpu) = other.cpu {
+            self.cpu = Some(self.cpu.unwrap_or_default() + cpu);
+        }
     }
 
     fn stats(mut self) -> Stats {
@@ -228,6 +244,9 @@ impl Samples {
             p50: pct(0.50),
             p99: pct(0.99),
             max: all.last().copied().unwrap_or_default(),
+            cpu_per_request: self.cpu.map(|cpu| {
+                cpu / u32::try_from((all.len() + self.errors).max(1)).unwrap_or(u32::MAX)
+            }),
         }
     }
 }
@@ -304,6 +323,8 @@ async fn main() {
         opts.seconds
     );
     let mut table = table::Table::default();
+    table.cpu = opts.cpu;
+    table.only = opts.rows.clone();
     peers::rows(&opts, &wasm, &mut table, plan).await;
     p3::rows(&opts, &wasm, &mut table, plan).await;
     if opts.only_peers {

@@ -39,10 +39,13 @@ pub async fn rows(opts: &Options, hello02: &[u8], table: &mut Table, plan: Plan)
     table
         .compare(
             "WASI 0.3 hello (spin-sdk 7), shared instances 128 × 16",
-            ("handoff", &Target::get(data, "/p3-shared")),
+            (
+                "handoff",
+                &Target::get(data, "/p3-shared").pid(server.0.id()),
+            ),
             (
                 "wasmtime serve (pooling, 0.3 defaults)",
-                &Target::get(shared_peer.1, "/"),
+                &Target::get(shared_peer.1, "/").pid(shared_peer.0.0.id()),
             ),
             plan,
             ("≥ 1.10", "≤ 1.00"),
@@ -51,10 +54,10 @@ pub async fn rows(opts: &Options, hello02: &[u8], table: &mut Table, plan: Plan)
     table
         .compare(
             "WASI 0.3 hello (spin-sdk 7), fresh instances",
-            ("handoff", &Target::get(data, "/p3")),
+            ("handoff", &Target::get(data, "/p3").pid(server.0.id())),
             (
                 "wasmtime serve (pooling, 1 × 1)",
-                &Target::get(fresh_peer.1, "/"),
+                &Target::get(fresh_peer.1, "/").pid(fresh_peer.0.0.id()),
             ),
             plan,
             ("", ""),

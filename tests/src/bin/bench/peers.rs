@@ -70,7 +70,8 @@ pub(super) fn wasmtime_serve(
 /// The rows against `wasmtime serve`.
 pub async fn rows(opts: &Options, hello: &[u8], table: &mut Table, plan: Plan) {
     let body4k = guests::bytes(guests::BODY4K);
-    let (_server, data, admin) = start_handoff(&opts.handoff, &[]);
+    let (server, data, admin) = start_handoff(&opts.handoff, &[]);
+    let pid = server.0.id();
     let reuse = format!("?reuse={REUSE}");
     put_route_with(admin, "hello", "", hello).await;
     put_route_with(admin, "body", "", &body4k).await;
@@ -93,6 +94,9 @@ pub async fn rows(opts: &Options, hello: &[u8], table: &mut Table, plan: Plan) {
         return;
     };
     let post = Bytes::from(vec![b'x'; BODY]);
+    // Targets on handoff (`at`) and on a peer (`on`), their servers known to `--cpu`.
+    let at = |path: &str| Target::get(data, path).pid(pid);
+    let on = |peer: &(Killed, SocketAddr)| Target::get(peer.1, "/").pid(peer.0.0.id());
     let fresh = "wasmtime serve (pooling)";
     let reused = format!("wasmtime serve (pooling, reuse {REUSE})");
     let goals = ("≥ 1.10", "≤ 1.00");
@@ -101,50 +105,50 @@ pub async fn rows(opts: &Options, hello: &[u8], table: &mut Table, plan: Plan) {
         (
             "hello, HTTP/1.1",
             "handoff",
-            Target::get(data, "/hello"),
-            Target::get(hello_peer.1, "/"),
+            at("/hello"),
+            on(&hello_peer),
             fresh,
         ),
         (
             "hello, HTTP/1.1, both pools keeping written memory resident",
             "handoff",
-            Target::get(data, "/hello"),
-            Target::get(tuned_peer.1, "/"),
+            at("/hello"),
+            on(&tuned_peer),
             tuned,
         ),
         (
             "body4k (256 B in, 4 KiB out), HTTP/1.1",
             "handoff",
-            Target::get(data, "/body").post(post.clone()),
-            Target::get(body_peer.1, "/").post(post.clone()),
+            at("/body").post(post.clone()),
+            on(&body_peer).post(post.clone()),
             fresh,
         ),
         (
             "hello, handoff over h2c (wasmtime serve: HTTP/1.1 only)",
             "handoff h2c",
-            Target::get(data, "/hello").h2(),
-            Target::get(hello_peer.1, "/"),
+            at("/hello").h2(),
+            on(&hello_peer),
             fresh,
         ),
         (
             "body4k, handoff over h2c",
             "handoff h2c",
-            Target::get(data, "/body").post(post.clone()).h2(),
-            Target::get(body_peer.1, "/").post(post.clone()),
+            at("/body").post(post.clone()).h2(),
+            on(&body_peer).post(post.clone()),
             fresh,
         ),
         (
             "hello, instance reuse",
             "handoff reuse=128",
-            Target::get(data, "/hello-reuse"),
-            Target::get(hello_reuse_peer.1, "/"),
+            at("/hello-reuse"),
+            on(&hello_reuse_peer),
             &reused,
         ),
         (
             "body4k, instance reuse",
             "handoff reuse=128",
-            Target::get(data, "/body-reuse").post(post.clone()),
-            Target::get(body_reuse_peer.1, "/").post(post),
+            at("/body-reuse").post(post.clone()),
+            on(&body_reuse_peer).post(post),
             &reused,
         ),
     ];
@@ -161,6 +165,7 @@ pub async fn rows(opts: &Options, hello: &[u8], table: &mut Table, plan: Plan) {
             .await;
     }
     drop((
+        server,
         hello_peer,
         body_peer,
         hello_reuse_peer,

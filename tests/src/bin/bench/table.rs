@@ -38,6 +38,8 @@ pub struct Target {
     pub body: Option<Bytes>,
     /// Send `x-user: u{client}-{n % 64}`: varied sticky keys.
     pub users: bool,
+    /// The server's process: `bench --cpu` reports its CPU time per request.
+    pub pid: Option<u32>,
 }
 
 impl Target {
@@ -49,7 +51,14 @@ impl Target {
             proto: Proto::H1,
             body: None,
             users: false,
+            pid: None,
         }
+    }
+
+    /// The same, its server being process `pid` (for `bench --cpu`).
+    pub fn pid(mut self, pid: u32) -> Self {
+        self.pid = Some(pid);
+        self
     }
 
     /// The same over h2c.
@@ -179,6 +188,10 @@ struct Row {
 #[derive(Default)]
 pub struct Table {
     rows: Vec<Row>,
+    /// `--cpu`: each comparison also reports each server's CPU time per request.
+    pub cpu: bool,
+    /// `--rows TEXT`: only the comparisons whose name contains it run.
+    pub only: Option<String>,
 }
 
 impl Table {
@@ -208,7 +221,14 @@ impl Table {
         (b_name, b): (&str, &Target),
         plan: Plan,
         goals: (&str, &str),
-    ) -> (Stats, Stats) {
+    ) -> Option<(Stats, Stats)> {
+        if self
+            .only
+            .as_ref()
+            .is_some_and(|only| !what.contains(only.as_str()))
+        {
+            return None;
+        }
         let (sa, sb) = interleave(a, b, plan).await;
         self.row(
             &format!("{what}: req/s, {a_name} / {b_name}"),
@@ -224,10 +244,22 @@ impl Table {
             Some(ms(sa.p99) / ms(sb.p99)),
             goals.1,
         );
+        if self.cpu
+            && let (Some(ca), Some(cb)) = (sa.cpu_per_request, sb.cpu_per_request)
+        {
+            let us = |d: Duration| d.as_secs_f64() * 1e6;
+            self.row(
+                &format!("{what}: server CPU per request, {a_name} / {b_name}"),
+                format!("{:.1} µs", us(ca)),
+                format!("{:.1} µs", us(cb)),
+                Some(us(ca) / us(cb)),
+                "",
+            );
+        }
         if sa.errors + sb.errors > 0 {
             println!("  errors: {a_name} {}, {b_name} {}", sa.errors, sb.errors);
         }
-        (sa, sb)
+        Some((sa, sb))
     }
 
     /// The table as Markdown.
@@ -253,9 +285,28 @@ pub async fn interleave(a: &Target, b: &Target, plan: Plan) -> (Stats, Stats) {
     for round in 0..plan.rounds {
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
-            samples[i].add(drive(targets[i], plan.clients, plan.per_round).await);
+            let before = targets[i].pid.and_then(cpu_time);
+            let mut run = drive(targets[i], plan.clients, plan.per_round).await;
+            run.cpu = before
+                .zip(targets[i].pid.and_then(cpu_time))
+                .map(|(b, a)| a - b);
+            samples[i].add(run);
         }
     }
     let [sa, sb] = samples.map(Samples::stats);
     (sa, sb)
+}
+
+/// The CPU time (user and system, every thread, 10 ms ticks) process `pid` has used so far, from
+/// `/proc/PID/stat` (`None` where there is none).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) in parentheses: utime and stime are
+    // the 14th and 15th fields of the line, in clock ticks.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // Clock ticks are USER_HZ, 100 per second in Linux's user-space ABI.
+    Some(Duration::from_nanos((utime + stime) * 10_000_000))
 }
