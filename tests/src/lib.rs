@@ -541,6 +541,25 @@ pub async fn h2_connect(
     sender
 }
 
+/// Whether an HTTP/2 request failed without the server having processed it, so a client may
+/// send it again on a new connection (RFC 9113 §8.1.4, §8.7): the server's `GOAWAY` (with
+/// `NO_ERROR`, a graceful shutdown) arrived before the request went out or named a lower last
+/// stream, or the server reset the stream with `REFUSED_STREAM`. Go's `net/http`, browsers, curl
+/// and Envoy retry these on their own; hyper's connection-level client leaves it to its caller.
+/// A stream cut after the server took it fails otherwise (a broken pipe or another reason).
+pub fn refused_unprocessed(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            let graceful_goaway = h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR);
+            let refused = h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return h2.is_remote() && (graceful_goaway || refused);
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// Polls `check` every few milliseconds until it returns `Some`, or panics after `limit`.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where

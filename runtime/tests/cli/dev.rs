@@ -318,6 +318,7 @@ async fn a_dev_server_taken_over_by_a_new_dev_keeps_serving_the_examples_without
             .expect("a load client ran");
     }
     tally.assert_no_failures();
+    tally.assert_goaway_refusals_at_most(1);
     assert!(
         tally.reconnects() > 0,
         "the clients moved to the new process"

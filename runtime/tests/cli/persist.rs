@@ -189,6 +189,8 @@ async fn kill_9_during_deploys_leaves_each_route_on_its_old_or_new_version() {
     for round in 0..5u64 {
         let (server, ready) = serve_in(dir.path()).await;
         let attempts: Attempts = Arc::new(Mutex::new(vec![Vec::new(); ROUTES.len()]));
+        // How many deploys this round the server acknowledged.
+        let (acked_tx, mut acked_rx) = tokio::sync::watch::channel(0usize);
         // Deploy as fast as the server takes them, round-robin over the routes, alternating
         // versions, until the server dies.
         let deployer = {
@@ -227,6 +229,7 @@ async fn kill_9_during_deploys_leaves_each_route_on_its_old_or_new_version() {
                     match connection.send(request).await {
                         Ok(response) if response.status().is_success() => {
                             attempts.lock().unwrap()[route][at].1 = true;
+                            acked_tx.send_modify(|acked| *acked += 1);
                         }
                         Ok(response) => panic!("a deploy was refused: {}", response.status()),
                         Err(_) => return, // the server died mid-deploy
@@ -234,9 +237,14 @@ async fn kill_9_during_deploys_leaves_each_route_on_its_old_or_new_version() {
                 }
             })
         };
-        // Let a few deploys through, then kill at a different moment each round.
-        let wait = Duration::from_millis(150 + 170 * round);
-        tokio::time::sleep(wait).await;
+        // Let a few deploys through (more each round), then kill a moment later: the next
+        // deploy is on its way by then, at a different stage each round.
+        let enough = round as usize + 2;
+        tokio::time::timeout(READY, acked_rx.wait_for(|acked| *acked >= enough))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: {enough} deploys acknowledged in time"))
+            .expect("the deployer runs until the server dies");
+        tokio::time::sleep(Duration::from_millis(4 * round)).await;
         server.kill9().await;
         let _ = tokio::time::timeout(Duration::from_secs(10), deployer).await;
 

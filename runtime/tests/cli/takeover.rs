@@ -19,6 +19,8 @@ use crate::support::{Ready, Running, command, get, handoff, run_within, serve_in
 const READY: Duration = Duration::from_secs(60);
 /// A bound against hangs for a whole load run.
 const LOAD_LIMIT: Duration = Duration::from_secs(240);
+/// How many h2c clients a [`Load`] runs.
+const H2_CLIENTS: u64 = 2;
 
 /// What the load saw.
 #[derive(Default)]
@@ -27,6 +29,8 @@ pub(crate) struct Tally {
     /// Connections a client opened again after the server said `Connection: close` or
     /// `GOAWAY` (not failures: the next request went out on a new connection).
     reconnects: AtomicU64,
+    /// h2c requests refused unprocessed by a `GOAWAY` and sent again on a new connection.
+    refused_by_goaway: AtomicU64,
     failed: Mutex<Vec<String>>,
     /// The counter values the increments answered.
     values: Mutex<Vec<u64>>,
@@ -39,6 +43,17 @@ impl Tally {
 
     pub(crate) fn ok(&self) -> u64 {
         self.ok.load(Ordering::SeqCst)
+    }
+
+    /// Each h2c connection is told `GOAWAY` once per takeover, so at most one of its requests can
+    /// be refused unprocessed per takeover: more would mean the old process refused work.
+    pub(crate) fn assert_goaway_refusals_at_most(&self, takeovers: u64) {
+        let refused = self.refused_by_goaway.load(Ordering::SeqCst);
+        let bound = takeovers * H2_CLIENTS;
+        assert!(
+            refused <= bound,
+            "{refused} h2c requests refused by GOAWAY across {takeovers} takeovers (at most {bound})"
+        );
     }
 
     /// Connections opened again after the server said `Connection: close` or `GOAWAY`.
@@ -144,7 +159,9 @@ pub(crate) async fn h1_client(
 }
 
 /// One h2c client sending `path` on one connection until `stop`, a new connection once the
-/// server sent `GOAWAY`.
+/// server sent `GOAWAY`. A request the `GOAWAY` refused before the server processed it (the
+/// client had it ready as the frame arrived) goes again on the new connection, as RFC 9113 §8.7
+/// allows and standard clients do; it must then succeed.
 pub(crate) async fn h2_client(
     addr: SocketAddr,
     path: &'static str,
@@ -153,8 +170,10 @@ pub(crate) async fn h2_client(
 ) {
     let deadline = Instant::now() + LOAD_LIMIT;
     let mut sender: Option<hyper::client::conn::http2::SendRequest<Full<Bytes>>> = None;
-    while !stop.load(Ordering::SeqCst) {
+    let mut again = false;
+    while again || !stop.load(Ordering::SeqCst) {
         assert!(Instant::now() < deadline, "the load ran too long");
+        again = false;
         let mut current = match sender.take() {
             Some(current) => current,
             None => handoff_tests::h2_connect(addr, 65_535).await,
@@ -166,6 +185,11 @@ pub(crate) async fn h2_client(
         match current.send_request(request(path)).await {
             Err(error) if error.is_canceled() => {
                 tally.reconnects.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(error) if handoff_tests::refused_unprocessed(&error) => {
+                tally.reconnects.fetch_add(1, Ordering::SeqCst);
+                tally.refused_by_goaway.fetch_add(1, Ordering::SeqCst);
+                again = true;
             }
             Err(error) => tally.fail(format!("h2c: {error:?}")),
             Ok(response) => {
@@ -190,7 +214,7 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let (plain, counts) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
         let mut clients = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..H2_CLIENTS {
             clients.push(tokio::spawn(h1_client(
                 ready.data,
                 "/tagged/x",
@@ -324,6 +348,7 @@ async fn three_takeovers_under_load_fail_no_request_and_count_every_increment() 
         plain.reconnects.load(Ordering::SeqCst) + counts.reconnects.load(Ordering::SeqCst)
     );
     plain.assert_no_failures();
+    plain.assert_goaway_refusals_at_most(3);
     counts.assert_no_failures();
     let values = counts.values.lock().unwrap().clone();
     let total = values.len() as u64;
@@ -419,6 +444,7 @@ async fn a_new_process_that_fails_before_it_is_ready_leaves_the_old_one_serving(
     load.goes_on(20).await;
     let (plain, counts) = load.stop().await;
     plain.assert_no_failures();
+    plain.assert_goaway_refusals_at_most(1);
     counts.assert_no_failures();
     let values = counts.values.lock().unwrap().clone();
     let total = values.len() as u64;
@@ -457,6 +483,7 @@ async fn a_takeover_at_another_opt_level_recompiles_before_it_is_ready() {
     load.goes_on(20).await;
     let (plain, counts) = load.stop().await;
     plain.assert_no_failures();
+    plain.assert_goaway_refusals_at_most(1);
     counts.assert_no_failures();
     assert!(new.terminate(Duration::from_secs(60)).await.success());
 }
@@ -581,6 +608,7 @@ async fn a_cluster_node_takes_over_from_itself_under_load() {
     assert_eq!(get(&a, "/tagged/z").await, (200, "v2".to_owned()));
     let (plain, counts) = load.stop().await;
     plain.assert_no_failures();
+    plain.assert_goaway_refusals_at_most(2);
     counts.assert_no_failures();
     let values = counts.values.lock().unwrap().clone();
     let total = values.len() as u64;

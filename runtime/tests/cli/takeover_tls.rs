@@ -191,20 +191,10 @@ async fn h1_client(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
     }
 }
 
-/// Whether an HTTP/2 request failed only because the server had said `GOAWAY` (the request
-/// was refused before the server took it, so sending it again on a new connection is safe).
+/// Whether a request was refused before the server took it: a client library's cancel, or
+/// HTTP/2's graceful `GOAWAY` or `REFUSED_STREAM` (sending it again on a new connection is safe).
 fn refused_after_goaway(error: &hyper::Error) -> bool {
-    if error.is_canceled() {
-        return true;
-    }
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
-            return h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = cause.source();
-    }
-    false
+    error.is_canceled() || handoff_tests::refused_unprocessed(error)
 }
 
 /// One HTTP/2 client over TLS on one connection until `stop`, a new connection once the server
