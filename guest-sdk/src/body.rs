@@ -2,18 +2,20 @@
 //! body is produced only when it is sent (or read), so a streaming body reaches the client
 //! chunk by chunk. This module knows nothing of WASI: the glue hands it a `std::io::Write`.
 
-use std::cell::RefCell;
+mod produced;
+
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::io::{self, Write};
 use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::Frame;
 
 use crate::Error;
+pub use produced::BodySender;
+use produced::Produced;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// A chunk producer: the chunks of a stream, or the request body as it arrives.
@@ -22,8 +24,6 @@ type Chunks = Box<dyn Iterator<Item = Result<Bytes, Error>>>;
 type WriterFn = Box<dyn FnOnce(&mut BodyWriter<'_>) -> Result<(), Error>>;
 /// Any `http_body::Body`, e.g. a WASI 0.3 request body as it arrives.
 type Frames = Pin<Box<dyn http_body::Body<Data = Bytes, Error = BoxError>>>;
-/// The future of a [`Body::stream_async`] producer.
-type Producer = Pin<Box<dyn Future<Output = Result<(), Error>>>>;
 
 /// The body of a [`Request`](crate::Request) or [`Response`](crate::Response).
 ///
@@ -61,25 +61,6 @@ enum Kind {
     Writer(WriterFn),
     Frames(Frames),
     Produced(Produced),
-}
-
-/// A [`Body::stream_async`] body: its producer and the one-chunk slot it sends through.
-struct Produced {
-    slot: Rc<RefCell<Slot>>,
-    task: Option<Producer>,
-}
-
-/// The hand-over point between a [`BodySender`] and the body's reader: one chunk at a time, so
-/// a producer runs no further ahead of the client than one chunk.
-#[derive(Default)]
-struct Slot {
-    chunk: Option<Bytes>,
-    /// The reader has gone (the client left): sends fail.
-    closed: bool,
-    /// Woken when the reader takes the chunk.
-    sender: Option<Waker>,
-    /// Woken when a chunk is put in.
-    reader: Option<Waker>,
 }
 
 impl Body {
@@ -194,13 +175,8 @@ impl Body {
         F: FnOnce(BodySender) -> Fut,
         Fut: Future<Output = Result<(), Error>> + 'static,
     {
-        let slot = Rc::new(RefCell::new(Slot::default()));
-        let task = produce(BodySender { slot: slot.clone() });
         Self {
-            kind: Kind::Produced(Produced {
-                slot,
-                task: Some(Box::pin(task)),
-            }),
+            kind: Kind::Produced(Produced::new(produce)),
         }
     }
 
@@ -432,101 +408,6 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> 
     })
 }
 
-impl Produced {
-    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>> {
-        if let Some(chunk) = self.take(cx) {
-            return Poll::Ready(Some(Ok(chunk)));
-        }
-        let Some(task) = self.task.as_mut() else {
-            return Poll::Ready(None);
-        };
-        // The producer runs here, on the reader's polls: it may fill the slot and then wait
-        // for it to empty.
-        let done = task.as_mut().poll(cx);
-        if let Some(chunk) = self.take(cx) {
-            if let Poll::Ready(result) = done {
-                self.task = None;
-                if let Err(error) = result {
-                    // The chunk goes first; the error ends the body at the next poll.
-                    self.task = Some(Box::pin(async move { Err(error) }));
-                }
-            }
-            return Poll::Ready(Some(Ok(chunk)));
-        }
-        match done {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(result) => {
-                self.task = None;
-                Poll::Ready(result.err().map(Err))
-            }
-        }
-    }
-
-    /// Takes the chunk in the slot, if any, waking a sender that waits for room; otherwise
-    /// registers to be woken when one is put in.
-    fn take(&mut self, cx: &mut Context<'_>) -> Option<Bytes> {
-        let mut slot = self.slot.borrow_mut();
-        match slot.chunk.take() {
-            Some(chunk) => {
-                if let Some(sender) = slot.sender.take() {
-                    sender.wake();
-                }
-                Some(chunk)
-            }
-            None => {
-                slot.reader = Some(cx.waker().clone());
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Produced {
-    fn drop(&mut self) {
-        self.slot.borrow_mut().closed = true;
-        // The producer goes before the slot it sends into.
-        self.task = None;
-    }
-}
-
-/// Sends the chunks of a [`Body::stream_async`] body to the client.
-pub struct BodySender {
-    slot: Rc<RefCell<Slot>>,
-}
-
-impl BodySender {
-    /// Sends `chunk` (anything that converts into [`Bytes`]) to the client; returns once the
-    /// body's reader has taken the previous chunk. Fails when the client has gone away:
-    /// return the error (`?`) to stop producing. Empty chunks are skipped.
-    pub async fn send(&mut self, chunk: impl Into<Bytes>) -> Result<(), Error> {
-        let mut chunk = Some(chunk.into());
-        poll_fn(|cx| {
-            let mut slot = self.slot.borrow_mut();
-            if slot.closed {
-                return Poll::Ready(Err(Error::msg("the client has gone away")));
-            }
-            if slot.chunk.is_some() {
-                slot.sender = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
-            if let Some(chunk) = chunk.take().filter(|c| !c.is_empty()) {
-                slot.chunk = Some(chunk);
-                if let Some(reader) = slot.reader.take() {
-                    reader.wake();
-                }
-            }
-            Poll::Ready(Ok(()))
-        })
-        .await
-    }
-}
-
-impl fmt::Debug for BodySender {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("BodySender")
-    }
-}
-
 /// A [`Body`] is an [`http_body::Body`]: WASI 0.3 glue and other HTTP libraries read it
 /// frame by frame.
 impl http_body::Body for Body {
@@ -642,221 +523,4 @@ impl Write for BodyWriter<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http::StatusCode;
-
-    /// Reads `body` one chunk per poll, as the WASI 0.3 glue does: the chunks and whether the
-    /// body ended or failed.
-    fn chunks(mut body: Body) -> (Vec<String>, Option<String>) {
-        let mut seen = Vec::new();
-        loop {
-            match crate::block_on(poll_fn(|cx| body.poll_chunk(cx))) {
-                None => return (seen, None),
-                Some(Ok(chunk)) => seen.push(String::from_utf8(chunk.to_vec()).unwrap()),
-                Some(Err(error)) => return (seen, Some(error.to_string())),
-            }
-        }
-    }
-
-    #[test]
-    fn an_async_body_hands_over_each_chunk_before_the_producer_goes_on() {
-        let progress = Rc::new(RefCell::new(Vec::new()));
-        let seen = progress.clone();
-        let mut body = Body::stream_async(move |mut out| async move {
-            for i in 0..3 {
-                seen.borrow_mut().push(i);
-                out.send(format!("{i}")).await?;
-                out.send("").await?;
-            }
-            Ok(())
-        });
-        // The producer runs only as far as the first chunk the reader has not taken.
-        let first = crate::block_on(poll_fn(|cx| body.poll_chunk(cx)));
-        assert_eq!(first.unwrap().unwrap(), "0");
-        assert_eq!(*progress.borrow(), [0]);
-        assert_eq!(chunks(body), (vec!["1".into(), "2".into()], None));
-        assert_eq!(*progress.borrow(), [0, 1, 2]);
-    }
-
-    #[test]
-    fn an_async_body_that_fails_keeps_what_it_sent_then_ends_with_the_error() {
-        let body = Body::stream_async(|mut out| async move {
-            out.send("sent").await?;
-            Err(Error::msg("the database went away"))
-        });
-        assert_eq!(
-            chunks(body),
-            (vec!["sent".into()], Some("the database went away".into()))
-        );
-    }
-
-    #[test]
-    fn sends_fail_once_the_reader_is_gone() {
-        let result = Rc::new(RefCell::new(None));
-        let (out, failed) = (Rc::new(RefCell::new(None)), result.clone());
-        let keep = out.clone();
-        let mut body = Body::stream_async(move |sender| {
-            *keep.borrow_mut() = Some(sender);
-            async { std::future::pending::<Result<(), Error>>().await }
-        });
-        let waiting = crate::block_on(poll_fn(|cx| Poll::Ready(body.poll_chunk(cx).is_pending())));
-        assert!(waiting);
-        drop(body);
-        let mut sender = out.borrow_mut().take().unwrap();
-        *failed.borrow_mut() = Some(crate::block_on(sender.send("late")).is_err());
-        assert_eq!(*result.borrow(), Some(true));
-    }
-
-    #[test]
-    fn async_readers_read_every_kind_of_body() {
-        let read = |body: Body| crate::block_on(body.read_text()).unwrap();
-        assert_eq!(read(Body::from("full")), "full");
-        assert_eq!(read(Body::stream(["a", "b"])), "ab");
-        assert_eq!(
-            read(Body::from_writer(|out| Ok(out.send("written")?))),
-            "written"
-        );
-        let framed = Body::from_http_body(http_body_util::Full::new(Bytes::from("framed")));
-        assert_eq!(read(framed), "framed");
-        // And the blocking readers wait for async bodies on the host.
-        let produced = Body::stream_async(|mut out| async move { out.send("async").await });
-        assert_eq!(produced.text().unwrap(), "async");
-        let not_utf8 = crate::block_on(Body::from(vec![0xff]).read_text()).unwrap_err();
-        assert_eq!(not_utf8.status(), StatusCode::BAD_REQUEST);
-    }
-
-    #[test]
-    fn conversions_make_complete_bodies() {
-        assert_eq!(Body::from("a").as_bytes().unwrap(), "a");
-        assert_eq!(Body::from(String::from("b")).as_bytes().unwrap(), "b");
-        assert_eq!(Body::from(vec![b'c']).as_bytes().unwrap(), "c");
-        assert_eq!(
-            Body::from(Bytes::from_static(b"d")).as_bytes().unwrap(),
-            "d"
-        );
-        assert_eq!(Body::from(&b"e"[..]).as_bytes().unwrap(), "e");
-        assert_eq!(Body::empty().exact_len(), Some(0));
-        assert_eq!(Body::default().bytes().unwrap(), "");
-        assert_eq!(format!("{:?}", Body::from("abc")), "Body(3 bytes)");
-    }
-
-    #[test]
-    fn streams_have_no_length_and_read_in_full() {
-        let body = Body::stream(vec!["a", "", "b"]);
-        assert_eq!(body.exact_len(), None);
-        assert_eq!(format!("{body:?}"), "Body(stream)");
-        assert_eq!(body.bytes().unwrap(), "ab");
-    }
-
-    /// A sink that records each flush boundary and can fail after some writes.
-    #[derive(Default)]
-    struct Recorder {
-        flushed: Vec<Vec<u8>>,
-        pending: Vec<u8>,
-        fail_after_flushes: Option<usize>,
-    }
-
-    impl Write for Recorder {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if self.fail_after_flushes == Some(self.flushed.len()) {
-                return Err(io::ErrorKind::BrokenPipe.into());
-            }
-            self.pending.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            if !self.pending.is_empty() {
-                self.flushed.push(std::mem::take(&mut self.pending));
-            }
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn each_stream_chunk_is_flushed_on_its_own() {
-        let mut sink = Recorder::default();
-        assert!(Body::stream(["one", "two"]).write_to(&mut sink).is_ok());
-        assert_eq!(sink.flushed, [b"one".to_vec(), b"two".to_vec()]);
-    }
-
-    #[test]
-    fn a_client_that_leaves_stops_the_stream() {
-        let produced = std::rc::Rc::new(std::cell::Cell::new(0));
-        let counter = produced.clone();
-        let chunks = (0..10).map(move |i| {
-            counter.set(counter.get() + 1);
-            format!("{i}")
-        });
-        let mut sink = Recorder {
-            fail_after_flushes: Some(2),
-            ..Recorder::default()
-        };
-        let result = Body::stream(chunks).write_to(&mut sink);
-        assert!(matches!(result, Err(SendError::Write(_))));
-        assert_eq!(
-            produced.get(),
-            3,
-            "production stops at the first failed write"
-        );
-    }
-
-    #[test]
-    fn a_failing_chunk_ends_the_stream_as_a_producer_error() {
-        let chunks = vec![Ok("fine"), Err(std::io::Error::other("boom"))];
-        let mut sink = Recorder::default();
-        match Body::try_stream(chunks).write_to(&mut sink) {
-            Err(SendError::Produce(error)) => assert_eq!(error.to_string(), "boom"),
-            _ => panic!("expected a producer error"),
-        }
-        let error = Body::try_stream(vec![Err::<&str, _>(std::io::Error::other("boom"))])
-            .bytes()
-            .unwrap_err();
-        assert_eq!(format!("{error:#}"), "reading the body: boom");
-    }
-
-    #[test]
-    fn writer_errors_tell_a_gone_client_from_a_failing_callback() {
-        let mut sink = Recorder {
-            fail_after_flushes: Some(1),
-            ..Recorder::default()
-        };
-        let result = Body::from_writer(|out| {
-            out.send("first")?;
-            out.send("second")?;
-            Ok(())
-        })
-        .write_to(&mut sink);
-        assert!(matches!(result, Err(SendError::Write(_))));
-        assert_eq!(sink.flushed, [b"first".to_vec()]);
-
-        let result = Body::from_writer(|_| Err(Error::msg("no data"))).write_to(&mut sink);
-        assert!(matches!(result, Err(SendError::Produce(_))));
-    }
-
-    #[test]
-    fn text_that_is_not_utf8_is_a_client_error() {
-        let error = Body::from(vec![0xff, 0xfe]).text().unwrap_err();
-        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
-        assert!(error.to_string().starts_with("the body must be UTF-8 text"));
-    }
-
-    #[cfg(feature = "json")]
-    #[test]
-    fn json_that_does_not_fit_is_a_client_error() {
-        #[derive(serde::Deserialize, Debug)]
-        struct Item {
-            #[allow(dead_code)]
-            price: u32,
-        }
-        let error = Body::from(r#"{"price": -1}"#).json::<Item>().unwrap_err();
-        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
-        assert!(
-            error.to_string().contains("invalid value: integer `-1`"),
-            "{error}"
-        );
-        let item: Item = Body::stream([r#"{"pri"#, r#"ce": 3}"#]).json().unwrap();
-        assert_eq!(item.price, 3);
-    }
-}
+mod tests;

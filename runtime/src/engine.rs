@@ -10,18 +10,24 @@
 //! Built once at startup. Nothing here runs per request; compiling a guest happens through
 //! [`Engine::compile`], which callers must run off the async threads.
 
+mod ticker;
+mod wasi;
+
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 
 use wasmtime::component::{Component, Linker};
 use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
-/// How often the engine's epoch advances: the granularity of CPU deadlines and guest yields.
-pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(1);
+use crate::digest::Digest;
+use crate::host::Host;
+use crate::limiter;
+pub use ticker::EPOCH_TICK;
+use ticker::EpochTicker;
+use wasi::{P3_HANDLER, WeakPre};
+pub use wasi::{Pre, Wasi};
 
 /// How the engine allocates guest instances.
 #[derive(Debug, Clone, Copy)]
@@ -75,124 +81,6 @@ impl OptLevel {
 impl std::fmt::Display for OptLevel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-use crate::digest::Digest;
-use crate::host::Host;
-use crate::limiter;
-
-/// Which WASI a component is written for, and so which engine compiles and runs it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub enum Wasi {
-    /// WASI 0.2: exports `wasi:http/incoming-handler@0.2.x` (the `wasi:http/proxy` world).
-    #[default]
-    P2,
-    /// WASI 0.3: exports `wasi:http/handler@0.3.x` (the `wasi:http/service` world), lifted
-    /// with the component model's async.
-    P3,
-}
-
-/// The export that makes a component a WASI 0.3 handler.
-const P3_HANDLER: &str = "wasi:http/handler@0.3";
-
-impl Wasi {
-    /// Both, in order.
-    pub const ALL: [Wasi; 2] = [Wasi::P2, Wasi::P3];
-
-    /// Its version as the status shows it: `0.2` or `0.3`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::P2 => "0.2",
-            Self::P3 => "0.3",
-        }
-    }
-
-    /// The WASI named `name` (see [`Wasi::as_str`]).
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|wasi| wasi.as_str() == name)
-    }
-
-    /// Which WASI the component `bytes` is for: 0.3 if it exports `wasi:http/handler@0.3.x`,
-    /// else 0.2 (compiling and linking then say what else is wrong with it). Reads the
-    /// component's own export section only, not those of the components nested in it.
-    pub fn of(bytes: &[u8]) -> Self {
-        use wasmparser::{Parser, Payload};
-        let mut depth = 0usize;
-        for payload in Parser::new(0).parse_all(bytes) {
-            let Ok(payload) = payload else {
-                break;
-            };
-            match payload {
-                Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
-                Payload::End(_) => match depth.checked_sub(1) {
-                    Some(outer) => depth = outer,
-                    None => break,
-                },
-                Payload::ComponentExportSection(exports) if depth == 0 => {
-                    for export in exports.into_iter().flatten() {
-                        if export.name.name.starts_with(P3_HANDLER) {
-                            return Self::P3;
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        Self::P2
-    }
-}
-
-impl std::fmt::Display for Wasi {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A linked, pre-instantiated component, for the engine of its WASI.
-#[derive(Clone)]
-pub enum Pre {
-    /// A WASI 0.2 `wasi:http/proxy` component.
-    P2(Arc<ProxyPre<Host>>),
-    /// A WASI 0.3 `wasi:http/service` component.
-    P3(Arc<ServicePre<Host>>),
-}
-
-impl Pre {
-    /// Which WASI it is for.
-    pub fn wasi(&self) -> Wasi {
-        match self {
-            Self::P2(_) => Wasi::P2,
-            Self::P3(_) => Wasi::P3,
-        }
-    }
-
-    fn downgrade(&self) -> WeakPre {
-        match self {
-            Self::P2(pre) => WeakPre::P2(Arc::downgrade(pre)),
-            Self::P3(pre) => WeakPre::P3(Arc::downgrade(pre)),
-        }
-    }
-}
-
-/// A [`Pre`] held only while a version holds it.
-enum WeakPre {
-    P2(Weak<ProxyPre<Host>>),
-    P3(Weak<ServicePre<Host>>),
-}
-
-impl WeakPre {
-    fn upgrade(&self) -> Option<Pre> {
-        match self {
-            Self::P2(pre) => pre.upgrade().map(Pre::P2),
-            Self::P3(pre) => pre.upgrade().map(Pre::P3),
-        }
-    }
-
-    fn alive(&self) -> bool {
-        match self {
-            Self::P2(pre) => pre.strong_count() > 0,
-            Self::P3(pre) => pre.strong_count() > 0,
-        }
     }
 }
 
@@ -563,42 +451,4 @@ fn wasmtime_config(
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     cfg
-}
-
-/// One thread for the engines that advances their epochs every [`EPOCH_TICK`]. Stores turn
-/// ticks into yields (fairness between guests) and into the CPU deadline.
-struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EpochTicker {
-    fn start(engines: Vec<wasmtime::Engine>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("handoff-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    for engine in &engines {
-                        engine.increment_epoch();
-                    }
-                }
-            })
-            .expect("spawning the epoch ticker thread");
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }

@@ -8,7 +8,7 @@
 use proptest::prelude::*;
 
 use crate::config::{parse_bytes, parse_duration};
-use crate::route::{Prefix, RouteName};
+use crate::names::{Prefix, RouteName};
 use crate::version::parse_config;
 
 proptest! {

@@ -3,11 +3,11 @@
 //!
 //! Each line a guest writes becomes a `tracing` event with target `guest`, its route, version
 //! and stream; a line that starts with a level word (`ERROR `, `WARN `, ...) keeps that level.
-//! Each version may log [`LINE_BURST`] lines at once, then [`LINES_PER_SECOND`] a second; lines
+//! Each version may log [`LINE_BURST`](budget::LINE_BURST) lines at once, then [`LINES_PER_SECOND`](budget::LINES_PER_SECOND) a second; lines
 //! over that budget are counted, not written, and once a second a `warn` event says how many
 //! lines of which route and version were suppressed. Warnings a guest causes on the outbound
 //! path (a denied or refused request, a failed connection) have a budget of their own
-//! ([`OUTBOUND_BURST`], then [`OUTBOUND_PER_SECOND`]).
+//! ([`OUTBOUND_BURST`](budget::OUTBOUND_BURST), then [`OUTBOUND_PER_SECOND`](budget::OUTBOUND_PER_SECOND)).
 //!
 //! The budget lives with the version ([`GuestLogs`], built at deploy time) and costs a clock
 //! read and one compare-and-swap per line; a request only clones an `Arc`. Nothing here ever
@@ -20,345 +20,23 @@
 //! says it in its one `warn` line; one never followed by a failure is logged at `warn` when
 //! the store serves its next request or is dropped.
 
+mod budget;
+mod tail;
+
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use tracing::Level;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-/// Lines a version may log at once before its budget applies.
-pub const LINE_BURST: u64 = 500;
-/// Lines a version may log per second once its burst is spent.
-pub const LINES_PER_SECOND: u64 = 100;
-/// Outbound warnings (denied, refused, failed requests) a version may cause at once.
-pub const OUTBOUND_BURST: u64 = 10;
-/// Outbound warnings a version may cause per second once that burst is spent.
-pub const OUTBOUND_PER_SECOND: u64 = 1;
-/// How often suppressed counts are reported.
-pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+pub use budget::GuestLogs;
+pub use tail::{Followed, Follower, LogLine, Tail};
+
 /// The longest line a guest can buffer before it is emitted anyway.
 pub const MAX_GUEST_LINE: usize = 16 << 10;
-
-/// A line a guest wrote, as `GET /v1/routes/{name}/logs` streams it (one SSE `data:` each).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct LogLine {
-    /// When, milliseconds since the Unix epoch.
-    pub at_ms: u64,
-    /// The route.
-    pub route: String,
-    /// The version's short digest.
-    pub version: String,
-    /// `stdout` or `stderr`.
-    pub stream: String,
-    /// `error`, `warn`, `info`, `debug` or `trace` (a line that starts with the word keeps it).
-    pub level: String,
-    /// The request the guest was serving (16 hex digits, as `x-request-id`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-    /// With tracing on: the trace of that request (32 hex digits).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<String>,
-    /// With tracing on: that request's server span (16 hex digits), which has the line as an
-    /// event.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub span_id: Option<String>,
-    /// The line, without its level word.
-    pub message: String,
-}
-
-/// Lines a follower of guest logs may fall behind by before it is told it missed some.
-pub const TAIL_BUFFER: usize = 1024;
-
-/// The server's followers of guest log lines (`GET /v1/routes/{name}/logs`): every line a
-/// version logs within its budget goes to them while there are any, whatever the log's own
-/// level filter. Costs one atomic load per line while nobody follows.
-pub struct Tail {
-    followers: AtomicUsize,
-    sender: tokio::sync::broadcast::Sender<Arc<LogLine>>,
-    closed: tokio_util::sync::CancellationToken,
-}
-
-impl Tail {
-    /// A tail nobody follows yet.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self {
-            followers: AtomicUsize::new(0),
-            sender: tokio::sync::broadcast::channel(TAIL_BUFFER).0,
-            closed: tokio_util::sync::CancellationToken::new(),
-        })
-    }
-
-    /// Whether anyone follows.
-    fn followed(&self) -> bool {
-        self.followers.load(Ordering::Relaxed) > 0
-    }
-
-    /// A new follower: every line from now on (see [`Follower::next`]).
-    pub fn follow(self: &Arc<Self>) -> Follower {
-        self.followers.fetch_add(1, Ordering::Relaxed);
-        Follower {
-            receiver: self.sender.subscribe(),
-            tail: self.clone(),
-        }
-    }
-
-    /// Ends every follower's stream (the server shuts down).
-    pub fn close(&self) {
-        self.closed.cancel();
-    }
-}
-
-/// What a follower of guest log lines gets next.
-#[derive(Debug)]
-pub enum Followed {
-    /// A line.
-    Line(Arc<LogLine>),
-    /// It fell behind and missed this many lines.
-    Missed(u64),
-}
-
-/// One follower of [`Tail`].
-pub struct Follower {
-    receiver: tokio::sync::broadcast::Receiver<Arc<LogLine>>,
-    tail: Arc<Tail>,
-}
-
-impl Follower {
-    /// The next line, or how many it missed; `None` once the server shuts down.
-    pub async fn next(&mut self) -> Option<Followed> {
-        use tokio::sync::broadcast::error::RecvError;
-        tokio::select! {
-            biased;
-            _ = self.tail.closed.cancelled() => None,
-            received = self.receiver.recv() => match received {
-                Ok(line) => Some(Followed::Line(line)),
-                Err(RecvError::Lagged(missed)) => Some(Followed::Missed(missed)),
-                Err(RecvError::Closed) => None,
-            },
-        }
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        self.tail.followers.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// One version's guest logging: its labels and its budgets. Built once per version.
-pub struct GuestLogs {
-    route: Arc<str>,
-    version: Arc<str>,
-    lines: Budget,
-    outbound: Budget,
-    /// The server's followers of guest lines, once the version is attached to them.
-    tail: OnceLock<Arc<Tail>>,
-}
-
-impl GuestLogs {
-    /// The logging state of the version `version` (its short digest) of `route`.
-    pub fn new(route: Arc<str>, version: Arc<str>) -> Arc<Self> {
-        Arc::new(Self {
-            route,
-            version,
-            lines: Budget::new(LINE_BURST, LINES_PER_SECOND),
-            outbound: Budget::new(OUTBOUND_BURST, OUTBOUND_PER_SECOND),
-            tail: OnceLock::new(),
-        })
-    }
-
-    /// Sends this version's lines to `tail`'s followers too.
-    pub fn tail_to(&self, tail: &Arc<Tail>) {
-        let _ = self.tail.set(tail.clone());
-    }
-
-    /// The route, for log fields.
-    pub fn route(&self) -> &Arc<str> {
-        &self.route
-    }
-
-    /// The version's short digest, for log fields.
-    pub fn version(&self) -> &Arc<str> {
-        &self.version
-    }
-
-    /// A guest output stream (`stdout` or `stderr`) of the store `store` whose lines become
-    /// events.
-    pub fn stream(store: &Arc<StoreLog>, stream: &'static str) -> GuestLog {
-        GuestLog {
-            store: store.clone(),
-            stream,
-        }
-    }
-
-    /// Whether a warning the guest caused on the outbound path may be logged now; if not, it
-    /// is counted and reported later.
-    pub fn admit_outbound_warning(self: &Arc<Self>) -> bool {
-        if self.outbound.admit() {
-            return true;
-        }
-        self.suppress(&self.outbound);
-        false
-    }
-
-    /// Guest lines not logged because the version was over its budget, since it was built.
-    pub fn suppressed_lines(&self) -> u64 {
-        self.lines.total.load(Ordering::Relaxed)
-    }
-
-    /// Outbound warnings not logged because the version was over its budget.
-    pub fn suppressed_outbound_warnings(&self) -> u64 {
-        self.outbound.total.load(Ordering::Relaxed)
-    }
-
-    fn admit_line(self: &Arc<Self>) -> bool {
-        if self.lines.admit() {
-            return true;
-        }
-        self.suppress(&self.lines);
-        false
-    }
-
-    fn suppress(self: &Arc<Self>, budget: &Budget) {
-        budget.total.fetch_add(1, Ordering::Relaxed);
-        // The first suppression since the last report schedules the next one.
-        if budget.unreported.fetch_add(1, Ordering::Relaxed) == 0 {
-            schedule_report(self.clone());
-        }
-    }
-
-    /// Logs (and resets) what was suppressed since the last report.
-    fn report(&self) {
-        let (route, version) = (&self.route, &self.version);
-        let lines = self.lines.unreported.swap(0, Ordering::Relaxed);
-        if lines > 0 {
-            tracing::warn!(
-                %route, %version, suppressed = lines,
-                "guest log lines suppressed: the version logged more than {LINE_BURST} lines at once or {LINES_PER_SECOND} a second"
-            );
-        }
-        let outbound = self.outbound.unreported.swap(0, Ordering::Relaxed);
-        if outbound > 0 {
-            tracing::warn!(
-                %route, %version, suppressed = outbound,
-                "outbound warnings suppressed: the version caused more than {OUTBOUND_BURST} at once or {OUTBOUND_PER_SECOND} a second"
-            );
-        }
-    }
-}
-
-impl Drop for GuestLogs {
-    fn drop(&mut self) {
-        // Only without the reporter thread (it could not start) can counts be left here.
-        self.report();
-    }
-}
-
-/// A burst, then a steady rate: the generic cell rate algorithm on one atomic (the
-/// theoretical arrival time of the next event, in nanoseconds since [`epoch`]).
-struct Budget {
-    interval: u64,
-    tolerance: u64,
-    next: AtomicU64,
-    unreported: AtomicU64,
-    total: AtomicU64,
-}
-
-impl Budget {
-    fn new(burst: u64, per_second: u64) -> Self {
-        let interval = 1_000_000_000 / per_second.max(1);
-        Self {
-            interval,
-            tolerance: interval * burst.saturating_sub(1),
-            next: AtomicU64::new(0),
-            unreported: AtomicU64::new(0),
-            total: AtomicU64::new(0),
-        }
-    }
-
-    fn admit(&self) -> bool {
-        self.admit_at(epoch().elapsed().as_nanos() as u64)
-    }
-
-    /// [`Self::admit`] at `now` nanoseconds since [`epoch`].
-    fn admit_at(&self, now: u64) -> bool {
-        let mut next = self.next.load(Ordering::Relaxed);
-        loop {
-            let start = next.max(now);
-            if start - now > self.tolerance {
-                return false;
-            }
-            match self.next.compare_exchange_weak(
-                next,
-                start + self.interval,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(actual) => next = actual,
-            }
-        }
-    }
-}
-
-/// The process's time zero for [`Budget`]s.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// Versions with suppressed counts to report.
-struct Reports {
-    due: Mutex<Vec<Arc<GuestLogs>>>,
-    wake: Condvar,
-}
-
-static REPORTS: Reports = Reports {
-    due: Mutex::new(Vec::new()),
-    wake: Condvar::new(),
-};
-
-/// Has `logs` reported within [`REPORT_EVERY`], by the reporter thread (started on first use).
-fn schedule_report(logs: Arc<GuestLogs>) {
-    static REPORTER: OnceLock<bool> = OnceLock::new();
-    let running = *REPORTER.get_or_init(|| {
-        std::thread::Builder::new()
-            .name("handoff-guest-log".into())
-            .spawn(report_forever)
-            .is_ok()
-    });
-    // Without the thread, the counts still reach `/metrics`, and the log when the version is
-    // freed.
-    if running {
-        REPORTS
-            .due
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(logs);
-        REPORTS.wake.notify_one();
-    }
-}
-
-fn report_forever() {
-    loop {
-        {
-            let mut due = REPORTS.due.lock().unwrap_or_else(|e| e.into_inner());
-            while due.is_empty() {
-                due = REPORTS.wake.wait(due).unwrap_or_else(|e| e.into_inner());
-            }
-        }
-        // Let the counts gather for a period, then report each version once.
-        std::thread::sleep(REPORT_EVERY);
-        let due = std::mem::take(&mut *REPORTS.due.lock().unwrap_or_else(|e| e.into_inner()));
-        for logs in due {
-            logs.report();
-        }
-    }
-}
 
 /// The longest panic message held for the failure report; the rest is cut.
 const MAX_PANIC: usize = 4 << 10;
@@ -411,6 +89,14 @@ impl StoreLog {
             trace: Mutex::new(None),
             traced: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// A guest output stream (`stdout` or `stderr`) of this store whose lines become events.
+    pub fn stream(self: &Arc<Self>, stream: &'static str) -> GuestLog {
+        GuestLog {
+            store: self.clone(),
+            stream,
+        }
     }
 
     /// The span of the request the store now serves (tracing on; `None`: not traced).
@@ -737,39 +423,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_budget_allows_its_burst_then_its_rate() {
-        const SECOND: u64 = 1_000_000_000;
-        let budget = Budget::new(5, 10);
-        let start = 7 * SECOND;
-        let admitted = (0..100).filter(|_| budget.admit_at(start)).count();
-        assert_eq!(admitted, 5);
-        // One more every tenth of a second, never more than that.
-        assert!(!budget.admit_at(start + SECOND / 20));
-        assert!(budget.admit_at(start + SECOND / 10));
-        assert!(!budget.admit_at(start + SECOND / 10));
-        let later = start + 3 * SECOND / 10;
-        assert_eq!((0..100).filter(|_| budget.admit_at(later)).count(), 2);
-        // After a quiet spell the whole burst is back, not more.
-        let quiet = later + 60 * SECOND;
-        assert_eq!((0..100).filter(|_| budget.admit_at(quiet)).count(), 5);
-    }
-
-    #[test]
-    fn the_budgets_are_what_the_readme_says() {
-        assert_eq!(
-            (
-                LINE_BURST,
-                LINES_PER_SECOND,
-                OUTBOUND_BURST,
-                OUTBOUND_PER_SECOND
-            ),
-            (500, 100, 10, 1)
-        );
-        assert_eq!(REPORT_EVERY, Duration::from_secs(1));
-        assert_eq!(MAX_GUEST_LINE, 16 << 10);
-    }
-
-    #[test]
     fn a_panic_message_is_held_for_the_failure_report() {
         let logs = GuestLogs::new("r".into(), "v".into());
         let store = StoreLog::new(&logs);
@@ -798,21 +451,5 @@ mod tests {
             .filter(|i| store.hold(&format!("line {i}")))
             .count();
         assert_eq!(held, MAX_PANIC_LINES);
-    }
-
-    #[test]
-    fn suppressed_lines_are_counted_for_the_version() {
-        let logs = GuestLogs::new("r".into(), "v".into());
-        let admitted = (0..LINE_BURST + 50).filter(|_| logs.admit_line()).count() as u64;
-        assert!(admitted >= LINE_BURST);
-        assert_eq!(logs.suppressed_lines(), LINE_BURST + 50 - admitted);
-        assert!(logs.suppressed_lines() > 0);
-        let warnings = (0..OUTBOUND_BURST + 5)
-            .filter(|_| logs.admit_outbound_warning())
-            .count() as u64;
-        assert_eq!(
-            logs.suppressed_outbound_warnings(),
-            OUTBOUND_BURST + 5 - warnings
-        );
     }
 }

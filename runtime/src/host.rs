@@ -207,8 +207,8 @@ impl Host {
     pub fn new(guest: &Arc<Guest>, prefix: &Arc<str>, deadline: Instant) -> Self {
         let log = StoreLog::new(guest.logs());
         let wasi = WasiCtx::builder()
-            .stdout(GuestLogs::stream(&log, "stdout"))
-            .stderr(GuestLogs::stream(&log, "stderr"))
+            .stdout(log.stream("stdout"))
+            .stderr(log.stream("stderr"))
             .build();
         Self {
             wasi,

@@ -1,5 +1,6 @@
 //! Checks the crate's layering: the top-level modules form no import loop, a child module never
-//! imports from its parent (only from its siblings or other modules), and the children of any
+//! imports from its parent or another module it is nested in (only from its siblings or other
+//! modules; `super::item` or `crate::parent::item` alike), and the children of any
 //! module form no import loop either (`kv::draft` and `kv::host` may not import each other, nor
 //! three siblings around a ring), so no two files import each other. Imports are read from the
 //! sources (`crate::` and `super::` paths, groups included); comments and test code do not
@@ -24,6 +25,27 @@ fn sources(dir: &Path) -> Vec<PathBuf> {
     }
     files.sort();
     files
+}
+
+/// The module path of source file `file` (`kv/draft.rs` is `["kv", "draft"]`, `kv/mod.rs` is
+/// `["kv"]`), and whether it is a `mod.rs`.
+fn module_of(file: &Path) -> (Vec<String>, bool) {
+    let is_mod_rs = file.file_name().is_some_and(|n| n == "mod.rs");
+    let mut module: Vec<String> = file
+        .with_extension("")
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if is_mod_rs {
+        module.pop();
+    }
+    (module, is_mod_rs)
+}
+
+/// Whether `path` (from the crate root) names a module of the sources in `src`.
+fn is_module(src: &Path, path: &[String]) -> bool {
+    let joined = path.join("/");
+    src.join(format!("{joined}.rs")).exists() || src.join(&joined).join("mod.rs").exists()
 }
 
 /// The code of a source file: no test module, no comment lines.
@@ -150,6 +172,39 @@ fn child_modules_never_import_from_their_parent() {
     );
 }
 
+#[test]
+fn nested_modules_never_import_items_of_the_modules_around_them() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let is_module = |path: &[String]| is_module(&src, path);
+    let mut wrong = Vec::new();
+    for file in sources(&src) {
+        let (module, is_mod_rs) = module_of(&file);
+        let code = code(&std::fs::read_to_string(src.join(&file)).unwrap());
+        for path in paths(&code, &module, is_mod_rs) {
+            // `path[..modules]` names a module, `path[modules]` an item of it: wrong when that
+            // module is one this file is nested in (`crate::a::X` from `a/b.rs` or `a/b/c.rs`).
+            let mut modules = 0;
+            while modules < path.len() && is_module(&path[..=modules]) {
+                modules += 1;
+            }
+            let around =
+                modules >= 1 && modules < module.len() && path[..modules] == module[..modules];
+            if around && modules < path.len() {
+                let named = path[..=modules].join("::");
+                wrong.push(format!("{} imports `{named}`", file.display()));
+            }
+        }
+    }
+    wrong.sort();
+    wrong.dedup();
+    assert!(
+        wrong.is_empty(),
+        "modules import items of a module they are nested in (which declares them, so the two \
+         import each other); move the item into a child module and import it from there:\n{}",
+        wrong.join("\n")
+    );
+}
+
 /// The module paths a file's code names through `crate::` or `super::`, resolved to paths from
 /// the crate root (`super::host::X` in `kv/draft.rs` is `["kv", "host", "X"]`), including
 /// those in a `prefix::{a::b, c}` group. `module` is the file's own module path.
@@ -213,22 +268,11 @@ fn paths(code: &str, module: &[String], is_mod_rs: bool) -> Vec<Vec<String>> {
 #[test]
 fn sibling_modules_form_no_import_loop() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let is_module = |path: &[String]| {
-        let joined = path.join("/");
-        src.join(format!("{joined}.rs")).exists() || src.join(&joined).join("mod.rs").exists()
-    };
+    let is_module = |path: &[String]| is_module(&src, path);
     // (parent module, from child, to child) for every import between two children of a module.
     let mut edges: BTreeSet<(String, String, String)> = BTreeSet::new();
     for file in sources(&src) {
-        let is_mod_rs = file.file_name().is_some_and(|n| n == "mod.rs");
-        let mut module: Vec<String> = file
-            .with_extension("")
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect();
-        if is_mod_rs {
-            module.pop();
-        }
+        let (module, is_mod_rs) = module_of(&file);
         if module.len() < 2 {
             continue; // top-level modules: `top_level_modules_form_no_import_loop`
         }

@@ -14,7 +14,7 @@
 //!   pre-instantiated guest with its settings, in-flight count and counters. Built at deploy
 //!   time ([`deploy`]), off the async threads, and never changed afterwards.
 //! * **Request** — [`host::Host`], the data of one wasmtime `Store`, built per request in
-//!   [`dispatch`], the hot path.
+//!   `dispatch`, the hot path.
 //!
 //! A change to what serves is proposed ([`deploy`]), recorded in the state log ([`state`]),
 //! then applied to the route table through one path ([`deploy::apply`]); requests that hold a
@@ -28,6 +28,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub(crate) mod background;
 mod cancelled;
 pub mod cli;
 pub mod client;
@@ -37,31 +38,31 @@ pub mod config;
 pub mod deploy;
 pub mod dev;
 pub mod digest;
-pub mod dispatch;
+pub(crate) mod dispatch;
 pub mod engine;
 pub mod events;
 mod fuzz;
-pub mod guest_log;
+pub(crate) mod guest_log;
 pub mod host;
 pub mod http_client;
 pub mod kv;
 #[cfg(test)]
 mod layering;
-pub mod limiter;
+pub(crate) mod limiter;
 pub mod names;
-pub mod outbound;
-pub mod problem;
+pub(crate) mod outbound;
+pub(crate) mod problem;
 pub mod reuse;
-pub mod rollout;
+pub(crate) mod rollout;
 pub mod route;
 pub mod runtime;
 pub mod scaffold;
 pub mod server;
 pub mod service;
 pub mod settings;
-pub mod shadow;
+pub(crate) mod shadow;
 pub mod signing;
-pub mod stalled;
+pub(crate) mod stalled;
 pub mod state;
 pub mod stats;
 #[cfg(unix)]
@@ -69,7 +70,7 @@ pub mod takeover;
 pub mod telemetry;
 pub mod tls;
 pub mod trace;
-pub mod units;
+pub(crate) mod units;
 pub mod version;
 
 pub use runtime::Runtime;

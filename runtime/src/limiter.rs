@@ -44,6 +44,7 @@ impl TotalMemory {
     }
 
     /// Bytes of linear memory the instance holds now.
+    #[cfg(test)]
     pub fn total(&self) -> usize {
         self.total
     }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::background::Background;
 use crate::compile::Compiles;
 use crate::config::Config;
 use crate::engine::Engine;
@@ -56,6 +57,8 @@ pub struct Runtime {
     pub trace: Option<Arc<crate::trace::Tracing>>,
     /// What this process hands to one that takes over from it (`serve --takeover`).
     pub handover: Handover,
+    /// The owner of every background task (`Server::shutdown` stops it and waits for them).
+    pub(crate) background: Background,
     request_ids: AtomicU64,
 }
 
@@ -103,7 +106,15 @@ impl Runtime {
         let state = Arc::new(crate::state::switch::Switchable::new(Arc::new(
             RedbLog::open(files.dir())?,
         )));
-        Self::assemble(config, engine, files, state.clone(), Some(state), None)
+        Self::assemble(
+            config,
+            engine,
+            files,
+            state.clone(),
+            Some(state),
+            None,
+            Background::new(),
+        )
     }
 
     /// As [`Runtime::new`]; with `config.cluster`, joins the cluster first and keeps the state
@@ -113,9 +124,23 @@ impl Runtime {
             return Self::new(config);
         };
         let (config, engine, files) = Self::parts(config)?;
-        let (cluster, log) =
-            crate::cluster::Cluster::connect(cluster, files.engine_key(), config.takeover).await?;
-        Self::assemble(config, engine, files, Arc::new(log), None, Some(cluster))
+        let background = Background::new();
+        let (cluster, log) = crate::cluster::Cluster::connect(
+            cluster,
+            files.engine_key(),
+            config.takeover,
+            &background,
+        )
+        .await?;
+        Self::assemble(
+            config,
+            engine,
+            files,
+            Arc::new(log),
+            None,
+            Some(cluster),
+            background,
+        )
     }
 
     fn parts(config: Config) -> anyhow::Result<(Config, Arc<Engine>, Files)> {
@@ -141,6 +166,7 @@ impl Runtime {
         state: Arc<dyn StateLog>,
         switchable: Option<Arc<crate::state::switch::Switchable>>,
         cluster: Option<Arc<crate::cluster::Cluster>>,
+        background: Background,
     ) -> anyhow::Result<Self> {
         let mut kv_switch = None;
         let mut kv_pending = None;
@@ -152,10 +178,11 @@ impl Runtime {
                 let kv = Arc::new(crate::kv::jetstream::JetStreamKv::new(js, replicas));
                 // One node at a time deletes expired entries: the one that drives rollouts.
                 let leader = cluster.clone();
-                crate::kv::jetstream::sweep_while(
-                    &kv,
-                    move || leader.nodes.leader().as_deref() == Some(leader.node_name()),
+                background.spawn_until(
                     cluster.nodes.stopping(),
+                    crate::kv::jetstream::sweep_while(&kv, move || {
+                        leader.nodes.leader().as_deref() == Some(leader.node_name())
+                    }),
                 );
                 kv
             }
@@ -198,7 +225,7 @@ impl Runtime {
             engine,
             routes: RouteTable::default(),
             registry: Registry::default(),
-            drains: Arc::new(Drains::new(events.clone())),
+            drains: Arc::new(Drains::new(events.clone(), background.clone())),
             state,
             files,
             events,
@@ -209,6 +236,7 @@ impl Runtime {
                 crate::events::bus::MAX_SUBSCRIBERS,
             )),
             request_ids: AtomicU64::new(1),
+            background,
             cluster,
             handover: Handover {
                 state: switchable,

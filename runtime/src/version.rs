@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::digest::Digest;
+use crate::digest::Digest;
 use crate::engine::{Pre, Wasi};
 use crate::host::Guest;
 pub use crate::settings::{GuestDir, Limits, RouteConfig, Settings, parse_config};

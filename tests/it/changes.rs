@@ -129,20 +129,18 @@ async fn a_deploy_whose_client_leaves_still_lands_whole() {
         (server.get("/app").await.1 == "v2").then_some(())
     })
     .await;
-    let (_, history) = server.admin(Method::GET, "/v1/routes/app/versions").await;
-    let versions = history["versions"].as_array().unwrap();
-    assert_eq!(versions.len(), 2, "{history}");
-    assert_eq!(versions[1]["label"], "left");
-    assert_eq!(history["active"], versions[1]["version"]);
-    let live = server.status("app").await["active"]["version"].clone();
-    assert_eq!(live, history["active"]);
+    let history = server.history("app").await;
+    let versions = &history.versions;
+    assert_eq!(versions.len(), 2, "{history:?}");
+    assert_eq!(versions[1].label.as_deref(), Some("left"));
+    assert_eq!(history.active, versions[1].version);
+    assert_eq!(server.route("app").await.active.version, history.active);
     server.shutdown().await;
 
     // After a restart: the same route, version and history.
     let server = TestServer::start_with(in_dir(dir.path())).await;
     assert_eq!(server.get("/app").await.1, "v2");
-    let (_, after) = server.admin(Method::GET, "/v1/routes/app/versions").await;
-    assert_eq!(after, history);
+    assert_eq!(server.history("app").await, history);
     server.shutdown().await;
 }
 
@@ -408,11 +406,13 @@ async fn rollouts_keep_the_history_limit_and_their_old_modules_are_collected() {
             .post_json("/v1/routes/app/rollout/promote", Value::Null)
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        let (_, history) = server.admin(Method::GET, "/v1/routes/app/versions").await;
-        let versions = history["versions"].as_array().unwrap();
-        assert!(versions.len() <= 2, "the history keeps 2: {history}");
-        for entry in versions {
-            assert!(entry["size_bytes"].as_u64().unwrap() > 0, "{entry}");
+        let history = server.history("app").await;
+        assert!(
+            history.versions.len() <= 2,
+            "the history keeps 2: {history:?}"
+        );
+        for entry in &history.versions {
+            assert!(entry.size_bytes > 0, "{entry:?}");
         }
     }
     // The first version left the history: no route references it, so its files are gone.

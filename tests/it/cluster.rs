@@ -503,10 +503,7 @@ async fn every_node_catching_up_with_a_change_is_an_event_on_any_node() {
         .events(Some("api"), None)
         .await
         .expect("the event stream opens");
-    let version = nodes[1].deploy("api", guests::TAGGED_V1).await["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let version = nodes[1].deployed("api", guests::TAGGED_V1).await.version;
     // Read on a's stream until every node has said it serves the version.
     let mut converged = std::collections::BTreeSet::new();
     tokio::time::timeout(Duration::from_secs(30), async {

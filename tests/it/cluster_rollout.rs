@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use handoff_tests::nats::{NatsServer, start_nodes, until_live};
 use handoff_tests::{Connection, TestServer, eventually, guests};
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,7 +28,11 @@ async fn a_failing_candidate_is_rolled_back_everywhere_on_requests_another_node_
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     eventually("a applies the rollout", Duration::from_secs(10), || async {
-        (a.status("app").await["rollout"]["state"] == "running").then_some(())
+        (a.route("app")
+            .await
+            .rollout
+            .is_some_and(|r| r.state == "running"))
+        .then_some(())
     })
     .await;
 
@@ -53,7 +57,13 @@ async fn a_failing_candidate_is_rolled_back_everywhere_on_requests_another_node_
     eventually(
         "b applies the rollback",
         Duration::from_secs(10),
-        || async { (b.status("app").await["rollout"]["state"] == "rolled_back").then_some(()) },
+        || async {
+            (b.route("app")
+                .await
+                .rollout
+                .is_some_and(|r| r.state == "rolled_back"))
+            .then_some(())
+        },
     )
     .await;
     for node in [&a, &b] {
@@ -61,14 +71,13 @@ async fn a_failing_candidate_is_rolled_back_everywhere_on_requests_another_node_
         assert_eq!(status, StatusCode::OK, "only the stable version serves");
     }
     // One rollback, recorded by the rollout's driver.
-    let (_, history) = b.admin(Method::GET, "/v1/routes/app/versions").await;
-    let rollbacks = history["versions"]
-        .as_array()
-        .unwrap()
+    let history = b.history("app").await;
+    let rollbacks = history
+        .versions
         .iter()
-        .filter(|v| v["action"] == "rollback")
+        .filter(|v| v.action == "rollback")
         .count();
-    assert_eq!(rollbacks, 1, "{history}");
+    assert_eq!(rollbacks, 1, "{history:?}");
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -111,7 +120,14 @@ async fn a_failing_candidate_in_waves_of_one_node_is_stopped_after_the_first_wav
         eventually(
             "the rollout is applied",
             Duration::from_secs(10),
-            || async { (node.status("app").await["rollout"]["state"] == "running").then_some(()) },
+            || async {
+                (node
+                    .route("app")
+                    .await
+                    .rollout
+                    .is_some_and(|r| r.state == "running"))
+                .then_some(())
+            },
         )
         .await;
     }
@@ -211,7 +227,12 @@ async fn a_healthy_candidate_reaches_the_nodes_wave_by_wave_in_the_order_named()
     );
     // The last wave steps to promotion on its own requests: keep them coming until it does.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while nodes[1].status("app").await["rollout"]["state"] != "promoted" {
+    while nodes[1]
+        .route("app")
+        .await
+        .rollout
+        .is_none_or(|r| r.state != "promoted")
+    {
         assert!(Instant::now() < deadline, "not promoted within 30 s");
         for conn in &mut conns {
             let (status, _) = conn.get("/app").await.expect("a request");
@@ -362,7 +383,12 @@ async fn two_clusters_in_one_process_count_their_rollouts_apart() {
             "the driver applies the rollout",
             Duration::from_secs(10),
             || async {
-                (driver.status("app").await["rollout"]["state"] == "running").then_some(())
+                (driver
+                    .route("app")
+                    .await
+                    .rollout
+                    .is_some_and(|r| r.state == "running"))
+                .then_some(())
             },
         )
         .await;

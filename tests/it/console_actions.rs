@@ -20,14 +20,8 @@ const GENEROUS: Duration = Duration::from_secs(30);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_rollback_draining_weight_and_abort_in_a_browser() {
     let server = TestServer::start().await;
-    let v1 = server.deploy("app", guests::TAGGED_V1).await["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let v2 = server.deploy("app", guests::TAGGED_V2).await["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let v1 = server.deployed("app", guests::TAGGED_V1).await.version;
+    let v2 = server.deployed("app", guests::TAGGED_V2).await.version;
     let browser = Browser::start(1280, 1600).await;
     browser.goto(&format!("http://{}/", server.admin)).await;
     assert_eq!(
@@ -108,7 +102,7 @@ async fn shadow_rollback_draining_weight_and_abort_in_a_browser() {
         !draining[3].as_str().unwrap().is_empty(),
         "time left: {draining}"
     );
-    assert_eq!(server.status("app").await["active"]["version"], v1.as_str());
+    assert_eq!(server.route("app").await.active.version, v1.as_str());
     until_stable(&browser, "v1 serving", "app", &v1).await;
     let rest = stream.collect().await.expect("the stream ends").to_bytes();
     received.extend_from_slice(&rest);
@@ -164,8 +158,8 @@ async fn shadow_rollback_draining_weight_and_abort_in_a_browser() {
         "return document.querySelector('#route-app [data-rollout-state=\"aborted\"]');",
     )
     .await;
-    assert_eq!(server.status("app").await["rollout"]["state"], "aborted");
-    assert_eq!(server.status("app").await["active"]["version"], v1.as_str());
+    assert_eq!(server.route("app").await.rollout.unwrap().state, "aborted");
+    assert_eq!(server.route("app").await.active.version, v1.as_str());
 
     let errors = browser
         .eval("return window.__consoleErrors;", json!([]))

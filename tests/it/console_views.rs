@@ -23,14 +23,8 @@ const GENEROUS: Duration = Duration::from_secs(30);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_failures_events_and_route_actions_in_a_browser() {
     let server = TestServer::start().await;
-    let v1 = server.deploy("app", guests::TAGGED_V1).await["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let v2 = server.deploy("app", guests::TAGGED_V2).await["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let v1 = server.deployed("app", guests::TAGGED_V1).await.version;
+    let v2 = server.deployed("app", guests::TAGGED_V2).await.version;
     // Back to v1: v1 is in the history twice, only the latest activation serves.
     let (status, body) = server
         .post_json("/v1/routes/app/rollback", json!({"version": v1}))
@@ -47,7 +41,12 @@ async fn history_failures_events_and_route_actions_in_a_browser() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let mut conn = Connection::open(server.data).await;
     let deadline = Instant::now() + GENEROUS;
-    while server.status("app").await["rollout"]["state"] != "rolled_back" {
+    while server
+        .route("app")
+        .await
+        .rollout
+        .is_none_or(|r| r.state != "rolled_back")
+    {
         assert!(
             Instant::now() < deadline,
             "the candidate was never rolled back"
@@ -63,7 +62,7 @@ async fn history_failures_events_and_route_actions_in_a_browser() {
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     }
     eventually("the failures counted", GENEROUS, || async {
-        (server.status("bad").await["active"]["failures"] == 3).then_some(())
+        (server.route("bad").await.active.failures == 3).then_some(())
     })
     .await;
 

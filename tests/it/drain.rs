@@ -15,7 +15,7 @@ const GENEROUS: Duration = Duration::from_secs(20);
 
 fn active_version(server: &TestServer, route: &str) -> Weak<Version> {
     let table = server.server().runtime().routes.snapshot();
-    let route = handoff::route::RouteName::parse(route).unwrap();
+    let route = handoff::names::RouteName::parse(route).unwrap();
     let route = table.get(&route).expect("route exists");
     Arc::downgrade(route.stable().expect("route is live"))
 }
@@ -138,7 +138,7 @@ async fn a_client_that_goes_away_releases_its_version() {
     let mut body = response.into_body();
     body.frame().await.expect("a frame").expect("no error");
     server.deploy("gone", guests::TAGGED_V2).await;
-    assert_eq!(server.status("gone").await["draining"][0]["in_flight"], 1);
+    assert_eq!(server.route("gone").await.draining[0].version.in_flight, 1);
     drop(body);
     drop(conn);
     eventually("v1 to be freed after the client left", GENEROUS, || async {

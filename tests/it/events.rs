@@ -54,10 +54,7 @@ async fn a_client_that_resumes_with_last_event_id_misses_nothing() {
     let server = TestServer::start().await;
     let mut steady = open(&server, None, None).await;
     let mut resuming = open(&server, None, None).await;
-    let v1 = server.deploy("app", guests::TAGGED_V1).await["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let v1 = server.deployed("app", guests::TAGGED_V1).await.version;
     let first = read_until(&mut resuming, is(EventKind::Activated, &v1)).await;
     let last_seen = first.last().unwrap().id;
     assert_eq!(first[0].by.as_deref(), Some("anonymous"));
@@ -65,10 +62,7 @@ async fn a_client_that_resumes_with_last_event_id_misses_nothing() {
     drop(resuming);
     // While it is away: a redeploy (activation, retirement, drain), a second route, a rollback
     // and a delete.
-    let v2 = server.deploy("app", guests::TAGGED_V2).await["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let v2 = server.deployed("app", guests::TAGGED_V2).await.version;
     server.deploy("other", guests::TAGGED_V1).await;
     let (status, body) = server
         .post_json("/v1/routes/app/rollback", serde_json::Value::Null)

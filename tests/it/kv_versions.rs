@@ -206,10 +206,7 @@ async fn v1_and_v2_read_each_others_writes_under_a_fifty_percent_split() {
         ..Config::ephemeral()
     })
     .await;
-    let v1 = server.deploy("todo", guests::TODO_V1).await["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let v1 = server.deployed("todo", guests::TODO_V1).await.version;
     let v2 = server.upload(guests::TODO_V2).await;
     let (status, body) = server
         .post_json(

@@ -128,7 +128,7 @@ async fn a_full_route_sheds_with_503_while_other_routes_serve() {
     let response = conn.send(get_request("/narrow")).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.headers()["retry-after"], "1");
-    assert_eq!(server.status("narrow").await["in_flight"], 2);
+    assert_eq!(server.route("narrow").await.in_flight, 2);
     assert_eq!(server.get("/wide").await, (StatusCode::OK, "v2".into()));
     // Each held request finishes; then there is room again.
     for (_conn, response) in held {

@@ -2,6 +2,7 @@
 //! loopback with real compiled guests.
 
 mod admin_bounds;
+mod after_response;
 mod auth;
 mod bad_uploads;
 mod changes;
@@ -29,13 +30,17 @@ mod limits;
 mod outbound;
 mod persist;
 mod reuse;
+mod rollouts;
 mod sdk_async;
 mod shadow;
 mod swap;
 mod tls;
 mod toolchains;
 mod tracing;
+mod tracing_changes;
+mod tracing_export;
 mod tracing_wasi3;
 mod unread;
 mod wasi3;
+mod wasi3_delivery;
 mod wasi3_promises;

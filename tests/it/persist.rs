@@ -108,12 +108,9 @@ async fn a_restart_restores_every_route_and_rollback_needs_no_compile() {
     assert_eq!(server.get("/app").await.1, "ok");
     assert_eq!(compiles(&server), 0, "rollbacks load artifacts");
 
-    let (_, versions) = server.admin(Method::GET, "/v1/routes/app/versions").await;
-    let actions: Vec<_> = versions["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap().to_owned())
+    let actions: Vec<_> = (server.history("app").await.versions)
+        .into_iter()
+        .map(|e| e.action)
         .collect();
     assert_eq!(
         actions,

@@ -38,7 +38,7 @@ async fn count(server: &TestServer, conn: &mut Connection, route: &str, path: &s
 /// Waits until `route` has no request in flight.
 async fn settle(server: &TestServer, route: &str) {
     handoff_tests::eventually("the route's requests to end", LIMIT, || async {
-        (server.status(route).await["in_flight"] == 0).then_some(())
+        (server.route(route).await.in_flight == 0).then_some(())
     })
     .await;
 }
@@ -164,7 +164,7 @@ async fn a_swap_starts_fresh_instances() {
         conn.get("/count/hold").await.expect("held request")
     });
     handoff_tests::eventually("the held request to start", LIMIT, || async {
-        (server.status("count").await["in_flight"] == 1).then_some(())
+        (server.route("count").await.in_flight == 1).then_some(())
     })
     .await;
     let mut conn = Connection::open(server.data).await;

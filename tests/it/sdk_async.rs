@@ -51,7 +51,7 @@ async fn an_async_sdk_guest_routes_reads_bodies_reads_config_and_counts() {
         )
         .await;
     assert!(code.is_success(), "{body}");
-    assert_eq!(server.status("sa").await["active"]["wasi"], "0.3");
+    assert_eq!(server.route("sa").await.active.wasi, "0.3");
 
     // The async router: blocking and async handlers side by side, its 404 and 405.
     let hello = call(&server, Method::GET, "/sa/hello", Bytes::new()).await;

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 const GENEROUS: Duration = Duration::from_secs(60);
 
 /// Waits until the route's shadow has counted `requests`; its figures then.
-async fn shadow_after(server: &TestServer, route: &str, requests: u64) -> Value {
+pub(crate) async fn shadow_after(server: &TestServer, route: &str, requests: u64) -> Value {
     eventually("every copy to be compared", GENEROUS, || async {
         let (_, figures) = server
             .admin(Method::GET, &format!("/v1/routes/{route}/shadow"))

@@ -200,7 +200,7 @@ async fn a_wasi_0_3_guest_serves_and_swaps_with_0_2(
         .deploy_bytes("app", query, guests::bytes(guest))
         .await;
     assert!(status.is_success(), "{body}");
-    assert_eq!(server.status("app").await["active"]["wasi"], "0.3");
+    assert_eq!(server.route("app").await.active.wasi, "0.3");
     assert_eq!(
         call(&server, Method::POST, "/app/items", "twelve bytes").await,
         (
@@ -210,7 +210,7 @@ async fn a_wasi_0_3_guest_serves_and_swaps_with_0_2(
         )
     );
     swap_under_load_with(&server, p2_query, guests::bytes(guests::TAGGED_V1), "v1").await;
-    assert_eq!(server.status("app").await["active"]["wasi"], "0.2");
+    assert_eq!(server.route("app").await.active.wasi, "0.2");
     let back: &'static str = format!("{says} GET /app/load 0").leak();
     swap_under_load_with(&server, query, guests::bytes(guest), back).await;
     server.shutdown().await;

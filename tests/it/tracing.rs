@@ -1,11 +1,12 @@
 //! OpenTelemetry traces: a server span per request with the HTTP conventions and handoff's own
 //! attributes, continuing the caller's trace; outbound calls as client spans whose
 //! `traceparent` continues the trace in the next service; errors as error spans with their
-//! reason; the arms of a rollout; the flush at shutdown; an unreachable collector that slows and
-//! fails nothing. Spans are received by a small OTLP/HTTP collector on loopback
+//! reason; the arms of a rollout; a shadow copy's own span. Changes as spans are in
+//! `tracing_changes`, sending spans (the flush at shutdown, an unreachable collector) in
+//! `tracing_export`. Spans are received by a small OTLP/HTTP collector on loopback
 //! (`handoff_tests::otlp`, decoding with `opentelemetry-proto`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use handoff::config::Config;
@@ -17,14 +18,14 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
-const GENEROUS: Duration = Duration::from_secs(20);
+pub(crate) const GENEROUS: Duration = Duration::from_secs(20);
 
 /// Tracing to `receiver`, batches sent every 50 ms.
-fn traced(receiver: &Receiver) -> Config {
+pub(crate) fn traced(receiver: &Receiver) -> Config {
     traced_to(receiver.endpoint())
 }
 
-fn traced_to(endpoint: String) -> Config {
+pub(crate) fn traced_to(endpoint: String) -> Config {
     let mut settings = Settings::new(endpoint, Protocol::HttpProtobuf);
     settings.batching.delay = Duration::from_millis(50);
     Config {
@@ -34,7 +35,11 @@ fn traced_to(endpoint: String) -> Config {
 }
 
 /// GET `path` with extra `headers`.
-async fn get(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> (StatusCode, String) {
+pub(crate) async fn get(
+    server: &TestServer,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
     let mut req = Request::builder()
         .method(Method::GET)
         .uri(path)
@@ -48,14 +53,14 @@ async fn get(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> (Stat
 }
 
 /// The server span of the request for `path`.
-fn server_span<'a>(spans: &'a [Span], path: &str) -> Option<&'a Span> {
+pub(crate) fn server_span<'a>(spans: &'a [Span], path: &str) -> Option<&'a Span> {
     spans
         .iter()
         .find(|s| s.kind == otlp::SERVER && s.attr("url.path") == path)
 }
 
-const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-const PARENT: &str = "00f067aa0ba902b7";
+pub(crate) const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+pub(crate) const PARENT: &str = "00f067aa0ba902b7";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_is_a_server_span_with_its_route_version_and_guest_log_lines() {
@@ -322,10 +327,7 @@ async fn a_rollouts_arms_show_in_spans() {
     let mut config = traced(&receiver);
     config.pin_header = Some("x-pin".parse().unwrap());
     let server = TestServer::start_with(config).await;
-    let v1 = server.deploy("app", guests::TAGGED_V1).await["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let v1 = server.deployed("app", guests::TAGGED_V1).await.version;
     let v2 = server.upload(guests::TAGGED_V2).await;
     let (status, answer) = server
         .post_json(
@@ -407,214 +409,6 @@ async fn a_rollouts_arms_show_in_spans() {
             weights.sort();
             assert_eq!(weights, ["0", "100"]);
             Some(())
-        })
-        .await;
-    server.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_still_queued_are_flushed_at_shutdown() {
-    let receiver = Receiver::start().await;
-    let mut config = traced(&receiver);
-    // Nothing would go out for a minute but for the shutdown.
-    config.tracing.as_mut().unwrap().batching.delay = Duration::from_secs(60);
-    let server = TestServer::start_with(config).await;
-    server.deploy("api", guests::HOSTILE).await;
-    for i in 0..5 {
-        assert_eq!(
-            get(&server, &format!("/api/{i}"), &[]).await.0,
-            StatusCode::OK
-        );
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        receiver.spans().iter().all(|s| s.kind != otlp::SERVER),
-        "nothing is sent before the batch is due"
-    );
-    let started = Instant::now();
-    server.shutdown().await;
-    let took = started.elapsed();
-    let served: Vec<Span> = receiver
-        .spans()
-        .into_iter()
-        .filter(|s| s.kind == otlp::SERVER)
-        .collect();
-    assert_eq!(
-        served.len(),
-        5,
-        "every request's span arrived before shutdown returned"
-    );
-    assert!(took < GENEROUS, "shutdown took {took:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_collector_neither_slows_nor_fails_requests() {
-    // A collector that takes the connection and never answers, and one that is not there.
-    let hole = otlp::black_hole().await;
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
-    for (collector, queue_full) in [(hole, true), (closed, false)] {
-        let mut config = traced_to(format!("http://{collector}/v1/traces"));
-        let settings = config.tracing.as_mut().unwrap();
-        settings.batching.max_queue = 4;
-        settings.batching.max_batch = 4;
-        settings.batching.delay = Duration::from_millis(10);
-        settings.batching.export_timeout = Duration::from_secs(30);
-        // The flush at shutdown waits at most the drain bound (here 1 s + the release wait).
-        config.drain_timeout = Duration::from_secs(1);
-        let server = TestServer::start_with(config).await;
-        server.deploy("api", guests::HOSTILE).await;
-        let mut conn = Connection::open(server.data).await;
-        let started = Instant::now();
-        for _ in 0..100 {
-            let (status, body) = conn.get_text("/api/ok").await;
-            assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
-        }
-        let took = started.elapsed();
-        // Far less than one export timeout: no request waited for the collector.
-        assert!(took < Duration::from_secs(15), "100 requests took {took:?}");
-        let series = if queue_full {
-            "handoff_trace_spans_dropped_total{reason=\"queue_full\"}"
-        } else {
-            "handoff_trace_spans_dropped_total{reason=\"export_failed\"}"
-        };
-        handoff_tests::eventually("dropped spans counted", GENEROUS, || async {
-            (server.metric(series).await > 0.0).then_some(())
-        })
-        .await;
-        assert_eq!(
-            server.metric("handoff_trace_spans_exported_total").await,
-            0.0
-        );
-        server.shutdown().await;
-    }
-}
-
-/// The spans of the trace whose root is `root`, by name, with their parent's name.
-fn children<'a>(spans: &'a [Span], root: &Span) -> Vec<(&'a str, &'a str)> {
-    let name_of = |id: &str| {
-        spans
-            .iter()
-            .find(|s| s.span_id == id)
-            .map_or("", |s| s.name.as_str())
-    };
-    let mut found: Vec<(&str, &str)> = spans
-        .iter()
-        .filter(|s| s.trace_id == root.trace_id && s.span_id != root.span_id)
-        .map(|s| (s.name.as_str(), name_of(&s.parent_span_id)))
-        .collect();
-    found.sort();
-    found
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changes_are_spans_with_their_phases() {
-    let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = traced(&receiver);
-    config.data_dir = Some(dir.path().to_owned());
-    let server = TestServer::start_with(config.clone()).await;
-    let first = server.deploy("api", guests::HOSTILE).await["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let deploy = receiver
-        .wait_for("the deploy's span", GENEROUS, |spans| {
-            spans
-                .iter()
-                .find(|s| s.name == "deploy" && s.attr("handoff.version") == first)
-                .cloned()
-        })
-        .await;
-    assert_eq!(deploy.kind, otlp::INTERNAL);
-    assert!(deploy.parent_span_id.is_empty());
-    assert_eq!(deploy.attr("handoff.route"), "api");
-    assert_eq!(deploy.status_code, 0);
-    let phases = receiver
-        .wait_for("the deploy's phases", GENEROUS, |spans| {
-            let found = children(spans, &deploy);
-            (found.len() >= 6).then(|| {
-                found
-                    .iter()
-                    .map(|(a, b)| format!("{a} < {b}"))
-                    .collect::<Vec<_>>()
-            })
-        })
-        .await;
-    assert_eq!(
-        phases,
-        [
-            "build < deploy",
-            "compile < deploy",
-            "record < deploy",
-            "swap < deploy",
-            "trial instance < build",
-            "upload < deploy",
-        ]
-    );
-    // Every phase lies within the deploy.
-    let spans = receiver.spans();
-    for phase in spans.iter().filter(|s| s.trace_id == deploy.trace_id) {
-        assert!(
-            phase.start_ns >= deploy.start_ns && phase.end_ns <= deploy.end_ns,
-            "{phase:?}"
-        );
-    }
-
-    // A second deploy retires the first version: its drain is a phase too.
-    let second = server.deploy("api", guests::TAGGED_V1).await["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    receiver
-        .wait_for("the second deploy's drain", GENEROUS, |spans| {
-            let deploy = spans
-                .iter()
-                .find(|s| s.name == "deploy" && s.attr("handoff.version") == second)?;
-            spans
-                .iter()
-                .find(|s| {
-                    s.name == "drain"
-                        && s.parent_span_id == deploy.span_id
-                        && s.attr("handoff.version") == first
-                })
-                .map(drop)
-        })
-        .await;
-
-    // A rollback, and a deploy that fails: an error span with its sentence.
-    let (status, body) = server
-        .post_json("/v1/routes/api/rollback", json!(null))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, _) = server
-        .deploy_bytes("api", "", b"\0asm\x01\0\0\0junk".to_vec())
-        .await;
-    assert!(status.is_client_error());
-    receiver
-        .wait_for("the rollback and the failed deploy", GENEROUS, |spans| {
-            let rollback = spans.iter().find(|s| s.name == "rollback")?;
-            assert_eq!(rollback.attr("handoff.route"), "api");
-            let failed = spans
-                .iter()
-                .find(|s| s.name == "deploy" && s.status_code == otlp::ERROR)?;
-            assert!(!failed.status_message.is_empty());
-            Some(())
-        })
-        .await;
-    server.shutdown().await;
-
-    // A restart restores the route in a span of its own.
-    let server = TestServer::start_with(config).await;
-    // (The first start restored nothing.)
-    receiver
-        .wait_for("the restore of one route", GENEROUS, |spans| {
-            spans
-                .iter()
-                .find(|s| s.name == "restore" && s.attr("handoff.routes") == "1")
-                .map(drop)
         })
         .await;
     server.shutdown().await;

@@ -265,7 +265,7 @@ async fn host_written_bodies_to_an_h2_client_with_a_zero_window_are_reset_after_
         async move { handoff_tests::send(data, handoff_tests::get_request("/full/sleep")).await }
     });
     eventually("the route's slot to be taken", GENEROUS, || async {
-        (server.status("full").await["in_flight"] == 1).then_some(())
+        (server.route("full").await.in_flight == 1).then_some(())
     })
     .await;
     let data = handoff_tests::h2_connect(server.data, 0).await;

@@ -54,7 +54,7 @@ async fn a_wasi_03_component_deploys_and_serves_on_fresh_instances() {
 
     // A 0.2 route beside it says so.
     server.deploy("p2", guests::TAGGED_V1).await;
-    assert_eq!(server.status("p2").await["active"]["wasi"], "0.2");
+    assert_eq!(server.route("p2").await.active.wasi, "0.2");
     assert_eq!(server.get("/p2").await.1, "v1");
 
     // The request body reaches the guest, and the deploy-time config its environment.
@@ -100,7 +100,7 @@ async fn upload_activate_rollback_and_restart_serve_wasi_03_versions() {
             .await;
         assert!(code.is_success(), "{code} {body}");
         assert_eq!(server.get("/app").await.1, HELLO);
-        assert_eq!(server.status("app").await["active"]["wasi"], "0.3");
+        assert_eq!(server.route("app").await.active.wasi, "0.3");
 
         // Back to 0.2 by rollback, and forward to 0.3 again.
         let (code, body) = server

@@ -1,50 +1,46 @@
 //! Every per-route promise, kept for WASI 0.3 guests (`p3-hello` and `p3-kv`, built with the
 //! `wasip3` crate) as for 0.2 ones: the memory limit, `max-concurrency`, body limits, the
 //! outbound allow-list and address checks of the 0.3 client interface, key-value storage
-//! through the 0.3 linker, rollout gates on a 0.3 candidate, shadows of 0.3 versions and a
-//! 0.3 version deployed through a cluster. Each runs on fresh instances and on shared ones
+//! through the 0.3 linker (rollouts, shadows and a cluster of 0.3 versions: `wasi3_delivery`).
+//! Each runs on fresh instances and on shared ones
 //! (`reuse` with `instance-concurrency`), where one request's failure must not become its
 //! neighbours'.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use handoff::config::Config;
-use handoff_tests::nats::{NatsServer, start_nodes};
 use handoff_tests::{Connection, TestServer, eventually, get_request, guests};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// A bound against hangs only.
-const GENEROUS: Duration = Duration::from_secs(60);
+pub(crate) const GENEROUS: Duration = Duration::from_secs(60);
 
 /// What `p3-hello` answers on any plain path.
-const HELLO: &str = "hello from wasi 0.3";
+pub(crate) const HELLO: &str = "hello from wasi 0.3";
 
 /// Instances shared by requests, as `wasmtime serve` runs 0.3 guests.
-const SHARED: &str = "reuse=64&instance-concurrency=8";
+pub(crate) const SHARED: &str = "reuse=64&instance-concurrency=8";
 
 /// Deploys `guest` to `route` with `query` (without its `?`), asserting it worked.
-async fn deploy(server: &TestServer, route: &str, query: &str, guest: &str) {
+pub(crate) async fn deploy(server: &TestServer, route: &str, query: &str, guest: &str) {
     let (code, body) = server
         .deploy_bytes(route, &format!("?{query}"), guests::bytes(guest))
         .await;
     assert!(code.is_success(), "{route}?{query}: {body}");
-    assert_eq!(server.status(route).await["active"]["wasi"], "0.3");
+    assert_eq!(server.route(route).await.active.wasi, "0.3");
 }
 
 /// The route's failed requests, as its status counts them.
-async fn failures(server: &TestServer, route: &str) -> u64 {
-    server.status(route).await["active"]["failures"]
-        .as_u64()
-        .unwrap()
+pub(crate) async fn failures(server: &TestServer, route: &str) -> u64 {
+    server.route(route).await.active.failures
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +112,7 @@ async fn max_concurrency_sheds_03_requests_with_503_as_overload_not_failure() {
             "{route}"
         );
         assert_eq!(response.headers()["retry-after"], "1");
-        assert_eq!(server.status(route).await["in_flight"], 2);
+        assert_eq!(server.route(route).await.in_flight, 2);
         for (_conn, response) in held {
             let body = response.into_body().collect().await.unwrap().to_bytes();
             assert!(body.ends_with(b"chunk 29\n"), "{body:?}");
@@ -269,7 +265,7 @@ async fn request_and_response_body_limits_hold_for_03_guests() {
 
 /// A tiny upstream on loopback answering every request with `hello from upstream`, and how
 /// many it answered.
-async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+pub(crate) async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
@@ -400,239 +396,6 @@ async fn a_03_guest_uses_handoff_kv_and_both_keyvalue_drafts_on_its_routes_bucke
     server.shutdown().await;
 }
 
-/// Starts a rollout of `version` on `route` with `options` (merged into the request).
-async fn rollout(server: &TestServer, route: &str, version: &str, options: Value) {
-    let mut body = json!({ "version": version });
-    for (key, value) in options.as_object().unwrap() {
-        body[key] = value.clone();
-    }
-    let (status, answer) = server
-        .post_json(&format!("/v1/routes/{route}/rollout"), body)
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{answer}");
-}
-
-/// Drives `path` with 4 keep-alive clients until `route`'s rollout is decided; the rollout
-/// then and the answers the clients got (status and body), counted.
-async fn drive(server: &TestServer, route: &str, path: &str) -> (Value, HashMap<String, usize>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let (addr, stop, path) = (server.data, stop.clone(), path.to_owned());
-        load.push(tokio::spawn(async move {
-            let mut conn = Connection::open(addr).await;
-            let mut seen: HashMap<String, usize> = HashMap::new();
-            let started = Instant::now();
-            while !stop.load(Ordering::Relaxed) && started.elapsed() < GENEROUS {
-                let (status, body) = conn.get_text(&path).await;
-                *seen
-                    .entry(format!("{} {body}", status.as_u16()))
-                    .or_default() += 1;
-            }
-            seen
-        }));
-    }
-    let rollout = eventually("the rollout to be decided", GENEROUS, || async {
-        let rollout = server.status(route).await["rollout"].clone();
-        (rollout["state"] != "running").then_some(rollout)
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    let mut answers: HashMap<String, usize> = HashMap::new();
-    for task in load {
-        for (answer, count) in task.await.unwrap() {
-            *answers.entry(answer).or_default() += count;
-        }
-    }
-    (rollout, answers)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollout_gates_judge_a_03_candidate() {
-    let server = TestServer::start().await;
-    // A trapping 0.3 candidate beside a 0.2 stable version: `/app/trap` is a 200 from the
-    // stable version and a trap on the candidate. The error gate takes it out.
-    server.deploy("app", guests::TAGGED_V1).await;
-    let candidate = server.upload(guests::P3_HELLO).await;
-    rollout(
-        &server,
-        "app",
-        &candidate,
-        json!({"steps": [50, 100], "step_time": "1m", "min_requests": 20}),
-    )
-    .await;
-    let (decided, _) = drive(&server, "app", "/app/trap").await;
-    assert_eq!(decided["state"], "rolled_back", "{decided}");
-    assert!(
-        decided["reason"].as_str().unwrap().contains("error rate"),
-        "{decided}"
-    );
-    assert_eq!(server.get("/app/trap").await, (StatusCode::OK, "v1".into()));
-
-    // A healthy 0.3 candidate (on shared instances) is promoted, failing nothing: the route
-    // had served it before, so its settings (shared instances, config) are the route's and
-    // stay so under the 0.2 version deployed after it.
-    deploy(
-        &server,
-        "app03",
-        &format!("{SHARED}&config=TAG=new"),
-        guests::P3_HELLO,
-    )
-    .await;
-    let p3 = server.status("app03").await["active"]["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    server.deploy("app03", guests::TAGGED_V2).await;
-    assert_eq!(server.get("/app03").await.1, "v2");
-    rollout(
-        &server,
-        "app03",
-        &p3,
-        json!({"steps": [10, 50, 100], "step_time": "300ms", "step_requests": 20, "min_requests": 10}),
-    )
-    .await;
-    let (decided, answers) = drive(&server, "app03", "/app03").await;
-    assert_eq!(decided["state"], "promoted", "{decided}");
-    let hello = format!("200 {HELLO} new");
-    assert!(
-        answers.keys().all(|a| *a == "200 v2" || *a == hello),
-        "only 200s from either version: {answers:?}"
-    );
-    assert!(answers.contains_key(&hello), "{answers:?}");
-    let status = server.status("app03").await;
-    assert_eq!(status["active"]["version"], p3.as_str(), "{status}");
-    assert_eq!(status["active"]["wasi"], "0.3", "{status}");
-    server.shutdown().await;
-}
-
-/// Waits until the route's shadow has counted `requests`; its figures then.
-async fn shadow_after(server: &TestServer, route: &str, requests: u64) -> Value {
-    eventually("every copy to be compared", GENEROUS, || async {
-        let (_, figures) = server
-            .admin(Method::GET, &format!("/v1/routes/{route}/shadow"))
-            .await;
-        (figures["requests"] == requests).then_some(figures)
-    })
-    .await
-}
-
-async fn start_shadow(server: &TestServer, route: &str, version: &Value) {
-    let (status, body) = server
-        .admin_json(
-            Method::PUT,
-            &format!("/v1/routes/{route}/shadow"),
-            json!({"version": version, "percent": 100}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_03_version_runs_as_a_shadow_without_side_effects() {
-    let server = TestServer::start().await;
-    // A 0.3 shadow of a 0.2 version: compared, never seen by the client.
-    server.deploy("app", guests::TAGGED_V1).await;
-    let p3 = server.upload(guests::P3_HELLO).await;
-    start_shadow(&server, "app", &json!(p3)).await;
-    let mut conn = Connection::open(server.data).await;
-    for _ in 0..20 {
-        assert_eq!(conn.get_text("/app/x").await, (StatusCode::OK, "v1".into()));
-    }
-    let figures = shadow_after(&server, "app", 20).await;
-    assert_eq!(figures["mismatches"], 20, "{figures}");
-    assert_eq!(figures["samples"][0]["shadow_start"], HELLO, "{figures}");
-
-    // A 0.3 version shadowing itself on shared instances: deterministic answers match; its
-    // copies' key-value writes go nowhere and their outbound calls are denied.
-    deploy(&server, "kv", SHARED, guests::P3_KV).await;
-    let kv = server.status("kv").await["active"]["version"].clone();
-    start_shadow(&server, "kv", &kv).await;
-    let mut conn = Connection::open(server.data).await;
-    for n in 1..=10 {
-        assert_eq!(
-            conn.get_text("/kv/incr?key=s").await,
-            (StatusCode::OK, n.to_string()),
-            "the copies' increments are not the route's"
-        );
-    }
-    shadow_after(&server, "kv", 10).await;
-    assert_eq!(server.get("/kv/get?key=s").await.1, "10");
-
-    let (up, calls) = upstream().await;
-    deploy(
-        &server,
-        "out",
-        &format!("allow-outbound=http://{up}&{SHARED}"),
-        guests::P3_HELLO,
-    )
-    .await;
-    let out = server.status("out").await["active"]["version"].clone();
-    start_shadow(&server, "out", &out).await;
-    for _ in 0..5 {
-        assert_eq!(
-            conn.get_text(&format!("/out/fetch?url=http://{up}/x"))
-                .await,
-            (StatusCode::OK, "200 hello from upstream".into())
-        );
-    }
-    for _ in 0..10 {
-        assert_eq!(
-            conn.get_text("/out/same").await,
-            (StatusCode::OK, HELLO.into())
-        );
-    }
-    let figures = shadow_after(&server, "out", 15).await;
-    assert_eq!(figures["matches"], 10, "{figures}");
-    assert_eq!(
-        calls.load(Ordering::Relaxed),
-        5,
-        "only the clients' requests went out: {figures}"
-    );
-    server.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_03_version_deployed_through_one_node_is_served_by_every_node() {
-    let nats = NatsServer::start();
-    let url = nats.url();
-    let nodes = start_nodes(&[("a", &url), ("b", &url), ("c", &url)]).await;
-    let (status, body) = nodes[0]
-        .deploy_bytes("api", "", guests::bytes(guests::TAGGED_V1))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) = nodes[1]
-        .deploy_bytes(
-            "api",
-            &format!("?{SHARED}&config=TAG=everywhere"),
-            guests::bytes(guests::P3_HELLO),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["cluster"]["converged"], true, "{body}");
-    for node in &nodes {
-        assert_eq!(
-            node.get("/api").await,
-            (StatusCode::OK, format!("{HELLO} everywhere")),
-            "right after the PUT returned"
-        );
-        let status = node.status("api").await;
-        assert_eq!(status["active"]["wasi"], "0.3", "{status}");
-        assert_eq!(status["limits"]["instance_concurrency"], 8, "{status}");
-    }
-    // Back to 0.2 through a third node.
-    let (status, body) = nodes[2]
-        .admin(Method::POST, "/v1/routes/api/rollback")
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    for node in &nodes {
-        assert_eq!(node.get("/api").await, (StatusCode::OK, "v1".into()));
-    }
-    for node in nodes {
-        node.shutdown().await;
-    }
-}
-
 /// The route's live WASI 0.3 instances, as `/metrics` shows them.
 async fn instances(server: &TestServer, route: &str) -> f64 {
     server
@@ -675,7 +438,7 @@ async fn a_client_that_leaves_stops_its_03_guests_work() {
         (instances(&server, "fresh").await == 0.0).then_some(())
     })
     .await;
-    assert_eq!(server.status("fresh").await["in_flight"], 0);
+    assert_eq!(server.route("fresh").await.in_flight, 0);
     assert_eq!(server.get("/fresh").await, (StatusCode::OK, HELLO.into()));
 
     // A shared instance: it takes no new requests once a client of its left (as after a
@@ -699,7 +462,7 @@ async fn a_client_that_leaves_stops_its_03_guests_work() {
         })
     };
     eventually("the neighbour to be in flight", GENEROUS, || async {
-        (server.status("shared").await["in_flight"] == 1).then_some(())
+        (server.route("shared").await.in_flight == 1).then_some(())
     })
     .await;
     leave(&server, "shared", "/shared/sleep?ms=120000", 1).await;

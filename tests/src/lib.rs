@@ -308,6 +308,14 @@ impl TestServer {
         body
     }
 
+    /// Deploys guest file `guest` to `route` and asserts it succeeded; returns the answer as
+    /// the API types it.
+    pub async fn deployed(&self, route: &str, guest: &str) -> handoff::api::Deployed {
+        let body = self.deploy(route, guest).await;
+        serde_json::from_value(body.clone())
+            .unwrap_or_else(|e| panic!("not a deploy's answer: {e}: {body}"))
+    }
+
     /// An admin request without a body; returns status and JSON body.
     pub async fn admin(&self, method: Method, path: &str) -> (StatusCode, Value) {
         let req = Request::builder()
@@ -372,6 +380,22 @@ impl TestServer {
             .await;
         assert_eq!(status, StatusCode::OK, "status of {route}: {body}");
         body
+    }
+
+    /// `GET /v1/routes/{route}`, asserting it exists, as the API types it.
+    pub async fn route(&self, route: &str) -> handoff::api::RouteStatus {
+        let body = self.status(route).await;
+        serde_json::from_value(body.clone())
+            .unwrap_or_else(|e| panic!("not a route's status: {e}: {body}"))
+    }
+
+    /// `GET /v1/routes/{route}/versions`, asserting it answers, as the API types it.
+    pub async fn history(&self, route: &str) -> handoff::api::History {
+        let path = format!("/v1/routes/{route}/versions");
+        let (status, body) = self.admin(Method::GET, &path).await;
+        assert_eq!(status, StatusCode::OK, "history of {route}: {body}");
+        serde_json::from_value(body.clone())
+            .unwrap_or_else(|e| panic!("not a route's history: {e}: {body}"))
     }
 
     /// `GET {path}` on the data plane over a fresh connection.

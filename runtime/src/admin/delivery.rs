@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 
-use super::input::{json_body, route_name};
+use super::extract::{Named, NamedAction};
+use super::input::json_body;
 use crate::api::{self, Problem};
 use crate::auth::Caller;
 use crate::deploy::{self, DeployError};
@@ -38,10 +38,9 @@ fn rollout_of(rt: &Runtime, name: &RouteName) -> Result<api::RolloutStatus, Prob
 pub(super) async fn start(
     State(rt): State<Arc<Runtime>>,
     Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    Named(name): Named,
     body: Body,
 ) -> Result<Response, Problem> {
-    let name = route_name(path)?;
     let example = r#"{"version": "sha256:...", "steps": [5, 25, 50, 100]}"#;
     let request: api::RolloutRequest = json_body(&rt, body, example).await?.ok_or_else(|| {
         Problem::new(
@@ -57,9 +56,8 @@ pub(super) async fn start(
 /// `GET /v1/routes/{name}/rollout`.
 pub(super) async fn get(
     State(rt): State<Arc<Runtime>>,
-    path: Result<Path<String>, PathRejection>,
+    Named(name): Named,
 ) -> Result<Json<api::RolloutStatus>, Problem> {
-    let name = route_name(path)?;
     Ok(Json(rollout_of(&rt, &name)?))
 }
 
@@ -67,10 +65,9 @@ pub(super) async fn get(
 pub(super) async fn weight(
     State(rt): State<Arc<Runtime>>,
     Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    Named(name): Named,
     body: Body,
 ) -> Result<Json<api::RolloutStatus>, Problem> {
-    let name = route_name(path)?;
     let example = r#"{"weight": 25}"#;
     let request: api::WeightRequest = json_body(&rt, body, example).await?.ok_or_else(|| {
         Problem::new(
@@ -86,15 +83,8 @@ pub(super) async fn weight(
 pub(super) async fn act(
     State(rt): State<Arc<Runtime>>,
     Extension(caller): Extension<Caller>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    NamedAction(name, action): NamedAction,
 ) -> Result<Json<api::RolloutStatus>, Problem> {
-    let Path((name, action)) = path.map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            format!("the URL is unreadable: {e}"),
-        )
-    })?;
-    let name = RouteName::parse(&name).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))?;
     let action = match action.as_str() {
         "promote" => Action::Promote,
         "abort" => Action::Abort,
@@ -156,10 +146,9 @@ fn no_shadow(name: &RouteName) -> Problem {
 pub(super) async fn shadow_set(
     State(rt): State<Arc<Runtime>>,
     Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    Named(name): Named,
     body: Body,
 ) -> Result<Json<api::ShadowStatus>, Problem> {
-    let name = route_name(path)?;
     let example = r#"{"version": "sha256:...", "percent": 100}"#;
     let request: api::ShadowRequest = json_body(&rt, body, example).await?.ok_or_else(|| {
         Problem::new(
@@ -177,9 +166,8 @@ pub(super) async fn shadow_set(
 pub(super) async fn shadow_get(
     State(rt): State<Arc<Runtime>>,
     Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    Named(name): Named,
 ) -> Result<Json<api::ShadowStatus>, Problem> {
-    let name = route_name(path)?;
     shadow_as(&route(&rt, &name)?, &caller)
         .map(Json)
         .ok_or_else(|| no_shadow(&name))
@@ -189,9 +177,8 @@ pub(super) async fn shadow_get(
 pub(super) async fn shadow_clear(
     State(rt): State<Arc<Runtime>>,
     Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    Named(name): Named,
 ) -> Result<Json<api::ShadowStatus>, Problem> {
-    let name = route_name(path)?;
     let before = deploy::shadow::clear(&rt, &name).await?;
     shadow_as(&before, &caller)
         .map(Json)

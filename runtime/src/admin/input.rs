@@ -2,13 +2,10 @@
 //! type, size, time, signature) and the JSON bodies of rollback and activate.
 
 use axum::body::Body;
-use axum::extract::Path;
-use axum::extract::rejection::PathRejection;
 use http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 
 use crate::api::{self, Problem};
-use crate::route::RouteName;
 use crate::runtime::Runtime;
 
 /// Labels: 1-64 of `A-Z a-z 0-9 - _ .`.
@@ -195,15 +192,4 @@ pub(super) async fn json_body<T: serde::de::DeserializeOwned>(
             format!("the body must be JSON like {example}: {e}"),
         )
     })
-}
-
-/// The route name in the URL, validated.
-pub(super) fn route_name(path: Result<Path<String>, PathRejection>) -> Result<RouteName, Problem> {
-    let Path(name) = path.map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            format!("the route name in the URL is unreadable: {e}"),
-        )
-    })?;
-    RouteName::parse(&name).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))
 }

@@ -20,12 +20,12 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, FromRequestParts, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
+use http::request::Parts;
 use http::{HeaderMap, StatusCode, header};
 
 use super::input::read_import;
@@ -38,7 +38,9 @@ use crate::names::RouteName;
 use crate::runtime::Runtime;
 use crate::settings::MAX_KV_VALUE;
 
-type Params = Result<Path<HashMap<String, String>>, PathRejection>;
+/// The URL's bucket and key, extracted where a handler checks them (some check the token's
+/// scope first).
+type Params = Result<KvPath, Problem>;
 
 /// What an operator may write.
 const OPERATOR: KvLimits = KvLimits {
@@ -57,14 +59,14 @@ fn bad(detail: impl Into<String>) -> Problem {
 /// The bucket the URL names, and the key when it names one; the bucket's handle is made when
 /// it has none (for writes: a `deploy` token's write may start a bucket).
 fn target(rt: &Runtime, params: Params) -> Result<(Arc<Bucket>, Option<String>), Problem> {
-    let (name, key) = named(params)?;
+    let KvPath(name, key) = params?;
     Ok((rt.kv.bucket(&name), key))
 }
 
 /// The bucket the URL names, when it exists (404 otherwise), and the key when it names one.
 /// Reads create nothing: no handle, and in a cluster no JetStream bucket.
 async fn existing(rt: &Runtime, params: Params) -> Result<(Arc<Bucket>, Option<String>), Problem> {
-    let (name, key) = named(params)?;
+    let KvPath(name, key) = params?;
     match rt.kv.existing(&name).await.map_err(failed)? {
         Some(bucket) => Ok((bucket, key)),
         None => Err(Problem::new(
@@ -76,19 +78,28 @@ async fn existing(rt: &Runtime, params: Params) -> Result<(Arc<Bucket>, Option<S
     }
 }
 
-/// The bucket name and key the URL names.
-fn named(params: Params) -> Result<(BucketName, Option<String>), Problem> {
-    let Path(mut params) = params.map_err(|e| bad(format!("the URL is unreadable: {e}")))?;
-    let name = match (params.remove("name"), params.remove("bucket")) {
-        (Some(route), _) => BucketName::Route(RouteName::parse(&route).map_err(bad)?),
-        (None, Some(shared)) => BucketName::shared(&shared).map_err(bad)?,
-        (None, None) => return Err(bad("the URL names no bucket")),
-    };
-    let key = params.remove("key");
-    if let Some(key) = &key {
-        OPERATOR.check_key(key).map_err(|e| bad(e.to_string()))?;
+/// The bucket (a route's `{name}`, or a shared `{bucket}`) and the key (`{*key}`, when the URL
+/// names one) the URL names, checked; rejected with the problem document.
+pub(super) struct KvPath(BucketName, Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for KvPath {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        let Path(mut params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| bad(format!("the URL is unreadable: {e}")))?;
+        let name = match (params.remove("name"), params.remove("bucket")) {
+            (Some(route), _) => BucketName::Route(RouteName::parse(&route).map_err(bad)?),
+            (None, Some(shared)) => BucketName::shared(&shared).map_err(bad)?,
+            (None, None) => return Err(bad("the URL names no bucket")),
+        };
+        let key = params.remove("key");
+        if let Some(key) = &key {
+            OPERATOR.check_key(key).map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(Self(name, key))
     }
-    Ok((name, key))
 }
 
 fn need_deploy(caller: &Caller) -> Result<(), Problem> {
@@ -329,7 +340,7 @@ pub(super) async fn export(
     need_deploy(&caller)?;
     let (bucket, _) = existing(&rt, params).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(2);
-    tokio::spawn(async move {
+    rt.background.clone().spawn_job(async move {
         let mut after: Option<String> = None;
         loop {
             let start = after.as_deref().map_or(Start::First, Start::After);

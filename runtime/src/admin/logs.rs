@@ -10,14 +10,13 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, StatusCode, header};
 
 use super::events::{HEARTBEAT, RETRY_MS};
-use super::input::route_name;
+use super::extract::Named;
 use crate::api::{self, Problem};
 use crate::auth::{Caller, Scope};
 use crate::guest_log::{Followed, Follower};
@@ -27,7 +26,8 @@ use crate::runtime::Runtime;
 pub(super) async fn tail(
     State(rt): State<Arc<Runtime>>,
     Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    // Checked after the token's scope.
+    named: Result<Named, Problem>,
 ) -> Result<Response, Problem> {
     if caller.1 != Scope::Deploy {
         return Err(Problem::new(
@@ -38,7 +38,7 @@ pub(super) async fn tail(
             ),
         ));
     }
-    let name = route_name(path)?;
+    let Named(name) = named?;
     if rt.routes.snapshot().get(&name).is_none() {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,

@@ -63,6 +63,7 @@
 mod console;
 mod delivery;
 pub mod events;
+mod extract;
 pub mod guard;
 mod input;
 mod kv;
@@ -170,7 +171,10 @@ pub fn router(rt: Arc<Runtime>, listener: std::net::SocketAddr) -> Router {
             rt.clone(),
             continue_trace,
         ))
-        .layer(axum::middleware::from_fn(run_to_completion))
+        .layer(axum::middleware::from_fn_with_state(
+            rt.background.clone(),
+            run_to_completion,
+        ))
         .with_state(rt);
     // Outside the whole router, where the `Allow` header of a 405 is already set.
     Router::new()
@@ -228,13 +232,18 @@ async fn refuse_when_handed_over(
     next.run(request).await
 }
 
-/// Runs every request that may change something on a task of its own, so a client that goes
-/// away mid-deploy cannot cancel it half way: what is committed is applied whole, and audited.
-async fn run_to_completion(request: Request, next: Next) -> Response {
+/// Runs every request that may change something on a task of its own (of the server's
+/// background: a shutdown waits for it), so a client that goes away mid-deploy cannot cancel it
+/// half way: what is committed is applied whole, and audited.
+async fn run_to_completion(
+    axum::extract::State(background): axum::extract::State<crate::background::Background>,
+    request: Request,
+    next: Next,
+) -> Response {
     if matches!(*request.method(), Method::GET | Method::HEAD) {
         return next.run(request).await;
     }
-    match tokio::spawn(next.run(request)).await {
+    match background.spawn_job(next.run(request)).await {
         Ok(response) => response,
         Err(error) => {
             tracing::error!(error = %error, "an admin request's task failed");

@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 
+use super::extract::ModuleVersion;
 use super::input::{check_signature, read_upload};
 use crate::api::{self, Problem};
 use crate::deploy;
@@ -59,15 +59,8 @@ pub(super) async fn list(State(rt): State<Arc<Runtime>>) -> Result<Json<api::Mod
 /// `DELETE /v1/modules/{version}`: delete a module no route uses.
 pub(super) async fn delete(
     State(rt): State<Arc<Runtime>>,
-    path: Result<Path<String>, PathRejection>,
+    ModuleVersion(digest): ModuleVersion,
 ) -> Result<Json<api::ModuleDeleted>, Problem> {
-    let Path(version) = path.map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            format!("the version in the URL is unreadable: {e}"),
-        )
-    })?;
-    let digest = deploy::parse_digest(&version)?;
     deploy::delete_module(&rt, &digest).await?;
     Ok(Json(api::ModuleDeleted {
         version: digest.to_string(),

@@ -4,17 +4,19 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, FromRequestParts, State};
 use axum::response::{IntoResponse, Response};
+use http::request::Parts;
 use http::{HeaderMap, StatusCode};
 
-use super::input::{check_signature, parse_label, read_upload, route_name, target_body};
+use super::extract::{Named, Pairs, WaitOnly};
+use super::input::{check_signature, parse_label, read_upload, target_body};
 use super::nodes::Wait;
 use crate::api::{self, Problem};
 use crate::auth::{AuditVersion, Caller};
 use crate::deploy::{self, DeployError, DeployRequest};
-use crate::route::{Prefix, Route, RouteName, Serving};
+use crate::names::{Prefix, RouteName};
+use crate::route::{Route, Serving};
 use crate::runtime::Runtime;
 use crate::settings::{self, LimitsStatus, SettingsPatch};
 use crate::version::Version;
@@ -124,9 +126,8 @@ pub(super) async fn list(
 pub(super) async fn get_one(
     State(rt): State<Arc<Runtime>>,
     Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    Named(name): Named,
 ) -> Result<Json<api::RouteStatus>, Problem> {
-    let name = route_name(path)?;
     let table = rt.routes.snapshot();
     let route = table
         .get(&name)
@@ -144,14 +145,23 @@ pub(super) async fn get_one(
     }
 }
 
-/// Query parameters of a deploy: `prefix`, `label` and `message` once, `config` any number of
-/// times.
-struct DeployQuery {
+/// Query parameters of a deploy: `prefix`, `label` and `message` once, the settings (`config`
+/// any number of times), `wait`; rejected with the problem document naming what is wrong.
+pub(super) struct DeployQuery {
     prefix: Option<Prefix>,
     label: Option<String>,
     message: Option<String>,
     settings: SettingsPatch,
     wait: Wait,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for DeployQuery {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        let Pairs(pairs) = Pairs::from_request_parts(parts, state).await?;
+        Self::parse(pairs)
+    }
 }
 
 impl DeployQuery {
@@ -200,25 +210,17 @@ impl DeployQuery {
 pub(super) async fn put(
     State(rt): State<Arc<Runtime>>,
     Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, Problem> {
-    let name = route_name(path)?;
-    let Query(pairs) = query.map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            format!("the query string is unreadable: {}", e.body_text()),
-        )
-    })?;
-    let DeployQuery {
+    Named(name): Named,
+    DeployQuery {
         prefix,
         label,
         message,
         settings,
         wait,
-    } = DeployQuery::parse(pairs)?;
+    }: DeployQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
     let began = std::time::SystemTime::now();
     let bytes = read_upload(&rt, &headers, body).await?;
     let uploaded = Some((began, std::time::SystemTime::now()));
@@ -238,28 +240,12 @@ pub(super) async fn put(
     Ok(deployed_response(&rt, &name, deployed, wait).await)
 }
 
-/// The `wait` key of a query string that takes no other key.
-fn wait_only(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Wait, Problem> {
-    let bad = |detail: String| Problem::new(StatusCode::BAD_REQUEST, detail);
-    let Query(pairs) =
-        query.map_err(|e| bad(format!("the query string is unreadable: {}", e.body_text())))?;
-    if let Some((key, _)) = pairs.iter().find(|(k, _)| k != "wait") {
-        return Err(bad(format!(
-            "unknown query parameter `{}`; this takes only `wait=all|local|none`",
-            key.escape_debug()
-        )));
-    }
-    Wait::of_query(&pairs)
-}
-
 /// `DELETE /v1/routes/{name}`.
 pub(super) async fn delete(
     State(rt): State<Arc<Runtime>>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    Named(name): Named,
+    WaitOnly(wait): WaitOnly,
 ) -> Result<Response, Problem> {
-    let name = route_name(path)?;
-    let wait = wait_only(query)?;
     let (route, revision) = deploy::delete(&rt, &name).await?;
     let stable = route.stable();
     let cluster = super::nodes::converge(&rt, name.as_str(), revision, true, wait).await;
@@ -281,9 +267,8 @@ pub(super) async fn delete(
 pub(super) async fn versions(
     State(rt): State<Arc<Runtime>>,
     Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
+    Named(name): Named,
 ) -> Result<Json<api::History>, Problem> {
-    let name = route_name(path)?;
     let mut record = deploy::history(&rt, &name).await?;
     for (_, value) in record.history.iter_mut().flat_map(|e| &mut e.config) {
         *value = caller.config_value(value);
@@ -299,12 +284,10 @@ pub(super) async fn versions(
 pub(super) async fn rollback(
     State(rt): State<Arc<Runtime>>,
     Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    Named(name): Named,
+    WaitOnly(wait): WaitOnly,
     body: Body,
 ) -> Result<Response, Problem> {
-    let name = route_name(path)?;
-    let wait = wait_only(query)?;
     let target = match target_body(&rt, body).await? {
         api::Target {
             prefix: Some(_), ..
@@ -338,12 +321,10 @@ pub(super) async fn rollback(
 pub(super) async fn activate(
     State(rt): State<Arc<Runtime>>,
     Extension(caller): Extension<Caller>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    Named(name): Named,
+    WaitOnly(wait): WaitOnly,
     body: Body,
 ) -> Result<Response, Problem> {
-    let name = route_name(path)?;
-    let wait = wait_only(query)?;
     let target = target_body(&rt, body).await?;
     let Some(version) = target.version else {
         return Err(Problem::new(

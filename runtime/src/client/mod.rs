@@ -25,6 +25,7 @@ pub mod events;
 pub mod kv;
 pub mod nodes;
 pub mod render;
+pub mod render_delivery;
 pub mod watch;
 
 pub use admin::{AdminClient, Payload, Reply};
@@ -129,11 +130,11 @@ pub async fn status(args: StatusArgs) -> Result<(), Failure> {
         let mut text = render::status(body, now);
         if let Some(rollout) = &body.rollout {
             text.push('\n');
-            text.push_str(&delivery::render(rollout));
+            text.push_str(&render_delivery::render(rollout));
         }
         if let Some(shadow) = &body.shadow {
             text.push('\n');
-            text.push_str(&delivery::render_shadow(shadow, now));
+            text.push_str(&render_delivery::render_shadow(shadow, now));
         }
         text
     })

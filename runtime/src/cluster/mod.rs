@@ -16,6 +16,7 @@
 //! hand in what the node serves.
 
 pub mod nodes;
+mod record;
 pub mod tallies;
 
 use std::path::PathBuf;
@@ -26,7 +27,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream;
 
-pub use nodes::{Figures, NodeError, NodeRecord, NodeRoute, Outcome, OutcomeState};
+pub use record::{Figures, NodeError, NodeRecord, NodeRoute, Outcome, OutcomeState};
 
 /// How long a deploy waits for every live node by default (`--cluster-timeout`).
 pub const DEFAULT_CLUSTER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -96,11 +97,13 @@ impl Cluster {
     /// Connects to NATS, opens (creating when needed) the buckets, and returns this node's
     /// membership and the state log. `engine_key` names the artifacts this node's engine loads.
     /// `succeeding`: this process takes over from the one that holds the node's name now
-    /// (`serve --takeover`), so the live record of that name is its own.
-    pub async fn connect(
+    /// (`serve --takeover`), so the live record of that name is its own. The node's heartbeat
+    /// and its watch of every node's record run under `background`.
+    pub(crate) async fn connect(
         config: ClusterConfig,
         engine_key: &str,
         succeeding: bool,
+        background: &crate::background::Background,
     ) -> anyhow::Result<(Arc<Self>, crate::state::jetstream::JetStreamLog)> {
         let connected = Arc::new(AtomicBool::new(false));
         let (reconnected, reconnects) = tokio::sync::watch::channel(0u64);
@@ -153,7 +156,15 @@ impl Cluster {
             .await
             .context("JetStream (NATS 2.12 or newer, with JetStream enabled) is needed")?;
         let nodes = Arc::new(
-            nodes::Nodes::open(js, &config.node_name, engine_key, replicas, succeeding).await?,
+            nodes::Nodes::open(
+                js,
+                &config.node_name,
+                engine_key,
+                replicas,
+                succeeding,
+                background.scope(),
+            )
+            .await?,
         );
         tracing::info!(
             url = %config.url,
@@ -172,7 +183,7 @@ impl Cluster {
             tallies: tallies::Book::default(),
         });
         let (flag, client) = (cluster.connected.clone(), cluster.client.clone());
-        nodes::Nodes::start(&cluster.nodes, move || {
+        nodes::Nodes::start(&cluster.nodes, background, move || {
             flag.load(Ordering::SeqCst)
                 && client.connection_state() == async_nats::connection::State::Connected
         });

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::nodes::Figures;
+use super::record::Figures;
 use crate::stats::Snapshot;
 
 /// This node's tallies, by route and digest (only the driving node reads them; entries go with

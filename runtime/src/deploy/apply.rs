@@ -23,10 +23,12 @@ use std::sync::Arc;
 use super::commit::{Commit, Source};
 use super::error::{DeployError, Deployed, internal, parse_digest};
 use super::prepare::{self, Built};
-use crate::route::{Candidate, Prefix, Route, RouteName, Serving, Shadow, Split, Sticky, Weight};
+use crate::digest::Digest;
+use crate::names::{Prefix, RouteName};
+use crate::route::{Candidate, Route, Serving, Shadow, Split, Sticky, Weight};
 use crate::runtime::Runtime;
 use crate::state::{AppendError, Change, ModuleRecord, RouteRecord, SettingsRecord};
-use crate::version::{Digest, Version};
+use crate::version::Version;
 
 /// What a change will do, as its planner decided it.
 pub(crate) struct Plan {

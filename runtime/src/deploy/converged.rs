@@ -18,13 +18,13 @@ use crate::runtime::Runtime;
 /// How often this node's own record is looked at besides the changes of others'.
 const EVERY: Duration = Duration::from_millis(250);
 
-/// Starts the task (in cluster mode; nothing otherwise); it ends with the runtime.
+/// Starts the task (in cluster mode; nothing otherwise); it ends when the server stops.
 pub fn spawn(rt: &Arc<Runtime>) {
     let Some(cluster) = rt.cluster.as_ref() else {
         return;
     };
     let changes = cluster.nodes.changes();
-    tokio::spawn(follow(Arc::downgrade(rt), changes));
+    rt.background.spawn(follow(Arc::downgrade(rt), changes));
 }
 
 async fn follow(rt: Weak<Runtime>, mut changes: tokio::sync::watch::Receiver<u64>) {

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::digest::Digest;
 use crate::engine::CompileError;
 use crate::route::Route;
-use crate::version::Digest;
 
 /// What a deploy, rollback or activation did.
 #[derive(Clone)]

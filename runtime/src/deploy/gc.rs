@@ -12,8 +12,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::digest::Digest;
 use crate::runtime::Runtime;
-use crate::version::Digest;
 
 /// Digests of every version serving or draining in memory.
 pub fn in_use(rt: &Runtime) -> HashSet<Digest> {
@@ -33,10 +33,10 @@ pub fn in_use(rt: &Runtime) -> HashSet<Digest> {
     set
 }
 
-/// Collects garbage in the background.
+/// Collects garbage in the background (a shutdown waits for it).
 pub fn collect(rt: &Arc<Runtime>) {
     let rt = rt.clone();
-    tokio::spawn(async move {
+    rt.background.clone().spawn_job(async move {
         let serving = in_use(&rt);
         let protector = rt.clone();
         let protect =

@@ -29,11 +29,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::route::{Prefix, Route, RouteName};
+use crate::digest::Digest;
+use crate::names::{Prefix, RouteName};
+use crate::route::Route;
 use crate::runtime::Runtime;
 use crate::settings::SettingsPatch;
 use crate::state::{HistoryEntry, ModuleRecord, RouteRecord, SettingsRecord};
-use crate::version::Digest;
 use apply::{Current, Plan, Planned};
 
 pub use crate::units::unix_ms;

@@ -135,10 +135,10 @@ pub(crate) fn events(
     events
 }
 
-/// Starts the task that publishes the shadows' figures when they change; it ends with the
-/// runtime.
+/// Starts the task that publishes the shadows' figures when they change; it ends when the
+/// server stops.
 pub fn spawn_shadow_figures(rt: &Arc<Runtime>) {
-    tokio::spawn(shadow_figures(Arc::downgrade(rt)));
+    rt.background.spawn(shadow_figures(Arc::downgrade(rt)));
 }
 
 async fn shadow_figures(rt: Weak<Runtime>) {

@@ -10,13 +10,14 @@ use bytes::Bytes;
 
 use super::error::{DeployError, internal};
 use crate::compile::CompileLimits;
+use crate::digest::Digest;
 use crate::engine::{Pre, Wasi};
 use crate::host::Host;
-use crate::route::RouteName;
+use crate::names::RouteName;
 use crate::runtime::Runtime;
 use crate::settings::{Limits, SettingsPatch};
 use crate::state::{ModuleRecord, SettingsRecord};
-use crate::version::{Digest, Settings, Version};
+use crate::version::{Settings, Version};
 
 /// A linked, pre-instantiated component, ready to become versions.
 #[derive(Clone)]

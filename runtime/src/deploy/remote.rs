@@ -202,14 +202,15 @@ pub async fn report_all(rt: &Runtime, position: u64) {
     cluster.nodes.publish().await;
 }
 
-/// Applies every change recorded after `after`, as it is recorded, until the node leaves.
+/// Applies every change recorded after `after`, as it is recorded, until the node leaves (or
+/// the server stops): a change is applied whole, the stop is seen between changes.
 pub fn follow(rt: &Arc<Runtime>, after: u64) {
     let Some(cluster) = rt.cluster.clone() else {
         return;
     };
     let weak = Arc::downgrade(rt);
     let stop = cluster.nodes.stopping();
-    tokio::spawn(async move {
+    rt.background.spawn_job(async move {
         let mut position = after;
         let mut reconnects = cluster.reconnects();
         // Routes whose module could not be fetched: tried again every RETRY_EVERY.

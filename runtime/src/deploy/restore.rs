@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use super::apply;
 use super::commit::{self, Commit, Source};
-use crate::route::{Route, RouteName, Serving};
+use crate::names::RouteName;
+use crate::route::{Route, Serving};
 use crate::runtime::Runtime;
 
 /// What a restart restored.

@@ -23,10 +23,10 @@ use project::{Fingerprint, Guest, Project, build, describe_changes};
 
 use crate::cli::{DevArgs, Failure, exit};
 use crate::deploy::{self, DeployRequest};
-use crate::route::RouteName;
+use crate::digest::Digest;
+use crate::names::RouteName;
 use crate::runtime::Runtime;
 use crate::server::Server;
-use crate::version::Digest;
 
 /// How often the sources are checked for changes.
 const POLL: Duration = Duration::from_millis(250);

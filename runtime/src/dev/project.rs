@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 
-use crate::route::RouteName;
+use crate::names::RouteName;
 
 /// The target guests are built for.
 const TARGET: &str = "wasm32-wasip2";

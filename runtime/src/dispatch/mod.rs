@@ -39,7 +39,7 @@ mod p3;
 mod respond;
 
 use body::Shared;
-pub use body::{BodyError, CappedBody, DataBody, GuestBody};
+pub use body::{CappedBody, DataBody};
 use failure::{GuestError, body_too_large, failure, failure_response, report};
 pub use overdue::StreamExecutor;
 pub(crate) use overdue::{Stall, stall, watched};

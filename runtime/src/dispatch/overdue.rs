@@ -44,6 +44,8 @@ use tokio::time::Sleep;
 use crate::cancelled::Cancelled;
 use crate::version::Version;
 
+use crate::background::Background;
+
 tokio::task_local! {
     /// The watch of the connection (HTTP/1.1) or stream (HTTP/2) the running task serves.
     static CURRENT: Arc<Watch>;
@@ -318,9 +320,9 @@ pub(crate) async fn watched<F: Future>(task: F) -> Option<F::Output> {
 }
 
 /// The executor the data plane gives hyper: it runs each HTTP/2 stream in a task of its own,
-/// [`watched`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StreamExecutor;
+/// [`watched`], under the server's [`Background`] (a shutdown waits for it).
+#[derive(Debug, Clone, Default)]
+pub struct StreamExecutor(pub(crate) Background);
 
 impl<F> hyper::rt::Executor<F> for StreamExecutor
 where
@@ -328,6 +330,6 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, task: F) {
-        tokio::spawn(watched(task));
+        self.0.spawn_job(watched(task));
     }
 }

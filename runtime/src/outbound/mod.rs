@@ -24,14 +24,15 @@ mod address;
 mod rules;
 mod send;
 
-pub use address::{is_global, is_metadata, may_connect};
-pub use rules::{MAX_RULES, Outbound, Rule, allows, parse_rules};
+pub use rules::{Outbound, allows, parse_rules};
 pub use send::{SendError, send};
 
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
 
+    use super::address::{is_global, may_connect};
+    use super::rules::Rule;
     use super::*;
 
     fn allowed(rules: &[&str], uri: &str) -> bool {

@@ -147,19 +147,16 @@ fn record(snapshot: &Snapshot) -> Figures {
 }
 
 /// In a cluster: every [`PERIOD`], refreshes this node's figures ([`publish_figures`]) and
-/// forgets the tallies of rollouts that ended. Ends when the node leaves.
+/// forgets the tallies of rollouts that ended. Ends when the node leaves (or the server stops).
 pub fn share_figures(rt: &std::sync::Arc<Runtime>) {
     let Some(joined) = rt.cluster.clone() else {
         return;
     };
     let weak = std::sync::Arc::downgrade(rt);
     let stop = joined.nodes.stopping();
-    tokio::spawn(async move {
+    rt.background.spawn_until(stop, async move {
         loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(PERIOD) => {}
-            }
+            tokio::time::sleep(PERIOD).await;
             let Some(rt) = weak.upgrade() else { return };
             publish_figures(&rt);
             forget_tallies(&joined, &rt.routes.snapshot());

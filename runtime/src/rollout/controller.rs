@@ -37,12 +37,15 @@ pub(super) fn spawn(rt: &Arc<Runtime>, name: &RouteName) {
     let Some(state) = rt.registry.get(name) else {
         return;
     };
-    let token = CancellationToken::new();
+    // Stopped by the next start, by the supervisor, or when the server stops; a step in
+    // progress is applied whole first.
+    let token = rt.background.scope();
     if let Some(old) = state.replace_controller(Some(token.clone())) {
         old.cancel();
     }
     state.set_window(None);
-    tokio::spawn(run(Arc::downgrade(rt), name.clone(), token));
+    rt.background
+        .spawn_job(run(Arc::downgrade(rt), name.clone(), token));
 }
 
 /// What the gates say about a step.

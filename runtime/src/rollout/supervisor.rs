@@ -25,14 +25,14 @@ use crate::runtime::Runtime;
 /// Which rollout a controller was started for: its stable version, candidate and author.
 type Key = (String, String, String);
 
-/// Starts the supervisor; it ends with the runtime. Changes committed before it starts (a
-/// restore's) are waiting on the feed, so the rollouts a restart restored continue.
+/// Starts the supervisor; it ends when the server stops. Changes committed before it starts
+/// (a restore's) are waiting on the feed, so the rollouts a restart restored continue.
 pub fn supervise(rt: &Arc<Runtime>) {
     let Some(mut feed) = rt.registry.take_feed() else {
         return;
     };
     let weak = Arc::downgrade(rt);
-    tokio::spawn(async move {
+    rt.background.spawn(async move {
         // The rollout each route's controller was started for, by route.
         let mut running: HashMap<RouteName, Key> = HashMap::new();
         // Ends when the runtime, which holds the feed's sender, is gone.

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::background::Background;
 use crate::events::{Bus, Event, Kind};
 use crate::names::RouteName;
 use crate::version::{DrainOutcome, Version};
@@ -26,14 +27,18 @@ pub struct Draining {
 pub struct Drains {
     list: Mutex<Vec<Draining>>,
     events: Bus,
+    /// Where each drain waits (a shutdown waits for it).
+    background: Background,
 }
 
 impl Drains {
-    /// No version draining yet; retirements, drains and cut-offs are published on `events`.
-    pub fn new(events: Bus) -> Self {
+    /// No version draining yet; retirements, drains and cut-offs are published on `events`,
+    /// and each drain waits as a task of `background`.
+    pub(crate) fn new(events: Bus, background: Background) -> Self {
         Self {
             list: Mutex::default(),
             events,
+            background,
         }
     }
 
@@ -72,7 +77,7 @@ impl Drains {
         });
         let drains = Arc::downgrade(self);
         let events = self.events.clone();
-        tokio::spawn(async move {
+        self.background.spawn_job(async move {
             let event = |kind| Event::new(kind, route.as_str()).version(version.digest.as_str());
             match version.drain(grace).await {
                 DrainOutcome::Drained { waited } => {

@@ -37,7 +37,6 @@ pub mod serving;
 pub mod state;
 pub mod table;
 
-pub use crate::names::{Prefix, RouteName};
 pub use drain::{Draining, Drains};
 pub use inflight::InFlight;
 pub use serving::{Candidate, Role, Serving, Shadow, Split, Sticky, Weight};

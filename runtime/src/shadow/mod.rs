@@ -14,7 +14,7 @@
 
 pub mod copy;
 
-pub use copy::{START_BYTES, Summary};
+pub use copy::Summary;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -375,6 +375,7 @@ fn hex(bytes: &[u8; 32]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::copy::START_BYTES;
     use super::*;
 
     fn summary(status: u16, body: &[u8]) -> Summary {

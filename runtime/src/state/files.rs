@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use sha2::{Digest as _, Sha256};
 
+use crate::digest::Digest;
 use crate::engine::Wasi;
-use crate::version::Digest;
 
 /// The data directory's files.
 pub struct Files {

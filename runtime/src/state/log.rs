@@ -5,8 +5,8 @@ use std::pin::Pin;
 
 use super::records::{ModuleRecord, RouteRecord};
 
+use crate::digest::Digest;
 use crate::names::RouteName;
-use crate::version::Digest;
 
 /// A boxed future, for the object-safe [`StateLog`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::version::Digest;
+use crate::digest::Digest;
 
 /// Digests changes are working on, counted (two deploys of one digest hold it twice).
 #[derive(Default)]

@@ -17,8 +17,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::log::{AppendError, BoxFuture, Change, StateLog, Stored};
 use super::records::{ModuleRecord, RouteRecord};
+use crate::digest::Digest;
 use crate::names::RouteName;
-use crate::version::Digest;
 
 const ROUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("routes");
 const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");

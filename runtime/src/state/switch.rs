@@ -13,8 +13,8 @@ use tokio::sync::RwLock;
 
 use super::log::{AppendError, BoxFuture, Change, StateLog, Stored};
 use super::records::ModuleRecord;
+use crate::digest::Digest;
 use crate::names::RouteName;
-use crate::version::Digest;
 
 /// A [`StateLog`] whose backing log can be closed and reopened.
 pub struct Switchable {

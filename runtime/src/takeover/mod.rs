@@ -28,6 +28,8 @@
 //! In a cluster the state and the store live in JetStream, which both processes reach; the
 //! conversation is the same without the closing and reopening.
 
+mod files;
+mod taking;
 mod wire;
 
 use std::collections::HashMap;
@@ -44,22 +46,13 @@ use tokio::sync::{OwnedRwLockWriteGuard, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::kv::KvError;
 use crate::kv::switch::{Forward, Held, Op, Place, Reply};
-use crate::kv::{Backend, KvError};
 use crate::runtime::Runtime;
+use files::reopen;
+pub use files::{SOCKET, socket_path};
+pub use taking::{Offered, Predecessor, Taken, connect, take_over};
 use wire::Message;
-
-/// The socket's name in the data directory.
-pub const SOCKET: &str = "takeover.sock";
-
-/// How long the old process tries to reopen its state after a failed takeover (the new
-/// process's file locks go when it exits, which may be just after its connection closed).
-const REOPEN_WAIT: Duration = Duration::from_secs(10);
-
-/// The takeover socket of the server whose data directory is `dir`.
-pub fn socket_path(dir: &Path) -> PathBuf {
-    dir.join(SOCKET)
-}
 
 /// A running server's takeover socket: it hands the server over to one new process.
 pub struct Listening {
@@ -95,7 +88,8 @@ impl Listening {
         let meta = std::fs::metadata(&path)?;
         let handed_over = CancellationToken::new();
         let successor = Arc::new(AtomicU32::new(0));
-        let accepting = tokio::spawn(accept(
+        let background = rt.background.clone();
+        let accepting = background.spawn(accept(
             rt,
             listener,
             fds,
@@ -165,7 +159,7 @@ async fn accept(
         }
         if handed_over.is_cancelled() || busy.swap(true, Ordering::SeqCst) {
             let reason = "another takeover of this server is in progress or done".to_string();
-            tokio::spawn(async move {
+            rt.background.spawn(async move {
                 let _ = wire::recv(&mut stream).await;
                 let _ = wire::send(&mut stream, &Message::Refused { reason }).await;
             });
@@ -180,7 +174,9 @@ async fn accept(
             successor: successor.clone(),
         };
         let busy = busy.clone();
-        tokio::spawn(async move {
+        // Ends with the server at the latest (a conversation forwards the old process's
+        // key-value calls for as long as it drains).
+        rt.background.spawn(async move {
             if let Err(error) = conversation.run(stream).await {
                 tracing::warn!(error = %error, "takeover: the conversation with the new process failed");
             }
@@ -191,7 +187,7 @@ async fn accept(
 
 /// The old process's side of one takeover.
 struct Conversation {
-    /// Weak: a server that drains after handing over waits for the runtime's last holder.
+    /// Weak: the conversation never keeps the runtime alive (the server's background ends it).
     rt: std::sync::Weak<Runtime>,
     fds: Option<Arc<[OwnedFd; 2]>>,
     addresses: (SocketAddr, SocketAddr),
@@ -390,22 +386,6 @@ impl Conversation {
     }
 }
 
-/// Opens what the new process may still hold locked for a moment after its connection closed.
-async fn reopen<T: Send + 'static>(
-    open: impl Fn() -> anyhow::Result<T> + Send + Sync + 'static,
-) -> anyhow::Result<T> {
-    let open = Arc::new(open);
-    let started = std::time::Instant::now();
-    loop {
-        let attempt = open.clone();
-        match tokio::task::spawn_blocking(move || attempt()).await? {
-            Ok(opened) => return Ok(opened),
-            Err(error) if started.elapsed() > REOPEN_WAIT => return Err(error),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-}
-
 /// The new process, as the old one's key-value calls reach it.
 struct Peer {
     out: mpsc::UnboundedSender<Message>,
@@ -453,212 +433,6 @@ impl Forward for Peer {
             }
             answered.await.unwrap_or_else(|_| Err(gone()))
         })
-    }
-}
-
-/// A running server found on the data directory, and what it offers.
-pub struct Offered {
-    /// Its process id.
-    pub pid: u32,
-    /// Its data-plane address.
-    pub data: SocketAddr,
-    /// Its admin address.
-    pub admin: SocketAddr,
-    /// Whether it serves its data listener over TLS (`None`: an older release that did not
-    /// say).
-    pub data_tls: Option<bool>,
-    /// Whether it serves its admin listener over TLS (`None`: an older release that did not
-    /// say).
-    pub admin_tls: Option<bool>,
-    stream: UnixStream,
-}
-
-/// Finds the server running on the data directory `dir` and asks what it would hand over.
-/// Nothing changes on the running server until [`Offered::begin`].
-pub async fn connect(dir: &Path) -> anyhow::Result<Offered> {
-    let path = socket_path(dir);
-    let mut stream = UnixStream::connect(&path).await.map_err(|e| {
-        anyhow::anyhow!(
-            "--takeover found no running server on the data directory {} ({}: {e}); start it without --takeover",
-            dir.display(),
-            path.display()
-        )
-    })?;
-    let hello = Message::Hello {
-        version: wire::VERSION,
-        pid: std::process::id(),
-    };
-    wire::send(&mut stream, &hello).await?;
-    match wire::recv(&mut stream).await? {
-        Some(Message::Offer {
-            pid,
-            data,
-            admin,
-            data_tls,
-            admin_tls,
-        }) => Ok(Offered {
-            pid,
-            data,
-            admin,
-            data_tls,
-            admin_tls,
-            stream,
-        }),
-        Some(Message::Refused { reason }) => {
-            anyhow::bail!("the running server refused the takeover: {reason}")
-        }
-        _ => anyhow::bail!("the running server closed the takeover connection without an offer"),
-    }
-}
-
-impl Offered {
-    /// Starts the takeover: the old process lets go of its state log and sends its listening
-    /// sockets (data, admin). From here, dropping what this returns before
-    /// [`Predecessor::ready`] makes the old process switch back.
-    pub async fn begin(mut self) -> anyhow::Result<Taken> {
-        wire::send(&mut self.stream, &Message::Begin).await?;
-        let fds = wire::recv_fds(&self.stream)
-            .await
-            .map_err(|e| anyhow::anyhow!("receiving the running server's sockets: {e}"))?;
-        let [data, admin]: [OwnedFd; 2] = fds
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("the running server sent an unexpected set of sockets"))?;
-        let listener = |fd: OwnedFd| -> anyhow::Result<std::net::TcpListener> {
-            let listener = std::net::TcpListener::from(fd);
-            listener.set_nonblocking(true)?;
-            Ok(listener)
-        };
-        let (data, admin) = (listener(data)?, listener(admin)?);
-        let (mut read, mut write) = self.stream.into_split();
-        let (out, mut outgoing) = mpsc::unbounded_channel::<Message>();
-        let (control_in, control) = mpsc::unbounded_channel::<Message>();
-        let store: Arc<std::sync::OnceLock<Arc<dyn Backend>>> = Arc::default();
-        let writer = tokio::spawn(async move {
-            while let Some(message) = outgoing.recv().await {
-                if wire::send(&mut write, &message).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let (answers, serving) = (out.clone(), store.clone());
-        let reader = tokio::spawn(async move {
-            while let Ok(Some(message)) = wire::recv(&mut read).await {
-                let Message::Kv { id, op } = message else {
-                    let _ = control_in.send(message);
-                    continue;
-                };
-                let (backend, answers) = (serving.get().cloned(), answers.clone());
-                tokio::spawn(async move {
-                    let result = match backend {
-                        Some(backend) => crate::kv::switch::apply(backend.as_ref(), op).await,
-                        None => Err(KvError::Failed(
-                            "the key-value store is not open in the new process yet".into(),
-                        )),
-                    };
-                    let _ = answers.send(Message::KvReply { id, result });
-                });
-            }
-        });
-        Ok(Taken {
-            data,
-            admin,
-            predecessor: Predecessor {
-                pid: self.pid,
-                out,
-                control,
-                store,
-                tasks: vec![writer, reader],
-            },
-        })
-    }
-}
-
-/// What a takeover received: the listening sockets and the old process.
-pub struct Taken {
-    /// The data-plane listener.
-    pub data: std::net::TcpListener,
-    /// The admin listener.
-    pub admin: std::net::TcpListener,
-    /// The process taken over from.
-    pub predecessor: Predecessor,
-}
-
-/// The process taken over from, until it exits.
-pub struct Predecessor {
-    /// Its process id.
-    pub pid: u32,
-    out: mpsc::UnboundedSender<Message>,
-    control: mpsc::UnboundedReceiver<Message>,
-    /// The store the old process's key-value calls are applied to, once taken over.
-    store: Arc<std::sync::OnceLock<Arc<dyn Backend>>>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-/// How long the old process may take to close its key-value store (it waits for the calls in
-/// progress there, each bounded by its request's deadline).
-const KV_RELEASE_WAIT: Duration = Duration::from_secs(60);
-
-impl Predecessor {
-    /// Takes the key-value store over (everything is loaded; this process is about to serve):
-    /// the old process closes it, this one opens it into `rt`'s store, and from then answers
-    /// the old process's key-value calls from it.
-    pub async fn take_kv(&mut self, rt: &Runtime) -> anyhow::Result<()> {
-        let pending = rt.handover.kv_pending.lock().expect("not poisoned").take();
-        let Some(mut held) = pending else {
-            return Ok(());
-        };
-        let backend: Arc<dyn Backend> = rt
-            .handover
-            .kv
-            .clone()
-            .expect("a pending store has a switch");
-        self.out
-            .send(Message::KvRelease)
-            .map_err(|_| anyhow::anyhow!("the old process went away"))?;
-        let answer = tokio::time::timeout(KV_RELEASE_WAIT, self.control.recv())
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!("the old process did not close its key-value store in time")
-            })?;
-        match answer {
-            Some(Message::KvReleased) => {}
-            // It stopped (a signal while this one loaded): the store is free once it has exited.
-            None => tracing::warn!(
-                old_pid = self.pid,
-                "takeover: the old process went away before handing over its key-value store; opening it"
-            ),
-            Some(other) => {
-                anyhow::bail!("the old process answered {other:?} to a key-value handover")
-            }
-        }
-        let path = rt.files.dir().join("kv.redb");
-        let opened = reopen(move || {
-            crate::state::private::prepare_private_file(&path)?;
-            crate::kv::redb::RedbBackend::open(&path)
-        })
-        .await?;
-        *held = Place::Here(Arc::new(opened));
-        drop(held);
-        let _ = self.store.set(backend);
-        self.out
-            .send(Message::KvOpen)
-            .map_err(|_| anyhow::anyhow!("the old process went away"))?;
-        Ok(())
-    }
-
-    /// Tells the old process this one is serving: it stops accepting, drains and exits.
-    pub fn ready(&self) -> anyhow::Result<()> {
-        self.out
-            .send(Message::Ready)
-            .map_err(|_| anyhow::anyhow!("the connection to the old process is gone"))
-    }
-}
-
-impl Drop for Predecessor {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
     }
 }
 

@@ -3,18 +3,13 @@
 
 use handoff::cli::exit;
 use handoff_tests::guests;
-use serde_json::Value;
 
-use crate::support::{get, handoff, serve};
+use crate::support::{get, handoff, json, serve};
 
 const FAILED: i32 = exit::FAILED as i32;
 const USAGE: i32 = exit::USAGE as i32;
 const UNREACHABLE: i32 = exit::UNREACHABLE as i32;
 const LOCAL: i32 = exit::LOCAL as i32;
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_routes_status_and_delete_round_trip_as_tables_and_json() {

@@ -1,6 +1,7 @@
 //! Black-box tests of the `handoff` binary: real processes, real sockets, real guests. One
 //! binary, one module per command family; `support` runs the binary.
 
+mod access;
 mod admin_listener;
 mod client;
 mod cluster;

@@ -386,3 +386,8 @@ pub async fn get_with_id(ready: &Ready, path: &str) -> (u16, Option<String>, Str
         .await
         .unwrap_or_else(|_| panic!("GET {path} did not finish within a minute"))
 }
+
+/// The JSON a command printed (`--json`); panics, showing the text, if it is not JSON.
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}

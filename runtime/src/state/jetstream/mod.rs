@@ -37,23 +37,22 @@ use async_nats::jetstream::{self, kv, object_store};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 
+mod layout;
+mod objects;
+mod publish;
+
 use super::log::{AppendError, BoxFuture, Change, StateLog, Stored, Watched};
-use super::records::{ModuleRecord, RouteRecord};
+use super::records::ModuleRecord;
 use crate::digest::Digest;
 use crate::names::RouteName;
+pub use layout::{BYTES_BUCKET, CHUNK_BYTES, MODULES_BUCKET, ROUTES_BUCKET};
+use layout::{
+    CLAIM, CLAIM_ATTEMPTS, HEADERS_ROOM, MAX_BATCH, MIN_PART, PART_READS, PartsHead, claim_key,
+    hex_sha256, part_key, route_of,
+};
+pub use publish::RETRY_FOR;
+use publish::{ANY, allow_atomic_batches, entry, retrying, write, write_batch};
 
-/// The KV bucket of route records.
-pub const ROUTES_BUCKET: &str = "handoff_routes";
-/// The KV bucket of module records.
-pub const MODULES_BUCKET: &str = "handoff_modules";
-/// The Object Store of module bytes.
-pub const BYTES_BUCKET: &str = "handoff_bytes";
-/// Object Store chunk size.
-pub const CHUNK_BYTES: usize = 128 << 10;
-/// How long a write that JetStream did not acknowledge is retried (a stream's leader is
-/// re-elected within seconds when a server of a NATS cluster goes).
-pub const RETRY_FOR: Duration = Duration::from_secs(15);
-const RETRY_STEP: Duration = Duration::from_millis(250);
 /// How old an unreferenced module must be before it is collected (see the module header).
 pub const COLLECT_GRACE: Duration = Duration::from_secs(600);
 
@@ -131,101 +130,22 @@ impl JetStreamLog {
         for stored in self.all_routes().await? {
             let prefix = stored.record.claimed_prefix(&stored.name);
             let key = claim_key(prefix.as_str());
-            let (revision, owner) = Self::entry(&self.routes, &key).await?;
+            let (revision, owner) = entry(&self.routes, &key).await?;
             if owner.is_none() {
                 let name = Bytes::from(stored.name.as_str().to_owned());
                 // Lost to another node claiming it at the same moment: that one stands.
-                let _ = self
-                    .write(ROUTES_BUCKET, &key, Some(name), revision)
-                    .await?;
+                let _ = write(
+                    &self.js,
+                    &self.routes,
+                    ROUTES_BUCKET,
+                    &key,
+                    Some(name),
+                    revision,
+                )
+                .await?;
             }
         }
         Ok(())
-    }
-
-    /// Publishes `value` (or a delete marker when `None`) to `key` of `bucket` if the key is
-    /// at revision `expected` (0: absent). Returns the new revision, or `Ok(Err(()))` when the
-    /// key was elsewhere.
-    ///
-    /// A failure that is not the compare-and-swap's (no stream leader for a moment while
-    /// JetStream elects one after a server left, an ack lost) is retried for up to
-    /// [`RETRY_FOR`]; every attempt carries the same `Nats-Msg-Id`, so JetStream keeps one
-    /// copy of a write whose ack was lost; a repeat whose swap fails because the first landed
-    /// finds the key holding exactly this write, and answers with its revision.
-    async fn write(
-        &self,
-        bucket: &str,
-        key: &str,
-        value: Option<Bytes>,
-        expected: u64,
-    ) -> anyhow::Result<Result<u64, ()>> {
-        use async_nats::jetstream::context::PublishErrorKind;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            expected.to_string().as_str(),
-        );
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            format!("{bucket}.{key}.{expected}.{}", write_id()).as_str(),
-        );
-        if value.is_none() {
-            headers.insert("KV-Operation", "DEL");
-        }
-        let subject = format!("$KV.{bucket}.{key}");
-        let value = value.unwrap_or_default();
-        let deadline = tokio::time::Instant::now() + RETRY_FOR;
-        let mut unanswered = false;
-        loop {
-            let attempt = async {
-                self.js
-                    .publish_with_headers(subject.clone(), headers.clone(), value.clone())
-                    .await?
-                    .await
-            };
-            let error = match attempt.await {
-                Ok(ack) => return Ok(Ok(ack.sequence)),
-                Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
-                    // An unanswered attempt that landed fails its repeat's swap: the key then
-                    // holds exactly this write.
-                    if unanswered {
-                        let store = match bucket {
-                            MODULES_BUCKET => &self.modules,
-                            _ => &self.routes,
-                        };
-                        let (revision, now) = Self::entry(store, key).await?;
-                        if now.unwrap_or_default() == value && revision > expected {
-                            return Ok(Ok(revision));
-                        }
-                    }
-                    return Ok(Err(()));
-                }
-                // Refused for good (too large, no such stream...): retrying would not help.
-                Err(error) if !unsure(error.kind()) => {
-                    return Err(anyhow::Error::new(error).context("the cluster refused a write"));
-                }
-                Err(error) => error,
-            };
-            unanswered = true;
-            if tokio::time::Instant::now() >= deadline {
-                return Err(anyhow::Error::new(error).context("the cluster did not acknowledge"));
-            }
-            tracing::debug!(%error, bucket, key, "retrying a write to the cluster");
-            tokio::time::sleep(RETRY_STEP).await;
-        }
-    }
-
-    /// The current entry of `key`: its revision (the delete marker's, when deleted; 0 when it
-    /// never existed) and its value when it exists.
-    async fn entry(store: &kv::Store, key: &str) -> anyhow::Result<(u64, Option<Bytes>)> {
-        let entry = retrying("reading the cluster", || store.entry(key)).await?;
-        Ok(match entry {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                (entry.revision, Some(entry.value))
-            }
-            Some(entry) => (entry.revision, None),
-            None => (0, None),
-        })
     }
 
     async fn read_route(&self, name: &RouteName) -> anyhow::Result<(u64, Option<Stored>)> {
@@ -239,7 +159,7 @@ impl JetStreamLog {
         name: &RouteName,
     ) -> anyhow::Result<(u64, Option<Stored>, usize)> {
         for _ in 0..PART_READS {
-            let (revision, value) = Self::entry(&self.routes, name.as_str()).await?;
+            let (revision, value) = entry(&self.routes, name.as_str()).await?;
             let Some(value) = value else {
                 return Ok((revision, None, 0));
             };
@@ -248,7 +168,7 @@ impl JetStreamLog {
             };
             let mut whole = Vec::with_capacity(head.size);
             for i in 0..head.parts {
-                if let (_, Some(part)) = Self::entry(&self.routes, &part_key(name, i)).await? {
+                if let (_, Some(part)) = entry(&self.routes, &part_key(name, i)).await? {
                     whole.extend_from_slice(&part);
                 }
             }
@@ -330,10 +250,16 @@ impl JetStreamLog {
             let value = Bytes::from(serde_json::to_vec(record)?);
             let mut attempts = 0;
             loop {
-                let (revision, _) = Self::entry(&self.modules, digest.hex()).await?;
-                match self
-                    .write(MODULES_BUCKET, digest.hex(), Some(value.clone()), revision)
-                    .await?
+                let (revision, _) = entry(&self.modules, digest.hex()).await?;
+                match write(
+                    &self.js,
+                    &self.modules,
+                    MODULES_BUCKET,
+                    digest.hex(),
+                    Some(value.clone()),
+                    revision,
+                )
+                .await?
                 {
                     Ok(_) => break,
                     Err(()) if attempts < 10 => attempts += 1,
@@ -346,10 +272,16 @@ impl JetStreamLog {
 
     /// Deletes a module's record (if still at `revision`) and its bytes.
     async fn delete_module(&self, digest: &Digest, revision: u64) -> anyhow::Result<bool> {
-        if self
-            .write(MODULES_BUCKET, digest.hex(), None, revision)
-            .await?
-            .is_err()
+        if write(
+            &self.js,
+            &self.modules,
+            MODULES_BUCKET,
+            digest.hex(),
+            None,
+            revision,
+        )
+        .await?
+        .is_err()
         {
             return Ok(false);
         }
@@ -426,17 +358,17 @@ impl JetStreamLog {
             }
             // A new route (base 0) may follow a delete marker: expect the marker's revision.
             let landed = if writes.is_empty() {
-                self.write(ROUTES_BUCKET, key, head, revision).await?
+                write(&self.js, &self.routes, ROUTES_BUCKET, key, head, revision).await?
             } else {
                 writes.push((key.to_owned(), head, revision));
-                self.write_batch(&writes).await?
+                write_batch(&self.js, &self.routes, &writes).await?
             };
             match landed {
                 Ok(revision) => return Ok(revision),
                 Err(()) if writes.is_empty() => {
                     return Err(AppendError::Conflict {
                         route: key.to_owned(),
-                        now: Self::entry(&self.routes, key).await?.0,
+                        now: entry(&self.routes, key).await?.0,
                     });
                 }
                 // Read again: a conflict on the route or a taken prefix is found above.
@@ -465,7 +397,7 @@ impl JetStreamLog {
         let mut writes = Vec::new();
         if let Some(prefix) = &new {
             let key = claim_key(prefix.as_str());
-            let (revision, owner) = Self::entry(&self.routes, &key).await?;
+            let (revision, owner) = entry(&self.routes, &key).await?;
             match owner.as_deref().map(String::from_utf8_lossy) {
                 Some(owner) if owner != name => {
                     return Err(AppendError::PrefixTaken {
@@ -479,91 +411,12 @@ impl JetStreamLog {
         }
         if let Some(old) = old.filter(|old| new.as_ref() != Some(old)) {
             let key = claim_key(old.as_str());
-            let (revision, owner) = Self::entry(&self.routes, &key).await?;
+            let (revision, owner) = entry(&self.routes, &key).await?;
             if owner.as_deref() == Some(name.as_bytes()) {
                 writes.push((key, None, revision));
             }
         }
         Ok(writes)
-    }
-
-    /// Publishes `writes` to the routes bucket as one atomic batch, each a compare-and-swap
-    /// like [`Self::write`]'s (but those expecting [`ANY`]): all land or none. Returns the last one's revision, or
-    /// `Ok(Err(()))` when a swap failed.
-    ///
-    /// An atomic batch carries no `Nats-Msg-Id`; a batch whose commit was not acknowledged is
-    /// sent again (for up to [`RETRY_FOR`]), and if that one's swaps fail, the last key is read
-    /// back: holding exactly what the batch wrote, the first one landed.
-    async fn write_batch(
-        &self,
-        writes: &[(String, Option<Bytes>, u64)],
-    ) -> anyhow::Result<Result<u64, ()>> {
-        use async_nats::header;
-        use async_nats::jetstream::context::PublishErrorKind;
-        let client = self.js.client();
-        let deadline = tokio::time::Instant::now() + RETRY_FOR;
-        let mut unacknowledged = false;
-        loop {
-            let batch = write_id();
-            let attempt = async {
-                let mut ack = None;
-                for (i, (key, value, expected)) in writes.iter().enumerate() {
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert(header::NATS_BATCH_ID, batch.as_str());
-                    headers.insert(header::NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
-                    if *expected != ANY {
-                        headers.insert(
-                            header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                            expected.to_string().as_str(),
-                        );
-                    }
-                    if value.is_none() {
-                        headers.insert("KV-Operation", "DEL");
-                    }
-                    let subject = format!("$KV.{ROUTES_BUCKET}.{key}");
-                    let payload = value.clone().unwrap_or_default();
-                    if i + 1 < writes.len() {
-                        client
-                            .publish_with_headers(subject, headers, payload)
-                            .await
-                            .map_err(|e| anyhow::Error::new(e).context("sending a batch"))?;
-                    } else {
-                        headers.insert(header::NATS_BATCH_COMMIT, "1");
-                        ack = Some(
-                            self.js
-                                .publish_with_headers(subject, headers, payload)
-                                .await?
-                                .await,
-                        );
-                    }
-                }
-                anyhow::Ok(ack.expect("a batch has a last write"))
-            };
-            let error = match attempt.await {
-                Ok(Ok(ack)) => return Ok(Ok(ack.sequence)),
-                Ok(Err(error)) if error.kind() == PublishErrorKind::WrongLastSequence => {
-                    let (key, value, _) = writes.last().expect("a batch has a last write");
-                    if unacknowledged {
-                        let (revision, now) = Self::entry(&self.routes, key).await?;
-                        if now == *value {
-                            return Ok(Ok(revision));
-                        }
-                    }
-                    return Ok(Err(()));
-                }
-                Ok(Err(error)) if !unsure(error.kind()) => {
-                    return Err(anyhow::Error::new(error).context("the cluster refused a change"));
-                }
-                Ok(Err(error)) => anyhow::Error::new(error),
-                Err(error) => error,
-            };
-            unacknowledged = true;
-            if tokio::time::Instant::now() >= deadline {
-                return Err(error.context("the cluster did not acknowledge"));
-            }
-            tracing::debug!(error = %format!("{error:#}"), "retrying a batch to the cluster");
-            tokio::time::sleep(RETRY_STEP).await;
-        }
     }
 
     async fn do_collect(
@@ -585,131 +438,6 @@ impl JetStreamLog {
         }
         Ok(removed)
     }
-}
-
-/// Runs `op` until it succeeds or [`RETRY_FOR`] has passed: reads fail for a moment while
-/// JetStream elects a stream's leader after a server of a NATS cluster left.
-async fn retrying<T, E, F, Fut>(what: &str, mut op: F) -> anyhow::Result<T>
-where
-    E: std::error::Error + Send + Sync + 'static,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let deadline = tokio::time::Instant::now() + RETRY_FOR;
-    loop {
-        match op().await {
-            Ok(value) => return Ok(value),
-            Err(error) if tokio::time::Instant::now() >= deadline => {
-                return Err(anyhow::Error::new(error).context(what.to_owned()));
-            }
-            Err(error) => {
-                tracing::debug!(%error, what, "retrying");
-                tokio::time::sleep(RETRY_STEP).await;
-            }
-        }
-    }
-}
-
-/// Whether a publish that failed so may have landed, or may land if sent again (a lost ack, a
-/// stream leader being elected): such writes are retried.
-fn unsure(kind: async_nats::jetstream::context::PublishErrorKind) -> bool {
-    use async_nats::jetstream::context::PublishErrorKind;
-    matches!(
-        kind,
-        PublishErrorKind::TimedOut
-            | PublishErrorKind::BrokenPipe
-            | PublishErrorKind::StreamNotFound
-            | PublishErrorKind::Other
-    )
-}
-
-/// In a batch, a write that expects nothing of its key.
-const ANY: u64 = u64::MAX;
-
-/// The most messages in one atomic batch (the server's limit).
-const MAX_BATCH: usize = 1000;
-
-/// Room left in a message for its subject and headers.
-const HEADERS_ROOM: usize = 4 << 10;
-
-/// The smallest part a record is cut into, whatever the server says.
-const MIN_PART: usize = 1 << 10;
-
-/// How many times a record kept in parts is read before giving up (each time a change
-/// replaced the parts while they were read).
-const PART_READS: usize = 5;
-
-/// The head of a route record kept in parts.
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PartsHead {
-    /// How many parts.
-    parts: usize,
-    /// The record's size.
-    size: usize,
-    /// The sha256 of the record, in hex.
-    sha256: String,
-}
-
-/// The key of part `i` of route `name`'s record.
-fn part_key(name: &RouteName, i: usize) -> String {
-    format!("C={}.{i}", name.as_str())
-}
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Where a prefix's claim is kept in the routes bucket (see the module header).
-const CLAIM: &str = "P=";
-
-/// How many times a change whose claim lost a compare-and-swap is planned again.
-const CLAIM_ATTEMPTS: usize = 10;
-
-/// The key of `prefix`'s claim.
-fn claim_key(prefix: &str) -> String {
-    let hex: String = prefix.bytes().map(|b| format!("{b:02x}")).collect();
-    format!("{CLAIM}{hex}")
-}
-
-/// Lets `stream` take atomic batches (NATS 2.12+), which claims are written with.
-async fn allow_atomic_batches(js: &jetstream::Context, stream: &str) -> anyhow::Result<()> {
-    let mut handle = retrying("reading the routes bucket", || js.get_stream(stream)).await?;
-    let config = handle.info().await?.config.clone();
-    if config.allow_atomic_publish {
-        return Ok(());
-    }
-    js.update_stream(jetstream::stream::Config {
-        allow_atomic_publish: true,
-        ..config
-    })
-    .await
-    .context("allowing atomic batches on the routes bucket (NATS 2.12 or newer is needed)")?;
-    Ok(())
-}
-
-/// 128 random bits in hex: a write's `Nats-Msg-Id`, unique across nodes and attempts.
-fn write_id() -> String {
-    use ring::rand::SecureRandom as _;
-    let mut id = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut id)
-        .expect("the system's random source");
-    id.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn route_of(name: &RouteName, revision: u64, value: &[u8]) -> anyhow::Result<Stored> {
-    let mut record: RouteRecord = serde_json::from_slice(value)
-        .with_context(|| format!("route `{}` is unreadable", name.as_str()))?;
-    record.revision = revision;
-    Ok(Stored {
-        name: name.clone(),
-        record,
-    })
 }
 
 impl StateLog for JetStreamLog {
@@ -753,7 +481,7 @@ impl StateLog for JetStreamLog {
         prefix: &'a str,
     ) -> BoxFuture<'a, anyhow::Result<Option<RouteName>>> {
         Box::pin(async move {
-            let (_, owner) = Self::entry(&self.routes, &claim_key(prefix)).await?;
+            let (_, owner) = entry(&self.routes, &claim_key(prefix)).await?;
             owner
                 .map(|o| RouteName::parse(&String::from_utf8_lossy(&o)).map_err(anyhow::Error::msg))
                 .transpose()
@@ -791,71 +519,19 @@ impl StateLog for JetStreamLog {
         digest: &'a Digest,
         bytes: Bytes,
     ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            if let Ok(info) = self.bytes.info(digest.hex()).await
-                && !info.deleted
-                && info.size == bytes.len()
-            {
-                return Ok(());
-            }
-            let meta = object_store::ObjectMetadata {
-                name: digest.hex().to_owned(),
-                // Chunks fit the server's messages (a `max_payload` below 128 KiB too).
-                chunk_size: Some(CHUNK_BYTES.min(self.payload_budget())),
-                ..Default::default()
-            };
-            // Retried as `write` is (a re-put of the same name replaces a partial object).
-            let deadline = tokio::time::Instant::now() + RETRY_FOR;
-            loop {
-                match self.bytes.put(meta.clone(), &mut &bytes[..]).await {
-                    Ok(_) => return Ok(()),
-                    Err(error) if tokio::time::Instant::now() >= deadline => {
-                        return Err(anyhow::Error::new(error)
-                            .context(format!("storing the bytes of {digest} in the cluster")));
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, %digest, "retrying storing bytes in the cluster");
-                        tokio::time::sleep(RETRY_STEP).await;
-                    }
-                }
-            }
-        })
+        Box::pin(objects::store(
+            &self.bytes,
+            digest,
+            bytes,
+            self.payload_budget(),
+        ))
     }
 
     fn fetch_bytes<'a>(
         &'a self,
         digest: &'a Digest,
     ) -> BoxFuture<'a, anyhow::Result<Option<Bytes>>> {
-        Box::pin(async move {
-            use tokio::io::AsyncReadExt as _;
-            let deadline = tokio::time::Instant::now() + RETRY_FOR;
-            let mut object = loop {
-                match self.bytes.get(digest.hex()).await {
-                    Ok(object) => break object,
-                    Err(error) if error.kind() == object_store::GetErrorKind::NotFound => {
-                        return Ok(None);
-                    }
-                    Err(error) if tokio::time::Instant::now() >= deadline => {
-                        return Err(anyhow::Error::new(error)
-                            .context(format!("fetching the bytes of {digest}")));
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, %digest, "retrying fetching bytes");
-                        tokio::time::sleep(RETRY_STEP).await;
-                    }
-                }
-            };
-            let mut bytes = Vec::with_capacity(object.info().size);
-            object
-                .read_to_end(&mut bytes)
-                .await
-                .with_context(|| format!("fetching the bytes of {digest}"))?;
-            anyhow::ensure!(
-                Digest::of(&bytes) == *digest,
-                "the cluster's copy of {digest} is corrupt (its digest does not match)"
-            );
-            Ok(Some(Bytes::from(bytes)))
-        })
+        Box::pin(objects::fetch(&self.bytes, digest))
     }
 
     fn position(&self) -> BoxFuture<'_, anyhow::Result<u64>> {

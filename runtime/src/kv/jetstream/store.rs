@@ -1,74 +1,36 @@
-//! The cluster's backend (`serve --cluster`): every bucket a JetStream key-value bucket of its
-//! own (`handoff_kv_` and the hex of the bucket's id), so every node reads and writes the same
-//! data.
-//!
-//! * **Keys** are `k` and the base64url of the guest's key (NATS keys allow few characters);
-//!   a listing decodes and sorts them. Each value is stored as `super::format` encodes an
-//!   entry (its expiry, then the bytes); its revision is the message's stream sequence, which
-//!   only grows (ABA-safe).
-//! * **Reads** ask the stream's leader for the key's last message (not a replica's direct get,
-//!   which may lag), so a read that starts after a write was acknowledged sees it.
-//! * **Writes** are compare-and-swaps on the key's last sequence
-//!   (`Nats-Expected-Last-Subject-Sequence`): read, check the condition, compute (an increment
-//!   adds to what was read), publish expecting what was read; if another writer got there
-//!   first, read again and retry. So conditions and increments are atomic across nodes.
-//!   JetStream acknowledges a write once its replicas have it (durable).
-//! * **Usage** (for quotas) is kept in the bucket's `meta` key, changed by compare-and-swaps of
-//!   its own. A write that adds a key or bytes *reserves* them first: the reservation checks
-//!   the quota against the usage it swaps, so writes racing from several nodes cannot pass a
-//!   quota together; if the key's own swap then loses, the reservation is given back. A write
-//!   that frees a key or bytes gives them back after it lands. So usage never counts less than
-//!   the bucket holds: a node that dies between the two swaps leaves it counting that one write
-//!   too much (a quota then refuses early, never late).
-//! * **Expired entries** read as absent at once. One node (the cluster's leader) deletes them
-//!   ([`sweep_while`]): every [`SWEEP_EVERY`] it reads the next [`SWEEP_BUCKETS`] buckets in
-//!   turn, deletes each expired entry with a compare-and-swap on the sequence it read (a key
-//!   written again meanwhile is left alone), and gives their usage back.
+//! The backend itself ([`JetStreamKv`]): opening buckets, reads from the stream's leader,
+//! compare-and-swap writes retried until they land or their condition fails, and the usage
+//! each write reserves or gives back.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as KEY64;
 use bytes::Bytes;
 use dashmap::DashMap;
 use futures_util::StreamExt as _;
-use serde::{Deserialize, Serialize};
 
-use super::backend::{
+use super::layout::{META, Meta, key_from, key_of, stream_bucket, write_id};
+use crate::kv::backend::{
     Backend, BoxFuture, Change, Condition, Entry, KvError, Outcome, Page, PageFiller, Quota, Start,
     Usage, Write, add, now_ms, number_of,
 };
-use super::format::{decode, encode, live};
+use crate::kv::format::{decode, encode, live};
 
 /// Compare-and-swap attempts per write before it fails (each lost to another writer).
 const ATTEMPTS: usize = 1000;
-/// How often the leader deletes expired entries.
-pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
-/// Expired entries deleted per sweep, over all buckets.
-const SWEEP: usize = 1000;
-/// Buckets one sweep reads: the cost of a round stays bounded with many routes.
-const SWEEP_BUCKETS: usize = 16;
-/// The JetStream streams of handoff's buckets: `KV_` and the bucket's name.
-const STREAM_PREFIX: &str = "KV_handoff_kv_";
-/// How long a sweep waits for a bucket's next entry before it moves on.
-const SWEEP_READ: Duration = Duration::from_secs(5);
-/// The key holding a bucket's usage.
-const META: &str = "meta";
-
 /// The JetStream backend.
 pub struct JetStreamKv {
-    js: jetstream::Context,
+    pub(super) js: jetstream::Context,
     replicas: usize,
     stores: DashMap<String, kv::Store>,
     /// Where the next sweep starts among the buckets (sorted by name).
-    sweep_cursor: std::sync::atomic::AtomicUsize,
+    pub(super) sweep_cursor: std::sync::atomic::AtomicUsize,
     /// Acknowledgements still to drop ([`JetStreamKv::lose_acks`]).
     lost_acks: std::sync::atomic::AtomicUsize,
 }
 
 /// How a publish ended.
-enum Landed {
+pub(super) enum Landed {
     /// It landed at this sequence.
     Yes(u64),
     /// Another writer got there first: nothing landed.
@@ -90,44 +52,14 @@ pub fn too_large(size: usize, budget: usize) -> KvError {
     ))
 }
 
-/// The JetStream bucket of handoff bucket `bucket`: `handoff_kv_` and the hex of its id.
-fn stream_bucket(bucket: &str) -> String {
-    let hex: String = bucket.bytes().map(|b| format!("{b:02x}")).collect();
-    format!("handoff_kv_{hex}")
-}
-
 /// How long a write whose acknowledgement was lost is sent again.
 const ACK_RETRY_FOR: Duration = Duration::from_secs(10);
 const ACK_RETRY_STEP: Duration = Duration::from_millis(100);
 
-/// 128 random bits in hex: a write's `Nats-Msg-Id`, the same on every attempt of one write.
-fn write_id() -> String {
-    use ring::rand::SecureRandom as _;
-    let mut id = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut id)
-        .expect("the system's random source");
-    id.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
-struct Meta {
-    keys: u64,
-    bytes: u64,
-}
-
-fn failed(what: &str, error: impl std::fmt::Display) -> KvError {
+/// A store failure, logged, as the error a caller gets.
+pub(super) fn failed(what: &str, error: impl std::fmt::Display) -> KvError {
     tracing::error!(error = %error, "the cluster's key-value store failed: {what}");
     KvError::Failed(format!("{what}: {error}"))
-}
-
-fn key_of(key: &str) -> String {
-    format!("k{}", KEY64.encode(key))
-}
-
-fn key_from(stored: &str) -> Option<String> {
-    let encoded = stored.strip_prefix('k')?;
-    String::from_utf8(KEY64.decode(encoded).ok()?).ok()
 }
 
 impl JetStreamKv {
@@ -223,7 +155,7 @@ impl JetStreamKv {
     /// landed: it is sent again, with the same `Nats-Msg-Id`, for up to [`ACK_RETRY_FOR`];
     /// JetStream keeps one copy and answers the repeat with the first one's sequence. Only if no
     /// answer comes by then is the outcome [`Landed::Unknown`].
-    async fn publish(
+    pub(super) async fn publish(
         &self,
         store: &kv::Store,
         key: &str,
@@ -351,7 +283,7 @@ impl JetStreamKv {
 
     /// Adds `keys` and `bytes` to the bucket's usage; with `quota`, only if the usage then stays
     /// within it (what it would pass is refused, and nothing is added).
-    async fn account(
+    pub(super) async fn account(
         &self,
         store: &kv::Store,
         keys: i64,
@@ -498,91 +430,6 @@ impl JetStreamKv {
         )))
     }
 
-    /// Deletes up to `limit` expired entries in the next [`SWEEP_BUCKETS`] buckets of the
-    /// cluster (in turn: every bucket is swept once every `buckets / SWEEP_BUCKETS` rounds);
-    /// returns how many it deleted.
-    pub async fn sweep(&self, limit: usize) -> Result<usize, KvError> {
-        let mut names = self.js.stream_names();
-        let mut buckets = Vec::new();
-        while let Some(name) = names.next().await {
-            let name = name.map_err(|e| failed("listing buckets", e))?;
-            if let Some(hex) = name.strip_prefix(STREAM_PREFIX) {
-                buckets.push(format!("handoff_kv_{hex}"));
-            }
-        }
-        if buckets.is_empty() {
-            return Ok(0);
-        }
-        buckets.sort();
-        let first = self
-            .sweep_cursor
-            .fetch_add(SWEEP_BUCKETS, std::sync::atomic::Ordering::Relaxed)
-            % buckets.len();
-        let turn = buckets
-            .iter()
-            .cycle()
-            .skip(first)
-            .take(SWEEP_BUCKETS.min(buckets.len()));
-        let mut swept = 0;
-        for bucket in turn {
-            if swept >= limit {
-                break;
-            }
-            let store = self
-                .js
-                .get_key_value(bucket)
-                .await
-                .map_err(|e| failed("opening a bucket", e))?;
-            swept += self.sweep_bucket(&store, limit - swept).await?;
-        }
-        Ok(swept)
-    }
-
-    /// Deletes up to `limit` expired entries of `store`.
-    async fn sweep_bucket(&self, store: &kv::Store, limit: usize) -> Result<usize, KvError> {
-        let status = store
-            .status()
-            .await
-            .map_err(|e| failed("reading a bucket's status", e))?;
-        if status.values() == 0 {
-            return Ok(0);
-        }
-        // Each key's last message, in one pass.
-        let mut watch = store
-            .watch_with_history(">")
-            .await
-            .map_err(|e| failed("reading a bucket", e))?;
-        let now = now_ms();
-        let mut expired = Vec::new();
-        while let Ok(Some(entry)) = tokio::time::timeout(SWEEP_READ, watch.next()).await {
-            let entry = entry.map_err(|e| failed("reading a bucket", e))?;
-            if entry.operation == kv::Operation::Put
-                && let Some(key) = key_from(&entry.key)
-                && let Some(stored) = decode(&entry.value)
-                && !live(&stored, now)
-            {
-                let size = (key.len() + stored.value.len()) as i64;
-                expired.push((entry.key, entry.revision, size));
-            }
-            if entry.delta == 0 || expired.len() >= limit {
-                break;
-            }
-        }
-        drop(watch);
-        let mut swept = 0;
-        for (key, revision, size) in expired {
-            match self.publish(store, &key, None, revision).await {
-                Landed::Yes(_) => {
-                    self.account(store, -1, -size, None).await?;
-                    swept += 1;
-                }
-                Landed::Conflict => {}
-                Landed::No(error) | Landed::Unknown(error) => return Err(error),
-            }
-        }
-        Ok(swept)
-    }
-
     /// Every key of `bucket` (guest form), sorted.
     async fn keys(store: &kv::Store) -> Result<Vec<String>, KvError> {
         let mut keys = Vec::new();
@@ -702,61 +549,5 @@ impl Backend for JetStreamKv {
                 bytes: meta.bytes,
             })
         })
-    }
-}
-
-/// Every [`SWEEP_EVERY`] while `leads` says this node leads, deletes expired entries of every
-/// bucket ([`JetStreamKv::sweep`]). Ends at `stop`, or once the backend is gone.
-pub fn sweep_while(
-    kv: &std::sync::Arc<JetStreamKv>,
-    leads: impl Fn() -> bool + Send + 'static,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let kv = std::sync::Arc::downgrade(kv);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(SWEEP_EVERY) => {}
-            }
-            let Some(kv) = kv.upgrade() else { return };
-            if !leads() {
-                continue;
-            }
-            match kv.sweep(SWEEP).await {
-                Ok(0) => {}
-                Ok(swept) => tracing::debug!(swept, "expired key-value entries deleted"),
-                // `failed` logged it; the next round tries again.
-                Err(_) => {}
-            }
-        }
-    });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_round_trip_through_their_stored_form() {
-        for key in [
-            "",
-            "a",
-            "user:42/cart",
-            "ünï cödé",
-            "with.dots and spaces",
-            "meta",
-        ] {
-            let stored = key_of(key);
-            assert!(
-                stored
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
-                "{stored}"
-            );
-            assert_ne!(stored, META);
-            assert_eq!(key_from(&stored).as_deref(), Some(key));
-        }
-        assert_eq!(key_from(META), None, "the usage key is no guest key");
     }
 }

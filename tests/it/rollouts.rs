@@ -1,0 +1,345 @@
+//! Rollouts: a healthy candidate steps through and is promoted with no failed request; a
+//! failing, trapping or slow one is taken out by its gate with the reason recorded; a rollout
+//! continues after a restart where it was; request bodies stalled on a healthy candidate do not
+//! roll it back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use handoff::config::Config;
+use handoff_tests::{Connection, TestServer, eventually, guests};
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::delivery::{GENEROUS, get_with, in_dir, rollout, rollout_state, tally};
+
+/// Drives `path` with `clients` keep-alive clients until the route's rollout reaches a state
+/// other than running; returns the rollout then and how long after the candidate could first
+/// be judged (it had `min_requests` in the step, as the status showed) the rollout ended.
+async fn drive_until_decided(
+    server: &TestServer,
+    path: &str,
+    clients: usize,
+    min_requests: u64,
+) -> (Value, Duration) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..clients {
+        let (addr, stop, path) = (server.data, stop.clone(), path.to_owned());
+        load.push(tokio::spawn(async move {
+            let mut conn = Connection::open(addr).await;
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < GENEROUS {
+                let _ = conn.get(&path).await;
+            }
+        }));
+    }
+    let started = Instant::now();
+    let mut judgeable: Option<Instant> = None;
+    let rollout = loop {
+        assert!(
+            started.elapsed() < GENEROUS,
+            "the rollout did not end in time"
+        );
+        let rollout = rollout_state(server, "app").await;
+        if rollout["state"] != "running" {
+            break rollout;
+        }
+        let candidate = rollout["versions"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["role"] == "candidate"))
+            .and_then(|v| v["requests"].as_u64())
+            .unwrap_or(0);
+        if candidate >= min_requests && judgeable.is_none() {
+            judgeable = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = judgeable.map_or(Duration::ZERO, |at| at.elapsed());
+    eprintln!(
+        "rollout ended {} {took:?} after the candidate could be judged",
+        rollout["state"]
+    );
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    (rollout, took)
+}
+
+/// After a rollback: the route serves the stable version, and `requests` requests all succeed.
+async fn serves_stable_only(server: &TestServer, path: &str) {
+    let counts = tally(server, path, 200, 4).await;
+    assert_eq!(counts, HashMap::from([("v1".to_owned(), 200)]));
+    let status = server.status("app").await;
+    assert_eq!(status["versions"].as_array().unwrap().len(), 1, "{status}");
+}
+
+/// Rolls `candidate` out on a route serving the tagged v1, drives `path` with `clients` until
+/// a gate takes the candidate out, and checks what every rollback must show: weight 0 within
+/// 1.5 s of the candidate becoming judgeable, the reason in the rollout and the history (by
+/// `rollout`), `/metrics` saying so, and only the stable version serving afterwards. Returns
+/// the server and the reason.
+async fn rolled_back_by_a_gate(
+    candidate: &str,
+    path: &str,
+    clients: usize,
+    gates: Value,
+) -> (TestServer, String) {
+    let server = TestServer::start().await;
+    server.deploy("app", guests::TAGGED_V1).await;
+    let version = server.upload(candidate).await;
+    let mut options = json!({"steps": [50, 100], "step_time": "1m", "min_requests": 20});
+    options
+        .as_object_mut()
+        .unwrap()
+        .extend(gates.as_object().unwrap().clone());
+    rollout(&server, "app", &version, options).await;
+    let (rollout, took) = drive_until_decided(&server, path, clients, 20).await;
+    assert_eq!(rollout["state"], "rolled_back", "{rollout}");
+    assert_eq!(rollout["weight"], 0.0);
+    assert!(
+        took < Duration::from_millis(1_500),
+        "the candidate was taken out {took:?} after it could be judged"
+    );
+    let reason = rollout["reason"].as_str().unwrap().to_owned();
+    let history = server.history("app").await;
+    let last = history.versions.last().unwrap();
+    assert_eq!(
+        (last.action.as_str(), last.by.as_str()),
+        ("rollback", "rollout")
+    );
+    assert_eq!(last.message.as_deref(), Some(reason.as_str()));
+    let state = "handoff_rollout_state{route=\"app\",state=\"rolled_back\"}";
+    assert_eq!(server.metric(state).await, 1.0);
+    let weight = format!("handoff_rollout_weight_percent{{route=\"app\",candidate=\"{version}\"}}");
+    assert_eq!(server.metric(&weight).await, 0.0);
+    serves_stable_only(&server, path).await;
+    (server, reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_candidate_is_taken_out_within_a_second_and_the_reason_recorded() {
+    // `/app/error`: the stable version answers 200, the candidate 500.
+    let (server, reason) = rolled_back_by_a_gate(guests::FAILING, "/app/error", 4, json!({})).await;
+    assert!(reason.contains("error rate"), "{reason}");
+    assert!(reason.contains("max_error_rate 0.01"), "{reason}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_candidate_is_taken_out_by_the_error_gate() {
+    // `/app/trap`: the stable version answers 200, the candidate traps (a 500 from the host).
+    let (server, reason) = rolled_back_by_a_gate(guests::HOSTILE, "/app/trap", 4, json!({})).await;
+    assert!(reason.contains("error rate"), "{reason}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_candidate_is_taken_out_by_the_p99_gate() {
+    let gates = json!({"max_p99_ratio": 2.0});
+    let (server, reason) = rolled_back_by_a_gate(guests::TAGGED_SLOW, "/app", 8, gates).await;
+    assert!(reason.contains("p99"), "{reason}");
+    assert!(reason.contains("above max_p99_ratio 2"), "{reason}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_candidate_steps_through_and_is_promoted_with_zero_failed_requests() {
+    let server = TestServer::start().await;
+    server.deploy("app", guests::TAGGED_V1).await;
+    let v2 = server.upload(guests::TAGGED_V2).await;
+    rollout(
+        &server,
+        "app",
+        &v2,
+        json!({"steps": [10, 50, 100], "step_time": "300ms", "step_requests": 20, "min_requests": 10}),
+    )
+    .await;
+    // Load throughout: every response a 200 from v1 or v2.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        let (addr, stop) = (server.data, stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut conn = Connection::open(addr).await;
+            let mut answers: HashMap<String, usize> = HashMap::new();
+            let mut failures = Vec::new();
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < GENEROUS {
+                match conn.get("/app").await {
+                    Ok((StatusCode::OK, body)) => {
+                        *answers
+                            .entry(String::from_utf8_lossy(&body).into_owned())
+                            .or_default() += 1
+                    }
+                    other => failures.push(format!("{other:?}")),
+                }
+            }
+            (answers, failures)
+        }));
+    }
+    let mut weights = Vec::new();
+    let started = Instant::now();
+    let finished = loop {
+        assert!(
+            started.elapsed() < GENEROUS,
+            "not promoted in time: {weights:?}"
+        );
+        let rollout = rollout_state(&server, "app").await;
+        let weight = rollout["weight"].as_f64().unwrap();
+        if weights.last() != Some(&weight) {
+            weights.push(weight);
+        }
+        if rollout["state"] != "running" {
+            break rollout;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // A little more load on the promoted version, then stop.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut answers: HashMap<String, usize> = HashMap::new();
+    for task in load {
+        let (seen, failures) = task.await.unwrap();
+        assert!(failures.is_empty(), "failed requests: {failures:?}");
+        for (body, count) in seen {
+            *answers.entry(body).or_default() += count;
+        }
+    }
+    assert_eq!(finished["state"], "promoted", "{finished}");
+    assert!(weights.starts_with(&[10.0, 50.0]), "{weights:?}");
+    assert!(
+        answers.keys().all(|b| b == "v1" || b == "v2"),
+        "{answers:?}"
+    );
+    let status = server.route("app").await;
+    assert_eq!(status.active.version, v2);
+    assert_eq!(status.versions.len(), 1);
+    assert_eq!(server.get("/app").await.1, "v2");
+    let history = server.history("app").await;
+    let last = history.versions.last().unwrap();
+    assert_eq!(last.action, "promote");
+    assert_eq!(last.version, v2);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_continues_after_a_restart_where_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(in_dir(dir.path())).await;
+    server.deploy("app", guests::TAGGED_V1).await;
+    let v2 = server.upload(guests::TAGGED_V2).await;
+    // Without traffic it cannot leave its first step (it needs candidate requests).
+    rollout(
+        &server,
+        "app",
+        &v2,
+        json!({"steps": [20, 100], "step_time": "100ms", "step_requests": 10, "min_requests": 5}),
+    )
+    .await;
+    server.shutdown().await;
+
+    let server = TestServer::start_with(in_dir(dir.path())).await;
+    let resumed = rollout_state(&server, "app").await;
+    assert_eq!(
+        (&resumed["state"], &resumed["step"], &resumed["weight"]),
+        (&json!("running"), &json!(0), &json!(20.0)),
+        "{resumed}"
+    );
+    // Traffic: the controller of the new process steps it on and promotes it.
+    let (finished, _) = drive_until_decided(&server, "/app", 4, 5).await;
+    assert_eq!(finished["state"], "promoted", "{finished}");
+    assert_eq!(server.get("/app").await.1, "v2");
+    server.shutdown().await;
+}
+
+/// POSTs to `path` on a connection of its own, pinned to `version`, declaring a 1,000-byte body
+/// but sending only 10 bytes of it; the response's status once the server answers.
+async fn stalled_post(addr: std::net::SocketAddr, path: &str, version: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: handoff.test\r\nx-pin: {version}\r\ncontent-length: 1000\r\n\r\n0123456789"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(GENEROUS, stream.read(&mut buf))
+            .await
+            .expect("an answer within the deadline")
+            .unwrap();
+        assert!(n > 0, "the connection closed without an answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&answer);
+    line.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_bodies_pinned_to_a_healthy_candidate_do_not_roll_it_back() {
+    let server = TestServer::start_with(Config {
+        pin_header: Some("x-pin".parse().unwrap()),
+        limits: handoff::config::Limits {
+            request_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+        ..Config::ephemeral()
+    })
+    .await;
+    server.deploy("app", guests::TAGGED_V1).await;
+    let candidate = server.upload(guests::HOSTILE).await;
+    rollout(
+        &server,
+        "app",
+        &candidate,
+        json!({"steps": [50, 100], "step_time": "1m", "min_requests": 10}),
+    )
+    .await;
+    // The step's window opens at the controller's first look.
+    eventually("the step's figures", GENEROUS, || async {
+        let rollout = rollout_state(&server, "app").await;
+        rollout["versions"]
+            .as_array()
+            .is_some_and(|v| !v.is_empty())
+            .then_some(())
+    })
+    .await;
+    // Twelve POSTs pinned to the candidate, whose guest reads the body the client never sends:
+    // the client's doing, answered 408, not the candidate's failure.
+    let stalled: Vec<_> = (0..12)
+        .map(|_| {
+            let (addr, candidate) = (server.data, candidate.clone());
+            tokio::spawn(async move { stalled_post(addr, "/app/read-body", &candidate).await })
+        })
+        .collect();
+    // And twenty healthy requests pinned to it, so that its gates judge the step.
+    let mut conn = Connection::open(server.data).await;
+    for _ in 0..20 {
+        assert_eq!(
+            get_with(&mut conn, "/app/ok", ("x-pin", &candidate)).await,
+            (StatusCode::OK, "ok".into())
+        );
+    }
+    for post in stalled {
+        assert_eq!(post.await.unwrap(), 408, "a stalled request body");
+    }
+    // The controller judges every 100 ms: give it a dozen looks at the step.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1_200) {
+        let rollout = rollout_state(&server, "app").await;
+        assert_eq!(rollout["state"], "running", "{rollout}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rollout = rollout_state(&server, "app").await;
+    let figures = rollout["versions"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["role"] == "candidate").cloned())
+        .expect("the candidate's figures");
+    assert_eq!(figures["requests"], 20, "{rollout}");
+    assert_eq!(figures["error_rate"], 0.0, "{rollout}");
+    server.shutdown().await;
+}
