@@ -6,8 +6,9 @@
 //! `tracing_export`. Spans are received by a small OTLP/HTTP collector on loopback
 //! (`handoff_tests::otlp`, decoding with `opentelemetry-proto`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::tracing_changes::children;
 use bytes::Bytes;
 use handoff::config::Config;
 use handoff::trace::{Protocol, Settings};

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::tracing::{GENEROUS, traced};
 
 /// The spans of the trace whose root is `root`, by name, with their parent's name.
-fn children<'a>(spans: &'a [Span], root: &Span) -> Vec<(&'a str, &'a str)> {
+pub(crate) fn children<'a>(spans: &'a [Span], root: &Span) -> Vec<(&'a str, &'a str)> {
     let name_of = |id: &str| {
         spans
             .iter()
