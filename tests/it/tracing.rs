@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::tracing_changes::children;
+use crate::tracing_changes::{children, deploy_phases};
 use bytes::Bytes;
 use handoff::config::Config;
 use handoff::trace::{Protocol, Settings};
@@ -617,17 +617,7 @@ async fn an_admin_requests_traceparent_parents_the_change_it_causes() {
         (TRACE, PARENT)
     );
     // Its phases are still its own children (not the caller's).
-    let phases = receiver
-        .wait_for("the deploy's phases", GENEROUS, |spans| {
-            let found = children(spans, &deploy);
-            (found.len() >= 6).then(|| {
-                found
-                    .iter()
-                    .map(|(a, b)| format!("{a} < {b}"))
-                    .collect::<Vec<_>>()
-            })
-        })
-        .await;
+    let phases = deploy_phases(&receiver, &deploy).await;
     assert_eq!(
         phases,
         [

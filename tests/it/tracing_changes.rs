@@ -10,6 +10,21 @@ use serde_json::json;
 use crate::tracing::{GENEROUS, traced};
 
 /// The spans of the trace whose root is `root`, by name, with their parent's name.
+/// Waits for a deploy span's six phases and names each as `child < parent`.
+pub(crate) async fn deploy_phases(receiver: &Receiver, deploy: &Span) -> Vec<String> {
+    receiver
+        .wait_for("the deploy's phases", GENEROUS, |spans| {
+            let found = children(spans, deploy);
+            (found.len() >= 6).then(|| {
+                found
+                    .iter()
+                    .map(|(a, b)| format!("{a} < {b}"))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await
+}
+
 pub(crate) fn children<'a>(spans: &'a [Span], root: &Span) -> Vec<(&'a str, &'a str)> {
     let name_of = |id: &str| {
         spans
@@ -46,17 +61,7 @@ async fn changes_are_spans_with_their_phases() {
     assert!(deploy.parent_span_id.is_empty());
     assert_eq!(deploy.attr("handoff.route"), "api");
     assert_eq!(deploy.status_code, 0);
-    let phases = receiver
-        .wait_for("the deploy's phases", GENEROUS, |spans| {
-            let found = children(spans, &deploy);
-            (found.len() >= 6).then(|| {
-                found
-                    .iter()
-                    .map(|(a, b)| format!("{a} < {b}"))
-                    .collect::<Vec<_>>()
-            })
-        })
-        .await;
+    let phases = deploy_phases(&receiver, &deploy).await;
     assert_eq!(
         phases,
         [
