@@ -2,9 +2,10 @@
 //! imports from its parent or another module it is nested in (only from its siblings or other
 //! modules; `super::item` or `crate::parent::item` alike), and the children of any
 //! module form no import loop either (`kv::draft` and `kv::host` may not import each other, nor
-//! three siblings around a ring), so no two files import each other. Imports are read from the
-//! sources (`crate::` and `super::` paths, groups included); comments and test code do not
-//! count.
+//! three siblings around a ring), so no two files import each other. Some modules are also
+//! kept apart from a module or crate they must not know ([`APART`]: the admin-API client from
+//! the command line). Imports are read from the sources (`crate::` and `super::` paths, groups
+//! included); comments and test code do not count.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -85,6 +86,45 @@ fn after<'a>(code: &'a str, prefix: &str) -> Vec<&'a str> {
         }
     }
     names
+}
+
+/// (module, what it must not name: a module of this crate or an external crate, why).
+const APART: &[(&str, &str, &str)] = &[
+    (
+        "client",
+        "cli",
+        "the client takes plain values (`client::Admin`, `client::Deploy`, `api` requests); \
+         `cli` maps its flags into them",
+    ),
+    (
+        "client",
+        "clap",
+        "the client runs without the command line's parser",
+    ),
+];
+
+#[test]
+fn modules_kept_apart_never_name_each_other() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut wrong = Vec::new();
+    for (module, not, why) in APART {
+        let dir = src.join(module);
+        let files: Vec<PathBuf> = match dir.is_dir() {
+            true => sources(&dir).into_iter().map(|f| dir.join(f)).collect(),
+            false => vec![src.join(format!("{module}.rs"))],
+        };
+        assert!(files.iter().all(|f| f.exists()), "no module `{module}`");
+        for file in files {
+            let code = code(&std::fs::read_to_string(&file).unwrap());
+            let internal = after(&code, "crate::").contains(not);
+            let external = !after(&code, &format!("{not}::")).is_empty()
+                || code.contains(&format!("use {not};"));
+            if internal || external {
+                wrong.push(format!("{} names `{not}`: {why}", file.display()));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 #[test]

@@ -41,6 +41,7 @@ pub mod digest;
 pub(crate) mod dispatch;
 pub mod engine;
 pub mod events;
+pub mod exit;
 mod fuzz;
 pub(crate) mod guest_log;
 pub mod host;

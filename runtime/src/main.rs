@@ -6,7 +6,9 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use handoff::cli::{Cli, Command, Failure, exit};
+use handoff::cli::{Cli, Command, RouteArgs};
+use handoff::client;
+use handoff::exit::{self, Failure};
 use handoff::server::Server;
 use handoff::state::private::UntrustedDataDir;
 
@@ -84,26 +86,48 @@ async fn run(command: Command) -> Result<(), Failure> {
                 () = signals.second.cancelled() => Err(Signals::forced()),
             }
         }
-        Command::Deploy(args) => handoff::client::deploy(args).await,
-        Command::Routes(args) => handoff::client::routes(args).await,
-        Command::Status(args) => handoff::client::status(args).await,
-        Command::Nodes(args) => handoff::client::nodes::nodes(args).await,
-        Command::Events(args) => handoff::client::events::events(args).await,
-        Command::Logs(args) => handoff::client::events::logs(args).await,
-        Command::Delete(args) => handoff::client::delete(args).await,
-        Command::Versions(args) => handoff::client::versions(args).await,
-        Command::Rollback(args) => handoff::client::rollback(args).await,
-        Command::Upload(args) => handoff::client::upload(args).await,
-        Command::Activate(args) => handoff::client::activate(args).await,
-        Command::Keygen(args) => handoff::client::keygen(args),
-        Command::Rollout(args) => handoff::client::delivery::rollout(args).await,
-        Command::Promote(args) => handoff::client::delivery::act(args, "promote").await,
-        Command::Abort(args) => handoff::client::delivery::act(args, "abort").await,
-        Command::Pause(args) => handoff::client::delivery::act(args, "pause").await,
-        Command::Resume(args) => handoff::client::delivery::act(args, "resume").await,
-        Command::Weight(args) => handoff::client::delivery::weight(args).await,
-        Command::Shadow(args) => handoff::client::delivery::shadow(args).await,
-        Command::Kv(args) => handoff::client::kv::run(args).await,
+        // The admin commands: their flags become the client's plain values here.
+        Command::Deploy(args) => client::deploy(&args.admin.to_client(), args.into()).await,
+        Command::Routes(args) => client::routes(&args.admin.to_client()).await,
+        Command::Status(args) => {
+            client::status(&args.admin.to_client(), &args.route, args.watch).await
+        }
+        Command::Nodes(args) => client::nodes::nodes(&args.admin.to_client()).await,
+        Command::Events(args) => {
+            client::events::events(&args.admin.to_client(), args.route.as_deref()).await
+        }
+        Command::Logs(args) => client::events::logs(&args.admin.to_client(), &args.route).await,
+        Command::Delete(args) => client::delete(&args.admin.to_client(), &args.route).await,
+        Command::Versions(args) => client::versions(&args.admin.to_client(), &args.route).await,
+        Command::Rollback(args) => {
+            client::rollback(&args.admin.to_client(), &args.route, args.to()).await
+        }
+        Command::Upload(args) => {
+            client::upload(&args.admin.to_client(), &args.file, args.sign.as_deref()).await
+        }
+        Command::Activate(args) => {
+            let admin = args.admin.to_client();
+            client::activate(&admin, &args.route, &args.version, args.prefix).await
+        }
+        Command::Keygen(args) => client::keygen(&args.file, &args.name),
+        Command::Rollout(args) => {
+            let admin = args.admin.to_client();
+            client::delivery::rollout(&admin, &args.route, &args.candidate(), args.request()).await
+        }
+        Command::Promote(args) => act(args, "promote").await,
+        Command::Abort(args) => act(args, "abort").await,
+        Command::Pause(args) => act(args, "pause").await,
+        Command::Resume(args) => act(args, "resume").await,
+        Command::Weight(args) => {
+            client::delivery::weight(&args.admin.to_client(), &args.route, args.weight).await
+        }
+        Command::Shadow(args) => {
+            client::delivery::shadow(&args.admin.to_client(), &args.route, args.change()).await
+        }
+        Command::Kv(args) => {
+            let (admin, bucket, op) = args.to_client()?;
+            client::kv::run(&admin, &bucket, op).await
+        }
         Command::New(args) => {
             let created = handoff::scaffold::run(args)?;
             let dir = created.dir.display();
@@ -118,6 +142,11 @@ async fn run(command: Command) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// `handoff promote|abort|pause|resume ROUTE`.
+async fn act(args: RouteArgs, action: &str) -> Result<(), Failure> {
+    client::delivery::act(&args.admin.to_client(), &args.route, action).await
 }
 
 async fn serve(

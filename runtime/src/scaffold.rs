@@ -10,7 +10,8 @@ mod example;
 
 use std::path::{Path, PathBuf};
 
-use crate::cli::{Failure, NewArgs, Wasi, exit};
+use crate::cli::{NewArgs, Wasi};
+use crate::exit::{self, Failure};
 use example::example_files;
 
 /// The SDK of the checkout this binary was built from.

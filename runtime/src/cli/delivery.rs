@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use super::admin::AdminArgs;
-use super::exit;
+use crate::api;
+use crate::client::delivery::{Component, ShadowChange};
+use crate::exit;
 
 /// Arguments of `handoff rollout`.
 #[derive(Debug, clap::Args)]
@@ -52,6 +54,39 @@ pub struct RolloutArgs {
     pub admin: AdminArgs,
 }
 
+impl RolloutArgs {
+    /// The candidate to upload or look up.
+    pub fn candidate(&self) -> Component {
+        Component {
+            given: self.candidate.clone(),
+            sign: self.sign.clone(),
+        }
+    }
+
+    /// The rollout these flags ask for (its `version` is the client's to fill in): what is
+    /// left out is the server's default; `--waves` is a size if it is a number, else node names.
+    pub fn request(&self) -> api::RolloutRequest {
+        api::RolloutRequest {
+            version: String::new(),
+            steps: (!self.steps.is_empty()).then(|| self.steps.clone()),
+            step_time: self.step_time.clone(),
+            step_requests: self.step_requests,
+            sticky: self.sticky.clone(),
+            max_error_rate: self.max_error_rate,
+            max_p99_ratio: self.max_p99_ratio,
+            min_requests: self.min_requests,
+            manual: self.manual.then_some(true),
+            waves: self
+                .waves
+                .as_deref()
+                .map(|waves| match waves.parse::<usize>() {
+                    Ok(size) => api::Waves::Size(size),
+                    Err(_) => api::Waves::Nodes(waves.split(',').map(str::to_owned).collect()),
+                }),
+        }
+    }
+}
+
 /// Arguments of `handoff weight`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = exit::help())]
@@ -95,4 +130,28 @@ pub struct ShadowArgs {
     /// The admin API and output format.
     #[command(flatten)]
     pub admin: AdminArgs,
+}
+
+impl ShadowArgs {
+    /// What these flags do to the route's shadow: `--off` stops it, a SHADOW starts one (what
+    /// is left out is the server's default), neither shows it.
+    pub fn change(&self) -> ShadowChange {
+        match &self.shadow {
+            _ if self.off => ShadowChange::Stop,
+            None => ShadowChange::Show,
+            Some(given) => ShadowChange::Start(
+                Component {
+                    given: given.clone(),
+                    sign: self.sign.clone(),
+                },
+                api::ShadowRequest {
+                    version: String::new(),
+                    percent: self.percent,
+                    compare_headers: (!self.compare_headers.is_empty())
+                        .then(|| self.compare_headers.clone()),
+                    allow_outbound: self.allow_outbound.then_some(true),
+                },
+            ),
+        }
+    }
 }

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use super::admin::AdminArgs;
-use super::exit;
+use crate::client::Admin;
+use crate::client::kv::{Bucket, Op, Value};
+use crate::exit::{self, Failure};
 
 /// Arguments of `handoff kv`.
 #[derive(Debug, clap::Args)]
@@ -15,6 +17,44 @@ pub struct KvArgs {
     /// What to do.
     #[command(subcommand)]
     pub command: KvCommand,
+}
+
+impl KvArgs {
+    /// The admin API, the bucket and what to do with it; a `--ttl` that is not a duration is
+    /// [`exit::USAGE`].
+    pub fn to_client(self) -> Result<(Admin, Bucket, Op), Failure> {
+        let (admin, bucket, op) = match self.command {
+            KvCommand::Keys(args) => (args.admin, args.bucket, Op::Keys),
+            KvCommand::Get(args) => (args.admin, args.bucket, Op::Get { key: args.key }),
+            KvCommand::Delete(args) => (args.admin, args.bucket, Op::Delete { key: args.key }),
+            KvCommand::Export(args) => (args.admin, args.bucket, Op::Export),
+            KvCommand::Import(args) => (args.admin, args.bucket, Op::Import { file: args.file }),
+            KvCommand::Put(args) => {
+                let ttl = args
+                    .ttl
+                    .as_deref()
+                    .map(crate::units::parse_duration)
+                    .transpose()
+                    .map_err(|e| Failure::new(exit::USAGE, format!("--ttl: {e}")))?;
+                let value = match (args.file, args.value) {
+                    (Some(file), _) => Value::File(file),
+                    (None, text) => Value::Text(text.unwrap_or_default()),
+                };
+                let op = Op::Put {
+                    key: args.key,
+                    value,
+                    ttl,
+                };
+                (args.admin, args.bucket, op)
+            }
+        };
+        let bucket = match (bucket.route, bucket.bucket) {
+            (Some(route), _) => Bucket::Route(route),
+            (None, Some(shared)) => Bucket::Shared(shared),
+            (None, None) => unreachable!("clap requires --route or --bucket"),
+        };
+        Ok((admin.to_client(), bucket, op))
+    }
 }
 
 /// The `handoff kv` subcommands.

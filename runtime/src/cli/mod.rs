@@ -1,13 +1,14 @@
-//! The `handoff` command line: flags, subcommands and exit codes. Doc comments here are the
-//! `--help` text. Parsing only: the commands themselves live in [`crate::client`] (the admin-API
+//! The `handoff` command line: flags and subcommands. Doc comments here are the `--help`
+//! text. Parsing only: the commands themselves live in [`crate::client`] (the admin-API
 //! clients), [`crate::scaffold`] (`new`), [`crate::dev`] (`dev`) and the binary (`serve`).
+//! The admin commands' flags are mapped here into the client's plain values (`to_client`,
+//! `request`, ...), so the client never sees clap; the exit codes are [`crate::exit`]'s.
 
-pub mod admin;
-pub mod delivery;
-pub mod exit;
-pub mod file;
+mod admin;
+mod delivery;
+mod file;
 pub mod kv;
-pub mod serve;
+pub(crate) mod serve;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -20,32 +21,9 @@ pub use serve::{FileExtras, RouteDefaults, ServeArgs};
 
 use file::ConfigFile;
 
+use crate::client::{Deploy, RollbackTo};
+use crate::exit;
 use crate::settings::SETTINGS;
-
-/// A command's failure: the exit code and the one-line reason printed on stderr.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    /// One of the [`exit`] codes.
-    pub code: u8,
-    /// A sentence saying what went wrong and, where possible, what to do.
-    pub message: String,
-}
-
-impl Failure {
-    /// A failure with exit code `code`.
-    pub fn new(code: u8, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
 
 /// What `handoff --version` says: this release and the wasmtime it embeds (the one that
 /// compiles and runs guests, so the one whose compiled artifacts it can load).
@@ -256,6 +234,36 @@ pub struct DeployArgs {
     pub admin: AdminArgs,
 }
 
+impl From<DeployArgs> for Deploy {
+    /// The deploy these flags ask for: the settings as the query pairs the server reads, in
+    /// the order given (`--config`, `--dir`, `--allow-outbound`, `--kv`, then the limits).
+    fn from(args: DeployArgs) -> Self {
+        let mut settings = Vec::new();
+        let pairs = |key: &'static str, values: Vec<String>| {
+            values.into_iter().map(move |value| (key.to_owned(), value))
+        };
+        settings.extend(pairs("config", args.config));
+        settings.extend(pairs("dir", args.dir.into_iter().collect()));
+        settings.extend(pairs("allow-outbound", args.allow_outbound));
+        settings.extend(pairs("kv", args.kv));
+        settings.extend(
+            args.limits
+                .0
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value)),
+        );
+        Deploy {
+            route: args.route,
+            file: args.file,
+            sign: args.sign,
+            prefix: args.prefix,
+            label: args.label,
+            message: args.message,
+            settings,
+        }
+    }
+}
+
 /// Arguments of `handoff rollback`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = exit::help())]
@@ -271,6 +279,17 @@ pub struct RollbackArgs {
     /// The admin API and output format.
     #[command(flatten)]
     pub admin: AdminArgs,
+}
+
+impl RollbackArgs {
+    /// Where these flags roll back to.
+    pub fn to(&self) -> RollbackTo {
+        match (&self.version, &self.label) {
+            (Some(version), _) => RollbackTo::Version(version.clone()),
+            (None, Some(label)) => RollbackTo::Label(label.clone()),
+            (None, None) => RollbackTo::Previous,
+        }
+    }
 }
 
 /// Arguments of `handoff upload`.

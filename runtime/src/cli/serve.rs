@@ -20,7 +20,7 @@ use crate::units::{Dur, Size};
 /// Precedence: a flag (or its `HANDOFF_*` environment variable) wins over the `--config` file,
 /// which wins over the defaults.
 #[derive(Debug, clap::Args)]
-#[command(after_help = crate::cli::exit::help())]
+#[command(after_help = crate::exit::help())]
 pub struct ServeArgs {
     /// A TOML file with any of these settings, keys spelled like the flags
     /// (`admin-listen = "127.0.0.1:8081"`, `request-timeout = "10s"`). Flags and their

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use serde::de::DeserializeOwned;
 
 use crate::api;
-use crate::cli::{Failure, exit};
+use crate::exit::{self, Failure};
 use crate::http_client::{CA_ENV, ConnectError, Connection, Endpoint, tls_connector};
 
 /// How long to wait for the TCP connection to the admin API.
@@ -59,6 +59,23 @@ pub struct Reply {
     pub status: StatusCode,
     /// Its body, whole.
     pub body: Bytes,
+}
+
+/// Where the admin API is and how a command prints its answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// The admin API's URL (`http://127.0.0.1:8081`, or `https://…` with
+    /// `$HANDOFF_ADMIN_CA` for a private certificate authority).
+    pub url: String,
+    /// Print the server's JSON as it came instead of a table; on failure, its problem document.
+    pub json: bool,
+}
+
+impl Admin {
+    /// A client of this admin API; a malformed URL is [`exit::USAGE`].
+    pub(super) fn client(&self) -> Result<AdminClient, Failure> {
+        AdminClient::new(&self.url)
+    }
 }
 
 /// A client of one admin API.
@@ -278,7 +295,7 @@ pub(super) fn print(bytes: &[u8]) {
 }
 
 /// A component upload, signed with the private key in `key` when given.
-pub(super) fn signed(bytes: Bytes, key: &Option<std::path::PathBuf>) -> Result<Payload, Failure> {
+pub(super) fn signed(bytes: Bytes, key: Option<&Path>) -> Result<Payload, Failure> {
     let mut payload = Payload::wasm(bytes);
     if let Some(key) = key {
         let private = std::fs::read_to_string(key).map_err(|e| {

@@ -5,63 +5,68 @@
 //! given as a version is a full digest or a unique prefix of at least 8 hex digits among the
 //! stored modules. The server decides everything else.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use http::Method;
 
 use super::admin::{
-    AdminClient, Payload, encode, modules_starting_with, print, read_component, signed, status_text,
+    Admin, AdminClient, Payload, encode, modules_starting_with, print, read_component, signed,
+    status_text,
 };
 use super::render_delivery::{render, render_shadow};
 use crate::api::{self, RolloutStatus, ShadowStatus};
-use crate::cli::{AdminArgs, Failure, RolloutArgs, RouteArgs, ShadowArgs, WeightArgs, exit};
+use crate::exit::{self, Failure};
 
 /// The fewest hex digits a version prefix may have.
 const MIN_PREFIX: usize = 8;
 
-/// `handoff rollout ROUTE FILE.wasm|VERSION [...]`.
-pub async fn rollout(args: RolloutArgs) -> Result<(), Failure> {
-    let AdminArgs { admin, json } = &args.admin;
-    let client = AdminClient::new(admin)?;
-    let version = stored_version(&client, &args.candidate, &args.sign).await?;
+/// A rollout's candidate or a shadow: a `.wasm` file (uploaded first), or a stored version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Component {
+    /// A `.wasm` file, or a stored version: a full digest or a unique prefix of at least 8 hex
+    /// digits.
+    pub given: String,
+    /// The private key file to sign the upload with, when `given` is a file.
+    pub sign: Option<PathBuf>,
+}
+
+/// What `handoff shadow` does to a route's shadow.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShadowChange {
+    /// Show what it found.
+    Show,
+    /// Stop it.
+    Stop,
+    /// Start one with this component; the request's `version` is the component's.
+    Start(Component, api::ShadowRequest),
+}
+
+/// `handoff rollout ROUTE FILE.wasm|VERSION [...]`: `request`'s `version` is replaced by the
+/// candidate's (uploaded first when it is a file).
+pub async fn rollout(
+    admin: &Admin,
+    route: &str,
+    candidate: &Component,
+    request: api::RolloutRequest,
+) -> Result<(), Failure> {
+    let client = admin.client()?;
     let request = api::RolloutRequest {
-        version,
-        steps: (!args.steps.is_empty()).then(|| args.steps.clone()),
-        step_time: args.step_time.clone(),
-        step_requests: args.step_requests,
-        sticky: args.sticky.clone(),
-        max_error_rate: args.max_error_rate,
-        max_p99_ratio: args.max_p99_ratio,
-        min_requests: args.min_requests,
-        manual: args.manual.then_some(true),
-        waves: args
-            .waves
-            .as_deref()
-            .map(|waves| match waves.parse::<usize>() {
-                Ok(size) => api::Waves::Size(size),
-                Err(_) => api::Waves::Nodes(waves.split(',').map(str::to_owned).collect()),
-            }),
+        version: stored_version(&client, candidate).await?,
+        ..request
     };
-    let path = format!("/v1/routes/{}/rollout", encode(&args.route));
+    let path = format!("/v1/routes/{}/rollout", encode(route));
     let body: RolloutStatus = client
         .call(
             "rollout",
             Method::POST,
             &path,
             Some(Payload::json(&request)),
-            *json,
+            admin.json,
         )
         .await?;
-    if !json {
-        print(
-            format!(
-                "started a rollout on route {}\n{}",
-                args.route,
-                render(&body)
-            )
-            .as_bytes(),
-        );
+    if !admin.json {
+        print(format!("started a rollout on route {route}\n{}", render(&body)).as_bytes());
     }
     Ok(())
 }
@@ -143,59 +148,55 @@ async fn missing(client: &AdminClient, route: &str, needs: Needs) -> Option<Stri
 }
 
 /// `handoff promote|abort|pause|resume ROUTE`: `action` is the path's last segment.
-pub async fn act(args: RouteArgs, action: &str) -> Result<(), Failure> {
-    let AdminArgs { admin, json } = args.admin;
-    let client = AdminClient::new(&admin)?;
-    let path = format!("/v1/routes/{}/rollout/{action}", encode(&args.route));
+pub async fn act(admin: &Admin, route: &str, action: &str) -> Result<(), Failure> {
+    let client = admin.client()?;
+    let path = format!("/v1/routes/{}/rollout/{action}", encode(route));
     let body: RolloutStatus = call_on(
         &client,
         action,
         Method::POST,
         &path,
         None,
-        json,
-        &args.route,
+        admin.json,
+        route,
         Needs::Rollout,
     )
     .await?;
-    if !json {
+    if !admin.json {
         print(render(&body).as_bytes());
     }
     Ok(())
 }
 
-/// `handoff weight ROUTE N`.
-pub async fn weight(args: WeightArgs) -> Result<(), Failure> {
-    let AdminArgs { admin, json } = args.admin;
-    let client = AdminClient::new(&admin)?;
-    let path = format!("/v1/routes/{}/rollout", encode(&args.route));
-    let request = api::WeightRequest {
-        weight: args.weight,
-    };
+/// `handoff weight ROUTE N`: the candidate's weight in percent.
+pub async fn weight(admin: &Admin, route: &str, weight: f64) -> Result<(), Failure> {
+    let client = admin.client()?;
+    let path = format!("/v1/routes/{}/rollout", encode(route));
+    let request = api::WeightRequest { weight };
     let body: RolloutStatus = call_on(
         &client,
         "weight",
         Method::PATCH,
         &path,
         Some(Payload::json(&request)),
-        json,
-        &args.route,
+        admin.json,
+        route,
         Needs::Rollout,
     )
     .await?;
-    if !json {
+    if !admin.json {
         print(render(&body).as_bytes());
     }
     Ok(())
 }
 
 /// `handoff shadow ROUTE [FILE.wasm|VERSION] [--percent N] [--compare-header H] [--off]`.
-pub async fn shadow(args: ShadowArgs) -> Result<(), Failure> {
-    let AdminArgs { admin, json } = &args.admin;
-    let client = AdminClient::new(admin)?;
-    let path = format!("/v1/routes/{}/shadow", encode(&args.route));
-    let (what, body): (&str, ShadowStatus) = match &args.shadow {
-        _ if args.off => (
+pub async fn shadow(admin: &Admin, route: &str, change: ShadowChange) -> Result<(), Failure> {
+    let client = admin.client()?;
+    let json = admin.json;
+    let path = format!("/v1/routes/{}/shadow", encode(route));
+    let (what, body): (&str, ShadowStatus) = match change {
+        ShadowChange::Stop => (
             "stopped the shadow of",
             call_on(
                 &client,
@@ -203,13 +204,13 @@ pub async fn shadow(args: ShadowArgs) -> Result<(), Failure> {
                 Method::DELETE,
                 &path,
                 None,
-                *json,
-                &args.route,
+                json,
+                route,
                 Needs::Shadow,
             )
             .await?,
         ),
-        None => (
+        ShadowChange::Show => (
             "the shadow of",
             call_on(
                 &client,
@@ -217,19 +218,16 @@ pub async fn shadow(args: ShadowArgs) -> Result<(), Failure> {
                 Method::GET,
                 &path,
                 None,
-                *json,
-                &args.route,
+                json,
+                route,
                 Needs::Shadow,
             )
             .await?,
         ),
-        Some(given) => {
+        ShadowChange::Start(shadow, request) => {
             let request = api::ShadowRequest {
-                version: stored_version(&client, given, &args.sign).await?,
-                percent: args.percent,
-                compare_headers: (!args.compare_headers.is_empty())
-                    .then(|| args.compare_headers.clone()),
-                allow_outbound: args.allow_outbound.then_some(true),
+                version: stored_version(&client, &shadow).await?,
+                ..request
             };
             let body = client
                 .call(
@@ -237,7 +235,7 @@ pub async fn shadow(args: ShadowArgs) -> Result<(), Failure> {
                     Method::PUT,
                     &path,
                     Some(Payload::json(&request)),
-                    *json,
+                    json,
                 )
                 .await?;
             ("started a shadow on", body)
@@ -245,8 +243,7 @@ pub async fn shadow(args: ShadowArgs) -> Result<(), Failure> {
     };
     if !json {
         let text = format!(
-            "{what} route {}\n{}",
-            args.route,
+            "{what} route {route}\n{}",
             render_shadow(&body, SystemTime::now())
         );
         print(text.as_bytes());
@@ -254,13 +251,10 @@ pub async fn shadow(args: ShadowArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// A stored module's full version from `given`: a `.wasm` file to upload, a full digest, or a
-/// unique prefix of one among the stored modules.
-async fn stored_version(
-    client: &AdminClient,
-    given: &str,
-    sign: &Option<std::path::PathBuf>,
-) -> Result<String, Failure> {
+/// A stored module's full version from `component`: a `.wasm` file to upload, a full digest,
+/// or a unique prefix of one among the stored modules.
+async fn stored_version(client: &AdminClient, component: &Component) -> Result<String, Failure> {
+    let Component { given, sign } = component;
     let path = Path::new(given);
     if given.ends_with(".wasm") || path.is_file() {
         let bytes = read_component(path).await?;
@@ -269,7 +263,7 @@ async fn stored_version(
                 "upload",
                 Method::POST,
                 "/v1/modules",
-                Some(signed(bytes, sign)?),
+                Some(signed(bytes, sign.as_deref())?),
                 false,
             )
             .await?;

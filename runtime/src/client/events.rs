@@ -10,10 +10,10 @@ use std::time::Duration;
 use http::{Method, header};
 use http_body_util::BodyExt;
 
-use super::admin::{AdminClient, Reply, encode, print};
+use super::admin::{Admin, AdminClient, Reply, encode, print};
 use super::render::short;
 use crate::api::{Event, EventKind, LogLine};
-use crate::cli::{EventsArgs, Failure, RouteArgs, exit};
+use crate::exit::{self, Failure};
 use crate::http_client::Connection;
 
 /// How long to wait before reconnecting after the stream ended.
@@ -186,17 +186,18 @@ impl EventStream {
     }
 }
 
-/// `handoff events [--route NAME]`: prints events as they happen, until interrupted.
-pub async fn events(args: EventsArgs) -> Result<(), Failure> {
-    let client = AdminClient::new(&args.admin.admin)?;
+/// `handoff events [--route NAME]`: prints events (only `route`'s, when given) as they
+/// happen, until interrupted.
+pub async fn events(admin: &Admin, route: Option<&str>) -> Result<(), Failure> {
+    let client = admin.client()?;
     let mut last_id = None;
     loop {
-        let mut stream = client.events(args.route.as_deref(), last_id).await?;
+        let mut stream = client.events(route, last_id).await?;
         while let Some(event) = stream.next().await? {
             if event.id != 0 {
                 last_id = Some(event.id);
             }
-            let line = if args.admin.json {
+            let line = if admin.json {
                 serde_json::to_string(&event).expect("an event serializes") + "\n"
             } else {
                 line(&event)
@@ -211,9 +212,9 @@ pub async fn events(args: EventsArgs) -> Result<(), Failure> {
 /// `handoff logs ROUTE`: prints the route's guest log lines as they are written (`--json`:
 /// each line's JSON), following again when the server ends the stream, until interrupted.
 /// Lines written while it is not connected are not shown (the server keeps none).
-pub async fn logs(args: RouteArgs) -> Result<(), Failure> {
-    let client = AdminClient::new(&args.admin.admin)?;
-    let path = format!("/v1/routes/{}/logs", encode(&args.route));
+pub async fn logs(admin: &Admin, route: &str) -> Result<(), Failure> {
+    let client = admin.client()?;
+    let path = format!("/v1/routes/{}/logs", encode(route));
     loop {
         let (mut body, _connection) = client
             .open_stream(&path, None, "following the guest logs")
@@ -231,7 +232,7 @@ pub async fn logs(args: RouteArgs) -> Result<(), Failure> {
                         "({} lines missed: this client fell behind)\n",
                         missed["missed"]
                     )
-                } else if args.admin.json {
+                } else if admin.json {
                     message.data + "\n"
                 } else {
                     match serde_json::from_str::<LogLine>(&message.data) {

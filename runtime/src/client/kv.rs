@@ -6,17 +6,69 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http::Method;
 
-use super::admin::{AdminClient, Payload, encode, print};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::admin::{Admin, AdminClient, Payload, encode, print};
 use crate::api;
-use crate::cli::kv::{BucketArgs, KvArgs, KvCommand};
-use crate::cli::{Failure, exit};
+use crate::exit::{self, Failure};
+
+/// Which bucket: a route's own, or a shared one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bucket {
+    /// The route's own bucket (`default` in its guests).
+    Route(String),
+    /// A shared bucket (granted to routes with `deploy --kv NAME`).
+    Shared(String),
+}
+
+/// What `handoff kv` does with a bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Print every key, one per line, in order.
+    Keys,
+    /// Print a key's value (`--json`: with its version and expiry).
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Set a key.
+    Put {
+        /// The key.
+        key: String,
+        /// Its value.
+        value: Value,
+        /// Let it expire after this long.
+        ttl: Option<Duration>,
+    },
+    /// Delete a key.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Write every entry to stdout as JSON lines (what `Import` reads).
+    Export,
+    /// Write the entries of a JSON-lines file (`-`: stdin) into the bucket.
+    Import {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+/// A value to put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// This text.
+    Text(String),
+    /// The bytes of this file (sent as text when they are UTF-8).
+    File(PathBuf),
+}
 
 /// The URL of a bucket's endpoints.
-fn base(bucket: &BucketArgs) -> String {
-    match (&bucket.route, &bucket.bucket) {
-        (Some(route), _) => format!("/v1/routes/{}/kv", encode(route)),
-        (None, Some(shared)) => format!("/v1/kv/{}", encode(shared)),
-        (None, None) => unreachable!("clap requires --route or --bucket"),
+fn base(bucket: &Bucket) -> String {
+    match bucket {
+        Bucket::Route(route) => format!("/v1/routes/{}/kv", encode(route)),
+        Bucket::Shared(shared) => format!("/v1/kv/{}", encode(shared)),
     }
 }
 
@@ -32,9 +84,9 @@ fn local(what: &str, error: impl std::fmt::Display) -> Failure {
 /// What an empty listing of `bucket` means: an error for a route or shared bucket that does
 /// not exist, else the sentence that says the bucket is empty (for stderr: stdout stays the
 /// keys, one per line).
-async fn empty_bucket(client: &AdminClient, bucket: &BucketArgs) -> Result<String, Failure> {
-    match (&bucket.route, &bucket.bucket) {
-        (Some(route), _) => {
+async fn empty_bucket(client: &AdminClient, bucket: &Bucket) -> Result<String, Failure> {
+    match bucket {
+        Bucket::Route(route) => {
             let path = format!("/v1/routes/{}", encode(route));
             let reply = client.send(Method::GET, &path, None).await?;
             if reply.status == http::StatusCode::NOT_FOUND {
@@ -51,7 +103,7 @@ async fn empty_bucket(client: &AdminClient, bucket: &BucketArgs) -> Result<Strin
             }
             Ok(format!("the bucket of route {route} holds no keys"))
         }
-        (None, Some(shared)) => {
+        Bucket::Shared(shared) => {
             let routes: api::RouteList = client
                 .call("listing the keys", Method::GET, "/v1/routes", None, false)
                 .await?;
@@ -70,19 +122,19 @@ async fn empty_bucket(client: &AdminClient, bucket: &BucketArgs) -> Result<Strin
             }
             Ok(format!("the shared bucket {shared} holds no keys"))
         }
-        (None, None) => unreachable!("clap requires --route or --bucket"),
     }
 }
 
-/// `handoff kv ...`.
-pub async fn run(args: KvArgs) -> Result<(), Failure> {
-    match args.command {
-        KvCommand::Keys(args) => {
-            let client = AdminClient::new(&args.admin.admin)?;
+/// `handoff kv ...`: `op` on `bucket`.
+pub async fn run(admin: &Admin, bucket: &Bucket, op: Op) -> Result<(), Failure> {
+    let client = admin.client()?;
+    let json = admin.json;
+    match op {
+        Op::Keys => {
             let mut cursor: Option<String> = None;
             let mut first = true;
             loop {
-                let mut path = format!("{}/keys", base(&args.bucket));
+                let mut path = format!("{}/keys", base(bucket));
                 if let Some(cursor) = &cursor {
                     path = format!("{path}?cursor={}", encode(cursor));
                 }
@@ -90,11 +142,11 @@ pub async fn run(args: KvArgs) -> Result<(), Failure> {
                 if first && reply.status == http::StatusCode::NOT_FOUND {
                     // A server that answers 404 for a bucket nothing was written to: an
                     // error if its route or shared bucket does not exist, else it is empty.
-                    let empty = empty_bucket(&client, &args.bucket).await?;
+                    let empty = empty_bucket(&client, bucket).await?;
                     eprintln!("{empty}");
                     return Ok(());
                 }
-                if args.admin.json {
+                if json {
                     reply.print();
                 }
                 if !reply.status.is_success() {
@@ -103,14 +155,14 @@ pub async fn run(args: KvArgs) -> Result<(), Failure> {
                 let page: api::KvKeys = client.read(&reply)?;
                 if first && page.keys.is_empty() && page.cursor.is_none() {
                     // Nothing listed: say whether the bucket is empty or does not exist.
-                    let empty = empty_bucket(&client, &args.bucket).await?;
-                    if !args.admin.json {
+                    let empty = empty_bucket(&client, bucket).await?;
+                    if !json {
                         eprintln!("{empty}");
                     }
                     return Ok(());
                 }
                 first = false;
-                if !args.admin.json {
+                if !json {
                     let mut text = page.keys.join("\n");
                     if !text.is_empty() {
                         text.push('\n');
@@ -123,13 +175,10 @@ pub async fn run(args: KvArgs) -> Result<(), Failure> {
                 }
             }
         }
-        KvCommand::Get(args) => {
-            let client = AdminClient::new(&args.admin.admin)?;
-            let path = format!("{}/keys/{}", base(&args.bucket), key_path(&args.key));
-            let entry: api::KvEntry = client
-                .call("get", Method::GET, &path, None, args.admin.json)
-                .await?;
-            if !args.admin.json {
+        Op::Get { key } => {
+            let path = format!("{}/keys/{}", base(bucket), key_path(&key));
+            let entry: api::KvEntry = client.call("get", Method::GET, &path, None, json).await?;
+            if !json {
                 match (entry.value, entry.base64) {
                     (Some(text), _) => print(text.as_bytes()),
                     (None, Some(encoded)) => {
@@ -143,51 +192,38 @@ pub async fn run(args: KvArgs) -> Result<(), Failure> {
             }
             Ok(())
         }
-        KvCommand::Put(args) => {
-            let client = AdminClient::new(&args.admin.admin)?;
-            let ttl_ms = args
-                .ttl
-                .as_deref()
-                .map(crate::units::parse_duration)
-                .transpose()
-                .map_err(|e| Failure::new(exit::USAGE, format!("--ttl: {e}")))?
-                .map(|d| d.as_millis() as u64);
+        Op::Put { key, value, ttl } => {
             let mut put = api::KvPut {
-                value: args.value,
-                base64: None,
-                ttl_ms,
+                ttl_ms: ttl.map(|d| d.as_millis() as u64),
+                ..api::KvPut::default()
             };
-            if let Some(file) = &args.file {
-                let bytes = tokio::fs::read(file)
-                    .await
-                    .map_err(|e| local(&format!("cannot read {}", file.display()), e))?;
-                match String::from_utf8(bytes) {
-                    Ok(text) => put.value = Some(text),
-                    Err(bytes) => put.base64 = Some(BASE64.encode(bytes.as_bytes())),
+            match value {
+                Value::Text(text) => put.value = Some(text),
+                Value::File(file) => {
+                    let bytes = tokio::fs::read(&file)
+                        .await
+                        .map_err(|e| local(&format!("cannot read {}", file.display()), e))?;
+                    match String::from_utf8(bytes) {
+                        Ok(text) => put.value = Some(text),
+                        Err(bytes) => put.base64 = Some(BASE64.encode(bytes.as_bytes())),
+                    }
                 }
             }
-            let path = format!("{}/keys/{}", base(&args.bucket), key_path(&args.key));
+            let path = format!("{}/keys/{}", base(bucket), key_path(&key));
             let written: api::KvWritten = client
-                .call(
-                    "put",
-                    Method::PUT,
-                    &path,
-                    Some(Payload::json(&put)),
-                    args.admin.json,
-                )
+                .call("put", Method::PUT, &path, Some(Payload::json(&put)), json)
                 .await?;
-            if !args.admin.json {
+            if !json {
                 print(format!("{} is at version {}\n", written.key, written.revision).as_bytes());
             }
             Ok(())
         }
-        KvCommand::Delete(args) => {
-            let client = AdminClient::new(&args.admin.admin)?;
-            let path = format!("{}/keys/{}", base(&args.bucket), key_path(&args.key));
+        Op::Delete { key } => {
+            let path = format!("{}/keys/{}", base(bucket), key_path(&key));
             let deleted: api::KvDeleted = client
-                .call("delete", Method::DELETE, &path, None, args.admin.json)
+                .call("delete", Method::DELETE, &path, None, json)
                 .await?;
-            if !args.admin.json {
+            if !json {
                 let text = if deleted.deleted {
                     format!("deleted {}\n", deleted.key)
                 } else {
@@ -197,12 +233,11 @@ pub async fn run(args: KvArgs) -> Result<(), Failure> {
             }
             Ok(())
         }
-        KvCommand::Export(args) => {
-            let client = AdminClient::new(&args.admin.admin)?;
-            let path = format!("{}/export", base(&args.bucket));
+        Op::Export => {
+            let path = format!("{}/export", base(bucket));
             let reply = client.send(Method::GET, &path, None).await?;
             if !reply.status.is_success() {
-                if args.admin.json {
+                if json {
                     print(&reply.body);
                 }
                 return Err(reply.refused("export"));
@@ -210,9 +245,8 @@ pub async fn run(args: KvArgs) -> Result<(), Failure> {
             print(&reply.body);
             Ok(())
         }
-        KvCommand::Import(args) => {
-            let client = AdminClient::new(&args.admin.admin)?;
-            let bytes = if args.file.as_os_str() == "-" {
+        Op::Import { file } => {
+            let bytes = if file.as_os_str() == "-" {
                 use tokio::io::AsyncReadExt as _;
                 let mut bytes = Vec::new();
                 tokio::io::stdin()
@@ -221,26 +255,20 @@ pub async fn run(args: KvArgs) -> Result<(), Failure> {
                     .map_err(|e| local("cannot read stdin", e))?;
                 bytes
             } else {
-                tokio::fs::read(&args.file)
+                tokio::fs::read(&file)
                     .await
-                    .map_err(|e| local(&format!("cannot read {}", args.file.display()), e))?
+                    .map_err(|e| local(&format!("cannot read {}", file.display()), e))?
             };
             let payload = Payload {
                 bytes: Bytes::from(bytes),
                 content_type: "application/x-ndjson",
                 signature: None,
             };
-            let path = format!("{}/import", base(&args.bucket));
+            let path = format!("{}/import", base(bucket));
             let imported: api::KvImported = client
-                .call(
-                    "import",
-                    Method::POST,
-                    &path,
-                    Some(payload),
-                    args.admin.json,
-                )
+                .call("import", Method::POST, &path, Some(payload), json)
                 .await?;
-            if !args.admin.json {
+            if !json {
                 let text = format!(
                     "imported {} keys into {} ({} already expired, skipped)\n",
                     imported.imported, imported.bucket, imported.expired

@@ -7,82 +7,105 @@
 //! They decide nothing the server decides: route names, prefixes, settings and components are
 //! validated by the server, and its problem document's `detail` sentence is printed as it is.
 //! Every failure is one line and one of the [`exit`] codes.
+//!
+//! They take plain values ([`Admin`], [`Deploy`], [`RollbackTo`], the [`api`] request types),
+//! not the command line's argument structs: [`crate::cli`] maps its flags into these at its
+//! edge, so a program can run a command without clap.
 
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use http::Method;
 use serde::de::DeserializeOwned;
 
 use crate::api;
-use crate::cli::{
-    ActivateArgs, AdminArgs, DeployArgs, Failure, RollbackArgs, RouteArgs, RoutesArgs, StatusArgs,
-    UploadArgs, exit,
-};
+use crate::exit::{self, Failure};
 
 mod admin;
 pub mod delivery;
 pub mod events;
 pub mod kv;
 pub mod nodes;
-pub mod render;
-pub mod render_delivery;
-pub mod watch;
+mod render;
+mod render_delivery;
+mod watch;
 
-pub use admin::{AdminClient, Payload, Reply};
+pub use admin::{Admin, AdminClient, Payload, Reply};
 use admin::{encode, modules_starting_with, print, read_component, signed, version_starts_with};
 
-pub use render::short;
+use render::short;
+
+/// A deploy (`PUT /v1/routes/{name}`): the component, where it goes and what it sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deploy {
+    /// The route to create or replace.
+    pub route: String,
+    /// The component's `.wasm` file.
+    pub file: PathBuf,
+    /// The private key file to sign the upload with (from `handoff keygen`).
+    pub sign: Option<PathBuf>,
+    /// The path prefix (default: the route's current one; `/ROUTE` for a new route).
+    pub prefix: Option<String>,
+    /// A name for this version.
+    pub label: Option<String>,
+    /// A note kept in the route's history.
+    pub message: Option<String>,
+    /// The route's settings this deploy sets, as the admin API's `name=value` query pairs, in
+    /// order: `config`, `allow-outbound`, `dir`, `kv` (`crate::settings::patch::KEYS`) and
+    /// each limit of the settings table by its name. Sent as given: the server parses them.
+    pub settings: Vec<(String, String)>,
+}
+
+/// Where a rollback goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RollbackTo {
+    /// The version active before the current one.
+    #[default]
+    Previous,
+    /// A version: a full digest or a unique prefix of one (from the route's history, else the
+    /// stored modules).
+    Version(String),
+    /// The most recent version deployed with this label.
+    Label(String),
+}
 
 /// `handoff deploy ROUTE FILE`.
-pub async fn deploy(args: DeployArgs) -> Result<(), Failure> {
-    let client = AdminClient::new(&args.admin.admin)?;
-    let bytes = read_component(&args.file).await?;
+pub async fn deploy(admin: &Admin, deploy: Deploy) -> Result<(), Failure> {
+    let client = admin.client()?;
+    let bytes = read_component(&deploy.file).await?;
     let mut query = Vec::new();
-    if let Some(prefix) = &args.prefix {
+    if let Some(prefix) = &deploy.prefix {
         query.push(format!("prefix={}", encode(prefix)));
     }
-    for setting in &args.config {
-        query.push(format!("config={}", encode(setting)));
+    for (key, value) in &deploy.settings {
+        query.push(format!("{}={}", encode(key), encode(value)));
     }
-    if let Some(dir) = &args.dir {
-        query.push(format!("dir={}", encode(dir)));
-    }
-    for rule in &args.allow_outbound {
-        query.push(format!("allow-outbound={}", encode(rule)));
-    }
-    for bucket in &args.kv {
-        query.push(format!("kv={}", encode(bucket)));
-    }
-    if let Some(label) = &args.label {
+    if let Some(label) = &deploy.label {
         query.push(format!("label={}", encode(label)));
     }
-    if let Some(message) = &args.message {
+    if let Some(message) = &deploy.message {
         query.push(format!("message={}", encode(message)));
     }
-    for (key, value) in &args.limits.0 {
-        query.push(format!("{key}={}", encode(value)));
-    }
-    let mut path = format!("/v1/routes/{}", encode(&args.route));
+    let mut path = format!("/v1/routes/{}", encode(&deploy.route));
     if !query.is_empty() {
         path = format!("{path}?{}", query.join("&"));
     }
-    let json = args.admin.json;
     let body: api::Deployed = client
         .call(
             "deploy",
             Method::PUT,
             &path,
-            Some(signed(bytes, &args.sign)?),
-            json,
+            Some(signed(bytes, deploy.sign.as_deref())?),
+            admin.json,
         )
         .await?;
-    told(&body, json, "the deploy")
+    told(&body, admin.json, "the deploy")
 }
 
 /// `handoff routes`.
-pub async fn routes(args: RoutesArgs) -> Result<(), Failure> {
+pub async fn routes(admin: &Admin) -> Result<(), Failure> {
     show(
-        args.admin,
+        admin,
         "listing the routes",
         "/v1/routes".into(),
         render::routes,
@@ -105,27 +128,29 @@ fn told(body: &api::Deployed, json: bool, what: &str) -> Result<(), Failure> {
 
 /// GETs `path` and prints the answer: as JSON with `--json`, else through `render`.
 async fn show<T: DeserializeOwned>(
-    args: AdminArgs,
+    admin: &Admin,
     what: &str,
     path: String,
     render: impl Fn(&T) -> String,
 ) -> Result<(), Failure> {
-    let AdminArgs { admin, json } = args;
-    let client = AdminClient::new(&admin)?;
-    let body = client.call(what, Method::GET, &path, None, json).await?;
-    if !json {
+    let client = admin.client()?;
+    let body = client
+        .call(what, Method::GET, &path, None, admin.json)
+        .await?;
+    if !admin.json {
         print(render(&body).as_bytes());
     }
     Ok(())
 }
 
-/// `handoff status ROUTE [--watch]`.
-pub async fn status(args: StatusArgs) -> Result<(), Failure> {
-    if args.watch {
-        return watch::watch(AdminClient::new(&args.admin.admin)?, &args.route).await;
+/// `handoff status ROUTE [--watch]`: with `watch`, follows the route's rollout until it ends
+/// (`client/watch.rs`).
+pub async fn status(admin: &Admin, route: &str, watch: bool) -> Result<(), Failure> {
+    if watch {
+        return watch::watch(admin.client()?, route).await;
     }
-    let path = format!("/v1/routes/{}", encode(&args.route));
-    show(args.admin, "status", path, |body: &api::RouteStatus| {
+    let path = format!("/v1/routes/{}", encode(route));
+    show(admin, "status", path, |body: &api::RouteStatus| {
         let now = SystemTime::now();
         let mut text = render::status(body, now);
         if let Some(rollout) = &body.rollout {
@@ -142,14 +167,13 @@ pub async fn status(args: StatusArgs) -> Result<(), Failure> {
 }
 
 /// `handoff delete ROUTE`.
-pub async fn delete(args: RouteArgs) -> Result<(), Failure> {
-    let AdminArgs { admin, json } = args.admin;
-    let client = AdminClient::new(&admin)?;
-    let path = format!("/v1/routes/{}", encode(&args.route));
+pub async fn delete(admin: &Admin, route: &str) -> Result<(), Failure> {
+    let client = admin.client()?;
+    let path = format!("/v1/routes/{}", encode(route));
     let body: api::Deleted = client
-        .call("delete", Method::DELETE, &path, None, json)
+        .call("delete", Method::DELETE, &path, None, admin.json)
         .await?;
-    if !json {
+    if !admin.json {
         let in_flight = match body.in_flight {
             0 => "nothing in flight".to_owned(),
             1 => "1 request in flight finishes on it".to_owned(),
@@ -166,57 +190,55 @@ pub async fn delete(args: RouteArgs) -> Result<(), Failure> {
 }
 
 /// `handoff versions ROUTE`.
-pub async fn versions(args: RouteArgs) -> Result<(), Failure> {
-    let path = format!("/v1/routes/{}/versions", encode(&args.route));
-    show(args.admin, "versions", path, |body: &api::History| {
+pub async fn versions(admin: &Admin, route: &str) -> Result<(), Failure> {
+    let path = format!("/v1/routes/{}/versions", encode(route));
+    show(admin, "versions", path, |body: &api::History| {
         render::history(body, SystemTime::now())
     })
     .await
 }
 
 /// `handoff rollback ROUTE [VERSION] [--label L]`.
-pub async fn rollback(args: RollbackArgs) -> Result<(), Failure> {
-    let AdminArgs { admin, json } = args.admin;
-    let client = AdminClient::new(&admin)?;
-    let target = match (&args.version, &args.label) {
-        (Some(version), _) => api::Target {
-            version: Some(resolve_version(&client, &args.route, version).await?),
+pub async fn rollback(admin: &Admin, route: &str, to: RollbackTo) -> Result<(), Failure> {
+    let client = admin.client()?;
+    let target = match to {
+        RollbackTo::Version(version) => api::Target {
+            version: Some(resolve_version(&client, route, &version).await?),
             ..api::Target::default()
         },
-        (None, Some(label)) => api::Target {
-            label: Some(label.clone()),
+        RollbackTo::Label(label) => api::Target {
+            label: Some(label),
             ..api::Target::default()
         },
-        (None, None) => api::Target::default(),
+        RollbackTo::Previous => api::Target::default(),
     };
-    let path = format!("/v1/routes/{}/rollback", encode(&args.route));
+    let path = format!("/v1/routes/{}/rollback", encode(route));
     let body: api::Deployed = client
         .call(
             "rollback",
             Method::POST,
             &path,
             Some(Payload::json(&target)),
-            json,
+            admin.json,
         )
         .await?;
-    told(&body, json, "the rollback")
+    told(&body, admin.json, "the rollback")
 }
 
-/// `handoff upload FILE`.
-pub async fn upload(args: UploadArgs) -> Result<(), Failure> {
-    let AdminArgs { admin, json } = args.admin;
-    let client = AdminClient::new(&admin)?;
-    let bytes = read_component(&args.file).await?;
+/// `handoff upload FILE`, signed with the private key file `sign` when given.
+pub async fn upload(admin: &Admin, file: &Path, sign: Option<&Path>) -> Result<(), Failure> {
+    let client = admin.client()?;
+    let bytes = read_component(file).await?;
     let body: api::Uploaded = client
         .call(
             "upload",
             Method::POST,
             "/v1/modules",
-            Some(signed(bytes, &args.sign)?),
-            json,
+            Some(signed(bytes, sign)?),
+            admin.json,
         )
         .await?;
-    if !json {
+    if !admin.json {
         let text = format!(
             "uploaded {} ({} bytes); serve it with `handoff activate ROUTE {}`\n",
             body.version,
@@ -228,35 +250,40 @@ pub async fn upload(args: UploadArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `handoff activate ROUTE VERSION`.
-pub async fn activate(args: ActivateArgs) -> Result<(), Failure> {
-    let AdminArgs { admin, json } = args.admin;
-    let client = AdminClient::new(&admin)?;
-    let digest = if args.version.starts_with("sha256:") {
-        args.version.clone()
-    } else if args.version.len() == 64 {
-        format!("sha256:{}", args.version)
+/// `handoff activate ROUTE VERSION [--prefix P]`: `version` is a full digest or a unique
+/// prefix of one.
+pub async fn activate(
+    admin: &Admin,
+    route: &str,
+    version: &str,
+    prefix: Option<String>,
+) -> Result<(), Failure> {
+    let client = admin.client()?;
+    let digest = if version.starts_with("sha256:") {
+        version.to_owned()
+    } else if version.len() == 64 {
+        format!("sha256:{version}")
     } else {
         // A short version: from the route's history, else among the stored modules (one
         // `handoff upload` stored for this activation).
-        resolve_version(&client, &args.route, &args.version).await?
+        resolve_version(&client, route, version).await?
     };
     let target = api::Target {
         version: Some(digest),
-        prefix: args.prefix.clone(),
+        prefix,
         label: None,
     };
-    let path = format!("/v1/routes/{}/activate", encode(&args.route));
+    let path = format!("/v1/routes/{}/activate", encode(route));
     let body: api::Deployed = client
         .call(
             "activate",
             Method::POST,
             &path,
             Some(Payload::json(&target)),
-            json,
+            admin.json,
         )
         .await?;
-    told(&body, json, "the activation")
+    told(&body, admin.json, "the activation")
 }
 
 /// A full digest from a full one or from a unique prefix of one in the route's history or,
@@ -305,8 +332,9 @@ async fn resolve_version(
     }
 }
 
-/// `handoff keygen FILE`.
-pub fn keygen(args: crate::cli::KeygenArgs) -> Result<(), Failure> {
+/// `handoff keygen FILE [--name NAME]`: the private key goes to `file` (which must not exist),
+/// the public key's `[[key]]` entry, named `name`, to stdout.
+pub fn keygen(file: &Path, name: &str) -> Result<(), Failure> {
     use std::io::Write as _;
     let (private, public) =
         crate::signing::generate().map_err(|e| Failure::new(exit::FAILED, e))?;
@@ -314,19 +342,20 @@ pub fn keygen(args: crate::cli::KeygenArgs) -> Result<(), Failure> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&args.file).map_err(|e| {
+    let mut written = options.open(file).map_err(|e| {
         Failure::new(
             exit::LOCAL,
-            format!("cannot create the key file {}: {e}", args.file.display()),
+            format!("cannot create the key file {}: {e}", file.display()),
         )
     })?;
-    file.write_all(format!("{private}\n").as_bytes())
-        .map_err(|e| Failure::new(exit::LOCAL, format!("writing {}: {e}", args.file.display())))?;
+    written
+        .write_all(format!("{private}\n").as_bytes())
+        .map_err(|e| Failure::new(exit::LOCAL, format!("writing {}: {e}", file.display())))?;
     print(
         format!(
             "private key written to {} (keep it secret)\nadd to the server's --signing-keys file:\n\n[[key]]\nname = \"{}\"\npublic = \"{public}\"\n",
-            args.file.display(),
-            args.name
+            file.display(),
+            name
         )
         .as_bytes(),
     );

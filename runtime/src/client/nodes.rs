@@ -6,19 +6,24 @@ use std::fmt::Write as _;
 
 use http::Method;
 
-use super::admin::{AdminClient, print};
+use super::admin::{Admin, print};
 use super::render::{short, table};
 use crate::api::{Convergence, NodeList};
-use crate::cli::{AdminArgs, Failure, NodesArgs, exit};
+use crate::exit::{self, Failure};
 
 /// `handoff nodes`.
-pub async fn nodes(args: NodesArgs) -> Result<(), Failure> {
-    let AdminArgs { admin, json } = args.admin;
-    let client = AdminClient::new(&admin)?;
+pub async fn nodes(admin: &Admin) -> Result<(), Failure> {
+    let client = admin.client()?;
     let body: NodeList = client
-        .call("listing the nodes", Method::GET, "/v1/nodes", None, json)
+        .call(
+            "listing the nodes",
+            Method::GET,
+            "/v1/nodes",
+            None,
+            admin.json,
+        )
         .await?;
-    if !json {
+    if !admin.json {
         print(render(&body).as_bytes());
     }
     Ok(())

@@ -15,7 +15,7 @@ use super::admin::{AdminClient, encode, print};
 use super::events::line;
 use super::render::{ago, key_values, short, table};
 use crate::api::{EventKind, RouteStatus};
-use crate::cli::{Failure, exit};
+use crate::exit::{self, Failure};
 
 /// How often the figures are read again between events.
 const REFRESH: Duration = Duration::from_secs(1);

@@ -21,9 +21,10 @@ mod project;
 
 use project::{Fingerprint, Guest, Project, build, describe_changes};
 
-use crate::cli::{DevArgs, Failure, exit};
+use crate::cli::DevArgs;
 use crate::deploy::{self, DeployRequest};
 use crate::digest::Digest;
+use crate::exit::{self, Failure};
 use crate::names::RouteName;
 use crate::runtime::Runtime;
 use crate::server::Server;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::cli::{Failure, exit};
+use crate::exit::{self, Failure};
 
 /// `handoff new NAME --from EXAMPLE`: the files of the checkout's `examples/EXAMPLE`, its
 /// manifest made to stand alone: named NAME, the settings it took from the examples' workspace

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use handoff::cli::exit;
+use handoff::exit;
 use handoff_tests::guests;
 
 use crate::support::{Running, get, handoff, handoff_with, json, serve, serve_command};

@@ -1,7 +1,7 @@
 //! `handoff deploy | routes | status | delete` against a real `handoff serve`: tables for people,
 //! the server's JSON with `--json`, and one line plus a documented exit code on every failure.
 
-use handoff::cli::exit;
+use handoff::exit;
 use handoff_tests::guests;
 
 use crate::support::{get, handoff, json, serve};

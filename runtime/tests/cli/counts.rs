@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use handoff::cli::exit;
+use handoff::exit;
 use handoff_tests::guests;
 
 use crate::support::{Ready, get_with_id, handoff, serve};

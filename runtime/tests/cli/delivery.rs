@@ -2,7 +2,7 @@
 //! `handoff serve`: a file or a version prefix as the candidate, the split moved by hand, the
 //! shadow started, shown and stopped, and one line with an exit code on every refusal.
 
-use handoff::cli::exit;
+use handoff::exit;
 use handoff_tests::guests;
 
 use crate::support::{get, handoff, json, serve};

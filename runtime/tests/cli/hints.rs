@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use handoff::cli::exit;
+use handoff::exit;
 use handoff_tests::guests;
 
 use crate::support::{get, handoff, serve};

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use handoff::cli::exit;
+use handoff::exit;
 use handoff_tests::guests;
 use serde_json::Value;
 

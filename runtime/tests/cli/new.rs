@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use handoff::cli::exit;
+use handoff::exit;
 
 use crate::docs::words;
 use crate::support::{

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use handoff::cli::exit;
+use handoff::exit;
 use handoff_tests::guests;
 use http::{Method, Request};
 use http_body_util::Full;

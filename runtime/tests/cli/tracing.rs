@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use handoff::cli::exit;
+use handoff::exit;
 use handoff_tests::guests;
 use handoff_tests::otlp::{self, Receiver};
 

@@ -1,4 +1,7 @@
-//! The process exit codes. Every failure prints one line on stderr saying why.
+//! How a command fails: the process exit codes and [`Failure`], a code with the one line
+//! printed on stderr saying why. Shared by the command line ([`crate::cli`]) and the commands
+//! it runs ([`crate::client`], [`crate::scaffold`], [`crate::dev`]), none of which needs the
+//! other to say how it failed.
 
 /// The command did what it was asked.
 pub const SUCCESS: u8 = 0;
@@ -28,4 +31,29 @@ pub fn help() -> String {
          {:<3} invalid server configuration (a flag or the --config file)",
         SUCCESS, FAILED, USAGE, UNREACHABLE, LOCAL, CONFIG,
     )
+}
+
+/// A command's failure: the exit code and the one-line reason printed on stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// One of the exit codes above.
+    pub code: u8,
+    /// A sentence saying what went wrong and, where possible, what to do.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with exit code `code`.
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
