@@ -891,7 +891,8 @@ async fn each_cluster_node_applying_a_change_is_a_span_of_its_own() {
             assert!(phases.contains(&phase), "{phase:?} in {phases:?}");
         }
     }
-    // The change's own span is on the node that made it.
+    // The change's own span is on the node that made it, and the other node applied it
+    // within the change's trace, as a child of the change's span.
     for (node, version) in [("a", &v1), ("b", &v2)] {
         let deploy = spans
             .iter()
@@ -903,6 +904,16 @@ async fn each_cluster_node_applying_a_change_is_a_span_of_its_own() {
                 .get("service.instance.id")
                 .map(String::as_str),
             Some(node)
+        );
+        let apply = applied
+            .iter()
+            .find(|s| s.attr("handoff.version") == version.as_str())
+            .expect("the other node's apply");
+        assert_ne!(apply.attr("handoff.node"), node);
+        assert_eq!(
+            (apply.trace_id.as_str(), apply.parent_span_id.as_str()),
+            (deploy.trace_id.as_str(), deploy.span_id.as_str()),
+            "{apply:?}"
         );
     }
     a.shutdown().await;

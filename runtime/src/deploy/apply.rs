@@ -148,6 +148,7 @@ impl Current<'_> {
             rollout: None,
             history,
             revision: self.stored.map_or(0, |r| r.revision),
+            trace: None,
         }
     }
 }
@@ -261,6 +262,9 @@ where
     let mut plan = plan;
     if let Some(record) = plan.next.as_mut() {
         complete_history(rt, record).await?;
+        // Whatever planned it, the record names the change that wrote it (if traced), not
+        // an earlier one it was copied from.
+        record.trace = crate::trace::origin();
     }
     let next = match &plan.next {
         Some(record) => {

@@ -201,6 +201,7 @@ mod tests {
             rollout: None,
             history: vec![entry(active, "deploy", "ci")],
             revision: 1,
+            trace: None,
         }
     }
 

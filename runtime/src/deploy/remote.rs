@@ -42,8 +42,10 @@ pub enum Reconciled {
 /// Applies the route `name` as the state log has it now, unless it serves that already.
 /// `Err`: the state log could not be read (the watch is restarted).
 ///
-/// With tracing on, applying a change is a span, `cluster apply`, with `handoff.node`; a
-/// change this node serves already (it made it, or applied it before) makes none.
+/// With tracing on, applying a change is a span, `cluster apply`, with `handoff.node`: a child
+/// of the change's span when the node that made it traced it (the record carries its
+/// `traceparent`), else the root of a trace of its own; a change this node serves already (it
+/// made it, or applied it before) makes none.
 pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Reconciled> {
     let guard = rt.registry.lock(name).await;
     let stored = rt.state.route(name).await?;
@@ -78,8 +80,17 @@ pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Re
             stored.record.revision as i64,
         ));
     }
+    // A change traced where it was made is applied within its trace.
+    let origin = stored
+        .as_ref()
+        .and_then(|s| s.record.trace.as_deref())
+        .and_then(crate::trace::Caller::origin);
     let applying = apply_now(rt, name, guard, stored, live);
-    crate::trace::change(rt.trace.as_deref(), "cluster apply", attributes, applying).await
+    let span = crate::trace::change(rt.trace.as_deref(), "cluster apply", attributes, applying);
+    match origin {
+        Some(origin) => crate::trace::within(origin, span).await,
+        None => span.await,
+    }
 }
 
 /// [`reconcile`] of a route that does not serve its stored record (`None`: deleted), within

@@ -344,6 +344,7 @@ mod tests {
                 rollout: None,
                 history: Vec::new(),
                 revision: 1,
+                trace: None,
             }),
         }
     }

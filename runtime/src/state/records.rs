@@ -50,6 +50,11 @@ pub struct RouteRecord {
     /// Changes recorded for this route so far (set by the state log).
     #[serde(default)]
     pub revision: u64,
+    /// The span of the traced change that wrote this record, as a W3C `traceparent`: the other
+    /// nodes of a cluster apply the record within that trace. `None` when the change was not
+    /// traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 impl RouteRecord {

@@ -343,6 +343,7 @@ mod tests {
             rollout: None,
             history: Vec::new(),
             revision: 0,
+            trace: None,
         }
     }
 

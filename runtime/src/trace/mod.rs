@@ -278,8 +278,30 @@ pub fn caller(headers: &http::HeaderMap) -> Option<Caller> {
     span::remote(headers).map(Caller)
 }
 
-/// The trace an admin request's `traceparent` names ([`caller`]).
+/// The trace an admin request's `traceparent` names ([`caller`]), or the change that wrote a
+/// route record ([`Caller::origin`]).
 pub struct Caller(Context);
+
+impl Caller {
+    /// The change [`origin`] named: another node's change applied here is a span of that
+    /// change's trace, a child of its span. `None` when `traceparent` is not a valid one.
+    pub fn origin(traceparent: &str) -> Option<Self> {
+        let carrier =
+            std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+        span::remote_of(&carrier).map(Self)
+    }
+}
+
+/// The current change's span as a W3C `traceparent`, if a change is traced here (kept with
+/// the route record it writes: the other nodes of a cluster apply that record within the same
+/// trace, see [`Caller::origin`]).
+pub fn origin() -> Option<String> {
+    let cx = Context::current();
+    if !in_change(&cx) {
+        return None;
+    }
+    span::traceparent(&cx)
+}
 
 /// Runs `work` (an admin request's handling) so that the changes it starts ([`change`]) are
 /// children of `caller`'s span.

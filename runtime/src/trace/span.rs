@@ -343,8 +343,20 @@ fn protocol_version(version: http::Version) -> &'static str {
 /// The caller's span a request's `traceparent` (and `tracestate`) names, as a context, if the
 /// header is valid.
 pub(super) fn remote(headers: &HeaderMap) -> Option<Context> {
-    let cx = TraceContextPropagator::new().extract(&Headers(headers));
+    remote_of(&Headers(headers))
+}
+
+/// The caller's span `carrier` names, if it names a valid one.
+pub(super) fn remote_of(carrier: &dyn Extractor) -> Option<Context> {
+    let cx = TraceContextPropagator::new().extract(carrier);
     cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// The span current in `cx` as a W3C `traceparent`.
+pub(super) fn traceparent(cx: &Context) -> Option<String> {
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(cx, &mut carrier);
+    carrier.remove("traceparent")
 }
 
 /// A header map as the propagator reads it.
