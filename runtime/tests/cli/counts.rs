@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use handoff::exit;
 use handoff_tests::guests;
 
-use crate::support::{Ready, get_with_id, handoff, serve};
+use crate::support::{Ready, get_trap, get_with_id, handoff, serve};
 
 /// The `/metrics` sample of `family` for route `route`.
 async fn metric(ready: &Ready, family: &str, route: &str) -> Option<u64> {
@@ -62,22 +62,13 @@ async fn a_failed_requests_id_is_the_same_in_its_response_and_its_log_lines() {
         .await;
 
     // A panic: one WARN line with the id and the panic's message; no line of its own.
-    let (status, id, body) = get_with_id(&ready, "/failing/trap").await;
-    assert_eq!(status, 500);
-    let id = id.expect("x-request-id on the trap's 500");
-    assert!(body.contains(&id), "the problem document names it: {body}");
-    let field = format!("request_id={id}");
-    server
-        .stderr
-        .wait_for("the trap in the log", Duration::from_secs(30), |text| {
-            text.lines().any(|l| {
-                l.contains(&field)
-                    && l.contains("WARN")
-                    && l.contains("guest failed")
-                    && l.contains("failing guest: trapping on purpose")
-            })
-        })
-        .await;
+    get_trap(
+        &server,
+        &ready,
+        "/failing/trap",
+        "failing guest: trapping on purpose",
+    )
+    .await;
     let text = log();
     let mentions: Vec<&str> = text
         .lines()

@@ -230,10 +230,7 @@ fn dev_examples(data: &Path, takeover: bool) -> tokio::process::Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dev_server_taken_over_by_a_new_dev_keeps_serving_the_examples_without_a_failed_request()
 {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use crate::takeover::{Tally, h1_client, h2_client};
+    use crate::load::{Answer, Clients, Dial};
 
     let data = tempfile::tempdir().unwrap();
     let mut old = Running::spawn(dev_examples(data.path(), false));
@@ -246,48 +243,15 @@ async fn a_dev_server_taken_over_by_a_new_dev_keeps_serving_the_examples_without
     let (status, body) = get(&ready, "/json-api/items/1").await;
     assert_eq!(status, 200, "{body}");
     // Keep-alive HTTP/1.1 and h2c clients on two of the examples.
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let clients = [
-        tokio::spawn(h1_client(
-            ready.data,
-            "/hello/x",
-            false,
-            stop.clone(),
-            tally.clone(),
-        )),
-        tokio::spawn(h1_client(
-            ready.data,
-            "/json-api/items",
-            false,
-            stop.clone(),
-            tally.clone(),
-        )),
-        tokio::spawn(h2_client(
-            ready.data,
-            "/hello/y",
-            stop.clone(),
-            tally.clone(),
-        )),
-        tokio::spawn(h2_client(
-            ready.data,
-            "/json-api/items/2",
-            stop.clone(),
-            tally.clone(),
-        )),
-    ];
-    let goes_on = |n: u64| {
-        let tally = tally.clone();
-        async move {
-            let from = tally.ok();
-            let started = Instant::now();
-            while tally.ok() < from + n {
-                assert!(started.elapsed() < REBUILD, "the load stalled");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
-    goes_on(50).await;
+    let mut clients = Clients::new(REBUILD);
+    let tally = clients.tally("requests");
+    for path in ["/hello/x", "/json-api/items"] {
+        clients.h1(ready.data, Dial::Plain, path, Answer::Any, &tally);
+    }
+    for path in ["/hello/y", "/json-api/items/2"] {
+        clients.h2(ready.data, Dial::Plain, path, Answer::Any, &tally);
+    }
+    clients.goes_on(50).await;
     let mut new = Running::spawn(dev_examples(data.path(), true));
     let took = new.ready(REBUILD).await;
     assert_eq!((took.data, took.admin), (ready.data, ready.admin));
@@ -309,16 +273,10 @@ async fn a_dev_server_taken_over_by_a_new_dev_keeps_serving_the_examples_without
         (l == "no component changed").then_some(())
     })
     .await;
-    goes_on(50).await;
-    stop.store(true, Ordering::SeqCst);
-    for client in clients {
-        tokio::time::timeout(Duration::from_secs(60), client)
-            .await
-            .expect("a load client stopped")
-            .expect("a load client ran");
-    }
+    clients.goes_on(50).await;
+    clients.stop().await;
     tally.assert_no_failures();
-    tally.assert_goaway_refusals_at_most(1);
+    tally.assert_goaway_refusals_at_most(1, 2);
     assert!(
         tally.reconnects() > 0,
         "the clients moved to the new process"

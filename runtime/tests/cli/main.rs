@@ -12,6 +12,7 @@ mod dev;
 mod docs;
 mod hints;
 mod kv;
+mod load;
 mod logs;
 mod new;
 mod persist;

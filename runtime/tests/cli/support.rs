@@ -387,6 +387,29 @@ pub async fn get_with_id(ready: &Ready, path: &str) -> (u16, Option<String>, Str
         .unwrap_or_else(|_| panic!("GET {path} did not finish within a minute"))
 }
 
+/// GETs `path`, whose guest panics with `message`: the 500's problem document names the id
+/// the response carries, and `server`'s log says it in a `WARN guest failed` line with that id
+/// (waited for). Returns the id.
+pub async fn get_trap(server: &Running, ready: &Ready, path: &str, message: &str) -> String {
+    let (status, id, body) = get_with_id(ready, path).await;
+    assert_eq!(status, 500, "{body}");
+    let id = id.expect("x-request-id on the trap's 500");
+    assert!(body.contains(&id), "the problem document names it: {body}");
+    let field = format!("request_id={id}");
+    server
+        .stderr
+        .wait_for("the trap in the log", Duration::from_secs(30), |text| {
+            text.lines().any(|l| {
+                l.contains(&field)
+                    && l.contains("WARN")
+                    && l.contains("guest failed")
+                    && l.contains(message)
+            })
+        })
+        .await;
+    id
+}
+
 /// The JSON a command printed (`--json`); panics, showing the text, if it is not JSON.
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))

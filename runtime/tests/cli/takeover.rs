@@ -5,8 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,260 +13,47 @@ use handoff_tests::guests;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
+use crate::load::{Answer, Clients, Dial, LOAD_LIMIT, Tally, request};
 use crate::support::{Ready, Running, command, get, handoff, run_within, serve_in};
 
 const READY: Duration = Duration::from_secs(60);
-/// A bound against hangs for a whole load run.
-const LOAD_LIMIT: Duration = Duration::from_secs(240);
 /// How many h2c clients a [`Load`] runs.
 const H2_CLIENTS: u64 = 2;
-
-/// What the load saw.
-#[derive(Default)]
-pub(crate) struct Tally {
-    ok: AtomicU64,
-    /// Connections a client opened again after the server said `Connection: close` or
-    /// `GOAWAY` (not failures: the next request went out on a new connection).
-    reconnects: AtomicU64,
-    /// h2c requests refused unprocessed by a `GOAWAY` and sent again on a new connection.
-    refused_by_goaway: AtomicU64,
-    failed: Mutex<Vec<String>>,
-    /// The counter values the increments answered.
-    values: Mutex<Vec<u64>>,
-}
-
-impl Tally {
-    fn fail(&self, what: String) {
-        self.failed.lock().unwrap().push(what);
-    }
-
-    pub(crate) fn ok(&self) -> u64 {
-        self.ok.load(Ordering::SeqCst)
-    }
-
-    /// Each h2c connection is told `GOAWAY` once per takeover, so at most one of its requests can
-    /// be refused unprocessed per takeover: more would mean the old process refused work.
-    pub(crate) fn assert_goaway_refusals_at_most(&self, takeovers: u64) {
-        let refused = self.refused_by_goaway.load(Ordering::SeqCst);
-        let bound = takeovers * H2_CLIENTS;
-        assert!(
-            refused <= bound,
-            "{refused} h2c requests refused by GOAWAY across {takeovers} takeovers (at most {bound})"
-        );
-    }
-
-    /// Connections opened again after the server said `Connection: close` or `GOAWAY`.
-    pub(crate) fn reconnects(&self) -> u64 {
-        self.reconnects.load(Ordering::SeqCst)
-    }
-
-    pub(crate) fn assert_no_failures(&self) {
-        let failed = self.failed.lock().unwrap();
-        assert!(
-            failed.is_empty(),
-            "{} failed requests (of {} ok), e.g. {:?}",
-            failed.len(),
-            self.ok(),
-            &failed[..failed.len().min(5)]
-        );
-    }
-
-    /// Records a response; `counter` requests answer the counter's new value.
-    async fn response(&self, response: http::Response<hyper::body::Incoming>, counter: bool) {
-        let status = response.status();
-        match response.into_body().collect().await {
-            Err(error) => self.fail(format!("body: {error:?}")),
-            Ok(body) if status != 200 => {
-                let body = String::from_utf8_lossy(&body.to_bytes()).into_owned();
-                self.fail(format!("{status}: {body}"))
-            }
-            Ok(body) => {
-                if counter {
-                    let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
-                    match text.trim().parse::<u64>() {
-                        Ok(value) => self.values.lock().unwrap().push(value),
-                        Err(_) => return self.fail(format!("not a number: {text:?}")),
-                    }
-                }
-                self.ok.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    }
-}
-
-fn request(path: &str) -> http::Request<Full<Bytes>> {
-    http::Request::get(path)
-        .header(http::header::HOST, "localhost")
-        .body(Full::default())
-        .unwrap()
-}
-
-/// One HTTP/1.1 keep-alive client sending `path` until `stop`: a new connection only after the
-/// server says `Connection: close` (or closed it between requests).
-pub(crate) async fn h1_client(
-    addr: SocketAddr,
-    path: &'static str,
-    counter: bool,
-    stop: Arc<AtomicBool>,
-    tally: Arc<Tally>,
-) {
-    let deadline = Instant::now() + LOAD_LIMIT;
-    let mut sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
-    while !stop.load(Ordering::SeqCst) {
-        assert!(Instant::now() < deadline, "the load ran too long");
-        let mut current = match sender.take() {
-            Some(current) => current,
-            None => match tokio::net::TcpStream::connect(addr).await {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    let (current, connection) =
-                        hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                            .await
-                            .expect("an HTTP/1.1 client over a connected socket");
-                    tokio::spawn(connection);
-                    current
-                }
-                Err(error) => {
-                    tally.fail(format!("connect: {error}"));
-                    continue;
-                }
-            },
-        };
-        if current.ready().await.is_err() {
-            tally.reconnects.fetch_add(1, Ordering::SeqCst);
-            continue;
-        }
-        match current.send_request(request(path)).await {
-            Err(error) if error.is_canceled() => {
-                tally.reconnects.fetch_add(1, Ordering::SeqCst);
-            }
-            Err(error) => tally.fail(format!("HTTP/1.1: {error:?}")),
-            Ok(response) => {
-                let close = response
-                    .headers()
-                    .get(http::header::CONNECTION)
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-                tally.response(response, counter).await;
-                if close {
-                    tally.reconnects.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    sender = Some(current);
-                }
-            }
-        }
-    }
-}
-
-/// One h2c client sending `path` on one connection until `stop`, a new connection once the
-/// server sent `GOAWAY`. A request the `GOAWAY` refused before the server processed it (the
-/// client had it ready as the frame arrived) goes again on the new connection, as RFC 9113 §8.7
-/// allows and standard clients do; it must then succeed.
-pub(crate) async fn h2_client(
-    addr: SocketAddr,
-    path: &'static str,
-    stop: Arc<AtomicBool>,
-    tally: Arc<Tally>,
-) {
-    let deadline = Instant::now() + LOAD_LIMIT;
-    let mut sender: Option<hyper::client::conn::http2::SendRequest<Full<Bytes>>> = None;
-    let mut again = false;
-    while again || !stop.load(Ordering::SeqCst) {
-        assert!(Instant::now() < deadline, "the load ran too long");
-        again = false;
-        let mut current = match sender.take() {
-            Some(current) => current,
-            None => handoff_tests::h2_connect(addr, 65_535).await,
-        };
-        if current.ready().await.is_err() {
-            tally.reconnects.fetch_add(1, Ordering::SeqCst);
-            continue;
-        }
-        match current.send_request(request(path)).await {
-            Err(error) if error.is_canceled() => {
-                tally.reconnects.fetch_add(1, Ordering::SeqCst);
-            }
-            Err(error) if handoff_tests::refused_unprocessed(&error) => {
-                tally.reconnects.fetch_add(1, Ordering::SeqCst);
-                tally.refused_by_goaway.fetch_add(1, Ordering::SeqCst);
-                again = true;
-            }
-            Err(error) => tally.fail(format!("h2c: {error:?}")),
-            Ok(response) => {
-                tally.response(response, false).await;
-                sender = Some(current);
-            }
-        }
-    }
-}
 
 /// Load on `ready`'s data plane: keep-alive and h2c clients on `/tagged`, increments of one
 /// counter on `/kv`.
 struct Load {
-    stop: Arc<AtomicBool>,
+    clients: Clients,
     plain: Arc<Tally>,
     counts: Arc<Tally>,
-    clients: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Load {
     fn start(ready: &Ready) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (plain, counts) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
-        let mut clients = Vec::new();
+        let mut clients = Clients::new(Duration::from_secs(60));
+        let plain = clients.tally("plain");
+        let counts = clients.tally("increments");
         for _ in 0..H2_CLIENTS {
-            clients.push(tokio::spawn(h1_client(
-                ready.data,
-                "/tagged/x",
-                false,
-                stop.clone(),
-                plain.clone(),
-            )));
-            clients.push(tokio::spawn(h2_client(
-                ready.data,
-                "/tagged/y",
-                stop.clone(),
-                plain.clone(),
-            )));
-            clients.push(tokio::spawn(h1_client(
-                ready.data,
-                "/kv/incr?key=count",
-                true,
-                stop.clone(),
-                counts.clone(),
-            )));
+            clients.h1(ready.data, Dial::Plain, "/tagged/x", Answer::Any, &plain);
+            clients.h2(ready.data, Dial::Plain, "/tagged/y", Answer::Any, &plain);
+            let increment = "/kv/incr?key=count";
+            clients.h1(ready.data, Dial::Plain, increment, Answer::Counter, &counts);
         }
         Self {
-            stop,
+            clients,
             plain,
             counts,
-            clients,
         }
     }
 
     /// Waits until `n` more requests of each kind have succeeded.
     async fn goes_on(&self, n: u64) {
-        let (plain, counts) = (self.plain.ok(), self.counts.ok());
-        let started = Instant::now();
-        while self.plain.ok() < plain + n || self.counts.ok() < counts + n {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the load stalled: {} plain, {} increments; failures: {:?}",
-                self.plain.ok() - plain,
-                self.counts.ok() - counts,
-                self.plain.failed.lock().unwrap().first()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.clients.goes_on(n).await;
     }
 
+    /// Stops the clients; what they saw: the plain requests, the increments.
     async fn stop(self) -> (Arc<Tally>, Arc<Tally>) {
-        self.stop.store(true, Ordering::SeqCst);
-        for client in self.clients {
-            tokio::time::timeout(Duration::from_secs(60), client)
-                .await
-                .expect("a load client stopped")
-                .expect("a load client ran");
-        }
+        self.clients.stop().await;
         (self.plain, self.counts)
     }
 }
@@ -292,7 +78,7 @@ async fn deploy_both(ready: &Ready) {
 
 /// The routes the admin API of `ready` lists, by name.
 async fn route_names(ready: &Ready) -> Vec<String> {
-    let request = handoff_tests::send(ready.admin, request("/v1/routes"));
+    let request = handoff_tests::send(ready.admin, request(Dial::Plain, "/v1/routes"));
     let (status, body) = tokio::time::timeout(Duration::from_secs(60), request)
         .await
         .expect("the admin API answers");
@@ -345,19 +131,19 @@ async fn three_takeovers_under_load_fail_no_request_and_count_every_increment() 
         "takeover load: {} plain requests, {} increments, {} reconnects",
         plain.ok(),
         counts.ok(),
-        plain.reconnects.load(Ordering::SeqCst) + counts.reconnects.load(Ordering::SeqCst)
+        plain.reconnects() + counts.reconnects()
     );
     plain.assert_no_failures();
-    plain.assert_goaway_refusals_at_most(3);
+    plain.assert_goaway_refusals_at_most(3, H2_CLIENTS);
     counts.assert_no_failures();
-    let values = counts.values.lock().unwrap().clone();
+    let values = counts.values();
     let total = values.len() as u64;
     handoff_tests::assert_each_value_once(values, total);
     // The bucket holds the count: every acknowledged increment once, none lost.
     let (_, body) = get(&ready, "/kv/get?key=count").await;
     assert_eq!(body.trim(), total.to_string());
     assert!(
-        plain.reconnects.load(Ordering::SeqCst) > 0,
+        plain.reconnects() > 0,
         "the clients were moved to new connections"
     );
     let status = old.terminate(Duration::from_secs(60)).await;
@@ -444,9 +230,9 @@ async fn a_new_process_that_fails_before_it_is_ready_leaves_the_old_one_serving(
     load.goes_on(20).await;
     let (plain, counts) = load.stop().await;
     plain.assert_no_failures();
-    plain.assert_goaway_refusals_at_most(1);
+    plain.assert_goaway_refusals_at_most(1, H2_CLIENTS);
     counts.assert_no_failures();
-    let values = counts.values.lock().unwrap().clone();
+    let values = counts.values();
     let total = values.len() as u64;
     handoff_tests::assert_each_value_once(values, total);
     let (_, body) = get(&ready, "/kv/get?key=count").await;
@@ -483,7 +269,7 @@ async fn a_takeover_at_another_opt_level_recompiles_before_it_is_ready() {
     load.goes_on(20).await;
     let (plain, counts) = load.stop().await;
     plain.assert_no_failures();
-    plain.assert_goaway_refusals_at_most(1);
+    plain.assert_goaway_refusals_at_most(1, H2_CLIENTS);
     counts.assert_no_failures();
     assert!(new.terminate(Duration::from_secs(60)).await.success());
 }
@@ -608,9 +394,9 @@ async fn a_cluster_node_takes_over_from_itself_under_load() {
     assert_eq!(get(&a, "/tagged/z").await, (200, "v2".to_owned()));
     let (plain, counts) = load.stop().await;
     plain.assert_no_failures();
-    plain.assert_goaway_refusals_at_most(2);
+    plain.assert_goaway_refusals_at_most(2, H2_CLIENTS);
     counts.assert_no_failures();
-    let values = counts.values.lock().unwrap().clone();
+    let values = counts.values();
     let total = values.len() as u64;
     handoff_tests::assert_each_value_once(values, total);
     assert!(old.terminate(Duration::from_secs(60)).await.success());
@@ -694,7 +480,10 @@ async fn streaming(addr: SocketAddr, path: &str) -> hyper::body::Incoming {
         .await
         .expect("handshake");
     tokio::spawn(connection);
-    let response = sender.send_request(request(path)).await.expect("a head");
+    let response = sender
+        .send_request(request(Dial::Plain, path))
+        .await
+        .expect("a head");
     assert_eq!(response.status(), 200);
     response.into_body()
 }

@@ -7,7 +7,24 @@ use std::time::Duration;
 
 use handoff_tests::guests;
 
-use crate::support::{get_with_id, handoff, serve};
+use crate::support::{get_trap, get_with_id, handoff, serve};
+
+/// Deploys `p3-hello` as `route` on shared instances (64 requests each, 8 at once).
+async fn deploy_shared(admin: &str, route: &str) {
+    handoff(&[
+        "deploy",
+        route,
+        guests::P3_HELLO,
+        "--reuse",
+        "64",
+        "--instance-concurrency",
+        "8",
+        "--admin",
+        admin,
+    ])
+    .await
+    .ok();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_03_guests_lines_and_panics_carry_route_version_and_request_id() {
@@ -16,19 +33,7 @@ async fn a_03_guests_lines_and_panics_carry_route_version_and_request_id() {
     handoff(&["deploy", "fresh", guests::P3_HELLO, "--admin", &admin])
         .await
         .ok();
-    handoff(&[
-        "deploy",
-        "shared",
-        guests::P3_HELLO,
-        "--reuse",
-        "64",
-        "--instance-concurrency",
-        "8",
-        "--admin",
-        &admin,
-    ])
-    .await
-    .ok();
+    deploy_shared(&admin, "shared").await;
     for route in ["fresh", "shared"] {
         // A line the guest wrote for a request that failed: the same id as the response's.
         let marker = format!("line-of-{route}");
@@ -49,22 +54,8 @@ async fn a_03_guests_lines_and_panics_carry_route_version_and_request_id() {
             .await;
 
         // A panic: one WARN line with the id and the panic's message; no line of its own.
-        let (status, id, body) = get_with_id(&ready, &format!("/{route}/trap")).await;
-        assert_eq!(status, 500);
-        let id = id.expect("x-request-id on the trap's 500");
-        assert!(body.contains(&id), "the problem document names it: {body}");
-        let field = format!("request_id={id}");
-        server
-            .stderr
-            .wait_for("the trap in the log", Duration::from_secs(30), |text| {
-                text.lines().any(|l| {
-                    l.contains(&field)
-                        && l.contains("WARN")
-                        && l.contains("guest failed")
-                        && l.contains("asked to trap on call")
-                })
-            })
-            .await;
+        let trap = format!("/{route}/trap");
+        get_trap(&server, &ready, &trap, "asked to trap on call").await;
         // The instance's end is logged after the answer: give it a moment to show.
         assert_eq!(get_with_id(&ready, &format!("/{route}")).await.0, 200);
         let text = server.stderr.text();
@@ -82,19 +73,7 @@ async fn a_03_guests_lines_and_panics_carry_route_version_and_request_id() {
 async fn a_03_guest_flooding_its_log_is_held_to_its_budget_and_reported() {
     let (server, ready) = serve(&[]).await;
     let admin = ready.admin_url();
-    handoff(&[
-        "deploy",
-        "flood",
-        guests::P3_HELLO,
-        "--reuse",
-        "64",
-        "--instance-concurrency",
-        "8",
-        "--admin",
-        &admin,
-    ])
-    .await
-    .ok();
+    deploy_shared(&admin, "flood").await;
     // 2 × 600 lines at once, over the burst of 500.
     let (status, _, body) = get_with_id(&ready, "/flood/log?line=flooding&n=600").await;
     assert_eq!((status, body.as_str()), (200, "logged"));
