@@ -155,9 +155,8 @@ async fn a_guest_working_after_its_response_keeps_its_slot_until_it_ends() {
             other => panic!("request {i}: {other} {body}"),
         }
         if i % 10 == 0 {
-            let status = server.status("spin").await;
-            let in_flight = status["in_flight"].as_u64().unwrap();
-            assert!(in_flight <= 2, "{status}");
+            let in_flight = server.route("spin").await.in_flight;
+            assert!(in_flight <= 2, "{in_flight} in flight");
             busiest = busiest.max(in_flight);
             assert_eq!(server.get("/good").await, (StatusCode::OK, "v1".into()));
         }
@@ -212,21 +211,23 @@ async fn a_drain_waits_for_work_after_the_response_or_cuts_it_off() {
         server.get("/after/respond-then-sleep").await,
         (StatusCode::OK, "ok".into())
     );
-    let deployed = server.deploy("after", guests::TAGGED_V1).await;
-    let status = server.status("after").await;
-    let draining = status["draining"].as_array().unwrap();
-    assert_eq!(draining.len(), 1, "{status}");
-    assert_eq!(draining[0]["version"], deployed["previous_version"]);
-    assert_eq!(draining[0]["in_flight"], 1, "{status}");
+    let deployed = server.deployed("after", guests::TAGGED_V1).await;
+    let draining = server.route("after").await.draining;
+    assert_eq!(draining.len(), 1, "{draining:?}");
+    assert_eq!(
+        Some(&draining[0].version.version),
+        deployed.previous_version.as_ref()
+    );
+    assert_eq!(draining[0].version.in_flight, 1, "{draining:?}");
     assert_eq!(server.get("/after").await, (StatusCode::OK, "v1".into()));
     handoff_tests::eventually(
         "the old version to drain",
         Duration::from_secs(20),
         || async {
-            let status = server.status("after").await;
-            status["draining"]
-                .as_array()
-                .unwrap()
+            server
+                .route("after")
+                .await
+                .draining
                 .is_empty()
                 .then_some(())
         },
@@ -262,9 +263,8 @@ async fn a_drain_waits_for_work_after_the_response_or_cuts_it_off() {
         "the guest to be cut off",
         Duration::from_secs(20),
         || async {
-            let status = server.status("after").await;
-            (status["draining"].as_array().unwrap().is_empty() && status["in_flight"] == 0)
-                .then_some(())
+            let status = server.route("after").await;
+            (status.draining.is_empty() && status.in_flight == 0).then_some(())
         },
     )
     .await;
@@ -345,13 +345,16 @@ async fn a_head_request_lets_its_guest_work_after_the_response() {
     assert_eq!(response.headers()["content-length"], "2");
     assert_eq!(server.route("head").await.in_flight, 1);
     handoff_tests::eventually("the guest's deadline", Duration::from_secs(20), || async {
-        let status = server.status("head").await;
-        (status["in_flight"] == 0).then_some(status)
+        let status = server.route("head").await;
+        (status.in_flight == 0).then_some(status)
     })
     .await;
     // The client's response was complete: a guest failure, not a failed request.
-    let status = server.status("head").await;
-    assert_eq!(status["active"]["guest_failures"], 1, "{status}");
-    assert_eq!(status["active"]["failures"], 0, "{status}");
+    let active = server.route("head").await.active;
+    assert_eq!(
+        (active.guest_failures, active.failures),
+        (1, 0),
+        "{active:?}"
+    );
     server.shutdown().await;
 }

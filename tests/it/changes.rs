@@ -6,9 +6,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use handoff::api::{Deleted, Deployed, ModuleList, ModuleStatus, RouteList, Uploaded};
 use handoff::config::Config;
 use handoff::signing::{Mode, TrustedKey};
-use handoff_tests::{TestServer, eventually, gated_compile_worker, guests};
+use handoff_tests::{TestServer, detail, eventually, gated_compile_worker, guests, typed};
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
@@ -22,12 +23,9 @@ fn in_dir(dir: &Path) -> Config {
     }
 }
 
-fn hex(version: &Value) -> String {
-    version
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_owned()
+/// The hex digits of a version (`sha256:...`).
+fn hex(version: &str) -> &str {
+    version.trim_start_matches("sha256:")
 }
 
 /// A deploy of `bytes` to `route` with `query`, sent on a connection of its own.
@@ -81,17 +79,17 @@ async fn concurrent_deploys_to_one_route_keep_each_others_settings() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let rules = json!(["https://api.example.com:443"]);
-    assert_eq!(server.status("app").await["outbound"], rules);
+    let rules = ["https://api.example.com:443"];
+    assert_eq!(server.route("app").await.outbound, rules);
     // Release the first: it lands, and the second's allow-list survives it.
     std::fs::write(&gate, b"").unwrap();
     let (status, body) = slow.await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
-    let status = server.status("app").await;
-    assert_eq!(status["active"]["version"], body["version"]);
+    let status = server.route("app").await;
+    assert_eq!(status.active.version, typed::<Deployed>(&body).version);
     assert_eq!(
-        status["outbound"], rules,
-        "a deploy that did not touch the allow-list keeps the one committed meanwhile: {status}"
+        status.outbound, rules,
+        "a deploy that did not touch the allow-list keeps the one committed meanwhile: {status:?}"
     );
     assert_eq!(server.get("/app").await.1, "v2");
     server.shutdown().await;
@@ -149,7 +147,7 @@ async fn an_unavailable_route_keeps_its_prefix_until_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let lost = {
         let server = TestServer::start_with(in_dir(dir.path())).await;
-        let lost = server.deploy("lost", guests::TAGGED_V1).await;
+        let lost = server.deployed("lost", guests::TAGGED_V1).await;
         server.shutdown().await;
         lost
     };
@@ -158,7 +156,7 @@ async fn an_unavailable_route_keeps_its_prefix_until_deleted() {
             if entry
                 .file_name()
                 .to_string_lossy()
-                .starts_with(&hex(&lost["version"]))
+                .starts_with(hex(&lost.version))
             {
                 std::fs::remove_file(entry.path()).unwrap();
             }
@@ -174,21 +172,18 @@ async fn an_unavailable_route_keeps_its_prefix_until_deleted() {
         .deploy_bytes("other", "?prefix=/lost", guests::bytes(guests::TAGGED_V2))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(
-        body["detail"].as_str().unwrap().contains("`lost`"),
-        "{body}"
-    );
+    assert!(detail(&body).contains("`lost`"), "{body}");
     // It can be deleted; then the prefix is free.
     let (status, body) = server.admin(Method::DELETE, "/v1/routes/lost").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["version"], Value::Null);
+    assert_eq!(typed::<Deleted>(&body).version, None, "{body}");
     let (status, body) = server
         .deploy_bytes("other", "?prefix=/lost", guests::bytes(guests::TAGGED_V2))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(server.get("/lost/x").await.1, "v2");
-    let (_, list) = server.admin(Method::GET, "/v1/routes").await;
-    assert!(list["unavailable"].as_array().unwrap().is_empty(), "{list}");
+    let list: RouteList = server.read("/v1/routes").await;
+    assert!(list.unavailable.is_empty(), "{list:?}");
     server.shutdown().await;
 }
 
@@ -201,7 +196,7 @@ async fn uploaded_modules_stay_until_activated_or_deleted() {
     })
     .await;
     // v1 is deployed, then replaced: with a history of one it is no longer referenced.
-    let v1 = server.deploy("app", guests::TAGGED_V1).await["version"].clone();
+    let v1 = server.deployed("app", guests::TAGGED_V1).await.version;
     server.deploy("app", guests::TAGGED_V2).await;
     // Uploading v1's bytes again (already stored) pins them.
     let upload = Request::builder()
@@ -221,48 +216,32 @@ async fn uploaded_modules_stay_until_activated_or_deleted() {
         .path()
         .join("modules")
         .join(format!("{}.wasm", hex(&v1)));
-    let (_, list) = server.admin(Method::GET, "/v1/modules").await;
-    let listed = |list: &Value, version: &Value| {
-        list["modules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["version"] == *version)
-            .cloned()
+    let listed = |list: ModuleList, version: &str| -> Option<ModuleStatus> {
+        list.modules.into_iter().find(|m| m.version == version)
     };
-    let entry = listed(&list, &v1).expect("the uploaded module is kept");
-    assert_eq!(entry["pinned"], true, "{entry}");
+    let entry = listed(server.read("/v1/modules").await, &v1).expect("the uploaded module is kept");
+    assert!(entry.pinned, "{entry:?}");
     assert!(module_file.exists());
 
     // A module a route uses cannot be deleted; the message names the route.
-    let v2 = server.status("app").await["active"]["version"].clone();
+    let v2 = server.route("app").await.active.version;
     let (status, body) = server
-        .admin(
-            Method::DELETE,
-            &format!("/v1/modules/{}", v2.as_str().unwrap()),
-        )
+        .admin(Method::DELETE, &format!("/v1/modules/{v2}"))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("app"), "{body}");
+    assert!(detail(&body).contains("app"), "{body}");
     // The pinned, unused one can; its files go.
     let (status, body) = server
-        .admin(
-            Method::DELETE,
-            &format!("/v1/modules/{}", v1.as_str().unwrap()),
-        )
+        .admin(Method::DELETE, &format!("/v1/modules/{v1}"))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     eventually("the module's file to go", GENEROUS, || async {
         (!module_file.exists()).then_some(())
     })
     .await;
-    let (_, list) = server.admin(Method::GET, "/v1/modules").await;
-    assert!(listed(&list, &v1).is_none(), "{list}");
+    assert!(listed(server.read("/v1/modules").await, &v1).is_none());
     let (status, _) = server
-        .admin(
-            Method::DELETE,
-            &format!("/v1/modules/{}", v1.as_str().unwrap()),
-        )
+        .admin(Method::DELETE, &format!("/v1/modules/{v1}"))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     server.shutdown().await;
@@ -275,7 +254,7 @@ async fn under_require_only_signed_modules_may_be_activated_or_rolled_back_to() 
     // Stored without signatures, by a server that did not check them.
     let (unsigned, signed_digest) = {
         let server = TestServer::start_with(in_dir(dir.path())).await;
-        let unsigned = server.deploy("app", guests::TAGGED_V1).await["version"].clone();
+        let unsigned = server.deployed("app", guests::TAGGED_V1).await.version;
         let bytes = guests::bytes(guests::TAGGED_V2);
         let signature = handoff::signing::sign(&private, &bytes).unwrap();
         let upload = Request::builder()
@@ -288,9 +267,9 @@ async fn under_require_only_signed_modules_may_be_activated_or_rolled_back_to() 
             .unwrap();
         let (status, body) = handoff_tests::send(server.admin, upload).await;
         assert!(status.is_success(), "{status}");
-        let body: Value = serde_json::from_slice(&body).unwrap();
+        let uploaded: Uploaded = serde_json::from_slice(&body).unwrap();
         server.shutdown().await;
-        (unsigned, body["version"].clone())
+        (unsigned, uploaded.version)
     };
     let server = TestServer::start_with(Config {
         signature_mode: Mode::Require,
@@ -307,10 +286,7 @@ async fn under_require_only_signed_modules_may_be_activated_or_rolled_back_to() 
         .post_json("/v1/routes/app/rollback", json!({"version": unsigned}))
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert!(
-        body["detail"].as_str().unwrap().contains("signed"),
-        "{body}"
-    );
+    assert!(detail(&body).contains("signed"), "{body}");
     let (status, _) = server
         .post_json("/v1/routes/app/rollback", Value::Null)
         .await;
@@ -335,13 +311,13 @@ async fn rollback_undoes_a_config_only_change() {
         .deploy_bytes("cfg", "?config=GREETING=second", bytes())
         .await;
     assert!(status.is_success(), "{body}");
-    assert_eq!(server.status("cfg").await["config"]["GREETING"], "second");
+    assert_eq!(server.route("cfg").await.config["GREETING"], "second");
     let (status, body) = server
         .post_json("/v1/routes/cfg/rollback", Value::Null)
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["changed"], true, "{body}");
-    assert_eq!(server.status("cfg").await["config"]["GREETING"], "first");
+    assert!(typed::<Deployed>(&body).changed, "{body}");
+    assert_eq!(server.route("cfg").await.config["GREETING"], "first");
     server.shutdown().await;
 }
 
@@ -349,11 +325,11 @@ async fn rollback_undoes_a_config_only_change() {
 async fn redeploying_the_same_bytes_repairs_their_stored_copy() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_with(in_dir(dir.path())).await;
-    let deployed = server.deploy("app", guests::TAGGED_V1).await;
+    let deployed = server.deployed("app", guests::TAGGED_V1).await;
     let file = dir
         .path()
         .join("modules")
-        .join(format!("{}.wasm", hex(&deployed["version"])));
+        .join(format!("{}.wasm", hex(&deployed.version)));
     std::fs::write(&file, b"damaged").unwrap();
     let (status, body) = server
         .deploy_bytes("app", "", guests::bytes(guests::TAGGED_V1))
@@ -371,14 +347,14 @@ async fn a_wrong_method_is_told_which_methods_the_path_takes() {
     let server = TestServer::start().await;
     let (status, body) = server.admin(Method::POST, "/v1/routes/app/versions").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    let detail = body["detail"].as_str().unwrap();
-    assert!(detail.contains("GET"), "{detail}");
-    assert!(!detail.contains("PUT"), "{detail}");
+    let said = detail(&body);
+    assert!(said.contains("GET"), "{said}");
+    assert!(!said.contains("PUT"), "{said}");
     let (status, body) = server.admin(Method::PATCH, "/v1/routes/app").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    let detail = body["detail"].as_str().unwrap();
+    let said = detail(&body);
     for method in ["GET", "PUT", "DELETE"] {
-        assert!(detail.contains(method), "{detail}");
+        assert!(said.contains(method), "{said}");
     }
     server.shutdown().await;
 }
@@ -391,7 +367,7 @@ async fn rollouts_keep_the_history_limit_and_their_old_modules_are_collected() {
         ..in_dir(dir.path())
     })
     .await;
-    let first = server.deploy("app", guests::TAGGED_V1).await["version"].clone();
+    let first = server.deployed("app", guests::TAGGED_V1).await.version;
     // Three versions in turn, each promoted from a rollout (never a plain deploy).
     for guest in [guests::TAGGED_V2, guests::TAGGED_SLOW, guests::TAGGED_V1B] {
         let candidate = server.upload(guest).await;
@@ -421,14 +397,7 @@ async fn rollouts_keep_the_history_limit_and_their_old_modules_are_collected() {
         .join("modules")
         .join(format!("{}.wasm", hex(&first)));
     assert!(!module_file.exists(), "{} kept", module_file.display());
-    let (_, list) = server.admin(Method::GET, "/v1/modules").await;
-    assert!(
-        !list["modules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["version"] == first),
-        "{list}"
-    );
+    let list: ModuleList = server.read("/v1/modules").await;
+    assert!(!list.modules.iter().any(|m| m.version == first), "{list:?}");
     server.shutdown().await;
 }

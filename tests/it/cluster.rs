@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use handoff::api::{Convergence, Health, NodeList, NodeStatus, Problem, RouteOnNode};
 use handoff::server::Server;
 use handoff_tests::nats::{NatsServer, start_nodes};
-use handoff_tests::{Connection, TestServer, eventually, guests, node_config};
+use handoff_tests::{Connection, TestServer, eventually, guests, node_config, typed};
 use http::{Method, StatusCode};
 use serde_json::Value;
 
@@ -23,18 +24,35 @@ async fn answer(node: &TestServer, path: &str) -> String {
     format!("{} {body}", status.as_u16())
 }
 
+/// How the nodes answered the change whose answer (`Deployed` or `Deleted`) is `body`.
+fn cluster(body: &Value) -> Convergence {
+    typed(&body["cluster"])
+}
+
+/// Each node's answer to the change whose answer is `body`: (node, state).
 fn states(body: &Value) -> Vec<(String, String)> {
-    body["cluster"]["nodes"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no cluster answer in {body}"))
-        .iter()
-        .map(|n| {
-            (
-                n["node"].as_str().unwrap().to_owned(),
-                n["state"].as_str().unwrap().to_owned(),
-            )
-        })
+    cluster(body)
+        .nodes
+        .into_iter()
+        .map(|n| (n.node, n.state))
         .collect()
+}
+
+/// What each node serves on `route`, as `node`'s status of it says.
+async fn on_nodes(node: &TestServer, route: &str) -> Vec<RouteOnNode> {
+    let status = node.route(route).await;
+    match status.nodes {
+        Some(nodes) => nodes,
+        None => panic!("no nodes in route {route}'s status (not a cluster?)"),
+    }
+}
+
+/// Node `name` as `list` shows it.
+fn listed<'a>(list: &'a NodeList, name: &str) -> &'a NodeStatus {
+    list.nodes
+        .iter()
+        .find(|n| n.node == name)
+        .unwrap_or_else(|| panic!("{name} listed in {list:?}"))
 }
 
 async fn shutdown(nodes: Vec<TestServer>) {
@@ -53,7 +71,7 @@ async fn a_change_through_one_node_is_served_by_every_node_when_it_returns() {
 
     let (status, body) = nodes[0].deploy_bytes("api", "", v1).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(body["cluster"]["converged"], true, "{body}");
+    assert!(cluster(&body).converged, "{body}");
     let answered = states(&body);
     assert_eq!(answered.len(), 3, "{body}");
     assert!(answered.iter().all(|(_, s)| s == "activated"), "{body}");
@@ -75,37 +93,34 @@ async fn a_change_through_one_node_is_served_by_every_node_when_it_returns() {
         .admin(Method::POST, "/v1/routes/api/rollback")
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["cluster"]["converged"], true, "{body}");
+    assert!(cluster(&body).converged, "{body}");
     for node in &nodes {
         assert_eq!(answer(node, "/api").await, "200 v1", "after the rollback");
     }
 
     // Every node lists every node, and what each serves.
-    let (status, list) = nodes[0].admin(Method::GET, "/v1/nodes").await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(list["this"], "a");
-    let listed: Vec<&str> = list["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["node"].as_str().unwrap())
-        .collect();
-    assert_eq!(listed, NAMES);
-    for node in list["nodes"].as_array().unwrap() {
-        let route = &node["routes"][0];
-        assert_eq!(route["route"], "api", "{node}");
-        assert_eq!(route["converged"], true, "{node}");
+    let list: NodeList = nodes[0].read("/v1/nodes").await;
+    assert_eq!(list.this, "a");
+    let names: Vec<&str> = list.nodes.iter().map(|n| n.node.as_str()).collect();
+    assert_eq!(names, NAMES);
+    for node in &list.nodes {
+        let route = &node.routes[0];
+        assert_eq!(
+            (route.route.as_str(), route.converged),
+            ("api", true),
+            "{node:?}"
+        );
     }
-    let status = nodes[1].status("api").await;
-    let per_node = status["nodes"]
-        .as_array()
-        .expect("nodes in a route's status");
+    let per_node = on_nodes(&nodes[1], "api").await;
     assert_eq!(per_node.len(), 3);
-    assert!(per_node.iter().all(|n| n["converged"] == true), "{status}");
-    let (_, health) = nodes[2].admin(Method::GET, "/healthz").await;
-    assert_eq!(health["status"], "ok");
-    assert_eq!(health["cluster"]["node"], "c");
-    assert_eq!(health["cluster"]["connected"], true);
+    assert!(per_node.iter().all(|n| n.converged), "{per_node:?}");
+    let health: Health = nodes[2].read("/healthz").await;
+    assert_eq!(health.status, "ok");
+    let of_cluster = health.cluster.expect("a node's health names its cluster");
+    assert_eq!(
+        (of_cluster.node.as_str(), of_cluster.connected),
+        ("c", true)
+    );
 
     // The query key is checked, and `local` does not ask the others.
     let (status, body) = nodes[0]
@@ -116,11 +131,11 @@ async fn a_change_through_one_node_is_served_by_every_node_when_it_returns() {
         .deploy_bytes("other", "?wait=local", guests::bytes(guests::TAGGED_V2))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(body["cluster"]["wait"], "local");
+    assert_eq!(cluster(&body).wait, "local");
 
     let (status, body) = nodes[0].admin(Method::DELETE, "/v1/routes/api").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["cluster"]["converged"], true, "{body}");
+    assert!(cluster(&body).converged, "{body}");
     for node in &nodes {
         assert_eq!(answer(node, "/api").await.split(' ').next(), Some("404"));
     }
@@ -178,7 +193,7 @@ async fn no_request_fails_on_any_node_while_deploys_alternate_through_different_
         let through = &nodes[round % 3];
         let (status, body) = through.deploy_bytes("swap", "", bytes.clone()).await;
         assert_eq!(status, StatusCode::OK, "deploy {round}: {body}");
-        assert_eq!(body["cluster"]["converged"], true, "deploy {round}: {body}");
+        assert!(cluster(&body).converged, "deploy {round}: {body}");
         for node in &nodes {
             assert_eq!(
                 answer(node, "/swap").await,
@@ -216,8 +231,8 @@ async fn connected(node: &TestServer, up: bool) {
         "the node's view of the cluster",
         Duration::from_secs(30),
         || async {
-            let (_, health) = node.admin(Method::GET, "/healthz").await;
-            (health["cluster"]["connected"] == up).then_some(())
+            let health: Health = node.read("/healthz").await;
+            (health.cluster?.connected == up).then_some(())
         },
     )
     .await;
@@ -233,8 +248,8 @@ async fn without_nats_every_node_serves_and_refuses_changes_then_all_converge() 
     nats.stop();
     for node in &nodes {
         connected(node, false).await;
-        let (_, health) = node.admin(Method::GET, "/healthz").await;
-        assert_eq!(health["status"], "degraded", "{health}");
+        let health: Health = node.read("/healthz").await;
+        assert_eq!(health.status, "degraded", "{health:?}");
     }
     for round in 0..3 {
         for node in &nodes {
@@ -245,12 +260,10 @@ async fn without_nats_every_node_serves_and_refuses_changes_then_all_converge() 
         .deploy_bytes("api", "", guests::bytes(guests::TAGGED_V2))
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let problem: Problem = typed(&body);
     assert!(
-        body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("cannot reach the cluster"),
-        "{body}"
+        problem.detail.contains("cannot reach the cluster"),
+        "{problem:?}"
     );
     let (status, _) = nodes[2].admin(Method::DELETE, "/v1/routes/api").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -264,7 +277,7 @@ async fn without_nats_every_node_serves_and_refuses_changes_then_all_converge() 
         .deploy_bytes("api", "", guests::bytes(guests::TAGGED_V2))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["cluster"]["converged"], true, "{body}");
+    assert!(cluster(&body).converged, "{body}");
     for node in &nodes {
         assert_eq!(answer(node, "/api").await, "200 v2");
     }
@@ -273,14 +286,12 @@ async fn without_nats_every_node_serves_and_refuses_changes_then_all_converge() 
 
 /// The route's revision as `node` reports it.
 async fn revision(node: &TestServer, route: &str) -> u64 {
-    let status = node.status(route).await;
-    let me = status["nodes"]
-        .as_array()
-        .unwrap()
+    let nodes = on_nodes(node, route).await;
+    let me = nodes
         .iter()
-        .find(|n| n["converged"] == true)
-        .unwrap_or_else(|| panic!("no node serves the current revision: {status}"));
-    me["revision"].as_u64().unwrap()
+        .find(|n| n.converged)
+        .unwrap_or_else(|| panic!("no node serves the current revision: {nodes:?}"));
+    me.revision.expect("the revision it serves")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,7 +308,7 @@ async fn on_three_nats_servers_losing_one_loses_no_acknowledged_deploy() {
         .deploy_bytes("api", "", guests::bytes(guests::TAGGED_V2))
         .await;
     assert!(status.is_success(), "{body}");
-    let acknowledged = body["cluster"]["revision"].as_u64().unwrap();
+    let acknowledged = cluster(&body).revision;
     for node in &nodes {
         // Generous: a stream leader election after a server's loss takes seconds, and more
         // on a loaded machine.
@@ -317,10 +328,7 @@ async fn on_three_nats_servers_losing_one_loses_no_acknowledged_deploy() {
         .deploy_bytes("api", "", guests::bytes(guests::TAGGED_SLOW))
         .await;
     assert!(status.is_success(), "{body}");
-    assert!(
-        body["cluster"]["revision"].as_u64().unwrap() > acknowledged,
-        "{body}"
-    );
+    assert!(cluster(&body).revision > acknowledged, "{body}");
     for node in &nodes {
         eventually("every node serves the next deploy", ELECTION, || async {
             (answer(node, "/api").await == "200 slow").then_some(())
@@ -341,12 +349,8 @@ async fn an_upgraded_node_on_a_fresh_machine_compiles_from_the_object_store_befo
     assert_eq!(answer(&b, "/api").await, "200 v1");
     // b leaves (SIGTERM: drains, deregisters) ...
     b.shutdown().await;
-    let (_, list) = a.admin(Method::GET, "/v1/nodes").await;
-    assert_eq!(
-        list["nodes"].as_array().unwrap().len(),
-        1,
-        "b deregistered: {list}"
-    );
+    let list: NodeList = a.read("/v1/nodes").await;
+    assert_eq!(list.nodes.len(), 1, "b deregistered: {list:?}");
     // ... and comes back upgraded: other engine settings (on-demand allocation, another
     // memory cap) and an empty data directory, as on a fresh machine: no artifact and no
     // module bytes of its own, as after an upgrade whose engine key changed.
@@ -359,10 +363,8 @@ async fn an_upgraded_node_on_a_fresh_machine_compiles_from_the_object_store_befo
     // Ready means caught up: it compiled the route's module from the Object Store's bytes.
     assert_eq!(b.server().runtime().compiles(), 1);
     assert_eq!(answer(&b, "/api").await, "200 v1");
-    let (_, list) = a.admin(Method::GET, "/v1/nodes").await;
-    let listed = list["nodes"].as_array().unwrap();
-    let b_listed = listed.iter().find(|n| n["node"] == "b").expect("b again");
-    assert_eq!(b_listed["engine_key"], new_key.as_str());
+    let list: NodeList = a.read("/v1/nodes").await;
+    assert_eq!(listed(&list, "b").engine_key, new_key);
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -419,15 +421,8 @@ async fn a_node_restarted_with_another_opt_level_recompiles_before_it_is_ready()
         artifacts.iter().any(|name| !old_artifacts.contains(name)),
         "an artifact for the new engine: {artifacts:?}, before: {old_artifacts:?}"
     );
-    let (_, list) = a.admin(Method::GET, "/v1/nodes").await;
-    let b_listed = list["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["node"] == "b")
-        .cloned()
-        .expect("b listed");
-    assert_eq!(b_listed["engine_key"], new_key.as_str(), "{list}");
+    let list: NodeList = a.read("/v1/nodes").await;
+    assert_eq!(listed(&list, "b").engine_key, new_key);
     // And it keeps up with the cluster: the next deploy converges on it too.
     a.deploy("api", guests::TAGGED_V2).await;
     assert_eq!(answer(&b, "/api").await, "200 v2");
@@ -446,8 +441,8 @@ async fn a_node_that_cannot_activate_a_change_is_named_and_the_change_is_partial
     config.limits.max_memory_bytes = 64 << 10;
     let b = TestServer::start_with(config).await;
     eventually("a sees b", Duration::from_secs(10), || async {
-        let (_, list) = a.admin(Method::GET, "/v1/nodes").await;
-        (list["nodes"].as_array()?.len() == 2).then_some(())
+        let list: NodeList = a.read("/v1/nodes").await;
+        (list.nodes.len() == 2).then_some(())
     })
     .await;
 
@@ -455,25 +450,27 @@ async fn a_node_that_cannot_activate_a_change_is_named_and_the_change_is_partial
         .deploy_bytes("api", "", guests::bytes(guests::TAGGED_V1))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "partial: {body}");
-    assert_eq!(body["cluster"]["converged"], false, "{body}");
-    let b_answer = &body["cluster"]["nodes"][1];
-    assert_eq!(b_answer["node"], "b", "{body}");
-    assert_eq!(b_answer["state"], "failed", "{body}");
+    let answered = cluster(&body);
+    assert!(!answered.converged, "{body}");
+    let b_answer = &answered.nodes[1];
+    assert_eq!(
+        (b_answer.node.as_str(), b_answer.state.as_str()),
+        ("b", "failed"),
+        "{body}"
+    );
     assert!(
-        b_answer["error"].as_str().is_some_and(|e| !e.is_empty()),
+        b_answer.error.as_ref().is_some_and(|e| !e.is_empty()),
         "{body}"
     );
     assert_eq!(answer(&a, "/api").await, "200 v1");
     // The route's status names b as not converged, with its reason.
-    let status = a.status("api").await;
-    let on_b = status["nodes"]
-        .as_array()
-        .unwrap()
+    let per_node = on_nodes(&a, "api").await;
+    let on_b = per_node
         .iter()
-        .find(|n| n["node"] == "b")
-        .unwrap_or_else(|| panic!("b in {status}"));
-    assert_eq!(on_b["converged"], false, "{status}");
-    assert!(on_b["error"].is_string(), "{status}");
+        .find(|n| n.node == "b")
+        .unwrap_or_else(|| panic!("b in {per_node:?}"));
+    assert!(!on_b.converged, "{on_b:?}");
+    assert!(on_b.error.is_some(), "{on_b:?}");
 
     // wait=none and wait=local answer without asking b.
     for wait in ["none", "local"] {
@@ -485,9 +482,10 @@ async fn a_node_that_cannot_activate_a_change_is_named_and_the_change_is_partial
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
-        assert_eq!(body["cluster"]["wait"], wait, "{body}");
-        assert_eq!(body["cluster"]["converged"], true, "{body}");
-        assert_eq!(body["cluster"]["nodes"], serde_json::json!([]), "{body}");
+        let answered = cluster(&body);
+        assert_eq!(answered.wait, wait, "{body}");
+        assert!(answered.converged, "{body}");
+        assert!(answered.nodes.is_empty(), "{body}");
     }
     a.shutdown().await;
     b.shutdown().await;

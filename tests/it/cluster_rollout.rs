@@ -4,10 +4,19 @@
 
 use std::time::{Duration, Instant};
 
+use handoff::api::{Problem, RolloutStatus};
 use handoff_tests::nats::{NatsServer, start_nodes, until_live};
-use handoff_tests::{Connection, TestServer, eventually, guests};
+use handoff_tests::{Connection, TestServer, eventually, guests, typed};
 use http::StatusCode;
 use serde_json::json;
+
+/// Waves of node names, as a rollout's status shows them.
+fn waves(names: &[&[&str]]) -> Vec<Vec<String>> {
+    names
+        .iter()
+        .map(|wave| wave.iter().map(|n| n.to_string()).collect())
+        .collect()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_candidate_is_rolled_back_everywhere_on_requests_another_node_served() {
@@ -46,13 +55,13 @@ async fn a_failing_candidate_is_rolled_back_everywhere_on_requests_another_node_
         );
         conn.get("/app/error").await.expect("a request to b");
         sent += 1;
-        let rollout = a.status("app").await["rollout"].clone();
-        if rollout["state"] != "running" {
+        let rollout = a.rollout("app").await;
+        if rollout.state != "running" {
             break rollout;
         }
     };
-    assert_eq!(state["state"], "rolled_back", "{state}");
-    let reason = state["reason"].as_str().unwrap();
+    assert_eq!(state.state, "rolled_back", "{state:?}");
+    let reason = state.reason.as_deref().unwrap_or_default();
     assert!(reason.contains("error rate"), "{reason}");
     eventually(
         "b applies the rollback",
@@ -101,10 +110,8 @@ async fn a_failing_candidate_in_waves_of_one_node_is_stopped_after_the_first_wav
             .extend(options.as_object().unwrap().clone());
         let (status, answer) = nodes[1].post_json("/v1/routes/app/rollout", body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
-        assert!(
-            answer["detail"].as_str().unwrap().contains(says),
-            "{answer}"
-        );
+        let problem: Problem = typed(&answer);
+        assert!(problem.detail.contains(says), "{answer}");
     }
 
     let (status, body) = nodes[1]
@@ -114,8 +121,13 @@ async fn a_failing_candidate_in_waves_of_one_node_is_stopped_after_the_first_wav
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(body["waves"], json!([["a"], ["b"], ["c"]]), "{body}");
-    assert_eq!(body["steps"], json!([100.0, 100.0, 100.0]), "{body}");
+    let started: RolloutStatus = typed(&body);
+    assert_eq!(
+        started.waves,
+        Some(waves(&[&["a"], &["b"], &["c"]])),
+        "{body}"
+    );
+    assert_eq!(started.steps, [100.0, 100.0, 100.0], "{body}");
     for node in &nodes {
         eventually(
             "the rollout is applied",
@@ -158,14 +170,14 @@ async fn a_failing_candidate_in_waves_of_one_node_is_stopped_after_the_first_wav
                 );
             }
         }
-        let rollout = nodes[0].status("app").await["rollout"].clone();
-        if rollout["state"] != "running" {
+        let rollout = nodes[0].rollout("app").await;
+        if rollout.state != "running" {
             break rollout;
         }
     };
     assert!(candidate_answers >= 20, "a served the candidate");
-    assert_eq!(state["state"], "rolled_back", "{state}");
-    assert_eq!(state["step"], 0, "stopped in the first wave: {state}");
+    assert_eq!(state.state, "rolled_back", "{state:?}");
+    assert_eq!(state.step, 0, "stopped in the first wave: {state:?}");
     for node in &nodes {
         eventually(
             "the rollback is applied",
@@ -194,7 +206,12 @@ async fn a_healthy_candidate_reaches_the_nodes_wave_by_wave_in_the_order_named()
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(body["waves"], json!([["c"], ["a"], ["b"]]), "{body}");
+    let started: RolloutStatus = typed(&body);
+    assert_eq!(
+        started.waves,
+        Some(waves(&[&["c"], &["a"], &["b"]])),
+        "{body}"
+    );
 
     // Each node's first v2 answer, by round.
     let mut conns = Vec::new();
@@ -283,14 +300,14 @@ async fn exactly_one_node_drives_a_rollout_and_the_next_takes_over_when_it_leave
             let (status, _) = conn.get("/app").await.expect("a request");
             assert_eq!(status, StatusCode::OK);
         }
-        let rollout = nodes[2].status("app").await["rollout"].clone();
-        if rollout["step"] != 0 {
+        let rollout = nodes[2].rollout("app").await;
+        if rollout.step != 0 {
             break rollout;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    assert_eq!(first["step"], 1, "{first}");
-    assert_eq!(first["driver"], "a", "{first}");
+    assert_eq!(first.step, 1, "{first:?}");
+    assert_eq!(first.driver.as_deref(), Some("a"), "{first:?}");
 
     // The driver leaves (SIGTERM: it drains and deregisters); b, now the smallest live name,
     // takes over and finishes the rollout on b's and c's requests.
@@ -307,14 +324,14 @@ async fn exactly_one_node_drives_a_rollout_and_the_next_takes_over_when_it_leave
             let (status, _) = conn.get("/app").await.expect("a request");
             assert_eq!(status, StatusCode::OK);
         }
-        let rollout = nodes[1].status("app").await["rollout"].clone();
-        if rollout["state"] != "running" {
+        let rollout = nodes[1].rollout("app").await;
+        if rollout.state != "running" {
             break rollout;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    assert_eq!(done["state"], "promoted", "{done}");
-    assert_eq!(done["driver"], "b", "{done}");
+    assert_eq!(done.state, "promoted", "{done:?}");
+    assert_eq!(done.driver.as_deref(), Some("b"), "{done:?}");
 
     // Every change the controllers made, in order: the first step by a, the rest by b; never
     // two nodes for one change, never c.
@@ -406,19 +423,19 @@ async fn two_clusters_in_one_process_count_their_rollouts_apart() {
         );
         conn.get("/app/error").await.expect("a request to d");
         sent += 1;
-        let rollout = c.status("app").await["rollout"].clone();
-        if rollout["state"] != "running" {
+        let rollout = c.rollout("app").await;
+        if rollout.state != "running" {
             break rollout;
         }
     };
-    assert_eq!(state["state"], "rolled_back", "{state}");
+    assert_eq!(state.state, "rolled_back", "{state:?}");
     // x's driver judges every half second or so: give it several looks at the figures it
     // would have shared with y's driver.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let x = a.status("app").await["rollout"].clone();
+    let x = a.rollout("app").await;
     assert_eq!(
-        x["state"], "running",
-        "x saw none of y's requests, so its gates have nothing to judge: {x}"
+        x.state, "running",
+        "x saw none of y's requests, so its gates have nothing to judge: {x:?}"
     );
     for node in [a, b, c, d] {
         node.shutdown().await;

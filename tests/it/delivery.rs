@@ -6,8 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use handoff::api::RolloutStatus;
 use handoff::config::Config;
-use handoff_tests::{Connection, TestServer, eventually, guests};
+use handoff_tests::{Connection, TestServer, detail, eventually, guests, typed};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
@@ -27,7 +28,7 @@ pub(crate) async fn rollout(
     route: &str,
     version: &str,
     options: Value,
-) -> Value {
+) -> RolloutStatus {
     let mut body = json!({ "version": version });
     for (key, value) in options.as_object().unwrap() {
         body[key] = value.clone();
@@ -36,10 +37,10 @@ pub(crate) async fn rollout(
         .post_json(&format!("/v1/routes/{route}/rollout"), body)
         .await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
-    answer
+    typed(&answer)
 }
 
-pub(crate) async fn set_weight(server: &TestServer, route: &str, weight: f64) -> Value {
+pub(crate) async fn set_weight(server: &TestServer, route: &str, weight: f64) -> RolloutStatus {
     let (status, answer) = server
         .admin_json(
             Method::PATCH,
@@ -48,11 +49,7 @@ pub(crate) async fn set_weight(server: &TestServer, route: &str, weight: f64) ->
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    answer
-}
-
-pub(crate) async fn rollout_state(server: &TestServer, route: &str) -> Value {
-    server.status(route).await["rollout"].clone()
+    typed(&answer)
 }
 
 /// GET `path` on `conn` with one extra header; the body as text.
@@ -114,43 +111,36 @@ async fn a_random_split_sends_the_candidate_its_share() {
     server.deploy("app", guests::TAGGED_V1).await;
     let v2 = server.upload(guests::TAGGED_V2).await;
     let started = rollout(&server, "app", &v2, json!({"steps": [30], "manual": true})).await;
-    assert_eq!(started["state"], "running");
-    assert_eq!(started["weight"], 30.0);
+    assert_eq!((started.state.as_str(), started.weight), ("running", 30.0));
     let counts = tally(&server, "/app", 10_000, 8).await;
     let share = counts.get("v2").copied().unwrap_or(0) as f64 / 10_000.0;
     assert!(
         (0.28..=0.32).contains(&share),
         "the candidate got {share} of 10,000 requests at weight 30: {counts:?}"
     );
-    let status = server.status("app").await;
-    let roles: Vec<_> = status["versions"]
-        .as_array()
-        .unwrap()
+    let status = server.route("app").await;
+    let roles: Vec<(&str, f64)> = status
+        .versions
         .iter()
-        .map(|v| {
-            (
-                v["role"].as_str().unwrap().to_owned(),
-                v["weight"].as_f64().unwrap(),
-            )
-        })
+        .map(|v| (v.role.as_str(), v.weight))
         .collect();
-    assert_eq!(roles, [("stable".into(), 70.0), ("candidate".into(), 30.0)]);
+    assert_eq!(roles, [("stable", 70.0), ("candidate", 30.0)]);
     // A plain deploy, a rollback or a second rollout while one runs: 409 naming it.
     let (status, body) = server
         .deploy_bytes("app", "", guests::bytes(guests::TAGGED_V2))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains(&v2), "{body}");
+    assert!(detail(&body).contains(&v2), "{body}");
     let (status, body) = server
         .post_json("/v1/routes/app/rollback", Value::Null)
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains(&v2), "{body}");
+    assert!(detail(&body).contains(&v2), "{body}");
     let (status, body) = server
         .post_json("/v1/routes/app/activate", json!({"version": v2}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains(&v2), "{body}");
+    assert!(detail(&body).contains(&v2), "{body}");
     let (status, _) = server
         .post_json("/v1/routes/app/rollout", json!({"version": v2}))
         .await;
@@ -203,7 +193,7 @@ async fn sticky_keys_never_flip_back_as_the_weight_rises_and_keep_their_side_acr
     // The same key, the same version, after a restart.
     server.shutdown().await;
     let server = TestServer::start_with(in_dir(dir.path())).await;
-    assert_eq!(rollout_state(&server, "app").await["weight"], 50.0);
+    assert_eq!(server.rollout("app").await.weight, 50.0);
     assert_eq!(
         sides(&server).await,
         before,
@@ -265,27 +255,22 @@ async fn a_version_leaving_the_split_drains_like_after_a_deploy() {
         .post_json("/v1/routes/app/rollout/abort", Value::Null)
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["state"], "aborted");
+    assert_eq!(typed::<RolloutStatus>(&body).state, "aborted", "{body}");
     assert_eq!(
         server.get("/app").await.1,
         "v1",
         "new requests: the stable version"
     );
-    let draining = server.status("app").await["draining"].clone();
-    assert_eq!(draining[0]["version"], v2, "{draining}");
-    assert_eq!(draining[0]["in_flight"], 1);
+    let draining = server.route("app").await.draining;
+    assert_eq!(draining[0].version.version, v2, "{draining:?}");
+    assert_eq!(draining[0].version.in_flight, 1);
     let bytes = stream.await.unwrap();
     assert_eq!(
         String::from_utf8_lossy(&bytes),
         "v2 0\nv2 1\nv2 2\nv2 3\nv2 4\nv2 5\n"
     );
     eventually("the candidate to drain", GENEROUS, || async {
-        let status = server.status("app").await;
-        status["draining"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-            .then_some(())
+        server.route("app").await.draining.is_empty().then_some(())
     })
     .await;
     server.shutdown().await;

@@ -2,34 +2,35 @@
 
 use std::time::Duration;
 
-use handoff_tests::{TestServer, guests};
+use handoff::api::{Deployed, Problem, RouteList};
+use handoff_tests::{TestServer, guests, typed};
 use http::{Method, StatusCode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_replace_and_delete_a_route() {
     let server = TestServer::start().await;
 
-    let first = server.deploy("app", guests::TAGGED_V1).await;
-    assert_eq!(first["created"], true);
-    assert_eq!(first["prefix"], "/app");
-    assert!(first["version"].as_str().unwrap().starts_with("sha256:"));
-    assert!(first["previous_version"].is_null());
-    assert!(first["compile_ms"].as_f64().unwrap() > 0.0);
+    let first = server.deployed("app", guests::TAGGED_V1).await;
+    assert!(first.created);
+    assert_eq!(first.prefix, "/app");
+    assert!(first.version.starts_with("sha256:"));
+    assert_eq!(first.previous_version, None);
+    assert!(first.compile_ms.is_some_and(|ms| ms > 0.0), "{first:?}");
     assert_eq!(server.get("/app").await, (StatusCode::OK, "v1".into()));
     assert_eq!(
         server.get("/app/any/path").await,
         (StatusCode::OK, "v1".into())
     );
 
-    let second = server.deploy("app", guests::TAGGED_V2).await;
-    assert_eq!(second["created"], false);
-    assert_eq!(second["changed"], true);
-    assert_eq!(second["previous_version"], first["version"]);
+    let second = server.deployed("app", guests::TAGGED_V2).await;
+    assert!(!second.created);
+    assert!(second.changed);
+    assert_eq!(second.previous_version, Some(first.version));
     assert_eq!(server.get("/app").await, (StatusCode::OK, "v2".into()));
 
-    let status = server.status("app").await;
-    assert_eq!(status["active"]["version"], second["version"]);
-    assert!(status["requests"].as_u64().unwrap() >= 3);
+    let status = server.route("app").await;
+    assert_eq!(status.active.version, second.version);
+    assert!(status.requests >= 3, "{status:?}");
 
     let (code, body) = server.admin(Method::DELETE, "/v1/routes/app").await;
     assert_eq!(code, StatusCode::OK, "{body}");
@@ -46,20 +47,15 @@ async fn deploy_replace_and_delete_a_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploying_the_same_bytes_twice_is_a_no_op_that_says_so() {
     let server = TestServer::start().await;
-    let first = server.deploy("same", guests::TAGGED_V1).await;
-    let again = server.deploy("same", guests::TAGGED_V1).await;
-    assert_eq!(again["changed"], false);
-    assert_eq!(again["version"], first["version"]);
-    assert!(
-        again["compile_ms"].is_null(),
-        "a no-op deploy compiles nothing: {again}"
+    let first = server.deployed("same", guests::TAGGED_V1).await;
+    let again = server.deployed("same", guests::TAGGED_V1).await;
+    assert!(!again.changed);
+    assert_eq!(again.version, first.version);
+    assert_eq!(
+        again.compile_ms, None,
+        "a no-op deploy compiles nothing: {again:?}"
     );
-    assert!(
-        server.status("same").await["draining"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
+    assert!(server.route("same").await.draining.is_empty());
     server.shutdown().await;
 }
 
@@ -78,7 +74,7 @@ async fn longest_prefix_wins_on_segment_boundaries() {
         )
         .await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
-    assert_eq!(body["prefix"], "/api/v2");
+    assert_eq!(typed::<Deployed>(&body).prefix, "/api/v2");
 
     assert_eq!(server.get("/api").await.1, "v1");
     assert_eq!(server.get("/api/users").await.1, "v1");
@@ -100,7 +96,7 @@ async fn longest_prefix_wins_on_segment_boundaries() {
         .deploy_bytes("thief", "?prefix=/api", guests::bytes(guests::TAGGED_V2))
         .await;
     assert_eq!(code, StatusCode::CONFLICT, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("`api`"), "{body}");
+    assert!(typed::<Problem>(&body).detail.contains("`api`"), "{body}");
     assert_eq!(server.get("/api").await.1, "v1");
     server.shutdown().await;
 }
@@ -111,16 +107,16 @@ async fn redeploy_keeps_the_prefix_unless_told_otherwise() {
     server
         .deploy_bytes("svc", "?prefix=/service", guests::bytes(guests::TAGGED_V1))
         .await;
-    let body = server.deploy("svc", guests::TAGGED_V2).await;
-    assert_eq!(body["prefix"], "/service");
+    let body = server.deployed("svc", guests::TAGGED_V2).await;
+    assert_eq!(body.prefix, "/service");
     assert_eq!(server.get("/service").await.1, "v2");
     // Same bytes, new prefix: moves without recompiling.
     let (code, body) = server
         .deploy_bytes("svc", "?prefix=/moved", guests::bytes(guests::TAGGED_V2))
         .await;
     assert_eq!(code, StatusCode::OK, "{body}");
-    assert_eq!(body["changed"], true);
-    assert!(body["compile_ms"].is_null(), "{body}");
+    let moved: Deployed = typed(&body);
+    assert!(moved.changed && moved.compile_ms.is_none(), "{body}");
     assert_eq!(server.get("/moved").await.1, "v2");
     assert_eq!(server.get("/service").await.0, StatusCode::NOT_FOUND);
     server.shutdown().await;
@@ -143,14 +139,8 @@ async fn two_routes_are_deployed_and_swapped_independently() {
     assert_eq!(server.get("/left").await.1, "v1");
     assert_eq!(server.get("/right").await.1, "v2");
 
-    let (code, list) = server.admin(Method::GET, "/v1/routes").await;
-    assert_eq!(code, StatusCode::OK);
-    let names: Vec<_> = list["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["route"].as_str().unwrap().to_owned())
-        .collect();
+    let list: RouteList = server.read("/v1/routes").await;
+    let names: Vec<&str> = list.routes.iter().map(|r| r.route.as_str()).collect();
     assert_eq!(names, ["left", "right"]);
 
     server.admin(Method::DELETE, "/v1/routes/left").await;
@@ -159,6 +149,8 @@ async fn two_routes_are_deployed_and_swapped_independently() {
     server.shutdown().await;
 }
 
+/// Read as raw JSON on purpose: the wire format itself (a number for a problem's `status`,
+/// an empty `routes` array).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_unknown_admin_paths() {
     let server = TestServer::start().await;
@@ -198,16 +190,19 @@ async fn deploy_time_config_is_the_guests_only_environment() {
         "GREETING=hello there\nHANDOFF_ROUTE_PREFIX=/cfg\nMODE=a=b\n"
     );
     assert_eq!(server.get("/cfg/files").await.1, "readable: []");
-    let status = server.status("cfg").await;
-    assert_eq!(status["config"]["GREETING"], "hello there");
+    let status = server.route("cfg").await;
+    assert_eq!(status.config["GREETING"], "hello there");
 
     // Same bytes, new config: a new version without a recompile.
     let (code, body) = server
         .deploy_bytes("cfg", "?config=GREETING=bye", hostile.clone())
         .await;
     assert_eq!(code, StatusCode::OK, "{body}");
-    assert_eq!(body["changed"], true);
-    assert!(body["compile_ms"].is_null(), "{body}");
+    let reconfigured: Deployed = typed(&body);
+    assert!(
+        reconfigured.changed && reconfigured.compile_ms.is_none(),
+        "{body}"
+    );
     assert_eq!(
         server.get("/cfg/env").await.1,
         "GREETING=bye\nHANDOFF_ROUTE_PREFIX=/cfg\n"
@@ -215,7 +210,7 @@ async fn deploy_time_config_is_the_guests_only_environment() {
 
     // A deploy without config keeps the route's config; a lone empty `config=` clears it.
     let (_, body) = server.deploy_bytes("cfg", "", hostile.clone()).await;
-    assert_eq!(body["changed"], false, "{body}");
+    assert!(!typed::<Deployed>(&body).changed, "{body}");
     server
         .deploy_bytes("cfg", "?config=", hostile.clone())
         .await;
@@ -231,10 +226,7 @@ async fn deploy_time_config_is_the_guests_only_environment() {
     ] {
         let (code, body) = server.deploy_bytes("cfg", query, hostile.clone()).await;
         assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
-        assert!(
-            body["detail"].as_str().unwrap().contains(mentions),
-            "{body}"
-        );
+        assert!(typed::<Problem>(&body).detail.contains(mentions), "{body}");
     }
     server.shutdown().await;
 }
@@ -261,9 +253,9 @@ async fn a_slow_compile_stalls_neither_requests_nor_other_deploys() {
         })
     };
     // While it compiles: another route deploys, and the steady route answers.
-    let quick = server.deploy("quick", guests::TAGGED_V2).await;
+    let quick = server.deployed("quick", guests::TAGGED_V2).await;
     let quick_done = started.elapsed();
-    assert_eq!(quick["created"], true);
+    assert!(quick.created);
     let mut slowest = std::time::Duration::ZERO;
     for _ in 0..20 {
         let t = std::time::Instant::now();
@@ -325,7 +317,7 @@ async fn versions_of_the_same_bytes_share_their_code() {
         std::sync::Arc::ptr_eq(&code(&server, "a"), &code(&server, "b")),
         "shared after a restart too"
     );
-    assert_eq!(server.status("b").await["config"]["K"], "v");
+    assert_eq!(server.route("b").await.config["K"], "v");
     // Both routes move to other bytes: the old code is let go.
     let old = std::sync::Arc::downgrade(&code(&server, "a"));
     server.deploy("a", guests::TAGGED_V2).await;

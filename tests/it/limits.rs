@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use handoff::config::{Config, Limits};
-use handoff_tests::{Connection, TestServer, get_request, guests};
+use handoff_tests::{Connection, TestServer, detail, get_request, guests};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
@@ -24,9 +24,9 @@ async fn each_route_runs_under_its_own_limits() {
         .await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
     server.deploy("roomy", guests::HOSTILE).await;
-    let status = server.status("tight").await;
-    assert_eq!(status["limits"]["max_memory_bytes"], 16 << 20, "{status}");
-    assert_eq!(status["limits"]["request_timeout_ms"], 300);
+    let limits = server.route("tight").await.limits;
+    assert_eq!(limits.max_memory_bytes, 16 << 20, "{limits:?}");
+    assert_eq!(limits.request_timeout_ms, 300);
 
     // The deadline: 504 after the route's 300 ms, not the server's 30 s.
     let started = Instant::now();
@@ -80,10 +80,7 @@ async fn each_route_runs_under_its_own_limits() {
 
     // A redeploy without limits keeps them; limits out of range are refused.
     server.deploy("tight", guests::TAGGED_V1).await;
-    assert_eq!(
-        server.status("tight").await["limits"]["request_timeout_ms"],
-        300
-    );
+    assert_eq!(server.route("tight").await.limits.request_timeout_ms, 300);
     for (query, mentions) in [
         ("?max-memory=1GiB", "at most the server's"),
         ("?request-timeout=soon", "duration"),
@@ -94,10 +91,7 @@ async fn each_route_runs_under_its_own_limits() {
     ] {
         let (code, body) = server.deploy_bytes("tight", query, hostile.clone()).await;
         assert_eq!(code, StatusCode::BAD_REQUEST, "{query}: {body}");
-        assert!(
-            body["detail"].as_str().unwrap().contains(mentions),
-            "{query}: {body}"
-        );
+        assert!(detail(&body).contains(mentions), "{query}: {body}");
     }
     server.shutdown().await;
 }
@@ -187,7 +181,7 @@ async fn a_route_may_mount_one_directory_read_only() {
         .deploy_bytes("files", "?dir=site", hostile.clone())
         .await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
-    assert_eq!(server.status("files").await["dir"], "site");
+    assert_eq!(server.route("files").await.dir.as_deref(), Some("site"));
     assert_eq!(
         server.get("/files/data").await,
         (
@@ -223,10 +217,7 @@ async fn a_route_may_mount_one_directory_read_only() {
         .deploy_bytes("files", "?dir=site", guests::bytes(guests::HOSTILE))
         .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
-    assert!(
-        body["detail"].as_str().unwrap().contains("--guest-dirs"),
-        "{body}"
-    );
+    assert!(detail(&body).contains("--guest-dirs"), "{body}");
     plain.shutdown().await;
 }
 
@@ -278,18 +269,17 @@ async fn total_memory_is_capped(max_instances: u32) {
         }
         assert_eq!(good, (StatusCode::OK, "v1".into()), "the neighbour answers");
     }
-    let status = server.status("many").await;
-    assert_eq!(status["active"]["failures"], 2, "{status}");
-    assert_eq!(status["active"]["in_flight"], 0, "{status}");
+    let active = server.route("many").await.active;
+    assert_eq!((active.failures, active.in_flight), (2, 0), "{active:?}");
 
     // More memories than an instance may have: refused at deploy, saying why.
     let (code, body) = server
         .deploy_bytes("more", "", handoff_tests::many_memories(9, 0))
         .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let detail = body["detail"].as_str().unwrap();
+    let said = detail(&body);
     assert!(
-        detail.contains("9 Wasm linear memories") || detail.contains("memory count too high"),
+        said.contains("9 Wasm linear memories") || said.contains("memory count too high"),
         "{body}"
     );
     // Likewise more tables (9) or core instances (33) than an instance may have; exactly 8
@@ -310,8 +300,8 @@ async fn total_memory_is_capped(max_instances: u32) {
             )
             .await;
         assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-        let detail = body["detail"].as_str().unwrap();
-        assert!(refusal.iter().any(|r| detail.contains(r)), "{body}");
+        let said = detail(&body);
+        assert!(refusal.iter().any(|r| said.contains(r)), "{body}");
     }
     let (code, body) = server
         .deploy_bytes("most", "", handoff_tests::many_instances(1, 0, 8, 22))
@@ -395,7 +385,7 @@ async fn a_chunked_request_body_over_the_limit_gets_413() {
     // Neither route counts a client's oversize body as a guest failure.
     for route in ["raw", "sdk"] {
         assert_eq!(
-            server.status(route).await["active"]["failures"],
+            server.route(route).await.active.failures,
             0,
             "route {route}"
         );

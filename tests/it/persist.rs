@@ -5,8 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use handoff::api::{Deployed, Problem, RouteList, Uploaded};
 use handoff::config::Config;
-use handoff_tests::{Connection, TestServer, eventually, get_request, guests, send};
+use handoff_tests::{Connection, TestServer, eventually, get_request, guests, send, typed};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
@@ -24,12 +25,9 @@ fn compiles(server: &TestServer) -> u64 {
     server.server().runtime().compiles()
 }
 
-fn hex(digest: &Value) -> String {
-    digest
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_owned()
+/// The hex digits of a version (`sha256:...`).
+fn hex(version: &str) -> &str {
+    version.trim_start_matches("sha256:")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,8 +42,9 @@ async fn a_restart_restores_every_route_and_rollback_needs_no_compile() {
                 guests::bytes(guests::TAGGED_V1),
             )
             .await;
+        let first: Deployed = typed(&first);
         server.deploy("app", guests::TAGGED_V2).await;
-        let third = server.deploy("app", guests::HOSTILE).await;
+        let third = server.deployed("app", guests::HOSTILE).await;
         server
             .deploy_bytes(
                 "other",
@@ -69,22 +68,19 @@ async fn a_restart_restores_every_route_and_rollback_needs_no_compile() {
         server.get("/elsewhere/env").await,
         (StatusCode::OK, "v2".into())
     );
-    assert_eq!(server.status("other").await["config"]["K"], "v");
-    assert_eq!(server.status("other").await["limits"]["max_concurrency"], 3);
-    assert_eq!(
-        server.status("other").await["outbound"][0],
-        "https://*.example.com:443"
-    );
+    let other = server.route("other").await;
+    assert_eq!(other.config["K"], "v");
+    assert_eq!(other.limits.max_concurrency, 3);
+    assert_eq!(other.outbound, ["https://*.example.com:443"]);
 
-    let (code, versions) = server.admin(Method::GET, "/v1/routes/app/versions").await;
-    assert_eq!(code, StatusCode::OK, "{versions}");
-    let history = versions["versions"].as_array().unwrap();
-    assert_eq!(history.len(), 3, "{versions}");
-    assert_eq!(history[0]["version"], first["version"]);
-    assert_eq!(history[0]["label"], "first");
-    assert_eq!(history[0]["message"], "initial");
-    assert_eq!(history[0]["by"], "anonymous");
-    assert_eq!(versions["active"], third["version"]);
+    let versions = server.history("app").await;
+    let history = &versions.versions;
+    assert_eq!(history.len(), 3, "{versions:?}");
+    assert_eq!(history[0].version, first.version);
+    assert_eq!(history[0].label.as_deref(), Some("first"));
+    assert_eq!(history[0].message.as_deref(), Some("initial"));
+    assert_eq!(history[0].by, "anonymous");
+    assert_eq!(versions.active, third.version);
 
     // Back to the previous version, then by label, then by digest: no compile at all.
     let (code, body) = server
@@ -96,13 +92,10 @@ async fn a_restart_restores_every_route_and_rollback_needs_no_compile() {
         .post_json("/v1/routes/app/rollback", json!({"label": "first"}))
         .await;
     assert_eq!(code, StatusCode::OK, "{body}");
-    assert_eq!(body["version"], first["version"]);
+    assert_eq!(typed::<Deployed>(&body).version, first.version);
     assert_eq!(server.get("/app").await.1, "v1");
     let (code, body) = server
-        .post_json(
-            "/v1/routes/app/rollback",
-            json!({"version": third["version"]}),
-        )
+        .post_json("/v1/routes/app/rollback", json!({"version": third.version}))
         .await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(server.get("/app").await.1, "ok");
@@ -137,9 +130,8 @@ async fn a_restart_restores_every_route_and_rollback_needs_no_compile() {
         let (code, problem) = server.post_json("/v1/routes/app/rollback", body).await;
         assert_eq!(code, expected, "{problem}");
         assert!(
-            problem["detail"]
-                .as_str()
-                .unwrap()
+            typed::<Problem>(&problem)
+                .detail
                 .to_lowercase()
                 .contains(mentions),
             "{problem}"
@@ -171,10 +163,10 @@ async fn a_rollback_with_no_earlier_version_says_so() {
         .await;
     assert_eq!(code, StatusCode::CONFLICT, "{body}");
     assert!(
-        body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("no earlier version")
+        typed::<Problem>(&body)
+            .detail
+            .contains("no earlier version"),
+        "{body}"
     );
     assert_eq!(server.get("/solo").await.1, "v1");
     server.shutdown().await;
@@ -192,8 +184,13 @@ async fn uploaded_modules_activate_later_without_compiling() {
         .body(Full::new(Bytes::from(guests::bytes(guests::TAGGED_V2))))
         .unwrap();
     let (code, body) = send(server.admin, req).await;
-    let uploaded: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(code, StatusCode::CREATED, "{uploaded}");
+    assert_eq!(
+        code,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let uploaded: Uploaded = serde_json::from_slice(&body).unwrap();
     assert_eq!(
         server.get("/app").await.1,
         "v1",
@@ -204,7 +201,7 @@ async fn uploaded_modules_activate_later_without_compiling() {
     let (code, body) = server
         .post_json(
             "/v1/routes/app/activate",
-            json!({"version": uploaded["version"]}),
+            json!({"version": uploaded.version}),
         )
         .await;
     assert_eq!(code, StatusCode::OK, "{body}");
@@ -213,7 +210,7 @@ async fn uploaded_modules_activate_later_without_compiling() {
     let (code, body) = server
         .post_json(
             "/v1/routes/fresh/activate",
-            json!({"version": uploaded["version"], "prefix": "/new"}),
+            json!({"version": uploaded.version, "prefix": "/new"}),
         )
         .await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
@@ -234,8 +231,8 @@ async fn corrupt_or_missing_files_are_detected_per_route() {
     let dir = tempfile::tempdir().unwrap();
     let (kept, lost) = {
         let server = TestServer::start_with(config(dir.path())).await;
-        let kept = server.deploy("kept", guests::TAGGED_V1).await;
-        let lost = server.deploy("lost", guests::TAGGED_V2).await;
+        let kept = server.deployed("kept", guests::TAGGED_V1).await;
+        let lost = server.deployed("lost", guests::TAGGED_V2).await;
         server.shutdown().await;
         (kept, lost)
     };
@@ -243,13 +240,13 @@ async fn corrupt_or_missing_files_are_detected_per_route() {
     let artifacts = dir.path().join("artifacts");
     for entry in std::fs::read_dir(&artifacts).unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&hex(&kept["version"])) {
+        if name.starts_with(hex(&kept.version)) {
             let mut bytes = std::fs::read(entry.path()).unwrap();
             let middle = bytes.len() / 2;
             bytes[middle] ^= 0xff;
             std::fs::write(entry.path(), bytes).unwrap();
         }
-        if name.starts_with(&hex(&lost["version"])) {
+        if name.starts_with(hex(&lost.version)) {
             std::fs::remove_file(entry.path()).unwrap();
         }
     }
@@ -257,7 +254,7 @@ async fn corrupt_or_missing_files_are_detected_per_route() {
     std::fs::remove_file(
         dir.path()
             .join("modules")
-            .join(format!("{}.wasm", hex(&lost["version"]))),
+            .join(format!("{}.wasm", hex(&lost.version))),
     )
     .unwrap();
 
@@ -270,20 +267,15 @@ async fn corrupt_or_missing_files_are_detected_per_route() {
     );
     // Its prefix stays reserved for it until it is deployed again or deleted.
     assert_eq!(server.get("/lost").await.0, StatusCode::SERVICE_UNAVAILABLE);
-    let (_, list) = server.admin(Method::GET, "/v1/routes").await;
-    assert_eq!(list["unavailable"][0]["route"], "lost", "{list}");
-    assert!(
-        list["unavailable"][0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("cannot be read"),
-        "{list}"
-    );
+    let list: RouteList = server.read("/v1/routes").await;
+    let unavailable = &list.unavailable[0];
+    assert_eq!(unavailable.route, "lost", "{list:?}");
+    assert!(unavailable.reason.contains("cannot be read"), "{list:?}");
     // Redeploying the lost route brings it back.
     server.deploy("lost", guests::TAGGED_V2).await;
     assert_eq!(server.get("/lost").await.1, "v2");
-    let (_, list) = server.admin(Method::GET, "/v1/routes").await;
-    assert!(list["unavailable"].as_array().unwrap().is_empty(), "{list}");
+    let list: RouteList = server.read("/v1/routes").await;
+    assert!(list.unavailable.is_empty(), "{list:?}");
     server.shutdown().await;
     // The recompiled artifact was rewritten: the next restart compiles nothing.
     let server = TestServer::start_with(config(dir.path())).await;
@@ -300,11 +292,11 @@ async fn old_bytes_go_only_when_unreferenced_and_drained() {
         ..config(dir.path())
     })
     .await;
-    let v1 = server.deploy("gc", guests::TAGGED_V1).await;
-    let module = |v: &Value| {
+    let v1 = server.deployed("gc", guests::TAGGED_V1).await;
+    let module = |v: &Deployed| {
         dir.path()
             .join("modules")
-            .join(format!("{}.wasm", hex(&v["version"])))
+            .join(format!("{}.wasm", hex(&v.version)))
     };
     assert!(module(&v1).exists());
 
@@ -316,11 +308,11 @@ async fn old_bytes_go_only_when_unreferenced_and_drained() {
         .unwrap();
     let mut body = response.into_body();
     body.frame().await.unwrap().unwrap();
-    let v2 = server.deploy("gc", guests::TAGGED_V2).await;
+    let v2 = server.deployed("gc", guests::TAGGED_V2).await;
     // Give a garbage collection every chance to (wrongly) run, then check v1 survived.
     server.deploy("unrelated", guests::HOSTILE).await;
     assert_eq!(
-        server.status("gc").await["draining"][0]["in_flight"],
+        server.route("gc").await.draining[0].version.in_flight,
         1,
         "v1 still drains"
     );
@@ -334,7 +326,7 @@ async fn old_bytes_go_only_when_unreferenced_and_drained() {
     .await;
     assert!(module(&v2).exists(), "the active version's bytes stay");
     let (code, _) = server
-        .post_json("/v1/routes/gc/rollback", json!({"version": v1["version"]}))
+        .post_json("/v1/routes/gc/rollback", json!({"version": v1.version}))
         .await;
     assert_eq!(
         code,

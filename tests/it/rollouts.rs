@@ -8,12 +8,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use handoff::api::RolloutStatus;
 use handoff::config::Config;
 use handoff_tests::{Connection, TestServer, eventually, guests};
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::delivery::{GENEROUS, get_with, in_dir, rollout, rollout_state, tally};
+use crate::delivery::{GENEROUS, get_with, in_dir, rollout, tally};
+
+/// The candidate's requests in the rollout's current step (0 before its first figures).
+fn candidate_requests(rollout: &RolloutStatus) -> u64 {
+    rollout
+        .versions
+        .iter()
+        .find(|v| v.role == "candidate")
+        .map_or(0, |v| v.requests)
+}
 
 /// Drives `path` with `clients` keep-alive clients until the route's rollout reaches a state
 /// other than running; returns the rollout then and how long after the candidate could first
@@ -23,7 +33,7 @@ async fn drive_until_decided(
     path: &str,
     clients: usize,
     min_requests: u64,
-) -> (Value, Duration) {
+) -> (RolloutStatus, Duration) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
     for _ in 0..clients {
@@ -43,16 +53,11 @@ async fn drive_until_decided(
             started.elapsed() < GENEROUS,
             "the rollout did not end in time"
         );
-        let rollout = rollout_state(server, "app").await;
-        if rollout["state"] != "running" {
+        let rollout = server.rollout("app").await;
+        if rollout.state != "running" {
             break rollout;
         }
-        let candidate = rollout["versions"]
-            .as_array()
-            .and_then(|v| v.iter().find(|v| v["role"] == "candidate"))
-            .and_then(|v| v["requests"].as_u64())
-            .unwrap_or(0);
-        if candidate >= min_requests && judgeable.is_none() {
+        if candidate_requests(&rollout) >= min_requests && judgeable.is_none() {
             judgeable = Some(Instant::now());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -60,7 +65,7 @@ async fn drive_until_decided(
     let took = judgeable.map_or(Duration::ZERO, |at| at.elapsed());
     eprintln!(
         "rollout ended {} {took:?} after the candidate could be judged",
-        rollout["state"]
+        rollout.state
     );
     stop.store(true, Ordering::Relaxed);
     for task in load {
@@ -73,8 +78,8 @@ async fn drive_until_decided(
 async fn serves_stable_only(server: &TestServer, path: &str) {
     let counts = tally(server, path, 200, 4).await;
     assert_eq!(counts, HashMap::from([("v1".to_owned(), 200)]));
-    let status = server.status("app").await;
-    assert_eq!(status["versions"].as_array().unwrap().len(), 1, "{status}");
+    let status = server.route("app").await;
+    assert_eq!(status.versions.len(), 1, "{status:?}");
 }
 
 /// Rolls `candidate` out on a route serving the tagged v1, drives `path` with `clients` until
@@ -98,13 +103,13 @@ async fn rolled_back_by_a_gate(
         .extend(gates.as_object().unwrap().clone());
     rollout(&server, "app", &version, options).await;
     let (rollout, took) = drive_until_decided(&server, path, clients, 20).await;
-    assert_eq!(rollout["state"], "rolled_back", "{rollout}");
-    assert_eq!(rollout["weight"], 0.0);
+    assert_eq!(rollout.state, "rolled_back", "{rollout:?}");
+    assert_eq!(rollout.weight, 0.0);
     assert!(
         took < Duration::from_millis(1_500),
         "the candidate was taken out {took:?} after it could be judged"
     );
-    let reason = rollout["reason"].as_str().unwrap().to_owned();
+    let reason = rollout.reason.clone().expect("a rollback's reason");
     let history = server.history("app").await;
     let last = history.versions.last().unwrap();
     assert_eq!(
@@ -188,12 +193,12 @@ async fn a_healthy_candidate_steps_through_and_is_promoted_with_zero_failed_requ
             started.elapsed() < GENEROUS,
             "not promoted in time: {weights:?}"
         );
-        let rollout = rollout_state(&server, "app").await;
-        let weight = rollout["weight"].as_f64().unwrap();
+        let rollout = server.rollout("app").await;
+        let weight = rollout.weight;
         if weights.last() != Some(&weight) {
             weights.push(weight);
         }
-        if rollout["state"] != "running" {
+        if rollout.state != "running" {
             break rollout;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -209,7 +214,7 @@ async fn a_healthy_candidate_steps_through_and_is_promoted_with_zero_failed_requ
             *answers.entry(body).or_default() += count;
         }
     }
-    assert_eq!(finished["state"], "promoted", "{finished}");
+    assert_eq!(finished.state, "promoted", "{finished:?}");
     assert!(weights.starts_with(&[10.0, 50.0]), "{weights:?}");
     assert!(
         answers.keys().all(|b| b == "v1" || b == "v2"),
@@ -243,15 +248,15 @@ async fn a_rollout_continues_after_a_restart_where_it_was() {
     server.shutdown().await;
 
     let server = TestServer::start_with(in_dir(dir.path())).await;
-    let resumed = rollout_state(&server, "app").await;
+    let resumed = server.rollout("app").await;
     assert_eq!(
-        (&resumed["state"], &resumed["step"], &resumed["weight"]),
-        (&json!("running"), &json!(0), &json!(20.0)),
-        "{resumed}"
+        (resumed.state.as_str(), resumed.step, resumed.weight),
+        ("running", 0, 20.0),
+        "{resumed:?}"
     );
     // Traffic: the controller of the new process steps it on and promotes it.
     let (finished, _) = drive_until_decided(&server, "/app", 4, 5).await;
-    assert_eq!(finished["state"], "promoted", "{finished}");
+    assert_eq!(finished.state, "promoted", "{finished:?}");
     assert_eq!(server.get("/app").await.1, "v2");
     server.shutdown().await;
 }
@@ -301,11 +306,8 @@ async fn stalled_request_bodies_pinned_to_a_healthy_candidate_do_not_roll_it_bac
     .await;
     // The step's window opens at the controller's first look.
     eventually("the step's figures", GENEROUS, || async {
-        let rollout = rollout_state(&server, "app").await;
-        rollout["versions"]
-            .as_array()
-            .is_some_and(|v| !v.is_empty())
-            .then_some(())
+        let rollout = server.rollout("app").await;
+        (!rollout.versions.is_empty()).then_some(())
     })
     .await;
     // Twelve POSTs pinned to the candidate, whose guest reads the body the client never sends:
@@ -330,16 +332,20 @@ async fn stalled_request_bodies_pinned_to_a_healthy_candidate_do_not_roll_it_bac
     // The controller judges every 100 ms: give it a dozen looks at the step.
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(1_200) {
-        let rollout = rollout_state(&server, "app").await;
-        assert_eq!(rollout["state"], "running", "{rollout}");
+        let rollout = server.rollout("app").await;
+        assert_eq!(rollout.state, "running", "{rollout:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rollout = rollout_state(&server, "app").await;
-    let figures = rollout["versions"]
-        .as_array()
-        .and_then(|v| v.iter().find(|v| v["role"] == "candidate").cloned())
+    let rollout = server.rollout("app").await;
+    let figures = rollout
+        .versions
+        .iter()
+        .find(|v| v.role == "candidate")
         .expect("the candidate's figures");
-    assert_eq!(figures["requests"], 20, "{rollout}");
-    assert_eq!(figures["error_rate"], 0.0, "{rollout}");
+    assert_eq!(
+        (figures.requests, figures.error_rate),
+        (20, 0.0),
+        "{rollout:?}"
+    );
     server.shutdown().await;
 }

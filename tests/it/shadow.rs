@@ -11,40 +11,45 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use handoff_tests::{Connection, TestServer, eventually, guests};
+use handoff::api::{ShadowCounts, ShadowStatus};
+use handoff_tests::{Connection, TestServer, eventually, guests, typed};
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const GENEROUS: Duration = Duration::from_secs(60);
 
 /// Waits until the route's shadow has counted `requests`; its figures then.
-pub(crate) async fn shadow_after(server: &TestServer, route: &str, requests: u64) -> Value {
+pub(crate) async fn shadow_after(server: &TestServer, route: &str, requests: u64) -> ShadowStatus {
+    shadow_when(server, route, |counts| counts.requests == requests).await
+}
+
+/// Waits until the route's shadow counts say `done`; its figures then.
+async fn shadow_when(
+    server: &TestServer,
+    route: &str,
+    done: impl Fn(&ShadowCounts) -> bool,
+) -> ShadowStatus {
+    let path = format!("/v1/routes/{route}/shadow");
     eventually("every copy to be compared", GENEROUS, || async {
-        let (_, figures) = server
-            .admin(Method::GET, &format!("/v1/routes/{route}/shadow"))
-            .await;
-        (figures["requests"] == requests).then_some(figures)
+        let figures: ShadowStatus = server.read(&path).await;
+        done(&figures.counts).then_some(figures)
     })
     .await
 }
 
 /// The route's shadow figures as a tuple: requests, matches, mismatches, noise, errors, skipped.
-fn counts(figures: &Value) -> [u64; 6] {
+fn counts(figures: &ShadowStatus) -> [u64; 6] {
+    let c = figures.counts;
     [
-        "requests",
-        "matches",
-        "mismatches",
-        "noise",
-        "errors",
-        "skipped",
+        c.requests,
+        c.matches,
+        c.mismatches,
+        c.noise,
+        c.errors,
+        c.skipped,
     ]
-    .map(|key| {
-        figures[key]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{key} in {figures}"))
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,29 +72,15 @@ async fn a_shadow_is_compared_and_never_changes_what_the_client_gets() {
             assert_eq!((status, &body[..]), (StatusCode::OK, &b"v1"[..]));
         }
     }
-    let figures = eventually("every copy to be compared", GENEROUS, || async {
-        let (_, figures) = server.admin(Method::GET, "/v1/routes/app/shadow").await;
-        (figures["requests"] == 100).then_some(figures)
-    })
-    .await;
+    let figures = shadow_after(&server, "app", 100).await;
+    assert_eq!(counts(&figures), [100, 60, 40, 0, 0, 0], "{figures:?}");
+    let sample = &figures.samples[0];
+    assert_eq!(sample.path, "/app/changed");
     assert_eq!(
-        (
-            &figures["matches"],
-            &figures["mismatches"],
-            &figures["noise"],
-            &figures["errors"],
-            &figures["skipped"]
-        ),
-        (&json!(60), &json!(40), &json!(0), &json!(0), &json!(0)),
-        "{figures}"
+        (sample.stable_start.as_str(), sample.shadow_start.as_str()),
+        ("v1", "v1 changed")
     );
-    let sample = &figures["samples"][0];
-    assert_eq!(sample["path"], "/app/changed");
-    assert_eq!(
-        (&sample["stable_start"], &sample["shadow_start"]),
-        (&json!("v1"), &json!("v1 changed"))
-    );
-    assert_eq!(sample["stable_status"], 200);
+    assert_eq!(sample.stable_status, 200);
     for (outcome, count) in [("match", 60.0), ("mismatch", 40.0), ("noise", 0.0)] {
         let series = format!(
             "handoff_shadow_copies_total{{route=\"app\",version=\"{}\",outcome=\"{outcome}\"}}",
@@ -98,17 +89,22 @@ async fn a_shadow_is_compared_and_never_changes_what_the_client_gets() {
         assert_eq!(server.metric(&series).await, count, "{outcome}");
     }
     // It shows in the route's status, and DELETE stops it.
-    assert_eq!(server.status("app").await["shadow"]["mismatches"], 40);
+    let shown = server
+        .route("app")
+        .await
+        .shadow
+        .expect("the route's shadow");
+    assert_eq!(shown.counts.mismatches, 40);
     let (status, _) = server.admin(Method::DELETE, "/v1/routes/app/shadow").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(server.status("app").await.get("shadow").is_none());
+    assert!(server.route("app").await.shadow.is_none());
     server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nondeterministic_guest_is_reported_as_noise_not_as_mismatches() {
     let server = TestServer::start().await;
-    let noisy = server.deploy("app", guests::TAGGED_NOISY).await["version"].clone();
+    let noisy = server.deployed("app", guests::TAGGED_NOISY).await.version;
     let (status, body) = server
         .admin_json(
             Method::PUT,
@@ -122,13 +118,12 @@ async fn a_nondeterministic_guest_is_reported_as_noise_not_as_mismatches() {
         let (status, _) = conn.get("/app/x").await.unwrap();
         assert_eq!(status, StatusCode::OK);
     }
-    let figures = eventually("every copy to be compared", GENEROUS, || async {
-        let (_, figures) = server.admin(Method::GET, "/v1/routes/app/shadow").await;
-        (figures["requests"] == 50).then_some(figures)
-    })
-    .await;
-    assert_eq!(figures["mismatches"], 0, "{figures}");
-    assert_eq!(figures["noise"], 50, "{figures}");
+    let figures = shadow_after(&server, "app", 50).await;
+    assert_eq!(
+        (figures.counts.mismatches, figures.counts.noise),
+        (0, 50),
+        "{figures:?}"
+    );
     server.shutdown().await;
 }
 
@@ -172,7 +167,7 @@ async fn copies_make_no_outbound_calls_unless_allowed() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     // The same version as its own shadow: any difference comes from the copy's sandbox.
-    let version = body["version"].clone();
+    let version = typed::<handoff::api::Deployed>(&body).version;
     let (status, body) = server
         .admin_json(
             Method::PUT,
@@ -181,7 +176,7 @@ async fn copies_make_no_outbound_calls_unless_allowed() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["allow_outbound"], false);
+    assert!(!typed::<ShadowStatus>(&body).allow_outbound, "{body}");
     let path = format!("/app/fetch?url=http://{up}/x");
     let mut conn = Connection::open(server.data).await;
     for _ in 0..10 {
@@ -197,10 +192,10 @@ async fn copies_make_no_outbound_calls_unless_allowed() {
     assert_eq!(hits.load(Ordering::SeqCst), 10);
     // Each copy's call was denied: a mismatch, flagged as such (the denied second runs did
     // not pass for noise).
-    assert_eq!(counts(&figures), [10, 0, 10, 0, 0, 0], "{figures}");
-    let sample = &figures["samples"][0];
-    assert_eq!(sample["outbound_denied"], true, "{sample}");
-    assert_eq!(sample["shadow_start"], "error ErrorCode::HttpRequestDenied");
+    assert_eq!(counts(&figures), [10, 0, 10, 0, 0, 0], "{figures:?}");
+    let sample = &figures.samples[0];
+    assert!(sample.outbound_denied, "{sample:?}");
+    assert_eq!(sample.shadow_start, "error ErrorCode::HttpRequestDenied");
 
     // Allowed: the copies call the route's allow-list too, and now match.
     let (status, body) = server
@@ -214,12 +209,8 @@ async fn copies_make_no_outbound_calls_unless_allowed() {
     let before = hits.load(Ordering::SeqCst);
     let (status, _) = conn.get(&path).await.unwrap();
     assert_eq!(status, StatusCode::OK);
-    let figures = eventually("the copy to be compared", GENEROUS, || async {
-        let (_, figures) = server.admin(Method::GET, "/v1/routes/app/shadow").await;
-        (figures["matches"] == 1).then_some(figures)
-    })
-    .await;
-    assert_eq!(figures["mismatches"], 10, "{figures}");
+    let figures = shadow_when(&server, "app", |counts| counts.matches == 1).await;
+    assert_eq!(figures.counts.mismatches, 10, "{figures:?}");
     assert!(
         hits.load(Ordering::SeqCst) >= before + 2,
         "the copy did not call out"
@@ -257,7 +248,7 @@ async fn a_failing_shadow_and_a_large_body_are_counted_and_the_client_never_noti
     let (status, body) = handoff_tests::send(server.data, req).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"v1"[..]));
     let figures = shadow_after(&server, "app", 4).await;
-    assert_eq!(counts(&figures), [4, 0, 0, 0, 3, 1], "{figures}");
+    assert_eq!(counts(&figures), [4, 0, 0, 0, 3, 1], "{figures:?}");
     // And the route serves on, untroubled.
     assert_eq!(
         server.get("/app/x").await,

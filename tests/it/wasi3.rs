@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use handoff::config::Config;
-use handoff_tests::{Connection, TestServer, eventually, get_request, guests};
+use handoff_tests::{Connection, TestServer, detail, eventually, get_request, guests};
 use http::StatusCode;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -34,10 +34,10 @@ fn count(body: &str) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wasi_03_component_deploys_and_serves_on_fresh_instances() {
     let server = TestServer::start().await;
-    let deployed = server.deploy("p3", guests::P3_HELLO).await;
-    let status = server.status("p3").await;
-    assert_eq!(status["active"]["wasi"], "0.3", "{status}");
-    assert_eq!(status["active"]["version"], deployed["version"]);
+    let deployed = server.deployed("p3", guests::P3_HELLO).await;
+    let active = server.route("p3").await.active;
+    assert_eq!(active.wasi, "0.3", "{active:?}");
+    assert_eq!(active.version, deployed.version);
     assert_eq!(server.get("/p3").await, (StatusCode::OK, HELLO.into()));
     assert_eq!(server.get("/p3/any/path").await.1, HELLO);
 
@@ -118,9 +118,9 @@ async fn upload_activate_rollback_and_restart_serve_wasi_03_versions() {
     // A restart loads the 0.3 artifact into the 0.3 engine: no compile.
     let server = TestServer::start_with(config()).await;
     assert_eq!(server.get("/app").await, (StatusCode::OK, HELLO.into()));
-    let status = server.status("app").await;
-    assert_eq!(status["active"]["wasi"], "0.3", "{status}");
-    assert_eq!(status["active"]["version"], p3_digest.as_str());
+    let active = server.route("app").await.active;
+    assert_eq!(active.wasi, "0.3", "{active:?}");
+    assert_eq!(active.version, p3_digest);
     assert_eq!(
         server.server().runtime().compiles(),
         0,
@@ -287,14 +287,13 @@ async fn a_streaming_03_body_finishes_on_its_version_across_a_deploy() {
     assert_eq!(&received[..], b"chunk 0 old\n");
 
     // To a 0.2 version: new requests get it at once, the stream runs on.
-    let deployed = server.deploy("s", guests::TAGGED_V1).await;
-    assert_eq!(deployed["changed"], true);
+    let deployed = server.deployed("s", guests::TAGGED_V1).await;
+    assert!(deployed.changed);
     assert_eq!(server.get("/s").await, (StatusCode::OK, "v1".into()));
-    let status = server.status("s").await;
-    let draining = status["draining"].as_array().unwrap();
-    assert_eq!(draining.len(), 1, "{status}");
-    assert_eq!(draining[0]["in_flight"], 1, "{status}");
-    assert_eq!(draining[0]["wasi"], "0.3", "{status}");
+    let draining = server.route("s").await.draining;
+    assert_eq!(draining.len(), 1, "{draining:?}");
+    let old = &draining[0].version;
+    assert_eq!((old.in_flight, old.wasi.as_str()), (1, "0.3"), "{old:?}");
 
     let rest = body
         .collect()
@@ -305,11 +304,7 @@ async fn a_streaming_03_body_finishes_on_its_version_across_a_deploy() {
     let expected: String = (0..8).map(|i| format!("chunk {i} old\n")).collect();
     assert_eq!(String::from_utf8_lossy(&received), expected);
     eventually("the 0.3 version to drain", GENEROUS, || async {
-        server.status("s").await["draining"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-            .then_some(())
+        server.route("s").await.draining.is_empty().then_some(())
     })
     .await;
     server.shutdown().await;
@@ -352,9 +347,9 @@ async fn joins(server: &TestServer, path: &str, instance: u64) -> u64 {
 }
 
 /// Waits until `route` has `n` requests in flight.
-async fn in_flight(server: &TestServer, route: &str, n: u64) {
+async fn in_flight(server: &TestServer, route: &str, n: usize) {
     eventually("the requests to be in flight", GENEROUS, || async {
-        (server.status(route).await["in_flight"] == n).then_some(())
+        (server.route(route).await.in_flight == n).then_some(())
     })
     .await;
 }
@@ -371,9 +366,12 @@ async fn one_instance_serves_several_requests_at_once_with_instance_concurrency(
         )
         .await;
     assert!(code.is_success(), "{code} {body}");
-    let status = server.status("api").await;
-    assert_eq!(status["limits"]["instance_concurrency"], 16, "{status}");
-    assert_eq!(status["limits"]["reuse"], 128, "{status}");
+    let limits = server.route("api").await.limits;
+    assert_eq!(
+        (limits.instance_concurrency, limits.reuse),
+        (16, 128),
+        "{limits:?}"
+    );
 
     // An instance, idle; a long request holds it, and the next ones join it while it waits.
     let (_, body) = server.get("/api/count").await;
@@ -389,7 +387,7 @@ async fn one_instance_serves_several_requests_at_once_with_instance_concurrency(
         joins(&server, "/api/sleep?ms=200", instance).await;
     }
     assert_eq!(
-        server.status("api").await["in_flight"],
+        server.route("api").await.in_flight,
         1,
         "the first request still waits"
     );
@@ -412,10 +410,10 @@ async fn instance_concurrency_above_one_is_refused_for_a_wasi_02_version() {
         )
         .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
-    let detail = body["detail"].as_str().unwrap();
+    let said = detail(&body);
     assert!(
-        detail.contains("instance-concurrency is 4") && detail.contains("WASI 0.2"),
-        "{detail}"
+        said.contains("instance-concurrency is 4") && said.contains("WASI 0.2"),
+        "{said}"
     );
     assert_eq!(server.get("/p2").await.1, "v1", "nothing changed");
     let (code, body) = server
@@ -464,8 +462,8 @@ async fn a_trap_drops_its_instance_and_fails_the_requests_it_was_serving() {
         started.elapsed() < Duration::from_secs(4),
         "they failed when the instance was dropped"
     );
-    let status = server.status("t").await;
-    assert_eq!(status["active"]["failures"], 3, "each counts: {status}");
+    let active = server.route("t").await.active;
+    assert_eq!(active.failures, 3, "each counts: {active:?}");
     let (_, body) = server.get("/t/count").await;
     assert_ne!(count(&body).1, instance, "a new instance after the trap");
     assert_eq!(count(&body).0, 1, "a new instance after the trap");

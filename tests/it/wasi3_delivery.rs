@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use handoff::api::{Deployed, RolloutStatus};
 use handoff_tests::nats::{NatsServer, start_nodes};
-use handoff_tests::{Connection, TestServer, eventually, guests};
+use handoff_tests::{Connection, TestServer, eventually, guests, typed};
 use http::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::delivery::rollout;
 use crate::shadow::shadow_after;
@@ -18,7 +19,11 @@ use crate::wasi3_promises::{GENEROUS, HELLO, SHARED, deploy, upstream};
 
 /// Drives `path` with 4 keep-alive clients until `route`'s rollout is decided; the rollout
 /// then and the answers the clients got (status and body), counted.
-async fn drive(server: &TestServer, route: &str, path: &str) -> (Value, HashMap<String, usize>) {
+async fn drive(
+    server: &TestServer,
+    route: &str,
+    path: &str,
+) -> (RolloutStatus, HashMap<String, usize>) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
     for _ in 0..4 {
@@ -37,8 +42,8 @@ async fn drive(server: &TestServer, route: &str, path: &str) -> (Value, HashMap<
         }));
     }
     let rollout = eventually("the rollout to be decided", GENEROUS, || async {
-        let rollout = server.status(route).await["rollout"].clone();
-        (rollout["state"] != "running").then_some(rollout)
+        let rollout = server.rollout(route).await;
+        (rollout.state != "running").then_some(rollout)
     })
     .await;
     stop.store(true, Ordering::Relaxed);
@@ -66,10 +71,13 @@ async fn rollout_gates_judge_a_03_candidate() {
     )
     .await;
     let (decided, _) = drive(&server, "app", "/app/trap").await;
-    assert_eq!(decided["state"], "rolled_back", "{decided}");
+    assert_eq!(decided.state, "rolled_back", "{decided:?}");
     assert!(
-        decided["reason"].as_str().unwrap().contains("error rate"),
-        "{decided}"
+        decided
+            .reason
+            .as_ref()
+            .is_some_and(|r| r.contains("error rate")),
+        "{decided:?}"
     );
     assert_eq!(server.get("/app/trap").await, (StatusCode::OK, "v1".into()));
 
@@ -83,10 +91,7 @@ async fn rollout_gates_judge_a_03_candidate() {
         guests::P3_HELLO,
     )
     .await;
-    let p3 = server.status("app03").await["active"]["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let p3 = server.route("app03").await.active.version;
     server.deploy("app03", guests::TAGGED_V2).await;
     assert_eq!(server.get("/app03").await.1, "v2");
     rollout(
@@ -97,20 +102,23 @@ async fn rollout_gates_judge_a_03_candidate() {
     )
     .await;
     let (decided, answers) = drive(&server, "app03", "/app03").await;
-    assert_eq!(decided["state"], "promoted", "{decided}");
+    assert_eq!(decided.state, "promoted", "{decided:?}");
     let hello = format!("200 {HELLO} new");
     assert!(
         answers.keys().all(|a| *a == "200 v2" || *a == hello),
         "only 200s from either version: {answers:?}"
     );
     assert!(answers.contains_key(&hello), "{answers:?}");
-    let status = server.status("app03").await;
-    assert_eq!(status["active"]["version"], p3.as_str(), "{status}");
-    assert_eq!(status["active"]["wasi"], "0.3", "{status}");
+    let active = server.route("app03").await.active;
+    assert_eq!(
+        (active.version.as_str(), active.wasi.as_str()),
+        (p3.as_str(), "0.3"),
+        "{active:?}"
+    );
     server.shutdown().await;
 }
 
-async fn start_shadow(server: &TestServer, route: &str, version: &Value) {
+async fn start_shadow(server: &TestServer, route: &str, version: &str) {
     let (status, body) = server
         .admin_json(
             Method::PUT,
@@ -127,19 +135,19 @@ async fn a_03_version_runs_as_a_shadow_without_side_effects() {
     // A 0.3 shadow of a 0.2 version: compared, never seen by the client.
     server.deploy("app", guests::TAGGED_V1).await;
     let p3 = server.upload(guests::P3_HELLO).await;
-    start_shadow(&server, "app", &json!(p3)).await;
+    start_shadow(&server, "app", &p3).await;
     let mut conn = Connection::open(server.data).await;
     for _ in 0..20 {
         assert_eq!(conn.get_text("/app/x").await, (StatusCode::OK, "v1".into()));
     }
     let figures = shadow_after(&server, "app", 20).await;
-    assert_eq!(figures["mismatches"], 20, "{figures}");
-    assert_eq!(figures["samples"][0]["shadow_start"], HELLO, "{figures}");
+    assert_eq!(figures.counts.mismatches, 20, "{figures:?}");
+    assert_eq!(figures.samples[0].shadow_start, HELLO, "{figures:?}");
 
     // A 0.3 version shadowing itself on shared instances: deterministic answers match; its
     // copies' key-value writes go nowhere and their outbound calls are denied.
     deploy(&server, "kv", SHARED, guests::P3_KV).await;
-    let kv = server.status("kv").await["active"]["version"].clone();
+    let kv = server.route("kv").await.active.version;
     start_shadow(&server, "kv", &kv).await;
     let mut conn = Connection::open(server.data).await;
     for n in 1..=10 {
@@ -160,7 +168,7 @@ async fn a_03_version_runs_as_a_shadow_without_side_effects() {
         guests::P3_HELLO,
     )
     .await;
-    let out = server.status("out").await["active"]["version"].clone();
+    let out = server.route("out").await.active.version;
     start_shadow(&server, "out", &out).await;
     for _ in 0..5 {
         assert_eq!(
@@ -176,11 +184,11 @@ async fn a_03_version_runs_as_a_shadow_without_side_effects() {
         );
     }
     let figures = shadow_after(&server, "out", 15).await;
-    assert_eq!(figures["matches"], 10, "{figures}");
+    assert_eq!(figures.counts.matches, 10, "{figures:?}");
     assert_eq!(
         calls.load(Ordering::Relaxed),
         5,
-        "only the clients' requests went out: {figures}"
+        "only the clients' requests went out: {figures:?}"
     );
     server.shutdown().await;
 }
@@ -202,16 +210,17 @@ async fn a_03_version_deployed_through_one_node_is_served_by_every_node() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["cluster"]["converged"], true, "{body}");
+    let answered: Deployed = typed(&body);
+    assert!(answered.cluster.is_some_and(|c| c.converged), "{body}");
     for node in &nodes {
         assert_eq!(
             node.get("/api").await,
             (StatusCode::OK, format!("{HELLO} everywhere")),
             "right after the PUT returned"
         );
-        let status = node.status("api").await;
-        assert_eq!(status["active"]["wasi"], "0.3", "{status}");
-        assert_eq!(status["limits"]["instance_concurrency"], 8, "{status}");
+        let status = node.route("api").await;
+        assert_eq!(status.active.wasi, "0.3", "{status:?}");
+        assert_eq!(status.limits.instance_concurrency, 8, "{status:?}");
     }
     // Back to 0.2 through a third node.
     let (status, body) = nodes[2]

@@ -384,9 +384,24 @@ impl TestServer {
 
     /// `GET /v1/routes/{route}`, asserting it exists, as the API types it.
     pub async fn route(&self, route: &str) -> handoff::api::RouteStatus {
-        let body = self.status(route).await;
-        serde_json::from_value(body.clone())
-            .unwrap_or_else(|e| panic!("not a route's status: {e}: {body}"))
+        typed(&self.status(route).await)
+    }
+
+    /// The rollout of `route` (running, paused, or how the last one ended), asserting it has
+    /// one, as the API types it.
+    pub async fn rollout(&self, route: &str) -> handoff::api::RolloutStatus {
+        let status = self.route(route).await;
+        status
+            .rollout
+            .unwrap_or_else(|| panic!("route {route} has had no rollout"))
+    }
+
+    /// `GET {path}` on the admin API, asserting a `200`, as the API type `T` it answers
+    /// (`api::NodeList` for `/v1/nodes`, `api::Health` for `/healthz`, ...).
+    pub async fn read<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let (status, body) = self.admin(Method::GET, path).await;
+        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+        typed(&body)
     }
 
     /// `GET /v1/routes/{route}/versions`, asserting it answers, as the API types it.
@@ -435,6 +450,23 @@ pub fn get_request(path: &str) -> Request<Full<Bytes>> {
         .header("host", "handoff.test")
         .body(Full::new(Bytes::new()))
         .unwrap()
+}
+
+/// An admin API answer as the [`handoff::api`] type `T` it is; panics, showing the body, if it
+/// is not one.
+pub fn typed<T: serde::de::DeserializeOwned>(body: &Value) -> T {
+    serde_json::from_value(body.clone()).unwrap_or_else(|e| {
+        panic!(
+            "not a {}: {e}: {body}",
+            std::any::type_name::<T>().rsplit("::").next().unwrap_or("")
+        )
+    })
+}
+
+/// The `detail` sentence of a problem document (`api::Problem`); panics, showing the body, if
+/// it is not one.
+pub fn detail(body: &Value) -> String {
+    typed::<handoff::api::Problem>(body).detail
 }
 
 fn json(body: &[u8]) -> Value {
