@@ -42,16 +42,18 @@ async fn a_streaming_response_finishes_on_the_old_version_across_a_deploy() {
     }
     assert_eq!(&received[..], b"v1 0\n");
 
-    let deployed = server.deploy("slow", guests::TAGGED_V2).await;
-    assert_eq!(deployed["changed"], true);
+    let deployed = server.deployed("slow", guests::TAGGED_V2).await;
+    assert!(deployed.changed);
 
     // New requests get v2 at once, while the stream is still running on v1.
     assert_eq!(server.get("/slow").await, (StatusCode::OK, "v2".into()));
-    let status = server.status("slow").await;
-    let draining = status["draining"].as_array().unwrap();
-    assert_eq!(draining.len(), 1, "{status}");
-    assert_eq!(draining[0]["in_flight"], 1, "{status}");
-    assert_eq!(draining[0]["version"], deployed["previous_version"]);
+    let draining = server.route("slow").await.draining;
+    assert_eq!(draining.len(), 1, "{draining:?}");
+    assert_eq!(draining[0].version.in_flight, 1, "{draining:?}");
+    assert_eq!(
+        Some(&draining[0].version.version),
+        deployed.previous_version.as_ref()
+    );
     assert!(
         v1.upgrade().is_some(),
         "v1 must live while its request streams"
@@ -69,12 +71,7 @@ async fn a_streaming_response_finishes_on_the_old_version_across_a_deploy() {
 
     // Then v1 is drained, out of the status, and freed.
     eventually("v1 to leave the draining list", GENEROUS, || async {
-        let status = server.status("slow").await;
-        status["draining"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-            .then_some(())
+        server.route("slow").await.draining.is_empty().then_some(())
     })
     .await;
     eventually("v1 to be freed", GENEROUS, || async {
@@ -115,12 +112,7 @@ async fn a_request_past_the_drain_deadline_is_cut_off() {
         v1.upgrade().is_none().then_some(())
     })
     .await;
-    assert!(
-        server.status("long").await["draining"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
+    assert!(server.route("long").await.draining.is_empty());
     assert_eq!(server.get("/long").await.1, "v2");
     server.shutdown().await;
 }

@@ -90,9 +90,12 @@ async fn misbehaving_guests_fail_cleanly_and_others_keep_serving() {
         "{id}"
     );
 
-    let status = server.status("hostile").await;
-    assert_eq!(status["active"]["failures"], 10 + 1, "{status}");
-    assert_eq!(status["active"]["in_flight"], 0, "{status}");
+    let active = server.route("hostile").await.active;
+    assert_eq!(
+        (active.failures, active.in_flight),
+        (10 + 1, 0),
+        "{active:?}"
+    );
     server.shutdown().await;
 }
 
@@ -142,9 +145,13 @@ async fn a_full_instance_pool_sheds_with_503_and_retry_after() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.headers()["retry-after"], "1");
     // Overload is not the version's failure (it would count against a rollout's candidate).
-    let active = &server.status("busy").await["active"];
-    assert_eq!(active["failures"], 0, "{active}");
-    assert_eq!(active["figures"]["errors"], 0, "{active}");
+    let active = server.route("busy").await.active;
+    assert_eq!(active.failures, 0, "{active:?}");
+    assert_eq!(
+        active.figures.as_ref().map(|f| f.errors),
+        Some(0),
+        "{active:?}"
+    );
     // Once the streams are gone, the slots are free again.
     drop(held);
     handoff_tests::eventually("a slot to free up", Duration::from_secs(20), || async {
@@ -177,10 +184,7 @@ async fn a_client_that_leaves_before_the_response_stops_its_guest() {
     handoff_tests::eventually(
         "the sleeping request to start",
         Duration::from_secs(20),
-        || async {
-            let status = server.status("hostile").await;
-            (status["active"]["in_flight"] == 1).then_some(())
-        },
+        || async { (server.route("hostile").await.active.in_flight == 1).then_some(()) },
     )
     .await;
     pending.abort();

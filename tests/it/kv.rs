@@ -5,8 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use handoff::api::ShadowStatus;
 use handoff_tests::{
-    Connection, TestServer, assert_each_value_once, eventually, guests, increments,
+    Connection, TestServer, assert_each_value_once, detail, eventually, guests, increments,
 };
 use http::{Method, StatusCode};
 use serde_json::json;
@@ -149,12 +150,12 @@ async fn a_route_opens_its_own_bucket_and_only_the_shared_ones_it_was_granted() 
     let (status, body) = server.deploy_bytes("a", "?kv=orders", plain.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(server.get("/a/get?bucket=orders&key=k").await.1, "from-b");
-    assert_eq!(server.status("a").await["kv"], json!(["orders"]));
+    assert_eq!(server.route("a").await.kv, ["orders"]);
     // A deploy without `kv` keeps the grants; a lone empty one clears them.
     server.deploy_bytes("a", "?config=X=1", plain.clone()).await;
-    assert_eq!(server.status("a").await["kv"], json!(["orders"]));
+    assert_eq!(server.route("a").await.kv, ["orders"]);
     server.deploy_bytes("a", "?kv=", plain.clone()).await;
-    assert_eq!(server.status("a").await["kv"], json!([]));
+    assert!(server.route("a").await.kv.is_empty());
     assert_eq!(
         server.get("/a/get?bucket=orders&key=k").await.0,
         StatusCode::NOT_FOUND
@@ -184,7 +185,7 @@ async fn quota_and_size_errors_reach_the_guest_and_other_routes_are_unaffected()
         )
         .await;
     assert!(status.is_success(), "{body}");
-    assert_eq!(server.status("small").await["limits"]["kv_max_keys"], 10);
+    assert_eq!(server.route("small").await.limits.kv_max_keys, 10);
     server.deploy("neighbour", guests::TAGGED_V1).await;
     let mut neighbour = Connection::open(server.data).await;
     // Each refusal twice: the guest gets the interface's error, never a trap, and the server
@@ -264,13 +265,12 @@ async fn a_shadow_run_reads_real_data_and_its_writes_are_discarded() {
             StatusCode::OK
         );
     }
-    eventually("every copy to be run", GENEROUS, || async {
-        let (_, figures) = server.admin(Method::GET, "/v1/routes/app/shadow").await;
-        (figures["requests"] == 40).then_some(())
+    let figures = eventually("every copy to be run", GENEROUS, || async {
+        let figures: ShadowStatus = server.read("/v1/routes/app/shadow").await;
+        (figures.counts.requests == 40).then_some(figures)
     })
     .await;
-    let (_, figures) = server.admin(Method::GET, "/v1/routes/app/shadow").await;
-    assert_eq!(figures["errors"], 0, "{figures}");
+    assert_eq!(figures.counts.errors, 0, "{figures:?}");
     // The copies incremented too, in their scratch overlays: the count is the stable's alone.
     assert_eq!(server.get("/app/get?key=n").await.1, "20");
     server.shutdown().await;
@@ -451,10 +451,10 @@ async fn an_operator_value_over_the_largest_kv_max_value_is_413_naming_the_limit
         )
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
-    let detail = body["detail"].as_str().unwrap();
+    let said = detail(&body);
     assert!(
-        detail.contains(&limit.to_string()) && detail.contains("kv-max-value"),
-        "{detail}"
+        said.contains(&limit.to_string()) && said.contains("kv-max-value"),
+        "{said}"
     );
     let (status, _) = server.admin(Method::GET, "/v1/kv/shared-big/keys/k").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "nothing was written");

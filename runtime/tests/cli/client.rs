@@ -1,8 +1,9 @@
 //! `handoff deploy | routes | status | delete` against a real `handoff serve`: tables for people,
 //! the server's JSON with `--json`, and one line plus a documented exit code on every failure.
 
+use handoff::api::{Deleted, Deployed, RouteList, RouteStatus};
 use handoff::exit;
-use handoff_tests::guests;
+use handoff_tests::{guests, typed};
 
 use crate::support::{get, handoff, json, serve};
 
@@ -49,12 +50,11 @@ async fn deploy_routes_status_and_delete_round_trip_as_tables_and_json() {
         "--json",
     ])
     .await;
-    let body = json(v2.ok());
-    assert_eq!(body["route"], "tagged");
-    assert_eq!(body["changed"], true);
-    assert_eq!(body["created"], false);
-    assert_eq!(body["previous_version"], v1_version.as_str());
-    let v2_version = body["version"].as_str().unwrap().to_owned();
+    let body: Deployed = typed(&json(v2.ok()));
+    assert_eq!(body.route, "tagged");
+    assert!(body.changed && !body.created, "{body:?}");
+    assert_eq!(body.previous_version.as_deref(), Some(v1_version.as_str()));
+    let v2_version = body.version;
     assert_ne!(v2_version, v1_version);
     assert_eq!(get(&ready, "/tagged").await, (200, "v2".into()));
 
@@ -110,17 +110,14 @@ async fn deploy_routes_status_and_delete_round_trip_as_tables_and_json() {
     assert_eq!(cells[1], "/tagged");
     assert_eq!(cells[2], &v2_version["sha256:".len().."sha256:".len() + 12]);
     assert_eq!(cells[3], "2", "two requests so far: {tagged_row}");
-    let routes = json(handoff(&["routes", "--admin", admin, "--json"]).await.ok());
-    let names: Vec<&str> = routes["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["route"].as_str().unwrap())
-        .collect();
+    let routes: RouteList = typed(&json(
+        handoff(&["routes", "--admin", admin, "--json"]).await.ok(),
+    ));
+    let names: Vec<&str> = routes.routes.iter().map(|r| r.route.as_str()).collect();
     assert_eq!(names.len(), 2);
     assert!(
         names.contains(&"tagged") && names.contains(&"env"),
-        "{routes}"
+        "{names:?}"
     );
 
     // status: one route in detail, and the server's JSON.
@@ -133,13 +130,13 @@ async fn deploy_routes_status_and_delete_round_trip_as_tables_and_json() {
         "{text}"
     );
     assert!(text.contains("1 on the route"), "{text}");
-    let status = json(
+    let status: RouteStatus = typed(&json(
         handoff(&["status", "tagged", "--admin", admin, "--json"])
             .await
             .ok(),
-    );
-    assert_eq!(status["active"]["version"], v2_version.as_str());
-    assert_eq!(status["prefix"], "/tagged");
+    ));
+    assert_eq!(status.active.version, v2_version);
+    assert_eq!(status.prefix, "/tagged");
 
     // delete: the route stops serving at once.
     let deleted = handoff(&["delete", "tagged", "--admin", admin]).await;
@@ -151,13 +148,13 @@ async fn deploy_routes_status_and_delete_round_trip_as_tables_and_json() {
         )
     );
     assert_eq!(get(&ready, "/tagged").await.0, 404);
-    let deleted = json(
+    let deleted: Deleted = typed(&json(
         handoff(&["delete", "env", "--admin", admin, "--json"])
             .await
             .ok(),
-    );
-    assert_eq!(deleted["deleted"], true);
-    assert_eq!(deleted["route"], "env");
+    ));
+    assert!(deleted.deleted);
+    assert_eq!(deleted.route, "env");
     let empty = handoff(&["routes", "--admin", admin]).await;
     assert!(empty.ok().starts_with("no routes"), "{empty:#?}");
 }

@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use handoff::api::NodeList;
 use handoff_tests::guests;
 use handoff_tests::nats::NatsServer;
-use serde_json::Value;
 
 use crate::support::{Ready, Running, get, handoff, serve};
 
@@ -25,19 +25,19 @@ async fn node(url: &str, name: &str) -> (Running, Ready) {
 }
 
 /// `handoff nodes --json` through `admin`.
-async fn nodes(admin: &str) -> Value {
+async fn nodes(admin: &str) -> NodeList {
     let listed = handoff(&["nodes", "--admin", admin, "--json"]).await;
-    serde_json::from_str(listed.ok()).expect("JSON from handoff nodes --json")
+    serde_json::from_str(listed.ok()).expect("a node list from handoff nodes --json")
 }
 
 /// The names of the nodes `admin` lists as alive and ready.
 async fn live(admin: &str) -> Vec<String> {
-    nodes(admin).await["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["alive"] == true && n["ready"] == true)
-        .map(|n| n["node"].as_str().unwrap().to_owned())
+    nodes(admin)
+        .await
+        .nodes
+        .into_iter()
+        .filter(|n| n.alive && n.ready)
+        .map(|n| n.node)
         .collect()
 }
 
@@ -102,8 +102,8 @@ async fn a_killed_node_is_named_in_a_partial_deploy_and_catches_up_before_it_is_
     assert_eq!(get(&c, "/api").await, (200, "v1".to_owned()));
     wait_live(&admin, &["a", "b", "c"], Duration::from_secs(10)).await;
     let listed = nodes(&admin).await;
-    for node in listed["nodes"].as_array().unwrap() {
-        assert_eq!(node["routes"][0]["converged"], true, "{listed}");
+    for node in &listed.nodes {
+        assert!(node.routes[0].converged, "{listed:?}");
     }
 
     // SIGTERM: c drains and deregisters.

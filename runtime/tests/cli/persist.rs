@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use handoff::api::{Deployed, History, RouteList, RouteStatus, Uploaded};
 use handoff::exit;
-use handoff_tests::guests;
+use handoff_tests::{guests, typed};
 use http::{Method, Request};
 use http_body_util::Full;
 
@@ -22,7 +23,7 @@ async fn versions_rollback_upload_and_activate_from_the_cli() {
     let admin = ready.admin_url();
     let admin = admin.as_str();
 
-    let v1 = json(
+    let v1: Deployed = typed(&json(
         handoff(&[
             "deploy",
             "app",
@@ -37,7 +38,7 @@ async fn versions_rollback_upload_and_activate_from_the_cli() {
         ])
         .await
         .ok(),
-    );
+    ));
     handoff(&["deploy", "app", guests::TAGGED_V2, "--admin", admin])
         .await
         .ok();
@@ -68,10 +69,7 @@ async fn versions_rollback_upload_and_activate_from_the_cli() {
             .await
             .ok(),
     );
-    let v2_digest = history["versions"][1]["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let v2_digest = typed::<History>(&history).versions[1].version.clone();
     let v2_short = &v2_digest["sha256:".len().."sha256:".len() + 8];
     handoff(&["rollback", "app", v2_short, "--admin", admin])
         .await
@@ -81,14 +79,12 @@ async fn versions_rollback_upload_and_activate_from_the_cli() {
         .await
         .ok();
     assert_eq!(get(&ready, "/app").await.1, "v1");
-    assert_eq!(
-        json(
-            handoff(&["status", "app", "--json", "--admin", admin])
-                .await
-                .ok()
-        )["active"]["version"],
-        v1["version"]
+    let status = json(
+        handoff(&["status", "app", "--json", "--admin", admin])
+            .await
+            .ok(),
     );
+    assert_eq!(typed::<RouteStatus>(&status).active.version, v1.version);
 
     // Failures: one line each, the server's reason, exit 1.
     handoff(&["rollback", "app", "--label", "nope", "--admin", admin])
@@ -104,13 +100,13 @@ async fn versions_rollback_upload_and_activate_from_the_cli() {
 
     // Upload first, switch later.
     let uploaded = handoff(&["upload", guests::HOSTILE, "--json", "--admin", admin]).await;
-    let uploaded = json(uploaded.ok());
+    let uploaded: Uploaded = typed(&json(uploaded.ok()));
     assert_eq!(
         get(&ready, "/app").await.1,
         "v1",
         "an upload activates nothing"
     );
-    let version = uploaded["version"].as_str().unwrap();
+    let version = uploaded.version.as_str();
     let text = handoff(&[
         "activate", "fresh", version, "--prefix", "/new", "--admin", admin,
     ])
@@ -171,7 +167,7 @@ async fn a_restart_serves_what_was_deployed() {
     assert_eq!(get(&ready, "/anything").await, (200, "v2".into()));
     let admin = ready.admin_url();
     let routes = json(handoff(&["routes", "--json", "--admin", &admin]).await.ok());
-    assert_eq!(routes["routes"].as_array().unwrap().len(), 2, "{routes}");
+    assert_eq!(typed::<RouteList>(&routes).routes.len(), 2, "{routes}");
 }
 
 /// Deploys attempted on one route, in order: (tag, acknowledged).
@@ -287,7 +283,10 @@ async fn kill_9_during_deploys_leaves_each_route_on_its_old_or_new_version() {
         }
         let admin = ready.admin_url();
         let routes = json(handoff(&["routes", "--json", "--admin", &admin]).await.ok());
-        assert_eq!(routes["unavailable"], serde_json::json!([]), "{routes}");
+        assert!(
+            typed::<RouteList>(&routes).unavailable.is_empty(),
+            "{routes}"
+        );
         assert!(server.terminate(READY).await.success());
     }
     assert!(
