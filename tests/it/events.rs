@@ -255,7 +255,7 @@ async fn a_rollout_and_its_rollback_are_events_with_who_and_why() {
     let deadline = Instant::now() + GENEROUS;
     loop {
         let (_, _) = conn.get("/app/error").await.unwrap();
-        let state = server.status("app").await["rollout"]["state"].clone();
+        let state = server.rollout("app").await.state;
         if state == "rolled_back" {
             break;
         }

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use handoff_tests::{Connection, TestServer, guests};
+use handoff::api::Deployed;
+use handoff_tests::{Connection, TestServer, guests, typed};
 use http::StatusCode;
 
 /// A bound against hangs only.
@@ -60,7 +61,7 @@ async fn reuse_serves_up_to_n_requests_from_one_instance() {
         .deploy_bytes("count", "?reuse=3", counter.clone())
         .await;
     assert!(status.is_success(), "{status} {body}");
-    assert_eq!(server.status("count").await["limits"]["reuse"], 3);
+    assert_eq!(server.route("count").await.limits.reuse, 3);
     server.deploy_bytes("plain", "", counter).await;
     let mut conn = Connection::open(server.data).await;
 
@@ -156,7 +157,7 @@ async fn a_swap_starts_fresh_instances() {
         .deploy_bytes("count", "?reuse=100", counter.clone())
         .await;
     assert!(status.is_success(), "{status} {body}");
-    let digest = body["version"].as_str().unwrap().to_owned();
+    let digest = typed::<Deployed>(&body).version;
     // A request that keeps the old version draining after the swap.
     let data = server.data;
     let held = tokio::spawn(async move {
@@ -183,7 +184,7 @@ async fn a_swap_starts_fresh_instances() {
         .deploy_bytes("count", "?reuse=100&config=ROUND=2", counter)
         .await;
     assert!(status.is_success(), "{status} {body}");
-    assert_eq!(body["changed"], true);
+    assert!(typed::<Deployed>(&body).changed, "{body}");
     // The old version drains (its held request runs on), but its idle instance is gone at
     // once, well before its idle timeout.
     let draining = format!(

@@ -64,9 +64,8 @@ async fn freed_by_the_deadline(server: &TestServer) {
         "in-flight back to 0 and the retired version freed",
         GENEROUS,
         || async {
-            let status = server.status("slow").await;
-            (status["in_flight"] == 0 && status["draining"].as_array().is_some_and(Vec::is_empty))
-                .then_some(())
+            let status = server.route("slow").await;
+            (status.in_flight == 0 && status.draining.is_empty()).then_some(())
         },
     )
     .await;
@@ -123,7 +122,7 @@ async fn an_http1_client_that_never_reads_a_large_body_is_closed_at_the_deadline
         held.push(stream);
     }
     eventually("both requests to be routed", GENEROUS, || async {
-        (server.status("slow").await["requests"] == 2).then_some(())
+        (server.route("slow").await.requests == 2).then_some(())
     })
     .await;
     redeploy(&server).await;
@@ -168,9 +167,8 @@ async fn an_unread_response_ends_at_its_versions_drain_deadline() {
     assert_eq!(response.status(), StatusCode::OK);
     server.deploy("slow", guests::TAGGED_V1).await;
     eventually("the retired version to be freed", GENEROUS, || async {
-        let status = server.status("slow").await;
-        (status["in_flight"] == 0 && status["draining"].as_array().is_some_and(Vec::is_empty))
-            .then_some(())
+        let status = server.route("slow").await;
+        (status.in_flight == 0 && status.draining.is_empty()).then_some(())
     })
     .await;
     let body = tokio::time::timeout(GENEROUS, response.into_body().collect())

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use handoff::config::Config;
-use handoff_tests::{Connection, TestServer, eventually, get_request, guests};
+use handoff_tests::{Connection, TestServer, detail, eventually, get_request, guests};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -49,10 +49,7 @@ async fn a_03_guest_growing_past_max_memory_fails_that_request_and_not_the_route
     for (route, shared) in [("fresh", ""), ("shared", SHARED)] {
         let query = format!("max-memory=16MiB&{shared}");
         deploy(&server, route, &query, guests::P3_HELLO).await;
-        assert_eq!(
-            server.status(route).await["limits"]["max_memory_bytes"],
-            16 << 20
-        );
+        assert_eq!(server.route(route).await.limits.max_memory_bytes, 16 << 20);
         let (status, body) = server.get(&format!("/{route}/memory?mb=4")).await;
         assert_eq!(status, StatusCode::OK, "{route}: {body}");
         // A neighbour waits on the same instance while one request grows past the limit.
@@ -169,11 +166,11 @@ async fn a_02_deploy_after_a_shared_03_one_keeps_instance_concurrency_for_03_ver
     let server = TestServer::start().await;
     deploy(&server, "api", SHARED, guests::P3_HELLO).await;
     // A plain 0.2 deploy after it: accepted; its instances serve one request at a time.
-    let deployed = server.deploy("api", guests::TAGGED_V1).await;
-    assert_eq!(deployed["changed"], true, "{deployed}");
-    let status = server.status("api").await;
-    assert_eq!(status["active"]["wasi"], "0.2", "{status}");
-    assert_eq!(status["limits"]["instance_concurrency"], 8, "{status}");
+    let deployed = server.deployed("api", guests::TAGGED_V1).await;
+    assert!(deployed.changed, "{deployed:?}");
+    let status = server.route("api").await;
+    assert_eq!(status.active.wasi, "0.2", "{status:?}");
+    assert_eq!(status.limits.instance_concurrency, 8, "{status:?}");
     assert_eq!(server.get("/api").await, (StatusCode::OK, "v1".into()));
     // Asking for it with a 0.2 component in the same deploy is still refused, naming why.
     let (code, body) = server
@@ -184,13 +181,7 @@ async fn a_02_deploy_after_a_shared_03_one_keeps_instance_concurrency_for_03_ver
         )
         .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("WASI 0.2 component"),
-        "{body}"
-    );
+    assert!(detail(&body).contains("WASI 0.2 component"), "{body}");
     // Back to the 0.3 version: its instances are shared again.
     let (code, body) = server
         .post_json("/v1/routes/api/rollback", Value::Null)
@@ -407,7 +398,7 @@ async fn instances(server: &TestServer, route: &str) -> f64 {
 
 /// Sends `GET path` on a connection of its own and drops the connection once the request is
 /// in flight on `route` (`before` requests were in flight already).
-async fn leave(server: &TestServer, route: &str, path: &str, before: u64) {
+async fn leave(server: &TestServer, route: &str, path: &str, before: usize) {
     let (go, gone) = tokio::sync::oneshot::channel::<()>();
     let (addr, path) = (server.data, path.to_owned());
     let client = tokio::spawn(async move {
@@ -420,7 +411,7 @@ async fn leave(server: &TestServer, route: &str, path: &str, before: u64) {
         }
     });
     eventually("the request to be in flight", GENEROUS, || async {
-        (server.status(route).await["in_flight"] == before + 1).then_some(())
+        (server.route(route).await.in_flight == before + 1).then_some(())
     })
     .await;
     go.send(()).unwrap();
