@@ -3,10 +3,11 @@
 //! on a non-loopback address.
 
 use bytes::Bytes;
+use handoff::api::{History, RouteStatus};
 use handoff::auth::{Scope, Token};
 use handoff::config::Config;
 use handoff::server::Server;
-use handoff_tests::{TestServer, guests, send};
+use handoff_tests::{TestServer, detail, guests, send, typed};
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
@@ -75,11 +76,7 @@ async fn tokens_guard_the_admin_api_by_scope() {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
         assert!(headers.contains_key("www-authenticate"));
         assert!(
-            body["detail"]
-                .as_str()
-                .unwrap()
-                .to_lowercase()
-                .contains(detail),
+            self::detail(&body).to_lowercase().contains(detail),
             "{body}"
         );
         let (status, _, _) = admin(&server, Method::GET, "/v1/routes", token, vec![]).await;
@@ -101,10 +98,7 @@ async fn tokens_guard_the_admin_api_by_scope() {
     )
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert!(
-        body["detail"].as_str().unwrap().contains("`dashboard`"),
-        "{body}"
-    );
+    assert!(detail(&body).contains("`dashboard`"), "{body}");
     let (status, _, _) = admin(&server, Method::GET, "/v1/routes", Some(READER), vec![]).await;
     assert_eq!(status, StatusCode::OK);
 
@@ -128,7 +122,7 @@ async fn tokens_guard_the_admin_api_by_scope() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(history["versions"][0]["by"], "ci", "{history}");
+    assert_eq!(typed::<History>(&history).versions[0].by, "ci", "{history}");
     let (status, _, _) = admin(
         &server,
         Method::DELETE,
@@ -233,7 +227,7 @@ async fn metrics_count_requests_per_route_and_version_for_a_read_token() {
         vec![],
     )
     .await;
-    let hostile = status["active"]["version"].as_str().unwrap().to_owned();
+    let hostile = typed::<RouteStatus>(&status).active.version;
     assert_eq!(
         sample(
             &text,
@@ -291,7 +285,11 @@ async fn a_read_token_sees_config_keys_but_not_their_values() {
         assert!(!text.contains("(redacted)"), "{path}: {text}");
     }
     let (_, route, _) = admin(&server, Method::GET, "/v1/routes/app", Some(READER), vec![]).await;
-    assert_eq!(route["config"]["API_KEY"], "(redacted)", "{route}");
+    assert_eq!(
+        typed::<RouteStatus>(&route).config["API_KEY"],
+        "(redacted)",
+        "{route}"
+    );
     server.shutdown().await;
 
     // Without tokens (loopback only) everyone may deploy, so everyone sees the values.
@@ -304,9 +302,6 @@ async fn a_read_token_sees_config_keys_but_not_their_values() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(
-        open.status("app").await["config"]["API_KEY"],
-        "hunter2-secret"
-    );
+    assert_eq!(open.route("app").await.config["API_KEY"], "hunter2-secret");
     open.shutdown().await;
 }

@@ -106,8 +106,7 @@ async fn a_prefix_held_by_a_change_a_node_could_not_apply_is_refused_there() {
         .await;
     assert!(status.is_success(), "{body}");
     eventually("a serves y at /p", Duration::from_secs(10), || async {
-        let (_, status) = a.admin(Method::GET, "/v1/routes/y").await;
-        (status["prefix"] == "/p").then_some(())
+        (a.route("y").await.prefix == "/p").then_some(())
     })
     .await;
     assert_eq!(answer(&a, "/p").await, "200 ");
@@ -176,7 +175,7 @@ async fn a_restart_never_lets_one_route_overwrite_another_at_its_prefix() {
     let server = TestServer::start_with(in_dir(dir.path())).await;
     // x keeps /p; y is not served; each name is its own route.
     assert_eq!(server.get("/p").await, (StatusCode::OK, "v1".into()));
-    assert_eq!(server.status("x").await["prefix"], "/p");
+    assert_eq!(server.route("x").await.prefix, "/p");
     let (status, body) = server.admin(Method::GET, "/v1/routes/y").await;
     assert_ne!(body["prefix"], "/p", "{status} {body}");
     // Deleting y leaves x serving /p.

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use handoff::api::NodeList;
 use handoff::config::Config;
 use handoff::kv::Backend as _;
 use handoff::kv::backend::{Change, Outcome, Quota, Write};
@@ -150,11 +151,11 @@ async fn values_and_route_records_at_the_payload_limit() {
     }
     let b = TestServer::start_node(&url, "b", None).await;
     until_live(&a, 2).await;
-    let status = b.status("app").await;
+    let status = b.route("app").await;
     assert!(
-        status["config"]["K4"].as_str().unwrap().ends_with('5'),
-        "{}",
-        &status.to_string()[..200]
+        status.config.get("K4").is_some_and(|v| v.ends_with('5')),
+        "{:?}",
+        status.config.get("K4")
     );
     let (_, versions) = b.admin(Method::GET, "/v1/routes/app/versions").await;
     assert!(versions.to_string().len() > SMALL, "the history is whole");
@@ -278,14 +279,9 @@ async fn node_records_with_more_routes_than_one_message_holds_keep_their_heartbe
             "the other node's record with every route",
             Duration::from_secs(20),
             || async {
-                let (_, list) = reader.admin(Method::GET, "/v1/nodes").await;
-                let node = list["nodes"]
-                    .as_array()?
-                    .iter()
-                    .find(|n| n["node"] == other)?
-                    .clone();
-                let routes = node["routes"].as_array()?;
-                (node["alive"] == true && routes.len() == ROUTES).then_some(())
+                let list: NodeList = reader.read("/v1/nodes").await;
+                let node = list.nodes.into_iter().find(|n| n.node == other)?;
+                (node.alive && node.routes.len() == ROUTES).then_some(())
             },
         )
         .await;
