@@ -92,6 +92,18 @@ impl Handover {
     pub fn set_released(&self, released: bool) {
         self.released.store(released, Ordering::SeqCst);
     }
+
+    /// Holds the gate for a change this process makes (an admin change, a rollout
+    /// controller's step, a garbage collection) for as long as the guard lives, so a takeover
+    /// waits for it; `None` once the state is with another process or on its way there: then
+    /// the change is not this process's to make (the new one makes it, or it is refused).
+    pub async fn hold(&self) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
+        if self.released() {
+            return None;
+        }
+        let gate = self.admin.clone().read_owned().await;
+        (!self.released()).then_some(gate)
+    }
 }
 
 impl Runtime {

@@ -136,6 +136,48 @@ async fn reads_create_nothing_and_unknown_buckets_are_404() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_to_an_unknown_route_leaves_nothing_when_the_state_log_cannot_be_read() {
+    let server = TestServer::start_with(with_tokens()).await;
+    let rt = server.server().runtime().clone();
+    let (status, body) = deploy(&server, "app", guests::TAGGED_V1).await;
+    assert!(status.is_success(), "{body}");
+    // The state log stops answering under the server (as a disk error or a JetStream timeout
+    // would; here it is closed as a takeover closes it, without the admin API knowing).
+    rt.handover
+        .state
+        .as_ref()
+        .expect("one node: a closable state log")
+        .release()
+        .await;
+    for name in ["ghost-1", "ghost-2", "ghost-3", "app"] {
+        for (method, path) in [
+            (Method::DELETE, format!("/v1/routes/{name}")),
+            (Method::POST, format!("/v1/routes/{name}/rollback")),
+        ] {
+            let (status, body) = call(&server, method.clone(), &path, DEPLOYER, None).await;
+            assert_eq!(
+                status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{method} {path}: {body}"
+            );
+        }
+    }
+    for name in ["ghost-1", "ghost-2", "ghost-3"] {
+        let name = handoff::names::RouteName::parse(name).unwrap();
+        assert!(
+            rt.registry.get(&name).is_none(),
+            "a failed change to unknown route {name:?} left route state"
+        );
+    }
+    // A route that exists keeps its state, and serves as before.
+    let app = handoff::names::RouteName::parse("app").unwrap();
+    assert!(rt.registry.get(&app).is_some(), "the route's state is kept");
+    let (status, text) = server.get("/app").await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "v1"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_token_sees_shadow_samples_without_queries_or_bodies() {
     let server = TestServer::start_with(with_tokens()).await;
     let (status, body) = deploy(&server, "app", guests::TAGGED_V1).await;

@@ -1,6 +1,7 @@
 //! Cluster mode at NATS' limits and under faults (issue 21, items 7, 8, 11, 12): messages no
 //! larger than the server's `max_payload`, a write whose acknowledgement is lost, signatures
-//! of modules uploaded through another node, and reads that create nothing. A nats-server with
+//! of modules uploaded through another node, and reads (and routes gone before a node applies
+//! them) that create nothing. A nats-server with
 //! a small `max_payload` makes the limits cheap to reach.
 
 use std::time::Duration;
@@ -250,6 +251,64 @@ async fn reading_an_unknown_bucket_makes_no_stream() {
         !streams.iter().any(|s| s.starts_with("KV_handoff_kv_")),
         "{streams:?}"
     );
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_gone_before_a_node_applies_them_leave_no_route_state_there() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let nodes = start_nodes(&[("a", &url), ("b", &url)]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let b_rt = b.server().runtime().clone();
+    // Routes created and deleted again through a at once (a CI job's preview routes, say):
+    // b applies each change by reading the route as it is now, often after it is gone.
+    let names: Vec<String> = (0..6).map(|i| format!("preview-{i}")).collect();
+    let bytes = guests::bytes(guests::TAGGED_V1);
+    for name in &names {
+        let (status, body) = a.deploy_bytes(name, "?wait=none", bytes.clone()).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) = a
+            .admin(Method::DELETE, &format!("/v1/routes/{name}?wait=none"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let last = a.server().runtime().state.position().await.unwrap();
+    handoff_tests::eventually(
+        "b applied every change",
+        Duration::from_secs(30),
+        || async {
+            let (_, list) = b.admin(Method::GET, "/v1/nodes").await;
+            let me = list["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["node"] == "b")?
+                .clone();
+            (me["position"].as_u64()? >= last).then_some(())
+        },
+    )
+    .await;
+    let stateless = |name: &str| {
+        let name = handoff::names::RouteName::parse(name).unwrap();
+        b_rt.registry.get(&name).is_none()
+    };
+    for name in &names {
+        assert!(stateless(name), "b keeps route state for {name}, gone");
+    }
+    // The step b's watch makes for a change whose route is gone, made here for a name b never
+    // served: it leaves nothing either.
+    for name in names.iter().map(String::as_str).chain(["never-here"]) {
+        let route = handoff::names::RouteName::parse(name).unwrap();
+        handoff::deploy::remote::reconcile(&b_rt, &route)
+            .await
+            .expect("the log reads");
+        assert!(
+            stateless(name),
+            "applying a gone route {name} left route state"
+        );
+    }
     for node in nodes {
         node.shutdown().await;
     }

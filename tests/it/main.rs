@@ -10,6 +10,7 @@ mod claims;
 mod cluster;
 mod cluster_kv;
 mod cluster_limits;
+mod cluster_news;
 mod cluster_rollout;
 mod compat;
 mod console;

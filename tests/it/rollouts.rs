@@ -1,7 +1,7 @@
 //! Rollouts: a healthy candidate steps through and is promoted with no failed request; a
 //! failing, trapping or slow one is taken out by its gate with the reason recorded; a rollout
 //! continues after a restart where it was; request bodies stalled on a healthy candidate do not
-//! roll it back.
+//! roll it back; a process handing over to one taking over from it makes no step.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -263,7 +263,7 @@ async fn a_rollout_continues_after_a_restart_where_it_was() {
 
 /// POSTs to `path` on a connection of its own, pinned to `version`, declaring a 1,000-byte body
 /// but sending only 10 bytes of it; the response's status once the server answers.
-async fn stalled_post(addr: std::net::SocketAddr, path: &str, version: &str) -> u16 {
+pub(crate) async fn stalled_post(addr: std::net::SocketAddr, path: &str, version: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
@@ -347,5 +347,53 @@ async fn stalled_request_bodies_pinned_to_a_healthy_candidate_do_not_roll_it_bac
         (20, 0.0),
         "{rollout:?}"
     );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_handing_over_makes_no_rollout_step_and_drives_again_if_it_switches_back() {
+    let server = TestServer::start().await;
+    let rt = server.server().runtime().clone();
+    server.deploy("app", guests::TAGGED_V1).await;
+    let v2 = server.upload(guests::TAGGED_V2).await;
+    rollout(
+        &server,
+        "app",
+        &v2,
+        json!({"steps": [50, 100], "step_time": "300ms", "step_requests": 5, "min_requests": 1000}),
+    )
+    .await;
+    // The step's window opens at the controller's first look.
+    eventually("the step's figures", GENEROUS, || async {
+        (!server.rollout("app").await.versions.is_empty()).then_some(())
+    })
+    .await;
+    let app = handoff::names::RouteName::parse("app").unwrap();
+    let step = || {
+        let table = rt.routes.snapshot();
+        let rollout = table.get(&app).and_then(|r| r.record.rollout.clone());
+        rollout.expect("the rollout runs").step
+    };
+    // A takeover begins (`serve --takeover`): from its first step the state is on its way to
+    // the new process, as the admin API says (503). The data plane serves on, the candidate
+    // gets its share, and the step falls due.
+    rt.handover.set_released(true);
+    let counts = tally(&server, "/app", 40, 2).await;
+    assert!(counts.get("v2").is_some_and(|&n| n >= 5), "{counts:?}");
+    // The controller judges every 100 ms: a dozen looks past the step's due time, no step
+    // from this process.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1_500) {
+        assert_eq!(step(), 0, "a process handing over stepped the rollout");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The new process failed before it was ready: this one takes changes again, and its
+    // controller drives the rollout on (counting the step afresh).
+    rt.handover.set_released(false);
+    let started = Instant::now();
+    while step() == 0 {
+        assert!(started.elapsed() < GENEROUS, "the rollout never stepped");
+        tally(&server, "/app", 10, 1).await;
+    }
     server.shutdown().await;
 }

@@ -225,10 +225,9 @@ async fn refuse_when_handed_over(
     if matches!(*request.method(), Method::GET | Method::HEAD) {
         return next.run(request).await;
     }
-    let _gate = rt.handover.admin.clone().read_owned().await;
-    if rt.handover.released() {
+    let Some(_gate) = rt.handover.hold().await else {
         return refuse();
-    }
+    };
     next.run(request).await
 }
 

@@ -215,11 +215,22 @@ pub(crate) async fn change<F>(
 where
     F: for<'c> AsyncFnOnce(Current<'c>) -> Result<Planned, DeployError>,
 {
+    // Whether the route had state here before this change: if not, and the change fails, what
+    // taking its lock created goes again, even when the state log could not say whether the
+    // route exists (a failed read: a JetStream timeout, a disk error).
+    let had_state = rt.registry.get(name).is_some();
     let guard = rt.registry.lock(name).await;
-    let stored = rt.state.route(name).await.map_err(internal)?;
     let live = rt.routes.snapshot().get(name).cloned();
-    let unknown = stored.is_none() && live.is_none();
-    let applied = change_locked(rt, name, &guard, stored, live, plan).await;
+    let (applied, unknown) = match rt.state.route(name).await {
+        Ok(stored) => {
+            let unknown = stored.is_none() && live.is_none();
+            (
+                change_locked(rt, name, &guard, stored, live, plan).await,
+                unknown,
+            )
+        }
+        Err(error) => (Err(internal(error)), !had_state && live.is_none()),
+    };
     if applied.is_err() && unknown {
         // A failed change to a route that does not exist leaves nothing behind: no route
         // state, no bucket handle.

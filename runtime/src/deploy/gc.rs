@@ -7,7 +7,8 @@
 //! ([`crate::state::StateLog::collect`]); the files after, each one re-checked just before it
 //! is removed. A change marks its digest pending before it reads or writes anything for it, so
 //! a collection never removes what a change is about to reference. No lock is held across a
-//! commit or an `.await`.
+//! commit. A collection holds the handover gate (shared, as admin changes do) from start to
+//! end, and none runs once a process taking over has the data directory ([`collect`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -34,9 +35,21 @@ pub fn in_use(rt: &Runtime) -> HashSet<Digest> {
 }
 
 /// Collects garbage in the background (a shutdown waits for it).
+///
+/// A collection holds the handover gate as an admin change does, from its first read of the
+/// state to its last removed file, and none starts once a process taking over has the state:
+/// the data directory is the new process's then (in a cluster too, where the state log is not
+/// closed), and what it is compiling, loading or deploying there (its artifacts for another
+/// engine, the files of a deploy not recorded yet) is nothing this process knows of.
 pub fn collect(rt: &Arc<Runtime>) {
     let rt = rt.clone();
     rt.background.clone().spawn_job(async move {
+        let Some(_gate) = rt.handover.hold().await else {
+            tracing::debug!(
+                "garbage collection skipped: the data directory is with the process that took over"
+            );
+            return;
+        };
         let serving = in_use(&rt);
         let protector = rt.clone();
         let protect =

@@ -47,9 +47,19 @@ pub enum Reconciled {
 /// `traceparent`), else the root of a trace of its own; a change this node serves already (it
 /// made it, or applied it before) makes none.
 pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Reconciled> {
+    let had_state = rt.registry.get(name).is_some();
     let guard = rt.registry.lock(name).await;
-    let stored = rt.state.route(name).await?;
     let live = rt.routes.snapshot().get(name).cloned();
+    let stored = match rt.state.route(name).await {
+        Ok(stored) => stored,
+        Err(error) => {
+            // Taking the lock made the state of a route this node never had: it goes again.
+            if !had_state && live.is_none() {
+                rt.registry.forget(name);
+            }
+            return Err(error);
+        }
+    };
     let current = match &stored {
         None => live.is_none(),
         Some(stored) => live
@@ -57,6 +67,11 @@ pub async fn reconcile(rt: &Arc<Runtime>, name: &RouteName) -> anyhow::Result<Re
             .is_some_and(|l| l.record.revision == stored.record.revision && l.split().is_some()),
     };
     if current {
+        if stored.is_none() {
+            // Neither recorded nor served here (created and deleted again before this node
+            // applied it, or never served here): no route state is kept for it.
+            rt.registry.forget(name);
+        }
         report(rt, name, None);
         return Ok(Reconciled::Done);
     }

@@ -158,14 +158,13 @@ async fn build_and_deploy(rt: &Arc<Runtime>, project: &Project) {
         // As an admin change does: hold the handover gate while deploying, and deploy nothing
         // once a process taking over from this one has the state (it builds and deploys the
         // same sources itself).
-        let _gate = rt.handover.admin.clone().read_owned().await;
-        if rt.handover.released() {
+        let Some(_gate) = rt.handover.hold().await else {
             say(&format!(
                 "not deploying {}: a new process is taking over from this one",
                 guest.route.as_str()
             ));
             return;
-        }
+        };
         let started = Instant::now();
         let request = DeployRequest {
             name: guest.route.clone(),

@@ -8,7 +8,9 @@
 //! does (`Call::left`): an instance that served only that request is dropped at once, its work
 //! with it; a shared one takes no new requests and is dropped once its other requests have
 //! ended, or a request timeout after the latest started (`crate::service`). A deadline that
-//! passes answers 504 at once, with the same consequences for the instance.
+//! passes answers 504 at once (408 while the guest waits on the client's unfinished request
+//! body, which does not count against the version), with the same consequences for the
+//! instance.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -74,6 +76,15 @@ where
         _ = version.cut_off() => Err(GuestError::CutOff),
     };
     leaving.disarm();
+    // A deadline that passed while the guest waited on the client's unfinished request body
+    // is the client's doing (408), not the version's, as on the 0.2 path.
+    let answered = answered.map_err(|error| match error {
+        GuestError::Timeout if shared.body_waiting.load(Ordering::Relaxed) => {
+            shared.client_stalled.store(true, Ordering::Relaxed);
+            GuestError::BodyStalled
+        }
+        error => error,
+    });
     // The request body went over the route's limit before the response head: whatever the
     // guest made of that, the answer is 413.
     if shared.body_over_limit.load(Ordering::Acquire) {

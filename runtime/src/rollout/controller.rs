@@ -2,7 +2,9 @@
 //! the candidate's figures over the current step with the gates, and steps, promotes or rolls
 //! back through the route's ordinary change path. Each of its changes is planned against the
 //! stored record and refused (unchanged) if the rollout moved on meanwhile (an operator paused
-//! it, say), so an operator and the controller never undo each other.
+//! it, say), so an operator and the controller never undo each other. Like an admin change, a
+//! step holds the handover gate: a process handing over to one taking over from it (`serve
+//! --takeover`) makes none once the handover begins.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -142,7 +144,9 @@ async fn run(rt: Weak<Runtime>, name: RouteName, token: CancellationToken) {
             continue;
         };
         // In a cluster only the leader judges and steps; the others hold, ready to take over.
-        if !cluster::drives(&rt) {
+        // A process handing over to one taking over from it (`serve --takeover`) holds too:
+        // the new process drives from its start, and a switch back starts a fresh window.
+        if !cluster::drives(&rt) || rt.handover.released() {
             route.state.set_window(None);
             continue;
         }
@@ -198,6 +202,12 @@ async fn run(rt: Weak<Runtime>, name: RouteName, token: CancellationToken) {
                 reason.clone(),
             ));
         }
+        // A step is a change as an admin one is: it holds the handover gate while it is made,
+        // so a takeover waits for it, and none is made here once the state is on its way to
+        // another process (which judges with windows of its own).
+        let Some(_gate) = rt.handover.hold().await else {
+            continue;
+        };
         let step = crate::trace::change(
             rt.trace.as_deref(),
             "rollout step",

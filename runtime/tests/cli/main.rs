@@ -20,6 +20,7 @@ mod security;
 mod serve;
 mod support;
 mod takeover;
+mod takeover_gate;
 mod takeover_tls;
 mod tracing;
 mod wasi3;

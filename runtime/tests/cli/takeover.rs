@@ -338,7 +338,12 @@ async fn admin_changes_during_a_takeover_are_applied_once_or_refused_with_retry_
 }
 
 /// `handoff serve` as cluster node `name` keeping its files in `dir`.
-fn node_command(dir: &Path, url: &str, name: &str, takeover: bool) -> tokio::process::Command {
+pub(crate) fn node_command(
+    dir: &Path,
+    url: &str,
+    name: &str,
+    takeover: bool,
+) -> tokio::process::Command {
     let dir = dir.to_str().unwrap();
     let mut args = vec![
         "serve",
@@ -474,7 +479,7 @@ async fn under_systemd_each_ready_process_names_itself_the_main_one() {
 
 /// Starts a streaming GET of `path` on a connection of its own; returns once the head is in,
 /// with the body still coming.
-async fn streaming(addr: SocketAddr, path: &str) -> hyper::body::Incoming {
+pub(crate) async fn streaming(addr: SocketAddr, path: &str) -> hyper::body::Incoming {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
