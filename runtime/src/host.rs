@@ -163,7 +163,11 @@ pub struct Host {
     prefix: Arc<str>,
     /// When the guest's CPU budget for this request runs out.
     deadline: Instant,
-    /// Epoch ticks this request's guest has run into so far.
+    /// Epoch ticks this request's guest has run into so far (on a WASI 0.3 instance: since its
+    /// most recent request started, [`Host::start_task`]). A store's epoch deadline stays where
+    /// the last tick left it while the guest waits, so a store that takes requests all the time
+    /// runs into about one tick per millisecond: counted over the instance's life, every
+    /// instance serving a steady load would yield after 10 ms, once per tick.
     ticks: u32,
     /// What the guest's output streams share: the request they log for, a panic message.
     log: Arc<StoreLog>,
@@ -276,6 +280,13 @@ impl Host {
     /// `task`: the guest's calls are that request's until another request's task calls (with
     /// [`Host::attribute_calls`]) or the store serves its next request.
     pub fn start_task(&mut self, task: GuestTaskId, id: u64, scope: Option<crate::trace::Scope>) {
+        // The guest of a shared instance runs on across its requests: its ticks count from its
+        // most recent request's start (see [`Host::install`]), unless it has already run into
+        // yielding, where it stays: a guest that never gives the thread back yields every tick
+        // whatever requests it takes meanwhile.
+        if self.ticks < TICKS_BEFORE_YIELDING {
+            self.ticks = 0;
+        }
         if let Some(tasks) = self.tasks.as_deref_mut() {
             match tasks.requests.iter_mut().find(|(known, ..)| *known == task) {
                 Some(entry) => *entry = (task, id, scope.clone()),
