@@ -286,6 +286,18 @@ pub(crate) async fn stalled_post(addr: std::net::SocketAddr, path: &str, version
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_request_bodies_pinned_to_a_healthy_candidate_do_not_roll_it_back() {
+    stalled_bodies_do_not_count_against(guests::HOSTILE, "/app/read-body", "/app/ok").await;
+}
+
+/// A rollout to `candidate` (a guest whose `stalled` path reads the whole request body and
+/// whose `healthy` path answers 200) on a route whose requests time out after 1 s: twelve
+/// POSTs pinned to the candidate whose bodies the client never finishes are 408s, the
+/// client's doing, and do not count against it; twenty healthy requests do.
+pub(crate) async fn stalled_bodies_do_not_count_against(
+    candidate: &str,
+    stalled: &str,
+    healthy: &str,
+) {
     let server = TestServer::start_with(Config {
         pin_header: Some("x-pin".parse().unwrap()),
         limits: handoff::config::Limits {
@@ -296,7 +308,7 @@ async fn stalled_request_bodies_pinned_to_a_healthy_candidate_do_not_roll_it_bac
     })
     .await;
     server.deploy("app", guests::TAGGED_V1).await;
-    let candidate = server.upload(guests::HOSTILE).await;
+    let candidate = server.upload(candidate).await;
     rollout(
         &server,
         "app",
@@ -310,23 +322,19 @@ async fn stalled_request_bodies_pinned_to_a_healthy_candidate_do_not_roll_it_bac
         (!rollout.versions.is_empty()).then_some(())
     })
     .await;
-    // Twelve POSTs pinned to the candidate, whose guest reads the body the client never sends:
-    // the client's doing, answered 408, not the candidate's failure.
-    let stalled: Vec<_> = (0..12)
+    let stalled_posts: Vec<_> = (0..12)
         .map(|_| {
-            let (addr, candidate) = (server.data, candidate.clone());
-            tokio::spawn(async move { stalled_post(addr, "/app/read-body", &candidate).await })
+            let (addr, candidate, path) = (server.data, candidate.clone(), stalled.to_owned());
+            tokio::spawn(async move { stalled_post(addr, &path, &candidate).await })
         })
         .collect();
     // And twenty healthy requests pinned to it, so that its gates judge the step.
     let mut conn = Connection::open(server.data).await;
     for _ in 0..20 {
-        assert_eq!(
-            get_with(&mut conn, "/app/ok", ("x-pin", &candidate)).await,
-            (StatusCode::OK, "ok".into())
-        );
+        let (status, _) = get_with(&mut conn, healthy, ("x-pin", &candidate)).await;
+        assert_eq!(status, StatusCode::OK);
     }
-    for post in stalled {
+    for post in stalled_posts {
         assert_eq!(post.await.unwrap(), 408, "a stalled request body");
     }
     // The controller judges every 100 ms: give it a dozen looks at the step.

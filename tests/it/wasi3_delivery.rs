@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use handoff::api::{Deployed, RolloutStatus};
 use handoff_tests::nats::{NatsServer, start_nodes};
@@ -14,7 +14,7 @@ use handoff_tests::{Connection, TestServer, eventually, guests, typed};
 use http::{Method, StatusCode};
 use serde_json::json;
 
-use crate::delivery::{get_with, rollout};
+use crate::delivery::rollout;
 use crate::shadow::shadow_after;
 use crate::wasi3_promises::{GENEROUS, HELLO, SHARED, deploy, upstream};
 
@@ -121,68 +121,13 @@ async fn rollout_gates_judge_a_03_candidate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_request_bodies_pinned_to_a_healthy_03_candidate_do_not_roll_it_back() {
-    let server = TestServer::start_with(handoff::config::Config {
-        pin_header: Some("x-pin".parse().unwrap()),
-        limits: handoff::config::Limits {
-            request_timeout: Duration::from_secs(1),
-            ..Default::default()
-        },
-        ..handoff::config::Config::ephemeral()
-    })
-    .await;
-    server.deploy("app", guests::TAGGED_V1).await;
-    let candidate = server.upload(guests::P3_HELLO).await;
-    rollout(
-        &server,
-        "app",
-        &candidate,
-        json!({"steps": [50, 100], "step_time": "1m", "min_requests": 10}),
+    // The 0.3 guest's `/echo` reads the whole body before it answers.
+    crate::rollouts::stalled_bodies_do_not_count_against(
+        guests::P3_HELLO,
+        "/app/echo",
+        "/app/count",
     )
     .await;
-    // The step's window opens at the controller's first look.
-    eventually("the step's figures", GENEROUS, || async {
-        let rollout = server.status("app").await["rollout"].clone();
-        rollout["versions"]
-            .as_array()
-            .is_some_and(|v| !v.is_empty())
-            .then_some(())
-    })
-    .await;
-    // Twelve POSTs pinned to the candidate, whose guest reads the whole body (`/echo`) the
-    // client never finishes sending: the client's doing, answered 408, not the candidate's
-    // failure.
-    let stalled: Vec<_> = (0..12)
-        .map(|_| {
-            let (addr, candidate) = (server.data, candidate.clone());
-            tokio::spawn(async move {
-                crate::rollouts::stalled_post(addr, "/app/echo", &candidate).await
-            })
-        })
-        .collect();
-    // And twenty healthy requests pinned to it, so that its gates judge the step.
-    let mut conn = Connection::open(server.data).await;
-    for _ in 0..20 {
-        let (status, _) = get_with(&mut conn, "/app/count", ("x-pin", &candidate)).await;
-        assert_eq!(status, StatusCode::OK);
-    }
-    for post in stalled {
-        assert_eq!(post.await.unwrap(), 408, "a stalled request body");
-    }
-    // The controller judges every 100 ms: give it a dozen looks at the step.
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_millis(1_200) {
-        let rollout = server.status("app").await["rollout"].clone();
-        assert_eq!(rollout["state"], "running", "{rollout}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let rollout = server.status("app").await["rollout"].clone();
-    let figures = rollout["versions"]
-        .as_array()
-        .and_then(|v| v.iter().find(|v| v["role"] == "candidate").cloned())
-        .expect("the candidate's figures");
-    assert_eq!(figures["requests"], 20, "{rollout}");
-    assert_eq!(figures["error_rate"], 0.0, "{rollout}");
-    server.shutdown().await;
 }
 
 async fn start_shadow(server: &TestServer, route: &str, version: &str) {
