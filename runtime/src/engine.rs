@@ -85,8 +85,13 @@ impl std::fmt::Display for OptLevel {
 }
 
 /// Concurrent guest calls one WASI 0.3 instance slot may have on average: each call that waits
-/// holds a stack of the pool.
-const P3_STACKS_PER_SLOT: u32 = 17;
+/// holds a stack of the pool. Every pooled stack is two memory mappings (the stack and its
+/// guard page), mapped when the engine starts, against Linux's 65,530 per process
+/// (`vm.max_map_count`): at 17 per slot the 0.3 engine alone took 34,000 of them, a server
+/// 36,000, and a second server in one process (tests, embedders) ran the process out of
+/// mappings (a thread that could not map its signal stack aborted it). At 4, 4,000 stacks for
+/// the default 1,000 slots: a server maps about 10,000.
+const P3_STACKS_PER_SLOT: u32 = 4;
 
 /// Bytes of a pool slot's linear memory (and of its tables, [`TABLE_KEEP_RESIDENT`]) kept
 /// resident when its instance ends, where the kernel offers `PAGEMAP_SCAN` (Linux 6.7 and

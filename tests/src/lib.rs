@@ -300,6 +300,9 @@ pub fn node_config(url: &str, name: &str, data_dir: Option<std::path::PathBuf>) 
             timeout: Duration::from_secs(20),
             replicas: 0,
         }),
+        // Several nodes share this process: a pool of 100 slots each keeps the process far
+        // from Linux's limit on memory mappings (every pooled stack maps twice).
+        max_instances: 100,
         ..Config::ephemeral()
     }
 }
