@@ -316,12 +316,7 @@ pub(crate) async fn stalled_bodies_do_not_count_against(
         json!({"steps": [50, 100], "step_time": "1m", "min_requests": 10}),
     )
     .await;
-    // The step's window opens at the controller's first look.
-    eventually("the step's figures", GENEROUS, || async {
-        let rollout = server.rollout("app").await;
-        (!rollout.versions.is_empty()).then_some(())
-    })
-    .await;
+    step_window_opened(&server, "app").await;
     let stalled_posts: Vec<_> = (0..12)
         .map(|_| {
             let (addr, candidate, path) = (server.data, candidate.clone(), stalled.to_owned());
@@ -371,11 +366,7 @@ async fn a_process_handing_over_makes_no_rollout_step_and_drives_again_if_it_swi
         json!({"steps": [50, 100], "step_time": "300ms", "step_requests": 5, "min_requests": 1000}),
     )
     .await;
-    // The step's window opens at the controller's first look.
-    eventually("the step's figures", GENEROUS, || async {
-        (!server.rollout("app").await.versions.is_empty()).then_some(())
-    })
-    .await;
+    step_window_opened(&server, "app").await;
     let app = handoff::names::RouteName::parse("app").unwrap();
     let step = || {
         let table = rt.routes.snapshot();
@@ -404,4 +395,12 @@ async fn a_process_handing_over_makes_no_rollout_step_and_drives_again_if_it_swi
         tally(&server, "/app", 10, 1).await;
     }
     server.shutdown().await;
+}
+
+/// Waits until `route`'s rollout step has a window: the controller opens it at its first look.
+async fn step_window_opened(server: &TestServer, route: &str) {
+    eventually("the step's figures", GENEROUS, || async {
+        (!server.rollout(route).await.versions.is_empty()).then_some(())
+    })
+    .await;
 }
