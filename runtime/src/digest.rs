@@ -33,6 +33,11 @@ impl Digest {
         &self.0
     }
 
+    /// The full `sha256:...` text, shared (a span's `handoff.version` without a copy).
+    pub fn shared(&self) -> &Arc<str> {
+        &self.0
+    }
+
     /// The 64 hex digits, without `sha256:`.
     pub fn hex(&self) -> &str {
         &self.0[7..]

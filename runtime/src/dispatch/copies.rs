@@ -190,9 +190,9 @@ fn compared(record: &RouteRecord) -> Vec<HeaderName> {
 
 impl Pending {
     /// Gives the copy a span of its own, linked to `original`, its request's span.
-    pub fn trace(&mut self, original: &crate::trace::Server) {
+    pub fn trace(&mut self, original: &mut crate::trace::Server) {
         let version = self.token.version();
-        self.span = Some(original.shadow_copy(&version.route, version.digest.to_string()));
+        self.span = Some(original.shadow_copy(&version.route, version.digest.shared()));
     }
 
     /// Starts the copy now that `stable` (the version that serves the client, through a route

@@ -67,7 +67,7 @@ where
 {
     // Boxed: off, the request's future carries one pointer for it (it is moved a few times
     // on its way to the connection), not the span.
-    let span = rt.trace.as_deref().map(|tracing| {
+    let mut span = rt.trace.as_deref().map(|tracing| {
         Box::new(crate::trace::Server::start(
             tracing.tracer(),
             req.method(),
@@ -78,7 +78,7 @@ where
             peer,
         ))
     });
-    let response = serve(rt, req, https, peer, span.as_deref()).await;
+    let response = serve(rt, req, https, peer, span.as_deref_mut()).await;
     match span {
         None => response,
         Some(span) => traced(response, *span),
@@ -87,7 +87,7 @@ where
 
 /// `response` with its request's `span` given its status, and ended with its body: at once
 /// for a body the host wrote, at a guest's body's end (an error if it ends in one) otherwise.
-fn traced(mut response: Response<DataBody>, span: crate::trace::Server) -> Response<DataBody> {
+fn traced(mut response: Response<DataBody>, mut span: crate::trace::Server) -> Response<DataBody> {
     let reason = response.extensions_mut().remove::<failure::Reason>();
     span.status(
         response.status().as_u16(),
@@ -106,7 +106,7 @@ async fn serve<B>(
     req: Request<B>,
     https: bool,
     peer: Option<std::net::IpAddr>,
-    otel: Option<&crate::trace::Server>,
+    mut otel: Option<&mut crate::trace::Server>,
 ) -> Response<DataBody>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -150,11 +150,11 @@ where
     };
     let started = Instant::now();
     let version = routed.in_flight.version().clone();
-    if let Some(otel) = otel {
+    if let Some(otel) = otel.as_deref_mut() {
         otel.routed(
             &routed.route,
             &routed.prefix,
-            version.digest.to_string(),
+            version.digest.shared(),
             routed.arm.as_str(),
         );
     }
@@ -188,7 +188,7 @@ where
         None => (req.map(copies::Replay::new), None),
     };
     let mut copy = copy;
-    if let (Some(otel), Some(copy)) = (otel, copy.as_mut()) {
+    if let (Some(otel), Some(copy)) = (otel.as_deref_mut(), copy.as_mut()) {
         copy.trace(otel);
     }
     let head = req.method() == Method::HEAD;

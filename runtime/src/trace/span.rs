@@ -5,10 +5,12 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{Link, SpanKind, Status, TraceContextExt, Tracer as _};
+use opentelemetry::trace::{Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracer;
@@ -48,18 +50,41 @@ impl Scope {
     }
 }
 
-/// A request's server span: started when the request arrives, given the route, version and
-/// arm once it is routed, ended when its response body ends (or the answer is the host's).
+/// A request's server span: it begins when the request arrives and starts (in the SDK) once
+/// the request is routed, with every attribute known by then given at once (its name and its
+/// route, version and arm included, none set one by one under the span's lock); it ends when its
+/// response body ends (or the answer is the host's).
 pub struct Server {
     tracer: SdkTracer,
-    cx: Context,
-    method: Method,
-    ended: bool,
+    state: State,
 }
 
+/// Where a request's span is.
+enum State {
+    /// Not started yet: what it will start with.
+    Arrived(Arrived),
+    /// Started: the context whose span it is.
+    Started(Context),
+    /// Ended.
+    Ended,
+}
+
+/// A span not started yet: its start time, parent, name and attributes so far.
+struct Arrived {
+    began: SystemTime,
+    parent: Context,
+    name: Cow<'static, str>,
+    attributes: Vec<KeyValue>,
+}
+
+/// The attributes a server span has at most: those of [`Server::start`], [`Server::routed`]
+/// and [`Server::reused`] (its status is set later), so its list never grows.
+const SERVER_ATTRIBUTES: usize = 14;
+
 impl Server {
-    /// Starts the span of a request (continuing the trace its `traceparent` names), arrived
-    /// over `https` or not from `peer`.
+    /// The span of a request (continuing the trace its `traceparent` names), arrived over
+    /// `https` or not from `peer`. It starts at [`Server::routed`] or at whichever call needs
+    /// it first, with now as its start time.
     pub fn start(
         tracer: &SdkTracer,
         method: &Method,
@@ -69,9 +94,9 @@ impl Server {
         https: bool,
         peer: Option<IpAddr>,
     ) -> Self {
-        let tracer = tracer.clone();
+        let began = opentelemetry::time::now();
         let parent = TraceContextPropagator::new().extract(&Headers(headers));
-        let mut attributes = Vec::with_capacity(10);
+        let mut attributes = Vec::with_capacity(SERVER_ATTRIBUTES);
         attributes.push(KeyValue::new("http.request.method", method_name(method)));
         if method_name(method) == OTHER {
             attributes.push(KeyValue::new(
@@ -108,62 +133,100 @@ impl Server {
         {
             attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
         }
-        let span = tracer
-            .span_builder(span_method(method))
-            .with_kind(SpanKind::Server)
-            .with_attributes(attributes)
-            .start_with_context(&tracer, &parent);
         Self {
-            tracer,
-            cx: parent.with_span(span),
-            method: method.clone(),
-            ended: false,
+            tracer: tracer.clone(),
+            state: State::Arrived(Arrived {
+                began,
+                parent,
+                name: Cow::Borrowed(span_method(method)),
+                attributes,
+            }),
         }
     }
 
     /// The request was routed: to `route` at `prefix`, its `version` (the digest, `sha256:…`)
-    /// on `arm` (`stable`, `candidate`, `pinned`).
-    pub fn routed(&self, route: &str, prefix: &str, version: String, arm: &'static str) {
-        let span = self.cx.span();
-        span.update_name(Cow::Owned(format!(
-            "{} {prefix}",
-            span_method(&self.method)
-        )));
-        span.set_attributes([
-            KeyValue::new("http.route", prefix.to_owned()),
-            KeyValue::new("handoff.route", route.to_owned()),
-            KeyValue::new("handoff.version", version),
+    /// on `arm` (`stable`, `candidate`, `pinned`). All three are shared, not copied.
+    pub fn routed(
+        &mut self,
+        route: &Arc<str>,
+        prefix: &Arc<str>,
+        version: &Arc<str>,
+        arm: &'static str,
+    ) {
+        let attributes = [
+            KeyValue::new("http.route", prefix.clone()),
+            KeyValue::new("handoff.route", route.clone()),
+            KeyValue::new("handoff.version", version.clone()),
             KeyValue::new("handoff.arm", arm),
-        ]);
+        ];
+        match &mut self.state {
+            State::Arrived(arrived) => {
+                let method = arrived.name.as_ref();
+                let mut name = String::with_capacity(method.len() + 1 + prefix.len());
+                name.push_str(method);
+                name.push(' ');
+                name.push_str(prefix);
+                arrived.name = Cow::Owned(name);
+                arrived.attributes.extend(attributes);
+            }
+            State::Started(cx) => cx.span().set_attributes(attributes),
+            State::Ended => {}
+        }
     }
 
     /// Whether the request ran on an instance that had served before (instance reuse).
-    pub fn reused(&self, reused: bool) {
-        self.cx
-            .span()
-            .set_attribute(KeyValue::new("handoff.instance.reused", reused));
+    pub fn reused(&mut self, reused: bool) {
+        let attribute = KeyValue::new("handoff.instance.reused", reused);
+        match &mut self.state {
+            State::Arrived(arrived) => arrived.attributes.push(attribute),
+            State::Started(cx) => cx.span().set_attribute(attribute),
+            State::Ended => {}
+        }
     }
 
-    /// What the guest's store keeps of this span.
-    pub fn scope(&self) -> Scope {
-        Scope {
-            tracer: self.tracer.clone(),
-            cx: self.cx.clone(),
+    /// The span, started if it was not yet (`None` once it ended).
+    fn started(&mut self) -> Option<&Context> {
+        if let State::Arrived(_) = self.state {
+            let State::Arrived(arrived) = std::mem::replace(&mut self.state, State::Ended) else {
+                unreachable!("the state was just matched");
+            };
+            let span = self
+                .tracer
+                .span_builder(arrived.name)
+                .with_kind(SpanKind::Server)
+                .with_start_time(arrived.began)
+                .with_attributes(arrived.attributes)
+                .start_with_context(&self.tracer, &arrived.parent);
+            self.state = State::Started(arrived.parent.with_span(span));
         }
+        match &self.state {
+            State::Started(cx) => Some(cx),
+            _ => None,
+        }
+    }
+
+    /// What the guest's store keeps of this span (which starts here if it had not).
+    pub fn scope(&mut self) -> Scope {
+        let tracer = self.tracer.clone();
+        let cx = self.started().cloned().unwrap_or_default();
+        Scope { tracer, cx }
     }
 
     /// The span of a copy of this request to its route's shadow (`version`, the digest): a
     /// trace of its own, linked to this span.
-    pub fn shadow_copy(&self, route: &str, version: String) -> Change {
-        let original = self.cx.span().span_context().clone();
+    pub fn shadow_copy(&mut self, route: &Arc<str>, version: &Arc<str>) -> Change {
+        let original = self
+            .started()
+            .map(|cx| cx.span().span_context().clone())
+            .unwrap_or(SpanContext::NONE);
         let span = self
             .tracer
             .span_builder(format!("shadow copy {route}"))
             .with_kind(SpanKind::Internal)
             .with_links(vec![Link::with_context(original)])
             .with_attributes([
-                KeyValue::new("handoff.route", route.to_owned()),
-                KeyValue::new("handoff.version", version),
+                KeyValue::new("handoff.route", route.clone()),
+                KeyValue::new("handoff.version", version.clone()),
                 KeyValue::new("handoff.arm", "shadow"),
             ])
             .start_with_context(&self.tracer, &Context::new());
@@ -174,31 +237,39 @@ impl Server {
 
     /// Records the response's status; a 5xx makes the span an error, with `reason` (else the
     /// status) as its description.
-    pub fn status(&self, status: u16, reason: Option<&str>) {
-        let span = self.cx.span();
-        span.set_attribute(KeyValue::new(
-            "http.response.status_code",
-            i64::from(status),
-        ));
+    pub fn status(&mut self, status: u16, reason: Option<&str>) {
+        let Some(cx) = self.started() else {
+            return;
+        };
+        let span = cx.span();
+        let code = KeyValue::new("http.response.status_code", i64::from(status));
         if status >= 500 {
             let reason = reason.map_or_else(|| format!("HTTP {status}"), str::to_owned);
-            span.set_attribute(KeyValue::new("error.type", status.to_string()));
+            span.set_attributes([code, KeyValue::new("error.type", status.to_string())]);
             span.set_status(Status::error(reason));
+        } else {
+            span.set_attribute(code);
         }
     }
 
     /// The response ended with an error after its head (the guest failed, was stopped or cut
     /// off mid-body): the span is an error with `reason`.
-    pub fn fail(&self, reason: &str) {
-        let span = self.cx.span();
+    pub fn fail(&mut self, reason: &str) {
+        let Some(cx) = self.started() else {
+            return;
+        };
+        let span = cx.span();
         span.set_attribute(KeyValue::new("error.type", "response body"));
         span.set_status(Status::error(reason.to_owned()));
     }
 
-    /// Ends the span (the response is complete, or the client went away).
+    /// Ends the span (the response is complete, or the client went away), starting it first
+    /// if nothing did.
     pub fn end(&mut self) {
-        if !std::mem::replace(&mut self.ended, true) {
-            self.cx.span().end();
+        if self.started().is_some()
+            && let State::Started(cx) = std::mem::replace(&mut self.state, State::Ended)
+        {
+            cx.span().end();
         }
     }
 }
