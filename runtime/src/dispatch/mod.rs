@@ -52,6 +52,22 @@ use crate::route::Refused;
 use crate::runtime::Runtime;
 use crate::version::Version;
 
+/// Who a connection's requests come from: the client's address and, with tracing on, its text
+/// for their spans' `client.address`, written once per connection rather than per request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    ip: std::net::IpAddr,
+    text: Option<Arc<str>>,
+}
+
+impl Peer {
+    /// The client at `ip` of a connection to `rt`'s data plane.
+    pub fn new(rt: &Runtime, ip: std::net::IpAddr) -> Self {
+        let text = rt.trace.is_some().then(|| ip.to_string().into());
+        Self { ip, text }
+    }
+}
+
 /// Serves one data-plane request from `peer` (`https` when it arrived over TLS). Never fails:
 /// every outcome is a response. With tracing on, the request has a server span, ended when its
 /// response body ends (`crate::trace`); off, this checks one `Option`.
@@ -59,7 +75,7 @@ pub async fn dispatch<B>(
     rt: &Runtime,
     req: Request<B>,
     https: bool,
-    peer: Option<std::net::IpAddr>,
+    peer: Option<&Peer>,
 ) -> Response<DataBody>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -75,10 +91,11 @@ where
             req.version(),
             req.headers(),
             https,
-            peer,
+            peer.and_then(|peer| peer.text.as_ref()),
         ))
     });
-    let response = serve(rt, req, https, peer, span.as_deref_mut()).await;
+    let ip = peer.map(|peer| peer.ip);
+    let response = serve(rt, req, https, ip, span.as_deref_mut()).await;
     match span {
         None => response,
         Some(span) => traced(response, *span),

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{Idle, Tracked};
 use crate::background::Background;
-use crate::dispatch::{StreamExecutor, dispatch};
+use crate::dispatch::{Peer, StreamExecutor, dispatch};
 use crate::runtime::Runtime;
 
 /// The largest request head (request line and headers) the data plane buffers.
@@ -74,9 +74,11 @@ pub(super) async fn serve_data(
     let service_rt = rt.clone();
     let service = move |peer: SocketAddr| {
         let rt = service_rt.clone();
+        let peer = Peer::new(&rt, peer.ip());
         hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let rt = rt.clone();
-            async move { Ok::<_, Infallible>(dispatch(&rt, req, https, Some(peer.ip())).await) }
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(dispatch(&rt, req, https, Some(&peer)).await) }
         })
     };
     // Connections end with their responses; guests still working after theirs count too.

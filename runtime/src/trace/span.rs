@@ -4,7 +4,6 @@
 //! [`super::change`].
 
 use std::borrow::Cow;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -83,7 +82,7 @@ const SERVER_ATTRIBUTES: usize = 14;
 
 impl Server {
     /// The span of a request (continuing the trace its `traceparent` names), arrived over
-    /// `https` or not from `peer`. It starts at [`Server::routed`] or at whichever call needs
+    /// `https` or not from the client whose address is `peer` (as text, shared). It starts at [`Server::routed`] or at whichever call needs
     /// it first, with now as its start time.
     pub fn start(
         tracer: &SdkTracer,
@@ -92,7 +91,7 @@ impl Server {
         version: http::Version,
         headers: &HeaderMap,
         https: bool,
-        peer: Option<IpAddr>,
+        peer: Option<&Arc<str>>,
     ) -> Self {
         let began = opentelemetry::time::now();
         let parent = TraceContextPropagator::new().extract(&Headers(headers));
@@ -125,7 +124,7 @@ impl Server {
             }
         }
         if let Some(peer) = peer {
-            attributes.push(KeyValue::new("client.address", peer.to_string()));
+            attributes.push(KeyValue::new("client.address", peer.clone()));
         }
         if let Some(agent) = headers
             .get(http::header::USER_AGENT)
