@@ -26,6 +26,13 @@ bench *args:
     cargo build --release -p handoff -p handoff-tests --bin handoff --bin bench --bin handoff-compile-worker
     target/release/bench --handoff target/release/handoff {{args}}
 
+# Instructions per request under callgrind (repeatable on a busy machine), without and with
+# tracing: `tests/instructions-per-request` on the hello example.
+instructions *args:
+    cargo build --release -p handoff-tests --bin serve-in-process
+    tests/instructions-per-request target/release/serve-in-process "$(ls -t target/release/build/handoff-tests-*/out/guests/wasm32-wasip2/release/hello.wasm | head -1)" {{args}}
+    tests/instructions-per-request target/release/serve-in-process "$(ls -t target/release/build/handoff-tests-*/out/guests/wasm32-wasip2/release/hello.wasm | head -1)" --traced {{args}}
+
 # Property-based fuzzing of the admin API's parsers and the upload path, many more cases.
 fuzz cases="20000":
     PROPTEST_CASES={{cases}} cargo test --release -p handoff --lib fuzz_
