@@ -1,0 +1,307 @@
+//! Listings of a bucket ([`JetStreamKv::range`]) at a cost in NATS requests that does not grow
+//! with the bucket: a page of keys is one request, a page of entries (an export's scan) one more
+//! per entry it returns.
+//!
+//! * **One pass** over the last message of every key, headers only: an ordered push consumer
+//!   (`DeliverPolicy::LastPerSubject`, `headers_only`), created with one request, through which
+//!   the server streams each key's subject and headers, never a value. The [`EXPIRES`] header
+//!   tells an expired entry from a live one, `KV-Operation` a deleted one. The consumer is
+//!   deleted once the pass is over, so listings in a loop leave nothing behind on the server.
+//! * A [`Window`] keeps the smallest live keys after the cursor, as many as the page can still
+//!   take plus one (to know whether more follow), in a sorted map: the memory and the work per
+//!   key are bounded by the page, not by the bucket.
+//! * **Values are read** (one request each, at most [`READS_AT_ONCE`] at a time, from the
+//!   stream's leader as every read is) only for the entries a scan returns, and for a key whose
+//!   message predates the header (its expiry is only in its value).
+//!
+//! Each page still receives every key's subject and headers (about 150 bytes a key), but per key
+//! the work is a comparison and at most a map insert, and the task yields to the runtime
+//! between messages (tokio's cooperative budget on the subscription's channel), so a listing of
+//! a large bucket does not hold an async worker. A sorted per-node index kept by a watch would
+//! make a page cost only its own keys, at the price of a copy of every bucket's keys on every
+//! node and a wait, before each listing, until the index has caught up with the writes
+//! acknowledged before it; the pass answers as freshly as a read, with nothing to keep.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
+use async_nats::jetstream::kv;
+use futures_util::StreamExt as _;
+
+use super::layout::{EXPIRES, key_from, key_of};
+use super::store::{JetStreamKv, failed};
+use crate::kv::backend::{Entry, KvError, Page, PageFiller, Start, now_ms};
+use crate::kv::format::live;
+
+/// How long a pass waits for the server's next message before it fails.
+const PASS_IDLE: Duration = Duration::from_secs(5);
+/// How long one pass may take in all (writes that never stop could keep it going).
+const PASS_FOR: Duration = Duration::from_secs(30);
+/// Passes one page may take. A pass after the first happens only when keys of the window were
+/// gone after all (a message without [`EXPIRES`] whose entry had expired, or a key deleted
+/// between the pass and its read); each pass doubles the window.
+const PASSES: u32 = 8;
+/// Values read at once for one page.
+const READS_AT_ONCE: usize = 16;
+
+/// What a key's last message says of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Seen {
+    /// Live: no expiry, or a later one than the pass's start.
+    Live,
+    /// Written before [`EXPIRES`] existed: live unless its value says it expired.
+    Unknown,
+    /// Deleted, or expired.
+    Gone,
+}
+
+/// What the headers of `message` (a key's last message) say of its key at `now`.
+fn seen(message: &async_nats::Message, now: u64) -> Seen {
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(name))
+            .map(|value| value.as_str().to_owned())
+    };
+    if header("KV-Operation").is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE")) {
+        return Seen::Gone;
+    }
+    match header(EXPIRES).map(|at| at.parse::<u64>()) {
+        None | Some(Err(_)) => Seen::Unknown,
+        Some(Ok(at)) if at == 0 || at > now => Seen::Live,
+        Some(Ok(_)) => Seen::Gone,
+    }
+}
+
+/// The smallest live keys from a lower bound that a pass has seen, at most `cap` of them.
+#[derive(Debug)]
+pub(super) struct Window {
+    lower: Bound<String>,
+    cap: usize,
+    /// Each key, and whether its entry must be read to know it is live ([`Seen::Unknown`]).
+    keys: BTreeMap<String, bool>,
+    /// The smallest key pushed out of the window: this pass leaves out every key from it on.
+    ceiling: Option<String>,
+}
+
+impl Window {
+    /// An empty window of at most `cap` keys (at least one) from `lower`.
+    pub(super) fn new(lower: Bound<String>, cap: usize) -> Self {
+        Self {
+            lower,
+            cap: cap.max(1),
+            keys: BTreeMap::new(),
+            ceiling: None,
+        }
+    }
+
+    /// Takes in what a key's last message says. Messages of one key come in the order they
+    /// were written (a pass also sees writes made while it runs): a later one replaces an
+    /// earlier one.
+    pub(super) fn see(&mut self, key: String, seen: Seen) {
+        let above = match &self.lower {
+            Bound::Included(lower) => key >= *lower,
+            Bound::Excluded(lower) => key > *lower,
+            Bound::Unbounded => true,
+        };
+        if !above || self.ceiling.as_ref().is_some_and(|ceiling| key >= *ceiling) {
+            return;
+        }
+        if seen == Seen::Gone {
+            self.keys.remove(&key);
+            return;
+        }
+        self.keys.insert(key, seen == Seen::Unknown);
+        if self.keys.len() > self.cap
+            && let Some((largest, _)) = self.keys.pop_last()
+        {
+            // Every key kept is smaller: from here on, only smaller keys can get in.
+            self.ceiling = Some(largest);
+        }
+    }
+
+    /// The keys in order, each with whether its entry must be read; and the key from which on
+    /// keys were left out, if any were (the next pass starts there).
+    pub(super) fn finish(self) -> (Vec<(String, bool)>, Option<String>) {
+        (self.keys.into_iter().collect(), self.ceiling)
+    }
+}
+
+impl JetStreamKv {
+    /// At most `limit` live keys of `bucket` from `start`, in order, each with its entry when
+    /// `values` (a scan) or when it had to be read anyway; expired and deleted keys left out.
+    pub(super) async fn range(
+        &self,
+        bucket: &str,
+        start: Start<'_>,
+        limit: usize,
+        values: bool,
+    ) -> Result<Page<(String, Option<Entry>)>, KvError> {
+        let mut page = PageFiller::new(&start, limit);
+        let Some(store) = self.existing(bucket).await? else {
+            return Ok(page.page());
+        };
+        let mut lower = match start {
+            Start::After(key) => Bound::Excluded(key.to_owned()),
+            Start::First | Start::Offset(_) => Bound::Unbounded,
+        };
+        for pass in 0..PASSES {
+            let room = usize::try_from(page.room()).unwrap_or(usize::MAX);
+            let mut window =
+                Window::new(lower, room.saturating_add(1).saturating_mul(1usize << pass));
+            self.pass(&store, &mut window).await?;
+            let (keys, ceiling) = window.finish();
+            let store = &store;
+            let mut entries = futures_util::stream::iter(keys)
+                .map(move |(key, unknown)| async move {
+                    if !values && !unknown {
+                        return Ok(Some((key, None)));
+                    }
+                    let (_, entry) = Self::read(store, &key_of(&key)).await?;
+                    let entry = entry.filter(|e| live(e, now_ms()));
+                    Ok::<_, KvError>(entry.map(|entry| (key, Some(entry))))
+                })
+                .buffered(READS_AT_ONCE);
+            while let Some(entry) = entries.next().await {
+                let Some((key, entry)) = entry? else { continue };
+                if !page.offer(|| (key, entry)) {
+                    return Ok(page.page());
+                }
+            }
+            let Some(ceiling) = ceiling else {
+                return Ok(page.page());
+            };
+            // Keys follow, but some of the window's were gone: a page that holds something
+            // ends here (the next one goes on after its last key); an empty one goes on from
+            // the first key left out.
+            if page.end_early() {
+                return Ok(page.page());
+            }
+            lower = Bound::Included(ceiling);
+        }
+        Err(KvError::Failed(format!(
+            "listing keys: {PASSES} passes found only keys that were gone by the time they were read"
+        )))
+    }
+
+    /// One headers-only pass over the last message of every key of `store` into `window`.
+    async fn pass(&self, store: &kv::Store, window: &mut Window) -> Result<(), KvError> {
+        let consumer = store
+            .stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.js.client().new_inbox(),
+                description: Some("handoff key listing".into()),
+                filter_subject: format!("{}>", store.prefix),
+                headers_only: true,
+                replay_policy: ReplayPolicy::Instant,
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed("listing keys", e))?;
+        let name = consumer.cached_info().name.clone();
+        let result = match consumer.cached_info().num_pending {
+            0 => Ok(()),
+            _ => Self::receive(store, consumer, window).await,
+        };
+        // Once nobody listens, an ephemeral consumer stays on the server for 30 s: deleted now,
+        // without waiting for the answer.
+        let stream = store.stream.clone();
+        tokio::spawn(async move {
+            let _ = stream.delete_consumer(&name).await;
+        });
+        result
+    }
+
+    /// The pass's messages, until the server says none are pending.
+    async fn receive(
+        store: &kv::Store,
+        consumer: async_nats::jetstream::consumer::Consumer<push::OrderedConfig>,
+        window: &mut Window,
+    ) -> Result<(), KvError> {
+        let now = now_ms();
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| failed("listing keys", e))?;
+        let deadline = tokio::time::Instant::now() + PASS_FOR;
+        loop {
+            let wait = deadline.min(tokio::time::Instant::now() + PASS_IDLE);
+            let message = match tokio::time::timeout_at(wait, messages.next()).await {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(error))) => return Err(failed("listing keys", error)),
+                Ok(None) => return Err(failed("listing keys", "the server ended the listing")),
+                Err(_) => {
+                    return Err(failed(
+                        "listing keys",
+                        format!("no answer within {PASS_IDLE:?}, or the pass took {PASS_FOR:?}"),
+                    ));
+                }
+            };
+            let pending = message
+                .info()
+                .map_err(|e| failed("listing keys", e))?
+                .pending;
+            let key = message.subject.as_str().strip_prefix(store.prefix.as_str());
+            if let Some(key) = key.and_then(key_from) {
+                window.see(key, seen(&message, now));
+            }
+            if pending == 0 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(window: Window) -> (Vec<String>, Option<String>) {
+        let (keys, ceiling) = window.finish();
+        (keys.into_iter().map(|(key, _)| key).collect(), ceiling)
+    }
+
+    #[test]
+    fn a_window_keeps_the_smallest_live_keys_after_its_bound() {
+        let mut window = Window::new(Bound::Excluded("b".into()), 3);
+        for key in ["e", "a", "b", "d", "z", "c", "f"] {
+            window.see(key.into(), Seen::Live);
+        }
+        window.see("d".into(), Seen::Gone);
+        window.see("x".into(), Seen::Gone);
+        assert_eq!(
+            keys(window),
+            (vec!["c".into(), "e".into()], Some("f".into()))
+        );
+    }
+
+    #[test]
+    fn a_key_pushed_out_keeps_larger_keys_out_after_a_delete() {
+        // c is pushed out; once b is deleted there is room, but d (after c) must not get in:
+        // the page would skip c.
+        let mut window = Window::new(Bound::Unbounded, 2);
+        for key in ["a", "b", "c"] {
+            window.see(key.into(), Seen::Live);
+        }
+        window.see("b".into(), Seen::Gone);
+        window.see("d".into(), Seen::Live);
+        assert_eq!(keys(window), (vec!["a".into()], Some("c".into())));
+    }
+
+    #[test]
+    fn a_later_message_replaces_an_earlier_one() {
+        let mut window = Window::new(Bound::Included("b".into()), 10);
+        window.see("b".into(), Seen::Live);
+        window.see("c".into(), Seen::Unknown);
+        window.see("b".into(), Seen::Gone);
+        window.see("c".into(), Seen::Live);
+        window.see("d".into(), Seen::Unknown);
+        let (found, ceiling) = window.finish();
+        assert_eq!(found, vec![("c".into(), false), ("d".into(), true)]);
+        assert_eq!(ceiling, None);
+    }
+}
