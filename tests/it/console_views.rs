@@ -9,6 +9,8 @@
 //! shadow's row has figures while copies run, and its mismatches come grouped by kind, with a
 //! button that stops it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use handoff_tests::webdriver::Browser;
@@ -331,13 +333,22 @@ async fn keys_once_and_a_shadow_grouped_and_stopped_in_a_browser() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // Traffic runs until the page has shown the figures (the page reads them once a second,
+    // and a loaded machine can be slow to): at least 20 requests, at most 1,200.
     let data = server.data;
-    let traffic = tokio::spawn(async move {
-        let mut conn = Connection::open(data).await;
-        for _ in 0..60 {
-            let (status, _) = conn.get("/app/changed").await.unwrap();
-            assert_eq!(status, StatusCode::OK);
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let seen = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            let mut conn = Connection::open(data).await;
+            let mut sent = 0u64;
+            while sent < 1_200 && (sent < 20 || !seen.load(Ordering::SeqCst)) {
+                let (status, _) = conn.get("/app/changed").await.unwrap();
+                assert_eq!(status, StatusCode::OK);
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            sent
         }
     });
     let figures = until(
@@ -350,17 +361,20 @@ async fn keys_once_and_a_shadow_grouped_and_stopped_in_a_browser() {
     )
     .await;
     assert!(figures.is_array(), "{figures}");
-    traffic.await.unwrap();
+    seen.store(true, Ordering::SeqCst);
+    let sent = traffic.await.unwrap();
     eventually("the copies compared", GENEROUS, || async {
-        (server.status("app").await["shadow"]["mismatches"] == 60).then_some(())
+        (server.status("app").await["shadow"]["mismatches"] == sent).then_some(())
     })
     .await;
     let group = until(
         &browser,
         "the mismatches grouped",
-        "const groups = document.querySelectorAll('#route-app [data-panel=\"shadow\"] .kind-group'); \
-         return groups.length === 1 && groups[0].querySelector('.count').textContent === '60' && \
-           [groups[0].dataset.kind, groups[0].querySelectorAll('.sample').length];",
+        &format!(
+            "const groups = document.querySelectorAll('#route-app [data-panel=\"shadow\"] .kind-group'); \
+             return groups.length === 1 && groups[0].querySelector('.count').textContent === '{sent}' && \
+               [groups[0].dataset.kind, groups[0].querySelectorAll('.sample').length];"
+        ),
     )
     .await;
     assert_eq!(group, json!(["body (status 200)", 2]));
