@@ -48,31 +48,54 @@ const READS_AT_ONCE: usize = 16;
 
 /// What a key's last message says of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Seen {
-    /// Live: no expiry, or a later one than the pass's start.
-    Live,
-    /// Written before [`EXPIRES`] existed: live unless its value says it expired.
+pub(super) enum Last {
+    /// Deleted.
+    Deleted,
+    /// Stored, expiring at this time (milliseconds since the Unix epoch; `0`: never).
+    Expires(u64),
+    /// Stored before [`EXPIRES`] existed: only its value says whether it has expired.
     Unknown,
-    /// Deleted, or expired.
-    Gone,
 }
 
-/// What the headers of `message` (a key's last message) say of its key at `now`.
-fn seen(message: &async_nats::Message, now: u64) -> Seen {
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(name))
-            .map(|value| value.as_str().to_owned())
-    };
-    if header("KV-Operation").is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE")) {
-        return Seen::Gone;
+impl Last {
+    /// What the headers of `message` (a key's last message) say.
+    fn of(message: &async_nats::Message) -> Self {
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(name))
+                .map(|value| value.as_str().to_owned())
+        };
+        if header("KV-Operation").is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE")) {
+            return Self::Deleted;
+        }
+        match header(EXPIRES).map(|at| at.parse::<u64>()) {
+            Some(Ok(at)) => Self::Expires(at),
+            None | Some(Err(_)) => Self::Unknown,
+        }
     }
-    match header(EXPIRES).map(|at| at.parse::<u64>()) {
-        None | Some(Err(_)) => Seen::Unknown,
-        Some(Ok(at)) if at == 0 || at > now => Seen::Live,
-        Some(Ok(_)) => Seen::Gone,
+
+    /// Whether the key is live at `now`; `None`: its entry must be read to know.
+    pub(super) fn live(self, now: u64) -> Option<bool> {
+        match self {
+            Self::Deleted => Some(false),
+            Self::Expires(at) => Some(at == 0 || at > now),
+            Self::Unknown => None,
+        }
+    }
+}
+
+/// The keys of one page, in order, each with whether its entry must be read to know it is
+/// live; and the key from which on keys were left out, if any were.
+pub(super) type Candidates = (Vec<(String, bool)>, Option<String>);
+
+/// Whether `key` is at or above `lower`.
+fn above(lower: &Bound<String>, key: &str) -> bool {
+    match lower {
+        Bound::Included(lower) => key >= lower.as_str(),
+        Bound::Excluded(lower) => key > lower.as_str(),
+        Bound::Unbounded => true,
     }
 }
 
@@ -81,18 +104,20 @@ fn seen(message: &async_nats::Message, now: u64) -> Seen {
 pub(super) struct Window {
     lower: Bound<String>,
     cap: usize,
-    /// Each key, and whether its entry must be read to know it is live ([`Seen::Unknown`]).
+    now: u64,
+    /// Each key, and whether its entry must be read to know it is live.
     keys: BTreeMap<String, bool>,
     /// The smallest key pushed out of the window: this pass leaves out every key from it on.
     ceiling: Option<String>,
 }
 
 impl Window {
-    /// An empty window of at most `cap` keys (at least one) from `lower`.
-    pub(super) fn new(lower: Bound<String>, cap: usize) -> Self {
+    /// An empty window of at most `cap` keys (at least one) from `lower`, live at `now`.
+    pub(super) fn new(lower: Bound<String>, cap: usize, now: u64) -> Self {
         Self {
             lower,
             cap: cap.max(1),
+            now,
             keys: BTreeMap::new(),
             ceiling: None,
         }
@@ -101,20 +126,19 @@ impl Window {
     /// Takes in what a key's last message says. Messages of one key come in the order they
     /// were written (a pass also sees writes made while it runs): a later one replaces an
     /// earlier one.
-    pub(super) fn see(&mut self, key: String, seen: Seen) {
-        let above = match &self.lower {
-            Bound::Included(lower) => key >= *lower,
-            Bound::Excluded(lower) => key > *lower,
-            Bound::Unbounded => true,
+    pub(super) fn see(&mut self, key: String, last: Last) {
+        if !above(&self.lower, &key) || self.ceiling.as_ref().is_some_and(|c| key >= *c) {
+            return;
+        }
+        let unknown = match last.live(self.now) {
+            Some(false) => {
+                self.keys.remove(&key);
+                return;
+            }
+            Some(true) => false,
+            None => true,
         };
-        if !above || self.ceiling.as_ref().is_some_and(|ceiling| key >= *ceiling) {
-            return;
-        }
-        if seen == Seen::Gone {
-            self.keys.remove(&key);
-            return;
-        }
-        self.keys.insert(key, seen == Seen::Unknown);
+        self.keys.insert(key, unknown);
         if self.keys.len() > self.cap
             && let Some((largest, _)) = self.keys.pop_last()
         {
@@ -123,9 +147,9 @@ impl Window {
         }
     }
 
-    /// The keys in order, each with whether its entry must be read; and the key from which on
-    /// keys were left out, if any were (the next pass starts there).
-    pub(super) fn finish(self) -> (Vec<(String, bool)>, Option<String>) {
+    /// The keys in order, and the key from which on keys were left out (the next pass starts
+    /// there).
+    pub(super) fn finish(self) -> Candidates {
         (self.keys.into_iter().collect(), self.ceiling)
     }
 }
@@ -150,10 +174,8 @@ impl JetStreamKv {
         };
         for pass in 0..PASSES {
             let room = usize::try_from(page.room()).unwrap_or(usize::MAX);
-            let mut window =
-                Window::new(lower, room.saturating_add(1).saturating_mul(1usize << pass));
-            self.pass(&store, &mut window).await?;
-            let (keys, ceiling) = window.finish();
+            let cap = room.saturating_add(1).saturating_mul(1usize << pass);
+            let (keys, ceiling) = self.candidates(&store, bucket, lower, cap).await?;
             let store = &store;
             let mut entries = futures_util::stream::iter(keys)
                 .map(move |(key, unknown)| async move {
@@ -187,8 +209,40 @@ impl JetStreamKv {
         )))
     }
 
-    /// One headers-only pass over the last message of every key of `store` into `window`.
-    async fn pass(&self, store: &kv::Store, window: &mut Window) -> Result<(), KvError> {
+    /// Up to `cap` live keys of `bucket` from `lower`: from this node's index of the bucket's
+    /// keys, or, when the index is too large to keep, from a headers-only pass over every key's
+    /// last message.
+    async fn candidates(
+        &self,
+        store: &kv::Store,
+        bucket: &str,
+        lower: Bound<String>,
+        cap: usize,
+    ) -> Result<Candidates, KvError> {
+        if let Some(found) = self.indexed(store, bucket, &lower, cap).await? {
+            return Ok(found);
+        }
+        let mut window = Window::new(lower, cap, now_ms());
+        let policy = DeliverPolicy::LastPerSubject;
+        let each = |_, key: Option<String>, last| {
+            if let Some(key) = key {
+                window.see(key, last);
+            }
+        };
+        self.pass(store, policy, each).await?;
+        Ok(window.finish())
+    }
+
+    /// One headers-only pass over the messages of `store` that `policy` picks (from a stream
+    /// sequence, or every key's last one), in the order they were written: `each` gets each
+    /// message's sequence, guest key and what it says. Messages of other keys (`meta`) count
+    /// for their sequence only.
+    pub(super) async fn pass(
+        &self,
+        store: &kv::Store,
+        policy: DeliverPolicy,
+        mut each: impl FnMut(u64, Option<String>, Last),
+    ) -> Result<(), KvError> {
         let consumer = store
             .stream
             .create_consumer(push::OrderedConfig {
@@ -197,7 +251,7 @@ impl JetStreamKv {
                 filter_subject: format!("{}>", store.prefix),
                 headers_only: true,
                 replay_policy: ReplayPolicy::Instant,
-                deliver_policy: DeliverPolicy::LastPerSubject,
+                deliver_policy: policy,
                 ..Default::default()
             })
             .await
@@ -205,7 +259,7 @@ impl JetStreamKv {
         let name = consumer.cached_info().name.clone();
         let result = match consumer.cached_info().num_pending {
             0 => Ok(()),
-            _ => Self::receive(store, consumer, window).await,
+            _ => Self::receive(store, consumer, &mut each).await,
         };
         // Once nobody listens, an ephemeral consumer stays on the server for 30 s: deleted now,
         // without waiting for the answer.
@@ -220,9 +274,8 @@ impl JetStreamKv {
     async fn receive(
         store: &kv::Store,
         consumer: async_nats::jetstream::consumer::Consumer<push::OrderedConfig>,
-        window: &mut Window,
+        each: &mut impl FnMut(u64, Option<String>, Last),
     ) -> Result<(), KvError> {
-        let now = now_ms();
         let mut messages = consumer
             .messages()
             .await
@@ -241,14 +294,10 @@ impl JetStreamKv {
                     ));
                 }
             };
-            let pending = message
-                .info()
-                .map_err(|e| failed("listing keys", e))?
-                .pending;
+            let info = message.info().map_err(|e| failed("listing keys", e))?;
+            let (sequence, pending) = (info.stream_sequence, info.pending);
             let key = message.subject.as_str().strip_prefix(store.prefix.as_str());
-            if let Some(key) = key.and_then(key_from) {
-                window.see(key, seen(&message, now));
-            }
+            each(sequence, key.and_then(key_from), Last::of(&message));
             if pending == 0 {
                 return Ok(());
             }
@@ -260,6 +309,9 @@ impl JetStreamKv {
 mod tests {
     use super::*;
 
+    const LIVE: Last = Last::Expires(0);
+    const EXPIRED: Last = Last::Expires(1);
+
     fn keys(window: Window) -> (Vec<String>, Option<String>) {
         let (keys, ceiling) = window.finish();
         (keys.into_iter().map(|(key, _)| key).collect(), ceiling)
@@ -267,15 +319,17 @@ mod tests {
 
     #[test]
     fn a_window_keeps_the_smallest_live_keys_after_its_bound() {
-        let mut window = Window::new(Bound::Excluded("b".into()), 3);
+        let mut window = Window::new(Bound::Excluded("b".into()), 3, 10);
         for key in ["e", "a", "b", "d", "z", "c", "f"] {
-            window.see(key.into(), Seen::Live);
+            window.see(key.into(), LIVE);
         }
-        window.see("d".into(), Seen::Gone);
-        window.see("x".into(), Seen::Gone);
+        window.see("d".into(), Last::Deleted);
+        window.see("x".into(), Last::Deleted);
+        window.see("c0".into(), EXPIRED);
+        window.see("c1".into(), Last::Expires(11));
         assert_eq!(
             keys(window),
-            (vec!["c".into(), "e".into()], Some("f".into()))
+            (vec!["c".into(), "c1".into(), "e".into()], Some("f".into()))
         );
     }
 
@@ -283,23 +337,23 @@ mod tests {
     fn a_key_pushed_out_keeps_larger_keys_out_after_a_delete() {
         // c is pushed out; once b is deleted there is room, but d (after c) must not get in:
         // the page would skip c.
-        let mut window = Window::new(Bound::Unbounded, 2);
+        let mut window = Window::new(Bound::Unbounded, 2, 10);
         for key in ["a", "b", "c"] {
-            window.see(key.into(), Seen::Live);
+            window.see(key.into(), LIVE);
         }
-        window.see("b".into(), Seen::Gone);
-        window.see("d".into(), Seen::Live);
+        window.see("b".into(), Last::Deleted);
+        window.see("d".into(), LIVE);
         assert_eq!(keys(window), (vec!["a".into()], Some("c".into())));
     }
 
     #[test]
     fn a_later_message_replaces_an_earlier_one() {
-        let mut window = Window::new(Bound::Included("b".into()), 10);
-        window.see("b".into(), Seen::Live);
-        window.see("c".into(), Seen::Unknown);
-        window.see("b".into(), Seen::Gone);
-        window.see("c".into(), Seen::Live);
-        window.see("d".into(), Seen::Unknown);
+        let mut window = Window::new(Bound::Included("b".into()), 10, 10);
+        window.see("b".into(), LIVE);
+        window.see("c".into(), Last::Unknown);
+        window.see("b".into(), Last::Deleted);
+        window.see("c".into(), LIVE);
+        window.see("d".into(), Last::Unknown);
         let (found, ceiling) = window.finish();
         assert_eq!(found, vec![("c".into(), false), ("d".into(), true)]);
         assert_eq!(ceiling, None);

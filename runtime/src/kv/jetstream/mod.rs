@@ -29,6 +29,7 @@
 //!   turn, deletes each expired entry with a compare-and-swap on the sequence it read (a key
 //!   written again meanwhile is left alone), and gives their usage back.
 
+mod index;
 mod layout;
 mod listing;
 mod store;

@@ -26,6 +26,8 @@ pub struct JetStreamKv {
     pub(super) sweep_cursor: std::sync::atomic::AtomicUsize,
     /// Acknowledgements still to drop ([`JetStreamKv::lose_acks`]).
     lost_acks: std::sync::atomic::AtomicUsize,
+    /// This node's copies of the keys of the buckets it lists.
+    pub(super) indexes: super::index::Indexes,
 }
 
 /// How a publish ended.
@@ -70,6 +72,7 @@ impl JetStreamKv {
             stores: DashMap::new(),
             sweep_cursor: std::sync::atomic::AtomicUsize::new(0),
             lost_acks: std::sync::atomic::AtomicUsize::new(0),
+            indexes: super::index::Indexes::default(),
         }
     }
 
