@@ -1,26 +1,23 @@
 //! Listings of a bucket ([`JetStreamKv::range`]) at a cost in NATS requests that does not grow
-//! with the bucket: a page of keys is one request, a page of entries (an export's scan) one more
-//! per entry it returns.
+//! with the bucket: a page of keys is one request when nothing was written since the last
+//! listing, a page of entries (an export's scan) one more per entry it returns.
 //!
-//! * **One pass** over the last message of every key, headers only: an ordered push consumer
-//!   (`DeliverPolicy::LastPerSubject`, `headers_only`), created with one request, through which
-//!   the server streams each key's subject and headers, never a value. The [`EXPIRES`] header
-//!   tells an expired entry from a live one, `KV-Operation` a deleted one. The consumer is
-//!   deleted once the pass is over, so listings in a loop leave nothing behind on the server.
-//! * A [`Window`] keeps the smallest live keys after the cursor, as many as the page can still
-//!   take plus one (to know whether more follow), in a sorted map: the memory and the work per
-//!   key are bounded by the page, not by the bucket.
+//! * **Candidates** come from this node's index of the bucket's keys (`super::index`), brought
+//!   up to date first; for a bucket too large to index, from **one pass** over the last message
+//!   of every key, headers only (an ordered push consumer, `DeliverPolicy::LastPerSubject`,
+//!   `headers_only`), created with one request, through which the server streams each key's
+//!   subject and headers, never a value. The [`EXPIRES`] header tells an expired entry from a
+//!   live one, `KV-Operation` a deleted one. A pass's consumer is deleted once the pass is over,
+//!   so listings in a loop leave nothing behind on the server.
+//! * A pass's [`Window`] keeps the smallest live keys after the cursor, as many as the page can
+//!   still take plus one (to know whether more follow), in a sorted map: the memory and the
+//!   work per key are bounded by the page, not by the bucket. The per-key work is a comparison
+//!   and at most a map insert, and the task yields to the runtime between messages (tokio's
+//!   cooperative budget on the subscription's channel), so a pass over a large bucket does not
+//!   hold an async worker.
 //! * **Values are read** (one request each, at most [`READS_AT_ONCE`] at a time, from the
 //!   stream's leader as every read is) only for the entries a scan returns, and for a key whose
 //!   message predates the header (its expiry is only in its value).
-//!
-//! Each page still receives every key's subject and headers (about 150 bytes a key), but per key
-//! the work is a comparison and at most a map insert, and the task yields to the runtime
-//! between messages (tokio's cooperative budget on the subscription's channel), so a listing of
-//! a large bucket does not hold an async worker. A sorted per-node index kept by a watch would
-//! make a page cost only its own keys, at the price of a copy of every bucket's keys on every
-//! node and a wait, before each listing, until the index has caught up with the writes
-//! acknowledged before it; the pass answers as freshly as a read, with nothing to keep.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;

@@ -6,10 +6,12 @@
 //!   Each value is stored as `kv::format` encodes an entry (its expiry, then the bytes), and
 //!   its message carries the expiry in a header as well (`Handoff-Expires-At`); its revision is
 //!   the message's stream sequence, which only grows (ABA-safe).
-//! * **Listings** (`listing`) take one headers-only pass over every key's last message (one
-//!   request), keep the smallest live keys after the cursor that fit the page, and read values
-//!   only for the entries a scan returns: a page costs a few requests however large the
-//!   bucket.
+//! * **Listings** (`listing`) take their keys from a sorted index of the bucket's keys that
+//!   each node keeps (`index`): before a page, one request for the stream's last sequence, and
+//!   a headers-only pass over what was written since, if anything was; values are read only for
+//!   the entries a scan returns. A bucket too large to index is listed by a headers-only pass
+//!   over every key's last message per page. Either way a page costs a few requests however
+//!   large the bucket.
 //! * **Reads** ask the stream's leader for the key's last message (not a replica's direct get,
 //!   which may lag), so a read that starts after a write was acknowledged sees it.
 //! * **Writes** are compare-and-swaps on the key's last sequence
