@@ -38,8 +38,8 @@ pub(super) const INDEX_IDLE: Duration = Duration::from_secs(60);
 /// The indexes of one node's buckets.
 pub(super) struct Indexes {
     by_bucket: DashMap<String, Arc<tokio::sync::Mutex<Index>>>,
-    /// Keys held by all of them.
-    held: AtomicUsize,
+    /// Keys held by all of them (each index takes its own out when it is dropped).
+    held: Arc<AtomicUsize>,
     /// Keys they may hold: [`INDEX_KEYS`] (a test lowers it: [`JetStreamKv::limit_indexes`]).
     max: AtomicUsize,
 }
@@ -48,7 +48,7 @@ impl Default for Indexes {
     fn default() -> Self {
         Self {
             by_bucket: DashMap::new(),
-            held: AtomicUsize::new(0),
+            held: Arc::new(AtomicUsize::new(0)),
             max: AtomicUsize::new(INDEX_KEYS),
         }
     }
@@ -67,45 +67,48 @@ struct Index {
     /// When it was found larger than the indexes may hold: its bucket is then listed by passes,
     /// and indexed again after [`INDEX_IDLE`].
     too_large: Option<Instant>,
+    /// Keys held by all of a node's indexes, its own counted in.
+    held: Arc<AtomicUsize>,
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        self.clear();
+    }
 }
 
 impl Index {
-    fn new() -> Self {
+    fn new(held: Arc<AtomicUsize>) -> Self {
         Self {
             created: None,
             sequence: 0,
             keys: BTreeMap::new(),
             used: Instant::now(),
             too_large: None,
+            held,
         }
     }
 
     /// Forgets every key.
-    fn clear(&mut self, held: &AtomicUsize) {
-        held.fetch_sub(self.keys.len(), Ordering::Relaxed);
+    fn clear(&mut self) {
+        self.held.fetch_sub(self.keys.len(), Ordering::Relaxed);
         self.keys.clear();
         self.sequence = 0;
     }
 
     /// Applies one message (`key` `None`: not a guest key's). False once the index would hold
     /// more than `max` keys with all the others.
-    fn apply(
-        &mut self,
-        sequence: u64,
-        key: Option<String>,
-        last: Last,
-        (held, max): (&AtomicUsize, usize),
-    ) -> bool {
+    fn apply(&mut self, sequence: u64, key: Option<String>, last: Last, max: usize) -> bool {
         self.sequence = self.sequence.max(sequence);
         let Some(key) = key else { return true };
         if last == Last::Deleted {
             if self.keys.remove(&key).is_some() {
-                held.fetch_sub(1, Ordering::Relaxed);
+                self.held.fetch_sub(1, Ordering::Relaxed);
             }
             return true;
         }
         if self.keys.insert(key, last).is_none() {
-            return held.fetch_add(1, Ordering::Relaxed) < max;
+            return self.held.fetch_add(1, Ordering::Relaxed) < max;
         }
         true
     }
@@ -151,15 +154,17 @@ impl JetStreamKv {
         cap: usize,
     ) -> Result<Option<Candidates>, KvError> {
         let indexes = &self.indexes;
-        indexes.by_bucket.retain(|_, index| match index.try_lock() {
-            Ok(index) if index.used.elapsed() > INDEX_IDLE => {
-                indexes.held.fetch_sub(index.keys.len(), Ordering::Relaxed);
-                false
-            }
-            _ => true,
+        // (An index dropped here gives its keys back as it goes, whenever its last user is done.)
+        indexes.by_bucket.retain(|_, index| {
+            index
+                .try_lock()
+                .map_or(true, |index| index.used.elapsed() <= INDEX_IDLE)
         });
         let index = (indexes.by_bucket.entry(bucket.to_owned()))
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Index::new())))
+            .or_insert_with(|| {
+                let index = Index::new(indexes.held.clone());
+                Arc::new(tokio::sync::Mutex::new(index))
+            })
             .clone();
         let mut index = index.lock().await;
         index.used = Instant::now();
@@ -177,14 +182,13 @@ impl JetStreamKv {
 
     /// Applies to `index` what was written to `store` since its last sequence.
     async fn refresh(&self, store: &kv::Store, index: &mut Index) -> Result<(), KvError> {
-        let held = &self.indexes.held;
         let info = store
             .stream
             .get_info()
             .await
             .map_err(|e| failed("listing keys", e))?;
         if index.created != Some(info.created) || info.state.last_sequence < index.sequence {
-            index.clear(held);
+            index.clear();
             index.created = Some(info.created);
         }
         if info.state.last_sequence == index.sequence {
@@ -197,11 +201,11 @@ impl JetStreamKv {
         let mut fits = true;
         let result = self
             .pass(store, from, |sequence, key, last| {
-                fits = fits && index.apply(sequence, key, last, (held, max));
+                fits = fits && index.apply(sequence, key, last, max);
             })
             .await;
         if !fits {
-            index.clear(held);
+            index.clear();
             index.too_large = Some(Instant::now());
         }
         result
@@ -212,14 +216,10 @@ impl JetStreamKv {
 mod tests {
     use super::*;
 
-    fn keys((keys, ceiling): Candidates) -> (Vec<(String, bool)>, Option<String>) {
-        (keys, ceiling)
-    }
-
     #[test]
     fn an_index_applies_writes_in_order_and_lists_live_keys_from_a_bound() {
-        let held = AtomicUsize::new(0);
-        let mut index = Index::new();
+        let held = Arc::new(AtomicUsize::new(0));
+        let mut index = Index::new(held.clone());
         let writes = [
             (1, Some("a"), Last::Expires(0)),
             (2, None, Last::Expires(0)),
@@ -231,34 +231,35 @@ mod tests {
         ];
         for (sequence, key, last) in writes {
             let key = key.map(str::to_owned);
-            assert!(index.apply(sequence, key, last, (&held, INDEX_KEYS)));
+            assert!(index.apply(sequence, key, last, INDEX_KEYS));
         }
         assert_eq!((index.sequence, held.load(Ordering::Relaxed)), (7, 4));
         // At 10, b has expired; c must be read to know.
-        assert_eq!(
-            keys(index.window(&Bound::Unbounded, 2, 10)),
-            (
-                vec![("c".into(), true), ("d".into(), false)],
-                Some("e".into())
-            )
+        let first = (
+            vec![("c".into(), true), ("d".into(), false)],
+            Some("e".into()),
         );
-        assert_eq!(
-            keys(index.window(&Bound::Excluded("d".into()), 2, 10)),
-            (vec![("e".into(), false)], None)
-        );
-        index.clear(&held);
+        assert_eq!(index.window(&Bound::Unbounded, 2, 10), first);
+        let after_d = (vec![("e".into(), false)], None);
+        assert_eq!(index.window(&Bound::Excluded("d".into()), 2, 10), after_d);
+        index.clear();
         assert_eq!((index.sequence, held.load(Ordering::Relaxed)), (0, 0));
     }
 
     #[test]
     fn the_indexes_of_a_node_hold_a_bounded_number_of_keys() {
-        let held = AtomicUsize::new(9);
-        let mut index = Index::new();
-        let mut apply = |sequence, key: &str| {
-            index.apply(sequence, Some(key.into()), Last::Expires(0), (&held, 10))
-        };
+        let held = Arc::new(AtomicUsize::new(9));
+        let mut index = Index::new(held.clone());
+        let mut apply =
+            |sequence, key: &str| index.apply(sequence, Some(key.into()), Last::Expires(0), 10);
         assert!(apply(1, "a"));
         assert!(apply(2, "a"), "no new key");
         assert!(!apply(3, "b"));
+        drop(index);
+        assert_eq!(
+            held.load(Ordering::Relaxed),
+            9,
+            "a dropped index gives its keys back"
+        );
     }
 }
