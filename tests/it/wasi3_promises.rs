@@ -507,9 +507,8 @@ async fn a_03_body_cut_by_a_trap_ends_in_an_error_and_counts_as_a_failure() {
         // Two chunks, then a trap where the guest would have ended its body: wasmtime ends the
         // body of a dropped instance as if it were whole; the client must see it cut.
         let mut stream = tokio::net::TcpStream::connect(server.data).await.unwrap();
-        let head = format!(
-            "GET /{route}/stream?n=2&ms=10&trap=1 HTTP/1.1\r\nhost: handoff.test\r\n\r\n"
-        );
+        let head =
+            format!("GET /{route}/stream?n=2&ms=10&trap=1 HTTP/1.1\r\nhost: handoff.test\r\n\r\n");
         stream.write_all(head.as_bytes()).await.unwrap();
         let mut answer = Vec::new();
         let mut buf = [0u8; 4096];

@@ -22,26 +22,66 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::kv;
 use dashmap::DashMap;
 
-use super::listing::{Candidates, Last};
-use super::store::{JetStreamKv, failed};
-use crate::kv::backend::{KvError, now_ms};
+use super::layout::EXPIRES;
 
 /// Keys all of a node's indexes hold together, at most.
 pub(super) const INDEX_KEYS: usize = 1_000_000;
 /// How long an index nobody lists is kept.
 pub(super) const INDEX_IDLE: Duration = Duration::from_secs(60);
 
+/// What a key's last message says of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Last {
+    /// Deleted.
+    Deleted,
+    /// Stored, expiring at this time (milliseconds since the Unix epoch; `0`: never).
+    Expires(u64),
+    /// Stored before [`EXPIRES`] existed: only its value says whether it has expired.
+    Unknown,
+}
+
+impl Last {
+    /// What the headers of `message` (a key's last message) say.
+    pub(super) fn of(message: &async_nats::Message) -> Self {
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(name))
+                .map(|value| value.as_str().to_owned())
+        };
+        if header("KV-Operation").is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE")) {
+            return Self::Deleted;
+        }
+        match header(EXPIRES).map(|at| at.parse::<u64>()) {
+            Some(Ok(at)) => Self::Expires(at),
+            None | Some(Err(_)) => Self::Unknown,
+        }
+    }
+
+    /// Whether the key is live at `now`; `None`: its entry must be read to know.
+    pub(super) fn live(self, now: u64) -> Option<bool> {
+        match self {
+            Self::Deleted => Some(false),
+            Self::Expires(at) => Some(at == 0 || at > now),
+            Self::Unknown => None,
+        }
+    }
+}
+
+/// The keys of one page, in order, each with whether its entry must be read to know it is
+/// live; and the key from which on keys were left out, if any were.
+pub(super) type Candidates = (Vec<(String, bool)>, Option<String>);
+
 /// The indexes of one node's buckets.
 pub(super) struct Indexes {
-    by_bucket: DashMap<String, Arc<tokio::sync::Mutex<Index>>>,
+    pub(super) by_bucket: DashMap<String, Arc<tokio::sync::Mutex<Index>>>,
     /// Keys held by all of them (each index takes its own out when it is dropped).
-    held: Arc<AtomicUsize>,
-    /// Keys they may hold: [`INDEX_KEYS`] (a test lowers it: [`JetStreamKv::limit_indexes`]).
-    max: AtomicUsize,
+    pub(super) held: Arc<AtomicUsize>,
+    /// Keys they may hold: [`INDEX_KEYS`] (a test lowers it: `JetStreamKv::limit_indexes`).
+    pub(super) max: AtomicUsize,
 }
 
 impl Default for Indexes {
@@ -55,18 +95,18 @@ impl Default for Indexes {
 }
 
 /// One bucket's keys as this node last read them.
-struct Index {
+pub(super) struct Index {
     /// The stream's creation time: a stream made again is another stream.
-    created: Option<async_nats::datetime::DateTime>,
+    pub(super) created: Option<async_nats::datetime::DateTime>,
     /// The last stream sequence applied.
-    sequence: u64,
+    pub(super) sequence: u64,
     /// Each live or unknown key and what its last message says.
     keys: BTreeMap<String, Last>,
     /// When a listing last used it.
-    used: Instant,
+    pub(super) used: Instant,
     /// When it was found larger than the indexes may hold: its bucket is then listed by passes,
     /// and indexed again after [`INDEX_IDLE`].
-    too_large: Option<Instant>,
+    pub(super) too_large: Option<Instant>,
     /// Keys held by all of a node's indexes, its own counted in.
     held: Arc<AtomicUsize>,
 }
@@ -78,7 +118,7 @@ impl Drop for Index {
 }
 
 impl Index {
-    fn new(held: Arc<AtomicUsize>) -> Self {
+    pub(super) fn new(held: Arc<AtomicUsize>) -> Self {
         Self {
             created: None,
             sequence: 0,
@@ -90,7 +130,7 @@ impl Index {
     }
 
     /// Forgets every key.
-    fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.held.fetch_sub(self.keys.len(), Ordering::Relaxed);
         self.keys.clear();
         self.sequence = 0;
@@ -98,7 +138,13 @@ impl Index {
 
     /// Applies one message (`key` `None`: not a guest key's). False once the index would hold
     /// more than `max` keys with all the others.
-    fn apply(&mut self, sequence: u64, key: Option<String>, last: Last, max: usize) -> bool {
+    pub(super) fn apply(
+        &mut self,
+        sequence: u64,
+        key: Option<String>,
+        last: Last,
+        max: usize,
+    ) -> bool {
         self.sequence = self.sequence.max(sequence);
         let Some(key) = key else { return true };
         if last == Last::Deleted {
@@ -115,7 +161,7 @@ impl Index {
 
     /// Up to `cap` keys live at `now` from `lower`, in order (an in-memory walk: expired keys
     /// the leader has not deleted yet are stepped over).
-    fn window(&self, lower: &Bound<String>, cap: usize, now: u64) -> Candidates {
+    pub(super) fn window(&self, lower: &Bound<String>, cap: usize, now: u64) -> Candidates {
         let from = match lower {
             Bound::Included(key) => Bound::Included(key.as_str()),
             Bound::Excluded(key) => Bound::Excluded(key.as_str()),
@@ -133,82 +179,6 @@ impl Index {
             }
         }
         (keys, None)
-    }
-}
-
-impl JetStreamKv {
-    /// Lets this node's indexes hold at most `keys` keys (0: none, every listing takes a pass):
-    /// for tests of the listings of buckets too large to index.
-    #[doc(hidden)]
-    pub fn limit_indexes(&self, keys: usize) {
-        self.indexes.max.store(keys, Ordering::Relaxed);
-    }
-
-    /// Up to `cap` live keys of `bucket` from `lower`, from this node's index of it, brought up
-    /// to date first; `None` when the bucket is too large to index (list it by a pass).
-    pub(super) async fn indexed(
-        &self,
-        store: &kv::Store,
-        bucket: &str,
-        lower: &Bound<String>,
-        cap: usize,
-    ) -> Result<Option<Candidates>, KvError> {
-        let indexes = &self.indexes;
-        // (An index dropped here gives its keys back as it goes, whenever its last user is done.)
-        indexes.by_bucket.retain(|_, index| {
-            index
-                .try_lock()
-                .map_or(true, |index| index.used.elapsed() <= INDEX_IDLE)
-        });
-        let index = (indexes.by_bucket.entry(bucket.to_owned()))
-            .or_insert_with(|| {
-                let index = Index::new(indexes.held.clone());
-                Arc::new(tokio::sync::Mutex::new(index))
-            })
-            .clone();
-        let mut index = index.lock().await;
-        index.used = Instant::now();
-        match index.too_large {
-            Some(since) if since.elapsed() < INDEX_IDLE => return Ok(None),
-            Some(_) => index.too_large = None,
-            None => {}
-        }
-        self.refresh(store, &mut index).await?;
-        if index.too_large.is_some() {
-            return Ok(None);
-        }
-        Ok(Some(index.window(lower, cap, now_ms())))
-    }
-
-    /// Applies to `index` what was written to `store` since its last sequence.
-    async fn refresh(&self, store: &kv::Store, index: &mut Index) -> Result<(), KvError> {
-        let info = store
-            .stream
-            .get_info()
-            .await
-            .map_err(|e| failed("listing keys", e))?;
-        if index.created != Some(info.created) || info.state.last_sequence < index.sequence {
-            index.clear();
-            index.created = Some(info.created);
-        }
-        if info.state.last_sequence == index.sequence {
-            return Ok(());
-        }
-        let from = DeliverPolicy::ByStartSequence {
-            start_sequence: index.sequence + 1,
-        };
-        let max = self.indexes.max.load(Ordering::Relaxed);
-        let mut fits = true;
-        let result = self
-            .pass(store, from, |sequence, key, last| {
-                fits = fits && index.apply(sequence, key, last, max);
-            })
-            .await;
-        if !fits {
-            index.clear();
-            index.too_large = Some(Instant::now());
-        }
-        result
     }
 }
 

@@ -21,13 +21,16 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
 use async_nats::jetstream::kv;
 use futures_util::StreamExt as _;
 
-use super::layout::{EXPIRES, key_from, key_of};
+use super::index::{Candidates, INDEX_IDLE, Index, Last};
+use super::layout::{key_from, key_of};
 use super::store::{JetStreamKv, failed};
 use crate::kv::backend::{Entry, KvError, Page, PageFiller, Start, now_ms};
 use crate::kv::format::live;
@@ -42,50 +45,6 @@ const PASS_FOR: Duration = Duration::from_secs(30);
 const PASSES: u32 = 8;
 /// Values read at once for one page.
 const READS_AT_ONCE: usize = 16;
-
-/// What a key's last message says of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Last {
-    /// Deleted.
-    Deleted,
-    /// Stored, expiring at this time (milliseconds since the Unix epoch; `0`: never).
-    Expires(u64),
-    /// Stored before [`EXPIRES`] existed: only its value says whether it has expired.
-    Unknown,
-}
-
-impl Last {
-    /// What the headers of `message` (a key's last message) say.
-    fn of(message: &async_nats::Message) -> Self {
-        let header = |name: &str| {
-            message
-                .headers
-                .as_ref()
-                .and_then(|headers| headers.get(name))
-                .map(|value| value.as_str().to_owned())
-        };
-        if header("KV-Operation").is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE")) {
-            return Self::Deleted;
-        }
-        match header(EXPIRES).map(|at| at.parse::<u64>()) {
-            Some(Ok(at)) => Self::Expires(at),
-            None | Some(Err(_)) => Self::Unknown,
-        }
-    }
-
-    /// Whether the key is live at `now`; `None`: its entry must be read to know.
-    pub(super) fn live(self, now: u64) -> Option<bool> {
-        match self {
-            Self::Deleted => Some(false),
-            Self::Expires(at) => Some(at == 0 || at > now),
-            Self::Unknown => None,
-        }
-    }
-}
-
-/// The keys of one page, in order, each with whether its entry must be read to know it is
-/// live; and the key from which on keys were left out, if any were.
-pub(super) type Candidates = (Vec<(String, bool)>, Option<String>);
 
 /// Whether `key` is at or above `lower`.
 fn above(lower: &Bound<String>, key: &str) -> bool {
@@ -299,6 +258,82 @@ impl JetStreamKv {
                 return Ok(());
             }
         }
+    }
+}
+
+impl JetStreamKv {
+    /// Lets this node's indexes hold at most `keys` keys (0: none, every listing takes a pass):
+    /// for tests of the listings of buckets too large to index.
+    #[doc(hidden)]
+    pub fn limit_indexes(&self, keys: usize) {
+        self.indexes.max.store(keys, Ordering::Relaxed);
+    }
+
+    /// Up to `cap` live keys of `bucket` from `lower`, from this node's index of it, brought up
+    /// to date first; `None` when the bucket is too large to index (list it by a pass).
+    pub(super) async fn indexed(
+        &self,
+        store: &kv::Store,
+        bucket: &str,
+        lower: &Bound<String>,
+        cap: usize,
+    ) -> Result<Option<Candidates>, KvError> {
+        let indexes = &self.indexes;
+        // (An index dropped here gives its keys back as it goes, whenever its last user is done.)
+        indexes.by_bucket.retain(|_, index| {
+            index
+                .try_lock()
+                .map_or(true, |index| index.used.elapsed() <= INDEX_IDLE)
+        });
+        let index = (indexes.by_bucket.entry(bucket.to_owned()))
+            .or_insert_with(|| {
+                let index = Index::new(indexes.held.clone());
+                Arc::new(tokio::sync::Mutex::new(index))
+            })
+            .clone();
+        let mut index = index.lock().await;
+        index.used = Instant::now();
+        match index.too_large {
+            Some(since) if since.elapsed() < INDEX_IDLE => return Ok(None),
+            Some(_) => index.too_large = None,
+            None => {}
+        }
+        self.refresh(store, &mut index).await?;
+        if index.too_large.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(index.window(lower, cap, now_ms())))
+    }
+
+    /// Applies to `index` what was written to `store` since its last sequence.
+    async fn refresh(&self, store: &kv::Store, index: &mut Index) -> Result<(), KvError> {
+        let info = store
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| failed("listing keys", e))?;
+        if index.created != Some(info.created) || info.state.last_sequence < index.sequence {
+            index.clear();
+            index.created = Some(info.created);
+        }
+        if info.state.last_sequence == index.sequence {
+            return Ok(());
+        }
+        let from = DeliverPolicy::ByStartSequence {
+            start_sequence: index.sequence + 1,
+        };
+        let max = self.indexes.max.load(Ordering::Relaxed);
+        let mut fits = true;
+        let result = self
+            .pass(store, from, |sequence, key, last| {
+                fits = fits && index.apply(sequence, key, last, max);
+            })
+            .await;
+        if !fits {
+            index.clear();
+            index.too_large = Some(Instant::now());
+        }
+        result
     }
 }
 
