@@ -68,9 +68,29 @@ pub struct Call {
     /// expires as at its deadline (the guest's work for it is dropped with its instance when
     /// the instance served no other request).
     pub left: Option<CancellationToken>,
-    /// The log of the instance that took the request, once one did: what the guest printed
-    /// when it panicked, for the request's failure report.
-    pub log: Arc<OnceLock<Arc<StoreLog>>>,
+    /// The instance that took the request, once one did.
+    pub taken: Arc<OnceLock<Taken>>,
+}
+
+/// What the instance that took a request shares with it.
+pub struct Taken {
+    log: Arc<StoreLog>,
+    life: Arc<Life>,
+}
+
+impl Taken {
+    /// The instance's log: what the guest printed when it panicked, for the request's failure
+    /// report.
+    pub fn log(&self) -> &StoreLog {
+        &self.log
+    }
+
+    /// Whether the instance was dropped while it served (a trap, a timeout, its version's
+    /// cut-off): a response body of it still streaming then was cut, though wasmtime ends it
+    /// as if the guest had finished it.
+    pub fn cut(&self) -> bool {
+        self.life.cut.load(Ordering::Acquire)
+    }
 }
 
 impl Call {
@@ -82,7 +102,7 @@ impl Call {
             id,
             trace: None,
             left: None,
-            log: Arc::default(),
+            taken: Arc::default(),
         }
     }
 }
@@ -306,6 +326,8 @@ struct Life {
     started: AtomicUsize,
     /// A client of one of them left before its response head.
     abandoned: AtomicBool,
+    /// The instance was dropped while it served (its `run_concurrent` ended in an error).
+    cut: AtomicBool,
 }
 
 /// One instance's rules.
@@ -339,7 +361,10 @@ impl WorkerState for Worker {
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
         store.data_mut().set_prefix(&call.prefix);
         store.data_mut().start_task(task, call.id, call.trace);
-        let _ = call.log.set(store.data().log().clone());
+        let _ = call.taken.set(Taken {
+            log: store.data().log().clone(),
+            life: self.life.clone(),
+        });
         self.life.started.fetch_add(1, Ordering::Relaxed);
         let deadline = Box::pin(tokio::time::sleep_until(call.deadline.into()));
         match call.left {
@@ -354,6 +379,9 @@ impl WorkerState for Worker {
 
     fn drop(&self, store: Store<Host>, result: wasmtime::Result<()>) {
         if let Err(error) = result {
+            // Before the store goes: the response bodies still streaming from it end when it
+            // does, and must read as cut.
+            self.life.cut.store(true, Ordering::Release);
             let logs = self.guest.logs();
             tracing::debug!(
                 route = %logs.route(), version = %logs.version(), error = %format!("{error:#}"),

@@ -126,6 +126,20 @@ async fn stalled_request_bodies_pinned_to_a_healthy_03_candidate_do_not_roll_it_
         guests::P3_HELLO,
         "/app/echo",
         "/app/count",
+        408,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_bodies_read_after_a_03_head_do_not_roll_the_candidate_back() {
+    // The 0.3 guest's `/relay` answers 200 at once, then copies the body as it comes: the
+    // client's unfinished body ends the response body at the deadline.
+    crate::rollouts::stalled_bodies_do_not_count_against(
+        guests::P3_HELLO,
+        "/app/relay",
+        "/app/count",
+        200,
     )
     .await;
 }

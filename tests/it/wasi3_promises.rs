@@ -497,3 +497,39 @@ async fn a_redeploy_that_only_moves_the_prefix_gives_03_requests_fresh_instances
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_03_body_cut_by_a_trap_ends_in_an_error_and_counts_as_a_failure() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    for (route, query) in [("fresh", ""), ("shared", SHARED)] {
+        deploy(&server, route, query, guests::P3_HELLO).await;
+        // Two chunks, then a trap where the guest would have ended its body: wasmtime ends the
+        // body of a dropped instance as if it were whole; the client must see it cut.
+        let mut stream = tokio::net::TcpStream::connect(server.data).await.unwrap();
+        let head =
+            format!("GET /{route}/stream?n=2&ms=10&trap=1 HTTP/1.1\r\nhost: handoff.test\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = tokio::time::timeout(GENEROUS, stream.read(&mut buf))
+            .await
+            .expect("the connection ends")
+        {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{route}: {answer}");
+        assert!(answer.contains("chunk 0"), "{route}: {answer}");
+        assert!(
+            !answer.ends_with("0\r\n\r\n"),
+            "{route}: a cut body must not end as a whole one: {answer:?}"
+        );
+        let active = server.route(route).await.active;
+        assert_eq!(active.failures, 1, "{route}: {active:?}");
+    }
+    server.shutdown().await;
+}

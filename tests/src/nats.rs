@@ -190,6 +190,15 @@ impl NatsServer {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+
+    /// How many messages clients have sent the server since it started (`in_msgs` of its
+    /// monitoring endpoint `/varz`): requests, publishes and replies alike.
+    pub fn in_msgs(&self) -> u64 {
+        let body = monitoring(self.monitor, "/varz")
+            .unwrap_or_else(|| panic!("nats-server on {} answered no /varz", self.port));
+        let varz: serde_json::Value = serde_json::from_str(&body).expect("/varz is JSON");
+        varz["in_msgs"].as_u64().expect("/varz counts in_msgs")
+    }
 }
 
 impl Drop for NatsServer {
@@ -200,18 +209,24 @@ impl Drop for NatsServer {
 
 /// Whether `GET /healthz` on the monitoring port answers 200.
 fn healthz(port: u16) -> bool {
+    monitoring(port, "/healthz").is_some()
+}
+
+/// The body of `GET path` on the monitoring port if it answers 200 (HTTP/1.0: the body is
+/// never chunked).
+fn monitoring(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200")
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.split(' ')
+        .nth(1)
+        .is_some_and(|status| status == "200")
+        .then(|| body.to_owned())
 }
 
 /// Starts one cluster node per `(name, NATS url)` and waits until each of them sees them all

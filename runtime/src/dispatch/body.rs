@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -16,6 +16,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::overdue::Registration;
 use crate::route::InFlight;
+use crate::service::Taken;
 use crate::shadow::copy::{Summary, Tap};
 
 /// What the parts of one request share: its in-flight token, held until the response body has
@@ -197,8 +198,8 @@ pub struct GuestBody {
     inner: HyperOutgoingBody,
     /// The request's shared state; `None` once the body has ended.
     shared: Option<Arc<Shared>>,
-    /// The guest's task, if it was still running when the response head went out.
-    guest: Option<AbortHandle>,
+    /// Who still works on the body.
+    guest: Guest,
     /// Bytes the guest may still send before the route's response limit cuts it off.
     left: u64,
     /// Body bytes after which the response is complete on the wire without an end from the
@@ -211,6 +212,35 @@ pub struct GuestBody {
     tap: Option<Box<(Tap, oneshot::Sender<Summary>)>>,
     /// The body's deadline, watched by the task that sends it (see [`super::overdue`]).
     overdue: Option<Registration>,
+    /// The request's deadline.
+    deadline: Instant,
+}
+
+/// Who works on a guest's response body once its head is out.
+pub(super) enum Guest {
+    /// A WASI 0.2 guest's task, if it was still running when the head went out: stopped when
+    /// the client leaves mid-body.
+    P2(Option<AbortHandle>),
+    /// The WASI 0.3 instance that took the request: a body it ends after it was dropped was
+    /// cut, not finished.
+    P3(Arc<OnceLock<Taken>>),
+}
+
+impl Guest {
+    /// Stops the guest's work on the body (a 0.3 instance's ends with the instance).
+    fn abort(&self) {
+        if let Guest::P2(Some(task)) = self {
+            task.abort();
+        }
+    }
+
+    /// Whether a body that ends now was cut rather than finished by the guest.
+    fn cut(&self) -> bool {
+        match self {
+            Guest::P2(_) => false,
+            Guest::P3(taken) => taken.get().is_some_and(Taken::cut),
+        }
+    }
 }
 
 /// The request's span and start, for the `request finished` event when its body ends.
@@ -229,7 +259,7 @@ impl GuestBody {
     pub(super) fn new(
         inner: HyperOutgoingBody,
         shared: Arc<Shared>,
-        guest: Option<AbortHandle>,
+        guest: Guest,
         complete_at: Option<u64>,
         trace: Trace,
         tap: Option<Box<(Tap, oneshot::Sender<Summary>)>>,
@@ -247,14 +277,16 @@ impl GuestBody {
             trace,
             tap,
             overdue,
+            deadline,
         }
     }
 }
 
 impl GuestBody {
     /// Ends the body's hold on the request, counting the request in its version's statistics
-    /// (`failed`: the body ended with an error). Returns the shared state it held, if any.
-    fn finish(&mut self, failed: bool) -> Option<Arc<Shared>> {
+    /// (`failed`: the body ended with an error; `unfinished`: it was let go of before its end).
+    /// Returns the shared state it held, if any.
+    fn finish(&mut self, failed: bool, unfinished: bool) -> Option<Arc<Shared>> {
         let shared = self.shared.take()?;
         let overdue = self.overdue.take().is_some_and(|r| r.expired());
         let complete =
@@ -276,8 +308,13 @@ impl GuestBody {
                 "the client did not read its response body by the request's deadline; reset"
             );
             version.stats.record_excused(self.trace.status);
-        } else if failed && shared.client_stalled.load(Ordering::Relaxed) {
-            // The guest ran out of time waiting for the client's request body.
+        } else if (failed || unfinished)
+            && (shared.client_stalled.load(Ordering::Relaxed)
+                || (shared.body_waiting.load(Ordering::Relaxed) && Instant::now() >= self.deadline))
+        {
+            // The guest ran out of time waiting for the client's request body (a 0.3 guest's
+            // body, sent after its head, ends at the deadline: its instance expired it, or the
+            // task sending it was dropped).
             version.stats.record_excused(self.trace.status);
         } else {
             let elapsed = self.trace.started.elapsed();
@@ -304,7 +341,7 @@ impl Body for GuestBody {
             Some(Ok(frame)) => {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if len > this.left {
-                    if let Some(shared) = this.finish(true) {
+                    if let Some(shared) = this.finish(true, false) {
                         let version = shared.in_flight.version();
                         tracing::warn!(
                             route = %version.route, version = %version.short,
@@ -313,9 +350,7 @@ impl Body for GuestBody {
                         );
                         version.record_failure();
                     }
-                    if let Some(guest) = &this.guest {
-                        guest.abort();
-                    }
+                    this.guest.abort();
                     return Poll::Ready(Some(Err(BodyError::TooLarge)));
                 }
                 this.left -= len;
@@ -328,12 +363,18 @@ impl Body for GuestBody {
             // The guest did not finish the body (see `abort_unfinished_bodies`); the guest's
             // task has logged why.
             Some(Err(_)) => {
-                this.finish(true);
+                this.finish(true, false);
+                Poll::Ready(Some(Err(BodyError::GuestFailed)))
+            }
+            // A 0.3 body whose instance was dropped (a trap, a timeout, a cut-off) ends as if
+            // finished: it was cut, and the client must not take it for whole.
+            None if this.guest.cut() => {
+                this.finish(true, false);
                 Poll::Ready(Some(Err(BodyError::GuestFailed)))
             }
             // The guest finished the body: it stands, whatever the guest does afterwards.
             None => {
-                this.finish(false);
+                this.finish(false, false);
                 Poll::Ready(None)
             }
         }
@@ -346,15 +387,14 @@ impl Body for GuestBody {
 
 impl Drop for GuestBody {
     fn drop(&mut self) {
-        if self.shared.is_some() && self.complete_at != Some(self.trace.sent) {
+        let unfinished = self.shared.is_some() && self.complete_at != Some(self.trace.sent);
+        if unfinished {
             // The connection let go of the body before its end: the client went away mid-body.
             // Stop the guest rather than let it run on unseen. (A body dropped once its declared
             // length is out is complete: its guest may finish its work, under its deadline.)
-            if let Some(guest) = &self.guest {
-                guest.abort();
-            }
+            self.guest.abort();
         }
-        self.finish(false);
+        self.finish(false, unfinished);
         if !self.trace.span.is_disabled() {
             tracing::debug!(
                 parent: &self.trace.span,

@@ -355,7 +355,7 @@ where
             &routed.prefix,
             response,
             shared,
-            guard.0.take(),
+            respond::Guest::P2(guard.0.take()),
             span,
             started,
             head,

@@ -69,7 +69,7 @@ where
     let mut call = Call::new(prefix.clone(), deadline, id);
     call.left = Some(left);
     call.trace = trace;
-    let log = call.log.clone();
+    let taken = call.taken.clone();
     let answered = tokio::select! {
         biased;
         answered = service.handle(call, req) => answered.map_err(|error| classify(error, deadline)),
@@ -92,11 +92,22 @@ where
     }
     match answered {
         Ok(response) => super::respond::respond(
-            rt, &version, &prefix, response, shared, None, span, started, head, copy, deadline, id,
+            rt,
+            &version,
+            &prefix,
+            response,
+            shared,
+            super::respond::Guest::P3(taken),
+            span,
+            started,
+            head,
+            copy,
+            deadline,
+            id,
         ),
         Err(error) => {
             // A panic the guest printed for this request goes into its failure's one line.
-            let panic = log.get().and_then(|log| log.take_panic_of(id));
+            let panic = taken.get().and_then(|taken| taken.log().take_panic_of(id));
             report(&version, &error, id, panic.as_deref());
             failure_response(&version, &error, id, started)
         }

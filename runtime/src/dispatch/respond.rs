@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Response, StatusCode, header};
-use tokio::task::AbortHandle;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+pub(super) use super::body::Guest;
 use super::body::{DataBody, GuestBody, Shared, Trace};
 use super::copies;
 use crate::problem::RequestId;
@@ -17,7 +17,7 @@ use crate::version::Version;
 
 /// The response to a request whose guest answered with `response`: its body streams through a
 /// [`GuestBody`] that carries the request's hold on its version (in `shared`) to its end, stops
-/// the guest's task (`abort`) if the client leaves or has not read it by the request's
+/// the guest's work (`guest`) if the client leaves or has not read it by the request's
 /// `deadline`, and feeds the copy for the route's shadow. A 5xx the guest answered itself gets
 /// the request's id (`id`), as in the log line it is reported with.
 #[allow(clippy::too_many_arguments)]
@@ -28,7 +28,7 @@ pub(super) fn respond(
     prefix: &Arc<str>,
     response: Response<HyperOutgoingBody>,
     shared: Arc<Shared>,
-    abort: Option<AbortHandle>,
+    guest: Guest,
     span: tracing::Span,
     started: Instant,
     head: bool,
@@ -73,7 +73,7 @@ pub(super) fn respond(
         DataBody::Guest(GuestBody::new(
             body,
             shared,
-            abort,
+            guest,
             complete_at,
             trace,
             tap,

@@ -166,6 +166,13 @@ impl<T> PageFiller<T> {
         true
     }
 
+    /// How many more live entries it takes before it is full: those an offset still skips and
+    /// the items the page still has room for.
+    pub fn room(&self) -> u64 {
+        let items = self.limit.saturating_sub(self.page.items.len()) as u64;
+        self.skip.saturating_add(items)
+    }
+
     /// Ends the page early (a listing that has done its share of work for one call), if it
     /// holds an item to continue after: then `more` is set and true is returned.
     pub fn end_early(&mut self) -> bool {

@@ -82,16 +82,16 @@ pub(crate) fn encode(entry: &Entry) -> Vec<u8> {
     out
 }
 
+/// The expiry field of the stored entry `bytes` (milliseconds since the Unix epoch; 0: none),
+/// read from its header alone; `None` if `bytes` is too short to be an entry.
+pub(crate) fn stored_expiry(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?))
+}
+
 /// Whether the stored entry `bytes` has not expired at `now`, read from its header alone (a
 /// listing of keys never copies a value).
 pub(crate) fn live_stored(bytes: &[u8], now: u64) -> bool {
-    match bytes.get(8..16).and_then(|b| b.try_into().ok()) {
-        Some(expires) => {
-            let at = u64::from_le_bytes(expires);
-            at == 0 || at > now
-        }
-        None => false,
-    }
+    stored_expiry(bytes).is_some_and(|at| at == 0 || at > now)
 }
 
 pub(crate) fn decode(bytes: &[u8]) -> Option<Entry> {

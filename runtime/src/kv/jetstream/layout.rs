@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 pub(super) const STREAM_PREFIX: &str = "KV_handoff_kv_";
 /// The key holding a bucket's usage.
 pub(super) const META: &str = "meta";
+/// The header on every message that stores an entry: its expiry, milliseconds since the Unix
+/// epoch (`0`: none), so a headers-only listing tells live keys from expired ones without
+/// reading a value. Messages written before it existed lack it: their entry is read instead.
+pub(super) const EXPIRES: &str = "Handoff-Expires-At";
 
 /// The JetStream bucket of handoff bucket `bucket`: `handoff_kv_` and the hex of its id.
 pub(super) fn stream_bucket(bucket: &str) -> String {

@@ -2,10 +2,16 @@
 //! own (`handoff_kv_` and the hex of the bucket's id), so every node reads and writes the same
 //! data.
 //!
-//! * **Keys** are `k` and the base64url of the guest's key (NATS keys allow few characters);
-//!   a listing decodes and sorts them. Each value is stored as `kv::format` encodes an
-//!   entry (its expiry, then the bytes); its revision is the message's stream sequence, which
-//!   only grows (ABA-safe).
+//! * **Keys** are `k` and the base64url of the guest's key (NATS keys allow few characters).
+//!   Each value is stored as `kv::format` encodes an entry (its expiry, then the bytes), and
+//!   its message carries the expiry in a header as well (`Handoff-Expires-At`); its revision is
+//!   the message's stream sequence, which only grows (ABA-safe).
+//! * **Listings** (`listing`) take their keys from a sorted index of the bucket's keys that
+//!   each node keeps (`index`): before a page, one request for the stream's last sequence, and
+//!   a headers-only pass over what was written since, if anything was; values are read only for
+//!   the entries a scan returns. A bucket too large to index is listed by a headers-only pass
+//!   over every key's last message per page. Either way a page costs a few requests however
+//!   large the bucket.
 //! * **Reads** ask the stream's leader for the key's last message (not a replica's direct get,
 //!   which may lag), so a read that starts after a write was acknowledged sees it.
 //! * **Writes** are compare-and-swaps on the key's last sequence
@@ -25,7 +31,9 @@
 //!   turn, deletes each expired entry with a compare-and-swap on the sequence it read (a key
 //!   written again meanwhile is left alone), and gives their usage back.
 
+mod index;
 mod layout;
+mod listing;
 mod store;
 mod sweep;
 

@@ -7,14 +7,13 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use dashmap::DashMap;
-use futures_util::StreamExt as _;
 
-use super::layout::{META, Meta, key_from, key_of, stream_bucket, write_id};
+use super::layout::{EXPIRES, META, Meta, key_of, stream_bucket, write_id};
 use crate::kv::backend::{
-    Backend, BoxFuture, Change, Condition, Entry, KvError, Outcome, Page, PageFiller, Quota, Start,
-    Usage, Write, add, now_ms, number_of,
+    Backend, BoxFuture, Change, Condition, Entry, KvError, Outcome, Page, Quota, Start, Usage,
+    Write, add, now_ms, number_of,
 };
-use crate::kv::format::{decode, encode, live};
+use crate::kv::format::{decode, encode, live, stored_expiry};
 
 /// Compare-and-swap attempts per write before it fails (each lost to another writer).
 const ATTEMPTS: usize = 1000;
@@ -27,6 +26,8 @@ pub struct JetStreamKv {
     pub(super) sweep_cursor: std::sync::atomic::AtomicUsize,
     /// Acknowledgements still to drop ([`JetStreamKv::lose_acks`]).
     lost_acks: std::sync::atomic::AtomicUsize,
+    /// This node's copies of the keys of the buckets it lists.
+    pub(super) indexes: super::index::Indexes,
 }
 
 /// How a publish ended.
@@ -71,6 +72,7 @@ impl JetStreamKv {
             stores: DashMap::new(),
             sweep_cursor: std::sync::atomic::AtomicUsize::new(0),
             lost_acks: std::sync::atomic::AtomicUsize::new(0),
+            indexes: super::index::Indexes::default(),
         }
     }
 
@@ -96,7 +98,7 @@ impl JetStreamKv {
 
     /// The bucket's store if it exists: reads never create one (a bucket nobody wrote to reads
     /// as empty).
-    async fn existing(&self, bucket: &str) -> Result<Option<kv::Store>, KvError> {
+    pub(super) async fn existing(&self, bucket: &str) -> Result<Option<kv::Store>, KvError> {
         use async_nats::jetstream::ErrorCode;
         use async_nats::jetstream::context::GetStreamErrorKind;
         if let Some(store) = self.stores.get(bucket) {
@@ -124,7 +126,10 @@ impl JetStreamKv {
 
     /// The last message of `key` (stored form): its sequence (0: never written) and its entry,
     /// unless deleted.
-    async fn read(store: &kv::Store, key: &str) -> Result<(u64, Option<Entry>), KvError> {
+    pub(super) async fn read(
+        store: &kv::Store,
+        key: &str,
+    ) -> Result<(u64, Option<Entry>), KvError> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let subject = format!("{}{key}", store.prefix);
         let message = match store.stream.get_last_raw_message_by_subject(&subject).await {
@@ -170,8 +175,9 @@ impl JetStreamKv {
         );
         let id = write_id();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-        if value.is_none() {
-            headers.insert("KV-Operation", "DEL");
+        match value.as_deref().map(stored_expiry) {
+            None => headers.insert("KV-Operation", "DEL"),
+            Some(expires) => headers.insert(EXPIRES, expires.unwrap_or(0).to_string().as_str()),
         }
         let subject = format!(
             "{}{key}",
@@ -429,51 +435,6 @@ impl JetStreamKv {
             write.key.escape_debug()
         )))
     }
-
-    /// Every key of `bucket` (guest form), sorted.
-    async fn keys(store: &kv::Store) -> Result<Vec<String>, KvError> {
-        let mut keys = Vec::new();
-        let mut listed = store.keys().await.map_err(|e| failed("listing keys", e))?;
-        while let Some(key) = listed.next().await {
-            let key = key.map_err(|e| failed("listing keys", e))?;
-            if let Some(key) = key_from(&key) {
-                keys.push(key);
-            }
-        }
-        keys.sort();
-        Ok(keys)
-    }
-
-    async fn range(
-        &self,
-        bucket: &str,
-        start: Start<'_>,
-        limit: usize,
-    ) -> Result<Page<(String, Entry)>, KvError> {
-        let Some(store) = self.existing(bucket).await? else {
-            return Ok(Page {
-                items: Vec::new(),
-                more: false,
-            });
-        };
-        let keys = Self::keys(&store).await?;
-        let from = match start {
-            Start::After(after) => keys.partition_point(|k| k.as_str() <= after),
-            _ => 0,
-        };
-        let now = now_ms();
-        let mut page = PageFiller::new(&start, limit);
-        for key in &keys[from..] {
-            let (_, entry) = Self::read(&store, &key_of(key)).await?;
-            let Some(entry) = entry.filter(|e| live(e, now)) else {
-                continue;
-            };
-            if !page.offer(|| (key.clone(), entry)) {
-                break;
-            }
-        }
-        Ok(page.page())
-    }
 }
 
 impl Backend for JetStreamKv {
@@ -517,7 +478,7 @@ impl Backend for JetStreamKv {
         limit: usize,
     ) -> BoxFuture<'a, Result<Page<String>, KvError>> {
         Box::pin(async move {
-            let page = self.range(bucket, start, limit).await?;
+            let page = self.range(bucket, start, limit, false).await?;
             Ok(Page {
                 items: page.items.into_iter().map(|(key, _)| key).collect(),
                 more: page.more,
@@ -531,7 +492,15 @@ impl Backend for JetStreamKv {
         start: Start<'a>,
         limit: usize,
     ) -> BoxFuture<'a, Result<Page<(String, Entry)>, KvError>> {
-        Box::pin(self.range(bucket, start, limit))
+        Box::pin(async move {
+            let page = self.range(bucket, start, limit, true).await?;
+            Ok(Page {
+                items: (page.items.into_iter())
+                    .filter_map(|(key, entry)| Some((key, entry?)))
+                    .collect(),
+                more: page.more,
+            })
+        })
     }
 
     fn max_value(&self) -> Option<usize> {

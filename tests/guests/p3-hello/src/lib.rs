@@ -7,12 +7,14 @@
 //! * `count`: `calls N instance ID`: N counts this call and the ones this instance served
 //!   before it (started ones, whether they ended yet or not), ID is a random number the
 //!   instance drew on its first call
-//! * `stream?n=N&ms=M`: a body of N chunks (`chunk i TAG\n`), M ms apart (defaults 10 and 100)
+//! * `stream?n=N&ms=M`: a body of N chunks (`chunk i TAG\n`), M ms apart (defaults 10 and 100);
+//!   with `trap=1` the guest panics after the last chunk instead of ending the body
 //! * `sleep?ms=M`: waits M ms (an async wait: other requests of the instance go on), then
 //!   answers as `count` does
 //! * `spin`: runs without end (only its deadline stops it)
 //! * `trap`: panics (a trap)
 //! * `echo`: answers the request body
+//! * `relay`: answers `200` at once, then the request body's bytes as they arrive
 //! * `env?name=NAME`: the environment variable NAME, or 404
 //! * `log?line=TEXT&n=N`: prints TEXT to stdout and to stderr N times (default 1), then answers
 //!   `logged`
@@ -113,6 +115,7 @@ impl wasip3::exports::http::handler::Guest for Hello {
             "trap" => panic!("asked to trap on call {calls}"),
             "stream" => {
                 let (chunks, ms) = (number("n", 10), number("ms", 100));
+                let trap = number("trap", 0) == 1;
                 let (mut body_tx, body_rx) = wit_stream::new();
                 let (body_result_tx, body_result_rx) = wit_future::new(|| Ok(None));
                 let (response, _sent) =
@@ -127,6 +130,33 @@ impl wasip3::exports::http::handler::Guest for Hello {
                             .write_all(format!("chunk {i}{tag}\n").into_bytes())
                             .await;
                         if !rest.is_empty() {
+                            return;
+                        }
+                    }
+                    if trap {
+                        panic!("asked to trap after {chunks} chunks");
+                    }
+                    drop(body_tx);
+                    let _ = body_result_tx.write(Ok(None)).await;
+                });
+                Ok(response)
+            }
+            "relay" => {
+                let mut body = request.into_body();
+                let (mut body_tx, body_rx) = wit_stream::new();
+                let (body_result_tx, body_result_rx) = wit_future::new(|| Ok(None));
+                let (response, _sent) =
+                    types::Response::new(Fields::new(), Some(body_rx), body_result_rx);
+                wasip3::spawn_local(async move {
+                    use http_body::Body;
+                    let mut body = std::pin::Pin::new(&mut body);
+                    while let Some(frame) =
+                        std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+                    {
+                        let Ok(Ok(data)) = frame.map(|f| f.into_data()) else {
+                            return;
+                        };
+                        if !body_tx.write_all(data.to_vec()).await.is_empty() {
                             return;
                         }
                     }

@@ -8,6 +8,8 @@
 //! * The data plane's cost of cluster mode: the same route on a node on its own and on a
 //!   cluster node, under the same load, interleaved (nothing on the request path talks to
 //!   NATS, so the goal is no difference).
+//! * A neighbour route's p99 on a cluster node while guests list a bucket of 10,000 keys in a
+//!   loop, over its p99 alone (`bench/kv.rs`; goal: under 2×).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -141,4 +143,10 @@ pub async fn bench(handoff: &str, wasm: &[u8], connections: usize, seconds: u64)
         ms(cluster.p50) / ms(alone.p50),
         ms(cluster.p99) / ms(alone.p99)
     );
+
+    // Issue 21 item 4 on a cluster node: every listing page a pass over the bucket's keys in
+    // JetStream.
+    println!();
+    println!("key-value listing on cluster node n1 (buckets in JetStream):");
+    super::kv::listing_neighbour(nodes[0].1, nodes[0].2, connections, per_run).await;
 }

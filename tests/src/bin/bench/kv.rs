@@ -165,8 +165,8 @@ const LISTERS: usize = 2;
 
 /// A neighbour route's latency alone, then while guests list a full bucket in a loop (every
 /// listing walks 10,000 keys of 8 KiB values, ten pages): the listing must not stall the
-/// workers that serve the neighbour.
-async fn listing_neighbour(
+/// workers that serve the neighbour. `bench/cluster.rs` runs it on a cluster node too.
+pub(super) async fn listing_neighbour(
     data: SocketAddr,
     admin: SocketAddr,
     connections: usize,
