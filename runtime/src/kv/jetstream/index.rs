@@ -9,7 +9,8 @@
 //! it). So a listing sees every write acknowledged before it started, as a read does, and pays
 //! for the writes since the last listing, never for the keys that did not change. A stream
 //! made again (another creation time, or a last sequence below the index's) starts the index
-//! from nothing.
+//! from nothing. This module is the index in memory; the requests that bring it up to date
+//! are `JetStreamKv::indexed` and its pass, beside the listings (`super::listing`).
 //!
 //! Memory is bounded: all indexes together hold at most [`INDEX_KEYS`] keys (a bucket whose
 //! index would pass that is listed by a headers-only pass per page instead, `super::listing`,
