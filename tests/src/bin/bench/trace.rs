@@ -2,8 +2,9 @@
 //! servers started side by side: one with no tracing configuration at all; one configured but
 //! off (`OTEL_EXPORTER_OTLP_ENDPOINT` set and `OTEL_SDK_DISABLED=true`); one on, every request
 //! sampled (`OTEL_TRACES_SAMPLER=always_on`) and exported over OTLP/HTTP to a receiver in this
-//! process (`handoff_tests::otlp`, decoding every export with `opentelemetry-proto` and
-//! counting its spans: a collector on the same cores). A second unconfigured server against
+//! process (`handoff_tests::otlp`, which counts each export's spans by walking the protobuf
+//! wire format, so that a collector's decoding on the same cores does not blur what tracing
+//! costs the server). A second unconfigured server against
 //! the first shows how far two identical servers differ in this run. Goals: off ≥ 0.99×, on
 //! ≥ 0.9× the unconfigured server's req/s. Then what became of the traced server's spans:
 //! the receiver's count against the spans the server ended (exported + dropped, `/metrics`).
