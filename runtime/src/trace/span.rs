@@ -94,7 +94,13 @@ impl Server {
         peer: Option<&Arc<str>>,
     ) -> Self {
         let began = opentelemetry::time::now();
-        let parent = TraceContextPropagator::new().extract(&Headers(headers));
+        // Without a `traceparent` the span roots a trace of its own; the propagator would only
+        // look the header up again, and start from the thread's current context.
+        let parent = match headers.contains_key(TRACEPARENT) {
+            true => TraceContextPropagator::new()
+                .extract_with_context(&Context::new(), &Headers(headers)),
+            false => Context::new(),
+        };
         let mut attributes = Vec::with_capacity(SERVER_ATTRIBUTES);
         attributes.push(KeyValue::new("http.request.method", method_name(method)));
         if method_name(method) == OTHER {
@@ -373,6 +379,9 @@ impl Change {
         span.end();
     }
 }
+
+/// The W3C Trace Context header that names a request's caller span.
+const TRACEPARENT: &str = "traceparent";
 
 /// The semantic conventions' name for a method they do not know.
 const OTHER: &str = "_OTHER";
