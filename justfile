@@ -33,6 +33,15 @@ instructions *args:
     tests/instructions-per-request target/release/serve-in-process "$(ls -t target/release/build/handoff-tests-*/out/guests/wasm32-wasip2/release/hello.wasm | head -1)" {{args}}
     tests/instructions-per-request target/release/serve-in-process "$(ls -t target/release/build/handoff-tests-*/out/guests/wasm32-wasip2/release/hello.wasm | head -1)" --traced {{args}}
 
+# The same for WASI 0.3 shared instances: the `spin-sdk` 7 hello with the bench's
+# `reuse=128&instance-concurrency=16` and 16 clients, then `wasmtime serve` (on PATH) on it at its
+# 0.3 defaults, without and with epoch interruption (which handoff's engines always have).
+instructions-p3 *args:
+    cargo build --release -p handoff-tests --bin serve-in-process
+    tests/instructions-per-request target/release/serve-in-process "$(ls -t target/release/build/handoff-tests-*/out/guests/wasm32-wasip2/release/spin_hello.wasm | head -1)" --query 'reuse=128&instance-concurrency=16' --clients 16 --requests 2048 {{args}}
+    tests/instructions-per-request target/release/serve-in-process "$(ls -t target/release/build/handoff-tests-*/out/guests/wasm32-wasip2/release/spin_hello.wasm | head -1)" --peer "$(command -v wasmtime)" --clients 16 --requests 2048 {{args}}
+    tests/instructions-per-request target/release/serve-in-process "$(ls -t target/release/build/handoff-tests-*/out/guests/wasm32-wasip2/release/spin_hello.wasm | head -1)" --peer "$(command -v wasmtime)" --peer-epoch --clients 16 --requests 2048 {{args}}
+
 # Property-based fuzzing of the admin API's parsers and the upload path, many more cases.
 fuzz cases="20000":
     PROPTEST_CASES={{cases}} cargo test --release -p handoff --lib fuzz_

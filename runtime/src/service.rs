@@ -35,7 +35,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use futures_util::task::AtomicWaker;
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::GuestTaskId;
 use wasmtime::{Store, StoreContextMut};
 use wasmtime_wasi_http::handler::{
@@ -64,12 +65,65 @@ pub struct Call {
     /// With tracing on: the request's span (its guest's log lines become its events, its
     /// outbound calls its children).
     pub trace: Option<crate::trace::Scope>,
-    /// Cancelled when the request's client leaves before the response head: the request then
+    /// Set when the request's client leaves before the response head: the request then
     /// expires as at its deadline (the guest's work for it is dropped with its instance when
     /// the instance served no other request).
-    pub left: Option<CancellationToken>,
+    pub left: Option<Arc<Left>>,
     /// The instance that took the request, once one did.
     pub taken: Arc<OnceLock<Taken>>,
+}
+
+/// Whether a request's client left before its response head ([`Call::left`]): a flag and the
+/// waker of the request's expiry, one allocation per request (a `CancellationToken` took two,
+/// and the locks of its tree).
+#[derive(Default)]
+pub struct Left {
+    gone: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Left {
+    /// The client left: the request expires.
+    pub fn leave(&self) {
+        self.gone.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.gone.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.gone.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// Says the client left ([`Left::leave`]) when dropped (the request's future was: its client
+/// went away), unless disarmed first.
+pub struct LeaveOnDrop(Option<Arc<Left>>);
+
+impl LeaveOnDrop {
+    /// Arms it for `left`.
+    pub fn new(left: Arc<Left>) -> Self {
+        Self(Some(left))
+    }
+
+    /// The response head came: dropping it says nothing.
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for LeaveOnDrop {
+    fn drop(&mut self) {
+        if let Some(left) = self.0.take() {
+            left.leave();
+        }
+    }
 }
 
 /// What the instance that took a request shares with it.
@@ -371,7 +425,7 @@ impl WorkerState for Worker {
             None => deadline,
             Some(left) => Box::pin(Expires {
                 deadline,
-                left: Mutex::new(Box::pin(left.cancelled_owned())),
+                left,
                 life: self.life.clone(),
             }),
         }
@@ -411,8 +465,7 @@ pub struct Expiry {
 /// instance abandoned).
 struct Expires {
     deadline: Pin<Box<tokio::time::Sleep>>,
-    // Behind a lock only to be `Sync`; polled through `get_mut`, never locked.
-    left: Mutex<Pin<Box<WaitForCancellationFutureOwned>>>,
+    left: Arc<Left>,
     life: Arc<Life>,
 }
 
@@ -424,11 +477,7 @@ impl Future for Expires {
         if this.deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        let left = this
-            .left
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if left.as_mut().poll(cx).is_ready() {
+        if this.left.poll(cx).is_ready() {
             this.life.abandoned.store(true, Ordering::Relaxed);
             return Poll::Ready(());
         }

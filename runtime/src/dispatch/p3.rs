@@ -25,7 +25,9 @@ use super::copies::Pending;
 use super::failure::{GuestError, body_too_large, failure, failure_response, report};
 use crate::problem::RequestId;
 use crate::runtime::Runtime;
-use crate::service::{Call, ExpirationError, InstantiationError, Service, TrapOrPanicError};
+use crate::service::{
+    Call, ExpirationError, InstantiationError, LeaveOnDrop, Left, Service, TrapOrPanicError,
+};
 use crate::version::Version;
 
 /// Serves one request on the 0.3 `version` (whose [`Service`] is `service`), routed by
@@ -64,8 +66,8 @@ where
     };
     let req = req.map(|body| body.boxed_unsync());
     // Dropped with this future when the client leaves before the head: the request expires.
-    let left = tokio_util::sync::CancellationToken::new();
-    let leaving = left.clone().drop_guard();
+    let left = Arc::new(Left::default());
+    let leaving = LeaveOnDrop::new(left.clone());
     let mut call = Call::new(prefix.clone(), deadline, id);
     call.left = Some(left);
     call.trace = trace;
